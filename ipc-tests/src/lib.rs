@@ -1,0 +1,1 @@
+//! Helper binaries for shmproc multi-process tests live in src/bin/.

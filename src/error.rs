@@ -1,0 +1,212 @@
+//! Error types, one small enum per kind of operation.
+
+use std::fmt;
+use std::io;
+
+use crate::header::TypeInfo;
+
+/// Why creating or opening a shared-memory object failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// No object has this name (or the handle's fd is not open).
+    NotFound {
+        /// The POSIX name, with its leading `/`.
+        name: String,
+    },
+    /// `create` found an object of that name already.
+    AlreadyExists {
+        /// The POSIX name, with its leading `/`.
+        name: String,
+    },
+    /// The creator did not finish initialising the object before the open timeout.
+    NotReady {
+        /// The POSIX name, with its leading `/`, or the handle.
+        name: String,
+    },
+    /// The object was written by an incompatible version of the shmproc format.
+    VersionMismatch {
+        /// The format version this library reads.
+        expected: u32,
+        /// The version found in the header.
+        found: u32,
+    },
+    /// The object is of another kind (say, a `Queue` opened as an `Array`).
+    KindMismatch {
+        /// The kind asked for.
+        expected: crate::ObjectKind,
+        /// The kind found in the header.
+        found: crate::ObjectKind,
+    },
+    /// The stored element type differs from the one asked for.
+    TypeMismatch {
+        /// The type asked for.
+        expected: TypeInfo,
+        /// The type recorded in the header.
+        found: TypeInfo,
+    },
+    /// The payload size differs from the one asked for (say, an array length).
+    SizeMismatch {
+        /// Bytes expected.
+        expected: u64,
+        /// Bytes found.
+        found: u64,
+    },
+    /// The object's bytes are not a valid shmproc object: too small, bad magic,
+    /// or header fields that disagree with its real size.
+    Corrupt {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Refused for safety: owned by another user, writable by group/other, or the
+    /// OS denied access.
+    PermissionDenied {
+        /// What was refused and how to opt in if that is intended.
+        reason: String,
+    },
+    /// The name is not a valid shmproc object name.
+    NameInvalid {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A parameter given to the builder is unusable (zero capacity, too large, ...).
+    InvalidArgument {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Any other operating-system failure.
+    Os(io::Error),
+}
+
+impl OpenError {
+    pub(crate) fn corrupt(reason: impl Into<String>) -> OpenError {
+        OpenError::Corrupt { reason: reason.into() }
+    }
+    pub(crate) fn invalid(reason: impl Into<String>) -> OpenError {
+        OpenError::InvalidArgument { reason: reason.into() }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::NotFound { name } => write!(f, "shared-memory object {name} not found"),
+            OpenError::AlreadyExists { name } => write!(f, "shared-memory object {name} already exists"),
+            OpenError::NotReady { name } => {
+                write!(f, "shared-memory object {name} was not initialised by its creator before the open timeout")
+            }
+            OpenError::VersionMismatch { expected, found } => {
+                write!(f, "shmproc format version mismatch: this library reads version {expected}, the object has version {found}")
+            }
+            OpenError::KindMismatch { expected, found } => {
+                write!(f, "object kind mismatch: expected {expected}, found {found}")
+            }
+            OpenError::TypeMismatch { expected, found } => {
+                write!(f, "element type mismatch: expected {expected}, found {found}")
+            }
+            OpenError::SizeMismatch { expected, found } => {
+                write!(f, "payload size mismatch: expected {expected} bytes, found {found} bytes")
+            }
+            OpenError::Corrupt { reason } => write!(f, "corrupt shared-memory object: {reason}"),
+            OpenError::PermissionDenied { reason } => write!(f, "permission denied: {reason}"),
+            OpenError::NameInvalid { name, reason } => write!(f, "invalid object name {name:?}: {reason}"),
+            OpenError::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
+            OpenError::Os(e) => write!(f, "operating-system error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Os(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Os(e)
+    }
+}
+
+/// Why taking a lock did not give a clean guard.
+///
+/// `G` is the guard type; it is handed back in [`LockError::OwnerDied`] so the
+/// caller can inspect and repair the protected data.
+#[non_exhaustive]
+pub enum LockError<G> {
+    /// The previous holder died while holding the lock. The lock is now held by
+    /// the caller through the guard inside; the data may be half-updated. Repair
+    /// it and call the guard's `mark_consistent()`; if the guard is dropped
+    /// without that, the lock becomes [`LockError::Unrecoverable`] for everyone.
+    OwnerDied(G),
+    /// An earlier holder died and the next one did not mark the data consistent:
+    /// the lock is permanently unusable (as `ENOTRECOVERABLE` for pthread).
+    Unrecoverable,
+    /// The timeout elapsed before the lock could be taken.
+    Timeout,
+    /// `try_lock`: the lock is held by someone else.
+    WouldBlock,
+    /// The lock word in shared memory holds a value no valid lock can have.
+    Corrupt,
+}
+
+impl<G> LockError<G> {
+    /// Maps the guard inside [`LockError::OwnerDied`].
+    pub fn map<H>(self, f: impl FnOnce(G) -> H) -> LockError<H> {
+        match self {
+            LockError::OwnerDied(g) => LockError::OwnerDied(f(g)),
+            LockError::Unrecoverable => LockError::Unrecoverable,
+            LockError::Timeout => LockError::Timeout,
+            LockError::WouldBlock => LockError::WouldBlock,
+            LockError::Corrupt => LockError::Corrupt,
+        }
+    }
+
+    /// Whether this is [`LockError::OwnerDied`].
+    pub fn is_owner_died(&self) -> bool {
+        matches!(self, LockError::OwnerDied(_))
+    }
+
+    /// The guard, if this is [`LockError::OwnerDied`].
+    pub fn into_guard(self) -> Option<G> {
+        match self {
+            LockError::OwnerDied(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+impl<G> fmt::Debug for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::OwnerDied(_) => f.write_str("OwnerDied(..)"),
+            LockError::Unrecoverable => f.write_str("Unrecoverable"),
+            LockError::Timeout => f.write_str("Timeout"),
+            LockError::WouldBlock => f.write_str("WouldBlock"),
+            LockError::Corrupt => f.write_str("Corrupt"),
+        }
+    }
+}
+
+impl<G> fmt::Display for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::OwnerDied(_) => {
+                f.write_str("the previous lock holder died while holding the lock; the data may be inconsistent")
+            }
+            LockError::Unrecoverable => {
+                f.write_str("the lock is unrecoverable: a holder died and the data was never marked consistent")
+            }
+            LockError::Timeout => f.write_str("timed out waiting for the lock"),
+            LockError::WouldBlock => f.write_str("the lock is held by someone else"),
+            LockError::Corrupt => f.write_str("the lock word in shared memory is corrupt"),
+        }
+    }
+}
+
+impl<G> std::error::Error for LockError<G> {}

@@ -1,0 +1,607 @@
+//! Shared-memory segments: named (POSIX `shm_open`) or anonymous (sealed `memfd`),
+//! each starting with a validated [header](crate::header).
+//!
+//! ## Creation protocol
+//! 1. The creator makes the object with `O_CREAT | O_EXCL` (mode 0600 unless told
+//!    otherwise), sizes it with `ftruncate` (the kernel zero-fills), and maps it.
+//! 2. It writes every header field and initialises the payload in place.
+//! 3. It publishes `init_state = READY` last, with release ordering.
+//!
+//! An opener maps the object, waits (polling, up to the open timeout) for
+//! `READY` with acquire ordering, and then validates every header field against
+//! the real size of the object and against what it expects to find. Anything
+//! inconsistent is an [`OpenError`], never an out-of-bounds access.
+//!
+//! `open_or_create` tries `create` first and falls back to `open` on `EEXIST`;
+//! if the object vanishes between the two (its creator unlinked it), it tries
+//! again, so two racing processes end with one object, initialised once.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::OpenError;
+use crate::header::{self, Header, HeaderInfo, ObjectKind, ObjectSpec, PayloadSize, TypeInfo, HEADER_SIZE, READY};
+use crate::sys;
+use crate::time::Deadline;
+
+/// Longest accepted name, in bytes, without the leading `/` (NAME_MAX is 255).
+pub const MAX_NAME_LEN: usize = 250;
+
+/// Default permission bits of a named segment: owner read/write only.
+pub const DEFAULT_MODE: u32 = 0o600;
+
+/// Default time `open` waits for a creator to finish initialising.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Checks a segment name and returns its POSIX form (with the leading `/`).
+///
+/// A name is 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits, `.`, `_`
+/// and `-`, not starting with `.`. One leading `/` is accepted and ignored, so
+/// `"jobs"` and `"/jobs"` name the same object, `/dev/shm/jobs`.
+pub fn validate_name(name: &str) -> Result<String, OpenError> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    let bad = |reason| Err(OpenError::NameInvalid { name: name.to_owned(), reason });
+    if bare.is_empty() {
+        return bad("the name is empty");
+    }
+    if bare.len() > MAX_NAME_LEN {
+        return bad("the name is longer than 250 bytes");
+    }
+    if bare.starts_with('.') {
+        return bad("the name must not start with '.'");
+    }
+    if bare.contains('/') {
+        return bad("the name must not contain '/' (other than one leading '/')");
+    }
+    if !bare.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(format!("/{bare}"))
+}
+
+/// Removes the named segment `name` from the system. Processes that have it
+/// mapped keep their mapping.
+pub fn unlink(name: &str) -> Result<(), OpenError> {
+    let posix = validate_name(name)?;
+    sys::shm_unlink(&posix).map_err(|e| map_os(e, &posix))
+}
+
+/// Options common to every named or anonymous shmproc object. Object builders
+/// (`Value::builder()`, `Queue::builder()`, ...) expose these as methods.
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    pub(crate) name: Option<String>,
+    pub(crate) mode: u32,
+    pub(crate) open_timeout: Duration,
+    pub(crate) allow_foreign_owner: bool,
+    pub(crate) allow_shared_write: bool,
+    pub(crate) unlink_on_drop: bool,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions {
+            name: None,
+            mode: DEFAULT_MODE,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+            allow_foreign_owner: false,
+            allow_shared_write: false,
+            unlink_on_drop: true,
+        }
+    }
+}
+
+/// Adds the [`SegmentOptions`] setters to a builder with an `opts` field.
+macro_rules! segment_options {
+    () => {
+        /// Names the object (`/dev/shm/<name>`); without a name it is anonymous.
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.opts.name = Some(name.into());
+            self
+        }
+        /// Permission bits for `create` (default `0o600`, owner only).
+        pub fn mode(mut self, mode: u32) -> Self {
+            self.opts.mode = mode;
+            self
+        }
+        /// How long `open` waits for the creator to finish initialising (default 5 s).
+        pub fn open_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.opts.open_timeout = timeout;
+            self
+        }
+        /// Lets `open` accept an object owned by another user (refused by default).
+        pub fn allow_foreign_owner(mut self, allow: bool) -> Self {
+            self.opts.allow_foreign_owner = allow;
+            self
+        }
+        /// Lets `open` accept an object writable by group or others (refused by default).
+        pub fn allow_shared_write(mut self, allow: bool) -> Self {
+            self.opts.allow_shared_write = allow;
+            self
+        }
+        /// Whether the creator removes the name when its last handle drops (default true).
+        pub fn unlink_on_drop(mut self, unlink: bool) -> Self {
+            self.opts.unlink_on_drop = unlink;
+            self
+        }
+    };
+}
+pub(crate) use segment_options;
+
+/// How another process finds a segment: by name, or by an inherited fd.
+///
+/// Its string form (`name:/jobs` or `fd:7`) travels through argv or the
+/// environment; [`Handle::from_str`] parses it back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Handle {
+    /// A named segment.
+    Name(String),
+    /// An fd number, valid in a process that inherited it (fork, or exec with
+    /// `FD_CLOEXEC` cleared).
+    Fd(RawFd),
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Handle::Name(n) => write!(f, "name:{n}"),
+            Handle::Fd(fd) => write!(f, "fd:{fd}"),
+        }
+    }
+}
+
+impl FromStr for Handle {
+    type Err = OpenError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(n) = s.strip_prefix("name:") {
+            return Ok(Handle::Name(validate_name(n)?));
+        }
+        if let Some(fd) = s.strip_prefix("fd:") {
+            return fd
+                .parse::<RawFd>()
+                .ok()
+                .filter(|&fd| fd >= 0)
+                .map(Handle::Fd)
+                .ok_or_else(|| OpenError::invalid(format!("bad fd in handle {s:?}")));
+        }
+        Err(OpenError::invalid(format!("handle {s:?} is neither name:<name> nor fd:<n>")))
+    }
+}
+
+struct Inner {
+    map: sys::Mapping,
+    fd: OwnedFd,
+    /// POSIX name with leading '/', for named segments.
+    name: Option<String>,
+    /// Pid of this process if it created the segment (only the creator process
+    /// unlinks; a forked child's copy of the handle must not).
+    created_by: Option<u32>,
+    unlink_on_drop: AtomicBool,
+    info: HeaderInfo,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let (Some(name), Some(pid)) = (&self.name, self.created_by) {
+            if self.unlink_on_drop.load(Ordering::Relaxed) && sys::current_pid() == pid {
+                // The name may already be gone (unlinked by hand or by `gc`);
+                // there is nothing useful to do with an error in drop.
+                let _ = sys::shm_unlink(name);
+            }
+        }
+        // `map` unmaps itself; munmap cannot fail for a mapping we own.
+    }
+}
+
+/// A mapped shared-memory segment: a header and a payload.
+///
+/// Cloning is cheap and shares the mapping; the mapping stays valid while any
+/// clone lives, even after the name is unlinked.
+#[derive(Clone)]
+pub struct Segment {
+    inner: Arc<Inner>,
+}
+
+// SAFETY: `Segment` only hands out raw pointers into the mapping; the mapping
+// itself (an address range and an fd) may be used and dropped from any thread.
+unsafe impl Send for Segment {}
+// SAFETY: as above; shared access goes through atomics or `unsafe` APIs whose
+// callers synchronise.
+unsafe impl Sync for Segment {}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.inner.name)
+            .field("kind", &self.inner.info.kind)
+            .field("len", &self.inner.map.len())
+            .field("payload_len", &self.inner.info.payload_size)
+            .finish()
+    }
+}
+
+fn map_os(e: std::io::Error, name: &str) -> OpenError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => OpenError::NotFound { name: name.to_owned() },
+        Some(libc::EEXIST) => OpenError::AlreadyExists { name: name.to_owned() },
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            OpenError::PermissionDenied { reason: format!("the OS refused access to {name}: {e}") }
+        }
+        Some(libc::ENAMETOOLONG) | Some(libc::EINVAL) => {
+            OpenError::NameInvalid { name: name.to_owned(), reason: "the OS rejected the name" }
+        }
+        _ => OpenError::Os(e),
+    }
+}
+
+/// Round `x` up to a multiple of `align` (a power of two).
+const fn align_up(x: usize, align: usize) -> usize {
+    (x + align - 1) & !(align - 1)
+}
+
+/// Where the payload starts for a given alignment (at least the header size).
+fn payload_offset_for(align: usize) -> usize {
+    align_up(HEADER_SIZE, align.max(8))
+}
+
+impl Segment {
+    /// A builder for a raw-bytes segment.
+    pub fn builder() -> SegmentBuilder {
+        SegmentBuilder { opts: SegmentOptions::default(), size: 0 }
+    }
+
+    /// Creates a segment holding an object of `spec.kind`, runs `init` on the
+    /// zero-filled payload, then publishes it. `payload_align` must be a power of
+    /// two no larger than 4096.
+    pub(crate) fn create_object(
+        opts: &SegmentOptions,
+        kind: ObjectKind,
+        ty: TypeInfo,
+        payload_size: usize,
+        payload_align: usize,
+        init: impl FnOnce(NonNull<u8>, usize),
+    ) -> Result<Segment, OpenError> {
+        if !payload_align.is_power_of_two() || payload_align > 4096 {
+            return Err(OpenError::invalid(format!("payload alignment {payload_align} is not a power of two <= 4096")));
+        }
+        let offset = payload_offset_for(payload_align);
+        let total = offset
+            .checked_add(payload_size)
+            .filter(|&t| t <= isize::MAX as usize)
+            .ok_or_else(|| OpenError::invalid(format!("payload of {payload_size} bytes is too large")))?;
+        let pid = sys::current_pid();
+        let (fd, name) = match &opts.name {
+            Some(n) => {
+                let posix = validate_name(n)?;
+                let fd = sys::shm_create(&posix, opts.mode).map_err(|e| map_os(e, &posix))?;
+                if let Err(e) = sys::set_len(fd.as_fd(), total as u64) {
+                    let _ = sys::shm_unlink(&posix);
+                    return Err(map_os(e, &posix));
+                }
+                (fd, Some(posix))
+            }
+            None => (sys::memfd_sealed("shmproc", total as u64)?, None),
+        };
+        let map = match sys::Mapping::map(&fd, total) {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(n) = &name {
+                    let _ = sys::shm_unlink(n);
+                }
+                return Err(OpenError::Os(e));
+            }
+        };
+        let base = map.ptr();
+        let hdr = header::encode_header(kind, &ty, pid, total as u64, offset as u64, payload_size as u64);
+        // SAFETY: the mapping is `total >= HEADER_SIZE` bytes long, page aligned,
+        // and freshly created by us (O_EXCL or memfd): nobody else initialises it.
+        // Bytes 16..20 (init_state) stay zero until the release store below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(hdr.as_ptr(), base.as_ptr(), 16);
+            std::ptr::copy_nonoverlapping(hdr.as_ptr().add(20), base.as_ptr().add(20), HEADER_SIZE - 20);
+        }
+        // SAFETY: offset + payload_size == total, within the mapping.
+        let payload = unsafe { NonNull::new_unchecked(base.as_ptr().add(offset)) };
+        init(payload, payload_size);
+        // SAFETY: the mapping starts with a page-aligned `Header` (128 bytes, align 8).
+        let h = unsafe { &*(base.as_ptr() as *const Header) };
+        h.init_state.store(READY, Ordering::Release);
+        let info = HeaderInfo { kind, creator_pid: pid, payload_offset: offset, payload_size, ty };
+        Ok(Segment {
+            inner: Arc::new(Inner {
+                map,
+                fd,
+                created_by: name.as_ref().map(|_| pid),
+                name,
+                unlink_on_drop: AtomicBool::new(opts.unlink_on_drop),
+                info,
+            }),
+        })
+    }
+
+    /// Opens a named segment and validates it against `spec`.
+    pub(crate) fn open_object(opts: &SegmentOptions, spec: &ObjectSpec) -> Result<Segment, OpenError> {
+        let Some(name) = &opts.name else {
+            return Err(OpenError::invalid("open needs a name (anonymous objects are opened by handle)"));
+        };
+        let posix = validate_name(name)?;
+        let deadline = Deadline::after(Some(opts.open_timeout));
+        let fd = sys::shm_open(&posix).map_err(|e| map_os(e, &posix))?;
+        let st = sys::fd_info(fd.as_fd())?;
+        let me = sys::effective_uid();
+        if st.uid != me && !opts.allow_foreign_owner {
+            return Err(OpenError::PermissionDenied {
+                reason: format!(
+                    "{posix} is owned by uid {} but this process runs as uid {me}; \
+                     use allow_foreign_owner(true) if you trust its owner",
+                    st.uid
+                ),
+            });
+        }
+        if st.mode & 0o022 != 0 && !opts.allow_shared_write {
+            return Err(OpenError::PermissionDenied {
+                reason: format!(
+                    "{posix} has mode {:o}, writable by group or others; \
+                     use allow_shared_write(true) if that is intended",
+                    st.mode
+                ),
+            });
+        }
+        Self::attach(fd, Some(posix), spec, deadline)
+    }
+
+    /// Opens the segment behind `handle` (a name, or an inherited fd).
+    pub(crate) fn open_handle(handle: &Handle, opts: &SegmentOptions, spec: &ObjectSpec) -> Result<Segment, OpenError> {
+        match handle {
+            Handle::Name(n) => {
+                let mut o = opts.clone();
+                o.name = Some(n.clone());
+                Self::open_object(&o, spec)
+            }
+            Handle::Fd(raw) => {
+                let borrowed =
+                    sys::borrow_raw_fd(*raw).map_err(|_| OpenError::NotFound { name: format!("fd:{raw}") })?;
+                let fd = sys::dup_cloexec(borrowed)?;
+                Self::attach(fd, None, spec, Deadline::after(Some(opts.open_timeout)))
+            }
+        }
+    }
+
+    /// Maps `fd`, waits for READY and validates the header.
+    fn attach(fd: OwnedFd, name: Option<String>, spec: &ObjectSpec, deadline: Deadline) -> Result<Segment, OpenError> {
+        let label = name.clone().unwrap_or_else(|| format!("fd:{}", fd.as_raw_fd()));
+        let mut backoff = Duration::from_micros(50);
+        loop {
+            let size = sys::fd_info(fd.as_fd())?.size;
+            if size == 0 {
+                // The creator has not sized it yet (between shm_open and ftruncate).
+                if deadline.expired() {
+                    return Err(OpenError::NotReady { name: label });
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(5));
+                continue;
+            }
+            if size < HEADER_SIZE as u64 {
+                return Err(OpenError::corrupt(format!(
+                    "{label} is {size} bytes, too small for the {HEADER_SIZE}-byte header"
+                )));
+            }
+            let len = usize::try_from(size).map_err(|_| OpenError::corrupt("segment larger than the address space"))?;
+            let map = sys::Mapping::map(&fd, len)?;
+            // SAFETY: the mapping is at least HEADER_SIZE bytes and page aligned,
+            // so it holds a `Header`; `init_state` is only accessed atomically.
+            let h = unsafe { &*(map.ptr().as_ptr() as *const Header) };
+            if header::init_state(h) != READY {
+                if deadline.expired() {
+                    return Err(OpenError::NotReady { name: label });
+                }
+                drop(map);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(5));
+                continue;
+            }
+            let mut copy = [0u8; HEADER_SIZE];
+            // SAFETY: the first HEADER_SIZE bytes are mapped; we copy them out
+            // once and validate the private copy, so a concurrent scribbler
+            // cannot change what we check after we checked it.
+            unsafe { std::ptr::copy_nonoverlapping(map.ptr().as_ptr(), copy.as_mut_ptr(), HEADER_SIZE) };
+            let info = header::parse_header(&copy, size, Some(spec))?;
+            return Ok(Segment {
+                inner: Arc::new(Inner {
+                    map,
+                    fd,
+                    name,
+                    created_by: None,
+                    unlink_on_drop: AtomicBool::new(false),
+                    info,
+                }),
+            });
+        }
+    }
+
+    /// Creates or, if it exists, opens the named object, retrying if it vanishes in between.
+    pub(crate) fn open_or_create_object(
+        opts: &SegmentOptions,
+        spec: &ObjectSpec,
+        payload_size: usize,
+        payload_align: usize,
+        init: impl Fn(NonNull<u8>, usize),
+    ) -> Result<Segment, OpenError> {
+        let deadline = Deadline::after(Some(opts.open_timeout));
+        loop {
+            match Self::create_object(opts, spec.kind, spec.ty, payload_size, payload_align, &init) {
+                Err(OpenError::AlreadyExists { .. }) => {}
+                other => return other,
+            }
+            match Self::open_object(opts, spec) {
+                Err(OpenError::NotFound { name }) => {
+                    if deadline.expired() {
+                        return Err(OpenError::NotFound { name });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Pointer to the first payload byte (aligned as requested at creation).
+    pub fn payload_ptr(&self) -> NonNull<u8> {
+        // SAFETY: payload_offset was validated to lie within the mapping.
+        unsafe { NonNull::new_unchecked(self.inner.map.ptr().as_ptr().add(self.inner.info.payload_offset)) }
+    }
+
+    /// Payload length in bytes.
+    pub fn payload_len(&self) -> usize {
+        self.inner.info.payload_size
+    }
+
+    /// Length of the whole mapping (header + payload) in bytes.
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Never true: a segment always holds at least its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The kind recorded in the header.
+    pub fn kind(&self) -> ObjectKind {
+        self.inner.info.kind
+    }
+
+    /// The element type recorded in the header.
+    pub fn type_info(&self) -> TypeInfo {
+        self.inner.info.ty
+    }
+
+    /// The pid of the process that created the segment.
+    pub fn creator_pid(&self) -> u32 {
+        self.inner.info.creator_pid
+    }
+
+    /// The POSIX name (with its leading `/`) of a named segment.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    /// Keeps the name after the creator's handles drop (remove it with [`unlink`]).
+    pub fn persist(&self) {
+        self.inner.unlink_on_drop.store(false, Ordering::Relaxed);
+    }
+
+    /// How another process finds this segment: its name, or for an anonymous
+    /// segment its fd number (valid in children that inherit the fd).
+    pub fn handle(&self) -> Handle {
+        match &self.inner.name {
+            Some(n) => Handle::Name(n.clone()),
+            None => Handle::Fd(self.inner.fd.as_raw_fd()),
+        }
+    }
+
+    /// The underlying fd (shm object or memfd).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.fd.as_fd()
+    }
+
+    /// Lets the segment's fd survive `exec`, so a launched binary can open
+    /// [`Segment::handle`]. Fork-inherited anonymous segments need nothing.
+    pub fn set_inheritable(&self, inheritable: bool) -> Result<(), OpenError> {
+        Ok(sys::set_cloexec(self.inner.fd.as_fd(), !inheritable)?)
+    }
+}
+
+/// Builder for a raw-bytes [`Segment`] ([`ObjectKind::Bytes`]).
+#[derive(Debug, Clone)]
+pub struct SegmentBuilder {
+    opts: SegmentOptions,
+    size: usize,
+}
+
+impl SegmentBuilder {
+    segment_options!();
+
+    /// Payload size in bytes for `create` (must be > 0).
+    pub fn size(mut self, size: usize) -> Self {
+        self.size = size;
+        self
+    }
+
+    fn spec(&self) -> ObjectSpec {
+        ObjectSpec { kind: ObjectKind::Bytes, ty: TypeInfo::none(), payload: PayloadSize::AtLeast(0) }
+    }
+
+    /// Creates the segment (named if a name was given, else anonymous), zero-filled.
+    pub fn create(self) -> Result<Segment, OpenError> {
+        if self.size == 0 {
+            return Err(OpenError::invalid("segment size must be greater than zero"));
+        }
+        Segment::create_object(&self.opts, ObjectKind::Bytes, TypeInfo::none(), self.size, 64, |_, _| {})
+    }
+
+    /// Opens an existing named segment.
+    pub fn open(self) -> Result<Segment, OpenError> {
+        Segment::open_object(&self.opts, &self.spec())
+    }
+
+    /// Opens the segment behind a handle.
+    pub fn open_handle(self, handle: &Handle) -> Result<Segment, OpenError> {
+        Segment::open_handle(handle, &self.opts, &self.spec())
+    }
+
+    /// Opens the named segment, or creates it if it does not exist.
+    pub fn open_or_create(self) -> Result<Segment, OpenError> {
+        if self.size == 0 {
+            return Err(OpenError::invalid("segment size must be greater than zero"));
+        }
+        Segment::open_or_create_object(&self.opts, &self.spec(), self.size, 64, |_, _| {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(validate_name("jobs").unwrap(), "/jobs");
+        assert_eq!(validate_name("/jobs").unwrap(), "/jobs");
+        assert_eq!(validate_name("a.b_c-9").unwrap(), "/a.b_c-9");
+        for bad in ["", "/", "a/b", "//a", ".hidden", "sp ace", "ü", "a\0b", &"x".repeat(251)] {
+            match validate_name(bad) {
+                Err(OpenError::NameInvalid { .. }) => {}
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert!(validate_name(&"x".repeat(250)).is_ok());
+    }
+
+    #[test]
+    fn handles_roundtrip() {
+        for h in [Handle::Name("/abc".into()), Handle::Fd(7)] {
+            assert_eq!(h.to_string().parse::<Handle>().unwrap(), h);
+        }
+        assert!("fd:-1".parse::<Handle>().is_err());
+        assert!("name:a/b".parse::<Handle>().is_err());
+        assert!("bogus".parse::<Handle>().is_err());
+    }
+
+    #[test]
+    fn anonymous_bytes() {
+        let s = Segment::builder().size(100).create().unwrap();
+        assert_eq!(s.payload_len(), 100);
+        assert!(matches!(s.handle(), Handle::Fd(_)));
+        let s2 = Segment::builder().open_handle(&s.handle()).unwrap();
+        // SAFETY: both map the same 100-byte payload; single-threaded test.
+        unsafe {
+            *s.payload_ptr().as_ptr() = 42;
+            assert_eq!(*s2.payload_ptr().as_ptr(), 42);
+        }
+    }
+}

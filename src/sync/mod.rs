@@ -1,0 +1,3 @@
+//! Cross-process synchronization primitives.
+
+pub(crate) mod raw_mutex;

@@ -1,0 +1,14 @@
+//! Linux implementation of the platform layer.
+//!
+//! * [`shm`]: `shm_open`/`memfd_create`, `fstat`, `ftruncate`, `mmap` (through `memmap2`).
+//! * [`futex`]: shared (never `FUTEX_PRIVATE_FLAG`) futex wait/wake with absolute
+//!   `CLOCK_MONOTONIC` deadlines.
+//! * [`proc`]: thread and process identity, and a pid-reuse-proof liveness check.
+
+pub(crate) mod futex;
+pub(crate) mod proc;
+pub(crate) mod shm;
+
+pub(crate) use futex::*;
+pub(crate) use proc::*;
+pub(crate) use shm::*;

@@ -1,0 +1,195 @@
+//! Thread and process identity, and a liveness check that pid reuse cannot fool.
+//!
+//! A pid (or tid) alone does not identify a process over time: the kernel hands
+//! the number out again once the process is reaped. shmproc therefore records an
+//! *identity* `(id, start_time)`, where `start_time` is field 22 of
+//! `/proc/<id>/stat` (clock ticks since boot). A later check re-reads that field:
+//! a different value means the number now belongs to someone else, so the
+//! original is dead. Two processes would have to receive the same id within the
+//! same clock tick (10 ms) for this to be fooled.
+//!
+//! Identities are cached per thread. A `pthread_atfork` child handler bumps a
+//! generation counter so the cache of a forked child is refreshed (its tid and
+//! pid differ from the parent's).
+
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+
+/// A thread or process identity that survives id reuse: the id and its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Identity {
+    /// Thread id (for a thread identity) or process id (for a process identity).
+    pub(crate) id: u32,
+    /// Field 22 of `/proc/<id>/stat`.
+    pub(crate) start_time: u64,
+}
+
+/// What a liveness check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// The identity still runs (or we could not prove otherwise).
+    Alive,
+    /// Gone, a zombie, or the id now belongs to a different process or thread.
+    Dead,
+}
+
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(1);
+static ATFORK: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+fn register_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that only does an
+        // atomic add, which is async-signal-safe as required in a forked child.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        debug_assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+}
+
+#[derive(Clone, Copy)]
+struct Cached {
+    generation: u64,
+    pid: Identity,
+    tid: Identity,
+}
+
+thread_local! {
+    static CACHE: Cell<Option<Cached>> = const { Cell::new(None) };
+}
+
+#[cold]
+fn refresh(generation: u64) -> Cached {
+    register_atfork();
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    let c = Cached {
+        generation,
+        pid: Identity { id: pid, start_time: start_time_of(pid).ok().flatten().map_or(0, |s| s.0) },
+        tid: Identity { id: tid, start_time: start_time_of(tid).ok().flatten().map_or(0, |s| s.0) },
+    };
+    CACHE.with(|cell| cell.set(Some(c)));
+    c
+}
+
+#[inline]
+fn cached() -> Cached {
+    let generation = FORK_GENERATION.load(Ordering::Relaxed);
+    match CACHE.with(|c| c.get()) {
+        Some(c) if c.generation == generation => c,
+        _ => refresh(generation),
+    }
+}
+
+/// The calling thread's identity (tid and its start time). Cheap after the first call.
+#[inline]
+pub(crate) fn current_thread() -> Identity {
+    cached().tid
+}
+
+/// The calling process's identity (pid and its start time).
+#[inline]
+pub(crate) fn current_process() -> Identity {
+    cached().pid
+}
+
+/// The calling process's pid, without a system call after the first use.
+#[inline]
+pub(crate) fn current_pid() -> u32 {
+    cached().pid.id
+}
+
+/// Reads `(start_time, is_zombie_or_dead)` from `/proc/<id>/stat`; `Ok(None)` if there
+/// is no such process or thread.
+fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {
+    let text = match std::fs::read_to_string(format!("/proc/{id}/stat")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // ESRCH can surface while the task is being torn down.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // The command name (field 2) is in parentheses and may itself contain ')' and
+    // spaces, so parse from the last ')'. Field 3 (state) follows it.
+    let rest = text.rfind(')').map(|i| &text[i + 1..]).ok_or_else(|| io::Error::other("malformed /proc stat"))?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next().unwrap_or("?");
+    let start = fields
+        .nth(18) // field 22 is the 19th after the state (field 3)
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| io::Error::other("malformed /proc stat"))?;
+    let dead = matches!(state, "Z" | "X" | "x");
+    Ok(Some((start, dead)))
+}
+
+/// Looks up the identity of process or thread `id` now (None if it does not exist).
+pub(crate) fn identity_of(id: u32) -> Option<Identity> {
+    match start_time_of(id) {
+        Ok(Some((start_time, false))) => Some(Identity { id, start_time }),
+        _ => None,
+    }
+}
+
+/// Whether `who` still runs. A recorded `start_time` of 0 means "unknown" and
+/// falls back to checking that the id exists.
+pub(crate) fn liveness(who: Identity) -> Liveness {
+    if who.id == 0 || who.id > i32::MAX as u32 {
+        return Liveness::Dead;
+    }
+    match start_time_of(who.id) {
+        Ok(None) => Liveness::Dead,
+        Ok(Some((_, true))) => Liveness::Dead,
+        Ok(Some((start, false))) => {
+            if who.start_time != 0 && start != who.start_time {
+                Liveness::Dead
+            } else {
+                Liveness::Alive
+            }
+        }
+        // /proc unreadable (hidepid, no procfs): fall back to kill(pid, 0).
+        Err(_) => {
+            // SAFETY: kill with signal 0 sends nothing; it only checks existence.
+            let rc = unsafe { libc::kill(who.id as libc::pid_t, 0) };
+            if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+                Liveness::Dead
+            } else {
+                Liveness::Alive
+            }
+        }
+    }
+}
+
+/// The effective uid of the calling process.
+pub(crate) fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_identity_is_alive() {
+        assert_eq!(liveness(current_process()), Liveness::Alive);
+        assert_eq!(liveness(current_thread()), Liveness::Alive);
+        assert_ne!(current_process().start_time, 0);
+    }
+
+    #[test]
+    fn wrong_start_time_is_dead() {
+        let mut me = current_process();
+        me.start_time += 1;
+        assert_eq!(liveness(me), Liveness::Dead);
+    }
+
+    #[test]
+    fn exited_thread_is_dead() {
+        let ident = std::thread::spawn(current_thread).join().unwrap();
+        // The thread has been joined; its tid no longer runs.
+        assert_eq!(liveness(ident), Liveness::Dead);
+    }
+}

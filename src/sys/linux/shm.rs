@@ -1,0 +1,152 @@
+//! Shared-memory objects: POSIX `shm_open` names, sealed anonymous `memfd`s, and
+//! their mappings.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{self, Mode, SealFlags};
+use rustix::io::Errno;
+use rustix::shm;
+
+/// What `fstat` says about a shared-memory fd.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FdInfo {
+    pub(crate) size: u64,
+    pub(crate) uid: u32,
+    pub(crate) mode: u32,
+}
+
+/// `shm_open(name, O_RDWR | O_CREAT | O_EXCL, mode)`. `name` includes the leading '/'.
+pub(crate) fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
+    let fd = shm::open(name, shm::OFlags::RDWR | shm::OFlags::CREATE | shm::OFlags::EXCL, Mode::from_raw_mode(mode))?;
+    // shm_open applies the umask; the caller asked for exactly `mode`.
+    fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    Ok(fd)
+}
+
+/// `shm_open(name, O_RDWR)`.
+pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
+    Ok(shm::open(name, shm::OFlags::RDWR, Mode::empty())?)
+}
+
+/// `shm_unlink(name)`.
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    Ok(shm::unlink(name)?)
+}
+
+/// `memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING)` sized to `len` and sealed against
+/// shrinking and growing, so no holder of the fd can make our mapping fault (SIGBUS).
+pub(crate) fn memfd_sealed(debug_name: &str, len: u64) -> io::Result<OwnedFd> {
+    let fd = fs::memfd_create(debug_name, fs::MemfdFlags::CLOEXEC | fs::MemfdFlags::ALLOW_SEALING)?;
+    fs::ftruncate(&fd, len)?;
+    fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+/// `fstat(fd)`: size, owner and permission bits.
+pub(crate) fn fd_info(fd: BorrowedFd<'_>) -> io::Result<FdInfo> {
+    let st = fs::fstat(fd)?;
+    Ok(FdInfo { size: st.st_size as u64, uid: st.st_uid, mode: st.st_mode & 0o7777 })
+}
+
+/// `ftruncate(fd, len)`.
+pub(crate) fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    Ok(fs::ftruncate(fd, len)?)
+}
+
+/// `fchown(fd, uid, gid)`.
+pub(crate) fn set_owner(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    let (u, g) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+    Ok(fs::fchown(fd, Some(u), Some(g))?)
+}
+
+/// `fchmod(fd, mode)`.
+pub(crate) fn set_mode(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    Ok(fs::fchmod(fd, Mode::from_raw_mode(mode))?)
+}
+
+/// Sets or clears `FD_CLOEXEC`; a cleared fd survives `exec` into a launched binary.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
+    let flags = if cloexec { rustix::io::FdFlags::CLOEXEC } else { rustix::io::FdFlags::empty() };
+    Ok(rustix::io::fcntl_setfd(fd, flags)?)
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`.
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+/// Borrows fd number `raw` of this process, checking that it is open.
+pub(crate) fn borrow_raw_fd(raw: i32) -> io::Result<BorrowedFd<'static>> {
+    if raw < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fcntl(F_GETFD) on any integer is safe; it only checks the fd exists.
+    let rc = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd is open (checked above). The caller promises (through the
+    // handle it was given) that nobody closes it while borrowed; we only dup it.
+    Ok(unsafe { BorrowedFd::borrow_raw(raw) })
+}
+
+/// Whether an error is `EEXIST`.
+pub(crate) fn is_already_exists(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(Errno::EXIST.raw_os_error())
+}
+
+/// Names of the entries of `/dev/shm` (where glibc keeps POSIX shm objects).
+pub(crate) fn list_shm_names() -> io::Result<Vec<(String, FdInfo)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/dev/shm")? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        use std::os::unix::fs::MetadataExt;
+        out.push((name, FdInfo { size: meta.len(), uid: meta.uid(), mode: meta.mode() & 0o7777 }));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// A shared, read-write mapping of a whole shared-memory object.
+///
+/// The mapping is `MAP_SHARED`, so stores are visible to every process that maps
+/// the same object, and it is inherited by `fork`. It is unmapped on drop.
+pub(crate) struct Mapping {
+    map: memmap2::MmapRaw,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping").field("ptr", &self.map.as_ptr()).field("len", &self.map.len()).finish()
+    }
+}
+
+impl Mapping {
+    /// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`.
+    pub(crate) fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map an empty object"));
+        }
+        let file = File::from(dup_cloexec(fd.as_fd())?);
+        let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(Mapping { map })
+    }
+
+    /// Base address; page aligned.
+    pub(crate) fn ptr(&self) -> NonNull<u8> {
+        NonNull::new(self.map.as_mut_ptr()).expect("mmap never returns null on success")
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
