@@ -847,3 +847,22 @@ mod tests {
         assert!(matches!(Value::<()>::anonymous(()), Err(OpenError::InvalidArgument { .. })));
     }
 }
+
+macro_rules! shm_object {
+    ($($ty:ident => $kind:ident),*) => {$(
+        impl<T: Pod> crate::segment::ShmObject for $ty<T> {
+            const KIND: ObjectKind = ObjectKind::$kind;
+            fn handle(&self) -> Handle {
+                self.t.seg.handle()
+            }
+            fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
+                $ty::builder().open_handle(handle)
+            }
+            fn segment(&self) -> &Segment {
+                &self.t.seg
+            }
+        }
+    )*};
+}
+
+shm_object!(Value => Value, Array => Array, RawValue => RawValue, RawArray => RawArray);
