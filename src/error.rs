@@ -41,9 +41,9 @@ pub enum OpenError {
     /// The stored element type differs from the one asked for.
     TypeMismatch {
         /// The type asked for.
-        expected: TypeInfo,
+        expected: Box<TypeInfo>,
         /// The type recorded in the header.
-        found: TypeInfo,
+        found: Box<TypeInfo>,
     },
     /// The payload size differs from the one asked for (say, an array length).
     SizeMismatch {

@@ -307,7 +307,7 @@ pub(crate) fn parse_header(
             return Err(OpenError::KindMismatch { expected: spec.kind, found: kind });
         }
         if !spec.ty.matches(&ty) {
-            return Err(OpenError::TypeMismatch { expected: spec.ty, found: ty });
+            return Err(OpenError::TypeMismatch { expected: Box::new(spec.ty), found: Box::new(ty) });
         }
         match spec.payload {
             PayloadSize::Exact(n) if n != payload_size => {

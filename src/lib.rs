@@ -50,7 +50,8 @@ mod value;
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
 pub use segment::{
-    unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, DEFAULT_MODE, DEFAULT_OPEN_TIMEOUT,
+    unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, ShmObject, DEFAULT_MODE,
+    DEFAULT_OPEN_TIMEOUT,
 };
 pub use value::{
     Array, ArrayBuilder, ArrayGuard, RawArray, RawArrayBuilder, RawValue, RawValueBuilder, Value, ValueBuilder,

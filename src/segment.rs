@@ -564,6 +564,36 @@ impl SegmentBuilder {
     }
 }
 
+/// A shmproc object that another process can open from a [`Handle`].
+///
+/// Every primitive implements it, so a launcher can hand any of them to a child
+/// (through its environment or argv) and the child gets it back with
+/// [`ShmObject::open_handle`]. Opening checks the object's kind and element type,
+/// so a wrong or missing handle is a precise [`OpenError`].
+pub trait ShmObject: Sized {
+    /// The kind recorded in the segment header.
+    const KIND: ObjectKind;
+    /// How another process finds this object.
+    fn handle(&self) -> Handle;
+    /// Opens the object behind `handle` with default options.
+    fn open_handle(handle: &Handle) -> Result<Self, OpenError>;
+    /// The segment the object lives in.
+    fn segment(&self) -> &Segment;
+}
+
+impl ShmObject for Segment {
+    const KIND: ObjectKind = ObjectKind::Bytes;
+    fn handle(&self) -> Handle {
+        Segment::handle(self)
+    }
+    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
+        Segment::builder().open_handle(handle)
+    }
+    fn segment(&self) -> &Segment {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,35 +633,5 @@ mod tests {
             *s.payload_ptr().as_ptr() = 42;
             assert_eq!(*s2.payload_ptr().as_ptr(), 42);
         }
-    }
-}
-
-/// A shmproc object that another process can open from a [`Handle`].
-///
-/// Every primitive implements it, so a launcher can hand any of them to a child
-/// (through its environment or argv) and the child gets it back with
-/// [`ShmObject::open_handle`]. Opening checks the object's kind and element type,
-/// so a wrong or missing handle is a precise [`OpenError`].
-pub trait ShmObject: Sized {
-    /// The kind recorded in the segment header.
-    const KIND: ObjectKind;
-    /// How another process finds this object.
-    fn handle(&self) -> Handle;
-    /// Opens the object behind `handle` with default options.
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError>;
-    /// The segment the object lives in.
-    fn segment(&self) -> &Segment;
-}
-
-impl ShmObject for Segment {
-    const KIND: ObjectKind = ObjectKind::Bytes;
-    fn handle(&self) -> Handle {
-        Segment::handle(self)
-    }
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-        Segment::builder().open_handle(handle)
-    }
-    fn segment(&self) -> &Segment {
-        self
     }
 }

@@ -792,6 +792,25 @@ atomic_views!(
     i64 => std::sync::atomic::AtomicI64
 );
 
+macro_rules! shm_object {
+    ($($ty:ident => $kind:ident),*) => {$(
+        impl<T: Pod> crate::segment::ShmObject for $ty<T> {
+            const KIND: ObjectKind = ObjectKind::$kind;
+            fn handle(&self) -> Handle {
+                self.t.seg.handle()
+            }
+            fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
+                $ty::builder().open_handle(handle)
+            }
+            fn segment(&self) -> &Segment {
+                &self.t.seg
+            }
+        }
+    )*};
+}
+
+shm_object!(Value => Value, Array => Array, RawValue => RawValue, RawArray => RawArray);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -847,22 +866,3 @@ mod tests {
         assert!(matches!(Value::<()>::anonymous(()), Err(OpenError::InvalidArgument { .. })));
     }
 }
-
-macro_rules! shm_object {
-    ($($ty:ident => $kind:ident),*) => {$(
-        impl<T: Pod> crate::segment::ShmObject for $ty<T> {
-            const KIND: ObjectKind = ObjectKind::$kind;
-            fn handle(&self) -> Handle {
-                self.t.seg.handle()
-            }
-            fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-                $ty::builder().open_handle(handle)
-            }
-            fn segment(&self) -> &Segment {
-                &self.t.seg
-            }
-        }
-    )*};
-}
-
-shm_object!(Value => Value, Array => Array, RawValue => RawValue, RawArray => RawArray);
