@@ -1,3 +1,290 @@
 //! Cross-process synchronization primitives.
+//!
+//! * [`raw_mutex`]: the robust futex lock every locked object embeds (64 bytes).
+//! * [`Mutex`], [`ReentrantMutex`], [`Semaphore`], [`BoundedSemaphore`], [`Event`],
+//!   [`Condition`], [`Barrier`]: the public primitives, each in its own segment.
+//!
+//! The algorithms never call the OS directly: they go through [`Platform`]
+//! (futex wait/wake, "who am I", "is that thread alive"). [`Os`] is the real
+//! implementation; under `--cfg loom` the tests in [`loom_tests`] substitute a
+//! model of the futex and of thread death and let loom explore every
+//! interleaving of the raw mutex and the semaphore on a heap twin of the
+//! shared state (`ci/loom.sh`).
 
+use std::fmt;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use crate::error::OpenError;
+use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
+use crate::segment::{Segment, SegmentOptions};
+use crate::sys::Identity;
+use crate::time::Deadline;
+
+pub(crate) mod barrier;
+pub(crate) mod condition;
+pub(crate) mod event;
+pub(crate) mod mutex;
 pub(crate) mod raw_mutex;
+pub(crate) mod reentrant;
+pub(crate) mod semaphore;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+pub use barrier::{Barrier, BarrierBuilder, BarrierError, BarrierWaitResult};
+pub use condition::{Condition, ConditionBuilder};
+pub use event::{Event, EventBuilder};
+pub use mutex::{Mutex, MutexBuilder, MutexGuard};
+pub use reentrant::{ReentrantMutex, ReentrantMutexBuilder, ReentrantMutexGuard};
+pub use semaphore::{AcquireError, BoundedSemaphore, ReleaseError, Semaphore, SemaphoreBuilder};
+
+/// Atomics used by the shared-state algorithms: std's normally, loom's under `--cfg loom`.
+pub(crate) mod atomic {
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
+    #[cfg(not(loom))]
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64};
+}
+
+use atomic::AtomicU32;
+
+/// How a platform wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Woken, spuriously or not, or the word had changed: re-check.
+    Woken,
+    /// The given deadline passed.
+    TimedOut,
+}
+
+/// The operations the lock algorithms need from the outside world.
+pub(crate) trait Platform {
+    /// Sleeps while `*word == expected`, until woken or `deadline`.
+    fn wait(&self, word: &AtomicU32, expected: u32, deadline: Deadline) -> Wait;
+    /// Wakes up to `n` waiters on `word`.
+    fn wake(&self, word: &AtomicU32, n: u32);
+    /// The calling thread's identity (its tid must be non-zero and < 2^30).
+    fn me(&self) -> Identity;
+    /// Whether `who` still runs (`false` only when it is proven dead).
+    fn alive(&self, who: Identity) -> bool;
+    /// How long a lock waiter sleeps before it re-checks the owner's liveness
+    /// (`None`: sleep until woken).
+    fn liveness_slice(&self) -> Option<Duration>;
+}
+
+/// The real platform: shared futexes and `/proc` liveness.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Os;
+
+/// Slice between liveness checks of a lock owner.
+pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(20);
+
+#[cfg(not(loom))]
+impl Platform for Os {
+    #[inline]
+    fn wait(&self, word: &AtomicU32, expected: u32, deadline: Deadline) -> Wait {
+        match crate::sys::futex_wait(word, expected, deadline.at()) {
+            crate::sys::WaitOutcome::Woken => Wait::Woken,
+            crate::sys::WaitOutcome::TimedOut => Wait::TimedOut,
+        }
+    }
+    #[inline]
+    fn wake(&self, word: &AtomicU32, n: u32) {
+        crate::sys::futex_wake(word, n);
+    }
+    #[inline]
+    fn me(&self) -> Identity {
+        crate::sys::current_thread()
+    }
+    fn alive(&self, who: Identity) -> bool {
+        crate::sys::liveness(who) == crate::sys::Liveness::Alive
+    }
+    fn liveness_slice(&self) -> Option<Duration> {
+        Some(LIVENESS_SLICE)
+    }
+}
+
+// Under loom the real futex cannot be used on loom's atomics; the crate still
+// has to compile, so `Os` degrades to yielding. Only `loom_tests` run under loom.
+#[cfg(loom)]
+impl Platform for Os {
+    fn wait(&self, _word: &AtomicU32, _expected: u32, _deadline: Deadline) -> Wait {
+        loom::thread::yield_now();
+        Wait::Woken
+    }
+    fn wake(&self, _word: &AtomicU32, _n: u32) {}
+    fn me(&self) -> Identity {
+        crate::sys::current_thread()
+    }
+    fn alive(&self, who: Identity) -> bool {
+        crate::sys::liveness(who) == crate::sys::Liveness::Alive
+    }
+    fn liveness_slice(&self) -> Option<Duration> {
+        Some(LIVENESS_SLICE)
+    }
+}
+
+/// Bounded busy-wait before sleeping: `f` returns true when it is worth stopping.
+#[inline]
+pub(crate) fn spin_until(mut f: impl FnMut() -> bool, spins: u32) -> bool {
+    for _ in 0..spins {
+        if f() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    f()
+}
+
+/// Types stored in a sync segment's payload: `#[repr(C)]`, only atomics, so any
+/// bytes (including a hostile peer's) are a valid value and all-zero is valid.
+///
+/// # Safety
+/// The implementor must be `#[repr(C)]`, contain only `AtomicU32`/`AtomicU64`
+/// (or nested such types), have alignment at most 64, and treat every bit pattern
+/// as a valid (possibly "corrupt", reported as an error) state.
+pub(crate) unsafe trait SharedState: Sync + 'static {
+    /// Checks parameters stored at creation (bounds, party counts) when opening.
+    fn validate(&self) -> Result<(), OpenError> {
+        Ok(())
+    }
+}
+
+/// A segment whose payload is one `S`.
+pub(crate) struct Shared<S> {
+    seg: Segment,
+    ptr: NonNull<S>,
+    _s: PhantomData<S>,
+}
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Shared { seg: self.seg.clone(), ptr: self.ptr, _s: PhantomData }
+    }
+}
+
+impl<S> fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.seg.fmt(f)
+    }
+}
+
+// SAFETY: `S: SharedState` holds only atomics (Sync); the segment is Send + Sync.
+unsafe impl<S: SharedState> Send for Shared<S> {}
+// SAFETY: as above; all shared access is through atomics.
+unsafe impl<S: SharedState> Sync for Shared<S> {}
+
+impl<S: SharedState> Shared<S> {
+    fn spec(kind: ObjectKind) -> ObjectSpec {
+        ObjectSpec { kind, ty: TypeInfo::of::<S>(), payload: PayloadSize::Exact(std::mem::size_of::<S>() as u64) }
+    }
+
+    fn from_segment(seg: Segment) -> Result<Self, OpenError> {
+        if seg.payload_len() < std::mem::size_of::<S>() {
+            return Err(OpenError::corrupt("payload smaller than the primitive's state"));
+        }
+        let p = seg.payload_ptr();
+        if (p.as_ptr() as usize) % std::mem::align_of::<S>() != 0 {
+            return Err(OpenError::corrupt("payload is misaligned"));
+        }
+        let s = Shared { ptr: p.cast::<S>(), seg, _s: PhantomData };
+        s.get().validate()?;
+        Ok(s)
+    }
+
+    /// Creates the segment; `init` fills in the zeroed state before it is published.
+    pub(crate) fn create(opts: &SegmentOptions, kind: ObjectKind, init: impl Fn(&S)) -> Result<Self, OpenError> {
+        let seg = Segment::create_object(
+            opts,
+            kind,
+            TypeInfo::of::<S>(),
+            std::mem::size_of::<S>(),
+            std::mem::align_of::<S>().max(8),
+            |p, _| {
+                // SAFETY: the zero-filled payload is size_of::<S>() bytes, aligned
+                // for S (requested above); all-zero is a valid S (SharedState).
+                init(unsafe { p.cast::<S>().as_ref() })
+            },
+        )?;
+        Self::from_segment(seg)
+    }
+
+    /// Opens the named object.
+    pub(crate) fn open(opts: &SegmentOptions, kind: ObjectKind) -> Result<Self, OpenError> {
+        Self::from_segment(Segment::open_object(opts, &Self::spec(kind))?)
+    }
+
+    /// Opens the object behind `handle`.
+    pub(crate) fn open_handle(
+        opts: &SegmentOptions,
+        kind: ObjectKind,
+        handle: &crate::segment::Handle,
+    ) -> Result<Self, OpenError> {
+        Self::from_segment(Segment::open_handle(handle, opts, &Self::spec(kind))?)
+    }
+
+    /// Opens the named object or creates it with `init`.
+    pub(crate) fn open_or_create(opts: &SegmentOptions, kind: ObjectKind, init: impl Fn(&S)) -> Result<Self, OpenError> {
+        let seg = Segment::open_or_create_object(
+            opts,
+            &Self::spec(kind),
+            std::mem::size_of::<S>(),
+            std::mem::align_of::<S>().max(8),
+            |p, _| {
+                // SAFETY: as in `create`.
+                init(unsafe { p.cast::<S>().as_ref() })
+            },
+        )?;
+        Self::from_segment(seg)
+    }
+
+    /// The shared state.
+    #[inline]
+    pub(crate) fn get(&self) -> &S {
+        // SAFETY: `ptr` points into the mapping owned by `seg` (checked size and
+        // alignment at open); S is only atomics, valid for any bytes.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// The segment.
+    pub(crate) fn segment(&self) -> &Segment {
+        &self.seg
+    }
+}
+
+/// Declares a builder struct with the common segment options.
+macro_rules! sync_builder {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default)]
+        pub struct $name {
+            opts: $crate::segment::SegmentOptions,
+        }
+
+        impl $name {
+            $crate::segment::segment_options!();
+        }
+    };
+}
+pub(crate) use sync_builder;
+
+/// Implements `ShmObject` for a primitive with a `shared: Shared<_>` field.
+macro_rules! sync_shm_object {
+    ($ty:ident, $builder:ident, $kind:ident) => {
+        impl $crate::segment::ShmObject for $ty {
+            const KIND: $crate::header::ObjectKind = $crate::header::ObjectKind::$kind;
+            fn handle(&self) -> $crate::segment::Handle {
+                self.shared.segment().handle()
+            }
+            fn open_handle(handle: &$crate::segment::Handle) -> Result<Self, $crate::error::OpenError> {
+                $builder::default().open_handle(handle)
+            }
+            fn segment(&self) -> &$crate::segment::Segment {
+                self.shared.segment()
+            }
+        }
+    };
+}
+pub(crate) use sync_shm_object;
