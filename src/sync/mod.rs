@@ -126,6 +126,21 @@ impl Platform for Os {
     }
 }
 
+/// A `SeqCst` fence under loom only.
+///
+/// The sleeper/waker handshakes ("store mine, then load yours" on two words,
+/// both `SeqCst`) are correct in the C++20 memory model, which puts all
+/// `SeqCst` operations in one total order. loom treats `SeqCst` accesses as
+/// `AcqRel` and would report those handshakes as lost wake-ups; a `SeqCst`
+/// fence, which loom does model, restores the intended semantics there. On
+/// real hardware (x86: the locked RMW is already a full barrier) it is not
+/// needed and costs an `mfence`, so it is compiled out.
+#[inline(always)]
+pub(crate) fn loom_sc_fence() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Bounded busy-wait before sleeping: `f` returns true when it is worth stopping.
 #[inline]
 pub(crate) fn spin_until(mut f: impl FnMut() -> bool, spins: u32) -> bool {

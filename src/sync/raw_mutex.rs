@@ -57,7 +57,7 @@ pub(crate) const NOT_RECOVERABLE: u32 = TID_MASK;
 /// Linux's `PID_MAX_LIMIT`: every real tid is below it.
 pub(crate) const MAX_TID: u32 = 1 << 22;
 /// Busy-wait iterations before sleeping.
-const SPINS: u32 = 100;
+const SPINS: u32 = if cfg!(loom) { 1 } else { 100 };
 
 /// How a lock was acquired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

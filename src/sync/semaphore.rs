@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::{spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
+use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::segment::{Handle, Segment};
@@ -98,7 +98,7 @@ const _: () = {
 // (a count, a waiter hint, a bound checked at open).
 unsafe impl SharedState for RawSemaphore {}
 
-const SPINS: u32 = 64;
+const SPINS: u32 = if cfg!(loom) { 1 } else { 64 };
 
 impl RawSemaphore {
     /// A heap twin (tests and loom).
@@ -142,6 +142,7 @@ impl RawSemaphore {
         }
         loop {
             self.waiters.fetch_add(1, SeqCst);
+            loom_sc_fence();
             let r = if self.value.load(SeqCst) == 0 { p.wait(&self.value, 0, deadline) } else { Wait::Woken };
             self.waiters.fetch_sub(1, Relaxed);
             if self.try_acquire() {
@@ -168,6 +169,7 @@ impl RawSemaphore {
                 Err(now) => v = now,
             }
         }
+        loom_sc_fence();
         if self.waiters.load(SeqCst) != 0 {
             p.wake(&self.value, 1);
         }
