@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shmproc::{
     AcquireError, Barrier, BarrierError, BoundedSemaphore, Condition, Event, LockError, Mutex, RawArray,
-    ReleaseError, Semaphore, SemaphoreBuilder, ShmObject, Value,
+    ReentrantMutex, ReleaseError, Semaphore, SemaphoreBuilder, ShmObject, Value,
 };
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -162,6 +162,27 @@ fn value_lock_aborted_holder_unrecoverable() {
     assert!(v.lock_timeout(LONG).unwrap_err().is_owner_died());
     assert!(matches!(v.get(), Err(LockError::Unrecoverable)));
     assert!(matches!(v.try_lock(), Err(LockError::Unrecoverable)));
+}
+
+#[test]
+fn reentrant_mutex_killed_holder() {
+    let r = ReentrantMutex::anonymous().unwrap();
+    let mut w = holder("hold-rlock", &fd_handle(&r), "sleep");
+    assert!(matches!(r.try_lock(), Err(LockError::WouldBlock)));
+    let t = Instant::now();
+    assert!(matches!(r.lock_timeout(Duration::from_millis(30)), Err(LockError::Timeout)));
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    w.kill9();
+    let g = r.lock_timeout(LONG).unwrap_err().into_guard().expect("OwnerDied with the guard");
+    assert_eq!(r.depth(), 1, "the dead holder's recursion count is not inherited");
+    g.mark_consistent();
+    let g2 = r.lock().unwrap();
+    assert_eq!(r.depth(), 2);
+    drop(g2);
+    drop(g);
+    assert_eq!(r.depth(), 0);
+    let other = ReentrantMutex::open_handle(&r.handle()).unwrap();
+    drop(other.try_lock().unwrap());
 }
 
 #[test]

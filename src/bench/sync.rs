@@ -149,10 +149,8 @@ fn lock_incr_python(cfg: &Config) -> Result<Outcome, String> {
         if !out.status.success() {
             return Err(format!("python3 failed: {}", out.status));
         }
-        let rate: f64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .map_err(|_| "python3 printed no rate".to_string())?;
+        let rate: f64 =
+            String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| "python3 printed no rate".to_string())?;
         per_run.push(rate);
     }
     Ok(throughput(Metric::IncrPerS, per_run))

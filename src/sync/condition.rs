@@ -225,11 +225,7 @@ impl Condition {
     }
 
     /// Convenience: locks `mutex` and waits until `ready` returns true for its data.
-    pub fn wait_for<'a, T: Pod>(
-        &self,
-        mutex: &'a Mutex<T>,
-        mut ready: impl FnMut(&mut T) -> bool,
-    ) -> Relock<'a, T> {
+    pub fn wait_for<'a, T: Pod>(&self, mutex: &'a Mutex<T>, mut ready: impl FnMut(&mut T) -> bool) -> Relock<'a, T> {
         let g = mutex.lock()?;
         self.wait_while(g, |t| !ready(t))
     }

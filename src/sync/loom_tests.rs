@@ -38,11 +38,8 @@ struct Model {
 
 impl Model {
     fn world(sliced: bool) -> Model {
-        let park = Park {
-            m: Mutex::new(()),
-            cv: Condvar::new(),
-            dead: std::array::from_fn(|_| AtomicBool::new(false)),
-        };
+        let park =
+            Park { m: Mutex::new(()), cv: Condvar::new(), dead: std::array::from_fn(|_| AtomicBool::new(false)) };
         Model { id: 1, park: Arc::new(park), sliced }
     }
     fn thread(&self, id: u32) -> Model {

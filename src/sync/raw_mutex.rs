@@ -240,15 +240,13 @@ impl RawMutex {
         loop {
             let s = self.state.load(Relaxed);
             let tid = match classify(s) {
-                Word::Unlocked => {
-                    match self.state.compare_exchange(0, me.id | acquire_bits, Acquire, Relaxed) {
-                        Ok(_) => {
-                            self.stamp(me);
-                            return Ok(Acquired::Clean);
-                        }
-                        Err(_) => continue,
+                Word::Unlocked => match self.state.compare_exchange(0, me.id | acquire_bits, Acquire, Relaxed) {
+                    Ok(_) => {
+                        self.stamp(me);
+                        return Ok(Acquired::Clean);
                     }
-                }
+                    Err(_) => continue,
+                },
                 Word::NotRecoverable => return Err(RawLockError::Unrecoverable),
                 Word::Corrupt => return Err(RawLockError::Corrupt),
                 Word::Held { tid } => tid,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shmproc::{
-    Barrier, BarrierError, Condition, Event, Handle, Mutex, RawArray, Semaphore, ShmObject, Value,
+    Barrier, BarrierError, Condition, Event, Handle, Mutex, RawArray, ReentrantMutex, Semaphore, ShmObject, Value,
 };
 
 fn open<T: ShmObject>(arg: &str) -> T {
@@ -67,6 +67,18 @@ fn main() {
             let mut g = v.lock().unwrap_or_else(|_| exit(3));
             *g = 0xDEAD;
             std::mem::forget(g);
+            hold(&ready, a(3));
+        }
+        // hold-rlock <reentrant-mutex> <ready-event> sleep|abort: take it twice, then hold.
+        "hold-rlock" => {
+            let r: ReentrantMutex = open(a(1));
+            let ready: Event = open(a(2));
+            let g1 = r.lock().unwrap_or_else(|_| exit(3));
+            let g2 = r.lock().unwrap_or_else(|_| exit(3));
+            if r.depth() != 2 {
+                exit(4);
+            }
+            std::mem::forget((g1, g2));
             hold(&ready, a(3));
         }
         // sem <semaphore> <stats: RawArray<u64> [inside, max_inside, total]> <iters> <start-event>
