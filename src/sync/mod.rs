@@ -312,3 +312,114 @@ macro_rules! sync_shm_object {
     };
 }
 pub(crate) use sync_shm_object;
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use crate::{
+        Barrier, BoundedSemaphore, Condition, Event, LockError, Mutex, ReentrantMutex, Segment, Semaphore, ShmObject,
+    };
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 16) as u32
+        }
+        /// Mostly small or "interesting" values, sometimes anything.
+        fn word(&mut self) -> u32 {
+            match self.next() % 6 {
+                0 => 0,
+                1 => self.next() % 4,
+                2 => 1 << 31 | self.next() % 4,
+                3 => std::process::id(),
+                4 => u32::MAX - self.next() % 2,
+                _ => self.next(),
+            }
+        }
+    }
+
+    /// Overwrites the first 32 words of a segment's payload, as a hostile peer could.
+    fn scribble(seg: &Segment, rng: &mut Rng) {
+        let words = (seg.payload_len() / 4).min(32);
+        // SAFETY: the payload is at least `words * 4` bytes, 4-aligned, and
+        // these words are only ever accessed atomically.
+        let ws = unsafe { std::slice::from_raw_parts(seg.payload_ptr().as_ptr() as *const AtomicU32, words) };
+        for w in ws {
+            w.store(rng.word(), Ordering::Relaxed);
+        }
+    }
+
+    const T: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn hostile_bytes_give_errors_not_panics() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let sane = Mutex::<u32>::anonymous(0).unwrap();
+        for _ in 0..150 {
+            let m = Mutex::<u64>::anonymous(0).unwrap();
+            scribble(m.segment(), &mut rng);
+            drop(m.try_lock());
+            match m.lock_timeout(T) {
+                Ok(g) => drop(g),
+                Err(LockError::OwnerDied(g)) => {
+                    g.mark_consistent();
+                }
+                Err(_) => {}
+            }
+
+            let r = ReentrantMutex::anonymous().unwrap();
+            scribble(r.segment(), &mut rng);
+            drop(r.try_lock());
+            drop(r.lock_timeout(T));
+            let _ = r.depth();
+
+            let s = Semaphore::anonymous(1).unwrap();
+            scribble(s.segment(), &mut rng);
+            let _ = s.try_acquire();
+            let _ = s.acquire_timeout(T);
+            let _ = s.release();
+
+            let b = BoundedSemaphore::anonymous(2).unwrap();
+            scribble(b.segment(), &mut rng);
+            let _ = b.acquire_timeout(T);
+            let _ = b.release();
+
+            let e = Event::anonymous().unwrap();
+            scribble(e.segment(), &mut rng);
+            let _ = e.wait_timeout(T);
+            e.set();
+            e.clear();
+
+            let c = Condition::anonymous().unwrap();
+            scribble(c.segment(), &mut rng);
+            c.notify_one();
+            c.notify_all();
+            let _ = c.wait_timeout(sane.lock().unwrap(), T).map(|(g, _)| drop(g));
+
+            let bar = Barrier::anonymous(2).unwrap();
+            scribble(bar.segment(), &mut rng);
+            let _ = bar.wait_timeout(T);
+            let _ = bar.is_broken();
+            // Reopening validates the stored parameters.
+            let _ = Barrier::open_handle(&bar.handle());
+            let _ = BoundedSemaphore::open_handle(&b.handle());
+        }
+    }
+
+    #[test]
+    fn corrupt_parameters_are_refused_at_open() {
+        let bar = Barrier::anonymous(3).unwrap();
+        // SAFETY: payload word 2 is `parties`, accessed atomically only.
+        unsafe { (*(bar.segment().payload_ptr().as_ptr() as *const AtomicU32).add(2)).store(0, Ordering::Relaxed) };
+        assert!(matches!(Barrier::open_handle(&bar.handle()), Err(crate::OpenError::Corrupt { .. })));
+        let b = BoundedSemaphore::anonymous(3).unwrap();
+        // SAFETY: payload word 2 is `bound`, accessed atomically only.
+        unsafe { (*(b.segment().payload_ptr().as_ptr() as *const AtomicU32).add(2)).store(0, Ordering::Relaxed) };
+        assert!(matches!(BoundedSemaphore::open_handle(&b.handle()), Err(crate::OpenError::Corrupt { .. })));
+    }
+}
