@@ -150,6 +150,10 @@ impl Condition {
     /// Releases the mutex behind `guard`, waits for a notification, and takes
     /// the mutex again. May wake spuriously. If the mutex's holder died in the
     /// meantime, the guard comes back in [`LockError::OwnerDied`].
+    ///
+    /// Releasing counts as unlocking: a guard obtained through `OwnerDied` must
+    /// be marked consistent before it waits, or the mutex becomes
+    /// [`LockError::Unrecoverable`] (as with a pthread robust mutex).
     pub fn wait<'a, T: Pod>(&self, guard: MutexGuard<'a, T>) -> Relock<'a, T> {
         self.wait_until(guard, Deadline::NEVER).map(|(g, _)| g)
     }

@@ -162,7 +162,8 @@ impl RawMutex {
     pub(crate) fn try_lock_with<P: Platform>(&self, p: &P) -> Result<Acquired, RawLockError> {
         let me = p.me();
         loop {
-            let s = self.state.load(Relaxed);
+            // Acquire: a stamp read below is no older than this word.
+            let s = self.state.load(Acquire);
             match classify(s) {
                 Word::Unlocked => match self.state.compare_exchange(0, me.id, Acquire, Relaxed) {
                     Ok(_) => {
@@ -270,7 +271,8 @@ impl RawMutex {
                     return Err(RawLockError::Timeout);
                 }
                 // A slice ended: is the owner we slept behind still alive?
-                if self.state.load(Relaxed) == expected && tid != me.id && !p.alive(self.owner_identity(tid)) {
+                // Acquire: read the stamp no older than the word that names its tid.
+                if self.state.load(Acquire) == expected && tid != me.id && !p.alive(self.owner_identity(tid)) {
                     if let Some(r) = self.take_over(expected, me) {
                         return Ok(r);
                     }
