@@ -335,7 +335,7 @@ mod tests {
             match self.next() % 6 {
                 0 => 0,
                 1 => self.next() % 4,
-                2 => 1 << 31 | self.next() % 4,
+                2 => (1 << 31) | (self.next() % 4),
                 3 => std::process::id(),
                 4 => u32::MAX - self.next() % 2,
                 _ => self.next(),
