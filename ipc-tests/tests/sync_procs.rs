@@ -273,6 +273,36 @@ fn condition_producer_consumer_across_processes() {
 }
 
 #[test]
+fn condition_wait_reports_mutex_owner_death_on_relock() {
+    let m = Mutex::<u64>::anonymous(1).unwrap();
+    let cv = Condition::anonymous().unwrap();
+    let ready = Event::anonymous().unwrap();
+    let g = m.lock().unwrap();
+    // While we wait (mutex released), a child takes the mutex and is killed
+    // holding it; our relock must hand the guard back as OwnerDied.
+    let mut w = Worker::spawn(&["hold-mutex", &fd_handle(&m), &fd_handle(&ready), "sleep"]);
+    let killer = {
+        let (ready, cv) = (ready.clone(), cv.clone());
+        std::thread::spawn(move || {
+            assert!(ready.wait_timeout(LONG), "holder never signalled");
+            w.kill9();
+            cv.notify_all();
+        })
+    };
+    // The child can only take the mutex once this wait has released it.
+    let r = cv.wait_timeout(g, LONG);
+    killer.join().unwrap();
+    match r {
+        Err(LockError::OwnerDied(g)) => {
+            assert_eq!(*g, 0xDEAD);
+            g.mark_consistent();
+        }
+        other => panic!("expected OwnerDied on relock, got {other:?}"),
+    }
+    assert_eq!(*m.lock().unwrap(), 0xDEAD);
+}
+
+#[test]
 fn barrier_three_processes_hundred_generations() {
     let b = Barrier::anonymous(3).unwrap();
     let stats = RawArray::<u64>::builder().create_zeroed(2).unwrap();

@@ -277,6 +277,9 @@ semaphore_type!(
     /// A counting semaphore shared between processes, like Python's
     /// `multiprocessing.Semaphore`.
     ///
+    /// Permits are not owned: a process that dies holding one does not give it
+    /// back (as in Python). Use a [`crate::Mutex`] where death must be detected.
+    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let sem = shmproc::Semaphore::anonymous(2)?;
