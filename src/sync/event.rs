@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::{spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
+use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::segment::{Handle, Segment};
@@ -42,22 +42,34 @@ const _: () = {
 // SAFETY: repr(C), only AtomicU32s, align 64; any flag value is "set" or "clear".
 unsafe impl SharedState for EventState {}
 
-const SPINS: u32 = 200;
+const SPINS: u32 = if cfg!(loom) { 1 } else { 200 };
 
 impl EventState {
-    fn set<P: Platform>(&self, p: &P) {
+    /// A heap twin (loom).
+    #[cfg(loom)]
+    pub(crate) fn new() -> EventState {
+        EventState {
+            flag: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+            _reserved: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
+    pub(crate) fn set<P: Platform>(&self, p: &P) {
         self.flag.swap(1, SeqCst);
+        loom_sc_fence();
         if self.waiters.load(SeqCst) != 0 {
             p.wake(&self.flag, i32::MAX as u32);
         }
     }
 
-    fn wait<P: Platform>(&self, p: &P, deadline: Deadline) -> bool {
+    pub(crate) fn wait<P: Platform>(&self, p: &P, deadline: Deadline) -> bool {
         if self.flag.load(Acquire) != 0 || spin_until(|| self.flag.load(Acquire) != 0, SPINS) {
             return true;
         }
         loop {
             self.waiters.fetch_add(1, SeqCst);
+            loom_sc_fence();
             let r = if self.flag.load(SeqCst) == 0 { p.wait(&self.flag, 0, deadline) } else { Wait::Woken };
             self.waiters.fetch_sub(1, Relaxed);
             if self.flag.load(Acquire) != 0 {

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
+use super::event::EventState;
 use super::raw_mutex::{Acquired, RawMutex};
 use super::semaphore::RawSemaphore;
 use super::{Platform, Wait};
@@ -236,5 +237,23 @@ fn loom_bounded_semaphore_never_exceeds_bound() {
         let own = h.join().unwrap();
         assert!(extra ^ own, "extra={extra} own={own}");
         assert_eq!(s.value(), 1);
+    });
+}
+
+#[test]
+fn loom_event_set_wakes_every_waiter() {
+    builder().check(|| {
+        let world = Model::world(false);
+        let e = Arc::new(EventState::new());
+        let hs: Vec<_> = (1..=2)
+            .map(|id| {
+                let (e, p) = (e.clone(), world.thread(id));
+                loom::thread::spawn(move || assert!(e.wait(&p, Deadline::NEVER)))
+            })
+            .collect();
+        e.set(&world.thread(3));
+        for h in hs {
+            h.join().unwrap();
+        }
     });
 }
