@@ -218,6 +218,10 @@ impl<T: Pod> Mutex<T> {
     }
 
     /// Takes the lock if it is free (or its holder is dead), else [`LockError::WouldBlock`].
+    ///
+    /// When the lock is held this checks the holder's liveness through `/proc`
+    /// (some microseconds), so polling `try_lock` in a tight loop is slower
+    /// than calling [`Mutex::lock_timeout`].
     pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, LockError<MutexGuard<'_, T>>> {
         map_lock(self.raw().try_lock(), || self.guard())
     }
