@@ -58,7 +58,9 @@ pub(crate) fn map_lock<G>(r: Result<Acquired, RawLockError>, guard: impl FnOnce(
 /// A dead holder is noticed within about 20 ms by a waiting `lock`.
 ///
 /// The lock is not reentrant: locking it again from the thread that holds it
-/// blocks until the timeout (use [`crate::ReentrantMutex`] for that).
+/// blocks until the timeout (use [`crate::ReentrantMutex`] for that). Do not
+/// fork while holding a guard: dropping the child's copy would release the
+/// parent's lock (leak it with `std::mem::forget` in the child).
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
