@@ -49,9 +49,15 @@ mod value;
 
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
+pub use segment::ShmObject;
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, ShmObject, DEFAULT_MODE,
     DEFAULT_OPEN_TIMEOUT,
+};
+pub use sync::{
+    AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
+    ConditionBuilder, Event, EventBuilder, Mutex, MutexBuilder, MutexGuard, ReentrantMutex, ReentrantMutexBuilder,
+    ReentrantMutexGuard, ReleaseError, Semaphore, SemaphoreBuilder,
 };
 pub use value::{
     Array, ArrayBuilder, ArrayGuard, RawArray, RawArrayBuilder, RawValue, RawValueBuilder, Value, ValueBuilder,

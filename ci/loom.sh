@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Exhaustively checks the raw robust mutex and the semaphore algorithms with
+# loom, on heap twins of their shared state (src/sync/loom_tests.rs).
+# Uses a separate target dir so the cfg(loom) build does not evict the normal one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUSTFLAGS="--cfg loom ${RUSTFLAGS:-}" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \
+    cargo test --release -p shmproc --lib loom -- --test-threads=1 "$@"

@@ -1,0 +1,442 @@
+//! [`Semaphore`] and [`BoundedSemaphore`]: counting semaphores across processes.
+//!
+//! ## Algorithm
+//!
+//! The count is the futex word. `acquire` decrements it with a CAS when it is
+//! positive; otherwise it registers in `waiters` and sleeps while the count is
+//! 0. `release` increments the count (refusing to pass the bound of a bounded
+//! semaphore) and wakes one sleeper if `waiters` is non-zero. Both sides use
+//! `SeqCst` for "publish mine, then read yours" (count then waiters on release,
+//! waiters then count on acquire, the kernel re-reading the count under its
+//! futex lock), so a release cannot miss a sleeper.
+//!
+//! ## Layout (payload, 64 bytes, `#[repr(C, align(64))]`)
+//!
+//! | offset | size | field     | meaning                                              |
+//! |-------:|-----:|-----------|------------------------------------------------------|
+//! | 0      | 4    | `value`   | available permits (futex word)                       |
+//! | 4      | 4    | `waiters` | processes registered as (about to be) sleeping       |
+//! | 8      | 4    | `bound`   | 0 for `Semaphore`; the maximum for `BoundedSemaphore`|
+//! | 12     | 52   | reserved  | zero                                                 |
+
+use std::fmt;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::time::Duration;
+
+use super::atomic::AtomicU32;
+use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
+use crate::error::OpenError;
+use crate::header::ObjectKind;
+use crate::segment::{Handle, Segment};
+use crate::time::Deadline;
+
+/// Why a semaphore acquire returned without a permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// The timeout elapsed with no permit available.
+    Timeout,
+    /// `try_acquire`: no permit is available now.
+    WouldBlock,
+}
+
+impl fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AcquireError::Timeout => f.write_str("timed out waiting for a semaphore permit"),
+            AcquireError::WouldBlock => f.write_str("no semaphore permit is available"),
+        }
+    }
+}
+
+impl std::error::Error for AcquireError {}
+
+/// Why a semaphore release was refused (the count is left unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// A [`BoundedSemaphore`] was released more times than acquired (Python's
+    /// `ValueError: Semaphore released too many times`).
+    AboveBound {
+        /// The semaphore's bound.
+        bound: u32,
+    },
+    /// The count would exceed `u32::MAX`.
+    Overflow,
+}
+
+impl fmt::Display for ReleaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReleaseError::AboveBound { bound } => {
+                write!(f, "semaphore released too many times (its bound is {bound})")
+            }
+            ReleaseError::Overflow => f.write_str("semaphore count would overflow u32"),
+        }
+    }
+}
+
+impl std::error::Error for ReleaseError {}
+
+/// The shared state of a semaphore (also its heap twin in tests).
+#[repr(C, align(64))]
+pub(crate) struct RawSemaphore {
+    value: AtomicU32,
+    waiters: AtomicU32,
+    bound: AtomicU32,
+    _reserved: [AtomicU32; 13],
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::size_of::<RawSemaphore>() == 64);
+    assert!(std::mem::offset_of!(RawSemaphore, waiters) == 4);
+    assert!(std::mem::offset_of!(RawSemaphore, bound) == 8);
+};
+
+// SAFETY: repr(C), only AtomicU32s, align 64; every bit pattern is a state
+// (a count, a waiter hint, a bound checked at open).
+unsafe impl SharedState for RawSemaphore {}
+
+const SPINS: u32 = if cfg!(loom) { 1 } else { 64 };
+
+impl RawSemaphore {
+    /// A heap twin (tests and loom).
+    #[cfg(any(test, loom))]
+    pub(crate) fn new(value: u32, bound: u32) -> RawSemaphore {
+        RawSemaphore {
+            value: AtomicU32::new(value),
+            waiters: AtomicU32::new(0),
+            bound: AtomicU32::new(bound),
+            _reserved: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
+    fn init(&self, value: u32, bound: u32) {
+        self.value.store(value, Relaxed);
+        self.bound.store(bound, Relaxed);
+    }
+
+    /// Current count.
+    pub(crate) fn value(&self) -> u32 {
+        self.value.load(Relaxed)
+    }
+
+    /// Takes a permit if one is available now.
+    #[inline]
+    pub(crate) fn try_acquire(&self) -> bool {
+        let mut v = self.value.load(Relaxed);
+        while v > 0 {
+            match self.value.compare_exchange_weak(v, v - 1, Acquire, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => v = now,
+            }
+        }
+        false
+    }
+
+    /// Takes a permit, sleeping until `deadline`.
+    pub(crate) fn acquire_with<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<(), AcquireError> {
+        if self.try_acquire() || spin_until(|| self.value.load(Relaxed) > 0 && self.try_acquire(), SPINS) {
+            return Ok(());
+        }
+        loop {
+            self.waiters.fetch_add(1, SeqCst);
+            loom_sc_fence();
+            let r = if self.value.load(SeqCst) == 0 { p.wait(&self.value, 0, deadline) } else { Wait::Woken };
+            self.waiters.fetch_sub(1, Relaxed);
+            if self.try_acquire() {
+                return Ok(());
+            }
+            if r == Wait::TimedOut && deadline.expired() {
+                return Err(AcquireError::Timeout);
+            }
+        }
+    }
+
+    /// Adds one permit; wakes a sleeper if there is one.
+    pub(crate) fn release_with<P: Platform>(&self, p: &P, bounded: Option<u32>) -> Result<(), ReleaseError> {
+        let mut v = self.value.load(Relaxed);
+        loop {
+            let new = v.checked_add(1).ok_or(ReleaseError::Overflow)?;
+            if let Some(bound) = bounded {
+                if new > bound {
+                    return Err(ReleaseError::AboveBound { bound });
+                }
+            }
+            match self.value.compare_exchange_weak(v, new, SeqCst, Relaxed) {
+                Ok(_) => break,
+                Err(now) => v = now,
+            }
+        }
+        loom_sc_fence();
+        if self.waiters.load(SeqCst) != 0 {
+            p.wake(&self.value, 1);
+        }
+        Ok(())
+    }
+}
+
+macro_rules! semaphore_type {
+    ($(#[$doc:meta])* $name:ident, $kind:ident, bounded = $bounded:expr) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name {
+            shared: Shared<RawSemaphore>,
+            /// The bound, read once at open (None for the unbounded kind).
+            bound: Option<u32>,
+        }
+
+        impl $name {
+            /// A builder with default options (anonymous, mode 0600).
+            pub fn builder() -> SemaphoreBuilder {
+                SemaphoreBuilder::default()
+            }
+
+            fn from_shared(shared: Shared<RawSemaphore>) -> Result<Self, OpenError> {
+                let b = shared.get().bound.load(Relaxed);
+                let bound = if $bounded {
+                    if b == 0 {
+                        return Err(OpenError::corrupt("bounded semaphore with a bound of 0"));
+                    }
+                    Some(b)
+                } else {
+                    None
+                };
+                Ok($name { shared, bound })
+            }
+
+            fn make(b: SemaphoreBuilder, value: u32, create: bool) -> Result<Self, OpenError> {
+                let bound = if $bounded { value } else { 0 };
+                if $bounded && value == 0 {
+                    return Err(OpenError::invalid("a BoundedSemaphore needs an initial value of at least 1"));
+                }
+                let init = |s: &RawSemaphore| s.init(value, bound);
+                let shared = if create {
+                    Shared::create(&b.opts, ObjectKind::$kind, init)?
+                } else {
+                    Shared::open_or_create(&b.opts, ObjectKind::$kind, init)?
+                };
+                Self::from_shared(shared)
+            }
+
+            /// Takes a permit, blocking until one is available.
+            pub fn acquire(&self) {
+                // Without a deadline the only way out is a permit.
+                let _ = self.shared.get().acquire_with(&Os, Deadline::NEVER);
+            }
+
+            /// Takes a permit, giving up with [`AcquireError::Timeout`] after `timeout`.
+            pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), AcquireError> {
+                self.shared.get().acquire_with(&Os, Deadline::after(Some(timeout)))
+            }
+
+            /// Takes a permit if one is available now, else [`AcquireError::WouldBlock`].
+            pub fn try_acquire(&self) -> Result<(), AcquireError> {
+                if self.shared.get().try_acquire() {
+                    Ok(())
+                } else {
+                    Err(AcquireError::WouldBlock)
+                }
+            }
+
+            /// Returns a permit, waking one waiter.
+            pub fn release(&self) -> Result<(), ReleaseError> {
+                self.shared.get().release_with(&Os, self.bound)
+            }
+
+            /// The number of permits available now (a snapshot).
+            pub fn value(&self) -> u32 {
+                self.shared.get().value()
+            }
+
+            /// How another process opens this semaphore.
+            pub fn handle(&self) -> Handle {
+                self.shared.segment().handle()
+            }
+
+            /// The segment holding it.
+            pub fn segment(&self) -> &Segment {
+                self.shared.segment()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("value", &self.value())
+                    .field("bound", &self.bound)
+                    .field("segment", self.shared.segment())
+                    .finish()
+            }
+        }
+    };
+}
+
+semaphore_type!(
+    /// A counting semaphore shared between processes, like Python's
+    /// `multiprocessing.Semaphore`.
+    ///
+    /// Permits are not owned: a process that dies holding one does not give it
+    /// back (as in Python). Use a [`crate::Mutex`] where death must be detected.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sem = shmproc::Semaphore::anonymous(2)?;
+    /// sem.acquire();
+    /// sem.try_acquire()?;
+    /// assert!(sem.try_acquire().is_err());
+    /// sem.release()?;
+    /// assert_eq!(sem.value(), 1);
+    /// # Ok(()) }
+    /// ```
+    Semaphore,
+    Semaphore,
+    bounded = false
+);
+
+semaphore_type!(
+    /// A semaphore whose count may not exceed its initial value: releasing it
+    /// more often than it was acquired is [`ReleaseError::AboveBound`], like
+    /// Python's `BoundedSemaphore` raising `ValueError`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shmproc::{BoundedSemaphore, ReleaseError};
+    /// let sem = BoundedSemaphore::anonymous(1)?;
+    /// assert_eq!(sem.release(), Err(ReleaseError::AboveBound { bound: 1 }));
+    /// # Ok(()) }
+    /// ```
+    BoundedSemaphore,
+    BoundedSemaphore,
+    bounded = true
+);
+
+impl Semaphore {
+    /// An anonymous semaphore with `value` permits, shared with children forked later.
+    pub fn anonymous(value: u32) -> Result<Self, OpenError> {
+        Self::builder().create(value)
+    }
+    /// Creates a named semaphore with `value` permits.
+    pub fn create(name: &str, value: u32) -> Result<Self, OpenError> {
+        Self::builder().name(name).create(value)
+    }
+    /// Opens a named semaphore.
+    pub fn open(name: &str) -> Result<Self, OpenError> {
+        Self::builder().name(name).open()
+    }
+}
+
+impl BoundedSemaphore {
+    /// An anonymous bounded semaphore with `value` permits (also its bound).
+    pub fn anonymous(value: u32) -> Result<Self, OpenError> {
+        Self::builder().create_bounded(value)
+    }
+    /// Creates a named bounded semaphore with `value` permits (also its bound).
+    pub fn create(name: &str, value: u32) -> Result<Self, OpenError> {
+        Self::builder().name(name).create_bounded(value)
+    }
+    /// Opens a named bounded semaphore.
+    pub fn open(name: &str) -> Result<Self, OpenError> {
+        Self::builder().name(name).open_bounded()
+    }
+}
+
+sync_builder!(
+    /// Builder for [`Semaphore`] and [`BoundedSemaphore`]: name and permissions,
+    /// then `create`/`open`/`open_or_create` (the `_bounded` ones for a
+    /// [`BoundedSemaphore`]).
+    SemaphoreBuilder
+);
+
+impl SemaphoreBuilder {
+    /// Creates a [`Semaphore`] with `value` permits.
+    pub fn create(self, value: u32) -> Result<Semaphore, OpenError> {
+        Semaphore::make(self, value, true)
+    }
+    /// Opens an existing named [`Semaphore`].
+    pub fn open(self) -> Result<Semaphore, OpenError> {
+        Semaphore::from_shared(Shared::open(&self.opts, ObjectKind::Semaphore)?)
+    }
+    /// Opens the [`Semaphore`] behind `handle`.
+    pub fn open_handle(self, handle: &Handle) -> Result<Semaphore, OpenError> {
+        Semaphore::from_shared(Shared::open_handle(&self.opts, ObjectKind::Semaphore, handle)?)
+    }
+    /// Opens the named [`Semaphore`], or creates it with `value` permits.
+    pub fn open_or_create(self, value: u32) -> Result<Semaphore, OpenError> {
+        Semaphore::make(self, value, false)
+    }
+    /// Creates a [`BoundedSemaphore`] with `value` permits and bound `value` (>= 1).
+    pub fn create_bounded(self, value: u32) -> Result<BoundedSemaphore, OpenError> {
+        BoundedSemaphore::make(self, value, true)
+    }
+    /// Opens an existing named [`BoundedSemaphore`].
+    pub fn open_bounded(self) -> Result<BoundedSemaphore, OpenError> {
+        BoundedSemaphore::from_shared(Shared::open(&self.opts, ObjectKind::BoundedSemaphore)?)
+    }
+    /// Opens the [`BoundedSemaphore`] behind `handle`.
+    pub fn open_handle_bounded(self, handle: &Handle) -> Result<BoundedSemaphore, OpenError> {
+        BoundedSemaphore::from_shared(Shared::open_handle(&self.opts, ObjectKind::BoundedSemaphore, handle)?)
+    }
+    /// Opens the named [`BoundedSemaphore`], or creates it with `value` permits.
+    pub fn open_or_create_bounded(self, value: u32) -> Result<BoundedSemaphore, OpenError> {
+        BoundedSemaphore::make(self, value, false)
+    }
+}
+
+/// Builder alias so `ShmObject::open_handle` finds the bounded opener.
+#[derive(Default)]
+struct BoundedOpener;
+impl BoundedOpener {
+    fn open_handle(self, handle: &Handle) -> Result<BoundedSemaphore, OpenError> {
+        SemaphoreBuilder::default().open_handle_bounded(handle)
+    }
+}
+
+sync_shm_object!(Semaphore, SemaphoreBuilder, Semaphore);
+sync_shm_object!(BoundedSemaphore, BoundedOpener, BoundedSemaphore);
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn counting_and_bounds() {
+        let s = Semaphore::anonymous(2).unwrap();
+        assert!(s.try_acquire().is_ok());
+        s.acquire();
+        assert_eq!(s.try_acquire(), Err(AcquireError::WouldBlock));
+        let t = Instant::now();
+        assert_eq!(s.acquire_timeout(Duration::from_millis(30)), Err(AcquireError::Timeout));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        s.release().unwrap();
+        s.release().unwrap();
+        s.release().unwrap(); // unbounded: fine
+        assert_eq!(s.value(), 3);
+
+        let b = BoundedSemaphore::anonymous(2).unwrap();
+        b.acquire();
+        b.release().unwrap();
+        assert_eq!(b.release(), Err(ReleaseError::AboveBound { bound: 2 }));
+        assert_eq!(b.value(), 2);
+        assert!(BoundedSemaphore::anonymous(0).is_err());
+    }
+
+    #[test]
+    fn release_wakes_thread() {
+        let s = Semaphore::anonymous(0).unwrap();
+        let s2 = s.clone();
+        let h = std::thread::spawn(move || s2.acquire_timeout(Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(20));
+        s.release().unwrap();
+        assert_eq!(h.join().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn kinds_do_not_mix() {
+        let s = Semaphore::anonymous(1).unwrap();
+        let err = SemaphoreBuilder::default().open_handle_bounded(&s.handle()).unwrap_err();
+        assert!(matches!(err, OpenError::KindMismatch { .. }), "{err:?}");
+    }
+}
