@@ -49,7 +49,6 @@ mod value;
 
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
-pub use segment::ShmObject;
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, ShmObject, DEFAULT_MODE,
     DEFAULT_OPEN_TIMEOUT,

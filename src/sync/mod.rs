@@ -11,11 +11,6 @@
 //! interleaving of the raw mutex and the semaphore on a heap twin of the
 //! shared state (`ci/loom.sh`).
 
-// `OpenError` is large (a `TypeMismatch` carries two 80-byte `TypeInfo`s);
-// whether to box it is a crate-wide decision of the foundation (header.rs,
-// segment.rs and value.rs hit the same lint), not one to take per primitive.
-#![allow(clippy::result_large_err)]
-
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
