@@ -14,11 +14,16 @@
 //! * Every wait on the other process is bounded; a stuck child is killed and
 //!   the case returns `Err`.
 
+pub mod baselines;
 pub mod os;
+pub mod report;
+pub mod shm;
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 /// What a figure measures (the `metric` field of the JSON output).
+#[allow(dead_code)] // some variants are only used by other areas' cases
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
     /// Round-trip time in nanoseconds (lower is better).
@@ -91,6 +96,165 @@ pub struct Case {
     pub run: fn(&Config) -> Result<Outcome, String>,
 }
 
+impl Config {
+    /// The placement for this machine: parent on the first allowed CPU, child
+    /// on the second (both None, unpinned, where only one CPU is allowed).
+    pub fn for_machine(quick: bool) -> Config {
+        let cpus = os::allowed_cpus();
+        match cpus.as_slice() {
+            [a, b, ..] => Config { quick, parent_cpu: Some(*a), child_cpu: Some(*b) },
+            _ => Config { quick, parent_cpu: None, child_cpu: None },
+        }
+    }
+
+    /// How long a ping-pong case samples round trips (warm-up included):
+    /// 0.25 s quick, 1 s otherwise.
+    pub fn latency_time(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_millis(1000)
+        }
+    }
+
+    /// Warm-up of a ping-pong case (samples before it are dropped).
+    pub fn latency_warmup(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(100)
+        }
+    }
+
+    /// Length of one throughput window (one "run"): 40 ms quick, 100 ms otherwise.
+    pub fn window(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(40)
+        } else {
+            Duration::from_millis(100)
+        }
+    }
+
+    /// Number of measured throughput windows after one warm-up window: 5 quick, 9 otherwise.
+    pub fn windows(&self) -> usize {
+        if self.quick {
+            5
+        } else {
+            9
+        }
+    }
+
+    /// How long a case waits without progress before it gives up on its peer.
+    pub fn stall_limit(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    /// A hard limit on a whole two-process case, after which the child is killed.
+    pub fn case_limit(&self) -> Duration {
+        Duration::from_secs(20)
+    }
+}
+
+/// Collects per-operation latency samples for a fixed time, dropping a warm-up.
+///
+/// Call [`Samples::tick`] once at the end of every operation: the sample is
+/// the time since the previous tick (one clock read per operation).
+#[derive(Debug)]
+pub struct Samples {
+    samples: Vec<f64>,
+    prev: Instant,
+    warm_until: Instant,
+    end: Instant,
+}
+
+/// Most samples one latency case keeps (16 MiB of f64).
+const MAX_SAMPLES: usize = 1 << 21;
+
+impl Samples {
+    /// Starts the clock now, with `cfg`'s warm-up and sampling time.
+    pub fn start(cfg: &Config) -> Samples {
+        let now = Instant::now();
+        Samples {
+            samples: Vec::with_capacity(if cfg.quick { 1 << 18 } else { 1 << 20 }),
+            prev: now,
+            warm_until: now + cfg.latency_warmup(),
+            end: now + cfg.latency_time(),
+        }
+    }
+
+    /// Marks the end of one operation; returns false once enough is sampled.
+    #[inline]
+    pub fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.warm_until {
+            self.samples.push(now.duration_since(self.prev).as_nanos() as f64);
+        }
+        self.prev = now;
+        now < self.end && self.samples.len() < MAX_SAMPLES
+    }
+
+    /// The median and p99 of the samples.
+    pub fn finish(self, metric: Metric) -> Result<Outcome, String> {
+        if self.samples.is_empty() {
+            return Err("no samples were taken".into());
+        }
+        Ok(latency(metric, self.samples))
+    }
+}
+
+/// Measures a rate over consecutive fixed-length windows after a warm-up window.
+///
+/// Call [`Windows::observe`] with the running total of units moved (messages or
+/// bytes) every so often; each full window becomes one run.
+#[derive(Debug)]
+pub struct Windows {
+    window: Duration,
+    want: usize,
+    started: Instant,
+    base: u64,
+    warm: bool,
+    rates: Vec<f64>,
+}
+
+impl Windows {
+    /// Starts the warm-up window now.
+    pub fn start(cfg: &Config) -> Windows {
+        Windows {
+            window: cfg.window(),
+            want: cfg.windows(),
+            started: Instant::now(),
+            base: 0,
+            warm: false,
+            rates: Vec::new(),
+        }
+    }
+
+    /// Records that `total` units have moved so far; returns false once every
+    /// window is measured.
+    #[inline]
+    pub fn observe(&mut self, total: u64) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.started);
+        if elapsed >= self.window {
+            if self.warm {
+                self.rates.push(total.saturating_sub(self.base) as f64 / elapsed.as_secs_f64());
+            }
+            self.warm = true;
+            self.started = now;
+            self.base = total;
+        }
+        self.rates.len() < self.want
+    }
+
+    /// The median rate over the windows.
+    pub fn finish(self, metric: Metric) -> Result<Outcome, String> {
+        if self.rates.is_empty() {
+            return Err("no window was completed".into());
+        }
+        Ok(throughput(metric, self.rates))
+    }
+}
+
 impl fmt::Debug for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Case({}/{})", self.scenario, self.transport)
@@ -99,8 +263,9 @@ impl fmt::Debug for Case {
 
 /// Every case, in print order.
 pub fn all_cases() -> Vec<Case> {
-    let cases = Vec::new();
+    let mut cases = Vec::new();
     // Each area appends its cases here, e.g. `cases.extend(queue::cases());`.
+    cases.extend(baselines::cases());
     cases
 }
 
