@@ -149,11 +149,7 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         }
         _ => "one CPU allowed: parent and child unpinned, sharing it".to_string(),
     };
-    eprintln!(
-        "shmproc bench: {} case(s), {} run; {placement}",
-        selected.len(),
-        if quick { "quick" } else { "full" }
-    );
+    eprintln!("shmproc bench: {} case(s), {} run; {placement}", selected.len(), if quick { "quick" } else { "full" });
     let start = Instant::now();
     let mut rows = Vec::new();
     let mut failed = 0;
@@ -236,10 +232,7 @@ mod tests {
 
     #[test]
     fn no_arguments_is_bench() {
-        assert_eq!(
-            p(&[]),
-            Ok(Command::Bench { quick: false, json: false, scenarios: vec![], transports: vec![] })
-        );
+        assert_eq!(p(&[]), Ok(Command::Bench { quick: false, json: false, scenarios: vec![], transports: vec![] }));
         assert_eq!(
             p(&["--quick"]),
             Ok(Command::Bench { quick: true, json: false, scenarios: vec![], transports: vec![] })

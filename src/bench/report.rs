@@ -83,7 +83,15 @@ pub fn speedup(metric: Metric, x: f64, reference: f64) -> Option<f64> {
 
 /// "12.3x faster", "2.0x slower", "same" for a [`speedup`].
 pub fn speedup_text(s: f64) -> String {
-    let fmt = |v: f64| if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") };
+    let fmt = |v: f64| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else if v >= 10.0 {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.2}")
+        }
+    };
     if (0.995..1.005).contains(&s) {
         "same".into()
     } else if s >= 1.0 {
@@ -142,9 +150,8 @@ fn sig3(v: f64) -> String {
 /// The table of `rows`, with a ratio column against [`REFERENCE`].
 pub fn table(rows: &[Row]) -> String {
     let reference = |r: &Row| {
-        rows.iter().find(|p| {
-            p.transport == REFERENCE && p.scenario == r.scenario && p.outcome.metric == r.outcome.metric
-        })
+        rows.iter()
+            .find(|p| p.transport == REFERENCE && p.scenario == r.scenario && p.outcome.metric == r.outcome.metric)
     };
     let header = ["scenario", "transport", "metric", "median", "p99", "runs", "vs os-pipe"];
     let mut cells: Vec<[String; 7]> = Vec::new();
@@ -207,7 +214,11 @@ mod tests {
 
     #[test]
     fn json_line_has_exact_keys_and_order() {
-        let r = row("pingpong-8B", "os-pipe", Outcome { metric: Metric::RttNs, median: 61830.0, p99: Some(70123.5), runs: 4000 });
+        let r = row(
+            "pingpong-8B",
+            "os-pipe",
+            Outcome { metric: Metric::RttNs, median: 61830.0, p99: Some(70123.5), runs: 4000 },
+        );
         assert_eq!(
             json_line(&r),
             r#"{"scenario": "pingpong-8B", "transport": "os-pipe", "metric": "rtt_ns", "median": 61830, "p99": 70123.5, "runs": 4000}"#

@@ -89,13 +89,9 @@ pub fn inspect(name: &str) -> Entry {
         return other(size, "not shmproc".into());
     }
     match inspect_header(&bytes, size) {
-        Ok(header) => Entry::Segment {
-            name: name.to_string(),
-            size,
-            uid: meta.uid(),
-            id: (meta.dev(), meta.ino()),
-            header,
-        },
+        Ok(header) => {
+            Entry::Segment { name: name.to_string(), size, uid: meta.uid(), id: (meta.dev(), meta.ino()), header }
+        }
         Err(e) => other(size, format!("corrupt shmproc header: {e}")),
     }
 }
@@ -264,16 +260,16 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
             kept += 1;
             continue;
         }
-        let what = format!("{} {}, creator pid {} dead, not in use", header.kind, human_size(*size), header.creator_pid);
+        let what =
+            format!("{} {}, creator pid {} dead, not in use", header.kind, human_size(*size), header.creator_pid);
         if dry_run {
             println!("would remove {name} ({what})");
             removed += 1;
             continue;
         }
         // The name must still refer to the inode we inspected.
-        let same = std::fs::symlink_metadata(format!("{SHM_DIR}/{name}"))
-            .map(|m| (m.dev(), m.ino()) == *id)
-            .unwrap_or(false);
+        let same =
+            std::fs::symlink_metadata(format!("{SHM_DIR}/{name}")).map(|m| (m.dev(), m.ino()) == *id).unwrap_or(false);
         if !same {
             keep("it changed while gc looked at it".into());
             kept += 1;

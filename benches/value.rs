@@ -1,0 +1,96 @@
+//! `Value<u64>` and `Array<f64>` against `std::sync::Mutex`, in one run.
+//!
+//! * `value_u64`: one locked `get` / `set` of a shmproc `Value<u64>` (futex lock
+//!   in a shared anonymous segment) beside `Mutex<u64>` lock + read / write.
+//! * `array_f64_4096`: bulk copies of a 4096-element `Array<f64>` (`to_vec`,
+//!   and `update` with `copy_from_slice`), reported per element, beside the same
+//!   copies out of and into a `Mutex<Vec<f64>>`.
+//!
+//! After the measurements it prints the ratios shmproc / std from criterion's
+//! saved estimates (`target/criterion/.../new/estimates.json`).
+//!
+//! Run: `cargo bench --bench value` (add `-- --quick` for a short run).
+
+use std::hint::black_box;
+use std::sync::Mutex;
+
+use criterion::{criterion_group, Criterion, Throughput};
+use shmproc::{Array, Value};
+
+const N: usize = 4096;
+
+fn value_u64(c: &mut Criterion) {
+    let v = Value::<u64>::anonymous(0).expect("anonymous Value");
+    let m = Mutex::new(0u64);
+    let mut g = c.benchmark_group("value_u64");
+    g.bench_function("shmproc_get", |b| b.iter(|| black_box(v.get().ok())));
+    g.bench_function("shmproc_set", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            black_box(v.set(black_box(i)).is_ok())
+        })
+    });
+    g.bench_function("mutex_get", |b| b.iter(|| black_box(*m.lock().unwrap())));
+    g.bench_function("mutex_set", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            *m.lock().unwrap() = black_box(i);
+        })
+    });
+    g.finish();
+}
+
+fn array_f64(c: &mut Criterion) {
+    let init: Vec<f64> = (0..N).map(|i| i as f64).collect();
+    let a = Array::<f64>::anonymous(&init).expect("anonymous Array");
+    let m = Mutex::new(init.clone());
+    let src = init.clone();
+    let mut g = c.benchmark_group("array_f64_4096");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("shmproc_to_vec", |b| b.iter(|| black_box(a.to_vec().ok())));
+    g.bench_function("shmproc_update_copy", |b| b.iter(|| a.update(|d| d.copy_from_slice(black_box(&src))).is_ok()));
+    g.bench_function("mutex_to_vec", |b| b.iter(|| black_box(m.lock().unwrap().to_vec())));
+    g.bench_function("mutex_update_copy", |b| b.iter(|| m.lock().unwrap().copy_from_slice(black_box(&src))));
+    g.finish();
+}
+
+/// Median time (ns) criterion saved for `group/id` in this run, if any.
+fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let path = dir.join("criterion").join(group).join(id).join("new").join("estimates.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn ratios() {
+    println!("\nshmproc vs std::sync::Mutex (medians of this run; ratio = shmproc time / Mutex time):");
+    for (group, ours, theirs, per) in [
+        ("value_u64", "shmproc_get", "mutex_get", 1.0),
+        ("value_u64", "shmproc_set", "mutex_set", 1.0),
+        ("array_f64_4096", "shmproc_to_vec", "mutex_to_vec", N as f64),
+        ("array_f64_4096", "shmproc_update_copy", "mutex_update_copy", N as f64),
+    ] {
+        match (median_ns(group, ours), median_ns(group, theirs)) {
+            (Some(a), Some(b)) => println!(
+                "  {group}/{ours:<20} {:>9.3} ns{}   vs {theirs:<18} {:>9.3} ns   ratio {:.2}",
+                a / per,
+                if per > 1.0 { "/elem" } else { "     " },
+                b / per,
+                a / b
+            ),
+            _ => println!("  {group}/{ours}: no saved estimate (filtered out?)"),
+        }
+    }
+}
+
+criterion_group!(benches, value_u64, array_f64);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    ratios();
+}
