@@ -75,13 +75,15 @@ fn ratios() {
         ("array_f64_4096", "shmproc_update_copy", "mutex_update_copy", N as f64),
     ] {
         match (median_ns(group, ours), median_ns(group, theirs)) {
-            (Some(a), Some(b)) => println!(
-                "  {group}/{ours:<20} {:>9.3} ns{}   vs {theirs:<18} {:>9.3} ns   ratio {:.2}",
-                a / per,
-                if per > 1.0 { "/elem" } else { "     " },
-                b / per,
-                a / b
-            ),
+            (Some(a), Some(b)) => {
+                let unit = if per > 1.0 { "ns/elem" } else { "ns" };
+                println!(
+                    "  {group}/{ours:<20} {:>8.3} {unit:<7}  vs {theirs:<18} {:>8.3} {unit:<7}  ratio {:.2}",
+                    a / per,
+                    b / per,
+                    a / b
+                )
+            }
             _ => println!("  {group}/{ours}: no saved estimate (filtered out?)"),
         }
     }

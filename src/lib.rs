@@ -85,11 +85,8 @@ pub mod __private {
     /// Validates the first [`crate::header::HEADER_SIZE`] bytes of a segment
     /// whose real size is `actual_size` (magic, version, sizes and offsets),
     /// like `open` does but without a kind or type to match.
-    pub fn inspect_header(
-        bytes: &[u8; crate::header::HEADER_SIZE],
-        actual_size: u64,
-    ) -> Result<HeaderSummary, crate::OpenError> {
-        let info = crate::header::parse_header(bytes, actual_size, None)?;
+    pub fn inspect_header(bytes: &[u8; crate::header::HEADER_SIZE], actual_size: u64) -> Result<HeaderSummary, String> {
+        let info = crate::header::parse_header(bytes, actual_size, None).map_err(|e| e.to_string())?;
         let state = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
         Ok(HeaderSummary {
             kind: info.kind,

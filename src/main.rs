@@ -128,7 +128,9 @@ fn known(cases: &[Case], f: impl Fn(&Case) -> &'static str) -> String {
     seen.join(", ")
 }
 
-fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], transports: &[String]) -> ExitCode {
+/// Runs the selected cases and prints the results; returns the exit status
+/// (0: all measured, 1: some case failed, 2: no case matches the filters).
+fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], transports: &[String]) -> u8 {
     let selected: Vec<Case> = cases
         .into_iter()
         .filter(|c| scenarios.is_empty() || scenarios.iter().any(|s| s == c.scenario))
@@ -136,7 +138,7 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         .collect();
     if selected.is_empty() {
         eprintln!("shmproc bench: no case matches the given --scenario and --transport\n\n{USAGE}");
-        return ExitCode::from(2);
+        return 2;
     }
     let cfg = Config::for_machine(quick);
     let ncpus = bench::os::allowed_cpus().len();
@@ -194,11 +196,7 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         print!("{}", report::table(&rows));
     }
     eprintln!("shmproc bench: {} measured, {failed} failed, {total:.1} s in all", rows.len());
-    if failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    u8::from(failed > 0)
 }
 
 fn main() -> ExitCode {
@@ -214,7 +212,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Bench { quick, json, scenarios, transports }) => {
-            run_bench(cases, quick, json, &scenarios, &transports)
+            ExitCode::from(run_bench(cases, quick, json, &scenarios, &transports))
         }
         Ok(Command::Ls) => ExitCode::from(bench::shm::ls() as u8),
         Ok(Command::Gc { dry_run, prefixes }) => ExitCode::from(bench::shm::gc(dry_run, &prefixes) as u8),
@@ -262,6 +260,31 @@ mod tests {
         assert!(p(&["frobnicate"]).unwrap_err().contains("unknown command"));
         assert!(p(&["ls", "-l"]).is_err());
         assert!(p(&["gc", "extra"]).is_err());
+    }
+
+    #[test]
+    fn a_failing_case_does_not_stop_the_run_but_sets_the_exit_status() {
+        use bench::{Metric, Outcome};
+        static RAN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let ok = |_: &Config| {
+            RAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Outcome { metric: Metric::Us, median: 1.0, p99: None, runs: 1 })
+        };
+        let cases = || {
+            vec![
+                Case { scenario: "s", transport: "fails", run: |_| Err("boom".into()) },
+                Case {
+                    scenario: "s",
+                    transport: "nan",
+                    run: |_| Ok(Outcome { metric: Metric::Us, median: f64::NAN, p99: None, runs: 1 }),
+                },
+                Case { scenario: "s", transport: "ok", run: ok },
+            ]
+        };
+        assert_eq!(run_bench(cases(), true, true, &[], &[]), 1);
+        assert_eq!(RAN.load(std::sync::atomic::Ordering::Relaxed), 1, "the case after the failures ran");
+        assert_eq!(run_bench(cases(), true, true, &[], &["ok".into()]), 0);
+        assert_eq!(run_bench(cases(), true, true, &["t".into()], &[]), 2);
     }
 
     #[test]
