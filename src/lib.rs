@@ -104,6 +104,12 @@ pub mod __private {
         pid != 0 && crate::sys::identity_of(pid).is_some()
     }
 
+    /// When process `pid` started, in clock ticks since boot (field 22 of
+    /// `/proc/<pid>/stat`); None if no such live process.
+    pub fn process_start_ticks(pid: u32) -> Option<u64> {
+        crate::sys::identity_of(pid).map(|i| i.start_time)
+    }
+
     /// `fchown` a segment's fd (tests create foreign-owned segments).
     pub fn set_owner(seg: &crate::Segment, uid: u32, gid: u32) -> std::io::Result<()> {
         crate::sys::set_owner(seg.fd(), uid, gid)

@@ -189,3 +189,14 @@ pub fn close_raw(fd: i32) {
     // it are never touched again in the child, which leaves through `_exit`).
     unsafe { libc::close(fd) };
 }
+
+/// Clock ticks per second of `/proc` start times (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}

@@ -8,7 +8,10 @@
 //! `gc` is conservative. It removes a name only if all of these hold:
 //! * the header is a valid shmproc header (corrupt ones are reported, kept);
 //! * the segment belongs to the user running `gc`;
-//! * its creator pid does not exist (a reused pid counts as alive);
+//! * its creator pid does not exist, or the process that has that pid now
+//!   started more than 2 s after the segment last changed status (`ctime`,
+//!   which is never earlier than its creation), so it cannot be the creator:
+//!   the pid was reused;
 //! * no process maps it or holds an fd on it (per `/proc/*/maps` and
 //!   `/proc/*/fd`, compared by device and inode), since a forked child may go on
 //!   using a segment after its creator has exited;
@@ -36,6 +39,8 @@ pub enum Entry {
         uid: u32,
         /// (device, inode), to recognise it in `/proc`.
         id: (u64, u64),
+        /// Status change time (seconds since the epoch): not before creation.
+        ctime: i64,
         /// The header.
         header: HeaderSummary,
     },
@@ -89,11 +94,37 @@ pub fn inspect(name: &str) -> Entry {
         return other(size, "not shmproc".into());
     }
     match inspect_header(&bytes, size) {
-        Ok(header) => {
-            Entry::Segment { name: name.to_string(), size, uid: meta.uid(), id: (meta.dev(), meta.ino()), header }
-        }
+        Ok(header) => Entry::Segment {
+            name: name.to_string(),
+            size,
+            uid: meta.uid(),
+            id: (meta.dev(), meta.ino()),
+            ctime: meta.ctime(),
+            header,
+        },
         Err(e) => other(size, format!("corrupt shmproc header: {e}")),
     }
+}
+
+/// Boot time in seconds since the epoch (`btime` of `/proc/stat`).
+fn boot_time() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the creator of a segment whose status changed at `ctime` (epoch
+/// seconds) may still run: a process has `pid` and did not start clearly after
+/// `ctime`. Errs on the side of "alive".
+pub fn creator_alive(pid: u32, ctime: i64) -> bool {
+    if !process_alive(pid) {
+        return false;
+    }
+    let (Some(ticks), Some(boot)) = (shmproc::__private::process_start_ticks(pid), boot_time()) else {
+        return true;
+    };
+    let started = boot + (ticks / super::os::clock_ticks_per_sec()) as i64;
+    // btime has 1 s resolution and start times 1 tick: allow 2 s of slack.
+    started <= ctime + 2
 }
 
 /// Every entry of `/dev/shm`, sorted by name.
@@ -180,13 +211,13 @@ pub fn ls() -> i32 {
     ]];
     for e in &entries {
         rows.push(match e {
-            Entry::Segment { name, size, id, header, .. } => [
+            Entry::Segment { name, size, id, ctime, header, .. } => [
                 name.clone(),
                 format!("{}{}", header.kind, if header.ready { "" } else { " (not ready)" }),
                 if header.ty.name().is_empty() { "-".into() } else { header.ty.name().to_string() },
                 human_size(*size),
                 header.creator_pid.to_string(),
-                if process_alive(header.creator_pid) { "yes" } else { "no" }.into(),
+                if creator_alive(header.creator_pid, *ctime) { "yes" } else { "no" }.into(),
                 if used.contains(id) { "yes" } else { "no" }.into(),
             ],
             Entry::Other { name, size, why } => {
@@ -233,8 +264,8 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
         if !prefixes.is_empty() && !prefixes.iter().any(|p| e.name().starts_with(p.as_str())) {
             continue;
         }
-        let (name, size, uid, id, header) = match e {
-            Entry::Segment { name, size, uid, id, header } => (name, size, uid, id, header),
+        let (name, size, uid, id, ctime, header) = match e {
+            Entry::Segment { name, size, uid, id, ctime, header } => (name, size, uid, id, ctime, header),
             Entry::Other { name, why, .. } => {
                 if why.starts_with("corrupt") {
                     println!("kept    {name}: {why}");
@@ -250,7 +281,7 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
             kept += 1;
             continue;
         }
-        if process_alive(header.creator_pid) {
+        if creator_alive(header.creator_pid, *ctime) {
             keep(format!("creator pid {} is alive", header.creator_pid));
             kept += 1;
             continue;
@@ -292,4 +323,41 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
         if failed > 0 { format!(", {failed} failed") } else { String::new() }
     );
     i32::from(failed > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_started_after_the_segment_is_not_its_creator() {
+        let me = std::process::id();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!(creator_alive(me, now), "we run, and started before now");
+        // A segment that last changed an hour before we started: its creator
+        // was some earlier process that had our pid.
+        let boot = boot_time().expect("btime in /proc/stat");
+        assert!(!creator_alive(me, boot - 3600), "a reused pid is not the creator");
+        // A pid with no process.
+        assert!(!creator_alive(0, now));
+    }
+
+    #[test]
+    fn inspect_classifies_entries() {
+        let name = format!("shmproc-test-inspect-{}", std::process::id());
+        let path = format!("{SHM_DIR}/{name}");
+        std::fs::write(&path, b"SHMPROC\0 but far too short").unwrap();
+        let e = inspect(&name);
+        std::fs::write(&path, vec![0u8; 200]).unwrap();
+        let e2 = inspect(&name);
+        let mut corrupt = vec![0u8; 4096];
+        corrupt[..8].copy_from_slice(b"SHMPROC\0");
+        std::fs::write(&path, &corrupt).unwrap();
+        let e3 = inspect(&name);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(e, Entry::Other { ref why, .. } if why.contains("too small")), "{e:?}");
+        assert!(matches!(e2, Entry::Other { ref why, .. } if why == "not shmproc"), "{e2:?}");
+        assert!(matches!(e3, Entry::Other { ref why, .. } if why.starts_with("corrupt")), "{e3:?}");
+        assert!(matches!(inspect(&name), Entry::Other { ref why, .. } if why.starts_with("cannot open")));
+    }
 }
