@@ -12,7 +12,16 @@
 //!   (metric `rtt_ns`); throughput cases report the median over runs, p99 None.
 //! * `cfg.quick` shrinks the work so that the whole quick run takes under 15 s.
 //! * Every wait on the other process is bounded; a stuck child is killed and
-//!   the case returns `Err`.
+//!   the case returns `Err`. [`os::Watchdog`] kills a child that a blocking
+//!   `read`/`write` of the parent waits on; spin loops check
+//!   [`Config::stall_limit`]; futex waits take a timeout.
+//!
+//! Time budget: the quick run of every case together must stay under 15 s
+//! and the full run under 60 s, for about 35 cases. Use [`Samples`] (ping-pong:
+//! samples for [`Config::latency_time`], 0.25 s quick / 1 s full) and
+//! [`Windows`] (throughput: one warm-up window and [`Config::windows`] measured
+//! windows of [`Config::window`], 0.24 s quick / 1 s full), and a case costs
+//! what the baselines cost. The runner prints each case's time on stderr.
 
 pub mod baselines;
 pub mod os;
@@ -267,6 +276,44 @@ pub fn all_cases() -> Vec<Case> {
     // Each area appends its cases here, e.g. `cases.extend(queue::cases());`.
     cases.extend(baselines::cases());
     cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_drop_the_warmup_and_stop_in_time() {
+        let cfg = Config { quick: true, parent_cpu: None, child_cpu: None };
+        let start = Instant::now();
+        let mut s = Samples::start(&cfg);
+        let mut ticks = 0u64;
+        while s.tick() {
+            ticks += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(start.elapsed() >= cfg.latency_time());
+        let o = s.finish(Metric::RttNs).unwrap();
+        assert!(o.runs > 0 && (o.runs as u64) < ticks, "warm-up samples dropped: {} of {ticks}", o.runs);
+        assert!(o.median >= 200_000.0, "each sample spans a sleep of 200 us: {}", o.median);
+        assert!(o.p99.unwrap() >= o.median);
+    }
+
+    #[test]
+    fn windows_give_one_rate_per_window() {
+        let cfg = Config { quick: true, parent_cpu: None, child_cpu: None };
+        let mut w = Windows::start(&cfg);
+        let mut total = 0u64;
+        while w.observe(total) {
+            total += 1000;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let o = w.finish(Metric::MsgsPerS).unwrap();
+        assert_eq!(o.runs, cfg.windows());
+        assert!(o.p99.is_none());
+        // 1000 units per (1 ms sleep + overhead): at most 1 M/s.
+        assert!(o.median > 0.0 && o.median <= 1.0e6, "{}", o.median);
+    }
 }
 
 /// Median and p99 of `samples` (sorted in place). Empty input gives zeros.
