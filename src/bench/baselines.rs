@@ -127,7 +127,9 @@ fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()>
     Ok(())
 }
 
-/// Waits for the child after the parent's side is done; a non-zero exit is an error.
+/// Waits for the child after the parent's side is done; a non-zero exit is an
+/// error. Cases reap the child first and then report their own error before
+/// this one: the parent's error says more than the child's exit code.
 fn finish_child(mut child: Child, watchdog: Option<Watchdog>, what: &str) -> Result<(), String> {
     let fired = watchdog.map(|w| w.disarm()).unwrap_or(false);
     let code = child.wait_timeout(Duration::from_secs(5))?;
@@ -182,8 +184,9 @@ fn spin_pingpong(cfg: &Config) -> Result<Outcome, String> {
         }
     };
     w.ping.0.store(STOP, Ordering::Release);
-    finish_child(child, None, "raw-spin")?;
+    let waited = finish_child(child, None, "raw-spin");
     result?;
+    waited?;
     samples.finish(Metric::RttNs)
 }
 
@@ -247,8 +250,9 @@ fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
     };
     w.ping.0.store(FUTEX_STOP, Ordering::Release);
     os::futex_wake(&w.ping.0);
-    finish_child(child, None, "raw-futex")?;
+    let waited = finish_child(child, None, "raw-futex");
     result?;
+    waited?;
     samples.finish(Metric::RttNs)
 }
 
@@ -305,8 +309,9 @@ fn stream_pingpong<R: Read, W: Write, CR: Read + Send, CW: Write + Send>(
     };
     drop(tx); // EOF for the child
     drop(rx);
-    finish_child(child, Some(watchdog), what)?;
+    let waited = finish_child(child, Some(watchdog), what);
     result?;
+    waited?;
     samples.finish(Metric::RttNs)
 }
 
@@ -385,8 +390,9 @@ fn stream_oneway<R: Read, CW: Write + Send>(
         }
     }
     drop(rx);
-    finish_child(child, Some(watchdog), what)?;
+    let waited = finish_child(child, Some(watchdog), what);
     result?;
+    waited?;
     windows.finish(if msg == 8 { Metric::MsgsPerS } else { Metric::BytesPerS })
 }
 
@@ -495,8 +501,9 @@ fn ring8_stream(cfg: &Config) -> Result<Outcome, String> {
         }
     };
     r.stop.0.store(1, Ordering::Relaxed);
-    finish_child(child, None, "raw-ring")?;
+    let waited = finish_child(child, None, "raw-ring");
     result?;
+    waited?;
     if mismatch != 0 {
         return Err("raw-ring: a message arrived out of order or corrupted".into());
     }
@@ -589,7 +596,8 @@ fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
         }
     };
     r.stop.0.store(1, Ordering::Relaxed);
-    finish_child(child, None, "raw-ring")?;
+    let waited = finish_child(child, None, "raw-ring");
     result?;
+    waited?;
     windows.finish(Metric::BytesPerS)
 }
