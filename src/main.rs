@@ -152,6 +152,16 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         _ => "one CPU allowed: parent and child unpinned, sharing it".to_string(),
     };
     eprintln!("shmproc bench: {} case(s), {} run; {placement}", selected.len(), if quick { "quick" } else { "full" });
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .filter(|&l| l >= 0.5);
+    let load_note = load.map(|l| {
+        format!("warning: 1-minute load average {l:.2} before the run: other processes compete for the CPUs, expect noisy figures")
+    });
+    if let Some(n) = &load_note {
+        eprintln!("shmproc bench: {n}");
+    }
     let start = Instant::now();
     let mut rows = Vec::new();
     let mut failed = 0;
@@ -193,6 +203,9 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
     let total = start.elapsed().as_secs_f64();
     if !json {
         println!("shmproc bench ({}): {placement}", if quick { "quick" } else { "full" });
+        if let Some(n) = &load_note {
+            println!("{n}");
+        }
         print!("{}", report::table(&rows));
     }
     eprintln!("shmproc bench: {} measured, {failed} failed, {total:.1} s in all", rows.len());
