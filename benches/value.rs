@@ -6,8 +6,8 @@
 //!   and `update` with `copy_from_slice`), reported per element, beside the same
 //!   copies out of and into a `Mutex<Vec<f64>>`.
 //!
-//! After the measurements it prints the ratios shmproc / std from criterion's
-//! saved estimates (`target/criterion/.../new/estimates.json`).
+//! After the measurements it prints the ratios shmproc / std from the
+//! estimates criterion printed and saved (`target/criterion/.../new/estimates.json`).
 //!
 //! Run: `cargo bench --bench value` (add `-- --quick` for a short run).
 
@@ -56,25 +56,26 @@ fn array_f64(c: &mut Criterion) {
     g.finish();
 }
 
-/// Median time (ns) criterion saved for `group/id` in this run, if any.
-fn median_ns(group: &str, id: &str) -> Option<f64> {
+/// The time (ns) criterion printed for `group/id` in this run (its slope
+/// estimate, else the mean), from its saved estimates.
+fn estimate_ns(group: &str, id: &str) -> Option<f64> {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
     let path = dir.join("criterion").join(group).join(id).join("new").join("estimates.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    v["median"]["point_estimate"].as_f64()
+    v["slope"]["point_estimate"].as_f64().or_else(|| v["mean"]["point_estimate"].as_f64())
 }
 
 fn ratios() {
-    println!("\nshmproc vs std::sync::Mutex (medians of this run; ratio = shmproc time / Mutex time):");
+    println!("\nshmproc vs std::sync::Mutex (criterion's estimates of this run; ratio = shmproc time / Mutex time):");
     for (group, ours, theirs, per) in [
         ("value_u64", "shmproc_get", "mutex_get", 1.0),
         ("value_u64", "shmproc_set", "mutex_set", 1.0),
         ("array_f64_4096", "shmproc_to_vec", "mutex_to_vec", N as f64),
         ("array_f64_4096", "shmproc_update_copy", "mutex_update_copy", N as f64),
     ] {
-        match (median_ns(group, ours), median_ns(group, theirs)) {
+        match (estimate_ns(group, ours), estimate_ns(group, theirs)) {
             (Some(a), Some(b)) => {
                 let unit = if per > 1.0 { "ns/elem" } else { "ns" };
                 println!(
