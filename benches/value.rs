@@ -58,16 +58,20 @@ fn array_f64(c: &mut Criterion) {
 
 /// The time (ns) criterion printed for `group/id` in this run (its slope
 /// estimate, else the mean), from its saved estimates.
-fn estimate_ns(group: &str, id: &str) -> Option<f64> {
+fn estimate_ns(group: &str, id: &str, since: std::time::SystemTime) -> Option<f64> {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
     let path = dir.join("criterion").join(group).join(id).join("new").join("estimates.json");
+    // Only estimates written by this run (not left over from an earlier one).
+    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
+        return None;
+    }
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     v["slope"]["point_estimate"].as_f64().or_else(|| v["mean"]["point_estimate"].as_f64())
 }
 
-fn ratios() {
+fn ratios(since: std::time::SystemTime) {
     println!("\nshmproc vs std::sync::Mutex (criterion's estimates of this run; ratio = shmproc time / Mutex time):");
     for (group, ours, theirs, per) in [
         ("value_u64", "shmproc_get", "mutex_get", 1.0),
@@ -75,7 +79,7 @@ fn ratios() {
         ("array_f64_4096", "shmproc_to_vec", "mutex_to_vec", N as f64),
         ("array_f64_4096", "shmproc_update_copy", "mutex_update_copy", N as f64),
     ] {
-        match (estimate_ns(group, ours), estimate_ns(group, theirs)) {
+        match (estimate_ns(group, ours, since), estimate_ns(group, theirs, since)) {
             (Some(a), Some(b)) => {
                 let unit = if per > 1.0 { "ns/elem" } else { "ns" };
                 println!(
@@ -85,7 +89,7 @@ fn ratios() {
                     a / b
                 )
             }
-            _ => println!("  {group}/{ours}: no saved estimate (filtered out?)"),
+            _ => println!("  {group}/{ours}: not measured in this run"),
         }
     }
 }
@@ -93,7 +97,8 @@ fn ratios() {
 criterion_group!(benches, value_u64, array_f64);
 
 fn main() {
+    let since = std::time::SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();
-    ratios();
+    ratios(since);
 }
