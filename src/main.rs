@@ -202,11 +202,14 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
     }
     let total = start.elapsed().as_secs_f64();
     if !json {
-        println!("shmproc bench ({}): {placement}", if quick { "quick" } else { "full" });
+        // Ignore a closed stdout (`shmproc | head`) rather than panic.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "shmproc bench ({}): {placement}", if quick { "quick" } else { "full" });
         if let Some(n) = &load_note {
-            println!("{n}");
+            let _ = writeln!(out, "{n}");
         }
-        print!("{}", report::table(&rows));
+        let _ = write!(out, "{}", report::table(&rows));
+        let _ = out.flush();
     }
     eprintln!("shmproc bench: {} measured, {failed} failed, {total:.1} s in all", rows.len());
     u8::from(failed > 0)
