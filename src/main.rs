@@ -162,6 +162,8 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
     if let Some(n) = &load_note {
         eprintln!("shmproc bench: {n}");
     }
+    // About 35 cases must fit in 15 s (quick) or 60 s (full).
+    let (per_case_budget, total_budget) = if quick { (0.4, 15.0) } else { (1.7, 60.0) };
     let start = Instant::now();
     let mut rows = Vec::new();
     let mut failed = 0;
@@ -177,6 +179,13 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
             }
         });
         let took = t0.elapsed().as_secs_f64();
+        if took > per_case_budget {
+            eprintln!(
+                "shmproc bench: warning: {}/{} took {took:.2} s, over the {per_case_budget:.1} s a case may take \
+                 (see src/bench/mod.rs, \"Time budget\")",
+                case.scenario, case.transport
+            );
+        }
         match result {
             Ok(outcome) => {
                 let row = Row { scenario: case.scenario.into(), transport: case.transport.into(), outcome };
@@ -212,6 +221,9 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         let _ = out.flush();
     }
     eprintln!("shmproc bench: {} measured, {failed} failed, {total:.1} s in all", rows.len());
+    if total > total_budget {
+        eprintln!("shmproc bench: warning: the run took {total:.1} s, over its budget of {total_budget:.0} s");
+    }
     u8::from(failed > 0)
 }
 
