@@ -200,3 +200,41 @@ pub fn clock_ticks_per_sec() -> u64 {
         100
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that never exits (only async-signal-safe calls after the fork).
+    fn stuck_child() -> Child {
+        fork_child(None, || loop {
+            // SAFETY: pause has no preconditions; it sleeps until a signal.
+            unsafe { libc::pause() };
+        })
+        .expect("fork")
+    }
+
+    #[test]
+    fn wait_timeout_kills_a_stuck_child() {
+        let mut c = stuck_child();
+        let e = c.wait_timeout(Duration::from_millis(50)).unwrap_err();
+        assert!(e.contains("killed"), "{e}");
+        // Reaped: the pid no longer names our child.
+        // SAFETY: waitpid with WNOHANG on a pid we already reaped just fails.
+        assert_eq!(unsafe { libc::waitpid(c.pid(), std::ptr::null_mut(), libc::WNOHANG) }, -1);
+    }
+
+    #[test]
+    fn watchdog_fires_only_when_not_disarmed() {
+        let mut c = stuck_child();
+        let w = Watchdog::arm(c.pid(), Duration::from_millis(50));
+        let e = c.wait_timeout(Duration::from_secs(10)).unwrap_err();
+        assert!(e.contains("signal 9"), "{e}");
+        assert!(w.disarm(), "the watchdog reports that it fired");
+
+        let mut c = fork_child(None, || 7).expect("fork");
+        let w = Watchdog::arm(c.pid(), Duration::from_secs(10));
+        assert!(!w.disarm());
+        assert_eq!(c.wait_timeout(Duration::from_secs(10)), Ok(7));
+    }
+}
