@@ -1,0 +1,363 @@
+//! `shmproc ls` and `shmproc gc`: the shmproc segments in `/dev/shm`.
+//!
+//! Each entry is opened read-only (`O_NOFOLLOW`, so a symlink is never
+//! followed), measured with `fstat` on that fd, and its first 128 bytes are
+//! read and validated like `open` does ([`shmproc::__private::inspect_header`]).
+//! Entries that are not shmproc segments are listed as such and never removed.
+//!
+//! `gc` is conservative. It removes a name only if all of these hold:
+//! * the header is a valid shmproc header (corrupt ones are reported, kept);
+//! * the segment belongs to the user running `gc`;
+//! * its creator pid does not exist, or the process that has that pid now
+//!   started more than 2 s after the segment last changed status (`ctime`,
+//!   which is never earlier than its creation), so it cannot be the creator:
+//!   the pid was reused;
+//! * no process maps it or holds an fd on it (per `/proc/*/maps` and
+//!   `/proc/*/fd`, compared by device and inode), since a forked child may go on
+//!   using a segment after its creator has exited;
+//! * the name still refers to the same inode just before `unlink`.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+use shmproc::__private::{inspect_header, process_alive, HeaderSummary};
+
+const SHM_DIR: &str = "/dev/shm";
+const HEADER_SIZE: usize = shmproc::header::HEADER_SIZE;
+
+/// What one `/dev/shm` entry is.
+#[derive(Debug)]
+pub enum Entry {
+    /// A valid shmproc segment.
+    Segment {
+        /// Name without the leading `/`.
+        name: String,
+        /// Size in bytes.
+        size: u64,
+        /// Owner uid.
+        uid: u32,
+        /// (device, inode), to recognise it in `/proc`.
+        id: (u64, u64),
+        /// Status change time (seconds since the epoch): not before creation.
+        ctime: i64,
+        /// The header.
+        header: HeaderSummary,
+    },
+    /// Not a shmproc segment (or a corrupt one), with the reason.
+    Other {
+        /// Name.
+        name: String,
+        /// Size in bytes (0 if it could not be opened).
+        size: u64,
+        /// Why it is not listed as a segment.
+        why: String,
+    },
+}
+
+impl Entry {
+    fn name(&self) -> &str {
+        match self {
+            Entry::Segment { name, .. } | Entry::Other { name, .. } => name,
+        }
+    }
+}
+
+/// Reads and classifies one entry of `/dev/shm`.
+pub fn inspect(name: &str) -> Entry {
+    let other = |size: u64, why: String| Entry::Other { name: name.to_string(), size, why };
+    let path = format!("{SHM_DIR}/{name}");
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => return other(0, format!("cannot open: {e}")),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return other(0, format!("cannot stat: {e}")),
+    };
+    if !meta.is_file() {
+        return other(0, "not a regular file".into());
+    }
+    let size = meta.len();
+    if size < HEADER_SIZE as u64 {
+        return other(size, "too small for a shmproc header".into());
+    }
+    let mut bytes = [0u8; HEADER_SIZE];
+    if let Err(e) = (&file).read_exact(&mut bytes) {
+        return other(size, format!("cannot read: {e}"));
+    }
+    if bytes[..8] != shmproc::header::MAGIC.to_le_bytes() {
+        return other(size, "not shmproc".into());
+    }
+    match inspect_header(&bytes, size) {
+        Ok(header) => Entry::Segment {
+            name: name.to_string(),
+            size,
+            uid: meta.uid(),
+            id: (meta.dev(), meta.ino()),
+            ctime: meta.ctime(),
+            header,
+        },
+        Err(e) => other(size, format!("corrupt shmproc header: {e}")),
+    }
+}
+
+/// Boot time in seconds since the epoch (`btime` of `/proc/stat`).
+fn boot_time() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the creator of a segment whose status changed at `ctime` (epoch
+/// seconds) may still run: a process has `pid` and did not start clearly after
+/// `ctime`. Errs on the side of "alive".
+pub fn creator_alive(pid: u32, ctime: i64) -> bool {
+    if !process_alive(pid) {
+        return false;
+    }
+    let (Some(ticks), Some(boot)) = (shmproc::__private::process_start_ticks(pid), boot_time()) else {
+        return true;
+    };
+    let started = boot + (ticks / super::os::clock_ticks_per_sec()) as i64;
+    // btime has 1 s resolution and start times 1 tick: allow 2 s of slack.
+    started <= ctime + 2
+}
+
+/// Every entry of `/dev/shm`, sorted by name.
+pub fn scan() -> std::io::Result<Vec<Entry>> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(SHM_DIR)?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    names.sort();
+    Ok(names.iter().map(|n| inspect(n)).collect())
+}
+
+/// (device, inode) of every `/dev/shm` object some process maps or holds open.
+/// Processes whose `/proc` entries cannot be read are skipped (as root, none are).
+pub fn in_use() -> HashSet<(u64, u64)> {
+    let mut used = HashSet::new();
+    let shm_dev = std::fs::metadata(SHM_DIR).map(|m| m.dev()).ok();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return used };
+    for p in procs.flatten() {
+        let pid = p.file_name();
+        let Some(pid) = pid.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        // Mappings: "addr perms offset dev inode path".
+        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for line in maps.lines() {
+                let mut f = line.split_whitespace();
+                let (Some(_), Some(_), Some(_), Some(_), Some(ino), Some(path)) =
+                    (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+                else {
+                    continue;
+                };
+                // memfds show as "/memfd:..."; named segments as "/dev/shm/<name>".
+                if path.starts_with("/dev/shm/") {
+                    if let (Some(dev), Ok(ino)) = (shm_dev, ino.parse::<u64>()) {
+                        used.insert((dev, ino));
+                    }
+                }
+            }
+        }
+        // Open fds (a process may hold the fd without mapping it).
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                let is_shm = std::fs::read_link(fd.path())
+                    .map(|t| t.to_string_lossy().starts_with("/dev/shm/"))
+                    .unwrap_or(false);
+                if is_shm {
+                    if let Ok(m) = std::fs::metadata(fd.path()) {
+                        used.insert((m.dev(), m.ino()));
+                    }
+                }
+            }
+        }
+    }
+    used
+}
+
+fn human_size(n: u64) -> String {
+    if n >= 1 << 30 {
+        format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
+    } else if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// `shmproc ls`: prints the table; returns the exit code.
+pub fn ls() -> i32 {
+    let entries = match scan() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("shmproc ls: cannot read {SHM_DIR}: {e}");
+            return 1;
+        }
+    };
+    let used = in_use();
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "KIND".into(),
+        "TYPE".into(),
+        "SIZE".into(),
+        "CREATOR".into(),
+        "ALIVE".into(),
+        "IN USE".into(),
+    ]];
+    for e in &entries {
+        rows.push(match e {
+            Entry::Segment { name, size, id, ctime, header, .. } => [
+                name.clone(),
+                format!("{}{}", header.kind, if header.ready { "" } else { " (not ready)" }),
+                if header.ty.name().is_empty() { "-".into() } else { header.ty.name().to_string() },
+                human_size(*size),
+                header.creator_pid.to_string(),
+                if creator_alive(header.creator_pid, *ctime) { "yes" } else { "no" }.into(),
+                if used.contains(id) { "yes" } else { "no" }.into(),
+            ],
+            Entry::Other { name, size, why } => {
+                [name.clone(), format!("({why})"), "-".into(), human_size(*size), "-".into(), "-".into(), "-".into()]
+            }
+        });
+    }
+    let mut width = [0usize; 7];
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in &rows {
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(width).enumerate() {
+            if i == 3 || i == 4 {
+                line.push_str(&format!("{c:>w$}  "));
+            } else {
+                line.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+    let n = entries.iter().filter(|e| matches!(e, Entry::Segment { .. })).count();
+    println!("{n} shmproc segment(s), {} other entr(y/ies) in {SHM_DIR}", entries.len() - n);
+    0
+}
+
+/// `shmproc gc`: removes dead creators' segments (or says which it would);
+/// returns the exit code.
+pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
+    let entries = match scan() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("shmproc gc: cannot read {SHM_DIR}: {e}");
+            return 1;
+        }
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let used = in_use();
+    let (mut removed, mut kept, mut failed) = (0, 0, 0);
+    for e in &entries {
+        if !prefixes.is_empty() && !prefixes.iter().any(|p| e.name().starts_with(p.as_str())) {
+            continue;
+        }
+        let (name, size, uid, id, ctime, header) = match e {
+            Entry::Segment { name, size, uid, id, ctime, header } => (name, size, uid, id, ctime, header),
+            Entry::Other { name, why, .. } => {
+                if why.starts_with("corrupt") {
+                    println!("kept    {name}: {why}");
+                }
+                continue;
+            }
+        };
+        let keep = |why: String| {
+            println!("kept    {name}: {why}");
+        };
+        if *uid != me {
+            keep(format!("owned by uid {uid}, not by this user"));
+            kept += 1;
+            continue;
+        }
+        if creator_alive(header.creator_pid, *ctime) {
+            keep(format!("creator pid {} is alive", header.creator_pid));
+            kept += 1;
+            continue;
+        }
+        if used.contains(id) {
+            keep(format!("creator pid {} is dead, but a process still maps or holds it", header.creator_pid));
+            kept += 1;
+            continue;
+        }
+        let what =
+            format!("{} {}, creator pid {} dead, not in use", header.kind, human_size(*size), header.creator_pid);
+        if dry_run {
+            println!("would remove {name} ({what})");
+            removed += 1;
+            continue;
+        }
+        // The name must still refer to the inode we inspected.
+        let same =
+            std::fs::symlink_metadata(format!("{SHM_DIR}/{name}")).map(|m| (m.dev(), m.ino()) == *id).unwrap_or(false);
+        if !same {
+            keep("it changed while gc looked at it".into());
+            kept += 1;
+            continue;
+        }
+        match shmproc::unlink(name) {
+            Ok(()) => {
+                println!("removed {name} ({what})");
+                removed += 1;
+            }
+            Err(err) => {
+                eprintln!("shmproc gc: cannot remove {name}: {err}");
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "{} {removed} segment(s), kept {kept}{}",
+        if dry_run { "would remove" } else { "removed" },
+        if failed > 0 { format!(", {failed} failed") } else { String::new() }
+    );
+    i32::from(failed > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_started_after_the_segment_is_not_its_creator() {
+        let me = std::process::id();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!(creator_alive(me, now), "we run, and started before now");
+        // A segment that last changed an hour before we started: its creator
+        // was some earlier process that had our pid.
+        let boot = boot_time().expect("btime in /proc/stat");
+        assert!(!creator_alive(me, boot - 3600), "a reused pid is not the creator");
+        // A pid with no process.
+        assert!(!creator_alive(0, now));
+    }
+
+    #[test]
+    fn inspect_classifies_entries() {
+        let name = format!("shmproc-test-inspect-{}", std::process::id());
+        let path = format!("{SHM_DIR}/{name}");
+        std::fs::write(&path, b"SHMPROC\0 but far too short").unwrap();
+        let e = inspect(&name);
+        std::fs::write(&path, vec![0u8; 200]).unwrap();
+        let e2 = inspect(&name);
+        let mut corrupt = vec![0u8; 4096];
+        corrupt[..8].copy_from_slice(b"SHMPROC\0");
+        std::fs::write(&path, &corrupt).unwrap();
+        let e3 = inspect(&name);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(e, Entry::Other { ref why, .. } if why.contains("too small")), "{e:?}");
+        assert!(matches!(e2, Entry::Other { ref why, .. } if why == "not shmproc"), "{e2:?}");
+        assert!(matches!(e3, Entry::Other { ref why, .. } if why.starts_with("corrupt")), "{e3:?}");
+        assert!(matches!(inspect(&name), Entry::Other { ref why, .. } if why.starts_with("cannot open")));
+    }
+}

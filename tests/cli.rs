@@ -1,0 +1,207 @@
+//! The `shmproc` command line: `bench --json`, usage errors, `ls`, `gc`.
+//!
+//! Runs the real binary. Segments are named `shmproc-test-cli-<pid>-...`, and
+//! every `gc` here passes `--prefix` with that unique prefix, so parallel test
+//! runs never touch each other's segments. A guard unlinks what a test made.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use shmproc::Value;
+
+fn shmproc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shmproc")).args(args).output().expect("run shmproc")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("shmproc-test-cli-{}-{}-", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Unlinks the named segments when dropped (ignoring ones already gone).
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = shmproc::unlink(n);
+        }
+    }
+}
+
+fn exists(name: &str) -> bool {
+    std::path::Path::new(&format!("/dev/shm/{name}")).exists()
+}
+
+/// Creates a persisted named `Value<u64>` in a forked child that then exits,
+/// and returns the child's (now dead and reaped) pid.
+fn create_in_dead_child(name: &str) -> u32 {
+    // SAFETY: the child only calls shmproc's create (glibc's malloc is
+    // fork-safe) and leaves through `_exit`, never returning into the harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = match Value::<u64>::builder().name(name).create(7) {
+            Ok(v) => {
+                v.segment().persist();
+                0
+            }
+            Err(_) => 1,
+        };
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting on our own child with WNOHANG.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed: {status}");
+            return pid as u32;
+        }
+        if std::time::Instant::now() > deadline {
+            // SAFETY: killing and reaping our own stuck child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("child did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn bench_json_prints_one_exact_object_per_case() {
+    let out = shmproc(&[
+        "bench",
+        "--quick",
+        "--json",
+        "--scenario",
+        "pingpong-8B",
+        "--transport",
+        "os-pipe",
+        "--transport=raw-spin",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per case, nothing else:\n{stdout}");
+    let mut transports = Vec::new();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let obj = v.as_object().expect("an object");
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let mut want = vec!["scenario", "transport", "metric", "median", "p99", "runs"];
+        let mut got = keys.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{line}");
+        assert_eq!(obj["scenario"], "pingpong-8B");
+        assert_eq!(obj["metric"], "rtt_ns");
+        let median = obj["median"].as_f64().expect("median is a number");
+        let p99 = obj["p99"].as_f64().expect("ping-pong has a p99");
+        assert!(median > 0.0 && p99 >= median, "{line}");
+        assert!(obj["runs"].as_u64().expect("runs is an integer") > 0, "{line}");
+        transports.push(obj["transport"].as_str().unwrap().to_string());
+    }
+    transports.sort();
+    assert_eq!(transports, ["os-pipe", "raw-spin"]);
+    assert!(stderr.contains("parent pinned to CPU") || stderr.contains("one CPU allowed"), "{stderr}");
+}
+
+#[test]
+fn bench_table_has_the_ratio_column() {
+    let out = shmproc(&["bench", "--quick", "--scenario", "stream-64KiB", "--transport", "os-pipe"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("vs os-pipe") && stdout.contains("(reference)"), "{stdout}");
+    assert!(stdout.contains("bytes_per_s"), "{stdout}");
+}
+
+#[test]
+fn unknown_names_and_flags_are_usage_errors() {
+    for args in [
+        &["bench", "--scenario", "pingpong-9B"][..],
+        &["bench", "--transport", "carrier-pigeon"],
+        &["bench", "--frobnicate"],
+        &["--scenario=nope"],
+        &["frobnicate"],
+        &["gc", "--force"],
+        &["bench", "--scenario", "stream-64KiB", "--transport", "raw-spin"], // matches no case
+    ] {
+        let out = shmproc(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert!(text(&out.stderr).contains("usage:"), "{args:?}: {}", text(&out.stderr));
+    }
+    let out = shmproc(&["help"]);
+    assert!(out.status.success() && text(&out.stdout).contains("usage:"));
+}
+
+#[test]
+fn ls_lists_segments_and_marks_foreign_entries() {
+    let p = prefix();
+    let live = format!("{p}live");
+    let foreign = format!("{p}foreign");
+    let _cleanup = Cleanup(vec![live.clone(), foreign.clone()]);
+    let v = Value::<u64>::builder().name(&live).create(1).expect("create");
+    std::fs::write(format!("/dev/shm/{foreign}"), vec![0u8; 4096]).expect("write foreign entry");
+    let out = shmproc(&["ls"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let row = stdout.lines().find(|l| l.starts_with(&live)).unwrap_or_else(|| panic!("{live} not listed:\n{stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "Value", "{row}");
+    assert_eq!(cols[2], "u64", "{row}");
+    assert!(cols.contains(&std::process::id().to_string().as_str()), "creator pid: {row}");
+    assert_eq!(&cols[cols.len() - 2..], ["yes", "yes"], "alive and mapped: {row}");
+    let row = stdout.lines().find(|l| l.starts_with(&foreign)).expect("foreign entry listed");
+    assert!(row.contains("(not shmproc)"), "{row}");
+    drop(v);
+}
+
+#[test]
+fn gc_removes_only_dead_unused_segments() {
+    let p = prefix();
+    let live = format!("{p}live");
+    let dead = format!("{p}dead");
+    let dead_mapped = format!("{p}dead-mapped");
+    let foreign = format!("{p}foreign");
+    let _cleanup = Cleanup(vec![live.clone(), dead.clone(), dead_mapped.clone(), foreign.clone()]);
+
+    let live_v = Value::<u64>::builder().name(&live).create(1).expect("create");
+    live_v.segment().persist();
+    let dead_pid = create_in_dead_child(&dead);
+    create_in_dead_child(&dead_mapped);
+    // A dead creator's segment that this process still maps: in use, so kept.
+    let mapped = Value::<u64>::open(&dead_mapped).expect("open");
+    assert_eq!(mapped.get().ok(), Some(7));
+    std::fs::write(format!("/dev/shm/{foreign}"), vec![0u8; 4096]).expect("write foreign entry");
+    assert!(exists(&live) && exists(&dead) && exists(&dead_mapped));
+
+    let out = shmproc(&["gc", "--dry-run", "--prefix", &p]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("would remove {dead} (")), "{stdout}");
+    assert!(stdout.contains(&format!("creator pid {dead_pid} dead")), "{stdout}");
+    assert!(stdout.contains(&format!("kept    {live}: creator pid {} is alive", std::process::id())), "{stdout}");
+    assert!(stdout.contains(&format!("kept    {dead_mapped}:")), "{stdout}");
+    assert!(exists(&live) && exists(&dead) && exists(&dead_mapped) && exists(&foreign), "dry run removed something");
+
+    let out = shmproc(&["gc", "--prefix", &p]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("removed {dead} (")), "{stdout}");
+    assert!(!exists(&dead), "the dead creator's segment is gone");
+    assert!(exists(&live), "a live creator's segment stays");
+    assert!(exists(&dead_mapped), "a segment still mapped stays");
+    assert!(exists(&foreign), "a non-shmproc entry stays");
+    assert_eq!(live_v.get().ok(), Some(1));
+    drop(mapped);
+}
