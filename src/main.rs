@@ -4,6 +4,7 @@
 mod bench;
 
 fn main() {
+    shmproc::init();
     let cases = bench::all_cases();
     println!("shmproc bench: {} cases registered (runner under construction)", cases.len());
 }
