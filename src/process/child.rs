@@ -1,10 +1,18 @@
 //! What runs inside a child: the typed trampoline, the report sent back to the
 //! parent, the panic capture, and the `fn`-by-offset encoding.
 //!
-//! ## Report (child to parent, over the result pipe)
-//! One postcard-encoded [`Report`], written once, after the target returned or
-//! panicked, then the child exits. The parent reads it to end of file or until
-//! the child is reaped; a missing or truncated report means the child died.
+//! ## Report (child to parent, one datagram on a `SOCK_SEQPACKET` socket pair)
+//! Sent once, after the target returned or panicked, just before the child exits:
+//!
+//! | first byte | rest |
+//! |---|---|
+//! | [`TAG_OK`] (0) | postcard bytes of the target's `R` |
+//! | [`TAG_REPORT`] (1) | postcard [`Report`] (panic message and location, or a serde failure) |
+//! | [`TAG_IN_MEMFD`] (2) | nothing; a memfd passed with `SCM_RIGHTS` holds the whole report (over [`INLINE_MAX`] bytes) |
+//!
+//! A datagram this small never blocks its sender, so the parent only waits for
+//! the exit (one wake-up per child) and then takes the datagram without
+//! blocking. No datagram means the child died before reporting.
 //!
 //! ## Sending a `fn` to a re-executed copy
 //! A `fn(A) -> R` cannot be serialised, but the same executable loaded again
@@ -16,20 +24,43 @@
 //! checked that it runs the very same executable file as the parent (see
 //! `spawn.rs`) and that both addresses lie in the image of its executable.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::sys;
 
-/// The message a child sends back.
+/// First byte of a report: the target returned; postcard bytes of its `R` follow.
+pub(crate) const TAG_OK: u8 = 0;
+/// First byte of a report: a postcard [`Report`] follows.
+pub(crate) const TAG_REPORT: u8 = 1;
+/// The only byte of a datagram that carries a memfd holding the whole report.
+pub(crate) const TAG_IN_MEMFD: u8 = 2;
+/// Largest report sent inline in the datagram; larger ones go in a memfd.
+/// The parent receives into an uninitialised stack buffer of this size.
+pub(crate) const INLINE_MAX: usize = 4096;
+/// Largest report the parent accepts (1 GiB).
+pub(crate) const MAX_REPORT: u64 = 1 << 30;
+
+/// Sends one report datagram on `out` (the child's end of the report socket).
+/// Never blocks: the socket is empty and the datagram small; a large report
+/// travels in a memfd passed with `SCM_RIGHTS`. The parent may be gone
+/// (`EPIPE`): there is nobody to tell, so errors are ignored.
+pub(crate) fn emit(out: BorrowedFd<'_>, report: &[u8]) {
+    if report.len() <= INLINE_MAX {
+        let _ = sys::send_with_fds(out, report, &[]);
+    } else if let Ok(fd) = sys::memfd_with(report) {
+        let _ = sys::send_with_fds(out, &[TAG_IN_MEMFD], &[fd.as_fd()]);
+    }
+}
+
+/// Why a child has no value to report.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Report {
-    /// The target returned; postcard bytes of its `R`.
-    Ok(Vec<u8>),
     /// The target panicked.
     Panic {
         /// Panic payload as text.
@@ -48,25 +79,47 @@ pub(crate) const EXIT_PANIC: i32 = 1;
 /// Exit code of a child that refused to run the target (identity mismatch, bad gate variable).
 pub(crate) const EXIT_REFUSED: i32 = 121;
 
-/// Runs one typed target: decodes the argument, calls `func`, encodes the result.
-pub(crate) type Trampoline = fn(usize, &[u8]) -> Report;
+/// Runs one typed target: decodes the argument, calls `func`, writes the
+/// report to the fd. `Err` is a (de)serialisation failure.
+pub(crate) type Trampoline = fn(usize, &[u8], BorrowedFd<'_>) -> Result<(), String>;
+
+/// Writes `TAG_OK` and `r` to `out`. Small results are encoded on the stack,
+/// so a forked child touches no heap page (each would cost a copy-on-write fault).
+pub(crate) fn emit_ok<R: Serialize>(r: &R, out: BorrowedFd<'_>) -> Result<(), String> {
+    let mut stack = [0u8; 128];
+    stack[0] = TAG_OK;
+    let n = match postcard::to_slice(r, &mut stack[1..]) {
+        Ok(used) => Some(used.len()),
+        Err(postcard::Error::SerializeBufferFull) => None,
+        Err(e) => return Err(format!("encoding the result in the child: {e}")),
+    };
+    match n {
+        Some(n) => emit(out, &stack[..1 + n]),
+        None => {
+            let v = postcard::to_extend(r, vec![TAG_OK]).map_err(|e| format!("encoding the result in the child: {e}"))?;
+            emit(out, &v)
+        }
+    }
+    Ok(())
+}
 
 /// The monomorphised trampoline for a `fn(A) -> R` whose address is `func`.
-pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(func: usize, args: &[u8]) -> Report {
-    // SAFETY: `func` was produced from a `fn(A) -> R` by `Process::builder` (in this
-    // process, or in the parent running the same executable, rebased by the
-    // verified offset from `anchor`), and this trampoline was instantiated for
-    // the same `A` and `R`. Function pointers and `usize` have the same size.
+pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
+    func: usize,
+    args: &[u8],
+    out: BorrowedFd<'_>,
+) -> Result<(), String> {
+    // SAFETY: `func` was produced from a `fn(A) -> R` by `Process::builder` (in
+    // this process, or in the parent running the same executable, rebased by
+    // the verified offset from `anchor`), and this trampoline was instantiated
+    // for the same `A` and `R`. Function pointers and `usize` have the same size.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    let arg: A = match postcard::from_bytes(args) {
-        Ok(a) => a,
-        Err(e) => return Report::Serde(format!("decoding the argument in the child: {e}")),
-    };
+    let arg: A = postcard::from_bytes(args).map_err(|e| format!("decoding the argument in the child: {e}"))?;
     let r = f(arg);
-    match postcard::to_allocvec(&r) {
-        Ok(bytes) => Report::Ok(bytes),
-        Err(e) => Report::Serde(format!("encoding the result in the child: {e}")),
-    }
+    let sent = emit_ok(&r, out);
+    // The child exits right after: freeing `r` would only cost copy-on-write faults.
+    std::mem::forget(r);
+    sent
 }
 
 /// A symbol of the executable image; offsets of targets are taken from it.
@@ -81,7 +134,7 @@ pub(crate) fn offset_of(addr: usize) -> i64 {
 }
 
 /// Address at `offset` from the anchor, if it lies in the same loaded object
-/// as the anchor (checked with `dladdr`; accepted when the loader cannot tell).
+/// as the anchor (checked with `dladdr`).
 pub(crate) fn address_at(offset: i64) -> Option<usize> {
     let addr = anchor().wrapping_add(offset as usize);
     same_object(addr).then_some(addr)
@@ -99,65 +152,90 @@ pub(crate) fn same_object(addr: usize) -> bool {
 }
 
 static PANIC: Mutex<Option<(String, Option<String>)>> = Mutex::new(None);
+static HOOK: Once = Once::new();
 
-/// Installs, in a child, a panic hook that records the message for the report
-/// and prints one line to fd 2 without taking the stderr lock.
-fn install_panic_hook() {
-    panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "Box<dyn Any>".to_owned()
-        };
-        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        let line = format!(
-            "shmproc child {} ({}) panicked at {}: {}\n",
-            sys::raw_pid(),
-            current_name(),
-            location.as_deref().unwrap_or("?"),
-            message
-        );
-        // SAFETY: fd 2 is borrowed only for this write; it is not closed here.
-        let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
-        let _ = sys::write_all(stderr, line.as_bytes());
-        if let Ok(mut slot) = PANIC.lock() {
-            *slot = Some((message, location));
-        }
-    }));
+/// Installs (once per process) a panic hook that, in a shmproc child, records
+/// the message for the report and prints one line to fd 2 without taking the
+/// stderr lock, and elsewhere calls the hook that was installed before.
+///
+/// Called in the parent before the first fork, so that a forked child does
+/// not have to replace the hook (a write to the parent's hook state, which
+/// would also cost copy-on-write faults). If the program later installs its
+/// own hook, a child's panic message still comes from the panic payload, but
+/// without its location.
+pub(crate) fn ensure_panic_hook() {
+    HOOK.call_once(|| {
+        // In a shmproc child (`NAME` set) record and print the panic; in any
+        // other process, behave as the previous hook.
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if NAME.load(Ordering::Relaxed).is_null() {
+                return previous(info);
+            }
+            let message = payload_text(info.payload());
+            let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let line = format!(
+                "shmproc child {} ({}) panicked at {}: {}\n",
+                sys::raw_pid(),
+                current_name(),
+                location.as_deref().unwrap_or("?"),
+                message
+            );
+            // SAFETY: fd 2 is borrowed only for this write; it is not closed here.
+            let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+            let _ = sys::write_all(stderr, line.as_bytes());
+            if let Ok(mut slot) = PANIC.lock() {
+                *slot = Some((message, location));
+            }
+        }));
+    });
 }
 
-/// Runs `body` in a child: panic capture, then the encoded report and the exit
-/// code to use.
-pub(crate) fn run_captured(body: impl FnOnce() -> Report) -> (Vec<u8>, i32) {
-    install_panic_hook();
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// Runs `body` in a child with panic capture; on failure writes a
+/// [`TAG_REPORT`] report to `out`. Returns the exit code to use.
+pub(crate) fn run_captured(out: BorrowedFd<'_>, body: impl FnOnce() -> Result<(), String>) -> i32 {
+    debug_assert!(!NAME.load(Ordering::Relaxed).is_null(), "set_current_name first");
     let report = match panic::catch_unwind(AssertUnwindSafe(body)) {
-        Ok(r) => r,
-        Err(_) => {
-            let (message, location) =
-                PANIC.lock().ok().and_then(|mut s| s.take()).unwrap_or_else(|| ("unknown panic".to_owned(), None));
+        Ok(Ok(())) => return EXIT_OK,
+        Ok(Err(reason)) => Report::Serde(reason),
+        Err(payload) => {
+            let (message, location) = PANIC
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .unwrap_or_else(|| (payload_text(&*payload), None));
             Report::Panic { message, location }
         }
     };
-    let code = match report {
-        Report::Ok(_) => EXIT_OK,
-        _ => EXIT_PANIC,
-    };
-    let bytes = postcard::to_allocvec(&report).unwrap_or_default();
-    (bytes, code)
+    if let Ok(b) = postcard::to_extend(&report, vec![TAG_REPORT]) {
+        emit(out, &b);
+    }
+    EXIT_PANIC
 }
 
+/// The name of this process if it is a shmproc child (null in any other
+/// process). One static, so a forked child dirties one page for it.
 static NAME: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Records this process's shmproc name (in a child, once, before the target runs).
-pub(crate) fn set_current_name(name: String) {
-    let old = NAME.swap(Box::into_raw(Box::new(name)), Ordering::AcqRel);
-    // The old name (inherited from a parent that was itself a child) is leaked
-    // on purpose: another thread of the parent could not be reading it here,
-    // but freeing memory we did not allocate after fork gains nothing.
-    let _ = old;
+/// Records this process's shmproc name and marks it a child (before the
+/// target runs; the panic hook reports only in children).
+///
+/// # Safety
+/// `name` must stay valid and unchanged for the rest of the process's life
+/// (in a forked child: memory of the parent's frame, which the child never
+/// leaves; elsewhere: a leaked `String`).
+pub(crate) unsafe fn set_current_name(name: *const String) {
+    NAME.store(name as *mut String, Ordering::Release);
 }
 
 /// This process's shmproc name: the name it was started with, or `MainProcess`.
@@ -166,7 +244,8 @@ pub(crate) fn current_name() -> String {
     if p.is_null() {
         "MainProcess".to_owned()
     } else {
-        // SAFETY: a non-null NAME points to a leaked Box<String> that is never freed.
+        // SAFETY: a non-null NAME points to a String that lives as long as the
+        // process (contract of `set_current_name`).
         unsafe { (*p).clone() }
     }
 }

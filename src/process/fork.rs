@@ -1,23 +1,42 @@
 //! [`StartMethod::Fork`](super::StartMethod::Fork): `fork()`, run the target in
-//! the child, write the report to a pipe, `_exit`.
+//! the child, send the report on a socket, `_exit`.
 //!
-//! Everything the child needs (the report pipe, its name as a C string, the
-//! parent pid for the daemon check) is prepared before `fork`, so between
-//! `fork` and the target the child makes only raw system calls.
+//! Everything the child needs (the report socket, its name, the parent pid for
+//! the daemon check, the panic hook) is prepared before `fork`, so between
+//! `fork` and the target the child makes only raw system calls, and on the way
+//! out it encodes a small result on its stack: every heap or static page a
+//! forked child writes costs a copy-on-write fault, which is most of what a
+//! fork-based start costs beyond the bare `fork` + `_exit` + `waitpid`.
 
-use std::ffi::CString;
 use std::os::fd::AsFd;
 
-use super::child::{self, Report};
+use super::child;
 use super::{forkserver, launched, Launched};
 use crate::sys;
 
-/// Forks a child that runs `body` and reports its outcome.
-pub(crate) fn start(name: &str, daemon: bool, body: impl FnOnce() -> Report) -> std::io::Result<Launched> {
-    let (rd, wr) = sys::pipe()?;
-    let cname = CString::new(name.replace('\0', "?")).unwrap_or_default();
-    let owned_name = name.to_owned();
-    let parent = sys::raw_pid();
+/// The process name for `PR_SET_NAME`: at most 15 bytes and a NUL, on the stack.
+pub(crate) fn comm_name(name: &str) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (d, s) in b[..15].iter_mut().zip(name.bytes().filter(|&c| c != 0)) {
+        *d = s;
+    }
+    b
+}
+
+/// Forks a child that runs `body` (which writes the report to the fd it is
+/// given and returns `Err` on a serialisation failure).
+pub(crate) fn start(
+    name: &String,
+    named: bool,
+    daemon: bool,
+    body: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<(), String>,
+) -> std::io::Result<Launched> {
+    child::ensure_panic_hook();
+    let (rd, wr) = sys::seqpacket_pair()?;
+    // Only a name given by the caller becomes the OS-visible name; the
+    // default `Process-N` saves the child a system call.
+    let comm = named.then(|| comm_name(name));
+    let parent = if daemon { sys::current_pid() } else { 0 };
     // SAFETY: the child below only makes raw system calls before the target,
     // then runs the target (whose restrictions in a multi-threaded parent are
     // documented on the module), writes with a raw `write` and `_exit`s; it
@@ -31,13 +50,14 @@ pub(crate) fn start(name: &str, daemon: bool, body: impl FnOnce() -> Report) -> 
                     sys::exit_now(child::EXIT_REFUSED);
                 }
             }
-            sys::set_thread_name(&cname);
+            if let Some(comm) = &comm {
+                sys::set_thread_name_bytes(comm);
+            }
             forkserver::close_client_in_child();
-            drop(rd);
-            child::set_current_name(owned_name);
-            let (bytes, code) = child::run_captured(body);
-            // The parent may have dropped the Process (EPIPE): nothing to do.
-            let _ = sys::write_all(wr.as_fd(), &bytes);
+            // SAFETY: `name` lives in the caller's frame, which this child
+            // never leaves (it `_exit`s below).
+            unsafe { child::set_current_name(name) };
+            let code = child::run_captured(wr.as_fd(), || body(wr.as_fd()));
             sys::exit_now(code);
         }
         Some(pid) => {

@@ -11,7 +11,7 @@
 //!
 //! | message | bytes | fds (`SCM_RIGHTS`) |
 //! |---|---|---|
-//! | request | postcard `Request { tramp, func, daemon, name }` | args memfd, report pipe write end, status pipe write end |
+//! | request | postcard `Request { tramp, func, daemon, name }` | args memfd, child's end of the report socket, status pipe write end |
 //! | reply | postcard `Reply::Started { pid }` or `Reply::Failed(reason)` | the child's pidfd (opened by the server before it could reap the child) |
 //! | status | 8 bytes on the status pipe: `u32` tag (0 exited, 1 signal) + `i32` value, little endian | |
 //!
@@ -103,13 +103,13 @@ fn launch() -> Result<Server, StartError> {
         return Err(err("the fork server exited or did not become ready (see its message on stderr)"));
     }
     CLIENT_FD.store(mine.as_raw_fd(), Ordering::Relaxed);
-    Ok(Server { sock: mine, child, owner: sys::raw_pid() })
+    Ok(Server { sock: mine, child, owner: sys::current_pid() })
 }
 
 /// The live server of this process, started if needed.
 fn server_for(slot: &mut Option<Server>) -> Result<&mut Server, StartError> {
     if let Some(s) = slot.take() {
-        if s.owner == sys::raw_pid() {
+        if s.owner == sys::current_pid() {
             *slot = Some(s);
         } else {
             // Inherited through fork from a parent: its fd was closed (or
@@ -135,7 +135,7 @@ fn retire(slot: &mut Option<Server>) {
 /// Asks the server for a child.
 pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]) -> Result<Launched, StartError> {
     let args_fd = sys::memfd_with(args)?;
-    let (rd, wr) = sys::pipe()?;
+    let (rd, wr) = sys::seqpacket_pair()?;
     let (st_rd, st_wr) = sys::pipe()?;
     let req = postcard::to_allocvec(&Request { tramp, func, daemon, name: name.to_owned() })
         .map_err(|e| err(format!("encoding the request: {e}")))?;
@@ -212,6 +212,7 @@ pub(crate) fn server_main(v: &str) -> ! {
     // Keep the socket from leaking into programs the children exec.
     let _ = sys::set_cloexec(sock.as_fd(), true);
     sys::set_thread_name(c"shmproc-fsrv");
+    child::ensure_panic_hook();
     if sys::send_with_fds(sock.as_fd(), b"ready", &[]).is_err() {
         std::process::exit(0);
     }
@@ -284,7 +285,7 @@ fn serve(sock: &OwnedFd, kids: &[Kid], req: Request, fds: [OwnedFd; 3]) -> Resul
     let (tramp, func) = spawn::resolve(req.tramp, req.func).map_err(Reply::Failed)?;
     let args = sys::read_fd_all(args_fd.as_fd(), spawn::MAX_ARGS).map_err(|e| Reply::Failed(e.to_string()))?;
     drop(args_fd);
-    let cname = std::ffi::CString::new(req.name.replace('\0', "?")).unwrap_or_default();
+    let comm = super::fork::comm_name(&req.name);
     let parent = sys::raw_pid();
     // SAFETY: the server is single-threaded (it was started by exec and never
     // spawns threads), so the child may do anything before it exits.
@@ -304,10 +305,10 @@ fn serve(sock: &OwnedFd, kids: &[Kid], req: Request, fds: [OwnedFd; 3]) -> Resul
                     sys::close_raw(k.status.as_raw_fd());
                 }
             }
-            sys::set_thread_name(&cname);
-            child::set_current_name(req.name);
-            let (bytes, code) = child::run_captured(|| tramp(func, &args));
-            let _ = sys::write_all(result.as_fd(), &bytes);
+            sys::set_thread_name_bytes(&comm);
+            // SAFETY: `req` lives in this frame, which the child never leaves.
+            unsafe { child::set_current_name(&req.name) };
+            let code = child::run_captured(result.as_fd(), || tramp(func, &args, result.as_fd()));
             sys::exit_now(code);
         }
         Ok(Some(pid)) => {

@@ -52,7 +52,7 @@
 //!
 //! ## Results, panics and deaths
 //! The argument and the result travel as postcard bytes (a memfd for the
-//! argument of a re-executed child, a pipe for the report). [`Process::join`]
+//! argument of a re-executed child, one datagram on a socket pair for the report). [`Process::join`]
 //! gives the target's `R`, or [`JoinError::Panicked`] with the panic message, or
 //! [`JoinError::Died`] with the [`ExitStatus`] (exit code or signal) when the
 //! child ended without a report.
@@ -110,7 +110,7 @@ pub use handles::{inherited, CommandExt, HANDLE_ENV_PREFIX};
 
 use crate::sys;
 use crate::time::Deadline;
-use child::{Report, Trampoline};
+use child::{Report, Trampoline, TAG_OK, TAG_REPORT};
 
 /// How a child process is created. See the [module docs](self) for the
 /// trade-offs and the default.
@@ -225,14 +225,26 @@ static COUNTER: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Launched {
     pid: u32,
     pidfd: Option<OwnedFd>,
-    /// Read end of the report pipe.
+    /// The parent's end of the report socket.
     result: OwnedFd,
     /// ForkServer: the pipe on which the server writes how the child ended.
     status: Option<OwnedFd>,
 }
 
+/// A closure called through `&mut`, so that a forked child can call it
+/// without freeing its box (a free there is only copy-on-write faults).
+trait CallOnce<R> {
+    fn call_once(&mut self) -> Option<R>;
+}
+
+impl<R, F: FnOnce() -> R> CallOnce<R> for Option<F> {
+    fn call_once(&mut self) -> Option<R> {
+        self.take().map(|f| f())
+    }
+}
+
 enum Target<R> {
-    Closure(Box<dyn FnOnce() -> R>),
+    Closure(Box<dyn CallOnce<R>>),
     Fn { tramp: Trampoline, func: usize, args: Result<Vec<u8>, String> },
 }
 
@@ -283,21 +295,28 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
             (_, Some(m)) => m,
             (Target::Fn { .. }, None) => StartMethod::default(),
         };
+        let named = self.name.is_some();
         let name = self.name.unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
         let launched = match self.target {
-            Target::Closure(f) => {
+            Target::Closure(mut f) => {
                 if method != StartMethod::Fork {
                     return Err(StartError::ClosureNeedsFork { method });
                 }
-                fork::start(&name, self.daemon, move || match postcard::to_allocvec(&f()) {
-                    Ok(b) => Report::Ok(b),
-                    Err(e) => Report::Serde(format!("encoding the result in the child: {e}")),
+                let f = &mut *f;
+                fork::start(&name, named, self.daemon, move |out| match f.call_once() {
+                    Some(r) => {
+                        let sent = child::emit_ok(&r, out);
+                        std::mem::forget(r);
+                        sent
+                    }
+                    None => Err("the closure was already called".into()),
                 })?
             }
             Target::Fn { tramp, func, args } => {
                 let args = args.map_err(|reason| StartError::Encode { reason })?;
                 match method {
-                    StartMethod::Fork => fork::start(&name, self.daemon, move || tramp(func, &args))?,
+                    // Borrowed: the child must not free the parent's buffer.
+                    StartMethod::Fork => fork::start(&name, named, self.daemon, |out| tramp(func, &args, out))?,
                     StartMethod::Spawn | StartMethod::ForkServer => {
                         if !INIT_CALLED.load(Ordering::Relaxed) {
                             return Err(StartError::NotInitialized { method });
@@ -363,18 +382,13 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// A process that runs a closure; [`StartMethod::Fork`] only (the closure
     /// is already in the forked child's memory).
     pub fn closure(target: impl FnOnce() -> R + 'static) -> Builder<R> {
-        Builder { target: Target::Closure(Box::new(target)), name: None, method: None, daemon: false }
+        Builder { target: Target::Closure(Box::new(Some(target))), name: None, method: None, daemon: false }
     }
 }
 
 impl<R: DeserializeOwned> Process<R> {
     fn from_launched(l: Launched, name: String, method: StartMethod, daemon: bool) -> Process<R> {
-        // Best effort: a failure here only costs an extra poll round.
-        let _ = sys::set_nonblocking(l.result.as_fd(), true);
-        if let Some(s) = &l.status {
-            let _ = sys::set_nonblocking(s.as_fd(), true);
-        }
-        let shared = Arc::new(Shared { pid: l.pid, name, owner: sys::raw_pid(), pidfd: l.pidfd });
+        let shared = Arc::new(Shared { pid: l.pid, name, owner: sys::current_pid(), pidfd: l.pidfd });
         REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push(shared.clone());
         Process {
             shared,
@@ -467,57 +481,77 @@ impl<R: DeserializeOwned> Process<R> {
         self.unregister();
         let status = self.ended.unwrap_or(ExitStatus::Unknown);
         let buf = std::mem::take(&mut self.buf);
-        if buf.is_empty() {
-            return Err(JoinError::Died { status });
-        }
-        match postcard::from_bytes::<Report>(&buf) {
-            Ok(Report::Ok(bytes)) => {
-                postcard::from_bytes::<R>(&bytes).map_err(|e| JoinError::Decode { reason: e.to_string() })
-            }
-            Ok(Report::Panic { message, location }) => Err(JoinError::Panicked { message, location, status }),
-            Ok(Report::Serde(reason)) => Err(JoinError::Decode { reason }),
-            // A truncated report: the child died while writing it.
-            Err(_) if !status.success() => Err(JoinError::Died { status }),
-            Err(e) => Err(JoinError::Decode { reason: format!("malformed report: {e}") }),
+        match buf.split_first() {
+            None => Err(JoinError::Died { status }),
+            Some((&TAG_OK, bytes)) => match postcard::from_bytes::<R>(bytes) {
+                Ok(r) => Ok(r),
+                // A truncated report: the child died while writing it.
+                Err(_) if !status.success() => Err(JoinError::Died { status }),
+                Err(e) => Err(JoinError::Decode { reason: format!("decoding the result: {e}") }),
+            },
+            Some((&TAG_REPORT, bytes)) => match postcard::from_bytes::<Report>(bytes) {
+                Ok(Report::Panic { message, location }) => Err(JoinError::Panicked { message, location, status }),
+                Ok(Report::Serde(reason)) => Err(JoinError::Decode { reason }),
+                Err(_) if !status.success() => Err(JoinError::Died { status }),
+                Err(e) => Err(JoinError::Decode { reason: format!("malformed report: {e}") }),
+            },
+            Some((tag, _)) => Err(JoinError::Decode { reason: format!("unknown report tag {tag}") }),
         }
     }
 
-    /// Reads what the child sent and reaps it once it ended. Returns whether
-    /// it has ended, waiting at most until `deadline`.
+    /// Reaps the child once it ended and collects its report. Returns
+    /// whether it has ended, waiting at most until `deadline`.
+    ///
+    /// Only the exit is waited for (the pidfd, or the fork server's status
+    /// pipe): the child's report is one datagram that never blocks its sender,
+    /// so the parent wakes once per child, not once for the report and again
+    /// for the exit.
     fn progress(&mut self, deadline: Deadline) -> Result<bool, JoinError> {
+        if self.ended.is_some() {
+            return Ok(true);
+        }
         loop {
-            self.drain()?;
-            if self.ended.is_some() {
-                return Ok(true);
-            }
-            if let Some(st) = self.try_reap()? {
-                self.ended = Some(st);
-                // Everything the child wrote before it ended is in the pipe now.
-                self.drain()?;
-                return Ok(true);
+            // Poll first (it returns at once for an ended child): a reap
+            // attempt on a child that is still starting is a wasted syscall.
+            if self.wait_exit(deadline)? {
+                if let Some(st) = self.try_reap()? {
+                    self.ended = Some(st);
+                    self.collect()?;
+                    return Ok(true);
+                }
             }
             if deadline.expired() {
                 return Ok(false);
             }
-            self.wait_event(deadline)?;
         }
     }
 
-    /// Reads the report pipe until it would block or ends.
-    fn drain(&mut self) -> Result<(), JoinError> {
-        let Some(fd) = &self.result else { return Ok(()) };
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match sys::read(fd.as_fd(), &mut chunk) {
-                Ok(0) => {
-                    self.result = None;
-                    return Ok(());
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(JoinError::Os(e)),
+    /// Takes the child's report datagram (and the memfd of a large one).
+    fn collect(&mut self) -> Result<(), JoinError> {
+        let Some(sock) = self.result.take() else { return Ok(()) };
+        // Uninitialised: every page written after a fork is a copy-on-write
+        // fault, so only the bytes received are touched.
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); child::INLINE_MAX + 1];
+        let (n, fds) = match sys::recv_with_fds_uninit(sock.as_fd(), &mut stack) {
+            Ok(x) => x,
+            // No report: the child died before sending one.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(JoinError::Decode { reason: e.to_string() })
             }
+            Err(e) => return Err(JoinError::Os(e)),
+        };
+        // SAFETY: recv_with_fds_uninit initialised the first `n` bytes.
+        let received = unsafe { std::slice::from_raw_parts(stack.as_ptr().cast::<u8>(), n) };
+        let mut buf = received.to_vec();
+        if buf.first() == Some(&child::TAG_IN_MEMFD) {
+            let [fd] = <[OwnedFd; 1]>::try_from(fds)
+                .map_err(|_| JoinError::Decode { reason: "a large report came without its memfd".into() })?;
+            buf = sys::read_fd_all(fd.as_fd(), child::MAX_REPORT)
+                .map_err(|e| JoinError::Decode { reason: format!("reading the report: {e}") })?;
         }
+        self.buf = buf;
+        Ok(())
     }
 
     fn try_reap(&mut self) -> Result<Option<ExitStatus>, JoinError> {
@@ -529,8 +563,8 @@ impl<R: DeserializeOwned> Process<R> {
             let mut b = [0u8; 8];
             return match sys::read(sp.as_fd(), &mut b) {
                 Ok(8) => {
-                    let tag = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
-                    let val = i32::from_le_bytes(b[4..].try_into().unwrap_or_default());
+                    let tag = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    let val = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
                     Ok(Some(match tag {
                         0 => ExitStatus::Exited(val),
                         1 => ExitStatus::Signaled(val),
@@ -557,23 +591,19 @@ impl<R: DeserializeOwned> Process<R> {
         Ok(r.map(conv))
     }
 
-    /// Blocks until the child may have made progress or `deadline` passes.
-    fn wait_event(&self, deadline: Deadline) -> Result<(), JoinError> {
-        let exit_fd = match (&self.status_pipe, &self.shared.pidfd) {
-            (Some(s), _) => Some(s.as_fd()),
-            (None, Some(p)) => Some(p.as_fd()),
-            (None, None) => None,
-        };
-        match (exit_fd, &self.result) {
-            (Some(e), Some(r)) => sys::poll_readable([e, r.as_fd()], deadline).map(|_| ())?,
-            (Some(e), None) => sys::poll_readable([e], deadline).map(|_| ())?,
-            // No pidfd (old kernel): poll the pipe in short naps.
-            (None, Some(r)) => {
-                sys::poll_readable([r.as_fd()], deadline.min_after(Duration::from_millis(1))).map(|_| ())?
+    /// Sleeps until the child may have ended or `deadline` passes; returns
+    /// whether it may have ended.
+    fn wait_exit(&self, deadline: Deadline) -> Result<bool, JoinError> {
+        Ok(match (&self.status_pipe, &self.shared.pidfd) {
+            (Some(fd), _) | (None, Some(fd)) => sys::poll_readable([fd.as_fd()], deadline)?[0],
+            // No pidfd (kernel before 5.3): poll for the exit in short naps.
+            (None, None) => {
+                if !deadline.expired() {
+                    sys::nap();
+                }
+                true
             }
-            (None, None) => sys::nap(),
-        }
-        Ok(())
+        })
     }
 
     fn unregister(&self) {

@@ -11,7 +11,7 @@
 //!   rebuilt or deleted since the parent started re-executes the parent's file.
 //! * offsets: from [`child::anchor`](super::child::anchor) (see `child.rs`).
 //! * args fd: a memfd with the postcard bytes of the argument; result fd: the
-//!   write end of the report pipe. Both have `FD_CLOEXEC` cleared in
+//!   child's end of the report socket. Both have `FD_CLOEXEC` cleared in
 //!   `pre_exec` only, so no other exec'd program inherits them.
 //! * daemon parent: the parent's pid, or 0. `PR_SET_PDEATHSIG` is set in
 //!   `pre_exec` (it survives exec); the child re-checks `getppid()` after exec.
@@ -120,18 +120,19 @@ pub(crate) fn child_main(v: &str) -> ! {
     // SAFETY: the args fd was handed to this process for this purpose only and
     // no OwnedFd in this process owns it.
     unsafe { sys::close_raw(g.args_fd) };
-    let cname = std::ffi::CString::new(g.name.replace('\0', "?")).unwrap_or_default();
-    sys::set_thread_name(&cname);
-    child::set_current_name(g.name.to_owned());
-    let (bytes, code) = child::run_captured(|| tramp(func, &args));
-    let _ = sys::write_all(result_fd, &bytes);
+    child::ensure_panic_hook();
+    let name: &'static String = Box::leak(Box::new(g.name.to_owned()));
+    // SAFETY: leaked, so it lives as long as the process.
+    unsafe { child::set_current_name(name) };
+    sys::set_thread_name_bytes(&super::fork::comm_name(name));
+    let code = child::run_captured(result_fd, || tramp(func, &args, result_fd));
     std::process::exit(code)
 }
 
 /// The parent side: spawns the child.
 pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]) -> io::Result<Launched> {
     let args_fd = sys::memfd_with(args)?;
-    let (rd, wr) = sys::pipe()?;
+    let (rd, wr) = sys::seqpacket_pair()?;
     let parent = if daemon { sys::raw_pid() } else { 0 };
     let (a, w) = (args_fd.as_raw_fd(), wr.as_raw_fd());
     let value = format!("v1;{};{tramp};{func};{a};{w};{parent};{name}", exe_id_string()?);

@@ -177,11 +177,12 @@ pub(crate) fn poll_many(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
     }
 }
 
-/// `pipe2(O_CLOEXEC)`: (read end, write end).
+/// `pipe2(O_CLOEXEC | O_NONBLOCK)`: (read end, write end). Writers use
+/// [`write_all`], which waits for room.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` is a valid out-array of two ints.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
     // SAFETY: pipe2 returned two fresh fds that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -229,18 +230,25 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Writes all of `data` (blocking fd), retrying on `EINTR` and short writes.
-/// Makes no allocation and takes no lock.
+/// Writes all of `data`, retrying on `EINTR` and short writes; on a
+/// non-blocking fd that is full it waits in `poll` for room. Makes no
+/// allocation and takes no lock.
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         // SAFETY: `data` is valid for `data.len()` readable bytes.
         let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
         if n < 0 {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                    // SAFETY: one valid pollfd; errors (EINTR) just retry the write.
+                    unsafe { libc::poll(&mut p, 1, -1) };
+                    continue;
+                }
+                _ => return Err(e),
             }
-            return Err(e);
         }
         data = &data[n as usize..];
     }
@@ -298,6 +306,14 @@ pub(crate) fn set_thread_name(name: &CStr) {
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }
 
+/// `prctl(PR_SET_NAME)` from a NUL-terminated 16-byte buffer. Async-signal-safe.
+pub(crate) fn set_thread_name_bytes(name: &[u8; 16]) {
+    if name[15] == 0 {
+        // SAFETY: the buffer ends with a NUL within its 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    }
+}
+
 /// Number of CPUs in the calling thread's affinity mask (at least 1).
 pub(crate) fn affinity_cpu_count() -> io::Result<usize> {
     let set = rustix::thread::sched_getaffinity(None)?;
@@ -344,14 +360,19 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd
     assert!(fds.len() <= MAX_PASSED_FDS);
     // u64 array for cmsghdr alignment.
     let mut cbuf = [0u64; 16];
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    // A fixed array, not a Vec: a forked child sends its report through here.
+    let mut raw_buf = [0 as RawFd; MAX_PASSED_FDS];
+    for (r, f) in raw_buf.iter_mut().zip(fds) {
+        *r = f.as_raw_fd();
+    }
+    let raw = &raw_buf[..fds.len()];
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
     // SAFETY: msghdr is plain data; all-zero is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     if !raw.is_empty() {
-        let payload = std::mem::size_of_val(raw.as_slice()) as u32;
+        let payload = std::mem::size_of_val(raw) as u32;
         // SAFETY: CMSG_SPACE is a pure computation.
         let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
         debug_assert!(space <= std::mem::size_of_val(&cbuf));
@@ -386,9 +407,22 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd
 }
 
 /// Receives one datagram into `buf` with up to [`MAX_PASSED_FDS`] fds
-/// (received close-on-exec). `Ok((0, []))` at end of stream. A truncated
-/// datagram is an error (and its fds are closed).
+/// (received close-on-exec), without blocking (`WouldBlock` when none is
+/// queued). `Ok((0, []))` at end of stream. A truncated datagram is an
+/// `InvalidData` error (and its fds are closed).
 pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and the
+    // kernel only ever writes initialised bytes into the buffer.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    recv_with_fds_uninit(sock, uninit)
+}
+
+/// [`recv_with_fds`] into an uninitialised buffer (no page is touched beyond
+/// the bytes received); the first `n` bytes are initialised on success.
+pub(crate) fn recv_with_fds_uninit(
+    sock: BorrowedFd<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut cbuf = [0u64; 16];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: msghdr is plain data; all-zero is valid.
@@ -399,7 +433,7 @@ pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<
     msg.msg_controllen = std::mem::size_of_val(&cbuf);
     let n = loop {
         // SAFETY: `msg` points to live, writable buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
