@@ -24,10 +24,10 @@
 //! checked that it runs the very same executable file as the parent (see
 //! `spawn.rs`) and that both addresses lie in the image of its executable.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Once;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -151,12 +151,56 @@ pub(crate) fn same_object(addr: usize) -> bool {
     }
 }
 
-static PANIC: Mutex<Option<(String, Option<String>)>> = Mutex::new(None);
+/// What a shmproc child knows about itself, from before its target runs
+/// until it exits.
+#[derive(Debug)]
+pub(crate) struct ChildCtx {
+    /// The name it was started with.
+    pub(crate) name: *const String,
+    /// Its end of the report socket.
+    pub(crate) report: RawFd,
+    /// Whether a report was sent (the panic hook sends one itself, so that
+    /// the message also arrives when panics abort).
+    pub(crate) reported: AtomicBool,
+}
+
+/// The context of this process if it is a shmproc child (null in any other
+/// process). One static, so a forked child dirties one page for it.
+static CTX: AtomicPtr<ChildCtx> = AtomicPtr::new(std::ptr::null_mut());
 static HOOK: Once = Once::new();
 
-/// Installs (once per process) a panic hook that, in a shmproc child, records
-/// the message for the report and prints one line to fd 2 without taking the
-/// stderr lock, and elsewhere calls the hook that was installed before.
+/// Marks this process a shmproc child, before its target runs.
+///
+/// # Safety
+/// `ctx` and the `String` it points to must stay valid and unchanged for the
+/// rest of the process's life (in a forked child: memory of the parent's
+/// frame, which the child never leaves; elsewhere: leaked), and `ctx.report`
+/// must be an open fd that nothing closes before the process exits.
+pub(crate) unsafe fn enter_child(ctx: *const ChildCtx) {
+    CTX.store(ctx as *mut ChildCtx, Ordering::Release);
+}
+
+fn ctx() -> Option<&'static ChildCtx> {
+    let p = CTX.load(Ordering::Acquire);
+    // SAFETY: a non-null CTX lives as long as the process (contract of `enter_child`).
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// Sends `report` once per child (the first caller wins).
+fn report_once(ctx: &ChildCtx, report: &Report) {
+    if ctx.reported.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if let Ok(b) = postcard::to_extend(report, vec![TAG_REPORT]) {
+        // SAFETY: `ctx.report` stays open until the process exits (contract of `enter_child`).
+        emit(unsafe { BorrowedFd::borrow_raw(ctx.report) }, &b);
+    }
+}
+
+/// Installs (once per process) a panic hook that, in a shmproc child, sends
+/// the panic report at once (so it also arrives when panics abort) and prints
+/// one line to fd 2 without taking the stderr lock; in any other process it
+/// calls the hook that was installed before.
 ///
 /// Called in the parent before the first fork, so that a forked child does
 /// not have to replace the hook (a write to the parent's hook state, which
@@ -165,13 +209,9 @@ static HOOK: Once = Once::new();
 /// without its location.
 pub(crate) fn ensure_panic_hook() {
     HOOK.call_once(|| {
-        // In a shmproc child (`NAME` set) record and print the panic; in any
-        // other process, behave as the previous hook.
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if NAME.load(Ordering::Relaxed).is_null() {
-                return previous(info);
-            }
+            let Some(ctx) = ctx() else { return previous(info) };
             let message = payload_text(info.payload());
             let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
             let line = format!(
@@ -184,9 +224,7 @@ pub(crate) fn ensure_panic_hook() {
             // SAFETY: fd 2 is borrowed only for this write; it is not closed here.
             let stderr = unsafe { BorrowedFd::borrow_raw(2) };
             let _ = sys::write_all(stderr, line.as_bytes());
-            if let Ok(mut slot) = PANIC.lock() {
-                *slot = Some((message, location));
-            }
+            report_once(ctx, &Report::Panic { message, location });
         }));
     });
 }
@@ -201,51 +239,25 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `body` in a child with panic capture; on failure writes a
-/// [`TAG_REPORT`] report to `out`. Returns the exit code to use.
-pub(crate) fn run_captured(out: BorrowedFd<'_>, body: impl FnOnce() -> Result<(), String>) -> i32 {
-    debug_assert!(!NAME.load(Ordering::Relaxed).is_null(), "set_current_name first");
+/// Runs `body` in a child (after [`enter_child`]) with panic capture; on
+/// failure sends a [`TAG_REPORT`] report unless the panic hook already did.
+/// Returns the exit code to use.
+pub(crate) fn run_captured(body: impl FnOnce() -> Result<(), String>) -> i32 {
+    let Some(ctx) = ctx() else { return EXIT_REFUSED };
     let report = match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => return EXIT_OK,
         Ok(Err(reason)) => Report::Serde(reason),
-        Err(payload) => {
-            let (message, location) = PANIC
-                .lock()
-                .ok()
-                .and_then(|mut s| s.take())
-                .unwrap_or_else(|| (payload_text(&*payload), None));
-            Report::Panic { message, location }
-        }
+        Err(payload) => Report::Panic { message: payload_text(&*payload), location: None },
     };
-    if let Ok(b) = postcard::to_extend(&report, vec![TAG_REPORT]) {
-        emit(out, &b);
-    }
+    report_once(ctx, &report);
     EXIT_PANIC
-}
-
-/// The name of this process if it is a shmproc child (null in any other
-/// process). One static, so a forked child dirties one page for it.
-static NAME: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Records this process's shmproc name and marks it a child (before the
-/// target runs; the panic hook reports only in children).
-///
-/// # Safety
-/// `name` must stay valid and unchanged for the rest of the process's life
-/// (in a forked child: memory of the parent's frame, which the child never
-/// leaves; elsewhere: a leaked `String`).
-pub(crate) unsafe fn set_current_name(name: *const String) {
-    NAME.store(name as *mut String, Ordering::Release);
 }
 
 /// This process's shmproc name: the name it was started with, or `MainProcess`.
 pub(crate) fn current_name() -> String {
-    let p = NAME.load(Ordering::Acquire);
-    if p.is_null() {
-        "MainProcess".to_owned()
-    } else {
-        // SAFETY: a non-null NAME points to a String that lives as long as the
-        // process (contract of `set_current_name`).
-        unsafe { (*p).clone() }
+    match ctx() {
+        // SAFETY: the name lives as long as the process (contract of `enter_child`).
+        Some(c) => unsafe { (*c.name).clone() },
+        None => "MainProcess".to_owned(),
     }
 }

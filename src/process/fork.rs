@@ -8,7 +8,8 @@
 //! forked child writes costs a copy-on-write fault, which is most of what a
 //! fork-based start costs beyond the bare `fork` + `_exit` + `waitpid`.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::AtomicBool;
 
 use super::child;
 use super::{forkserver, launched, Launched};
@@ -37,6 +38,7 @@ pub(crate) fn start(
     // default `Process-N` saves the child a system call.
     let comm = named.then(|| comm_name(name));
     let parent = if daemon { sys::current_pid() } else { 0 };
+    let ctx = child::ChildCtx { name, report: wr.as_raw_fd(), reported: AtomicBool::new(false) };
     // SAFETY: the child below only makes raw system calls before the target,
     // then runs the target (whose restrictions in a multi-threaded parent are
     // documented on the module), writes with a raw `write` and `_exit`s; it
@@ -54,10 +56,10 @@ pub(crate) fn start(
                 sys::set_thread_name_bytes(comm);
             }
             forkserver::close_client_in_child();
-            // SAFETY: `name` lives in the caller's frame, which this child
-            // never leaves (it `_exit`s below).
-            unsafe { child::set_current_name(name) };
-            let code = child::run_captured(wr.as_fd(), || body(wr.as_fd()));
+            // SAFETY: `ctx`, `name` and `wr` live in this frame and the
+            // caller's, which this child never leaves (it `_exit`s below).
+            unsafe { child::enter_child(&ctx) };
+            let code = child::run_captured(|| body(wr.as_fd()));
             sys::exit_now(code);
         }
         Some(pid) => {

@@ -306,9 +306,15 @@ fn serve(sock: &OwnedFd, kids: &[Kid], req: Request, fds: [OwnedFd; 3]) -> Resul
                 }
             }
             sys::set_thread_name_bytes(&comm);
-            // SAFETY: `req` lives in this frame, which the child never leaves.
-            unsafe { child::set_current_name(&req.name) };
-            let code = child::run_captured(result.as_fd(), || tramp(func, &args, result.as_fd()));
+            let ctx = child::ChildCtx {
+                name: &req.name,
+                report: result.as_raw_fd(),
+                reported: std::sync::atomic::AtomicBool::new(false),
+            };
+            // SAFETY: `ctx`, `req` and `result` live in this frame, which the
+            // child never leaves (it `_exit`s below).
+            unsafe { child::enter_child(&ctx) };
+            let code = child::run_captured(|| tramp(func, &args, result.as_fd()));
             sys::exit_now(code);
         }
         Ok(Some(pid)) => {

@@ -618,7 +618,14 @@ impl<R> Drop for Process<R> {
             let mut list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
             list.retain(|s| !Arc::ptr_eq(s, &self.shared));
         }
-        if self.ended.is_some() || self.method == StartMethod::ForkServer {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.method == StartMethod::ForkServer {
+            // The server reaps it; a daemon child is killed like any other.
+            if let (true, Some(fd)) = (self.daemon, &self.shared.pidfd) {
+                let _ = sys::pidfd_signal(fd.as_fd(), libc::SIGKILL);
+            }
             return;
         }
         let own_reap = |nohang: bool| match &self.shared.pidfd {

@@ -122,10 +122,16 @@ pub(crate) fn child_main(v: &str) -> ! {
     unsafe { sys::close_raw(g.args_fd) };
     child::ensure_panic_hook();
     let name: &'static String = Box::leak(Box::new(g.name.to_owned()));
-    // SAFETY: leaked, so it lives as long as the process.
-    unsafe { child::set_current_name(name) };
+    let ctx = Box::leak(Box::new(child::ChildCtx {
+        name,
+        report: g.result_fd,
+        reported: std::sync::atomic::AtomicBool::new(false),
+    }));
+    // SAFETY: leaked, so it lives as long as the process; the result fd is
+    // never closed before exit.
+    unsafe { child::enter_child(ctx) };
     sys::set_thread_name_bytes(&super::fork::comm_name(name));
-    let code = child::run_captured(result_fd, || tramp(func, &args, result_fd));
+    let code = child::run_captured(|| tramp(func, &args, result_fd));
     std::process::exit(code)
 }
 
