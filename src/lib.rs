@@ -46,12 +46,13 @@ mod sys;
 #[allow(dead_code)]
 mod time;
 mod value;
+
 pub mod process;
 
 pub use error::{LockError, OpenError};
+pub use header::{ObjectKind, TypeInfo};
 pub use process::{init, Process};
 pub use segment::ShmObject;
-pub use header::{ObjectKind, TypeInfo};
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, DEFAULT_MODE, DEFAULT_OPEN_TIMEOUT,
 };

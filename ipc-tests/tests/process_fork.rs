@@ -46,7 +46,7 @@ fn fn_target_returns_its_value() {
 
 #[test]
 fn closure_target_returns_its_value() {
-    let words = vec!["a".to_string(), "bc".to_string()];
+    let words = ["a".to_string(), "bc".to_string()];
     let mut p = Process::closure(move || words.concat().len() as u32 * 10).start().unwrap();
     assert_eq!(p.join_timeout(JOIN).unwrap(), 30);
 }

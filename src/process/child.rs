@@ -96,7 +96,8 @@ pub(crate) fn emit_ok<R: Serialize>(r: &R, out: BorrowedFd<'_>) -> Result<(), St
     match n {
         Some(n) => emit(out, &stack[..1 + n]),
         None => {
-            let v = postcard::to_extend(r, vec![TAG_OK]).map_err(|e| format!("encoding the result in the child: {e}"))?;
+            let v =
+                postcard::to_extend(r, vec![TAG_OK]).map_err(|e| format!("encoding the result in the child: {e}"))?;
             emit(out, &v)
         }
     }

@@ -1,21 +1,8 @@
 //! Handing shmproc objects to another executable through its environment.
 //!
 //! The launcher calls [`CommandExt::share`] on a `std::process::Command`; the
-//! launched program calls [`inherited`] with the same name:
-//!
-//! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use shmproc::process::CommandExt;
-//! use shmproc::Value;
-//!
-//! // Launcher:
-//! let counter = Value::<u64>::anonymous(0)?;
-//! let status = std::process::Command::new("worker").share("counter", &counter)?.status()?;
-//!
-//! // In `worker`:
-//! let counter: Value<u64> = shmproc::process::inherited("counter")?;
-//! # Ok(()) }
-//! ```
+//! launched program calls [`inherited`] with the same name (example on
+//! [`CommandExt`]).
 //!
 //! `share("jobs", &obj)` sets `SHMPROC_HANDLE_JOBS=<handle>` (`name:/x` for a
 //! named object, `fd:N` for an anonymous one). For an fd handle it duplicates
@@ -44,6 +31,20 @@ fn env_var(name: &str) -> Option<String> {
 }
 
 /// Adds shmproc objects to a [`std::process::Command`].
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shmproc::process::CommandExt;
+/// use shmproc::Value;
+///
+/// // Launcher:
+/// let counter = Value::<u64>::anonymous(0)?;
+/// let status = std::process::Command::new("worker").share("counter", &counter)?.status()?;
+///
+/// // In `worker`:
+/// let counter: Value<u64> = shmproc::process::inherited("counter")?;
+/// # Ok(()) }
+/// ```
 pub trait CommandExt {
     /// Hands `obj` to the launched program under `name` (1-64 ASCII letters,
     /// digits or `_`; case-insensitive). The program gets it back with
@@ -80,6 +81,7 @@ impl CommandExt for Command {
 pub fn inherited<T: ShmObject>(name: &str) -> Result<T, InheritError> {
     let var = env_var(name).ok_or_else(|| InheritError::Missing { var: format!("{HANDLE_ENV_PREFIX}{name}") })?;
     let value = std::env::var(&var).map_err(|_| InheritError::Missing { var: var.clone() })?;
-    let handle: Handle = value.parse().map_err(|_| InheritError::BadHandle { var: var.clone(), value: value.clone() })?;
+    let handle: Handle =
+        value.parse().map_err(|_| InheritError::BadHandle { var: var.clone(), value: value.clone() })?;
     T::open_handle(&handle).map_err(|source| InheritError::Open { name: name.to_owned(), source: Box::new(source) })
 }

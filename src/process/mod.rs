@@ -182,10 +182,7 @@ pub fn current_process() -> ProcessInfo {
 
 /// Number of CPUs this process may run on (its affinity mask), at least 1.
 pub fn cpu_count() -> usize {
-    sys::affinity_cpu_count()
-        .ok()
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1)
+    sys::affinity_cpu_count().ok().or_else(|| std::thread::available_parallelism().ok().map(|n| n.get())).unwrap_or(1)
 }
 
 /// Children started by this process that were neither joined nor dropped and
@@ -269,8 +266,9 @@ impl<R> fmt::Debug for Builder<R> {
 }
 
 impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
-    /// The process name (default `Process-N`), also set as the OS thread name
-    /// of the child (first 15 bytes, shown by `ps`).
+    /// The process name (default `Process-N`, see [`current_process`]). A
+    /// name given here is also the child's OS-visible name (`PR_SET_NAME`,
+    /// first 15 bytes, shown by `ps`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self

@@ -36,8 +36,11 @@ fn use_segment() -> Result<(), String> {
     Ok(())
 }
 
+/// Opens one shared object and uses it.
+type User = fn() -> Result<(), String>;
+
 /// (share name, user) for every shared object.
-const USERS: &[(&str, fn() -> Result<(), String>)] = &[("counter", use_value), ("ARR", use_array), ("seg", use_segment)];
+const USERS: &[(&str, User)] = &[("counter", use_value), ("ARR", use_array), ("seg", use_segment)];
 
 fn check(mode: &str) -> Result<(), String> {
     match mode {
