@@ -112,6 +112,31 @@ fn from_many_threads(m: StartMethod) {
     }
 }
 
+/// The fork server dies (SIGKILL): a child it started still ends and is
+/// joined (how it ended is then unknown), and the next start launches a new
+/// server.
+fn forkserver_restarts() {
+    let mut running = Process::builder(sleeper, 30).start_method(StartMethod::ForkServer).start().unwrap();
+    let (_, _, server) =
+        Process::builder(who, ()).start_method(StartMethod::ForkServer).start().unwrap().join().unwrap();
+    // SAFETY: kill with integer arguments; `server` is our live child (the fork server).
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGKILL) }, 0);
+    running.kill().unwrap();
+    match running.join_timeout(JOIN) {
+        Err(JoinError::Died { status }) => {
+            assert!(matches!(status, ExitStatus::Unknown | ExitStatus::Signaled(9)), "{status:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, _, server2) =
+        Process::builder(who, ()).start_method(StartMethod::ForkServer).start().unwrap().join().unwrap();
+    assert_ne!(server2, server);
+    assert_eq!(
+        Process::builder(add, (5, 6)).start_method(StartMethod::ForkServer).start().unwrap().join().unwrap(),
+        11
+    );
+}
+
 fn default_is_forkserver() {
     assert_eq!(StartMethod::default(), StartMethod::ForkServer);
     let p = Process::builder(add, (2, 3)).start().unwrap();
@@ -153,7 +178,12 @@ fn main() {
             ran += 1;
         }
     }
-    if filter.as_ref().is_none_or(|f| "default_is_forkserver".contains(f.as_str())) {
+    if filter.as_ref().map_or(true, |f| "forkserver_restarts".contains(f.as_str())) {
+        forkserver_restarts();
+        println!("test forkserver_restarts ... ok");
+        ran += 1;
+    }
+    if filter.as_ref().map_or(true, |f| "default_is_forkserver".contains(f.as_str())) {
         default_is_forkserver();
         println!("test default_is_forkserver ... ok");
         ran += 1;
