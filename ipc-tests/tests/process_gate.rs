@@ -148,6 +148,14 @@ fn default_is_forkserver() {
     assert_eq!(p.join().unwrap(), 9);
 }
 
+/// Whether a check runs under the command-line filter (a substring of its name).
+fn wanted(filter: &Option<String>, name: &str) -> bool {
+    match filter {
+        None => true,
+        Some(f) => name.contains(f.as_str()),
+    }
+}
+
 fn main() {
     shmproc::init();
     std::thread::spawn(|| {
@@ -170,7 +178,7 @@ fn main() {
     for m in [StartMethod::Spawn, StartMethod::ForkServer] {
         for (name, check) in checks {
             let full = format!("{m:?}::{name}");
-            if filter.as_ref().is_some_and(|f| !full.contains(f.as_str())) {
+            if !wanted(&filter, &full) {
                 continue;
             }
             check(m);
@@ -178,12 +186,12 @@ fn main() {
             ran += 1;
         }
     }
-    if filter.as_ref().map_or(true, |f| "forkserver_restarts".contains(f.as_str())) {
+    if wanted(&filter, "forkserver_restarts") {
         forkserver_restarts();
         println!("test forkserver_restarts ... ok");
         ran += 1;
     }
-    if filter.as_ref().map_or(true, |f| "default_is_forkserver".contains(f.as_str())) {
+    if wanted(&filter, "default_is_forkserver") {
         default_is_forkserver();
         println!("test default_is_forkserver ... ok");
         ran += 1;
