@@ -153,8 +153,9 @@ pub enum JoinError {
         status: ExitStatus,
     },
     /// The child ended without reporting a result: killed by a signal, or it
-    /// called `exit` inside the target, or (Spawn / ForkServer) it refused to
-    /// run the target because it is not the same executable.
+    /// called `exit` inside the target, or it refused to run the target (exit
+    /// code 121: a Spawn / ForkServer copy that is not the same executable, or
+    /// a daemon child whose parent was already gone).
     Died {
         /// How it ended.
         status: ExitStatus,
