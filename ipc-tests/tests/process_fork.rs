@@ -209,3 +209,18 @@ fn dropping_a_daemon_kills_and_reaps_it() {
     // realistic concern).
     assert!(!proc_dir.exists());
 }
+
+#[test]
+fn non_capturing_closure_is_a_fn_target() {
+    let p = Process::builder(|x: u32| x + 1, 41).start_method(StartMethod::Fork).start().unwrap();
+    assert_eq!(p.join().unwrap(), 42);
+}
+
+#[test]
+fn string_result_roundtrip() {
+    fn text(_: ()) -> String {
+        "\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}".to_string()
+    }
+    let p = Process::builder(text, ()).start().unwrap();
+    assert_eq!(p.join().unwrap().chars().count(), 10);
+}

@@ -50,8 +50,14 @@
 //! yourself). glibc's `malloc` is fork-safe (it takes its arena locks around
 //! `fork`), so allocating is fine; a lock held by another parent thread is not:
 //! do not touch a `Mutex`, `stdout()`'s lock, a logger or a runtime that another
-//! thread may have held while the parent forked. If the target needs such
-//! things, use a `fn` target with Spawn or ForkServer.
+//! thread may have held while the parent forked. This includes starting
+//! processes from the child: shmproc's own bookkeeping (the child registry,
+//! the fork-server connection) sits behind short-held locks. If the target
+//! needs such things, use a `fn` target with Spawn or ForkServer, whose
+//! children start single-threaded.
+//!
+//! A non-capturing closure coerces to a `fn` and works with every method:
+//! `Process::builder(|x: u32| x + 1, 41)`.
 //!
 //! ## Results, panics and deaths
 //! The argument and the result travel as postcard bytes (a memfd for the
@@ -648,4 +654,52 @@ impl<R> Drop for Process<R> {
 /// The pieces the start methods share.
 pub(crate) fn launched(pid: u32, pidfd: Option<OwnedFd>, result: OwnedFd, status: Option<OwnedFd>) -> Launched {
     Launched { pid, pidfd, result, status }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forks a raw child that sends `report` (if any) on a report socket and
+    /// exits with `code`, and wraps it in a `Process<u64>`.
+    fn fake_child(report: Option<&'static [u8]>, code: i32) -> Process<u64> {
+        let (rd, wr) = sys::seqpacket_pair().unwrap();
+        // SAFETY: the child only makes raw system calls (sendmsg, _exit).
+        match unsafe { sys::fork() }.unwrap() {
+            None => {
+                if let Some(r) = report {
+                    let _ = sys::send_with_fds(wr.as_fd(), r, &[]);
+                }
+                sys::exit_now(code)
+            }
+            Some(pid) => {
+                drop(wr);
+                let pidfd = sys::pidfd_open(pid).ok();
+                Process::from_launched(launched(pid, pidfd, rd, None), "fake".into(), StartMethod::Fork, false)
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_reports_are_errors_not_panics() {
+        // A valid report for comparison.
+        assert_eq!(fake_child(Some(&[TAG_OK, 42]), 0).join().unwrap(), 42);
+        // Truncated varint after TAG_OK, clean exit: Decode.
+        assert!(matches!(fake_child(Some(&[TAG_OK, 0xff]), 0).join(), Err(JoinError::Decode { .. })));
+        // Same bytes but the child died: Died.
+        match fake_child(Some(&[TAG_OK, 0xff]), 3).join() {
+            Err(JoinError::Died { status }) => assert_eq!(status, ExitStatus::Exited(3)),
+            other => panic!("{other:?}"),
+        }
+        // Garbage Report, unknown tag, empty datagram, memfd tag without an fd.
+        for bad in [&[TAG_REPORT, 0xee, 1][..], &[9, 1, 2][..], &[][..], &[child::TAG_IN_MEMFD][..]] {
+            let r = fake_child(Some(bad), 0).join();
+            assert!(matches!(r, Err(JoinError::Decode { .. }) | Err(JoinError::Died { .. })), "{bad:?}: {r:?}");
+        }
+        // No report at all.
+        match fake_child(None, 0).join() {
+            Err(JoinError::Died { status }) => assert_eq!(status, ExitStatus::Exited(0)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
