@@ -163,7 +163,7 @@ fn main() {
         eprintln!("process_gate: watchdog fired, aborting");
         std::process::abort();
     });
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     type Check = fn(StartMethod);
     let checks: [(&str, Check); 7] = [
         ("returns_value", returns_value),
@@ -174,6 +174,17 @@ fn main() {
         ("identity", identity),
         ("from_many_threads", from_many_threads),
     ];
+    if std::env::args().any(|a| a == "--list") {
+        // The libtest listing format, for tools that enumerate tests first.
+        for m in ["Spawn", "ForkServer"] {
+            for (name, _) in checks {
+                println!("{m}::{name}: test");
+            }
+        }
+        println!("forkserver_restarts: test");
+        println!("default_is_forkserver: test");
+        return;
+    }
     let mut ran = 0;
     for m in [StartMethod::Spawn, StartMethod::ForkServer] {
         for (name, check) in checks {
