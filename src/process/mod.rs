@@ -517,6 +517,19 @@ impl<R: DeserializeOwned> Process<R> {
         if self.ended.is_some() {
             return Ok(true);
         }
+        if deadline == Deadline::NEVER && self.status_pipe.is_none() && self.method != StartMethod::ForkServer {
+            if let Some(fd) = &self.shared.pidfd {
+                // `join()`: sleep in waitid itself, as a bare waitpid would.
+                if let Some(e) = sys::wait_pidfd(fd.as_fd(), false)? {
+                    self.ended = Some(match e {
+                        sys::Ended::Code(c) => ExitStatus::Exited(c),
+                        sys::Ended::Signal(s) => ExitStatus::Signaled(s),
+                    });
+                    self.collect()?;
+                    return Ok(true);
+                }
+            }
+        }
         loop {
             // Poll first (it returns at once for an ended child): a reap
             // attempt on a child that is still starting is a wasted syscall.
@@ -536,10 +549,11 @@ impl<R: DeserializeOwned> Process<R> {
     /// Takes the child's report datagram (and the memfd of a large one).
     fn collect(&mut self) -> Result<(), JoinError> {
         let Some(sock) = self.result.take() else { return Ok(()) };
-        // Uninitialised: every page written after a fork is a copy-on-write
-        // fault, so only the bytes received are touched.
-        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); child::INLINE_MAX + 1];
-        let (n, fds) = match sys::recv_with_fds_uninit(sock.as_fd(), &mut stack) {
+        // Received straight into uninitialised capacity: every page written
+        // after a fork is a copy-on-write fault, so only the bytes received
+        // are touched (no zeroing, no copy).
+        let mut buf: Vec<u8> = Vec::with_capacity(child::INLINE_MAX + 1);
+        let (n, fds) = match sys::recv_with_fds_uninit(sock.as_fd(), buf.spare_capacity_mut()) {
             Ok(x) => x,
             // No report: the child died before sending one.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
@@ -548,9 +562,9 @@ impl<R: DeserializeOwned> Process<R> {
             }
             Err(e) => return Err(JoinError::Os(e)),
         };
-        // SAFETY: recv_with_fds_uninit initialised the first `n` bytes.
-        let received = unsafe { std::slice::from_raw_parts(stack.as_ptr().cast::<u8>(), n) };
-        let mut buf = received.to_vec();
+        // SAFETY: recv_with_fds_uninit initialised the first `n` bytes of the
+        // spare capacity, and `n` is at most that capacity.
+        unsafe { buf.set_len(n) };
         if buf.first() == Some(&child::TAG_IN_MEMFD) {
             let [fd] = <[OwnedFd; 1]>::try_from(fds)
                 .map_err(|_| JoinError::Decode { reason: "a large report came without its memfd".into() })?;
