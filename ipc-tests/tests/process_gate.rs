@@ -137,6 +137,23 @@ fn forkserver_restarts() {
     );
 }
 
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Dropping an unjoined ForkServer child closes its status pipe; the server
+/// must survive writing the exit status into it.
+fn forkserver_survives_dropped_children() {
+    let server = || Process::builder(who, ()).start_method(StartMethod::ForkServer).start().unwrap().join().unwrap().2;
+    let before = server();
+    for _ in 0..3 {
+        drop(Process::builder(sleep_ms, 50).start_method(StartMethod::ForkServer).start().unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server(), before, "the fork server was restarted");
+}
+
 fn default_is_forkserver() {
     assert_eq!(StartMethod::default(), StartMethod::ForkServer);
     let p = Process::builder(add, (2, 3)).start().unwrap();
@@ -182,6 +199,7 @@ fn main() {
             }
         }
         println!("forkserver_restarts: test");
+        println!("forkserver_survives_dropped_children: test");
         println!("default_is_forkserver: test");
         return;
     }
@@ -200,6 +218,11 @@ fn main() {
     if wanted(&filter, "forkserver_restarts") {
         forkserver_restarts();
         println!("test forkserver_restarts ... ok");
+        ran += 1;
+    }
+    if wanted(&filter, "forkserver_survives_dropped_children") {
+        forkserver_survives_dropped_children();
+        println!("test forkserver_survives_dropped_children ... ok");
         ran += 1;
     }
     if wanted(&filter, "default_is_forkserver") {

@@ -212,6 +212,10 @@ pub(crate) fn server_main(v: &str) -> ! {
     // Keep the socket from leaking into programs the children exec.
     let _ = sys::set_cloexec(sock.as_fd(), true);
     sys::set_thread_name(c"shmproc-fsrv");
+    // A parent that dropped its Process closed the status pipe: the write
+    // must fail with EPIPE, not kill the server (whatever the program did
+    // with SIGPIPE before calling init()).
+    sys::ignore_sigpipe();
     child::ensure_panic_hook();
     if sys::send_with_fds(sock.as_fd(), b"ready", &[]).is_err() {
         std::process::exit(0);

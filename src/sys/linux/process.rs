@@ -288,6 +288,12 @@ pub(crate) fn set_death_signal_kill() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) }).map(|_| ())
 }
 
+/// Ignores `SIGPIPE` in this process (writes to a closed pipe fail with `EPIPE` instead).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installs the SIG_IGN disposition; no handler code runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// `getppid()`. Async-signal-safe.
 pub(crate) fn parent_pid() -> u32 {
     // SAFETY: getppid cannot fail.
