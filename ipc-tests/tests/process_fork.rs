@@ -224,3 +224,13 @@ fn string_result_roundtrip() {
     let p = Process::builder(text, ()).start().unwrap();
     assert_eq!(p.join().unwrap().chars().count(), 10);
 }
+
+#[test]
+fn results_around_the_inline_limits() {
+    // Reports of up to 256 bytes are peeked, up to 4 KiB taken inline, larger
+    // ones come in a memfd: check each side of both limits.
+    for n in [0usize, 200, 250, 260, 1000, 4000, 4090, 4100, 5000, 70_000] {
+        let v = Process::builder(big, n).start_method(StartMethod::Fork).start().unwrap().join().unwrap();
+        assert_eq!(v, big(n), "n = {n}");
+    }
+}

@@ -549,11 +549,12 @@ impl<R: DeserializeOwned> Process<R> {
     /// Takes the child's report datagram (and the memfd of a large one).
     fn collect(&mut self) -> Result<(), JoinError> {
         let Some(sock) = self.result.take() else { return Ok(()) };
-        // Received straight into uninitialised capacity: every page written
-        // after a fork is a copy-on-write fault, so only the bytes received
-        // are touched (no zeroing, no copy).
-        let mut buf: Vec<u8> = Vec::with_capacity(child::INLINE_MAX + 1);
-        let (n, fds) = match sys::recv_with_fds_uninit(sock.as_fd(), buf.spare_capacity_mut()) {
+        // Peek into a small uninitialised stack buffer first: every page
+        // written after a fork is a copy-on-write fault, so a typical small
+        // report touches no new page and needs no large buffer. A larger one
+        // is then taken into a buffer of its exact size.
+        let mut small = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+        let (len, mut fds) = match sys::recv_with_fds_uninit(sock.as_fd(), &mut small, true) {
             Ok(x) => x,
             // No report: the child died before sending one.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
@@ -562,9 +563,22 @@ impl<R: DeserializeOwned> Process<R> {
             }
             Err(e) => return Err(JoinError::Os(e)),
         };
-        // SAFETY: recv_with_fds_uninit initialised the first `n` bytes of the
-        // spare capacity, and `n` is at most that capacity.
-        unsafe { buf.set_len(n) };
+        let mut buf: Vec<u8>;
+        if len <= small.len() {
+            // SAFETY: the peek initialised the first `len` bytes of `small`.
+            buf = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len) }.to_vec();
+        } else {
+            if len > child::INLINE_MAX {
+                return Err(JoinError::Decode { reason: format!("report datagram of {len} bytes is too large") });
+            }
+            buf = Vec::with_capacity(len);
+            let (n, taken) = sys::recv_with_fds_uninit(sock.as_fd(), buf.spare_capacity_mut(), false)
+                .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
+            // SAFETY: recvmsg initialised the first `n` bytes of the spare
+            // capacity, and `n` is at most that capacity.
+            unsafe { buf.set_len(n.min(len)) };
+            fds = taken;
+        }
         if buf.first() == Some(&child::TAG_IN_MEMFD) {
             let [fd] = <[OwnedFd; 1]>::try_from(fds)
                 .map_err(|_| JoinError::Decode { reason: "a large report came without its memfd".into() })?;

@@ -418,15 +418,20 @@ pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<
     // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and the
     // kernel only ever writes initialised bytes into the buffer.
     let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-    recv_with_fds_uninit(sock, uninit)
+    recv_with_fds_uninit(sock, uninit, false)
 }
 
 /// [`recv_with_fds`] into an uninitialised buffer (no page is touched beyond
-/// the bytes received); the first `n` bytes are initialised on success.
+/// the bytes received); the first `min(n, buf.len())` bytes are initialised
+/// on success. With `peek` (`MSG_PEEK | MSG_TRUNC`) the datagram stays queued,
+/// `n` is its full length even when larger than `buf`, and the fds it carries
+/// are received as duplicates.
 pub(crate) fn recv_with_fds_uninit(
     sock: BorrowedFd<'_>,
     buf: &mut [std::mem::MaybeUninit<u8>],
+    peek: bool,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let extra = if peek { libc::MSG_PEEK | libc::MSG_TRUNC } else { 0 };
     let mut cbuf = [0u64; 16];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: msghdr is plain data; all-zero is valid.
@@ -437,7 +442,8 @@ pub(crate) fn recv_with_fds_uninit(
     msg.msg_controllen = std::mem::size_of_val(&cbuf);
     let n = loop {
         // SAFETY: `msg` points to live, writable buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+        let n =
+            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT | extra) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -465,7 +471,8 @@ pub(crate) fn recv_with_fds_uninit(
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+    let truncated = if peek { libc::MSG_CTRUNC } else { libc::MSG_TRUNC | libc::MSG_CTRUNC };
+    if msg.msg_flags & truncated != 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated message on the control socket"));
     }
     Ok((n, fds))
