@@ -4,11 +4,17 @@
 //! ## Report (child to parent, one datagram on a `SOCK_SEQPACKET` socket pair)
 //! Sent once, after the target returned or panicked, just before the child exits:
 //!
-//! | first byte | rest |
-//! |---|---|
-//! | [`TAG_OK`] (0) | postcard bytes of the target's `R` |
-//! | [`TAG_REPORT`] (1) | postcard [`Report`] (panic message and location, or a serde failure) |
-//! | [`TAG_IN_MEMFD`] (2) | nothing; a memfd passed with `SCM_RIGHTS` holds the whole report (over [`INLINE_MAX`] bytes) |
+//! | bytes 0..8 | byte 8 | rest |
+//! |---|---|---|
+//! | token (`u64` LE) | [`TAG_OK`] (0) | postcard bytes of the target's `R` |
+//! | token | [`TAG_REPORT`] (1) | postcard [`Report`] (panic message and location, or a serde failure) |
+//! | token | [`TAG_IN_MEMFD`] (2) | nothing; a memfd passed with `SCM_RIGHTS` holds the report (tag and rest) when it is over [`INLINE_MAX`] bytes |
+//!
+//! The token is unique per start in the parent. Fork and ForkServer reuse
+//! report sockets from a small pool (creating and closing a socket pair per
+//! child cost more than the rest of the start); a datagram with another token
+//! (sent late by a descendant of an earlier child that inherited the socket)
+//! is discarded.
 //!
 //! A datagram this small never blocks its sender, so the parent only waits for
 //! the exit (one wake-up per child) and then takes the datagram without
@@ -46,15 +52,20 @@ pub(crate) const INLINE_MAX: usize = 4096;
 /// Largest report the parent accepts (1 GiB).
 pub(crate) const MAX_REPORT: u64 = 1 << 30;
 
-/// Sends one report datagram on `out` (the child's end of the report socket).
-/// Never blocks: the socket is empty and the datagram small; a large report
-/// travels in a memfd passed with `SCM_RIGHTS`. The parent may be gone
-/// (`EPIPE`): there is nobody to tell, so errors are ignored.
+/// Size of the token that starts every report datagram.
+pub(crate) const TOKEN_LEN: usize = 8;
+
+/// Sends one report datagram on `out` (the child's end of the report socket):
+/// this child's token (little endian), then the report. Never blocks: the
+/// socket holds nothing else for this token and the datagram is small; a
+/// large report travels in a memfd passed with `SCM_RIGHTS`. The parent may
+/// be gone (`EPIPE`): there is nobody to tell, so errors are ignored.
 pub(crate) fn emit(out: BorrowedFd<'_>, report: &[u8]) {
+    let token = ctx().map_or(0, |c| c.token).to_le_bytes();
     if report.len() <= INLINE_MAX {
-        let _ = sys::send_with_fds(out, report, &[]);
+        let _ = sys::send_parts_with_fds(out, &token, report, &[]);
     } else if let Ok(fd) = sys::memfd_with(report) {
-        let _ = sys::send_with_fds(out, &[TAG_IN_MEMFD], &[fd.as_fd()]);
+        let _ = sys::send_parts_with_fds(out, &token, &[TAG_IN_MEMFD], &[fd.as_fd()]);
     }
 }
 
@@ -160,6 +171,9 @@ pub(crate) struct ChildCtx {
     pub(crate) name: *const String,
     /// Its end of the report socket.
     pub(crate) report: RawFd,
+    /// Starts its report datagram, so that the parent can tell it from a
+    /// stale one on a reused socket.
+    pub(crate) token: u64,
     /// Whether a report was sent (the panic hook sends one itself, so that
     /// the message also arrives when panics abort).
     pub(crate) reported: AtomicBool,

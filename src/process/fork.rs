@@ -11,7 +11,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::AtomicBool;
 
-use super::child;
+use super::{channel, child};
 use super::{forkserver, launched, Launched};
 use crate::sys;
 
@@ -33,12 +33,13 @@ pub(crate) fn start(
     body: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<(), String>,
 ) -> std::io::Result<Launched> {
     child::ensure_panic_hook();
-    let (rd, wr) = sys::seqpacket_pair()?;
+    let chan = channel::take()?;
     // Only a name given by the caller becomes the OS-visible name; the
     // default `Process-N` saves the child a system call.
     let comm = named.then(|| comm_name(name));
     let parent = if daemon { sys::current_pid() } else { 0 };
-    let ctx = child::ChildCtx { name, report: wr.as_raw_fd(), reported: AtomicBool::new(false) };
+    let ctx =
+        child::ChildCtx { name, report: chan.wr.as_raw_fd(), token: chan.token, reported: AtomicBool::new(false) };
     // SAFETY: the child below only makes raw system calls before the target,
     // then runs the target (whose restrictions in a multi-threaded parent are
     // documented on the module), writes with a raw `write` and `_exit`s; it
@@ -59,14 +60,13 @@ pub(crate) fn start(
             // SAFETY: `ctx`, `name` and `wr` live in this frame and the
             // caller's, which this child never leaves (it `_exit`s below).
             unsafe { child::enter_child(&ctx) };
-            let code = child::run_captured(|| body(wr.as_fd()));
+            let code = child::run_captured(|| body(chan.wr.as_fd()));
             sys::exit_now(code);
         }
         Some(pid) => {
-            drop(wr);
             // The child is ours and unreaped, so this pidfd is exactly it.
             let pidfd = sys::pidfd_open(pid).ok();
-            Ok(launched(pid, pidfd, rd, None))
+            Ok(launched(pid, pidfd, chan, None))
         }
     }
 }

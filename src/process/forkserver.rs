@@ -11,7 +11,7 @@
 //!
 //! | message | bytes | fds (`SCM_RIGHTS`) |
 //! |---|---|---|
-//! | request | postcard `Request { tramp, func, daemon, name }` | args memfd, child's end of the report socket, status pipe write end |
+//! | request | postcard `Request { tramp, func, daemon, token, name }` | args memfd, child's end of the report socket, status pipe write end |
 //! | reply | postcard `Reply::Started { pid }` or `Reply::Failed(reason)` | the child's pidfd (opened by the server before it could reap the child) |
 //! | status | 8 bytes on the status pipe: `u32` tag (0 exited, 1 signal) + `i32` value, little endian | |
 //!
@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::child;
 use super::error::StartError;
 use super::spawn;
+use super::{channel, child};
 use super::{launched, Launched};
 use crate::sys;
 use crate::time::Deadline;
@@ -50,6 +50,7 @@ struct Request {
     tramp: i64,
     func: i64,
     daemon: bool,
+    token: u64,
     name: String,
 }
 
@@ -135,15 +136,15 @@ fn retire(slot: &mut Option<Server>) {
 /// Asks the server for a child.
 pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]) -> Result<Launched, StartError> {
     let args_fd = sys::memfd_with(args)?;
-    let (rd, wr) = sys::seqpacket_pair()?;
+    let chan = channel::take()?;
     let (st_rd, st_wr) = sys::pipe()?;
-    let req = postcard::to_allocvec(&Request { tramp, func, daemon, name: name.to_owned() })
+    let req = postcard::to_allocvec(&Request { tramp, func, daemon, token: chan.token, name: name.to_owned() })
         .map_err(|e| err(format!("encoding the request: {e}")))?;
     let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     let mut sent = false;
     for _ in 0..2 {
         let server = server_for(&mut slot)?;
-        match sys::send_with_fds(server.sock.as_fd(), &req, &[args_fd.as_fd(), wr.as_fd(), st_wr.as_fd()]) {
+        match sys::send_with_fds(server.sock.as_fd(), &req, &[args_fd.as_fd(), chan.wr.as_fd(), st_wr.as_fd()]) {
             Ok(()) => {
                 sent = true;
                 break;
@@ -175,9 +176,8 @@ pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]
     drop(slot);
     match postcard::from_bytes::<Reply>(&buf[..n]) {
         Ok(Reply::Started { pid }) if fds.len() == 1 => {
-            drop(wr);
             drop(st_wr);
-            Ok(launched(pid, fds.pop(), rd, Some(st_rd)))
+            Ok(launched(pid, fds.pop(), chan, Some(st_rd)))
         }
         Ok(Reply::Failed(reason)) => Err(err(reason)),
         _ => Err(err("malformed reply from the fork server")),
@@ -313,6 +313,7 @@ fn serve(sock: &OwnedFd, kids: &[Kid], req: Request, fds: [OwnedFd; 3]) -> Resul
             let ctx = child::ChildCtx {
                 name: &req.name,
                 report: result.as_raw_fd(),
+                token: req.token,
                 reported: std::sync::atomic::AtomicBool::new(false),
             };
             // SAFETY: `ctx`, `req` and `result` live in this frame, which the

@@ -97,6 +97,7 @@
 // The examples show `shmproc::init()` as the first line of `main`, on purpose.
 #![allow(clippy::needless_doctest_main)]
 
+mod channel;
 mod child;
 mod error;
 mod fork;
@@ -231,8 +232,8 @@ static COUNTER: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Launched {
     pid: u32,
     pidfd: Option<OwnedFd>,
-    /// The parent's end of the report socket.
-    result: OwnedFd,
+    /// The report socket pair.
+    result: channel::Channel,
     /// ForkServer: the pipe on which the server writes how the child ended.
     status: Option<OwnedFd>,
 }
@@ -354,7 +355,7 @@ pub struct Process<R> {
     shared: Arc<Shared>,
     method: StartMethod,
     daemon: bool,
-    result: Option<OwnedFd>,
+    result: Option<channel::Channel>,
     status_pipe: Option<OwnedFd>,
     buf: Vec<u8>,
     ended: Option<ExitStatus>,
@@ -546,46 +547,15 @@ impl<R: DeserializeOwned> Process<R> {
         }
     }
 
-    /// Takes the child's report datagram (and the memfd of a large one).
+    /// Takes the child's report datagram (and the memfd of a large one),
+    /// then returns the socket pair to the pool (the child was reaped).
     fn collect(&mut self) -> Result<(), JoinError> {
-        let Some(sock) = self.result.take() else { return Ok(()) };
-        // Peek into a small uninitialised stack buffer first: every page
-        // written after a fork is a copy-on-write fault, so a typical small
-        // report touches no new page and needs no large buffer. A larger one
-        // is then taken into a buffer of its exact size.
-        let mut small = [std::mem::MaybeUninit::<u8>::uninit(); 256];
-        let (len, mut fds) = match sys::recv_with_fds_uninit(sock.as_fd(), &mut small, true) {
-            Ok(x) => x,
-            // No report: the child died before sending one.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(JoinError::Decode { reason: e.to_string() })
-            }
-            Err(e) => return Err(JoinError::Os(e)),
-        };
-        let mut buf: Vec<u8>;
-        if len <= small.len() {
-            // SAFETY: the peek initialised the first `len` bytes of `small`.
-            buf = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len) }.to_vec();
-        } else {
-            if len > child::INLINE_MAX {
-                return Err(JoinError::Decode { reason: format!("report datagram of {len} bytes is too large") });
-            }
-            buf = Vec::with_capacity(len);
-            let (n, taken) = sys::recv_with_fds_uninit(sock.as_fd(), buf.spare_capacity_mut(), false)
-                .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
-            // SAFETY: recvmsg initialised the first `n` bytes of the spare
-            // capacity, and `n` is at most that capacity.
-            unsafe { buf.set_len(n.min(len)) };
-            fds = taken;
+        let Some(chan) = self.result.take() else { return Ok(()) };
+        let report = take_report(&chan);
+        if !matches!(report, Err(JoinError::Os(_))) {
+            channel::give_back(chan.rd, chan.wr);
         }
-        if buf.first() == Some(&child::TAG_IN_MEMFD) {
-            let [fd] = <[OwnedFd; 1]>::try_from(fds)
-                .map_err(|_| JoinError::Decode { reason: "a large report came without its memfd".into() })?;
-            buf = sys::read_fd_all(fd.as_fd(), child::MAX_REPORT)
-                .map_err(|e| JoinError::Decode { reason: format!("reading the report: {e}") })?;
-        }
-        self.buf = buf;
+        self.buf = report?;
         Ok(())
     }
 
@@ -647,6 +617,60 @@ impl<R: DeserializeOwned> Process<R> {
     }
 }
 
+/// Reads the report datagram carrying `chan.token` (skipping stale ones);
+/// empty when the child sent none.
+fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
+    const T: usize = child::TOKEN_LEN;
+    loop {
+        // Peek into a small uninitialised stack buffer first: every page
+        // written after a fork is a copy-on-write fault, so a typical small
+        // report touches no new page and needs no large buffer. A larger one
+        // is then taken into a buffer of its exact size.
+        let mut small = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+        let (len, fds) = match sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, true) {
+            Ok(x) => x,
+            // No report: the child died before sending one.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(JoinError::Decode { reason: e.to_string() })
+            }
+            Err(e) => return Err(JoinError::Os(e)),
+        };
+        // SAFETY: the peek initialised the first `min(len, 256)` bytes of `small`.
+        let head = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len.min(small.len())) };
+        if len < T || head[..T] != chan.token.to_le_bytes() {
+            // A stale datagram (from a descendant of an earlier child that
+            // inherited this socket): consume it, close its fds, look again.
+            drop(fds);
+            let _ = sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, false);
+            continue;
+        }
+        let (mut buf, fds) = if len <= small.len() {
+            (head[T..].to_vec(), fds)
+        } else {
+            if len > T + child::INLINE_MAX {
+                return Err(JoinError::Decode { reason: format!("report datagram of {len} bytes is too large") });
+            }
+            drop(fds);
+            let mut buf: Vec<u8> = Vec::with_capacity(len);
+            let (n, taken) = sys::recv_with_fds_uninit(chan.rd.as_fd(), buf.spare_capacity_mut(), false)
+                .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
+            // SAFETY: recvmsg initialised the first `n` bytes of the spare
+            // capacity, and `n` is at most that capacity.
+            unsafe { buf.set_len(n.min(len)) };
+            buf.drain(..T.min(buf.len()));
+            (buf, taken)
+        };
+        if buf.first() == Some(&child::TAG_IN_MEMFD) {
+            let [fd] = <[OwnedFd; 1]>::try_from(fds)
+                .map_err(|_| JoinError::Decode { reason: "a large report came without its memfd".into() })?;
+            buf = sys::read_fd_all(fd.as_fd(), child::MAX_REPORT)
+                .map_err(|e| JoinError::Decode { reason: format!("reading the report: {e}") })?;
+        }
+        return Ok(buf);
+    }
+}
+
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
         if !self.joined {
@@ -680,7 +704,12 @@ impl<R> Drop for Process<R> {
 }
 
 /// The pieces the start methods share.
-pub(crate) fn launched(pid: u32, pidfd: Option<OwnedFd>, result: OwnedFd, status: Option<OwnedFd>) -> Launched {
+pub(crate) fn launched(
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    result: channel::Channel,
+    status: Option<OwnedFd>,
+) -> Launched {
     Launched { pid, pidfd, result, status }
 }
 
@@ -691,19 +720,20 @@ mod tests {
     /// Forks a raw child that sends `report` (if any) on a report socket and
     /// exits with `code`, and wraps it in a `Process<u64>`.
     fn fake_child(report: Option<&'static [u8]>, code: i32) -> Process<u64> {
-        let (rd, wr) = sys::seqpacket_pair().unwrap();
+        let chan = channel::take().unwrap();
         // SAFETY: the child only makes raw system calls (sendmsg, _exit).
         match unsafe { sys::fork() }.unwrap() {
             None => {
+                // A stale datagram first (another token), then the report.
+                let _ = sys::send_parts_with_fds(chan.wr.as_fd(), &(chan.token + 1).to_le_bytes(), &[TAG_OK, 7], &[]);
                 if let Some(r) = report {
-                    let _ = sys::send_with_fds(wr.as_fd(), r, &[]);
+                    let _ = sys::send_parts_with_fds(chan.wr.as_fd(), &chan.token.to_le_bytes(), r, &[]);
                 }
                 sys::exit_now(code)
             }
             Some(pid) => {
-                drop(wr);
                 let pidfd = sys::pidfd_open(pid).ok();
-                Process::from_launched(launched(pid, pidfd, rd, None), "fake".into(), StartMethod::Fork, false)
+                Process::from_launched(launched(pid, pidfd, chan, None), "fake".into(), StartMethod::Fork, false)
             }
         }
     }

@@ -2,7 +2,7 @@
 //! binary; [`crate::init`] at the top of its `main` runs the target.
 //!
 //! ## Gate variable
-//! `SHMPROC_SPAWN=v1;<exe identity>;<trampoline offset>;<target offset>;<args fd>;<result fd>;<daemon parent>;<name>`
+//! `SHMPROC_SPAWN=v1;<exe identity>;<trampoline offset>;<target offset>;<args fd>;<result fd>;<daemon parent>;<token>;<name>`
 //!
 //! * exe identity: `dev:inode:size:mtime_s:mtime_ns` of the parent's
 //!   `/proc/self/exe`. The child compares it with its own before it turns the
@@ -27,7 +27,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use super::child::{self, Trampoline};
-use super::{forkserver, launched, Launched};
+use super::{channel, forkserver, launched, Launched};
 use crate::sys;
 
 /// The gate variable of a spawned child.
@@ -81,11 +81,12 @@ struct Gate<'a> {
     args_fd: i32,
     result_fd: i32,
     parent: u32,
+    token: u64,
     name: &'a str,
 }
 
 fn parse(v: &str) -> Option<Gate<'_>> {
-    let mut it = v.splitn(8, ';');
+    let mut it = v.splitn(9, ';');
     if it.next()? != "v1" {
         return None;
     }
@@ -96,6 +97,7 @@ fn parse(v: &str) -> Option<Gate<'_>> {
         args_fd: it.next()?.parse().ok().filter(|&f: &i32| f >= 0)?,
         result_fd: it.next()?.parse().ok().filter(|&f: &i32| f >= 0)?,
         parent: it.next()?.parse().ok()?,
+        token: it.next()?.parse().ok()?,
         name: it.next()?,
     })
 }
@@ -125,6 +127,7 @@ pub(crate) fn child_main(v: &str) -> ! {
     let ctx = Box::leak(Box::new(child::ChildCtx {
         name,
         report: g.result_fd,
+        token: g.token,
         reported: std::sync::atomic::AtomicBool::new(false),
     }));
     // SAFETY: leaked, so it lives as long as the process; the result fd is
@@ -138,18 +141,17 @@ pub(crate) fn child_main(v: &str) -> ! {
 /// The parent side: spawns the child.
 pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]) -> io::Result<Launched> {
     let args_fd = sys::memfd_with(args)?;
-    let (rd, wr) = sys::seqpacket_pair()?;
+    let chan = channel::take()?;
     let parent = if daemon { sys::raw_pid() } else { 0 };
-    let (a, w) = (args_fd.as_raw_fd(), wr.as_raw_fd());
-    let value = format!("v1;{};{tramp};{func};{a};{w};{parent};{name}", exe_id_string()?);
+    let (a, w) = (args_fd.as_raw_fd(), chan.wr.as_raw_fd());
+    let value = format!("v1;{};{tramp};{func};{a};{w};{parent};{};{name}", exe_id_string()?, chan.token);
     let child = spawn_self(&[(SPAWN_ENV, value)], &[a, w], daemon.then_some(parent))?;
     let pid = child.id();
     // The child is ours and unreaped (std's Child never reaps on drop).
     let pidfd = sys::pidfd_open(pid).ok();
     drop(child);
-    drop(wr);
     drop(args_fd);
-    Ok(launched(pid, pidfd, rd, None))
+    Ok(launched(pid, pidfd, chan, None))
 }
 
 /// Re-executes `/proc/self/exe` with `env`, keeping `fds` open across exec
@@ -204,9 +206,13 @@ mod tests {
 
     #[test]
     fn gate_parsing() {
-        let g = parse("v1;1:2:3:4:5;-10;20;3;4;0;my;name").unwrap();
-        assert_eq!((g.tramp, g.func, g.args_fd, g.result_fd, g.parent, g.name), (-10, 20, 3, 4, 0, "my;name"));
-        assert!(parse("v2;1:2:3:4:5;1;2;3;4;0;n").is_none());
+        let g = parse("v1;1:2:3:4:5;-10;20;3;4;0;77;my;name").unwrap();
+        assert_eq!(
+            (g.tramp, g.func, g.args_fd, g.result_fd, g.parent, g.token, g.name),
+            (-10, 20, 3, 4, 0, 77, "my;name")
+        );
+        assert!(parse("v2;1:2:3:4:5;1;2;3;4;0;1;n").is_none());
+        assert!(parse("v1;1:2:3:4:5;1;2;3;4;0;x;n").is_none());
         assert!(parse("v1;x;1;2;-3;4;0;n").is_none());
         assert!(parse("v1;x;1;2").is_none());
     }

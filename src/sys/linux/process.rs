@@ -361,6 +361,17 @@ pub(crate) const MAX_PASSED_FDS: usize = 4;
 
 /// Sends one datagram with `data` and (`SCM_RIGHTS`) `fds`. `MSG_NOSIGNAL`.
 pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    send_parts_with_fds(sock, &[], data, fds)
+}
+
+/// [`send_with_fds`] of the datagram `head ++ data`, gathered from two
+/// buffers (no allocation).
+pub(crate) fn send_parts_with_fds(
+    sock: BorrowedFd<'_>,
+    head: &[u8],
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     assert!(fds.len() <= MAX_PASSED_FDS);
     // u64 array for cmsghdr alignment.
     let mut cbuf = [0u64; 16];
@@ -370,11 +381,14 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd
         *r = f.as_raw_fd();
     }
     let raw = &raw_buf[..fds.len()];
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut iov = [
+        libc::iovec { iov_base: head.as_ptr() as *mut libc::c_void, iov_len: head.len() },
+        libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() },
+    ];
     // SAFETY: msghdr is plain data; all-zero is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = 2;
     if !raw.is_empty() {
         let payload = std::mem::size_of_val(raw) as u32;
         // SAFETY: CMSG_SPACE is a pure computation.
@@ -403,7 +417,7 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd
             }
             return Err(e);
         }
-        if n as usize != data.len() {
+        if n as usize != head.len() + data.len() {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg on a seqpacket socket"));
         }
         return Ok(());
