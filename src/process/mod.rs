@@ -61,7 +61,8 @@
 //!
 //! ## Results, panics and deaths
 //! The argument and the result travel as postcard bytes (a memfd for the
-//! argument of a re-executed child, one datagram on a socket pair for the report). [`Process::join`]
+//! argument of a re-executed child, one datagram on a pooled socket pair for
+//! the report). [`Process::join`]
 //! gives the target's `R`, or [`JoinError::Panicked`] with the panic message, or
 //! [`JoinError::Died`] with the [`ExitStatus`] (exit code or signal) when the
 //! child ended without a report.

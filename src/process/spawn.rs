@@ -118,6 +118,8 @@ pub(crate) fn child_main(v: &str) -> ! {
     let (tramp, func) = resolve(g.tramp, g.func).unwrap_or_else(|r| refuse(&r));
     let args_fd = sys::borrow_raw_fd(g.args_fd).unwrap_or_else(|_| refuse("the argument fd is not open"));
     let result_fd = sys::borrow_raw_fd(g.result_fd).unwrap_or_else(|_| refuse("the result fd is not open"));
+    // Inherited without close-on-exec; programs the target runs must not get it.
+    let _ = sys::set_cloexec(result_fd, true);
     let args = sys::read_fd_all(args_fd, MAX_ARGS).unwrap_or_else(|e| refuse(&format!("reading the argument: {e}")));
     // SAFETY: the args fd was handed to this process for this purpose only and
     // no OwnedFd in this process owns it.
