@@ -622,7 +622,8 @@ impl<R: DeserializeOwned> Process<R> {
 /// empty when the child sent none.
 fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
     const T: usize = child::TOKEN_LEN;
-    loop {
+    // Bounded, so that a descendant flooding the socket cannot stall a join.
+    for _ in 0..64 {
         // Peek into a small uninitialised stack buffer first: every page
         // written after a fork is a copy-on-write fault, so a typical small
         // report touches no new page and needs no large buffer. A larger one
@@ -670,6 +671,7 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
         }
         return Ok(buf);
     }
+    Err(JoinError::Decode { reason: "too many stale datagrams on the report socket".into() })
 }
 
 impl<R> Drop for Process<R> {
