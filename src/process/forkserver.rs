@@ -11,7 +11,7 @@
 //!
 //! | message | bytes | fds (`SCM_RIGHTS`) |
 //! |---|---|---|
-//! | request | postcard `Request { tramp, func, daemon, token, name }` | args memfd, child's end of the report socket, status pipe write end |
+//! | request | postcard `Request { tramp, func, daemon, token, name, args }` (`args`: the argument bytes when at most 32 KiB) | child's end of the report socket, status pipe write end, then an args memfd when `args` is `None` |
 //! | reply | postcard `Reply::Started { pid }` or `Reply::Failed(reason)` | the child's pidfd (opened by the server before it could reap the child) |
 //! | status | 8 bytes on the status pipe: `u32` tag (0 exited, 1 signal) + `i32` value, little endian | |
 //!
@@ -52,7 +52,14 @@ struct Request {
     daemon: bool,
     token: u64,
     name: String,
+    /// The argument inline, or `None` when it comes in a memfd.
+    args: Option<Vec<u8>>,
 }
+
+/// Largest argument sent inline in the request datagram.
+const INLINE_ARGS: usize = 32 * 1024;
+/// The server's receive buffer (a request with inline arguments fits).
+const REQUEST_BUF: usize = INLINE_ARGS + 4096;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
@@ -135,16 +142,28 @@ fn retire(slot: &mut Option<Server>) {
 
 /// Asks the server for a child.
 pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]) -> Result<Launched, StartError> {
-    let args_fd = sys::memfd_with(args)?;
+    let (inline, args_fd) =
+        if args.len() <= INLINE_ARGS { (Some(args.to_vec()), None) } else { (None, Some(sys::memfd_with(args)?)) };
     let chan = channel::take()?;
     let (st_rd, st_wr) = sys::pipe()?;
-    let req = postcard::to_allocvec(&Request { tramp, func, daemon, token: chan.token, name: name.to_owned() })
-        .map_err(|e| err(format!("encoding the request: {e}")))?;
+    // The request must fit the server's buffer: names are cut at 1 KiB.
+    let mut end = name.len().min(1024);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let name = &name[..end];
+    let req =
+        postcard::to_allocvec(&Request { tramp, func, daemon, token: chan.token, name: name.to_owned(), args: inline })
+            .map_err(|e| err(format!("encoding the request: {e}")))?;
     let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     let mut sent = false;
     for _ in 0..2 {
         let server = server_for(&mut slot)?;
-        match sys::send_with_fds(server.sock.as_fd(), &req, &[args_fd.as_fd(), chan.wr.as_fd(), st_wr.as_fd()]) {
+        let result = match &args_fd {
+            Some(a) => sys::send_with_fds(server.sock.as_fd(), &req, &[chan.wr.as_fd(), st_wr.as_fd(), a.as_fd()]),
+            None => sys::send_with_fds(server.sock.as_fd(), &req, &[chan.wr.as_fd(), st_wr.as_fd()]),
+        };
+        match result {
             Ok(()) => {
                 sent = true;
                 break;
@@ -221,7 +240,7 @@ pub(crate) fn server_main(v: &str) -> ! {
         std::process::exit(0);
     }
     let mut kids: Vec<Kid> = Vec::new();
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; REQUEST_BUF];
     loop {
         let ready = {
             let mut fds = vec![sock.as_fd()];
@@ -259,9 +278,9 @@ pub(crate) fn server_main(v: &str) -> ! {
             Ok(x) => x,
             Err(_) => continue,
         };
-        let reply = match (postcard::from_bytes::<Request>(&buf[..n]), <[OwnedFd; 3]>::try_from(fds)) {
-            (Ok(req), Ok(fds)) => serve(&sock, &kids, req, fds),
-            _ => Err(Reply::Failed("malformed request".into())),
+        let reply = match postcard::from_bytes::<Request>(&buf[..n]) {
+            Ok(req) => serve(&sock, &kids, req, fds),
+            Err(_) => Err(Reply::Failed("malformed request".into())),
         };
         let (msg, pidfd) = match reply {
             Ok((kid, pid)) => {
@@ -284,11 +303,19 @@ pub(crate) fn server_main(v: &str) -> ! {
 
 /// Forks one child for `req`. In the server: returns the child's pidfd and
 /// status pipe.
-fn serve(sock: &OwnedFd, kids: &[Kid], req: Request, fds: [OwnedFd; 3]) -> Result<(Kid, u32), Reply> {
-    let [args_fd, result, status] = fds;
+fn serve(sock: &OwnedFd, kids: &[Kid], mut req: Request, fds: Vec<OwnedFd>) -> Result<(Kid, u32), Reply> {
+    let mut fds = fds.into_iter();
+    let (Some(result), Some(status)) = (fds.next(), fds.next()) else {
+        return Err(Reply::Failed("a request without its report socket and status pipe".into()));
+    };
     let (tramp, func) = spawn::resolve(req.tramp, req.func).map_err(Reply::Failed)?;
-    let args = sys::read_fd_all(args_fd.as_fd(), spawn::MAX_ARGS).map_err(|e| Reply::Failed(e.to_string()))?;
-    drop(args_fd);
+    let args = match (req.args.take(), fds.next()) {
+        (Some(inline), None) => inline,
+        (None, Some(args_fd)) => {
+            sys::read_fd_all(args_fd.as_fd(), spawn::MAX_ARGS).map_err(|e| Reply::Failed(e.to_string()))?
+        }
+        _ => return Err(Reply::Failed("a request with both or neither inline and memfd arguments".into())),
+    };
     let comm = super::fork::comm_name(&req.name);
     let parent = sys::raw_pid();
     // SAFETY: the server is single-threaded (it was started by exec and never
