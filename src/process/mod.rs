@@ -26,9 +26,9 @@
 //!
 //! | method | how | targets | start + join of a trivial target* | multi-threaded parent |
 //! |---|---|---|---|---|
-//! | [`Fork`](StartMethod::Fork) | `fork()`; the child runs the target and `_exit`s | closure or `fn` | ~75 us (bare fork + wait: ~55 us) | restricted (below) |
+//! | [`Fork`](StartMethod::Fork) | `fork()`; the child runs the target and `_exit`s | closure or `fn` | ~75-80 us (bare fork + wait: ~55 us) | restricted (below) |
 //! | [`Spawn`](StartMethod::Spawn) | re-exec `/proc/self/exe`; [`init()`](crate::init) runs the target | `fn` | ~1 ms (bare exec + wait: ~0.9 ms) | safe |
-//! | [`ForkServer`](StartMethod::ForkServer) | a server re-executed once, single-threaded, forks each child | `fn` | ~95 us | safe |
+//! | [`ForkServer`](StartMethod::ForkServer) | a server re-executed once, single-threaded, forks each child | `fn` | ~85-95 us | safe |
 //!
 //! \* `shmproc bench`, scenario `spawn-join`, on a 2-vCPU KVM guest; Python
 //! 3.11 on the same machine: 1.7 ms (fork), 13 ms (forkserver), 49 ms (spawn).
