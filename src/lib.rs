@@ -47,8 +47,11 @@ mod sys;
 mod time;
 mod value;
 
+pub mod process;
+
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
+pub use process::{init, Process};
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, ShmObject, DEFAULT_MODE,
     DEFAULT_OPEN_TIMEOUT,

@@ -228,6 +228,9 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
 }
 
 fn main() -> ExitCode {
+    // The gate for Spawn and ForkServer children (the spawn-join bench cases):
+    // a re-executed child runs its target here and exits.
+    shmproc::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cases = bench::all_cases();
     match parse(&args, &cases) {

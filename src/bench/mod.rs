@@ -25,6 +25,7 @@
 
 pub mod baselines;
 pub mod os;
+mod process;
 pub mod report;
 pub mod shm;
 mod sync;
@@ -277,6 +278,7 @@ pub fn all_cases() -> Vec<Case> {
     // Each area appends its cases here, e.g. `cases.extend(queue::cases());`.
     cases.extend(baselines::cases());
     cases.extend(sync::cases());
+    cases.extend(process::cases());
     cases
 }
 

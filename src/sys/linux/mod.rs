@@ -7,8 +7,10 @@
 
 pub(crate) mod futex;
 pub(crate) mod proc;
+pub(crate) mod process;
 pub(crate) mod shm;
 
 pub(crate) use futex::*;
 pub(crate) use proc::*;
+pub(crate) use process::*;
 pub(crate) use shm::*;

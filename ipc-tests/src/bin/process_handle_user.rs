@@ -1,0 +1,75 @@
+//! Role for `tests/process_handles.rs`: a separate executable that receives
+//! shmproc objects by handle through its environment and uses them.
+//!
+//! Usage: `process_handle_user <mode>`; exits 0 when the mode's expectation
+//! holds, 2 otherwise (with the reason on stderr).
+//!
+//! * `use`: every object in [`USERS`] is opened with `inherited` and updated.
+//! * `missing`, `wrong-kind`, `wrong-type`: the precise error is checked.
+//!
+//! Adding a primitive (Queue, Pipe, Mutex) is one function and one row in
+//! [`USERS`], plus the matching row in the test.
+
+use shmproc::process::{inherited, InheritError};
+use shmproc::{Array, OpenError, Segment, Value};
+
+fn use_value() -> Result<(), String> {
+    let v: Value<u64> = inherited("counter").map_err(|e| e.to_string())?;
+    v.update(|n| *n += 1).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn use_array() -> Result<(), String> {
+    let a: Array<u32> = inherited("ARR").map_err(|e| e.to_string())?;
+    a.update(|s| s.iter_mut().for_each(|x| *x *= 2)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn use_segment() -> Result<(), String> {
+    let s: Segment = inherited("seg").map_err(|e| e.to_string())?;
+    if s.payload_len() < 5 {
+        return Err(format!("segment payload of {} bytes is too small", s.payload_len()));
+    }
+    // SAFETY: the payload is at least 5 bytes (checked); the launcher does not
+    // touch it until this process has exited.
+    unsafe { std::ptr::copy_nonoverlapping(b"hello".as_ptr(), s.payload_ptr().as_ptr(), 5) };
+    Ok(())
+}
+
+/// Opens one shared object and uses it.
+type User = fn() -> Result<(), String>;
+
+/// (share name, user) for every shared object.
+const USERS: &[(&str, User)] = &[("counter", use_value), ("ARR", use_array), ("seg", use_segment)];
+
+fn check(mode: &str) -> Result<(), String> {
+    match mode {
+        "use" => {
+            for (name, f) in USERS {
+                f().map_err(|e| format!("{name}: {e}"))?;
+            }
+            Ok(())
+        }
+        "missing" => match inherited::<Value<u64>>("nope") {
+            Err(InheritError::Missing { var }) if var == "SHMPROC_HANDLE_NOPE" => Ok(()),
+            other => Err(format!("expected Missing, got {other:?}")),
+        },
+        "wrong-kind" => match inherited::<Value<u64>>("ARR") {
+            Err(InheritError::Open { source, .. }) if matches!(*source, OpenError::KindMismatch { .. }) => Ok(()),
+            other => Err(format!("expected a kind mismatch, got {other:?}")),
+        },
+        "wrong-type" => match inherited::<Value<u32>>("counter") {
+            Err(InheritError::Open { source, .. }) if matches!(*source, OpenError::TypeMismatch { .. }) => Ok(()),
+            other => Err(format!("expected a type mismatch, got {other:?}")),
+        },
+        other => Err(format!("unknown mode {other:?}")),
+    }
+}
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    if let Err(e) = check(&mode) {
+        eprintln!("process_handle_user {mode}: {e}");
+        std::process::exit(2);
+    }
+}

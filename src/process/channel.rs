@@ -1,0 +1,72 @@
+//! Report sockets: one `SOCK_SEQPACKET` pair per running child, reused from a
+//! small per-process pool.
+//!
+//! Creating and closing a socket pair per child costs more than the rest of a
+//! fork-based start on the machines we measured (the kernel frees sockets
+//! through deferred work), so a joined child's pair goes back to the pool. A
+//! pair is only reused after its child was reaped and its report taken; a
+//! descendant of that child may still hold the child's end, so every datagram
+//! starts with a per-start token and the parent discards datagrams with
+//! another token.
+//!
+//! The pool is only ever locked with `try_lock`: a busy (or, in a forked
+//! child, inherited-locked) pool just means a fresh pair. A forked child
+//! never reuses its parent's idle pairs (they are the parent's sockets): the
+//! pool records the pid that filled it.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::sys;
+
+/// Most idle pairs kept per process.
+const MAX_IDLE: usize = 16;
+
+/// A report socket pair and the token of the child that will use it.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    /// The parent's end.
+    pub(crate) rd: OwnedFd,
+    /// The child's end (kept by the parent too, so the pair can be reused).
+    pub(crate) wr: OwnedFd,
+    /// The token the child's report starts with.
+    pub(crate) token: u64,
+}
+
+struct Pool {
+    owner: u32,
+    idle: Vec<(OwnedFd, OwnedFd)>,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool { owner: 0, idle: Vec::new() });
+static TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// A pair for a new child: an idle one of this process, or a fresh one.
+pub(crate) fn take() -> io::Result<Channel> {
+    let token = TOKEN.fetch_add(1, Ordering::Relaxed);
+    let me = sys::current_pid();
+    if let Ok(mut pool) = POOL.try_lock() {
+        if pool.owner != me {
+            // Inherited through fork: these are the parent's sockets.
+            pool.idle.clear();
+            pool.owner = me;
+        }
+        if let Some((rd, wr)) = pool.idle.pop() {
+            return Ok(Channel { rd, wr, token });
+        }
+    }
+    let (rd, wr) = sys::seqpacket_pair()?;
+    Ok(Channel { rd, wr, token })
+}
+
+/// Returns a pair whose child was reaped and whose report was taken.
+pub(crate) fn give_back(rd: OwnedFd, wr: OwnedFd) {
+    let me = sys::current_pid();
+    if let Ok(mut pool) = POOL.try_lock() {
+        if pool.owner == me && pool.idle.len() < MAX_IDLE {
+            pool.idle.push((rd, wr));
+        }
+    }
+}

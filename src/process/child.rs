@@ -1,0 +1,278 @@
+//! What runs inside a child: the typed trampoline, the report sent back to the
+//! parent, the panic capture, and the `fn`-by-offset encoding.
+//!
+//! ## Report (child to parent, one datagram on a `SOCK_SEQPACKET` socket pair)
+//! Sent once, after the target returned or panicked, just before the child exits:
+//!
+//! | bytes 0..8 | byte 8 | rest |
+//! |---|---|---|
+//! | token (`u64` LE) | [`TAG_OK`] (0) | postcard bytes of the target's `R` |
+//! | token | [`TAG_REPORT`] (1) | postcard [`Report`] (panic message and location, or a serde failure) |
+//! | token | [`TAG_IN_MEMFD`] (2) | nothing; a memfd passed with `SCM_RIGHTS` holds the report (tag and rest) when it is over [`INLINE_MAX`] bytes |
+//!
+//! The token is unique per start in the parent. Fork and ForkServer reuse
+//! report sockets from a small pool (creating and closing a socket pair per
+//! child cost more than the rest of the start); a datagram with another token
+//! (sent late by a descendant of an earlier child that inherited the socket)
+//! is discarded.
+//!
+//! A datagram this small never blocks its sender, so the parent only waits for
+//! the exit (one wake-up per child) and then takes the datagram without
+//! blocking. No datagram means the child died before reporting.
+//!
+//! ## Sending a `fn` to a re-executed copy
+//! A `fn(A) -> R` cannot be serialised, but the same executable loaded again
+//! holds the same code at the same offset from any of its own symbols (ASLR
+//! slides the whole image). The parent sends `target - anchor` and
+//! `trampoline - anchor`, where `anchor` is [`anchor`] and `trampoline` is the
+//! monomorphised [`trampoline::<A, R>`] that decodes `A`, calls the target and
+//! encodes `R`. The child only turns the offsets back into pointers after it
+//! checked that it runs the very same executable file as the parent (see
+//! `spawn.rs`) and that both addresses lie in the image of its executable.
+
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Once;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+/// First byte of a report: the target returned; postcard bytes of its `R` follow.
+pub(crate) const TAG_OK: u8 = 0;
+/// First byte of a report: a postcard [`Report`] follows.
+pub(crate) const TAG_REPORT: u8 = 1;
+/// The only byte of a datagram that carries a memfd holding the whole report.
+pub(crate) const TAG_IN_MEMFD: u8 = 2;
+/// Largest report sent inline in the datagram; larger ones go in a memfd.
+/// The parent receives into an uninitialised stack buffer of this size.
+pub(crate) const INLINE_MAX: usize = 4096;
+/// Largest report the parent accepts (1 GiB).
+pub(crate) const MAX_REPORT: u64 = 1 << 30;
+
+/// Size of the token that starts every report datagram.
+pub(crate) const TOKEN_LEN: usize = 8;
+
+/// Sends one report datagram on `out` (the child's end of the report socket):
+/// this child's token (little endian), then the report. Never blocks: the
+/// socket holds nothing else for this token and the datagram is small; a
+/// large report travels in a memfd passed with `SCM_RIGHTS`. The parent may
+/// be gone (`EPIPE`): there is nobody to tell, so errors are ignored.
+pub(crate) fn emit(out: BorrowedFd<'_>, report: &[u8]) {
+    let token = ctx().map_or(0, |c| c.token).to_le_bytes();
+    if report.len() <= INLINE_MAX {
+        let _ = sys::send_parts_with_fds(out, &token, report, &[]);
+    } else if let Ok(fd) = sys::memfd_with(report) {
+        let _ = sys::send_parts_with_fds(out, &token, &[TAG_IN_MEMFD], &[fd.as_fd()]);
+    }
+}
+
+/// Why a child has no value to report.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Report {
+    /// The target panicked.
+    Panic {
+        /// Panic payload as text.
+        message: String,
+        /// `file:line:col`.
+        location: Option<String>,
+    },
+    /// The argument could not be decoded or the result encoded.
+    Serde(String),
+}
+
+/// Exit code of a child whose target returned.
+pub(crate) const EXIT_OK: i32 = 0;
+/// Exit code of a child whose target panicked (as Python's 1 for an exception).
+pub(crate) const EXIT_PANIC: i32 = 1;
+/// Exit code of a child that refused to run the target (identity mismatch, bad gate variable).
+pub(crate) const EXIT_REFUSED: i32 = 121;
+
+/// Runs one typed target: decodes the argument, calls `func`, writes the
+/// report to the fd. `Err` is a (de)serialisation failure.
+pub(crate) type Trampoline = fn(usize, &[u8], BorrowedFd<'_>) -> Result<(), String>;
+
+/// Writes `TAG_OK` and `r` to `out`. Small results are encoded on the stack,
+/// so a forked child touches no heap page (each would cost a copy-on-write fault).
+pub(crate) fn emit_ok<R: Serialize>(r: &R, out: BorrowedFd<'_>) -> Result<(), String> {
+    let mut stack = [0u8; 128];
+    stack[0] = TAG_OK;
+    let n = match postcard::to_slice(r, &mut stack[1..]) {
+        Ok(used) => Some(used.len()),
+        Err(postcard::Error::SerializeBufferFull) => None,
+        Err(e) => return Err(format!("encoding the result in the child: {e}")),
+    };
+    match n {
+        Some(n) => emit(out, &stack[..1 + n]),
+        None => {
+            let v =
+                postcard::to_extend(r, vec![TAG_OK]).map_err(|e| format!("encoding the result in the child: {e}"))?;
+            emit(out, &v)
+        }
+    }
+    Ok(())
+}
+
+/// The monomorphised trampoline for a `fn(A) -> R` whose address is `func`.
+pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
+    func: usize,
+    args: &[u8],
+    out: BorrowedFd<'_>,
+) -> Result<(), String> {
+    // SAFETY: `func` was produced from a `fn(A) -> R` by `Process::builder` (in
+    // this process, or in the parent running the same executable, rebased by
+    // the verified offset from `anchor`), and this trampoline was instantiated
+    // for the same `A` and `R`. Function pointers and `usize` have the same size.
+    let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
+    let arg: A = postcard::from_bytes(args).map_err(|e| format!("decoding the argument in the child: {e}"))?;
+    let r = f(arg);
+    let sent = emit_ok(&r, out);
+    // The child exits right after: freeing `r` would only cost copy-on-write faults.
+    std::mem::forget(r);
+    sent
+}
+
+/// A symbol of the executable image; offsets of targets are taken from it.
+#[inline(never)]
+pub(crate) fn anchor() -> usize {
+    anchor as fn() -> usize as usize
+}
+
+/// Offset of `addr` from the anchor.
+pub(crate) fn offset_of(addr: usize) -> i64 {
+    addr.wrapping_sub(anchor()) as i64
+}
+
+/// Address at `offset` from the anchor, if it lies in the same loaded object
+/// as the anchor (checked with `dladdr`).
+pub(crate) fn address_at(offset: i64) -> Option<usize> {
+    let addr = anchor().wrapping_add(offset as usize);
+    same_object(addr).then_some(addr)
+}
+
+/// Whether `addr` belongs to the same loaded object (executable) as the anchor.
+pub(crate) fn same_object(addr: usize) -> bool {
+    match (sys::object_base(anchor()), sys::object_base(addr)) {
+        (Some(a), Some(b)) => a == b,
+        (Some(_), None) => false,
+        // The loader does not know the anchor (static binary): rely on the
+        // executable identity check alone.
+        (None, _) => true,
+    }
+}
+
+/// What a shmproc child knows about itself, from before its target runs
+/// until it exits.
+#[derive(Debug)]
+pub(crate) struct ChildCtx {
+    /// The name it was started with.
+    pub(crate) name: *const String,
+    /// Its end of the report socket.
+    pub(crate) report: RawFd,
+    /// Starts its report datagram, so that the parent can tell it from a
+    /// stale one on a reused socket.
+    pub(crate) token: u64,
+    /// Whether a report was sent (the panic hook sends one itself, so that
+    /// the message also arrives when panics abort).
+    pub(crate) reported: AtomicBool,
+}
+
+/// The context of this process if it is a shmproc child (null in any other
+/// process). One static, so a forked child dirties one page for it.
+static CTX: AtomicPtr<ChildCtx> = AtomicPtr::new(std::ptr::null_mut());
+static HOOK: Once = Once::new();
+
+/// Marks this process a shmproc child, before its target runs.
+///
+/// # Safety
+/// `ctx` and the `String` it points to must stay valid and unchanged for the
+/// rest of the process's life (in a forked child: memory of the parent's
+/// frame, which the child never leaves; elsewhere: leaked), and `ctx.report`
+/// must be an open fd that nothing closes before the process exits.
+pub(crate) unsafe fn enter_child(ctx: *const ChildCtx) {
+    CTX.store(ctx as *mut ChildCtx, Ordering::Release);
+}
+
+fn ctx() -> Option<&'static ChildCtx> {
+    let p = CTX.load(Ordering::Acquire);
+    // SAFETY: a non-null CTX lives as long as the process (contract of `enter_child`).
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// Sends `report` once per child (the first caller wins).
+fn report_once(ctx: &ChildCtx, report: &Report) {
+    if ctx.reported.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if let Ok(b) = postcard::to_extend(report, vec![TAG_REPORT]) {
+        // SAFETY: `ctx.report` stays open until the process exits (contract of `enter_child`).
+        emit(unsafe { BorrowedFd::borrow_raw(ctx.report) }, &b);
+    }
+}
+
+/// Installs (once per process) a panic hook that, in a shmproc child, sends
+/// the panic report at once (so it also arrives when panics abort) and prints
+/// one line to fd 2 without taking the stderr lock; in any other process it
+/// calls the hook that was installed before.
+///
+/// Called in the parent before the first fork, so that a forked child does
+/// not have to replace the hook (a write to the parent's hook state, which
+/// would also cost copy-on-write faults). If the program later installs its
+/// own hook, a child's panic message still comes from the panic payload, but
+/// without its location.
+pub(crate) fn ensure_panic_hook() {
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let Some(ctx) = ctx() else { return previous(info) };
+            let message = payload_text(info.payload());
+            let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let line = format!(
+                "shmproc child {} ({}) panicked at {}: {}\n",
+                sys::raw_pid(),
+                current_name(),
+                location.as_deref().unwrap_or("?"),
+                message
+            );
+            // SAFETY: fd 2 is borrowed only for this write; it is not closed here.
+            let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+            let _ = sys::write_all(stderr, line.as_bytes());
+            report_once(ctx, &Report::Panic { message, location });
+        }));
+    });
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// Runs `body` in a child (after [`enter_child`]) with panic capture; on
+/// failure sends a [`TAG_REPORT`] report unless the panic hook already did.
+/// Returns the exit code to use.
+pub(crate) fn run_captured(body: impl FnOnce() -> Result<(), String>) -> i32 {
+    let Some(ctx) = ctx() else { return EXIT_REFUSED };
+    let report = match panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => return EXIT_OK,
+        Ok(Err(reason)) => Report::Serde(reason),
+        Err(payload) => Report::Panic { message: payload_text(&*payload), location: None },
+    };
+    report_once(ctx, &report);
+    EXIT_PANIC
+}
+
+/// This process's shmproc name: the name it was started with, or `MainProcess`.
+pub(crate) fn current_name() -> String {
+    match ctx() {
+        // SAFETY: the name lives as long as the process (contract of `enter_child`).
+        Some(c) => unsafe { (*c.name).clone() },
+        None => "MainProcess".to_owned(),
+    }
+}

@@ -1,0 +1,364 @@
+//! [`StartMethod::ForkServer`](super::StartMethod::ForkServer): a
+//! single-threaded server forks the children.
+//!
+//! ## Protocol
+//! On first use the parent re-executes its own binary with
+//! `SHMPROC_FORKSERVER=v1;<exe identity>;<socket fd>` and one end of a
+//! `SOCK_SEQPACKET` socket pair. [`crate::init`] in that copy verifies the
+//! executable identity (as Spawn does), says `ready`, and serves requests until
+//! the parent's end of the socket closes (the parent exited or died); then it
+//! exits, and the death signal of its daemon children fires.
+//!
+//! | message | bytes | fds (`SCM_RIGHTS`) |
+//! |---|---|---|
+//! | request | postcard `Request { tramp, func, daemon, token, name, args }` (`args`: the argument bytes when at most 32 KiB) | child's end of the report socket, status pipe write end, then an args memfd when `args` is `None` |
+//! | reply | postcard `Reply::Started { pid }` or `Reply::Failed(reason)` | the child's pidfd (opened by the server before it could reap the child) |
+//! | status | 8 bytes on the status pipe: `u32` tag (0 exited, 1 signal) + `i32` value, little endian | |
+//!
+//! Requests are serialised by a mutex in the parent; one reply follows each
+//! request. The server reaps each child through its pidfd and writes its
+//! status; the parent learns of the exit from that pipe, and signals the
+//! child through the pidfd it received, so a reused pid is never hit.
+//!
+//! The server is the same executable image, so the offsets of `fn` targets
+//! mean the same there as in a Spawn child. Because it was started by `exec`,
+//! it has one thread however many the parent has, which makes its forks safe.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::StartError;
+use super::spawn;
+use super::{channel, child};
+use super::{launched, Launched};
+use crate::sys;
+use crate::time::Deadline;
+
+/// The gate variable of the fork server.
+pub(crate) const SERVER_ENV: &str = "SHMPROC_FORKSERVER";
+
+/// How long the parent waits for the server's `ready` and for each reply.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    tramp: i64,
+    func: i64,
+    daemon: bool,
+    token: u64,
+    name: String,
+    /// The argument inline, or `None` when it comes in a memfd.
+    args: Option<Vec<u8>>,
+}
+
+/// Largest argument sent inline in the request datagram.
+const INLINE_ARGS: usize = 32 * 1024;
+/// The server's receive buffer (a request with inline arguments fits).
+const REQUEST_BUF: usize = INLINE_ARGS + 4096;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Started { pid: u32 },
+    Failed(String),
+}
+
+struct Server {
+    sock: OwnedFd,
+    child: std::process::Child,
+    /// The process that started the server (a forked child inherits this
+    /// struct but must not use the socket).
+    owner: u32,
+}
+
+static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+/// Raw fd of the parent's socket, for closing it in forked children.
+static CLIENT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// In a child forked by [`StartMethod::Fork`](super::StartMethod::Fork):
+/// closes the inherited socket to the fork server, so the server still sees
+/// end of file when the parent dies. Async-signal-safe.
+pub(crate) fn close_client_in_child() {
+    let fd = CLIENT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: the `Server` that owns this fd is never used or dropped in a
+        // child (its `owner` pid differs; see `server_for`).
+        unsafe { sys::close_raw(fd) };
+    }
+}
+
+fn err(reason: impl Into<String>) -> StartError {
+    StartError::ForkServer { reason: reason.into() }
+}
+
+fn launch() -> Result<Server, StartError> {
+    let (mine, theirs) = sys::seqpacket_pair()?;
+    let value = format!("v1;{};{}", spawn::exe_id_string()?, theirs.as_raw_fd());
+    let mut child = spawn::spawn_self(&[(SERVER_ENV, value)], &[theirs.as_raw_fd()], None)?;
+    drop(theirs);
+    let mut buf = [0u8; 64];
+    let ready = match sys::poll_readable([mine.as_fd()], Deadline::after(Some(SERVER_TIMEOUT)))? {
+        [true] => sys::recv_with_fds(mine.as_fd(), &mut buf)?.0,
+        [false] => 0,
+    };
+    if &buf[..ready] != b"ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(err("the fork server exited or did not become ready (see its message on stderr)"));
+    }
+    CLIENT_FD.store(mine.as_raw_fd(), Ordering::Relaxed);
+    Ok(Server { sock: mine, child, owner: sys::current_pid() })
+}
+
+/// The live server of this process, started if needed.
+fn server_for(slot: &mut Option<Server>) -> Result<&mut Server, StartError> {
+    if let Some(s) = slot.take() {
+        if s.owner == sys::current_pid() {
+            *slot = Some(s);
+        } else {
+            // Inherited through fork from a parent: its fd was closed (or
+            // belongs to the parent's server); never touch it.
+            std::mem::forget(s);
+        }
+    }
+    if slot.is_none() {
+        *slot = Some(launch()?);
+    }
+    Ok(slot.as_mut().expect("just set"))
+}
+
+fn retire(slot: &mut Option<Server>) {
+    if let Some(mut s) = slot.take() {
+        CLIENT_FD.store(-1, Ordering::Relaxed);
+        drop(s.sock);
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+    }
+}
+
+/// Asks the server for a child.
+pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]) -> Result<Launched, StartError> {
+    let (inline, args_fd) =
+        if args.len() <= INLINE_ARGS { (Some(args.to_vec()), None) } else { (None, Some(sys::memfd_with(args)?)) };
+    let chan = channel::take()?;
+    let (st_rd, st_wr) = sys::pipe()?;
+    // The request must fit the server's buffer: names are cut at 1 KiB.
+    let mut end = name.len().min(1024);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let name = &name[..end];
+    let req =
+        postcard::to_allocvec(&Request { tramp, func, daemon, token: chan.token, name: name.to_owned(), args: inline })
+            .map_err(|e| err(format!("encoding the request: {e}")))?;
+    let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sent = false;
+    for _ in 0..2 {
+        let server = server_for(&mut slot)?;
+        let result = match &args_fd {
+            Some(a) => sys::send_with_fds(server.sock.as_fd(), &req, &[chan.wr.as_fd(), st_wr.as_fd(), a.as_fd()]),
+            None => sys::send_with_fds(server.sock.as_fd(), &req, &[chan.wr.as_fd(), st_wr.as_fd()]),
+        };
+        match result {
+            Ok(()) => {
+                sent = true;
+                break;
+            }
+            // The server died since the last request: start another one.
+            Err(_) => retire(&mut slot),
+        }
+    }
+    if !sent {
+        return Err(err("could not send the request to a fresh fork server"));
+    }
+    let server = slot.as_mut().expect("sent through it");
+    let mut buf = [0u8; 1024];
+    let got = match sys::poll_readable([server.sock.as_fd()], Deadline::after(Some(SERVER_TIMEOUT)))? {
+        [true] => sys::recv_with_fds(server.sock.as_fd(), &mut buf),
+        [false] => Err(io::Error::new(io::ErrorKind::TimedOut, "no reply")),
+    };
+    let (n, mut fds) = match got {
+        Ok((n, fds)) if n > 0 => (n, fds),
+        Ok(_) => {
+            retire(&mut slot);
+            return Err(err("the fork server died while starting the child"));
+        }
+        Err(e) => {
+            retire(&mut slot);
+            return Err(err(format!("no reply from the fork server: {e}")));
+        }
+    };
+    drop(slot);
+    match postcard::from_bytes::<Reply>(&buf[..n]) {
+        Ok(Reply::Started { pid }) if fds.len() == 1 => {
+            drop(st_wr);
+            Ok(launched(pid, fds.pop(), chan, Some(st_rd)))
+        }
+        Ok(Reply::Failed(reason)) => Err(err(reason)),
+        _ => Err(err("malformed reply from the fork server")),
+    }
+}
+
+struct Kid {
+    pidfd: OwnedFd,
+    status: OwnedFd,
+}
+
+fn refuse(reason: &str) -> ! {
+    eprintln!("shmproc: the fork server refuses to start: {reason}");
+    std::process::exit(child::EXIT_REFUSED)
+}
+
+/// The server, called by `init()`; never returns.
+pub(crate) fn server_main(v: &str) -> ! {
+    let mut it = v.splitn(3, ';');
+    let (Some("v1"), Some(exe), Some(fd)) = (it.next(), it.next(), it.next()) else {
+        refuse(&format!("malformed {SERVER_ENV} value {v:?}"))
+    };
+    if let Err(r) = spawn::verify_identity(exe) {
+        refuse(&r);
+    }
+    let Some(fd) = fd.parse::<i32>().ok().filter(|&f| f >= 0 && sys::borrow_raw_fd(f).is_ok()) else {
+        refuse("the socket fd is not open")
+    };
+    // SAFETY: the fd was handed to this process as the server socket; nothing
+    // else in it owns the number.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Keep the socket from leaking into programs the children exec.
+    let _ = sys::set_cloexec(sock.as_fd(), true);
+    sys::set_thread_name(c"shmproc-fsrv");
+    // A parent that dropped its Process closed the status pipe: the write
+    // must fail with EPIPE, not kill the server (whatever the program did
+    // with SIGPIPE before calling init()).
+    sys::ignore_sigpipe();
+    child::ensure_panic_hook();
+    if sys::send_with_fds(sock.as_fd(), b"ready", &[]).is_err() {
+        std::process::exit(0);
+    }
+    let mut kids: Vec<Kid> = Vec::new();
+    let mut buf = vec![0u8; REQUEST_BUF];
+    loop {
+        let ready = {
+            let mut fds = vec![sock.as_fd()];
+            fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
+            match sys::poll_many(&fds) {
+                Ok(r) => r,
+                Err(_) => sys::exit_now(1),
+            }
+        };
+        // Reap first, so that finished children free their slots.
+        for i in (0..kids.len()).rev() {
+            if !ready[i + 1] {
+                continue;
+            }
+            if let Ok(Some(ended)) = sys::wait_pidfd(kids[i].pidfd.as_fd(), true) {
+                let (tag, val) = match ended {
+                    sys::Ended::Code(c) => (0u32, c),
+                    sys::Ended::Signal(s) => (1u32, s),
+                };
+                let mut rec = [0u8; 8];
+                rec[..4].copy_from_slice(&tag.to_le_bytes());
+                rec[4..].copy_from_slice(&val.to_le_bytes());
+                // The parent may have dropped its Process: ignore EPIPE.
+                let _ = sys::write_all(kids[i].status.as_fd(), &rec);
+                kids.swap_remove(i);
+            }
+        }
+        if !ready[0] {
+            continue;
+        }
+        let (n, fds) = match sys::recv_with_fds(sock.as_fd(), &mut buf) {
+            // End of file: every copy of the parent's end closed. Exiting
+            // fires the death signal of the daemon children.
+            Ok((0, _)) => sys::exit_now(0),
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let reply = match postcard::from_bytes::<Request>(&buf[..n]) {
+            Ok(req) => serve(&sock, &kids, req, fds),
+            Err(_) => Err(Reply::Failed("malformed request".into())),
+        };
+        let (msg, pidfd) = match reply {
+            Ok((kid, pid)) => {
+                let m = postcard::to_allocvec(&Reply::Started { pid }).unwrap_or_default();
+                let dup = sys::dup_cloexec(kid.pidfd.as_fd());
+                kids.push(kid);
+                (m, dup.ok())
+            }
+            Err(r) => (postcard::to_allocvec(&r).unwrap_or_default(), None),
+        };
+        let sent = match &pidfd {
+            Some(p) => sys::send_with_fds(sock.as_fd(), &msg, &[p.as_fd()]),
+            None => sys::send_with_fds(sock.as_fd(), &msg, &[]),
+        };
+        if sent.is_err() {
+            sys::exit_now(0);
+        }
+    }
+}
+
+/// Forks one child for `req`. In the server: returns the child's pidfd and
+/// status pipe.
+fn serve(sock: &OwnedFd, kids: &[Kid], mut req: Request, fds: Vec<OwnedFd>) -> Result<(Kid, u32), Reply> {
+    let mut fds = fds.into_iter();
+    let (Some(result), Some(status)) = (fds.next(), fds.next()) else {
+        return Err(Reply::Failed("a request without its report socket and status pipe".into()));
+    };
+    let (tramp, func) = spawn::resolve(req.tramp, req.func).map_err(Reply::Failed)?;
+    let args = match (req.args.take(), fds.next()) {
+        (Some(inline), None) => inline,
+        (None, Some(args_fd)) => {
+            sys::read_fd_all(args_fd.as_fd(), spawn::MAX_ARGS).map_err(|e| Reply::Failed(e.to_string()))?
+        }
+        _ => return Err(Reply::Failed("a request with both or neither inline and memfd arguments".into())),
+    };
+    let comm = super::fork::comm_name(&req.name);
+    let parent = sys::raw_pid();
+    // SAFETY: the server is single-threaded (it was started by exec and never
+    // spawns threads), so the child may do anything before it exits.
+    match unsafe { sys::fork() } {
+        Err(e) => Err(Reply::Failed(format!("fork failed: {e}"))),
+        Ok(None) => {
+            if req.daemon && (sys::set_death_signal_kill().is_err() || sys::parent_pid() != parent) {
+                sys::exit_now(child::EXIT_REFUSED);
+            }
+            // SAFETY: these fds belong to the server's bookkeeping, which this
+            // child never uses again (it exits below without dropping them).
+            unsafe {
+                sys::close_raw(sock.as_raw_fd());
+                sys::close_raw(status.as_raw_fd());
+                for k in kids {
+                    sys::close_raw(k.pidfd.as_raw_fd());
+                    sys::close_raw(k.status.as_raw_fd());
+                }
+            }
+            sys::set_thread_name_bytes(&comm);
+            let ctx = child::ChildCtx {
+                name: &req.name,
+                report: result.as_raw_fd(),
+                token: req.token,
+                reported: std::sync::atomic::AtomicBool::new(false),
+            };
+            // SAFETY: `ctx`, `req` and `result` live in this frame, which the
+            // child never leaves (it `_exit`s below).
+            unsafe { child::enter_child(&ctx) };
+            let code = child::run_captured(|| tramp(func, &args, result.as_fd()));
+            sys::exit_now(code);
+        }
+        Ok(Some(pid)) => {
+            drop(result);
+            match sys::pidfd_open(pid) {
+                Ok(pidfd) => Ok((Kid { pidfd, status }, pid)),
+                Err(e) => {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::wait_pid(pid, false);
+                    Err(Reply::Failed(format!("pidfd_open failed: {e}")))
+                }
+            }
+        }
+    }
+}

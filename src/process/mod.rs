@@ -1,0 +1,766 @@
+//! Processes: run a function in a new process and get its result back.
+//!
+//! The counterpart of Python's `multiprocessing.Process`, with three start
+//! methods and typed results.
+//!
+//! ```no_run
+//! use shmproc::process::{Process, StartMethod};
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() {
+//!     shmproc::init(); // first line of main: the gate for Spawn and ForkServer children
+//!     let p = Process::builder(square, 12).name("squarer").start().unwrap();
+//!     assert_eq!(p.join().unwrap(), 144);
+//!
+//!     // A closure runs in a forked child (it is already in the child's memory).
+//!     let base = 100u64;
+//!     let p = Process::closure(move || base + 1).start().unwrap();
+//!     assert_eq!(p.join().unwrap(), 101);
+//! }
+//! ```
+//!
+//! ## Start methods
+//!
+//! | method | how | targets | start + join of a trivial target* | multi-threaded parent |
+//! |---|---|---|---|---|
+//! | [`Fork`](StartMethod::Fork) | `fork()`; the child runs the target and `_exit`s | closure or `fn` | ~75-80 us (bare fork + wait: ~55 us) | restricted (below) |
+//! | [`Spawn`](StartMethod::Spawn) | re-exec `/proc/self/exe`; [`init()`](crate::init) runs the target | `fn` | ~1 ms (bare exec + wait: ~0.9 ms) | safe |
+//! | [`ForkServer`](StartMethod::ForkServer) | a server re-executed once, single-threaded, forks each child | `fn` | ~85-95 us | safe |
+//!
+//! \* `shmproc bench`, scenario `spawn-join`, on a 2-vCPU KVM guest; Python
+//! 3.11 on the same machine: 1.7 ms (fork), 13 ms (forkserver), 49 ms (spawn).
+//!
+//! **Default** ([`StartMethod::default`]): `ForkServer` when this process called
+//! [`shmproc::init()`](crate::init), otherwise `Fork`; a closure target always
+//! forks. Why: forking a multi-threaded process copies only the calling thread,
+//! and every lock another thread held at that instant (the allocator's, stdout's,
+//! a user `Mutex`) stays locked forever in the child. Python made `forkserver`
+//! its default on Linux (3.14) for exactly this reason. The fork server is
+//! started by re-executing the binary, so it is single-threaded whatever the
+//! parent does, and its forks are safe. Without `init()` neither Spawn nor
+//! ForkServer can work (the re-executed copy would run `main` again), so the
+//! default falls back to Fork, whose rules follow.
+//!
+//! ## Rules for forked children of a multi-threaded parent
+//! The child runs only the target, then sends its report and `_exit`s: no
+//! destructors, no atexit handlers, no stdio flush (use `eprintln!` or flush
+//! yourself). glibc's `malloc` is fork-safe (it takes its arena locks around
+//! `fork`), so allocating is fine; a lock held by another parent thread is not:
+//! do not touch a `Mutex`, `stdout()`'s lock, a logger or a runtime that another
+//! thread may have held while the parent forked. This includes starting
+//! processes from the child: shmproc's own bookkeeping (the child registry,
+//! the fork-server connection) sits behind short-held locks. If the target
+//! needs such things, use a `fn` target with Spawn or ForkServer, whose
+//! children start single-threaded.
+//!
+//! A non-capturing closure coerces to a `fn` and works with every method:
+//! `Process::builder(|x: u32| x + 1, 41)`.
+//!
+//! ## Results, panics and deaths
+//! The argument and the result travel as postcard bytes (a memfd for the
+//! argument of a re-executed child, one datagram on a pooled socket pair for
+//! the report). [`Process::join`]
+//! gives the target's `R`, or [`JoinError::Panicked`] with the panic message, or
+//! [`JoinError::Died`] with the [`ExitStatus`] (exit code or signal) when the
+//! child ended without a report.
+//!
+//! ## Waiting without pid reuse
+//! A pidfd is opened right after `fork` (Spawn: right after `spawn`, while the
+//! child cannot have been reaped; ForkServer: by the server, which passes it
+//! over the socket). Waiting (`waitid(P_PIDFD)`), polling (`poll` on the pidfd)
+//! and signalling (`pidfd_send_signal`) all go through it, so a reused pid is
+//! never mistaken for the child. Kernels without pidfds (before 5.3) fall back
+//! to `waitpid` by pid, which is still exact for an unreaped child of ours.
+//!
+//! ## Daemon children
+//! A [`daemon`](Builder::daemon) child gets `PR_SET_PDEATHSIG(SIGKILL)` and then
+//! checks that its parent is still the one that started it (the parent may have
+//! died between `fork` and `prctl`); if not it exits at once. Linux delivers
+//! the death signal when the *thread* that created the child exits, so start
+//! daemon children from a thread that lives as long as they should (the main
+//! thread). ForkServer daemons are tied to the server, which exits as soon as
+//! the parent's end of its socket closes (the parent died or exited).
+//!
+//! ## Without `init()`
+//! Spawn and ForkServer refuse to start ([`StartError::NotInitialized`]) in a
+//! process that never called [`shmproc::init()`](crate::init), so a binary
+//! without the gate can never re-execute itself into a second copy of `main`.
+//! If `init()` is called late in `main`, the child runs whatever comes before
+//! it: call it first.
+//!
+//! ## Cooperating binaries
+//! [`CommandExt::share`] hands any [`ShmObject`](crate::ShmObject) to another
+//! executable through its environment; [`inherited`] gets it back there.
+
+// The examples show `shmproc::init()` as the first line of `main`, on purpose.
+#![allow(clippy::needless_doctest_main)]
+
+mod channel;
+mod child;
+mod error;
+mod fork;
+mod forkserver;
+mod handles;
+mod spawn;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use error::{ExitStatus, InheritError, JoinError, ShareError, StartError};
+pub use handles::{inherited, CommandExt, HANDLE_ENV_PREFIX};
+
+use crate::sys;
+use crate::time::Deadline;
+use child::{Report, Trampoline, TAG_OK, TAG_REPORT};
+
+/// How a child process is created. See the [module docs](self) for the
+/// trade-offs and the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StartMethod {
+    /// `fork()`: fastest; runs closures; restricted in multi-threaded parents.
+    Fork,
+    /// Re-execute the current binary; its `main` must call [`crate::init`] first.
+    Spawn,
+    /// Ask a single-threaded server (a re-executed copy of this binary, started
+    /// on first use) to fork the child. Needs [`crate::init`] like Spawn.
+    ForkServer,
+}
+
+impl Default for StartMethod {
+    /// `ForkServer` if [`crate::init`] was called in this process, else `Fork`.
+    fn default() -> Self {
+        if INIT_CALLED.load(Ordering::Relaxed) {
+            StartMethod::ForkServer
+        } else {
+            StartMethod::Fork
+        }
+    }
+}
+
+static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+
+/// The main gate: call it first in `main` of every binary that starts
+/// processes with [`StartMethod::Spawn`] or [`StartMethod::ForkServer`].
+///
+/// In an ordinary run it records that the gate exists and returns at once
+/// (one environment lookup). In a process re-executed by shmproc it never
+/// returns: it verifies that it runs the same executable file as its parent,
+/// runs the target (Spawn) or the fork server loop (ForkServer), and exits.
+///
+/// ```no_run
+/// fn main() {
+///     shmproc::init();
+///     // ... the program
+/// }
+/// ```
+pub fn init() {
+    INIT_CALLED.store(true, Ordering::Relaxed);
+    if let Some(v) = std::env::var_os(spawn::SPAWN_ENV) {
+        std::env::remove_var(spawn::SPAWN_ENV);
+        spawn::child_main(&v.to_string_lossy());
+    }
+    if let Some(v) = std::env::var_os(forkserver::SERVER_ENV) {
+        std::env::remove_var(forkserver::SERVER_ENV);
+        forkserver::server_main(&v.to_string_lossy());
+    }
+}
+
+/// The name, pid and parent pid of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The name given at start (`Process-N` by default), or `MainProcess`.
+    pub name: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Its parent's pid (for a ForkServer child: the server).
+    pub ppid: u32,
+}
+
+/// The calling process: its shmproc name, pid and parent pid.
+pub fn current_process() -> ProcessInfo {
+    ProcessInfo { name: child::current_name(), pid: sys::raw_pid(), ppid: sys::parent_pid() }
+}
+
+/// Number of CPUs this process may run on (its affinity mask), at least 1.
+pub fn cpu_count() -> usize {
+    sys::affinity_cpu_count().ok().or_else(|| std::thread::available_parallelism().ok().map(|n| n.get())).unwrap_or(1)
+}
+
+/// Children started by this process that were neither joined nor dropped and
+/// are still running.
+pub fn active_children() -> Vec<ProcessInfo> {
+    let me = sys::raw_pid();
+    let list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    list.iter()
+        .filter(|s| s.owner == me && s.alive())
+        .map(|s| ProcessInfo { name: s.name.clone(), pid: s.pid, ppid: me })
+        .collect()
+}
+
+/// Per-child data shared with the registry.
+#[derive(Debug)]
+struct Shared {
+    pid: u32,
+    name: String,
+    owner: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Shared {
+    fn alive(&self) -> bool {
+        match &self.pidfd {
+            // A pidfd polls readable once the process has exited.
+            Some(fd) => matches!(sys::poll_readable([fd.as_fd()], Deadline::after(Some(Duration::ZERO))), Ok([false])),
+            None => sys::kill(self.pid, 0).is_ok(),
+        }
+    }
+}
+
+static REGISTRY: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// What a start method hands back.
+pub(crate) struct Launched {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    /// The report socket pair.
+    result: channel::Channel,
+    /// ForkServer: the pipe on which the server writes how the child ended.
+    status: Option<OwnedFd>,
+}
+
+/// A closure called through `&mut`, so that a forked child can call it
+/// without freeing its box (a free there is only copy-on-write faults).
+trait CallOnce<R> {
+    fn call_once(&mut self) -> Option<R>;
+}
+
+impl<R, F: FnOnce() -> R> CallOnce<R> for Option<F> {
+    fn call_once(&mut self) -> Option<R> {
+        self.take().map(|f| f())
+    }
+}
+
+enum Target<R> {
+    Closure(Box<dyn CallOnce<R>>),
+    Fn { tramp: Trampoline, func: usize, args: Result<Vec<u8>, String> },
+}
+
+/// Configures and starts a [`Process`]. Made by [`Process::builder`] or [`Process::closure`].
+#[must_use = "a builder does nothing until start()"]
+pub struct Builder<R> {
+    target: Target<R>,
+    name: Option<String>,
+    method: Option<StartMethod>,
+    daemon: bool,
+}
+
+impl<R> fmt::Debug for Builder<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("target", &matches!(self.target, Target::Closure(_)).then_some("closure").unwrap_or("fn"))
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("daemon", &self.daemon)
+            .finish()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
+    /// The process name (default `Process-N`, see [`current_process`]). A
+    /// name given here is also the child's OS-visible name (`PR_SET_NAME`,
+    /// first 15 bytes, shown by `ps`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The start method (default: [`StartMethod::default`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Whether the child is killed when its parent dies (default false).
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Starts the child.
+    pub fn start(self) -> Result<Process<R>, StartError> {
+        let method = match (&self.target, self.method) {
+            (Target::Closure(_), None) => StartMethod::Fork,
+            (_, Some(m)) => m,
+            (Target::Fn { .. }, None) => StartMethod::default(),
+        };
+        let named = self.name.is_some();
+        let name = self.name.unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let launched = match self.target {
+            Target::Closure(mut f) => {
+                if method != StartMethod::Fork {
+                    return Err(StartError::ClosureNeedsFork { method });
+                }
+                let f = &mut *f;
+                fork::start(&name, named, self.daemon, move |out| match f.call_once() {
+                    Some(r) => {
+                        let sent = child::emit_ok(&r, out);
+                        std::mem::forget(r);
+                        sent
+                    }
+                    None => Err("the closure was already called".into()),
+                })?
+            }
+            Target::Fn { tramp, func, args } => {
+                let args = args.map_err(|reason| StartError::Encode { reason })?;
+                match method {
+                    // Borrowed: the child must not free the parent's buffer.
+                    StartMethod::Fork => fork::start(&name, named, self.daemon, |out| tramp(func, &args, out))?,
+                    StartMethod::Spawn | StartMethod::ForkServer => {
+                        if !INIT_CALLED.load(Ordering::Relaxed) {
+                            return Err(StartError::NotInitialized { method });
+                        }
+                        if !child::same_object(func) || !child::same_object(tramp as usize) {
+                            return Err(StartError::TargetOutsideExecutable);
+                        }
+                        let (t, f) = (child::offset_of(tramp as usize), child::offset_of(func));
+                        if method == StartMethod::Spawn {
+                            spawn::start(&name, self.daemon, t, f, &args)?
+                        } else {
+                            forkserver::start(&name, self.daemon, t, f, &args)?
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Process::from_launched(launched, name, method, self.daemon))
+    }
+}
+
+/// A child process running a target that returns `R`.
+///
+/// Dropping a `Process` without joining it detaches the child (a daemon child
+/// is killed and reaped instead); a detached child that has not finished yet
+/// stays a zombie until this process exits, as with `std::process::Child`.
+pub struct Process<R> {
+    shared: Arc<Shared>,
+    method: StartMethod,
+    daemon: bool,
+    result: Option<channel::Channel>,
+    status_pipe: Option<OwnedFd>,
+    buf: Vec<u8>,
+    ended: Option<ExitStatus>,
+    joined: bool,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.shared.name)
+            .field("pid", &self.shared.pid)
+            .field("method", &self.method)
+            .field("daemon", &self.daemon)
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
+    /// A process that runs `target(arg)`; works with every start method.
+    pub fn builder<A: Serialize + DeserializeOwned + 'static>(target: fn(A) -> R, arg: A) -> Builder<R> {
+        let args = postcard::to_allocvec(&arg).map_err(|e| e.to_string());
+        Builder {
+            target: Target::Fn { tramp: child::trampoline::<A, R>, func: target as usize, args },
+            name: None,
+            method: None,
+            daemon: false,
+        }
+    }
+
+    /// A process that runs a closure; [`StartMethod::Fork`] only (the closure
+    /// is already in the forked child's memory).
+    pub fn closure(target: impl FnOnce() -> R + 'static) -> Builder<R> {
+        Builder { target: Target::Closure(Box::new(Some(target))), name: None, method: None, daemon: false }
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    fn from_launched(l: Launched, name: String, method: StartMethod, daemon: bool) -> Process<R> {
+        let shared = Arc::new(Shared { pid: l.pid, name, owner: sys::current_pid(), pidfd: l.pidfd });
+        REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push(shared.clone());
+        Process {
+            shared,
+            method,
+            daemon,
+            result: Some(l.result),
+            status_pipe: l.status,
+            buf: Vec::new(),
+            ended: None,
+            joined: false,
+            _r: PhantomData,
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The start method used.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// Whether it is a daemon child.
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// Whether the child still runs (reaps it if it has ended).
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.progress(Deadline::after(Some(Duration::ZERO))), Ok(false))
+    }
+
+    /// How the child ended, or `None` while it runs (Python's `exitcode`).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        let _ = self.progress(Deadline::after(Some(Duration::ZERO)));
+        self.ended
+    }
+
+    /// Asks the child to stop: `SIGTERM`. Nothing happens if it already ended.
+    pub fn terminate(&self) -> Result<(), std::io::Error> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Kills the child: `SIGKILL`. Nothing happens if it already ended.
+    pub fn kill(&self) -> Result<(), std::io::Error> {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn signal(&self, sig: i32) -> Result<(), std::io::Error> {
+        if self.ended.is_some() {
+            return Ok(());
+        }
+        let r = match &self.shared.pidfd {
+            Some(fd) => sys::pidfd_signal(fd.as_fd(), sig),
+            // Our own unreaped child: the pid cannot have been reused.
+            None => sys::kill(self.shared.pid, sig),
+        };
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Waits for the child and returns the target's result.
+    pub fn join(mut self) -> Result<R, JoinError> {
+        self.join_deadline(Deadline::NEVER)
+    }
+
+    /// Waits up to `timeout`; [`JoinError::Timeout`] leaves the child running
+    /// and this handle usable.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, JoinError> {
+        self.join_deadline(Deadline::after(Some(timeout)))
+    }
+
+    fn join_deadline(&mut self, deadline: Deadline) -> Result<R, JoinError> {
+        if self.joined {
+            return Err(JoinError::AlreadyJoined);
+        }
+        if !self.progress(deadline)? {
+            return Err(JoinError::Timeout);
+        }
+        self.joined = true;
+        self.unregister();
+        let status = self.ended.unwrap_or(ExitStatus::Unknown);
+        let buf = std::mem::take(&mut self.buf);
+        match buf.split_first() {
+            None => Err(JoinError::Died { status }),
+            Some((&TAG_OK, bytes)) => match postcard::from_bytes::<R>(bytes) {
+                Ok(r) => Ok(r),
+                // A truncated report: the child died while writing it.
+                Err(_) if !status.success() => Err(JoinError::Died { status }),
+                Err(e) => Err(JoinError::Decode { reason: format!("decoding the result: {e}") }),
+            },
+            Some((&TAG_REPORT, bytes)) => match postcard::from_bytes::<Report>(bytes) {
+                Ok(Report::Panic { message, location }) => Err(JoinError::Panicked { message, location, status }),
+                Ok(Report::Serde(reason)) => Err(JoinError::Decode { reason }),
+                Err(_) if !status.success() => Err(JoinError::Died { status }),
+                Err(e) => Err(JoinError::Decode { reason: format!("malformed report: {e}") }),
+            },
+            Some((tag, _)) => Err(JoinError::Decode { reason: format!("unknown report tag {tag}") }),
+        }
+    }
+
+    /// Reaps the child once it ended and collects its report. Returns
+    /// whether it has ended, waiting at most until `deadline`.
+    ///
+    /// Only the exit is waited for (the pidfd, or the fork server's status
+    /// pipe): the child's report is one datagram that never blocks its sender,
+    /// so the parent wakes once per child, not once for the report and again
+    /// for the exit.
+    fn progress(&mut self, deadline: Deadline) -> Result<bool, JoinError> {
+        if self.ended.is_some() {
+            return Ok(true);
+        }
+        if deadline == Deadline::NEVER && self.status_pipe.is_none() && self.method != StartMethod::ForkServer {
+            if let Some(fd) = &self.shared.pidfd {
+                // `join()`: sleep in waitid itself, as a bare waitpid would.
+                if let Some(e) = sys::wait_pidfd(fd.as_fd(), false)? {
+                    self.ended = Some(match e {
+                        sys::Ended::Code(c) => ExitStatus::Exited(c),
+                        sys::Ended::Signal(s) => ExitStatus::Signaled(s),
+                    });
+                    self.collect()?;
+                    return Ok(true);
+                }
+            }
+        }
+        loop {
+            // Poll first (it returns at once for an ended child): a reap
+            // attempt on a child that is still starting is a wasted syscall.
+            if self.wait_exit(deadline)? {
+                if let Some(st) = self.try_reap()? {
+                    self.ended = Some(st);
+                    self.collect()?;
+                    return Ok(true);
+                }
+            }
+            if deadline.expired() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Takes the child's report datagram (and the memfd of a large one),
+    /// then returns the socket pair to the pool (the child was reaped).
+    fn collect(&mut self) -> Result<(), JoinError> {
+        let Some(chan) = self.result.take() else { return Ok(()) };
+        let report = take_report(&chan);
+        if !matches!(report, Err(JoinError::Os(_))) {
+            channel::give_back(chan.rd, chan.wr);
+        }
+        self.buf = report?;
+        Ok(())
+    }
+
+    fn try_reap(&mut self) -> Result<Option<ExitStatus>, JoinError> {
+        let conv = |e: sys::Ended| match e {
+            sys::Ended::Code(c) => ExitStatus::Exited(c),
+            sys::Ended::Signal(s) => ExitStatus::Signaled(s),
+        };
+        if let Some(sp) = &self.status_pipe {
+            let mut b = [0u8; 8];
+            return match sys::read(sp.as_fd(), &mut b) {
+                Ok(8) => {
+                    let tag = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    let val = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                    Ok(Some(match tag {
+                        0 => ExitStatus::Exited(val),
+                        1 => ExitStatus::Signaled(val),
+                        _ => ExitStatus::Unknown,
+                    }))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                // End of file or a short record: the server died. Fall back
+                // to the child's pidfd to learn when it ends.
+                _ => {
+                    self.status_pipe = None;
+                    Ok(if self.shared.alive() { None } else { Some(ExitStatus::Unknown) })
+                }
+            };
+        }
+        if self.method == StartMethod::ForkServer {
+            // Server gone: the pidfd tells when the child ends, not how.
+            return Ok(if self.shared.alive() { None } else { Some(ExitStatus::Unknown) });
+        }
+        let r = match &self.shared.pidfd {
+            Some(fd) => sys::wait_pidfd(fd.as_fd(), true)?,
+            None => sys::wait_pid(self.shared.pid, true)?,
+        };
+        Ok(r.map(conv))
+    }
+
+    /// Sleeps until the child may have ended or `deadline` passes; returns
+    /// whether it may have ended.
+    fn wait_exit(&self, deadline: Deadline) -> Result<bool, JoinError> {
+        Ok(match (&self.status_pipe, &self.shared.pidfd) {
+            (Some(fd), _) | (None, Some(fd)) => sys::poll_readable([fd.as_fd()], deadline)?[0],
+            // No pidfd (kernel before 5.3): poll for the exit in short naps.
+            (None, None) => {
+                if !deadline.expired() {
+                    sys::nap();
+                }
+                true
+            }
+        })
+    }
+
+    fn unregister(&self) {
+        let mut list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|s| !Arc::ptr_eq(s, &self.shared));
+    }
+}
+
+/// Reads the report datagram carrying `chan.token` (skipping stale ones);
+/// empty when the child sent none.
+fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
+    const T: usize = child::TOKEN_LEN;
+    // Bounded, so that a descendant flooding the socket cannot stall a join.
+    for _ in 0..64 {
+        // Peek into a small uninitialised stack buffer first: every page
+        // written after a fork is a copy-on-write fault, so a typical small
+        // report touches no new page and needs no large buffer. A larger one
+        // is then taken into a buffer of its exact size.
+        let mut small = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+        let (len, fds) = match sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, true) {
+            Ok(x) => x,
+            // No report: the child died before sending one.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(JoinError::Decode { reason: e.to_string() })
+            }
+            Err(e) => return Err(JoinError::Os(e)),
+        };
+        // SAFETY: the peek initialised the first `min(len, 256)` bytes of `small`.
+        let head = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len.min(small.len())) };
+        if len < T || head[..T] != chan.token.to_le_bytes() {
+            // A stale datagram (from a descendant of an earlier child that
+            // inherited this socket): consume it, close its fds, look again.
+            drop(fds);
+            let _ = sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, false);
+            continue;
+        }
+        let (mut buf, fds) = if len <= small.len() {
+            (head[T..].to_vec(), fds)
+        } else {
+            if len > T + child::INLINE_MAX {
+                return Err(JoinError::Decode { reason: format!("report datagram of {len} bytes is too large") });
+            }
+            drop(fds);
+            let mut buf: Vec<u8> = Vec::with_capacity(len);
+            let (n, taken) = sys::recv_with_fds_uninit(chan.rd.as_fd(), buf.spare_capacity_mut(), false)
+                .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
+            // SAFETY: recvmsg initialised the first `n` bytes of the spare
+            // capacity, and `n` is at most that capacity.
+            unsafe { buf.set_len(n.min(len)) };
+            buf.drain(..T.min(buf.len()));
+            (buf, taken)
+        };
+        if buf.first() == Some(&child::TAG_IN_MEMFD) {
+            let [fd] = <[OwnedFd; 1]>::try_from(fds)
+                .map_err(|_| JoinError::Decode { reason: "a large report came without its memfd".into() })?;
+            buf = sys::read_fd_all(fd.as_fd(), child::MAX_REPORT)
+                .map_err(|e| JoinError::Decode { reason: format!("reading the report: {e}") })?;
+        }
+        return Ok(buf);
+    }
+    Err(JoinError::Decode { reason: "too many stale datagrams on the report socket".into() })
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        if !self.joined {
+            let mut list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            list.retain(|s| !Arc::ptr_eq(s, &self.shared));
+        }
+        if self.ended.is_some() {
+            return;
+        }
+        if self.method == StartMethod::ForkServer {
+            // The server reaps it; a daemon child is killed like any other.
+            if let (true, Some(fd)) = (self.daemon, &self.shared.pidfd) {
+                let _ = sys::pidfd_signal(fd.as_fd(), libc::SIGKILL);
+            }
+            return;
+        }
+        let own_reap = |nohang: bool| match &self.shared.pidfd {
+            Some(fd) => sys::wait_pidfd(fd.as_fd(), nohang),
+            None => sys::wait_pid(self.shared.pid, nohang),
+        };
+        if self.daemon {
+            let _ = match &self.shared.pidfd {
+                Some(fd) => sys::pidfd_signal(fd.as_fd(), libc::SIGKILL),
+                None => sys::kill(self.shared.pid, libc::SIGKILL),
+            };
+            let _ = own_reap(false);
+        } else {
+            let _ = own_reap(true);
+        }
+    }
+}
+
+/// The pieces the start methods share.
+pub(crate) fn launched(
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    result: channel::Channel,
+    status: Option<OwnedFd>,
+) -> Launched {
+    Launched { pid, pidfd, result, status }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forks a raw child that sends `report` (if any) on a report socket and
+    /// exits with `code`, and wraps it in a `Process<u64>`.
+    fn fake_child(report: Option<&'static [u8]>, code: i32) -> Process<u64> {
+        let chan = channel::take().unwrap();
+        // SAFETY: the child only makes raw system calls (sendmsg, _exit).
+        match unsafe { sys::fork() }.unwrap() {
+            None => {
+                // A stale datagram first (another token), then the report.
+                let _ = sys::send_parts_with_fds(chan.wr.as_fd(), &(chan.token + 1).to_le_bytes(), &[TAG_OK, 7], &[]);
+                if let Some(r) = report {
+                    let _ = sys::send_parts_with_fds(chan.wr.as_fd(), &chan.token.to_le_bytes(), r, &[]);
+                }
+                sys::exit_now(code)
+            }
+            Some(pid) => {
+                let pidfd = sys::pidfd_open(pid).ok();
+                Process::from_launched(launched(pid, pidfd, chan, None), "fake".into(), StartMethod::Fork, false)
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_reports_are_errors_not_panics() {
+        // A valid report for comparison.
+        assert_eq!(fake_child(Some(&[TAG_OK, 42]), 0).join().unwrap(), 42);
+        // Truncated varint after TAG_OK, clean exit: Decode.
+        assert!(matches!(fake_child(Some(&[TAG_OK, 0xff]), 0).join(), Err(JoinError::Decode { .. })));
+        // Same bytes but the child died: Died.
+        match fake_child(Some(&[TAG_OK, 0xff]), 3).join() {
+            Err(JoinError::Died { status }) => assert_eq!(status, ExitStatus::Exited(3)),
+            other => panic!("{other:?}"),
+        }
+        // Garbage Report, unknown tag, empty datagram, memfd tag without an fd.
+        for bad in [&[TAG_REPORT, 0xee, 1][..], &[9, 1, 2][..], &[][..], &[child::TAG_IN_MEMFD][..]] {
+            let r = fake_child(Some(bad), 0).join();
+            assert!(matches!(r, Err(JoinError::Decode { .. }) | Err(JoinError::Died { .. })), "{bad:?}: {r:?}");
+        }
+        // No report at all.
+        match fake_child(None, 0).join() {
+            Err(JoinError::Died { status }) => assert_eq!(status, ExitStatus::Exited(0)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
