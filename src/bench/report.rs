@@ -8,6 +8,12 @@
 //! scenario. The ratio is always "how many times better than the pipe", so it
 //! reads the same way for round-trip times (lower is better: pipe / x) and for
 //! rates (higher is better: x / pipe): `120x faster`, or `2.5x slower`.
+//!
+//! A second ratio column compares each row with its scenario's *baseline*
+//! (see [`baseline_for`]): the bare floor, or the peer an issue sets its target
+//! against. It is the plain quotient `x / baseline` in the metric's own unit,
+//! the form the targets are written in ("within 1.5x of raw-spin" for a time,
+//! "at least 0.4x raw-ring" for a rate).
 
 use std::fmt::Write as _;
 
@@ -26,6 +32,19 @@ pub struct Row {
 
 /// The transport every other is compared with.
 pub const REFERENCE: &str = "os-pipe";
+
+/// The baseline transport of a scenario, measured in the same run: the raw
+/// floor for transports, the peer for `lock-incr`, bare fork for `spawn-join`.
+pub fn baseline_for(scenario: &str) -> Option<&'static str> {
+    match scenario {
+        "pingpong-8B" => Some("raw-spin"),
+        "stream-8B" | "stream-64KiB" | "stream-mpmc" => Some("raw-ring"),
+        "event-pingpong" => Some("raw-futex"),
+        "lock-incr" => Some("python-mp"),
+        "spawn-join" => Some("raw-fork"),
+        _ => None,
+    }
+}
 
 /// A JSON string literal for `s`.
 pub fn json_string(s: &str) -> String {
@@ -137,6 +156,15 @@ pub fn human(metric: Metric, x: f64) -> String {
 }
 
 /// Three significant digits, no exponent.
+/// A quotient with three significant digits, small ones included (0.00286).
+fn quotient(v: f64) -> String {
+    if v.is_nan() || v <= 0.0 || v >= 1.0 {
+        return sig3(v);
+    }
+    let digits = (2.0 - v.log10().floor()).clamp(2.0, 9.0) as usize;
+    format!("{v:.digits$}")
+}
+
 fn sig3(v: f64) -> String {
     if v >= 100.0 || v == 0.0 {
         format!("{v:.0}")
@@ -153,14 +181,25 @@ pub fn table(rows: &[Row]) -> String {
         rows.iter()
             .find(|p| p.transport == REFERENCE && p.scenario == r.scenario && p.outcome.metric == r.outcome.metric)
     };
-    let header = ["scenario", "transport", "metric", "median", "p99", "runs", "vs os-pipe"];
-    let mut cells: Vec<[String; 7]> = Vec::new();
+    let baseline = |r: &Row| {
+        let b = baseline_for(&r.scenario)?;
+        rows.iter().find(|p| p.transport == b && p.scenario == r.scenario && p.outcome.metric == r.outcome.metric)
+    };
+    let header = ["scenario", "transport", "metric", "median", "p99", "runs", "vs os-pipe", "vs baseline"];
+    let mut cells: Vec<[String; 8]> = Vec::new();
     for r in rows {
         let o = &r.outcome;
         let ratio = match reference(r) {
             Some(p) if p.transport == r.transport => "(reference)".to_string(),
             Some(p) => speedup(o.metric, o.median, p.outcome.median).map(speedup_text).unwrap_or_else(|| "-".into()),
             None => "-".into(),
+        };
+        let vs_base = match baseline(r) {
+            Some(b) if b.transport == r.transport => "(baseline)".to_string(),
+            Some(b) if b.outcome.median > 0.0 && o.median.is_finite() => {
+                format!("{}x {}", quotient(o.median / b.outcome.median), b.transport)
+            }
+            _ => "-".into(),
         };
         cells.push([
             r.scenario.clone(),
@@ -170,6 +209,7 @@ pub fn table(rows: &[Row]) -> String {
             o.p99.map(|p| human(o.metric, p)).unwrap_or_else(|| "-".into()),
             o.runs.to_string(),
             ratio,
+            vs_base,
         ]);
     }
     let mut width = header.map(str::len);
@@ -182,7 +222,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut line = |c: &[String]| {
         for (i, (s, w)) in c.iter().zip(width).enumerate() {
             // Text columns left-aligned, figures right-aligned.
-            if i < 3 || i == 6 {
+            if !(3..6).contains(&i) {
                 let _ = write!(out, "{s:<w$}");
             } else {
                 let _ = write!(out, "{s:>w$}");
@@ -279,9 +319,12 @@ mod tests {
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 7, "{t}");
-        assert!(lines[2].contains("250 ns") && lines[2].ends_with("250x faster"), "{t}");
-        assert!(lines[3].contains("62.5 us") && lines[3].ends_with("(reference)"), "{t}");
-        assert!(lines[4].contains("700 M msg/s") && lines[4].ends_with("350x faster"), "{t}");
+        assert!(lines[2].contains("250 ns") && lines[2].contains("250x faster"), "{t}");
+        assert!(lines[2].ends_with("(baseline)"), "{t}");
+        assert!(lines[3].contains("62.5 us") && lines[3].contains("(reference)"), "{t}");
+        assert!(lines[3].ends_with("250x raw-spin"), "{t}");
+        assert!(lines[4].contains("700 M msg/s") && lines[4].contains("350x faster"), "{t}");
+        assert!(lines[5].ends_with("0.00286x raw-ring"), "{t}");
         assert!(lines[4].contains(" - "), "throughput rows have no p99: {t}");
         assert!(lines[6].ends_with('-'), "{t}");
     }
