@@ -37,6 +37,7 @@
 
 mod error;
 pub mod header;
+pub mod queue;
 mod segment;
 // Some platform and timing helpers are used only by later primitives.
 #[allow(dead_code)]
@@ -49,8 +50,13 @@ mod value;
 
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
+pub use queue::{
+    FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,
+    RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
+    WaitMode,
+};
 pub use segment::{
-    unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, DEFAULT_MODE, DEFAULT_OPEN_TIMEOUT,
+    ShmObject, unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, DEFAULT_MODE, DEFAULT_OPEN_TIMEOUT,
 };
 pub use value::{
     Array, ArrayBuilder, ArrayGuard, RawArray, RawArrayBuilder, RawValue, RawValueBuilder, Value, ValueBuilder,
