@@ -124,7 +124,7 @@ impl FrameQueue {
     }
 
     fn push_once(&self, frame: &[u8]) -> Step {
-        self.e.try_push(|p| {
+        self.e.try_push(true, |p| {
             // SAFETY: `p` is the payload of a slot we own: 4 + max bytes, and
             // frame.len() <= max was checked by the caller.
             unsafe {

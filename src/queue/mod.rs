@@ -307,8 +307,8 @@ impl<T: Pod> Queue<T> {
     }
 
     #[inline]
-    fn push_once(&self, v: &T) -> Step {
-        self.e.try_push(|p| {
+    fn push_once(&self, v: &T, optimistic: bool) -> Step {
+        self.e.try_push(optimistic, |p| {
             // SAFETY: `p` is the payload of a slot this process owns (claimed, or
             // SPSC producer), at least size_of::<T>() bytes (elem_size checked at
             // open); unaligned write because slots are only 8-aligned.
@@ -332,7 +332,7 @@ impl<T: Pod> Queue<T> {
 
     /// Sends `v`, waiting while the queue is full.
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
-        match self.send_deadline(v, Deadline::NEVER) {
+        match self.send_deadline(v, None) {
             Ok(()) => Ok(()),
             Err(SendTimeoutError::Disconnected(v)) => Err(SendError::Disconnected(v)),
             Err(SendTimeoutError::Corrupt(v)) | Err(SendTimeoutError::Timeout(v)) => Err(SendError::Corrupt(v)),
@@ -345,13 +345,13 @@ impl<T: Pod> Queue<T> {
         if self.refused() {
             return Err(TrySendError::Disconnected(v));
         }
-        match self.push_once(&v) {
+        match self.push_once(&v, true) {
             Step::Done => {
                 self.e.notify(Side::Recv, false);
                 Ok(())
             }
             Step::Corrupt => Err(TrySendError::Corrupt(v)),
-            _ => match self.e.would_block(Side::Send, || self.push_once(&v)) {
+            _ => match self.e.would_block(Side::Send, || self.push_once(&v, false)) {
                 Ok(()) => {
                     self.e.notify(Side::Recv, false);
                     Ok(())
@@ -365,18 +365,20 @@ impl<T: Pod> Queue<T> {
 
     /// Sends `v`, waiting at most `timeout` for room.
     pub fn send_timeout(&self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.send_deadline(v, Deadline::after(Some(timeout)))
+        self.send_deadline(v, Some(timeout))
     }
 
-    fn send_deadline(&self, v: T, deadline: Deadline) -> Result<(), SendTimeoutError<T>> {
+    /// `timeout` None: forever. The deadline is computed only if the first
+    /// attempt fails, so the hand-over path reads no clock.
+    fn send_deadline(&self, v: T, timeout: Option<Duration>) -> Result<(), SendTimeoutError<T>> {
         self.e.ensure_registered();
         if self.refused() {
             return Err(SendTimeoutError::Disconnected(v));
         }
-        let r = match self.push_once(&v) {
+        let r = match self.push_once(&v, true) {
             Step::Done => Ok(()),
             Step::Corrupt => Err(Fail::Corrupt),
-            _ => self.e.wait(Side::Send, deadline, || self.push_once(&v)),
+            _ => self.e.wait(Side::Send, Deadline::after(timeout), || self.push_once(&v, false)),
         };
         match r {
             Ok(()) => {
@@ -427,7 +429,7 @@ impl<T: Pod> Queue<T> {
 
     /// Receives a message, waiting while the queue is empty.
     pub fn recv(&self) -> Result<T, RecvError> {
-        self.recv_deadline(Deadline::NEVER).map_err(|e| match e {
+        self.recv_deadline(None).map_err(|e| match e {
             RecvTimeoutError::Disconnected => RecvError::Disconnected,
             _ => RecvError::Corrupt,
         })
@@ -455,16 +457,16 @@ impl<T: Pod> Queue<T> {
 
     /// Receives a message, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.recv_deadline(Deadline::after(Some(timeout)))
+        self.recv_deadline(Some(timeout))
     }
 
-    fn recv_deadline(&self, deadline: Deadline) -> Result<T, RecvTimeoutError> {
+    fn recv_deadline(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
         self.e.ensure_registered();
         let mut out = T::zeroed();
         let r = match self.pop_once(&mut out) {
             Step::Done => Ok(()),
             Step::Corrupt => Err(Fail::Corrupt),
-            _ => self.e.wait(Side::Recv, deadline, || self.pop_once(&mut out)),
+            _ => self.e.wait(Side::Recv, Deadline::after(timeout), || self.pop_once(&mut out)),
         };
         match r {
             Ok(()) => {

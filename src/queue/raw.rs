@@ -711,7 +711,7 @@ impl Engine {
 
     /// One attempt to send: `write` fills the slot payload.
     #[inline]
-    pub(crate) fn try_push(&self, write: impl FnOnce(*mut u8)) -> Step {
+    pub(crate) fn try_push(&self, optimistic: bool, write: impl FnOnce(*mut u8)) -> Step {
         if self.geo.spsc {
             let _g = Busy::take(&self.tx_busy);
             let mut w = Some(write);
@@ -725,7 +725,7 @@ impl Engine {
                 None => Step::Corrupt,
             }
         } else {
-            ring::mpmc_push(self, sys::current_pid(), |m, slot| write(m.slot_payload(slot)))
+            ring::mpmc_push(self, sys::current_pid(), optimistic, |m, slot| write(m.slot_payload(slot)))
         }
     }
 
