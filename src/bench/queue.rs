@@ -143,10 +143,10 @@ fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
         let done = Queue::<u64>::builder().capacity(4).create().map_err(err)?;
         let t = Instant::now();
         let mut children = Vec::new();
-        for p in 0..2 {
+        for cpu in cpus {
             let q = q.clone();
             children.push(
-                os::fork_child(cpus[p], move || {
+                os::fork_child(cpu, move || {
                     for i in 0..per_producer {
                         if q.send(i).is_err() {
                             return 1;
@@ -157,17 +157,14 @@ fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
                 .map_err(err)?,
             );
         }
-        for c in 0..2 {
+        for cpu in cpus {
             let (q, done) = (q.clone(), done.clone());
             children.push(
-                os::fork_child(cpus[c], move || {
+                os::fork_child(cpu, move || {
                     let mut got = 0u64;
                     // Consumers share the work; each reports how many it took.
-                    loop {
-                        match q.recv_timeout(Duration::from_millis(200)) {
-                            Ok(_) => got += 1,
-                            Err(_) => break,
-                        }
+                    while q.recv_timeout(Duration::from_millis(200)).is_ok() {
+                        got += 1;
                     }
                     if done.send(got).is_err() {
                         return 1;

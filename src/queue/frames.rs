@@ -254,7 +254,11 @@ impl FrameQueue {
     }
 
     /// Like [`send_value`](Self::send_value), waiting at most `timeout`.
-    pub fn send_value_timeout<V: Serialize + ?Sized>(&self, value: &V, timeout: Duration) -> Result<(), FrameSendError> {
+    pub fn send_value_timeout<V: Serialize + ?Sized>(
+        &self,
+        value: &V,
+        timeout: Duration,
+    ) -> Result<(), FrameSendError> {
         let bytes = postcard::to_allocvec(value).map_err(FrameSendError::Encode)?;
         self.send_timeout(&bytes, timeout)
     }

@@ -366,10 +366,7 @@ impl Engine {
     }
 
     /// Opens a named queue, or the one behind a handle.
-    pub(crate) fn open(
-        seg: Result<Segment, OpenError>,
-        expect_elem: Option<u32>,
-    ) -> Result<Engine, OpenError> {
+    pub(crate) fn open(seg: Result<Segment, OpenError>, expect_elem: Option<u32>) -> Result<Engine, OpenError> {
         let e = Engine::attach(seg?, None)?;
         if let Some(n) = expect_elem {
             if e.geo.elem_size != n {

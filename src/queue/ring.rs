@@ -234,7 +234,13 @@ pub(crate) fn mpmc_push<M: RingMem>(m: &M, pid: u32, optimistic: bool, write: im
 
 /// After a won write claim for lap `pos`: advance the hint, fill, publish.
 #[inline]
-fn publish<M: RingMem, F: FnOnce(&M, u64)>(m: &M, stamp: &AtomicU64, pos: u64, slot: u64, write: &mut Option<F>) -> Step {
+fn publish<M: RingMem, F: FnOnce(&M, u64)>(
+    m: &M,
+    stamp: &AtomicU64,
+    pos: u64,
+    slot: u64,
+    write: &mut Option<F>,
+) -> Step {
     let _ = m.tail().compare_exchange(pos, pos.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
     // We won the claim for lap `pos`: no one else writes or reads this slot
     // until we publish.
@@ -630,7 +636,7 @@ mod tests {
     #[test]
     fn spsc_batches() {
         let r = HeapRing::new(8);
-        // SAFETY (both): single producer, the ring hands us slots it owns.
+        // SAFETY: single producer, the ring hands us slots it owns.
         let n = spsc_push(&r, 5, |i, m, slot| unsafe { m.write(slot, &(i + 1).to_le_bytes()) }).unwrap();
         assert_eq!(n, 5);
         // SAFETY: as above.

@@ -173,7 +173,7 @@ fn scribble(name: &str, millis: u64, seed: u64) {
                     0 => std::ptr::write_volatile(base.add(off), v as u8),
                     1 => std::ptr::write_unaligned(base.add(off) as *mut u64, v),
                     2 => std::ptr::write_unaligned(base.add(off & !7) as *mut u64, v >> 8),
-                    _ => std::ptr::write_unaligned(base.add(off & !7) as *mut u64, (v >> 40) as u64),
+                    _ => std::ptr::write_unaligned(base.add(off & !7) as *mut u64, v >> 40),
                 }
             }
             n += 1;
