@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ipc_tests::queue_common::{unique_name, Msg};
-use shmproc::{Queue, RawArray, RecvTimeoutError, Role, SendTimeoutError};
+use shmproc::{Queue, RawArray, RecvTimeoutError, Role, SendTimeoutError, TryRecvError};
 
 const BIN: &str = env!("CARGO_BIN_EXE_queue_role");
 
@@ -133,6 +133,16 @@ fn disconnected_after_senders_killed() {
     assert_eq!(q.recv_timeout(Duration::from_millis(200)), Err(RecvTimeoutError::Timeout));
     b.kill().unwrap();
     b.wait().unwrap();
+    // A polling receiver notices too (within a bounded time).
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        match q.try_recv() {
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => assert!(Instant::now() < end, "try_recv never saw the disconnection"),
+            other => panic!("{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(q.recv_timeout(Duration::from_secs(20)), Err(RecvTimeoutError::Disconnected));
 }
 

@@ -281,6 +281,7 @@ impl fmt::Debug for Engine {
 }
 
 impl RingMem for Engine {
+    type A = AtomicU64;
     #[inline]
     fn capacity(&self) -> u64 {
         self.geo.capacity
@@ -778,8 +779,11 @@ impl Engine {
     /// The non-blocking check after an attempt that would block: maps it to
     /// `WouldBlock` or `Disconnected`, retrying once after a disconnection is seen
     /// (a peer may have published and then left).
+    ///
+    /// Dead peers are looked for at most once per [`SLICE`] per handle, so a
+    /// `try_recv` loop also ends with `Disconnected` once every sender was killed.
     pub(crate) fn would_block(&self, side: Side, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
-        if self.peers_gone(side, false) {
+        if self.peers_gone(side, false) || (self.deep_due(sys::monotonic_now()) && self.peers_gone(side, true)) {
             return final_attempt(&mut attempt);
         }
         Err(Fail::WouldBlock)
