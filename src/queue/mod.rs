@@ -634,18 +634,6 @@ impl<'a, T: Pod> IntoIterator for &'a Queue<T> {
     }
 }
 
-#[doc(hidden)]
-pub mod __private {
-    //! Internals for shmproc's own tests and bench runner.
-
-    use super::*;
-
-    /// Byte offset of the first slot within the payload, and the slot stride.
-    pub fn slot_area<T: Pod>(q: &Queue<T>) -> (usize, usize) {
-        q.engine().slot_area()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -766,11 +766,6 @@ impl Engine {
         self.ctl().no_receivers.load(Ordering::Relaxed) != 0 && self.peers_gone(Side::Send, false)
     }
 
-    /// Offset of the slot area in the payload, and the slot stride.
-    pub(crate) fn slot_area(&self) -> (usize, usize) {
-        (self.geo.slots_off(), self.stride)
-    }
-
     /// Messages in the queue now (a snapshot).
     pub(crate) fn len(&self) -> usize {
         ring::len(self) as usize
