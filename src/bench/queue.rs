@@ -379,6 +379,39 @@ mod tests {
         (latency(Metric::RttNs, s), throughput(Metric::MsgsPerS, vec![m as f64 / dt.as_secs_f64()]))
     }
 
+    /// The stream scenario with one `send` / `recv` per message (SPSC, adaptive).
+    fn stream_per_message(cfg: &Config) -> Outcome {
+        let n: u64 = if cfg.quick { 1_000_000 } else { 10_000_000 };
+        let q = Queue::<u64>::builder().capacity(4096).spsc(true).create().unwrap();
+        let t = Instant::now();
+        let child = os::fork_child(cfg.child_cpu, || {
+            for i in 0..n {
+                if q.send(i).is_err() {
+                    return 1;
+                }
+            }
+            0
+        })
+        .unwrap();
+        let mut sum = 0u64;
+        for _ in 0..n {
+            sum = sum.wrapping_add(q.recv().unwrap());
+        }
+        let dt = t.elapsed();
+        finish(child, Duration::from_secs(10)).unwrap();
+        assert_eq!(sum, n * (n - 1) / 2);
+        throughput(Metric::MsgsPerS, vec![n as f64 / dt.as_secs_f64()])
+    }
+
+    #[test]
+    #[ignore = "benchmark: run by hand with --ignored --nocapture"]
+    fn queue_stream_per_message() {
+        let cfg = cfg();
+        pin_parent(&cfg);
+        let o = stream_per_message(&cfg);
+        println!("stream-8B per-message send: {:.0} msgs/s", o.median);
+    }
+
     #[test]
     #[ignore = "benchmark: run by hand with --ignored --nocapture"]
     fn queue_bench() {
@@ -396,6 +429,9 @@ mod tests {
         let (pp, ps) = os_pipe(&cfg);
         show("baseline os-pipe pingpong", &pp);
         show("baseline os-pipe stream", &ps);
+        let pm = stream_per_message(&cfg);
+        show("stream-8B per-message send", &pm);
+        println!("    ratio: x{:.2} raw-ring, {:.0}x pipe", pm.median / ring.median, pm.median / ps.median);
         for c in cases() {
             match (c.run)(&cfg) {
                 Ok(o) => {

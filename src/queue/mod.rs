@@ -10,7 +10,9 @@
 //!   cached remote indices and batched index publication).
 //! * Waiting: adaptive by default: poll shared memory for a bounded spin budget,
 //!   then sleep on a shared futex. A sender issues `FUTEX_WAKE` only if a sleeper
-//!   count says someone sleeps, so the fast path makes no system call.
+//!   count says someone sleeps, so the fast path makes no system call; the
+//!   sleeper-count handshake uses an asymmetric fence (`membarrier`) so that the
+//!   fast path needs no fence either.
 //! * Disconnection: every handle registers its process and role in a table in
 //!   the segment; once every sender has gone (dropped, or died: checked with a
 //!   pid-reuse-proof liveness test) and the queue is drained, `recv` returns

@@ -259,6 +259,8 @@ pub(crate) struct Engine {
     last_deep: AtomicU64,
     tx_busy: AtomicBool,
     rx_busy: AtomicBool,
+    /// This process registered for asymmetric barriers: publish without a fence.
+    fence_free: AtomicBool,
 }
 
 // SAFETY: the engine holds a segment (Send + Sync) and pointers into its mapping;
@@ -452,6 +454,7 @@ impl Engine {
             last_deep: AtomicU64::new(0),
             tx_busy: AtomicBool::new(false),
             rx_busy: AtomicBool::new(false),
+            fence_free: AtomicBool::new(false),
         })
     }
 
@@ -481,6 +484,7 @@ impl Engine {
     /// this process through this handle).
     pub(crate) fn register(&self, role: Role) -> Result<(), OpenError> {
         self.role.store(role.bits(), Ordering::Relaxed);
+        self.fence_free.store(sys::membarrier_register_publisher(), Ordering::Relaxed);
         let me = sys::current_process();
         let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
         let word = me.id as u64 | (role.bits() as u64) << 32 | ENTRY_USED;
@@ -678,8 +682,14 @@ impl Engine {
     pub(crate) fn notify(&self, waking: Side, all: bool) {
         let (word, sleepers) = self.words(waking);
         // StoreLoad: our publication must be visible before we read the sleeper
-        // count, pairing with the fence a sleeper issues after registering.
-        ring::full_fence();
+        // count. Either a full fence here, or (when this process registered for
+        // asymmetric barriers) the `membarrier` a sleeper issues after
+        // registering, which runs the fence on our CPU for us.
+        if self.fence_free.load(Ordering::Relaxed) {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            ring::full_fence();
+        }
         if sleepers.load(Ordering::Relaxed) != 0 {
             self.wake_slow(word, all);
         }
@@ -838,6 +848,11 @@ impl Engine {
             let seq = word.load(Ordering::Acquire);
             sleepers.fetch_add(1, Ordering::SeqCst);
             ring::full_fence();
+            // Publishers may publish without a fence (see `notify`): make every
+            // CPU running one execute a barrier, so that either we see their
+            // publication below or they see our registration. If the kernel
+            // refuses, sleep in short slices so a missed wake-up costs ~1 ms.
+            let barrier_ok = sys::membarrier_global();
             let r = attempt();
             match r {
                 Step::Done => {
@@ -859,7 +874,7 @@ impl Engine {
                 sleepers.fetch_sub(1, Ordering::SeqCst);
                 return final_attempt(&mut attempt);
             }
-            let slice = if stall.is_some() { STALL_CHECK } else { SLICE };
+            let slice = if stall.is_some() || !barrier_ok { STALL_CHECK } else { SLICE };
             let _ = sys::futex_wait(word, seq, deadline.min_after(slice).at());
             sleepers.fetch_sub(1, Ordering::SeqCst);
             try_once!();
