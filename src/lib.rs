@@ -52,8 +52,8 @@ pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
 pub use queue::{
     FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,
-    RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
-    WaitMode,
+    RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, SpscReceiver, SpscSender, TaskDoneError,
+    TryRecvError, TrySendError, WaitMode,
 };
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, ShmObject, DEFAULT_MODE,

@@ -86,8 +86,9 @@ fn pingpong(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
     Ok(latency(Metric::RttNs, samples))
 }
 
-/// One producer process streams u64s to the parent over an SPSC queue, in
-/// batches (`send_slice` / `recv_into`: one index publication per batch).
+/// One producer process streams u64s to the parent over an SPSC queue through
+/// its exclusive endpoints, in batches (`send_slice` / `recv_into`: one index
+/// publication per batch).
 fn stream(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
     let n: u64 = if cfg.quick { 1_000_000 } else { 10_000_000 };
     let runs = if cfg.quick { 1 } else { 3 };
@@ -97,6 +98,7 @@ fn stream(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
         let q = Queue::<u64>::builder().capacity(4096).spsc(true).wait_mode(mode).create().map_err(err)?;
         let t = Instant::now();
         let child = os::fork_child(cfg.child_cpu, || {
+            let Some(mut tx) = q.spsc_sender() else { return 3 };
             let mut batch = [0u64; 64];
             let mut i = 0u64;
             while i < n {
@@ -104,7 +106,7 @@ fn stream(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
                 for (j, b) in batch[..k].iter_mut().enumerate() {
                     *b = i + j as u64;
                 }
-                if q.send_slice(&batch[..k]).is_err() {
+                if tx.send_slice(&batch[..k]).is_err() {
                     return 1;
                 }
                 i += k as u64;
@@ -112,10 +114,11 @@ fn stream(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
             0
         })
         .map_err(err)?;
+        let mut rx = q.spsc_receiver().ok_or("stream: receiver side taken")?;
         let mut buf = vec![0u64; 1024];
         let (mut got, mut sum) = (0u64, 0u64);
         while got < n {
-            let k = q.recv_into(&mut buf).map_err(err)?;
+            let k = rx.recv_into(&mut buf).map_err(err)?;
             for v in &buf[..k] {
                 sum = sum.wrapping_add(*v);
             }
@@ -379,23 +382,25 @@ mod tests {
         (latency(Metric::RttNs, s), throughput(Metric::MsgsPerS, vec![m as f64 / dt.as_secs_f64()]))
     }
 
-    /// The stream scenario with one `send` / `recv` per message (SPSC, adaptive).
+    /// The stream scenario with one `send` / `recv` per message (SPSC endpoints, adaptive).
     fn stream_per_message(cfg: &Config) -> Outcome {
         let n: u64 = if cfg.quick { 1_000_000 } else { 10_000_000 };
         let q = Queue::<u64>::builder().capacity(4096).spsc(true).create().unwrap();
         let t = Instant::now();
         let child = os::fork_child(cfg.child_cpu, || {
+            let Some(mut tx) = q.spsc_sender() else { return 3 };
             for i in 0..n {
-                if q.send(i).is_err() {
+                if tx.send(i).is_err() {
                     return 1;
                 }
             }
             0
         })
         .unwrap();
+        let mut rx = q.spsc_receiver().unwrap();
         let mut sum = 0u64;
         for _ in 0..n {
-            sum = sum.wrapping_add(q.recv().unwrap());
+            sum = sum.wrapping_add(rx.recv().unwrap());
         }
         let dt = t.elapsed();
         finish(child, Duration::from_secs(10)).unwrap();

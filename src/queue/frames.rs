@@ -124,7 +124,7 @@ impl FrameQueue {
     }
 
     fn push_once(&self, frame: &[u8]) -> Step {
-        self.e.try_push(true, |p| {
+        self.e.try_push(true, false, |p| {
             // SAFETY: `p` is the payload of a slot we own: 4 + max bytes, and
             // frame.len() <= max was checked by the caller.
             unsafe {
@@ -136,7 +136,7 @@ impl FrameQueue {
 
     fn pop_once(&self, out: &mut Vec<u8>, bad: &mut bool) -> Step {
         let max = self.max;
-        self.e.try_pop(|p| {
+        self.e.try_pop(false, |p| {
             // SAFETY: `p` is the payload of a published slot we own (4 + max bytes).
             let len = u32::from_le(unsafe { std::ptr::read_unaligned(p as *const u32) }) as usize;
             if len > max {

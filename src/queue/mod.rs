@@ -212,6 +212,8 @@ fn map_recv(f: Fail) -> RecvTimeoutError {
 /// [module docs](self) for the algorithm, waiting and disconnection.
 pub struct Queue<T: Pod> {
     e: Arc<Engine>,
+    /// Sides this value holds exclusively (SPSC endpoints): bit 0 send, bit 1 receive.
+    excl: u8,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -246,7 +248,7 @@ impl<T: Pod> QueueBuilder<T> {
     pub(crate) fn build_create(self, kind: ObjectKind) -> Result<Queue<T>, OpenError> {
         let geo = self.cfg.geometry(elem_size::<T>()?)?;
         let e = Engine::create(&self.cfg.opts, kind, TypeInfo::of::<T>(), geo)?;
-        Ok(Queue { e: self.cfg.finish(e)?, _t: PhantomData })
+        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
     }
 
     pub(crate) fn build_open(self, kind: ObjectKind, handle: Option<&Handle>) -> Result<Queue<T>, OpenError> {
@@ -257,7 +259,7 @@ impl<T: Pod> QueueBuilder<T> {
             None => Segment::open_object(&self.cfg.opts, &spec),
         };
         let e = Engine::open(seg, Some(n))?;
-        Ok(Queue { e: self.cfg.finish(e)?, _t: PhantomData })
+        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
     }
 
     pub(crate) fn build_open_or_create(self, kind: ObjectKind) -> Result<Queue<T>, OpenError> {
@@ -266,7 +268,7 @@ impl<T: Pod> QueueBuilder<T> {
         if e.geo.elem_size != geo.elem_size {
             return Err(OpenError::SizeMismatch { expected: geo.elem_size as u64, found: e.geo.elem_size as u64 });
         }
-        Ok(Queue { e: self.cfg.finish(e)?, _t: PhantomData })
+        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
     }
 
     /// Creates the queue (named if a name was set, else anonymous).
@@ -314,7 +316,7 @@ impl<T: Pod> Queue<T> {
 
     #[inline]
     fn push_once(&self, v: &T, optimistic: bool) -> Step {
-        self.e.try_push(optimistic, |p| {
+        self.e.try_push(optimistic, self.excl & 1 != 0, |p| {
             // SAFETY: `p` is the payload of a slot this process owns (claimed, or
             // SPSC producer), at least size_of::<T>() bytes (elem_size checked at
             // open); unaligned write because slots are only 8-aligned.
@@ -324,7 +326,7 @@ impl<T: Pod> Queue<T> {
 
     #[inline]
     fn pop_once(&self, out: &mut T) -> Step {
-        self.e.try_pop(|p| {
+        self.e.try_pop(self.excl & 2 != 0, |p| {
             // SAFETY: `p` is the payload of a published slot this process owns;
             // T is Pod, so any bytes (even a hostile peer's) are a valid T.
             *out = unsafe { std::ptr::read_unaligned(p as *const T) }
@@ -409,7 +411,7 @@ impl<T: Pod> Queue<T> {
             }
             if self.e.geo.spsc {
                 let rest = &items[sent..];
-                let k = self.e.spsc_push_batch(rest.len() as u64, |i, p| {
+                let k = self.e.spsc_push_batch(self.excl & 1 != 0, rest.len() as u64, |i, p| {
                     // SAFETY: SPSC producer's own free slot, >= size_of T bytes.
                     unsafe { std::ptr::write_unaligned(p as *mut T, rest[i as usize]) }
                 });
@@ -494,7 +496,7 @@ impl<T: Pod> Queue<T> {
         let mut n = 1;
         if self.e.geo.spsc {
             let rest = &mut buf[1..];
-            let k = self.e.spsc_pop_batch(rest.len() as u64, |i, p| {
+            let k = self.e.spsc_pop_batch(self.excl & 2 != 0, rest.len() as u64, |i, p| {
                 // SAFETY: SPSC consumer's own published slot; T is Pod.
                 rest[i as usize] = unsafe { std::ptr::read_unaligned(p as *const T) }
             });
@@ -571,9 +573,99 @@ impl<T: Pod> Queue<T> {
     }
 }
 
+impl<T: Pod> Queue<T> {
+    /// SPSC mode: takes this handle's sending side for one owner, which then
+    /// sends without any per-message synchronisation inside this process (the
+    /// fastest path). `None` if the queue is MPMC or the side is already taken
+    /// through this handle. Other clones of the handle must not send meanwhile
+    /// (their sends wait until the endpoint drops).
+    pub fn spsc_sender(&self) -> Option<SpscSender<T>> {
+        (self.e.geo.spsc && self.e.take_side(Side::Send))
+            .then(|| SpscSender { q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData } })
+    }
+
+    /// SPSC mode: takes this handle's receiving side for one owner (see
+    /// [`spsc_sender`](Self::spsc_sender)).
+    pub fn spsc_receiver(&self) -> Option<SpscReceiver<T>> {
+        (self.e.geo.spsc && self.e.take_side(Side::Recv))
+            .then(|| SpscReceiver { q: Queue { e: self.e.clone(), excl: 2, _t: PhantomData } })
+    }
+}
+
+/// The exclusive sending end of an SPSC [`Queue`] ([`Queue::spsc_sender`]).
+/// Methods take `&mut self`: one thread at a time, no locking per message.
+#[derive(Debug)]
+pub struct SpscSender<T: Pod> {
+    q: Queue<T>,
+}
+
+/// The exclusive receiving end of an SPSC [`Queue`] ([`Queue::spsc_receiver`]).
+#[derive(Debug)]
+pub struct SpscReceiver<T: Pod> {
+    q: Queue<T>,
+}
+
+impl<T: Pod> SpscSender<T> {
+    /// As [`Queue::send`].
+    pub fn send(&mut self, v: T) -> Result<(), SendError<T>> {
+        self.q.send(v)
+    }
+    /// As [`Queue::try_send`].
+    pub fn try_send(&mut self, v: T) -> Result<(), TrySendError<T>> {
+        self.q.try_send(v)
+    }
+    /// As [`Queue::send_timeout`].
+    pub fn send_timeout(&mut self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.q.send_timeout(v, timeout)
+    }
+    /// As [`Queue::send_slice`].
+    pub fn send_slice(&mut self, items: &[T]) -> Result<(), SendError<usize>> {
+        self.q.send_slice(items)
+    }
+    /// The queue.
+    pub fn queue(&self) -> &Queue<T> {
+        &self.q
+    }
+}
+
+impl<T: Pod> SpscReceiver<T> {
+    /// As [`Queue::recv`].
+    pub fn recv(&mut self) -> Result<T, RecvError> {
+        self.q.recv()
+    }
+    /// As [`Queue::try_recv`].
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        self.q.try_recv()
+    }
+    /// As [`Queue::recv_timeout`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.q.recv_timeout(timeout)
+    }
+    /// As [`Queue::recv_into`].
+    pub fn recv_into(&mut self, buf: &mut [T]) -> Result<usize, RecvError> {
+        self.q.recv_into(buf)
+    }
+    /// The queue.
+    pub fn queue(&self) -> &Queue<T> {
+        &self.q
+    }
+}
+
+impl<T: Pod> Drop for SpscSender<T> {
+    fn drop(&mut self) {
+        self.q.e.release_side(Side::Send);
+    }
+}
+
+impl<T: Pod> Drop for SpscReceiver<T> {
+    fn drop(&mut self) {
+        self.q.e.release_side(Side::Recv);
+    }
+}
+
 impl<T: Pod> Clone for Queue<T> {
     fn clone(&self) -> Self {
-        Queue { e: self.e.clone(), _t: PhantomData }
+        Queue { e: self.e.clone(), excl: 0, _t: PhantomData }
     }
 }
 
@@ -672,6 +764,22 @@ mod tests {
             }
             assert_eq!(got, vec![1, 2, 3, 4]);
         }
+    }
+
+    #[test]
+    fn spsc_endpoints_are_exclusive() {
+        let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+        let mut tx = q.spsc_sender().unwrap();
+        assert!(q.spsc_sender().is_none());
+        let mut rx = q.spsc_receiver().unwrap();
+        tx.send(1).unwrap();
+        tx.send_slice(&[2, 3]).unwrap();
+        let mut buf = [0u64; 4];
+        assert_eq!(rx.recv().unwrap(), 1);
+        assert_eq!(rx.recv_into(&mut buf).unwrap(), 2);
+        drop(tx);
+        assert!(q.spsc_sender().is_some());
+        assert!(Queue::<u64>::anonymous(4).unwrap().spsc_sender().is_none());
     }
 
     #[test]

@@ -261,6 +261,8 @@ pub(crate) struct Engine {
     rx_busy: AtomicBool,
     /// This process registered for asymmetric barriers: publish without a fence.
     fence_free: AtomicBool,
+    /// Empty/full results of `try_*` calls (throttles liveness checks).
+    polls: AtomicU32,
 }
 
 // SAFETY: the engine holds a segment (Send + Sync) and pointers into its mapping;
@@ -455,6 +457,7 @@ impl Engine {
             tx_busy: AtomicBool::new(false),
             rx_busy: AtomicBool::new(false),
             fence_free: AtomicBool::new(false),
+            polls: AtomicU32::new(0),
         })
     }
 
@@ -718,10 +721,11 @@ impl Engine {
     // -----------------------------------------------------------------------
 
     /// One attempt to send: `write` fills the slot payload.
+    /// `owned`: the caller holds this side exclusively ([`Engine::take_side`]).
     #[inline]
-    pub(crate) fn try_push(&self, optimistic: bool, write: impl FnOnce(*mut u8)) -> Step {
+    pub(crate) fn try_push(&self, optimistic: bool, owned: bool, write: impl FnOnce(*mut u8)) -> Step {
         if self.geo.spsc {
-            let _g = Busy::take(&self.tx_busy);
+            let _g = (!owned).then(|| Busy::take(&self.tx_busy));
             let mut w = Some(write);
             match ring::spsc_push(self, 1, |_, m, slot| {
                 if let Some(f) = w.take() {
@@ -738,10 +742,11 @@ impl Engine {
     }
 
     /// One attempt to receive: `read` copies the slot payload out.
+    /// `owned`: as in [`Engine::try_push`].
     #[inline]
-    pub(crate) fn try_pop(&self, read: impl FnOnce(*const u8)) -> Step {
+    pub(crate) fn try_pop(&self, owned: bool, read: impl FnOnce(*const u8)) -> Step {
         if self.geo.spsc {
-            let _g = Busy::take(&self.rx_busy);
+            let _g = (!owned).then(|| Busy::take(&self.rx_busy));
             let mut r = Some(read);
             match ring::spsc_pop(self, 1, |_, m, slot| {
                 if let Some(f) = r.take() {
@@ -758,14 +763,14 @@ impl Engine {
     }
 
     /// SPSC batch push: `fill(i, slot_ptr)` for up to `n` items; returns how many.
-    pub(crate) fn spsc_push_batch(&self, n: u64, mut fill: impl FnMut(u64, *mut u8)) -> Option<u64> {
-        let _g = Busy::take(&self.tx_busy);
+    pub(crate) fn spsc_push_batch(&self, owned: bool, n: u64, mut fill: impl FnMut(u64, *mut u8)) -> Option<u64> {
+        let _g = (!owned).then(|| Busy::take(&self.tx_busy));
         ring::spsc_push(self, n, |i, m, slot| fill(i, m.slot_payload(slot)))
     }
 
     /// SPSC batch pop: `take(i, slot_ptr)` for up to `n` items; returns how many.
-    pub(crate) fn spsc_pop_batch(&self, n: u64, mut take: impl FnMut(u64, *const u8)) -> Option<u64> {
-        let _g = Busy::take(&self.rx_busy);
+    pub(crate) fn spsc_pop_batch(&self, owned: bool, n: u64, mut take: impl FnMut(u64, *const u8)) -> Option<u64> {
+        let _g = (!owned).then(|| Busy::take(&self.rx_busy));
         ring::spsc_pop(self, n, |i, m, slot| take(i, m.slot_payload(slot)))
     }
 
@@ -774,6 +779,19 @@ impl Engine {
     #[inline]
     pub(crate) fn send_refused(&self) -> bool {
         self.ctl().no_receivers.load(Ordering::Relaxed) != 0 && self.peers_gone(Side::Send, false)
+    }
+
+    /// Takes `side` of an SPSC queue for exclusive use by one owner in this
+    /// process (until [`Engine::release_side`]); false if already taken.
+    pub(crate) fn take_side(&self, side: Side) -> bool {
+        let f = if side == Side::Send { &self.tx_busy } else { &self.rx_busy };
+        f.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    /// Gives back a side taken with [`Engine::take_side`].
+    pub(crate) fn release_side(&self, side: Side) {
+        let f = if side == Side::Send { &self.tx_busy } else { &self.rx_busy };
+        f.store(false, Ordering::Release);
     }
 
     /// Messages in the queue now (a snapshot).
@@ -788,7 +806,14 @@ impl Engine {
     /// Dead peers are looked for at most once per [`SLICE`] per handle, so a
     /// `try_recv` loop also ends with `Disconnected` once every sender was killed.
     pub(crate) fn would_block(&self, side: Side, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
-        if self.peers_gone(side, false) || (self.deep_due(sys::monotonic_now()) && self.peers_gone(side, true)) {
+        if self.peers_gone(side, false) {
+            return final_attempt(&mut attempt);
+        }
+        // Read the clock only every 256th empty (full) result: polling loops
+        // over `try_*` must stay cheap.
+        let n = self.polls.load(Ordering::Relaxed).wrapping_add(1);
+        self.polls.store(n, Ordering::Relaxed);
+        if n % 256 == 0 && self.deep_due(sys::monotonic_now()) && self.peers_gone(side, true) {
             return final_attempt(&mut attempt);
         }
         Err(Fail::WouldBlock)
