@@ -828,6 +828,56 @@ mod tests {
         }
     }
 
+    /// Regression guard for the crash guarantee: a producer that died between
+    /// claiming a slot and publishing it must not wedge receivers.
+    #[test]
+    fn dead_producer_claim_is_skipped() {
+        use ring::RingMem;
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        for mode in [WaitMode::Adaptive, WaitMode::Blocking, WaitMode::BusyPoll] {
+            let q = Queue::<u64>::builder().capacity(4).wait_mode(mode).create().unwrap();
+            let e = q.engine();
+            // As if `dead` had claimed position 0 and been killed before publishing.
+            e.stamp(0).store(ring::claim_stamp(false, dead, 0), std::sync::atomic::Ordering::SeqCst);
+            e.tail().store(1, std::sync::atomic::Ordering::SeqCst);
+            q.send(5).unwrap();
+            assert_eq!(q.try_recv(), Err(TryRecvError::Empty), "the stalled slot blocks the head at first");
+            assert_eq!(q.recv_timeout(Duration::from_secs(10)), Ok(5));
+            // The recovered slot is reused on the next lap.
+            for i in 0..8 {
+                q.send(i).unwrap();
+                assert_eq!(q.recv_timeout(Duration::from_secs(10)), Ok(i));
+            }
+        }
+    }
+
+    /// A consumer that died while reading must not wedge senders once the
+    /// ring wraps around to its slot; only its own message is lost.
+    #[test]
+    fn dead_consumer_claim_is_recovered() {
+        use ring::RingMem;
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        let q = Queue::<u64>::builder().capacity(2).create().unwrap();
+        q.send(1).unwrap();
+        q.send(2).unwrap();
+        let e = q.engine();
+        e.stamp(0).store(ring::claim_stamp(true, dead, 0), std::sync::atomic::Ordering::SeqCst);
+        e.head().store(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(q.try_send(3), Err(TrySendError::Full(3))));
+        q.send_timeout(3, Duration::from_secs(10)).unwrap();
+        assert_eq!(q.try_iter().collect::<Vec<_>>(), vec![2, 3]);
+    }
+
     #[test]
     fn bad_arguments() {
         assert!(matches!(Queue::<u64>::anonymous(0), Err(OpenError::InvalidArgument { .. })));
