@@ -7,7 +7,9 @@
 //!   name the claiming process so that a survivor can recover a slot whose
 //!   claimer was killed (see `ring.rs` and SAFETY.md section 6). The creator may
 //!   pick a single-producer single-consumer mode instead (Lamport's ring with
-//!   cached remote indices and batched index publication).
+//!   cached remote indices and batched index publication); its exclusive
+//!   endpoints ([`Queue::spsc_sender`], [`Queue::spsc_receiver`]) are the
+//!   fastest path (no per-message synchronisation inside the process).
 //! * Waiting: adaptive by default: poll shared memory for a bounded spin budget,
 //!   then sleep on a shared futex. A sender issues `FUTEX_WAKE` only if a sleeper
 //!   count says someone sleeps, so the fast path makes no system call; the
@@ -577,8 +579,9 @@ impl<T: Pod> Queue<T> {
     /// SPSC mode: takes this handle's sending side for one owner, which then
     /// sends without any per-message synchronisation inside this process (the
     /// fastest path). `None` if the queue is MPMC or the side is already taken
-    /// through this handle. Other clones of the handle must not send meanwhile
-    /// (their sends wait until the endpoint drops).
+    /// through this handle. Sends through the handle or its clones wait until
+    /// the endpoint drops, so do not send through them meanwhile. A forked child
+    /// inherits the endpoint itself (use it, not the handle, in the child).
     pub fn spsc_sender(&self) -> Option<SpscSender<T>> {
         (self.e.geo.spsc && self.e.take_side(Side::Send))
             .then(|| SpscSender { q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData } })
