@@ -807,12 +807,13 @@ mod tests {
         let tx = Queue::<u32>::builder().role(Role::Sender).open_handle(&rx.handle()).unwrap();
         tx.send(1).unwrap();
         drop(tx);
-        assert_eq!(rx.recv(), Ok(1));
-        assert_eq!(rx.recv(), Err(RecvError::Disconnected));
+        let t = Duration::from_secs(10);
+        assert_eq!(rx.recv_timeout(t), Ok(1));
+        assert_eq!(rx.recv_timeout(t), Err(RecvTimeoutError::Disconnected));
         assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
         let tx = Queue::<u32>::builder().role(Role::Sender).open_handle(&rx.handle()).unwrap();
         drop(rx);
-        assert_eq!(tx.send(5), Err(SendError::Disconnected(5)));
+        assert_eq!(tx.send_timeout(5, t), Err(SendTimeoutError::Disconnected(5)));
         assert_eq!(tx.try_send(6), Err(TrySendError::Disconnected(6)));
     }
 
