@@ -882,6 +882,50 @@ mod tests {
         assert_eq!(q.try_iter().collect::<Vec<_>>(), vec![2, 3]);
     }
 
+    /// Random bytes over every part of a live queue's payload (configuration,
+    /// indices, stamps, participants, frame lengths): errors, never a panic or
+    /// an out-of-bounds access.
+    #[test]
+    fn scribbled_payload_never_panics() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let short = Duration::from_millis(1);
+        for round in 0..200 {
+            let spsc = round % 2 == 1;
+            let q = Queue::<u64>::builder().capacity(8).spsc(spsc).create().unwrap();
+            let f = FrameQueue::builder().capacity(4).max_frame(24).spsc(spsc).create().unwrap();
+            for i in 0..5 {
+                let _ = q.try_send(i);
+                let _ = f.try_send(&[i as u8; 9]);
+            }
+            for seg in [q.segment(), f.segment()] {
+                let len = seg.payload_len();
+                let base = seg.payload_ptr().as_ptr();
+                for _ in 0..(1 + rnd() % 8) {
+                    let off = (rnd() as usize % (len - 8)) & !7;
+                    // SAFETY: off + 8 <= payload_len, 8-aligned; the queue's
+                    // atomics tolerate any bytes (that is what is tested).
+                    unsafe { (base.add(off) as *mut u64).write_volatile(rnd() >> (rnd() % 64)) };
+                }
+            }
+            for i in 0..6 {
+                let _ = q.try_send(i);
+                let _ = q.try_recv();
+                let _ = q.send_timeout(i, short);
+                let _ = q.recv_timeout(short);
+                let _ = (q.len(), q.is_full(), q.is_empty());
+                let _ = f.try_send(&[1; 24]);
+                let _ = f.try_recv();
+                let _ = f.recv_timeout(short);
+            }
+        }
+    }
+
     #[test]
     fn bad_arguments() {
         assert!(matches!(Queue::<u64>::anonymous(0), Err(OpenError::InvalidArgument { .. })));
