@@ -341,7 +341,21 @@ impl<T: Pod> Queue<T> {
     }
 
     /// Sends `v`, waiting while the queue is full.
+    #[inline]
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
+        // Fast path, inlined into the caller's loop: no call, no stack traffic
+        // queued behind the index store (see PERF notes in the bench module).
+        self.e.ensure_registered();
+        if !self.refused() && self.push_once(&v, true) == Step::Done {
+            self.e.notify(Side::Recv, false);
+            return Ok(());
+        }
+        self.send_slow(v)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn send_slow(&self, v: T) -> Result<(), SendError<T>> {
         match self.send_deadline(v, None) {
             Ok(()) => Ok(()),
             Err(SendTimeoutError::Disconnected(v)) => Err(SendError::Disconnected(v)),
@@ -610,6 +624,7 @@ pub struct SpscReceiver<T: Pod> {
 
 impl<T: Pod> SpscSender<T> {
     /// As [`Queue::send`].
+    #[inline]
     pub fn send(&mut self, v: T) -> Result<(), SendError<T>> {
         self.q.send(v)
     }
@@ -633,6 +648,7 @@ impl<T: Pod> SpscSender<T> {
 
 impl<T: Pod> SpscReceiver<T> {
     /// As [`Queue::recv`].
+    #[inline]
     pub fn recv(&mut self) -> Result<T, RecvError> {
         self.q.recv()
     }
