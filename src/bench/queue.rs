@@ -145,10 +145,10 @@ fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
         let q = Queue::<u64>::builder().capacity(1024).wait_mode(mode).create().map_err(err)?;
         let done = Queue::<u64>::builder().capacity(4).create().map_err(err)?;
         let t = Instant::now();
-        let mut children = Vec::new();
+        let mut producers = Vec::new();
         for cpu in cpus {
             let q = q.clone();
-            children.push(
+            producers.push(
                 os::fork_child(cpu, move || {
                     for i in 0..per_producer {
                         if q.send(i).is_err() {
@@ -160,14 +160,19 @@ fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
                 .map_err(err)?,
             );
         }
+        let mut consumers = Vec::new();
         for cpu in cpus {
             let (q, done) = (q.clone(), done.clone());
-            children.push(
+            consumers.push(
                 os::fork_child(cpu, move || {
                     let mut got = 0u64;
-                    // Consumers share the work; each reports how many it took.
-                    while q.recv_timeout(Duration::from_millis(200)).is_ok() {
-                        got += 1;
+                    // Consumers share the work until each takes an end marker.
+                    loop {
+                        match q.recv_timeout(Duration::from_secs(10)) {
+                            Ok(u64::MAX) => break,
+                            Ok(_) => got += 1,
+                            Err(_) => return 2,
+                        }
                     }
                     if done.send(got).is_err() {
                         return 1;
@@ -177,13 +182,18 @@ fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
                 .map_err(err)?,
             );
         }
+        for p in producers {
+            finish(p, Duration::from_secs(60))?;
+        }
+        for _ in 0..2 {
+            q.send(u64::MAX).map_err(err)?;
+        }
         let mut total = 0;
         for _ in 0..2 {
             total += done.recv_timeout(Duration::from_secs(60)).map_err(err)?;
         }
-        // Each consumer idled 200 ms before concluding the stream was over.
-        let dt = t.elapsed().saturating_sub(Duration::from_millis(200));
-        for c in children {
+        let dt = t.elapsed();
+        for c in consumers {
             finish(c, Duration::from_secs(10))?;
         }
         if total != 2 * per_producer {
