@@ -37,6 +37,7 @@
 
 mod error;
 pub mod header;
+pub mod queue;
 mod segment;
 // Some platform and timing helpers are used only by later primitives.
 #[allow(dead_code)]
@@ -52,6 +53,11 @@ pub mod process;
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
 pub use process::{init, Process};
+pub use queue::{
+    FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,
+    RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, SpscReceiver, SpscSender, TaskDoneError,
+    TryRecvError, TrySendError, WaitMode,
+};
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, ShmObject, DEFAULT_MODE,
     DEFAULT_OPEN_TIMEOUT,

@@ -109,3 +109,5 @@ pub fn wait_pid(pid: libc::pid_t, timeout: Duration) -> Ended {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+pub mod queue_common;

@@ -26,6 +26,7 @@
 pub mod baselines;
 pub mod os;
 mod process;
+mod queue;
 pub mod report;
 pub mod shm;
 mod sync;
@@ -279,6 +280,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(baselines::cases());
     cases.extend(sync::cases());
     cases.extend(process::cases());
+    cases.extend(queue::cases());
     cases
 }
 

@@ -4,13 +4,16 @@
 //! * [`futex`]: shared (never `FUTEX_PRIVATE_FLAG`) futex wait/wake with absolute
 //!   `CLOCK_MONOTONIC` deadlines.
 //! * [`proc`]: thread and process identity, and a pid-reuse-proof liveness check.
+//! * [`queue`]: asymmetric memory barriers (`membarrier`) for the queue's wake-ups.
 
 pub(crate) mod futex;
 pub(crate) mod proc;
 pub(crate) mod process;
+pub(crate) mod queue;
 pub(crate) mod shm;
 
 pub(crate) use futex::*;
 pub(crate) use proc::*;
 pub(crate) use process::*;
+pub(crate) use queue::*;
 pub(crate) use shm::*;

@@ -1,0 +1,355 @@
+//! [`FrameQueue`]: variable-size byte frames (up to a configured maximum) and
+//! serde values (`postcard`) over the same ring as [`Queue`](super::Queue).
+//!
+//! Each slot holds a little-endian `u32` length then up to `max_frame` bytes.
+//! An oversize frame is refused with [`FrameSendError::TooLarge`], never
+//! truncated. A received length above `max_frame` (a scribbled segment) drops
+//! that frame and gives [`FrameRecvError::Corrupt`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::raw::{Engine, Fail, Side};
+use super::ring::Step;
+use super::{queue_options, FrameRecvError, FrameSendError, QueueConfig, Role, WaitMode};
+use crate::error::OpenError;
+use crate::header::{ObjectKind, TypeInfo};
+use crate::segment::{Handle, Segment, ShmObject};
+use crate::time::Deadline;
+
+/// Default maximum frame size.
+pub const DEFAULT_MAX_FRAME: usize = 4096;
+
+fn type_info() -> TypeInfo {
+    TypeInfo::from_parts(1, 1, "shmproc::FrameQueue")
+}
+
+/// A bounded queue of byte frames (each up to `max_frame` bytes) in shared memory.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shmproc::FrameQueue;
+/// let q = FrameQueue::builder().capacity(64).max_frame(256).create()?;
+/// q.send(b"hello")?;
+/// assert_eq!(q.recv()?, b"hello");
+/// q.send_value(&("job", 42u32))?;
+/// assert_eq!(q.recv_value::<(String, u32)>()?, ("job".to_string(), 42));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FrameQueue {
+    e: Arc<Engine>,
+    max: usize,
+}
+
+/// Builder for [`FrameQueue`].
+#[derive(Debug)]
+pub struct FrameQueueBuilder {
+    cfg: QueueConfig,
+    max_frame: usize,
+}
+
+impl FrameQueueBuilder {
+    queue_options!();
+
+    /// Largest frame in bytes for `create` (default 4096, at most 16 MiB - 4).
+    pub fn max_frame(mut self, n: usize) -> Self {
+        self.max_frame = n;
+        self
+    }
+
+    fn wrap(e: Arc<Engine>) -> Result<FrameQueue, OpenError> {
+        let max = (e.geo.elem_size as usize)
+            .checked_sub(4)
+            .ok_or_else(|| OpenError::corrupt("frame queue slots too small for a length"))?;
+        Ok(FrameQueue { e, max })
+    }
+
+    fn elem(&self) -> Result<u32, OpenError> {
+        u32::try_from(self.max_frame)
+            .ok()
+            .and_then(|n| n.checked_add(4))
+            .filter(|&n| n <= super::raw::MAX_ELEM)
+            .ok_or_else(|| OpenError::invalid(format!("max_frame {} is too large", self.max_frame)))
+    }
+
+    /// Creates the queue (named if a name was set, else anonymous).
+    pub fn create(self) -> Result<FrameQueue, OpenError> {
+        let geo = self.cfg.geometry(self.elem()?)?;
+        let e = Engine::create(&self.cfg.opts, ObjectKind::FrameQueue, type_info(), geo)?;
+        Self::wrap(self.cfg.finish(e)?)
+    }
+
+    fn open_inner(self, handle: Option<&Handle>) -> Result<FrameQueue, OpenError> {
+        let spec = Engine::spec(ObjectKind::FrameQueue, type_info());
+        let seg = match handle {
+            Some(h) => Segment::open_handle(h, &self.cfg.opts, &spec),
+            None => Segment::open_object(&self.cfg.opts, &spec),
+        };
+        let e = Engine::open(seg, None)?;
+        Self::wrap(self.cfg.finish(e)?)
+    }
+
+    /// Opens an existing named frame queue (its maximum frame comes from the segment).
+    pub fn open(self) -> Result<FrameQueue, OpenError> {
+        self.open_inner(None)
+    }
+
+    /// Opens the frame queue behind `handle`.
+    pub fn open_handle(self, handle: &Handle) -> Result<FrameQueue, OpenError> {
+        self.open_inner(Some(handle))
+    }
+
+    /// Opens the named frame queue, or creates it with this builder's settings.
+    pub fn open_or_create(self) -> Result<FrameQueue, OpenError> {
+        let geo = self.cfg.geometry(self.elem()?)?;
+        let e = Engine::open_or_create(&self.cfg.opts, ObjectKind::FrameQueue, type_info(), geo)?;
+        Self::wrap(self.cfg.finish(e)?)
+    }
+}
+
+impl FrameQueue {
+    /// A builder with default settings (anonymous, capacity 1024, frames up to 4096 bytes).
+    pub fn builder() -> FrameQueueBuilder {
+        FrameQueueBuilder { cfg: QueueConfig::default(), max_frame: DEFAULT_MAX_FRAME }
+    }
+
+    /// The largest frame this queue carries.
+    pub fn max_frame(&self) -> usize {
+        self.max
+    }
+
+    fn push_once(&self, frame: &[u8]) -> Step {
+        self.e.try_push(true, false, |p| {
+            // SAFETY: `p` is the payload of a slot we own: 4 + max bytes, and
+            // frame.len() <= max was checked by the caller.
+            unsafe {
+                std::ptr::write_unaligned(p as *mut u32, (frame.len() as u32).to_le());
+                std::ptr::copy_nonoverlapping(frame.as_ptr(), p.add(4), frame.len());
+            }
+        })
+    }
+
+    fn pop_once(&self, out: &mut Vec<u8>, bad: &mut bool) -> Step {
+        let max = self.max;
+        self.e.try_pop(false, |p| {
+            // SAFETY: `p` is the payload of a published slot we own (4 + max bytes).
+            let len = u32::from_le(unsafe { std::ptr::read_unaligned(p as *const u32) }) as usize;
+            if len > max {
+                *bad = true;
+                return;
+            }
+            out.clear();
+            out.reserve(len);
+            // SAFETY: len <= max bytes follow the length inside the slot; `out`
+            // has capacity for len bytes, which we initialise before set_len.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p.add(4), out.as_mut_ptr(), len);
+                out.set_len(len);
+            }
+        })
+    }
+
+    fn send_deadline(&self, frame: &[u8], deadline: Option<Deadline>) -> Result<(), FrameSendError> {
+        if frame.len() > self.max {
+            return Err(FrameSendError::TooLarge { len: frame.len(), max: self.max });
+        }
+        self.e.ensure_registered();
+        if self.e.send_refused() {
+            return Err(FrameSendError::Disconnected);
+        }
+        let r = match self.push_once(frame) {
+            Step::Done => Ok(()),
+            Step::Corrupt => Err(Fail::Corrupt),
+            _ => match deadline {
+                None => self.e.would_block(Side::Send, || self.push_once(frame)),
+                Some(d) => self.e.wait(Side::Send, d, || self.push_once(frame)),
+            },
+        };
+        match r {
+            Ok(()) => {
+                self.e.notify(Side::Recv, false);
+                Ok(())
+            }
+            Err(Fail::WouldBlock) => Err(FrameSendError::Full),
+            Err(Fail::Timeout) => Err(FrameSendError::Timeout),
+            Err(Fail::Disconnected) => Err(FrameSendError::Disconnected),
+            Err(Fail::Corrupt) => Err(FrameSendError::Corrupt),
+        }
+    }
+
+    /// Sends a frame, waiting while the queue is full.
+    pub fn send(&self, frame: &[u8]) -> Result<(), FrameSendError> {
+        self.send_deadline(frame, Some(Deadline::NEVER))
+    }
+
+    /// Sends a frame if there is room now.
+    pub fn try_send(&self, frame: &[u8]) -> Result<(), FrameSendError> {
+        self.send_deadline(frame, None)
+    }
+
+    /// Sends a frame, waiting at most `timeout` for room.
+    pub fn send_timeout(&self, frame: &[u8], timeout: Duration) -> Result<(), FrameSendError> {
+        self.send_deadline(frame, Some(Deadline::after(Some(timeout))))
+    }
+
+    /// Receives into `out` (cleared first). `timeout`: `None` = try once,
+    /// `Some(None)` = wait forever, `Some(Some(t))` = wait at most `t`.
+    fn recv_deadline(&self, out: &mut Vec<u8>, deadline: Option<Deadline>) -> Result<(), FrameRecvError> {
+        self.e.ensure_registered();
+        let mut bad = false;
+        let r = match self.pop_once(out, &mut bad) {
+            Step::Done => Ok(()),
+            Step::Corrupt => Err(Fail::Corrupt),
+            _ => match deadline {
+                None => self.e.would_block(Side::Recv, || self.pop_once(out, &mut bad)),
+                Some(d) => self.e.wait(Side::Recv, d, || self.pop_once(out, &mut bad)),
+            },
+        };
+        if r.is_ok() {
+            self.e.notify(Side::Send, false);
+        }
+        match r {
+            Ok(()) if bad => Err(FrameRecvError::Corrupt),
+            Ok(()) => Ok(()),
+            Err(Fail::WouldBlock) => Err(FrameRecvError::Empty),
+            Err(Fail::Timeout) => Err(FrameRecvError::Timeout),
+            Err(Fail::Disconnected) => Err(FrameRecvError::Disconnected),
+            Err(Fail::Corrupt) => Err(FrameRecvError::Corrupt),
+        }
+    }
+
+    /// Receives a frame, waiting while the queue is empty.
+    pub fn recv(&self) -> Result<Vec<u8>, FrameRecvError> {
+        let mut v = Vec::new();
+        self.recv_deadline(&mut v, Some(Deadline::NEVER)).map(|()| v)
+    }
+
+    /// Receives a frame if one is there now.
+    pub fn try_recv(&self) -> Result<Vec<u8>, FrameRecvError> {
+        let mut v = Vec::new();
+        self.recv_deadline(&mut v, None).map(|()| v)
+    }
+
+    /// Receives a frame, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<u8>, FrameRecvError> {
+        let mut v = Vec::new();
+        self.recv_deadline(&mut v, Some(Deadline::after(Some(timeout)))).map(|()| v)
+    }
+
+    /// Receives a frame into `buf` (cleared first; its allocation is reused),
+    /// waiting at most `timeout` (`None`: forever).
+    pub fn recv_into_vec(&self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), FrameRecvError> {
+        self.recv_deadline(buf, Some(Deadline::after(timeout)))
+    }
+
+    /// Serializes `value` with postcard and sends it as one frame.
+    pub fn send_value<V: Serialize + ?Sized>(&self, value: &V) -> Result<(), FrameSendError> {
+        let bytes = postcard::to_allocvec(value).map_err(FrameSendError::Encode)?;
+        self.send(&bytes)
+    }
+
+    /// Like [`send_value`](Self::send_value), waiting at most `timeout`.
+    pub fn send_value_timeout<V: Serialize + ?Sized>(
+        &self,
+        value: &V,
+        timeout: Duration,
+    ) -> Result<(), FrameSendError> {
+        let bytes = postcard::to_allocvec(value).map_err(FrameSendError::Encode)?;
+        self.send_timeout(&bytes, timeout)
+    }
+
+    /// Receives one frame and deserializes it with postcard.
+    pub fn recv_value<V: DeserializeOwned>(&self) -> Result<V, FrameRecvError> {
+        let f = self.recv()?;
+        postcard::from_bytes(&f).map_err(FrameRecvError::Decode)
+    }
+
+    /// Like [`recv_value`](Self::recv_value), waiting at most `timeout`.
+    pub fn recv_value_timeout<V: DeserializeOwned>(&self, timeout: Duration) -> Result<V, FrameRecvError> {
+        let f = self.recv_timeout(timeout)?;
+        postcard::from_bytes(&f).map_err(FrameRecvError::Decode)
+    }
+
+    /// Frames in the queue now (a snapshot).
+    pub fn len(&self) -> usize {
+        self.e.len()
+    }
+
+    /// Whether the queue holds no frame now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Maximum number of frames.
+    pub fn capacity(&self) -> usize {
+        self.e.geo.capacity as usize
+    }
+
+    /// Changes this handle's role.
+    pub fn set_role(&self, role: Role) -> Result<(), OpenError> {
+        self.e.register(role)
+    }
+
+    /// Changes how this handle waits.
+    pub fn set_wait_mode(&self, mode: WaitMode) {
+        self.e.set_wait_mode(mode)
+    }
+
+    /// How another process opens this queue.
+    pub fn handle(&self) -> Handle {
+        self.e.segment().handle()
+    }
+
+    /// The segment holding the queue.
+    pub fn segment(&self) -> &Segment {
+        self.e.segment()
+    }
+}
+
+impl fmt::Debug for FrameQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameQueue").field("max_frame", &self.max).field("engine", &self.e).finish()
+    }
+}
+
+impl ShmObject for FrameQueue {
+    const KIND: ObjectKind = ObjectKind::FrameQueue;
+    fn handle(&self) -> Handle {
+        FrameQueue::handle(self)
+    }
+    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
+        FrameQueue::builder().open_handle(handle)
+    }
+    fn segment(&self) -> &Segment {
+        FrameQueue::segment(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_values() {
+        for spsc in [false, true] {
+            let q = FrameQueue::builder().capacity(4).max_frame(16).spsc(spsc).create().unwrap();
+            q.send(b"").unwrap();
+            q.send(&[7u8; 16]).unwrap();
+            assert!(matches!(q.send(&[0u8; 17]), Err(FrameSendError::TooLarge { len: 17, max: 16 })));
+            assert_eq!(q.recv().unwrap(), b"");
+            assert_eq!(q.recv().unwrap(), vec![7u8; 16]);
+            assert!(matches!(q.try_recv(), Err(FrameRecvError::Empty)));
+            q.send_value(&(1u8, "ab")).unwrap();
+            assert_eq!(q.recv_value::<(u8, String)>().unwrap(), (1, "ab".to_string()));
+            q.send(&[0xff; 3]).unwrap();
+            assert!(matches!(q.recv_value::<String>(), Err(FrameRecvError::Decode(_))));
+            let q2 = FrameQueue::open_handle(&q.handle()).unwrap();
+            assert_eq!(q2.max_frame(), 16);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! [`JoinableQueue<T>`]: a [`Queue`] that counts unfinished tasks, as Python's
+//! `multiprocessing.JoinableQueue`.
+//!
+//! `put` increments the shared `unfinished` counter (control block offset 48)
+//! before the item is published; `task_done` decrements it and, when it reaches
+//! zero, bumps `join_word` and wakes every joiner. `join` sleeps on `join_word`
+//! with the same sleeper-count handshake as the queue itself.
+//!
+//! Crash semantics: a worker killed between `get` and `task_done` leaves its
+//! task counted as unfinished forever (as in Python); use [`JoinableQueue::join_timeout`].
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytemuck::Pod;
+
+use super::{
+    JoinTimeout, Queue, QueueBuilder, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError,
+    TryRecvError, TrySendError,
+};
+use crate::error::OpenError;
+use crate::header::ObjectKind;
+use crate::segment::{Handle, Segment, ShmObject};
+use crate::sys;
+use crate::time::Deadline;
+
+/// A queue of `T` whose consumers report each item done; [`join`](Self::join)
+/// waits until every item put has been reported.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shmproc::JoinableQueue;
+/// let q = JoinableQueue::<u32>::anonymous(16)?;
+/// q.put(1)?;
+/// let job = q.get()?;
+/// q.task_done()?;
+/// q.join_timeout(std::time::Duration::from_secs(1))?;
+/// # let _ = job; Ok(()) }
+/// ```
+pub struct JoinableQueue<T: Pod> {
+    q: Queue<T>,
+}
+
+impl<T: Pod> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue { q: self.q.clone() }
+    }
+}
+
+impl<T: Pod> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinableQueue").field("unfinished", &self.unfinished()).field("queue", &self.q).finish()
+    }
+}
+
+impl<T: Pod> QueueBuilder<T> {
+    /// Creates a [`JoinableQueue`] with this builder's settings.
+    pub fn create_joinable(self) -> Result<JoinableQueue<T>, OpenError> {
+        Ok(JoinableQueue { q: self.build_create(ObjectKind::JoinableQueue)? })
+    }
+    /// Opens a named [`JoinableQueue`].
+    pub fn open_joinable(self) -> Result<JoinableQueue<T>, OpenError> {
+        Ok(JoinableQueue { q: self.build_open(ObjectKind::JoinableQueue, None)? })
+    }
+    /// Opens the [`JoinableQueue`] behind `handle`.
+    pub fn open_joinable_handle(self, handle: &Handle) -> Result<JoinableQueue<T>, OpenError> {
+        Ok(JoinableQueue { q: self.build_open(ObjectKind::JoinableQueue, Some(handle))? })
+    }
+    /// Opens the named [`JoinableQueue`], or creates it.
+    pub fn open_or_create_joinable(self) -> Result<JoinableQueue<T>, OpenError> {
+        Ok(JoinableQueue { q: self.build_open_or_create(ObjectKind::JoinableQueue)? })
+    }
+}
+
+impl<T: Pod> JoinableQueue<T> {
+    /// A builder (finish it with `create_joinable`, `open_joinable`, ...).
+    pub fn builder() -> QueueBuilder<T> {
+        Queue::builder()
+    }
+
+    /// An anonymous joinable queue of `capacity` items.
+    pub fn anonymous(capacity: usize) -> Result<Self, OpenError> {
+        Queue::builder().capacity(capacity).create_joinable()
+    }
+
+    fn counter(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.q.engine().control().unfinished
+    }
+
+    fn undo_put(&self) {
+        // The put failed: take back its count (saturating, so a scribbled
+        // counter never wraps).
+        let _ = self.counter().fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)));
+        self.wake_if_done();
+    }
+
+    /// Puts an item, waiting while the queue is full.
+    pub fn put(&self, v: T) -> Result<(), SendError<T>> {
+        self.counter().fetch_add(1, Ordering::SeqCst);
+        self.q.send(v).inspect_err(|_| self.undo_put())
+    }
+
+    /// Puts an item if there is room now.
+    pub fn try_put(&self, v: T) -> Result<(), TrySendError<T>> {
+        self.counter().fetch_add(1, Ordering::SeqCst);
+        self.q.try_send(v).inspect_err(|_| self.undo_put())
+    }
+
+    /// Puts an item, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.counter().fetch_add(1, Ordering::SeqCst);
+        self.q.send_timeout(v, timeout).inspect_err(|_| self.undo_put())
+    }
+
+    /// Takes an item, waiting while the queue is empty.
+    pub fn get(&self) -> Result<T, RecvError> {
+        self.q.recv()
+    }
+
+    /// Takes an item if one is there now.
+    pub fn try_get(&self) -> Result<T, TryRecvError> {
+        self.q.try_recv()
+    }
+
+    /// Takes an item, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.q.recv_timeout(timeout)
+    }
+
+    /// Reports one item taken with `get` as done.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        let prev = self
+            .counter()
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .map_err(|_| TaskDoneError::TooManyCalls)?;
+        if prev == 1 {
+            self.wake_if_done();
+        }
+        Ok(())
+    }
+
+    fn wake_if_done(&self) {
+        let c = self.q.engine().control();
+        if self.counter().load(Ordering::SeqCst) == 0 && c.join_waiters.load(Ordering::SeqCst) != 0 {
+            self.q.engine().wake_word_all(&c.join_word);
+        }
+    }
+
+    /// Items put and not yet reported done.
+    pub fn unfinished(&self) -> u64 {
+        self.counter().load(Ordering::SeqCst)
+    }
+
+    /// Waits until every item put has been reported done.
+    pub fn join(&self) {
+        let _ = self.join_deadline(Deadline::NEVER);
+    }
+
+    /// Like [`join`](Self::join), giving up after `timeout`.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinTimeout> {
+        self.join_deadline(Deadline::after(Some(timeout)))
+    }
+
+    fn join_deadline(&self, deadline: Deadline) -> Result<(), JoinTimeout> {
+        let c = self.q.engine().control();
+        loop {
+            let seq = c.join_word.load(Ordering::Acquire);
+            c.join_waiters.fetch_add(1, Ordering::SeqCst);
+            super::ring::full_fence();
+            if self.counter().load(Ordering::SeqCst) == 0 {
+                c.join_waiters.fetch_sub(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            if deadline.expired() {
+                c.join_waiters.fetch_sub(1, Ordering::SeqCst);
+                return Err(JoinTimeout);
+            }
+            // Bounded slices: a task_done from a process that then died wakes
+            // nobody only if it never ran; the slice keeps the loop honest.
+            let _ = sys::futex_wait(&c.join_word, seq, deadline.min_after(Duration::from_millis(100)).at());
+            c.join_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The underlying queue (sends through it are not counted as tasks).
+    pub fn as_queue(&self) -> &Queue<T> {
+        &self.q
+    }
+
+    /// How another process opens this queue.
+    pub fn handle(&self) -> Handle {
+        self.q.handle()
+    }
+
+    /// The segment holding the queue.
+    pub fn segment(&self) -> &Segment {
+        self.q.segment()
+    }
+}
+
+impl<T: Pod> ShmObject for JoinableQueue<T> {
+    const KIND: ObjectKind = ObjectKind::JoinableQueue;
+    fn handle(&self) -> Handle {
+        JoinableQueue::handle(self)
+    }
+    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
+        Queue::builder().open_joinable_handle(handle)
+    }
+    fn segment(&self) -> &Segment {
+        JoinableQueue::segment(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_waits_for_task_done() {
+        let q = JoinableQueue::<u32>::anonymous(8).unwrap();
+        q.join_timeout(Duration::from_millis(1)).unwrap();
+        for i in 0..5 {
+            q.put(i).unwrap();
+        }
+        assert_eq!(q.unfinished(), 5);
+        assert_eq!(q.join_timeout(Duration::from_millis(20)), Err(JoinTimeout));
+        let w = q.clone();
+        let t = std::thread::spawn(move || {
+            for _ in 0..5 {
+                w.get_timeout(Duration::from_secs(5)).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+                w.task_done().unwrap();
+            }
+        });
+        q.join_timeout(Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+        assert_eq!(q.task_done(), Err(TaskDoneError::TooManyCalls));
+        assert!(matches!(Queue::<u32>::open_handle(&q.handle()), Err(OpenError::KindMismatch { .. })));
+    }
+}

@@ -1,0 +1,957 @@
+//! [`Queue<T>`]: a bounded, lock-free ring of fixed-size messages in shared
+//! memory; [`FrameQueue`] for variable-size byte frames and serde values;
+//! [`JoinableQueue<T>`] with Python's `task_done` / `join`.
+//!
+//! * Algorithm: Dmitry Vyukov's bounded MPMC queue (per-slot 64-bit stamps, head
+//!   and tail on separate 128-byte lines), extended with *claimed* stamps that
+//!   name the claiming process so that a survivor can recover a slot whose
+//!   claimer was killed (see `ring.rs` and SAFETY.md section 6). The creator may
+//!   pick a single-producer single-consumer mode instead (Lamport's ring with
+//!   cached remote indices and batched index publication); its exclusive
+//!   endpoints ([`Queue::spsc_sender`], [`Queue::spsc_receiver`]) are the
+//!   fastest path (no per-message synchronisation inside the process).
+//! * Waiting: adaptive by default: poll shared memory for a bounded spin budget,
+//!   then sleep on a shared futex. A sender issues `FUTEX_WAKE` only if a sleeper
+//!   count says someone sleeps, so the fast path makes no system call; the
+//!   sleeper-count handshake uses an asymmetric fence (`membarrier`) so that the
+//!   fast path needs no fence either.
+//! * Disconnection: every handle registers its process and role in a table in
+//!   the segment; once every sender has gone (dropped, or died: checked with a
+//!   pid-reuse-proof liveness test) and the queue is drained, `recv` returns
+//!   `Disconnected`; `send` without a receiver returns `Disconnected(value)`.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmproc::Queue;
+//! let q = Queue::<u64>::anonymous(1024)?; // inherited by forked children
+//! q.send(7)?;
+//! assert_eq!(q.recv()?, 7);
+//! assert!(q.try_recv().is_err());
+//! # Ok(()) }
+//! ```
+//!
+//! Two processes by name:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmproc::{Queue, Role};
+//! // Process A:
+//! let rx = Queue::<[u8; 16]>::builder().name("jobs").capacity(4096).role(Role::Receiver).create()?;
+//! // Process B:
+//! let tx = Queue::<[u8; 16]>::builder().name("jobs").role(Role::Sender).open()?;
+//! tx.send([1; 16])?;
+//! // A: `rx.recv()` gives the message; once B is gone (even killed) and the queue
+//! // is drained, `rx.recv()` returns `Err(RecvError::Disconnected)`.
+//! # let _ = rx.recv(); Ok(()) }
+//! ```
+
+mod error;
+mod frames;
+mod joinable;
+mod raw;
+pub(crate) mod ring;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytemuck::Pod;
+
+pub use error::{
+    FrameRecvError, FrameSendError, JoinTimeout, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
+    TaskDoneError, TryRecvError, TrySendError,
+};
+pub use frames::{FrameQueue, FrameQueueBuilder};
+pub use joinable::JoinableQueue;
+pub use raw::{Role, WaitMode};
+
+use crate::error::OpenError;
+use crate::header::{ObjectKind, TypeInfo};
+use crate::segment::{Handle, Segment, SegmentOptions, ShmObject};
+use crate::time::Deadline;
+use raw::{Engine, Fail, Geometry, Side};
+use ring::Step;
+
+/// Default capacity of a queue, in messages.
+pub const DEFAULT_CAPACITY: usize = 1024;
+/// Default size of the participant table (handles that may be open at once).
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 64;
+
+/// Settings shared by the queue builders.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueConfig {
+    pub(crate) opts: SegmentOptions,
+    pub(crate) capacity: usize,
+    pub(crate) spsc: bool,
+    pub(crate) role: Role,
+    pub(crate) wait: WaitMode,
+    pub(crate) spin: Option<Duration>,
+    pub(crate) max_parts: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            opts: SegmentOptions::default(),
+            capacity: DEFAULT_CAPACITY,
+            spsc: false,
+            role: Role::Both,
+            wait: WaitMode::Adaptive,
+            spin: None,
+            max_parts: DEFAULT_MAX_PARTICIPANTS,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub(crate) fn geometry(&self, elem_size: u32) -> Result<Geometry, OpenError> {
+        let cap = Some(self.capacity)
+            .filter(|&c| c > 0)
+            .and_then(usize::checked_next_power_of_two)
+            .filter(|&c| c > 0 && c as u64 <= ring::MAX_CAPACITY)
+            .ok_or_else(|| OpenError::invalid(format!("capacity {} is out of range", self.capacity)))?;
+        Ok(Geometry { spsc: self.spsc, elem_size, capacity: cap as u64, max_parts: self.max_parts })
+    }
+
+    /// Applies the per-handle settings and registers the handle.
+    pub(crate) fn finish(&self, e: Engine) -> Result<Arc<Engine>, OpenError> {
+        e.set_wait_mode(self.wait);
+        if let Some(s) = self.spin {
+            e.set_spin(s);
+        }
+        e.register(self.role)?;
+        Ok(Arc::new(e))
+    }
+}
+
+/// Adds the queue-specific builder setters to a builder with a `cfg: QueueConfig`.
+macro_rules! queue_options {
+    () => {
+        /// Capacity in messages for `create` (rounded up to a power of two;
+        /// default 1024).
+        pub fn capacity(mut self, n: usize) -> Self {
+            self.cfg.capacity = n;
+            self
+        }
+        /// Creates the queue in single-producer single-consumer mode: faster, but
+        /// only one process (and one thread at a time) may send and one receive.
+        pub fn spsc(mut self, spsc: bool) -> Self {
+            self.cfg.spsc = spsc;
+            self
+        }
+        /// This handle's role (default [`Role::Both`]); drives disconnection.
+        pub fn role(mut self, role: Role) -> Self {
+            self.cfg.role = role;
+            self
+        }
+        /// How this handle waits (default [`WaitMode::Adaptive`]).
+        pub fn wait_mode(mut self, mode: WaitMode) -> Self {
+            self.cfg.wait = mode;
+            self
+        }
+        /// The adaptive spin budget before sleeping (default 20 us).
+        pub fn spin(mut self, budget: std::time::Duration) -> Self {
+            self.cfg.spin = Some(budget);
+            self
+        }
+        /// Participant-table size for `create` (default 64 handles open at once).
+        pub fn max_participants(mut self, n: u32) -> Self {
+            self.cfg.max_parts = n;
+            self
+        }
+        /// Names the object (`/dev/shm/<name>`); without a name it is anonymous.
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.cfg.opts.name = Some(name.into());
+            self
+        }
+        /// Permission bits for `create` (default `0o600`, owner only).
+        pub fn mode(mut self, mode: u32) -> Self {
+            self.cfg.opts.mode = mode;
+            self
+        }
+        /// How long `open` waits for the creator to finish initialising (default 5 s).
+        pub fn open_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.cfg.opts.open_timeout = timeout;
+            self
+        }
+        /// Lets `open` accept an object owned by another user (refused by default).
+        pub fn allow_foreign_owner(mut self, allow: bool) -> Self {
+            self.cfg.opts.allow_foreign_owner = allow;
+            self
+        }
+        /// Lets `open` accept an object writable by group or others (refused by default).
+        pub fn allow_shared_write(mut self, allow: bool) -> Self {
+            self.cfg.opts.allow_shared_write = allow;
+            self
+        }
+        /// Whether the creator removes the name when its last handle drops (default true).
+        pub fn unlink_on_drop(mut self, unlink: bool) -> Self {
+            self.cfg.opts.unlink_on_drop = unlink;
+            self
+        }
+    };
+}
+pub(crate) use queue_options;
+
+/// Maps an engine failure for receives.
+fn map_recv(f: Fail) -> RecvTimeoutError {
+    match f {
+        Fail::Timeout | Fail::WouldBlock => RecvTimeoutError::Timeout,
+        Fail::Disconnected => RecvTimeoutError::Disconnected,
+        Fail::Corrupt => RecvTimeoutError::Corrupt,
+    }
+}
+
+/// A bounded queue of fixed-size `T` messages in shared memory, usable from any
+/// number of processes and threads.
+///
+/// Handles are cheap to clone (clones share one registration). See the
+/// [module docs](self) for the algorithm, waiting and disconnection.
+pub struct Queue<T: Pod> {
+    e: Arc<Engine>,
+    /// Sides this value holds exclusively (SPSC endpoints): bit 0 send, bit 1 receive.
+    excl: u8,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+/// Builder for [`Queue`]: capacity, mode, role, then `create`, `open`,
+/// `open_handle` or `open_or_create`.
+pub struct QueueBuilder<T> {
+    cfg: QueueConfig,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder").field("cfg", &self.cfg).finish()
+    }
+}
+
+fn elem_size<T: Pod>() -> Result<u32, OpenError> {
+    let n = std::mem::size_of::<T>();
+    if n == 0 || n > raw::MAX_ELEM as usize {
+        return Err(OpenError::invalid(format!("message type of {n} bytes is not supported (1..=16 MiB)")));
+    }
+    Ok(n as u32)
+}
+
+impl<T: Pod> QueueBuilder<T> {
+    queue_options!();
+
+    fn kind() -> ObjectKind {
+        ObjectKind::Queue
+    }
+
+    pub(crate) fn build_create(self, kind: ObjectKind) -> Result<Queue<T>, OpenError> {
+        let geo = self.cfg.geometry(elem_size::<T>()?)?;
+        let e = Engine::create(&self.cfg.opts, kind, TypeInfo::of::<T>(), geo)?;
+        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
+    }
+
+    pub(crate) fn build_open(self, kind: ObjectKind, handle: Option<&Handle>) -> Result<Queue<T>, OpenError> {
+        let n = elem_size::<T>()?;
+        let spec = Engine::spec(kind, TypeInfo::of::<T>());
+        let seg = match handle {
+            Some(h) => Segment::open_handle(h, &self.cfg.opts, &spec),
+            None => Segment::open_object(&self.cfg.opts, &spec),
+        };
+        let e = Engine::open(seg, Some(n))?;
+        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
+    }
+
+    pub(crate) fn build_open_or_create(self, kind: ObjectKind) -> Result<Queue<T>, OpenError> {
+        let geo = self.cfg.geometry(elem_size::<T>()?)?;
+        let e = Engine::open_or_create(&self.cfg.opts, kind, TypeInfo::of::<T>(), geo)?;
+        if e.geo.elem_size != geo.elem_size {
+            return Err(OpenError::SizeMismatch { expected: geo.elem_size as u64, found: e.geo.elem_size as u64 });
+        }
+        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
+    }
+
+    /// Creates the queue (named if a name was set, else anonymous).
+    pub fn create(self) -> Result<Queue<T>, OpenError> {
+        self.build_create(Self::kind())
+    }
+
+    /// Opens an existing named queue (its capacity and mode come from the segment).
+    pub fn open(self) -> Result<Queue<T>, OpenError> {
+        self.build_open(Self::kind(), None)
+    }
+
+    /// Opens the queue behind `handle` (see [`Queue::handle`]).
+    pub fn open_handle(self, handle: &Handle) -> Result<Queue<T>, OpenError> {
+        self.build_open(Self::kind(), Some(handle))
+    }
+
+    /// Opens the named queue, or creates it with this builder's settings.
+    pub fn open_or_create(self) -> Result<Queue<T>, OpenError> {
+        self.build_open_or_create(Self::kind())
+    }
+}
+
+impl<T: Pod> Queue<T> {
+    /// A builder with default settings (anonymous, capacity 1024, MPMC, role
+    /// `Both`, adaptive waiting).
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder { cfg: QueueConfig::default(), _t: PhantomData }
+    }
+
+    /// An anonymous MPMC queue of `capacity` messages, inherited by forked children.
+    pub fn anonymous(capacity: usize) -> Result<Self, OpenError> {
+        Self::builder().capacity(capacity).create()
+    }
+
+    /// Creates a named MPMC queue of `capacity` messages.
+    pub fn create(name: &str, capacity: usize) -> Result<Self, OpenError> {
+        Self::builder().name(name).capacity(capacity).create()
+    }
+
+    /// Opens a named queue.
+    pub fn open(name: &str) -> Result<Self, OpenError> {
+        Self::builder().name(name).open()
+    }
+
+    #[inline]
+    fn push_once(&self, v: &T, optimistic: bool) -> Step {
+        self.e.try_push(optimistic, self.excl & 1 != 0, |p| {
+            // SAFETY: `p` is the payload of a slot this process owns (claimed, or
+            // SPSC producer), at least size_of::<T>() bytes (elem_size checked at
+            // open); unaligned write because slots are only 8-aligned.
+            unsafe { std::ptr::write_unaligned(p as *mut T, *v) }
+        })
+    }
+
+    #[inline]
+    fn pop_once(&self, out: &mut T) -> Step {
+        self.e.try_pop(self.excl & 2 != 0, |p| {
+            // SAFETY: `p` is the payload of a published slot this process owns;
+            // T is Pod, so any bytes (even a hostile peer's) are a valid T.
+            *out = unsafe { std::ptr::read_unaligned(p as *const T) }
+        })
+    }
+
+    #[inline]
+    fn refused(&self) -> bool {
+        self.e.send_refused()
+    }
+
+    /// Sends `v`, waiting while the queue is full.
+    #[inline]
+    pub fn send(&self, v: T) -> Result<(), SendError<T>> {
+        // Fast path, inlined into the caller's loop: no call, no stack traffic
+        // queued behind the index store (see PERF notes in the bench module).
+        self.e.ensure_registered();
+        if !self.refused() && self.push_once(&v, true) == Step::Done {
+            self.e.notify(Side::Recv, false);
+            return Ok(());
+        }
+        self.send_slow(v)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn send_slow(&self, v: T) -> Result<(), SendError<T>> {
+        match self.send_deadline(v, None) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Disconnected(v)) => Err(SendError::Disconnected(v)),
+            Err(SendTimeoutError::Corrupt(v)) | Err(SendTimeoutError::Timeout(v)) => Err(SendError::Corrupt(v)),
+        }
+    }
+
+    /// Sends `v` if there is room now.
+    pub fn try_send(&self, v: T) -> Result<(), TrySendError<T>> {
+        self.e.ensure_registered();
+        if self.refused() {
+            return Err(TrySendError::Disconnected(v));
+        }
+        match self.push_once(&v, true) {
+            Step::Done => {
+                self.e.notify(Side::Recv, false);
+                Ok(())
+            }
+            Step::Corrupt => Err(TrySendError::Corrupt(v)),
+            _ => match self.e.would_block(Side::Send, || self.push_once(&v, false)) {
+                Ok(()) => {
+                    self.e.notify(Side::Recv, false);
+                    Ok(())
+                }
+                Err(Fail::Disconnected) => Err(TrySendError::Disconnected(v)),
+                Err(Fail::Corrupt) => Err(TrySendError::Corrupt(v)),
+                Err(_) => Err(TrySendError::Full(v)),
+            },
+        }
+    }
+
+    /// Sends `v`, waiting at most `timeout` for room.
+    pub fn send_timeout(&self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(v, Some(timeout))
+    }
+
+    /// `timeout` None: forever. The deadline is computed only if the first
+    /// attempt fails, so the hand-over path reads no clock.
+    fn send_deadline(&self, v: T, timeout: Option<Duration>) -> Result<(), SendTimeoutError<T>> {
+        self.e.ensure_registered();
+        if self.refused() {
+            return Err(SendTimeoutError::Disconnected(v));
+        }
+        let r = match self.push_once(&v, true) {
+            Step::Done => Ok(()),
+            Step::Corrupt => Err(Fail::Corrupt),
+            _ => self.e.wait(Side::Send, Deadline::after(timeout), || self.push_once(&v, false)),
+        };
+        match r {
+            Ok(()) => {
+                self.e.notify(Side::Recv, false);
+                Ok(())
+            }
+            Err(Fail::Disconnected) => Err(SendTimeoutError::Disconnected(v)),
+            Err(Fail::Corrupt) => Err(SendTimeoutError::Corrupt(v)),
+            Err(_) => Err(SendTimeoutError::Timeout(v)),
+        }
+    }
+
+    /// Sends every item of `items` in order, waiting for room as needed. In SPSC
+    /// mode each batch that fits publishes the tail once. On failure, the error
+    /// carries how many items were sent.
+    pub fn send_slice(&self, items: &[T]) -> Result<(), SendError<usize>> {
+        self.e.ensure_registered();
+        let mut sent = 0usize;
+        while sent < items.len() {
+            if self.refused() {
+                return Err(SendError::Disconnected(sent));
+            }
+            if self.e.geo.spsc {
+                let rest = &items[sent..];
+                let k = self.e.spsc_push_batch(self.excl & 1 != 0, rest.len() as u64, |i, p| {
+                    // SAFETY: SPSC producer's own free slot, >= size_of T bytes.
+                    unsafe { std::ptr::write_unaligned(p as *mut T, rest[i as usize]) }
+                });
+                match k {
+                    None => return Err(SendError::Corrupt(sent)),
+                    Some(k) if k > 0 => {
+                        sent += k as usize;
+                        self.e.notify(Side::Recv, true);
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            // One message through the general path (blocks when full).
+            match self.send(items[sent]) {
+                Ok(()) => sent += 1,
+                Err(SendError::Disconnected(_)) => return Err(SendError::Disconnected(sent)),
+                Err(SendError::Corrupt(_)) => return Err(SendError::Corrupt(sent)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives a message, waiting while the queue is empty.
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.recv_deadline(None).map_err(|e| match e {
+            RecvTimeoutError::Disconnected => RecvError::Disconnected,
+            _ => RecvError::Corrupt,
+        })
+    }
+
+    /// Receives a message if one is there now.
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        self.e.ensure_registered();
+        let mut out = T::zeroed();
+        let r = match self.pop_once(&mut out) {
+            Step::Done => Ok(()),
+            Step::Corrupt => Err(Fail::Corrupt),
+            _ => self.e.would_block(Side::Recv, || self.pop_once(&mut out)),
+        };
+        match r {
+            Ok(()) => {
+                self.e.notify(Side::Send, false);
+                Ok(out)
+            }
+            Err(Fail::Disconnected) => Err(TryRecvError::Disconnected),
+            Err(Fail::Corrupt) => Err(TryRecvError::Corrupt),
+            Err(_) => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(Some(timeout))
+    }
+
+    fn recv_deadline(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
+        self.e.ensure_registered();
+        let mut out = T::zeroed();
+        let r = match self.pop_once(&mut out) {
+            Step::Done => Ok(()),
+            Step::Corrupt => Err(Fail::Corrupt),
+            _ => self.e.wait(Side::Recv, Deadline::after(timeout), || self.pop_once(&mut out)),
+        };
+        match r {
+            Ok(()) => {
+                self.e.notify(Side::Send, false);
+                Ok(out)
+            }
+            Err(f) => Err(map_recv(f)),
+        }
+    }
+
+    /// Waits for at least one message, then receives as many as are there (up to
+    /// `buf.len()`) into `buf`; returns how many. In SPSC mode the head is
+    /// published once per batch.
+    pub fn recv_into(&self, buf: &mut [T]) -> Result<usize, RecvError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        buf[0] = self.recv()?;
+        let mut n = 1;
+        if self.e.geo.spsc {
+            let rest = &mut buf[1..];
+            let k = self.e.spsc_pop_batch(self.excl & 2 != 0, rest.len() as u64, |i, p| {
+                // SAFETY: SPSC consumer's own published slot; T is Pod.
+                rest[i as usize] = unsafe { std::ptr::read_unaligned(p as *const T) }
+            });
+            n += k.unwrap_or(0) as usize;
+        } else {
+            while n < buf.len() {
+                match self.pop_once(&mut buf[n]) {
+                    Step::Done => n += 1,
+                    _ => break,
+                }
+            }
+        }
+        self.e.notify(Side::Send, true);
+        Ok(n)
+    }
+
+    /// Messages in the queue now (a snapshot; clamped to the capacity).
+    pub fn len(&self) -> usize {
+        self.e.len()
+    }
+
+    /// Whether the queue holds no message now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the queue is full now.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity()
+    }
+
+    /// Maximum number of messages.
+    pub fn capacity(&self) -> usize {
+        self.e.geo.capacity as usize
+    }
+
+    /// Whether the queue was created in single-producer single-consumer mode.
+    pub fn is_spsc(&self) -> bool {
+        self.e.geo.spsc
+    }
+
+    /// Changes this handle's role (registering it if needed).
+    pub fn set_role(&self, role: Role) -> Result<(), OpenError> {
+        self.e.register(role)
+    }
+
+    /// Changes how this handle (and its clones) wait.
+    pub fn set_wait_mode(&self, mode: WaitMode) {
+        self.e.set_wait_mode(mode)
+    }
+
+    /// A blocking iterator: yields messages until the queue is disconnected (or corrupt).
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { q: self }
+    }
+
+    /// A non-blocking iterator over the messages there now.
+    pub fn try_iter(&self) -> TryIter<'_, T> {
+        TryIter { q: self }
+    }
+
+    /// How another process opens this queue ([`QueueBuilder::open_handle`]).
+    pub fn handle(&self) -> Handle {
+        self.e.segment().handle()
+    }
+
+    /// The segment holding the queue.
+    pub fn segment(&self) -> &Segment {
+        self.e.segment()
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.e
+    }
+}
+
+impl<T: Pod> Queue<T> {
+    /// SPSC mode: takes this handle's sending side for one owner, which then
+    /// sends without any per-message synchronisation inside this process (the
+    /// fastest path). `None` if the queue is MPMC or the side is already taken
+    /// through this handle. Sends through the handle or its clones wait until
+    /// the endpoint drops, so do not send through them meanwhile. A forked child
+    /// inherits the endpoint itself (use it, not the handle, in the child).
+    pub fn spsc_sender(&self) -> Option<SpscSender<T>> {
+        (self.e.geo.spsc && self.e.take_side(Side::Send))
+            .then(|| SpscSender { q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData } })
+    }
+
+    /// SPSC mode: takes this handle's receiving side for one owner (see
+    /// [`spsc_sender`](Self::spsc_sender)).
+    pub fn spsc_receiver(&self) -> Option<SpscReceiver<T>> {
+        (self.e.geo.spsc && self.e.take_side(Side::Recv))
+            .then(|| SpscReceiver { q: Queue { e: self.e.clone(), excl: 2, _t: PhantomData } })
+    }
+}
+
+/// The exclusive sending end of an SPSC [`Queue`] ([`Queue::spsc_sender`]).
+/// Methods take `&mut self`: one thread at a time, no locking per message.
+#[derive(Debug)]
+pub struct SpscSender<T: Pod> {
+    q: Queue<T>,
+}
+
+/// The exclusive receiving end of an SPSC [`Queue`] ([`Queue::spsc_receiver`]).
+#[derive(Debug)]
+pub struct SpscReceiver<T: Pod> {
+    q: Queue<T>,
+}
+
+impl<T: Pod> SpscSender<T> {
+    /// As [`Queue::send`].
+    #[inline]
+    pub fn send(&mut self, v: T) -> Result<(), SendError<T>> {
+        self.q.send(v)
+    }
+    /// As [`Queue::try_send`].
+    pub fn try_send(&mut self, v: T) -> Result<(), TrySendError<T>> {
+        self.q.try_send(v)
+    }
+    /// As [`Queue::send_timeout`].
+    pub fn send_timeout(&mut self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.q.send_timeout(v, timeout)
+    }
+    /// As [`Queue::send_slice`].
+    pub fn send_slice(&mut self, items: &[T]) -> Result<(), SendError<usize>> {
+        self.q.send_slice(items)
+    }
+    /// The queue.
+    pub fn queue(&self) -> &Queue<T> {
+        &self.q
+    }
+}
+
+impl<T: Pod> SpscReceiver<T> {
+    /// As [`Queue::recv`].
+    #[inline]
+    pub fn recv(&mut self) -> Result<T, RecvError> {
+        self.q.recv()
+    }
+    /// As [`Queue::try_recv`].
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        self.q.try_recv()
+    }
+    /// As [`Queue::recv_timeout`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.q.recv_timeout(timeout)
+    }
+    /// As [`Queue::recv_into`].
+    pub fn recv_into(&mut self, buf: &mut [T]) -> Result<usize, RecvError> {
+        self.q.recv_into(buf)
+    }
+    /// The queue.
+    pub fn queue(&self) -> &Queue<T> {
+        &self.q
+    }
+}
+
+impl<T: Pod> Drop for SpscSender<T> {
+    fn drop(&mut self) {
+        self.q.e.release_side(Side::Send);
+    }
+}
+
+impl<T: Pod> Drop for SpscReceiver<T> {
+    fn drop(&mut self) {
+        self.q.e.release_side(Side::Recv);
+    }
+}
+
+impl<T: Pod> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue { e: self.e.clone(), excl: 0, _t: PhantomData }
+    }
+}
+
+impl<T: Pod> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue").field("type", &std::any::type_name::<T>()).field("engine", &self.e).finish()
+    }
+}
+
+// SAFETY: a Queue moves Pod values by copy through shared memory; the engine is
+// Send + Sync (all shared state atomic, slot access exclusive by the protocol).
+unsafe impl<T: Pod + Send> Send for Queue<T> {}
+// SAFETY: as above; every method takes &self and is safe to call concurrently.
+unsafe impl<T: Pod + Send> Sync for Queue<T> {}
+
+impl<T: Pod> ShmObject for Queue<T> {
+    const KIND: ObjectKind = ObjectKind::Queue;
+    fn handle(&self) -> Handle {
+        Queue::handle(self)
+    }
+    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
+        Queue::builder().open_handle(handle)
+    }
+    fn segment(&self) -> &Segment {
+        Queue::segment(self)
+    }
+}
+
+/// Blocking iterator from [`Queue::iter`].
+#[derive(Debug)]
+pub struct Iter<'a, T: Pod> {
+    q: &'a Queue<T>,
+}
+
+impl<T: Pod> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.q.recv().ok()
+    }
+}
+
+/// Non-blocking iterator from [`Queue::try_iter`].
+#[derive(Debug)]
+pub struct TryIter<'a, T: Pod> {
+    q: &'a Queue<T>,
+}
+
+impl<T: Pod> Iterator for TryIter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.q.try_recv().ok()
+    }
+}
+
+impl<'a, T: Pod> IntoIterator for &'a Queue<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static N: AtomicU64 = AtomicU64::new(0);
+    fn name(tag: &str) -> String {
+        format!("shmproc-test-q{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    }
+
+    #[test]
+    fn basic_fifo_both_modes() {
+        for spsc in [false, true] {
+            let q = Queue::<u64>::builder().capacity(8).spsc(spsc).create().unwrap();
+            assert_eq!(q.capacity(), 8);
+            assert!(q.is_empty());
+            for i in 0..8 {
+                q.try_send(i).unwrap();
+            }
+            assert!(q.is_full());
+            assert_eq!(q.try_send(99), Err(TrySendError::Full(99)));
+            for i in 0..8 {
+                assert_eq!(q.try_recv(), Ok(i));
+            }
+            assert_eq!(q.try_recv(), Err(TryRecvError::Empty));
+            assert_eq!(q.recv_timeout(Duration::from_millis(20)), Err(RecvTimeoutError::Timeout));
+            assert!(matches!(q.send_timeout(1, Duration::from_millis(20)), Ok(())));
+            q.send_slice(&[2, 3, 4]).unwrap();
+            let mut buf = [0u64; 10];
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                let n = q.recv_into(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, vec![1, 2, 3, 4]);
+        }
+    }
+
+    #[test]
+    fn spsc_endpoints_are_exclusive() {
+        let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+        let mut tx = q.spsc_sender().unwrap();
+        assert!(q.spsc_sender().is_none());
+        let mut rx = q.spsc_receiver().unwrap();
+        tx.send(1).unwrap();
+        tx.send_slice(&[2, 3]).unwrap();
+        let mut buf = [0u64; 4];
+        assert_eq!(rx.recv().unwrap(), 1);
+        assert_eq!(rx.recv_into(&mut buf).unwrap(), 2);
+        drop(tx);
+        assert!(q.spsc_sender().is_some());
+        assert!(Queue::<u64>::anonymous(4).unwrap().spsc_sender().is_none());
+    }
+
+    #[test]
+    fn named_open_and_type_checks() {
+        let n = name("open");
+        let q = Queue::<[u32; 3]>::create(&n, 5).unwrap();
+        assert_eq!(q.capacity(), 8);
+        let q2 = Queue::<[u32; 3]>::open(&n).unwrap();
+        q.send([1, 2, 3]).unwrap();
+        assert_eq!(q2.recv().unwrap(), [1, 2, 3]);
+        assert!(matches!(Queue::<u64>::open(&n), Err(OpenError::TypeMismatch { .. })));
+        let h = Queue::<[u32; 3]>::open_handle(&q.handle()).unwrap();
+        h.send([4, 5, 6]).unwrap();
+        assert_eq!(q.try_iter().collect::<Vec<_>>(), vec![[4, 5, 6]]);
+    }
+
+    #[test]
+    fn disconnection_in_process() {
+        let rx = Queue::<u32>::builder().capacity(4).role(Role::Receiver).create().unwrap();
+        // No sender ever joined: not disconnected, just empty.
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        let tx = Queue::<u32>::builder().role(Role::Sender).open_handle(&rx.handle()).unwrap();
+        tx.send(1).unwrap();
+        drop(tx);
+        let t = Duration::from_secs(10);
+        assert_eq!(rx.recv_timeout(t), Ok(1));
+        assert_eq!(rx.recv_timeout(t), Err(RecvTimeoutError::Disconnected));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+        let tx = Queue::<u32>::builder().role(Role::Sender).open_handle(&rx.handle()).unwrap();
+        drop(rx);
+        assert_eq!(tx.send_timeout(5, t), Err(SendTimeoutError::Disconnected(5)));
+        assert_eq!(tx.try_send(6), Err(TrySendError::Disconnected(6)));
+    }
+
+    #[test]
+    fn blocking_handover_between_threads() {
+        for mode in [WaitMode::Adaptive, WaitMode::Blocking, WaitMode::BusyPoll] {
+            let q = Queue::<u64>::builder().capacity(2).wait_mode(mode).create().unwrap();
+            let q2 = q.clone();
+            let t = std::thread::spawn(move || {
+                (0..2000u64).map(|_| q2.recv_timeout(Duration::from_secs(10)).unwrap()).sum::<u64>()
+            });
+            for i in 0..2000u64 {
+                q.send_timeout(i, Duration::from_secs(10)).unwrap();
+            }
+            assert_eq!(t.join().unwrap(), (0..2000u64).sum());
+        }
+    }
+
+    /// Regression guard for the crash guarantee: a producer that died between
+    /// claiming a slot and publishing it must not wedge receivers.
+    #[test]
+    fn dead_producer_claim_is_skipped() {
+        use ring::RingMem;
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        for mode in [WaitMode::Adaptive, WaitMode::Blocking, WaitMode::BusyPoll] {
+            let q = Queue::<u64>::builder().capacity(4).wait_mode(mode).create().unwrap();
+            let e = q.engine();
+            // As if `dead` had claimed position 0 and been killed before publishing.
+            e.stamp(0).store(ring::claim_stamp(false, dead, 0), std::sync::atomic::Ordering::SeqCst);
+            e.tail().store(1, std::sync::atomic::Ordering::SeqCst);
+            q.send(5).unwrap();
+            assert_eq!(q.try_recv(), Err(TryRecvError::Empty), "the stalled slot blocks the head at first");
+            assert_eq!(q.recv_timeout(Duration::from_secs(10)), Ok(5));
+            // The recovered slot is reused on the next lap.
+            for i in 0..8 {
+                q.send(i).unwrap();
+                assert_eq!(q.recv_timeout(Duration::from_secs(10)), Ok(i));
+            }
+        }
+    }
+
+    /// A consumer that died while reading must not wedge senders once the
+    /// ring wraps around to its slot; only its own message is lost.
+    #[test]
+    fn dead_consumer_claim_is_recovered() {
+        use ring::RingMem;
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        let q = Queue::<u64>::builder().capacity(2).create().unwrap();
+        q.send(1).unwrap();
+        q.send(2).unwrap();
+        let e = q.engine();
+        e.stamp(0).store(ring::claim_stamp(true, dead, 0), std::sync::atomic::Ordering::SeqCst);
+        e.head().store(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(q.try_send(3), Err(TrySendError::Full(3))));
+        q.send_timeout(3, Duration::from_secs(10)).unwrap();
+        assert_eq!(q.try_iter().collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    /// Random bytes over every part of a live queue's payload (configuration,
+    /// indices, stamps, participants, frame lengths): errors, never a panic or
+    /// an out-of-bounds access.
+    #[test]
+    fn scribbled_payload_never_panics() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let short = Duration::from_millis(1);
+        for round in 0..200 {
+            let spsc = round % 2 == 1;
+            let q = Queue::<u64>::builder().capacity(8).spsc(spsc).create().unwrap();
+            let f = FrameQueue::builder().capacity(4).max_frame(24).spsc(spsc).create().unwrap();
+            for i in 0..5 {
+                let _ = q.try_send(i);
+                let _ = f.try_send(&[i as u8; 9]);
+            }
+            for seg in [q.segment(), f.segment()] {
+                let len = seg.payload_len();
+                let base = seg.payload_ptr().as_ptr();
+                for _ in 0..(1 + rnd() % 8) {
+                    let off = (rnd() as usize % (len - 8)) & !7;
+                    // SAFETY: off + 8 <= payload_len, 8-aligned; the queue's
+                    // atomics tolerate any bytes (that is what is tested).
+                    unsafe { (base.add(off) as *mut u64).write_volatile(rnd() >> (rnd() % 64)) };
+                }
+            }
+            for i in 0..6 {
+                let _ = q.try_send(i);
+                let _ = q.try_recv();
+                let _ = q.send_timeout(i, short);
+                let _ = q.recv_timeout(short);
+                let _ = (q.len(), q.is_full(), q.is_empty());
+                let _ = f.try_send(&[1; 24]);
+                let _ = f.try_recv();
+                let _ = f.recv_timeout(short);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments() {
+        assert!(matches!(Queue::<u64>::anonymous(0), Err(OpenError::InvalidArgument { .. })));
+        assert!(matches!(
+            Queue::<u64>::builder().capacity(4).max_participants(0).create(),
+            Err(OpenError::InvalidArgument { .. })
+        ));
+        assert!(matches!(Queue::<u64>::anonymous(usize::MAX), Err(OpenError::InvalidArgument { .. })));
+    }
+
+    #[test]
+    fn participant_table_full() {
+        let q = Queue::<u64>::builder().capacity(4).max_participants(2).create().unwrap();
+        let _b = Queue::<u64>::open_handle(&q.handle()).unwrap();
+        assert!(matches!(Queue::<u64>::open_handle(&q.handle()), Err(OpenError::InvalidArgument { .. })));
+    }
+}

@@ -1,0 +1,1012 @@
+//! The untyped queue engine shared by [`Queue`](super::Queue),
+//! [`FrameQueue`](super::FrameQueue) and [`JoinableQueue`](super::JoinableQueue):
+//! the segment layout, the participant table, and the adaptive waiting.
+//!
+//! ## Payload layout (offsets from the payload start; see SAFETY.md section 6)
+//!
+//! | offset | size | field             | who writes                                          |
+//! |-------:|-----:|-------------------|-----------------------------------------------------|
+//! | 0      | 4    | `magic`           | creator (`b"SHQ1"`)                                 |
+//! | 4      | 4    | `mode`            | creator: 1 MPMC, 2 SPSC                             |
+//! | 8      | 4    | `elem_size`       | creator: bytes per message slot payload             |
+//! | 12     | 4    | `max_parts`       | creator: participant-table entries                  |
+//! | 16     | 8    | `capacity`        | creator: slots, a power of two                      |
+//! | 24     | 4    | `stride`          | creator: bytes per slot                             |
+//! | 28     | 4    | `flags`           | creator: reserved, 0                                |
+//! | 32     | 4    | `sender_joined`   | 1 once any sender registered                        |
+//! | 36     | 4    | `receiver_joined` | 1 once any receiver registered                      |
+//! | 40     | 4    | `no_senders`      | hint: 1 when a scan found no sender                 |
+//! | 44     | 4    | `no_receivers`    | hint: 1 when a scan found no receiver               |
+//! | 48     | 8    | `unfinished`      | JoinableQueue: tasks put and not yet done           |
+//! | 56     | 4    | `join_word`       | JoinableQueue: futex bumped when `unfinished` hits 0|
+//! | 60     | 4    | `join_waiters`    | JoinableQueue: joiners asleep                       |
+//! | 128    | 8    | `tail`            | producers (own cache line, padded to 128)           |
+//! | 136    | 8    | `head_cache`      | SPSC producer's copy of `head`                      |
+//! | 256    | 8    | `head`            | consumers (own cache line)                          |
+//! | 264    | 8    | `tail_cache`      | SPSC consumer's copy of `tail`                      |
+//! | 384    | 4    | `not_empty`       | futex: bumped by a sender that saw sleeping receivers |
+//! | 388    | 4    | `recv_sleepers`   | receivers registered as sleeping                    |
+//! | 392    | 4    | `not_full`        | futex: bumped by a receiver that saw sleeping senders |
+//! | 396    | 4    | `send_sleepers`   | senders registered as sleeping                      |
+//! | 512    | 32 * `max_parts` | participants | one entry per registered handle        |
+//! | `slots_off` | `capacity * stride` | slots | `slots_off` = 512 + 32 * max_parts, rounded up to 128 |
+//!
+//! A slot is `stamp: u64` then the payload (MPMC), or just the payload (SPSC);
+//! `stride` is that rounded up to 8. A participant entry is `word: u64`
+//! (`pid | roles << 32 | 1 << 40`, 0 = free) and `start_time: u64` (field 22 of
+//! `/proc/<pid>/stat`, 0 while unknown), then 16 reserved bytes.
+//!
+//! The configuration fields are validated once at open and copied into the
+//! handle; later scribbles over them change nothing.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::ring::{self, RingMem, Stall, Step};
+use crate::error::OpenError;
+use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
+use crate::segment::{Segment, SegmentOptions};
+use crate::sys::{self, Identity, Liveness};
+use crate::time::Deadline;
+
+pub(crate) const QMAGIC: u32 = u32::from_le_bytes(*b"SHQ1");
+pub(crate) const MODE_MPMC: u32 = 1;
+pub(crate) const MODE_SPSC: u32 = 2;
+const CONTROL_SIZE: usize = 512;
+const PART_SIZE: usize = 32;
+/// Largest participant table.
+pub(crate) const MAX_PARTS: u32 = 4096;
+/// Largest payload bytes per slot (16 MiB).
+pub(crate) const MAX_ELEM: u32 = 1 << 24;
+
+/// Role bit: this handle sends.
+pub(crate) const ROLE_SEND: u8 = 1;
+/// Role bit: this handle receives.
+pub(crate) const ROLE_RECV: u8 = 2;
+const ENTRY_USED: u64 = 1 << 40;
+
+/// How long a waiter sleeps at most before it re-checks the liveness of its peers.
+const SLICE: Duration = Duration::from_millis(50);
+/// How long a stalled slot (claimed, not published) may last before its claimer's
+/// liveness is checked, and the sleep slice while one is seen.
+const STALL_CHECK: Duration = Duration::from_millis(2);
+/// Default adaptive spin budget.
+pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+
+#[repr(C)]
+pub(crate) struct Control {
+    magic: u32,
+    mode: u32,
+    elem_size: u32,
+    max_parts: u32,
+    capacity: u64,
+    stride: u32,
+    flags: u32,
+    sender_joined: AtomicU32,
+    receiver_joined: AtomicU32,
+    no_senders: AtomicU32,
+    no_receivers: AtomicU32,
+    pub(crate) unfinished: AtomicU64,
+    pub(crate) join_word: AtomicU32,
+    pub(crate) join_waiters: AtomicU32,
+    _pad0: [u8; 64],
+    tail: AtomicU64,
+    head_cache: AtomicU64,
+    _pad1: [u8; 112],
+    head: AtomicU64,
+    tail_cache: AtomicU64,
+    _pad2: [u8; 112],
+    not_empty: AtomicU32,
+    recv_sleepers: AtomicU32,
+    not_full: AtomicU32,
+    send_sleepers: AtomicU32,
+    _pad3: [u8; 112],
+}
+
+const _: () = assert!(std::mem::size_of::<Control>() == CONTROL_SIZE);
+const _: () = assert!(std::mem::align_of::<Control>() == 8);
+const _: () = assert!(std::mem::offset_of!(Control, sender_joined) == 32);
+const _: () = assert!(std::mem::offset_of!(Control, unfinished) == 48);
+const _: () = assert!(std::mem::offset_of!(Control, tail) == 128);
+const _: () = assert!(std::mem::offset_of!(Control, head) == 256);
+const _: () = assert!(std::mem::offset_of!(Control, not_empty) == 384);
+const _: () = assert!(std::mem::offset_of!(Control, send_sleepers) == 396);
+
+#[repr(C)]
+struct Participant {
+    word: AtomicU64,
+    start_time: AtomicU64,
+    _reserved: [u64; 2],
+}
+const _: () = assert!(std::mem::size_of::<Participant>() == PART_SIZE);
+
+/// How a handle waits when it cannot proceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitMode {
+    /// Poll shared memory for a bounded spin budget (20 us by default), then
+    /// sleep on a futex. The right choice almost always.
+    #[default]
+    Adaptive,
+    /// Never spin: sleep on a futex at once. Lowest CPU use, slowest hand-over.
+    Blocking,
+    /// Never sleep: poll until the operation succeeds or times out. For callers
+    /// that own a core; an idle receiver burns 100% of one.
+    BusyPoll,
+}
+
+impl WaitMode {
+    fn to_u8(self) -> u8 {
+        match self {
+            WaitMode::Adaptive => 0,
+            WaitMode::Blocking => 1,
+            WaitMode::BusyPoll => 2,
+        }
+    }
+    fn from_u8(v: u8) -> WaitMode {
+        match v {
+            1 => WaitMode::Blocking,
+            2 => WaitMode::BusyPoll,
+            _ => WaitMode::Adaptive,
+        }
+    }
+}
+
+/// Which ends of the queue a handle uses; drives disconnection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Sends and receives (the default). While such a handle lives, its own
+    /// receives never see `Disconnected`.
+    #[default]
+    Both,
+    /// Only sends: receivers see `Disconnected` once every sender is gone.
+    Sender,
+    /// Only receives: senders see `Disconnected` once every receiver is gone.
+    Receiver,
+}
+
+impl Role {
+    pub(crate) fn bits(self) -> u8 {
+        match self {
+            Role::Both => ROLE_SEND | ROLE_RECV,
+            Role::Sender => ROLE_SEND,
+            Role::Receiver => ROLE_RECV,
+        }
+    }
+}
+
+/// Why a queue operation failed, before it is mapped to the public error types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fail {
+    WouldBlock,
+    Timeout,
+    Disconnected,
+    Corrupt,
+}
+
+/// Sending or receiving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Send,
+    Recv,
+}
+
+/// Creation parameters of the engine.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub(crate) spsc: bool,
+    pub(crate) elem_size: u32,
+    pub(crate) capacity: u64,
+    pub(crate) max_parts: u32,
+}
+
+impl Geometry {
+    fn stride(&self) -> usize {
+        let payload = (self.elem_size as usize).div_ceil(8) * 8;
+        if self.spsc {
+            payload
+        } else {
+            payload + 8
+        }
+    }
+    fn slots_off(&self) -> usize {
+        (CONTROL_SIZE + PART_SIZE * self.max_parts as usize).div_ceil(128) * 128
+    }
+    fn payload_size(&self) -> Option<usize> {
+        (self.capacity as usize).checked_mul(self.stride())?.checked_add(self.slots_off())
+    }
+    fn check(&self) -> Result<usize, OpenError> {
+        if self.capacity == 0 || !self.capacity.is_power_of_two() || self.capacity > ring::MAX_CAPACITY {
+            return Err(OpenError::invalid(format!(
+                "capacity {} must be a power of two between 1 and {}",
+                self.capacity,
+                ring::MAX_CAPACITY
+            )));
+        }
+        if self.elem_size == 0 || self.elem_size > MAX_ELEM {
+            return Err(OpenError::invalid(format!("message size {} is not in 1..={MAX_ELEM}", self.elem_size)));
+        }
+        if self.max_parts == 0 || self.max_parts > MAX_PARTS {
+            return Err(OpenError::invalid(format!("max_participants must be in 1..={MAX_PARTS}")));
+        }
+        self.payload_size()
+            .filter(|&n| n <= isize::MAX as usize / 2)
+            .ok_or_else(|| OpenError::invalid("the queue would be larger than the address space"))
+    }
+}
+
+struct Reg {
+    pid: u32,
+    index: usize,
+    word: u64,
+}
+
+/// The process-local state behind every handle to one queue (shared by clones).
+pub(crate) struct Engine {
+    seg: Segment,
+    ctl: NonNull<Control>,
+    parts: NonNull<Participant>,
+    slots: NonNull<u8>,
+    pub(crate) geo: Geometry,
+    stride: usize,
+    reg: Mutex<Option<Reg>>,
+    reg_pid: AtomicU32,
+    role: AtomicU8,
+    wait_mode: AtomicU8,
+    spin_ns: AtomicU64,
+    last_deep: AtomicU64,
+    tx_busy: AtomicBool,
+    rx_busy: AtomicBool,
+    /// This process registered for asymmetric barriers: publish without a fence.
+    fence_free: AtomicBool,
+    /// Empty/full results of `try_*` calls (throttles liveness checks).
+    polls: AtomicU32,
+}
+
+// SAFETY: the engine holds a segment (Send + Sync) and pointers into its mapping;
+// every access to shared memory goes through atomics, or through slot copies that
+// the ring protocol makes exclusive; process-local state is atomic or in a Mutex.
+unsafe impl Send for Engine {}
+// SAFETY: as above.
+unsafe impl Sync for Engine {}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("mode", &if self.geo.spsc { "spsc" } else { "mpmc" })
+            .field("capacity", &self.geo.capacity)
+            .field("elem_size", &self.geo.elem_size)
+            .field("len", &self.len())
+            .field("segment", &self.seg)
+            .finish()
+    }
+}
+
+impl RingMem for Engine {
+    type A = AtomicU64;
+    #[inline]
+    fn capacity(&self) -> u64 {
+        self.geo.capacity
+    }
+    #[inline]
+    fn tail(&self) -> &AtomicU64 {
+        &self.ctl().tail
+    }
+    #[inline]
+    fn head(&self) -> &AtomicU64 {
+        &self.ctl().head
+    }
+    #[inline]
+    fn head_cache(&self) -> &AtomicU64 {
+        &self.ctl().head_cache
+    }
+    #[inline]
+    fn tail_cache(&self) -> &AtomicU64 {
+        &self.ctl().tail_cache
+    }
+    #[inline]
+    fn stamp(&self, i: u64) -> &AtomicU64 {
+        let i = (i & (self.geo.capacity - 1)) as usize;
+        // SAFETY: i < capacity (masked), so the slot lies within the validated
+        // slot area; MPMC slots start with an 8-aligned u64 stamp (stride is a
+        // multiple of 8, slots_off a multiple of 128, the payload 128-aligned).
+        unsafe { &*(self.slots.as_ptr().add(i * self.stride) as *const AtomicU64) }
+    }
+    #[inline]
+    unsafe fn write(&self, i: u64, src: &[u8]) {
+        let p = self.slot_payload(i);
+        let n = src.len().min(self.geo.elem_size as usize);
+        // SAFETY: the slot payload has elem_size bytes; the caller owns the slot.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, n) };
+    }
+    #[inline]
+    unsafe fn read(&self, i: u64, dst: &mut [u8]) {
+        let p = self.slot_payload(i);
+        let n = dst.len().min(self.geo.elem_size as usize);
+        // SAFETY: as in `write`; the caller owns the published slot.
+        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), n) };
+    }
+}
+
+impl Engine {
+    #[inline]
+    fn ctl(&self) -> &Control {
+        // SAFETY: the payload starts with a 512-byte Control (checked at open);
+        // the fields others write are atomics, the rest we only read.
+        unsafe { self.ctl.as_ref() }
+    }
+
+    pub(crate) fn control(&self) -> &Control {
+        self.ctl()
+    }
+
+    /// Pointer to the payload bytes of slot `i` (masked into range).
+    #[inline]
+    pub(crate) fn slot_payload(&self, i: u64) -> *mut u8 {
+        let i = (i & (self.geo.capacity - 1)) as usize;
+        let off = if self.geo.spsc { 0 } else { 8 };
+        // SAFETY: i < capacity, so slot i lies within the validated slot area.
+        unsafe { self.slots.as_ptr().add(i * self.stride + off) }
+    }
+
+    fn part(&self, i: usize) -> &Participant {
+        debug_assert!(i < self.geo.max_parts as usize);
+        // SAFETY: i < max_parts; the table lies inside the payload (validated).
+        unsafe { &*self.parts.as_ptr().add(i) }
+    }
+
+    /// Creates the segment and the engine.
+    pub(crate) fn create(
+        opts: &SegmentOptions,
+        kind: ObjectKind,
+        ty: TypeInfo,
+        geo: Geometry,
+    ) -> Result<Engine, OpenError> {
+        let size = geo.check()?;
+        let init = |p: NonNull<u8>, _len: usize| init_payload(p, &geo);
+        let seg = Segment::create_object(opts, kind, ty, size, 128, init)?;
+        Engine::attach(seg, Some(geo))
+    }
+
+    /// Opens a named queue, or the one behind a handle.
+    pub(crate) fn open(seg: Result<Segment, OpenError>, expect_elem: Option<u32>) -> Result<Engine, OpenError> {
+        let e = Engine::attach(seg?, None)?;
+        if let Some(n) = expect_elem {
+            if e.geo.elem_size != n {
+                return Err(OpenError::SizeMismatch { expected: n as u64, found: e.geo.elem_size as u64 });
+            }
+        }
+        Ok(e)
+    }
+
+    pub(crate) fn spec(kind: ObjectKind, ty: TypeInfo) -> ObjectSpec {
+        ObjectSpec { kind, ty, payload: PayloadSize::AtLeast(CONTROL_SIZE as u64) }
+    }
+
+    pub(crate) fn open_or_create(
+        opts: &SegmentOptions,
+        kind: ObjectKind,
+        ty: TypeInfo,
+        geo: Geometry,
+    ) -> Result<Engine, OpenError> {
+        let size = geo.check()?;
+        let spec = Engine::spec(kind, ty);
+        let seg = Segment::open_or_create_object(opts, &spec, size, 128, |p, _| init_payload(p, &geo))?;
+        Engine::attach(seg, None)
+    }
+
+    /// Validates the control block against the real payload size.
+    fn attach(seg: Segment, created: Option<Geometry>) -> Result<Engine, OpenError> {
+        let base = seg.payload_ptr();
+        if seg.payload_len() < CONTROL_SIZE || (base.as_ptr() as usize) % 128 != 0 {
+            return Err(OpenError::corrupt("queue payload too small or misaligned"));
+        }
+        let ctl = base.cast::<Control>();
+        // SAFETY: the payload holds at least a Control; config fields are plain
+        // integers copied out once and validated below.
+        let (magic, mode, elem, parts, cap, stride) = unsafe {
+            let c = ctl.as_ptr();
+            (
+                std::ptr::read_volatile(&(*c).magic),
+                std::ptr::read_volatile(&(*c).mode),
+                std::ptr::read_volatile(&(*c).elem_size),
+                std::ptr::read_volatile(&(*c).max_parts),
+                std::ptr::read_volatile(&(*c).capacity),
+                std::ptr::read_volatile(&(*c).stride),
+            )
+        };
+        if magic != QMAGIC {
+            return Err(OpenError::corrupt("queue control block has a bad magic"));
+        }
+        if mode != MODE_MPMC && mode != MODE_SPSC {
+            return Err(OpenError::corrupt(format!("queue mode {mode} is unknown")));
+        }
+        let geo = Geometry { spsc: mode == MODE_SPSC, elem_size: elem, capacity: cap, max_parts: parts };
+        let size = geo.check().map_err(|e| OpenError::corrupt(format!("queue configuration: {e}")))?;
+        if size != seg.payload_len() || stride as usize != geo.stride() {
+            return Err(OpenError::corrupt(format!(
+                "queue configuration needs {size} payload bytes, the segment has {}",
+                seg.payload_len()
+            )));
+        }
+        if let Some(c) = created {
+            debug_assert_eq!(c.capacity, geo.capacity);
+        }
+        // SAFETY: offsets validated against the payload size just above.
+        let (parts_ptr, slots) = unsafe {
+            (
+                NonNull::new_unchecked(base.as_ptr().add(CONTROL_SIZE) as *mut Participant),
+                NonNull::new_unchecked(base.as_ptr().add(geo.slots_off())),
+            )
+        };
+        Ok(Engine {
+            seg,
+            ctl,
+            parts: parts_ptr,
+            slots,
+            stride: geo.stride(),
+            geo,
+            reg: Mutex::new(None),
+            reg_pid: AtomicU32::new(0),
+            role: AtomicU8::new(Role::Both.bits()),
+            wait_mode: AtomicU8::new(0),
+            spin_ns: AtomicU64::new(DEFAULT_SPIN.as_nanos() as u64),
+            last_deep: AtomicU64::new(0),
+            tx_busy: AtomicBool::new(false),
+            rx_busy: AtomicBool::new(false),
+            fence_free: AtomicBool::new(false),
+            polls: AtomicU32::new(0),
+        })
+    }
+
+    pub(crate) fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    // -----------------------------------------------------------------------
+    // Settings
+    // -----------------------------------------------------------------------
+
+    pub(crate) fn set_wait_mode(&self, m: WaitMode) {
+        self.wait_mode.store(m.to_u8(), Ordering::Relaxed);
+    }
+    pub(crate) fn wait_mode(&self) -> WaitMode {
+        WaitMode::from_u8(self.wait_mode.load(Ordering::Relaxed))
+    }
+    pub(crate) fn set_spin(&self, d: Duration) {
+        self.spin_ns.store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    // -----------------------------------------------------------------------
+    // Participants
+    // -----------------------------------------------------------------------
+
+    /// Registers this process with `role` (replacing an earlier registration of
+    /// this process through this handle).
+    pub(crate) fn register(&self, role: Role) -> Result<(), OpenError> {
+        self.role.store(role.bits(), Ordering::Relaxed);
+        self.fence_free.store(sys::membarrier_register_publisher(), Ordering::Relaxed);
+        let me = sys::current_process();
+        let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+        let word = me.id as u64 | (role.bits() as u64) << 32 | ENTRY_USED;
+        if let Some(r) = reg.as_mut() {
+            if r.pid == me.id {
+                let old = r.word;
+                if self.part(r.index).word.compare_exchange(old, word, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    r.word = word;
+                    self.after_join(role.bits());
+                    self.after_leave(old);
+                    return Ok(());
+                }
+                // Our entry was reclaimed (scribbled, or a peer thought us dead):
+                // register afresh below.
+            }
+        }
+        let n = self.geo.max_parts as usize;
+        for pass in 0..2 {
+            for i in 0..n {
+                let p = self.part(i);
+                if p.word.load(Ordering::Relaxed) == 0
+                    && p.word.compare_exchange(0, word, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+                {
+                    p.start_time.store(me.start_time, Ordering::Release);
+                    *reg = Some(Reg { pid: me.id, index: i, word });
+                    self.reg_pid.store(me.id, Ordering::Release);
+                    self.after_join(role.bits());
+                    return Ok(());
+                }
+            }
+            if pass == 0 {
+                self.reap_dead(0);
+            }
+        }
+        Err(OpenError::invalid(format!("the queue's participant table ({n} entries) is full")))
+    }
+
+    /// Registers lazily after a fork (a child's first operation). Best effort:
+    /// if the table is full the operation goes on unregistered.
+    #[inline]
+    pub(crate) fn ensure_registered(&self) {
+        if self.reg_pid.load(Ordering::Relaxed) != sys::current_pid() {
+            self.register_after_fork();
+        }
+    }
+
+    #[cold]
+    fn register_after_fork(&self) {
+        let role = match self.role.load(Ordering::Relaxed) {
+            ROLE_SEND => Role::Sender,
+            ROLE_RECV => Role::Receiver,
+            _ => Role::Both,
+        };
+        let _ = self.register(role);
+        // Even if the table was full, do not retry on every operation.
+        self.reg_pid.store(sys::current_pid(), Ordering::Relaxed);
+    }
+
+    fn after_join(&self, roles: u8) {
+        let c = self.ctl();
+        if roles & ROLE_SEND != 0 {
+            c.sender_joined.store(1, Ordering::SeqCst);
+            c.no_senders.store(0, Ordering::SeqCst);
+        }
+        if roles & ROLE_RECV != 0 {
+            c.receiver_joined.store(1, Ordering::SeqCst);
+            c.no_receivers.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// After an entry with `old_word`'s roles went away: refresh the hints and
+    /// wake everyone so they re-check.
+    fn after_leave(&self, old_word: u64) {
+        let roles = ((old_word >> 32) & 0xff) as u8;
+        let c = self.ctl();
+        let mut wake = false;
+        if roles & ROLE_SEND != 0 && self.count_role(ROLE_SEND) == 0 {
+            c.no_senders.store(1, Ordering::SeqCst);
+            wake = true;
+        }
+        if roles & ROLE_RECV != 0 && self.count_role(ROLE_RECV) == 0 {
+            c.no_receivers.store(1, Ordering::SeqCst);
+            wake = true;
+        }
+        if wake {
+            self.wake_all();
+        }
+    }
+
+    fn deregister(&self) {
+        let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = reg.take() {
+            if r.pid == sys::current_pid()
+                && self.part(r.index).word.compare_exchange(r.word, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            {
+                self.after_leave(r.word);
+            }
+        }
+    }
+
+    /// Entries (registered, without a liveness check) with `role`.
+    fn count_role(&self, role: u8) -> usize {
+        (0..self.geo.max_parts as usize)
+            .filter(|&i| {
+                let w = self.part(i).word.load(Ordering::SeqCst);
+                w & ENTRY_USED != 0 && ((w >> 32) as u8) & role != 0
+            })
+            .count()
+    }
+
+    /// Whether a live participant with `role` exists; reclaims dead entries.
+    fn alive_with_role(&self, role: u8) -> bool {
+        let me = sys::current_pid();
+        let mut alive = false;
+        for i in 0..self.geo.max_parts as usize {
+            let p = self.part(i);
+            let w = p.word.load(Ordering::SeqCst);
+            if w & ENTRY_USED == 0 || ((w >> 32) as u8) & role == 0 {
+                continue;
+            }
+            let pid = w as u32;
+            if pid == me {
+                alive = true;
+                continue;
+            }
+            let who = Identity { id: pid, start_time: p.start_time.load(Ordering::Acquire) };
+            match sys::liveness(who) {
+                Liveness::Alive => alive = true,
+                Liveness::Dead => {
+                    if p.word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                        self.after_leave(w);
+                    }
+                }
+            }
+        }
+        alive
+    }
+
+    /// Reclaims every dead entry (used when the table is full).
+    fn reap_dead(&self, _role: u8) {
+        let _ = self.alive_with_role(ROLE_SEND | ROLE_RECV);
+    }
+
+    /// The identity to check for a claimer pid: its participant entry if it has
+    /// one (pid-reuse-proof), else the bare pid.
+    fn claimer_dead(&self, pid: u32) -> bool {
+        if pid == sys::current_pid() {
+            return false;
+        }
+        let mut who = Identity { id: pid, start_time: 0 };
+        for i in 0..self.geo.max_parts as usize {
+            let p = self.part(i);
+            let w = p.word.load(Ordering::Acquire);
+            if w & ENTRY_USED != 0 && w as u32 == pid {
+                who.start_time = p.start_time.load(Ordering::Acquire);
+                break;
+            }
+        }
+        sys::liveness(who) == Liveness::Dead
+    }
+
+    /// Whether the other side is gone. `deep`: check liveness (reads /proc);
+    /// else only the registered entries (cheap, used on every empty/full result).
+    fn peers_gone(&self, side: Side, deep: bool) -> bool {
+        let c = self.ctl();
+        let (joined, hint, role) = match side {
+            Side::Recv => (&c.sender_joined, &c.no_senders, ROLE_SEND),
+            Side::Send => (&c.receiver_joined, &c.no_receivers, ROLE_RECV),
+        };
+        if joined.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        if deep {
+            !self.alive_with_role(role)
+        } else {
+            hint.load(Ordering::SeqCst) != 0 && self.count_role(role) == 0
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Waking
+    // -----------------------------------------------------------------------
+
+    fn words(&self, side: Side) -> (&AtomicU32, &AtomicU32) {
+        let c = self.ctl();
+        match side {
+            Side::Recv => (&c.not_empty, &c.recv_sleepers),
+            Side::Send => (&c.not_full, &c.send_sleepers),
+        }
+    }
+
+    /// After publishing (`waking == Recv`) or freeing slots (`waking == Send`):
+    /// wake sleepers on the other side, with no system call if there are none.
+    #[inline]
+    pub(crate) fn notify(&self, waking: Side, all: bool) {
+        let (word, sleepers) = self.words(waking);
+        // StoreLoad: our publication must be visible before we read the sleeper
+        // count. Either a full fence here, or (when this process registered for
+        // asymmetric barriers) the `membarrier` a sleeper issues after
+        // registering, which runs the fence on our CPU for us.
+        if self.fence_free.load(Ordering::Relaxed) {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            ring::full_fence();
+        }
+        if sleepers.load(Ordering::Relaxed) != 0 {
+            self.wake_slow(word, all);
+        }
+    }
+
+    #[cold]
+    fn wake_slow(&self, word: &AtomicU32, all: bool) {
+        word.fetch_add(1, Ordering::SeqCst);
+        if all {
+            sys::futex_wake_all(word);
+        } else {
+            sys::futex_wake(word, 1);
+        }
+    }
+
+    fn wake_all(&self) {
+        let c = self.ctl();
+        c.not_empty.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&c.not_empty);
+        c.not_full.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&c.not_full);
+    }
+
+    // -----------------------------------------------------------------------
+    // Operations
+    // -----------------------------------------------------------------------
+
+    /// One attempt to send: `write` fills the slot payload.
+    /// `owned`: the caller holds this side exclusively ([`Engine::take_side`]).
+    #[inline]
+    pub(crate) fn try_push(&self, optimistic: bool, owned: bool, write: impl FnOnce(*mut u8)) -> Step {
+        if self.geo.spsc {
+            let _g = (!owned).then(|| Busy::take(&self.tx_busy));
+            let mut w = Some(write);
+            match ring::spsc_push(self, 1, |_, m, slot| {
+                if let Some(f) = w.take() {
+                    f(m.slot_payload(slot))
+                }
+            }) {
+                Some(1) => Step::Done,
+                Some(_) => Step::WouldBlock,
+                None => Step::Corrupt,
+            }
+        } else {
+            ring::mpmc_push(self, sys::current_pid(), optimistic, |m, slot| write(m.slot_payload(slot)))
+        }
+    }
+
+    /// One attempt to receive: `read` copies the slot payload out.
+    /// `owned`: as in [`Engine::try_push`].
+    #[inline]
+    pub(crate) fn try_pop(&self, owned: bool, read: impl FnOnce(*const u8)) -> Step {
+        if self.geo.spsc {
+            let _g = (!owned).then(|| Busy::take(&self.rx_busy));
+            let mut r = Some(read);
+            match ring::spsc_pop(self, 1, |_, m, slot| {
+                if let Some(f) = r.take() {
+                    f(m.slot_payload(slot))
+                }
+            }) {
+                Some(1) => Step::Done,
+                Some(_) => Step::WouldBlock,
+                None => Step::Corrupt,
+            }
+        } else {
+            ring::mpmc_pop(self, sys::current_pid(), |m, slot| read(m.slot_payload(slot)))
+        }
+    }
+
+    /// SPSC batch push: `fill(i, slot_ptr)` for up to `n` items; returns how many.
+    pub(crate) fn spsc_push_batch(&self, owned: bool, n: u64, mut fill: impl FnMut(u64, *mut u8)) -> Option<u64> {
+        let _g = (!owned).then(|| Busy::take(&self.tx_busy));
+        ring::spsc_push(self, n, |i, m, slot| fill(i, m.slot_payload(slot)))
+    }
+
+    /// SPSC batch pop: `take(i, slot_ptr)` for up to `n` items; returns how many.
+    pub(crate) fn spsc_pop_batch(&self, owned: bool, n: u64, mut take: impl FnMut(u64, *const u8)) -> Option<u64> {
+        let _g = (!owned).then(|| Busy::take(&self.rx_busy));
+        ring::spsc_pop(self, n, |i, m, slot| take(i, m.slot_payload(slot)))
+    }
+
+    /// Whether a send must fail at once: the hint says no receiver is left and
+    /// the table agrees (one relaxed load on the fast path).
+    #[inline]
+    pub(crate) fn send_refused(&self) -> bool {
+        self.ctl().no_receivers.load(Ordering::Relaxed) != 0 && self.peers_gone(Side::Send, false)
+    }
+
+    /// Takes `side` of an SPSC queue for exclusive use by one owner in this
+    /// process (until [`Engine::release_side`]); false if already taken.
+    pub(crate) fn take_side(&self, side: Side) -> bool {
+        let f = if side == Side::Send { &self.tx_busy } else { &self.rx_busy };
+        f.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    /// Gives back a side taken with [`Engine::take_side`].
+    pub(crate) fn release_side(&self, side: Side) {
+        let f = if side == Side::Send { &self.tx_busy } else { &self.rx_busy };
+        f.store(false, Ordering::Release);
+    }
+
+    /// Messages in the queue now (a snapshot).
+    pub(crate) fn len(&self) -> usize {
+        ring::len(self) as usize
+    }
+
+    /// The non-blocking check after an attempt that would block: maps it to
+    /// `WouldBlock` or `Disconnected`, retrying once after a disconnection is seen
+    /// (a peer may have published and then left).
+    ///
+    /// Dead peers are looked for at most once per [`SLICE`] per handle, so a
+    /// `try_recv` loop also ends with `Disconnected` once every sender was killed.
+    pub(crate) fn would_block(&self, side: Side, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
+        if self.peers_gone(side, false) {
+            return final_attempt(&mut attempt);
+        }
+        // Read the clock only every 256th empty (full) result: polling loops
+        // over `try_*` must stay cheap.
+        let n = self.polls.load(Ordering::Relaxed).wrapping_add(1);
+        self.polls.store(n, Ordering::Relaxed);
+        if n % 256 == 0 && self.deep_due(sys::monotonic_now()) && self.peers_gone(side, true) {
+            return final_attempt(&mut attempt);
+        }
+        Err(Fail::WouldBlock)
+    }
+
+    /// Runs `attempt` until it succeeds, the deadline passes, or the other side
+    /// is gone: spin (per the wait mode), then sleep on the side's futex in
+    /// bounded slices, re-checking peer liveness and stalled slots.
+    pub(crate) fn wait(&self, side: Side, deadline: Deadline, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
+        let mut stall: Option<(Stall, Duration)> = None;
+        macro_rules! try_once {
+            () => {
+                match attempt() {
+                    Step::Done => return Ok(()),
+                    Step::Corrupt => return Err(Fail::Corrupt),
+                    Step::WouldBlock => stall = None,
+                    Step::Stalled(s) => {
+                        if stall.map(|(old, _)| old != s).unwrap_or(true) {
+                            stall = Some((s, sys::monotonic_now()));
+                        }
+                    }
+                }
+            };
+        }
+        try_once!();
+        if self.peers_gone(side, false) {
+            return final_attempt(&mut attempt);
+        }
+        let mode = self.wait_mode();
+        if mode != WaitMode::Blocking {
+            let start = sys::monotonic_now();
+            let spin_end = start.saturating_add(Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)));
+            let mut last_house = start;
+            loop {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                    try_once!();
+                }
+                let now = sys::monotonic_now();
+                if deadline.at().is_some_and(|d| now >= d) {
+                    return Err(Fail::Timeout);
+                }
+                if mode == WaitMode::Adaptive && now >= spin_end {
+                    break;
+                }
+                if mode == WaitMode::BusyPoll && now.saturating_sub(last_house) >= STALL_CHECK {
+                    last_house = now;
+                    self.housekeeping(&mut stall, now);
+                    if self.peers_gone(side, false) || (self.deep_due(now) && self.peers_gone(side, true)) {
+                        return final_attempt(&mut attempt);
+                    }
+                }
+            }
+        }
+        let (word, sleepers) = self.words(side);
+        loop {
+            let seq = word.load(Ordering::Acquire);
+            sleepers.fetch_add(1, Ordering::SeqCst);
+            ring::full_fence();
+            // Publishers may publish without a fence (see `notify`): make every
+            // CPU running one execute a barrier, so that either we see their
+            // publication below or they see our registration. If the kernel
+            // refuses, sleep in short slices so a missed wake-up costs ~1 ms.
+            let barrier_ok = sys::membarrier_global();
+            let r = attempt();
+            match r {
+                Step::Done => {
+                    sleepers.fetch_sub(1, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Step::Corrupt => {
+                    sleepers.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Fail::Corrupt);
+                }
+                Step::WouldBlock => stall = None,
+                Step::Stalled(s) => {
+                    if stall.map(|(old, _)| old != s).unwrap_or(true) {
+                        stall = Some((s, sys::monotonic_now()));
+                    }
+                }
+            }
+            if self.peers_gone(side, false) {
+                sleepers.fetch_sub(1, Ordering::SeqCst);
+                return final_attempt(&mut attempt);
+            }
+            let slice = if stall.is_some() || !barrier_ok { STALL_CHECK } else { SLICE };
+            let _ = sys::futex_wait(word, seq, deadline.min_after(slice).at());
+            sleepers.fetch_sub(1, Ordering::SeqCst);
+            try_once!();
+            let now = sys::monotonic_now();
+            if deadline.at().is_some_and(|d| now >= d) {
+                return Err(Fail::Timeout);
+            }
+            self.housekeeping(&mut stall, now);
+            if self.deep_due(now) && self.peers_gone(side, true) {
+                return final_attempt(&mut attempt);
+            }
+        }
+    }
+
+    /// Whether a deep (liveness) check is due for this handle; rate-limited to
+    /// one per [`SLICE`] so blocking hand-overs never pay for /proc reads.
+    fn deep_due(&self, now: Duration) -> bool {
+        let now_ms = now.as_millis() as u64;
+        let last = self.last_deep.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= SLICE.as_millis() as u64 {
+            self.last_deep.store(now_ms, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Recovers a slot whose claimer has been stuck for [`STALL_CHECK`] and is dead.
+    fn housekeeping(&self, stall: &mut Option<(Stall, Duration)>, now: Duration) {
+        if let Some((s, since)) = *stall {
+            if now.saturating_sub(since) >= STALL_CHECK {
+                if self.claimer_dead(s.pid) {
+                    ring::recover(self, &s);
+                    // Whoever waits on the other side may now proceed.
+                    self.wake_all();
+                    *stall = None;
+                } else {
+                    *stall = Some((s, now));
+                }
+            }
+        }
+    }
+
+    /// Receives are waiting for the join counter (JoinableQueue).
+    pub(crate) fn wake_word_all(&self, word: &AtomicU32) {
+        word.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(word);
+    }
+}
+
+/// The last attempt once the other side is known gone: anything still queued
+/// is delivered first.
+fn final_attempt(attempt: &mut impl FnMut() -> Step) -> Result<(), Fail> {
+    match attempt() {
+        Step::Done => Ok(()),
+        Step::Corrupt => Err(Fail::Corrupt),
+        _ => Err(Fail::Disconnected),
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+/// Writes the initial control block and stamps into a fresh, zeroed payload.
+fn init_payload(p: NonNull<u8>, geo: &Geometry) {
+    let c = p.as_ptr() as *mut Control;
+    // SAFETY: the payload is fresh (not yet published), zero-filled, 128-aligned
+    // and `geo.payload_size()` bytes long, as created by `Engine::create`.
+    unsafe {
+        (*c).magic = QMAGIC;
+        (*c).mode = if geo.spsc { MODE_SPSC } else { MODE_MPMC };
+        (*c).elem_size = geo.elem_size;
+        (*c).max_parts = geo.max_parts;
+        (*c).capacity = geo.capacity;
+        (*c).stride = geo.stride() as u32;
+        if !geo.spsc {
+            let slots = p.as_ptr().add(geo.slots_off());
+            for i in 0..geo.capacity {
+                let s = slots.add(i as usize * geo.stride()) as *mut u64;
+                s.write(ring::initial_stamp(i));
+            }
+        }
+    }
+}
+
+/// A process-local exclusion flag held around one SPSC ring operation, so that
+/// threads sharing a handle never act as two producers (consumers) at once.
+struct Busy<'a>(&'a AtomicBool);
+
+impl<'a> Busy<'a> {
+    #[inline]
+    fn take(flag: &'a AtomicBool) -> Busy<'a> {
+        while flag.swap(true, Ordering::Acquire) {
+            while flag.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        }
+        Busy(flag)
+    }
+}
+
+impl Drop for Busy<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
