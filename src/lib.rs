@@ -37,6 +37,7 @@
 
 mod error;
 pub mod header;
+pub mod pipe;
 mod segment;
 // Some platform and timing helpers are used only by later primitives.
 #[allow(dead_code)]
@@ -49,6 +50,7 @@ mod value;
 
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
+pub use pipe::{Connection, Pipe, PipeBuilder};
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, DEFAULT_MODE, DEFAULT_OPEN_TIMEOUT,
 };

@@ -7,8 +7,10 @@
 
 pub(crate) mod futex;
 pub(crate) mod proc;
+pub(crate) mod pipe;
 pub(crate) mod shm;
 
 pub(crate) use futex::*;
+pub(crate) use pipe::*;
 pub(crate) use proc::*;
 pub(crate) use shm::*;
