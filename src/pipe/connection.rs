@@ -115,8 +115,9 @@ pub struct Connection {
     spin: Duration,
     /// Pid of the process whose claim this connection holds (process-local).
     claim_pid: AtomicU32,
-    /// `sys::fork_count()` when that claim was taken.
-    claim_forks: AtomicU64,
+    /// `sys::fork_count()` when this process last used the end: a drop after
+    /// a later fork only releases the end (a child may be its user now).
+    used_forks: AtomicU64,
     /// Mirror of the published receive head, for `poll`/`wait` without the lock.
     rx_head: AtomicU64,
     /// Monotonic nanoseconds of the last liveness check of the peer.
@@ -276,7 +277,7 @@ impl Connection {
             max_message,
             spin,
             claim_pid: AtomicU32::new(0),
-            claim_forks: AtomicU64::new(0),
+            used_forks: AtomicU64::new(0),
             last_check: AtomicU64::new(0),
             peer_gone: AtomicBool::new(false),
             rx_state: Mutex::new(rx_state),
@@ -291,7 +292,7 @@ impl Connection {
     }
 
     fn set_claimed(&self, pid: u32) {
-        self.claim_forks.store(sys::fork_count(), Ordering::Relaxed);
+        self.used_forks.store(sys::fork_count(), Ordering::Relaxed);
         self.claim_pid.store(pid, Ordering::Relaxed);
     }
 
@@ -333,6 +334,10 @@ impl Connection {
     #[inline]
     fn ensure_claimed(&self) -> Result<(), ClaimError> {
         if self.claim_pid.load(Ordering::Relaxed) == sys::current_pid() {
+            let f = sys::fork_count();
+            if self.used_forks.load(Ordering::Relaxed) != f {
+                self.used_forks.store(f, Ordering::Relaxed);
+            }
             return Ok(());
         }
         self.adopt()
@@ -828,8 +833,24 @@ impl Connection {
         &self.seg
     }
 
-    /// Closes this end (the same as dropping it).
+    /// Closes this end (the same as dropping it): the peer drains what was
+    /// sent, then gets `Disconnected`.
     pub fn close(self) {}
+
+    /// Gives this end up *without* closing it, so that another process (one
+    /// launched with [`handle`](Self::handle), say) can claim it; the peer
+    /// keeps waiting for that process. Use it after launching a binary that
+    /// opens the end, instead of dropping (which would close the end if the
+    /// child has not claimed it yet). A child inherits the end from its parent
+    /// in any case, so this is only needed where the parent may drop first.
+    pub fn hand_over(self) {
+        let pid = sys::current_pid();
+        if self.claim_pid.load(Ordering::Relaxed) == pid {
+            let slot = &self.shared().ends[self.end.index()];
+            let _ = slot.word.compare_exchange(slot_word(pid, HELD), FREE, Ordering::SeqCst, Ordering::Relaxed);
+            self.claim_pid.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Connection {
@@ -841,9 +862,10 @@ impl Drop for Connection {
         }
         let slot = &self.shared().ends[self.end.index()];
         let held = slot_word(pid, HELD);
-        // After a fork a child may still hold a copy of this end: release it
-        // (the child adopts it) instead of closing it under the child.
-        let forked = sys::fork_count() != self.claim_forks.load(Ordering::Relaxed);
+        // If this process forked after it last used the end, a child may be
+        // its user now: release it (the child adopts it) instead of closing it
+        // under the child.
+        let forked = sys::fork_count() != self.used_forks.load(Ordering::Relaxed);
         let new = if forked { FREE } else { slot_word(pid, CLOSED) };
         if slot.word.compare_exchange(held, new, Ordering::SeqCst, Ordering::Relaxed).is_ok() && !forked {
             fence(Ordering::SeqCst);
