@@ -15,6 +15,7 @@
 //!   the case returns `Err`.
 
 pub mod os;
+mod pipe;
 
 use std::fmt;
 
@@ -99,8 +100,9 @@ impl fmt::Debug for Case {
 
 /// Every case, in print order.
 pub fn all_cases() -> Vec<Case> {
-    let cases = Vec::new();
+    let mut cases = Vec::new();
     // Each area appends its cases here, e.g. `cases.extend(queue::cases());`.
+    cases.extend(pipe::cases());
     cases
 }
 

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::ring::{
-    frame_header, round8, RingView, Shared, DATA_OFFSET, FRAME_HEADER, FRAME_TAG, LEN_BITS, MAX_FRAME_LEN, MAX_RING,
-    MIN_RING, PIPE_MAGIC,
+    frame_header, FrameBody, RingView, Shared, DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG, LEN_BITS,
+    MAX_FRAME_LEN, MAX_RING, MIN_RING, PIPE_MAGIC,
 };
 use super::{End, PipeBuilder, RecvError, SendError};
 use crate::error::OpenError;
@@ -200,9 +200,9 @@ pub(crate) fn open(b: &PipeBuilder, handle: Option<&Handle>) -> Result<Connectio
         Err(ClaimError::InUse(pid)) => Err(OpenError::PermissionDenied {
             reason: format!("end {:?} of this pipe is held by live process {pid}", b.end),
         }),
-        Err(ClaimError::Closed) => Err(OpenError::PermissionDenied {
-            reason: format!("end {:?} of this pipe has been closed", b.end),
-        }),
+        Err(ClaimError::Closed) => {
+            Err(OpenError::PermissionDenied { reason: format!("end {:?} of this pipe has been closed", b.end) })
+        }
     }
 }
 
@@ -252,7 +252,7 @@ impl Connection {
         if let Some(r) = &rx {
             let head = r.head().load(Ordering::Acquire);
             let tail = r.tail().load(Ordering::Acquire);
-            if head % 8 != 0 || tail.wrapping_sub(head) > r.cap {
+            if head % FRAME_ALIGN != 0 || tail.wrapping_sub(head) > r.cap {
                 return Err(OpenError::corrupt("pipe receive indices are inconsistent"));
             }
             rx_state.head = head;
@@ -262,7 +262,7 @@ impl Connection {
         if let Some(r) = &tx {
             let head = r.head().load(Ordering::Acquire);
             let tail = r.tail().load(Ordering::Acquire);
-            if tail % 8 != 0 || tail.wrapping_sub(head) > r.cap {
+            if tail % FRAME_ALIGN != 0 || tail.wrapping_sub(head) > r.cap {
                 return Err(OpenError::corrupt("pipe send indices are inconsistent"));
             }
             tx_state.tail = tail;
@@ -316,11 +316,7 @@ impl Connection {
             if !take {
                 return Err(ClaimError::InUse(pid));
             }
-            if slot
-                .word
-                .compare_exchange(w, slot_word(me.id, CLAIMING), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if slot.word.compare_exchange(w, slot_word(me.id, CLAIMING), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 slot.start_time.store(me.start_time, Ordering::Relaxed);
                 slot.word.store(slot_word(me.id, HELD), Ordering::Release);
                 self.set_claimed(me.id);
@@ -383,7 +379,12 @@ impl Connection {
     /// Waits until `ready` gives a value: polls for the spin budget, then
     /// raises the sleeper flag `word` and sleeps on it in bounded slices,
     /// re-checking the peer between slices.
-    fn block_on<T>(&self, word: &AtomicU32, deadline: Deadline, mut ready: impl FnMut() -> Option<T>) -> Result<T, Stop> {
+    fn block_on<T>(
+        &self,
+        word: &AtomicU32,
+        deadline: Deadline,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Result<T, Stop> {
         if let Some(t) = ready() {
             return Ok(t);
         }
@@ -486,11 +487,12 @@ impl Connection {
             return Err(SendError::Disconnected);
         }
         let cap = ring.cap;
-        let body = round8(len);
+        let fb = FrameBody::of(len);
+        let body = fb.body;
         let total = FRAME_HEADER + body;
         // A frame that fits goes in whole (one publication); a larger one
         // streams through in chunks of at least a quarter ring.
-        let first = if total <= cap { total } else { (cap / 4).max(FRAME_HEADER) };
+        let first = if total <= cap { total } else { (cap / 4).max(FRAME_ALIGN) };
         self.wait_space(ring, tx, first)?;
         ring.write_header(tx.tail, frame_header(len));
         tx.tail += FRAME_HEADER;
@@ -498,11 +500,12 @@ impl Connection {
         loop {
             let free = cap - (tx.tail - tx.cached_head);
             let n = free.min(body - sent);
-            let data_n = n.min(len.saturating_sub(sent));
-            // SAFETY: `data[sent..sent + data_n]` is in bounds (data_n <= len -
-            // sent); `[tail, tail + n)` is free space of this ring, whose only
-            // producer we are (claimed end, `tx_state` lock held).
-            unsafe { ring.copy_in(tx.tail, data.as_ptr().add(sent as usize), data_n as usize) };
+            let (ring_off, from, count) = fb.data_in(len, sent, n);
+            // SAFETY: `data[from..from + count]` is in bounds (`data_in` clips
+            // to the message); `[tail + ring_off, + count)` lies inside the
+            // `n` bytes of free space of this ring, whose only producer we are
+            // (claimed end, `tx_state` lock held).
+            unsafe { ring.copy_in(tx.tail + ring_off, data.as_ptr().add(from as usize), count as usize) };
             tx.tail += n;
             sent += n;
             Self::publish_tail(ring, tx.tail);
@@ -623,11 +626,17 @@ impl Connection {
     }
 
     /// Consumes the pending message's body into `sink`; returns once it is complete.
-    fn fill(&self, ring: &RingView, rx: &mut RxState, deadline: Deadline, sink: &mut Sink<'_>) -> Result<(), RecvError> {
+    fn fill(
+        &self,
+        ring: &RingView,
+        rx: &mut RxState,
+        deadline: Deadline,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), RecvError> {
         loop {
             let p = rx.pending.as_mut().expect("fill is called with a pending message");
-            let body = round8(p.len);
-            if p.got == body {
+            let fb = FrameBody::of(p.len);
+            if p.got == fb.body {
                 break;
             }
             let tail = ring.tail().load(Ordering::Acquire);
@@ -649,25 +658,27 @@ impl Connection {
                     Err(e) => return Err(e),
                 }
             }
-            let n = avail.min(body - p.got);
-            let data_n = n.min(p.len.saturating_sub(p.got)) as usize;
+            let n = avail.min(fb.body - p.got);
+            let (ring_off, at, count) = fb.data_in(p.len, p.got, n);
+            let (at, count) = (at as usize, count as usize);
             match sink {
                 Sink::Own => {
-                    p.buf.reserve(data_n);
-                    // SAFETY: `reserve` made room for `data_n` more bytes after
-                    // `len`; `[head, head + data_n)` is published (data_n <=
-                    // avail <= cap) and we are the ring's only consumer.
+                    debug_assert!(count == 0 || p.buf.len() == at);
+                    p.buf.reserve(count);
+                    // SAFETY: `reserve` made room for `count` more bytes after
+                    // `len`; `[head + ring_off, + count)` lies within the `n`
+                    // published bytes (n <= avail <= cap) and we are the ring's
+                    // only consumer.
                     unsafe {
-                        ring.copy_out(rx.head, p.buf.as_mut_ptr().add(p.buf.len()), data_n);
-                        p.buf.set_len(p.buf.len() + data_n);
+                        ring.copy_out(rx.head + ring_off, p.buf.as_mut_ptr().add(p.buf.len()), count);
+                        p.buf.set_len(p.buf.len() + count);
                     }
                 }
                 Sink::Slice(dst) => {
-                    let at = p.got as usize;
-                    let d = &mut dst[at..at + data_n];
-                    // SAFETY: `d` is exactly `data_n` writable bytes; the ring
+                    let d = &mut dst[at..at + count];
+                    // SAFETY: `d` is exactly `count` writable bytes; the ring
                     // range is published and ours to read, as above.
-                    unsafe { ring.copy_out(rx.head, d.as_mut_ptr(), data_n) };
+                    unsafe { ring.copy_out(rx.head + ring_off, d.as_mut_ptr(), count) };
                 }
             }
             rx.head += n;
@@ -718,7 +729,7 @@ impl Connection {
                 // Keep the part that arrived in the pending buffer, so the next
                 // call (with any buffer) resumes where this one stopped.
                 if let Some(p) = rx.pending.as_mut() {
-                    let upto = (p.got.min(p.len)) as usize;
+                    let upto = FrameBody::of(p.len).data_upto(p.len, p.got) as usize;
                     let from = p.buf.len();
                     p.buf.extend_from_slice(&buf[from..upto]);
                 }
@@ -869,9 +880,8 @@ impl Drop for Connection {
         let new = if forked { FREE } else { slot_word(pid, CLOSED) };
         if slot.word.compare_exchange(held, new, Ordering::SeqCst, Ordering::Relaxed).is_ok() && !forked {
             fence(Ordering::SeqCst);
-            for w in [self.tx.as_ref().map(|r| r.rx_sleep()), self.rx.as_ref().map(|r| r.tx_sleep())]
-                .into_iter()
-                .flatten()
+            for w in
+                [self.tx.as_ref().map(|r| r.rx_sleep()), self.rx.as_ref().map(|r| r.tx_sleep())].into_iter().flatten()
             {
                 w.store(0, Ordering::Relaxed);
                 sys::futex_wake_all(w);

@@ -11,6 +11,10 @@
 //! Indices are free-running `u64` byte counts (they never wrap in practice:
 //! 2^64 bytes). The byte at stream position `p` lives at `data[p & (cap - 1)]`.
 //!
+//! A frame starts on a 64-byte boundary with an 8-byte header (tag and
+//! length); a message under 1 KiB follows at once, a larger one starts on the
+//! next cache line; the frame is padded to a multiple of 64 bytes.
+//!
 //! ## Payload layout (offsets from the payload start)
 //!
 //! | offset | size | field                                                        |
@@ -55,10 +59,49 @@ pub(crate) const fn frame_header(len: u64) -> u64 {
     (FRAME_TAG << LEN_BITS) | len
 }
 
-/// `len` rounded up to a multiple of 8.
-#[inline]
-pub(crate) const fn round8(len: u64) -> u64 {
-    (len + 7) & !7
+/// Frames start on a 64-byte boundary (one cache line).
+pub(crate) const FRAME_ALIGN: u64 = 64;
+/// Messages at least this long start on the cache line after their header, so
+/// that bulk copies in and out are line-aligned on the ring side.
+pub(crate) const ALIGNED_PAYLOAD_MIN: u64 = 1024;
+
+/// The layout of one frame after its header: `skip` padding bytes, the
+/// message, then padding up to the next 64-byte boundary; `body` counts all of
+/// them (the frame is `FRAME_HEADER + body` bytes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameBody {
+    pub(crate) skip: u64,
+    pub(crate) body: u64,
+}
+
+impl FrameBody {
+    /// The body layout of a message of `len` bytes (`len <= MAX_FRAME_LEN`).
+    #[inline]
+    pub(crate) const fn of(len: u64) -> FrameBody {
+        let skip = if len >= ALIGNED_PAYLOAD_MIN { FRAME_ALIGN - FRAME_HEADER } else { 0 };
+        let end = FRAME_HEADER + skip + len;
+        let frame = (end + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1);
+        FrameBody { skip, body: frame - FRAME_HEADER }
+    }
+
+    /// For body bytes `[at, at + n)`: where message bytes start within that
+    /// range, which message byte that is, and how many message bytes it holds.
+    #[inline]
+    pub(crate) fn data_in(&self, len: u64, at: u64, n: u64) -> (u64, u64, u64) {
+        let lo = at.max(self.skip);
+        let hi = (at + n).min(self.skip + len);
+        if hi <= lo {
+            (0, 0, 0)
+        } else {
+            (lo - at, lo - self.skip, hi - lo)
+        }
+    }
+
+    /// Message bytes contained in the first `got` body bytes.
+    #[inline]
+    pub(crate) fn data_upto(&self, len: u64, got: u64) -> u64 {
+        got.saturating_sub(self.skip).min(len)
+    }
 }
 
 /// Fixed configuration, written once by the creator.

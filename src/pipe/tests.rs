@@ -266,3 +266,31 @@ fn sync_connection_shared_by_threads() {
     }
     threads.into_iter().for_each(|t| t.join().unwrap());
 }
+
+#[test]
+fn frame_body_layout() {
+    use super::ring::FrameBody;
+    for len in [0u64, 1, 8, 55, 56, 57, 1023, 1024, 1025, 65536, 100_000] {
+        let fb = FrameBody::of(len);
+        assert_eq!((8 + fb.body) % 64, 0, "len {len}");
+        assert!(fb.body >= fb.skip + len);
+        assert_eq!((8 + fb.skip) % 64 == 0, len >= 1024);
+        // Splitting the body anywhere covers the message exactly once, in order.
+        for step in [1u64, 7, 64, 1000, fb.body.max(1)] {
+            let mut next = 0;
+            let mut at = 0;
+            while at < fb.body {
+                let n = step.min(fb.body - at);
+                let (off, from, count) = fb.data_in(len, at, n);
+                if count > 0 {
+                    assert_eq!(from, next);
+                    assert!(off + count <= n);
+                    next += count;
+                }
+                at += n;
+                assert_eq!(fb.data_upto(len, at), next);
+            }
+            assert_eq!(next, len);
+        }
+    }
+}

@@ -6,8 +6,8 @@
 //! * [`proc`]: thread and process identity, and a pid-reuse-proof liveness check.
 
 pub(crate) mod futex;
-pub(crate) mod proc;
 pub(crate) mod pipe;
+pub(crate) mod proc;
 pub(crate) mod shm;
 
 pub(crate) use futex::*;

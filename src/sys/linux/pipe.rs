@@ -37,10 +37,8 @@ pub(crate) fn futex_waitv(words: &[&AtomicU32], expected: u32, deadline: Option<
             x
         })
         .collect();
-    let ts = deadline.map(|d| Timespec {
-        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: d.subsec_nanos().into(),
-    });
+    let ts = deadline
+        .map(|d| Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos().into() });
     // The addresses in `waiters` point at atomics borrowed for the whole call
     // (`words`), so the kernel reads live, aligned u32s.
     match futex::waitv(&waiters, futex::WaitvFlags::empty(), ts.as_ref(), ClockId::Monotonic) {
