@@ -78,10 +78,7 @@ fn stream(cfg: &Config) -> Result<Outcome, String> {
     let (runs, per_run) = if cfg.quick { (3, 4096) } else { (7, 16384) };
     let mut figures = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let spin: u64 = std::env::var("XSPIN").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-        let ring: usize = std::env::var("XRING").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 20);
-        let (a, b) =
-            Pipe::builder().spin(Duration::from_micros(spin)).ring_size(ring).pair().map_err(|e| e.to_string())?;
+        let (a, b) = Pipe::new().map_err(|e| e.to_string())?;
         let mut child = os::fork_child(cfg.child_cpu, || {
             let src = vec![0x5au8; CHUNK];
             for _ in 0..per_run + 1 {

@@ -528,7 +528,7 @@ impl Connection {
         let mut tx = lock(&self.tx_state);
         let mut buf = std::mem::take(&mut tx.scratch);
         buf.clear();
-        let r = match postcard::to_extend(value, buf) {
+        match postcard::to_extend(value, buf) {
             Ok(b) => {
                 let r = self.send_frame(&mut tx, &b);
                 if b.capacity() <= 1 << 20 {
@@ -537,8 +537,7 @@ impl Connection {
                 r
             }
             Err(e) => Err(SendError::Serialize(e)),
-        };
-        r
+        }
     }
 
     // ---------------------------------------------------------------- recv

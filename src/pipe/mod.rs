@@ -28,14 +28,36 @@
 //! fences, so at least one side sees the other's store: no lost wake-up.
 //!
 //! ## Ends and peer death
-//! Each end has a slot naming the process that holds it (pid and start time).
-//! Dropping a [`Connection`] closes its end, and the peer sees
-//! [`RecvError::Disconnected`] once it has drained what was sent. A process that
-//! dies without dropping is detected through a pid-reuse-proof liveness check;
-//! sleepers wake in bounded slices to re-check it. A connection inherited over
-//! `fork` is adopted by the child on its first use. A parent that drops its copy
-//! of an end after forking only *releases* the end (the child may still adopt
-//! it) instead of closing it.
+//! Each end has a slot naming the process that holds it (pid and start time),
+//! so a third process cannot take an end from a live holder. Dropping a
+//! [`Connection`] closes its end, and the peer sees [`RecvError::Disconnected`]
+//! once it has drained every complete message; [`SendError::Disconnected`] on
+//! the other side. A process that dies without dropping is detected through a
+//! pid-reuse-proof liveness check (sleepers wake in bounded slices to re-check
+//! it); a message it was in the middle of sending is discarded, never returned.
+//!
+//! Across `fork`, a child adopts its copy of an end on first use. A process
+//! that drops an end it has not used since it last forked only *releases* it
+//! (a child may be its user now) instead of closing it, so the usual pattern
+//! works: create, fork, the child uses `b`, the parent drops `b` and uses `a`.
+//! For a launched binary (not a fork), hand the end over with
+//! [`Connection::hand_over`] instead of dropping it. A released end that no
+//! process adopts is not reported as gone: use timeouts where that can happen.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Process A:                                  // Process B (another binary):
+//! use shmproc::Pipe;                             // let b = Pipe::builder().name("jobs").open()?;
+//! let a = Pipe::builder().name("jobs").create()?; // let n: u64 = b.recv()?;
+//! a.send(&7u64)?;                                // b.send_bytes(b"ok")?;
+//! assert_eq!(a.recv_bytes()?, b"ok");
+//! # Ok(()) }
+//! ```
+
+// `OpenError` is large (its `TypeMismatch` carries two `TypeInfo`s); that is
+// the crate-wide open error every builder returns, so the lint is silenced here
+// rather than boxing it in one module only.
+#![allow(clippy::result_large_err)]
 
 mod connection;
 pub(crate) mod ring;
@@ -83,7 +105,9 @@ pub struct Pipe;
 
 impl Pipe {
     /// An anonymous duplex pair with default settings, usable across `fork` (or
-    /// handed to a launched binary with [`Connection::handle`]).
+    /// handed to a launched binary with [`Connection::handle`]). Named after
+    /// Python's `Pipe()`, it returns the two ends rather than a `Pipe`.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new() -> Result<(Connection, Connection), OpenError> {
         Pipe::builder().pair()
     }

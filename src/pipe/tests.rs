@@ -252,7 +252,7 @@ fn sync_connection_shared_by_threads() {
             let a = a.clone();
             std::thread::spawn(move || {
                 for i in 0..200u64 {
-                    a.send(&(t as u64, i, pattern(((t * 97 + i as usize * 31) % 3000) as usize, i))).unwrap();
+                    a.send(&(t as u64, i, pattern((t * 97 + i as usize * 31) % 3000, i))).unwrap();
                 }
             })
         })
@@ -262,7 +262,7 @@ fn sync_connection_shared_by_threads() {
         let (t, i, p): (u64, u64, Vec<u8>) = b.recv_timeout(T).unwrap();
         assert_eq!(i, next[t as usize]);
         next[t as usize] += 1;
-        assert_eq!(p, pattern(((t as usize * 97 + i as usize * 31) % 3000) as usize, i));
+        assert_eq!(p, pattern((t as usize * 97 + i as usize * 31) % 3000, i));
     }
     threads.into_iter().for_each(|t| t.join().unwrap());
 }
