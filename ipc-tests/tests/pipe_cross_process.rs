@@ -332,9 +332,9 @@ fn short_buffer_across_processes() {
     assert_eq!(reap(pid, T), 0);
 }
 
-/// Segment offsets: 128-byte header, then the payload; ring 0 data at payload 512,
+/// Segment offsets: 128-byte header, then the payload; ring 0 data at payload 1024,
 /// ring 0's producer line (tail) at payload 192.
-const RING0_DATA: u64 = 128 + 512;
+const RING0_DATA: u64 = 128 + 1024;
 const RING0_TAIL: u64 = 128 + 192;
 
 fn scribble(name: &str, off: u64, v: u64) {

@@ -79,6 +79,8 @@ struct TxState {
     cached_head: u64,
     broken: Option<&'static str>,
     scratch: Vec<u8>,
+    /// Messages sent, for spacing out liveness checks.
+    sends: u64,
 }
 
 /// Where `fill` puts the message bytes.
@@ -87,6 +89,24 @@ enum Sink<'a> {
     Own,
     /// Into the caller's buffer (at least `len` bytes long).
     Slice(&'a mut [u8]),
+}
+
+/// A deadline computed on first use, so that a call which finds its data at
+/// once never reads the clock.
+struct Due {
+    timeout: Option<Duration>,
+    at: Option<Deadline>,
+}
+
+impl Due {
+    fn new(timeout: Option<Duration>) -> Due {
+        Due { timeout, at: None }
+    }
+
+    fn get(&mut self) -> Deadline {
+        let t = self.timeout;
+        *self.at.get_or_insert_with(|| Deadline::after(t))
+    }
 }
 
 /// Why a blocking wait stopped without its condition.
@@ -258,7 +278,7 @@ impl Connection {
             rx_state.head = head;
             rx_state.published = head;
         }
-        let mut tx_state = TxState { tail: 0, cached_head: 0, broken: None, scratch: Vec::new() };
+        let mut tx_state = TxState { tail: 0, cached_head: 0, broken: None, scratch: Vec::new(), sends: 0 };
         if let Some(r) = &tx {
             let head = r.head().load(Ordering::Acquire);
             let tail = r.tail().load(Ordering::Acquire);
@@ -344,6 +364,17 @@ impl Connection {
         self.claim()
     }
 
+    /// Whether the peer has closed its end (no liveness check: no clock read,
+    /// no system call).
+    #[inline]
+    fn peer_closed(&self) -> bool {
+        if self.peer_gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        let w = self.shared().ends[1 - self.end.index()].word.load(Ordering::Acquire);
+        !matches!(w & 0xffff_ffff, FREE | HELD | CLAIMING)
+    }
+
     /// Whether the peer has closed its end or died. `force` checks liveness
     /// now; otherwise at most every [`LIVENESS_EVERY`].
     fn peer_is_gone(&self, force: bool) -> bool {
@@ -382,13 +413,13 @@ impl Connection {
     fn block_on<T>(
         &self,
         word: &AtomicU32,
-        deadline: Deadline,
+        deadline: &mut Due,
         mut ready: impl FnMut() -> Option<T>,
     ) -> Result<T, Stop> {
         if let Some(t) = ready() {
             return Ok(t);
         }
-        if !self.spin.is_zero() && !deadline.expired() {
+        if !self.spin.is_zero() && !deadline.get().expired() {
             let end = sys::monotonic_now() + self.spin;
             loop {
                 for _ in 0..64 {
@@ -416,11 +447,11 @@ impl Connection {
                 word.store(0, Ordering::Relaxed);
                 return Err(Stop::PeerGone);
             }
-            if deadline.expired() {
+            if deadline.get().expired() {
                 word.store(0, Ordering::Relaxed);
                 return Err(Stop::Timeout);
             }
-            let slice = deadline.min_after(SLICE);
+            let slice = deadline.get().min_after(SLICE);
             force = sys::futex_wait(word, 1, slice.at()) == WaitOutcome::TimedOut;
         }
     }
@@ -446,7 +477,7 @@ impl Connection {
         }
         let tail = tx.tail;
         let cap = ring.cap;
-        let r = self.block_on(ring.tx_sleep(), Deadline::NEVER, || {
+        let r = self.block_on(ring.tx_sleep(), &mut Due::new(None), || {
             let h = ring.head().load(Ordering::Acquire);
             let used = tail.wrapping_sub(h);
             if used > cap {
@@ -483,7 +514,11 @@ impl Connection {
             ClaimError::InUse(pid) => SendError::EndInUse { pid },
             ClaimError::Closed => SendError::Disconnected,
         })?;
-        if self.peer_is_gone(false) {
+        // The slot on every send; the peer's liveness (a clock read, and now
+        // and then a /proc read) every 64 sends and whenever we must wait.
+        tx.sends = tx.sends.wrapping_add(1);
+        if self.peer_closed() || (tx.sends % 64 == 0 && self.peer_is_gone(false)) {
+            self.peer_gone.store(true, Ordering::Relaxed);
             return Err(SendError::Disconnected);
         }
         let cap = ring.cap;
@@ -560,7 +595,7 @@ impl Connection {
     }
 
     /// Waits until the producer has published past `head`; returns its tail.
-    fn wait_data(&self, ring: &RingView, head: u64, deadline: Deadline) -> Result<u64, RecvError> {
+    fn wait_data(&self, ring: &RingView, head: u64, deadline: &mut Due) -> Result<u64, RecvError> {
         let tail = ring.tail();
         match self.block_on(ring.rx_sleep(), deadline, || {
             let t = tail.load(Ordering::Acquire);
@@ -587,7 +622,7 @@ impl Connection {
     }
 
     /// Reads the next frame header into `rx.pending` if there is none yet.
-    fn start_message(&self, ring: &RingView, rx: &mut RxState, deadline: Deadline) -> Result<(), RecvError> {
+    fn start_message(&self, ring: &RingView, rx: &mut RxState, deadline: &mut Due) -> Result<(), RecvError> {
         if let Some(reason) = rx.broken {
             return Err(RecvError::Corrupt { reason });
         }
@@ -629,7 +664,7 @@ impl Connection {
         &self,
         ring: &RingView,
         rx: &mut RxState,
-        deadline: Deadline,
+        deadline: &mut Due,
         sink: &mut Sink<'_>,
     ) -> Result<(), RecvError> {
         loop {
@@ -696,18 +731,18 @@ impl Connection {
         Ok(ring)
     }
 
-    fn recv_vec(&self, deadline: Deadline) -> Result<Vec<u8>, RecvError> {
+    fn recv_vec(&self, mut due: Due) -> Result<Vec<u8>, RecvError> {
         let ring = self.rx_ring()?;
         let mut rx = lock(&self.rx_state);
-        self.start_message(ring, &mut rx, deadline)?;
-        self.fill(ring, &mut rx, deadline, &mut Sink::Own)?;
+        self.start_message(ring, &mut rx, &mut due)?;
+        self.fill(ring, &mut rx, &mut due, &mut Sink::Own)?;
         Ok(rx.pending.take().map(|p| p.buf).unwrap_or_default())
     }
 
-    fn recv_into(&self, buf: &mut [u8], deadline: Deadline) -> Result<usize, RecvError> {
+    fn recv_into(&self, buf: &mut [u8], mut due: Due) -> Result<usize, RecvError> {
         let ring = self.rx_ring()?;
         let mut rx = lock(&self.rx_state);
-        self.start_message(ring, &mut rx, deadline)?;
+        self.start_message(ring, &mut rx, &mut due)?;
         let (len, have) = {
             let p = rx.pending.as_ref().expect("start_message leaves a pending message");
             (p.len as usize, p.buf.len())
@@ -719,7 +754,7 @@ impl Connection {
             let p = rx.pending.as_ref().expect("pending");
             buf[..have].copy_from_slice(&p.buf);
         }
-        match self.fill(ring, &mut rx, deadline, &mut Sink::Slice(buf)) {
+        match self.fill(ring, &mut rx, &mut due, &mut Sink::Slice(buf)) {
             Ok(()) => {
                 rx.pending = None;
                 Ok(len)
@@ -740,35 +775,35 @@ impl Connection {
     /// Receives the next message, blocking until one arrives.
     /// [`RecvError::Disconnected`] once the peer is gone and all is drained.
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        self.recv_vec(Deadline::NEVER)
+        self.recv_vec(Due::new(None))
     }
 
     /// [`recv_bytes`](Self::recv_bytes) giving up with [`RecvError::Timeout`] after `timeout`.
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
-        self.recv_vec(Deadline::after(Some(timeout)))
+        self.recv_vec(Due::new(Some(timeout)))
     }
 
     /// Receives the next message into `buf` and returns its length. If `buf`
     /// is too small: [`RecvError::BufferTooSmall`] with the size needed, and
     /// the message stays queued for the next call.
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
-        self.recv_into(buf, Deadline::NEVER)
+        self.recv_into(buf, Due::new(None))
     }
 
     /// [`recv_bytes_into`](Self::recv_bytes_into) with a timeout.
     pub fn recv_bytes_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize, RecvError> {
-        self.recv_into(buf, Deadline::after(Some(timeout)))
+        self.recv_into(buf, Due::new(Some(timeout)))
     }
 
     /// Receives a value sent with [`send`](Self::send).
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
-        let bytes = self.recv_vec(Deadline::NEVER)?;
+        let bytes = self.recv_vec(Due::new(None))?;
         postcard::from_bytes(&bytes).map_err(RecvError::Deserialize)
     }
 
     /// [`recv`](Self::recv) with a timeout.
     pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, RecvError> {
-        let bytes = self.recv_vec(Deadline::after(Some(timeout)))?;
+        let bytes = self.recv_vec(Due::new(Some(timeout)))?;
         postcard::from_bytes(&bytes).map_err(RecvError::Deserialize)
     }
 
@@ -779,7 +814,7 @@ impl Connection {
         let Some(ring) = self.rx.as_ref() else { return false };
         let head = self.rx_head.load(Ordering::Relaxed);
         let tail = ring.tail();
-        let r = self.block_on(ring.rx_sleep(), Deadline::after(Some(timeout)), || {
+        let r = self.block_on(ring.rx_sleep(), &mut Due::new(Some(timeout)), || {
             (tail.load(Ordering::Acquire) != head).then_some(())
         });
         match r {

@@ -22,12 +22,17 @@
 //! | 0      | 64   | [`Control`]: magic, ring capacities, message limit            |
 //! | 64     | 64   | [`EndSlot`] of end A                                          |
 //! | 128    | 64   | [`EndSlot`] of end B                                          |
-//! | 192    | 64   | ring 0 (A to B) producer line: `tail`, `tx_sleep`             |
-//! | 256    | 64   | ring 0 consumer line: `head`, `rx_sleep`                      |
-//! | 320    | 64   | ring 1 (B to A) producer line                                 |
-//! | 384    | 64   | ring 1 consumer line                                          |
-//! | 512    | cap0 | ring 0 data (absent, cap0 = 0, for a one-way pipe)            |
-//! | 512+cap0 | cap1 | ring 1 data                                                 |
+//! | 192    | 64   | ring 0 (A to B) producer line: `tail`                         |
+//! | 256    | 64   | ring 0 consumer line: `head`                                  |
+//! | 320    | 64   | ring 0 sleeper line: `rx_sleep`, `tx_sleep` (futex words)     |
+//! | 384    | 192  | ring 1 (B to A): the same three lines                         |
+//! | 1024   | cap0 | ring 0 data (absent, cap0 = 0, for a one-way pipe)            |
+//! | 1024+cap0 | cap1 | ring 1 data                                                |
+//!
+//! The sleeper flags have a line of their own: each side loads the other's
+//! flag after every publication, and that load hits in its own cache unless
+//! the flag changed (a sleep), instead of missing on the line the other side
+//! writes for every message.
 //!
 //! All-zero bytes are a valid state for every line except `Control`, which the
 //! creator fills before it publishes the segment.
@@ -38,7 +43,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// `b"PIPERING"` as a little-endian u64: the payload's own magic.
 pub(crate) const PIPE_MAGIC: u64 = u64::from_le_bytes(*b"PIPERING");
 /// Where the ring data starts in the payload.
-pub(crate) const DATA_OFFSET: usize = 512;
+pub(crate) const DATA_OFFSET: usize = 1024;
 /// Smallest ring capacity accepted.
 pub(crate) const MIN_RING: u64 = 64;
 /// Largest ring capacity accepted (1 TiB).
@@ -126,8 +131,6 @@ pub(crate) struct EndSlot {
 pub(crate) struct ProducerLine {
     /// Bytes published so far (release-stored by the producer).
     pub(crate) tail: AtomicU64,
-    /// Futex word: 1 while the producer sleeps waiting for space.
-    pub(crate) tx_sleep: AtomicU32,
 }
 
 /// The consumer's line: written by the consumer as it frees space.
@@ -135,15 +138,23 @@ pub(crate) struct ProducerLine {
 pub(crate) struct ConsumerLine {
     /// Bytes consumed so far (release-stored by the consumer).
     pub(crate) head: AtomicU64,
-    /// Futex word: 1 while the consumer sleeps waiting for data.
-    pub(crate) rx_sleep: AtomicU32,
 }
 
-/// The two lines of one ring.
+/// The sleeper flags: written only around sleeps, read after every publication.
+#[repr(C, align(64))]
+pub(crate) struct SleepLine {
+    /// Futex word: 1 while the consumer sleeps waiting for data.
+    pub(crate) rx_sleep: AtomicU32,
+    /// Futex word: 1 while the producer sleeps waiting for space.
+    pub(crate) tx_sleep: AtomicU32,
+}
+
+/// The three lines of one ring.
 #[repr(C)]
 pub(crate) struct RingCtl {
     pub(crate) prod: ProducerLine,
     pub(crate) cons: ConsumerLine,
+    pub(crate) sleep: SleepLine,
 }
 
 /// Everything before the ring data.
@@ -156,10 +167,10 @@ pub(crate) struct Shared {
 
 const _: () = assert!(std::mem::size_of::<Control>() == 64);
 const _: () = assert!(std::mem::size_of::<EndSlot>() == 64);
-const _: () = assert!(std::mem::size_of::<RingCtl>() == 128);
+const _: () = assert!(std::mem::size_of::<RingCtl>() == 192);
 const _: () = assert!(std::mem::offset_of!(Shared, ends) == 64);
 const _: () = assert!(std::mem::offset_of!(Shared, rings) == 192);
-const _: () = assert!(std::mem::size_of::<Shared>() == 448);
+const _: () = assert!(std::mem::size_of::<Shared>() == 576);
 const _: () = assert!(std::mem::size_of::<Shared>() <= DATA_OFFSET);
 const _: () = assert!(std::mem::align_of::<Shared>() == 64);
 
@@ -194,12 +205,12 @@ impl RingView {
 
     #[inline]
     pub(crate) fn rx_sleep(&self) -> &AtomicU32 {
-        &self.ctl().cons.rx_sleep
+        &self.ctl().sleep.rx_sleep
     }
 
     #[inline]
     pub(crate) fn tx_sleep(&self) -> &AtomicU32 {
-        &self.ctl().prod.tx_sleep
+        &self.ctl().sleep.tx_sleep
     }
 
     /// Reads the 8-byte frame header at stream position `pos` (a multiple of 8).
