@@ -121,6 +121,79 @@ fn raw_ring_stream(cfg: &Config) -> Result<Outcome, String> {
     Ok(throughput(Metric::BytesPerS, figures))
 }
 
+/// A bare byte ring (not slots) with `frame`-byte frames laid out like the
+/// pipe's (64 KiB payload at frame offset 64), copies split at the wrap.
+fn raw_byte_ring(cfg: &Config, frame: usize) -> Result<Outcome, String> {
+    let (runs, per_run) = if cfg.quick { (3, 4096u64) } else { (7, 16384u64) };
+    const RING: usize = 1 << 20;
+    let mut figures = Vec::new();
+    for _ in 0..runs {
+        let seg = shm(1024 + RING)?;
+        let base = |seg: &Segment| {
+            // SAFETY: the ring lies after the 1024-byte control area, inside the payload.
+            unsafe { seg.payload_ptr().as_ptr().add(1024) }
+        };
+        let copy_in = |seg: &Segment, pos: usize, src: *const u8, n: usize| {
+            let off = pos % RING;
+            let first = n.min(RING - off);
+            // SAFETY: both pieces lie inside the ring.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src, base(seg).add(off), first);
+                std::ptr::copy_nonoverlapping(src.add(first), base(seg), n - first);
+            }
+        };
+        let copy_out = |seg: &Segment, pos: usize, dst: *mut u8, n: usize| {
+            let off = pos % RING;
+            let first = n.min(RING - off);
+            // SAFETY: both pieces lie inside the ring.
+            unsafe {
+                std::ptr::copy_nonoverlapping(base(seg).add(off), dst, first);
+                std::ptr::copy_nonoverlapping(base(seg), dst.add(first), n - first);
+            }
+        };
+        let mut child = os::fork_child(cfg.child_cpu, || {
+            let (tail, head) = (word(&seg, 0), word(&seg, 2));
+            let src = vec![0x5au8; CHUNK];
+            let mut cached_head = 0u64;
+            let mut t = 0u64;
+            for _ in 0..per_run + 1 {
+                while RING as u64 - (t - cached_head) < frame as u64 {
+                    cached_head = head.load(Ordering::Acquire);
+                    std::hint::spin_loop();
+                }
+                copy_in(&seg, t as usize + (frame - CHUNK), src.as_ptr(), CHUNK);
+                t += frame as u64;
+                tail.store(t, Ordering::Release);
+            }
+            0
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(c) = cfg.parent_cpu {
+            let _ = os::pin_to_cpu(c);
+        }
+        let (tail, head) = (word(&seg, 0), word(&seg, 2));
+        let mut dst = vec![0u8; CHUNK];
+        let mut cached_tail = 0u64;
+        let mut h = 0u64;
+        let mut t0 = Instant::now();
+        for i in 0..per_run + 1 {
+            while cached_tail == h {
+                cached_tail = tail.load(Ordering::Acquire);
+                std::hint::spin_loop();
+            }
+            copy_out(&seg, h as usize + (frame - CHUNK), dst.as_mut_ptr(), CHUNK);
+            h += frame as u64;
+            head.store(h, Ordering::Release);
+            if i == 0 {
+                t0 = Instant::now();
+            }
+        }
+        figures.push((per_run as usize * CHUNK) as f64 / t0.elapsed().as_secs_f64());
+        child.wait_timeout(LIMIT)?;
+    }
+    Ok(throughput(Metric::BytesPerS, figures))
+}
+
 fn fd_pair(socket: bool) -> Result<[i32; 2], String> {
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid 2-int out-array.
@@ -271,6 +344,8 @@ fn main() {
         // `pipe_bench stream-64KiB`: just that pipe case (for profiling).
         match only.as_str() {
             "raw-ring" => show("stream-64KiB/raw-ring", &raw_ring_stream(&cfg)),
+            "raw-byte-ring" => show("stream-64KiB/raw-byte-ring-65536", &raw_byte_ring(&cfg, CHUNK)),
+            "raw-byte-ring-drift" => show("stream-64KiB/raw-byte-ring-65600", &raw_byte_ring(&cfg, CHUNK + 64)),
             _ => run(&only),
         };
         return;
@@ -281,6 +356,7 @@ fn main() {
     let sock = show("pingpong-8B/unix-socket", &os_pingpong(&cfg, true));
     let st = run("stream-64KiB");
     let ring = show("stream-64KiB/raw-ring", &raw_ring_stream(&cfg));
+    let bring = show("stream-64KiB/raw-byte-ring", &raw_byte_ring(&cfg, CHUNK + 64));
     let ost = show("stream-64KiB/os-pipe", &os_pipe_stream(&cfg));
     let idle = run("idle-cpu");
     println!();
