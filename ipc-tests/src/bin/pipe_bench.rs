@@ -363,8 +363,9 @@ fn main() {
     println!("pingpong: pipe / raw-spin = {:.2}x (target <= 2)", pp / raw);
     println!("pingpong: os-pipe / pipe = {:.1}x, unix-socket / pipe = {:.1}x (target >= 50)", osp / pp, sock / pp);
     println!(
-        "stream:   pipe / raw-ring = {:.2}x (target >= 0.6), pipe / os-pipe = {:.1}x (target >= 5)",
+        "stream:   pipe / raw-ring = {:.2}x (target >= 0.6), pipe / raw-byte-ring = {:.2}x, pipe / os-pipe = {:.1}x (target >= 5)",
         st / ring,
+        st / bring,
         st / ost
     );
     println!("idle-cpu: {idle:.2}% of a core");
