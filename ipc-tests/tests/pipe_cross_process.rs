@@ -333,9 +333,9 @@ fn short_buffer_across_processes() {
 }
 
 /// Segment offsets: 128-byte header, then the payload; ring 0 data at payload 1024,
-/// ring 0's producer line (tail) at payload 192.
+/// ring 0's producer line (tail) at payload 256.
 const RING0_DATA: u64 = 128 + 1024;
-const RING0_TAIL: u64 = 128 + 192;
+const RING0_TAIL: u64 = 128 + 256;
 
 fn scribble(name: &str, off: u64, v: u64) {
     let st = Command::new(PEER).args(["scribble", name, &off.to_string(), &v.to_string()]).status().unwrap();

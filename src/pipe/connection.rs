@@ -179,7 +179,7 @@ pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connect
     let payload = (DATA_OFFSET as u64 + cap0 + cap) as usize;
     sys::watch_forks();
     let me = sys::current_process();
-    let seg = Segment::create_object(&b.opts, ObjectKind::Pipe, pipe_type(), payload, 64, |p, _| {
+    let seg = Segment::create_object(&b.opts, ObjectKind::Pipe, pipe_type(), payload, 128, |p, _| {
         // SAFETY: the payload is at least DATA_OFFSET bytes, 64-byte aligned
         // (payload_align 64), zero-filled and not yet visible to anyone; Shared
         // holds only atomics.
@@ -230,7 +230,7 @@ impl Connection {
     /// Maps the rings of `seg` for `end`, validating every control field.
     fn attach(seg: Segment, end: End, spin: Duration) -> Result<Connection, OpenError> {
         let base = seg.payload_ptr();
-        if base.as_ptr() as usize % 64 != 0 || seg.payload_len() < DATA_OFFSET {
+        if base.as_ptr() as usize % 128 != 0 || seg.payload_len() < DATA_OFFSET {
             return Err(OpenError::corrupt("pipe payload is misaligned or too small"));
         }
         // SAFETY: the payload is >= DATA_OFFSET >= size_of::<Shared>() bytes and

@@ -22,14 +22,16 @@
 //! | 0      | 64   | [`Control`]: magic, ring capacities, message limit            |
 //! | 64     | 64   | [`EndSlot`] of end A                                          |
 //! | 128    | 64   | [`EndSlot`] of end B                                          |
-//! | 192    | 64   | ring 0 (A to B) producer line: `tail`                         |
-//! | 256    | 64   | ring 0 consumer line: `head`                                  |
-//! | 320    | 64   | ring 0 sleeper line: `rx_sleep`, `tx_sleep` (futex words)     |
-//! | 384    | 192  | ring 1 (B to A): the same three lines                         |
+//! | 256    | 128  | ring 0 (A to B) producer line: `tail`                         |
+//! | 384    | 128  | ring 0 consumer line: `head`                                  |
+//! | 512    | 128  | ring 0 sleeper line: `rx_sleep`, `tx_sleep` (futex words)     |
+//! | 640    | 384  | ring 1 (B to A): the same three lines                         |
 //! | 1024   | cap0 | ring 0 data (absent, cap0 = 0, for a one-way pipe)            |
 //! | 1024+cap0 | cap1 | ring 1 data                                                |
 //!
-//! The sleeper flags have a line of their own: each side loads the other's
+//! Each ring line is padded to 128 bytes: Intel's adjacent-line prefetcher
+//! fetches 64-byte lines in pairs, so 64-byte padding would still let the two
+//! sides' lines interfere. The sleeper flags have a line of their own: each side loads the other's
 //! flag after every publication, and that load hits in its own cache unless
 //! the flag changed (a sleep), instead of missing on the line the other side
 //! writes for every message.
@@ -127,21 +129,21 @@ pub(crate) struct EndSlot {
 }
 
 /// The producer's line: written by the producer on every publication.
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 pub(crate) struct ProducerLine {
     /// Bytes published so far (release-stored by the producer).
     pub(crate) tail: AtomicU64,
 }
 
 /// The consumer's line: written by the consumer as it frees space.
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 pub(crate) struct ConsumerLine {
     /// Bytes consumed so far (release-stored by the consumer).
     pub(crate) head: AtomicU64,
 }
 
 /// The sleeper flags: written only around sleeps, read after every publication.
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 pub(crate) struct SleepLine {
     /// Futex word: 1 while the consumer sleeps waiting for data.
     pub(crate) rx_sleep: AtomicU32,
@@ -167,12 +169,12 @@ pub(crate) struct Shared {
 
 const _: () = assert!(std::mem::size_of::<Control>() == 64);
 const _: () = assert!(std::mem::size_of::<EndSlot>() == 64);
-const _: () = assert!(std::mem::size_of::<RingCtl>() == 192);
+const _: () = assert!(std::mem::size_of::<RingCtl>() == 384);
 const _: () = assert!(std::mem::offset_of!(Shared, ends) == 64);
-const _: () = assert!(std::mem::offset_of!(Shared, rings) == 192);
-const _: () = assert!(std::mem::size_of::<Shared>() == 576);
+const _: () = assert!(std::mem::offset_of!(Shared, rings) == 256);
+const _: () = assert!(std::mem::size_of::<Shared>() == 1024);
 const _: () = assert!(std::mem::size_of::<Shared>() <= DATA_OFFSET);
-const _: () = assert!(std::mem::align_of::<Shared>() == 64);
+const _: () = assert!(std::mem::align_of::<Shared>() == 128);
 
 /// One ring as seen by one process: its control lines and its data, with a
 /// capacity that was validated against the mapping when the pipe was opened.

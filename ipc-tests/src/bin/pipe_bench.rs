@@ -152,7 +152,7 @@ fn raw_byte_ring(cfg: &Config, frame: usize) -> Result<Outcome, String> {
             }
         };
         let mut child = os::fork_child(cfg.child_cpu, || {
-            let (tail, head) = (word(&seg, 0), word(&seg, 2));
+            let (tail, head) = (word(&seg, 4), word(&seg, 6));
             let src = vec![0x5au8; CHUNK];
             let mut cached_head = 0u64;
             let mut t = 0u64;
@@ -171,7 +171,7 @@ fn raw_byte_ring(cfg: &Config, frame: usize) -> Result<Outcome, String> {
         if let Some(c) = cfg.parent_cpu {
             let _ = os::pin_to_cpu(c);
         }
-        let (tail, head) = (word(&seg, 0), word(&seg, 2));
+        let (tail, head) = (word(&seg, 4), word(&seg, 6));
         let mut dst = vec![0u8; CHUNK];
         let mut cached_tail = 0u64;
         let mut h = 0u64;
