@@ -326,7 +326,11 @@ impl Connection {
             let pid = (w >> 32) as u32;
             let take = match w & 0xffff_ffff {
                 FREE => true,
-                HELD | CLAIMING if pid == me.id => true,
+                // Our pid: either another Connection of this very process holds
+                // the end (refuse: one consumer and one producer per ring), or
+                // a dead holder's pid was reused by us (take it).
+                HELD if pid == me.id => slot.start_time.load(Ordering::Acquire) != me.start_time,
+                CLAIMING if pid == me.id => false,
                 HELD | CLAIMING => {
                     let start = if w & 0xffff_ffff == HELD { slot.start_time.load(Ordering::Acquire) } else { 0 };
                     pid == sys::parent_pid() || sys::liveness(Identity { id: pid, start_time: start }) == Liveness::Dead

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::ring::{Shared, DATA_OFFSET};
 use super::*;
+use crate::error::OpenError;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -230,8 +231,10 @@ fn named_pipe_create_and_open() {
     let name = format!("shmproc-test-pipe-unit-{}", std::process::id());
     let a = Pipe::builder().name(&name).ring_size(4096).create().unwrap();
     let b = Pipe::builder().name(&name).open().unwrap();
-    // End B is now held by this (live) process: a second open is refused...
-    // ...except that our own pid may re-claim it; so check the slot instead.
+    // End B is now held (by this process): a second claim is refused, so a
+    // ring never gets two consumers.
+    assert!(matches!(Pipe::builder().name(&name).open(), Err(OpenError::PermissionDenied { .. })));
+    assert!(matches!(Pipe::builder().name(&name).end(End::A).open(), Err(OpenError::PermissionDenied { .. })));
     a.send(&42u64).unwrap();
     assert_eq!(b.recv_timeout::<u64>(T).unwrap(), 42);
     b.send_bytes(&pattern(3000, 3)).unwrap();
