@@ -54,6 +54,9 @@ struct RxState {
     head: u64,
     /// The value last stored into the shared `head`.
     published: u64,
+    /// The producer's `tail` as last loaded (and validated: within `cap` of
+    /// `head`); bytes up to it are readable without loading `tail` again.
+    tail_seen: u64,
     /// A message whose header has been read but whose body is incomplete.
     pending: Option<Pending>,
     /// Set once the peer is gone and everything has been drained.
@@ -268,7 +271,7 @@ impl Connection {
             End::A => (ring0, ring1),
             End::B => (ring1, ring0),
         };
-        let mut rx_state = RxState { head: 0, published: 0, pending: None, eof: false, broken: None };
+        let mut rx_state = RxState { head: 0, published: 0, tail_seen: 0, pending: None, eof: false, broken: None };
         if let Some(r) = &rx {
             let head = r.head().load(Ordering::Acquire);
             let tail = r.tail().load(Ordering::Acquire);
@@ -277,6 +280,7 @@ impl Connection {
             }
             rx_state.head = head;
             rx_state.published = head;
+            rx_state.tail_seen = head;
         }
         let mut tx_state = TxState { tail: 0, cached_head: 0, broken: None, scratch: Vec::new(), sends: 0 };
         if let Some(r) = &tx {
@@ -636,16 +640,23 @@ impl Connection {
         if rx.eof {
             return Err(RecvError::Disconnected);
         }
-        let tail = match self.wait_data(ring, rx.head, deadline) {
-            Err(RecvError::Disconnected) => {
-                rx.eof = true;
-                return Err(RecvError::Disconnected);
+        // The cached tail (validated when loaded) usually covers the next
+        // frame while the ring is busy; only an empty-looking ring costs a
+        // load of the producer's line.
+        let mut avail = rx.tail_seen.wrapping_sub(rx.head);
+        if avail == 0 {
+            let tail = match self.wait_data(ring, rx.head, deadline) {
+                Err(RecvError::Disconnected) => {
+                    rx.eof = true;
+                    return Err(RecvError::Disconnected);
+                }
+                r => r?,
+            };
+            avail = tail.wrapping_sub(rx.head);
+            if avail > ring.cap {
+                return Err(Self::corrupt(rx, "the sender's tail is beyond the ring"));
             }
-            r => r?,
-        };
-        let avail = tail.wrapping_sub(rx.head);
-        if avail > ring.cap {
-            return Err(Self::corrupt(rx, "the sender's tail is beyond the ring"));
+            rx.tail_seen = tail;
         }
         if avail < FRAME_HEADER {
             return Err(Self::corrupt(rx, "the sender published part of a frame header"));
@@ -677,10 +688,14 @@ impl Connection {
             if p.got == fb.body {
                 break;
             }
-            let tail = ring.tail().load(Ordering::Acquire);
-            let avail = tail.wrapping_sub(rx.head);
-            if avail > ring.cap {
-                return Err(Self::corrupt(rx, "the sender's tail is beyond the ring"));
+            let mut avail = rx.tail_seen.wrapping_sub(rx.head);
+            if avail == 0 {
+                let tail = ring.tail().load(Ordering::Acquire);
+                avail = tail.wrapping_sub(rx.head);
+                if avail > ring.cap {
+                    return Err(Self::corrupt(rx, "the sender's tail is beyond the ring"));
+                }
+                rx.tail_seen = tail;
             }
             if avail == 0 {
                 // Free the space we consumed so a streaming sender can go on.
