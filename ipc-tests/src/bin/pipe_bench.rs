@@ -110,6 +110,8 @@ fn raw_ring_stream(cfg: &Config) -> Result<Outcome, String> {
             }
             // SAFETY: the slot is published (h < tail) and only we read it.
             unsafe { std::ptr::copy_nonoverlapping(data(&seg, h), dst.as_mut_ptr(), CHUNK) };
+            // Without this the optimiser may drop the copy into a buffer that is never read.
+            std::hint::black_box(&mut dst);
             head.store(h + 1, Ordering::Release);
             if h == 0 {
                 t0 = Instant::now();
@@ -182,6 +184,7 @@ fn raw_byte_ring(cfg: &Config, frame: usize) -> Result<Outcome, String> {
                 std::hint::spin_loop();
             }
             copy_out(&seg, h as usize + (frame - CHUNK), dst.as_mut_ptr(), CHUNK);
+            std::hint::black_box(&mut dst);
             h += frame as u64;
             head.store(h, Ordering::Release);
             if i == 0 {
