@@ -15,10 +15,14 @@
 //!
 //! ## Algorithm
 //! One segment holds both directions. Each direction is a single-producer,
-//! single-consumer byte ring (see [`ring`]) carrying frames: an 8-byte header
-//! (a 16-bit tag and a 48-bit length) followed by the message, padded to 8
-//! bytes. A message larger than the ring streams through it in fragments; the
-//! receiver assembles it and never returns a partial message.
+//! single-consumer byte ring (Lamport's ring with cached indices: each side
+//! keeps its own index privately, publishes it with a release store, and
+//! reloads the other side's index only when its cached copy runs out) carrying
+//! frames: a 64-byte aligned 8-byte header (a 16-bit tag and a 48-bit length)
+//! followed by the message (from 1 KiB up, on the next cache line), padded to
+//! 64 bytes. A message larger than the ring streams through it in fragments;
+//! the receiver assembles it and never returns a partial message. The byte
+//! layout is in `SAFETY.md`, section 7.
 //!
 //! Waiting is adaptive: a receiver (or a sender facing a full ring) polls the
 //! other side's index for a short spin budget, then raises a *sleeper flag*
