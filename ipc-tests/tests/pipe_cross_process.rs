@@ -113,6 +113,28 @@ fn pingpong_10000_across_fork() {
 }
 
 #[test]
+fn parent_drops_the_childs_end_before_the_child_uses_it() {
+    // After a fork, dropping an end this process has not used since only
+    // releases it: the child still adopts it, and the parent's own end (used
+    // after the fork) closes for real on drop.
+    let (a, b) = Pipe::new().unwrap();
+    let pid = fork(|| {
+        std::thread::sleep(Duration::from_millis(100));
+        if b.send_bytes(b"from child").is_err() {
+            return 2;
+        }
+        match b.recv_bytes_timeout(T) {
+            Err(RecvError::Disconnected) => 0,
+            _ => 3,
+        }
+    });
+    drop(b);
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"from child");
+    drop(a);
+    assert_eq!(reap(pid, T), 0);
+}
+
+#[test]
 fn pingpong_10000_across_two_binaries_by_name() {
     let name = unique("pipe-named");
     let a = Pipe::builder().name(&name).create().unwrap();

@@ -297,3 +297,23 @@ fn frame_body_layout() {
         }
     }
 }
+
+#[test]
+fn wait_on_more_connections_than_futex_waitv_takes() {
+    let pairs: Vec<(Connection, Connection)> =
+        (0..crate::sys::FUTEX_WAITV_MAX + 5).map(|_| Pipe::builder().ring_size(64).pair().unwrap()).collect();
+    let refs: Vec<&Connection> = pairs.iter().map(|(a, _)| a).collect();
+    assert!(wait(&refs, Some(Duration::from_millis(20))).is_empty());
+    let last = pairs.len() - 1;
+    let t = {
+        let b = &pairs[last].1;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                b.send_bytes(b"x").unwrap();
+            });
+            wait(&refs, Some(T))
+        })
+    };
+    assert_eq!(t, vec![last]);
+}
