@@ -37,6 +37,7 @@
 
 mod error;
 pub mod header;
+pub mod pipe;
 pub mod queue;
 mod segment;
 // Some platform and timing helpers are used only by later primitives.
@@ -52,6 +53,7 @@ pub mod process;
 
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
+pub use pipe::{Connection, Pipe, PipeBuilder};
 pub use process::{init, Process};
 pub use queue::{
     FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,

@@ -25,6 +25,7 @@
 
 pub mod baselines;
 pub mod os;
+mod pipe;
 mod process;
 mod queue;
 pub mod report;
@@ -281,6 +282,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(sync::cases());
     cases.extend(process::cases());
     cases.extend(queue::cases());
+    cases.extend(pipe::cases());
     cases
 }
 

@@ -7,12 +7,14 @@
 //! * [`queue`]: asymmetric memory barriers (`membarrier`) for the queue's wake-ups.
 
 pub(crate) mod futex;
+pub(crate) mod pipe;
 pub(crate) mod proc;
 pub(crate) mod process;
 pub(crate) mod queue;
 pub(crate) mod shm;
 
 pub(crate) use futex::*;
+pub(crate) use pipe::*;
 pub(crate) use proc::*;
 pub(crate) use process::*;
 pub(crate) use queue::*;

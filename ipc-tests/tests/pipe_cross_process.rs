@@ -1,0 +1,440 @@
+//! Pipe tests across real processes: fork, launched binaries, kill -9, a hostile writer.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use shmproc::pipe::{wait, RecvError, SendError};
+use shmproc::{Connection, Pipe};
+
+const T: Duration = Duration::from_secs(60);
+const PEER: &str = env!("CARGO_BIN_EXE_pipe_peer");
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("shmproc-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Deterministic bytes: message `seed`, `len` bytes long (fast in debug builds).
+fn fill(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for chunk in v.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    v
+}
+
+/// A 64-bit hash of `b` (word-at-a-time, order-sensitive).
+fn hash(b: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ b.len() as u64;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        h = (h ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    for &x in chunks.remainder() {
+        h = (h ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Forks a child that runs `f` and `_exit`s with its result (101 on panic).
+fn fork(f: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child only runs shmproc calls (glibc keeps malloc usable
+    // after fork) and leaves with _exit, never returning into the harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+/// Waits for `pid` up to `timeout`; kills it if it overstays. Returns the exit code (-signal if killed).
+fn reap(pid: libc::pid_t, timeout: Duration) -> i32 {
+    let end = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
+        }
+        if Instant::now() > end {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("child {pid} did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn kill9(pid: libc::pid_t) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+fn pingpong(a: &Connection, n: u64) {
+    for i in 0..n {
+        a.send_bytes(&i.to_le_bytes()).unwrap();
+        let back = a.recv_bytes_timeout(T).unwrap();
+        assert_eq!(back, i.to_le_bytes(), "round trip {i}");
+    }
+}
+
+#[test]
+fn pingpong_10000_across_fork() {
+    let (a, b) = Pipe::new().unwrap();
+    let pid = fork(|| {
+        let mut buf = [0u8; 64];
+        loop {
+            match b.recv_bytes_into_timeout(&mut buf, T) {
+                Ok(n) => {
+                    if b.send_bytes(&buf[..n]).is_err() {
+                        return 2;
+                    }
+                }
+                Err(RecvError::Disconnected) => return 0,
+                Err(_) => return 3,
+            }
+        }
+    });
+    pingpong(&a, 10_000);
+    drop(a); // the child sees Disconnected and exits 0
+    assert_eq!(reap(pid, T), 0);
+}
+
+#[test]
+fn parent_drops_the_childs_end_before_the_child_uses_it() {
+    // After a fork, dropping an end this process has not used since only
+    // releases it: the child still adopts it, and the parent's own end (used
+    // after the fork) closes for real on drop.
+    let (a, b) = Pipe::new().unwrap();
+    let pid = fork(|| {
+        std::thread::sleep(Duration::from_millis(100));
+        if b.send_bytes(b"from child").is_err() {
+            return 2;
+        }
+        match b.recv_bytes_timeout(T) {
+            Err(RecvError::Disconnected) => 0,
+            _ => 3,
+        }
+    });
+    drop(b);
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"from child");
+    drop(a);
+    assert_eq!(reap(pid, T), 0);
+}
+
+#[test]
+fn pingpong_10000_across_two_binaries_by_name() {
+    let name = unique("pipe-named");
+    let a = Pipe::builder().name(&name).create().unwrap();
+    let mut child = Command::new(PEER).args(["echo-name", &name, "10000"]).spawn().unwrap();
+    pingpong(&a, 10_000);
+    assert!(child.wait().unwrap().success());
+    // The echo peer exited (dropping end B): we see Disconnected.
+    assert!(matches!(a.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
+}
+
+#[test]
+fn a_third_process_cannot_take_a_held_end() {
+    let name = unique("pipe-held");
+    let a = Pipe::builder().name(&name).create().unwrap();
+    let mut holder = Command::new(PEER).args(["echo-name", &name, "1"]).spawn().unwrap();
+    // Once the holder answers, it holds end B.
+    a.send_bytes(b"x").unwrap();
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"x");
+    // The holder may still be alive here; if it has already exited, the end is
+    // closed: either way a third process is refused.
+    let st = Command::new(PEER).args(["try-open", &name]).status().unwrap();
+    assert_eq!(st.code(), Some(3));
+    assert!(holder.wait().unwrap().success());
+}
+
+#[test]
+fn anonymous_pipe_handed_to_a_launched_binary() {
+    let (a, b) = Pipe::new().unwrap();
+    b.segment().set_inheritable(true).unwrap();
+    let mut child = Command::new(PEER).args(["echo-handle", &b.handle().to_string(), "100"]).spawn().unwrap();
+    b.segment().set_inheritable(false).unwrap();
+    b.hand_over(); // the child claims it (or takes it over from us, its parent)
+    for i in 0..100u64 {
+        a.send(&i).unwrap();
+        assert_eq!(postcard_u64(&a.recv_bytes_timeout(T).unwrap()), i);
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(matches!(a.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
+}
+
+fn postcard_u64(b: &[u8]) -> u64 {
+    // postcard encodes u64 as a varint.
+    let (mut v, mut shift) = (0u64, 0);
+    for &x in b {
+        v |= ((x & 0x7f) as u64) << shift;
+        shift += 7;
+        if x & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+#[test]
+fn message_of_256_mib_and_random_sizes_arrive_intact() {
+    let (a, b) = Pipe::new().unwrap();
+    const BIG: usize = 256 << 20;
+    let sizes: Vec<usize> = {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut v = vec![0, 1, 4 << 20];
+        for _ in 0..37 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.push((x % ((4 << 20) + 1)) as usize);
+        }
+        v
+    };
+    let sizes2 = sizes.clone();
+    let pid = fork(move || {
+        let big = fill(BIG, 7);
+        if b.send(&hash(&big)).is_err() || b.send_bytes(&big).is_err() {
+            return 2;
+        }
+        drop(big);
+        for (i, &n) in sizes2.iter().enumerate() {
+            let m = fill(n, i as u64);
+            if b.send(&hash(&m)).is_err() || b.send_bytes(&m).is_err() {
+                return 3;
+            }
+        }
+        0
+    });
+    let want: u64 = a.recv_timeout(T).unwrap();
+    let got = a.recv_bytes_timeout(T).unwrap();
+    assert_eq!(got.len(), BIG);
+    assert_eq!(hash(&got), want);
+    drop(got);
+    for &n in &sizes {
+        let want: u64 = a.recv_timeout(T).unwrap();
+        let got = a.recv_bytes_timeout(T).unwrap();
+        assert_eq!(got.len(), n);
+        assert_eq!(hash(&got), want);
+    }
+    assert_eq!(reap(pid, T), 0);
+}
+
+#[test]
+fn peer_killed_mid_message_gives_disconnected_after_complete_messages() {
+    let (a, b) = Pipe::builder().ring_size(64 << 10).pair().unwrap();
+    let (ctl_a, ctl_b) = Pipe::new().unwrap();
+    let pid = fork(move || {
+        for i in 0..3u64 {
+            if b.send_bytes(&fill(1000, i)).is_err() {
+                return 2;
+            }
+        }
+        if ctl_b.send_bytes(b"go").is_err() {
+            return 3;
+        }
+        // Far larger than the ring: blocks mid-message until killed.
+        let _ = b.send_bytes(&fill(8 << 20, 99));
+        4
+    });
+    assert_eq!(ctl_a.recv_bytes_timeout(T).unwrap(), b"go");
+    std::thread::sleep(Duration::from_millis(200)); // let it fill the ring
+    kill9(pid);
+    assert_eq!(reap(pid, T), -libc::SIGKILL);
+    for i in 0..3u64 {
+        assert_eq!(a.recv_bytes_timeout(T).unwrap(), fill(1000, i));
+    }
+    // Never the partial 8 MiB message; no hang.
+    assert!(matches!(a.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
+    assert!(matches!(a.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
+    assert!(matches!(a.send_bytes(b"anyone?"), Err(SendError::Disconnected)));
+}
+
+#[test]
+fn peer_killed_while_we_stream_a_message_in() {
+    // The receiver is already inside the message (it has read part of it)
+    // when the sender dies.
+    let (a, b) = Pipe::builder().ring_size(64 << 10).pair().unwrap();
+    let pid = fork(move || {
+        let _ = b.send_bytes(b"whole");
+        let _ = b.send_bytes(&fill(64 << 20, 5));
+        4
+    });
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"whole");
+    // A tiny timeout: returns Timeout mid-message (or, rarely, the whole
+    // message if the child is very fast; then there is nothing to test).
+    let mut partial = false;
+    let mut buf = vec![0u8; 64 << 20];
+    match a.recv_bytes_into_timeout(&mut buf, Duration::from_millis(1)) {
+        Err(RecvError::Timeout) => partial = true,
+        Ok(n) => assert_eq!(n, 64 << 20),
+        Err(e) => panic!("{e}"),
+    }
+    kill9(pid);
+    assert_eq!(reap(pid, T), -libc::SIGKILL);
+    if partial {
+        match a.recv_bytes_into_timeout(&mut buf, T) {
+            // The child may have finished the send before the kill.
+            Ok(n) => {
+                assert_eq!(n, 64 << 20);
+                assert_eq!(hash(&buf), hash(&fill(64 << 20, 5)));
+            }
+            Err(RecvError::Disconnected) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(matches!(a.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
+}
+
+#[test]
+fn poll_and_wait_across_processes() {
+    let pairs: Vec<(Connection, Connection)> = (0..3).map(|_| Pipe::new().unwrap()).collect();
+    let (ours, theirs): (Vec<Connection>, Vec<Connection>) = pairs.into_iter().unzip();
+    let pid = fork(move || {
+        // Answer on connection i after being told i.
+        for _ in 0..2 {
+            let r = wait(&theirs.iter().collect::<Vec<_>>(), Some(T));
+            for i in r {
+                let m = match theirs[i].recv_bytes_timeout(T) {
+                    Ok(m) => m,
+                    Err(_) => return 2,
+                };
+                if theirs[i].send_bytes(&m).is_err() {
+                    return 3;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = theirs[0].send_bytes(b"late");
+        std::thread::sleep(Duration::from_millis(100));
+        0
+    });
+    let refs: Vec<&Connection> = ours.iter().collect();
+    assert!(wait(&refs, Some(Duration::from_millis(30))).is_empty());
+    assert!(!ours[1].poll(Duration::from_millis(10)));
+    ours[2].send_bytes(b"two").unwrap();
+    assert_eq!(wait(&refs, Some(T)), vec![2]);
+    assert!(ours[2].poll(Duration::ZERO));
+    assert_eq!(ours[2].recv_bytes_timeout(T).unwrap(), b"two");
+    ours[1].send_bytes(b"one").unwrap();
+    assert!(ours[1].poll(T));
+    assert_eq!(ours[1].recv_bytes_timeout(T).unwrap(), b"one");
+    // The child sleeps 300 ms, then answers on 0: wait sleeps until then.
+    assert_eq!(wait(&refs, Some(T)), vec![0]);
+    assert_eq!(ours[0].recv_bytes_timeout(T).unwrap(), b"late");
+    assert_eq!(reap(pid, T), 0);
+    // The child exited (without dropping): all three peers are gone, so all are ready.
+    assert_eq!(wait(&refs, Some(T)), vec![0, 1, 2]);
+}
+
+#[test]
+fn short_buffer_across_processes() {
+    let (a, b) = Pipe::new().unwrap();
+    let pid = fork(move || if b.send_bytes(&fill(5000, 1)).is_ok() { 0 } else { 2 });
+    let mut small = [0u8; 100];
+    match a.recv_bytes_into_timeout(&mut small, T) {
+        Err(RecvError::BufferTooSmall { needed }) => assert_eq!(needed, 5000),
+        other => panic!("{other:?}"),
+    }
+    let mut big = vec![0u8; 5000];
+    assert_eq!(a.recv_bytes_into_timeout(&mut big, T).unwrap(), 5000);
+    assert_eq!(big, fill(5000, 1));
+    assert_eq!(reap(pid, T), 0);
+}
+
+/// Segment offsets: 128-byte header, then the payload; ring 0 data at payload 1024,
+/// ring 0's producer line (tail) at payload 256.
+const RING0_DATA: u64 = 128 + 1024;
+const RING0_TAIL: u64 = 128 + 256;
+
+fn scribble(name: &str, off: u64, v: u64) {
+    let st = Command::new(PEER).args(["scribble", name, &off.to_string(), &v.to_string()]).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn hostile_frame_header_from_another_process_is_an_error() {
+    for (what, off, v) in [
+        ("bad tag", RING0_DATA, 0xdead_beef_u64),
+        ("length over the limit", RING0_DATA, (0xA55A << 48) | (1 << 47)),
+        ("tail beyond the ring", RING0_TAIL, 1 << 60),
+    ] {
+        let name = unique("pipe-hostile");
+        let a = Pipe::builder().name(&name).create().unwrap();
+        let b = Pipe::builder().name(&name).open().unwrap();
+        a.send_bytes(b"legit").unwrap();
+        scribble(&name, off, v);
+        match b.recv_bytes_timeout(T) {
+            Err(RecvError::Corrupt { .. }) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A length within the limit but with no data behind it: no huge
+    // allocation up front, just a wait that times out.
+    let name = unique("pipe-hostile");
+    let a = Pipe::builder().name(&name).create().unwrap();
+    let b = Pipe::builder().name(&name).open().unwrap();
+    a.send_bytes(b"legit").unwrap();
+    scribble(&name, RING0_DATA, (0xA55A << 48) | ((1 << 30) - 1));
+    assert!(matches!(b.recv_bytes_timeout(Duration::from_millis(100)), Err(RecvError::Timeout)));
+    drop(a);
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[test]
+fn idle_receiver_does_not_burn_a_core() {
+    let (a, b) = Pipe::new().unwrap();
+    let (a2, b2) = Pipe::new().unwrap();
+    let pid = fork(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let r1 = b.send_bytes(b"wake");
+        std::thread::sleep(Duration::from_secs(1));
+        let r2 = b2.send_bytes(b"wake");
+        // Stay alive a little, so that end `a` is not made ready by our exit.
+        std::thread::sleep(Duration::from_millis(500));
+        if r1.is_ok() && r2.is_ok() {
+            0
+        } else {
+            2
+        }
+    });
+    let (t0, c0) = (Instant::now(), thread_cpu());
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"wake");
+    let (wall, cpu) = (t0.elapsed(), thread_cpu() - c0);
+    assert!(cpu.as_secs_f64() < 0.25 * wall.as_secs_f64(), "recv: {cpu:?} CPU in {wall:?}");
+    let (t0, c0) = (Instant::now(), thread_cpu());
+    assert_eq!(wait(&[&a, &a2], Some(T)), vec![1]);
+    let (wall, cpu) = (t0.elapsed(), thread_cpu() - c0);
+    assert!(cpu.as_secs_f64() < 0.25 * wall.as_secs_f64(), "wait: {cpu:?} CPU in {wall:?}");
+    assert_eq!(reap(pid, T), 0);
+}
+
+#[test]
+fn no_segments_left_behind() {
+    // Named pipes are unlinked by their creator on drop; this runs alongside the
+    // others, so only check our own prefix after creating and dropping one.
+    let name = unique("pipe-cleanup");
+    let a = Pipe::builder().name(&name).create().unwrap();
+    assert!(std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+    drop(a);
+    assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+    let _ = Stdio::null();
+}

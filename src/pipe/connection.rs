@@ -1,0 +1,970 @@
+//! [`Connection`]: one end of a [`Pipe`](super::Pipe).
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::ring::{
+    frame_header, FrameBody, RingView, Shared, DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG, LEN_BITS,
+    MAX_FRAME_LEN, MAX_RING, MIN_RING, PIPE_MAGIC,
+};
+use super::{End, PipeBuilder, RecvError, SendError};
+use crate::error::OpenError;
+use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
+use crate::segment::{Handle, Segment, ShmObject};
+use crate::sys::{self, Identity, Liveness, WaitOutcome};
+use crate::time::Deadline;
+
+/// End-slot states (low 32 bits of `EndSlot::word`; the pid is in the high 32).
+const FREE: u64 = 0;
+const HELD: u64 = 1;
+const CLOSED: u64 = 2;
+const CLAIMING: u64 = 3;
+
+/// Longest a sleeper sleeps before it re-checks that its peer is alive.
+const SLICE: Duration = Duration::from_millis(50);
+/// Least time between two liveness checks (each reads `/proc`) on one connection.
+const LIVENESS_EVERY: Duration = Duration::from_millis(20);
+
+#[inline]
+const fn slot_word(pid: u32, state: u64) -> u64 {
+    ((pid as u64) << 32) | state
+}
+
+/// The layout fingerprint stored in the segment header.
+fn pipe_type() -> TypeInfo {
+    TypeInfo::from_parts(1, 64, "shmproc::pipe::Frames/v1")
+}
+
+/// Why this process could not take an end.
+enum ClaimError {
+    InUse(u32),
+    Closed,
+}
+
+/// Receiver state, process-local.
+struct RxState {
+    /// Stream position of the next unread byte (authoritative; the shared
+    /// `head` is only a publication of it).
+    head: u64,
+    /// The value last stored into the shared `head`.
+    published: u64,
+    /// The producer's `tail` as last loaded (and validated: within `cap` of
+    /// `head`); bytes up to it are readable without loading `tail` again.
+    tail_seen: u64,
+    /// A message whose header has been read but whose body is incomplete.
+    pending: Option<Pending>,
+    /// Set once the peer is gone and everything has been drained.
+    eof: bool,
+    broken: Option<&'static str>,
+}
+
+struct Pending {
+    /// Message length from its header (validated against the limit).
+    len: u64,
+    /// Body bytes (including the padding to 8) consumed from the ring so far.
+    got: u64,
+    /// Message bytes received so far, `min(got, len)` of them, outside of a
+    /// `recv_bytes_into` call.
+    buf: Vec<u8>,
+}
+
+/// Sender state, process-local.
+struct TxState {
+    /// Stream position of the next byte to write (authoritative).
+    tail: u64,
+    /// Last value of the consumer's `head` that we loaded.
+    cached_head: u64,
+    broken: Option<&'static str>,
+    scratch: Vec<u8>,
+    /// Messages sent, for spacing out liveness checks.
+    sends: u64,
+}
+
+/// Where `fill` puts the message bytes.
+enum Sink<'a> {
+    /// Into the pending message's own buffer.
+    Own,
+    /// Into the caller's buffer (at least `len` bytes long).
+    Slice(&'a mut [u8]),
+}
+
+/// A deadline computed on first use, so that a call which finds its data at
+/// once never reads the clock.
+struct Due {
+    timeout: Option<Duration>,
+    at: Option<Deadline>,
+}
+
+impl Due {
+    fn new(timeout: Option<Duration>) -> Due {
+        Due { timeout, at: None }
+    }
+
+    fn get(&mut self) -> Deadline {
+        let t = self.timeout;
+        *self.at.get_or_insert_with(|| Deadline::after(t))
+    }
+}
+
+/// Why a blocking wait stopped without its condition.
+enum Stop {
+    Timeout,
+    PeerGone,
+}
+
+/// One end of a [`Pipe`](super::Pipe): sends and receives whole messages
+/// (bytes, or `serde` values encoded with `postcard`).
+///
+/// Like Python's `Connection`: [`send_bytes`](Self::send_bytes) /
+/// [`recv_bytes`](Self::recv_bytes), [`send`](Self::send) / [`recv`](Self::recv),
+/// [`poll`](Self::poll), and the free function [`wait`](super::wait).
+///
+/// A `Connection` is `Send` and `Sync`: threads of one process may share it;
+/// concurrent senders (and concurrent receivers) are serialised by process-local
+/// locks, so messages never interleave. Across processes each end belongs to
+/// one process at a time (see the module docs on fork and hand-over).
+pub struct Connection {
+    seg: Segment,
+    end: End,
+    rx: Option<RingView>,
+    tx: Option<RingView>,
+    max_message: u64,
+    spin: Duration,
+    /// Pid of the process whose claim this connection holds (process-local).
+    claim_pid: AtomicU32,
+    /// `sys::fork_count()` when this process last used the end: a drop after
+    /// a later fork only releases the end (a child may be its user now).
+    used_forks: AtomicU64,
+    /// Mirror of the published receive head, for `poll`/`wait` without the lock.
+    rx_head: AtomicU64,
+    /// Monotonic nanoseconds of the last liveness check of the peer.
+    last_check: AtomicU64,
+    /// Sticky: the peer has been seen gone.
+    peer_gone: AtomicBool,
+    rx_state: Mutex<RxState>,
+    tx_state: Mutex<TxState>,
+}
+
+// SAFETY: the raw pointers in the ring views point into `seg`'s mapping, which
+// lives as long as the Connection and may be used from any thread (Segment is
+// Send + Sync). Shared memory is only accessed through atomics or through the
+// ring protocol, and each ring role (producer, consumer) is serialised within
+// the process by `tx_state` / `rx_state`.
+unsafe impl Send for Connection {}
+// SAFETY: as above: every `&self` method either touches only atomics or takes
+// the process-local lock of the role it plays.
+unsafe impl Sync for Connection {}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves process-local positions that still
+    // describe the shared ring (they are only advanced after each copy).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connection), OpenError> {
+    let cap = (b.ring_size.max(MIN_RING as usize) as u64)
+        .checked_next_power_of_two()
+        .filter(|&c| c <= MAX_RING)
+        .ok_or_else(|| OpenError::invalid(format!("ring size {} is too large", b.ring_size)))?;
+    if b.max_message > MAX_FRAME_LEN {
+        return Err(OpenError::invalid(format!(
+            "max_message {} exceeds the frame format's limit of {MAX_FRAME_LEN}",
+            b.max_message
+        )));
+    }
+    let cap0 = if b.duplex { cap } else { 0 };
+    let payload = (DATA_OFFSET as u64 + cap0 + cap) as usize;
+    sys::watch_forks();
+    let me = sys::current_process();
+    let seg = Segment::create_object(&b.opts, ObjectKind::Pipe, pipe_type(), payload, 128, |p, _| {
+        // SAFETY: the payload is at least DATA_OFFSET bytes, 64-byte aligned
+        // (payload_align 64), zero-filled and not yet visible to anyone; Shared
+        // holds only atomics.
+        let sh = unsafe { &*(p.as_ptr() as *const Shared) };
+        sh.control.magic.store(PIPE_MAGIC, Ordering::Relaxed);
+        sh.control.capacity[0].store(cap0, Ordering::Relaxed);
+        sh.control.capacity[1].store(cap, Ordering::Relaxed);
+        sh.control.max_message.store(b.max_message, Ordering::Relaxed);
+        let n = if both { 2 } else { 1 };
+        for slot in &sh.ends[..n] {
+            slot.start_time.store(me.start_time, Ordering::Relaxed);
+            slot.word.store(slot_word(me.id, HELD), Ordering::Relaxed);
+        }
+    })?;
+    let a = Connection::attach(seg.clone(), End::A, b.spin)?;
+    a.set_claimed(me.id);
+    let b_conn = Connection::attach(seg, End::B, b.spin)?;
+    if both {
+        b_conn.set_claimed(me.id);
+    }
+    Ok((a, b_conn))
+}
+
+pub(crate) fn open(b: &PipeBuilder, handle: Option<&Handle>) -> Result<Connection, OpenError> {
+    let spec = ObjectSpec {
+        kind: ObjectKind::Pipe,
+        ty: pipe_type(),
+        payload: PayloadSize::AtLeast(DATA_OFFSET as u64 + MIN_RING),
+    };
+    let seg = match handle {
+        Some(h) => Segment::open_handle(h, &b.opts, &spec)?,
+        None => Segment::open_object(&b.opts, &spec)?,
+    };
+    sys::watch_forks();
+    let conn = Connection::attach(seg, b.end, b.spin)?;
+    match conn.claim() {
+        Ok(()) => Ok(conn),
+        Err(ClaimError::InUse(pid)) => Err(OpenError::PermissionDenied {
+            reason: format!("end {:?} of this pipe is held by live process {pid}", b.end),
+        }),
+        Err(ClaimError::Closed) => {
+            Err(OpenError::PermissionDenied { reason: format!("end {:?} of this pipe has been closed", b.end) })
+        }
+    }
+}
+
+impl Connection {
+    /// Maps the rings of `seg` for `end`, validating every control field.
+    fn attach(seg: Segment, end: End, spin: Duration) -> Result<Connection, OpenError> {
+        let base = seg.payload_ptr();
+        if base.as_ptr() as usize % 128 != 0 || seg.payload_len() < DATA_OFFSET {
+            return Err(OpenError::corrupt("pipe payload is misaligned or too small"));
+        }
+        // SAFETY: the payload is >= DATA_OFFSET >= size_of::<Shared>() bytes and
+        // 64-byte aligned (checked above); Shared holds only atomics.
+        let sh = unsafe { &*(base.as_ptr() as *const Shared) };
+        if sh.control.magic.load(Ordering::Relaxed) != PIPE_MAGIC {
+            return Err(OpenError::corrupt("pipe control block has a bad magic"));
+        }
+        let cap0 = sh.control.capacity[0].load(Ordering::Relaxed);
+        let cap1 = sh.control.capacity[1].load(Ordering::Relaxed);
+        let valid = |c: u64| c.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&c);
+        if !(cap0 == 0 || valid(cap0)) || !valid(cap1) {
+            return Err(OpenError::corrupt(format!("pipe ring capacities {cap0}/{cap1} are invalid")));
+        }
+        let needed = DATA_OFFSET as u64 + cap0 + cap1;
+        if needed > seg.payload_len() as u64 {
+            return Err(OpenError::corrupt(format!(
+                "pipe rings need {needed} bytes but the payload has {}",
+                seg.payload_len()
+            )));
+        }
+        let max_message = sh.control.max_message.load(Ordering::Relaxed);
+        if max_message > MAX_FRAME_LEN {
+            return Err(OpenError::corrupt(format!("pipe message limit {max_message} is invalid")));
+        }
+        let view = |i: usize, off: u64, cap: u64| RingView {
+            ctl: NonNull::from(&sh.rings[i]),
+            // SAFETY: DATA_OFFSET + off + cap <= payload_len (checked above).
+            data: unsafe { NonNull::new_unchecked(base.as_ptr().add(DATA_OFFSET + off as usize)) },
+            cap,
+        };
+        let ring0 = (cap0 != 0).then(|| view(0, 0, cap0));
+        let ring1 = Some(view(1, cap0, cap1));
+        let (tx, rx) = match end {
+            End::A => (ring0, ring1),
+            End::B => (ring1, ring0),
+        };
+        let mut rx_state = RxState { head: 0, published: 0, tail_seen: 0, pending: None, eof: false, broken: None };
+        if let Some(r) = &rx {
+            let head = r.head().load(Ordering::Acquire);
+            let tail = r.tail().load(Ordering::Acquire);
+            if head % FRAME_ALIGN != 0 || tail.wrapping_sub(head) > r.cap {
+                return Err(OpenError::corrupt("pipe receive indices are inconsistent"));
+            }
+            rx_state.head = head;
+            rx_state.published = head;
+            rx_state.tail_seen = head;
+        }
+        let mut tx_state = TxState { tail: 0, cached_head: 0, broken: None, scratch: Vec::new(), sends: 0 };
+        if let Some(r) = &tx {
+            let head = r.head().load(Ordering::Acquire);
+            let tail = r.tail().load(Ordering::Acquire);
+            if tail % FRAME_ALIGN != 0 || tail.wrapping_sub(head) > r.cap {
+                return Err(OpenError::corrupt("pipe send indices are inconsistent"));
+            }
+            tx_state.tail = tail;
+            tx_state.cached_head = head;
+        }
+        Ok(Connection {
+            rx_head: AtomicU64::new(rx_state.head),
+            seg,
+            end,
+            rx,
+            tx,
+            max_message,
+            spin,
+            claim_pid: AtomicU32::new(0),
+            used_forks: AtomicU64::new(0),
+            last_check: AtomicU64::new(0),
+            peer_gone: AtomicBool::new(false),
+            rx_state: Mutex::new(rx_state),
+            tx_state: Mutex::new(tx_state),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        // SAFETY: validated in `attach`: the payload starts with a 64-byte
+        // aligned Shared of atomics, inside a mapping `self.seg` keeps alive.
+        unsafe { &*(self.seg.payload_ptr().as_ptr() as *const Shared) }
+    }
+
+    fn set_claimed(&self, pid: u32) {
+        self.used_forks.store(sys::fork_count(), Ordering::Relaxed);
+        self.claim_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Takes this end for the calling process: free, held by a dead process, or
+    /// held by our parent (hand-over after fork or launch).
+    fn claim(&self) -> Result<(), ClaimError> {
+        let slot = &self.shared().ends[self.end.index()];
+        let me = sys::current_process();
+        loop {
+            let w = slot.word.load(Ordering::Acquire);
+            let pid = (w >> 32) as u32;
+            let take = match w & 0xffff_ffff {
+                FREE => true,
+                // Our pid: either another Connection of this very process holds
+                // the end (refuse: one consumer and one producer per ring), or
+                // a dead holder's pid was reused by us (take it).
+                HELD if pid == me.id => slot.start_time.load(Ordering::Acquire) != me.start_time,
+                CLAIMING if pid == me.id => false,
+                HELD | CLAIMING => {
+                    let start = if w & 0xffff_ffff == HELD { slot.start_time.load(Ordering::Acquire) } else { 0 };
+                    pid == sys::parent_pid() || sys::liveness(Identity { id: pid, start_time: start }) == Liveness::Dead
+                }
+                _ => return Err(ClaimError::Closed),
+            };
+            if !take {
+                return Err(ClaimError::InUse(pid));
+            }
+            if slot.word.compare_exchange(w, slot_word(me.id, CLAIMING), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                slot.start_time.store(me.start_time, Ordering::Relaxed);
+                slot.word.store(slot_word(me.id, HELD), Ordering::Release);
+                self.set_claimed(me.id);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Makes sure the calling process holds this end (adopting a copy
+    /// inherited over fork on its first use).
+    #[inline]
+    fn ensure_claimed(&self) -> Result<(), ClaimError> {
+        if self.claim_pid.load(Ordering::Relaxed) == sys::current_pid() {
+            let f = sys::fork_count();
+            if self.used_forks.load(Ordering::Relaxed) != f {
+                self.used_forks.store(f, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        self.adopt()
+    }
+
+    #[cold]
+    fn adopt(&self) -> Result<(), ClaimError> {
+        self.claim()
+    }
+
+    /// Whether the peer has closed its end (no liveness check: no clock read,
+    /// no system call).
+    #[inline]
+    fn peer_closed(&self) -> bool {
+        if self.peer_gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        let w = self.shared().ends[1 - self.end.index()].word.load(Ordering::Acquire);
+        !matches!(w & 0xffff_ffff, FREE | HELD | CLAIMING)
+    }
+
+    /// Whether the peer has closed its end or died. `force` checks liveness
+    /// now; otherwise at most every [`LIVENESS_EVERY`].
+    fn peer_is_gone(&self, force: bool) -> bool {
+        if self.peer_gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        let slot = &self.shared().ends[1 - self.end.index()];
+        let w = slot.word.load(Ordering::Acquire);
+        let gone = match w & 0xffff_ffff {
+            FREE => false,
+            s @ (HELD | CLAIMING) => {
+                let now = sys::monotonic_now().as_nanos() as u64;
+                let last = self.last_check.load(Ordering::Relaxed);
+                if !force && now.saturating_sub(last) < LIVENESS_EVERY.as_nanos() as u64 {
+                    false
+                } else {
+                    self.last_check.store(now, Ordering::Relaxed);
+                    let start = if s == HELD { slot.start_time.load(Ordering::Acquire) } else { 0 };
+                    // A claim changing under us means someone is taking it over: alive.
+                    slot.word.load(Ordering::Acquire) == w
+                        && sys::liveness(Identity { id: (w >> 32) as u32, start_time: start }) == Liveness::Dead
+                }
+            }
+            // CLOSED, or bytes no correct peer writes: treat as gone.
+            _ => true,
+        };
+        if gone {
+            self.peer_gone.store(true, Ordering::Relaxed);
+        }
+        gone
+    }
+
+    /// Waits until `ready` gives a value: polls for the spin budget, then
+    /// raises the sleeper flag `word` and sleeps on it in bounded slices,
+    /// re-checking the peer between slices.
+    fn block_on<T>(
+        &self,
+        word: &AtomicU32,
+        deadline: &mut Due,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Result<T, Stop> {
+        if let Some(t) = ready() {
+            return Ok(t);
+        }
+        if !self.spin.is_zero() && !deadline.get().expired() {
+            let end = sys::monotonic_now() + self.spin;
+            loop {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                    if let Some(t) = ready() {
+                        return Ok(t);
+                    }
+                }
+                if sys::monotonic_now() >= end {
+                    break;
+                }
+            }
+        }
+        let mut force = false;
+        loop {
+            word.store(1, Ordering::Relaxed);
+            // Pairs with the fence after the other side's index store: either
+            // we see its new index below, or it sees our flag and wakes us.
+            fence(Ordering::SeqCst);
+            if let Some(t) = ready() {
+                word.store(0, Ordering::Relaxed);
+                return Ok(t);
+            }
+            if self.peer_is_gone(force) {
+                word.store(0, Ordering::Relaxed);
+                return Err(Stop::PeerGone);
+            }
+            if deadline.get().expired() {
+                word.store(0, Ordering::Relaxed);
+                return Err(Stop::Timeout);
+            }
+            let slice = deadline.get().min_after(SLICE);
+            force = sys::futex_wait(word, 1, slice.at()) == WaitOutcome::TimedOut;
+        }
+    }
+
+    // ---------------------------------------------------------------- send
+
+    /// Publishes the producer's tail and wakes the consumer if it sleeps.
+    #[inline]
+    fn publish_tail(ring: &RingView, tail: u64) {
+        ring.tail().store(tail, Ordering::Release);
+        fence(Ordering::SeqCst);
+        let w = ring.rx_sleep();
+        if w.load(Ordering::Relaxed) != 0 {
+            w.store(0, Ordering::Relaxed);
+            sys::futex_wake_all(w);
+        }
+    }
+
+    /// Waits until `need` bytes are free in the ring.
+    fn wait_space(&self, ring: &RingView, tx: &mut TxState, need: u64) -> Result<(), SendError> {
+        if ring.cap - (tx.tail - tx.cached_head) >= need {
+            return Ok(());
+        }
+        let tail = tx.tail;
+        let cap = ring.cap;
+        let r = self.block_on(ring.tx_sleep(), &mut Due::new(None), || {
+            let h = ring.head().load(Ordering::Acquire);
+            let used = tail.wrapping_sub(h);
+            if used > cap {
+                Some(Err("the receiver's head is beyond the sender's tail"))
+            } else if cap - used >= need {
+                Some(Ok(h))
+            } else {
+                None
+            }
+        });
+        match r {
+            Ok(Ok(h)) => {
+                tx.cached_head = h;
+                Ok(())
+            }
+            Ok(Err(reason)) => {
+                tx.broken = Some(reason);
+                Err(SendError::Corrupt { reason })
+            }
+            Err(_) => Err(SendError::Disconnected),
+        }
+    }
+
+    fn send_frame(&self, tx: &mut TxState, data: &[u8]) -> Result<(), SendError> {
+        let ring = self.tx.as_ref().ok_or(SendError::NotWritable)?;
+        let len = data.len() as u64;
+        if len > self.max_message {
+            return Err(SendError::TooLarge { len, limit: self.max_message });
+        }
+        if let Some(reason) = tx.broken {
+            return Err(SendError::Corrupt { reason });
+        }
+        self.ensure_claimed().map_err(|e| match e {
+            ClaimError::InUse(pid) => SendError::EndInUse { pid },
+            ClaimError::Closed => SendError::Disconnected,
+        })?;
+        // The slot on every send; the peer's liveness (a clock read, and now
+        // and then a /proc read) every 64 sends and whenever we must wait.
+        tx.sends = tx.sends.wrapping_add(1);
+        if self.peer_closed() || (tx.sends % 64 == 0 && self.peer_is_gone(false)) {
+            self.peer_gone.store(true, Ordering::Relaxed);
+            return Err(SendError::Disconnected);
+        }
+        let cap = ring.cap;
+        let fb = FrameBody::of(len);
+        let body = fb.body;
+        let total = FRAME_HEADER + body;
+        // A frame that fits goes in whole (one publication); a larger one
+        // streams through in chunks of at least a quarter ring.
+        let first = if total <= cap { total } else { (cap / 4).max(FRAME_ALIGN) };
+        self.wait_space(ring, tx, first)?;
+        ring.write_header(tx.tail, frame_header(len));
+        tx.tail += FRAME_HEADER;
+        let mut sent = 0u64;
+        loop {
+            let free = cap - (tx.tail - tx.cached_head);
+            let n = free.min(body - sent);
+            let (ring_off, from, count) = fb.data_in(len, sent, n);
+            // SAFETY: `data[from..from + count]` is in bounds (`data_in` clips
+            // to the message); `[tail + ring_off, + count)` lies inside the
+            // `n` bytes of free space of this ring, whose only producer we are
+            // (claimed end, `tx_state` lock held).
+            unsafe { ring.copy_in(tx.tail + ring_off, data.as_ptr().add(from as usize), count as usize) };
+            tx.tail += n;
+            sent += n;
+            Self::publish_tail(ring, tx.tail);
+            if sent == body {
+                return Ok(());
+            }
+            self.wait_space(ring, tx, (body - sent).min(cap / 4).max(1))?;
+        }
+    }
+
+    /// Sends `data` as one message. Blocks while the ring is full; a message
+    /// larger than the ring streams through it as the receiver reads.
+    pub fn send_bytes(&self, data: &[u8]) -> Result<(), SendError> {
+        let mut tx = lock(&self.tx_state);
+        self.send_frame(&mut tx, data)
+    }
+
+    /// Sends `value` encoded with `postcard`.
+    pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
+        let mut tx = lock(&self.tx_state);
+        let mut buf = std::mem::take(&mut tx.scratch);
+        buf.clear();
+        match postcard::to_extend(value, buf) {
+            Ok(b) => {
+                let r = self.send_frame(&mut tx, &b);
+                if b.capacity() <= 1 << 20 {
+                    tx.scratch = b;
+                }
+                r
+            }
+            Err(e) => Err(SendError::Serialize(e)),
+        }
+    }
+
+    // ---------------------------------------------------------------- recv
+
+    /// Publishes the consumer's head and wakes the producer if it sleeps.
+    #[inline]
+    fn publish_head(&self, ring: &RingView, rx: &mut RxState) {
+        if rx.head == rx.published {
+            return;
+        }
+        ring.head().store(rx.head, Ordering::Release);
+        rx.published = rx.head;
+        self.rx_head.store(rx.head, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let w = ring.tx_sleep();
+        if w.load(Ordering::Relaxed) != 0 {
+            w.store(0, Ordering::Relaxed);
+            sys::futex_wake_all(w);
+        }
+    }
+
+    /// Waits until the producer has published past `head`; returns its tail.
+    fn wait_data(&self, ring: &RingView, head: u64, deadline: &mut Due) -> Result<u64, RecvError> {
+        let tail = ring.tail();
+        match self.block_on(ring.rx_sleep(), deadline, || {
+            let t = tail.load(Ordering::Acquire);
+            (t != head).then_some(t)
+        }) {
+            Ok(t) => Ok(t),
+            Err(Stop::Timeout) => Err(RecvError::Timeout),
+            Err(Stop::PeerGone) => {
+                // The peer's last publication happened before it closed (or
+                // died); anything it published is visible now.
+                let t = tail.load(Ordering::Acquire);
+                if t != head {
+                    Ok(t)
+                } else {
+                    Err(RecvError::Disconnected)
+                }
+            }
+        }
+    }
+
+    fn corrupt(rx: &mut RxState, reason: &'static str) -> RecvError {
+        rx.broken = Some(reason);
+        RecvError::Corrupt { reason }
+    }
+
+    /// Reads the next frame header into `rx.pending` if there is none yet.
+    fn start_message(&self, ring: &RingView, rx: &mut RxState, deadline: &mut Due) -> Result<(), RecvError> {
+        if let Some(reason) = rx.broken {
+            return Err(RecvError::Corrupt { reason });
+        }
+        if rx.pending.is_some() {
+            return Ok(());
+        }
+        if rx.eof {
+            return Err(RecvError::Disconnected);
+        }
+        // The cached tail (validated when loaded) usually covers the next
+        // frame while the ring is busy; only an empty-looking ring costs a
+        // load of the producer's line.
+        let mut avail = rx.tail_seen.wrapping_sub(rx.head);
+        if avail == 0 {
+            let tail = match self.wait_data(ring, rx.head, deadline) {
+                Err(RecvError::Disconnected) => {
+                    rx.eof = true;
+                    return Err(RecvError::Disconnected);
+                }
+                r => r?,
+            };
+            avail = tail.wrapping_sub(rx.head);
+            if avail > ring.cap {
+                return Err(Self::corrupt(rx, "the sender's tail is beyond the ring"));
+            }
+            rx.tail_seen = tail;
+        }
+        if avail < FRAME_HEADER {
+            return Err(Self::corrupt(rx, "the sender published part of a frame header"));
+        }
+        let h = ring.read_header(rx.head);
+        if h >> LEN_BITS != FRAME_TAG {
+            return Err(Self::corrupt(rx, "a frame header has a bad tag"));
+        }
+        let len = h & MAX_FRAME_LEN;
+        if len > self.max_message {
+            return Err(Self::corrupt(rx, "a frame header's length exceeds the pipe's message limit"));
+        }
+        rx.head += FRAME_HEADER;
+        rx.pending = Some(Pending { len, got: 0, buf: Vec::new() });
+        Ok(())
+    }
+
+    /// Consumes the pending message's body into `sink`; returns once it is complete.
+    fn fill(
+        &self,
+        ring: &RingView,
+        rx: &mut RxState,
+        deadline: &mut Due,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), RecvError> {
+        loop {
+            let p = rx.pending.as_mut().expect("fill is called with a pending message");
+            let fb = FrameBody::of(p.len);
+            if p.got == fb.body {
+                break;
+            }
+            let mut avail = rx.tail_seen.wrapping_sub(rx.head);
+            if avail == 0 {
+                let tail = ring.tail().load(Ordering::Acquire);
+                avail = tail.wrapping_sub(rx.head);
+                if avail > ring.cap {
+                    return Err(Self::corrupt(rx, "the sender's tail is beyond the ring"));
+                }
+                rx.tail_seen = tail;
+            }
+            if avail == 0 {
+                // Free the space we consumed so a streaming sender can go on.
+                self.publish_head(ring, rx);
+                match self.wait_data(ring, rx.head, deadline) {
+                    Ok(_) => continue,
+                    Err(RecvError::Disconnected) => {
+                        // The sender vanished mid-message: drop the partial one.
+                        rx.pending = None;
+                        rx.eof = true;
+                        return Err(RecvError::Disconnected);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let n = avail.min(fb.body - p.got);
+            let (ring_off, at, count) = fb.data_in(p.len, p.got, n);
+            let (at, count) = (at as usize, count as usize);
+            match sink {
+                Sink::Own => {
+                    debug_assert!(count == 0 || p.buf.len() == at);
+                    p.buf.reserve(count);
+                    // SAFETY: `reserve` made room for `count` more bytes after
+                    // `len`; `[head + ring_off, + count)` lies within the `n`
+                    // published bytes (n <= avail <= cap) and we are the ring's
+                    // only consumer.
+                    unsafe {
+                        ring.copy_out(rx.head + ring_off, p.buf.as_mut_ptr().add(p.buf.len()), count);
+                        p.buf.set_len(p.buf.len() + count);
+                    }
+                }
+                Sink::Slice(dst) => {
+                    let d = &mut dst[at..at + count];
+                    // SAFETY: `d` is exactly `count` writable bytes; the ring
+                    // range is published and ours to read, as above.
+                    unsafe { ring.copy_out(rx.head + ring_off, d.as_mut_ptr(), count) };
+                }
+            }
+            rx.head += n;
+            p.got += n;
+        }
+        self.publish_head(ring, rx);
+        Ok(())
+    }
+
+    fn rx_ring(&self) -> Result<&RingView, RecvError> {
+        let ring = self.rx.as_ref().ok_or(RecvError::NotReadable)?;
+        self.ensure_claimed().map_err(|e| match e {
+            ClaimError::InUse(pid) => RecvError::EndInUse { pid },
+            ClaimError::Closed => RecvError::Disconnected,
+        })?;
+        Ok(ring)
+    }
+
+    fn recv_vec(&self, mut due: Due) -> Result<Vec<u8>, RecvError> {
+        let ring = self.rx_ring()?;
+        let mut rx = lock(&self.rx_state);
+        self.start_message(ring, &mut rx, &mut due)?;
+        self.fill(ring, &mut rx, &mut due, &mut Sink::Own)?;
+        Ok(rx.pending.take().map(|p| p.buf).unwrap_or_default())
+    }
+
+    fn recv_into(&self, buf: &mut [u8], mut due: Due) -> Result<usize, RecvError> {
+        let ring = self.rx_ring()?;
+        let mut rx = lock(&self.rx_state);
+        self.start_message(ring, &mut rx, &mut due)?;
+        let (len, have) = {
+            let p = rx.pending.as_ref().expect("start_message leaves a pending message");
+            (p.len as usize, p.buf.len())
+        };
+        if buf.len() < len {
+            return Err(RecvError::BufferTooSmall { needed: len });
+        }
+        if have > 0 {
+            let p = rx.pending.as_ref().expect("pending");
+            buf[..have].copy_from_slice(&p.buf);
+        }
+        match self.fill(ring, &mut rx, &mut due, &mut Sink::Slice(buf)) {
+            Ok(()) => {
+                rx.pending = None;
+                Ok(len)
+            }
+            Err(e) => {
+                // Keep the part that arrived in the pending buffer, so the next
+                // call (with any buffer) resumes where this one stopped.
+                if let Some(p) = rx.pending.as_mut() {
+                    let upto = FrameBody::of(p.len).data_upto(p.len, p.got) as usize;
+                    let from = p.buf.len();
+                    p.buf.extend_from_slice(&buf[from..upto]);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Receives the next message, blocking until one arrives.
+    /// [`RecvError::Disconnected`] once the peer is gone and all is drained.
+    pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        self.recv_vec(Due::new(None))
+    }
+
+    /// [`recv_bytes`](Self::recv_bytes) giving up with [`RecvError::Timeout`] after `timeout`.
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+        self.recv_vec(Due::new(Some(timeout)))
+    }
+
+    /// Receives the next message into `buf` and returns its length. If `buf`
+    /// is too small: [`RecvError::BufferTooSmall`] with the size needed, and
+    /// the message stays queued for the next call.
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        self.recv_into(buf, Due::new(None))
+    }
+
+    /// [`recv_bytes_into`](Self::recv_bytes_into) with a timeout.
+    pub fn recv_bytes_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize, RecvError> {
+        self.recv_into(buf, Due::new(Some(timeout)))
+    }
+
+    /// Receives a value sent with [`send`](Self::send).
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
+        let bytes = self.recv_vec(Due::new(None))?;
+        postcard::from_bytes(&bytes).map_err(RecvError::Deserialize)
+    }
+
+    /// [`recv`](Self::recv) with a timeout.
+    pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, RecvError> {
+        let bytes = self.recv_vec(Due::new(Some(timeout)))?;
+        postcard::from_bytes(&bytes).map_err(RecvError::Deserialize)
+    }
+
+    /// Whether a message is ready to be read, or the peer is gone (so that a
+    /// receive would not block), waiting up to `timeout` for that
+    /// (`Duration::ZERO`: just look). A send-only end is never ready.
+    pub fn poll(&self, timeout: Duration) -> bool {
+        let Some(ring) = self.rx.as_ref() else { return false };
+        let head = self.rx_head.load(Ordering::Relaxed);
+        let tail = ring.tail();
+        let r = self.block_on(ring.rx_sleep(), &mut Due::new(Some(timeout)), || {
+            (tail.load(Ordering::Acquire) != head).then_some(())
+        });
+        match r {
+            Ok(()) | Err(Stop::PeerGone) => true,
+            Err(Stop::Timeout) => false,
+        }
+    }
+
+    /// Ready check for [`wait`](super::wait): data beyond the published head,
+    /// or the peer gone.
+    pub(crate) fn ready_now(&self, force: bool) -> bool {
+        match self.rx.as_ref() {
+            None => false,
+            Some(r) => {
+                r.tail().load(Ordering::Acquire) != self.rx_head.load(Ordering::Relaxed) || self.peer_is_gone(force)
+            }
+        }
+    }
+
+    /// The receiver's sleeper flag, for [`wait`](super::wait).
+    pub(crate) fn rx_sleep_word(&self) -> Option<&AtomicU32> {
+        self.rx.as_ref().map(|r| r.rx_sleep())
+    }
+
+    pub(crate) fn spin_budget(&self) -> Duration {
+        self.spin
+    }
+
+    // ---------------------------------------------------------------- misc
+
+    /// Which end this is.
+    pub fn end(&self) -> End {
+        self.end
+    }
+
+    /// Whether this end can receive.
+    pub fn readable(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    /// Whether this end can send.
+    pub fn writable(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// The largest message this pipe carries.
+    pub fn max_message(&self) -> u64 {
+        self.max_message
+    }
+
+    /// How another process opens this pipe. `open_handle` claims end B unless
+    /// told otherwise ([`PipeBuilder::end`](super::PipeBuilder::end)); for an
+    /// anonymous pipe, make the fd survive `exec` with
+    /// [`Segment::set_inheritable`] on [`segment`](Self::segment).
+    pub fn handle(&self) -> Handle {
+        self.seg.handle()
+    }
+
+    /// The segment holding the pipe.
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    /// Closes this end (the same as dropping it): the peer drains what was
+    /// sent, then gets `Disconnected`.
+    pub fn close(self) {}
+
+    /// Gives this end up *without* closing it, so that another process (one
+    /// launched with [`handle`](Self::handle), say) can claim it; the peer
+    /// keeps waiting for that process. Use it after launching a binary that
+    /// opens the end, instead of dropping (which would close the end if the
+    /// child has not claimed it yet). A child inherits the end from its parent
+    /// in any case, so this is only needed where the parent may drop first.
+    pub fn hand_over(self) {
+        let pid = sys::current_pid();
+        if self.claim_pid.load(Ordering::Relaxed) == pid {
+            let slot = &self.shared().ends[self.end.index()];
+            let _ = slot.word.compare_exchange(slot_word(pid, HELD), FREE, Ordering::SeqCst, Ordering::Relaxed);
+            self.claim_pid.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let pid = sys::current_pid();
+        if self.claim_pid.load(Ordering::Relaxed) != pid {
+            // A copy inherited over fork that this process never used.
+            return;
+        }
+        let slot = &self.shared().ends[self.end.index()];
+        let held = slot_word(pid, HELD);
+        // If this process forked after it last used the end, a child may be
+        // its user now: release it (the child adopts it) instead of closing it
+        // under the child.
+        let forked = sys::fork_count() != self.used_forks.load(Ordering::Relaxed);
+        let new = if forked { FREE } else { slot_word(pid, CLOSED) };
+        if slot.word.compare_exchange(held, new, Ordering::SeqCst, Ordering::Relaxed).is_ok() && !forked {
+            fence(Ordering::SeqCst);
+            for w in
+                [self.tx.as_ref().map(|r| r.rx_sleep()), self.rx.as_ref().map(|r| r.tx_sleep())].into_iter().flatten()
+            {
+                w.store(0, Ordering::Relaxed);
+                sys::futex_wake_all(w);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("end", &self.end)
+            .field("readable", &self.rx.is_some())
+            .field("writable", &self.tx.is_some())
+            .field("ring_size", &self.rx.as_ref().or(self.tx.as_ref()).map(|r| r.cap))
+            .field("max_message", &self.max_message)
+            .field("handle", &self.seg.handle())
+            .finish()
+    }
+}
+
+impl ShmObject for Connection {
+    const KIND: ObjectKind = ObjectKind::Pipe;
+    fn handle(&self) -> Handle {
+        Connection::handle(self)
+    }
+    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
+        super::Pipe::builder().open_handle(handle)
+    }
+    fn segment(&self) -> &Segment {
+        &self.seg
+    }
+}

@@ -1,0 +1,322 @@
+//! [`Pipe`]: a pair of duplex [`Connection`]s over shared memory, like Python's
+//! `multiprocessing.Pipe()`, and [`wait`] on several connections at once.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmproc::Pipe;
+//! let (a, b) = Pipe::new()?; // inherited by children forked later
+//! a.send(&("job", 42u32))?;
+//! let (what, n): (String, u32) = b.recv()?;
+//! assert_eq!((what.as_str(), n), ("job", 42));
+//! b.send_bytes(b"done")?;
+//! assert_eq!(a.recv_bytes()?, b"done");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Algorithm
+//! One segment holds both directions. Each direction is a single-producer,
+//! single-consumer byte ring (Lamport's ring with cached indices: each side
+//! keeps its own index privately, publishes it with a release store, and
+//! reloads the other side's index only when its cached copy runs out) carrying
+//! frames: a 64-byte aligned 8-byte header (a 16-bit tag and a 48-bit length)
+//! followed by the message (from 1 KiB up, on the next cache line), padded to
+//! 64 bytes. A message larger than the ring streams through it in fragments;
+//! the receiver assembles it and never returns a partial message. The byte
+//! layout is in `SAFETY.md`, section 7.
+//!
+//! Waiting is adaptive: a receiver (or a sender facing a full ring) polls the
+//! other side's index for a short spin budget, then raises a *sleeper flag*
+//! (a futex word) and sleeps on it. The other side only makes a system call
+//! when it sees that flag raised. The flag store and the index load on one side,
+//! and the index store and the flag load on the other, are separated by SeqCst
+//! fences, so at least one side sees the other's store: no lost wake-up.
+//!
+//! ## Ends and peer death
+//! Each end has a slot naming the process that holds it (pid and start time),
+//! so a third process cannot take an end from a live holder. Dropping a
+//! [`Connection`] closes its end, and the peer sees [`RecvError::Disconnected`]
+//! once it has drained every complete message; [`SendError::Disconnected`] on
+//! the other side. A process that dies without dropping is detected through a
+//! pid-reuse-proof liveness check (sleepers wake in bounded slices to re-check
+//! it); a message it was in the middle of sending is discarded, never returned.
+//!
+//! Across `fork`, a child adopts its copy of an end on first use. A process
+//! that drops an end it has not used since it last forked only *releases* it
+//! (a child may be its user now) instead of closing it, so the usual pattern
+//! works: create, fork, the child uses `b`, the parent drops `b` and uses `a`.
+//! For a launched binary (not a fork), hand the end over with
+//! [`Connection::hand_over`] instead of dropping it. A released end that no
+//! process adopts is not reported as gone: use timeouts where that can happen.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Process A:                                  // Process B (another binary):
+//! use shmproc::Pipe;                             // let b = Pipe::builder().name("jobs").open()?;
+//! let a = Pipe::builder().name("jobs").create()?; // let n: u64 = b.recv()?;
+//! a.send(&7u64)?;                                // b.send_bytes(b"ok")?;
+//! assert_eq!(a.recv_bytes()?, b"ok");
+//! # Ok(()) }
+//! ```
+
+mod connection;
+pub(crate) mod ring;
+mod wait;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use connection::Connection;
+pub use wait::wait;
+
+use crate::error::OpenError;
+use crate::segment::{segment_options, Handle, SegmentOptions};
+
+/// Default capacity of each ring: 1 MiB.
+pub const DEFAULT_RING_SIZE: usize = 1 << 20;
+/// Default largest message: 1 GiB.
+pub const DEFAULT_MAX_MESSAGE: u64 = 1 << 30;
+/// Default spin budget before a waiting side goes to sleep.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(5);
+
+/// Which end of a pipe a [`Connection`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum End {
+    /// The first end: the creator's (`create`), the first of `pair`/`new`. In a
+    /// one-way pipe, the receiving end.
+    A,
+    /// The second end: the one `open`/`open_handle` connects. In a one-way
+    /// pipe, the sending end.
+    B,
+}
+
+impl End {
+    pub(crate) fn index(self) -> usize {
+        match self {
+            End::A => 0,
+            End::B => 1,
+        }
+    }
+}
+
+/// Entry point: [`Pipe::new`] for an anonymous pair, [`Pipe::builder`] for the rest.
+#[derive(Debug)]
+pub struct Pipe;
+
+impl Pipe {
+    /// An anonymous duplex pair with default settings, usable across `fork` (or
+    /// handed to a launched binary with [`Connection::handle`]). Named after
+    /// Python's `Pipe()`, it returns the two ends rather than a `Pipe`.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> Result<(Connection, Connection), OpenError> {
+        Pipe::builder().pair()
+    }
+
+    /// A builder: ring size, message limit, one-way, name, permissions.
+    pub fn builder() -> PipeBuilder {
+        PipeBuilder {
+            opts: SegmentOptions::default(),
+            ring_size: DEFAULT_RING_SIZE,
+            max_message: DEFAULT_MAX_MESSAGE,
+            duplex: true,
+            spin: DEFAULT_SPIN,
+            end: End::B,
+        }
+    }
+}
+
+/// Builder for a [`Pipe`]: `pair()` (both ends here), `create()` (end A of a
+/// named pipe) and `open()`/`open_handle()` (end B).
+#[derive(Debug, Clone)]
+pub struct PipeBuilder {
+    pub(crate) opts: SegmentOptions,
+    pub(crate) ring_size: usize,
+    pub(crate) max_message: u64,
+    pub(crate) duplex: bool,
+    pub(crate) spin: Duration,
+    pub(crate) end: End,
+}
+
+impl PipeBuilder {
+    segment_options!();
+
+    /// Capacity of each ring in bytes, rounded up to a power of two (at least
+    /// 64; default 1 MiB). Messages larger than this stream through in fragments.
+    pub fn ring_size(mut self, bytes: usize) -> Self {
+        self.ring_size = bytes;
+        self
+    }
+
+    /// Largest message accepted, in bytes (default 1 GiB, at most 2^48 - 1).
+    /// Sending more is [`SendError::TooLarge`]; a frame header claiming more is
+    /// [`RecvError::Corrupt`].
+    pub fn max_message(mut self, bytes: u64) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
+    /// `false`: a one-way pipe; end A only receives and end B only sends, like
+    /// `multiprocessing.Pipe(duplex=False)` (default `true`).
+    pub fn duplex(mut self, duplex: bool) -> Self {
+        self.duplex = duplex;
+        self
+    }
+
+    /// How long a waiting side polls shared memory before it sleeps on a futex
+    /// (default 5 us). Longer lowers latency under load and burns more CPU.
+    /// Process-local: each side sets its own.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Which end `open`/`open_handle` claim (default [`End::B`]).
+    pub fn end(mut self, end: End) -> Self {
+        self.end = end;
+        self
+    }
+
+    /// Creates the pipe and returns both ends `(a, b)`, held by this process.
+    /// Anonymous unless a name was set.
+    pub fn pair(self) -> Result<(Connection, Connection), OpenError> {
+        connection::create(&self, true)
+    }
+
+    /// Creates a named pipe and returns end A; another process [`open`](Self::open)s end B.
+    pub fn create(self) -> Result<Connection, OpenError> {
+        if self.opts.name.is_none() {
+            return Err(OpenError::invalid("create needs a name; use pair() or Pipe::new() for an anonymous pipe"));
+        }
+        connection::create(&self, false).map(|(a, _)| a)
+    }
+
+    /// Opens a named pipe and claims end B (or the end chosen with [`end`](Self::end)).
+    /// Fails with [`OpenError::PermissionDenied`] if a live process other than
+    /// our parent holds that end.
+    pub fn open(self) -> Result<Connection, OpenError> {
+        connection::open(&self, None)
+    }
+
+    /// Opens the pipe behind `handle` (a name, or an fd inherited from the
+    /// launching process) and claims end B (or the end chosen with [`end`](Self::end)).
+    /// The launcher may still hold that end: a child takes it over from its parent.
+    pub fn open_handle(self, handle: &Handle) -> Result<Connection, OpenError> {
+        connection::open(&self, Some(handle))
+    }
+}
+
+/// Why sending failed. The message was not delivered (for a message that was
+/// being streamed in fragments when the peer vanished, the receiver discards
+/// the part it got).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The other end was closed or its process died.
+    Disconnected,
+    /// The message is longer than the pipe's limit.
+    TooLarge {
+        /// Bytes in the message.
+        len: u64,
+        /// The pipe's [`PipeBuilder::max_message`].
+        limit: u64,
+    },
+    /// This end of a one-way pipe cannot send.
+    NotWritable,
+    /// Another live process holds this end (a copy of the connection was taken over).
+    EndInUse {
+        /// The holder's pid.
+        pid: u32,
+    },
+    /// The ring's shared indices hold values no correct peer writes.
+    Corrupt {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// `send`: the value could not be serialized.
+    Serialize(postcard::Error),
+}
+
+/// Why receiving did not return a message.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The other end was closed or its process died, and every complete message
+    /// has been received (Python's `EOFError`).
+    Disconnected,
+    /// The timeout passed first. A message being streamed in is kept and
+    /// completed by the next call.
+    Timeout,
+    /// `recv_bytes_into`: the buffer is too small; the message is kept for the
+    /// next call.
+    BufferTooSmall {
+        /// Bytes the message needs.
+        needed: usize,
+    },
+    /// This end of a one-way pipe cannot receive.
+    NotReadable,
+    /// Another live process holds this end.
+    EndInUse {
+        /// The holder's pid.
+        pid: u32,
+    },
+    /// A frame header or shared index holds a value no correct peer writes (a
+    /// bad tag, a length over the limit, an index beyond the ring). The
+    /// connection stays broken.
+    Corrupt {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// `recv`: the message is not a valid encoding of the requested type.
+    Deserialize(postcard::Error),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Disconnected => f.write_str("the other end of the pipe is closed"),
+            SendError::TooLarge { len, limit } => {
+                write!(f, "message of {len} bytes exceeds the pipe's limit of {limit} bytes")
+            }
+            SendError::NotWritable => f.write_str("this end of a one-way pipe cannot send"),
+            SendError::EndInUse { pid } => write!(f, "this end of the pipe is held by live process {pid}"),
+            SendError::Corrupt { reason } => write!(f, "corrupt pipe: {reason}"),
+            SendError::Serialize(e) => write!(f, "could not serialize the value: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Serialize(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Disconnected => f.write_str("the other end of the pipe is closed and nothing is left to read"),
+            RecvError::Timeout => f.write_str("timed out waiting for a message"),
+            RecvError::BufferTooSmall { needed } => {
+                write!(f, "buffer too small: the message needs {needed} bytes (it is kept for the next call)")
+            }
+            RecvError::NotReadable => f.write_str("this end of a one-way pipe cannot receive"),
+            RecvError::EndInUse { pid } => write!(f, "this end of the pipe is held by live process {pid}"),
+            RecvError::Corrupt { reason } => write!(f, "corrupt pipe: {reason}"),
+            RecvError::Deserialize(e) => write!(f, "could not deserialize the message: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RecvError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecvError::Deserialize(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,273 @@
+//! Shared layout of a pipe segment and the byte copies in and out of its rings.
+//!
+//! Each direction is a single-producer/single-consumer byte ring in the style of
+//! Lamport's ring buffer, with the refinements of the "FastForward"/rigtorp
+//! family: the producer's index (`tail`) and the consumer's index (`head`) live
+//! on separate cache lines, each side keeps its own index in process-local
+//! memory (the shared copy is only *published*, never read back), and each side
+//! caches the other's index, reloading it only when the cached value says the
+//! ring is full (producer) or empty (consumer).
+//!
+//! Indices are free-running `u64` byte counts (they never wrap in practice:
+//! 2^64 bytes). The byte at stream position `p` lives at `data[p & (cap - 1)]`.
+//!
+//! A frame starts on a 64-byte boundary with an 8-byte header (tag and
+//! length); a message under 1 KiB follows at once, a larger one starts on the
+//! next cache line; the frame is padded to a multiple of 64 bytes.
+//!
+//! ## Payload layout (offsets from the payload start)
+//!
+//! | offset | size | field                                                        |
+//! |-------:|-----:|--------------------------------------------------------------|
+//! | 0      | 64   | [`Control`]: magic, ring capacities, message limit            |
+//! | 64     | 64   | [`EndSlot`] of end A                                          |
+//! | 128    | 64   | [`EndSlot`] of end B                                          |
+//! | 256    | 128  | ring 0 (A to B) producer line: `tail`                         |
+//! | 384    | 128  | ring 0 consumer line: `head`                                  |
+//! | 512    | 128  | ring 0 sleeper line: `rx_sleep`, `tx_sleep` (futex words)     |
+//! | 640    | 384  | ring 1 (B to A): the same three lines                         |
+//! | 1024   | cap0 | ring 0 data (absent, cap0 = 0, for a one-way pipe)            |
+//! | 1024+cap0 | cap1 | ring 1 data                                                |
+//!
+//! Each ring line is padded to 128 bytes: Intel's adjacent-line prefetcher
+//! fetches 64-byte lines in pairs, so 64-byte padding would still let the two
+//! sides' lines interfere. The sleeper flags have a line of their own: each side loads the other's
+//! flag after every publication, and that load hits in its own cache unless
+//! the flag changed (a sleep), instead of missing on the line the other side
+//! writes for every message.
+//!
+//! All-zero bytes are a valid state for every line except `Control`, which the
+//! creator fills before it publishes the segment.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// `b"PIPERING"` as a little-endian u64: the payload's own magic.
+pub(crate) const PIPE_MAGIC: u64 = u64::from_le_bytes(*b"PIPERING");
+/// Where the ring data starts in the payload.
+pub(crate) const DATA_OFFSET: usize = 1024;
+/// Smallest ring capacity accepted.
+pub(crate) const MIN_RING: u64 = 64;
+/// Largest ring capacity accepted (1 TiB).
+pub(crate) const MAX_RING: u64 = 1 << 40;
+
+/// Frame header: the top 16 bits are a tag, the low 48 bits the message length.
+pub(crate) const FRAME_TAG: u64 = 0xA55A;
+/// Bits of the frame header that hold the length.
+pub(crate) const LEN_BITS: u32 = 48;
+/// Largest message length a frame header can express.
+pub(crate) const MAX_FRAME_LEN: u64 = (1 << LEN_BITS) - 1;
+/// Bytes of a frame header.
+pub(crate) const FRAME_HEADER: u64 = 8;
+
+/// Encodes a frame header.
+#[inline]
+pub(crate) const fn frame_header(len: u64) -> u64 {
+    (FRAME_TAG << LEN_BITS) | len
+}
+
+/// Frames start on a 64-byte boundary (one cache line).
+pub(crate) const FRAME_ALIGN: u64 = 64;
+/// Messages at least this long start on the cache line after their header, so
+/// that bulk copies in and out are line-aligned on the ring side.
+pub(crate) const ALIGNED_PAYLOAD_MIN: u64 = 1024;
+
+/// The layout of one frame after its header: `skip` padding bytes, the
+/// message, then padding up to the next 64-byte boundary; `body` counts all of
+/// them (the frame is `FRAME_HEADER + body` bytes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameBody {
+    pub(crate) skip: u64,
+    pub(crate) body: u64,
+}
+
+impl FrameBody {
+    /// The body layout of a message of `len` bytes (`len <= MAX_FRAME_LEN`).
+    #[inline]
+    pub(crate) const fn of(len: u64) -> FrameBody {
+        let skip = if len >= ALIGNED_PAYLOAD_MIN { FRAME_ALIGN - FRAME_HEADER } else { 0 };
+        let end = FRAME_HEADER + skip + len;
+        let frame = (end + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1);
+        FrameBody { skip, body: frame - FRAME_HEADER }
+    }
+
+    /// For body bytes `[at, at + n)`: where message bytes start within that
+    /// range, which message byte that is, and how many message bytes it holds.
+    #[inline]
+    pub(crate) fn data_in(&self, len: u64, at: u64, n: u64) -> (u64, u64, u64) {
+        let lo = at.max(self.skip);
+        let hi = (at + n).min(self.skip + len);
+        if hi <= lo {
+            (0, 0, 0)
+        } else {
+            (lo - at, lo - self.skip, hi - lo)
+        }
+    }
+
+    /// Message bytes contained in the first `got` body bytes.
+    #[inline]
+    pub(crate) fn data_upto(&self, len: u64, got: u64) -> u64 {
+        got.saturating_sub(self.skip).min(len)
+    }
+}
+
+/// Fixed configuration, written once by the creator.
+#[repr(C, align(64))]
+pub(crate) struct Control {
+    pub(crate) magic: AtomicU64,
+    /// Capacity of ring 0 (A to B) and ring 1 (B to A); 0 = absent.
+    pub(crate) capacity: [AtomicU64; 2],
+    /// Largest message, in bytes.
+    pub(crate) max_message: AtomicU64,
+}
+
+/// Who holds one end: `word` = `pid << 32 | state`, and the holder's start time.
+#[repr(C, align(64))]
+pub(crate) struct EndSlot {
+    pub(crate) word: AtomicU64,
+    pub(crate) start_time: AtomicU64,
+}
+
+/// The producer's line: written by the producer on every publication.
+#[repr(C, align(128))]
+pub(crate) struct ProducerLine {
+    /// Bytes published so far (release-stored by the producer).
+    pub(crate) tail: AtomicU64,
+}
+
+/// The consumer's line: written by the consumer as it frees space.
+#[repr(C, align(128))]
+pub(crate) struct ConsumerLine {
+    /// Bytes consumed so far (release-stored by the consumer).
+    pub(crate) head: AtomicU64,
+}
+
+/// The sleeper flags: written only around sleeps, read after every publication.
+#[repr(C, align(128))]
+pub(crate) struct SleepLine {
+    /// Futex word: 1 while the consumer sleeps waiting for data.
+    pub(crate) rx_sleep: AtomicU32,
+    /// Futex word: 1 while the producer sleeps waiting for space.
+    pub(crate) tx_sleep: AtomicU32,
+}
+
+/// The three lines of one ring.
+#[repr(C)]
+pub(crate) struct RingCtl {
+    pub(crate) prod: ProducerLine,
+    pub(crate) cons: ConsumerLine,
+    pub(crate) sleep: SleepLine,
+}
+
+/// Everything before the ring data.
+#[repr(C)]
+pub(crate) struct Shared {
+    pub(crate) control: Control,
+    pub(crate) ends: [EndSlot; 2],
+    pub(crate) rings: [RingCtl; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<Control>() == 64);
+const _: () = assert!(std::mem::size_of::<EndSlot>() == 64);
+const _: () = assert!(std::mem::size_of::<RingCtl>() == 384);
+const _: () = assert!(std::mem::offset_of!(Shared, ends) == 64);
+const _: () = assert!(std::mem::offset_of!(Shared, rings) == 256);
+const _: () = assert!(std::mem::size_of::<Shared>() == 1024);
+const _: () = assert!(std::mem::size_of::<Shared>() <= DATA_OFFSET);
+const _: () = assert!(std::mem::align_of::<Shared>() == 128);
+
+/// One ring as seen by one process: its control lines and its data, with a
+/// capacity that was validated against the mapping when the pipe was opened.
+#[derive(Clone, Copy)]
+pub(crate) struct RingView {
+    pub(crate) ctl: NonNull<RingCtl>,
+    pub(crate) data: NonNull<u8>,
+    /// A power of two between [`MIN_RING`] and [`MAX_RING`].
+    pub(crate) cap: u64,
+}
+
+impl RingView {
+    #[inline]
+    pub(crate) fn ctl(&self) -> &RingCtl {
+        // SAFETY: `ctl` points into the live mapping (the Connection owning
+        // this view keeps the segment alive); RingCtl holds only atomics, so
+        // any bytes a peer writes there are a valid value.
+        unsafe { self.ctl.as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn tail(&self) -> &AtomicU64 {
+        &self.ctl().prod.tail
+    }
+
+    #[inline]
+    pub(crate) fn head(&self) -> &AtomicU64 {
+        &self.ctl().cons.head
+    }
+
+    #[inline]
+    pub(crate) fn rx_sleep(&self) -> &AtomicU32 {
+        &self.ctl().sleep.rx_sleep
+    }
+
+    #[inline]
+    pub(crate) fn tx_sleep(&self) -> &AtomicU32 {
+        &self.ctl().sleep.tx_sleep
+    }
+
+    /// Reads the 8-byte frame header at stream position `pos` (a multiple of 8).
+    #[inline]
+    pub(crate) fn read_header(&self, pos: u64) -> u64 {
+        debug_assert_eq!(pos % 8, 0);
+        let off = (pos & (self.cap - 1)) as usize;
+        // SAFETY: `off` is a multiple of 8 below `cap` (cap is a power of two
+        // >= 64), so the 8 bytes lie inside the ring; the data start is 64-byte
+        // aligned, so the address is aligned for an AtomicU64. Reading through
+        // an atomic keeps a concurrent (hostile) write from being a data race.
+        unsafe { (*(self.data.as_ptr().add(off) as *const AtomicU64)).load(Ordering::Relaxed) }
+    }
+
+    /// Writes a frame header at stream position `pos` (a multiple of 8).
+    #[inline]
+    pub(crate) fn write_header(&self, pos: u64, h: u64) {
+        debug_assert_eq!(pos % 8, 0);
+        let off = (pos & (self.cap - 1)) as usize;
+        // SAFETY: as in `read_header`.
+        unsafe { (*(self.data.as_ptr().add(off) as *const AtomicU64)).store(h, Ordering::Relaxed) }
+    }
+
+    /// Copies `n` bytes from `src` into the ring at stream position `pos`,
+    /// wrapping around the end.
+    ///
+    /// # Safety
+    /// `src` must be valid for reading `n` bytes, `n <= cap`, and the caller
+    /// must be this ring's only producer with `[pos, pos + n)` free space.
+    #[inline]
+    pub(crate) unsafe fn copy_in(&self, pos: u64, src: *const u8, n: usize) {
+        let off = (pos & (self.cap - 1)) as usize;
+        let first = n.min(self.cap as usize - off);
+        // SAFETY: off < cap and first <= cap - off, so [off, off + first) is in
+        // the ring, and the rest (n - first <= cap - first) starts at 0. The
+        // caller guarantees `src` and that no one else writes this space.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, self.data.as_ptr().add(off), first);
+            std::ptr::copy_nonoverlapping(src.add(first), self.data.as_ptr(), n - first);
+        }
+    }
+
+    /// Copies `n` bytes out of the ring at stream position `pos` into `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writing `n` bytes, `n <= cap`, and the caller
+    /// must be this ring's only consumer with `[pos, pos + n)` published.
+    #[inline]
+    pub(crate) unsafe fn copy_out(&self, pos: u64, dst: *mut u8, n: usize) {
+        let off = (pos & (self.cap - 1)) as usize;
+        let first = n.min(self.cap as usize - off);
+        // SAFETY: bounds as in `copy_in`; the caller guarantees `dst`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.as_ptr().add(off), dst, first);
+            std::ptr::copy_nonoverlapping(self.data.as_ptr(), dst.add(first), n - first);
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! In-process tests of the pipe (threads); cross-process tests live in
+//! `ipc-tests/tests/pipe_*.rs`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::ring::{Shared, DATA_OFFSET};
+use super::*;
+use crate::error::OpenError;
+
+const T: Duration = Duration::from_secs(20);
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn shared(c: &Connection) -> &Shared {
+    // SAFETY: test-only view of a live pipe segment's control block.
+    unsafe { &*(c.segment().payload_ptr().as_ptr() as *const Shared) }
+}
+
+#[test]
+fn bytes_values_and_empty_messages() {
+    let (a, b) = Pipe::new().unwrap();
+    a.send_bytes(b"hello").unwrap();
+    a.send_bytes(b"").unwrap();
+    a.send(&(1u8, "two".to_string(), vec![3u64; 3])).unwrap();
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"hello");
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"");
+    let v: (u8, String, Vec<u64>) = b.recv_timeout(T).unwrap();
+    assert_eq!(v, (1, "two".to_string(), vec![3, 3, 3]));
+    b.send_bytes(b"back").unwrap();
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"back");
+    assert!(matches!(a.recv_bytes_timeout(Duration::from_millis(5)), Err(RecvError::Timeout)));
+}
+
+#[test]
+fn wrong_type_is_a_deserialize_error() {
+    let (a, b) = Pipe::new().unwrap();
+    a.send_bytes(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert!(matches!(b.recv_timeout::<u32>(T), Err(RecvError::Deserialize(_))));
+}
+
+#[test]
+fn messages_larger_than_the_ring_stream_through() {
+    let (a, b) = Pipe::builder().ring_size(4096).pair().unwrap();
+    let sizes = [0usize, 1, 7, 8, 4088, 4089, 4096, 10_000, 100_003, 1 << 20];
+    let t = std::thread::spawn(move || {
+        for (i, &n) in sizes.iter().enumerate() {
+            a.send_bytes(&pattern(n, i as u64)).unwrap();
+        }
+        a
+    });
+    for (i, &n) in sizes.iter().enumerate() {
+        assert_eq!(b.recv_bytes_timeout(T).unwrap(), pattern(n, i as u64), "message {i} of {n} bytes");
+    }
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn too_large_is_an_error_on_the_sender() {
+    let (a, _b) = Pipe::builder().max_message(100).pair().unwrap();
+    assert!(matches!(a.send_bytes(&[0; 101]), Err(SendError::TooLarge { len: 101, limit: 100 })));
+    a.send_bytes(&[0; 100]).unwrap();
+}
+
+#[test]
+fn short_buffer_reports_the_size_and_keeps_the_message() {
+    let (a, b) = Pipe::new().unwrap();
+    a.send_bytes(&pattern(1000, 1)).unwrap();
+    let mut small = [0u8; 10];
+    match b.recv_bytes_into_timeout(&mut small, T) {
+        Err(RecvError::BufferTooSmall { needed }) => assert_eq!(needed, 1000),
+        other => panic!("{other:?}"),
+    }
+    let mut big = vec![0u8; 2000];
+    assert_eq!(b.recv_bytes_into_timeout(&mut big, T).unwrap(), 1000);
+    assert_eq!(&big[..1000], &pattern(1000, 1)[..]);
+}
+
+#[test]
+fn timeout_mid_message_resumes() {
+    let (a, b) = Pipe::builder().ring_size(1024).pair().unwrap();
+    let msg = pattern(5000, 9);
+    let m2 = msg.clone();
+    let t = std::thread::spawn(move || {
+        // More than the ring: blocks until the receiver drains.
+        a.send_bytes(&m2).unwrap();
+        a
+    });
+    // Drain part of it with a tiny buffer timeout loop: each call may time out
+    // mid-message; the message must still arrive whole.
+    let mut buf = vec![0u8; 5000];
+    let mut got = None;
+    for _ in 0..10_000 {
+        match b.recv_bytes_into_timeout(&mut buf, Duration::from_micros(50)) {
+            Ok(n) => {
+                got = Some(n);
+                break;
+            }
+            Err(RecvError::Timeout) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(got, Some(5000));
+    assert_eq!(buf, msg);
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn drop_drains_then_disconnects() {
+    let (a, b) = Pipe::new().unwrap();
+    a.send_bytes(b"1").unwrap();
+    a.send_bytes(b"2").unwrap();
+    drop(a);
+    assert!(b.poll(Duration::ZERO));
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"1");
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"2");
+    assert!(matches!(b.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
+    assert!(matches!(b.send_bytes(b"x"), Err(SendError::Disconnected)));
+    assert!(b.poll(Duration::ZERO));
+}
+
+#[test]
+fn drop_wakes_a_sleeping_receiver_and_sender() {
+    let (a, b) = Pipe::builder().ring_size(64).pair().unwrap();
+    let t = std::thread::spawn(move || b.recv_bytes_timeout(T).map(|_| ()));
+    std::thread::sleep(Duration::from_millis(50));
+    drop(a);
+    assert!(matches!(t.join().unwrap(), Err(RecvError::Disconnected)));
+
+    let (a, b) = Pipe::builder().ring_size(64).pair().unwrap();
+    let t = std::thread::spawn(move || a.send_bytes(&[0; 1000]));
+    std::thread::sleep(Duration::from_millis(50));
+    drop(b);
+    assert!(matches!(t.join().unwrap(), Err(SendError::Disconnected)));
+}
+
+#[test]
+fn one_way_pipe() {
+    let (r, w) = Pipe::builder().duplex(false).pair().unwrap();
+    assert!(r.readable() && !r.writable() && w.writable() && !w.readable());
+    assert!(matches!(r.send_bytes(b"x"), Err(SendError::NotWritable)));
+    assert!(matches!(w.recv_bytes(), Err(RecvError::NotReadable)));
+    w.send_bytes(b"ok").unwrap();
+    assert_eq!(r.recv_bytes_timeout(T).unwrap(), b"ok");
+    assert!(!w.poll(Duration::ZERO));
+}
+
+#[test]
+fn poll_and_wait_with_timeouts() {
+    let (a1, b1) = Pipe::new().unwrap();
+    let (a2, b2) = Pipe::new().unwrap();
+    let (a3, b3) = Pipe::new().unwrap();
+    assert!(!a1.poll(Duration::from_millis(5)));
+    assert!(wait(&[&a1, &a2, &a3], Some(Duration::from_millis(20))).is_empty());
+    b3.send_bytes(b"3").unwrap();
+    b1.send_bytes(b"1").unwrap();
+    assert_eq!(wait(&[&a1, &a2, &a3], Some(T)), vec![0, 2]);
+    assert_eq!(a1.recv_bytes_timeout(T).unwrap(), b"1");
+    assert_eq!(wait(&[&a1, &a2, &a3], None), vec![2]);
+    assert_eq!(a3.recv_bytes_timeout(T).unwrap(), b"3");
+    // A sender in another thread wakes a sleeping wait.
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        b2.send_bytes(b"2").unwrap();
+        b2
+    });
+    assert_eq!(wait(&[&a1, &a2, &a3], Some(T)), vec![1]);
+    let _b2 = t.join().unwrap();
+    // A dropped peer makes its connection ready.
+    drop(b1);
+    assert_eq!(wait(&[&a1, &a3], Some(T)), vec![0]);
+    drop(b3);
+}
+
+#[test]
+fn hostile_frame_header_is_corrupt() {
+    let (a, b) = Pipe::new().unwrap();
+    a.send_bytes(&[7u8; 64]).unwrap();
+    let sh = shared(&b);
+    let cap = sh.control.capacity[0].load(Ordering::Relaxed) as usize;
+    assert!(cap > 0);
+    let data = unsafe_data(&b, 0);
+    // A 1 TiB length with a valid tag: over the limit.
+    data.store((0xA55A << 48) | (1 << 40), Ordering::Relaxed);
+    assert!(matches!(b.recv_bytes_timeout(T), Err(RecvError::Corrupt { .. })));
+    // Stays broken.
+    assert!(matches!(b.recv_bytes_timeout(T), Err(RecvError::Corrupt { .. })));
+
+    let (a, b) = Pipe::new().unwrap();
+    a.send_bytes(&[7u8; 64]).unwrap();
+    unsafe_data(&b, 0).store(u64::MAX, Ordering::Relaxed); // bad tag
+    assert!(matches!(b.recv_bytes_timeout(T), Err(RecvError::Corrupt { .. })));
+}
+
+#[test]
+fn hostile_indices_are_corrupt() {
+    let (a, b) = Pipe::new().unwrap();
+    let sh = shared(&a);
+    // Ring 0 carries A to B. A tail far beyond the ring:
+    sh.rings[0].prod.tail.store(u64::MAX / 2, Ordering::Relaxed);
+    assert!(matches!(b.recv_bytes_timeout(T), Err(RecvError::Corrupt { .. })));
+    // A head beyond the sender's tail: the sender notices when it needs space.
+    let (a, _b) = Pipe::builder().ring_size(64).pair().unwrap();
+    let sh = shared(&a);
+    sh.rings[0].cons.head.store(12345, Ordering::Relaxed);
+    let r = (0..20).map(|_| a.send_bytes(&[1; 40])).find(|r| r.is_err());
+    assert!(matches!(r, Some(Err(SendError::Corrupt { .. }))), "{r:?}");
+}
+
+/// The first 8 bytes of ring `i`'s data, as an atomic.
+fn unsafe_data(c: &Connection, i: usize) -> &AtomicU64 {
+    let sh = shared(c);
+    let cap0 = sh.control.capacity[0].load(Ordering::Relaxed) as usize;
+    let off = DATA_OFFSET + if i == 0 { 0 } else { cap0 };
+    // SAFETY: test-only; the offset is inside the payload and 64-byte aligned.
+    unsafe { &*(c.segment().payload_ptr().as_ptr().add(off) as *const AtomicU64) }
+}
+
+#[test]
+fn named_pipe_create_and_open() {
+    let name = format!("shmproc-test-pipe-unit-{}", std::process::id());
+    let a = Pipe::builder().name(&name).ring_size(4096).create().unwrap();
+    let b = Pipe::builder().name(&name).open().unwrap();
+    // End B is now held (by this process): a second claim is refused, so a
+    // ring never gets two consumers.
+    assert!(matches!(Pipe::builder().name(&name).open(), Err(OpenError::PermissionDenied { .. })));
+    assert!(matches!(Pipe::builder().name(&name).end(End::A).open(), Err(OpenError::PermissionDenied { .. })));
+    a.send(&42u64).unwrap();
+    assert_eq!(b.recv_timeout::<u64>(T).unwrap(), 42);
+    b.send_bytes(&pattern(3000, 3)).unwrap();
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), pattern(3000, 3));
+    assert!(format!("{a:?}").contains("Connection"));
+    drop(b);
+    assert!(matches!(a.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
+    drop(a);
+    assert!(crate::segment::Segment::builder().name(&name).open().is_err());
+}
+
+#[test]
+fn sync_connection_shared_by_threads() {
+    let (a, b) = Pipe::builder().ring_size(4096).pair().unwrap();
+    let a = std::sync::Arc::new(a);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    a.send(&(t as u64, i, pattern((t * 97 + i as usize * 31) % 3000, i))).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut next = [0u64; 4];
+    for _ in 0..800 {
+        let (t, i, p): (u64, u64, Vec<u8>) = b.recv_timeout(T).unwrap();
+        assert_eq!(i, next[t as usize]);
+        next[t as usize] += 1;
+        assert_eq!(p, pattern((t as usize * 97 + i as usize * 31) % 3000, i));
+    }
+    threads.into_iter().for_each(|t| t.join().unwrap());
+}
+
+#[test]
+fn frame_body_layout() {
+    use super::ring::FrameBody;
+    for len in [0u64, 1, 8, 55, 56, 57, 1023, 1024, 1025, 65536, 100_000] {
+        let fb = FrameBody::of(len);
+        assert_eq!((8 + fb.body) % 64, 0, "len {len}");
+        assert!(fb.body >= fb.skip + len);
+        assert_eq!((8 + fb.skip) % 64 == 0, len >= 1024);
+        // Splitting the body anywhere covers the message exactly once, in order.
+        for step in [1u64, 7, 64, 1000, fb.body.max(1)] {
+            let mut next = 0;
+            let mut at = 0;
+            while at < fb.body {
+                let n = step.min(fb.body - at);
+                let (off, from, count) = fb.data_in(len, at, n);
+                if count > 0 {
+                    assert_eq!(from, next);
+                    assert!(off + count <= n);
+                    next += count;
+                }
+                at += n;
+                assert_eq!(fb.data_upto(len, at), next);
+            }
+            assert_eq!(next, len);
+        }
+    }
+}
+
+#[test]
+fn wait_on_more_connections_than_futex_waitv_takes() {
+    let pairs: Vec<(Connection, Connection)> =
+        (0..crate::sys::FUTEX_WAITV_MAX + 5).map(|_| Pipe::builder().ring_size(64).pair().unwrap()).collect();
+    let refs: Vec<&Connection> = pairs.iter().map(|(a, _)| a).collect();
+    assert!(wait(&refs, Some(Duration::from_millis(20))).is_empty());
+    let last = pairs.len() - 1;
+    let t = {
+        let b = &pairs[last].1;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                b.send_bytes(b"x").unwrap();
+            });
+            wait(&refs, Some(T))
+        })
+    };
+    assert_eq!(t, vec![last]);
+}

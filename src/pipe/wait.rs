@@ -1,0 +1,88 @@
+//! [`wait`]: block until one of several connections is ready to read, like
+//! Python's `multiprocessing.connection.wait`.
+//!
+//! Spins over the connections for the shortest spin budget among them, then
+//! raises every receiver's sleeper flag and sleeps on all of the flags at once
+//! with `futex_waitv` (one system call, woken by whichever sender publishes
+//! first), in bounded slices so that a peer that dies is noticed.
+
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::Connection;
+use crate::sys::{self, WaitOutcome};
+use crate::time::Deadline;
+
+/// Longest one sleep lasts before peers are re-checked.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// Waits until at least one of `conns` is ready (a message to read, or its peer
+/// gone so that a receive returns at once) or `timeout` passes (`None`: no
+/// limit), and returns the indices into `conns` of those ready, in order. An
+/// empty result means the timeout passed. Send-only ends are never ready.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use shmproc::pipe::{wait, Pipe};
+/// let (a1, b1) = Pipe::new()?;
+/// let (a2, b2) = Pipe::new()?;
+/// b2.send_bytes(b"hi")?;
+/// assert_eq!(wait(&[&a1, &a2], Some(Duration::from_secs(1))), vec![1]);
+/// assert!(wait(&[&a1], Some(Duration::from_millis(10))).is_empty());
+/// # drop((b1, a2)); Ok(()) }
+/// ```
+pub fn wait(conns: &[&Connection], timeout: Option<Duration>) -> Vec<usize> {
+    let deadline = Deadline::after(timeout);
+    let ready = |force: bool| -> Vec<usize> {
+        conns.iter().enumerate().filter(|(_, c)| c.ready_now(force)).map(|(i, _)| i).collect()
+    };
+    let r = ready(false);
+    if !r.is_empty() || deadline.expired() {
+        return r;
+    }
+    let spin = conns.iter().map(|c| c.spin_budget()).min().unwrap_or(Duration::ZERO);
+    if !spin.is_zero() {
+        let end = sys::monotonic_now() + spin;
+        while sys::monotonic_now() < end {
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+            let r = ready(false);
+            if !r.is_empty() {
+                return r;
+            }
+        }
+    }
+    let words: Vec<&AtomicU32> = conns.iter().filter_map(|c| c.rx_sleep_word()).collect();
+    let clear = || words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+    let mut force = false;
+    loop {
+        words.iter().for_each(|w| w.store(1, Ordering::Relaxed));
+        // Pairs with the senders' fence between their tail store and their
+        // flag load (see the `pipe` module docs).
+        fence(Ordering::SeqCst);
+        let r = ready(force);
+        if !r.is_empty() {
+            clear();
+            return r;
+        }
+        if deadline.expired() {
+            clear();
+            return r;
+        }
+        let slice = deadline.min_after(SLICE);
+        let outcome = if words.is_empty() {
+            std::thread::sleep(slice.remaining().unwrap_or(SLICE));
+            WaitOutcome::TimedOut
+        } else {
+            match sys::futex_waitv(&words, 1, slice.at()) {
+                Some(o) => o,
+                // No futex_waitv (or too many words): sleep on the first word
+                // in short slices and poll the rest.
+                None => sys::futex_wait(words[0], 1, deadline.min_after(Duration::from_millis(1)).at()),
+            }
+        };
+        force = outcome == WaitOutcome::TimedOut;
+    }
+}
