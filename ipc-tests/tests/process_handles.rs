@@ -2,15 +2,15 @@
 //! inherited fd, named ones by name) and uses them; missing and mistyped
 //! handles give precise errors.
 //!
-//! Queue, Pipe and Mutex are added with one `share` line here and one user
-//! function in `src/bin/process_handle_user.rs` each.
+//! The objects: an anonymous `Value`, a named `Array`, a raw `Segment`, an
+//! anonymous `Queue`, one end of an anonymous `Pipe` and an anonymous `Mutex`.
 
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use shmproc::process::{CommandExt, ShareError};
-use shmproc::{Array, Segment, Value};
+use shmproc::{Array, Connection, Mutex, Pipe, Queue, Segment, Value};
 
 fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -21,6 +21,10 @@ struct Objects {
     counter: Value<u64>,
     arr: Array<u32>,
     seg: Segment,
+    jobs: Queue<u64>,
+    /// (ours, the child's)
+    pipe: (Connection, Connection),
+    lock: Mutex<u64>,
 }
 
 fn objects() -> Objects {
@@ -28,6 +32,9 @@ fn objects() -> Objects {
         counter: Value::anonymous(41).unwrap(),
         arr: Array::create(&unique("handles"), &[1, 2, 3]).unwrap(),
         seg: Segment::builder().size(64).create().unwrap(),
+        jobs: Queue::anonymous(16).unwrap(),
+        pipe: Pipe::new().unwrap(),
+        lock: Mutex::anonymous(1).unwrap(),
     }
 }
 
@@ -35,6 +42,7 @@ fn run(mode: &str, o: &Objects) -> ExitStatus {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_process_handle_user"));
     cmd.arg(mode);
     cmd.share("counter", &o.counter).unwrap().share("ARR", &o.arr).unwrap().share("seg", &o.seg).unwrap();
+    cmd.share("jobs", &o.jobs).unwrap().share("pipe", &o.pipe.1).unwrap().share("lock", &o.lock).unwrap();
     let mut child = cmd.spawn().unwrap();
     let t0 = Instant::now();
     loop {
@@ -55,8 +63,15 @@ fn launched_binary_uses_shared_objects() {
     let o = objects();
     assert!(matches!(o.counter.handle(), shmproc::Handle::Fd(_)));
     assert!(matches!(o.arr.handle(), shmproc::Handle::Name(_)));
+    for n in 1..=3 {
+        o.jobs.send(n).unwrap();
+    }
+    o.pipe.0.send(&7u64).unwrap();
     assert!(run("use", &o).success());
     assert_eq!(o.counter.get().unwrap(), 42);
+    assert_eq!(o.jobs.recv_timeout(Duration::from_secs(10)).unwrap(), 60, "queue reply");
+    assert_eq!(o.pipe.0.recv_timeout::<u64>(Duration::from_secs(10)).unwrap(), 42, "pipe reply");
+    assert_eq!(*o.lock.lock_timeout(Duration::from_secs(10)).unwrap(), 101, "mutex update");
     assert_eq!(o.arr.to_vec().unwrap(), vec![2, 4, 6]);
     // SAFETY: the child has exited; 5 of the 64 payload bytes are read.
     let got = unsafe { std::slice::from_raw_parts(o.seg.payload_ptr().as_ptr(), 5) };

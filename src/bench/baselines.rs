@@ -585,6 +585,9 @@ fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
         // SAFETY: chunk `head % 8` was published by the producer (tail > head,
         // acquired above) and is not rewritten until we publish `head + 1`.
         unsafe { std::ptr::copy_nonoverlapping(chunk_at(head), dst.as_mut_ptr(), CHUNK) };
+        // The whole chunk must really be copied out, as a receiver would: keep
+        // the optimiser from shrinking the copy to the 8 bytes checked below.
+        std::hint::black_box(&mut dst);
         let n = u64::from_le_bytes(dst[..8].try_into().expect("8 bytes"));
         if n != head {
             break Err(format!("raw-ring: chunk {n} arrived where {head} was expected"));

@@ -283,6 +283,19 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(process::cases());
     cases.extend(queue::cases());
     cases.extend(pipe::cases());
+    // Print each scenario's rows together (baseline rows first, as added),
+    // in a fixed scenario order; the sort is stable.
+    const ORDER: &[&str] = &[
+        "pingpong-8B",
+        "stream-8B",
+        "stream-64KiB",
+        "stream-mpmc",
+        "idle-cpu",
+        "lock-incr",
+        "event-pingpong",
+        "spawn-join",
+    ];
+    cases.sort_by_key(|c| ORDER.iter().position(|s| *s == c.scenario).unwrap_or(ORDER.len()));
     cases
 }
 

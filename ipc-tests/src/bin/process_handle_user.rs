@@ -7,11 +7,40 @@
 //! * `use`: every object in [`USERS`] is opened with `inherited` and updated.
 //! * `missing`, `wrong-kind`, `wrong-type`: the precise error is checked.
 //!
-//! Adding a primitive (Queue, Pipe, Mutex) is one function and one row in
-//! [`USERS`], plus the matching row in the test.
+//! Adding a primitive is one function and one row in [`USERS`], plus the
+//! matching `share` in the test.
+
+use std::time::Duration;
 
 use shmproc::process::{inherited, InheritError};
-use shmproc::{Array, OpenError, Segment, Value};
+use shmproc::{Array, Connection, Mutex, OpenError, Queue, Segment, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn use_queue() -> Result<(), String> {
+    let q: Queue<u64> = inherited("jobs").map_err(|e| e.to_string())?;
+    // The launcher queued 1, 2, 3: send back their sum times ten.
+    let mut sum = 0;
+    for _ in 0..3 {
+        sum += q.recv_timeout(WAIT).map_err(|e| format!("recv: {e:?}"))?;
+    }
+    q.send(sum * 10).map_err(|e| format!("send: {e:?}"))?;
+    Ok(())
+}
+
+fn use_pipe() -> Result<(), String> {
+    let conn: Connection = inherited("pipe").map_err(|e| e.to_string())?;
+    let n: u64 = conn.recv_timeout(WAIT).map_err(|e| format!("recv: {e:?}"))?;
+    conn.send(&(n * 6)).map_err(|e| format!("send: {e:?}"))?;
+    Ok(())
+}
+
+fn use_mutex() -> Result<(), String> {
+    let m: Mutex<u64> = inherited("lock").map_err(|e| e.to_string())?;
+    let mut g = m.lock_timeout(WAIT).map_err(|e| e.to_string())?;
+    *g += 100;
+    Ok(())
+}
 
 fn use_value() -> Result<(), String> {
     let v: Value<u64> = inherited("counter").map_err(|e| e.to_string())?;
@@ -40,7 +69,14 @@ fn use_segment() -> Result<(), String> {
 type User = fn() -> Result<(), String>;
 
 /// (share name, user) for every shared object.
-const USERS: &[(&str, User)] = &[("counter", use_value), ("ARR", use_array), ("seg", use_segment)];
+const USERS: &[(&str, User)] = &[
+    ("counter", use_value),
+    ("ARR", use_array),
+    ("seg", use_segment),
+    ("jobs", use_queue),
+    ("pipe", use_pipe),
+    ("lock", use_mutex),
+];
 
 fn check(mode: &str) -> Result<(), String> {
     match mode {
