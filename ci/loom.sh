@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUSTFLAGS="--cfg loom ${RUSTFLAGS:-}" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \
-    cargo test --release -p shmproc --lib loom -- --test-threads=1 "$@"
+    cargo test --release -p shmproc --lib sync::loom_tests -- --test-threads=1 "$@"
