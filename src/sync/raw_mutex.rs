@@ -270,6 +270,13 @@ impl RawMutex {
                 spins += 1;
                 continue;
             }
+            // Checked before every sleep, not only after a wait that reports
+            // a timeout: a wait also ends early (EAGAIN) whenever the word
+            // changed, and a word that keeps changing (heavy churn, or a peer
+            // scribbling it) would otherwise keep us here past the deadline.
+            if deadline.expired() {
+                return Err(RawLockError::Timeout);
+            }
             let expected = s | WAITERS;
             if s & WAITERS == 0 && self.state.compare_exchange(s, expected, Relaxed, Relaxed).is_err() {
                 continue;
@@ -411,6 +418,20 @@ mod tests {
             assert_eq!(m.try_lock(), Err(RawLockError::Corrupt), "{bad:#x}");
             assert_eq!(m.lock(Deadline::NEVER), Err(RawLockError::Corrupt), "{bad:#x}");
         }
+    }
+
+    #[test]
+    fn regression_lock_deadline_ignored_while_futex_wait_never_times_out() {
+        // The word names a live owner (this process's main thread) and the
+        // futex wait keeps returning `Woken` (as it does with EAGAIN while a
+        // peer keeps changing the word): the lock must still time out.
+        let m = RawMutex::new();
+        m.state.store(std::process::id() | WAITERS, Relaxed);
+        let p = crate::sync::NeverTimesOut::new();
+        assert_ne!(p.me().id, std::process::id());
+        let r = m.lock_with(&p, Deadline::after(Some(Duration::from_millis(20))));
+        assert_eq!(r, Err(RawLockError::Timeout));
+        assert!(!p.overshot(), "lock kept waiting long past its deadline");
     }
 
     #[test]
