@@ -275,7 +275,7 @@ impl RawMutex {
             // changed, and a word that keeps changing (heavy churn, or a peer
             // scribbling it) would otherwise keep us here past the deadline.
             if deadline.expired() {
-                return Err(RawLockError::Timeout);
+                return self.timeout_or_take_over(p, me, s, tid);
             }
             let expected = s | WAITERS;
             if s & WAITERS == 0 && self.state.compare_exchange(s, expected, Relaxed, Relaxed).is_err() {
@@ -288,7 +288,7 @@ impl RawMutex {
             };
             if p.wait(&self.state, expected, until) == Wait::TimedOut {
                 if deadline.expired() {
-                    return Err(RawLockError::Timeout);
+                    return self.timeout_or_take_over(p, me, expected, tid);
                 }
                 // A slice ended: is the owner we slept behind still alive?
                 // Acquire: read the stamp no older than the word that names its tid.
@@ -299,6 +299,26 @@ impl RawMutex {
                 }
             }
         }
+    }
+
+    /// The deadline passed while the word was `s`, naming `tid`: one last
+    /// liveness check (as `try_lock` makes), so that a timeout shorter than
+    /// the liveness slice still takes over a dead owner's lock.
+    #[cold]
+    fn timeout_or_take_over<P: Platform>(
+        &self,
+        p: &P,
+        me: Identity,
+        s: u32,
+        tid: u32,
+    ) -> Result<Acquired, RawLockError> {
+        // Acquire: read the stamp no older than the word that names its tid.
+        if self.state.load(Acquire) == s && tid != me.id && !p.alive(self.owner_identity(tid)) {
+            if let Some(r) = self.take_over(s, me) {
+                return Ok(r);
+            }
+        }
+        Err(RawLockError::Timeout)
     }
 
     /// Releases the lock.
@@ -394,6 +414,24 @@ mod tests {
         unsafe { m.unlock() };
         assert_eq!(m.try_lock(), Err(RawLockError::Unrecoverable));
         assert_eq!(m.lock(Deadline::NEVER), Err(RawLockError::Unrecoverable));
+    }
+
+    #[test]
+    fn regression_short_lock_timeout_never_detects_a_dead_owner() {
+        // Timeouts shorter than the liveness slice ended every wait with
+        // `Timeout` before any liveness check: a caller polling with short
+        // timeouts could never take over a dead owner's lock.
+        let m = Arc::new(RawMutex::new());
+        let m2 = m.clone();
+        std::thread::spawn(move || m2.lock(Deadline::NEVER).unwrap()).join().unwrap();
+        for t in [Duration::ZERO, Duration::from_millis(2)] {
+            assert_eq!(m.lock(Deadline::after(Some(t))), Ok(Acquired::OwnerDied), "timeout {t:?}");
+            m.mark_consistent();
+            // SAFETY: we hold it.
+            unsafe { m.unlock() };
+            let m3 = m.clone();
+            std::thread::spawn(move || m3.lock(Deadline::NEVER).unwrap()).join().unwrap();
+        }
     }
 
     #[test]
