@@ -62,6 +62,8 @@ pub(crate) const MAX_TID: u32 = 1 << 22;
 /// sleep and wake-up across CPUs (PERF.md), so a short critical section is
 /// waited out without sleeping.
 const SPINS: u32 = if cfg!(loom) { 1 } else { 16 };
+/// Attempts `try_lock` makes while the word keeps changing under its CAS.
+const TRY_LOCK_RETRIES: u32 = 64;
 /// Longest backoff step: 2^8 = 256 pause instructions.
 const BACKOFF_MAX_SHIFT: u32 = 8;
 
@@ -158,7 +160,8 @@ impl RawMutex {
         self.owner.store(pack(me), Relaxed);
     }
 
-    /// Takes the lock if it is free (or its owner is proven dead).
+    /// Takes the lock if it is free (or its owner is proven dead). `WouldBlock`
+    /// also when the word kept changing under 64 attempts in a row.
     #[inline]
     pub(crate) fn try_lock(&self) -> Result<Acquired, RawLockError> {
         self.try_lock_with(&Os)
@@ -167,7 +170,10 @@ impl RawMutex {
     /// [`RawMutex::try_lock`] on an explicit platform.
     pub(crate) fn try_lock_with<P: Platform>(&self, p: &P) -> Result<Acquired, RawLockError> {
         let me = p.me();
-        loop {
+        // Bounded: an honest word settles within a few tries; one that keeps
+        // moving under our CASes (a peer scribbling it) must not keep a
+        // non-blocking call spinning.
+        for _ in 0..TRY_LOCK_RETRIES {
             // Acquire: a stamp read below is no older than this word.
             let s = self.state.load(Acquire);
             match classify(s) {
@@ -191,6 +197,7 @@ impl RawMutex {
                 }
             }
         }
+        Err(RawLockError::WouldBlock)
     }
 
     /// Takes the lock, waiting until `deadline`.
@@ -432,6 +439,41 @@ mod tests {
             let m3 = m.clone();
             std::thread::spawn(move || m3.lock(Deadline::NEVER).unwrap()).join().unwrap();
         }
+    }
+
+    #[test]
+    fn regression_try_lock_spins_forever_while_a_peer_cycles_dead_owners() {
+        // A peer keeps replacing the word with other dead tids, so every
+        // takeover CAS fails: try_lock must still return, not retry forever.
+        struct Scribbler<'a> {
+            m: &'a RawMutex,
+            calls: std::sync::atomic::AtomicU32,
+        }
+        impl Platform for Scribbler<'_> {
+            fn wait(&self, _: &AtomicU32, _: u32, _: Deadline) -> Wait {
+                Wait::Woken
+            }
+            fn wake(&self, _: &AtomicU32, _: u32) {}
+            fn me(&self) -> Identity {
+                Identity { id: 1, start_time: 1 }
+            }
+            fn alive(&self, _: Identity) -> bool {
+                let n = self.calls.fetch_add(1, Relaxed);
+                if n >= 100_000 {
+                    return true; // safety net: lets a regression fail instead of hang
+                }
+                self.m.state.store(1000 + n % 1000, Relaxed);
+                false
+            }
+            fn liveness_slice(&self) -> Option<Duration> {
+                None
+            }
+        }
+        let m = RawMutex::new();
+        m.state.store(999, Relaxed);
+        let p = Scribbler { m: &m, calls: std::sync::atomic::AtomicU32::new(0) };
+        assert_eq!(m.try_lock_with(&p), Err(RawLockError::WouldBlock));
+        assert!(p.calls.load(Relaxed) < 1000, "try_lock retried {} times", p.calls.load(Relaxed));
     }
 
     #[test]
