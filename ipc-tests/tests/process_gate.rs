@@ -154,6 +154,32 @@ fn forkserver_survives_dropped_children() {
     assert_eq!(server(), before, "the fork server was restarted");
 }
 
+/// Regression: a `Fork` child closed the parent's fork-server socket by its
+/// fd number but left that number recorded, so a grandchild it forked closed
+/// the same number again, by then reused for one of the child's own files.
+fn regression_nested_fork_closes_a_reused_fd() {
+    // This process runs a fork server, so it holds a client socket.
+    let p = Process::builder(add, (1, 1)).start_method(StartMethod::ForkServer).start().unwrap();
+    assert_eq!(p.join().unwrap(), 2);
+    let mut child = Process::closure(|| {
+        // Fill the lowest free fd numbers (the closed server socket's among them).
+        let files: Vec<std::fs::File> = (0..64).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        let mut grandchild = Process::closure(move || {
+            // SAFETY: fcntl(F_GETFD) only asks whether the fd is open.
+            fds.iter().filter(|&&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0).count() as u32
+        })
+        .start()
+        .unwrap();
+        let closed = grandchild.join_timeout(JOIN).unwrap();
+        drop(files);
+        closed
+    })
+    .start()
+    .unwrap();
+    assert_eq!(child.join_timeout(JOIN).unwrap(), 0, "the grandchild found some of its inherited files closed");
+}
+
 fn default_is_forkserver() {
     assert_eq!(StartMethod::default(), StartMethod::ForkServer);
     let p = Process::builder(add, (2, 3)).start().unwrap();
@@ -201,6 +227,7 @@ fn main() {
         println!("forkserver_restarts: test");
         println!("forkserver_survives_dropped_children: test");
         println!("default_is_forkserver: test");
+        println!("regression_nested_fork_closes_a_reused_fd: test");
         return;
     }
     let mut ran = 0;
@@ -228,6 +255,11 @@ fn main() {
     if wanted(&filter, "default_is_forkserver") {
         default_is_forkserver();
         println!("test default_is_forkserver ... ok");
+        ran += 1;
+    }
+    if wanted(&filter, "regression_nested_fork_closes_a_reused_fd") {
+        regression_nested_fork_closes_a_reused_fd();
+        println!("test regression_nested_fork_closes_a_reused_fd ... ok");
         ran += 1;
     }
     println!("process_gate: {ran} checks passed");

@@ -109,6 +109,12 @@ fn shared_fds_do_not_leak_into_other_children() {
 }
 
 #[test]
+fn regression_inherited_fd_leaks_into_the_launched_programs_children() {
+    let o = objects();
+    assert!(run("no-leak", &o).success());
+}
+
+#[test]
 fn bad_share_names_are_refused() {
     let o = objects();
     for bad in ["", "a-b", "sp ace", &"x".repeat(65)] {

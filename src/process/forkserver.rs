@@ -85,6 +85,9 @@ static CLIENT_FD: AtomicI32 = AtomicI32::new(-1);
 pub(crate) fn close_client_in_child() {
     let fd = CLIENT_FD.load(Ordering::Relaxed);
     if fd >= 0 {
+        // Forget the number too: once closed it is free for this child's own
+        // files, and a grandchild forked later must not close it again.
+        CLIENT_FD.store(-1, Ordering::Relaxed);
         // SAFETY: the `Server` that owns this fd is never used or dropped in a
         // child (its `owner` pid differs; see `server_for`).
         unsafe { sys::close_raw(fd) };

@@ -9,7 +9,9 @@
 //! the object's fd (close-on-exec), keeps the duplicate alive as long as the
 //! `Command`, and clears `FD_CLOEXEC` on it in the child only, between fork and
 //! exec, so no other program the launcher runs inherits it. [`inherited`]
-//! opens the handle with the type's own validation, so a wrong kind or element
+//! sets `FD_CLOEXEC` on that fd again once it has opened the object (which
+//! keeps its own duplicate), so programs the launched one runs do not inherit
+//! it either. It opens the handle with the type's own validation, so a wrong kind or element
 //! type is [`OpenError::KindMismatch`](crate::OpenError::KindMismatch) /
 //! [`TypeMismatch`](crate::OpenError::TypeMismatch) inside
 //! [`InheritError::Open`].
@@ -83,5 +85,16 @@ pub fn inherited<T: ShmObject>(name: &str) -> Result<T, InheritError> {
     let value = std::env::var(&var).map_err(|_| InheritError::Missing { var: var.clone() })?;
     let handle: Handle =
         value.parse().map_err(|_| InheritError::BadHandle { var: var.clone(), value: value.clone() })?;
-    T::open_handle(&handle).map_err(|source| InheritError::Open { name: name.to_owned(), source: Box::new(source) })
+    let obj = T::open_handle(&handle)
+        .map_err(|source| InheritError::Open { name: name.to_owned(), source: Box::new(source) })?;
+    if let Handle::Fd(raw) = handle {
+        // The object now holds its own close-on-exec duplicate. The launcher
+        // cleared FD_CLOEXEC on the inherited fd for this program only: set it
+        // again, so that programs this one runs do not inherit the object too.
+        // (Left open, not closed: a second `inherited` of the same name works.)
+        if let Ok(fd) = sys::borrow_raw_fd(raw) {
+            let _ = sys::set_cloexec(fd, true);
+        }
+    }
+    Ok(obj)
 }

@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::{sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
+use super::{sync_builder, sync_shm_object, Os, Platform, Shared, SharedState};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::segment::{Handle, Segment};
@@ -237,7 +237,7 @@ impl Barrier {
         }
         let index = self.parties - n;
         loop {
-            let r = p.wait(&s.generation, g, deadline);
+            p.wait(&s.generation, g, deadline);
             let cur = s.generation.load(Acquire);
             if cur & BROKEN != 0 {
                 return Err(BarrierError::Broken);
@@ -245,7 +245,9 @@ impl Barrier {
             if cur != g {
                 return Ok(BarrierWaitResult { index });
             }
-            if r == Wait::TimedOut && deadline.expired() {
+            // Checked whatever the wait reported: spurious wake-ups (signals,
+            // a peer's FUTEX_WAKE) can keep coming past the deadline.
+            if deadline.expired() {
                 match s.generation.compare_exchange(g, g | BROKEN, Release, Acquire) {
                     Ok(_) => {
                         p.wake(&s.generation, i32::MAX as u32);
@@ -305,6 +307,15 @@ mod tests {
             .collect();
         let total: u32 = hs.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(total, 50);
+    }
+
+    #[test]
+    fn regression_wait_deadline_ignored_while_futex_wait_never_times_out() {
+        let b = Barrier::anonymous(2).unwrap();
+        let p = crate::sync::NeverTimesOut::new();
+        assert_eq!(b.wait_until(&p, Deadline::after(Some(Duration::from_millis(20)))), Err(BarrierError::Timeout));
+        assert!(!p.overshot(), "wait kept waiting long past its deadline");
+        assert!(b.is_broken());
     }
 
     #[test]

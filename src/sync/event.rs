@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
+use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::segment::{Handle, Segment};
@@ -45,8 +45,8 @@ unsafe impl SharedState for EventState {}
 const SPINS: u32 = if cfg!(loom) { 1 } else { 200 };
 
 impl EventState {
-    /// A heap twin (loom).
-    #[cfg(loom)]
+    /// A heap twin (tests and loom).
+    #[cfg(any(test, loom))]
     pub(crate) fn new() -> EventState {
         EventState {
             flag: AtomicU32::new(0),
@@ -70,12 +70,17 @@ impl EventState {
         loop {
             self.waiters.fetch_add(1, SeqCst);
             loom_sc_fence();
-            let r = if self.flag.load(SeqCst) == 0 { p.wait(&self.flag, 0, deadline) } else { Wait::Woken };
+            if self.flag.load(SeqCst) == 0 {
+                p.wait(&self.flag, 0, deadline);
+            }
             self.waiters.fetch_sub(1, Relaxed);
             if self.flag.load(Acquire) != 0 {
                 return true;
             }
-            if r == Wait::TimedOut && deadline.expired() {
+            // Checked whatever the wait reported: a wait also ends early when
+            // the word changed, on a signal, or on a peer's wake-up, and those
+            // can keep coming past the deadline.
+            if deadline.expired() {
                 return false;
             }
         }
@@ -190,6 +195,14 @@ sync_shm_object!(Event, EventBuilder, Event);
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn regression_wait_deadline_ignored_while_futex_wait_never_times_out() {
+        let e = EventState::new();
+        let p = crate::sync::NeverTimesOut::new();
+        assert!(!e.wait(&p, Deadline::after(Some(Duration::from_millis(20)))));
+        assert!(!p.overshot(), "wait kept waiting long past its deadline");
+    }
 
     #[test]
     fn set_clear_wait() {

@@ -126,6 +126,51 @@ impl Platform for Os {
     }
 }
 
+/// A platform whose futex wait never reports a timeout: every wait returns
+/// `Woken` at once, as a real wait does when the word keeps changing under it
+/// (`EAGAIN`), when signals keep arriving (`EINTR`), or when a peer keeps
+/// issuing `FUTEX_WAKE`. The algorithms must still honour their deadline.
+/// Safety net so a regression fails instead of hanging: after two seconds it
+/// records the overshoot and reports `TimedOut`.
+#[cfg(all(test, not(loom)))]
+pub(crate) struct NeverTimesOut {
+    start: std::time::Instant,
+    overshot: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(all(test, not(loom)))]
+impl NeverTimesOut {
+    pub(crate) fn new() -> Self {
+        NeverTimesOut { start: std::time::Instant::now(), overshot: std::sync::atomic::AtomicBool::new(false) }
+    }
+    /// Whether a caller kept waiting far past its (short) deadline.
+    pub(crate) fn overshot(&self) -> bool {
+        self.overshot.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+impl Platform for NeverTimesOut {
+    fn wait(&self, _word: &AtomicU32, _expected: u32, _deadline: Deadline) -> Wait {
+        if self.start.elapsed() > Duration::from_secs(2) {
+            self.overshot.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Wait::TimedOut;
+        }
+        std::thread::yield_now();
+        Wait::Woken
+    }
+    fn wake(&self, _word: &AtomicU32, _n: u32) {}
+    fn me(&self) -> Identity {
+        crate::sys::current_thread()
+    }
+    fn alive(&self, _who: Identity) -> bool {
+        true
+    }
+    fn liveness_slice(&self) -> Option<Duration> {
+        Some(LIVENESS_SLICE)
+    }
+}
+
 /// A `SeqCst` fence under loom only.
 ///
 /// The sleeper/waker handshakes ("store mine, then load yours" on two words,

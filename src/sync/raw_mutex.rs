@@ -62,6 +62,8 @@ pub(crate) const MAX_TID: u32 = 1 << 22;
 /// sleep and wake-up across CPUs (PERF.md), so a short critical section is
 /// waited out without sleeping.
 const SPINS: u32 = if cfg!(loom) { 1 } else { 16 };
+/// Attempts `try_lock` makes while the word keeps changing under its CAS.
+const TRY_LOCK_RETRIES: u32 = 64;
 /// Longest backoff step: 2^8 = 256 pause instructions.
 const BACKOFF_MAX_SHIFT: u32 = 8;
 
@@ -158,7 +160,8 @@ impl RawMutex {
         self.owner.store(pack(me), Relaxed);
     }
 
-    /// Takes the lock if it is free (or its owner is proven dead).
+    /// Takes the lock if it is free (or its owner is proven dead). `WouldBlock`
+    /// also when the word kept changing under 64 attempts in a row.
     #[inline]
     pub(crate) fn try_lock(&self) -> Result<Acquired, RawLockError> {
         self.try_lock_with(&Os)
@@ -167,7 +170,10 @@ impl RawMutex {
     /// [`RawMutex::try_lock`] on an explicit platform.
     pub(crate) fn try_lock_with<P: Platform>(&self, p: &P) -> Result<Acquired, RawLockError> {
         let me = p.me();
-        loop {
+        // Bounded: an honest word settles within a few tries; one that keeps
+        // moving under our CASes (a peer scribbling it) must not keep a
+        // non-blocking call spinning.
+        for _ in 0..TRY_LOCK_RETRIES {
             // Acquire: a stamp read below is no older than this word.
             let s = self.state.load(Acquire);
             match classify(s) {
@@ -191,6 +197,7 @@ impl RawMutex {
                 }
             }
         }
+        Err(RawLockError::WouldBlock)
     }
 
     /// Takes the lock, waiting until `deadline`.
@@ -270,6 +277,13 @@ impl RawMutex {
                 spins += 1;
                 continue;
             }
+            // Checked before every sleep, not only after a wait that reports
+            // a timeout: a wait also ends early (EAGAIN) whenever the word
+            // changed, and a word that keeps changing (heavy churn, or a peer
+            // scribbling it) would otherwise keep us here past the deadline.
+            if deadline.expired() {
+                return self.timeout_or_take_over(p, me, s, tid);
+            }
             let expected = s | WAITERS;
             if s & WAITERS == 0 && self.state.compare_exchange(s, expected, Relaxed, Relaxed).is_err() {
                 continue;
@@ -281,7 +295,7 @@ impl RawMutex {
             };
             if p.wait(&self.state, expected, until) == Wait::TimedOut {
                 if deadline.expired() {
-                    return Err(RawLockError::Timeout);
+                    return self.timeout_or_take_over(p, me, expected, tid);
                 }
                 // A slice ended: is the owner we slept behind still alive?
                 // Acquire: read the stamp no older than the word that names its tid.
@@ -292,6 +306,26 @@ impl RawMutex {
                 }
             }
         }
+    }
+
+    /// The deadline passed while the word was `s`, naming `tid`: one last
+    /// liveness check (as `try_lock` makes), so that a timeout shorter than
+    /// the liveness slice still takes over a dead owner's lock.
+    #[cold]
+    fn timeout_or_take_over<P: Platform>(
+        &self,
+        p: &P,
+        me: Identity,
+        s: u32,
+        tid: u32,
+    ) -> Result<Acquired, RawLockError> {
+        // Acquire: read the stamp no older than the word that names its tid.
+        if self.state.load(Acquire) == s && tid != me.id && !p.alive(self.owner_identity(tid)) {
+            if let Some(r) = self.take_over(s, me) {
+                return Ok(r);
+            }
+        }
+        Err(RawLockError::Timeout)
     }
 
     /// Releases the lock.
@@ -390,6 +424,59 @@ mod tests {
     }
 
     #[test]
+    fn regression_short_lock_timeout_never_detects_a_dead_owner() {
+        // Timeouts shorter than the liveness slice ended every wait with
+        // `Timeout` before any liveness check: a caller polling with short
+        // timeouts could never take over a dead owner's lock.
+        let m = Arc::new(RawMutex::new());
+        let m2 = m.clone();
+        std::thread::spawn(move || m2.lock(Deadline::NEVER).unwrap()).join().unwrap();
+        for t in [Duration::ZERO, Duration::from_millis(2)] {
+            assert_eq!(m.lock(Deadline::after(Some(t))), Ok(Acquired::OwnerDied), "timeout {t:?}");
+            m.mark_consistent();
+            // SAFETY: we hold it.
+            unsafe { m.unlock() };
+            let m3 = m.clone();
+            std::thread::spawn(move || m3.lock(Deadline::NEVER).unwrap()).join().unwrap();
+        }
+    }
+
+    #[test]
+    fn regression_try_lock_spins_forever_while_a_peer_cycles_dead_owners() {
+        // A peer keeps replacing the word with other dead tids, so every
+        // takeover CAS fails: try_lock must still return, not retry forever.
+        struct Scribbler<'a> {
+            m: &'a RawMutex,
+            calls: std::sync::atomic::AtomicU32,
+        }
+        impl Platform for Scribbler<'_> {
+            fn wait(&self, _: &AtomicU32, _: u32, _: Deadline) -> Wait {
+                Wait::Woken
+            }
+            fn wake(&self, _: &AtomicU32, _: u32) {}
+            fn me(&self) -> Identity {
+                Identity { id: 1, start_time: 1 }
+            }
+            fn alive(&self, _: Identity) -> bool {
+                let n = self.calls.fetch_add(1, Relaxed);
+                if n >= 100_000 {
+                    return true; // safety net: lets a regression fail instead of hang
+                }
+                self.m.state.store(1000 + n % 1000, Relaxed);
+                false
+            }
+            fn liveness_slice(&self) -> Option<Duration> {
+                None
+            }
+        }
+        let m = RawMutex::new();
+        m.state.store(999, Relaxed);
+        let p = Scribbler { m: &m, calls: std::sync::atomic::AtomicU32::new(0) };
+        assert_eq!(m.try_lock_with(&p), Err(RawLockError::WouldBlock));
+        assert!(p.calls.load(Relaxed) < 1000, "try_lock retried {} times", p.calls.load(Relaxed));
+    }
+
+    #[test]
     fn mark_consistent_recovers() {
         let m = Arc::new(RawMutex::new());
         let m2 = m.clone();
@@ -411,6 +498,20 @@ mod tests {
             assert_eq!(m.try_lock(), Err(RawLockError::Corrupt), "{bad:#x}");
             assert_eq!(m.lock(Deadline::NEVER), Err(RawLockError::Corrupt), "{bad:#x}");
         }
+    }
+
+    #[test]
+    fn regression_lock_deadline_ignored_while_futex_wait_never_times_out() {
+        // The word names a live owner (this process's main thread) and the
+        // futex wait keeps returning `Woken` (as it does with EAGAIN while a
+        // peer keeps changing the word): the lock must still time out.
+        let m = RawMutex::new();
+        m.state.store(std::process::id() | WAITERS, Relaxed);
+        let p = crate::sync::NeverTimesOut::new();
+        assert_ne!(p.me().id, std::process::id());
+        let r = m.lock_with(&p, Deadline::after(Some(Duration::from_millis(20))));
+        assert_eq!(r, Err(RawLockError::Timeout));
+        assert!(!p.overshot(), "lock kept waiting long past its deadline");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
+use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::segment::{Handle, Segment};
@@ -143,12 +143,17 @@ impl RawSemaphore {
         loop {
             self.waiters.fetch_add(1, SeqCst);
             loom_sc_fence();
-            let r = if self.value.load(SeqCst) == 0 { p.wait(&self.value, 0, deadline) } else { Wait::Woken };
+            if self.value.load(SeqCst) == 0 {
+                p.wait(&self.value, 0, deadline);
+            }
             self.waiters.fetch_sub(1, Relaxed);
             if self.try_acquire() {
                 return Ok(());
             }
-            if r == Wait::TimedOut && deadline.expired() {
+            // Checked whatever the wait reported: a wait also ends early when
+            // the word changed, on a signal, or on a peer's wake-up, and those
+            // can keep coming past the deadline.
+            if deadline.expired() {
                 return Err(AcquireError::Timeout);
             }
         }
@@ -400,6 +405,15 @@ sync_shm_object!(BoundedSemaphore, BoundedOpener, BoundedSemaphore);
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn regression_acquire_deadline_ignored_while_futex_wait_never_times_out() {
+        let s = RawSemaphore::new(0, 0);
+        let p = crate::sync::NeverTimesOut::new();
+        let r = s.acquire_with(&p, Deadline::after(Some(Duration::from_millis(20))));
+        assert_eq!(r, Err(AcquireError::Timeout));
+        assert!(!p.overshot(), "acquire kept waiting long past its deadline");
+    }
 
     #[test]
     fn counting_and_bounds() {

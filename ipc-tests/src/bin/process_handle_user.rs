@@ -98,6 +98,19 @@ fn check(mode: &str) -> Result<(), String> {
             Err(InheritError::Open { source, .. }) if matches!(*source, OpenError::TypeMismatch { .. }) => Ok(()),
             other => Err(format!("expected a type mismatch, got {other:?}")),
         },
+        "no-leak" => {
+            // The fd the launcher passed must not stay inheritable once it is
+            // opened: programs this one runs were never given the object.
+            let _v: Value<u64> = inherited("counter").map_err(|e| e.to_string())?;
+            let var = std::env::var("SHMPROC_HANDLE_COUNTER").map_err(|e| e.to_string())?;
+            let fd: i32 = var.strip_prefix("fd:").and_then(|n| n.parse().ok()).ok_or(format!("handle {var:?}"))?;
+            // SAFETY: fcntl(F_GETFD) on an integer only reads the fd's flags.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                return Err(format!("inherited fd {fd} is still inheritable after inherited()"));
+            }
+            Ok(())
+        }
         other => Err(format!("unknown mode {other:?}")),
     }
 }
