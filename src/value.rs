@@ -767,6 +767,11 @@ unsafe impl<T: Pod + Send> Sync for RawArray<T> {}
 
 macro_rules! atomic_views {
     ($($t:ty => $a:ty),*) => {$(
+        const _: () = assert!(
+            std::mem::align_of::<$t>() == std::mem::align_of::<$a>()
+                && std::mem::size_of::<$t>() == std::mem::size_of::<$a>(),
+            "the atomic views need the integer and its atomic to share size and alignment"
+        );
         impl RawValue<$t> {
             /// The value as an atomic, for lock-free cross-process access.
             pub fn atomic(&self) -> &$a {

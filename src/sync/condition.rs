@@ -160,6 +160,11 @@ impl Condition {
 
     /// As [`Condition::wait`], for at most `timeout`; returns the guard and
     /// `true` if the timeout passed (never before `timeout`).
+    ///
+    /// The timeout bounds the wait for a notification. Re-taking the mutex
+    /// afterwards has no deadline (as with `std::sync::Condvar`), so a live
+    /// process that keeps holding the mutex delays the return; a dead holder is
+    /// detected and reported as [`LockError::OwnerDied`].
     pub fn wait_timeout<'a, T: Pod>(
         &self,
         guard: MutexGuard<'a, T>,
