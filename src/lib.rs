@@ -62,7 +62,7 @@ pub use queue::{
 };
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, ShmObject, DEFAULT_MODE,
-    DEFAULT_OPEN_TIMEOUT,
+    DEFAULT_OPEN_TIMEOUT, MAX_NAME_LEN,
 };
 pub use sync::{
     AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
