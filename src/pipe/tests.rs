@@ -317,3 +317,31 @@ fn wait_on_more_connections_than_futex_waitv_takes() {
     };
     assert_eq!(t, vec![last]);
 }
+
+/// Regression: stream positions are free-running `u64`s read from shared memory
+/// at attach, so a peer (or the creator) can start them just below 2^64. The
+/// position arithmetic (`+=`, `-`) overflowed there and panicked in debug
+/// builds; it must wrap like the positions themselves.
+#[test]
+fn hostile_indices_near_u64_max_do_not_overflow() {
+    let (a, b) = Pipe::builder().ring_size(256).pair().unwrap();
+    let seg = a.segment().clone();
+    let near = u64::MAX - 127; // 64-byte aligned, two frames before the wrap
+    for ring in &shared(&a).rings {
+        ring.prod.tail.store(near, Ordering::Relaxed);
+        ring.cons.head.store(near, Ordering::Relaxed);
+    }
+    // Give both ends up so that fresh connections attach to the scribbled indices.
+    a.hand_over();
+    b.hand_over();
+    let a = Pipe::builder().end(End::A).open_handle(&seg.handle()).unwrap();
+    let b = Pipe::builder().end(End::B).open_handle(&seg.handle()).unwrap();
+    for i in 0..12u8 {
+        let small = [i; 40];
+        let big = pattern(100 + 10 * i as usize, i as u64); // frames fit the ring
+        a.send_bytes(&small).unwrap();
+        assert_eq!(b.recv_bytes_timeout(T).unwrap(), small);
+        b.send_bytes(&big).unwrap();
+        assert_eq!(a.recv_bytes_timeout(T).unwrap(), big);
+    }
+}
