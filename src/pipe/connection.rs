@@ -428,7 +428,9 @@ impl Connection {
             return Ok(t);
         }
         if !self.spin.is_zero() && !deadline.get().expired() {
-            let end = sys::monotonic_now() + self.spin;
+            // The spin never outlasts the caller's deadline.
+            let spin_end = sys::monotonic_now().saturating_add(self.spin);
+            let end = deadline.get().at().map_or(spin_end, |d| d.min(spin_end));
             loop {
                 for _ in 0..64 {
                     std::hint::spin_loop();

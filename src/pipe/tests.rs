@@ -345,3 +345,24 @@ fn hostile_indices_near_u64_max_do_not_overflow() {
         assert_eq!(a.recv_bytes_timeout(T).unwrap(), big);
     }
 }
+
+/// Regression: the spin phase of a wait ignored the caller's deadline (a spin
+/// budget longer than the timeout overran it; `Duration::MAX` overflowed the
+/// clock arithmetic and panicked). The spin now ends at the deadline.
+#[test]
+fn spin_budget_longer_than_the_timeout_ends_at_the_deadline() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let (a, b) = Pipe::builder().spin(Duration::MAX).pair().unwrap();
+        let short = Duration::from_millis(20);
+        let r = b.recv_bytes_timeout(short);
+        let polled = b.poll(short);
+        let waited = wait(&[&b], Some(short));
+        done_tx.send((matches!(r, Err(RecvError::Timeout)), polled, waited.is_empty())).unwrap();
+        drop(a);
+    });
+    // A generous guard against the spin running on: not a timing assertion.
+    let got = done_rx.recv_timeout(Duration::from_secs(20));
+    assert_eq!(got, Ok((true, false, true)));
+    t.join().unwrap();
+}
