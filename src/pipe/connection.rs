@@ -428,7 +428,9 @@ impl Connection {
             return Ok(t);
         }
         if !self.spin.is_zero() && !deadline.get().expired() {
-            let end = sys::monotonic_now() + self.spin;
+            // The spin never outlasts the caller's deadline.
+            let spin_end = sys::monotonic_now().saturating_add(self.spin);
+            let end = deadline.get().at().map_or(spin_end, |d| d.min(spin_end));
             loop {
                 for _ in 0..64 {
                     std::hint::spin_loop();
@@ -480,7 +482,7 @@ impl Connection {
 
     /// Waits until `need` bytes are free in the ring.
     fn wait_space(&self, ring: &RingView, tx: &mut TxState, need: u64) -> Result<(), SendError> {
-        if ring.cap - (tx.tail - tx.cached_head) >= need {
+        if ring.cap - tx.tail.wrapping_sub(tx.cached_head) >= need {
             return Ok(());
         }
         let tail = tx.tail;
@@ -538,18 +540,18 @@ impl Connection {
         let first = if total <= cap { total } else { (cap / 4).max(FRAME_ALIGN) };
         self.wait_space(ring, tx, first)?;
         ring.write_header(tx.tail, frame_header(len));
-        tx.tail += FRAME_HEADER;
+        tx.tail = tx.tail.wrapping_add(FRAME_HEADER);
         let mut sent = 0u64;
         loop {
-            let free = cap - (tx.tail - tx.cached_head);
+            let free = cap - tx.tail.wrapping_sub(tx.cached_head);
             let n = free.min(body - sent);
             let (ring_off, from, count) = fb.data_in(len, sent, n);
             // SAFETY: `data[from..from + count]` is in bounds (`data_in` clips
             // to the message); `[tail + ring_off, + count)` lies inside the
             // `n` bytes of free space of this ring, whose only producer we are
             // (claimed end, `tx_state` lock held).
-            unsafe { ring.copy_in(tx.tail + ring_off, data.as_ptr().add(from as usize), count as usize) };
-            tx.tail += n;
+            unsafe { ring.copy_in(tx.tail.wrapping_add(ring_off), data.as_ptr().add(from as usize), count as usize) };
+            tx.tail = tx.tail.wrapping_add(n);
             sent += n;
             Self::publish_tail(ring, tx.tail);
             if sent == body {
@@ -669,7 +671,7 @@ impl Connection {
         if len > self.max_message {
             return Err(Self::corrupt(rx, "a frame header's length exceeds the pipe's message limit"));
         }
-        rx.head += FRAME_HEADER;
+        rx.head = rx.head.wrapping_add(FRAME_HEADER);
         rx.pending = Some(Pending { len, got: 0, buf: Vec::new() });
         Ok(())
     }
@@ -723,7 +725,7 @@ impl Connection {
                     // published bytes (n <= avail <= cap) and we are the ring's
                     // only consumer.
                     unsafe {
-                        ring.copy_out(rx.head + ring_off, p.buf.as_mut_ptr().add(p.buf.len()), count);
+                        ring.copy_out(rx.head.wrapping_add(ring_off), p.buf.as_mut_ptr().add(p.buf.len()), count);
                         p.buf.set_len(p.buf.len() + count);
                     }
                 }
@@ -731,10 +733,10 @@ impl Connection {
                     let d = &mut dst[at..at + count];
                     // SAFETY: `d` is exactly `count` writable bytes; the ring
                     // range is published and ours to read, as above.
-                    unsafe { ring.copy_out(rx.head + ring_off, d.as_mut_ptr(), count) };
+                    unsafe { ring.copy_out(rx.head.wrapping_add(ring_off), d.as_mut_ptr(), count) };
                 }
             }
-            rx.head += n;
+            rx.head = rx.head.wrapping_add(n);
             p.got += n;
         }
         self.publish_head(ring, rx);

@@ -8,8 +8,10 @@
 //! caches the other's index, reloading it only when the cached value says the
 //! ring is full (producer) or empty (consumer).
 //!
-//! Indices are free-running `u64` byte counts (they never wrap in practice:
-//! 2^64 bytes). The byte at stream position `p` lives at `data[p & (cap - 1)]`.
+//! Indices are free-running `u64` byte counts (an honest stream never wraps
+//! them: 2^64 bytes, but the starting values come from shared memory, so all
+//! position arithmetic wraps). The byte at stream position `p` lives at
+//! `data[p & (cap - 1)]`.
 //!
 //! A frame starts on a 64-byte boundary with an 8-byte header (tag and
 //! length); a message under 1 KiB follows at once, a larger one starts on the

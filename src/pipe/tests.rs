@@ -317,3 +317,52 @@ fn wait_on_more_connections_than_futex_waitv_takes() {
     };
     assert_eq!(t, vec![last]);
 }
+
+/// Regression: stream positions are free-running `u64`s read from shared memory
+/// at attach, so a peer (or the creator) can start them just below 2^64. The
+/// position arithmetic (`+=`, `-`) overflowed there and panicked in debug
+/// builds; it must wrap like the positions themselves.
+#[test]
+fn hostile_indices_near_u64_max_do_not_overflow() {
+    let (a, b) = Pipe::builder().ring_size(256).pair().unwrap();
+    let seg = a.segment().clone();
+    let near = u64::MAX - 127; // 64-byte aligned, two frames before the wrap
+    for ring in &shared(&a).rings {
+        ring.prod.tail.store(near, Ordering::Relaxed);
+        ring.cons.head.store(near, Ordering::Relaxed);
+    }
+    // Give both ends up so that fresh connections attach to the scribbled indices.
+    a.hand_over();
+    b.hand_over();
+    let a = Pipe::builder().end(End::A).open_handle(&seg.handle()).unwrap();
+    let b = Pipe::builder().end(End::B).open_handle(&seg.handle()).unwrap();
+    for i in 0..12u8 {
+        let small = [i; 40];
+        let big = pattern(100 + 10 * i as usize, i as u64); // frames fit the ring
+        a.send_bytes(&small).unwrap();
+        assert_eq!(b.recv_bytes_timeout(T).unwrap(), small);
+        b.send_bytes(&big).unwrap();
+        assert_eq!(a.recv_bytes_timeout(T).unwrap(), big);
+    }
+}
+
+/// Regression: the spin phase of a wait ignored the caller's deadline (a spin
+/// budget longer than the timeout overran it; `Duration::MAX` overflowed the
+/// clock arithmetic and panicked). The spin now ends at the deadline.
+#[test]
+fn spin_budget_longer_than_the_timeout_ends_at_the_deadline() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let (a, b) = Pipe::builder().spin(Duration::MAX).pair().unwrap();
+        let short = Duration::from_millis(20);
+        let r = b.recv_bytes_timeout(short);
+        let polled = b.poll(short);
+        let waited = wait(&[&b], Some(short));
+        done_tx.send((matches!(r, Err(RecvError::Timeout)), polled, waited.is_empty())).unwrap();
+        drop(a);
+    });
+    // A generous guard against the spin running on: not a timing assertion.
+    let got = done_rx.recv_timeout(Duration::from_secs(20));
+    assert_eq!(got, Ok((true, false, true)));
+    t.join().unwrap();
+}

@@ -43,7 +43,9 @@ pub fn wait(conns: &[&Connection], timeout: Option<Duration>) -> Vec<usize> {
     }
     let spin = conns.iter().map(|c| c.spin_budget()).min().unwrap_or(Duration::ZERO);
     if !spin.is_zero() {
-        let end = sys::monotonic_now() + spin;
+        // The spin never outlasts the caller's deadline.
+        let spin_end = sys::monotonic_now().saturating_add(spin);
+        let end = deadline.at().map_or(spin_end, |d| d.min(spin_end));
         while sys::monotonic_now() < end {
             for _ in 0..16 {
                 std::hint::spin_loop();

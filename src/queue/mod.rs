@@ -594,14 +594,14 @@ impl<T: Pod> Queue<T> {
     /// inherits the endpoint itself (use it, not the handle, in the child).
     pub fn spsc_sender(&self) -> Option<SpscSender<T>> {
         (self.e.geo.spsc && self.e.take_side(Side::Send))
-            .then(|| SpscSender { q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData } })
+            .then(|| SpscSender { q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData }, shared: self.clone() })
     }
 
     /// SPSC mode: takes this handle's receiving side for one owner (see
     /// [`spsc_sender`](Self::spsc_sender)).
     pub fn spsc_receiver(&self) -> Option<SpscReceiver<T>> {
         (self.e.geo.spsc && self.e.take_side(Side::Recv))
-            .then(|| SpscReceiver { q: Queue { e: self.e.clone(), excl: 2, _t: PhantomData } })
+            .then(|| SpscReceiver { q: Queue { e: self.e.clone(), excl: 2, _t: PhantomData }, shared: self.clone() })
     }
 }
 
@@ -610,12 +610,17 @@ impl<T: Pod> Queue<T> {
 #[derive(Debug)]
 pub struct SpscSender<T: Pod> {
     q: Queue<T>,
+    /// What [`SpscSender::queue`] hands out: a plain handle, so that calls
+    /// through it (possibly from other threads) never skip the exclusion.
+    shared: Queue<T>,
 }
 
 /// The exclusive receiving end of an SPSC [`Queue`] ([`Queue::spsc_receiver`]).
 #[derive(Debug)]
 pub struct SpscReceiver<T: Pod> {
     q: Queue<T>,
+    /// As in [`SpscSender`].
+    shared: Queue<T>,
 }
 
 impl<T: Pod> SpscSender<T> {
@@ -636,9 +641,10 @@ impl<T: Pod> SpscSender<T> {
     pub fn send_slice(&mut self, items: &[T]) -> Result<(), SendError<usize>> {
         self.q.send_slice(items)
     }
-    /// The queue.
+    /// The queue, as a plain (non-exclusive) handle: sends and receives on
+    /// the side this endpoint holds wait (or fail at once) until it drops.
     pub fn queue(&self) -> &Queue<T> {
-        &self.q
+        &self.shared
     }
 }
 
@@ -660,9 +666,10 @@ impl<T: Pod> SpscReceiver<T> {
     pub fn recv_into(&mut self, buf: &mut [T]) -> Result<usize, RecvError> {
         self.q.recv_into(buf)
     }
-    /// The queue.
+    /// The queue, as a plain (non-exclusive) handle: sends and receives on
+    /// the side this endpoint holds wait (or fail at once) until it drops.
     pub fn queue(&self) -> &Queue<T> {
-        &self.q
+        &self.shared
     }
 }
 
@@ -795,6 +802,49 @@ mod tests {
         drop(tx);
         assert!(q.spsc_sender().is_some());
         assert!(Queue::<u64>::anonymous(4).unwrap().spsc_sender().is_none());
+    }
+
+    /// Regression: while an SPSC endpoint held a side, an operation on that side
+    /// through the plain handle spun on the process-local flag forever,
+    /// ignoring `try_*` and its timeout.
+    #[test]
+    fn spsc_handle_ops_while_endpoint_held_do_not_spin_forever() {
+        let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+        let tx = q.spsc_sender().unwrap();
+        let rx = q.spsc_receiver().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || {
+            let short = Duration::from_millis(20);
+            let r = (q2.try_send(1), q2.send_timeout(2, short), q2.try_recv(), q2.recv_timeout(short));
+            done_tx.send(r).unwrap();
+        });
+        let got = done_rx.recv_timeout(Duration::from_secs(10));
+        drop((tx, rx)); // unsticks the thread if it spins
+        t.join().unwrap();
+        let (a, b, c, d) = got.expect("operations on the handle return within their timeouts");
+        assert_eq!(a, Err(TrySendError::Full(1)));
+        assert_eq!(b, Err(SendTimeoutError::Timeout(2)));
+        assert_eq!(c, Err(TryRecvError::Empty));
+        assert_eq!(d, Err(RecvTimeoutError::Timeout));
+        // Once the endpoints dropped, the handle works again.
+        q.try_send(3).unwrap();
+        assert_eq!(q.try_recv(), Ok(3));
+    }
+
+    /// Regression: `SpscSender::queue()` (and the receiver's) returned the
+    /// endpoint's own exclusive handle, so calls through it, from any thread
+    /// (the endpoint is `Sync`), skipped the exclusion: a second producer.
+    #[test]
+    fn spsc_endpoint_queue_accessor_does_not_bypass_exclusion() {
+        let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+        let mut tx = q.spsc_sender().unwrap();
+        let mut rx = q.spsc_receiver().unwrap();
+        assert_eq!(tx.queue().try_send(1), Err(TrySendError::Full(1)));
+        assert_eq!(rx.queue().try_recv(), Err(TryRecvError::Empty));
+        tx.send(2).unwrap();
+        assert_eq!(rx.queue().len(), 1);
+        assert_eq!(rx.recv(), Ok(2));
     }
 
     #[test]

@@ -259,6 +259,10 @@ pub(crate) struct Engine {
     last_deep: AtomicU64,
     tx_busy: AtomicBool,
     rx_busy: AtomicBool,
+    /// An exclusive SPSC endpoint holds `tx_busy` (`rx_busy`) until it drops:
+    /// other handles must not spin for the flag then (they would spin forever).
+    tx_endpoint: AtomicBool,
+    rx_endpoint: AtomicBool,
     /// This process registered for asymmetric barriers: publish without a fence.
     fence_free: AtomicBool,
     /// Empty/full results of `try_*` calls (throttles liveness checks).
@@ -456,6 +460,8 @@ impl Engine {
             last_deep: AtomicU64::new(0),
             tx_busy: AtomicBool::new(false),
             rx_busy: AtomicBool::new(false),
+            tx_endpoint: AtomicBool::new(false),
+            rx_endpoint: AtomicBool::new(false),
             fence_free: AtomicBool::new(false),
             polls: AtomicU32::new(0),
         })
@@ -725,7 +731,10 @@ impl Engine {
     #[inline]
     pub(crate) fn try_push(&self, optimistic: bool, owned: bool, write: impl FnOnce(*mut u8)) -> Step {
         if self.geo.spsc {
-            let _g = (!owned).then(|| Busy::take(&self.tx_busy));
+            let _g = match self.busy(owned, Side::Send) {
+                Ok(g) => g,
+                Err(()) => return Step::WouldBlock,
+            };
             let mut w = Some(write);
             match ring::spsc_push(self, 1, |_, m, slot| {
                 if let Some(f) = w.take() {
@@ -746,7 +755,10 @@ impl Engine {
     #[inline]
     pub(crate) fn try_pop(&self, owned: bool, read: impl FnOnce(*const u8)) -> Step {
         if self.geo.spsc {
-            let _g = (!owned).then(|| Busy::take(&self.rx_busy));
+            let _g = match self.busy(owned, Side::Recv) {
+                Ok(g) => g,
+                Err(()) => return Step::WouldBlock,
+            };
             let mut r = Some(read);
             match ring::spsc_pop(self, 1, |_, m, slot| {
                 if let Some(f) = r.take() {
@@ -764,13 +776,13 @@ impl Engine {
 
     /// SPSC batch push: `fill(i, slot_ptr)` for up to `n` items; returns how many.
     pub(crate) fn spsc_push_batch(&self, owned: bool, n: u64, mut fill: impl FnMut(u64, *mut u8)) -> Option<u64> {
-        let _g = (!owned).then(|| Busy::take(&self.tx_busy));
+        let Ok(_g) = self.busy(owned, Side::Send) else { return Some(0) };
         ring::spsc_push(self, n, |i, m, slot| fill(i, m.slot_payload(slot)))
     }
 
     /// SPSC batch pop: `take(i, slot_ptr)` for up to `n` items; returns how many.
     pub(crate) fn spsc_pop_batch(&self, owned: bool, n: u64, mut take: impl FnMut(u64, *const u8)) -> Option<u64> {
-        let _g = (!owned).then(|| Busy::take(&self.rx_busy));
+        let Ok(_g) = self.busy(owned, Side::Recv) else { return Some(0) };
         ring::spsc_pop(self, n, |i, m, slot| take(i, m.slot_payload(slot)))
     }
 
@@ -784,14 +796,40 @@ impl Engine {
     /// Takes `side` of an SPSC queue for exclusive use by one owner in this
     /// process (until [`Engine::release_side`]); false if already taken.
     pub(crate) fn take_side(&self, side: Side) -> bool {
-        let f = if side == Side::Send { &self.tx_busy } else { &self.rx_busy };
-        f.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        let (f, endpoint) = self.side_flags(side);
+        let ok = f.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if ok {
+            endpoint.store(true, Ordering::Relaxed);
+        }
+        ok
     }
 
-    /// Gives back a side taken with [`Engine::take_side`].
+    /// Gives back a side taken with [`Engine::take_side`], and wakes waiters
+    /// (handles of this process that were refused the side meanwhile sleep).
     pub(crate) fn release_side(&self, side: Side) {
-        let f = if side == Side::Send { &self.tx_busy } else { &self.rx_busy };
+        let (f, endpoint) = self.side_flags(side);
+        endpoint.store(false, Ordering::Relaxed);
         f.store(false, Ordering::Release);
+        self.wake_all();
+    }
+
+    fn side_flags(&self, side: Side) -> (&AtomicBool, &AtomicBool) {
+        match side {
+            Side::Send => (&self.tx_busy, &self.tx_endpoint),
+            Side::Recv => (&self.rx_busy, &self.rx_endpoint),
+        }
+    }
+
+    /// The process-local exclusion around one SPSC operation of a non-owning
+    /// handle (`Ok(None)` for an owner); `Err` while an exclusive endpoint
+    /// holds the side: the operation would block (until the endpoint drops).
+    #[inline]
+    fn busy(&self, owned: bool, side: Side) -> Result<Option<Busy<'_>>, ()> {
+        if owned {
+            return Ok(None);
+        }
+        let (f, endpoint) = self.side_flags(side);
+        Busy::take(f, endpoint).map(Some).ok_or(())
     }
 
     /// Messages in the queue now (a snapshot).
@@ -993,14 +1031,19 @@ fn init_payload(p: NonNull<u8>, geo: &Geometry) {
 struct Busy<'a>(&'a AtomicBool);
 
 impl<'a> Busy<'a> {
+    /// Takes `flag`, spinning while another thread's operation holds it;
+    /// `None` if an exclusive endpoint holds it (`endpoint`), which may be for good.
     #[inline]
-    fn take(flag: &'a AtomicBool) -> Busy<'a> {
+    fn take(flag: &'a AtomicBool, endpoint: &AtomicBool) -> Option<Busy<'a>> {
         while flag.swap(true, Ordering::Acquire) {
             while flag.load(Ordering::Relaxed) {
+                if endpoint.load(Ordering::Relaxed) {
+                    return None;
+                }
                 std::hint::spin_loop();
             }
         }
-        Busy(flag)
+        Some(Busy(flag))
     }
 }
 
