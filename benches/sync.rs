@@ -1,7 +1,8 @@
 //! Uncontended lock + unlock: shmproc's robust cross-process `Mutex<u64>` beside
-//! `std::sync::Mutex<u64>` (process-private, the target is within 1.3x of it),
-//! measured in the same run. Also `Value<u64>` (same lock) and a
-//! Semaphore acquire + release pair.
+//! `std::sync::Mutex<u64>` (process-private, the target is within 1.3x of it)
+//! and `raw_sync::locks::Mutex` (a process-shared, non-robust pthread mutex in
+//! shared memory), measured in the same run. Also `Value<u64>` (same lock) and
+//! a Semaphore acquire + release pair.
 
 use std::hint::black_box;
 
@@ -31,7 +32,25 @@ fn lock_unlock(c: &mut Criterion) {
             }
         })
     });
+    // raw_sync's pthread mutex (PTHREAD_PROCESS_SHARED, not robust) in a shared
+    // anonymous segment, guarding a u64 that follows it.
+    let seg = shmproc::Segment::builder().size(4096).create().unwrap();
+    let base = seg.payload_ptr().as_ptr();
+    // SAFETY: the segment's payload is 4096 zeroed bytes, enough for a
+    // pthread_mutex_t (40 bytes) at offset 0 and the u64 at offset 512; the
+    // segment outlives the lock (dropped at the end of this function).
+    let (raw, _) = unsafe { <raw_sync::locks::Mutex as raw_sync::locks::LockInit>::new(base, base.add(512)).unwrap() };
+    g.bench_function("raw_sync::locks::Mutex", |b| {
+        b.iter(|| {
+            let guard = black_box(&raw).lock().unwrap();
+            // SAFETY: the guard holds the lock; the data pointer is the
+            // 8-aligned u64 at offset 512 of the payload.
+            unsafe { *(*guard as *mut u64) += 1 };
+        })
+    });
     g.finish();
+    drop(raw);
+    drop(seg);
 
     let mut g = c.benchmark_group("uncontended-semaphore");
     let s = shmproc::Semaphore::anonymous(1).unwrap();
