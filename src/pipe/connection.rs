@@ -899,9 +899,15 @@ impl Connection {
         &self.seg
     }
 
-    /// Closes this end (the same as dropping it): the peer drains what was
-    /// sent, then gets `Disconnected`.
-    pub fn close(self) {}
+    /// Closes this end: the peer drains what was sent, then gets
+    /// `Disconnected`. Unlike dropping, it closes even if this process forked
+    /// since it last used the end (see the module docs on fork), so the peer
+    /// is told at once.
+    pub fn close(mut self) {
+        self.finish(true);
+        // Nothing left for Drop to do.
+        self.claim_pid.store(0, Ordering::Relaxed);
+    }
 
     /// Gives this end up *without* closing it, so that another process (one
     /// launched with [`handle`](Self::handle), say) can claim it; the peer
@@ -921,6 +927,14 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl Connection {
+    /// Gives the end up: closes it, or (on drop, if this process forked since it
+    /// last used the end and `force_close` is false) releases it for a child.
+    fn finish(&mut self, force_close: bool) {
         let pid = sys::current_pid();
         if self.claim_pid.load(Ordering::Relaxed) != pid {
             // A copy inherited over fork that this process never used.
@@ -931,7 +945,7 @@ impl Drop for Connection {
         // If this process forked after it last used the end, a child may be
         // its user now: release it (the child adopts it) instead of closing it
         // under the child.
-        let forked = sys::fork_count() != self.used_forks.load(Ordering::Relaxed);
+        let forked = !force_close && sys::fork_count() != self.used_forks.load(Ordering::Relaxed);
         let new = if forked { FREE } else { slot_word(pid, CLOSED) };
         if slot.word.compare_exchange(held, new, Ordering::SeqCst, Ordering::Relaxed).is_ok() && !forked {
             fence(Ordering::SeqCst);

@@ -48,6 +48,13 @@
 //! [`Connection::hand_over`] instead of dropping it. A released end that no
 //! process adopts is not reported as gone: use timeouts where that can happen.
 //!
+//! Limitation: "has not used since it last forked" counts *every* fork of the
+//! process, also those made by other threads for unrelated work. In a
+//! multi-threaded program that forks concurrently, an end this thread used and
+//! then dropped can therefore be released instead of closed, and its peer then
+//! waits for its timeout instead of getting `Disconnected` at once. Call
+//! [`Connection::close`] explicitly there: it always closes.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Process A:                                  // Process B (another binary):
