@@ -42,15 +42,7 @@ fn hash(b: &[u8]) -> u64 {
 }
 
 /// Forks a child that runs `f` and `_exit`s with its result (101 on panic).
-/// Forks in this test binary happen under a read lock of this; a test that
-/// needs "no fork between my last use of an end and its drop" (an end unused
-/// since the latest fork of the process is only released on drop, see
-/// `parent_drops_the_childs_end_before_the_child_uses_it`) holds the write lock
-/// over that window, so forks by tests running on other threads cannot land in it.
-static FORK_GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
 fn fork(f: impl FnOnce() -> i32) -> libc::pid_t {
-    let _gate = FORK_GATE.read().unwrap_or_else(|e| e.into_inner());
     // SAFETY: the child only runs shmproc calls (glibc keeps malloc usable
     // after fork) and leaves with _exit, never returning into the harness.
     let pid = unsafe { libc::fork() };
@@ -137,13 +129,10 @@ fn parent_drops_the_childs_end_before_the_child_uses_it() {
         }
     });
     drop(b);
-    // From the last use of `a` to its drop no other fork may happen in this
-    // process, or `a` counts as "not used since the latest fork" and is only
-    // released (the documented multi-threaded-fork limitation, SAFETY.md 7).
-    let no_forks = FORK_GATE.write().unwrap_or_else(|e| e.into_inner());
+    // Other tests of this binary fork on other threads meanwhile; only this
+    // thread's forks decide whether dropping `a` releases or closes it.
     assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"from child");
     drop(a);
-    drop(no_forks);
     assert_eq!(reap(pid, T), 0);
 }
 
@@ -463,6 +452,29 @@ fn close_after_an_unrelated_fork_still_disconnects_the_peer() {
     assert_eq!(reap(pid, T), 0);
     a.close();
     assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"last words");
+    let t0 = Instant::now();
+    match b.recv_bytes_timeout(T) {
+        Err(RecvError::Disconnected) => {}
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    assert!(t0.elapsed() < T, "the peer was told at once, not after its timeout");
+}
+
+#[test]
+fn drop_after_another_threads_fork_still_disconnects_the_peer() {
+    // Regression: every fork of the process used to turn a later drop into a
+    // release, so a fork by an unrelated thread left the peer waiting for its
+    // timeout instead of getting Disconnected (seen as a flaky test).
+    let (a, b) = Pipe::new().unwrap();
+    a.send_bytes(b"bye").unwrap();
+    std::thread::spawn(|| {
+        let pid = fork(|| 0);
+        assert_eq!(reap(pid, T), 0);
+    })
+    .join()
+    .unwrap();
+    drop(a);
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"bye");
     let t0 = Instant::now();
     match b.recv_bytes_timeout(T) {
         Err(RecvError::Disconnected) => {}

@@ -141,6 +141,11 @@ pub struct Connection {
     /// `sys::fork_count()` when this process last used the end: a drop after
     /// a later fork only releases the end (a child may be its user now).
     used_forks: AtomicU64,
+    /// `sys::thread_fork_stamp()` of the thread that last used the end: when
+    /// that same thread drops it, only *its own* forks since then count, so
+    /// forks made by other threads for unrelated work do not turn the drop
+    /// into a release.
+    used_thread_forks: AtomicU64,
     /// Mirror of the published receive head, for `poll`/`wait` without the lock.
     rx_head: AtomicU64,
     /// Monotonic nanoseconds of the last liveness check of the peer.
@@ -302,6 +307,7 @@ impl Connection {
             spin,
             claim_pid: AtomicU32::new(0),
             used_forks: AtomicU64::new(0),
+            used_thread_forks: AtomicU64::new(0),
             last_check: AtomicU64::new(0),
             peer_gone: AtomicBool::new(false),
             rx_state: Mutex::new(rx_state),
@@ -317,6 +323,7 @@ impl Connection {
 
     fn set_claimed(&self, pid: u32) {
         self.used_forks.store(sys::fork_count(), Ordering::Relaxed);
+        self.used_thread_forks.store(sys::thread_fork_stamp(), Ordering::Relaxed);
         self.claim_pid.store(pid, Ordering::Relaxed);
     }
 
@@ -361,6 +368,10 @@ impl Connection {
             let f = sys::fork_count();
             if self.used_forks.load(Ordering::Relaxed) != f {
                 self.used_forks.store(f, Ordering::Relaxed);
+            }
+            let t = sys::thread_fork_stamp();
+            if self.used_thread_forks.load(Ordering::Relaxed) != t {
+                self.used_thread_forks.store(t, Ordering::Relaxed);
             }
             return Ok(());
         }
@@ -945,7 +956,17 @@ impl Connection {
         // If this process forked after it last used the end, a child may be
         // its user now: release it (the child adopts it) instead of closing it
         // under the child.
-        let forked = !force_close && sys::fork_count() != self.used_forks.load(Ordering::Relaxed);
+        // Dropped by the thread that last used it: only that thread's forks
+        // since then can have handed the end to a child that uses it. Dropped
+        // elsewhere: any fork of the process since the last use counts.
+        let used_t = self.used_thread_forks.load(Ordering::Relaxed);
+        let now_t = sys::thread_fork_stamp();
+        let forked = !force_close
+            && if used_t >> 32 == now_t >> 32 {
+                used_t != now_t
+            } else {
+                sys::fork_count() != self.used_forks.load(Ordering::Relaxed)
+            };
         let new = if forked { FREE } else { slot_word(pid, CLOSED) };
         if slot.word.compare_exchange(held, new, Ordering::SeqCst, Ordering::Relaxed).is_ok() && !forked {
             fence(Ordering::SeqCst);

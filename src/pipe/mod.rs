@@ -48,12 +48,12 @@
 //! [`Connection::hand_over`] instead of dropping it. A released end that no
 //! process adopts is not reported as gone: use timeouts where that can happen.
 //!
-//! Limitation: "has not used since it last forked" counts *every* fork of the
-//! process, also those made by other threads for unrelated work. In a
-//! multi-threaded program that forks concurrently, an end this thread used and
-//! then dropped can therefore be released instead of closed, and its peer then
-//! waits for its timeout instead of getting `Disconnected` at once. Call
-//! [`Connection::close`] explicitly there: it always closes.
+//! "Forked since" counts the forks of the thread that last used the end when
+//! that same thread drops it, so forks that other threads make for unrelated
+//! work do not matter. An end dropped on a different thread than its last user
+//! falls back to counting every fork of the process, and may then be released
+//! rather than closed (its peer waits for its timeout).
+//! [`Connection::close`] always closes.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

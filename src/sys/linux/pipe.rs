@@ -53,8 +53,22 @@ pub(crate) fn futex_waitv(words: &[&AtomicU32], expected: u32, deadline: Option<
 static FORKS: AtomicU64 = AtomicU64::new(0);
 static FORK_HOOK: Once = Once::new();
 
+thread_local! {
+    /// Forks made by this thread (the prepare handler runs in the forking thread).
+    static THREAD_FORKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 extern "C" fn before_fork() {
     FORKS.fetch_add(1, Ordering::Relaxed);
+    // `try_with`: a thread-local being torn down must not make fork panic.
+    let _ = THREAD_FORKS.try_with(|c| c.set(c.get().wrapping_add(1)));
+}
+
+/// This thread's fork count, tagged with the thread's id in the high 32 bits,
+/// so that stamps taken on different threads never compare equal.
+pub(crate) fn thread_fork_stamp() -> u64 {
+    let forks = THREAD_FORKS.try_with(|c| c.get()).unwrap_or(0);
+    (u64::from(super::current_thread().id) << 32) | u64::from(forks)
 }
 
 /// How many times this process has called `fork()` (through libc, which runs
