@@ -252,7 +252,7 @@ impl<T: Pod> Value<T> {
     }
 
     fn guard(&self) -> ValueGuard<'_, T> {
-        ValueGuard { lock: self.t.lock_ref(), data: self.t.data, _v: PhantomData }
+        ValueGuard::new(self.t.lock_ref(), self.t.data)
     }
 
     /// Reads the value under the lock.
@@ -299,48 +299,9 @@ unsafe impl<T: Pod + Send> Send for Value<T> {}
 // SAFETY: as above: `&Value` only allows locked access.
 unsafe impl<T: Pod + Send> Sync for Value<T> {}
 
-/// Exclusive access to a [`Value`]'s data; unlocks on drop.
-pub struct ValueGuard<'a, T: Pod> {
-    lock: &'a RawMutex,
-    data: NonNull<T>,
-    _v: PhantomData<&'a mut T>,
-}
-
-impl<T: Pod> ValueGuard<'_, T> {
-    /// After [`LockError::OwnerDied`]: declares the repaired data consistent, so
-    /// the lock stays usable after this guard drops.
-    pub fn mark_consistent(&self) {
-        self.lock.mark_consistent();
-    }
-}
-
-impl<T: Pod> Deref for ValueGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: we hold the lock, the pointer is in the mapping and aligned.
-        unsafe { self.data.as_ref() }
-    }
-}
-
-impl<T: Pod> DerefMut for ValueGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: we hold the lock exclusively; see Deref.
-        unsafe { self.data.as_mut() }
-    }
-}
-
-impl<T: Pod> Drop for ValueGuard<'_, T> {
-    fn drop(&mut self) {
-        // SAFETY: a guard exists only while its lock is held.
-        unsafe { self.lock.unlock() }
-    }
-}
-
-impl<T: Pod + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ValueGuard").field(&**self).finish()
-    }
-}
+/// Exclusive access to a [`Value`]'s data; unlocks on drop. A `Value`'s lock and
+/// data are those of a [`crate::Mutex`], so its guard is the same type.
+pub type ValueGuard<'a, T> = crate::sync::MutexGuard<'a, T>;
 
 // ---------------------------------------------------------------------------
 // Array<T>

@@ -205,7 +205,7 @@ impl<T: Pod> Mutex<T> {
     }
 
     fn guard(&self) -> MutexGuard<'_, T> {
-        MutexGuard { lock: self.raw(), data: self.data, _v: PhantomData }
+        MutexGuard::new(self.raw(), self.data)
     }
 
     /// Takes the lock, blocking until it is free.
@@ -284,7 +284,16 @@ pub struct MutexGuard<'a, T: Pod> {
     _v: PhantomData<&'a mut T>,
 }
 
-impl<T: Pod> MutexGuard<'_, T> {
+impl<'a, T: Pod> MutexGuard<'a, T> {
+    /// A guard for `data`, protected by `lock`, which the caller has just taken.
+    ///
+    /// The guard unlocks `lock` on drop, so it must only be built right after a
+    /// successful lock by this thread; `data` must point to an aligned `T` in a
+    /// mapping that outlives `'a`. (Used by [`crate::Value`], whose lock is the same.)
+    pub(crate) fn new(lock: &'a RawMutex, data: NonNull<T>) -> Self {
+        MutexGuard { lock, data, _v: PhantomData }
+    }
+
     /// After [`LockError::OwnerDied`]: declares the repaired data consistent, so
     /// the mutex stays usable after this guard drops.
     pub fn mark_consistent(&self) {
