@@ -92,10 +92,9 @@ impl<T> Shared<T> {
     }
 
     fn get(&self) -> &T {
-        // SAFETY: the payload is at least size_of::<T>() bytes, aligned for T
-        // (checked in `new`), zero-filled by the kernel, and lives as long as
-        // `self.seg`. Every `T` used here consists only of atomics (and padding),
-        // for which all-zero bytes are valid and shared access is sound.
+        // Every `T` used here is only atomics (and padding): all-zero bytes are valid, sharing is sound.
+        // SAFETY: the payload is at least size_of::<T>() bytes, aligned for T (checked in `new`),
+        // zero-filled by the kernel, and lives as long as `self.seg`.
         unsafe { &*(self.seg.payload_ptr().as_ptr() as *const T) }
     }
 

@@ -557,10 +557,9 @@ impl Connection {
             let free = cap - tx.tail.wrapping_sub(tx.cached_head);
             let n = free.min(body - sent);
             let (ring_off, from, count) = fb.data_in(len, sent, n);
-            // SAFETY: `data[from..from + count]` is in bounds (`data_in` clips
-            // to the message); `[tail + ring_off, + count)` lies inside the
-            // `n` bytes of free space of this ring, whose only producer we are
-            // (claimed end, `tx_state` lock held).
+            // We are the ring's only producer (claimed end, `tx_state` lock held).
+            // SAFETY: `data[from..from + count]` is in bounds (`data_in` clips to the message), and
+            // `[tail + ring_off, + count)` lies inside the `n` bytes of free space of this ring.
             unsafe { ring.copy_in(tx.tail.wrapping_add(ring_off), data.as_ptr().add(from as usize), count as usize) };
             tx.tail = tx.tail.wrapping_add(n);
             sent += n;
@@ -731,10 +730,9 @@ impl Connection {
                 Sink::Own => {
                     debug_assert!(count == 0 || p.buf.len() == at);
                     p.buf.reserve(count);
-                    // SAFETY: `reserve` made room for `count` more bytes after
-                    // `len`; `[head + ring_off, + count)` lies within the `n`
-                    // published bytes (n <= avail <= cap) and we are the ring's
-                    // only consumer.
+                    // We are the ring's only consumer.
+                    // SAFETY: `reserve` made room for `count` bytes after `len`, and
+                    // `[head + ring_off, + count)` lies in the `n` published bytes (n <= avail <= cap).
                     unsafe {
                         ring.copy_out(rx.head.wrapping_add(ring_off), p.buf.as_mut_ptr().add(p.buf.len()), count);
                         p.buf.set_len(p.buf.len() + count);

@@ -222,10 +222,9 @@ impl RingView {
     pub(crate) fn read_header(&self, pos: u64) -> u64 {
         debug_assert_eq!(pos % 8, 0);
         let off = (pos & (self.cap - 1)) as usize;
-        // SAFETY: `off` is a multiple of 8 below `cap` (cap is a power of two
-        // >= 64), so the 8 bytes lie inside the ring; the data start is 64-byte
-        // aligned, so the address is aligned for an AtomicU64. Reading through
-        // an atomic keeps a concurrent (hostile) write from being a data race.
+        // Reading through an atomic keeps a concurrent (hostile) write from being a data race.
+        // SAFETY: `off` is a multiple of 8 below `cap` (a power of two >= 64), so the 8 bytes are
+        // in the ring, and the 64-byte-aligned data start makes the address AtomicU64-aligned.
         unsafe { (*(self.data.as_ptr().add(off) as *const AtomicU64)).load(Ordering::Relaxed) }
     }
 

@@ -121,10 +121,9 @@ pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
     args: &[u8],
     out: BorrowedFd<'_>,
 ) -> Result<(), String> {
-    // SAFETY: `func` was produced from a `fn(A) -> R` by `Process::builder` (in
-    // this process, or in the parent running the same executable, rebased by
-    // the verified offset from `anchor`), and this trampoline was instantiated
-    // for the same `A` and `R`. Function pointers and `usize` have the same size.
+    // `func` comes from `Process::builder`, here or in the parent (same executable, verified).
+    // SAFETY: rebased by the checked offset from `anchor`, it is a `fn(A) -> R` for this
+    // trampoline's own `A` and `R`; function pointers and `usize` have the same size.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
     let arg: A = postcard::from_bytes(args).map_err(|e| format!("decoding the argument in the child: {e}"))?;
     let r = f(arg);

@@ -40,10 +40,9 @@ pub(crate) fn start(
     let parent = if daemon { sys::current_pid() } else { 0 };
     let ctx =
         child::ChildCtx { name, report: chan.wr.as_raw_fd(), token: chan.token, reported: AtomicBool::new(false) };
-    // SAFETY: the child below only makes raw system calls before the target,
-    // then runs the target (whose restrictions in a multi-threaded parent are
-    // documented on the module), writes with a raw `write` and `_exit`s; it
-    // never returns into the caller's frames.
+    // The target's restrictions in a multi-threaded parent are documented on the module.
+    // SAFETY: the child makes only raw system calls before the target, runs it, reports with a
+    // raw `write` and `_exit`s; it never returns into the caller's frames.
     match unsafe { sys::fork() }? {
         None => {
             if daemon {
