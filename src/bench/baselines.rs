@@ -215,7 +215,8 @@ fn futex_until_changed(word: &AtomicU32, old: u32, limit: Duration) -> Result<u3
     }
 }
 
-fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
+/// Also the same-run baseline of `event-pingpong` (registered in `sync.rs`).
+pub(super) fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
     let shared = Shared::<FutexWords>::new(0)?;
     let w = shared.get();
     let stall = cfg.stall_limit();

@@ -21,12 +21,6 @@ pub fn cases() -> Vec<Case> {
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn pin_parent(cfg: &Config) {
-    if let Some(c) = cfg.parent_cpu {
-        let _ = os::pin_to_cpu(c);
-    }
-}
-
 /// Echoes every message back until the other end closes.
 fn echo_child(b: &shmproc::Connection) -> i32 {
     let mut buf = [0u8; 64];
@@ -49,7 +43,6 @@ fn pingpong(cfg: &Config) -> Result<Outcome, String> {
     let (a, b) = Pipe::new().map_err(|e| e.to_string())?;
     let mut child = os::fork_child(cfg.child_cpu, || echo_child(&b)).map_err(|e| e.to_string())?;
     drop(b);
-    pin_parent(cfg);
     let msg = 0x0123_4567_89ab_cdefu64.to_le_bytes();
     let mut buf = [0u8; 64];
     let mut samples = Vec::with_capacity(rounds);
@@ -94,7 +87,6 @@ fn stream(cfg: &Config) -> Result<Outcome, String> {
         })
         .map_err(|e| e.to_string())?;
         drop(b);
-        pin_parent(cfg);
         let mut dst = vec![0u8; CHUNK];
         a.recv_bytes_into_timeout(&mut dst, CHILD_TIMEOUT).map_err(|e| e.to_string())?;
         let t0 = Instant::now();
@@ -132,7 +124,6 @@ fn idle_cpu(cfg: &Config) -> Result<Outcome, String> {
         })
         .map_err(|e| e.to_string())?;
         drop(b);
-        pin_parent(cfg);
         let (t0, c0) = (Instant::now(), os::process_cpu_time());
         a.recv_bytes_timeout(CHILD_TIMEOUT).map_err(|e| e.to_string())?;
         let (wall, cpu) = (t0.elapsed(), os::process_cpu_time() - c0);

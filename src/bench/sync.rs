@@ -11,7 +11,7 @@
 //!   floor for any blocking handoff), measured in the same run so their ratio
 //!   is meaningful.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::os::fork_child;
@@ -23,7 +23,8 @@ pub fn cases() -> Vec<Case> {
         Case { scenario: "lock-incr", transport: "mutex", run: lock_incr_mutex },
         Case { scenario: "lock-incr", transport: "python-mp", run: lock_incr_python },
         Case { scenario: "event-pingpong", transport: "event", run: pingpong_event },
-        Case { scenario: "event-pingpong", transport: "raw-futex", run: pingpong_raw_futex },
+        // The same bare futex ping-pong as `pingpong-8B`/`raw-futex`, measured again in this scenario.
+        Case { scenario: "event-pingpong", transport: "raw-futex", run: super::baselines::futex_pingpong },
     ]
 }
 
@@ -190,62 +191,6 @@ fn pingpong_event(cfg: &Config) -> Result<Outcome, String> {
             return Err("the child stopped answering".into());
         }
         b.clear();
-        samples.push(t.elapsed().as_nanos() as f64);
-    }
-    let code = child.wait_timeout(CHILD_TIMEOUT)?;
-    if code != 0 {
-        return Err(format!("child exited with {code}"));
-    }
-    Ok(latency(Metric::RttNs, samples))
-}
-
-/// Bare futex handoff on one word: wait while 0, then consume.
-fn futex_take(w: &AtomicU32, deadline: Instant) -> bool {
-    use rustix::thread::futex;
-    while w.load(Ordering::Acquire) == 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let ts = rustix::time::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos().into() };
-        // Shared (no FUTEX_PRIVATE_FLAG): the other process waits on the same page.
-        let _ = futex::wait(w, futex::Flags::empty(), 0, Some(&ts));
-    }
-    w.store(0, Ordering::Relaxed);
-    true
-}
-
-fn futex_give(w: &AtomicU32) {
-    use rustix::thread::futex;
-    w.store(1, Ordering::Release);
-    let _ = futex::wake(w, futex::Flags::empty(), 1);
-}
-
-fn pingpong_raw_futex(cfg: &Config) -> Result<Outcome, String> {
-    let words = shmproc::RawArray::<u32>::builder().create_zeroed(2).map_err(|e| e.to_string())?;
-    let n = rounds(cfg);
-    let mut child = {
-        let words = words.clone();
-        fork_child(cfg.child_cpu, move || {
-            let w = words.atomics();
-            for _ in 0..n {
-                if !futex_take(&w[0], Instant::now() + CHILD_TIMEOUT) {
-                    return 2;
-                }
-                futex_give(&w[1]);
-            }
-            0
-        })
-        .map_err(|e| format!("fork: {e}"))?
-    };
-    let w = words.atomics();
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        futex_give(&w[0]);
-        if !futex_take(&w[1], Instant::now() + CHILD_TIMEOUT) {
-            return Err("the child stopped answering".into());
-        }
         samples.push(t.elapsed().as_nanos() as f64);
     }
     let code = child.wait_timeout(CHILD_TIMEOUT)?;
