@@ -648,7 +648,18 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
             continue;
         }
         let (mut buf, fds) = if len <= small.len() {
-            (head[T..].to_vec(), fds)
+            // Take the datagram off the socket (the peek left it queued, and
+            // the pair goes back to the pool): the same bytes, and the fds
+            // installed by this receive rather than the peek's copies.
+            drop(fds);
+            let (n, taken) = sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, false)
+                .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
+            // SAFETY: the receive initialised the first `min(n, 256)` bytes of `small`.
+            let got = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), n.min(small.len())) };
+            if got.len() < T || got[..T] != chan.token.to_le_bytes() {
+                return Err(JoinError::Decode { reason: "report changed between peek and receive".into() });
+            }
+            (got[T..].to_vec(), taken)
         } else {
             if len > T + child::INLINE_MAX {
                 return Err(JoinError::Decode { reason: format!("report datagram of {len} bytes is too large") });
@@ -738,6 +749,20 @@ mod tests {
                 let pidfd = sys::pidfd_open(pid).ok();
                 Process::from_launched(launched(pid, pidfd, chan, None), "fake".into(), StartMethod::Fork, false)
             }
+        }
+    }
+
+    #[test]
+    fn regression_small_report_is_consumed_not_left_queued() {
+        // A small report used to be read with MSG_PEEK only, so it stayed queued
+        // in the socket pair that then went back to the pool (with any fd it carried).
+        let chan = channel::take().unwrap();
+        sys::send_parts_with_fds(chan.wr.as_fd(), &chan.token.to_le_bytes(), &[TAG_OK, 42], &[]).unwrap();
+        assert_eq!(take_report(&chan).unwrap(), vec![TAG_OK, 42]);
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 16];
+        match sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut probe, true) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the report is still queued: {:?}", other.map(|(n, _)| n)),
         }
     }
 
