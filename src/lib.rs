@@ -40,12 +40,8 @@ pub mod header;
 pub mod pipe;
 pub mod queue;
 mod segment;
-// Some platform and timing helpers are used only by later primitives.
-#[allow(dead_code)]
 mod sync;
-#[allow(dead_code)]
 mod sys;
-#[allow(dead_code)]
 mod time;
 mod value;
 
@@ -118,7 +114,10 @@ pub mod __private {
     /// cannot tell a reused id from the original process: `true` may mean "some
     /// process now has this pid".
     pub fn process_alive(pid: u32) -> bool {
-        pid != 0 && crate::sys::identity_of(pid).is_some()
+        // `liveness` with no recorded start time: an existence check that falls
+        // back to kill(pid, 0) where /proc is unreadable (hidepid), so `gc`
+        // errs towards "alive" there instead of removing a live creator's segment.
+        crate::sys::liveness(crate::sys::Identity { id: pid, start_time: 0 }) == crate::sys::Liveness::Alive
     }
 
     /// When process `pid` started, in clock ticks since boot (field 22 of

@@ -7,7 +7,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 use rustix::fs::{self, Mode, SealFlags};
-use rustix::io::Errno;
 use rustix::shm;
 
 /// What `fstat` says about a shared-memory fd.
@@ -91,11 +90,6 @@ pub(crate) fn borrow_raw_fd(raw: i32) -> io::Result<BorrowedFd<'static>> {
     // SAFETY: the fd is open (checked above). The caller promises (through the
     // handle it was given) that nobody closes it while borrowed; we only dup it.
     Ok(unsafe { BorrowedFd::borrow_raw(raw) })
-}
-
-/// Whether an error is `EEXIST`.
-pub(crate) fn is_already_exists(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(Errno::EXIST.raw_os_error())
 }
 
 /// Names of the entries of `/dev/shm` (where glibc keeps POSIX shm objects).
