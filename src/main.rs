@@ -228,6 +228,10 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
 }
 
 fn main() -> ExitCode {
+    // The `raw-exec` bench baseline: an exec of this binary that exits at once.
+    if std::env::var_os(bench::process::RAW_EXEC_ENV).is_some() {
+        return ExitCode::SUCCESS;
+    }
     // The gate for Spawn and ForkServer children (the spawn-join bench cases):
     // a re-executed child runs its target here and exits.
     shmproc::init();

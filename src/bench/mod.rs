@@ -26,7 +26,7 @@
 pub mod baselines;
 pub mod os;
 mod pipe;
-mod process;
+pub mod process;
 mod queue;
 pub mod report;
 pub mod shm;

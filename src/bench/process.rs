@@ -90,11 +90,14 @@ fn raw_fork(cfg: &Config) -> Result<Outcome, String> {
     })
 }
 
+/// Set in the environment of the `raw-exec` child: `main` exits at once.
+pub const RAW_EXEC_ENV: &str = "SHMPROC_BENCH_RAW_EXEC";
+
 fn raw_exec(cfg: &Config) -> Result<Outcome, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     measure(rounds(cfg, true), || {
-        // `SHMPROC_SPAWN=exit` makes `shmproc::init()` exit(0) at once.
-        let st = Command::new(&exe).env("SHMPROC_SPAWN", "exit").status().map_err(|e| e.to_string())?;
+        // The bench binary's `main` exits at once when it sees this variable.
+        let st = Command::new(&exe).env(RAW_EXEC_ENV, "1").status().map_err(|e| e.to_string())?;
         if st.success() {
             Ok(())
         } else {

@@ -17,8 +17,7 @@
 //!   `pre_exec` (it survives exec); the child re-checks `getppid()` after exec.
 //!
 //! `init()` removes the variable before anything else runs, so the child's own
-//! children never see it. The value `exit` makes `init()` exit at once (the
-//! `raw-exec` bench baseline).
+//! children never see it.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -104,9 +103,6 @@ fn parse(v: &str) -> Option<Gate<'_>> {
 
 /// The child side, called by `init()`; never returns.
 pub(crate) fn child_main(v: &str) -> ! {
-    if v == "exit" {
-        std::process::exit(0);
-    }
     let Some(g) = parse(v) else { refuse(&format!("malformed {SPAWN_ENV} value {v:?}")) };
     if let Err(reason) = verify_identity(g.exe) {
         refuse(&reason);
