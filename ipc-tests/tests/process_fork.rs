@@ -54,9 +54,9 @@ fn closure_target_returns_its_value() {
 #[test]
 fn default_without_init_is_fork_and_closures_only_fork() {
     assert_eq!(StartMethod::default(), StartMethod::Fork);
-    let p = Process::builder(add, (1, 2)).start().unwrap();
+    let mut p = Process::builder(add, (1, 2)).start().unwrap();
     assert_eq!(p.start_method(), StartMethod::Fork);
-    assert_eq!(p.join().unwrap(), 3);
+    assert_eq!(p.join_timeout(JOIN).unwrap(), 3);
     let e = Process::closure(|| 1u8).start_method(StartMethod::Spawn).start().unwrap_err();
     assert!(matches!(e, StartError::ClosureNeedsFork { method: StartMethod::Spawn }), "{e}");
 }
@@ -122,16 +122,16 @@ fn exit_code_without_result() {
 #[test]
 fn result_larger_than_a_pipe_buffer() {
     let n = 3 << 20;
-    let v = Process::builder(big, n).start_method(StartMethod::Fork).start().unwrap().join().unwrap();
+    let v = Process::builder(big, n).start_method(StartMethod::Fork).start().unwrap().join_timeout(JOIN).unwrap();
     assert_eq!(v, big(n));
 }
 
 #[test]
 fn child_knows_its_name_pid_and_parent() {
-    let p = Process::builder(who, ()).name("worker-7").start_method(StartMethod::Fork).start().unwrap();
+    let mut p = Process::builder(who, ()).name("worker-7").start_method(StartMethod::Fork).start().unwrap();
     let pid = p.pid();
     assert_eq!(p.name(), "worker-7");
-    let (name, cpid, ppid) = p.join().unwrap();
+    let (name, cpid, ppid) = p.join_timeout(JOIN).unwrap();
     assert_eq!((name.as_str(), cpid, ppid), ("worker-7", pid, std::process::id()));
     let me = process::current_process();
     assert_eq!(me.pid, std::process::id());
@@ -140,9 +140,14 @@ fn child_knows_its_name_pid_and_parent() {
 
 #[test]
 fn default_names_are_numbered() {
-    let p = Process::builder(add, (0, 0)).start().unwrap();
-    assert!(p.name().starts_with("Process-"), "{}", p.name());
-    p.join().unwrap();
+    let mut p = Process::builder(add, (0, 0)).start().unwrap();
+    let mut q = Process::builder(add, (0, 0)).start().unwrap();
+    let number = |name: &str| name.strip_prefix("Process-").and_then(|n| n.parse::<u64>().ok());
+    let (a, b) = (number(p.name()), number(q.name()));
+    assert!(a.is_some() && b.is_some(), "{} / {}", p.name(), q.name());
+    assert_ne!(a, b, "two children share the name {}", p.name());
+    p.join_timeout(JOIN).unwrap();
+    q.join_timeout(JOIN).unwrap();
 }
 
 #[test]
@@ -212,8 +217,8 @@ fn dropping_a_daemon_kills_and_reaps_it() {
 
 #[test]
 fn non_capturing_closure_is_a_fn_target() {
-    let p = Process::builder(|x: u32| x + 1, 41).start_method(StartMethod::Fork).start().unwrap();
-    assert_eq!(p.join().unwrap(), 42);
+    let mut p = Process::builder(|x: u32| x + 1, 41).start_method(StartMethod::Fork).start().unwrap();
+    assert_eq!(p.join_timeout(JOIN).unwrap(), 42);
 }
 
 #[test]
@@ -221,8 +226,8 @@ fn string_result_roundtrip() {
     fn text(_: ()) -> String {
         "\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}".to_string()
     }
-    let p = Process::builder(text, ()).start().unwrap();
-    assert_eq!(p.join().unwrap().chars().count(), 10);
+    let mut p = Process::builder(text, ()).start().unwrap();
+    assert_eq!(p.join_timeout(JOIN).unwrap(), text(()));
 }
 
 #[test]
@@ -230,7 +235,7 @@ fn results_around_the_inline_limits() {
     // Reports of up to 256 bytes are peeked, up to 4 KiB taken inline, larger
     // ones come in a memfd: check each side of both limits.
     for n in [0usize, 200, 250, 260, 1000, 4000, 4090, 4100, 5000, 70_000] {
-        let v = Process::builder(big, n).start_method(StartMethod::Fork).start().unwrap().join().unwrap();
+        let v = Process::builder(big, n).start_method(StartMethod::Fork).start().unwrap().join_timeout(JOIN).unwrap();
         assert_eq!(v, big(n), "n = {n}");
     }
 }

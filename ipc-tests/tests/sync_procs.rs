@@ -80,7 +80,7 @@ fn mutex_four_processes_exact_increments() {
     for w in &mut ws {
         assert_eq!(w.code(Duration::from_secs(120)), Some(0));
     }
-    assert_eq!(*m.lock().unwrap(), 80_000);
+    assert_eq!(*m.lock_timeout(LONG).unwrap(), 80_000);
 }
 
 /// Starts a worker that takes the lock behind `obj_handle`, writes 0xDEAD, and
@@ -112,7 +112,7 @@ fn killed_holder_owner_died_repair_and_continue() {
     *g = 5;
     g.mark_consistent();
     drop(g);
-    assert_eq!(*m.lock().unwrap(), 5);
+    assert_eq!(*m.lock_timeout(LONG).unwrap(), 5);
     *m.try_lock().unwrap() += 1;
     assert_eq!(*m.lock_timeout(LONG).unwrap(), 6);
 }
@@ -125,7 +125,7 @@ fn aborted_holder_not_repaired_is_unrecoverable() {
     let g = m.lock_timeout(LONG).unwrap_err().into_guard().expect("OwnerDied with the guard");
     assert_eq!(*g, 0xDEAD);
     drop(g); // not marked consistent
-    assert!(matches!(m.lock(), Err(LockError::Unrecoverable)));
+    assert!(matches!(m.lock_timeout(LONG), Err(LockError::Unrecoverable)));
     assert!(matches!(m.try_lock(), Err(LockError::Unrecoverable)));
     assert!(matches!(m.lock_timeout(Duration::from_millis(5)), Err(LockError::Unrecoverable)));
     // Another process opening it sees the same.
@@ -176,7 +176,7 @@ fn reentrant_mutex_killed_holder() {
     let g = r.lock_timeout(LONG).unwrap_err().into_guard().expect("OwnerDied with the guard");
     assert_eq!(r.depth(), 1, "the dead holder's recursion count is not inherited");
     g.mark_consistent();
-    let g2 = r.lock().unwrap();
+    let g2 = r.lock_timeout(LONG).unwrap();
     assert_eq!(r.depth(), 2);
     drop(g2);
     drop(g);
@@ -252,7 +252,7 @@ fn condition_producer_consumer_across_processes() {
     let half = (N / 2).to_string();
     let mut ws: Vec<_> = (0..2).map(|_| Worker::spawn(&["cond-consumer", &hm, &hc, &half])).collect();
     for i in 1..=N {
-        let g = m.lock().unwrap();
+        let g = m.lock_timeout(LONG).unwrap();
         let (mut g, timed_out) = cv.wait_timeout_while(g, LONG, |d| d[1] - d[0] >= 16).unwrap();
         assert!(!timed_out, "consumers stalled");
         let tail = g[1];
@@ -264,7 +264,7 @@ fn condition_producer_consumer_across_processes() {
     for w in &mut ws {
         assert_eq!(w.code(Duration::from_secs(120)), Some(0));
     }
-    let g = m.lock().unwrap();
+    let g = m.lock_timeout(LONG).unwrap();
     assert_eq!((g[0], g[1], g[2]), (N, N, N * (N + 1) / 2));
     // wait_timeout with nobody notifying: times out, never early.
     let t = Instant::now();
@@ -277,7 +277,7 @@ fn condition_wait_reports_mutex_owner_death_on_relock() {
     let m = Mutex::<u64>::anonymous(1).unwrap();
     let cv = Condition::anonymous().unwrap();
     let ready = Event::anonymous().unwrap();
-    let g = m.lock().unwrap();
+    let g = m.lock_timeout(LONG).unwrap();
     // While we wait (mutex released), a child takes the mutex and is killed
     // holding it; our relock must hand the guard back as OwnerDied.
     let mut w = Worker::spawn(&["hold-mutex", &fd_handle(&m), &fd_handle(&ready), "sleep"]);
@@ -299,7 +299,7 @@ fn condition_wait_reports_mutex_owner_death_on_relock() {
         }
         other => panic!("expected OwnerDied on relock, got {other:?}"),
     }
-    assert_eq!(*m.lock().unwrap(), 0xDEAD);
+    assert_eq!(*m.lock_timeout(LONG).unwrap(), 0xDEAD);
 }
 
 #[test]

@@ -359,11 +359,11 @@ mod tests {
         let m = Mutex::<u64>::anonymous(7).unwrap();
         let m2 = m.clone();
         std::thread::spawn(move || std::mem::forget(m2.lock().unwrap())).join().unwrap();
-        let mut g = m.lock().unwrap_err().into_guard().unwrap();
+        let mut g = m.lock_timeout(Duration::from_secs(10)).unwrap_err().into_guard().unwrap();
         assert_eq!(*g, 7);
         *g = 8;
         g.mark_consistent();
         drop(g);
-        assert_eq!(*m.lock().unwrap(), 8);
+        assert_eq!(*m.lock_timeout(Duration::from_secs(10)).unwrap(), 8);
     }
 }

@@ -385,6 +385,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    /// A generous bound for waits that must end at once: a regression fails
+    /// the test instead of hanging it.
+    fn soon() -> Deadline {
+        Deadline::after(Some(Duration::from_secs(10)))
+    }
+
     #[test]
     fn lock_unlock_try() {
         let m = RawMutex::new();
@@ -410,7 +416,7 @@ mod tests {
         let m = Arc::new(RawMutex::new());
         let m2 = m.clone();
         std::thread::spawn(move || {
-            assert_eq!(m2.lock(Deadline::NEVER), Ok(Acquired::Clean));
+            assert_eq!(m2.lock(soon()), Ok(Acquired::Clean));
             // The thread exits holding the lock.
         })
         .join()
@@ -420,7 +426,7 @@ mod tests {
         // SAFETY: we hold it.
         unsafe { m.unlock() };
         assert_eq!(m.try_lock(), Err(RawLockError::Unrecoverable));
-        assert_eq!(m.lock(Deadline::NEVER), Err(RawLockError::Unrecoverable));
+        assert_eq!(m.lock(soon()), Err(RawLockError::Unrecoverable));
     }
 
     #[test]
@@ -430,14 +436,14 @@ mod tests {
         // timeouts could never take over a dead owner's lock.
         let m = Arc::new(RawMutex::new());
         let m2 = m.clone();
-        std::thread::spawn(move || m2.lock(Deadline::NEVER).unwrap()).join().unwrap();
+        std::thread::spawn(move || m2.lock(soon()).unwrap()).join().unwrap();
         for t in [Duration::ZERO, Duration::from_millis(2)] {
             assert_eq!(m.lock(Deadline::after(Some(t))), Ok(Acquired::OwnerDied), "timeout {t:?}");
             m.mark_consistent();
             // SAFETY: we hold it.
             unsafe { m.unlock() };
             let m3 = m.clone();
-            std::thread::spawn(move || m3.lock(Deadline::NEVER).unwrap()).join().unwrap();
+            std::thread::spawn(move || m3.lock(soon()).unwrap()).join().unwrap();
         }
     }
 
@@ -480,7 +486,7 @@ mod tests {
     fn mark_consistent_recovers() {
         let m = Arc::new(RawMutex::new());
         let m2 = m.clone();
-        std::thread::spawn(move || m2.lock(Deadline::NEVER).unwrap()).join().unwrap();
+        std::thread::spawn(move || m2.lock(soon()).unwrap()).join().unwrap();
         assert_eq!(m.try_lock(), Ok(Acquired::OwnerDied));
         m.mark_consistent();
         // SAFETY: we hold it.
@@ -496,7 +502,7 @@ mod tests {
         for bad in [WAITERS, INCONSISTENT, MAX_TID, MAX_TID | WAITERS, 0x3FFF_FFFE] {
             m.state.store(bad, Relaxed);
             assert_eq!(m.try_lock(), Err(RawLockError::Corrupt), "{bad:#x}");
-            assert_eq!(m.lock(Deadline::NEVER), Err(RawLockError::Corrupt), "{bad:#x}");
+            assert_eq!(m.lock(soon()), Err(RawLockError::Corrupt), "{bad:#x}");
         }
     }
 
@@ -525,7 +531,7 @@ mod tests {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
-                        s.0.lock(Deadline::NEVER).unwrap();
+                        s.0.lock(soon()).unwrap();
                         // SAFETY: the lock is held.
                         unsafe {
                             *s.1.get() += 1;
