@@ -17,7 +17,10 @@ fn identity_of(path: &str) -> String {
 fn run_gate(var: &str, value: &str) -> Output {
     // "fork daemon" would start a child if the gate let main run: the gate
     // must exit before main gets that far.
-    Command::new(env!("CARGO_BIN_EXE_process_daemon_parent")).args(["fork", "plain"]).env(var, value).output().unwrap()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_process_daemon_parent"));
+    let (status, stdout, stderr) =
+        ipc_tests::run_with_timeout(cmd.args(["fork", "plain"]).env(var, value), std::time::Duration::from_secs(60));
+    Output { status, stdout: stdout.into_bytes(), stderr: stderr.into_bytes() }
 }
 
 fn assert_refused(out: &Output, why: &str) {

@@ -32,11 +32,24 @@ fn wait_code(c: &mut Child, t: Duration) -> i32 {
     }
 }
 
+/// The first line the helper prints, waiting at most 30 s (kills it and fails after).
 fn read_line(c: &mut Child) -> String {
     use std::io::BufRead;
-    let mut s = String::new();
-    std::io::BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut s).unwrap();
-    s
+    let out = c.stdout.take().expect("helper stdout is piped and read once");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut s);
+        let _ = tx.send(s);
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("helper printed no line within 30 s");
+        }
+    }
 }
 
 /// (producer, seq) records written by a consumer helper.
