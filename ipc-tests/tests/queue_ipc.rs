@@ -279,17 +279,41 @@ fn scribbler_causes_errors_not_crashes() {
     let mut r = spawn(&["survive", &name, "1500", "recv"]);
     std::thread::sleep(Duration::from_millis(200));
     let mut w = spawn(&["scribble", &name, "1000", &std::process::id().to_string()]);
-    // The parent operates on the scribbled queue too.
+    // The parent operates on the scribbled queue too, and counts what it sees.
+    let (mut ok, mut corrupt) = (0u32, 0u32);
     let end = Instant::now() + Duration::from_millis(1200);
     while Instant::now() < end {
-        let _ = q.send_timeout(Msg::new(7, 7), Duration::from_millis(5));
-        let _ = q.recv_timeout(Duration::from_millis(5));
+        let sent = q.send_timeout(Msg::new(7, 7), Duration::from_millis(5));
+        ok += sent.is_ok() as u32;
+        corrupt += matches!(sent, Err(SendTimeoutError::Corrupt(_))) as u32;
+        let got = q.recv_timeout(Duration::from_millis(5));
+        ok += got.is_ok() as u32;
+        corrupt += matches!(got, Err(RecvTimeoutError::Corrupt)) as u32;
         let _ = q.try_recv();
         let _ = (q.len(), q.is_full());
     }
+    // Each helper prints its counts when done (read before reaping: bounded).
+    let scribbled: u64 = read_line(&mut w).trim().strip_prefix("scribbled ").and_then(|n| n.parse().ok()).unwrap_or(0);
+    let (s_line, r_line) = (read_line(&mut s), read_line(&mut r));
     assert_eq!(wait_code(&mut w, Duration::from_secs(20)), 0);
     assert_eq!(wait_code(&mut s, Duration::from_secs(20)), 0, "sender crashed on a scribbled segment");
     assert_eq!(wait_code(&mut r, Duration::from_secs(20)), 0, "receiver crashed on a scribbled segment");
+    assert!(scribbled > 0, "the scribbler wrote nothing");
+    assert!(s_line.starts_with("ok=") && r_line.starts_with("ok="), "survivors report: {s_line:?} {r_line:?}");
+    // "ok=N err=M" from a survivor.
+    let counts = |line: &str| -> (u64, u64) {
+        let field =
+            |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|n| n.parse().ok()).unwrap_or(0);
+        (field("ok="), field("err="))
+    };
+    let ((s_ok, s_err), (r_ok, r_err)) = (counts(&s_line), counts(&r_line));
+    let seen =
+        format!("scribbled {scribbled}; parent ok={ok} corrupt={corrupt}; sender {s_line:?}; receiver {r_line:?}");
+    // The scribbles reached the queue's state: the parent was told `Corrupt`,
+    // and the survivors kept running and saw failures, not crashes.
+    assert!(corrupt > 0, "the parent never saw Corrupt: {seen}");
+    assert!(s_ok > 0 && r_ok > 0, "the survivors never worked: {seen}");
+    assert!(s_err > 0 && r_err > 0, "the survivors never saw an error: {seen}");
 }
 
 #[test]
