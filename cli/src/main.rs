@@ -4,6 +4,7 @@
 //! an argument-parsing dependency in the library's dependency tree.
 
 mod bench;
+mod shm;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -182,7 +183,7 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         if took > per_case_budget {
             eprintln!(
                 "shmproc bench: warning: {}/{} took {took:.2} s, over the {per_case_budget:.1} s a case may take \
-                 (see src/bench/mod.rs, \"Time budget\")",
+                 (see cli/src/bench/mod.rs, \"Time budget\")",
                 case.scenario, case.transport
             );
         }
@@ -249,8 +250,8 @@ fn main() -> ExitCode {
         Ok(Command::Bench { quick, json, scenarios, transports }) => {
             ExitCode::from(run_bench(cases, quick, json, &scenarios, &transports))
         }
-        Ok(Command::Ls) => ExitCode::from(bench::shm::ls() as u8),
-        Ok(Command::Gc { dry_run, prefixes }) => ExitCode::from(bench::shm::gc(dry_run, &prefixes) as u8),
+        Ok(Command::Ls) => ExitCode::from(shm::ls() as u8),
+        Ok(Command::Gc { dry_run, prefixes }) => ExitCode::from(shm::gc(dry_run, &prefixes) as u8),
     }
 }
 

@@ -29,7 +29,6 @@ mod pipe;
 pub mod process;
 mod queue;
 pub mod report;
-pub mod shm;
 mod sync;
 
 use std::fmt;

@@ -122,7 +122,7 @@ pub fn creator_alive(pid: u32, ctime: i64) -> bool {
     let (Some(ticks), Some(boot)) = (shmproc::__private::process_start_ticks(pid), boot_time()) else {
         return true;
     };
-    let started = boot + (ticks / super::os::clock_ticks_per_sec()) as i64;
+    let started = boot + (ticks / crate::bench::os::clock_ticks_per_sec()) as i64;
     // btime has 1 s resolution and start times 1 tick: allow 2 s of slack.
     started <= ctime + 2
 }
