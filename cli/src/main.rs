@@ -1,7 +1,9 @@
 //! The `shmproc` command: `bench` (the default), `ls`, `gc`.
 //!
-//! Arguments are parsed by hand: four subcommands and five flags do not need
-//! an argument-parsing dependency in the library's dependency tree.
+//! Arguments are parsed by `clap` (derive): one struct per subcommand, each
+//! with its own `--help`. `shmproc` with no subcommand runs `bench`, and
+//! bench's flags are accepted without the subcommand (`shmproc --quick`).
+//! Usage errors exit with status 2 (clap's convention, and ours before it).
 
 mod bench;
 mod shm;
@@ -10,112 +12,89 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
 use bench::report::{self, Row};
 use bench::{Case, Config};
 
-const USAGE: &str = "\
-usage: shmproc [COMMAND]
-
-commands:
-  bench [--quick] [--json] [--scenario S]... [--transport T]...
-        measure shmproc and its baselines on this machine (the default command)
-          --quick         less work per case (the whole run takes under 15 s)
-          --json          one JSON object per case on stdout, nothing else
-          --scenario S    only scenario S (repeatable)
-          --transport T   only transport T (repeatable)
-  ls    list the shmproc segments in /dev/shm (kind, size, creator, whether alive)
-  gc [--dry-run] [--prefix P]...
-        remove shmproc segments of this user whose creator is dead and that no
-        process maps or holds open; --dry-run only says what it would remove
-  help  this message
-
-exit status: 0 success, 1 a case or an operation failed, 2 usage error";
-
-/// What the command line asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Command {
-    Bench { quick: bool, json: bool, scenarios: Vec<String>, transports: Vec<String> },
-    Ls,
-    Gc { dry_run: bool, prefixes: Vec<String> },
-    Help,
+/// Measure shmproc against its baselines on this machine (`bench`, the
+/// default), or list and clean up its segments in /dev/shm (`ls`, `gc`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "shmproc",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Without a command, runs `bench` (bench's flags work without it: `shmproc --quick`).\n\n\
+                  Exit status: 0 success, 1 a case or an operation failed, 2 usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Flags of the default command, `bench`.
+    #[command(flatten)]
+    bench: BenchArgs,
 }
 
-/// Parses the arguments after the program name. `cases` gives the known
-/// scenario and transport names.
-fn parse(args: &[String], cases: &[Case]) -> Result<Command, String> {
-    let (cmd, rest) = match args.first().map(String::as_str) {
-        None => ("bench", &args[..0]),
-        Some(a) if a.starts_with('-') && !matches!(a, "-h" | "--help") => ("bench", args),
-        Some(a) => (a, &args[1..]),
-    };
-    // Splits "--flag=value" and takes "--flag value" from the next argument.
-    let mut it = rest.iter().peekable();
-    let mut flags: Vec<(String, Option<String>)> = Vec::new();
-    while let Some(a) = it.next() {
-        if !a.starts_with("--") && a != "-h" {
-            return Err(format!("unexpected argument '{a}'"));
-        }
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (a.clone(), None),
-        };
-        let takes_value = matches!(flag.as_str(), "--scenario" | "--transport" | "--prefix");
-        let value = match (takes_value, inline) {
-            (true, Some(v)) => Some(v),
-            (true, None) => Some(it.next().cloned().ok_or_else(|| format!("{flag} needs a value"))?),
-            (false, Some(_)) => return Err(format!("{flag} takes no value")),
-            (false, None) => None,
-        };
-        flags.push((flag, value));
+/// The subcommands.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+enum Command {
+    /// Measure shmproc and its baselines on this machine (the default command).
+    Bench(BenchArgs),
+    /// List the shmproc segments in /dev/shm (kind, size, creator, whether alive).
+    Ls(LsArgs),
+    /// Remove shmproc segments of this user whose creator is dead and that no
+    /// process maps or holds open.
+    Gc(GcArgs),
+}
+
+/// `shmproc bench`.
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+struct BenchArgs {
+    /// Less work per case (the whole run takes under 15 s).
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object per case on stdout, nothing else.
+    #[arg(long)]
+    json: bool,
+    /// Only scenario S (repeatable).
+    #[arg(long = "scenario", value_name = "S", value_parser = known_scenario)]
+    scenarios: Vec<String>,
+    /// Only transport T (repeatable).
+    #[arg(long = "transport", value_name = "T", value_parser = known_transport)]
+    transports: Vec<String>,
+}
+
+/// `shmproc ls` (no flags).
+#[derive(Debug, PartialEq, Eq, Args)]
+struct LsArgs {}
+
+/// `shmproc gc`.
+#[derive(Debug, PartialEq, Eq, Args)]
+struct GcArgs {
+    /// Only say what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only names starting with P (repeatable).
+    #[arg(long = "prefix", value_name = "P")]
+    prefixes: Vec<String>,
+}
+
+/// Accepts `s` if some case has that scenario.
+fn known_scenario(s: &str) -> Result<String, String> {
+    known_name(s, "scenario", |c| c.scenario)
+}
+
+/// Accepts `s` if some case has that transport.
+fn known_transport(s: &str) -> Result<String, String> {
+    known_name(s, "transport", |c| c.transport)
+}
+
+fn known_name(s: &str, what: &str, f: impl Fn(&Case) -> &'static str) -> Result<String, String> {
+    let cases = bench::all_cases();
+    if cases.iter().any(|c| f(c) == s) {
+        return Ok(s.to_string());
     }
-    let unknown = |f: &str| Err(format!("unknown option '{f}' for '{cmd}'"));
-    match cmd {
-        "bench" => {
-            let (mut quick, mut json, mut scenarios, mut transports) = (false, false, Vec::new(), Vec::new());
-            for (f, v) in flags {
-                match f.as_str() {
-                    "--quick" => quick = true,
-                    "--json" => json = true,
-                    "--scenario" => {
-                        let v = v.unwrap_or_default();
-                        if !cases.iter().any(|c| c.scenario == v) {
-                            return Err(format!("unknown scenario '{v}' (known: {})", known(cases, |c| c.scenario)));
-                        }
-                        scenarios.push(v);
-                    }
-                    "--transport" => {
-                        let v = v.unwrap_or_default();
-                        if !cases.iter().any(|c| c.transport == v) {
-                            return Err(format!("unknown transport '{v}' (known: {})", known(cases, |c| c.transport)));
-                        }
-                        transports.push(v);
-                    }
-                    "--help" | "-h" => return Ok(Command::Help),
-                    other => return unknown(other),
-                }
-            }
-            Ok(Command::Bench { quick, json, scenarios, transports })
-        }
-        "ls" => match flags.first() {
-            None => Ok(Command::Ls),
-            Some((f, _)) if f == "--help" || f == "-h" => Ok(Command::Help),
-            Some((f, _)) => unknown(f),
-        },
-        "gc" => {
-            let (mut dry_run, mut prefixes) = (false, Vec::new());
-            for (f, v) in flags {
-                match f.as_str() {
-                    "--dry-run" => dry_run = true,
-                    "--prefix" => prefixes.push(v.unwrap_or_default()),
-                    "--help" | "-h" => return Ok(Command::Help),
-                    other => return unknown(other),
-                }
-            }
-            Ok(Command::Gc { dry_run, prefixes })
-        }
-        "help" | "--help" | "-h" => Ok(Command::Help),
-        other => Err(format!("unknown command '{other}'")),
-    }
+    Err(format!("unknown {what} '{s}' (known: {})", known(&cases, f)))
 }
 
 /// The distinct names `f` picks from `cases`, in order, comma-separated.
@@ -129,6 +108,13 @@ fn known(cases: &[Case], f: impl Fn(&Case) -> &'static str) -> String {
     seen.join(", ")
 }
 
+/// The usage line of `shmproc bench`, as clap writes it.
+fn bench_usage() -> String {
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd.find_subcommand_mut("bench").map(|b| b.render_usage().to_string()).unwrap_or_default()
+}
+
 /// Runs the selected cases and prints the results; returns the exit status
 /// (0: all measured, 1: some case failed, 2: no case matches the filters).
 fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], transports: &[String]) -> u8 {
@@ -138,7 +124,7 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         .filter(|c| transports.is_empty() || transports.iter().any(|t| t == c.transport))
         .collect();
     if selected.is_empty() {
-        eprintln!("shmproc bench: no case matches the given --scenario and --transport\n\n{USAGE}");
+        eprintln!("shmproc bench: no case matches the given --scenario and --transport\n\n{}", bench_usage());
         return 2;
     }
     let cfg = Config::for_machine(quick);
@@ -172,7 +158,7 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
     for (i, case) in selected.iter().enumerate() {
         let t0 = Instant::now();
         let result = (case.run)(&cfg).and_then(|o| {
-            let finite = o.median.is_finite() && o.p99.map_or(true, f64::is_finite);
+            let finite = o.median.is_finite() && o.p99.is_none_or(f64::is_finite);
             if finite && o.runs > 0 {
                 Ok(o)
             } else {
@@ -228,6 +214,21 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
     u8::from(failed > 0)
 }
 
+/// Prints clap's message for `e` and exits as clap does: `--help` and `help`
+/// on stdout with status 0, usage errors on stderr with status 2. A usage
+/// error always shows the usage (clap leaves it out of some, such as an
+/// unknown `--scenario`).
+fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        if !e.to_string().contains("Usage:") {
+            eprintln!("\n{}", Cli::command().render_usage());
+        }
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     // The `raw-exec` bench baseline: an exec of this binary that exits at once.
     if std::env::var_os(bench::process::RAW_EXEC_ENV).is_some() {
@@ -236,66 +237,87 @@ fn main() -> ExitCode {
     // The gate for Spawn and ForkServer children (the spawn-join bench cases):
     // a re-executed child runs its target here and exits.
     shmproc::init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let cases = bench::all_cases();
-    match parse(&args, &cases) {
-        Err(e) => {
-            eprintln!("shmproc: {e}\n\n{USAGE}");
-            ExitCode::from(2)
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    match cli.command.unwrap_or(Command::Bench(cli.bench)) {
+        Command::Bench(b) => {
+            ExitCode::from(run_bench(bench::all_cases(), b.quick, b.json, &b.scenarios, &b.transports))
         }
-        Ok(Command::Help) => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Ok(Command::Bench { quick, json, scenarios, transports }) => {
-            ExitCode::from(run_bench(cases, quick, json, &scenarios, &transports))
-        }
-        Ok(Command::Ls) => ExitCode::from(shm::ls() as u8),
-        Ok(Command::Gc { dry_run, prefixes }) => ExitCode::from(shm::gc(dry_run, &prefixes) as u8),
+        Command::Ls(LsArgs {}) => ExitCode::from(shm::ls() as u8),
+        Command::Gc(g) => ExitCode::from(shm::gc(g.dry_run, &g.prefixes) as u8),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
 
-    fn p(args: &[&str]) -> Result<Command, String> {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        parse(&args, &bench::all_cases())
+    /// The command the arguments ask for (`bench` when none is named).
+    fn p(args: &[&str]) -> Result<Command, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("shmproc").chain(args.iter().copied()))?;
+        Ok(cli.command.unwrap_or(Command::Bench(cli.bench)))
+    }
+
+    fn bench(quick: bool, json: bool, scenarios: &[&str], transports: &[&str]) -> Command {
+        Command::Bench(BenchArgs {
+            quick,
+            json,
+            scenarios: scenarios.iter().map(|s| s.to_string()).collect(),
+            transports: transports.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn kind(args: &[&str]) -> ErrorKind {
+        p(args).expect_err("a usage error").kind()
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn no_arguments_is_bench() {
-        assert_eq!(p(&[]), Ok(Command::Bench { quick: false, json: false, scenarios: vec![], transports: vec![] }));
-        assert_eq!(
-            p(&["--quick"]),
-            Ok(Command::Bench { quick: true, json: false, scenarios: vec![], transports: vec![] })
-        );
+        assert_eq!(p(&[]).unwrap(), bench(false, false, &[], &[]));
+        assert_eq!(p(&["--quick"]).unwrap(), bench(true, false, &[], &[]));
     }
 
     #[test]
     fn bench_flags_and_filters() {
         assert_eq!(
-            p(&["bench", "--json", "--scenario", "pingpong-8B", "--transport=os-pipe", "--transport", "raw-spin"]),
-            Ok(Command::Bench {
-                quick: false,
-                json: true,
-                scenarios: vec!["pingpong-8B".into()],
-                transports: vec!["os-pipe".into(), "raw-spin".into()],
-            })
+            p(&["bench", "--json", "--scenario", "pingpong-8B", "--transport=os-pipe", "--transport", "raw-spin"])
+                .unwrap(),
+            bench(false, true, &["pingpong-8B"], &["os-pipe", "raw-spin"])
         );
+        // The flags of the default command, without naming it.
+        assert_eq!(p(&["--json", "--scenario=stream-8B"]).unwrap(), bench(false, true, &["stream-8B"], &[]));
     }
 
     #[test]
     fn usage_errors() {
-        assert!(p(&["bench", "--scenario", "nope"]).unwrap_err().contains("unknown scenario 'nope'"));
-        assert!(p(&["bench", "--transport", "carrier-pigeon"]).unwrap_err().contains("unknown transport"));
-        assert!(p(&["bench", "--scenario"]).unwrap_err().contains("needs a value"));
-        assert!(p(&["bench", "--fast"]).unwrap_err().contains("unknown option"));
-        assert!(p(&["bench", "--quick=yes"]).unwrap_err().contains("takes no value"));
-        assert!(p(&["frobnicate"]).unwrap_err().contains("unknown command"));
+        let e = p(&["bench", "--scenario", "nope"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("unknown scenario 'nope'"), "{e}");
+        let e = p(&["bench", "--transport", "carrier-pigeon"]).unwrap_err();
+        assert!(e.to_string().contains("unknown transport"), "{e}");
+        assert!(p(&["--scenario=nope"]).unwrap_err().to_string().contains("unknown scenario 'nope'"));
+        // "needs a value"
+        assert_eq!(kind(&["bench", "--scenario"]), ErrorKind::InvalidValue);
+        // "unknown option"
+        assert_eq!(kind(&["bench", "--fast"]), ErrorKind::UnknownArgument);
+        // "takes no value"
+        assert_eq!(kind(&["bench", "--quick=yes"]), ErrorKind::TooManyValues);
+        // "unknown command"
+        assert_eq!(kind(&["frobnicate"]), ErrorKind::InvalidSubcommand);
         assert!(p(&["ls", "-l"]).is_err());
         assert!(p(&["gc", "extra"]).is_err());
+        assert!(p(&["gc", "--force"]).is_err());
+        // A subcommand's flags belong to it.
+        assert!(p(&["--quick", "ls"]).is_err());
+        assert!(p(&["ls", "--quick"]).is_err());
     }
 
     #[test]
@@ -325,13 +347,22 @@ mod tests {
 
     #[test]
     fn other_commands() {
-        assert_eq!(p(&["ls"]), Ok(Command::Ls));
-        assert_eq!(p(&["help"]), Ok(Command::Help));
-        assert_eq!(p(&["--help"]), Ok(Command::Help));
-        assert_eq!(p(&["bench", "-h"]), Ok(Command::Help));
+        assert_eq!(p(&["ls"]).unwrap(), Command::Ls(LsArgs {}));
+        // Help, top-level and per command: clap's "error" kinds that exit with 0.
+        assert_eq!(kind(&["help"]), ErrorKind::DisplayHelp);
+        assert_eq!(kind(&["--help"]), ErrorKind::DisplayHelp);
+        assert_eq!(kind(&["-h"]), ErrorKind::DisplayHelp);
+        assert_eq!(kind(&["bench", "-h"]), ErrorKind::DisplayHelp);
+        assert_eq!(kind(&["help", "gc"]), ErrorKind::DisplayHelp);
+        assert_eq!(p(&["help"]).unwrap_err().exit_code(), 0);
+        assert_eq!(p(&["frobnicate"]).unwrap_err().exit_code(), 2);
+        let gc_help = p(&["gc", "--help"]).unwrap_err().to_string();
+        assert!(gc_help.contains("--dry-run") && gc_help.contains("--prefix"), "{gc_help}");
+        assert!(!gc_help.contains("--quick"), "per-command help: {gc_help}");
         assert_eq!(
-            p(&["gc", "--dry-run", "--prefix", "shmproc-test-", "--prefix=x"]),
-            Ok(Command::Gc { dry_run: true, prefixes: vec!["shmproc-test-".into(), "x".into()] })
+            p(&["gc", "--dry-run", "--prefix", "shmproc-test-", "--prefix=x"]).unwrap(),
+            Command::Gc(GcArgs { dry_run: true, prefixes: vec!["shmproc-test-".into(), "x".into()] })
         );
+        assert!(bench_usage().contains("shmproc bench"), "{}", bench_usage());
     }
 }

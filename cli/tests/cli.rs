@@ -169,10 +169,13 @@ fn unknown_names_and_flags_are_usage_errors() {
         let out = shmproc(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
-        assert!(text(&out.stderr).contains("usage:"), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).to_lowercase().contains("usage:"), "{args:?}: {}", text(&out.stderr));
     }
     let out = shmproc(&["help"]);
-    assert!(out.status.success() && text(&out.stdout).contains("usage:"));
+    assert!(out.status.success() && text(&out.stdout).to_lowercase().contains("usage:"));
+    // Per-command help.
+    let out = shmproc(&["gc", "--help"]);
+    assert!(out.status.success() && text(&out.stdout).contains("--dry-run"), "{}", text(&out.stdout));
 }
 
 #[test]
