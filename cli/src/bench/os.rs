@@ -1,85 +1,79 @@
-//! Platform calls of the bench tool (fork, CPU pinning, pipes, sockets).
+//! Processes and platform calls of the bench runner.
 //!
-//! The library keeps its system calls in `src/sys/`; the bench binary is a
-//! separate target whose few direct calls live here, in one file.
+//! Two-process cases fork their child with the library's own
+//! [`Process::closure`] ([`StartMethod::Fork`]): the same fork, report and
+//! reap path a shmproc user gets, so the bench re-implements none of it.
+//! [`Child`] adds what a bench case wants on top: the child pins itself
+//! before its role runs, a bounded wait that kills a stuck child, and a kill
+//! on drop. [`watched`] kills a child that a blocked `read`/`write` of the
+//! parent waits on, through [`Process::kill`].
+//!
+//! What the baselines must do with bare system calls, by definition, goes
+//! through `rustix` directly (the library keeps its own calls private in
+//! `src/sys/`): CPU pinning (`sched_setaffinity`), the shared futex of
+//! `raw-futex`, `pipe(2)` for `os-pipe`, the process CPU clock for `idle-cpu`,
+//! and closing inherited fds in a forked child. The bench's only `libc`
+//! calls are the `fork` and `_exit` of `raw-fork` in `process.rs`, which says why.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shmproc::process::{JoinError, Process, StartError, StartMethod};
 
 /// A forked child process running a bench role.
 #[derive(Debug)]
 pub struct Child {
-    pid: libc::pid_t,
-    reaped: bool,
+    process: Process<i32>,
+    done: bool,
 }
 
-/// Forks; the child pins itself to `cpu` (if any), runs `f`, and `_exit`s with
-/// its return value (101 if it panicked). Call only while no other thread of
-/// this process holds a lock the child needs (the bench runner is single-threaded).
-pub fn fork_child(cpu: Option<usize>, f: impl FnOnce() -> i32) -> io::Result<Child> {
-    // SAFETY: the bench runner is single-threaded when it forks; the child only
-    // runs `f` and then `_exit`s without unwinding into the parent's frames.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
+/// Forks a child (shmproc's [`StartMethod::Fork`]) that pins itself to `cpu`
+/// (if any) and runs `f`; its return value is the child's result, which
+/// [`Child::wait_timeout`] returns. Call only while no other thread of this
+/// process holds a lock the child needs (the bench runner is single-threaded
+/// when it forks).
+pub fn fork_child(cpu: Option<usize>, f: impl FnOnce() -> i32 + 'static) -> Result<Child, StartError> {
+    let process = Process::closure(move || {
         if let Some(c) = cpu {
             let _ = pin_to_cpu(c);
         }
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
-        // SAFETY: `_exit` ends the child at once, without running the parent's
-        // atexit handlers or destructors twice.
-        unsafe { libc::_exit(code) };
-    }
-    Ok(Child { pid, reaped: false })
+        f()
+    })
+    .start_method(StartMethod::Fork)
+    .start()?;
+    Ok(Child { process, done: false })
 }
 
 impl Child {
-    /// The child's pid.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Waits up to `timeout` for the child; kills it (SIGKILL) if it is still
-    /// running then. Returns its exit code, or Err if it was killed or failed.
+    /// running then. Returns its result, or Err if it was killed, panicked or failed.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<i32, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid on our own child with WNOHANG; `status` is a valid out-pointer.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if r == self.pid {
-                self.reaped = true;
-                if libc::WIFEXITED(status) {
-                    return Ok(libc::WEXITSTATUS(status));
-                }
-                return Err(format!("bench child ended by signal {}", libc::WTERMSIG(status)));
-            }
-            if r < 0 {
-                self.reaped = true;
-                return Err(format!("waitpid: {}", io::Error::last_os_error()));
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Err("bench child did not finish in time; killed".into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        let r = self.process.join_timeout(timeout);
+        if matches!(r, Err(JoinError::Timeout)) {
+            self.kill();
+            return Err("bench child did not finish in time; killed".into());
+        }
+        self.done = true;
+        match r {
+            Ok(code) => Ok(code),
+            Err(JoinError::Died { status }) => match status.signal() {
+                Some(sig) => Err(format!("bench child ended by signal {sig}")),
+                None => Err(format!("bench child {status} without a result")),
+            },
+            Err(JoinError::Panicked { message, .. }) => Err(format!("bench child panicked: {message}")),
+            Err(e) => Err(format!("bench child: {e}")),
         }
     }
 
     /// SIGKILLs and reaps the child.
     pub fn kill(&mut self) {
-        if self.reaped {
+        if self.done {
             return;
         }
-        // SAFETY: signalling and reaping our own, not yet reaped, child.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            let mut status = 0;
-            libc::waitpid(self.pid, &mut status, 0);
-        }
-        self.reaped = true;
+        self.done = true;
+        let _ = self.process.kill();
+        // Reaps it; a killed child ends at once.
+        let _ = self.process.join_timeout(Duration::from_secs(10));
     }
 }
 
@@ -87,6 +81,31 @@ impl Drop for Child {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs `work` on this thread while a watchdog thread kills `child` if `work`
+/// has not returned within `limit`; returns what `work` returned and whether
+/// the watchdog fired (killed the child).
+///
+/// A parent blocked in `read` or `write` on a pipe or socket shared with a
+/// stuck child cannot check a deadline itself; once the watchdog kills the
+/// child, the kernel closes the child's ends and the parent's call returns
+/// EOF or `EPIPE` (Rust programs ignore `SIGPIPE`). Use it only after the
+/// fork: the thread must not exist while the process forks.
+pub fn watched<R>(child: &Child, limit: Duration, work: impl FnOnce() -> R) -> (R, bool) {
+    let (disarm, armed) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let dog = s.spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
+                let _ = child.process.kill();
+                return true;
+            }
+            false
+        });
+        let r = work();
+        let _ = disarm.send(());
+        (r, dog.join().unwrap_or(false))
+    })
 }
 
 /// Pins the calling thread to `cpu`.
@@ -106,7 +125,6 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 /// CPU time (user + system) this process has used so far.
-#[allow(dead_code)] // for other areas' cases (cpu_pct figures)
 pub fn process_cpu_time() -> Duration {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -133,83 +151,24 @@ pub fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
     Ok((std::fs::File::from(r), std::fs::File::from(w)))
 }
 
-/// Kills a child if the parent has not disarmed it within a time limit.
-///
-/// A parent blocked in `read` or `write` on a pipe or socket shared with a
-/// stuck child cannot check a deadline itself; once the watchdog kills the
-/// child, the kernel closes the child's ends and the parent's call returns
-/// EOF or `EPIPE` (Rust programs ignore `SIGPIPE`). Arm it only after the
-/// fork: the thread must not exist while the process forks.
-#[derive(Debug)]
-pub struct Watchdog {
-    disarm: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<bool>>,
-}
-
-impl Watchdog {
-    /// Starts a thread that SIGKILLs `pid` after `limit` unless disarmed first.
-    pub fn arm(pid: i32, limit: Duration) -> Watchdog {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                // SAFETY: signalling our own child, which the parent has not
-                // reaped yet (the parent disarms before it waits for the child).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                return true;
-            }
-            false
-        });
-        Watchdog { disarm: Some(tx), thread: Some(thread) }
-    }
-
-    /// Stops the watchdog; returns whether it had fired (killed the child).
-    pub fn disarm(mut self) -> bool {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> bool {
-        if let Some(tx) = self.disarm.take() {
-            let _ = tx.send(());
-        }
-        self.thread.take().map(|t| t.join().unwrap_or(false)).unwrap_or(false)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Closes a raw fd that this process inherited but does not own as a Rust
 /// value (a forked child closing the parent's ends of a pipe or socket).
 pub fn close_raw(fd: i32) {
     // SAFETY: called in a forked child on an fd number it inherited; no Rust
     // value in the child uses that fd afterwards (the parent's values owning
     // it are never touched again in the child, which leaves through `_exit`).
-    unsafe { libc::close(fd) };
-}
-
-/// Clock ticks per second of `/proc` start times (`sysconf(_SC_CLK_TCK)`).
-pub fn clock_ticks_per_sec() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
+    unsafe { rustix::io::close(fd) };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
-    /// A child that never exits (only async-signal-safe calls after the fork).
+    /// A child that never exits.
     fn stuck_child() -> Child {
         fork_child(None, || loop {
-            // SAFETY: pause has no preconditions; it sleeps until a signal.
-            unsafe { libc::pause() };
+            std::thread::sleep(Duration::from_secs(3600));
         })
         .expect("fork")
     }
@@ -220,21 +179,32 @@ mod tests {
         let e = c.wait_timeout(Duration::from_millis(50)).unwrap_err();
         assert!(e.contains("killed"), "{e}");
         // Reaped: the pid no longer names our child.
-        // SAFETY: waitpid with WNOHANG on a pid we already reaped just fails.
-        assert_eq!(unsafe { libc::waitpid(c.pid(), std::ptr::null_mut(), libc::WNOHANG) }, -1);
+        let pid = rustix::process::Pid::from_raw(c.process.pid() as i32).expect("a pid");
+        assert!(rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG).is_err());
     }
 
     #[test]
     fn watchdog_fires_only_when_not_disarmed() {
-        let mut c = stuck_child();
-        let w = Watchdog::arm(c.pid(), Duration::from_millis(50));
+        // The child holds the only other end of the socket and never writes:
+        // the parent's read returns (EOF) only once the watchdog killed it.
+        let (parent_end, child_end) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        parent_end.set_read_timeout(Some(Duration::from_secs(30))).expect("bound the read");
+        let mut c = fork_child(None, move || {
+            let _held = child_end;
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        })
+        .expect("fork");
+        let (read, fired) = watched(&c, Duration::from_millis(50), || (&parent_end).read(&mut [0u8; 8]));
+        assert!(fired, "the watchdog reports that it fired");
+        assert_eq!(read.expect("EOF, not the read timeout"), 0);
         let e = c.wait_timeout(Duration::from_secs(10)).unwrap_err();
         assert!(e.contains("signal 9"), "{e}");
-        assert!(w.disarm(), "the watchdog reports that it fired");
 
         let mut c = fork_child(None, || 7).expect("fork");
-        let w = Watchdog::arm(c.pid(), Duration::from_secs(10));
-        assert!(!w.disarm());
+        let (v, fired) = watched(&c, Duration::from_secs(10), || 5);
+        assert!(!fired && v == 5);
         assert_eq!(c.wait_timeout(Duration::from_secs(10)), Ok(7));
     }
 }
