@@ -37,6 +37,7 @@
 
 mod error;
 pub mod header;
+pub mod inspect;
 pub mod pipe;
 pub mod queue;
 mod segment;
@@ -72,59 +73,10 @@ pub use value::{
 
 #[doc(hidden)]
 pub mod __private {
-    //! Internals exposed for shmproc's own test helpers and bench runner. Not API.
-
-    /// Entries of `/dev/shm`: name, size, owner uid, permission bits.
-    pub fn list_shm() -> std::io::Result<Vec<(String, u64, u32, u32)>> {
-        Ok(crate::sys::list_shm_names()?.into_iter().map(|(n, i)| (n, i.size, i.uid, i.mode)).collect())
-    }
-
-    /// What a segment's header says, read without expecting a kind or a type
-    /// (for `shmproc ls` and `shmproc gc`).
-    #[derive(Debug, Clone)]
-    pub struct HeaderSummary {
-        /// The kind of object.
-        pub kind: crate::ObjectKind,
-        /// Pid of the creating process, as recorded.
-        pub creator_pid: u32,
-        /// Payload bytes.
-        pub payload_size: u64,
-        /// The element type recorded by the creator.
-        pub ty: crate::TypeInfo,
-        /// Whether the creator published "ready" (false: initialising, or it died mid-way).
-        pub ready: bool,
-    }
-
-    /// Validates the first [`crate::header::HEADER_SIZE`] bytes of a segment
-    /// whose real size is `actual_size` (magic, version, sizes and offsets),
-    /// like `open` does but without a kind or type to match.
-    pub fn inspect_header(bytes: &[u8; crate::header::HEADER_SIZE], actual_size: u64) -> Result<HeaderSummary, String> {
-        let info = crate::header::parse_header(bytes, actual_size, None).map_err(|e| e.to_string())?;
-        let state = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
-        Ok(HeaderSummary {
-            kind: info.kind,
-            creator_pid: info.creator_pid,
-            payload_size: info.payload_size as u64,
-            ty: info.ty,
-            ready: state == crate::header::READY,
-        })
-    }
-
-    /// Whether a process with id `pid` exists and is not a zombie. A pid alone
-    /// cannot tell a reused id from the original process: `true` may mean "some
-    /// process now has this pid".
-    pub fn process_alive(pid: u32) -> bool {
-        // `liveness` with no recorded start time: an existence check that falls
-        // back to kill(pid, 0) where /proc is unreadable (hidepid), so `gc`
-        // errs towards "alive" there instead of removing a live creator's segment.
-        crate::sys::liveness(crate::sys::Identity { id: pid, start_time: 0 }) == crate::sys::Liveness::Alive
-    }
-
-    /// When process `pid` started, in clock ticks since boot (field 22 of
-    /// `/proc/<pid>/stat`); None if no such live process.
-    pub fn process_start_ticks(pid: u32) -> Option<u64> {
-        crate::sys::identity_of(pid).map(|i| i.start_time)
-    }
+    //! Test support for shmproc's own multi-process tests (`ipc-tests`): they
+    //! make segments that no API makes (foreign-owned, world-writable,
+    //! truncated). Not API: these change a live segment under its mappers.
+    //! What tools may read lives in [`crate::inspect`].
 
     /// `fchown` a segment's fd (tests create foreign-owned segments).
     pub fn set_owner(seg: &crate::Segment, uid: u32, gid: u32) -> std::io::Result<()> {

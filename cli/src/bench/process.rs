@@ -4,7 +4,15 @@
 //! Transports: `fork`, `spawn`, `forkserver` (shmproc's [`Process`] with each
 //! start method), beside the baselines measured in the same run:
 //! `raw-fork` (bare `fork` + `_exit` + `waitpid`) and `raw-exec`
-//! (`Command::new(current_exe)` whose `shmproc::init()` exits at once).
+//! (`Command::new(current_exe)` of the bench binary, whose `main` exits at
+//! once when it sees [`RAW_EXEC_ENV`], before `shmproc::init()`).
+//!
+//! `raw-fork` is the floor by definition, so it makes the bare calls itself:
+//! `fork` and `_exit` through `libc` (rustix has no `fork` for programs that
+//! run on libc: its `runtime::kernel_fork` skips glibc's own fork handling,
+//! the atfork handlers and allocator locks, which is part of what any fork in
+//! this process costs, and leaves glibc's state inconsistent in the child; and
+//! `_exit` belongs with it), `waitpid` through rustix.
 //! Spawn and ForkServer need `shmproc::init()` at the top of the bench
 //! binary's `main`. The fork server is started (and one round run) before
 //! timing, as every method gets one untimed warm-up round.
@@ -69,6 +77,7 @@ fn forkserver(cfg: &Config) -> Result<Outcome, String> {
 }
 
 fn raw_fork(cfg: &Config) -> Result<Outcome, String> {
+    use rustix::process::{waitpid, Pid, WaitOptions};
     measure(rounds(cfg, false), || {
         // SAFETY: the bench runner is single-threaded; the child only calls
         // `_exit`, which is async-signal-safe.
@@ -80,13 +89,12 @@ fn raw_fork(cfg: &Config) -> Result<Outcome, String> {
             // SAFETY: ends the child at once, without unwinding into the parent's frames.
             unsafe { libc::_exit(0) };
         }
-        let mut status = 0;
-        // SAFETY: waits for our own child; `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r != pid || !libc::WIFEXITED(status) {
-            return Err(format!("waitpid: {r} status {status}"));
+        let child = Pid::from_raw(pid).ok_or("fork returned pid 0 in the parent")?;
+        match waitpid(Some(child), WaitOptions::empty()) {
+            Ok(Some((p, st))) if p == child && st.exit_status() == Some(0) => Ok(()),
+            Ok(other) => Err(format!("waitpid: {other:?}")),
+            Err(e) => Err(format!("waitpid: {e}")),
         }
-        Ok(())
     })
 }
 

@@ -41,8 +41,8 @@ fn pingpong(cfg: &Config) -> Result<Outcome, String> {
     let rounds = if cfg.quick { 20_000 } else { 200_000 };
     let warmup = rounds / 10;
     let (a, b) = Pipe::new().map_err(|e| e.to_string())?;
-    let mut child = os::fork_child(cfg.child_cpu, || echo_child(&b)).map_err(|e| e.to_string())?;
-    drop(b);
+    // `b` moves into the child's closure: the parent's copy closes once the child runs.
+    let mut child = os::fork_child(cfg.child_cpu, move || echo_child(&b)).map_err(|e| e.to_string())?;
     let msg = 0x0123_4567_89ab_cdefu64.to_le_bytes();
     let mut buf = [0u8; 64];
     let mut samples = Vec::with_capacity(rounds);
@@ -72,7 +72,7 @@ fn stream(cfg: &Config) -> Result<Outcome, String> {
     let mut figures = Vec::with_capacity(runs);
     for _ in 0..runs {
         let (a, b) = Pipe::new().map_err(|e| e.to_string())?;
-        let mut child = os::fork_child(cfg.child_cpu, || {
+        let mut child = os::fork_child(cfg.child_cpu, move || {
             let src = vec![0x5au8; CHUNK];
             for _ in 0..per_run + 1 {
                 if b.send_bytes(&src).is_err() {
@@ -86,7 +86,6 @@ fn stream(cfg: &Config) -> Result<Outcome, String> {
             }
         })
         .map_err(|e| e.to_string())?;
-        drop(b);
         let mut dst = vec![0u8; CHUNK];
         a.recv_bytes_into_timeout(&mut dst, CHILD_TIMEOUT).map_err(|e| e.to_string())?;
         let t0 = Instant::now();
@@ -113,7 +112,7 @@ fn idle_cpu(cfg: &Config) -> Result<Outcome, String> {
     let mut figures = Vec::with_capacity(runs);
     for _ in 0..runs {
         let (a, b) = Pipe::new().map_err(|e| e.to_string())?;
-        let mut child = os::fork_child(cfg.child_cpu, || {
+        let mut child = os::fork_child(cfg.child_cpu, move || {
             std::thread::sleep(idle);
             if b.send_bytes(b"wake").is_err() {
                 return 2;
@@ -123,7 +122,6 @@ fn idle_cpu(cfg: &Config) -> Result<Outcome, String> {
             0
         })
         .map_err(|e| e.to_string())?;
-        drop(b);
         let (t0, c0) = (Instant::now(), os::process_cpu_time());
         a.recv_bytes_timeout(CHILD_TIMEOUT).map_err(|e| e.to_string())?;
         let (wall, cpu) = (t0.elapsed(), os::process_cpu_time() - c0);

@@ -18,9 +18,11 @@
 //! The shared state lives in an anonymous shmproc [`Segment`] (a sealed memfd
 //! mapped `MAP_SHARED`, inherited across `fork`). The parent runs on
 //! `cfg.parent_cpu` and measures; the child runs on `cfg.child_cpu`. Every wait
-//! is bounded: spin loops check a stall deadline, futex waits time out, and a
-//! [`os::Watchdog`] kills a child that a blocked `read`/`write` waits on, which
-//! turns the parent's call into EOF or `EPIPE`.
+//! is bounded: spin loops check a stall deadline, futex waits time out, and
+//! [`os::watched`] kills a child that a blocked `read`/`write` waits on, which
+//! turns the parent's call into EOF or `EPIPE`. A child's role is a `'static`
+//! closure (the library's [`Process::closure`](shmproc::process::Process::closure)):
+//! it owns a clone of the shared segment and derives its references from it.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use shmproc::Segment;
 
-use super::os::{self, Child, Watchdog};
+use super::os::{self, Child};
 use super::{Case, Config, Metric, Outcome, Samples, Windows};
 
 /// Round trip of one 8-byte message and its 8-byte reply.
@@ -78,6 +80,13 @@ struct Line<T>(T);
 struct Shared<T> {
     seg: Segment,
     _t: std::marker::PhantomData<T>,
+}
+
+impl<T> Clone for Shared<T> {
+    /// Another handle on the same mapping (for a child's closure).
+    fn clone(&self) -> Self {
+        Shared { seg: self.seg.clone(), _t: std::marker::PhantomData }
+    }
 }
 
 impl<T> Shared<T> {
@@ -129,8 +138,7 @@ fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()>
 /// Waits for the child after the parent's side is done; a non-zero exit is an
 /// error. Cases reap the child first and then report their own error before
 /// this one: the parent's error says more than the child's exit code.
-fn finish_child(mut child: Child, watchdog: Option<Watchdog>, what: &str) -> Result<(), String> {
-    let fired = watchdog.map(|w| w.disarm()).unwrap_or(false);
+fn finish_child(mut child: Child, fired: bool, what: &str) -> Result<(), String> {
     let code = child.wait_timeout(Duration::from_secs(5))?;
     if fired {
         return Err(format!("{what}: the child made no progress within the case limit and was killed"));
@@ -156,7 +164,9 @@ fn spin_pingpong(cfg: &Config) -> Result<Outcome, String> {
     let shared = Shared::<SpinWords>::new(0)?;
     let w = shared.get();
     let stall = cfg.stall_limit();
-    let child = os::fork_child(cfg.child_cpu, || {
+    let theirs = shared.clone();
+    let child = os::fork_child(cfg.child_cpu, move || {
+        let w = theirs.get();
         let mut seen = 0u64;
         loop {
             if spin_until(stall, || w.ping.0.load(Ordering::Acquire) != seen).is_err() {
@@ -183,7 +193,7 @@ fn spin_pingpong(cfg: &Config) -> Result<Outcome, String> {
         }
     };
     w.ping.0.store(STOP, Ordering::Release);
-    let waited = finish_child(child, None, "raw-spin");
+    let waited = finish_child(child, false, "raw-spin");
     result?;
     waited?;
     samples.finish(Metric::RttNs)
@@ -220,7 +230,9 @@ pub(super) fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
     let shared = Shared::<FutexWords>::new(0)?;
     let w = shared.get();
     let stall = cfg.stall_limit();
-    let child = os::fork_child(cfg.child_cpu, || {
+    let theirs = shared.clone();
+    let child = os::fork_child(cfg.child_cpu, move || {
+        let w = theirs.get();
         let mut seen = 0u32;
         loop {
             match futex_until_changed(&w.ping.0, seen, stall) {
@@ -250,7 +262,7 @@ pub(super) fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
     };
     w.ping.0.store(FUTEX_STOP, Ordering::Release);
     os::futex_wake(&w.ping.0);
-    let waited = finish_child(child, None, "raw-futex");
+    let waited = finish_child(child, false, "raw-futex");
     result?;
     waited?;
     samples.finish(Metric::RttNs)
@@ -262,7 +274,7 @@ pub(super) fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
 /// the child (and so closed in the parent when the closure is dropped there);
 /// `close_in_child` are the raw fds of the parent's ends, which the child closes
 /// so that EOF reaches each side when the other exits.
-fn stream_pingpong<R: Read, W: Write, CR: Read + Send, CW: Write + Send>(
+fn stream_pingpong<R: Read, W: Write, CR: Read + 'static, CW: Write + 'static>(
     cfg: &Config,
     what: &str,
     mut rx: R,
@@ -288,28 +300,30 @@ fn stream_pingpong<R: Read, W: Write, CR: Read + Send, CW: Write + Send>(
         }
     })
     .map_err(|e| format!("fork: {e}"))?;
-    let watchdog = Watchdog::arm(child.pid(), cfg.case_limit());
-    let mut samples = Samples::start(cfg);
-    let mut i = 0u64;
-    let mut buf = [0u8; 8];
-    let result = loop {
-        i += 1;
-        if let Err(e) = tx.write_all(&i.to_le_bytes()) {
-            break Err(format!("{what}: write: {e}"));
-        }
-        if let Err(e) = rx.read_exact(&mut buf) {
-            break Err(format!("{what}: read: {e}"));
-        }
-        if u64::from_le_bytes(buf) != i {
-            break Err(format!("{what}: reply {} to message {i}", u64::from_le_bytes(buf)));
-        }
-        if !samples.tick() {
-            break Ok(());
-        }
-    };
-    drop(tx); // EOF for the child
-    drop(rx);
-    let waited = finish_child(child, Some(watchdog), what);
+    let ((result, samples), fired) = os::watched(&child, cfg.case_limit(), || {
+        let mut samples = Samples::start(cfg);
+        let mut i = 0u64;
+        let mut buf = [0u8; 8];
+        let result = loop {
+            i += 1;
+            if let Err(e) = tx.write_all(&i.to_le_bytes()) {
+                break Err(format!("{what}: write: {e}"));
+            }
+            if let Err(e) = rx.read_exact(&mut buf) {
+                break Err(format!("{what}: read: {e}"));
+            }
+            if u64::from_le_bytes(buf) != i {
+                break Err(format!("{what}: reply {} to message {i}", u64::from_le_bytes(buf)));
+            }
+            if !samples.tick() {
+                break Ok(());
+            }
+        };
+        drop(tx); // EOF for the child
+        drop(rx);
+        (result, samples)
+    });
+    let waited = finish_child(child, fired, what);
     result?;
     waited?;
     samples.finish(Metric::RttNs)
@@ -335,7 +349,7 @@ fn socket_pingpong(cfg: &Config) -> Result<Outcome, String> {
 /// The child writes `msg`-byte messages until the parent raises `stop`; the
 /// parent reads in 64 KiB gulps and counts. Rates are messages/s for 8-byte
 /// messages and bytes/s otherwise.
-fn stream_oneway<R: Read, CW: Write + Send>(
+fn stream_oneway<R: Read, CW: Write + 'static>(
     cfg: &Config,
     what: &str,
     mut rx: R,
@@ -345,7 +359,9 @@ fn stream_oneway<R: Read, CW: Write + Send>(
 ) -> Result<Outcome, String> {
     let shared = Shared::<Line<AtomicU32>>::new(0)?;
     let stop = &shared.get().0;
+    let theirs = shared.clone();
     let child = os::fork_child(cfg.child_cpu, move || {
+        let stop = &theirs.get().0;
         for fd in close_in_child {
             os::close_raw(fd);
         }
@@ -364,33 +380,35 @@ fn stream_oneway<R: Read, CW: Write + Send>(
         }
     })
     .map_err(|e| format!("fork: {e}"))?;
-    let watchdog = Watchdog::arm(child.pid(), cfg.case_limit());
-    let mut windows = Windows::start(cfg);
-    let mut buf = vec![0u8; CHUNK];
-    let mut bytes = 0u64;
-    let unit = if msg == 8 { 8 } else { 1 };
-    let result = loop {
-        match rx.read(&mut buf) {
-            Ok(0) => break Err(format!("{what}: the child closed the stream early")),
-            Ok(n) => bytes += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => break Err(format!("{what}: read: {e}")),
-        }
-        if !windows.observe(bytes / unit) {
-            break Ok(());
-        }
-    };
-    stop.store(1, Ordering::Relaxed);
-    // Drain until the child exits and its end closes.
-    if result.is_ok() {
-        while let Ok(n) = rx.read(&mut buf) {
-            if n == 0 {
-                break;
+    let ((result, windows), fired) = os::watched(&child, cfg.case_limit(), || {
+        let mut windows = Windows::start(cfg);
+        let mut buf = vec![0u8; CHUNK];
+        let mut bytes = 0u64;
+        let unit = if msg == 8 { 8 } else { 1 };
+        let result = loop {
+            match rx.read(&mut buf) {
+                Ok(0) => break Err(format!("{what}: the child closed the stream early")),
+                Ok(n) => bytes += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(format!("{what}: read: {e}")),
+            }
+            if !windows.observe(bytes / unit) {
+                break Ok(());
+            }
+        };
+        stop.store(1, Ordering::Relaxed);
+        // Drain until the child exits and its end closes.
+        if result.is_ok() {
+            while let Ok(n) = rx.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
             }
         }
-    }
-    drop(rx);
-    let waited = finish_child(child, Some(watchdog), what);
+        drop(rx);
+        (result, windows)
+    });
+    let waited = finish_child(child, fired, what);
     result?;
     waited?;
     windows.finish(if msg == 8 { Metric::MsgsPerS } else { Metric::BytesPerS })
@@ -447,7 +465,9 @@ fn ring8_stream(cfg: &Config) -> Result<Outcome, String> {
     let r = shared.get();
     let stall = cfg.stall_limit();
     let mask = RING8_SLOTS as u64 - 1;
-    let child = os::fork_child(cfg.child_cpu, || {
+    let theirs = shared.clone();
+    let child = os::fork_child(cfg.child_cpu, move || {
+        let r = theirs.get();
         let mut tail = 0u64;
         let mut cached_head = 0u64;
         loop {
@@ -501,7 +521,7 @@ fn ring8_stream(cfg: &Config) -> Result<Outcome, String> {
         }
     };
     r.stop.0.store(1, Ordering::Relaxed);
-    let waited = finish_child(child, None, "raw-ring");
+    let waited = finish_child(child, false, "raw-ring");
     result?;
     waited?;
     if mismatch != 0 {
@@ -536,9 +556,8 @@ struct RingBulk {
 
 const _: () = assert!(std::mem::size_of::<RingBulk>() == 4096);
 
-fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
-    // The payload starts 128 bytes into a page; ask for a page more and align by hand.
-    let shared = Shared::<[u8; 0]>::new(4096 + std::mem::size_of::<RingBulk>() + BULK_SLOTS as usize * CHUNK)?;
+/// The bulk ring's control page in `shared` and the address of its data area.
+fn bulk_ring(shared: &Shared<[u8; 0]>) -> (&RingBulk, usize) {
     let base = shared.tail_ptr().as_ptr();
     let skip = base.align_offset(4096);
     // SAFETY: `skip < 4096` and the payload has 4096 spare bytes for it.
@@ -548,9 +567,19 @@ fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
     let r = unsafe { &*(ring_ptr as *const RingBulk) };
     // SAFETY: the data area follows the control page, inside the payload.
     let data = unsafe { ring_ptr.add(std::mem::size_of::<RingBulk>()) } as usize;
+    (r, data)
+}
+
+fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
+    // The payload starts 128 bytes into a page; ask for a page more and align by hand.
+    let shared = Shared::<[u8; 0]>::new(4096 + std::mem::size_of::<RingBulk>() + BULK_SLOTS as usize * CHUNK)?;
+    let (r, data) = bulk_ring(&shared);
+    // The mapping is at the same address in the forked child, so `data` is too.
     let chunk_at = move |n: u64| (data + (n % BULK_SLOTS) as usize * CHUNK) as *mut u8;
     let stall = cfg.stall_limit();
-    let child = os::fork_child(cfg.child_cpu, || {
+    let theirs = shared.clone();
+    let child = os::fork_child(cfg.child_cpu, move || {
+        let (r, _) = bulk_ring(&theirs);
         let mut src = vec![0xa5u8; CHUNK];
         let mut tail = 0u64;
         loop {
@@ -599,7 +628,7 @@ fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
         }
     };
     r.stop.0.store(1, Ordering::Relaxed);
-    let waited = finish_child(child, None, "raw-ring");
+    let waited = finish_child(child, false, "raw-ring");
     result?;
     waited?;
     windows.finish(Metric::BytesPerS)

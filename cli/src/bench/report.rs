@@ -1,8 +1,8 @@
 //! Output of `shmproc bench`: JSON lines and the human table.
 //!
-//! JSON: exactly one object per measured case, one per line, with the keys
-//! `scenario`, `transport`, `metric`, `median`, `p99` (a number or `null`) and
-//! `runs`, in that order, and nothing else on stdout.
+//! JSON (written by `serde_json`): exactly one object per measured case, one
+//! per line, with the keys `scenario`, `transport`, `metric`, `median`, `p99`
+//! (a number or `null`) and `runs`, in that order, and nothing else on stdout.
 //!
 //! Table: one row per case, with a ratio to the `os-pipe` row of the same
 //! scenario. The ratio is always "how many times better than the pipe", so it
@@ -16,6 +16,8 @@
 //! "at least 0.4x raw-ring" for a rate).
 
 use std::fmt::Write as _;
+
+use serde::Serialize;
 
 use super::{Metric, Outcome};
 
@@ -46,52 +48,32 @@ pub fn baseline_for(scenario: &str) -> Option<&'static str> {
     }
 }
 
-/// A JSON string literal for `s`.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A JSON number for `x` (`null` if it is not finite, which JSON cannot express).
-pub fn json_number(x: f64) -> String {
-    if !x.is_finite() {
-        return "null".into();
-    }
-    if x == x.trunc() && x.abs() < 1e15 {
-        format!("{}", x as i64)
-    } else {
-        // Rust's shortest round-trip form; never exponent notation, always valid JSON.
-        format!("{x}")
-    }
+/// The JSON object of one row: these keys, in this order (see the module docs).
+/// A figure that is not finite is written as `null` (serde_json's rule for
+/// non-finite floats), which JSON readers take as "no figure".
+#[derive(Debug, Serialize)]
+struct JsonRow<'a> {
+    scenario: &'a str,
+    transport: &'a str,
+    metric: &'static str,
+    median: f64,
+    p99: Option<f64>,
+    runs: usize,
 }
 
 /// The JSON line for one row (without the newline).
 pub fn json_line(row: &Row) -> String {
     let o = &row.outcome;
-    format!(
-        "{{\"scenario\": {}, \"transport\": {}, \"metric\": {}, \"median\": {}, \"p99\": {}, \"runs\": {}}}",
-        json_string(&row.scenario),
-        json_string(&row.transport),
-        json_string(o.metric.as_str()),
-        json_number(o.median),
-        o.p99.map(json_number).unwrap_or_else(|| "null".into()),
-        o.runs
-    )
+    let j = JsonRow {
+        scenario: &row.scenario,
+        transport: &row.transport,
+        metric: o.metric.as_str(),
+        median: o.median,
+        p99: o.p99,
+        runs: o.runs,
+    };
+    // Serialising a struct of strings and numbers into a String cannot fail.
+    serde_json::to_string(&j).expect("a bench row serialises")
 }
 
 /// How many times better `x` is than `reference` for `metric` (> 1: better).
@@ -261,24 +243,33 @@ mod tests {
         );
         assert_eq!(
             json_line(&r),
-            r#"{"scenario": "pingpong-8B", "transport": "os-pipe", "metric": "rtt_ns", "median": 61830, "p99": 70123.5, "runs": 4000}"#
+            r#"{"scenario":"pingpong-8B","transport":"os-pipe","metric":"rtt_ns","median":61830.0,"p99":70123.5,"runs":4000}"#
         );
         let r = row("stream-8B", "raw-ring", Outcome { metric: Metric::MsgsPerS, median: 7.5e8, p99: None, runs: 9 });
         assert_eq!(
             json_line(&r),
-            r#"{"scenario": "stream-8B", "transport": "raw-ring", "metric": "msgs_per_s", "median": 750000000, "p99": null, "runs": 9}"#
+            r#"{"scenario":"stream-8B","transport":"raw-ring","metric":"msgs_per_s","median":750000000.0,"p99":null,"runs":9}"#
         );
     }
 
     #[test]
     fn json_numbers_and_strings_are_valid() {
-        assert_eq!(json_number(f64::NAN), "null");
-        assert_eq!(json_number(f64::INFINITY), "null");
-        assert_eq!(json_number(0.25), "0.25");
-        assert_eq!(json_number(-3.0), "-3");
-        assert_eq!(json_number(1e20), "100000000000000000000");
-        assert!(!json_number(1.5e-7).contains('e'));
-        assert_eq!(json_string("a\"b\\c\nd\u{1}"), r#""a\"b\\c\nd\u0001""#);
+        let line = |median: f64, scenario: &str| {
+            json_line(&row(scenario, "t", Outcome { metric: Metric::Us, median, p99: Some(median), runs: 1 }))
+        };
+        // Not finite: JSON has no such number, so null.
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(line(x, "s").contains(r#""median":null,"p99":null"#), "{}", line(x, "s"));
+        }
+        // Every line reads back as JSON with the same figures and names.
+        for x in [0.25, -3.0, 1e20, 1.5e-7, 61830.0] {
+            let text = line(x, "a\"b\\c\nd\u{1}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(v["median"].as_f64(), Some(x), "{text}");
+            assert_eq!(v["p99"].as_f64(), Some(x), "{text}");
+            assert_eq!(v["scenario"], "a\"b\\c\nd\u{1}", "{text}");
+        }
+        assert!(line(1.0, "a\"b\\c\nd\u{1}").contains(r#""a\"b\\c\nd\u0001""#));
     }
 
     #[test]

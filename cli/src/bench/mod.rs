@@ -6,13 +6,15 @@
 //! `process.rs`); [`all_cases`] gathers them in the order they are printed.
 //!
 //! Conventions every case follows:
-//! * Two-process cases fork with [`os::fork_child`], parent pinned to
-//!   `cfg.parent_cpu`, child to `cfg.child_cpu` (None where the machine has one CPU).
+//! * Two-process cases fork with [`os::fork_child`] (the library's
+//!   `Process::closure`, whose child role is a `'static` closure owning clones
+//!   of what it shares), parent pinned to `cfg.parent_cpu`, child to
+//!   `cfg.child_cpu` (None where the machine has one CPU).
 //! * Ping-pong cases report the median and p99 of per-round-trip samples
 //!   (metric `rtt_ns`); throughput cases report the median over runs, p99 None.
 //! * `cfg.quick` shrinks the work so that the whole quick run takes under 15 s.
 //! * Every wait on the other process is bounded; a stuck child is killed and
-//!   the case returns `Err`. [`os::Watchdog`] kills a child that a blocking
+//!   the case returns `Err`. [`os::watched`] kills a child that a blocking
 //!   `read`/`write` of the parent waits on; spin loops check
 //!   [`Config::stall_limit`]; futex waits take a timeout.
 //!
@@ -29,7 +31,6 @@ mod pipe;
 pub mod process;
 mod queue;
 pub mod report;
-pub mod shm;
 mod sync;
 
 use std::fmt;

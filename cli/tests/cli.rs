@@ -71,39 +71,28 @@ fn exists(name: &str) -> bool {
 /// Creates a persisted named `Value<u64>` in a forked child that then exits,
 /// and returns the child's (now dead and reaped) pid.
 fn create_in_dead_child(name: &str) -> u32 {
-    // SAFETY: the child only calls shmproc's create (glibc's malloc is
-    // fork-safe) and leaves through `_exit`, never returning into the harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = match Value::<u64>::builder().name(name).create(7) {
-            Ok(v) => {
-                v.segment().persist();
-                0
-            }
-            Err(_) => 1,
-        };
-        // SAFETY: ends the forked child at once.
-        unsafe { libc::_exit(code) };
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let mut status = 0;
-        // SAFETY: waiting on our own child with WNOHANG.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed: {status}");
-            return pid as u32;
+    use shmproc::process::{Process, StartMethod};
+    let name = name.to_string();
+    // The child only calls shmproc's create (glibc's malloc is fork-safe).
+    let mut child = Process::closure(move || match Value::<u64>::builder().name(&name).create(7) {
+        Ok(v) => {
+            v.segment().persist();
+            true
         }
-        if std::time::Instant::now() > deadline {
-            // SAFETY: killing and reaping our own stuck child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            panic!("child did not finish");
+        Err(_) => false,
+    })
+    .start_method(StartMethod::Fork)
+    .start()
+    .expect("fork");
+    let pid = child.pid();
+    match child.join_timeout(std::time::Duration::from_secs(10)) {
+        Ok(true) => pid,
+        Ok(false) => panic!("child {pid} could not create the segment"),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.join_timeout(std::time::Duration::from_secs(10));
+            panic!("child did not finish: {e}");
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
@@ -169,10 +158,13 @@ fn unknown_names_and_flags_are_usage_errors() {
         let out = shmproc(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
-        assert!(text(&out.stderr).contains("usage:"), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).to_lowercase().contains("usage:"), "{args:?}: {}", text(&out.stderr));
     }
     let out = shmproc(&["help"]);
-    assert!(out.status.success() && text(&out.stdout).contains("usage:"));
+    assert!(out.status.success() && text(&out.stdout).to_lowercase().contains("usage:"));
+    // Per-command help.
+    let out = shmproc(&["gc", "--help"]);
+    assert!(out.status.success() && text(&out.stdout).contains("--dry-run"), "{}", text(&out.stdout));
 }
 
 #[test]

@@ -50,7 +50,9 @@ fn pingpong(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
     let warm = rounds / 10;
     let ping = Queue::<u64>::builder().capacity(64).wait_mode(mode).create().map_err(err)?;
     let pong = Queue::<u64>::builder().capacity(64).wait_mode(mode).create().map_err(err)?;
-    let child = os::fork_child(cfg.child_cpu, || {
+    let (ping2, pong2) = (ping.clone(), pong.clone());
+    let child = os::fork_child(cfg.child_cpu, move || {
+        let (ping, pong) = (ping2, pong2);
         for _ in 0..warm + rounds {
             match ping.recv_timeout(Duration::from_secs(10)) {
                 Ok(v) => {
@@ -100,9 +102,10 @@ fn stream_with(cfg: &Config, mode: WaitMode, batch: usize) -> Result<Outcome, St
     let mut per_run = Vec::new();
     for _ in 0..runs {
         let q = Queue::<u64>::builder().capacity(4096).spsc(true).wait_mode(mode).create().map_err(err)?;
+        let theirs = q.clone();
         let t = Instant::now();
-        let child = os::fork_child(cfg.child_cpu, || {
-            let Some(mut tx) = q.spsc_sender() else { return 3 };
+        let child = os::fork_child(cfg.child_cpu, move || {
+            let Some(mut tx) = theirs.spsc_sender() else { return 3 };
             if batch == 1 {
                 for i in 0..n {
                     if tx.send(i).is_err() {

@@ -50,7 +50,7 @@ fn lock_incr_mutex(cfg: &Config) -> Result<Outcome, String> {
         let counter = shmproc::Value::<u64>::anonymous(0).map_err(|e| e.to_string())?;
         // flags[0]: start, flags[1]: child done.
         let flags = shmproc::RawArray::<u32>::builder().create_zeroed(2).map_err(|e| e.to_string())?;
-        let work = |counter: &shmproc::Value<u64>| -> bool {
+        let work = move |counter: &shmproc::Value<u64>| -> bool {
             for _ in 0..n {
                 match counter.lock() {
                     Ok(mut g) => *g += 1,

@@ -1,9 +1,16 @@
 //! `shmproc ls` and `shmproc gc`: the shmproc segments in `/dev/shm`.
 //!
-//! Each entry is opened read-only (`O_NOFOLLOW`, so a symlink is never
-//! followed), measured with `fstat` on that fd, and its first 128 bytes are
-//! read and validated like `open` does ([`shmproc::__private::inspect_header`]).
-//! Entries that are not shmproc segments are listed as such and never removed.
+//! The entries come from [`shmproc::inspect::list_shm`]. Each is opened
+//! read-only (`O_NOFOLLOW`, so a symlink is never followed), measured with
+//! `fstat` on that fd, and its first 128 bytes are read and validated like
+//! `open` does ([`shmproc::inspect::header_summary`]). Entries that are not
+//! shmproc segments are listed as such and never removed. The creator checks
+//! use [`shmproc::inspect::process_alive`] and
+//! [`shmproc::inspect::process_start_ticks`].
+//!
+//! Direct calls: the read-only open goes through `rustix::fs::open` (std's
+//! `OpenOptions` would need libc's flag constants) and the tick rate of
+//! `/proc` start times through `rustix::param::clock_ticks_per_second`.
 //!
 //! `gc` is conservative. It removes a name only if all of these hold:
 //! * the header is a valid shmproc header (corrupt ones are reported, kept);
@@ -19,11 +26,10 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 
-use shmproc::__private::{inspect_header, process_alive, HeaderSummary};
-
-const SHM_DIR: &str = "/dev/shm";
+use rustix::fs::{Mode, OFlags};
+use shmproc::inspect::{header_summary, process_alive, process_start_ticks, HeaderSummary, SHM_DIR};
 const HEADER_SIZE: usize = shmproc::header::HEADER_SIZE;
 
 /// What one `/dev/shm` entry is.
@@ -67,13 +73,10 @@ impl Entry {
 pub fn inspect(name: &str) -> Entry {
     let other = |size: u64, why: String| Entry::Other { name: name.to_string(), size, why };
     let path = format!("{SHM_DIR}/{name}");
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) => return other(0, format!("cannot open: {e}")),
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = match rustix::fs::open(&path, flags, Mode::empty()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => return other(0, format!("cannot open: {}", std::io::Error::from(e))),
     };
     let meta = match file.metadata() {
         Ok(m) => m,
@@ -93,7 +96,7 @@ pub fn inspect(name: &str) -> Entry {
     if bytes[..8] != shmproc::header::MAGIC.to_le_bytes() {
         return other(size, "not shmproc".into());
     }
-    match inspect_header(&bytes, size) {
+    match header_summary(&bytes, size) {
         Ok(header) => Entry::Segment {
             name: name.to_string(),
             size,
@@ -119,20 +122,17 @@ pub fn creator_alive(pid: u32, ctime: i64) -> bool {
     if !process_alive(pid) {
         return false;
     }
-    let (Some(ticks), Some(boot)) = (shmproc::__private::process_start_ticks(pid), boot_time()) else {
+    let (Some(ticks), Some(boot)) = (process_start_ticks(pid), boot_time()) else {
         return true;
     };
-    let started = boot + (ticks / super::os::clock_ticks_per_sec()) as i64;
+    let started = boot + (ticks / rustix::param::clock_ticks_per_second().max(1)) as i64;
     // btime has 1 s resolution and start times 1 tick: allow 2 s of slack.
     started <= ctime + 2
 }
 
-/// Every entry of `/dev/shm`, sorted by name.
+/// Every regular file of `/dev/shm`, sorted by name.
 pub fn scan() -> std::io::Result<Vec<Entry>> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(SHM_DIR)?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-    names.sort();
-    Ok(names.iter().map(|n| inspect(n)).collect())
+    Ok(shmproc::inspect::list_shm()?.iter().map(|e| inspect(&e.name)).collect())
 }
 
 /// (device, inode) of every `/dev/shm` object some process maps or holds open.
