@@ -357,7 +357,7 @@ fn serve(sock: &OwnedFd, kids: &[Kid], mut req: Request, fds: Vec<OwnedFd>) -> R
             match sys::pidfd_open(pid) {
                 Ok(pidfd) => Ok((Kid { pidfd, status }, pid)),
                 Err(e) => {
-                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::kill(pid, sys::Signal::KILL);
                     let _ = sys::wait_pid(pid, false);
                     Err(Reply::Failed(format!("pidfd_open failed: {e}")))
                 }

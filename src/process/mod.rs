@@ -221,7 +221,7 @@ impl Shared {
         match &self.pidfd {
             // A pidfd polls readable once the process has exited.
             Some(fd) => matches!(sys::poll_readable([fd.as_fd()], Deadline::after(Some(Duration::ZERO))), Ok([false])),
-            None => sys::kill(self.pid, 0).is_ok(),
+            None => sys::pid_exists(self.pid),
         }
     }
 }
@@ -445,15 +445,15 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Asks the child to stop: `SIGTERM`. Nothing happens if it already ended.
     pub fn terminate(&self) -> Result<(), std::io::Error> {
-        self.signal(libc::SIGTERM)
+        self.signal(sys::Signal::TERM)
     }
 
     /// Kills the child: `SIGKILL`. Nothing happens if it already ended.
     pub fn kill(&self) -> Result<(), std::io::Error> {
-        self.signal(libc::SIGKILL)
+        self.signal(sys::Signal::KILL)
     }
 
-    fn signal(&self, sig: i32) -> Result<(), std::io::Error> {
+    fn signal(&self, sig: sys::Signal) -> Result<(), std::io::Error> {
         if self.ended.is_some() {
             return Ok(());
         }
@@ -624,12 +624,10 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
     const T: usize = child::TOKEN_LEN;
     // Bounded, so that a descendant flooding the socket cannot stall a join.
     for _ in 0..64 {
-        // Peek into a small uninitialised stack buffer first: every page
-        // written after a fork is a copy-on-write fault, so a typical small
-        // report touches no new page and needs no large buffer. A larger one
-        // is then taken into a buffer of its exact size.
-        let mut small = [std::mem::MaybeUninit::<u8>::uninit(); 256];
-        let (len, fds) = match sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, true) {
+        // Peek into a small stack buffer first: a typical report fits, and a
+        // larger one is then taken into a buffer of its exact size.
+        let mut small = [0u8; 256];
+        let (len, fds) = match sys::peek_with_fds(chan.rd.as_fd(), &mut small) {
             Ok(x) => x,
             // No report: the child died before sending one.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Vec::new()),
@@ -638,13 +636,13 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
             }
             Err(e) => return Err(JoinError::Os(e)),
         };
-        // SAFETY: the peek initialised the first `min(len, 256)` bytes of `small`.
-        let head = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len.min(small.len())) };
+        // The peek filled the first `min(len, 256)` bytes.
+        let head = &small[..len.min(small.len())];
         if len < T || head[..T] != chan.token.to_le_bytes() {
             // A stale datagram (from a descendant of an earlier child that
             // inherited this socket): consume it, close its fds, look again.
             drop(fds);
-            let _ = sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, false);
+            let _ = sys::recv_with_fds(chan.rd.as_fd(), &mut small);
             continue;
         }
         let (mut buf, fds) = if len <= small.len() {
@@ -652,10 +650,9 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
             // the pair goes back to the pool): the same bytes, and the fds
             // installed by this receive rather than the peek's copies.
             drop(fds);
-            let (n, taken) = sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, false)
+            let (n, taken) = sys::recv_with_fds(chan.rd.as_fd(), &mut small)
                 .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
-            // SAFETY: the receive initialised the first `min(n, 256)` bytes of `small`.
-            let got = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), n.min(small.len())) };
+            let got = &small[..n.min(small.len())];
             if got.len() < T || got[..T] != chan.token.to_le_bytes() {
                 return Err(JoinError::Decode { reason: "report changed between peek and receive".into() });
             }
@@ -665,12 +662,10 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
                 return Err(JoinError::Decode { reason: format!("report datagram of {len} bytes is too large") });
             }
             drop(fds);
-            let mut buf: Vec<u8> = Vec::with_capacity(len);
-            let (n, taken) = sys::recv_with_fds_uninit(chan.rd.as_fd(), buf.spare_capacity_mut(), false)
+            let mut buf = vec![0u8; len];
+            let (n, taken) = sys::recv_with_fds(chan.rd.as_fd(), &mut buf)
                 .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
-            // SAFETY: recvmsg initialised the first `n` bytes of the spare
-            // capacity, and `n` is at most that capacity.
-            unsafe { buf.set_len(n.min(len)) };
+            buf.truncate(n);
             buf.drain(..T.min(buf.len()));
             (buf, taken)
         };
@@ -697,7 +692,7 @@ impl<R> Drop for Process<R> {
         if self.method == StartMethod::ForkServer {
             // The server reaps it; a daemon child is killed like any other.
             if let (true, Some(fd)) = (self.daemon, &self.shared.pidfd) {
-                let _ = sys::pidfd_signal(fd.as_fd(), libc::SIGKILL);
+                let _ = sys::pidfd_signal(fd.as_fd(), sys::Signal::KILL);
             }
             return;
         }
@@ -707,8 +702,8 @@ impl<R> Drop for Process<R> {
         };
         if self.daemon {
             let _ = match &self.shared.pidfd {
-                Some(fd) => sys::pidfd_signal(fd.as_fd(), libc::SIGKILL),
-                None => sys::kill(self.shared.pid, libc::SIGKILL),
+                Some(fd) => sys::pidfd_signal(fd.as_fd(), sys::Signal::KILL),
+                None => sys::kill(self.shared.pid, sys::Signal::KILL),
             };
             let _ = own_reap(false);
         } else {
@@ -759,8 +754,8 @@ mod tests {
         let chan = channel::take().unwrap();
         sys::send_parts_with_fds(chan.wr.as_fd(), &chan.token.to_le_bytes(), &[TAG_OK, 42], &[]).unwrap();
         assert_eq!(take_report(&chan).unwrap(), vec![TAG_OK, 42]);
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 16];
-        match sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut probe, true) {
+        let mut probe = [0u8; 16];
+        match sys::peek_with_fds(chan.rd.as_fd(), &mut probe) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             other => panic!("the report is still queued: {:?}", other.map(|(n, _)| n)),
         }
