@@ -36,10 +36,6 @@ pub(crate) fn start(
     // raw `sendmsg` and `_exit`s (`run_forked` never returns into the caller's frames).
     match unsafe { sys::fork() }? {
         None => child::run_forked(&ctx, parent, comm.as_ref(), forkserver::close_client_in_child, body),
-        Some(pid) => {
-            // The child is ours and unreaped, so this pidfd is exactly it.
-            let pidfd = sys::pidfd_open(pid).ok();
-            Ok(Launched::new(pid, pidfd, chan, None))
-        }
+        Some(pid) => Ok(Launched::own_child(pid, chan)),
     }
 }

@@ -336,8 +336,10 @@ fn serve(sock: &OwnedFd, kids: &[Kid], mut req: Request, fds: Vec<OwnedFd>) -> R
             match sys::pidfd_open(pid) {
                 Ok(pidfd) => Ok((Kid { pidfd, status }, pid)),
                 Err(e) => {
-                    let _ = sys::kill(pid, sys::Signal::KILL);
-                    let _ = sys::wait_pid(pid, false);
+                    // The server's own unreaped child: exact by pid.
+                    let orphan = reap::OsChild { pid, pidfd: None };
+                    let _ = orphan.signal(sys::Signal::KILL);
+                    let _ = orphan.reap(false);
                     Err(Reply::Failed(format!("pidfd_open failed: {e}")))
                 }
             }

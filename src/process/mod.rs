@@ -670,8 +670,7 @@ mod tests {
                 sys::exit_now(code)
             }
             Some(pid) => {
-                let pidfd = sys::pidfd_open(pid).ok();
-                Process::from_launched(Launched::new(pid, pidfd, chan, None), "fake".into(), StartMethod::Fork, false)
+                Process::from_launched(Launched::own_child(pid, chan), "fake".into(), StartMethod::Fork, false)
             }
         }
     }

@@ -117,6 +117,12 @@ impl Launched {
     pub(crate) fn new(pid: u32, pidfd: Option<OwnedFd>, result: Channel, status: Option<OwnedFd>) -> Launched {
         Launched { child: OsChild { pid, pidfd }, result, status }
     }
+
+    /// A child of this process (Fork, Spawn), not yet reaped, so the pidfd
+    /// opened here is exactly it.
+    pub(crate) fn own_child(pid: u32, result: Channel) -> Launched {
+        Launched::new(pid, sys::pidfd_open(pid).ok(), result, None)
+    }
 }
 
 #[cfg(test)]

@@ -93,12 +93,11 @@ pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]
     let (a, w) = (args_fd.as_raw_fd(), chan.wr.as_raw_fd());
     let value = format!("v1;{};{tramp};{func};{a};{w};{parent};{};{name}", exec::exe_id_string()?, chan.token);
     let child = exec::spawn_self(&[(SPAWN_ENV, value)], &[a, w], daemon.then_some(parent))?;
-    let pid = child.id();
     // The child is ours and unreaped (std's Child never reaps on drop).
-    let pidfd = sys::pidfd_open(pid).ok();
+    let launched = Launched::own_child(child.id(), chan);
     drop(child);
     drop(args_fd);
-    Ok(Launched::new(pid, pidfd, chan, None))
+    Ok(launched)
 }
 
 #[cfg(test)]
