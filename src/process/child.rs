@@ -28,9 +28,9 @@
 //! monomorphised [`trampoline::<A, R>`] that decodes `A`, calls the target and
 //! encodes `R`. The child only turns the offsets back into pointers after it
 //! checked that it runs the very same executable file as the parent (see
-//! `spawn.rs`) and that both addresses lie in the image of its executable.
+//! `exec.rs`) and that both addresses lie in the image of its executable.
 
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Once;
@@ -47,7 +47,7 @@ pub(crate) const TAG_REPORT: u8 = 1;
 /// The only byte of a datagram that carries a memfd holding the whole report.
 pub(crate) const TAG_IN_MEMFD: u8 = 2;
 /// Largest report sent inline in the datagram; larger ones go in a memfd.
-/// The parent receives into an uninitialised stack buffer of this size.
+/// The parent peeks into a small stack buffer, then takes a larger report into a buffer of its exact size.
 pub(crate) const INLINE_MAX: usize = 4096;
 /// Largest report the parent accepts (1 GiB).
 pub(crate) const MAX_REPORT: u64 = 1 << 30;
@@ -165,11 +165,11 @@ pub(crate) fn same_object(addr: usize) -> bool {
 /// What a shmproc child knows about itself, from before its target runs
 /// until it exits.
 #[derive(Debug)]
-pub(crate) struct ChildCtx {
+pub(crate) struct ChildCtx<'a> {
     /// The name it was started with.
-    pub(crate) name: *const String,
+    pub(crate) name: &'a str,
     /// Its end of the report socket.
-    pub(crate) report: RawFd,
+    pub(crate) report: BorrowedFd<'a>,
     /// Starts its report datagram, so that the parent can tell it from a
     /// stale one on a reused socket.
     pub(crate) token: u64,
@@ -178,36 +178,82 @@ pub(crate) struct ChildCtx {
     pub(crate) reported: AtomicBool,
 }
 
-/// The context of this process if it is a shmproc child (null in any other
-/// process). One static, so a forked child dirties one page for it.
-static CTX: AtomicPtr<ChildCtx> = AtomicPtr::new(std::ptr::null_mut());
-static HOOK: Once = Once::new();
-
-/// Marks this process a shmproc child, before its target runs.
-///
-/// # Safety
-/// `ctx` and the `String` it points to must stay valid and unchanged for the
-/// rest of the process's life (in a forked child: memory of the parent's
-/// frame, which the child never leaves; elsewhere: leaked), and `ctx.report`
-/// must be an open fd that nothing closes before the process exits.
-pub(crate) unsafe fn enter_child(ctx: *const ChildCtx) {
-    CTX.store(ctx as *mut ChildCtx, Ordering::Release);
+impl<'a> ChildCtx<'a> {
+    /// The context of a child named `name` that reports on `report` with `token`.
+    pub(crate) fn new(name: &'a str, report: BorrowedFd<'a>, token: u64) -> Self {
+        ChildCtx { name, report, token, reported: AtomicBool::new(false) }
+    }
 }
 
-fn ctx() -> Option<&'static ChildCtx> {
+/// The context of this process if it is a shmproc child (null in any other
+/// process). One static, so a forked child dirties one page for it.
+///
+/// Set only by [`enter_spawned`] (a `'static` context) and by [`run_forked`],
+/// which never returns, so the context it borrows outlives every later read:
+/// a non-null `CTX` is valid for the rest of the process.
+static CTX: AtomicPtr<ChildCtx<'static>> = AtomicPtr::new(std::ptr::null_mut());
+static HOOK: Once = Once::new();
+
+/// Marks this re-executed process a shmproc child, before its target runs.
+pub(crate) fn enter_spawned(ctx: &'static ChildCtx<'static>) {
+    CTX.store(std::ptr::from_ref(ctx).cast_mut(), Ordering::Release);
+}
+
+fn ctx() -> Option<&'static ChildCtx<'static>> {
     let p = CTX.load(Ordering::Acquire);
-    // SAFETY: a non-null CTX lives as long as the process (contract of `enter_child`).
+    // SAFETY: a non-null CTX stays valid for the rest of the process (see `CTX`).
     (!p.is_null()).then(|| unsafe { &*p })
 }
 
+/// Exits the forked child if something unwinds out of [`run_forked`]: the
+/// frames above it belong to the parent's code, and its context would dangle.
+struct ExitOnUnwind;
+
+impl Drop for ExitOnUnwind {
+    fn drop(&mut self) {
+        sys::exit_now(EXIT_PANIC);
+    }
+}
+
+/// The whole life of a forked child (Fork and ForkServer): with
+/// `daemon_parent`, arms the death signal and exits at once if that parent
+/// is already gone; runs `close_inherited` (fds of the parent's bookkeeping
+/// that the child must not keep); takes the OS-visible name `comm`; then runs
+/// `body` (which writes the report to the fd it is given) with panic capture,
+/// and `_exit`s. Between `fork` and `body` it makes only raw system calls.
+pub(crate) fn run_forked(
+    ctx: &ChildCtx<'_>,
+    daemon_parent: Option<u32>,
+    comm: Option<&[u8; 16]>,
+    close_inherited: impl FnOnce(),
+    body: impl FnOnce(BorrowedFd<'_>) -> Result<(), String>,
+) -> ! {
+    let _exit_on_unwind = ExitOnUnwind;
+    if let Some(parent) = daemon_parent {
+        // If the parent died before prctl took effect, nobody will send the
+        // death signal: exit now instead.
+        if sys::set_death_signal_kill().is_err() || sys::parent_pid() != parent {
+            sys::exit_now(EXIT_REFUSED);
+        }
+    }
+    close_inherited();
+    if let Some(comm) = comm {
+        sys::set_thread_name_bytes(comm);
+    }
+    // This call never returns (it `_exit`s, also on unwinding), so `ctx`
+    // stays borrowed, and valid, for the rest of the process.
+    CTX.store(std::ptr::from_ref(ctx).cast_mut().cast::<ChildCtx<'static>>(), Ordering::Release);
+    let code = run_captured(|| body(ctx.report));
+    sys::exit_now(code)
+}
+
 /// Sends `report` once per child (the first caller wins).
-fn report_once(ctx: &ChildCtx, report: &Report) {
+fn report_once(ctx: &ChildCtx<'_>, report: &Report) {
     if ctx.reported.swap(true, Ordering::AcqRel) {
         return;
     }
     if let Ok(b) = postcard::to_extend(report, vec![TAG_REPORT]) {
-        // SAFETY: `ctx.report` stays open until the process exits (contract of `enter_child`).
-        emit(unsafe { BorrowedFd::borrow_raw(ctx.report) }, &b);
+        emit(ctx.report, &b);
     }
 }
 
@@ -235,9 +281,8 @@ pub(crate) fn ensure_panic_hook() {
                 location.as_deref().unwrap_or("?"),
                 message
             );
-            // SAFETY: fd 2 is borrowed only for this write; it is not closed here.
-            let stderr = unsafe { BorrowedFd::borrow_raw(2) };
-            let _ = sys::write_all(stderr, line.as_bytes());
+            // Straight to fd 2, without the stderr lock.
+            let _ = sys::write_all(std::io::stderr().as_fd(), line.as_bytes());
             report_once(ctx, &Report::Panic { message, location });
         }));
     });
@@ -253,7 +298,7 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `body` in a child (after [`enter_child`]) with panic capture; on
+/// Runs `body` in a child (after [`enter_spawned`] or in [`run_forked`]) with panic capture; on
 /// failure sends a [`TAG_REPORT`] report unless the panic hook already did.
 /// Returns the exit code to use.
 pub(crate) fn run_captured(body: impl FnOnce() -> Result<(), String>) -> i32 {
@@ -270,8 +315,7 @@ pub(crate) fn run_captured(body: impl FnOnce() -> Result<(), String>) -> i32 {
 /// This process's shmproc name: the name it was started with, or `MainProcess`.
 pub(crate) fn current_name() -> String {
     match ctx() {
-        // SAFETY: the name lives as long as the process (contract of `enter_child`).
-        Some(c) => unsafe { (*c.name).clone() },
+        Some(c) => c.name.to_owned(),
         None => "MainProcess".to_owned(),
     }
 }

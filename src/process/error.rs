@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 
+use super::exec::StartMethod;
 use crate::error::OpenError;
 
 /// How a child process ended.
@@ -75,13 +76,13 @@ pub enum StartError {
     /// ([`Process::builder`](super::Process::builder)) for Spawn and ForkServer.
     ClosureNeedsFork {
         /// The start method asked for.
-        method: super::StartMethod,
+        method: StartMethod,
     },
     /// Spawn and ForkServer re-execute this binary, whose `main` must call
     /// [`shmproc::init()`](crate::init) first; this process never called it.
     NotInitialized {
         /// The start method asked for.
-        method: super::StartMethod,
+        method: StartMethod,
     },
     /// The target function does not live in the main executable (for example
     /// it comes from a shared library), so its address cannot be sent to a

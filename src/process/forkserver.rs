@@ -33,14 +33,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::StartError;
-use super::spawn;
+use super::exec::{self, SERVER_ENV};
+use super::reap::{self, Launched};
 use super::{channel, child};
-use super::{launched, Launched};
 use crate::sys;
 use crate::time::Deadline;
-
-/// The gate variable of the fork server.
-pub(crate) const SERVER_ENV: &str = "SHMPROC_FORKSERVER";
 
 /// How long the parent waits for the server's `ready` and for each reply.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,8 +97,8 @@ fn err(reason: impl Into<String>) -> StartError {
 
 fn launch() -> Result<Server, StartError> {
     let (mine, theirs) = sys::seqpacket_pair()?;
-    let value = format!("v1;{};{}", spawn::exe_id_string()?, theirs.as_raw_fd());
-    let mut child = spawn::spawn_self(&[(SERVER_ENV, value)], &[theirs.as_raw_fd()], None)?;
+    let value = format!("v1;{};{}", exec::exe_id_string()?, theirs.as_raw_fd());
+    let mut child = exec::spawn_self(&[(SERVER_ENV, value)], &[theirs.as_raw_fd()], None)?;
     drop(theirs);
     let mut buf = [0u8; 64];
     let ready = match sys::poll_readable([mine.as_fd()], Deadline::after(Some(SERVER_TIMEOUT)))? {
@@ -199,7 +196,7 @@ pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]
     match postcard::from_bytes::<Reply>(&buf[..n]) {
         Ok(Reply::Started { pid }) if fds.len() == 1 => {
             drop(st_wr);
-            Ok(launched(pid, fds.pop(), chan, Some(st_rd)))
+            Ok(Launched::new(pid, fds.pop(), chan, Some(st_rd)))
         }
         Ok(Reply::Failed(reason)) => Err(err(reason)),
         _ => Err(err("malformed reply from the fork server")),
@@ -212,8 +209,7 @@ struct Kid {
 }
 
 fn refuse(reason: &str) -> ! {
-    eprintln!("shmproc: the fork server refuses to start: {reason}");
-    std::process::exit(child::EXIT_REFUSED)
+    exec::refuse("the fork server refuses to start", reason)
 }
 
 /// The server, called by `init()`; never returns.
@@ -222,7 +218,7 @@ pub(crate) fn server_main(v: &str) -> ! {
     let (Some("v1"), Some(exe), Some(fd)) = (it.next(), it.next(), it.next()) else {
         refuse(&format!("malformed {SERVER_ENV} value {v:?}"))
     };
-    if let Err(r) = spawn::verify_identity(exe) {
+    if let Err(r) = exec::verify_identity(exe) {
         refuse(&r);
     }
     let Some(fd) = fd.parse::<i32>().ok().filter(|&f| f >= 0 && sys::borrow_raw_fd(f).is_ok()) else {
@@ -259,15 +255,8 @@ pub(crate) fn server_main(v: &str) -> ! {
                 continue;
             }
             if let Ok(Some(ended)) = sys::wait_pidfd(kids[i].pidfd.as_fd(), true) {
-                let (tag, val) = match ended {
-                    sys::Ended::Code(c) => (0u32, c),
-                    sys::Ended::Signal(s) => (1u32, s),
-                };
-                let mut rec = [0u8; 8];
-                rec[..4].copy_from_slice(&tag.to_le_bytes());
-                rec[4..].copy_from_slice(&val.to_le_bytes());
                 // The parent may have dropped its Process: ignore EPIPE.
-                let _ = sys::write_all(kids[i].status.as_fd(), &rec);
+                let _ = sys::write_all(kids[i].status.as_fd(), &reap::encode_status(ended));
                 kids.swap_remove(i);
             }
         }
@@ -311,54 +300,46 @@ fn serve(sock: &OwnedFd, kids: &[Kid], mut req: Request, fds: Vec<OwnedFd>) -> R
     let (Some(result), Some(status)) = (fds.next(), fds.next()) else {
         return Err(Reply::Failed("a request without its report socket and status pipe".into()));
     };
-    let (tramp, func) = spawn::resolve(req.tramp, req.func).map_err(Reply::Failed)?;
+    let (tramp, func) = exec::resolve(req.tramp, req.func).map_err(Reply::Failed)?;
     let args = match (req.args.take(), fds.next()) {
         (Some(inline), None) => inline,
         (None, Some(args_fd)) => {
-            sys::read_fd_all(args_fd.as_fd(), spawn::MAX_ARGS).map_err(|e| Reply::Failed(e.to_string()))?
+            sys::read_fd_all(args_fd.as_fd(), exec::MAX_ARGS).map_err(|e| Reply::Failed(e.to_string()))?
         }
         _ => return Err(Reply::Failed("a request with both or neither inline and memfd arguments".into())),
     };
-    let comm = super::fork::comm_name(&req.name);
+    let comm = exec::comm_name(&req.name);
     let parent = sys::raw_pid();
     // SAFETY: the server is single-threaded (it was started by exec and never
     // spawns threads), so the child may do anything before it exits.
     match unsafe { sys::fork() } {
         Err(e) => Err(Reply::Failed(format!("fork failed: {e}"))),
         Ok(None) => {
-            if req.daemon && (sys::set_death_signal_kill().is_err() || sys::parent_pid() != parent) {
-                sys::exit_now(child::EXIT_REFUSED);
-            }
-            // SAFETY: these fds belong to the server's bookkeeping, which this
-            // child never uses again (it exits below without dropping them).
-            unsafe {
-                sys::close_raw(sock.as_raw_fd());
-                sys::close_raw(status.as_raw_fd());
-                for k in kids {
-                    sys::close_raw(k.pidfd.as_raw_fd());
-                    sys::close_raw(k.status.as_raw_fd());
+            let close_server_fds = || {
+                // SAFETY: these fds belong to the server's bookkeeping, which this
+                // child never uses again (it exits without dropping them).
+                unsafe {
+                    sys::close_raw(sock.as_raw_fd());
+                    sys::close_raw(status.as_raw_fd());
+                    for k in kids {
+                        sys::close_raw(k.pidfd.as_raw_fd());
+                        sys::close_raw(k.status.as_raw_fd());
+                    }
                 }
-            }
-            sys::set_thread_name_bytes(&comm);
-            let ctx = child::ChildCtx {
-                name: &req.name,
-                report: result.as_raw_fd(),
-                token: req.token,
-                reported: std::sync::atomic::AtomicBool::new(false),
             };
-            // SAFETY: `ctx`, `req` and `result` live in this frame, which the
-            // child never leaves (it `_exit`s below).
-            unsafe { child::enter_child(&ctx) };
-            let code = child::run_captured(|| tramp(func, &args, result.as_fd()));
-            sys::exit_now(code);
+            let ctx = child::ChildCtx::new(&req.name, result.as_fd(), req.token);
+            let daemon_parent = req.daemon.then_some(parent);
+            child::run_forked(&ctx, daemon_parent, Some(&comm), close_server_fds, |out| tramp(func, &args, out))
         }
         Ok(Some(pid)) => {
             drop(result);
             match sys::pidfd_open(pid) {
                 Ok(pidfd) => Ok((Kid { pidfd, status }, pid)),
                 Err(e) => {
-                    let _ = sys::kill(pid, libc::SIGKILL);
-                    let _ = sys::wait_pid(pid, false);
+                    // The server's own unreaped child: exact by pid.
+                    let orphan = reap::OsChild { pid, pidfd: None };
+                    let _ = orphan.signal(sys::Signal::KILL);
+                    let _ = orphan.reap(false);
                     Err(Reply::Failed(format!("pidfd_open failed: {e}")))
                 }
             }

@@ -94,6 +94,20 @@
 //! ## Cooperating binaries
 //! [`CommandExt::share`] hands any [`ShmObject`](crate::ShmObject) to another
 //! executable through its environment; [`inherited`] gets it back there.
+//!
+//! ## Layout
+//! Each file imports only files listed above it (no circle):
+//!
+//! | file | holds |
+//! |---|---|
+//! | `channel.rs` | the pooled report socket pairs |
+//! | `child.rs` | what runs in a child: trampoline, report, panic capture, `fn` offsets, and `run_forked`, the one child side of Fork and ForkServer |
+//! | `exec.rs` | the re-exec toolkit: the gate and [`StartMethod`], gate variable names, executable identity, `resolve`, `spawn_self`, `comm_name` |
+//! | `error.rs` | the error types and [`ExitStatus`] |
+//! | `reap.rs` | the OS side of a child: pid + pidfd; reaping, signalling, liveness, the exit-status conversion |
+//! | `forkserver.rs`, `spawn.rs`, `fork.rs` | the three start methods (a forked child closes the fork server's socket, so `fork.rs` comes last) |
+//! | `handles.rs` | handing objects to other executables |
+//! | `mod.rs` | [`init`], [`Builder`], [`Process`] and the registry of children |
 
 // The examples show `shmproc::init()` as the first line of `main`, on purpose.
 #![allow(clippy::needless_doctest_main)]
@@ -101,15 +115,17 @@
 mod channel;
 mod child;
 mod error;
+mod exec;
 mod fork;
 mod forkserver;
 mod handles;
+mod reap;
 mod spawn;
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,37 +133,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::{ExitStatus, InheritError, JoinError, ShareError, StartError};
+pub use exec::StartMethod;
 pub use handles::{inherited, CommandExt, HANDLE_ENV_PREFIX};
 
 use crate::sys;
 use crate::time::Deadline;
 use child::{Report, Trampoline, TAG_OK, TAG_REPORT};
-
-/// How a child process is created. See the [module docs](self) for the
-/// trade-offs and the default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StartMethod {
-    /// `fork()`: fastest; runs closures; restricted in multi-threaded parents.
-    Fork,
-    /// Re-execute the current binary; its `main` must call [`crate::init`] first.
-    Spawn,
-    /// Ask a single-threaded server (a re-executed copy of this binary, started
-    /// on first use) to fork the child. Needs [`crate::init`] like Spawn.
-    ForkServer,
-}
-
-impl Default for StartMethod {
-    /// `ForkServer` if [`crate::init`] was called in this process, else `Fork`.
-    fn default() -> Self {
-        if INIT_CALLED.load(Ordering::Relaxed) {
-            StartMethod::ForkServer
-        } else {
-            StartMethod::Fork
-        }
-    }
-}
-
-static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+use reap::{Launched, OsChild};
 
 /// The main gate: call it first in `main` of every binary that starts
 /// processes with [`StartMethod::Spawn`] or [`StartMethod::ForkServer`].
@@ -164,13 +156,13 @@ static INIT_CALLED: AtomicBool = AtomicBool::new(false);
 /// }
 /// ```
 pub fn init() {
-    INIT_CALLED.store(true, Ordering::Relaxed);
-    if let Some(v) = std::env::var_os(spawn::SPAWN_ENV) {
-        std::env::remove_var(spawn::SPAWN_ENV);
+    exec::mark_initialized();
+    if let Some(v) = std::env::var_os(exec::SPAWN_ENV) {
+        std::env::remove_var(exec::SPAWN_ENV);
         spawn::child_main(&v.to_string_lossy());
     }
-    if let Some(v) = std::env::var_os(forkserver::SERVER_ENV) {
-        std::env::remove_var(forkserver::SERVER_ENV);
+    if let Some(v) = std::env::var_os(exec::SERVER_ENV) {
+        std::env::remove_var(exec::SERVER_ENV);
         forkserver::server_main(&v.to_string_lossy());
     }
 }
@@ -202,42 +194,21 @@ pub fn active_children() -> Vec<ProcessInfo> {
     let me = sys::raw_pid();
     let list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     list.iter()
-        .filter(|s| s.owner == me && s.alive())
-        .map(|s| ProcessInfo { name: s.name.clone(), pid: s.pid, ppid: me })
+        .filter(|s| s.owner == me && s.os.alive())
+        .map(|s| ProcessInfo { name: s.name.clone(), pid: s.os.pid, ppid: me })
         .collect()
 }
 
 /// Per-child data shared with the registry.
 #[derive(Debug)]
 struct Shared {
-    pid: u32,
+    os: OsChild,
     name: String,
     owner: u32,
-    pidfd: Option<OwnedFd>,
-}
-
-impl Shared {
-    fn alive(&self) -> bool {
-        match &self.pidfd {
-            // A pidfd polls readable once the process has exited.
-            Some(fd) => matches!(sys::poll_readable([fd.as_fd()], Deadline::after(Some(Duration::ZERO))), Ok([false])),
-            None => sys::kill(self.pid, 0).is_ok(),
-        }
-    }
 }
 
 static REGISTRY: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
 static COUNTER: AtomicU64 = AtomicU64::new(1);
-
-/// What a start method hands back.
-pub(crate) struct Launched {
-    pid: u32,
-    pidfd: Option<OwnedFd>,
-    /// The report socket pair.
-    result: channel::Channel,
-    /// ForkServer: the pipe on which the server writes how the child ended.
-    status: Option<OwnedFd>,
-}
 
 /// A closure called through `&mut`, so that a forked child can call it
 /// without freeing its box (a free there is only copy-on-write faults).
@@ -327,7 +298,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
                     // Borrowed: the child must not free the parent's buffer.
                     StartMethod::Fork => fork::start(&name, named, self.daemon, |out| tramp(func, &args, out))?,
                     StartMethod::Spawn | StartMethod::ForkServer => {
-                        if !INIT_CALLED.load(Ordering::Relaxed) {
+                        if !exec::initialized() {
                             return Err(StartError::NotInitialized { method });
                         }
                         if !child::same_object(func) || !child::same_object(tramp as usize) {
@@ -368,7 +339,7 @@ impl<R> fmt::Debug for Process<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Process")
             .field("name", &self.shared.name)
-            .field("pid", &self.shared.pid)
+            .field("pid", &self.shared.os.pid)
             .field("method", &self.method)
             .field("daemon", &self.daemon)
             .field("ended", &self.ended)
@@ -397,7 +368,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
 
 impl<R: DeserializeOwned> Process<R> {
     fn from_launched(l: Launched, name: String, method: StartMethod, daemon: bool) -> Process<R> {
-        let shared = Arc::new(Shared { pid: l.pid, name, owner: sys::current_pid(), pidfd: l.pidfd });
+        let shared = Arc::new(Shared { os: l.child, name, owner: sys::current_pid() });
         REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push(shared.clone());
         Process {
             shared,
@@ -414,7 +385,7 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// The child's pid.
     pub fn pid(&self) -> u32 {
-        self.shared.pid
+        self.shared.os.pid
     }
 
     /// The child's name.
@@ -445,27 +416,19 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Asks the child to stop: `SIGTERM`. Nothing happens if it already ended.
     pub fn terminate(&self) -> Result<(), std::io::Error> {
-        self.signal(libc::SIGTERM)
+        self.signal(sys::Signal::TERM)
     }
 
     /// Kills the child: `SIGKILL`. Nothing happens if it already ended.
     pub fn kill(&self) -> Result<(), std::io::Error> {
-        self.signal(libc::SIGKILL)
+        self.signal(sys::Signal::KILL)
     }
 
-    fn signal(&self, sig: i32) -> Result<(), std::io::Error> {
+    fn signal(&self, sig: sys::Signal) -> Result<(), std::io::Error> {
         if self.ended.is_some() {
             return Ok(());
         }
-        let r = match &self.shared.pidfd {
-            Some(fd) => sys::pidfd_signal(fd.as_fd(), sig),
-            // Our own unreaped child: the pid cannot have been reused.
-            None => sys::kill(self.shared.pid, sig),
-        };
-        match r {
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            other => other,
-        }
+        self.shared.os.signal(sig)
     }
 
     /// Waits for the child and returns the target's result.
@@ -519,17 +482,16 @@ impl<R: DeserializeOwned> Process<R> {
         if self.ended.is_some() {
             return Ok(true);
         }
-        if deadline == Deadline::NEVER && self.status_pipe.is_none() && self.method != StartMethod::ForkServer {
-            if let Some(fd) = &self.shared.pidfd {
-                // `join()`: sleep in waitid itself, as a bare waitpid would.
-                if let Some(e) = sys::wait_pidfd(fd.as_fd(), false)? {
-                    self.ended = Some(match e {
-                        sys::Ended::Code(c) => ExitStatus::Exited(c),
-                        sys::Ended::Signal(s) => ExitStatus::Signaled(s),
-                    });
-                    self.collect()?;
-                    return Ok(true);
-                }
+        let blocking_own_reap = deadline == Deadline::NEVER
+            && self.status_pipe.is_none()
+            && self.method != StartMethod::ForkServer
+            && self.shared.os.pidfd.is_some();
+        if blocking_own_reap {
+            // `join()`: sleep in waitid itself, as a bare waitpid would.
+            if let Some(st) = self.shared.os.reap(false)? {
+                self.ended = Some(st);
+                self.collect()?;
+                return Ok(true);
             }
         }
         loop {
@@ -561,46 +523,30 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     fn try_reap(&mut self) -> Result<Option<ExitStatus>, JoinError> {
-        let conv = |e: sys::Ended| match e {
-            sys::Ended::Code(c) => ExitStatus::Exited(c),
-            sys::Ended::Signal(s) => ExitStatus::Signaled(s),
-        };
         if let Some(sp) = &self.status_pipe {
-            let mut b = [0u8; 8];
-            return match sys::read(sp.as_fd(), &mut b) {
-                Ok(8) => {
-                    let tag = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    let val = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                    Ok(Some(match tag {
-                        0 => ExitStatus::Exited(val),
-                        1 => ExitStatus::Signaled(val),
-                        _ => ExitStatus::Unknown,
-                    }))
-                }
+            let mut rec = [0u8; reap::STATUS_LEN];
+            return match sys::read(sp.as_fd(), &mut rec) {
+                Ok(reap::STATUS_LEN) => Ok(Some(reap::decode_status(&rec))),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                 // End of file or a short record: the server died. Fall back
                 // to the child's pidfd to learn when it ends.
                 _ => {
                     self.status_pipe = None;
-                    Ok(if self.shared.alive() { None } else { Some(ExitStatus::Unknown) })
+                    Ok(if self.shared.os.alive() { None } else { Some(ExitStatus::Unknown) })
                 }
             };
         }
         if self.method == StartMethod::ForkServer {
             // Server gone: the pidfd tells when the child ends, not how.
-            return Ok(if self.shared.alive() { None } else { Some(ExitStatus::Unknown) });
+            return Ok(if self.shared.os.alive() { None } else { Some(ExitStatus::Unknown) });
         }
-        let r = match &self.shared.pidfd {
-            Some(fd) => sys::wait_pidfd(fd.as_fd(), true)?,
-            None => sys::wait_pid(self.shared.pid, true)?,
-        };
-        Ok(r.map(conv))
+        Ok(self.shared.os.reap(true)?)
     }
 
     /// Sleeps until the child may have ended or `deadline` passes; returns
     /// whether it may have ended.
     fn wait_exit(&self, deadline: Deadline) -> Result<bool, JoinError> {
-        Ok(match (&self.status_pipe, &self.shared.pidfd) {
+        Ok(match (&self.status_pipe, &self.shared.os.pidfd) {
             (Some(fd), _) | (None, Some(fd)) => sys::poll_readable([fd.as_fd()], deadline)?[0],
             // No pidfd (kernel before 5.3): poll for the exit in short naps.
             (None, None) => {
@@ -624,12 +570,10 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
     const T: usize = child::TOKEN_LEN;
     // Bounded, so that a descendant flooding the socket cannot stall a join.
     for _ in 0..64 {
-        // Peek into a small uninitialised stack buffer first: every page
-        // written after a fork is a copy-on-write fault, so a typical small
-        // report touches no new page and needs no large buffer. A larger one
-        // is then taken into a buffer of its exact size.
-        let mut small = [std::mem::MaybeUninit::<u8>::uninit(); 256];
-        let (len, fds) = match sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, true) {
+        // Peek into a small stack buffer first: a typical report fits, and a
+        // larger one is then taken into a buffer of its exact size.
+        let mut small = [0u8; 256];
+        let (len, fds) = match sys::peek_with_fds(chan.rd.as_fd(), &mut small) {
             Ok(x) => x,
             // No report: the child died before sending one.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Vec::new()),
@@ -638,13 +582,13 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
             }
             Err(e) => return Err(JoinError::Os(e)),
         };
-        // SAFETY: the peek initialised the first `min(len, 256)` bytes of `small`.
-        let head = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len.min(small.len())) };
+        // The peek filled the first `min(len, 256)` bytes.
+        let head = &small[..len.min(small.len())];
         if len < T || head[..T] != chan.token.to_le_bytes() {
             // A stale datagram (from a descendant of an earlier child that
             // inherited this socket): consume it, close its fds, look again.
             drop(fds);
-            let _ = sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, false);
+            let _ = sys::recv_with_fds(chan.rd.as_fd(), &mut small);
             continue;
         }
         let (mut buf, fds) = if len <= small.len() {
@@ -652,10 +596,9 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
             // the pair goes back to the pool): the same bytes, and the fds
             // installed by this receive rather than the peek's copies.
             drop(fds);
-            let (n, taken) = sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut small, false)
+            let (n, taken) = sys::recv_with_fds(chan.rd.as_fd(), &mut small)
                 .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
-            // SAFETY: the receive initialised the first `min(n, 256)` bytes of `small`.
-            let got = unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), n.min(small.len())) };
+            let got = &small[..n.min(small.len())];
             if got.len() < T || got[..T] != chan.token.to_le_bytes() {
                 return Err(JoinError::Decode { reason: "report changed between peek and receive".into() });
             }
@@ -665,12 +608,10 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
                 return Err(JoinError::Decode { reason: format!("report datagram of {len} bytes is too large") });
             }
             drop(fds);
-            let mut buf: Vec<u8> = Vec::with_capacity(len);
-            let (n, taken) = sys::recv_with_fds_uninit(chan.rd.as_fd(), buf.spare_capacity_mut(), false)
+            let mut buf = vec![0u8; len];
+            let (n, taken) = sys::recv_with_fds(chan.rd.as_fd(), &mut buf)
                 .map_err(|e| JoinError::Decode { reason: e.to_string() })?;
-            // SAFETY: recvmsg initialised the first `n` bytes of the spare
-            // capacity, and `n` is at most that capacity.
-            unsafe { buf.set_len(n.min(len)) };
+            buf.truncate(n);
             buf.drain(..T.min(buf.len()));
             (buf, taken)
         };
@@ -696,35 +637,18 @@ impl<R> Drop for Process<R> {
         }
         if self.method == StartMethod::ForkServer {
             // The server reaps it; a daemon child is killed like any other.
-            if let (true, Some(fd)) = (self.daemon, &self.shared.pidfd) {
-                let _ = sys::pidfd_signal(fd.as_fd(), libc::SIGKILL);
+            if self.daemon {
+                let _ = self.shared.os.signal(sys::Signal::KILL);
             }
             return;
         }
-        let own_reap = |nohang: bool| match &self.shared.pidfd {
-            Some(fd) => sys::wait_pidfd(fd.as_fd(), nohang),
-            None => sys::wait_pid(self.shared.pid, nohang),
-        };
         if self.daemon {
-            let _ = match &self.shared.pidfd {
-                Some(fd) => sys::pidfd_signal(fd.as_fd(), libc::SIGKILL),
-                None => sys::kill(self.shared.pid, libc::SIGKILL),
-            };
-            let _ = own_reap(false);
+            let _ = self.shared.os.signal(sys::Signal::KILL);
+            let _ = self.shared.os.reap(false);
         } else {
-            let _ = own_reap(true);
+            let _ = self.shared.os.reap(true);
         }
     }
-}
-
-/// The pieces the start methods share.
-pub(crate) fn launched(
-    pid: u32,
-    pidfd: Option<OwnedFd>,
-    result: channel::Channel,
-    status: Option<OwnedFd>,
-) -> Launched {
-    Launched { pid, pidfd, result, status }
 }
 
 #[cfg(test)]
@@ -746,8 +670,7 @@ mod tests {
                 sys::exit_now(code)
             }
             Some(pid) => {
-                let pidfd = sys::pidfd_open(pid).ok();
-                Process::from_launched(launched(pid, pidfd, chan, None), "fake".into(), StartMethod::Fork, false)
+                Process::from_launched(Launched::own_child(pid, chan), "fake".into(), StartMethod::Fork, false)
             }
         }
     }
@@ -759,8 +682,8 @@ mod tests {
         let chan = channel::take().unwrap();
         sys::send_parts_with_fds(chan.wr.as_fd(), &chan.token.to_le_bytes(), &[TAG_OK, 42], &[]).unwrap();
         assert_eq!(take_report(&chan).unwrap(), vec![TAG_OK, 42]);
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 16];
-        match sys::recv_with_fds_uninit(chan.rd.as_fd(), &mut probe, true) {
+        let mut probe = [0u8; 16];
+        match sys::peek_with_fds(chan.rd.as_fd(), &mut probe) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             other => panic!("the report is still queued: {:?}", other.map(|(n, _)| n)),
         }

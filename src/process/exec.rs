@@ -1,0 +1,194 @@
+//! The re-exec toolkit, shared by [`StartMethod::Spawn`] and
+//! [`StartMethod::ForkServer`]: the gate (whether [`crate::init`] was called,
+//! and so the default start method), the gate variables' names, the identity
+//! of the executable, turning a verified offset back into code, and
+//! re-executing `/proc/self/exe`.
+//!
+//! ## Executable identity
+//! `dev:inode:size:mtime_s:mtime_ns` of `/proc/self/exe` (the file the kernel
+//! mapped, even if since renamed or deleted). The parent puts its own into the
+//! gate variable; the re-executed copy compares it with its own before it
+//! turns any offset into a code address, and refuses (exit code 121, nothing
+//! run) when they differ. Exec goes through `/proc/self/exe`, so even a binary
+//! rebuilt or deleted since the parent started re-executes the parent's file.
+//!
+//! ## Offsets
+//! A target travels as its offset from [`child::anchor`] (see `child.rs`);
+//! [`resolve`] accepts an offset only if it lands in the same loaded object as
+//! the anchor.
+
+use std::io;
+use std::os::unix::process::CommandExt as _;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use super::child::{self, Trampoline};
+use crate::sys;
+
+/// How a child process is created. See the [module docs](super) for the
+/// trade-offs and the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StartMethod {
+    /// `fork()`: fastest; runs closures; restricted in multi-threaded parents.
+    Fork,
+    /// Re-execute the current binary; its `main` must call [`crate::init`] first.
+    Spawn,
+    /// Ask a single-threaded server (a re-executed copy of this binary, started
+    /// on first use) to fork the child. Needs [`crate::init`] like Spawn.
+    ForkServer,
+}
+
+impl Default for StartMethod {
+    /// `ForkServer` if [`crate::init`] was called in this process, else `Fork`.
+    fn default() -> Self {
+        if initialized() {
+            StartMethod::ForkServer
+        } else {
+            StartMethod::Fork
+        }
+    }
+}
+
+static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+
+/// Records that this process has the gate ([`crate::init`] was called).
+pub(crate) fn mark_initialized() {
+    INIT_CALLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether this process has the gate, so that a re-executed copy of it
+/// runs the target instead of `main`.
+pub(crate) fn initialized() -> bool {
+    INIT_CALLED.load(Ordering::Relaxed)
+}
+
+/// The gate variable of a spawned child.
+pub(crate) const SPAWN_ENV: &str = "SHMPROC_SPAWN";
+
+/// The gate variable of the fork server.
+pub(crate) const SERVER_ENV: &str = "SHMPROC_FORKSERVER";
+
+/// Largest argument blob a child accepts (1 GiB).
+pub(crate) const MAX_ARGS: u64 = 1 << 30;
+
+fn identity_string() -> io::Result<String> {
+    let id = sys::exe_identity()?;
+    Ok(format!("{}:{}:{}:{}:{}", id[0], id[1], id[2], id[3], id[4]))
+}
+
+/// The parent's executable identity, read once.
+pub(crate) fn exe_id_string() -> io::Result<String> {
+    static ID: OnceLock<String> = OnceLock::new();
+    if let Some(s) = ID.get() {
+        return Ok(s.clone());
+    }
+    let s = identity_string()?;
+    Ok(ID.get_or_init(|| s).clone())
+}
+
+/// Checks that this process runs the executable described by `id`.
+pub(crate) fn verify_identity(id: &str) -> Result<(), String> {
+    let mine = identity_string().map_err(|e| format!("cannot stat /proc/self/exe: {e}"))?;
+    if mine == id {
+        Ok(())
+    } else {
+        Err(format!("this executable ({mine}) is not the parent's ({id})"))
+    }
+}
+
+/// Turns a verified offset into a trampoline and a target address.
+pub(crate) fn resolve(tramp: i64, func: i64) -> Result<(Trampoline, usize), String> {
+    let t = child::address_at(tramp).ok_or("the trampoline offset points outside this executable")?;
+    let f = child::address_at(func).ok_or("the target offset points outside this executable")?;
+    // SAFETY: the executable identity was verified by the caller, so `t` is the
+    // address at which the parent's `trampoline::<A, R>` lives in this copy of
+    // the same image (same offset from the anchor, same loaded object).
+    let t: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(t) };
+    Ok((t, f))
+}
+
+/// Prints `shmproc: <context>: <reason>` and exits with
+/// [`child::EXIT_REFUSED`]: a re-executed copy that will not run.
+pub(crate) fn refuse(context: &str, reason: &str) -> ! {
+    eprintln!("shmproc: {context}: {reason}");
+    std::process::exit(child::EXIT_REFUSED)
+}
+
+/// The process name for `PR_SET_NAME`: at most 15 bytes and a NUL, on the stack.
+pub(crate) fn comm_name(name: &str) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (d, s) in b[..15].iter_mut().zip(name.bytes().filter(|&c| c != 0)) {
+        *d = s;
+    }
+    b
+}
+
+/// Re-executes `/proc/self/exe` with `env` (and without either gate variable
+/// of this process), keeping `fds` open across exec and, with
+/// `daemon_parent`, arming the death signal.
+pub(crate) fn spawn_self(
+    env: &[(&str, String)],
+    fds: &[i32],
+    daemon_parent: Option<u32>,
+) -> io::Result<std::process::Child> {
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Some(a0) = std::env::args_os().next() {
+        cmd.arg0(a0);
+    }
+    cmd.env_remove(SPAWN_ENV).env_remove(SERVER_ENV);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let fds = fds.to_vec();
+    // SAFETY: the hook runs between fork and exec in the child and only makes
+    // raw, async-signal-safe system calls (fcntl, prctl, getppid); it
+    // allocates nothing (the Vec was built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                sys::clear_cloexec_raw(fd)?;
+            }
+            if let Some(parent) = daemon_parent {
+                sys::set_death_signal_kill()?;
+                if sys::parent_pid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_of_self_verifies_and_other_does_not() {
+        let id = exe_id_string().unwrap();
+        assert!(verify_identity(&id).is_ok());
+        let mut parts: Vec<u64> = id.split(':').map(|p| p.parse().unwrap()).collect();
+        parts[1] ^= 1; // another inode
+        let other = parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(":");
+        assert!(verify_identity(&other).unwrap_err().contains("not the parent's"));
+    }
+
+    #[test]
+    fn offsets_resolve_inside_the_executable_only() {
+        let f = child::offset_of(exe_id_string as fn() -> io::Result<String> as usize);
+        assert!(child::address_at(f).is_some());
+        // Far outside any loaded object.
+        assert!(child::address_at(i64::MIN / 2).is_none());
+    }
+
+    #[test]
+    fn comm_name_is_cut_to_15_bytes_and_skips_nuls() {
+        assert_eq!(&comm_name("worker")[..7], b"worker\0");
+        let long = comm_name("a-very-long-process-name");
+        assert_eq!(&long[..15], b"a-very-long-pro");
+        assert_eq!(long[15], 0);
+        assert_eq!(&comm_name("a\0b")[..3], b"ab\0");
+    }
+}
