@@ -140,9 +140,7 @@ impl From<HeaderError> for OpenError {
             HeaderError::Corrupt(reason) => OpenError::Corrupt { reason },
             HeaderError::VersionMismatch { expected, found } => OpenError::VersionMismatch { expected, found },
             HeaderError::KindMismatch { expected, found } => OpenError::KindMismatch { expected, found },
-            HeaderError::TypeMismatch { expected, found } => {
-                OpenError::TypeMismatch { expected: Box::new(expected), found: Box::new(found) }
-            }
+            HeaderError::TypeMismatch { expected, found } => OpenError::TypeMismatch { expected, found },
             HeaderError::SizeMismatch { expected, found } => OpenError::SizeMismatch { expected, found },
         }
     }
@@ -237,7 +235,10 @@ mod tests {
             HeaderError::Corrupt("bad magic".into()),
             HeaderError::VersionMismatch { expected: 1, found: 7 },
             HeaderError::KindMismatch { expected: ObjectKind::Array, found: ObjectKind::Queue },
-            HeaderError::TypeMismatch { expected: TypeInfo::of::<u32>(), found: TypeInfo::of::<f64>() },
+            HeaderError::TypeMismatch {
+                expected: Box::new(TypeInfo::of::<u32>()),
+                found: Box::new(TypeInfo::of::<f64>()),
+            },
             HeaderError::SizeMismatch { expected: 8, found: 144 },
         ];
         for h in cases {

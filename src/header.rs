@@ -278,9 +278,9 @@ pub(crate) enum HeaderError {
     /// Another element type.
     TypeMismatch {
         /// The type asked for.
-        expected: TypeInfo,
+        expected: Box<TypeInfo>,
         /// The type in the header.
-        found: TypeInfo,
+        found: Box<TypeInfo>,
     },
     /// Another payload size.
     SizeMismatch {
@@ -365,7 +365,7 @@ pub(crate) fn parse_header(
             return Err(HeaderError::KindMismatch { expected: spec.kind, found: kind });
         }
         if !spec.ty.matches(&ty) {
-            return Err(HeaderError::TypeMismatch { expected: spec.ty, found: ty });
+            return Err(HeaderError::TypeMismatch { expected: Box::new(spec.ty), found: Box::new(ty) });
         }
         match spec.payload {
             PayloadSize::Exact(n) if n != payload_size => {

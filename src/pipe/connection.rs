@@ -13,10 +13,11 @@ use super::ring::{
     frame_header, FrameBody, RingView, Shared, DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG, LEN_BITS,
     MAX_FRAME_LEN, MAX_RING, MIN_RING, PIPE_MAGIC,
 };
-use super::{End, PipeBuilder, RecvError, SendError};
+use super::{End, PipeBuilder, PipeConfig, RecvError, SendError};
 use crate::error::OpenError;
 use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
-use crate::segment::{Handle, Segment, ShmObject};
+use crate::object::{Builder, Object};
+use crate::segment::{Handle, Segment};
 use crate::sys::{self, Identity, Liveness, WaitOutcome};
 use crate::time::Deadline;
 
@@ -173,17 +174,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connection), OpenError> {
-    let cap = (b.ring_size.max(MIN_RING as usize) as u64)
+    let cap = (b.params.ring_size.max(MIN_RING as usize) as u64)
         .checked_next_power_of_two()
         .filter(|&c| c <= MAX_RING)
-        .ok_or_else(|| OpenError::invalid(format!("ring size {} is too large", b.ring_size)))?;
-    if b.max_message > MAX_FRAME_LEN {
+        .ok_or_else(|| OpenError::invalid(format!("ring size {} is too large", b.params.ring_size)))?;
+    if b.params.max_message > MAX_FRAME_LEN {
         return Err(OpenError::invalid(format!(
             "max_message {} exceeds the frame format's limit of {MAX_FRAME_LEN}",
-            b.max_message
+            b.params.max_message
         )));
     }
-    let cap0 = if b.duplex { cap } else { 0 };
+    let cap0 = if b.params.duplex { cap } else { 0 };
     let payload = (DATA_OFFSET as u64 + cap0 + cap) as usize;
     sys::watch_forks();
     let me = sys::current_process();
@@ -195,16 +196,16 @@ pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connect
         sh.control.magic.store(PIPE_MAGIC, Ordering::Relaxed);
         sh.control.capacity[0].store(cap0, Ordering::Relaxed);
         sh.control.capacity[1].store(cap, Ordering::Relaxed);
-        sh.control.max_message.store(b.max_message, Ordering::Relaxed);
+        sh.control.max_message.store(b.params.max_message, Ordering::Relaxed);
         let n = if both { 2 } else { 1 };
         for slot in &sh.ends[..n] {
             slot.start_time.store(me.start_time, Ordering::Relaxed);
             slot.word.store(slot_word(me.id, HELD), Ordering::Relaxed);
         }
     })?;
-    let a = Connection::attach(seg.clone(), End::A, b.spin)?;
+    let a = Connection::attach(seg.clone(), End::A, b.params.spin)?;
     a.set_claimed(me.id);
-    let b_conn = Connection::attach(seg, End::B, b.spin)?;
+    let b_conn = Connection::attach(seg, End::B, b.params.spin)?;
     if both {
         b_conn.set_claimed(me.id);
     }
@@ -222,14 +223,14 @@ pub(crate) fn open(b: &PipeBuilder, handle: Option<&Handle>) -> Result<Connectio
         None => Segment::open_object(&b.opts, &spec)?,
     };
     sys::watch_forks();
-    let conn = Connection::attach(seg, b.end, b.spin)?;
+    let conn = Connection::attach(seg, b.params.end, b.params.spin)?;
     match conn.claim() {
         Ok(()) => Ok(conn),
         Err(ClaimError::InUse(pid)) => Err(OpenError::PermissionDenied {
-            reason: format!("end {:?} of this pipe is held by live process {pid}", b.end),
+            reason: format!("end {:?} of this pipe is held by live process {pid}", b.params.end),
         }),
         Err(ClaimError::Closed) => {
-            Err(OpenError::PermissionDenied { reason: format!("end {:?} of this pipe has been closed", b.end) })
+            Err(OpenError::PermissionDenied { reason: format!("end {:?} of this pipe has been closed", b.params.end) })
         }
     }
 }
@@ -991,15 +992,13 @@ impl fmt::Debug for Connection {
     }
 }
 
-impl ShmObject for Connection {
+impl Object for Connection {
     const KIND: ObjectKind = ObjectKind::Pipe;
-    fn handle(&self) -> Handle {
-        Connection::handle(self)
-    }
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-        super::Pipe::builder().open_handle(handle)
-    }
+    type Params = PipeConfig;
     fn segment(&self) -> &Segment {
         &self.seg
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        open(&b, handle)
     }
 }
