@@ -51,6 +51,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
+use bytemuck::Pod;
+
 use crate::error::OpenError;
 use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
 use crate::segment::{Handle, Segment, SegmentOptions, ShmObject};
@@ -350,6 +352,31 @@ impl<T: 'static> View<T> {
         let data = Self::first(base, prefix);
         Ok(View { seg, data, len: bytes / size })
     }
+}
+
+impl<T: Pod> View<T> {
+    /// Creates the segment holding a copy of `init`.
+    pub(crate) fn create_copy<O: Object>(b: &Builder<O>, prefix: Prefix, init: &[T]) -> Result<Self, OpenError> {
+        Self::create(b, prefix, init.len(), |dst| copy_into(dst, init))
+    }
+
+    /// Opens the named object or creates it holding a copy of `init`.
+    pub(crate) fn open_or_create_copy<O: Object>(
+        b: &Builder<O>,
+        prefix: Prefix,
+        init: &[T],
+    ) -> Result<Self, OpenError> {
+        Self::open_or_create(b, prefix, init.len(), |dst| copy_into(dst, init))
+    }
+}
+
+/// Copies `init` into the zero-filled elements starting at `dst`.
+fn copy_into<T: Pod>(dst: NonNull<T>, init: &[T]) {
+    // SAFETY: only called by the initialisers above: `dst` is the first of
+    // init.len() aligned elements of a payload that is not yet published (the
+    // view was sized for `init`), so nothing else reads or writes it, and it
+    // cannot overlap the caller's `init`.
+    unsafe { std::ptr::copy_nonoverlapping(init.as_ptr(), dst.as_ptr(), init.len()) }
 }
 
 impl<T> View<T> {

@@ -291,7 +291,7 @@ pub type RawValueBuilder<T> = Builder<RawValue<T>>;
 impl<T: Pod> Builder<RawValue<T>> {
     /// Creates the value holding `init`.
     pub fn create(self, init: T) -> Result<RawValue<T>, OpenError> {
-        Ok(RawValue { v: create_raw(&self, std::slice::from_ref(&init))? })
+        Ok(RawValue { v: View::create_copy(&self, Prefix::None, std::slice::from_ref(&init))? })
     }
 }
 
@@ -304,15 +304,6 @@ impl<T: Pod> Object for RawValue<T> {
     fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
         Ok(RawValue { v: View::open(&b, handle, Prefix::None, Some(1))? })
     }
-}
-
-/// Creates an unlocked view of `O`'s kind holding a copy of `init`.
-fn create_raw<T: Pod, O: Object>(b: &Builder<O>, init: &[T]) -> Result<View<T>, OpenError> {
-    View::create(b, Prefix::None, init.len(), |dst| {
-        // SAFETY: `dst` is the first of init.len() aligned, zero-filled elements
-        // of a payload nobody else can see yet; it cannot overlap `init`.
-        unsafe { std::ptr::copy_nonoverlapping(init.as_ptr(), dst.as_ptr(), init.len()) }
-    })
 }
 
 impl<T: Pod> RawValue<T> {
@@ -389,7 +380,7 @@ impl<T: Pod> Builder<RawArray<T>> {
     /// Creates the array holding a copy of `init`.
     pub fn create(self, init: &[T]) -> Result<RawArray<T>, OpenError> {
         non_empty(init)?;
-        Ok(RawArray { v: create_raw(&self, init)? })
+        Ok(RawArray { v: View::create_copy(&self, Prefix::None, init)? })
     }
     /// Creates the array with `len` zeroed elements.
     pub fn create_zeroed(self, len: usize) -> Result<RawArray<T>, OpenError> {

@@ -155,12 +155,12 @@ impl<D: ?Sized + Data> Mutex<D> {
 
     /// Creates a locked object of `O`'s kind holding a copy of `init`.
     pub(crate) fn create_in<O: Object>(b: &Builder<O>, init: &[D::Elem]) -> Result<Self, OpenError> {
-        View::create(b, Prefix::Lock, init.len(), |p| copy_into(p, init)).map(Self::from_view)
+        View::create_copy(b, Prefix::Lock, init).map(Self::from_view)
     }
 
     /// Opens the named locked object of `O`'s kind or creates it holding `init`.
     pub(crate) fn open_or_create_in<O: Object>(b: &Builder<O>, init: &[D::Elem]) -> Result<Self, OpenError> {
-        View::open_or_create(b, Prefix::Lock, init.len(), |p| copy_into(p, init)).map(Self::from_view)
+        View::open_or_create_copy(b, Prefix::Lock, init).map(Self::from_view)
     }
 
     /// Opens a locked object of `O`'s kind with `len` elements (any when `None`).
@@ -224,14 +224,6 @@ impl<T> Mutex<[T]> {
     pub fn is_empty(&self) -> bool {
         self.data.len() == 0
     }
-}
-
-/// Copies `init` into the zero-filled elements starting at `dst`.
-fn copy_into<T: Pod>(dst: NonNull<T>, init: &[T]) {
-    // SAFETY: `dst` is the first of init.len() aligned elements of a payload
-    // that is not yet published (the view was sized for `init`), so nothing
-    // else reads or writes it, and it cannot overlap the caller's `init`.
-    unsafe { std::ptr::copy_nonoverlapping(init.as_ptr(), dst.as_ptr(), init.len()) }
 }
 
 impl<T: ?Sized> Clone for Mutex<T> {
