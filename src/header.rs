@@ -20,6 +20,11 @@
 //! The creator writes every field, initialises the payload, and only then stores
 //! `READY` into `init_state` with release ordering. Openers load it with acquire
 //! ordering and read nothing else before they see `READY`.
+//!
+//! Validation (`parse_header`) is a pure function over a private copy of these
+//! 128 bytes. It reports a small `HeaderError`; the segment layer turns that
+//! into the [`OpenError`](crate::OpenError) variant of the same name, so this
+//! module sits below the error module and imports nothing from the crate.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -21,7 +21,10 @@
 //! * `View<T>`: `len` elements of type `T` at a fixed offset in a validated
 //!   segment. [`crate::Mutex`] (and through it [`crate::Value`] and
 //!   [`crate::Array`]), [`crate::RawValue`], [`crate::RawArray`] and the state of
-//!   every sync primitive are views.
+//!   every sync primitive are views. The queues and the pipe lay out their
+//!   payloads themselves (ring engines) but are built and opened through the
+//!   same `Builder` and `Object`, as is the untyped [`Segment`] (here, its
+//!   `SegmentBuilder`).
 //!
 //! ## Payload layouts of typed views
 //!
