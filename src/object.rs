@@ -455,3 +455,66 @@ impl Object for Segment {
         b.open_segment(handle, &bytes_spec())
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::{
+        Array, Barrier, BoundedSemaphore, Condition, Event, FrameQueue, JoinableQueue, Mutex, ObjectKind, OpenError,
+        Pipe, Queue, RawArray, RawValue, ReentrantMutex, Segment, Semaphore, ShmObject, Value,
+    };
+
+    /// Opens `obj`'s handle as `T` through the one `ShmObject` path and checks
+    /// that it is the same kind of object, of the same size; then opens it as `W`, which must fail with
+    /// a kind mismatch.
+    fn roundtrip<T: ShmObject, W: ShmObject>(obj: &T) {
+        let back = T::open_handle(&obj.handle()).unwrap();
+        assert_eq!(back.segment().kind(), T::KIND);
+        assert_eq!(back.segment().payload_len(), obj.segment().payload_len());
+        match W::open_handle(&obj.handle()) {
+            Err(OpenError::KindMismatch { expected, found }) => {
+                assert_eq!(expected, W::KIND);
+                assert_eq!(found, T::KIND);
+            }
+            Err(e) => panic!("{:?} opened as {:?}: {e}", T::KIND, W::KIND),
+            Ok(_) => panic!("{:?} opened as {:?}", T::KIND, W::KIND),
+        }
+    }
+
+    #[test]
+    fn every_object_opens_through_the_one_shm_object_path() {
+        roundtrip::<_, Mutex<u64>>(&Value::<u64>::anonymous(1).unwrap());
+        roundtrip::<_, Value<u64>>(&Mutex::<u64>::anonymous(1).unwrap());
+        roundtrip::<_, RawArray<f64>>(&Array::<f64>::anonymous(&[1.0, 2.0]).unwrap());
+        roundtrip::<_, Array<u32>>(&RawArray::<u32>::anonymous(&[1, 2]).unwrap());
+        roundtrip::<_, RawArray<u32>>(&RawValue::<u32>::anonymous(1).unwrap());
+        roundtrip::<_, Event>(&Segment::builder().size(64).create().unwrap());
+        roundtrip::<_, Condition>(&Event::anonymous().unwrap());
+        roundtrip::<_, Event>(&Condition::anonymous().unwrap());
+        roundtrip::<_, Barrier>(&ReentrantMutex::anonymous().unwrap());
+        roundtrip::<_, Semaphore>(&Barrier::anonymous(2).unwrap());
+        roundtrip::<_, BoundedSemaphore>(&Semaphore::anonymous(1).unwrap());
+        roundtrip::<_, Semaphore>(&BoundedSemaphore::anonymous(1).unwrap());
+        roundtrip::<_, JoinableQueue<u64>>(&Queue::<u64>::anonymous(4).unwrap());
+        roundtrip::<_, Queue<u64>>(&JoinableQueue::<u64>::anonymous(4).unwrap());
+        roundtrip::<_, Queue<u64>>(&FrameQueue::builder().create().unwrap());
+        let (a, _b) = Pipe::new().unwrap();
+        assert_eq!(a.segment().kind(), ObjectKind::Pipe);
+        assert!(matches!(Queue::<u64>::open_handle(&a.handle()), Err(OpenError::KindMismatch { .. })));
+    }
+
+    #[test]
+    fn value_array_and_mutex_share_one_guard() {
+        let v = Value::<u64>::anonymous(3).unwrap();
+        let a = Array::<u64>::anonymous(&[1, 2, 3]).unwrap();
+        let g: crate::MutexGuard<'_, u64> = v.lock().unwrap();
+        let h: crate::MutexGuard<'_, [u64]> = a.lock().unwrap();
+        assert_eq!(*g + h.iter().sum::<u64>(), 9);
+        g.mark_consistent();
+        h.mark_consistent();
+        drop((g, h));
+        // The Array's length survives a reopen by handle, through `len(n)` too.
+        let b = Array::<u64>::builder().len(3).open_handle(&a.handle()).unwrap();
+        assert_eq!(b.len(), 3);
+        assert!(matches!(Array::<u64>::builder().len(4).open_handle(&a.handle()), Err(OpenError::SizeMismatch { .. })));
+    }
+}
