@@ -13,11 +13,11 @@ use super::ring::{
     frame_header, FrameBody, RingView, Shared, DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG, LEN_BITS,
     MAX_FRAME_LEN, MAX_RING, MIN_RING, PIPE_MAGIC,
 };
-use super::{End, PipeBuilder, PipeConfig, RecvError, SendError};
+use super::{End, PipeConfig, RecvError, SendError};
 use crate::error::OpenError;
 use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
 use crate::object::{Builder, Object};
-use crate::segment::{Handle, Segment};
+use crate::segment::{Handle, Segment, SegmentOptions};
 use crate::sys::{self, Identity, Liveness, WaitOutcome};
 use crate::time::Deadline;
 
@@ -173,22 +173,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connection), OpenError> {
-    let cap = (b.params.ring_size.max(MIN_RING as usize) as u64)
+pub(crate) fn create(opts: &SegmentOptions, b: &PipeConfig, both: bool) -> Result<(Connection, Connection), OpenError> {
+    let cap = (b.ring_size.max(MIN_RING as usize) as u64)
         .checked_next_power_of_two()
         .filter(|&c| c <= MAX_RING)
-        .ok_or_else(|| OpenError::invalid(format!("ring size {} is too large", b.params.ring_size)))?;
-    if b.params.max_message > MAX_FRAME_LEN {
+        .ok_or_else(|| OpenError::invalid(format!("ring size {} is too large", b.ring_size)))?;
+    if b.max_message > MAX_FRAME_LEN {
         return Err(OpenError::invalid(format!(
             "max_message {} exceeds the frame format's limit of {MAX_FRAME_LEN}",
-            b.params.max_message
+            b.max_message
         )));
     }
-    let cap0 = if b.params.duplex { cap } else { 0 };
+    let cap0 = if b.duplex { cap } else { 0 };
     let payload = (DATA_OFFSET as u64 + cap0 + cap) as usize;
     sys::watch_forks();
     let me = sys::current_process();
-    let seg = Segment::create_object(&b.opts, ObjectKind::Pipe, pipe_type(), payload, 128, |p, _| {
+    let seg = Segment::create_object(opts, ObjectKind::Pipe, pipe_type(), payload, 128, |p, _| {
         // SAFETY: the payload is at least DATA_OFFSET bytes, 64-byte aligned
         // (payload_align 64), zero-filled and not yet visible to anyone; Shared
         // holds only atomics.
@@ -196,41 +196,41 @@ pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connect
         sh.control.magic.store(PIPE_MAGIC, Ordering::Relaxed);
         sh.control.capacity[0].store(cap0, Ordering::Relaxed);
         sh.control.capacity[1].store(cap, Ordering::Relaxed);
-        sh.control.max_message.store(b.params.max_message, Ordering::Relaxed);
+        sh.control.max_message.store(b.max_message, Ordering::Relaxed);
         let n = if both { 2 } else { 1 };
         for slot in &sh.ends[..n] {
             slot.start_time.store(me.start_time, Ordering::Relaxed);
             slot.word.store(slot_word(me.id, HELD), Ordering::Relaxed);
         }
     })?;
-    let a = Connection::attach(seg.clone(), End::A, b.params.spin)?;
+    let a = Connection::attach(seg.clone(), End::A, b.spin)?;
     a.set_claimed(me.id);
-    let b_conn = Connection::attach(seg, End::B, b.params.spin)?;
+    let b_conn = Connection::attach(seg, End::B, b.spin)?;
     if both {
         b_conn.set_claimed(me.id);
     }
     Ok((a, b_conn))
 }
 
-pub(crate) fn open(b: &PipeBuilder, handle: Option<&Handle>) -> Result<Connection, OpenError> {
+pub(crate) fn open(opts: &SegmentOptions, b: &PipeConfig, handle: Option<&Handle>) -> Result<Connection, OpenError> {
     let spec = ObjectSpec {
         kind: ObjectKind::Pipe,
         ty: pipe_type(),
         payload: PayloadSize::AtLeast(DATA_OFFSET as u64 + MIN_RING),
     };
     let seg = match handle {
-        Some(h) => Segment::open_handle(h, &b.opts, &spec)?,
-        None => Segment::open_object(&b.opts, &spec)?,
+        Some(h) => Segment::open_handle(h, opts, &spec)?,
+        None => Segment::open_object(opts, &spec)?,
     };
     sys::watch_forks();
-    let conn = Connection::attach(seg, b.params.end, b.params.spin)?;
+    let conn = Connection::attach(seg, b.end, b.spin)?;
     match conn.claim() {
         Ok(()) => Ok(conn),
         Err(ClaimError::InUse(pid)) => Err(OpenError::PermissionDenied {
-            reason: format!("end {:?} of this pipe is held by live process {pid}", b.params.end),
+            reason: format!("end {:?} of this pipe is held by live process {pid}", b.end),
         }),
         Err(ClaimError::Closed) => {
-            Err(OpenError::PermissionDenied { reason: format!("end {:?} of this pipe has been closed", b.params.end) })
+            Err(OpenError::PermissionDenied { reason: format!("end {:?} of this pipe has been closed", b.end) })
         }
     }
 }
@@ -999,6 +999,6 @@ impl Object for Connection {
         &self.seg
     }
     fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
-        open(&b, handle)
+        open(&b.opts, &b.params, handle)
     }
 }

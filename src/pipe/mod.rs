@@ -194,7 +194,7 @@ impl Builder<Connection> {
     /// Creates the pipe and returns both ends `(a, b)`, held by this process.
     /// Anonymous unless a name was set.
     pub fn pair(self) -> Result<(Connection, Connection), OpenError> {
-        connection::create(&self, true)
+        connection::create(&self.opts, &self.params, true)
     }
 
     /// Creates a named pipe and returns end A; another process [`open`](Self::open)s end B.
@@ -202,7 +202,7 @@ impl Builder<Connection> {
         if self.opts.name.is_none() {
             return Err(OpenError::invalid("create needs a name; use pair() or Pipe::new() for an anonymous pipe"));
         }
-        connection::create(&self, false).map(|(a, _)| a)
+        connection::create(&self.opts, &self.params, false).map(|(a, _)| a)
     }
 }
 
