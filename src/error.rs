@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 
-use crate::header::TypeInfo;
+use crate::header::{HeaderError, TypeInfo};
 
 /// Why creating or opening a shared-memory object failed.
 #[derive(Debug)]
@@ -133,6 +133,19 @@ impl From<io::Error> for OpenError {
     }
 }
 
+impl From<HeaderError> for OpenError {
+    /// Each header check has its own `OpenError` variant; the mapping is one to one.
+    fn from(e: HeaderError) -> Self {
+        match e {
+            HeaderError::Corrupt(reason) => OpenError::Corrupt { reason },
+            HeaderError::VersionMismatch { expected, found } => OpenError::VersionMismatch { expected, found },
+            HeaderError::KindMismatch { expected, found } => OpenError::KindMismatch { expected, found },
+            HeaderError::TypeMismatch { expected, found } => OpenError::TypeMismatch { expected, found },
+            HeaderError::SizeMismatch { expected, found } => OpenError::SizeMismatch { expected, found },
+        }
+    }
+}
+
 /// Why taking a lock did not give a clean guard.
 ///
 /// `G` is the guard type; it is handed back in [`LockError::OwnerDied`] so the
@@ -210,3 +223,42 @@ impl<G> fmt::Display for LockError<G> {
 }
 
 impl<G> std::error::Error for LockError<G> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::ObjectKind;
+
+    #[test]
+    fn header_errors_keep_their_variant_and_message() {
+        let cases = [
+            HeaderError::Corrupt("bad magic".into()),
+            HeaderError::VersionMismatch { expected: 1, found: 7 },
+            HeaderError::KindMismatch { expected: ObjectKind::Array, found: ObjectKind::Queue },
+            HeaderError::TypeMismatch {
+                expected: Box::new(TypeInfo::of::<u32>()),
+                found: Box::new(TypeInfo::of::<f64>()),
+            },
+            HeaderError::SizeMismatch { expected: 8, found: 144 },
+        ];
+        for h in cases {
+            let text = h.to_string();
+            let o = OpenError::from(h.clone());
+            assert_eq!(o.to_string(), text);
+            let same = match (&h, &o) {
+                (HeaderError::Corrupt(a), OpenError::Corrupt { reason }) => a == reason,
+                (HeaderError::VersionMismatch { .. }, OpenError::VersionMismatch { expected: 1, found: 7 }) => true,
+                (
+                    HeaderError::KindMismatch { .. },
+                    OpenError::KindMismatch { expected: ObjectKind::Array, found: ObjectKind::Queue },
+                ) => true,
+                (HeaderError::TypeMismatch { .. }, OpenError::TypeMismatch { expected, found }) => {
+                    expected.name() == "u32" && found.name() == "f64"
+                }
+                (HeaderError::SizeMismatch { .. }, OpenError::SizeMismatch { expected: 8, found: 144 }) => true,
+                _ => false,
+            };
+            assert!(same, "{h:?} became {o:?}");
+        }
+    }
+}

@@ -20,11 +20,14 @@
 //! The creator writes every field, initialises the payload, and only then stores
 //! `READY` into `init_state` with release ordering. Openers load it with acquire
 //! ordering and read nothing else before they see `READY`.
+//!
+//! Validation (`parse_header`) is a pure function over a private copy of these
+//! 128 bytes. It reports a small `HeaderError`; the segment layer turns that
+//! into the [`OpenError`](crate::OpenError) variant of the same name, so this
+//! module sits below the error module and imports nothing from the crate.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-use crate::error::OpenError;
 
 /// `b"SHMPROC\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPROC\0");
@@ -256,6 +259,66 @@ pub(crate) struct HeaderInfo {
     pub(crate) ty: TypeInfo,
 }
 
+/// Why a header failed validation. The caller (the segment layer) turns it
+/// into the matching [`crate::OpenError`] variant (`impl From<HeaderError> for
+/// OpenError`), so this module does not depend on the error module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// Bad magic, or header fields that disagree with the segment's real size.
+    Corrupt(String),
+    /// Another format version.
+    VersionMismatch {
+        /// The version this library reads.
+        expected: u32,
+        /// The version in the header.
+        found: u32,
+    },
+    /// Another kind of object.
+    KindMismatch {
+        /// The kind asked for.
+        expected: ObjectKind,
+        /// The kind in the header.
+        found: ObjectKind,
+    },
+    /// Another element type.
+    TypeMismatch {
+        /// The type asked for.
+        expected: Box<TypeInfo>,
+        /// The type in the header.
+        found: Box<TypeInfo>,
+    },
+    /// Another payload size.
+    SizeMismatch {
+        /// Bytes expected.
+        expected: u64,
+        /// Bytes found.
+        found: u64,
+    },
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::Corrupt(reason) => write!(f, "corrupt shared-memory object: {reason}"),
+            HeaderError::VersionMismatch { expected, found } => write!(
+                f,
+                "shmproc format version mismatch: this library reads version {expected}, the object has version {found}"
+            ),
+            HeaderError::KindMismatch { expected, found } => {
+                write!(f, "object kind mismatch: expected {expected}, found {found}")
+            }
+            HeaderError::TypeMismatch { expected, found } => {
+                write!(f, "element type mismatch: expected {expected}, found {found}")
+            }
+            HeaderError::SizeMismatch { expected, found } => {
+                write!(f, "payload size mismatch: expected {expected} bytes, found {found} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
 /// Reads a header out of `bytes` (a private copy of the first [`HEADER_SIZE`]
 /// bytes of a segment whose real size is `actual_size`) and checks it against
 /// `spec`. Pure: unit-tested without shared memory.
@@ -263,16 +326,16 @@ pub(crate) fn parse_header(
     bytes: &[u8; HEADER_SIZE],
     actual_size: u64,
     spec: Option<&ObjectSpec>,
-) -> Result<HeaderInfo, OpenError> {
+) -> Result<HeaderInfo, HeaderError> {
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
 
     if u64_at(0) != MAGIC {
-        return Err(OpenError::corrupt("bad magic: not a shmproc segment"));
+        return Err(HeaderError::Corrupt("bad magic: not a shmproc segment".into()));
     }
     let version = u32_at(8);
     if version != FORMAT_VERSION {
-        return Err(OpenError::VersionMismatch { expected: FORMAT_VERSION, found: version });
+        return Err(HeaderError::VersionMismatch { expected: FORMAT_VERSION, found: version });
     }
     let kind = ObjectKind::from_code(u32_at(12));
     let creator_pid = u32_at(20);
@@ -284,37 +347,37 @@ pub(crate) fn parse_header(
     let ty = TypeInfo { name_hash: u64_at(48), size: u32_at(56), align: u32_at(60), name };
 
     if total_size != actual_size {
-        return Err(OpenError::corrupt(format!(
+        return Err(HeaderError::Corrupt(format!(
             "header says the segment is {total_size} bytes but it is {actual_size} bytes"
         )));
     }
     if payload_offset < HEADER_SIZE as u64 || payload_offset % 8 != 0 {
-        return Err(OpenError::corrupt(format!("payload offset {payload_offset} is invalid")));
+        return Err(HeaderError::Corrupt(format!("payload offset {payload_offset} is invalid")));
     }
     match payload_offset.checked_add(payload_size) {
         Some(end) if end <= total_size => {}
         _ => {
-            return Err(OpenError::corrupt(format!(
+            return Err(HeaderError::Corrupt(format!(
                 "payload ({payload_size} bytes at offset {payload_offset}) exceeds the segment ({total_size} bytes)"
             )))
         }
     }
     if usize::try_from(total_size).is_err() {
-        return Err(OpenError::corrupt("segment larger than the address space"));
+        return Err(HeaderError::Corrupt("segment larger than the address space".into()));
     }
     if let Some(spec) = spec {
         if kind != spec.kind {
-            return Err(OpenError::KindMismatch { expected: spec.kind, found: kind });
+            return Err(HeaderError::KindMismatch { expected: spec.kind, found: kind });
         }
         if !spec.ty.matches(&ty) {
-            return Err(OpenError::TypeMismatch { expected: Box::new(spec.ty), found: Box::new(ty) });
+            return Err(HeaderError::TypeMismatch { expected: Box::new(spec.ty), found: Box::new(ty) });
         }
         match spec.payload {
             PayloadSize::Exact(n) if n != payload_size => {
-                return Err(OpenError::SizeMismatch { expected: n, found: payload_size })
+                return Err(HeaderError::SizeMismatch { expected: n, found: payload_size })
             }
             PayloadSize::AtLeast(n) if payload_size < n => {
-                return Err(OpenError::SizeMismatch { expected: n, found: payload_size })
+                return Err(HeaderError::SizeMismatch { expected: n, found: payload_size })
             }
             _ => {}
         }
@@ -385,36 +448,36 @@ mod tests {
     fn bad_magic_is_corrupt() {
         let mut b = good();
         b[0] ^= 0xff;
-        assert!(matches!(parse_header(&b, 4096, None), Err(OpenError::Corrupt { .. })));
+        assert!(matches!(parse_header(&b, 4096, None), Err(HeaderError::Corrupt(_))));
     }
 
     #[test]
     fn version_mismatch() {
         let mut b = good();
         b[8..12].copy_from_slice(&7u32.to_le_bytes());
-        assert!(matches!(parse_header(&b, 4096, None), Err(OpenError::VersionMismatch { expected: 1, found: 7 })));
+        assert!(matches!(parse_header(&b, 4096, None), Err(HeaderError::VersionMismatch { expected: 1, found: 7 })));
     }
 
     #[test]
     fn size_disagreement_is_corrupt() {
-        assert!(matches!(parse_header(&good(), 2048, None), Err(OpenError::Corrupt { .. })));
+        assert!(matches!(parse_header(&good(), 2048, None), Err(HeaderError::Corrupt(_))));
         let mut b = good();
         b[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(parse_header(&b, 4096, None), Err(OpenError::Corrupt { .. })));
+        assert!(matches!(parse_header(&b, 4096, None), Err(HeaderError::Corrupt(_))));
         let mut b = good();
         b[32..40].copy_from_slice(&8u64.to_le_bytes());
-        assert!(matches!(parse_header(&b, 4096, None), Err(OpenError::Corrupt { .. })));
+        assert!(matches!(parse_header(&b, 4096, None), Err(HeaderError::Corrupt(_))));
     }
 
     #[test]
     fn kind_type_and_size_mismatch() {
         let mut s = spec();
         s.kind = ObjectKind::Value;
-        assert!(matches!(parse_header(&good(), 4096, Some(&s)), Err(OpenError::KindMismatch { .. })));
+        assert!(matches!(parse_header(&good(), 4096, Some(&s)), Err(HeaderError::KindMismatch { .. })));
         let mut s = spec();
         s.ty = TypeInfo::of::<u32>();
         match parse_header(&good(), 4096, Some(&s)) {
-            Err(OpenError::TypeMismatch { expected, found }) => {
+            Err(HeaderError::TypeMismatch { expected, found }) => {
                 assert_eq!(expected.name(), "u32");
                 assert_eq!(found.name(), "f64");
             }
@@ -424,7 +487,7 @@ mod tests {
         s.payload = PayloadSize::Exact(8);
         assert!(matches!(
             parse_header(&good(), 4096, Some(&s)),
-            Err(OpenError::SizeMismatch { expected: 8, found: 144 })
+            Err(HeaderError::SizeMismatch { expected: 8, found: 144 })
         ));
     }
 

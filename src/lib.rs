@@ -38,6 +38,7 @@
 mod error;
 pub mod header;
 pub mod inspect;
+mod object;
 pub mod pipe;
 pub mod queue;
 mod segment;
@@ -50,6 +51,7 @@ pub mod process;
 
 pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
+pub use object::{Builder, SegmentBuilder};
 pub use pipe::{Connection, Pipe, PipeBuilder};
 pub use process::{init, Process};
 pub use queue::{
@@ -58,8 +60,7 @@ pub use queue::{
     TryRecvError, TrySendError, WaitMode,
 };
 pub use segment::{
-    unlink, validate_name, Handle, Segment, SegmentBuilder, SegmentOptions, ShmObject, DEFAULT_MODE,
-    DEFAULT_OPEN_TIMEOUT, MAX_NAME_LEN,
+    unlink, validate_name, Handle, Segment, SegmentOptions, ShmObject, DEFAULT_MODE, DEFAULT_OPEN_TIMEOUT, MAX_NAME_LEN,
 };
 pub use sync::{
     AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,

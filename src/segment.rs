@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::OpenError;
-use crate::header::{self, Header, HeaderInfo, ObjectKind, ObjectSpec, PayloadSize, TypeInfo, HEADER_SIZE, READY};
+use crate::header::{self, Header, HeaderInfo, ObjectKind, ObjectSpec, TypeInfo, HEADER_SIZE, READY};
 use crate::sys;
 use crate::time::Deadline;
 
@@ -71,8 +71,9 @@ pub fn unlink(name: &str) -> Result<(), OpenError> {
     sys::shm_unlink(&posix).map_err(|e| map_os(e, &posix))
 }
 
-/// Options common to every named or anonymous shmproc object. Object builders
-/// (`Value::builder()`, `Queue::builder()`, ...) expose these as methods.
+/// Options common to every named or anonymous shmproc object. The object
+/// builder (`shmproc::Builder`, reached through `Value::builder()`,
+/// `Queue::builder()`, ...) exposes these as methods.
 #[derive(Debug, Clone)]
 pub struct SegmentOptions {
     pub(crate) name: Option<String>,
@@ -95,43 +96,6 @@ impl Default for SegmentOptions {
         }
     }
 }
-
-/// Adds the [`SegmentOptions`] setters to a builder with an `opts` field.
-macro_rules! segment_options {
-    () => {
-        /// Names the object (`/dev/shm/<name>`); without a name it is anonymous.
-        pub fn name(mut self, name: impl Into<String>) -> Self {
-            self.opts.name = Some(name.into());
-            self
-        }
-        /// Permission bits for `create` (default `0o600`, owner only).
-        pub fn mode(mut self, mode: u32) -> Self {
-            self.opts.mode = mode;
-            self
-        }
-        /// How long `open` waits for the creator to finish initialising (default 5 s).
-        pub fn open_timeout(mut self, timeout: std::time::Duration) -> Self {
-            self.opts.open_timeout = timeout;
-            self
-        }
-        /// Lets `open` accept an object owned by another user (refused by default).
-        pub fn allow_foreign_owner(mut self, allow: bool) -> Self {
-            self.opts.allow_foreign_owner = allow;
-            self
-        }
-        /// Lets `open` accept an object writable by group or others (refused by default).
-        pub fn allow_shared_write(mut self, allow: bool) -> Self {
-            self.opts.allow_shared_write = allow;
-            self
-        }
-        /// Whether the creator removes the name when its last handle drops (default true).
-        pub fn unlink_on_drop(mut self, unlink: bool) -> Self {
-            self.opts.unlink_on_drop = unlink;
-            self
-        }
-    };
-}
-pub(crate) use segment_options;
 
 /// How another process finds a segment: by name, or by an inherited fd.
 ///
@@ -250,11 +214,6 @@ fn payload_offset_for(align: usize) -> usize {
 }
 
 impl Segment {
-    /// A builder for a raw-bytes segment.
-    pub fn builder() -> SegmentBuilder {
-        SegmentBuilder { opts: SegmentOptions::default(), size: 0 }
-    }
-
     /// Creates a segment holding an object of `spec.kind`, runs `init` on the
     /// zero-filled payload, then publishes it. `payload_align` must be a power of
     /// two no larger than 4096.
@@ -517,59 +476,13 @@ impl Segment {
     }
 }
 
-/// Builder for a raw-bytes [`Segment`] ([`ObjectKind::Bytes`]).
-#[derive(Debug, Clone)]
-pub struct SegmentBuilder {
-    opts: SegmentOptions,
-    size: usize,
-}
-
-impl SegmentBuilder {
-    segment_options!();
-
-    /// Payload size in bytes for `create` (must be > 0).
-    pub fn size(mut self, size: usize) -> Self {
-        self.size = size;
-        self
-    }
-
-    fn spec(&self) -> ObjectSpec {
-        ObjectSpec { kind: ObjectKind::Bytes, ty: TypeInfo::none(), payload: PayloadSize::AtLeast(0) }
-    }
-
-    /// Creates the segment (named if a name was given, else anonymous), zero-filled.
-    pub fn create(self) -> Result<Segment, OpenError> {
-        if self.size == 0 {
-            return Err(OpenError::invalid("segment size must be greater than zero"));
-        }
-        Segment::create_object(&self.opts, ObjectKind::Bytes, TypeInfo::none(), self.size, 64, |_, _| {})
-    }
-
-    /// Opens an existing named segment.
-    pub fn open(self) -> Result<Segment, OpenError> {
-        Segment::open_object(&self.opts, &self.spec())
-    }
-
-    /// Opens the segment behind a handle.
-    pub fn open_handle(self, handle: &Handle) -> Result<Segment, OpenError> {
-        Segment::open_handle(handle, &self.opts, &self.spec())
-    }
-
-    /// Opens the named segment, or creates it if it does not exist.
-    pub fn open_or_create(self) -> Result<Segment, OpenError> {
-        if self.size == 0 {
-            return Err(OpenError::invalid("segment size must be greater than zero"));
-        }
-        Segment::open_or_create_object(&self.opts, &self.spec(), self.size, 64, |_, _| {})
-    }
-}
-
 /// A shmproc object that another process can open from a [`Handle`].
 ///
 /// Every primitive implements it, so a launcher can hand any of them to a child
 /// (through its environment or argv) and the child gets it back with
 /// [`ShmObject::open_handle`]. Opening checks the object's kind and element type,
-/// so a wrong or missing handle is a precise [`OpenError`].
+/// so a wrong or missing handle is a precise [`OpenError`]. It is implemented
+/// once, by the typed-object layer, for every object (`Segment` included).
 pub trait ShmObject: Sized {
     /// The kind recorded in the segment header.
     const KIND: ObjectKind;
@@ -579,19 +492,6 @@ pub trait ShmObject: Sized {
     fn open_handle(handle: &Handle) -> Result<Self, OpenError>;
     /// The segment the object lives in.
     fn segment(&self) -> &Segment;
-}
-
-impl ShmObject for Segment {
-    const KIND: ObjectKind = ObjectKind::Bytes;
-    fn handle(&self) -> Handle {
-        Segment::handle(self)
-    }
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-        Segment::builder().open_handle(handle)
-    }
-    fn segment(&self) -> &Segment {
-        self
-    }
 }
 
 #[cfg(test)]

@@ -13,10 +13,11 @@ use super::ring::{
     frame_header, FrameBody, RingView, Shared, DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG, LEN_BITS,
     MAX_FRAME_LEN, MAX_RING, MIN_RING, PIPE_MAGIC,
 };
-use super::{End, PipeBuilder, RecvError, SendError};
+use super::{End, PipeConfig, RecvError, SendError};
 use crate::error::OpenError;
 use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
-use crate::segment::{Handle, Segment, ShmObject};
+use crate::object::{Builder, Object};
+use crate::segment::{Handle, Segment, SegmentOptions};
 use crate::sys::{self, Identity, Liveness, WaitOutcome};
 use crate::time::Deadline;
 
@@ -172,7 +173,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connection), OpenError> {
+pub(crate) fn create(opts: &SegmentOptions, b: &PipeConfig, both: bool) -> Result<(Connection, Connection), OpenError> {
     let cap = (b.ring_size.max(MIN_RING as usize) as u64)
         .checked_next_power_of_two()
         .filter(|&c| c <= MAX_RING)
@@ -187,7 +188,7 @@ pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connect
     let payload = (DATA_OFFSET as u64 + cap0 + cap) as usize;
     sys::watch_forks();
     let me = sys::current_process();
-    let seg = Segment::create_object(&b.opts, ObjectKind::Pipe, pipe_type(), payload, 128, |p, _| {
+    let seg = Segment::create_object(opts, ObjectKind::Pipe, pipe_type(), payload, 128, |p, _| {
         // SAFETY: the payload is at least DATA_OFFSET bytes, 64-byte aligned
         // (payload_align 64), zero-filled and not yet visible to anyone; Shared
         // holds only atomics.
@@ -211,15 +212,15 @@ pub(crate) fn create(b: &PipeBuilder, both: bool) -> Result<(Connection, Connect
     Ok((a, b_conn))
 }
 
-pub(crate) fn open(b: &PipeBuilder, handle: Option<&Handle>) -> Result<Connection, OpenError> {
+pub(crate) fn open(opts: &SegmentOptions, b: &PipeConfig, handle: Option<&Handle>) -> Result<Connection, OpenError> {
     let spec = ObjectSpec {
         kind: ObjectKind::Pipe,
         ty: pipe_type(),
         payload: PayloadSize::AtLeast(DATA_OFFSET as u64 + MIN_RING),
     };
     let seg = match handle {
-        Some(h) => Segment::open_handle(h, &b.opts, &spec)?,
-        None => Segment::open_object(&b.opts, &spec)?,
+        Some(h) => Segment::open_handle(h, opts, &spec)?,
+        None => Segment::open_object(opts, &spec)?,
     };
     sys::watch_forks();
     let conn = Connection::attach(seg, b.end, b.spin)?;
@@ -991,15 +992,13 @@ impl fmt::Debug for Connection {
     }
 }
 
-impl ShmObject for Connection {
+impl Object for Connection {
     const KIND: ObjectKind = ObjectKind::Pipe;
-    fn handle(&self) -> Handle {
-        Connection::handle(self)
-    }
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-        super::Pipe::builder().open_handle(handle)
-    }
+    type Params = PipeConfig;
     fn segment(&self) -> &Segment {
         &self.seg
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        open(&b.opts, &b.params, handle)
     }
 }

@@ -76,7 +76,7 @@ pub use connection::Connection;
 pub use wait::wait;
 
 use crate::error::OpenError;
-use crate::segment::{segment_options, Handle, SegmentOptions};
+use crate::object::Builder;
 
 /// Default capacity of each ring: 1 MiB.
 pub const DEFAULT_RING_SIZE: usize = 1 << 20;
@@ -120,8 +120,31 @@ impl Pipe {
 
     /// A builder: ring size, message limit, one-way, name, permissions.
     pub fn builder() -> PipeBuilder {
-        PipeBuilder {
-            opts: SegmentOptions::default(),
+        Builder::default()
+    }
+}
+
+/// Builder for a [`Pipe`]: `pair()` (both ends here), `create()` (end A of a
+/// named pipe) and `open()`/`open_handle()` (end B, or the end chosen with
+/// [`end`](Builder::end); `open` fails with [`OpenError::PermissionDenied`] if a
+/// live process other than our parent holds that end, while after
+/// `open_handle` a child takes its end over from its launching parent).
+pub type PipeBuilder = Builder<Connection>;
+
+/// The pipe builder's own settings. Not part of the API.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct PipeConfig {
+    pub(crate) ring_size: usize,
+    pub(crate) max_message: u64,
+    pub(crate) duplex: bool,
+    pub(crate) spin: Duration,
+    pub(crate) end: End,
+}
+
+impl Default for PipeConfig {
+    fn default() -> Self {
+        PipeConfig {
             ring_size: DEFAULT_RING_SIZE,
             max_message: DEFAULT_MAX_MESSAGE,
             duplex: true,
@@ -131,25 +154,11 @@ impl Pipe {
     }
 }
 
-/// Builder for a [`Pipe`]: `pair()` (both ends here), `create()` (end A of a
-/// named pipe) and `open()`/`open_handle()` (end B).
-#[derive(Debug, Clone)]
-pub struct PipeBuilder {
-    pub(crate) opts: SegmentOptions,
-    pub(crate) ring_size: usize,
-    pub(crate) max_message: u64,
-    pub(crate) duplex: bool,
-    pub(crate) spin: Duration,
-    pub(crate) end: End,
-}
-
-impl PipeBuilder {
-    segment_options!();
-
+impl Builder<Connection> {
     /// Capacity of each ring in bytes, rounded up to a power of two (at least
     /// 64; default 1 MiB). Messages larger than this stream through in fragments.
     pub fn ring_size(mut self, bytes: usize) -> Self {
-        self.ring_size = bytes;
+        self.params.ring_size = bytes;
         self
     }
 
@@ -157,14 +166,14 @@ impl PipeBuilder {
     /// Sending more is [`SendError::TooLarge`]; a frame header claiming more is
     /// [`RecvError::Corrupt`].
     pub fn max_message(mut self, bytes: u64) -> Self {
-        self.max_message = bytes;
+        self.params.max_message = bytes;
         self
     }
 
     /// `false`: a one-way pipe; end A only receives and end B only sends, like
     /// `multiprocessing.Pipe(duplex=False)` (default `true`).
     pub fn duplex(mut self, duplex: bool) -> Self {
-        self.duplex = duplex;
+        self.params.duplex = duplex;
         self
     }
 
@@ -172,20 +181,20 @@ impl PipeBuilder {
     /// (default 5 us). Longer lowers latency under load and burns more CPU.
     /// Process-local: each side sets its own.
     pub fn spin(mut self, spin: Duration) -> Self {
-        self.spin = spin;
+        self.params.spin = spin;
         self
     }
 
     /// Which end `open`/`open_handle` claim (default [`End::B`]).
     pub fn end(mut self, end: End) -> Self {
-        self.end = end;
+        self.params.end = end;
         self
     }
 
     /// Creates the pipe and returns both ends `(a, b)`, held by this process.
     /// Anonymous unless a name was set.
     pub fn pair(self) -> Result<(Connection, Connection), OpenError> {
-        connection::create(&self, true)
+        connection::create(&self.opts, &self.params, true)
     }
 
     /// Creates a named pipe and returns end A; another process [`open`](Self::open)s end B.
@@ -193,21 +202,7 @@ impl PipeBuilder {
         if self.opts.name.is_none() {
             return Err(OpenError::invalid("create needs a name; use pair() or Pipe::new() for an anonymous pipe"));
         }
-        connection::create(&self, false).map(|(a, _)| a)
-    }
-
-    /// Opens a named pipe and claims end B (or the end chosen with [`end`](Self::end)).
-    /// Fails with [`OpenError::PermissionDenied`] if a live process other than
-    /// our parent holds that end.
-    pub fn open(self) -> Result<Connection, OpenError> {
-        connection::open(&self, None)
-    }
-
-    /// Opens the pipe behind `handle` (a name, or an fd inherited from the
-    /// launching process) and claims end B (or the end chosen with [`end`](Self::end)).
-    /// The launcher may still hold that end: a child takes it over from its parent.
-    pub fn open_handle(self, handle: &Handle) -> Result<Connection, OpenError> {
-        connection::open(&self, Some(handle))
+        connection::create(&self.opts, &self.params, false).map(|(a, _)| a)
     }
 }
 

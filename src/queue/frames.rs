@@ -15,10 +15,11 @@ use serde::Serialize;
 
 use super::raw::{Engine, Fail, Side};
 use super::ring::Step;
-use super::{queue_options, FrameRecvError, FrameSendError, QueueConfig, Role, WaitMode};
+use super::{FrameRecvError, FrameSendError, QueueConfig, Role, WaitMode};
 use crate::error::OpenError;
 use crate::header::{ObjectKind, TypeInfo};
-use crate::segment::{Handle, Segment, ShmObject};
+use crate::object::{Builder, Object};
+use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
 
 /// Default maximum frame size.
@@ -47,18 +48,12 @@ pub struct FrameQueue {
 }
 
 /// Builder for [`FrameQueue`].
-#[derive(Debug)]
-pub struct FrameQueueBuilder {
-    cfg: QueueConfig,
-    max_frame: usize,
-}
+pub type FrameQueueBuilder = Builder<FrameQueue>;
 
-impl FrameQueueBuilder {
-    queue_options!();
-
+impl Builder<FrameQueue> {
     /// Largest frame in bytes for `create` (default 4096, at most 16 MiB - 4).
     pub fn max_frame(mut self, n: usize) -> Self {
-        self.max_frame = n;
+        self.params.max_frame = n;
         self
     }
 
@@ -70,52 +65,46 @@ impl FrameQueueBuilder {
     }
 
     fn elem(&self) -> Result<u32, OpenError> {
-        u32::try_from(self.max_frame)
+        u32::try_from(self.params.max_frame)
             .ok()
             .and_then(|n| n.checked_add(4))
             .filter(|&n| n <= super::raw::MAX_ELEM)
-            .ok_or_else(|| OpenError::invalid(format!("max_frame {} is too large", self.max_frame)))
+            .ok_or_else(|| OpenError::invalid(format!("max_frame {} is too large", self.params.max_frame)))
     }
 
     /// Creates the queue (named if a name was set, else anonymous).
     pub fn create(self) -> Result<FrameQueue, OpenError> {
-        let geo = self.cfg.geometry(self.elem()?)?;
-        let e = Engine::create(&self.cfg.opts, ObjectKind::FrameQueue, type_info(), geo)?;
-        Self::wrap(self.cfg.finish(e)?)
-    }
-
-    fn open_inner(self, handle: Option<&Handle>) -> Result<FrameQueue, OpenError> {
-        let spec = Engine::spec(ObjectKind::FrameQueue, type_info());
-        let seg = match handle {
-            Some(h) => Segment::open_handle(h, &self.cfg.opts, &spec),
-            None => Segment::open_object(&self.cfg.opts, &spec),
-        };
-        let e = Engine::open(seg, None)?;
-        Self::wrap(self.cfg.finish(e)?)
-    }
-
-    /// Opens an existing named frame queue (its maximum frame comes from the segment).
-    pub fn open(self) -> Result<FrameQueue, OpenError> {
-        self.open_inner(None)
-    }
-
-    /// Opens the frame queue behind `handle`.
-    pub fn open_handle(self, handle: &Handle) -> Result<FrameQueue, OpenError> {
-        self.open_inner(Some(handle))
+        let geo = self.params.geometry(self.elem()?)?;
+        let e = Engine::create(&self.opts, ObjectKind::FrameQueue, type_info(), geo)?;
+        Self::wrap(self.params.finish(e)?)
     }
 
     /// Opens the named frame queue, or creates it with this builder's settings.
     pub fn open_or_create(self) -> Result<FrameQueue, OpenError> {
-        let geo = self.cfg.geometry(self.elem()?)?;
-        let e = Engine::open_or_create(&self.cfg.opts, ObjectKind::FrameQueue, type_info(), geo)?;
-        Self::wrap(self.cfg.finish(e)?)
+        let geo = self.params.geometry(self.elem()?)?;
+        let e = Engine::open_or_create(&self.opts, ObjectKind::FrameQueue, type_info(), geo)?;
+        Self::wrap(self.params.finish(e)?)
+    }
+}
+
+/// `open` and `open_handle` (the maximum frame comes from the segment).
+impl Object for FrameQueue {
+    const KIND: ObjectKind = ObjectKind::FrameQueue;
+    type Params = QueueConfig;
+    fn segment(&self) -> &Segment {
+        FrameQueue::segment(self)
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        let spec = Engine::spec(ObjectKind::FrameQueue, type_info());
+        let e = Engine::open(b.open_segment(handle, &spec), None)?;
+        Builder::wrap(b.params.finish(e)?)
     }
 }
 
 impl FrameQueue {
     /// A builder with default settings (anonymous, capacity 1024, frames up to 4096 bytes).
     pub fn builder() -> FrameQueueBuilder {
-        FrameQueueBuilder { cfg: QueueConfig::default(), max_frame: DEFAULT_MAX_FRAME }
+        Builder::default()
     }
 
     /// The largest frame this queue carries.
@@ -317,22 +306,10 @@ impl fmt::Debug for FrameQueue {
     }
 }
 
-impl ShmObject for FrameQueue {
-    const KIND: ObjectKind = ObjectKind::FrameQueue;
-    fn handle(&self) -> Handle {
-        FrameQueue::handle(self)
-    }
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-        FrameQueue::builder().open_handle(handle)
-    }
-    fn segment(&self) -> &Segment {
-        FrameQueue::segment(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ShmObject;
 
     #[test]
     fn frames_and_values() {

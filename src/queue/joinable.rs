@@ -16,12 +16,13 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use super::{
-    JoinTimeout, Queue, QueueBuilder, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError,
-    TryRecvError, TrySendError,
+    JoinTimeout, Queue, QueueBuilder, QueueConfig, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
+    TaskDoneError, TryRecvError, TrySendError,
 };
 use crate::error::OpenError;
 use crate::header::ObjectKind;
-use crate::segment::{Handle, Segment, ShmObject};
+use crate::object::{Builder, Object};
+use crate::segment::{Handle, Segment};
 use crate::sys;
 use crate::time::Deadline;
 
@@ -61,11 +62,11 @@ impl<T: Pod> QueueBuilder<T> {
     }
     /// Opens a named [`JoinableQueue`].
     pub fn open_joinable(self) -> Result<JoinableQueue<T>, OpenError> {
-        Ok(JoinableQueue { q: self.build_open(ObjectKind::JoinableQueue, None)? })
+        self.cast().open()
     }
     /// Opens the [`JoinableQueue`] behind `handle`.
     pub fn open_joinable_handle(self, handle: &Handle) -> Result<JoinableQueue<T>, OpenError> {
-        Ok(JoinableQueue { q: self.build_open(ObjectKind::JoinableQueue, Some(handle))? })
+        self.cast().open_handle(handle)
     }
     /// Opens the named [`JoinableQueue`], or creates it.
     pub fn open_or_create_joinable(self) -> Result<JoinableQueue<T>, OpenError> {
@@ -199,22 +200,21 @@ impl<T: Pod> JoinableQueue<T> {
     }
 }
 
-impl<T: Pod> ShmObject for JoinableQueue<T> {
+impl<T: Pod> Object for JoinableQueue<T> {
     const KIND: ObjectKind = ObjectKind::JoinableQueue;
-    fn handle(&self) -> Handle {
-        JoinableQueue::handle(self)
-    }
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-        Queue::builder().open_joinable_handle(handle)
-    }
+    type Params = QueueConfig;
     fn segment(&self) -> &Segment {
         JoinableQueue::segment(self)
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        Ok(JoinableQueue { q: b.cast::<Queue<T>>().build_open(ObjectKind::JoinableQueue, handle)? })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ShmObject;
 
     #[test]
     fn join_waits_for_task_done() {

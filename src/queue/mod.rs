@@ -68,7 +68,8 @@ pub use raw::{Role, WaitMode};
 
 use crate::error::OpenError;
 use crate::header::{ObjectKind, TypeInfo};
-use crate::segment::{Handle, Segment, SegmentOptions, ShmObject};
+use crate::object::{Builder, Object};
+use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
 use raw::{Engine, Fail, Geometry, Side};
 use ring::Step;
@@ -78,28 +79,31 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 /// Default size of the participant table (handles that may be open at once).
 pub const DEFAULT_MAX_PARTICIPANTS: u32 = 64;
 
-/// Settings shared by the queue builders.
+/// The queue builders' own settings (the segment options live in the
+/// builder itself). Not part of the API.
+#[doc(hidden)]
 #[derive(Debug, Clone)]
-pub(crate) struct QueueConfig {
-    pub(crate) opts: SegmentOptions,
+pub struct QueueConfig {
     pub(crate) capacity: usize,
     pub(crate) spsc: bool,
     pub(crate) role: Role,
     pub(crate) wait: WaitMode,
     pub(crate) spin: Option<Duration>,
     pub(crate) max_parts: u32,
+    /// [`FrameQueue`] only: the largest frame for `create`.
+    pub(crate) max_frame: usize,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            opts: SegmentOptions::default(),
             capacity: DEFAULT_CAPACITY,
             spsc: false,
             role: Role::Both,
             wait: WaitMode::Adaptive,
             spin: None,
             max_parts: DEFAULT_MAX_PARTICIPANTS,
+            max_frame: frames::DEFAULT_MAX_FRAME,
         }
     }
 }
@@ -125,74 +129,42 @@ impl QueueConfig {
     }
 }
 
-/// Adds the queue-specific builder setters to a builder with a `cfg: QueueConfig`.
-macro_rules! queue_options {
-    () => {
-        /// Capacity in messages for `create` (rounded up to a power of two;
-        /// default 1024).
-        pub fn capacity(mut self, n: usize) -> Self {
-            self.cfg.capacity = n;
-            self
-        }
-        /// Creates the queue in single-producer single-consumer mode: faster, but
-        /// only one process (and one thread at a time) may send and one receive.
-        pub fn spsc(mut self, spsc: bool) -> Self {
-            self.cfg.spsc = spsc;
-            self
-        }
-        /// This handle's role (default [`Role::Both`]); drives disconnection.
-        pub fn role(mut self, role: Role) -> Self {
-            self.cfg.role = role;
-            self
-        }
-        /// How this handle waits (default [`WaitMode::Adaptive`]).
-        pub fn wait_mode(mut self, mode: WaitMode) -> Self {
-            self.cfg.wait = mode;
-            self
-        }
-        /// The adaptive spin budget before sleeping (default 20 us).
-        pub fn spin(mut self, budget: std::time::Duration) -> Self {
-            self.cfg.spin = Some(budget);
-            self
-        }
-        /// Participant-table size for `create` (default 64 handles open at once).
-        pub fn max_participants(mut self, n: u32) -> Self {
-            self.cfg.max_parts = n;
-            self
-        }
-        /// Names the object (`/dev/shm/<name>`); without a name it is anonymous.
-        pub fn name(mut self, name: impl Into<String>) -> Self {
-            self.cfg.opts.name = Some(name.into());
-            self
-        }
-        /// Permission bits for `create` (default `0o600`, owner only).
-        pub fn mode(mut self, mode: u32) -> Self {
-            self.cfg.opts.mode = mode;
-            self
-        }
-        /// How long `open` waits for the creator to finish initialising (default 5 s).
-        pub fn open_timeout(mut self, timeout: std::time::Duration) -> Self {
-            self.cfg.opts.open_timeout = timeout;
-            self
-        }
-        /// Lets `open` accept an object owned by another user (refused by default).
-        pub fn allow_foreign_owner(mut self, allow: bool) -> Self {
-            self.cfg.opts.allow_foreign_owner = allow;
-            self
-        }
-        /// Lets `open` accept an object writable by group or others (refused by default).
-        pub fn allow_shared_write(mut self, allow: bool) -> Self {
-            self.cfg.opts.allow_shared_write = allow;
-            self
-        }
-        /// Whether the creator removes the name when its last handle drops (default true).
-        pub fn unlink_on_drop(mut self, unlink: bool) -> Self {
-            self.cfg.opts.unlink_on_drop = unlink;
-            self
-        }
-    };
+/// The queue-specific setters, for every queue builder ([`QueueBuilder`],
+/// [`FrameQueueBuilder`]).
+impl<O: Object<Params = QueueConfig>> Builder<O> {
+    /// Capacity in messages for `create` (rounded up to a power of two;
+    /// default 1024).
+    pub fn capacity(mut self, n: usize) -> Self {
+        self.params.capacity = n;
+        self
+    }
+    /// Creates the queue in single-producer single-consumer mode: faster, but
+    /// only one process (and one thread at a time) may send and one receive.
+    pub fn spsc(mut self, spsc: bool) -> Self {
+        self.params.spsc = spsc;
+        self
+    }
+    /// This handle's role (default [`Role::Both`]); drives disconnection.
+    pub fn role(mut self, role: Role) -> Self {
+        self.params.role = role;
+        self
+    }
+    /// How this handle waits (default [`WaitMode::Adaptive`]).
+    pub fn wait_mode(mut self, mode: WaitMode) -> Self {
+        self.params.wait = mode;
+        self
+    }
+    /// The adaptive spin budget before sleeping (default 20 us).
+    pub fn spin(mut self, budget: std::time::Duration) -> Self {
+        self.params.spin = Some(budget);
+        self
+    }
+    /// Participant-table size for `create` (default 64 handles open at once).
+    pub fn max_participants(mut self, n: u32) -> Self {
+        self.params.max_parts = n;
+        self
+    }
 }
-pub(crate) use queue_options;
 
 /// Maps an engine failure for receives.
 fn map_recv(f: Fail) -> RecvTimeoutError {
@@ -217,16 +189,7 @@ pub struct Queue<T: Pod> {
 
 /// Builder for [`Queue`]: capacity, mode, role, then `create`, `open`,
 /// `open_handle` or `open_or_create`.
-pub struct QueueBuilder<T> {
-    cfg: QueueConfig,
-    _t: PhantomData<fn(T) -> T>,
-}
-
-impl<T> fmt::Debug for QueueBuilder<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueBuilder").field("cfg", &self.cfg).finish()
-    }
-}
+pub type QueueBuilder<T> = Builder<Queue<T>>;
 
 fn elem_size<T: Pod>() -> Result<u32, OpenError> {
     let n = std::mem::size_of::<T>();
@@ -236,57 +199,49 @@ fn elem_size<T: Pod>() -> Result<u32, OpenError> {
     Ok(n as u32)
 }
 
-impl<T: Pod> QueueBuilder<T> {
-    queue_options!();
-
-    fn kind() -> ObjectKind {
-        ObjectKind::Queue
-    }
-
+impl<T: Pod> Builder<Queue<T>> {
     pub(crate) fn build_create(self, kind: ObjectKind) -> Result<Queue<T>, OpenError> {
-        let geo = self.cfg.geometry(elem_size::<T>()?)?;
-        let e = Engine::create(&self.cfg.opts, kind, TypeInfo::of::<T>(), geo)?;
-        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
+        let geo = self.params.geometry(elem_size::<T>()?)?;
+        let e = Engine::create(&self.opts, kind, TypeInfo::of::<T>(), geo)?;
+        Ok(Queue { e: self.params.finish(e)?, excl: 0, _t: PhantomData })
     }
 
     pub(crate) fn build_open(self, kind: ObjectKind, handle: Option<&Handle>) -> Result<Queue<T>, OpenError> {
         let n = elem_size::<T>()?;
         let spec = Engine::spec(kind, TypeInfo::of::<T>());
-        let seg = match handle {
-            Some(h) => Segment::open_handle(h, &self.cfg.opts, &spec),
-            None => Segment::open_object(&self.cfg.opts, &spec),
-        };
-        let e = Engine::open(seg, Some(n))?;
-        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
+        let e = Engine::open(self.open_segment(handle, &spec), Some(n))?;
+        Ok(Queue { e: self.params.finish(e)?, excl: 0, _t: PhantomData })
     }
 
     pub(crate) fn build_open_or_create(self, kind: ObjectKind) -> Result<Queue<T>, OpenError> {
-        let geo = self.cfg.geometry(elem_size::<T>()?)?;
-        let e = Engine::open_or_create(&self.cfg.opts, kind, TypeInfo::of::<T>(), geo)?;
+        let geo = self.params.geometry(elem_size::<T>()?)?;
+        let e = Engine::open_or_create(&self.opts, kind, TypeInfo::of::<T>(), geo)?;
         if e.geo.elem_size != geo.elem_size {
             return Err(OpenError::SizeMismatch { expected: geo.elem_size as u64, found: e.geo.elem_size as u64 });
         }
-        Ok(Queue { e: self.cfg.finish(e)?, excl: 0, _t: PhantomData })
+        Ok(Queue { e: self.params.finish(e)?, excl: 0, _t: PhantomData })
     }
 
     /// Creates the queue (named if a name was set, else anonymous).
     pub fn create(self) -> Result<Queue<T>, OpenError> {
-        self.build_create(Self::kind())
-    }
-
-    /// Opens an existing named queue (its capacity and mode come from the segment).
-    pub fn open(self) -> Result<Queue<T>, OpenError> {
-        self.build_open(Self::kind(), None)
-    }
-
-    /// Opens the queue behind `handle` (see [`Queue::handle`]).
-    pub fn open_handle(self, handle: &Handle) -> Result<Queue<T>, OpenError> {
-        self.build_open(Self::kind(), Some(handle))
+        self.build_create(ObjectKind::Queue)
     }
 
     /// Opens the named queue, or creates it with this builder's settings.
     pub fn open_or_create(self) -> Result<Queue<T>, OpenError> {
-        self.build_open_or_create(Self::kind())
+        self.build_open_or_create(ObjectKind::Queue)
+    }
+}
+
+/// `open` and `open_handle` (the queue's capacity and mode come from the segment).
+impl<T: Pod> Object for Queue<T> {
+    const KIND: ObjectKind = ObjectKind::Queue;
+    type Params = QueueConfig;
+    fn segment(&self) -> &Segment {
+        Queue::segment(self)
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        b.build_open(ObjectKind::Queue, handle)
     }
 }
 
@@ -294,7 +249,7 @@ impl<T: Pod> Queue<T> {
     /// A builder with default settings (anonymous, capacity 1024, MPMC, role
     /// `Both`, adaptive waiting).
     pub fn builder() -> QueueBuilder<T> {
-        QueueBuilder { cfg: QueueConfig::default(), _t: PhantomData }
+        Builder::default()
     }
 
     /// An anonymous MPMC queue of `capacity` messages, inherited by forked children.
@@ -703,19 +658,6 @@ unsafe impl<T: Pod + Send> Send for Queue<T> {}
 // SAFETY: as above; every method takes &self and is safe to call concurrently.
 unsafe impl<T: Pod + Send> Sync for Queue<T> {}
 
-impl<T: Pod> ShmObject for Queue<T> {
-    const KIND: ObjectKind = ObjectKind::Queue;
-    fn handle(&self) -> Handle {
-        Queue::handle(self)
-    }
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-        Queue::builder().open_handle(handle)
-    }
-    fn segment(&self) -> &Segment {
-        Queue::segment(self)
-    }
-}
-
 /// Blocking iterator from [`Queue::iter`].
 #[derive(Debug)]
 pub struct Iter<'a, T: Pod> {
@@ -753,6 +695,7 @@ impl<'a, T: Pod> IntoIterator for &'a Queue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ShmObject;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     static N: AtomicU64 = AtomicU64::new(0);

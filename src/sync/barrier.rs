@@ -33,9 +33,10 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::{sync_builder, sync_shm_object, Os, Platform, Shared, SharedState};
+use super::{Os, Platform, Shared, SharedState};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
+use crate::object::{Builder, Object};
 use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
 
@@ -119,33 +120,30 @@ pub struct Barrier {
     parties: u32,
 }
 
-sync_builder!(
-    /// Builder for [`Barrier`]: name and permissions, then `create`, `open` or `open_or_create`.
-    BarrierBuilder
-);
+/// Builder for [`Barrier`]: name and permissions, then `create`, `open` or `open_or_create`.
+pub type BarrierBuilder = Builder<Barrier>;
 
-impl BarrierBuilder {
+impl Builder<Barrier> {
     /// Creates a barrier for `parties` (>= 1) participants.
     pub fn create(self, parties: u32) -> Result<Barrier, OpenError> {
         Barrier::checked(parties)?;
-        Barrier::from_shared(Shared::create(&self.opts, ObjectKind::Barrier, |s: &BarrierState| {
-            s.parties.store(parties, Relaxed)
-        })?)
-    }
-    /// Opens an existing named barrier.
-    pub fn open(self) -> Result<Barrier, OpenError> {
-        Barrier::from_shared(Shared::open(&self.opts, ObjectKind::Barrier)?)
-    }
-    /// Opens the barrier behind `handle`.
-    pub fn open_handle(self, handle: &Handle) -> Result<Barrier, OpenError> {
-        Barrier::from_shared(Shared::open_handle(&self.opts, ObjectKind::Barrier, handle)?)
+        Barrier::from_shared(Shared::create(&self, |s: &BarrierState| s.parties.store(parties, Relaxed))?)
     }
     /// Opens the named barrier, or creates it for `parties` participants.
     pub fn open_or_create(self, parties: u32) -> Result<Barrier, OpenError> {
         Barrier::checked(parties)?;
-        Barrier::from_shared(Shared::open_or_create(&self.opts, ObjectKind::Barrier, |s: &BarrierState| {
-            s.parties.store(parties, Relaxed)
-        })?)
+        Barrier::from_shared(Shared::open_or_create(&self, |s: &BarrierState| s.parties.store(parties, Relaxed))?)
+    }
+}
+
+impl Object for Barrier {
+    const KIND: ObjectKind = ObjectKind::Barrier;
+    type Params = ();
+    fn segment(&self) -> &Segment {
+        self.shared.segment()
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        Barrier::from_shared(Shared::open(&b, handle)?)
     }
 }
 
@@ -167,7 +165,7 @@ impl Barrier {
 
     /// A builder with default options (anonymous, mode 0600).
     pub fn builder() -> BarrierBuilder {
-        BarrierBuilder::default()
+        Builder::default()
     }
     /// An anonymous barrier for `parties` participants, shared with children forked later.
     pub fn anonymous(parties: u32) -> Result<Self, OpenError> {
@@ -280,8 +278,6 @@ impl fmt::Debug for Barrier {
             .finish()
     }
 }
-
-sync_shm_object!(Barrier, BarrierBuilder, Barrier);
 
 #[cfg(all(test, not(loom)))]
 mod tests {

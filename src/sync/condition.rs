@@ -28,9 +28,10 @@ use bytemuck::Pod;
 use super::atomic::AtomicU32;
 use super::mutex::{Mutex, MutexGuard};
 use super::raw_mutex::{Acquired, RawLockError};
-use super::{sync_builder, sync_shm_object, Os, Platform, Shared, SharedState, Wait};
+use super::{Os, Platform, Shared, SharedState, Wait};
 use crate::error::{LockError, OpenError};
 use crate::header::ObjectKind;
+use crate::object::{Builder, Object};
 use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
 
@@ -69,27 +70,28 @@ pub struct Condition {
     shared: Shared<CondState>,
 }
 
-sync_builder!(
-    /// Builder for [`Condition`]: name and permissions, then `create`, `open` or `open_or_create`.
-    ConditionBuilder
-);
+/// Builder for [`Condition`]: name and permissions, then `create`, `open` or `open_or_create`.
+pub type ConditionBuilder = Builder<Condition>;
 
-impl ConditionBuilder {
+impl Builder<Condition> {
     /// Creates the condition variable.
     pub fn create(self) -> Result<Condition, OpenError> {
-        Ok(Condition { shared: Shared::create(&self.opts, ObjectKind::Condition, |_| {})? })
-    }
-    /// Opens an existing named condition variable.
-    pub fn open(self) -> Result<Condition, OpenError> {
-        Ok(Condition { shared: Shared::open(&self.opts, ObjectKind::Condition)? })
-    }
-    /// Opens the condition variable behind `handle`.
-    pub fn open_handle(self, handle: &Handle) -> Result<Condition, OpenError> {
-        Ok(Condition { shared: Shared::open_handle(&self.opts, ObjectKind::Condition, handle)? })
+        Ok(Condition { shared: Shared::create(&self, |_| {})? })
     }
     /// Opens the named condition variable, or creates it.
     pub fn open_or_create(self) -> Result<Condition, OpenError> {
-        Ok(Condition { shared: Shared::open_or_create(&self.opts, ObjectKind::Condition, |_| {})? })
+        Ok(Condition { shared: Shared::open_or_create(&self, |_| {})? })
+    }
+}
+
+impl Object for Condition {
+    const KIND: ObjectKind = ObjectKind::Condition;
+    type Params = ();
+    fn segment(&self) -> &Segment {
+        self.shared.segment()
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        Ok(Condition { shared: Shared::open(&b, handle)? })
     }
 }
 
@@ -98,7 +100,7 @@ type Relock<'a, T> = Result<MutexGuard<'a, T>, LockError<MutexGuard<'a, T>>>;
 impl Condition {
     /// A builder with default options (anonymous, mode 0600).
     pub fn builder() -> ConditionBuilder {
-        ConditionBuilder::default()
+        Builder::default()
     }
     /// An anonymous condition variable, shared with children forked later.
     pub fn anonymous() -> Result<Self, OpenError> {
@@ -245,8 +247,6 @@ impl fmt::Debug for Condition {
         f.debug_struct("Condition").field("segment", self.shared.segment()).finish()
     }
 }
-
-sync_shm_object!(Condition, ConditionBuilder, Condition);
 
 #[cfg(all(test, not(loom)))]
 mod tests {

@@ -20,9 +20,10 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState};
+use super::{loom_sc_fence, spin_until, Os, Platform, Shared, SharedState};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
+use crate::object::{Builder, Object};
 use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
 
@@ -104,34 +105,35 @@ pub struct Event {
     shared: Shared<EventState>,
 }
 
-sync_builder!(
-    /// Builder for [`Event`]: name and permissions, then `create`, `open` or `open_or_create`.
-    EventBuilder
-);
+/// Builder for [`Event`]: name and permissions, then `create`, `open` or `open_or_create`.
+pub type EventBuilder = Builder<Event>;
 
-impl EventBuilder {
+impl Builder<Event> {
     /// Creates the event, initially clear.
     pub fn create(self) -> Result<Event, OpenError> {
-        Ok(Event { shared: Shared::create(&self.opts, ObjectKind::Event, |_| {})? })
-    }
-    /// Opens an existing named event.
-    pub fn open(self) -> Result<Event, OpenError> {
-        Ok(Event { shared: Shared::open(&self.opts, ObjectKind::Event)? })
-    }
-    /// Opens the event behind `handle`.
-    pub fn open_handle(self, handle: &Handle) -> Result<Event, OpenError> {
-        Ok(Event { shared: Shared::open_handle(&self.opts, ObjectKind::Event, handle)? })
+        Ok(Event { shared: Shared::create(&self, |_| {})? })
     }
     /// Opens the named event, or creates it clear.
     pub fn open_or_create(self) -> Result<Event, OpenError> {
-        Ok(Event { shared: Shared::open_or_create(&self.opts, ObjectKind::Event, |_| {})? })
+        Ok(Event { shared: Shared::open_or_create(&self, |_| {})? })
+    }
+}
+
+impl Object for Event {
+    const KIND: ObjectKind = ObjectKind::Event;
+    type Params = ();
+    fn segment(&self) -> &Segment {
+        self.shared.segment()
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        Ok(Event { shared: Shared::open(&b, handle)? })
     }
 }
 
 impl Event {
     /// A builder with default options (anonymous, mode 0600).
     pub fn builder() -> EventBuilder {
-        EventBuilder::default()
+        Builder::default()
     }
     /// An anonymous event, shared with children forked later.
     pub fn anonymous() -> Result<Self, OpenError> {
@@ -188,8 +190,6 @@ impl fmt::Debug for Event {
         f.debug_struct("Event").field("set", &self.is_set()).field("segment", self.shared.segment()).finish()
     }
 }
-
-sync_shm_object!(Event, EventBuilder, Event);
 
 #[cfg(all(test, not(loom)))]
 mod tests {

@@ -12,13 +12,12 @@
 //! shared state (`ci/loom.sh`).
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::time::Duration;
 
 use crate::error::OpenError;
-use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
-use crate::segment::{Segment, SegmentOptions};
+use crate::object::{Builder, Object, Prefix, View};
+use crate::segment::{Handle, Segment};
 use crate::sys::Identity;
 use crate::time::Deadline;
 
@@ -212,22 +211,21 @@ pub(crate) unsafe trait SharedState: Sync + 'static {
     }
 }
 
-/// A segment whose payload is one `S`.
+/// A segment whose payload is one `S`: a typed view ([`crate::object`],
+/// no prefix, exactly one element) whose state is validated at open.
 pub(crate) struct Shared<S> {
-    seg: Segment,
-    ptr: NonNull<S>,
-    _s: PhantomData<S>,
+    view: View<S>,
 }
 
 impl<S> Clone for Shared<S> {
     fn clone(&self) -> Self {
-        Shared { seg: self.seg.clone(), ptr: self.ptr, _s: PhantomData }
+        Shared { view: self.view.clone() }
     }
 }
 
 impl<S> fmt::Debug for Shared<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.seg.fmt(f)
+        self.view.fmt(f)
     }
 }
 
@@ -237,121 +235,49 @@ unsafe impl<S: SharedState> Send for Shared<S> {}
 unsafe impl<S: SharedState> Sync for Shared<S> {}
 
 impl<S: SharedState> Shared<S> {
-    fn spec(kind: ObjectKind) -> ObjectSpec {
-        ObjectSpec { kind, ty: TypeInfo::of::<S>(), payload: PayloadSize::Exact(std::mem::size_of::<S>() as u64) }
-    }
-
-    fn from_segment(seg: Segment) -> Result<Self, OpenError> {
-        if seg.payload_len() < std::mem::size_of::<S>() {
-            return Err(OpenError::corrupt("payload smaller than the primitive's state"));
-        }
-        let p = seg.payload_ptr();
-        if (p.as_ptr() as usize) % std::mem::align_of::<S>() != 0 {
-            return Err(OpenError::corrupt("payload is misaligned"));
-        }
-        let s = Shared { ptr: p.cast::<S>(), seg, _s: PhantomData };
+    fn checked(view: View<S>) -> Result<Self, OpenError> {
+        let s = Shared { view };
         s.get().validate()?;
         Ok(s)
     }
 
-    /// Creates the segment; `init` fills in the zeroed state before it is published.
-    pub(crate) fn create(opts: &SegmentOptions, kind: ObjectKind, init: impl Fn(&S)) -> Result<Self, OpenError> {
-        let seg = Segment::create_object(
-            opts,
-            kind,
-            TypeInfo::of::<S>(),
-            std::mem::size_of::<S>(),
-            std::mem::align_of::<S>().max(8),
-            |p, _| {
-                // SAFETY: the zero-filled payload is size_of::<S>() bytes, aligned
-                // for S (requested above); all-zero is a valid S (SharedState).
-                init(unsafe { p.cast::<S>().as_ref() })
-            },
-        )?;
-        Self::from_segment(seg)
+    /// `init` as a view initialiser: it fills in the zeroed state before it is published.
+    fn init(init: impl Fn(&S)) -> impl Fn(NonNull<S>) {
+        move |p| {
+            // SAFETY: `p` is the aligned, zero-filled, unpublished state (the
+            // view checks size and alignment); all-zero is a valid S (SharedState).
+            init(unsafe { p.as_ref() })
+        }
     }
 
-    /// Opens the named object.
-    pub(crate) fn open(opts: &SegmentOptions, kind: ObjectKind) -> Result<Self, OpenError> {
-        Self::from_segment(Segment::open_object(opts, &Self::spec(kind))?)
+    /// Creates the segment of `O`'s kind; `init` fills in the zeroed state.
+    pub(crate) fn create<O: Object>(b: &Builder<O>, init: impl Fn(&S)) -> Result<Self, OpenError> {
+        Self::checked(View::create(b, Prefix::None, 1, Self::init(init))?)
     }
 
-    /// Opens the object behind `handle`.
-    pub(crate) fn open_handle(
-        opts: &SegmentOptions,
-        kind: ObjectKind,
-        handle: &crate::segment::Handle,
-    ) -> Result<Self, OpenError> {
-        Self::from_segment(Segment::open_handle(handle, opts, &Self::spec(kind))?)
+    /// Opens the object named by `b`, or the one behind `handle`.
+    pub(crate) fn open<O: Object>(b: &Builder<O>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        Self::checked(View::open(b, handle, Prefix::None, Some(1))?)
     }
 
     /// Opens the named object or creates it with `init`.
-    pub(crate) fn open_or_create(
-        opts: &SegmentOptions,
-        kind: ObjectKind,
-        init: impl Fn(&S),
-    ) -> Result<Self, OpenError> {
-        let seg = Segment::open_or_create_object(
-            opts,
-            &Self::spec(kind),
-            std::mem::size_of::<S>(),
-            std::mem::align_of::<S>().max(8),
-            |p, _| {
-                // SAFETY: as in `create`.
-                init(unsafe { p.cast::<S>().as_ref() })
-            },
-        )?;
-        Self::from_segment(seg)
+    pub(crate) fn open_or_create<O: Object>(b: &Builder<O>, init: impl Fn(&S)) -> Result<Self, OpenError> {
+        Self::checked(View::open_or_create(b, Prefix::None, 1, Self::init(init))?)
     }
 
     /// The shared state.
     #[inline]
     pub(crate) fn get(&self) -> &S {
-        // SAFETY: `ptr` points into the mapping owned by `seg` (checked size and
-        // alignment at open); S is only atomics, valid for any bytes.
-        unsafe { self.ptr.as_ref() }
+        // SAFETY: the view's pointer is into the mapping it keeps alive (size
+        // and alignment checked at open); S is only atomics, valid for any bytes.
+        unsafe { self.view.data().as_ref() }
     }
 
     /// The segment.
     pub(crate) fn segment(&self) -> &Segment {
-        &self.seg
+        self.view.segment()
     }
 }
-
-/// Declares a builder struct with the common segment options.
-macro_rules! sync_builder {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Default)]
-        pub struct $name {
-            opts: $crate::segment::SegmentOptions,
-        }
-
-        impl $name {
-            $crate::segment::segment_options!();
-        }
-    };
-}
-pub(crate) use sync_builder;
-
-/// Implements `ShmObject` for a primitive with a `shared: Shared<_>` field.
-macro_rules! sync_shm_object {
-    ($ty:ident, $builder:ident, $kind:ident) => {
-        impl $crate::segment::ShmObject for $ty {
-            const KIND: $crate::header::ObjectKind = $crate::header::ObjectKind::$kind;
-            fn handle(&self) -> $crate::segment::Handle {
-                self.shared.segment().handle()
-            }
-            fn open_handle(handle: &$crate::segment::Handle) -> Result<Self, $crate::error::OpenError> {
-                $builder::default().open_handle(handle)
-            }
-            fn segment(&self) -> &$crate::segment::Segment {
-                self.shared.segment()
-            }
-        }
-    };
-}
-pub(crate) use sync_shm_object;
 
 #[cfg(all(test, not(loom)))]
 mod tests {

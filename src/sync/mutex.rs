@@ -1,13 +1,17 @@
-//! [`Mutex<T>`]: a robust cross-process mutex protecting a `T: Pod`.
+//! [`Mutex<T>`]: a robust cross-process mutex protecting a `T: Pod` or, as
+//! `Mutex<[T]>`, a slice of them. The one locked object of the crate:
+//! [`crate::Value`] is a `Mutex<T>` and [`crate::Array`] a `Mutex<[T]>`, each
+//! recorded under its own kind, and all three lock through [`MutexGuard`].
 //!
 //! ## Layout (payload)
 //!
-//! | offset        | size        | field                                      |
-//! |--------------:|------------:|--------------------------------------------|
-//! | 0             | 64          | the robust lock ([`raw_mutex`](super::raw_mutex)) |
-//! | `data_offset` | `size_of T` | the data; `data_offset` = 64 rounded up to `align_of T` |
+//! | offset        | size              | field                                      |
+//! |--------------:|------------------:|--------------------------------------------|
+//! | 0             | 64                | the robust lock ([`raw_mutex`](super::raw_mutex)) |
+//! | `data_offset` | `len * size_of T` | the data; `data_offset` = 64 rounded up to `align_of T` |
 //!
-//! This is the same layout as [`crate::Value`]; only the kind code differs.
+//! `len` is 1 for `Mutex<T>` and `Value<T>`. The segment, header check and view
+//! come from the typed-object layer ([`crate::object`], `Prefix::Lock`).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -19,23 +23,14 @@ use bytemuck::Pod;
 
 use super::raw_mutex::{Acquired, RawLockError, RawMutex};
 use crate::error::{LockError, OpenError};
-use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
-use crate::segment::{segment_options, Handle, Segment, SegmentOptions};
+use crate::header::ObjectKind;
+use crate::object::{Builder, Object, Prefix, View};
+use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
 
-const LOCK_SIZE: usize = std::mem::size_of::<RawMutex>();
-
-fn data_offset<T>() -> usize {
-    LOCK_SIZE.div_ceil(std::mem::align_of::<T>()) * std::mem::align_of::<T>()
-}
-
-fn payload_size<T>() -> usize {
-    data_offset::<T>() + std::mem::size_of::<T>()
-}
-
-fn payload_align<T>() -> usize {
-    std::mem::align_of::<T>().max(64)
-}
+// The typed-object layer reserves 64 bytes for the lock (`Prefix::Lock`).
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<RawMutex>() == 64 && std::mem::align_of::<RawMutex>() <= 64);
 
 /// Maps a raw lock result to the public one, building the guard when the lock is held.
 pub(crate) fn map_lock<G>(r: Result<Acquired, RawLockError>, guard: impl FnOnce() -> G) -> Result<G, LockError<G>> {
@@ -49,7 +44,32 @@ pub(crate) fn map_lock<G>(r: Result<Acquired, RawLockError>, guard: impl FnOnce(
     }
 }
 
-/// A robust mutex shared between processes, protecting one `T`.
+/// What a locked (or raw) object can hold: one `T: Pod`, or a slice `[T]` of
+/// them. Implemented for exactly those two shapes; not part of the API.
+#[doc(hidden)]
+pub trait Data {
+    /// The element type stored in shared memory.
+    type Elem: Pod;
+    /// The data made of `len` elements starting at `first`.
+    fn from_elems(first: NonNull<Self::Elem>, len: usize) -> NonNull<Self>;
+}
+
+impl<T: Pod> Data for T {
+    type Elem = T;
+    fn from_elems(first: NonNull<T>, _len: usize) -> NonNull<T> {
+        first
+    }
+}
+
+impl<T: Pod> Data for [T] {
+    type Elem = T;
+    fn from_elems(first: NonNull<T>, len: usize) -> NonNull<[T]> {
+        NonNull::slice_from_raw_parts(first, len)
+    }
+}
+
+/// A robust mutex shared between processes, protecting one `T` (or, as
+/// `Mutex<[T]>`, the elements of an [`crate::Array`]).
 ///
 /// If a process dies while holding it (even by `kill -9`), the next `lock`
 /// returns [`LockError::OwnerDied`] with the guard: repair the data, call
@@ -77,110 +97,41 @@ pub(crate) fn map_lock<G>(r: Result<Acquired, RawLockError>, guard: impl FnOnce(
 /// assert_eq!(*m.lock().map_err(|e| e.to_string())?, 1);
 /// # Ok(()) }
 /// ```
-pub struct Mutex<T: Pod> {
+pub struct Mutex<T: ?Sized> {
     seg: Segment,
     data: NonNull<T>,
-    _t: PhantomData<T>,
 }
 
 /// Builder for [`Mutex`]: name and permissions, then `create`, `open` or `open_or_create`.
-pub struct MutexBuilder<T> {
-    opts: SegmentOptions,
-    _t: PhantomData<T>,
-}
+pub type MutexBuilder<T> = Builder<Mutex<T>>;
 
-impl<T> fmt::Debug for MutexBuilder<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MutexBuilder").field("opts", &self.opts).finish()
-    }
-}
-
-impl<T: Pod> MutexBuilder<T> {
-    segment_options!();
-
-    fn check_type() -> Result<(), OpenError> {
-        if std::mem::size_of::<T>() == 0 {
-            return Err(OpenError::invalid("zero-sized types cannot be shared"));
-        }
-        if std::mem::align_of::<T>() > 4096 {
-            return Err(OpenError::invalid("alignment above 4096 is not supported"));
-        }
-        Ok(())
-    }
-
-    fn spec() -> ObjectSpec {
-        ObjectSpec {
-            kind: ObjectKind::Mutex,
-            ty: TypeInfo::of::<T>(),
-            payload: PayloadSize::Exact(payload_size::<T>() as u64),
-        }
-    }
-
-    fn init(init: T) -> impl Fn(NonNull<u8>, usize) {
-        move |p, _| {
-            // SAFETY: the payload is payload_size::<T>() zeroed bytes (an unlocked
-            // lock), aligned to payload_align::<T>(), and not yet shared.
-            unsafe { (p.as_ptr().add(data_offset::<T>()) as *mut T).write(init) }
-        }
-    }
-
+impl<T: Pod> Builder<Mutex<T>> {
     /// Creates the mutex (named if a name was set, else anonymous) holding `init`.
     pub fn create(self, init: T) -> Result<Mutex<T>, OpenError> {
-        Self::check_type()?;
-        let seg = Segment::create_object(
-            &self.opts,
-            ObjectKind::Mutex,
-            TypeInfo::of::<T>(),
-            payload_size::<T>(),
-            payload_align::<T>(),
-            Self::init(init),
-        )?;
-        Mutex::from_segment(seg)
-    }
-
-    /// Opens an existing named mutex.
-    pub fn open(self) -> Result<Mutex<T>, OpenError> {
-        Self::check_type()?;
-        Mutex::from_segment(Segment::open_object(&self.opts, &Self::spec())?)
-    }
-
-    /// Opens the mutex behind `handle`.
-    pub fn open_handle(self, handle: &Handle) -> Result<Mutex<T>, OpenError> {
-        Self::check_type()?;
-        Mutex::from_segment(Segment::open_handle(handle, &self.opts, &Self::spec())?)
+        Mutex::create_in(&self, std::slice::from_ref(&init))
     }
 
     /// Opens the named mutex, or creates it holding `init`.
     pub fn open_or_create(self, init: T) -> Result<Mutex<T>, OpenError> {
-        Self::check_type()?;
-        let seg = Segment::open_or_create_object(
-            &self.opts,
-            &Self::spec(),
-            payload_size::<T>(),
-            payload_align::<T>(),
-            Self::init(init),
-        )?;
-        Mutex::from_segment(seg)
+        Mutex::open_or_create_in(&self, std::slice::from_ref(&init))
+    }
+}
+
+impl<T: Pod> Object for Mutex<T> {
+    const KIND: ObjectKind = ObjectKind::Mutex;
+    type Params = ();
+    fn segment(&self) -> &Segment {
+        &self.seg
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        Mutex::open_in(&b, handle, Some(1))
     }
 }
 
 impl<T: Pod> Mutex<T> {
-    fn from_segment(seg: Segment) -> Result<Self, OpenError> {
-        if seg.payload_len() < payload_size::<T>() {
-            return Err(OpenError::corrupt("payload smaller than a mutex and its data"));
-        }
-        let base = seg.payload_ptr().as_ptr();
-        if (base as usize) % payload_align::<T>() != 0 {
-            return Err(OpenError::corrupt("mutex payload is misaligned"));
-        }
-        // SAFETY: data_offset + size_of T <= payload_len, inside the mapping.
-        let data = unsafe { NonNull::new_unchecked(base.add(data_offset::<T>()) as *mut T) };
-        Ok(Mutex { seg, data, _t: PhantomData })
-    }
-
     /// A builder with default options (anonymous, mode 0600, 5 s open timeout).
     pub fn builder() -> MutexBuilder<T> {
-        MutexBuilder { opts: SegmentOptions::default(), _t: PhantomData }
+        Builder::default()
     }
 
     /// An anonymous mutex holding `init`, shared with children forked later.
@@ -197,25 +148,51 @@ impl<T: Pod> Mutex<T> {
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Self::builder().name(name).open()
     }
+}
+
+impl<D: ?Sized + Data> Mutex<D> {
+    fn from_view(v: View<D::Elem>) -> Self {
+        Mutex { data: D::from_elems(v.data(), v.len()), seg: v.segment().clone() }
+    }
+
+    /// Creates a locked object of `O`'s kind holding a copy of `init`.
+    pub(crate) fn create_in<O: Object>(b: &Builder<O>, init: &[D::Elem]) -> Result<Self, OpenError> {
+        View::create_copy(b, Prefix::Lock, init).map(Self::from_view)
+    }
+
+    /// Opens the named locked object of `O`'s kind or creates it holding `init`.
+    pub(crate) fn open_or_create_in<O: Object>(b: &Builder<O>, init: &[D::Elem]) -> Result<Self, OpenError> {
+        View::open_or_create_copy(b, Prefix::Lock, init).map(Self::from_view)
+    }
+
+    /// Opens a locked object of `O`'s kind with `len` elements (any when `None`).
+    pub(crate) fn open_in<O: Object>(
+        b: &Builder<O>,
+        handle: Option<&Handle>,
+        len: Option<usize>,
+    ) -> Result<Self, OpenError> {
+        View::open(b, handle, Prefix::Lock, len).map(Self::from_view)
+    }
 
     pub(crate) fn raw(&self) -> &RawMutex {
-        // SAFETY: the payload starts with a 64-byte, 64-aligned RawMutex (checked
-        // in from_segment); it is only atomics, valid for any bytes.
+        // SAFETY: a `Prefix::Lock` payload starts with a 64-byte, 64-aligned
+        // RawMutex (size asserted above, alignment checked when the view was
+        // validated); it is only atomics, valid for any bytes.
         unsafe { &*(self.seg.payload_ptr().as_ptr() as *const RawMutex) }
     }
 
-    fn guard(&self) -> MutexGuard<'_, T> {
-        MutexGuard::new(self.raw(), self.data)
+    fn guard(&self) -> MutexGuard<'_, D> {
+        MutexGuard { lock: self.raw(), data: self.data, _v: PhantomData }
     }
 
     /// Takes the lock, blocking until it is free.
-    pub fn lock(&self) -> Result<MutexGuard<'_, T>, LockError<MutexGuard<'_, T>>> {
+    pub fn lock(&self) -> Result<MutexGuard<'_, D>, LockError<MutexGuard<'_, D>>> {
         map_lock(self.raw().lock(Deadline::NEVER), || self.guard())
     }
 
     /// Takes the lock, giving up with [`LockError::Timeout`] after `timeout`
     /// (never earlier).
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard<'_, T>, LockError<MutexGuard<'_, T>>> {
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard<'_, D>, LockError<MutexGuard<'_, D>>> {
         map_lock(self.raw().lock(Deadline::after(Some(timeout))), || self.guard())
     }
 
@@ -224,76 +201,68 @@ impl<T: Pod> Mutex<T> {
     /// When the lock is held this checks the holder's liveness through `/proc`
     /// (some microseconds), so polling `try_lock` in a tight loop is slower
     /// than calling [`Mutex::lock_timeout`].
-    pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, LockError<MutexGuard<'_, T>>> {
+    pub fn try_lock(&self) -> Result<MutexGuard<'_, D>, LockError<MutexGuard<'_, D>>> {
         map_lock(self.raw().try_lock(), || self.guard())
     }
 
-    /// How another process opens this mutex.
+    /// How another process opens this object (with the builder of its kind).
     pub fn handle(&self) -> Handle {
         self.seg.handle()
     }
 
-    /// The segment holding the mutex.
+    /// The segment holding the lock and the data.
     pub fn segment(&self) -> &Segment {
         &self.seg
     }
 }
 
-impl<T: Pod> Clone for Mutex<T> {
-    fn clone(&self) -> Self {
-        Mutex { seg: self.seg.clone(), data: self.data, _t: PhantomData }
+impl<T> Mutex<[T]> {
+    /// Number of elements (fixed when the array was created).
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Never true: arrays have at least one element.
+    pub fn is_empty(&self) -> bool {
+        self.data.len() == 0
     }
 }
 
-impl<T: Pod> fmt::Debug for Mutex<T> {
+impl<T: ?Sized> Clone for Mutex<T> {
+    fn clone(&self) -> Self {
+        Mutex { seg: self.seg.clone(), data: self.data }
+    }
+}
+
+impl<D: ?Sized + Data> fmt::Debug for Mutex<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mutex")
-            .field("type", &std::any::type_name::<T>())
+            .field("type", &std::any::type_name::<D>())
             .field("lock", self.raw())
             .field("segment", &self.seg)
             .finish()
     }
 }
 
-// SAFETY: all access to the shared `T` goes through the cross-process lock;
+// SAFETY: all access to the shared data goes through the cross-process lock;
 // the handle is a segment (Send + Sync) and a pointer into its mapping.
-unsafe impl<T: Pod + Send> Send for Mutex<T> {}
-// SAFETY: `&Mutex` only gives locked access to `T`.
-unsafe impl<T: Pod + Send> Sync for Mutex<T> {}
+unsafe impl<T: ?Sized + Send> Send for Mutex<T> {}
+// SAFETY: `&Mutex` only gives locked access to the data.
+unsafe impl<T: ?Sized + Send> Sync for Mutex<T> {}
 
-impl<T: Pod> crate::segment::ShmObject for Mutex<T> {
-    const KIND: ObjectKind = ObjectKind::Mutex;
-    fn handle(&self) -> Handle {
-        self.seg.handle()
-    }
-    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
-        Self::builder().open_handle(handle)
-    }
-    fn segment(&self) -> &Segment {
-        &self.seg
-    }
-}
-
-/// Exclusive access to a [`Mutex`]'s data; unlocks on drop.
+/// Exclusive access to a [`Mutex`]'s data (a `T`, or the `[T]` of an
+/// [`crate::Array`]); unlocks on drop. [`crate::ValueGuard`] and
+/// [`crate::ArrayGuard`] are this type.
 ///
 /// Not `Send`: the lock records the thread that took it, and the liveness check
 /// would declare the lock orphaned if that thread exited while another held it.
-pub struct MutexGuard<'a, T: Pod> {
+pub struct MutexGuard<'a, T: ?Sized> {
     pub(crate) lock: &'a RawMutex,
     data: NonNull<T>,
     _v: PhantomData<&'a mut T>,
 }
 
-impl<'a, T: Pod> MutexGuard<'a, T> {
-    /// A guard for `data`, protected by `lock`, which the caller has just taken.
-    ///
-    /// The guard unlocks `lock` on drop, so it must only be built right after a
-    /// successful lock by this thread; `data` must point to an aligned `T` in a
-    /// mapping that outlives `'a`. (Used by [`crate::Value`], whose lock is the same.)
-    pub(crate) fn new(lock: &'a RawMutex, data: NonNull<T>) -> Self {
-        MutexGuard { lock, data, _v: PhantomData }
-    }
-
+impl<T: ?Sized> MutexGuard<'_, T> {
     /// After [`LockError::OwnerDied`]: declares the repaired data consistent, so
     /// the mutex stays usable after this guard drops.
     pub fn mark_consistent(&self) {
@@ -301,31 +270,32 @@ impl<'a, T: Pod> MutexGuard<'a, T> {
     }
 }
 
-impl<T: Pod> Deref for MutexGuard<'_, T> {
+impl<T: ?Sized> Deref for MutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the lock is held; the pointer is in the mapping and aligned.
+        // SAFETY: the lock is held; the pointer (and for a slice its length)
+        // lies in the mapping and is aligned (validated at open).
         unsafe { self.data.as_ref() }
     }
 }
 
-impl<T: Pod> DerefMut for MutexGuard<'_, T> {
+impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the lock is held exclusively; see Deref.
         unsafe { self.data.as_mut() }
     }
 }
 
-impl<T: Pod> Drop for MutexGuard<'_, T> {
+impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: a guard exists only while its lock is held by this thread.
         unsafe { self.lock.unlock() }
     }
 }
 
-impl<T: Pod + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
+impl<T: ?Sized + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("MutexGuard").field(&**self).finish()
+        f.debug_tuple("MutexGuard").field(&&**self).finish()
     }
 }
 

@@ -25,9 +25,10 @@ use std::time::Duration;
 use super::atomic::AtomicU32;
 use super::mutex::map_lock;
 use super::raw_mutex::{Acquired, RawLockError, RawMutex};
-use super::{sync_builder, sync_shm_object, Os, Shared, SharedState};
+use super::{Os, Shared, SharedState};
 use crate::error::{LockError, OpenError};
 use crate::header::ObjectKind;
+use crate::object::{Builder, Object};
 use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
 
@@ -66,34 +67,35 @@ pub struct ReentrantMutex {
     shared: Shared<ReentrantState>,
 }
 
-sync_builder!(
-    /// Builder for [`ReentrantMutex`]: name and permissions, then `create`, `open` or `open_or_create`.
-    ReentrantMutexBuilder
-);
+/// Builder for [`ReentrantMutex`]: name and permissions, then `create`, `open` or `open_or_create`.
+pub type ReentrantMutexBuilder = Builder<ReentrantMutex>;
 
-impl ReentrantMutexBuilder {
+impl Builder<ReentrantMutex> {
     /// Creates the lock, unlocked.
     pub fn create(self) -> Result<ReentrantMutex, OpenError> {
-        Ok(ReentrantMutex { shared: Shared::create(&self.opts, ObjectKind::ReentrantMutex, |_| {})? })
-    }
-    /// Opens an existing named lock.
-    pub fn open(self) -> Result<ReentrantMutex, OpenError> {
-        Ok(ReentrantMutex { shared: Shared::open(&self.opts, ObjectKind::ReentrantMutex)? })
-    }
-    /// Opens the lock behind `handle`.
-    pub fn open_handle(self, handle: &Handle) -> Result<ReentrantMutex, OpenError> {
-        Ok(ReentrantMutex { shared: Shared::open_handle(&self.opts, ObjectKind::ReentrantMutex, handle)? })
+        Ok(ReentrantMutex { shared: Shared::create(&self, |_| {})? })
     }
     /// Opens the named lock, or creates it.
     pub fn open_or_create(self) -> Result<ReentrantMutex, OpenError> {
-        Ok(ReentrantMutex { shared: Shared::open_or_create(&self.opts, ObjectKind::ReentrantMutex, |_| {})? })
+        Ok(ReentrantMutex { shared: Shared::open_or_create(&self, |_| {})? })
+    }
+}
+
+impl Object for ReentrantMutex {
+    const KIND: ObjectKind = ObjectKind::ReentrantMutex;
+    type Params = ();
+    fn segment(&self) -> &Segment {
+        self.shared.segment()
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        Ok(ReentrantMutex { shared: Shared::open(&b, handle)? })
     }
 }
 
 impl ReentrantMutex {
     /// A builder with default options (anonymous, mode 0600).
     pub fn builder() -> ReentrantMutexBuilder {
-        ReentrantMutexBuilder::default()
+        Builder::default()
     }
     /// An anonymous lock, shared with children forked later.
     pub fn anonymous() -> Result<Self, OpenError> {
@@ -175,8 +177,6 @@ impl fmt::Debug for ReentrantMutex {
             .finish()
     }
 }
-
-sync_shm_object!(ReentrantMutex, ReentrantMutexBuilder, ReentrantMutex);
 
 /// One level of a held [`ReentrantMutex`]; the lock is released when the
 /// outermost guard drops. Not `Send` (the lock belongs to a thread).

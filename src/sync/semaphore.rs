@@ -24,9 +24,10 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::{loom_sc_fence, spin_until, sync_builder, sync_shm_object, Os, Platform, Shared, SharedState};
+use super::{loom_sc_fence, spin_until, Os, Platform, Shared, SharedState};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
+use crate::object::{Builder, Object};
 use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
 
@@ -192,10 +193,21 @@ macro_rules! semaphore_type {
             bound: Option<u32>,
         }
 
+        impl Object for $name {
+            const KIND: ObjectKind = ObjectKind::$kind;
+            type Params = ();
+            fn segment(&self) -> &Segment {
+                self.shared.segment()
+            }
+            fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+                Self::from_shared(Shared::open(&b, handle)?)
+            }
+        }
+
         impl $name {
             /// A builder with default options (anonymous, mode 0600).
             pub fn builder() -> SemaphoreBuilder {
-                SemaphoreBuilder::default()
+                Builder::default()
             }
 
             fn from_shared(shared: Shared<RawSemaphore>) -> Result<Self, OpenError> {
@@ -211,16 +223,16 @@ macro_rules! semaphore_type {
                 Ok($name { shared, bound })
             }
 
-            fn make(b: SemaphoreBuilder, value: u32, create: bool) -> Result<Self, OpenError> {
+            fn make(b: Builder<Self>, value: u32, create: bool) -> Result<Self, OpenError> {
                 let bound = if $bounded { value } else { 0 };
                 if $bounded && value == 0 {
                     return Err(OpenError::invalid("a BoundedSemaphore needs an initial value of at least 1"));
                 }
                 let init = |s: &RawSemaphore| s.init(value, bound);
                 let shared = if create {
-                    Shared::create(&b.opts, ObjectKind::$kind, init)?
+                    Shared::create(&b, init)?
                 } else {
-                    Shared::open_or_create(&b.opts, ObjectKind::$kind, init)?
+                    Shared::open_or_create(&b, init)?
                 };
                 Self::from_shared(shared)
             }
@@ -347,25 +359,15 @@ impl BoundedSemaphore {
     }
 }
 
-sync_builder!(
-    /// Builder for [`Semaphore`] and [`BoundedSemaphore`]: name and permissions,
-    /// then `create`/`open`/`open_or_create` (the `_bounded` ones for a
-    /// [`BoundedSemaphore`]).
-    SemaphoreBuilder
-);
+/// Builder for [`Semaphore`] and [`BoundedSemaphore`]: name and permissions,
+/// then `create`/`open`/`open_or_create` (the `_bounded` ones for a
+/// [`BoundedSemaphore`]).
+pub type SemaphoreBuilder = Builder<Semaphore>;
 
-impl SemaphoreBuilder {
+impl Builder<Semaphore> {
     /// Creates a [`Semaphore`] with `value` permits.
     pub fn create(self, value: u32) -> Result<Semaphore, OpenError> {
         Semaphore::make(self, value, true)
-    }
-    /// Opens an existing named [`Semaphore`].
-    pub fn open(self) -> Result<Semaphore, OpenError> {
-        Semaphore::from_shared(Shared::open(&self.opts, ObjectKind::Semaphore)?)
-    }
-    /// Opens the [`Semaphore`] behind `handle`.
-    pub fn open_handle(self, handle: &Handle) -> Result<Semaphore, OpenError> {
-        Semaphore::from_shared(Shared::open_handle(&self.opts, ObjectKind::Semaphore, handle)?)
     }
     /// Opens the named [`Semaphore`], or creates it with `value` permits.
     pub fn open_or_create(self, value: u32) -> Result<Semaphore, OpenError> {
@@ -373,33 +375,21 @@ impl SemaphoreBuilder {
     }
     /// Creates a [`BoundedSemaphore`] with `value` permits and bound `value` (>= 1).
     pub fn create_bounded(self, value: u32) -> Result<BoundedSemaphore, OpenError> {
-        BoundedSemaphore::make(self, value, true)
+        BoundedSemaphore::make(self.cast(), value, true)
     }
     /// Opens an existing named [`BoundedSemaphore`].
     pub fn open_bounded(self) -> Result<BoundedSemaphore, OpenError> {
-        BoundedSemaphore::from_shared(Shared::open(&self.opts, ObjectKind::BoundedSemaphore)?)
+        self.cast().open()
     }
     /// Opens the [`BoundedSemaphore`] behind `handle`.
     pub fn open_handle_bounded(self, handle: &Handle) -> Result<BoundedSemaphore, OpenError> {
-        BoundedSemaphore::from_shared(Shared::open_handle(&self.opts, ObjectKind::BoundedSemaphore, handle)?)
+        self.cast().open_handle(handle)
     }
     /// Opens the named [`BoundedSemaphore`], or creates it with `value` permits.
     pub fn open_or_create_bounded(self, value: u32) -> Result<BoundedSemaphore, OpenError> {
-        BoundedSemaphore::make(self, value, false)
+        BoundedSemaphore::make(self.cast(), value, false)
     }
 }
-
-/// Builder alias so `ShmObject::open_handle` finds the bounded opener.
-#[derive(Default)]
-struct BoundedOpener;
-impl BoundedOpener {
-    fn open_handle(self, handle: &Handle) -> Result<BoundedSemaphore, OpenError> {
-        SemaphoreBuilder::default().open_handle_bounded(handle)
-    }
-}
-
-sync_shm_object!(Semaphore, SemaphoreBuilder, Semaphore);
-sync_shm_object!(BoundedSemaphore, BoundedOpener, BoundedSemaphore);
 
 #[cfg(all(test, not(loom)))]
 mod tests {

@@ -1,0 +1,520 @@
+//! The typed-object layer: a [`Segment`], its header check and a typed view of
+//! its payload, with one generic [`Builder`] and one [`ShmObject`]
+//! implementation for every shmproc object.
+//!
+//! ## What an object is
+//!
+//! Every public primitive is a segment (see [`crate::segment`]) whose header
+//! records its [`ObjectKind`], element [`TypeInfo`] and payload size, plus a
+//! typed view of the payload. This module holds the pieces they share:
+//!
+//! * [`Builder<O>`]: the one builder. The segment options (`name`, `mode`,
+//!   `open_timeout`, `allow_foreign_owner`, `allow_shared_write`,
+//!   `unlink_on_drop`) and `open` / `open_handle` are written once here, for
+//!   every `O`; each object adds only its own parameters and its `create` /
+//!   `open_or_create` (which take different initial values). The familiar names
+//!   (`ValueBuilder<T>`, `MutexBuilder<T>`, `QueueBuilder<T>`, ...) are aliases
+//!   of `Builder<Value<T>>`, `Builder<Mutex<T>>`, `Builder<Queue<T>>`, ....
+//! * [`Object`] (hidden): what an object tells the layer (its kind, its builder
+//!   parameters, its segment, how to open it from a builder). [`ShmObject`] is
+//!   implemented once, for every `Object`.
+//! * `View<T>`: `len` elements of type `T` at a fixed offset in a validated
+//!   segment. [`crate::Mutex`] (and through it [`crate::Value`] and
+//!   [`crate::Array`]), [`crate::RawValue`], [`crate::RawArray`] and the state of
+//!   every sync primitive are views. The queues and the pipe lay out their
+//!   payloads themselves (ring engines) but are built and opened through the
+//!   same `Builder` and `Object`, as is the untyped [`Segment`] (here, its
+//!   `SegmentBuilder`).
+//!
+//! ## Payload layouts of typed views
+//!
+//! | prefix          | offset of the data               | payload alignment      |
+//! |-----------------|----------------------------------|------------------------|
+//! | [`Prefix::None`]  | 0                                | `max(align_of T, 8)`   |
+//! | [`Prefix::Lock`]  | 64 rounded up to `align_of T`    | `max(align_of T, 64)`  |
+//!
+//! With [`Prefix::Lock`] the payload starts with the 64-byte robust lock
+//! ([`crate::sync`]'s `RawMutex`). The payload size is `offset + len *
+//! size_of T`; the header's payload size therefore fixes the element count,
+//! which `View::from_segment` recomputes and validates (a whole number of
+//! elements, an aligned base) before any typed access.
+//!
+//! ## Algorithm
+//!
+//! Creating: check the element type (not zero-sized, alignment at most 4096),
+//! compute the payload size with checked arithmetic, let the segment layer
+//! create and zero-fill the segment, run the object's initialiser on the
+//! payload, then publish the header (`READY`, release). Opening: build the
+//! [`ObjectSpec`] the header must match (kind, type fingerprint, exact or
+//! minimum payload size), let the segment layer wait for `READY` and validate
+//! the header, then validate the view. Every mismatch is a precise
+//! [`OpenError`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use bytemuck::Pod;
+
+use crate::error::OpenError;
+use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
+use crate::segment::{Handle, Segment, SegmentOptions, ShmObject};
+
+/// What an object tells the typed-object layer. Implemented by every public
+/// primitive; [`ShmObject`] and [`Builder`]'s `open` / `open_handle` are
+/// written once on top of it. Not part of the API (hidden, unnameable).
+#[doc(hidden)]
+pub trait Object: Sized {
+    /// The kind recorded in the segment header.
+    const KIND: ObjectKind;
+    /// The builder's object-specific settings (`()` when there are none).
+    type Params: Default + Clone + fmt::Debug;
+    /// The segment the object lives in.
+    fn segment(&self) -> &Segment;
+    /// Opens the object named by the builder, or the one behind `handle`.
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError>;
+}
+
+impl<O: Object> ShmObject for O {
+    const KIND: ObjectKind = O::KIND;
+    fn handle(&self) -> Handle {
+        Object::segment(self).handle()
+    }
+    fn open_handle(handle: &Handle) -> Result<Self, OpenError> {
+        Builder::<O>::default().open_handle(handle)
+    }
+    fn segment(&self) -> &Segment {
+        Object::segment(self)
+    }
+}
+
+/// The builder of every shmproc object: segment options, the object's own
+/// settings, then `create`, `open`, `open_handle` or `open_or_create`.
+///
+/// Reached through each object's `builder()` and usually named by its alias
+/// ([`crate::ValueBuilder`], [`crate::MutexBuilder`], [`crate::QueueBuilder`],
+/// ...). Defaults: anonymous, mode `0o600`, a 5 s open timeout, refusing
+/// foreign-owned or group/other-writable objects, unlinking a named object
+/// when its creator's last handle drops.
+pub struct Builder<O: Object> {
+    pub(crate) opts: SegmentOptions,
+    pub(crate) params: O::Params,
+    _o: PhantomData<fn() -> O>,
+}
+
+impl<O: Object> Default for Builder<O> {
+    fn default() -> Self {
+        Builder::with_params(O::Params::default())
+    }
+}
+
+impl<O: Object> Clone for Builder<O> {
+    fn clone(&self) -> Self {
+        Builder { opts: self.opts.clone(), params: self.params.clone(), _o: PhantomData }
+    }
+}
+
+impl<O: Object> fmt::Debug for Builder<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("kind", &O::KIND)
+            .field("opts", &self.opts)
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+impl<O: Object> Builder<O> {
+    /// A builder with default segment options and the given object settings.
+    pub(crate) fn with_params(params: O::Params) -> Self {
+        Builder { opts: SegmentOptions::default(), params, _o: PhantomData }
+    }
+
+    /// The same options for another object with the same settings (a
+    /// `SemaphoreBuilder` finishing as a `BoundedSemaphore`, say).
+    pub(crate) fn cast<P: Object<Params = O::Params>>(self) -> Builder<P> {
+        Builder { opts: self.opts, params: self.params, _o: PhantomData }
+    }
+
+    /// Names the object (`/dev/shm/<name>`); without a name it is anonymous.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.opts.name = Some(name.into());
+        self
+    }
+
+    /// Permission bits for `create` (default `0o600`, owner only).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.opts.mode = mode;
+        self
+    }
+
+    /// How long `open` waits for the creator to finish initialising (default 5 s).
+    pub fn open_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.opts.open_timeout = timeout;
+        self
+    }
+
+    /// Lets `open` accept an object owned by another user (refused by default).
+    pub fn allow_foreign_owner(mut self, allow: bool) -> Self {
+        self.opts.allow_foreign_owner = allow;
+        self
+    }
+
+    /// Lets `open` accept an object writable by group or others (refused by default).
+    pub fn allow_shared_write(mut self, allow: bool) -> Self {
+        self.opts.allow_shared_write = allow;
+        self
+    }
+
+    /// Whether the creator removes the name when its last handle drops (default true).
+    pub fn unlink_on_drop(mut self, unlink: bool) -> Self {
+        self.opts.unlink_on_drop = unlink;
+        self
+    }
+
+    /// Opens an existing named object (set the name with [`Builder::name`]).
+    /// Its kind, element type and size are checked against what this builder
+    /// builds.
+    pub fn open(self) -> Result<O, OpenError> {
+        O::open_from(self, None)
+    }
+
+    /// Opens the object behind `handle` (a name, or an inherited fd; see
+    /// [`ShmObject::handle`]).
+    pub fn open_handle(self, handle: &Handle) -> Result<O, OpenError> {
+        O::open_from(self, Some(handle))
+    }
+
+    /// Opens the segment named by the options, or the one behind `handle`, and
+    /// validates its header against `spec`.
+    pub(crate) fn open_segment(&self, handle: Option<&Handle>, spec: &ObjectSpec) -> Result<Segment, OpenError> {
+        match handle {
+            Some(h) => Segment::open_handle(h, &self.opts, spec),
+            None => Segment::open_object(&self.opts, spec),
+        }
+    }
+}
+
+/// Array-like objects: how many elements to expect on `open`.
+impl<O: Object<Params = Option<usize>>> Builder<O> {
+    /// On `open`: require exactly this many elements ([`OpenError::SizeMismatch`] otherwise).
+    pub fn len(mut self, len: usize) -> Self {
+        self.params = Some(len);
+        self
+    }
+}
+
+/// What precedes the elements in a typed view's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prefix {
+    /// Nothing: the elements start the payload (raw views, sync states).
+    None,
+    /// The 64-byte robust lock (locked views: `Mutex`, `Value`, `Array`).
+    Lock,
+}
+
+/// Bytes of the lock prefix.
+const LOCK_SIZE: usize = 64;
+
+impl Prefix {
+    /// Where the elements start: after the prefix, aligned for `T`.
+    fn data_offset<T>(self) -> usize {
+        match self {
+            Prefix::None => 0,
+            Prefix::Lock => LOCK_SIZE.div_ceil(std::mem::align_of::<T>()) * std::mem::align_of::<T>(),
+        }
+    }
+
+    /// The payload's alignment: the lock's cache line, and at least 8.
+    fn payload_align<T>(self) -> usize {
+        match self {
+            Prefix::None => std::mem::align_of::<T>().max(8),
+            Prefix::Lock => std::mem::align_of::<T>().max(LOCK_SIZE),
+        }
+    }
+}
+
+/// `len` elements of `T` at a fixed offset in a validated segment.
+pub(crate) struct View<T> {
+    seg: Segment,
+    data: NonNull<T>,
+    len: usize,
+}
+
+impl<T> Clone for View<T> {
+    fn clone(&self) -> Self {
+        View { seg: self.seg.clone(), data: self.data, len: self.len }
+    }
+}
+
+impl<T> fmt::Debug for View<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.seg.fmt(f)
+    }
+}
+
+impl<T: 'static> View<T> {
+    fn check_type() -> Result<(), OpenError> {
+        if std::mem::size_of::<T>() == 0 {
+            return Err(OpenError::invalid("zero-sized element types cannot be shared"));
+        }
+        if std::mem::align_of::<T>() > 4096 {
+            return Err(OpenError::invalid("element alignment above 4096 is not supported"));
+        }
+        Ok(())
+    }
+
+    fn payload_size(prefix: Prefix, len: usize) -> Result<usize, OpenError> {
+        len.checked_mul(std::mem::size_of::<T>())
+            .and_then(|b| b.checked_add(prefix.data_offset::<T>()))
+            .ok_or_else(|| OpenError::invalid(format!("{len} elements are too many")))
+    }
+
+    /// What an opener expects: `kind`, `T`'s fingerprint, and exactly `len`
+    /// elements (any number, at least the prefix, when `None`).
+    pub(crate) fn spec(kind: ObjectKind, prefix: Prefix, len: Option<usize>) -> Result<ObjectSpec, OpenError> {
+        Self::check_type()?;
+        let payload = match len {
+            Some(n) => PayloadSize::Exact(Self::payload_size(prefix, n)? as u64),
+            None => PayloadSize::AtLeast(prefix.data_offset::<T>() as u64),
+        };
+        Ok(ObjectSpec { kind, ty: TypeInfo::of::<T>(), payload })
+    }
+
+    /// Creates the segment for `len` elements; `init` gets the first element of
+    /// the zero-filled, aligned, not yet published payload.
+    pub(crate) fn create<O: Object>(
+        b: &Builder<O>,
+        prefix: Prefix,
+        len: usize,
+        init: impl FnOnce(NonNull<T>),
+    ) -> Result<Self, OpenError> {
+        Self::check_type()?;
+        let size = Self::payload_size(prefix, len)?;
+        let seg = Segment::create_object(
+            &b.opts,
+            O::KIND,
+            TypeInfo::of::<T>(),
+            size,
+            prefix.payload_align::<T>(),
+            |p, _| init(Self::first(p, prefix)),
+        )?;
+        Self::from_segment(seg, prefix)
+    }
+
+    /// Opens the named object or creates it for `len` elements with `init`.
+    pub(crate) fn open_or_create<O: Object>(
+        b: &Builder<O>,
+        prefix: Prefix,
+        len: usize,
+        init: impl Fn(NonNull<T>),
+    ) -> Result<Self, OpenError> {
+        let spec = Self::spec(O::KIND, prefix, Some(len))?;
+        let size = Self::payload_size(prefix, len)?;
+        let seg = Segment::open_or_create_object(&b.opts, &spec, size, prefix.payload_align::<T>(), |p, _| {
+            init(Self::first(p, prefix))
+        })?;
+        Self::from_segment(seg, prefix)
+    }
+
+    /// Opens the object named by `b` (or behind `handle`), expecting `len`
+    /// elements (any number when `None`).
+    pub(crate) fn open<O: Object>(
+        b: &Builder<O>,
+        handle: Option<&Handle>,
+        prefix: Prefix,
+        len: Option<usize>,
+    ) -> Result<Self, OpenError> {
+        let spec = Self::spec(O::KIND, prefix, len)?;
+        Self::from_segment(b.open_segment(handle, &spec)?, prefix)
+    }
+
+    /// The first element of a payload starting at `p`.
+    fn first(p: NonNull<u8>, prefix: Prefix) -> NonNull<T> {
+        // SAFETY: only called on a payload of payload_size(prefix, len) >=
+        // data_offset bytes (created with that size), so the offset stays
+        // inside the mapping.
+        unsafe { p.add(prefix.data_offset::<T>()) }.cast()
+    }
+
+    /// Validates the payload of an opened or created segment as a view.
+    fn from_segment(seg: Segment, prefix: Prefix) -> Result<Self, OpenError> {
+        let off = prefix.data_offset::<T>();
+        let bytes =
+            seg.payload_len().checked_sub(off).ok_or_else(|| OpenError::corrupt("payload smaller than its lock"))?;
+        let size = std::mem::size_of::<T>();
+        if bytes % size != 0 {
+            return Err(OpenError::corrupt(format!(
+                "payload of {bytes} bytes is not a whole number of {size}-byte elements"
+            )));
+        }
+        let base = seg.payload_ptr();
+        if (base.as_ptr() as usize) % prefix.payload_align::<T>() != 0 {
+            return Err(OpenError::corrupt("payload is misaligned for the element type"));
+        }
+        let data = Self::first(base, prefix);
+        Ok(View { seg, data, len: bytes / size })
+    }
+}
+
+impl<T: Pod> View<T> {
+    /// Creates the segment holding a copy of `init`.
+    pub(crate) fn create_copy<O: Object>(b: &Builder<O>, prefix: Prefix, init: &[T]) -> Result<Self, OpenError> {
+        Self::create(b, prefix, init.len(), |dst| copy_into(dst, init))
+    }
+
+    /// Opens the named object or creates it holding a copy of `init`.
+    pub(crate) fn open_or_create_copy<O: Object>(
+        b: &Builder<O>,
+        prefix: Prefix,
+        init: &[T],
+    ) -> Result<Self, OpenError> {
+        Self::open_or_create(b, prefix, init.len(), |dst| copy_into(dst, init))
+    }
+}
+
+/// Copies `init` into the zero-filled elements starting at `dst`.
+fn copy_into<T: Pod>(dst: NonNull<T>, init: &[T]) {
+    // SAFETY: only called by the initialisers above: `dst` is the first of
+    // init.len() aligned elements of a payload that is not yet published (the
+    // view was sized for `init`), so nothing else reads or writes it, and it
+    // cannot overlap the caller's `init`.
+    unsafe { std::ptr::copy_nonoverlapping(init.as_ptr(), dst.as_ptr(), init.len()) }
+}
+
+impl<T> View<T> {
+    /// The first element: aligned, `len` elements valid while the view lives.
+    #[inline]
+    pub(crate) fn data(&self) -> NonNull<T> {
+        self.data
+    }
+
+    /// The number of elements.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The segment.
+    #[inline]
+    pub(crate) fn segment(&self) -> &Segment {
+        &self.seg
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Segment: the untyped object
+// ---------------------------------------------------------------------------
+
+/// Builder for a raw-bytes [`Segment`] ([`ObjectKind::Bytes`]).
+pub type SegmentBuilder = Builder<Segment>;
+
+impl Segment {
+    /// A builder for a raw-bytes segment.
+    pub fn builder() -> SegmentBuilder {
+        Builder::default()
+    }
+}
+
+impl Builder<Segment> {
+    /// Payload size in bytes for `create` (must be > 0).
+    pub fn size(mut self, size: usize) -> Self {
+        self.params = size;
+        self
+    }
+
+    /// Creates the segment (named if a name was given, else anonymous), zero-filled.
+    pub fn create(self) -> Result<Segment, OpenError> {
+        if self.params == 0 {
+            return Err(OpenError::invalid("segment size must be greater than zero"));
+        }
+        Segment::create_object(&self.opts, ObjectKind::Bytes, TypeInfo::none(), self.params, 64, |_, _| {})
+    }
+
+    /// Opens the named segment, or creates it if it does not exist.
+    pub fn open_or_create(self) -> Result<Segment, OpenError> {
+        if self.params == 0 {
+            return Err(OpenError::invalid("segment size must be greater than zero"));
+        }
+        Segment::open_or_create_object(&self.opts, &bytes_spec(), self.params, 64, |_, _| {})
+    }
+}
+
+fn bytes_spec() -> ObjectSpec {
+    ObjectSpec { kind: ObjectKind::Bytes, ty: TypeInfo::none(), payload: PayloadSize::AtLeast(0) }
+}
+
+impl Object for Segment {
+    const KIND: ObjectKind = ObjectKind::Bytes;
+    /// The payload size for `create`.
+    type Params = usize;
+    fn segment(&self) -> &Segment {
+        self
+    }
+    fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
+        b.open_segment(handle, &bytes_spec())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::{
+        Array, Barrier, BoundedSemaphore, Condition, Event, FrameQueue, JoinableQueue, Mutex, ObjectKind, OpenError,
+        Pipe, Queue, RawArray, RawValue, ReentrantMutex, Segment, Semaphore, ShmObject, Value,
+    };
+
+    /// Opens `obj`'s handle as `T` through the one `ShmObject` path and checks
+    /// that it is the same kind of object, of the same size; then opens it as `W`, which must fail with
+    /// a kind mismatch.
+    fn roundtrip<T: ShmObject, W: ShmObject>(obj: &T) {
+        let back = T::open_handle(&obj.handle()).unwrap();
+        assert_eq!(back.segment().kind(), T::KIND);
+        assert_eq!(back.segment().payload_len(), obj.segment().payload_len());
+        match W::open_handle(&obj.handle()) {
+            Err(OpenError::KindMismatch { expected, found }) => {
+                assert_eq!(expected, W::KIND);
+                assert_eq!(found, T::KIND);
+            }
+            Err(e) => panic!("{:?} opened as {:?}: {e}", T::KIND, W::KIND),
+            Ok(_) => panic!("{:?} opened as {:?}", T::KIND, W::KIND),
+        }
+    }
+
+    #[test]
+    fn every_object_opens_through_the_one_shm_object_path() {
+        roundtrip::<_, Mutex<u64>>(&Value::<u64>::anonymous(1).unwrap());
+        roundtrip::<_, Value<u64>>(&Mutex::<u64>::anonymous(1).unwrap());
+        roundtrip::<_, RawArray<f64>>(&Array::<f64>::anonymous(&[1.0, 2.0]).unwrap());
+        roundtrip::<_, Array<u32>>(&RawArray::<u32>::anonymous(&[1, 2]).unwrap());
+        roundtrip::<_, RawArray<u32>>(&RawValue::<u32>::anonymous(1).unwrap());
+        roundtrip::<_, Event>(&Segment::builder().size(64).create().unwrap());
+        roundtrip::<_, Condition>(&Event::anonymous().unwrap());
+        roundtrip::<_, Event>(&Condition::anonymous().unwrap());
+        roundtrip::<_, Barrier>(&ReentrantMutex::anonymous().unwrap());
+        roundtrip::<_, Semaphore>(&Barrier::anonymous(2).unwrap());
+        roundtrip::<_, BoundedSemaphore>(&Semaphore::anonymous(1).unwrap());
+        roundtrip::<_, Semaphore>(&BoundedSemaphore::anonymous(1).unwrap());
+        roundtrip::<_, JoinableQueue<u64>>(&Queue::<u64>::anonymous(4).unwrap());
+        roundtrip::<_, Queue<u64>>(&JoinableQueue::<u64>::anonymous(4).unwrap());
+        roundtrip::<_, Queue<u64>>(&FrameQueue::builder().create().unwrap());
+        let (a, _b) = Pipe::new().unwrap();
+        assert_eq!(a.segment().kind(), ObjectKind::Pipe);
+        assert!(matches!(Queue::<u64>::open_handle(&a.handle()), Err(OpenError::KindMismatch { .. })));
+    }
+
+    #[test]
+    fn value_array_and_mutex_share_one_guard() {
+        let v = Value::<u64>::anonymous(3).unwrap();
+        let a = Array::<u64>::anonymous(&[1, 2, 3]).unwrap();
+        let g: crate::MutexGuard<'_, u64> = v.lock().unwrap();
+        let h: crate::MutexGuard<'_, [u64]> = a.lock().unwrap();
+        assert_eq!(*g + h.iter().sum::<u64>(), 9);
+        g.mark_consistent();
+        h.mark_consistent();
+        drop((g, h));
+        // The Array's length survives a reopen by handle, through `len(n)` too.
+        let b = Array::<u64>::builder().len(3).open_handle(&a.handle()).unwrap();
+        assert_eq!(b.len(), 3);
+        assert!(matches!(Array::<u64>::builder().len(4).open_handle(&a.handle()), Err(OpenError::SizeMismatch { .. })));
+    }
+}
