@@ -37,6 +37,7 @@
 
 mod error;
 pub mod header;
+mod peer;
 pub mod pipe;
 pub mod queue;
 mod segment;
@@ -44,6 +45,7 @@ mod sync;
 mod sys;
 mod time;
 mod value;
+mod wait;
 
 pub mod process;
 

@@ -6,15 +6,14 @@
 //! with `futex_waitv` (one system call, woken by whichever sender publishes
 //! first), in bounded slices so that a peer that dies is noticed.
 
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use super::Connection;
-use crate::sys::{self, WaitOutcome};
 use crate::time::Deadline;
-
-/// Longest one sleep lasts before peers are re-checked.
-const SLICE: Duration = Duration::from_millis(50);
+use crate::wait::{
+    Flag, Kernel, Platform, Spinner, Tick, Wait, PEER_SLICE, PIPE_WAIT_POLL_BATCH, WAITV_FALLBACK_SLICE,
+};
 
 /// Waits until at least one of `conns` is ready (a message to read, or its peer
 /// gone so that a receive returns at once) or `timeout` passes (`None`: no
@@ -44,47 +43,44 @@ pub fn wait(conns: &[&Connection], timeout: Option<Duration>) -> Vec<usize> {
     let spin = conns.iter().map(|c| c.spin_budget()).min().unwrap_or(Duration::ZERO);
     if !spin.is_zero() {
         // The spin never outlasts the caller's deadline.
-        let spin_end = sys::monotonic_now().saturating_add(spin);
-        let end = deadline.at().map_or(spin_end, |d| d.min(spin_end));
-        while sys::monotonic_now() < end {
-            for _ in 0..16 {
-                std::hint::spin_loop();
-            }
-            let r = ready(false);
-            if !r.is_empty() {
+        let spinner = Spinner::start(Some(spin), deadline);
+        loop {
+            let found = Spinner::poll_batch(PIPE_WAIT_POLL_BATCH, || Some(ready(false)).filter(|r| !r.is_empty()));
+            if let Some(r) = found {
                 return r;
+            }
+            if !matches!(spinner.tick(), Tick::Go(_)) {
+                break;
             }
         }
     }
     let words: Vec<&AtomicU32> = conns.iter().filter_map(|c| c.rx_sleep_word()).collect();
-    let clear = || words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
     let mut force = false;
     loop {
-        words.iter().for_each(|w| w.store(1, Ordering::Relaxed));
         // Pairs with the senders' fence between their tail store and their
         // flag load (see the `pipe` module docs).
-        fence(Ordering::SeqCst);
+        Flag::raise(&words);
         let r = ready(force);
         if !r.is_empty() {
-            clear();
+            Flag::lower(&words);
             return r;
         }
         if deadline.expired() {
-            clear();
+            Flag::lower(&words);
             return r;
         }
-        let slice = deadline.min_after(SLICE);
         let outcome = if words.is_empty() {
-            std::thread::sleep(slice.remaining().unwrap_or(SLICE));
-            WaitOutcome::TimedOut
+            let slice = deadline.min_after(PEER_SLICE);
+            std::thread::sleep(slice.remaining().unwrap_or(PEER_SLICE));
+            Wait::TimedOut
         } else {
-            match sys::futex_waitv(&words, 1, slice.at()) {
+            match Kernel.wait_any(&words, 1, deadline.min_after(PEER_SLICE)) {
                 Some(o) => o,
                 // No futex_waitv (or too many words): sleep on the first word
                 // in short slices and poll the rest.
-                None => sys::futex_wait(words[0], 1, deadline.min_after(Duration::from_millis(1)).at()),
+                None => Flag::sleep(&Kernel, words[0], deadline, WAITV_FALLBACK_SLICE),
             }
         };
-        force = outcome == WaitOutcome::TimedOut;
+        force = outcome == Wait::TimedOut;
     }
 }
