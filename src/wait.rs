@@ -380,7 +380,6 @@ pub(crate) enum Tick {
 /// batch) and asks [`Spinner::tick`] whether to go on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spinner {
-    start: Duration,
     end: Option<Duration>,
     deadline: Option<Duration>,
 }
@@ -391,12 +390,7 @@ impl Spinner {
     #[inline]
     pub(crate) fn start(budget: Option<Duration>, deadline: Deadline) -> Spinner {
         let start = crate::sys::monotonic_now();
-        Spinner { start, end: budget.map(|b| start.saturating_add(b)), deadline: deadline.at() }
-    }
-
-    /// When the spin started.
-    pub(crate) fn started(&self) -> Duration {
-        self.start
+        Spinner { end: budget.map(|b| start.saturating_add(b)), deadline: deadline.at() }
     }
 
     /// Pauses `batch` times, calling `poll` after each pause; stops early
@@ -510,12 +504,6 @@ impl Flag {
         words.iter().for_each(|w| w.store(0, std::sync::atomic::Ordering::Relaxed));
     }
 
-    /// Sleeps on a raised flag for at most one `slice`.
-    #[inline]
-    pub(crate) fn sleep<W, P: Platform<W>>(p: &P, word: &W, deadline: Deadline, slice: Duration) -> Wait {
-        sleep(p, word, 1, deadline, slice)
-    }
-
     /// The waker's side, after its publication: fence, and wake the sleeper
     /// if its flag is raised.
     #[inline]
@@ -530,5 +518,173 @@ impl Flag {
     pub(crate) fn wake_now<W: SleepWord, P: Platform<W>>(p: &P, word: &W) {
         word.store(0, std::sync::atomic::Ordering::Relaxed);
         p.wake(word, i32::MAX as u32);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The waiting loop
+// ---------------------------------------------------------------------------
+
+/// How a [`Waiter`] announces itself and sleeps.
+pub(crate) enum Sleeper<'a, W: SleepWord> {
+    /// The counted handshake ([`Announce`]): sleep on the sequence word.
+    Counted(Announce<'a, W>),
+    /// The flag handshake ([`Flag`]) on one or more flags: sleep until one of
+    /// them is woken (`wait_any` for several; a plain sleep for none).
+    Flags(&'a [&'a W]),
+}
+
+impl<W: SleepWord> Sleeper<'_, W> {
+    fn announce(&self) -> u32 {
+        match self {
+            Sleeper::Counted(a) => a.enter(),
+            Sleeper::Flags(ws) => {
+                Flag::raise(ws);
+                1
+            }
+        }
+    }
+
+    /// Stops waiting (the caller returns).
+    fn retract(&self) {
+        match self {
+            Sleeper::Counted(a) => a.leave(),
+            Sleeper::Flags(ws) => Flag::lower(ws),
+        }
+    }
+
+    /// Sleeps one slice; a counted sleeper counts itself out afterwards (a
+    /// raised flag stays raised: the waker lowers it).
+    fn sleep<P: Platform<W>>(&self, p: &P, expected: u32, deadline: Deadline, slice: Duration) -> Wait {
+        match self {
+            Sleeper::Counted(a) => {
+                let r = sleep(p, a.word, expected, deadline, slice);
+                a.leave();
+                r
+            }
+            Sleeper::Flags([]) => {
+                let until = deadline.min_after(slice);
+                std::thread::sleep(until.remaining().unwrap_or(slice));
+                Wait::TimedOut
+            }
+            Sleeper::Flags([w]) => sleep(p, *w, expected, deadline, slice),
+            Sleeper::Flags(ws) => match p.wait_any(ws, expected, deadline.min_after(slice)) {
+                Some(r) => r,
+                // No multi-word wait (or too many words): sleep on the first
+                // word in short slices; the caller polls the rest.
+                None => sleep(p, ws[0], expected, deadline, WAITV_FALLBACK_SLICE),
+            },
+        }
+    }
+}
+
+/// The spin phase of a [`Waiter`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpinPlan {
+    /// How long to spin; `None`: until the deadline (busy polling).
+    pub(crate) budget: Option<Duration>,
+    /// Polls between two clock reads.
+    pub(crate) batch: u32,
+    /// Whether the deadline passing while spinning ends the wait at once
+    /// (`true`), or only after one announced re-check and caller check.
+    pub(crate) expiry_ends_wait: bool,
+}
+
+/// Where a [`Waiter`] is when it calls its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Look at the condition (while spinning, and after announcing).
+    Poll,
+    /// Between two spin batches; the clock just read (housekeeping).
+    Spinning(Duration),
+    /// Just announced, before the re-check (an extra barrier, if any).
+    Announced,
+    /// Announced, the re-check failed: the caller's check before sleeping
+    /// (is the peer still there?). `slice_ended`: the last sleep timed out.
+    BeforeSleep {
+        /// The previous sleep ended with its slice (not woken).
+        slice_ended: bool,
+    },
+    /// After one sleep (woken, or the slice ended).
+    Slept,
+}
+
+/// What the caller tells a [`Waiter`].
+#[derive(Debug)]
+pub(crate) enum Next<T> {
+    /// Stop waiting with this result.
+    Done(T),
+    /// Go on.
+    Wait,
+    /// Go on, sleeping at most this slice next (only read at `BeforeSleep`).
+    Slice(Duration),
+}
+
+/// The deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Expired;
+
+/// One blocking wait: spin (optionally), then announce, re-check, run the
+/// caller's check, and sleep until `min(deadline, slice)`, in a loop.
+pub(crate) struct Waiter<'a, W: SleepWord> {
+    /// When to give up.
+    pub(crate) deadline: Deadline,
+    /// The spin phase, if any.
+    pub(crate) spin: Option<SpinPlan>,
+    /// How to announce and sleep.
+    pub(crate) sleeper: Sleeper<'a, W>,
+    /// The sleep slice unless the caller picks another.
+    pub(crate) slice: Duration,
+}
+
+impl<W: SleepWord> Waiter<'_, W> {
+    /// Runs the wait; `f` is called at each [`Phase`] and ends it with
+    /// [`Next::Done`]. The caller has already made its first attempt.
+    pub(crate) fn run<P: Platform<W>, T>(&self, p: &P, mut f: impl FnMut(Phase) -> Next<T>) -> Result<T, Expired> {
+        if let Some(plan) = self.spin {
+            let spin = Spinner::start(plan.budget, self.deadline);
+            loop {
+                let hit = Spinner::poll_batch(plan.batch, || match f(Phase::Poll) {
+                    Next::Done(t) => Some(t),
+                    _ => None,
+                });
+                if let Some(t) = hit {
+                    return Ok(t);
+                }
+                match spin.tick() {
+                    Tick::Go(now) => {
+                        if let Next::Done(t) = f(Phase::Spinning(now)) {
+                            return Ok(t);
+                        }
+                    }
+                    Tick::BudgetSpent => break,
+                    Tick::Expired if plan.expiry_ends_wait => return Err(Expired),
+                    Tick::Expired => break,
+                }
+            }
+        }
+        let mut slice_ended = false;
+        loop {
+            let expected = self.sleeper.announce();
+            let mut slice = self.slice;
+            for phase in [Phase::Announced, Phase::Poll, Phase::BeforeSleep { slice_ended }] {
+                match f(phase) {
+                    Next::Done(t) => {
+                        self.sleeper.retract();
+                        return Ok(t);
+                    }
+                    Next::Slice(s) => slice = s,
+                    Next::Wait => {}
+                }
+            }
+            if self.deadline.expired() {
+                self.sleeper.retract();
+                return Err(Expired);
+            }
+            slice_ended = self.sleeper.sleep(p, expected, self.deadline, slice) == Wait::TimedOut;
+            if let Next::Done(t) = f(Phase::Slept) {
+                return Ok(t);
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ use crate::peer::{self, Identity, RateLimit};
 use crate::segment::{Handle, Segment, ShmObject};
 use crate::sys;
 use crate::time::Deadline;
-use crate::wait::{self, Flag, Kernel, Spinner, Tick, Wait, PEER_SLICE, PIPE_LIVENESS_EVERY};
+use crate::wait::{self, Flag, Kernel, Next, Phase, Sleeper, SpinPlan, Waiter, PEER_SLICE, PIPE_LIVENESS_EVERY};
 
 /// End-slot states (low 32 bits of `EndSlot::word`; the pid is in the high 32).
 const FREE: u64 = 0;
@@ -439,38 +439,28 @@ impl Connection {
         if let Some(t) = ready() {
             return Ok(t);
         }
-        if !self.spin.is_zero() && !deadline.get().expired() {
-            // The spin never outlasts the caller's deadline.
-            let spin = Spinner::start(Some(self.spin), deadline.get());
-            loop {
-                if let Some(t) = Spinner::poll_batch(wait::PIPE_POLL_BATCH, &mut ready) {
-                    return Ok(t);
-                }
-                if !matches!(spin.tick(), Tick::Go(_)) {
-                    break;
-                }
-            }
-        }
-        let mut force = false;
-        let flag = [word];
-        loop {
-            // Either we see the other side's new index below, or it sees our
-            // flag (after its own fence) and wakes us.
-            Flag::raise(&flag);
-            if let Some(t) = ready() {
-                Flag::lower(&flag);
-                return Ok(t);
-            }
-            if self.peer_is_gone(force) {
-                Flag::lower(&flag);
-                return Err(Stop::PeerGone);
-            }
-            if deadline.get().expired() {
-                Flag::lower(&flag);
-                return Err(Stop::Timeout);
-            }
-            force = Flag::sleep(&Kernel, word, deadline.get(), PEER_SLICE) == Wait::TimedOut;
-        }
+        let deadline = deadline.get();
+        let waiter = Waiter {
+            deadline,
+            // The spin never outlasts the caller's deadline; one that passes
+            // while spinning still gets the re-check and the peer check.
+            spin: (!self.spin.is_zero() && !deadline.expired()).then_some(SpinPlan {
+                budget: Some(self.spin),
+                batch: wait::PIPE_POLL_BATCH,
+                expiry_ends_wait: false,
+            }),
+            // Either we see the other side's new index in the re-check, or it
+            // sees our flag (after its own fence) and wakes us.
+            sleeper: Sleeper::Flags(&[word]),
+            slice: PEER_SLICE,
+        };
+        waiter
+            .run(&Kernel, |phase| match phase {
+                Phase::Poll => ready().map_or(Next::Wait, |t| Next::Done(Ok(t))),
+                Phase::BeforeSleep { slice_ended } if self.peer_is_gone(slice_ended) => Next::Done(Err(Stop::PeerGone)),
+                _ => Next::Wait,
+            })
+            .unwrap_or(Err(Stop::Timeout))
     }
 
     // ---------------------------------------------------------------- send

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use super::Connection;
 use crate::time::Deadline;
-use crate::wait::{
-    Flag, Kernel, Platform, Spinner, Tick, Wait, PEER_SLICE, PIPE_WAIT_POLL_BATCH, WAITV_FALLBACK_SLICE,
-};
+use crate::wait::{Kernel, Next, Phase, Sleeper, SpinPlan, Waiter, PEER_SLICE, PIPE_WAIT_POLL_BATCH};
 
 /// Waits until at least one of `conns` is ready (a message to read, or its peer
 /// gone so that a receive returns at once) or `timeout` passes (`None`: no
@@ -41,46 +39,28 @@ pub fn wait(conns: &[&Connection], timeout: Option<Duration>) -> Vec<usize> {
         return r;
     }
     let spin = conns.iter().map(|c| c.spin_budget()).min().unwrap_or(Duration::ZERO);
-    if !spin.is_zero() {
-        // The spin never outlasts the caller's deadline.
-        let spinner = Spinner::start(Some(spin), deadline);
-        loop {
-            let found = Spinner::poll_batch(PIPE_WAIT_POLL_BATCH, || Some(ready(false)).filter(|r| !r.is_empty()));
-            if let Some(r) = found {
-                return r;
-            }
-            if !matches!(spinner.tick(), Tick::Go(_)) {
-                break;
-            }
-        }
-    }
     let words: Vec<&AtomicU32> = conns.iter().filter_map(|c| c.rx_sleep_word()).collect();
-    let mut force = false;
-    loop {
-        // Pairs with the senders' fence between their tail store and their
-        // flag load (see the `pipe` module docs).
-        Flag::raise(&words);
-        let r = ready(force);
-        if !r.is_empty() {
-            Flag::lower(&words);
-            return r;
-        }
-        if deadline.expired() {
-            Flag::lower(&words);
-            return r;
-        }
-        let outcome = if words.is_empty() {
-            let slice = deadline.min_after(PEER_SLICE);
-            std::thread::sleep(slice.remaining().unwrap_or(PEER_SLICE));
-            Wait::TimedOut
-        } else {
-            match Kernel.wait_any(&words, 1, deadline.min_after(PEER_SLICE)) {
-                Some(o) => o,
-                // No futex_waitv (or too many words): sleep on the first word
-                // in short slices and poll the rest.
-                None => Flag::sleep(&Kernel, words[0], deadline, WAITV_FALLBACK_SLICE),
-            }
-        };
-        force = outcome == Wait::TimedOut;
-    }
+    let waiter = Waiter {
+        deadline,
+        // The spin never outlasts the caller's deadline.
+        spin: (!spin.is_zero()).then_some(SpinPlan {
+            budget: Some(spin),
+            batch: PIPE_WAIT_POLL_BATCH,
+            expiry_ends_wait: false,
+        }),
+        // Every receiver's flag is raised, then one fence: pairs with the
+        // senders' fence between their tail store and their flag load (see
+        // the `pipe` module docs).
+        sleeper: Sleeper::Flags(&words),
+        slice: PEER_SLICE,
+    };
+    let found = |r: Vec<usize>| if r.is_empty() { Next::Wait } else { Next::Done(r) };
+    waiter
+        .run(&Kernel, |phase| match phase {
+            Phase::Poll => found(ready(false)),
+            // A slice ended: check the peers' liveness now.
+            Phase::BeforeSleep { slice_ended: true } => found(ready(true)),
+            _ => Next::Wait,
+        })
+        .unwrap_or_default()
 }

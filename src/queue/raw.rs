@@ -52,7 +52,7 @@ use crate::peer::{self, Identity, RateLimit};
 use crate::segment::{Segment, SegmentOptions};
 use crate::sys;
 use crate::time::Deadline;
-use crate::wait::{self, Announce, Kernel, Spinner, Tick, PEER_SLICE, QUEUE_DEEP_EVERY, STALL_SLICE};
+use crate::wait::{self, Announce, Kernel, Next, Phase, PEER_SLICE, QUEUE_DEEP_EVERY, STALL_SLICE};
 
 pub(crate) const QMAGIC: u32 = u32::from_le_bytes(*b"SHQ1");
 pub(crate) const MODE_MPMC: u32 = 1;
@@ -842,97 +842,77 @@ impl Engine {
 
     /// Runs `attempt` until it succeeds, the deadline passes, or the other side
     /// is gone: spin (per the wait mode), then sleep on the side's futex in
-    /// bounded slices, re-checking peer liveness and stalled slots.
+    /// bounded slices, re-checking peer liveness and stalled slots (one
+    /// [`wait::Waiter`]).
     pub(crate) fn wait(&self, side: Side, deadline: Deadline, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
         let mut stall: Option<(Stall, Duration)> = None;
-        macro_rules! try_once {
-            () => {
-                match attempt() {
-                    Step::Done => return Ok(()),
-                    Step::Corrupt => return Err(Fail::Corrupt),
-                    Step::WouldBlock => stall = None,
-                    Step::Stalled(s) => {
-                        if stall.map(|(old, _)| old != s).unwrap_or(true) {
-                            stall = Some((s, sys::monotonic_now()));
-                        }
-                    }
-                }
-            };
+        if let Some(r) = settle(attempt(), &mut stall) {
+            return r;
         }
-        try_once!();
         if self.peers_gone(side, false) {
             return final_attempt(&mut attempt);
         }
         let mode = self.wait_mode();
-        if mode != WaitMode::Blocking {
-            let budget = match mode {
-                WaitMode::Adaptive => Some(Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed))),
-                _ => None,
-            };
-            let spin = Spinner::start(budget, deadline);
-            let mut last_house = spin.started();
-            loop {
-                for _ in 0..wait::QUEUE_POLL_BATCH {
-                    std::hint::spin_loop();
-                    try_once!();
-                }
-                let now = match spin.tick() {
-                    Tick::Expired => return Err(Fail::Timeout),
-                    Tick::BudgetSpent => break,
-                    Tick::Go(now) => now,
-                };
-                if mode == WaitMode::BusyPoll && now.saturating_sub(last_house) >= STALL_SLICE {
-                    last_house = now;
-                    self.housekeeping(&mut stall, now);
-                    if self.peers_gone(side, false) || (self.deep_due(now) && self.peers_gone(side, true)) {
-                        return final_attempt(&mut attempt);
-                    }
-                }
-            }
-        }
+        let spin = match mode {
+            WaitMode::Blocking => None,
+            WaitMode::Adaptive => Some(Some(Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)))),
+            WaitMode::BusyPoll => Some(None),
+        };
         let (word, sleepers) = self.words(side);
-        let announce = Announce::new(word, sleepers);
-        loop {
-            let seq = announce.enter();
+        let waiter = wait::Waiter {
+            deadline,
+            spin: spin.map(|budget| wait::SpinPlan { budget, batch: wait::QUEUE_POLL_BATCH, expiry_ends_wait: true }),
+            sleeper: wait::Sleeper::Counted(Announce::new(word, sleepers)),
+            slice: PEER_SLICE,
+        };
+        let mut last_house = None;
+        let mut barrier_ok = true;
+        let r = waiter.run(&Kernel, |phase| match phase {
+            Phase::Poll => settle(attempt(), &mut stall).map_or(Next::Wait, Next::Done),
+            Phase::Spinning(now) => {
+                // Busy polling never sleeps: look after stalled slots and
+                // peers every STALL_SLICE.
+                let since = *last_house.get_or_insert(now);
+                if mode != WaitMode::BusyPoll || now.saturating_sub(since) < STALL_SLICE {
+                    return Next::Wait;
+                }
+                last_house = Some(now);
+                self.housekeeping(&mut stall, now);
+                if self.peers_gone(side, false) || (self.deep_due(now) && self.peers_gone(side, true)) {
+                    return Next::Done(final_attempt(&mut attempt));
+                }
+                Next::Wait
+            }
             // Publishers may publish without a fence (see `notify`): make every
             // CPU running one execute a barrier, so that either we see their
-            // publication below or they see our registration. If the kernel
-            // refuses, sleep in short slices so a missed wake-up costs ~2 ms.
-            let barrier_ok = sys::membarrier_global();
-            let r = attempt();
-            match r {
-                Step::Done => {
-                    announce.leave();
-                    return Ok(());
+            // publication in the re-check or they see our registration. If the
+            // kernel refuses, sleep in short slices so a missed wake-up costs ~2 ms.
+            Phase::Announced => {
+                barrier_ok = sys::membarrier_global();
+                Next::Wait
+            }
+            Phase::BeforeSleep { .. } => {
+                if self.peers_gone(side, false) {
+                    return Next::Done(final_attempt(&mut attempt));
                 }
-                Step::Corrupt => {
-                    announce.leave();
-                    return Err(Fail::Corrupt);
+                Next::Slice(if stall.is_some() || !barrier_ok { STALL_SLICE } else { PEER_SLICE })
+            }
+            Phase::Slept => {
+                if let Some(r) = settle(attempt(), &mut stall) {
+                    return Next::Done(r);
                 }
-                Step::WouldBlock => stall = None,
-                Step::Stalled(s) => {
-                    if stall.map(|(old, _)| old != s).unwrap_or(true) {
-                        stall = Some((s, sys::monotonic_now()));
-                    }
+                let now = sys::monotonic_now();
+                if deadline.at().is_some_and(|d| now >= d) {
+                    return Next::Done(Err(Fail::Timeout));
                 }
+                self.housekeeping(&mut stall, now);
+                if self.deep_due(now) && self.peers_gone(side, true) {
+                    return Next::Done(final_attempt(&mut attempt));
+                }
+                Next::Wait
             }
-            if self.peers_gone(side, false) {
-                announce.leave();
-                return final_attempt(&mut attempt);
-            }
-            let slice = if stall.is_some() || !barrier_ok { STALL_SLICE } else { PEER_SLICE };
-            let _ = wait::sleep(&Kernel, word, seq, deadline, slice);
-            announce.leave();
-            try_once!();
-            let now = sys::monotonic_now();
-            if deadline.at().is_some_and(|d| now >= d) {
-                return Err(Fail::Timeout);
-            }
-            self.housekeeping(&mut stall, now);
-            if self.deep_due(now) && self.peers_gone(side, true) {
-                return final_attempt(&mut attempt);
-            }
-        }
+        });
+        r.unwrap_or(Err(Fail::Timeout))
     }
 
     /// Whether a deep (liveness) check is due for this handle; rate-limited to
@@ -960,6 +940,26 @@ impl Engine {
     /// Receives are waiting for the join counter (JoinableQueue).
     pub(crate) fn wake_word_all(&self, word: &AtomicU32) {
         wait::wake_all_bump(&Kernel, word);
+    }
+}
+
+/// What one attempt means for a wait: `Some` ends it; a stalled slot is
+/// remembered with the time it was first seen.
+#[inline]
+fn settle(step: Step, stall: &mut Option<(Stall, Duration)>) -> Option<Result<(), Fail>> {
+    match step {
+        Step::Done => Some(Ok(())),
+        Step::Corrupt => Some(Err(Fail::Corrupt)),
+        Step::WouldBlock => {
+            *stall = None;
+            None
+        }
+        Step::Stalled(s) => {
+            if stall.map(|(old, _)| old != s).unwrap_or(true) {
+                *stall = Some((s, sys::monotonic_now()));
+            }
+            None
+        }
     }
 }
 

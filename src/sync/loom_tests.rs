@@ -24,7 +24,7 @@ use super::semaphore::RawSemaphore;
 use super::{Platform, Wait};
 use crate::sys::Identity;
 use crate::time::Deadline;
-use crate::wait::{Announce, Flag, SleepWord};
+use crate::wait::{Announce, Flag, Next, Phase, SleepWord, Sleeper, Waiter};
 
 struct Park {
     m: Mutex<()>,
@@ -295,21 +295,22 @@ impl QueueSide {
         }
     }
 
-    /// `Engine::wait`'s sleep loop, without spinning: announce, re-check, sleep.
+    /// `Engine::wait`'s loop (the same [`Waiter`]), without spinning.
     fn recv(&self, p: &Model) {
-        let announce = Announce::new(&self.not_empty, &self.recv_sleepers);
-        loop {
-            if self.attempt() {
-                return;
-            }
-            let seq = announce.enter();
-            if self.attempt() {
-                announce.leave();
-                return;
-            }
-            crate::wait::sleep(p, &self.not_empty, seq, Deadline::NEVER, Duration::from_millis(50));
-            announce.leave();
+        if self.attempt() {
+            return;
         }
+        let waiter = Waiter {
+            deadline: Deadline::NEVER,
+            spin: None,
+            sleeper: Sleeper::Counted(Announce::new(&self.not_empty, &self.recv_sleepers)),
+            slice: Duration::from_millis(50),
+        };
+        let r = waiter.run(p, |phase| match phase {
+            Phase::Poll | Phase::Slept if self.attempt() => Next::Done(()),
+            _ => Next::Wait,
+        });
+        assert_eq!(r, Ok(()));
     }
 
     /// `try_push` then `Engine::notify` (with the full fence: no `membarrier` in the model).
@@ -354,22 +355,24 @@ impl PipeRing {
         PipeRing { tail: AtomicU32::new(0), rx_sleep: AtomicU32::new(0), closed: AtomicU32::new(0) }
     }
 
-    /// `Connection::block_on` without spinning, waiting for `tail != head`
-    /// (true) or the peer closed (false).
+    /// `Connection::block_on` (the same [`Waiter`]) without spinning, waiting
+    /// for `tail != head` (true) or the peer closed (false).
     fn wait_data(&self, p: &Model, head: u32) -> bool {
         let flag = [&self.rx_sleep];
-        loop {
-            Flag::raise(&flag);
-            if self.tail.load(std::sync::atomic::Ordering::Acquire) != head {
-                Flag::lower(&flag);
-                return true;
+        let waiter = Waiter {
+            deadline: Deadline::NEVER,
+            spin: None,
+            sleeper: Sleeper::Flags(&flag),
+            slice: Duration::from_millis(50),
+        };
+        let r = waiter.run(p, |phase| match phase {
+            Phase::Poll if self.tail.load(std::sync::atomic::Ordering::Acquire) != head => Next::Done(true),
+            Phase::BeforeSleep { .. } if self.closed.load(SeqCst) != 0 => {
+                Next::Done(self.tail.load(std::sync::atomic::Ordering::Acquire) != head)
             }
-            if self.closed.load(SeqCst) != 0 {
-                Flag::lower(&flag);
-                return self.tail.load(std::sync::atomic::Ordering::Acquire) != head;
-            }
-            Flag::sleep(p, &self.rx_sleep, Deadline::NEVER, Duration::from_millis(50));
-        }
+            _ => Next::Wait,
+        });
+        r.unwrap()
     }
 
     /// `Connection::publish_tail`.
