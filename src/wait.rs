@@ -25,29 +25,50 @@
 //! every interleaving of the handshakes on heap twins of the shared words
 //! (`src/sync/loom_tests.rs`, `ci/loom.sh`).
 //!
+//! [`Waiter`] runs that loop for the queue (`Engine::wait`), the pipe
+//! (`Connection::block_on`) and `pipe::wait`: the caller gives a [`SpinPlan`],
+//! a [`Sleeper`] (the counted handshake, or sleeper flags) and a slice, and
+//! one closure that is called at each [`Phase`] (poll the condition, between
+//! spin batches, just announced, before sleeping, after a sleep) and ends the
+//! wait with [`Next::Done`]. The lock word's contended path
+//! (`sync::raw_mutex`) keeps its own loop, a state machine on the word, but
+//! waits with [`Backoff`], [`sleep`] and the [`Platform`] liveness check; the
+//! semaphore, the event, the condition variable and the barrier sleep on
+//! their word through [`Platform`] without slices (they have no peer to
+//! watch).
+//!
 //! ## The constants, in one place
+//!
+//! Measured figures are from `PERF.md` (2-vCPU KVM guests): a sleeping
+//! process on another CPU is woken in ~30 us one way, a polled shared-memory
+//! hand-over takes ~130 ns one way, a `FUTEX_WAKE` with no waiter ~130 ns.
+//! Values marked "as first written" were chosen with their primitive and not
+//! measured one by one; they are kept unchanged.
 //!
 //! | constant | value | used by | why |
 //! |---|---|---|---|
-//! | [`MUTEX_SLICE`] | 20 ms | lock waiters | a dead owner's lock is taken over within ~20 ms; tests of owner death rely on it |
-//! | [`PEER_SLICE`] | 50 ms | queue, pipe, `pipe::wait` | a dead peer is noticed within ~50 ms; each check may read `/proc` (~10 us), so it stays rare |
-//! | [`STALL_SLICE`] | 2 ms | queue | a slot claimed by a dead process blocks everyone behind it: look sooner |
-//! | [`JOIN_SLICE`] | 100 ms | `JoinableQueue::join` | guards only against a lost wake-up from a dying peer |
-//! | [`WAITV_FALLBACK_SLICE`] | 1 ms | `pipe::wait` without `futex_waitv` | other words are only polled between slices |
-//! | [`QUEUE_DEEP_EVERY`] | 50 ms | queue | least time between two `/proc` scans of the participant table |
-//! | [`PIPE_LIVENESS_EVERY`] | 20 ms | pipe | least time between two `/proc` reads of the peer's end slot |
-//! | [`QUEUE_SPIN`] | 20 us | queue (adaptive) | below the ~30 us one-way wake cost: a reply that comes sooner is caught without a sleep |
-//! | [`PIPE_SPIN`] | 5 us | pipe | the pipe serves larger messages where a round trip rarely fits the queue's budget |
-//! | [`MUTEX_BACKOFF_STEPS`] / [`MUTEX_BACKOFF_MAX_SHIFT`] | 16 / 8 | lock waiters | ~2,300 pauses (~20 us at 8.9 ns a pause); exponential back-off moved `lock-incr` from 9-12 M/s to 38-42 M/s |
-//! | [`SEMAPHORE_SPINS`] / [`EVENT_SPINS`] | 64 / 200 | semaphore, event | polls of one word (~130 ns a cross-CPU poll): a release or set that is already under way is caught |
-//! | [`QUEUE_POLL_BATCH`] / [`PIPE_POLL_BATCH`] / [`PIPE_WAIT_POLL_BATCH`] | 32 / 64 / 16 | timed spins | polls between two clock reads (a clock read costs about as much as a poll) |
+//! | [`MUTEX_SLICE`] | 20 ms | lock waiters | how soon a dead owner's lock is taken over; as first written, kept apart from `PEER_SLICE` so neither the takeover latency nor the queue/pipe wake-up rate changes |
+//! | [`PEER_SLICE`] | 50 ms | queue, pipe, `pipe::wait` | how soon a dead peer is noticed by a sleeper; each check may read `/proc` (microseconds), so it stays rare; as first written |
+//! | [`STALL_SLICE`] | 2 ms | queue | a slot claimed by a dead process blocks everyone behind it, so it is looked at sooner; also the slice when `membarrier` is refused, so a missed wake-up costs ~2 ms |
+//! | [`JOIN_SLICE`] | 100 ms | `JoinableQueue::join` | only guards against a wake-up lost to a peer that died in `task_done` |
+//! | [`WAITV_FALLBACK_SLICE`] | 1 ms | `pipe::wait` without `futex_waitv` | it sleeps on the first word only and polls the others between slices |
+//! | [`QUEUE_DEEP_EVERY`] | 50 ms | queue | least time between two `/proc` scans of the participant table per handle, so hand-overs never pay for them |
+//! | [`PIPE_LIVENESS_EVERY`] | 20 ms | pipe | least time between two `/proc` reads of the peer's end slot per connection |
+//! | [`QUEUE_SPIN`] | 20 us | queue (adaptive) | below the ~30 us one-way wake cost (and ~150 polled one-way hand-overs): a reply that comes sooner is caught without a sleep |
+//! | [`PIPE_SPIN`] | 5 us | pipe (`pipe::DEFAULT_SPIN`) | as first written; below the ~30 us wake cost |
+//! | [`MUTEX_BACKOFF_STEPS`] / [`MUTEX_BACKOFF_MAX_SHIFT`] | 16 / 8 | lock waiters | ~2,300 pauses, ~20 us (a pause measured 8.9 ns), below the ~30 us wake cost; backing off instead of polling moved `lock-incr` from 9-12 M/s to 38-42 M/s |
+//! | [`SEMAPHORE_SPINS`] / [`EVENT_SPINS`] | 64 / 200 | semaphore, event | polls with a pause each, a few us at most; as first written |
+//! | [`QUEUE_POLL_BATCH`] / [`PIPE_POLL_BATCH`] / [`PIPE_WAIT_POLL_BATCH`] | 32 / 64 / 16 | timed spins | polls between two clock reads, so the clock is read rarely; as first written |
 //!
 //! ## What still spins on its own
 //!
-//! `RawMutex::try_lock` retries a bounded number of CASes (not a wait), the
-//! queue's process-local SPSC `Busy` flag spins while a sibling thread of the
-//! same process finishes one ring operation (nanoseconds, no sleeping
-//! possible), and the ring tests spin on their own heap twins.
+//! * `RawMutex::try_lock` retries its CAS at most 64 times while the word
+//!   keeps changing (a bounded retry, not a wait).
+//! * The queue's process-local SPSC `Busy` flag (`queue::raw`): threads of one
+//!   process sharing a handle spin while a sibling finishes one ring operation
+//!   (nanoseconds; there is nothing to sleep on, and the hot path must stay
+//!   free of system calls).
+//! * Unit tests spin on their own heap twins.
 
 use std::time::Duration;
 

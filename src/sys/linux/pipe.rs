@@ -1,6 +1,6 @@
 //! System calls the pipe needs beyond plain futex wait/wake: waiting on several
 //! futex words at once (`futex_waitv`, Linux 5.16+). Its fork counts live in
-//! the fork layer ([`super::fork`]).
+//! the fork layer ([`super::fork`](mod@super::fork)).
 
 use std::ffi::c_void;
 use std::sync::atomic::AtomicU32;

@@ -9,7 +9,7 @@
 //! same clock tick (10 ms) for this to be fooled.
 //!
 //! Identities are cached per thread, tagged with the fork generation of the
-//! fork layer ([`super::fork`]), so the cache of a forked child is refreshed
+//! fork layer ([`super::fork`](mod@super::fork)), so the cache of a forked child is refreshed
 //! (its tid and pid differ from the parent's).
 
 use std::cell::Cell;
