@@ -709,3 +709,98 @@ impl<W: SleepWord> Waiter<'_, W> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn backoff_spends_its_budget_then_stops() {
+        let mut b = Backoff::new();
+        let steps = std::iter::from_fn(|| b.spin().then_some(())).take(1000).count();
+        assert_eq!(steps as u32, MUTEX_BACKOFF_STEPS);
+        assert!(!b.spin());
+    }
+
+    #[test]
+    fn spinner_reports_budget_and_deadline() {
+        let s = Spinner::start(Some(Duration::ZERO), Deadline::NEVER);
+        assert_eq!(s.tick(), Tick::BudgetSpent);
+        let s = Spinner::start(None, Deadline::after(Some(Duration::ZERO)));
+        assert_eq!(s.tick(), Tick::Expired);
+        let s = Spinner::start(None, Deadline::NEVER);
+        assert!(matches!(s.tick(), Tick::Go(_)));
+    }
+
+    fn counted_waiter<'a>(word: &'a AtomicU32, sleepers: &'a AtomicU32, timeout: Duration) -> Waiter<'a, AtomicU32> {
+        Waiter {
+            deadline: Deadline::after(Some(timeout)),
+            spin: Some(SpinPlan { budget: Some(Duration::from_micros(20)), batch: 32, expiry_ends_wait: true }),
+            sleeper: Sleeper::Counted(Announce::new(word, sleepers)),
+            slice: Duration::from_millis(5),
+        }
+    }
+
+    #[test]
+    fn waiter_times_out_and_counts_itself_out() {
+        let (word, sleepers) = (AtomicU32::new(0), AtomicU32::new(0));
+        let t = Instant::now();
+        let mut slices = 0;
+        let r = counted_waiter(&word, &sleepers, Duration::from_millis(30)).run(&Kernel, |phase| {
+            if phase == Phase::Slept {
+                slices += 1;
+            }
+            Next::<()>::Wait
+        });
+        assert_eq!(r, Err(Expired));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        // 5 ms slices in a 30 ms wait: the caller's check ran between them.
+        assert!(slices >= 2, "{slices} slices");
+        assert_eq!(sleepers.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn waiter_is_woken_by_wake_counted() {
+        let shared = Arc::new((AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)));
+        let s2 = shared.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            s2.2.store(1, Ordering::SeqCst);
+            AtomicU32::fence();
+            wake_counted(&Kernel, &s2.0, &s2.1, true);
+        });
+        let (word, sleepers, data) = (&shared.0, &shared.1, &shared.2);
+        let mut w = counted_waiter(word, sleepers, Duration::from_secs(10));
+        // A long slice: only the wake-up ends the sleep early.
+        w.slice = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let r = w.run(&Kernel, |phase| match phase {
+            Phase::Poll if data.load(Ordering::SeqCst) != 0 => Next::Done(7),
+            _ => Next::Wait,
+        });
+        assert_eq!(r, Ok(7));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn regression_waiter_deadline_ignored_while_futex_wait_never_times_out() {
+        // Every wait returns `Woken` at once (EAGAIN, signals, stray wakes):
+        // the loop must still stop at its deadline.
+        let p = NeverTimesOut::new();
+        let flag = AtomicU32::new(0);
+        let words = [&flag];
+        let w = Waiter {
+            deadline: Deadline::after(Some(Duration::from_millis(20))),
+            spin: None,
+            sleeper: Sleeper::Flags(&words),
+            slice: PEER_SLICE,
+        };
+        assert_eq!(w.run(&p, |_| Next::<()>::Wait), Err(Expired));
+        assert!(!p.overshot(), "the waiter kept waiting long past its deadline");
+        assert_eq!(flag.load(Ordering::SeqCst), 0, "the flag is lowered on return");
+    }
+}

@@ -41,6 +41,9 @@ extern "C" fn after_fork_in_child() {
 
 /// Registers (once per process; a child inherits the registration) the fork
 /// handlers behind [`fork_generation`], [`fork_count`] and [`thread_fork_stamp`].
+///
+/// `pthread_atfork` stays on libc: it is a libc (pthread) facility that
+/// rustix does not wrap.
 #[cold]
 pub(crate) fn watch_forks() {
     ATFORK.call_once(|| {
@@ -73,4 +76,40 @@ pub(crate) fn fork_count() -> u64 {
 pub(crate) fn thread_fork_stamp() -> u64 {
     let forks = THREAD_FORKS.try_with(|c| c.get()).unwrap_or(0);
     (u64::from(super::current_thread().id) << 32) | u64::from(forks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_sees_a_new_generation_and_the_fork_counted() {
+        watch_forks();
+        let (generation, forks) = (fork_generation(), fork_count());
+        // libc's fork, not a raw one: only it runs the atfork handlers under test.
+        // SAFETY: the child only reads atomics and calls `_exit`, which is
+        // async-signal-safe, as required after fork in a threaded process.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = fork_generation() != generation && fork_count() > forks;
+            // SAFETY: `_exit` ends the child without running the parent's
+            // atexit handlers or destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        assert_eq!(fork_generation(), generation, "the parent's generation never moves");
+        assert!(fork_count() > forks);
+        let child = rustix::process::Pid::from_raw(pid).expect("a child pid is positive");
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            match rustix::process::waitpid(Some(child), rustix::process::WaitOptions::NOHANG) {
+                Ok(Some((_, status))) => break status,
+                Ok(None) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => panic!("waitpid: {e}"),
+            }
+            assert!(std::time::Instant::now() < end, "the child did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status.exit_status(), Some(0), "{status:?}");
+    }
 }
