@@ -92,7 +92,7 @@ fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         // ESRCH can surface while the task is being torn down.
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => return Ok(None),
         Err(e) => return Err(e),
     };
     // The command name (field 2) is in parentheses and may itself contain ')' and
@@ -133,15 +133,14 @@ pub(crate) fn liveness(who: Identity) -> Liveness {
             }
         }
         // /proc unreadable (hidepid, no procfs): fall back to kill(pid, 0).
-        Err(_) => {
-            // SAFETY: kill with signal 0 sends nothing; it only checks existence.
-            let rc = unsafe { libc::kill(who.id as libc::pid_t, 0) };
-            if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-                Liveness::Dead
-            } else {
-                Liveness::Alive
-            }
-        }
+        Err(_) => match rustix::process::Pid::from_raw(who.id as i32) {
+            // kill(pid, 0): sends nothing, only checks existence.
+            Some(pid) => match rustix::process::test_kill_process(pid) {
+                Err(rustix::io::Errno::SRCH) => Liveness::Dead,
+                _ => Liveness::Alive,
+            },
+            None => Liveness::Dead,
+        },
     }
 }
 
