@@ -536,6 +536,7 @@ impl Flag {
     }
 
     /// Lowers the flag and wakes every sleeper on it, raised or not (a close).
+    #[cold]
     pub(crate) fn wake_now<W: SleepWord, P: Platform<W>>(p: &P, word: &W) {
         word.store(0, std::sync::atomic::Ordering::Relaxed);
         p.wake(word, i32::MAX as u32);

@@ -12,8 +12,9 @@
 //!   identity stamp (tid and `/proc` start time) next to the word.
 //! * unlock: clear the stamp, one `swap(0)`; `FUTEX_WAKE` one waiter only if the
 //!   `WAITERS` bit was set.
-//! * contention: back off briefly ([`crate::wait::Backoff`]), set `WAITERS`, and sleep on the futex in slices of
-//!   [`MUTEX_SLICE`](crate::wait::MUTEX_SLICE) (never past the caller's deadline).
+//! * contention: back off briefly ([`crate::wait::Backoff`]), set `WAITERS`,
+//!   and sleep on the futex in slices of [`MUTEX_SLICE`](crate::wait::MUTEX_SLICE)
+//!   (never past the caller's deadline).
 //!   After each slice the waiter checks whether the owner still runs, using the
 //!   stamp so that a recycled tid cannot fool it. A dead owner's lock is taken
 //!   over with one `compare_exchange` that also sets `INCONSISTENT`: the new
