@@ -7,7 +7,7 @@
 //!   handler: a forked child sees a generation its parent never had, so any
 //!   per-process state recorded with a generation (the identity cache of
 //!   `proc`, the queue's registration) is known stale in the child;
-//! * the **fork counts** ([`fork_count`], [`thread_fork_stamp`]), bumped by the
+//! * the **fork counts** ([`fork_count`], [`thread_fork_count`]), bumped by the
 //!   *prepare* handler in the forking process, per process and per thread: the
 //!   pipe uses them to tell "this process (this thread) forked since it last
 //!   used an end", so that a drop hands the end to a child instead of closing it.
@@ -40,7 +40,7 @@ extern "C" fn after_fork_in_child() {
 }
 
 /// Registers (once per process; a child inherits the registration) the fork
-/// handlers behind [`fork_generation`], [`fork_count`] and [`thread_fork_stamp`].
+/// handlers behind [`fork_generation`], [`fork_count`] and [`thread_fork_count`].
 ///
 /// `pthread_atfork` stays on libc: it is a libc (pthread) facility that
 /// rustix does not wrap.
@@ -70,12 +70,12 @@ pub(crate) fn fork_count() -> u64 {
     FORKS.load(Ordering::Relaxed)
 }
 
-/// This thread's fork count, tagged with the thread's id in the high 32 bits,
-/// so that stamps taken on different threads never compare equal.
+/// How many times the calling thread has called `fork()` (through libc)
+/// since [`watch_forks`] was first called; `proc::thread_fork_stamp` tags it
+/// with the thread's id.
 #[inline]
-pub(crate) fn thread_fork_stamp() -> u64 {
-    let forks = THREAD_FORKS.try_with(|c| c.get()).unwrap_or(0);
-    (u64::from(super::current_thread().id) << 32) | u64::from(forks)
+pub(crate) fn thread_fork_count() -> u32 {
+    THREAD_FORKS.try_with(|c| c.get()).unwrap_or(0)
 }
 
 #[cfg(test)]
