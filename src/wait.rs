@@ -72,7 +72,7 @@
 
 use std::time::Duration;
 
-use crate::sys::Identity;
+use crate::peer::Identity;
 use crate::time::Deadline;
 
 /// Atomics used by the shared-state algorithms: std's normally, loom's under `--cfg loom`.
