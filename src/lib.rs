@@ -39,6 +39,7 @@ mod error;
 pub mod header;
 pub mod inspect;
 mod object;
+mod peer;
 pub mod pipe;
 pub mod queue;
 mod segment;
@@ -46,6 +47,7 @@ mod sync;
 mod sys;
 mod time;
 mod value;
+mod wait;
 
 pub mod process;
 

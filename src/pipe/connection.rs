@@ -17,20 +17,17 @@ use super::{End, PipeConfig, RecvError, SendError};
 use crate::error::OpenError;
 use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
 use crate::object::{Builder, Object};
+use crate::peer::{self, Identity, RateLimit};
 use crate::segment::{Handle, Segment, SegmentOptions};
-use crate::sys::{self, Identity, Liveness, WaitOutcome};
+use crate::sys;
 use crate::time::Deadline;
+use crate::wait::{self, Flag, Kernel, Next, Phase, Sleeper, SpinPlan, Waiter, PEER_SLICE, PIPE_LIVENESS_EVERY};
 
 /// End-slot states (low 32 bits of `EndSlot::word`; the pid is in the high 32).
 const FREE: u64 = 0;
 const HELD: u64 = 1;
 const CLOSED: u64 = 2;
 const CLAIMING: u64 = 3;
-
-/// Longest a sleeper sleeps before it re-checks that its peer is alive.
-const SLICE: Duration = Duration::from_millis(50);
-/// Least time between two liveness checks (each reads `/proc`) on one connection.
-const LIVENESS_EVERY: Duration = Duration::from_millis(20);
 
 #[inline]
 const fn slot_word(pid: u32, state: u64) -> u64 {
@@ -149,8 +146,8 @@ pub struct Connection {
     used_thread_forks: AtomicU64,
     /// Mirror of the published receive head, for `poll`/`wait` without the lock.
     rx_head: AtomicU64,
-    /// Monotonic nanoseconds of the last liveness check of the peer.
-    last_check: AtomicU64,
+    /// Throttles liveness checks of the peer (each reads `/proc`).
+    last_check: RateLimit,
     /// Sticky: the peer has been seen gone.
     peer_gone: AtomicBool,
     rx_state: Mutex<RxState>,
@@ -309,7 +306,7 @@ impl Connection {
             claim_pid: AtomicU32::new(0),
             used_forks: AtomicU64::new(0),
             used_thread_forks: AtomicU64::new(0),
-            last_check: AtomicU64::new(0),
+            last_check: RateLimit::new(),
             peer_gone: AtomicBool::new(false),
             rx_state: Mutex::new(rx_state),
             tx_state: Mutex::new(tx_state),
@@ -345,7 +342,7 @@ impl Connection {
                 CLAIMING if pid == me.id => false,
                 HELD | CLAIMING => {
                     let start = if w & 0xffff_ffff == HELD { slot.start_time.load(Ordering::Acquire) } else { 0 };
-                    pid == sys::parent_pid() || sys::liveness(Identity { id: pid, start_time: start }) == Liveness::Dead
+                    pid == sys::parent_pid() || peer::dead(Identity { id: pid, start_time: start })
                 }
                 _ => return Err(ClaimError::Closed),
             };
@@ -396,7 +393,7 @@ impl Connection {
     }
 
     /// Whether the peer has closed its end or died. `force` checks liveness
-    /// now; otherwise at most every [`LIVENESS_EVERY`].
+    /// now; otherwise at most every [`PIPE_LIVENESS_EVERY`].
     fn peer_is_gone(&self, force: bool) -> bool {
         if self.peer_gone.load(Ordering::Relaxed) {
             return true;
@@ -406,16 +403,20 @@ impl Connection {
         let gone = match w & 0xffff_ffff {
             FREE => false,
             s @ (HELD | CLAIMING) => {
-                let now = sys::monotonic_now().as_nanos() as u64;
-                let last = self.last_check.load(Ordering::Relaxed);
-                if !force && now.saturating_sub(last) < LIVENESS_EVERY.as_nanos() as u64 {
+                let now = sys::monotonic_now();
+                let due = if force {
+                    self.last_check.mark(now);
+                    true
+                } else {
+                    self.last_check.due_at(now, PIPE_LIVENESS_EVERY)
+                };
+                if !due {
                     false
                 } else {
-                    self.last_check.store(now, Ordering::Relaxed);
                     let start = if s == HELD { slot.start_time.load(Ordering::Acquire) } else { 0 };
                     // A claim changing under us means someone is taking it over: alive.
                     slot.word.load(Ordering::Acquire) == w
-                        && sys::liveness(Identity { id: (w >> 32) as u32, start_time: start }) == Liveness::Dead
+                        && peer::dead(Identity { id: (w >> 32) as u32, start_time: start })
                 }
             }
             // CLOSED, or bytes no correct peer writes: treat as gone.
@@ -439,43 +440,28 @@ impl Connection {
         if let Some(t) = ready() {
             return Ok(t);
         }
-        if !self.spin.is_zero() && !deadline.get().expired() {
-            // The spin never outlasts the caller's deadline.
-            let spin_end = sys::monotonic_now().saturating_add(self.spin);
-            let end = deadline.get().at().map_or(spin_end, |d| d.min(spin_end));
-            loop {
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                    if let Some(t) = ready() {
-                        return Ok(t);
-                    }
-                }
-                if sys::monotonic_now() >= end {
-                    break;
-                }
-            }
-        }
-        let mut force = false;
-        loop {
-            word.store(1, Ordering::Relaxed);
-            // Pairs with the fence after the other side's index store: either
-            // we see its new index below, or it sees our flag and wakes us.
-            fence(Ordering::SeqCst);
-            if let Some(t) = ready() {
-                word.store(0, Ordering::Relaxed);
-                return Ok(t);
-            }
-            if self.peer_is_gone(force) {
-                word.store(0, Ordering::Relaxed);
-                return Err(Stop::PeerGone);
-            }
-            if deadline.get().expired() {
-                word.store(0, Ordering::Relaxed);
-                return Err(Stop::Timeout);
-            }
-            let slice = deadline.get().min_after(SLICE);
-            force = sys::futex_wait(word, 1, slice.at()) == WaitOutcome::TimedOut;
-        }
+        let deadline = deadline.get();
+        let waiter = Waiter {
+            deadline,
+            // The spin never outlasts the caller's deadline; one that passes
+            // while spinning still gets the re-check and the peer check.
+            spin: (!self.spin.is_zero() && !deadline.expired()).then_some(SpinPlan {
+                budget: Some(self.spin),
+                batch: wait::PIPE_POLL_BATCH,
+                expiry_ends_wait: false,
+            }),
+            // Either we see the other side's new index in the re-check, or it
+            // sees our flag (after its own fence) and wakes us.
+            sleeper: Sleeper::Flags(&[word]),
+            slice: PEER_SLICE,
+        };
+        waiter
+            .run(&Kernel, |phase| match phase {
+                Phase::Poll => ready().map_or(Next::Wait, |t| Next::Done(Ok(t))),
+                Phase::BeforeSleep { slice_ended } if self.peer_is_gone(slice_ended) => Next::Done(Err(Stop::PeerGone)),
+                _ => Next::Wait,
+            })
+            .unwrap_or(Err(Stop::Timeout))
     }
 
     // ---------------------------------------------------------------- send
@@ -484,12 +470,7 @@ impl Connection {
     #[inline]
     fn publish_tail(ring: &RingView, tail: u64) {
         ring.tail().store(tail, Ordering::Release);
-        fence(Ordering::SeqCst);
-        let w = ring.rx_sleep();
-        if w.load(Ordering::Relaxed) != 0 {
-            w.store(0, Ordering::Relaxed);
-            sys::futex_wake_all(w);
-        }
+        Flag::wake(&Kernel, ring.rx_sleep());
     }
 
     /// Waits until `need` bytes are free in the ring.
@@ -607,12 +588,7 @@ impl Connection {
         ring.head().store(rx.head, Ordering::Release);
         rx.published = rx.head;
         self.rx_head.store(rx.head, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let w = ring.tx_sleep();
-        if w.load(Ordering::Relaxed) != 0 {
-            w.store(0, Ordering::Relaxed);
-            sys::futex_wake_all(w);
-        }
+        Flag::wake(&Kernel, ring.tx_sleep());
     }
 
     /// Waits until the producer has published past `head`; returns its tail.
@@ -972,8 +948,7 @@ impl Connection {
             for w in
                 [self.tx.as_ref().map(|r| r.rx_sleep()), self.rx.as_ref().map(|r| r.tx_sleep())].into_iter().flatten()
             {
-                w.store(0, Ordering::Relaxed);
-                sys::futex_wake_all(w);
+                Flag::wake_now(&Kernel, w);
             }
         }
     }

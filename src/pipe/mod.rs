@@ -83,7 +83,7 @@ pub const DEFAULT_RING_SIZE: usize = 1 << 20;
 /// Default largest message: 1 GiB.
 pub const DEFAULT_MAX_MESSAGE: u64 = 1 << 30;
 /// Default spin budget before a waiting side goes to sleep.
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(5);
+pub const DEFAULT_SPIN: Duration = crate::wait::PIPE_SPIN;
 
 /// Which end of a pipe a [`Connection`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,15 +6,12 @@
 //! with `futex_waitv` (one system call, woken by whichever sender publishes
 //! first), in bounded slices so that a peer that dies is noticed.
 
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use super::Connection;
-use crate::sys::{self, WaitOutcome};
 use crate::time::Deadline;
-
-/// Longest one sleep lasts before peers are re-checked.
-const SLICE: Duration = Duration::from_millis(50);
+use crate::wait::{Kernel, Next, Phase, Sleeper, SpinPlan, Waiter, PEER_SLICE, PIPE_WAIT_POLL_BATCH};
 
 /// Waits until at least one of `conns` is ready (a message to read, or its peer
 /// gone so that a receive returns at once) or `timeout` passes (`None`: no
@@ -42,49 +39,28 @@ pub fn wait(conns: &[&Connection], timeout: Option<Duration>) -> Vec<usize> {
         return r;
     }
     let spin = conns.iter().map(|c| c.spin_budget()).min().unwrap_or(Duration::ZERO);
-    if !spin.is_zero() {
-        // The spin never outlasts the caller's deadline.
-        let spin_end = sys::monotonic_now().saturating_add(spin);
-        let end = deadline.at().map_or(spin_end, |d| d.min(spin_end));
-        while sys::monotonic_now() < end {
-            for _ in 0..16 {
-                std::hint::spin_loop();
-            }
-            let r = ready(false);
-            if !r.is_empty() {
-                return r;
-            }
-        }
-    }
     let words: Vec<&AtomicU32> = conns.iter().filter_map(|c| c.rx_sleep_word()).collect();
-    let clear = || words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
-    let mut force = false;
-    loop {
-        words.iter().for_each(|w| w.store(1, Ordering::Relaxed));
-        // Pairs with the senders' fence between their tail store and their
-        // flag load (see the `pipe` module docs).
-        fence(Ordering::SeqCst);
-        let r = ready(force);
-        if !r.is_empty() {
-            clear();
-            return r;
-        }
-        if deadline.expired() {
-            clear();
-            return r;
-        }
-        let slice = deadline.min_after(SLICE);
-        let outcome = if words.is_empty() {
-            std::thread::sleep(slice.remaining().unwrap_or(SLICE));
-            WaitOutcome::TimedOut
-        } else {
-            match sys::futex_waitv(&words, 1, slice.at()) {
-                Some(o) => o,
-                // No futex_waitv (or too many words): sleep on the first word
-                // in short slices and poll the rest.
-                None => sys::futex_wait(words[0], 1, deadline.min_after(Duration::from_millis(1)).at()),
-            }
-        };
-        force = outcome == WaitOutcome::TimedOut;
-    }
+    let waiter = Waiter {
+        deadline,
+        // The spin never outlasts the caller's deadline.
+        spin: (!spin.is_zero()).then_some(SpinPlan {
+            budget: Some(spin),
+            batch: PIPE_WAIT_POLL_BATCH,
+            expiry_ends_wait: false,
+        }),
+        // Every receiver's flag is raised, then one fence: pairs with the
+        // senders' fence between their tail store and their flag load (see
+        // the `pipe` module docs).
+        sleeper: Sleeper::Flags(&words),
+        slice: PEER_SLICE,
+    };
+    let found = |r: Vec<usize>| if r.is_empty() { Next::Wait } else { Next::Done(r) };
+    waiter
+        .run(&Kernel, |phase| match phase {
+            Phase::Poll => found(ready(false)),
+            // A slice ended: check the peers' liveness now.
+            Phase::BeforeSleep { slice_ended: true } => found(ready(true)),
+            _ => Next::Wait,
+        })
+        .unwrap_or_default()
 }

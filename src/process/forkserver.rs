@@ -67,9 +67,9 @@ enum Reply {
 struct Server {
     sock: OwnedFd,
     child: std::process::Child,
-    /// The process that started the server (a forked child inherits this
-    /// struct but must not use the socket).
-    owner: u32,
+    /// `sys::process_stamp()` of the process that started the server (a
+    /// forked child inherits this struct but must not use the socket).
+    owner: u64,
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -86,7 +86,7 @@ pub(crate) fn close_client_in_child() {
         // files, and a grandchild forked later must not close it again.
         CLIENT_FD.store(-1, Ordering::Relaxed);
         // SAFETY: the `Server` that owns this fd is never used or dropped in a
-        // child (its `owner` pid differs; see `server_for`).
+        // child (its `owner` stamp differs; see `server_for`).
         unsafe { sys::close_raw(fd) };
     }
 }
@@ -111,13 +111,13 @@ fn launch() -> Result<Server, StartError> {
         return Err(err("the fork server exited or did not become ready (see its message on stderr)"));
     }
     CLIENT_FD.store(mine.as_raw_fd(), Ordering::Relaxed);
-    Ok(Server { sock: mine, child, owner: sys::current_pid() })
+    Ok(Server { sock: mine, child, owner: sys::process_stamp() })
 }
 
 /// The live server of this process, started if needed.
 fn server_for(slot: &mut Option<Server>) -> Result<&mut Server, StartError> {
     if let Some(s) = slot.take() {
-        if s.owner == sys::current_pid() {
+        if s.owner == sys::process_stamp() {
             *slot = Some(s);
         } else {
             // Inherited through fork from a parent: its fd was closed (or

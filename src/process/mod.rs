@@ -192,9 +192,10 @@ pub fn cpu_count() -> usize {
 /// are still running.
 pub fn active_children() -> Vec<ProcessInfo> {
     let me = sys::raw_pid();
+    let stamp = sys::process_stamp();
     let list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     list.iter()
-        .filter(|s| s.owner == me && s.os.alive())
+        .filter(|s| s.owner == stamp && s.os.alive())
         .map(|s| ProcessInfo { name: s.name.clone(), pid: s.os.pid, ppid: me })
         .collect()
 }
@@ -204,7 +205,9 @@ pub fn active_children() -> Vec<ProcessInfo> {
 struct Shared {
     os: OsChild,
     name: String,
-    owner: u32,
+    /// `sys::process_stamp()` of the starting process: a forked child's copy
+    /// of the registry lists its parent's children, which are not its own.
+    owner: u64,
 }
 
 static REGISTRY: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
@@ -368,7 +371,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
 
 impl<R: DeserializeOwned> Process<R> {
     fn from_launched(l: Launched, name: String, method: StartMethod, daemon: bool) -> Process<R> {
-        let shared = Arc::new(Shared { os: l.child, name, owner: sys::current_pid() });
+        let shared = Arc::new(Shared { os: l.child, name, owner: sys::process_stamp() });
         REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push(shared.clone());
         Process {
             shared,

@@ -23,7 +23,6 @@ use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::object::{Builder, Object};
 use crate::segment::{Handle, Segment};
-use crate::sys;
 use crate::time::Deadline;
 
 /// A queue of `T` whose consumers report each item done; [`join`](Self::join)
@@ -165,22 +164,21 @@ impl<T: Pod> JoinableQueue<T> {
 
     fn join_deadline(&self, deadline: Deadline) -> Result<(), JoinTimeout> {
         let c = self.q.engine().control();
+        let announce = crate::wait::Announce::new(&c.join_word, &c.join_waiters);
         loop {
-            let seq = c.join_word.load(Ordering::Acquire);
-            c.join_waiters.fetch_add(1, Ordering::SeqCst);
-            super::ring::full_fence();
+            let seq = announce.enter();
             if self.counter().load(Ordering::SeqCst) == 0 {
-                c.join_waiters.fetch_sub(1, Ordering::SeqCst);
+                announce.leave();
                 return Ok(());
             }
             if deadline.expired() {
-                c.join_waiters.fetch_sub(1, Ordering::SeqCst);
+                announce.leave();
                 return Err(JoinTimeout);
             }
             // Bounded slices: a task_done from a process that then died wakes
             // nobody only if it never ran; the slice keeps the loop honest.
-            let _ = sys::futex_wait(&c.join_word, seq, deadline.min_after(Duration::from_millis(100)).at());
-            c.join_waiters.fetch_sub(1, Ordering::SeqCst);
+            let _ = crate::wait::sleep(&crate::wait::Kernel, &c.join_word, seq, deadline, crate::wait::JOIN_SLICE);
+            announce.leave();
         }
     }
 

@@ -48,9 +48,11 @@ use std::time::Duration;
 use super::ring::{self, RingMem, Stall, Step};
 use crate::error::OpenError;
 use crate::header::{ObjectKind, ObjectSpec, PayloadSize, TypeInfo};
+use crate::peer::{self, Identity, RateLimit};
 use crate::segment::{Segment, SegmentOptions};
-use crate::sys::{self, Identity, Liveness};
+use crate::sys;
 use crate::time::Deadline;
+use crate::wait::{self, Announce, Kernel, Next, Phase, PEER_SLICE, QUEUE_DEEP_EVERY, STALL_SLICE};
 
 pub(crate) const QMAGIC: u32 = u32::from_le_bytes(*b"SHQ1");
 pub(crate) const MODE_MPMC: u32 = 1;
@@ -68,13 +70,8 @@ pub(crate) const ROLE_SEND: u8 = 1;
 pub(crate) const ROLE_RECV: u8 = 2;
 const ENTRY_USED: u64 = 1 << 40;
 
-/// How long a waiter sleeps at most before it re-checks the liveness of its peers.
-const SLICE: Duration = Duration::from_millis(50);
-/// How long a stalled slot (claimed, not published) may last before its claimer's
-/// liveness is checked, and the sleep slice while one is seen.
-const STALL_CHECK: Duration = Duration::from_millis(2);
-/// Default adaptive spin budget.
-pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+/// Default adaptive spin budget (see the constants table in [`crate::wait`]).
+pub(crate) const DEFAULT_SPIN: Duration = wait::QUEUE_SPIN;
 
 #[repr(C)]
 pub(crate) struct Control {
@@ -252,11 +249,14 @@ pub(crate) struct Engine {
     pub(crate) geo: Geometry,
     stride: usize,
     reg: Mutex<Option<Reg>>,
-    reg_pid: AtomicU32,
+    /// Fork generation ([`sys::fork_generation`]) of the registration: a
+    /// forked child sees another and registers itself on first use.
+    reg_gen: AtomicU64,
     role: AtomicU8,
     wait_mode: AtomicU8,
     spin_ns: AtomicU64,
-    last_deep: AtomicU64,
+    /// Throttles deep (liveness) scans of the participant table.
+    last_deep: RateLimit,
     tx_busy: AtomicBool,
     rx_busy: AtomicBool,
     /// An exclusive SPSC endpoint holds `tx_busy` (`rx_busy`) until it drops:
@@ -453,11 +453,11 @@ impl Engine {
             stride: geo.stride(),
             geo,
             reg: Mutex::new(None),
-            reg_pid: AtomicU32::new(0),
+            reg_gen: AtomicU64::new(0),
             role: AtomicU8::new(Role::Both.bits()),
             wait_mode: AtomicU8::new(0),
             spin_ns: AtomicU64::new(DEFAULT_SPIN.as_nanos() as u64),
-            last_deep: AtomicU64::new(0),
+            last_deep: RateLimit::new(),
             tx_busy: AtomicBool::new(false),
             rx_busy: AtomicBool::new(false),
             tx_endpoint: AtomicBool::new(false),
@@ -519,7 +519,7 @@ impl Engine {
                 {
                     p.start_time.store(me.start_time, Ordering::Release);
                     *reg = Some(Reg { pid: me.id, index: i, word });
-                    self.reg_pid.store(me.id, Ordering::Release);
+                    self.reg_gen.store(sys::fork_generation(), Ordering::Release);
                     self.after_join(role.bits());
                     return Ok(());
                 }
@@ -535,7 +535,7 @@ impl Engine {
     /// if the table is full the operation goes on unregistered.
     #[inline]
     pub(crate) fn ensure_registered(&self) {
-        if self.reg_pid.load(Ordering::Relaxed) != sys::current_pid() {
+        if self.reg_gen.load(Ordering::Relaxed) != sys::fork_generation() {
             self.register_after_fork();
         }
     }
@@ -549,7 +549,7 @@ impl Engine {
         };
         let _ = self.register(role);
         // Even if the table was full, do not retry on every operation.
-        self.reg_pid.store(sys::current_pid(), Ordering::Relaxed);
+        self.reg_gen.store(sys::fork_generation(), Ordering::Relaxed);
     }
 
     fn after_join(&self, roles: u8) {
@@ -620,13 +620,10 @@ impl Engine {
                 continue;
             }
             let who = Identity { id: pid, start_time: p.start_time.load(Ordering::Acquire) };
-            match sys::liveness(who) {
-                Liveness::Alive => alive = true,
-                Liveness::Dead => {
-                    if p.word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                        self.after_leave(w);
-                    }
-                }
+            if peer::alive(who) {
+                alive = true;
+            } else if p.word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                self.after_leave(w);
             }
         }
         alive
@@ -652,7 +649,7 @@ impl Engine {
                 break;
             }
         }
-        sys::liveness(who) == Liveness::Dead
+        peer::dead(who)
     }
 
     /// Whether the other side is gone. `deep`: check liveness (reads /proc);
@@ -699,27 +696,13 @@ impl Engine {
         } else {
             ring::full_fence();
         }
-        if sleepers.load(Ordering::Relaxed) != 0 {
-            self.wake_slow(word, all);
-        }
-    }
-
-    #[cold]
-    fn wake_slow(&self, word: &AtomicU32, all: bool) {
-        word.fetch_add(1, Ordering::SeqCst);
-        if all {
-            sys::futex_wake_all(word);
-        } else {
-            sys::futex_wake(word, 1);
-        }
+        wait::wake_counted(&Kernel, word, sleepers, all);
     }
 
     fn wake_all(&self) {
         let c = self.ctl();
-        c.not_empty.fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake_all(&c.not_empty);
-        c.not_full.fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake_all(&c.not_full);
+        wait::wake_all_bump(&Kernel, &c.not_empty);
+        wait::wake_all_bump(&Kernel, &c.not_full);
     }
 
     // -----------------------------------------------------------------------
@@ -841,7 +824,7 @@ impl Engine {
     /// `WouldBlock` or `Disconnected`, retrying once after a disconnection is seen
     /// (a peer may have published and then left).
     ///
-    /// Dead peers are looked for at most once per [`SLICE`] per handle, so a
+    /// Dead peers are looked for at most once per [`QUEUE_DEEP_EVERY`] per handle, so a
     /// `try_recv` loop also ends with `Disconnected` once every sender was killed.
     pub(crate) fn would_block(&self, side: Side, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
         if self.peers_gone(side, false) {
@@ -859,116 +842,89 @@ impl Engine {
 
     /// Runs `attempt` until it succeeds, the deadline passes, or the other side
     /// is gone: spin (per the wait mode), then sleep on the side's futex in
-    /// bounded slices, re-checking peer liveness and stalled slots.
+    /// bounded slices, re-checking peer liveness and stalled slots (one
+    /// [`wait::Waiter`]).
     pub(crate) fn wait(&self, side: Side, deadline: Deadline, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
         let mut stall: Option<(Stall, Duration)> = None;
-        macro_rules! try_once {
-            () => {
-                match attempt() {
-                    Step::Done => return Ok(()),
-                    Step::Corrupt => return Err(Fail::Corrupt),
-                    Step::WouldBlock => stall = None,
-                    Step::Stalled(s) => {
-                        if stall.map(|(old, _)| old != s).unwrap_or(true) {
-                            stall = Some((s, sys::monotonic_now()));
-                        }
-                    }
-                }
-            };
+        if let Some(r) = settle(attempt(), &mut stall) {
+            return r;
         }
-        try_once!();
         if self.peers_gone(side, false) {
             return final_attempt(&mut attempt);
         }
         let mode = self.wait_mode();
-        if mode != WaitMode::Blocking {
-            let start = sys::monotonic_now();
-            let spin_end = start.saturating_add(Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)));
-            let mut last_house = start;
-            loop {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                    try_once!();
+        let spin = match mode {
+            WaitMode::Blocking => None,
+            WaitMode::Adaptive => Some(Some(Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed)))),
+            WaitMode::BusyPoll => Some(None),
+        };
+        let (word, sleepers) = self.words(side);
+        let waiter = wait::Waiter {
+            deadline,
+            spin: spin.map(|budget| wait::SpinPlan { budget, batch: wait::QUEUE_POLL_BATCH, expiry_ends_wait: true }),
+            sleeper: wait::Sleeper::Counted(Announce::new(word, sleepers)),
+            slice: PEER_SLICE,
+        };
+        let mut last_house = None;
+        let mut barrier_ok = true;
+        let r = waiter.run(&Kernel, |phase| match phase {
+            Phase::Poll => settle(attempt(), &mut stall).map_or(Next::Wait, Next::Done),
+            Phase::Spinning(now) => {
+                // Busy polling never sleeps: look after stalled slots and
+                // peers every STALL_SLICE.
+                let since = *last_house.get_or_insert(now);
+                if mode != WaitMode::BusyPoll || now.saturating_sub(since) < STALL_SLICE {
+                    return Next::Wait;
+                }
+                last_house = Some(now);
+                self.housekeeping(&mut stall, now);
+                if self.peers_gone(side, false) || (self.deep_due(now) && self.peers_gone(side, true)) {
+                    return Next::Done(final_attempt(&mut attempt));
+                }
+                Next::Wait
+            }
+            // Publishers may publish without a fence (see `notify`): make every
+            // CPU running one execute a barrier, so that either we see their
+            // publication in the re-check or they see our registration. If the
+            // kernel refuses, sleep in short slices so a missed wake-up costs ~2 ms.
+            Phase::Announced => {
+                barrier_ok = sys::membarrier_global();
+                Next::Wait
+            }
+            Phase::BeforeSleep { .. } => {
+                if self.peers_gone(side, false) {
+                    return Next::Done(final_attempt(&mut attempt));
+                }
+                Next::Slice(if stall.is_some() || !barrier_ok { STALL_SLICE } else { PEER_SLICE })
+            }
+            Phase::Slept => {
+                if let Some(r) = settle(attempt(), &mut stall) {
+                    return Next::Done(r);
                 }
                 let now = sys::monotonic_now();
                 if deadline.at().is_some_and(|d| now >= d) {
-                    return Err(Fail::Timeout);
+                    return Next::Done(Err(Fail::Timeout));
                 }
-                if mode == WaitMode::Adaptive && now >= spin_end {
-                    break;
+                self.housekeeping(&mut stall, now);
+                if self.deep_due(now) && self.peers_gone(side, true) {
+                    return Next::Done(final_attempt(&mut attempt));
                 }
-                if mode == WaitMode::BusyPoll && now.saturating_sub(last_house) >= STALL_CHECK {
-                    last_house = now;
-                    self.housekeeping(&mut stall, now);
-                    if self.peers_gone(side, false) || (self.deep_due(now) && self.peers_gone(side, true)) {
-                        return final_attempt(&mut attempt);
-                    }
-                }
+                Next::Wait
             }
-        }
-        let (word, sleepers) = self.words(side);
-        loop {
-            let seq = word.load(Ordering::Acquire);
-            sleepers.fetch_add(1, Ordering::SeqCst);
-            ring::full_fence();
-            // Publishers may publish without a fence (see `notify`): make every
-            // CPU running one execute a barrier, so that either we see their
-            // publication below or they see our registration. If the kernel
-            // refuses, sleep in short slices so a missed wake-up costs ~1 ms.
-            let barrier_ok = sys::membarrier_global();
-            let r = attempt();
-            match r {
-                Step::Done => {
-                    sleepers.fetch_sub(1, Ordering::SeqCst);
-                    return Ok(());
-                }
-                Step::Corrupt => {
-                    sleepers.fetch_sub(1, Ordering::SeqCst);
-                    return Err(Fail::Corrupt);
-                }
-                Step::WouldBlock => stall = None,
-                Step::Stalled(s) => {
-                    if stall.map(|(old, _)| old != s).unwrap_or(true) {
-                        stall = Some((s, sys::monotonic_now()));
-                    }
-                }
-            }
-            if self.peers_gone(side, false) {
-                sleepers.fetch_sub(1, Ordering::SeqCst);
-                return final_attempt(&mut attempt);
-            }
-            let slice = if stall.is_some() || !barrier_ok { STALL_CHECK } else { SLICE };
-            let _ = sys::futex_wait(word, seq, deadline.min_after(slice).at());
-            sleepers.fetch_sub(1, Ordering::SeqCst);
-            try_once!();
-            let now = sys::monotonic_now();
-            if deadline.at().is_some_and(|d| now >= d) {
-                return Err(Fail::Timeout);
-            }
-            self.housekeeping(&mut stall, now);
-            if self.deep_due(now) && self.peers_gone(side, true) {
-                return final_attempt(&mut attempt);
-            }
-        }
+        });
+        r.unwrap_or(Err(Fail::Timeout))
     }
 
     /// Whether a deep (liveness) check is due for this handle; rate-limited to
-    /// one per [`SLICE`] so blocking hand-overs never pay for /proc reads.
+    /// one per [`QUEUE_DEEP_EVERY`] so blocking hand-overs never pay for /proc reads.
     fn deep_due(&self, now: Duration) -> bool {
-        let now_ms = now.as_millis() as u64;
-        let last = self.last_deep.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) >= SLICE.as_millis() as u64 {
-            self.last_deep.store(now_ms, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
+        self.last_deep.due_at(now, QUEUE_DEEP_EVERY)
     }
 
-    /// Recovers a slot whose claimer has been stuck for [`STALL_CHECK`] and is dead.
+    /// Recovers a slot whose claimer has been stuck for [`STALL_SLICE`] and is dead.
     fn housekeeping(&self, stall: &mut Option<(Stall, Duration)>, now: Duration) {
         if let Some((s, since)) = *stall {
-            if now.saturating_sub(since) >= STALL_CHECK {
+            if now.saturating_sub(since) >= STALL_SLICE {
                 if self.claimer_dead(s.pid) {
                     ring::recover(self, &s);
                     // Whoever waits on the other side may now proceed.
@@ -983,8 +939,27 @@ impl Engine {
 
     /// Receives are waiting for the join counter (JoinableQueue).
     pub(crate) fn wake_word_all(&self, word: &AtomicU32) {
-        word.fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake_all(word);
+        wait::wake_all_bump(&Kernel, word);
+    }
+}
+
+/// What one attempt means for a wait: `Some` ends it; a stalled slot is
+/// remembered with the time it was first seen.
+#[inline]
+fn settle(step: Step, stall: &mut Option<(Stall, Duration)>) -> Option<Result<(), Fail>> {
+    match step {
+        Step::Done => Some(Ok(())),
+        Step::Corrupt => Some(Err(Fail::Corrupt)),
+        Step::WouldBlock => {
+            *stall = None;
+            None
+        }
+        Step::Stalled(s) => {
+            if stall.map(|(old, _)| old != s).unwrap_or(true) {
+                *stall = Some((s, sys::monotonic_now()));
+            }
+            None
+        }
     }
 }
 

@@ -43,8 +43,6 @@ const _: () = {
 // SAFETY: repr(C), only AtomicU32s, align 64; any flag value is "set" or "clear".
 unsafe impl SharedState for EventState {}
 
-const SPINS: u32 = if cfg!(loom) { 1 } else { 200 };
-
 impl EventState {
     /// A heap twin (tests and loom).
     #[cfg(any(test, loom))]
@@ -65,7 +63,7 @@ impl EventState {
     }
 
     pub(crate) fn wait<P: Platform>(&self, p: &P, deadline: Deadline) -> bool {
-        if self.flag.load(Acquire) != 0 || spin_until(|| self.flag.load(Acquire) != 0, SPINS) {
+        if self.flag.load(Acquire) != 0 || spin_until(|| self.flag.load(Acquire) != 0, crate::wait::EVENT_SPINS) {
             return true;
         }
         loop {

@@ -1,5 +1,6 @@
-//! loom models of the raw mutex and the semaphore on heap twins of their
-//! shared state. Run with `ci/loom.sh`
+//! loom models of the raw mutex, the semaphore, the event, and the sleeper
+//! handshakes of the queue and the pipe (`crate::wait`: `Announce`, `Flag`),
+//! on heap twins of their shared state. Run with `ci/loom.sh`
 //! (`RUSTFLAGS="--cfg loom" cargo test --release --lib loom`).
 //!
 //! The futex is modelled by a loom `Mutex` + `Condvar` with the kernel's
@@ -23,6 +24,7 @@ use super::semaphore::RawSemaphore;
 use super::{Platform, Wait};
 use crate::sys::Identity;
 use crate::time::Deadline;
+use crate::wait::{Announce, Flag, Next, Phase, SleepWord, Sleeper, Waiter};
 
 struct Park {
     m: Mutex<()>,
@@ -255,5 +257,171 @@ fn loom_event_set_wakes_every_waiter() {
         for h in hs {
             h.join().unwrap();
         }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The queue's and the pipe's waiting (the handshakes of `crate::wait`)
+// ---------------------------------------------------------------------------
+
+/// A heap twin of one queue side: the ring's publication (a message count
+/// standing in for the slot stamps), and the side's `not_empty` futex word and
+/// `recv_sleepers` count.
+struct QueueSide {
+    published: AtomicU32,
+    taken: AtomicU32,
+    not_empty: AtomicU32,
+    recv_sleepers: AtomicU32,
+}
+
+impl QueueSide {
+    fn new() -> Self {
+        QueueSide {
+            published: AtomicU32::new(0),
+            taken: AtomicU32::new(0),
+            not_empty: AtomicU32::new(0),
+            recv_sleepers: AtomicU32::new(0),
+        }
+    }
+
+    /// One receive attempt (the ring's `try_pop`).
+    fn attempt(&self) -> bool {
+        let t = self.taken.load(SeqCst);
+        if self.published.load(SeqCst) > t {
+            self.taken.store(t + 1, SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `Engine::wait`'s loop (the same [`Waiter`]), without spinning.
+    fn recv(&self, p: &Model) {
+        if self.attempt() {
+            return;
+        }
+        let waiter = Waiter {
+            deadline: Deadline::NEVER,
+            spin: None,
+            sleeper: Sleeper::Counted(Announce::new(&self.not_empty, &self.recv_sleepers)),
+            slice: Duration::from_millis(50),
+        };
+        let r = waiter.run(p, |phase| match phase {
+            Phase::Poll | Phase::Slept if self.attempt() => Next::Done(()),
+            _ => Next::Wait,
+        });
+        assert_eq!(r, Ok(()));
+    }
+
+    /// `try_push` then `Engine::notify` (with the full fence: no `membarrier` in the model).
+    fn send(&self, p: &Model) {
+        self.published.fetch_add(1, std::sync::atomic::Ordering::Release);
+        <AtomicU32 as SleepWord>::fence();
+        crate::wait::wake_counted(p, &self.not_empty, &self.recv_sleepers, false);
+    }
+}
+
+#[test]
+fn loom_queue_sleeper_never_misses_a_publication() {
+    builder().check(|| {
+        let world = Model::world(false);
+        let q = Arc::new(QueueSide::new());
+        let rx = {
+            let (q, p) = (q.clone(), world.thread(1));
+            loom::thread::spawn(move || {
+                q.recv(&p);
+                q.recv(&p);
+            })
+        };
+        let p = world.thread(2);
+        q.send(&p);
+        q.send(&p);
+        rx.join().unwrap();
+        assert_eq!(q.taken.load(SeqCst), 2);
+        assert_eq!(q.recv_sleepers.load(SeqCst), 0);
+    });
+}
+
+/// A heap twin of one pipe ring: the producer's `tail`, the consumer's
+/// position, its `rx_sleep` flag, and the producer's end-slot state.
+struct PipeRing {
+    tail: AtomicU32,
+    rx_sleep: AtomicU32,
+    closed: AtomicU32,
+}
+
+impl PipeRing {
+    fn new() -> Self {
+        PipeRing { tail: AtomicU32::new(0), rx_sleep: AtomicU32::new(0), closed: AtomicU32::new(0) }
+    }
+
+    /// `Connection::block_on` (the same [`Waiter`]) without spinning, waiting
+    /// for `tail != head` (true) or the peer closed (false).
+    fn wait_data(&self, p: &Model, head: u32) -> bool {
+        let flag = [&self.rx_sleep];
+        let waiter = Waiter {
+            deadline: Deadline::NEVER,
+            spin: None,
+            sleeper: Sleeper::Flags(&flag),
+            slice: Duration::from_millis(50),
+        };
+        let r = waiter.run(p, |phase| match phase {
+            Phase::Poll if self.tail.load(std::sync::atomic::Ordering::Acquire) != head => Next::Done(true),
+            Phase::BeforeSleep { .. } if self.closed.load(SeqCst) != 0 => {
+                Next::Done(self.tail.load(std::sync::atomic::Ordering::Acquire) != head)
+            }
+            _ => Next::Wait,
+        });
+        r.unwrap()
+    }
+
+    /// `Connection::publish_tail`.
+    fn publish(&self, p: &Model, tail: u32) {
+        self.tail.store(tail, std::sync::atomic::Ordering::Release);
+        Flag::wake(p, &self.rx_sleep);
+    }
+
+    /// `Connection::finish` closing the end: mark it closed, fence, wake.
+    fn close(&self, p: &Model) {
+        self.closed.store(1, SeqCst);
+        <AtomicU32 as SleepWord>::fence();
+        Flag::wake_now(p, &self.rx_sleep);
+    }
+}
+
+#[test]
+fn loom_pipe_sleeper_never_misses_a_publication() {
+    builder().check(|| {
+        let world = Model::world(false);
+        let r = Arc::new(PipeRing::new());
+        let rx = {
+            let (r, p) = (r.clone(), world.thread(1));
+            loom::thread::spawn(move || {
+                assert!(r.wait_data(&p, 0));
+                let head = r.tail.load(SeqCst);
+                if head < 2 {
+                    assert!(r.wait_data(&p, head));
+                }
+            })
+        };
+        let p = world.thread(2);
+        r.publish(&p, 1);
+        r.publish(&p, 2);
+        rx.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_pipe_close_wakes_the_sleeper() {
+    builder().check(|| {
+        let world = Model::world(false);
+        let r = Arc::new(PipeRing::new());
+        let rx = {
+            let (r, p) = (r.clone(), world.thread(1));
+            loom::thread::spawn(move || r.wait_data(&p, 0))
+        };
+        let p = world.thread(2);
+        r.close(&p);
+        assert!(!rx.join().unwrap());
     });
 }

@@ -4,8 +4,9 @@
 //! * [`Mutex`], [`ReentrantMutex`], [`Semaphore`], [`BoundedSemaphore`], [`Event`],
 //!   [`Condition`], [`Barrier`]: the public primitives, each in its own segment.
 //!
-//! The algorithms never call the OS directly: they go through [`Platform`]
-//! (futex wait/wake, "who am I", "is that thread alive"). [`Os`] is the real
+//! The algorithms never call the OS directly: they wait through the waiting
+//! layer ([`crate::wait`]: [`Platform`] for futex wait/wake, "who am I", "is
+//! that thread alive"; the spin budgets and slices). [`Os`] is the real
 //! implementation; under `--cfg loom` the tests in [`loom_tests`] substitute a
 //! model of the futex and of thread death and let loom explore every
 //! interleaving of the raw mutex and the semaphore on a heap twin of the
@@ -13,13 +14,10 @@
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::time::Duration;
 
 use crate::error::OpenError;
 use crate::object::{Builder, Object, Prefix, View};
 use crate::segment::{Handle, Segment};
-use crate::sys::Identity;
-use crate::time::Deadline;
 
 pub(crate) mod barrier;
 pub(crate) mod condition;
@@ -39,163 +37,11 @@ pub use mutex::{Mutex, MutexBuilder, MutexGuard};
 pub use reentrant::{ReentrantMutex, ReentrantMutexBuilder, ReentrantMutexGuard};
 pub use semaphore::{AcquireError, BoundedSemaphore, ReleaseError, Semaphore, SemaphoreBuilder};
 
-/// Atomics used by the shared-state algorithms: std's normally, loom's under `--cfg loom`.
-pub(crate) mod atomic {
-    #[cfg(loom)]
-    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
-    #[cfg(not(loom))]
-    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64};
-}
-
-use atomic::AtomicU32;
-
-/// How a platform wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// Woken, spuriously or not, or the word had changed: re-check.
-    Woken,
-    /// The given deadline passed.
-    TimedOut,
-}
-
-/// The operations the lock algorithms need from the outside world.
-pub(crate) trait Platform {
-    /// Sleeps while `*word == expected`, until woken or `deadline`.
-    fn wait(&self, word: &AtomicU32, expected: u32, deadline: Deadline) -> Wait;
-    /// Wakes up to `n` waiters on `word`.
-    fn wake(&self, word: &AtomicU32, n: u32);
-    /// The calling thread's identity (its tid must be non-zero and < 2^30).
-    fn me(&self) -> Identity;
-    /// Whether `who` still runs (`false` only when it is proven dead).
-    fn alive(&self, who: Identity) -> bool;
-    /// How long a lock waiter sleeps before it re-checks the owner's liveness
-    /// (`None`: sleep until woken).
-    fn liveness_slice(&self) -> Option<Duration>;
-}
-
-/// The real platform: shared futexes and `/proc` liveness.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Os;
-
-/// Slice between liveness checks of a lock owner.
-pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(20);
-
-#[cfg(not(loom))]
-impl Platform for Os {
-    #[inline]
-    fn wait(&self, word: &AtomicU32, expected: u32, deadline: Deadline) -> Wait {
-        match crate::sys::futex_wait(word, expected, deadline.at()) {
-            crate::sys::WaitOutcome::Woken => Wait::Woken,
-            crate::sys::WaitOutcome::TimedOut => Wait::TimedOut,
-        }
-    }
-    #[inline]
-    fn wake(&self, word: &AtomicU32, n: u32) {
-        crate::sys::futex_wake(word, n);
-    }
-    #[inline]
-    fn me(&self) -> Identity {
-        crate::sys::current_thread()
-    }
-    fn alive(&self, who: Identity) -> bool {
-        crate::sys::liveness(who) == crate::sys::Liveness::Alive
-    }
-    fn liveness_slice(&self) -> Option<Duration> {
-        Some(LIVENESS_SLICE)
-    }
-}
-
-// Under loom the real futex cannot be used on loom's atomics; the crate still
-// has to compile, so `Os` degrades to yielding. Only `loom_tests` run under loom.
-#[cfg(loom)]
-impl Platform for Os {
-    fn wait(&self, _word: &AtomicU32, _expected: u32, _deadline: Deadline) -> Wait {
-        loom::thread::yield_now();
-        Wait::Woken
-    }
-    fn wake(&self, _word: &AtomicU32, _n: u32) {}
-    fn me(&self) -> Identity {
-        crate::sys::current_thread()
-    }
-    fn alive(&self, who: Identity) -> bool {
-        crate::sys::liveness(who) == crate::sys::Liveness::Alive
-    }
-    fn liveness_slice(&self) -> Option<Duration> {
-        Some(LIVENESS_SLICE)
-    }
-}
-
-/// A platform whose futex wait never reports a timeout: every wait returns
-/// `Woken` at once, as a real wait does when the word keeps changing under it
-/// (`EAGAIN`), when signals keep arriving (`EINTR`), or when a peer keeps
-/// issuing `FUTEX_WAKE`. The algorithms must still honour their deadline.
-/// Safety net so a regression fails instead of hanging: after two seconds it
-/// records the overshoot and reports `TimedOut`.
+// The waiting layer (platform, spin budgets, slices) lives in `crate::wait`;
+// the sync algorithms name it through these re-exports.
 #[cfg(all(test, not(loom)))]
-pub(crate) struct NeverTimesOut {
-    start: std::time::Instant,
-    overshot: std::sync::atomic::AtomicBool,
-}
-
-#[cfg(all(test, not(loom)))]
-impl NeverTimesOut {
-    pub(crate) fn new() -> Self {
-        NeverTimesOut { start: std::time::Instant::now(), overshot: std::sync::atomic::AtomicBool::new(false) }
-    }
-    /// Whether a caller kept waiting far past its (short) deadline.
-    pub(crate) fn overshot(&self) -> bool {
-        self.overshot.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-#[cfg(all(test, not(loom)))]
-impl Platform for NeverTimesOut {
-    fn wait(&self, _word: &AtomicU32, _expected: u32, _deadline: Deadline) -> Wait {
-        if self.start.elapsed() > Duration::from_secs(2) {
-            self.overshot.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Wait::TimedOut;
-        }
-        std::thread::yield_now();
-        Wait::Woken
-    }
-    fn wake(&self, _word: &AtomicU32, _n: u32) {}
-    fn me(&self) -> Identity {
-        crate::sys::current_thread()
-    }
-    fn alive(&self, _who: Identity) -> bool {
-        true
-    }
-    fn liveness_slice(&self) -> Option<Duration> {
-        Some(LIVENESS_SLICE)
-    }
-}
-
-/// A `SeqCst` fence under loom only.
-///
-/// The sleeper/waker handshakes ("store mine, then load yours" on two words,
-/// both `SeqCst`) are correct in the C++20 memory model, which puts all
-/// `SeqCst` operations in one total order. loom treats `SeqCst` accesses as
-/// `AcqRel` and would report those handshakes as lost wake-ups; a `SeqCst`
-/// fence, which loom does model, restores the intended semantics there. On
-/// real hardware (x86: the locked RMW is already a full barrier) it is not
-/// needed and costs an `mfence`, so it is compiled out.
-#[inline(always)]
-pub(crate) fn loom_sc_fence() {
-    #[cfg(loom)]
-    loom::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Bounded busy-wait before sleeping: `f` returns true when it is worth stopping.
-#[inline]
-pub(crate) fn spin_until(mut f: impl FnMut() -> bool, spins: u32) -> bool {
-    for _ in 0..spins {
-        if f() {
-            return true;
-        }
-        std::hint::spin_loop();
-    }
-    f()
-}
+pub(crate) use crate::wait::NeverTimesOut;
+pub(crate) use crate::wait::{atomic, loom_sc_fence, spin_until, Os, Platform, Wait};
 
 /// Types stored in a sync segment's payload: `#[repr(C)]`, only atomics, so any
 /// bytes (including a hostile peer's) are a valid value and all-zero is valid.

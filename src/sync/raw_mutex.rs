@@ -12,8 +12,9 @@
 //!   identity stamp (tid and `/proc` start time) next to the word.
 //! * unlock: clear the stamp, one `swap(0)`; `FUTEX_WAKE` one waiter only if the
 //!   `WAITERS` bit was set.
-//! * contention: spin briefly, set `WAITERS`, and sleep on the futex in slices of
-//!   [`LIVENESS_SLICE`](super::LIVENESS_SLICE) (never past the caller's deadline).
+//! * contention: back off briefly ([`crate::wait::Backoff`]), set `WAITERS`,
+//!   and sleep on the futex in slices of [`MUTEX_SLICE`](crate::wait::MUTEX_SLICE)
+//!   (never past the caller's deadline).
 //!   After each slice the waiter checks whether the owner still runs, using the
 //!   stamp so that a recycled tid cannot fool it. A dead owner's lock is taken
 //!   over with one `compare_exchange` that also sets `INCONSISTENT`: the new
@@ -45,6 +46,7 @@ use super::atomic::{AtomicU32, AtomicU64};
 use super::{Os, Platform, Wait};
 use crate::sys::Identity;
 use crate::time::Deadline;
+use crate::wait::Backoff;
 
 /// Bits of the state word holding the owner's tid.
 pub(crate) const TID_MASK: u32 = 0x3FFF_FFFF;
@@ -56,16 +58,8 @@ pub(crate) const WAITERS: u32 = 1 << 31;
 pub(crate) const NOT_RECOVERABLE: u32 = TID_MASK;
 /// Linux's `PID_MAX_LIMIT`: every real tid is below it.
 pub(crate) const MAX_TID: u32 = 1 << 22;
-/// Backoff steps before sleeping. Step `k` spins `2^min(k, BACKOFF_MAX_SHIFT)`
-/// pause instructions: 16 steps are about 2,300 pauses, ~20 us on our machines
-/// (a pause measured 8.9 ns), below the ~30 us one-way cost of a futex
-/// sleep and wake-up across CPUs (PERF.md), so a short critical section is
-/// waited out without sleeping.
-const SPINS: u32 = if cfg!(loom) { 1 } else { 16 };
 /// Attempts `try_lock` makes while the word keeps changing under its CAS.
 const TRY_LOCK_RETRIES: u32 = 64;
-/// Longest backoff step: 2^8 = 256 pause instructions.
-const BACKOFF_MAX_SHIFT: u32 = 8;
 
 /// How a lock was acquired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +241,7 @@ impl RawMutex {
 
     #[cold]
     fn lock_contended<P: Platform>(&self, p: &P, me: Identity, deadline: Deadline) -> Result<Acquired, RawLockError> {
-        let mut spins = 0;
+        let mut backoff = Backoff::new();
         // Once we have slept, others may be asleep too: take the lock with
         // WAITERS set so that our unlock wakes the next one.
         let mut acquire_bits = 0;
@@ -265,16 +259,9 @@ impl RawMutex {
                 Word::Corrupt => return Err(RawLockError::Corrupt),
                 Word::Held { tid } => tid,
             };
-            if spins < SPINS {
-                // Exponential backoff: polling the lock's cache line steals it
-                // from the owner, so a waiter that keeps reading it slows every
-                // lock/unlock the owner does. Backing off lets the owner run a
-                // burst of critical sections with the line local (measured:
-                // `lock-incr` between two CPUs).
-                for _ in 0..(1u32 << spins.min(BACKOFF_MAX_SHIFT)) {
-                    std::hint::spin_loop();
-                }
-                spins += 1;
+            // Back off first (see `Backoff` for why and how long): a short
+            // critical section is waited out without sleeping.
+            if backoff.spin() {
                 continue;
             }
             // Checked before every sleep, not only after a wait that reports
@@ -289,11 +276,11 @@ impl RawMutex {
                 continue;
             }
             acquire_bits = WAITERS;
-            let until = match p.liveness_slice() {
-                Some(slice) => deadline.min_after(slice),
-                None => deadline,
+            let slept = match p.liveness_slice() {
+                Some(slice) => crate::wait::sleep(p, &self.state, expected, deadline, slice),
+                None => p.wait(&self.state, expected, deadline),
             };
-            if p.wait(&self.state, expected, until) == Wait::TimedOut {
+            if slept == Wait::TimedOut {
                 if deadline.expired() {
                     return self.timeout_or_take_over(p, me, expected, tid);
                 }

@@ -99,8 +99,6 @@ const _: () = {
 // (a count, a waiter hint, a bound checked at open).
 unsafe impl SharedState for RawSemaphore {}
 
-const SPINS: u32 = if cfg!(loom) { 1 } else { 64 };
-
 impl RawSemaphore {
     /// A heap twin (tests and loom).
     #[cfg(any(test, loom))]
@@ -138,7 +136,9 @@ impl RawSemaphore {
 
     /// Takes a permit, sleeping until `deadline`.
     pub(crate) fn acquire_with<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<(), AcquireError> {
-        if self.try_acquire() || spin_until(|| self.value.load(Relaxed) > 0 && self.try_acquire(), SPINS) {
+        if self.try_acquire()
+            || spin_until(|| self.value.load(Relaxed) > 0 && self.try_acquire(), crate::wait::SEMAPHORE_SPINS)
+        {
             return Ok(());
         }
         loop {

@@ -61,9 +61,3 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Durat
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
     futex::wake(word, futex::Flags::empty(), n).unwrap_or(0)
 }
-
-/// `FUTEX_WAKE` (shared) of every waiter.
-#[inline]
-pub(crate) fn futex_wake_all(word: &AtomicU32) -> usize {
-    futex_wake(word, i32::MAX as u32)
-}

@@ -1,11 +1,13 @@
 //! Linux implementation of the platform layer.
 //!
 //! * [`shm`]: `shm_open`/`memfd_create`, `fstat`, `ftruncate`, `mmap` (through `memmap2`).
+//! * [`fork`]: the one `pthread_atfork` registration: fork generation and counts.
 //! * [`futex`]: shared (never `FUTEX_PRIVATE_FLAG`) futex wait/wake with absolute
 //!   `CLOCK_MONOTONIC` deadlines.
 //! * [`proc`]: thread and process identity, and a pid-reuse-proof liveness check.
 //! * [`queue`]: asymmetric memory barriers (`membarrier`) for the queue's wake-ups.
 
+pub(crate) mod fork;
 pub(crate) mod futex;
 pub(crate) mod pipe;
 pub(crate) mod proc;
@@ -13,6 +15,7 @@ pub(crate) mod process;
 pub(crate) mod queue;
 pub(crate) mod shm;
 
+pub(crate) use fork::*;
 pub(crate) use futex::*;
 pub(crate) use pipe::*;
 pub(crate) use proc::*;

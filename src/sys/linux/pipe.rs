@@ -1,10 +1,9 @@
 //! System calls the pipe needs beyond plain futex wait/wake: waiting on several
-//! futex words at once (`futex_waitv`, Linux 5.16+), the parent pid, and a fork
-//! counter kept by a `pthread_atfork` *prepare* handler.
+//! futex words at once (`futex_waitv`, Linux 5.16+). Its fork counts live in
+//! the fork layer ([`super::fork`](mod@super::fork)).
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -50,47 +49,10 @@ pub(crate) fn futex_waitv(words: &[&AtomicU32], expected: u32, deadline: Option<
     }
 }
 
-static FORKS: AtomicU64 = AtomicU64::new(0);
-static FORK_HOOK: Once = Once::new();
-
-thread_local! {
-    /// Forks made by this thread (the prepare handler runs in the forking thread).
-    static THREAD_FORKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-extern "C" fn before_fork() {
-    FORKS.fetch_add(1, Ordering::Relaxed);
-    // `try_with`: a thread-local being torn down must not make fork panic.
-    let _ = THREAD_FORKS.try_with(|c| c.set(c.get().wrapping_add(1)));
-}
-
-/// This thread's fork count, tagged with the thread's id in the high 32 bits,
-/// so that stamps taken on different threads never compare equal.
-pub(crate) fn thread_fork_stamp() -> u64 {
-    let forks = THREAD_FORKS.try_with(|c| c.get()).unwrap_or(0);
-    (u64::from(super::current_thread().id) << 32) | u64::from(forks)
-}
-
-/// How many times this process has called `fork()` (through libc, which runs
-/// `pthread_atfork` handlers) since [`watch_forks`] was first called. A forked
-/// child inherits the parent's count at the moment of the fork.
-pub(crate) fn fork_count() -> u64 {
-    FORKS.load(Ordering::Relaxed)
-}
-
-/// Registers (once per process) the prepare handler behind [`fork_count`].
-pub(crate) fn watch_forks() {
-    FORK_HOOK.call_once(|| {
-        // SAFETY: `before_fork` is an `extern "C" fn()` that only does an atomic
-        // add; it runs in the parent just before fork, where anything is allowed.
-        let rc = unsafe { libc::pthread_atfork(Some(before_fork), None, None) };
-        debug_assert_eq!(rc, 0, "pthread_atfork failed");
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn waitv_times_out_and_sees_changed_words() {
@@ -111,7 +73,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
             a2.store(0, Ordering::SeqCst);
-            super::super::futex_wake_all(&a2);
+            super::super::futex_wake(&a2, i32::MAX as u32);
         });
         let deadline = super::super::monotonic_now() + Duration::from_secs(5);
         assert_eq!(futex_waitv(&[&b, &a], 1, Some(deadline)), Some(WaitOutcome::Woken));

@@ -8,14 +8,12 @@
 //! original is dead. Two processes would have to receive the same id within the
 //! same clock tick (10 ms) for this to be fooled.
 //!
-//! Identities are cached per thread. A `pthread_atfork` child handler bumps a
-//! generation counter so the cache of a forked child is refreshed (its tid and
-//! pid differ from the parent's).
+//! Identities are cached per thread, tagged with the fork generation of the
+//! fork layer ([`super::fork`](mod@super::fork)), so the cache of a forked child is refreshed
+//! (its tid and pid differ from the parent's).
 
 use std::cell::Cell;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Once;
 
 /// A thread or process identity that survives id reuse: the id and its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,22 +33,6 @@ pub(crate) enum Liveness {
     Dead,
 }
 
-static FORK_GENERATION: AtomicU64 = AtomicU64::new(1);
-static ATFORK: Once = Once::new();
-
-extern "C" fn after_fork_in_child() {
-    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
-}
-
-fn register_atfork() {
-    ATFORK.call_once(|| {
-        // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that only does an
-        // atomic add, which is async-signal-safe as required in a forked child.
-        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-        debug_assert_eq!(rc, 0, "pthread_atfork failed");
-    });
-}
-
 #[derive(Clone, Copy)]
 struct Cached {
     generation: u64,
@@ -64,7 +46,7 @@ thread_local! {
 
 #[cold]
 fn refresh(generation: u64) -> Cached {
-    register_atfork();
+    super::fork::watch_forks();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
     let c = Cached {
@@ -78,7 +60,7 @@ fn refresh(generation: u64) -> Cached {
 
 #[inline]
 fn cached() -> Cached {
-    let generation = FORK_GENERATION.load(Ordering::Relaxed);
+    let generation = super::fork::fork_generation();
     match CACHE.with(|c| c.get()) {
         Some(c) if c.generation == generation => c,
         _ => refresh(generation),
@@ -103,6 +85,14 @@ pub(crate) fn current_pid() -> u32 {
     cached().pid.id
 }
 
+/// This thread's fork count ([`super::fork::thread_fork_count`]), tagged with
+/// the thread's id in the high 32 bits, so that stamps taken on different
+/// threads never compare equal.
+#[inline]
+pub(crate) fn thread_fork_stamp() -> u64 {
+    (u64::from(current_thread().id) << 32) | u64::from(super::fork::thread_fork_count())
+}
+
 /// Reads `(start_time, is_zombie_or_dead)` from `/proc/<id>/stat`; `Ok(None)` if there
 /// is no such process or thread.
 fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {
@@ -110,7 +100,7 @@ fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         // ESRCH can surface while the task is being torn down.
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => return Ok(None),
         Err(e) => return Err(e),
     };
     // The command name (field 2) is in parentheses and may itself contain ')' and
@@ -151,15 +141,14 @@ pub(crate) fn liveness(who: Identity) -> Liveness {
             }
         }
         // /proc unreadable (hidepid, no procfs): fall back to kill(pid, 0).
-        Err(_) => {
-            // SAFETY: kill with signal 0 sends nothing; it only checks existence.
-            let rc = unsafe { libc::kill(who.id as libc::pid_t, 0) };
-            if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-                Liveness::Dead
-            } else {
-                Liveness::Alive
-            }
-        }
+        Err(_) => match rustix::process::Pid::from_raw(who.id as i32) {
+            // kill(pid, 0): sends nothing, only checks existence.
+            Some(pid) => match rustix::process::test_kill_process(pid) {
+                Err(rustix::io::Errno::SRCH) => Liveness::Dead,
+                _ => Liveness::Alive,
+            },
+            None => Liveness::Dead,
+        },
     }
 }
 

@@ -10,19 +10,20 @@
 //! currently running a registered process. A process where registration fails
 //! keeps using full fences.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::thread::{membarrier, MembarrierCommand};
 
-/// Pid of the process that registered (a forked child registers again), or
-/// `u32::MAX` once registration failed in that process.
-static REGISTERED: AtomicU32 = AtomicU32::new(0);
-static FAILED_IN: AtomicU32 = AtomicU32::new(0);
+/// Fork generation ([`super::fork_generation`]) of the process that
+/// registered (a forked child registers again), and of the one where it failed.
+static REGISTERED: AtomicU64 = AtomicU64::new(0);
+static FAILED_IN: AtomicU64 = AtomicU64::new(0);
 
 /// Registers the calling process for global expedited barriers (once per
 /// process). Returns whether it may publish without a full fence.
 pub(crate) fn membarrier_register_publisher() -> bool {
-    let me = super::current_pid();
+    super::watch_forks();
+    let me = super::fork_generation();
     if REGISTERED.load(Ordering::Acquire) == me {
         return true;
     }

@@ -1,0 +1,125 @@
+//! The fork layer: one `pthread_atfork` registration for the whole crate.
+//!
+//! Two facts about forks are kept, both by handlers that only do atomic adds
+//! (allowed in the parent before a fork and async-signal-safe in the child):
+//!
+//! * the **fork generation** ([`fork_generation`]), bumped by the *child*
+//!   handler: a forked child sees a generation its parent never had, so any
+//!   per-process state recorded with a generation (the identity cache of
+//!   `proc`, the queue's registration) is known stale in the child;
+//! * the **fork counts** ([`fork_count`], [`thread_fork_count`]), bumped by the
+//!   *prepare* handler in the forking process, per process and per thread: the
+//!   pipe uses them to tell "this process (this thread) forked since it last
+//!   used an end", so that a drop hands the end to a child instead of closing it.
+//!
+//! Forks that bypass libc's `fork` (a raw `clone`) run no handlers; shmproc
+//! forks only through libc. The fork server (`process::forkserver`) keeps its
+//! own state for the processes it starts.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+thread_local! {
+    /// Forks made by this thread (the prepare handler runs in the forking thread).
+    static THREAD_FORKS: Cell<u32> = const { Cell::new(0) };
+}
+
+extern "C" fn before_fork() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+    // `try_with`: a thread-local being torn down must not make fork panic.
+    let _ = THREAD_FORKS.try_with(|c| c.set(c.get().wrapping_add(1)));
+}
+
+extern "C" fn after_fork_in_child() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers (once per process; a child inherits the registration) the fork
+/// handlers behind [`fork_generation`], [`fork_count`] and [`thread_fork_count`].
+///
+/// `pthread_atfork` stays on libc: it is a libc (pthread) facility that
+/// rustix does not wrap.
+#[cold]
+pub(crate) fn watch_forks() {
+    ATFORK.call_once(|| {
+        // SAFETY: both handlers are `extern "C" fn()`s that only do atomic adds
+        // (and a thread-local cell update in the parent): allowed in the parent
+        // before a fork, async-signal-safe in the forked child.
+        let rc = unsafe { libc::pthread_atfork(Some(before_fork), None, Some(after_fork_in_child)) };
+        debug_assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+}
+
+/// The process's fork generation: it differs in a forked child from every
+/// value its parent (or any ancestor) read, once [`watch_forks`] has run.
+#[inline]
+pub(crate) fn fork_generation() -> u64 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// A stamp of "this process": registers the fork handlers if needed and
+/// returns [`fork_generation`]. An object that records it can later tell,
+/// with one atomic load, whether it is still in the process that made it or
+/// was inherited by a forked child (which must not use it as its own).
+#[inline]
+pub(crate) fn process_stamp() -> u64 {
+    watch_forks();
+    fork_generation()
+}
+
+/// How many times this process has called `fork()` (through libc) since
+/// [`watch_forks`] was first called. A forked child inherits the parent's count
+/// at the moment of the fork.
+#[inline]
+pub(crate) fn fork_count() -> u64 {
+    FORKS.load(Ordering::Relaxed)
+}
+
+/// How many times the calling thread has called `fork()` (through libc)
+/// since [`watch_forks`] was first called; `proc::thread_fork_stamp` tags it
+/// with the thread's id.
+#[inline]
+pub(crate) fn thread_fork_count() -> u32 {
+    THREAD_FORKS.try_with(|c| c.get()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_sees_a_new_generation_and_the_fork_counted() {
+        watch_forks();
+        let (generation, forks) = (fork_generation(), fork_count());
+        // libc's fork, not a raw one: only it runs the atfork handlers under test.
+        // SAFETY: the child only reads atomics and calls `_exit`, which is
+        // async-signal-safe, as required after fork in a threaded process.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = fork_generation() != generation && fork_count() > forks;
+            // SAFETY: `_exit` ends the child without running the parent's
+            // atexit handlers or destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        assert_eq!(fork_generation(), generation, "the parent's generation never moves");
+        assert!(fork_count() > forks);
+        let child = rustix::process::Pid::from_raw(pid).expect("a child pid is positive");
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            match rustix::process::waitpid(Some(child), rustix::process::WaitOptions::NOHANG) {
+                Ok(Some((_, status))) => break status,
+                Ok(None) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => panic!("waitpid: {e}"),
+            }
+            assert!(std::time::Instant::now() < end, "the child did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status.exit_status(), Some(0), "{status:?}");
+    }
+}
