@@ -233,6 +233,7 @@ impl<T: Pod> Builder<Queue<T>> {
     }
 }
 
+crate::object::serde_object!([T: Pod] Queue<T>);
 /// `open` and `open_handle` (the queue's capacity and mode come from the segment).
 impl<T: Pod> Object for Queue<T> {
     const KIND: ObjectKind = ObjectKind::Queue;

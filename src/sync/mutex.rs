@@ -117,6 +117,7 @@ impl<T: Pod> Builder<Mutex<T>> {
     }
 }
 
+crate::object::serde_object!([T: Pod] Mutex<T>);
 impl<T: Pod> Object for Mutex<T> {
     const KIND: ObjectKind = ObjectKind::Mutex;
     type Params = ();

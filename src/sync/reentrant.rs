@@ -81,6 +81,7 @@ impl Builder<ReentrantMutex> {
     }
 }
 
+crate::object::serde_object!([] ReentrantMutex);
 impl Object for ReentrantMutex {
     const KIND: ObjectKind = ObjectKind::ReentrantMutex;
     type Params = ();
