@@ -138,6 +138,7 @@ pub use handles::{inherited, CommandExt, HANDLE_ENV_PREFIX};
 
 use crate::sys;
 use crate::time::Deadline;
+use crate::object::Carried;
 use child::{Report, Trampoline, TAG_OK, TAG_REPORT};
 use reap::{Launched, OsChild};
 
@@ -227,7 +228,7 @@ impl<R, F: FnOnce() -> R> CallOnce<R> for Option<F> {
 
 enum Target<R> {
     Closure(Box<dyn CallOnce<R>>),
-    Fn { tramp: Trampoline, func: usize, args: Result<Vec<u8>, String> },
+    Fn { tramp: Trampoline, func: usize, args: Result<Vec<u8>, String>, carried: Carried },
 }
 
 /// Configures and starts a [`Process`]. Made by [`Process::builder`] or [`Process::closure`].
@@ -280,6 +281,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
         };
         let named = self.name.is_some();
         let name = self.name.unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let mut keep = Vec::new();
         let launched = match self.target {
             Target::Closure(mut f) => {
                 if method != StartMethod::Fork {
@@ -295,11 +297,19 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
                     None => Err("the closure was already called".into()),
                 })?
             }
-            Target::Fn { tramp, func, args } => {
+            Target::Fn { tramp, func, args, carried } => {
                 let args = args.map_err(|reason| StartError::Encode { reason })?;
+                let fds = carried.raw_fds();
+                keep = carried.keep;
                 match method {
                     // Borrowed: the child must not free the parent's buffer.
-                    StartMethod::Fork => fork::start(&name, named, self.daemon, |out| tramp(func, &args, out))?,
+                    // The carried fds are inherited: the same numbers.
+                    StartMethod::Fork => fork::start(&name, named, self.daemon, |out| {
+                        if !fds.is_empty() {
+                            crate::object::set_inbound(fds.clone(), false);
+                        }
+                        tramp(func, &args, out)
+                    })?,
                     StartMethod::Spawn | StartMethod::ForkServer => {
                         if !exec::initialized() {
                             return Err(StartError::NotInitialized { method });
@@ -309,15 +319,17 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
                         }
                         let (t, f) = (child::offset_of(tramp as usize), child::offset_of(func));
                         if method == StartMethod::Spawn {
-                            spawn::start(&name, self.daemon, t, f, &args)?
+                            spawn::start(&name, self.daemon, t, f, &args, &fds)?
                         } else {
-                            forkserver::start(&name, self.daemon, t, f, &args)?
+                            forkserver::start(&name, self.daemon, t, f, &args, &carried.fds)?
                         }
                     }
                 }
             }
         };
-        Ok(Process::from_launched(launched, name, method, self.daemon))
+        let mut p = Process::from_launched(launched, name, method, self.daemon);
+        p.keep = keep;
+        Ok(p)
     }
 }
 
@@ -335,6 +347,9 @@ pub struct Process<R> {
     buf: Vec<u8>,
     ended: Option<ExitStatus>,
     joined: bool,
+    /// The objects of the argument, kept until the child was joined (a named
+    /// one's creator must not unlink it before the child opened it).
+    keep: Vec<crate::Segment>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -353,9 +368,14 @@ impl<R> fmt::Debug for Process<R> {
 impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// A process that runs `target(arg)`; works with every start method.
     pub fn builder<A: Serialize + DeserializeOwned + 'static>(target: fn(A) -> R, arg: A) -> Builder<R> {
-        let args = postcard::to_allocvec(&arg).map_err(|e| e.to_string());
+        // Objects in `arg` are collected here: named ones travel by name,
+        // anonymous ones by fd (see `Carried`); `arg` itself drops now.
+        let (args, carried) = match crate::object::serialize_carrying(&arg) {
+            Ok((b, c)) => (Ok(b), c),
+            Err(e) => (Err(e), Carried::default()),
+        };
         Builder {
-            target: Target::Fn { tramp: child::trampoline::<A, R>, func: target as usize, args },
+            target: Target::Fn { tramp: child::trampoline::<A, R>, func: target as usize, args, carried },
             name: None,
             method: None,
             daemon: false,
@@ -382,6 +402,7 @@ impl<R: DeserializeOwned> Process<R> {
             buf: Vec::new(),
             ended: None,
             joined: false,
+            keep: Vec::new(),
             _r: PhantomData,
         }
     }
@@ -454,6 +475,7 @@ impl<R: DeserializeOwned> Process<R> {
         }
         self.joined = true;
         self.unregister();
+        self.keep.clear();
         let status = self.ended.unwrap_or(ExitStatus::Unknown);
         let buf = std::mem::take(&mut self.buf);
         match buf.split_first() {

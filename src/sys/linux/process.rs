@@ -309,12 +309,13 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
 }
 
-/// Most fds passed in one message.
-pub(crate) const MAX_PASSED_FDS: usize = 4;
+/// Most fds passed in one message (a fork-server request carries three of
+/// its own and up to `object::MAX_CARRIED` objects of the argument).
+pub(crate) const MAX_PASSED_FDS: usize = 64;
 
-/// Most fds taken from one received message (the room of a 128-byte control
-/// buffer): a message with more is a truncation error.
-const MAX_RECEIVED_FDS: usize = 28;
+/// Most fds taken from one received message: a message with more is a
+/// truncation error.
+const MAX_RECEIVED_FDS: usize = 64;
 
 /// Sends one datagram with `data` and (`SCM_RIGHTS`) `fds`. `MSG_NOSIGNAL`.
 pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
