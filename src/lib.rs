@@ -51,11 +51,11 @@ mod wait;
 
 pub mod process;
 
-pub use error::{LockError, OpenError};
+pub use error::{AccessError, LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
 pub use object::{Builder, SegmentBuilder};
 pub use pipe::{Connection, Pipe, PipeBuilder};
-pub use process::{init, Process};
+pub use process::{active_children, cpu_count, current_process, init, Process};
 pub use queue::{
     FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,
     RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, SpscReceiver, SpscSender, TaskDoneError,
@@ -66,8 +66,8 @@ pub use segment::{
 };
 pub use sync::{
     AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
-    ConditionBuilder, Event, EventBuilder, Mutex, MutexBuilder, MutexGuard, ReentrantMutex, ReentrantMutexBuilder,
-    ReentrantMutexGuard, ReleaseError, Semaphore, SemaphoreBuilder,
+    ConditionBuilder, Event, EventBuilder, Lock, LockBuilder, LockGuard, Mutex, MutexBuilder, MutexGuard, ReentrantMutex, ReentrantMutexBuilder,
+    ReentrantMutexGuard, ReleaseError, RLock, RLockBuilder, Semaphore, SemaphoreBuilder,
 };
 pub use value::{
     Array, ArrayBuilder, ArrayGuard, RawArray, RawArrayBuilder, RawValue, RawValueBuilder, Value, ValueBuilder,

@@ -257,6 +257,10 @@ impl<T> fmt::Debug for View<T> {
 
 impl<T: 'static> View<T> {
     fn check_type() -> Result<(), OpenError> {
+        // A compile-time error where the element type is known (`Value<()>`,
+        // `Array<()>`, `Mutex<()>`: use `Lock`); the run-time check stays for
+        // the record.
+        const { assert!(std::mem::size_of::<T>() > 0, "zero-sized element types cannot be shared (use shmproc::Lock for a Mutex<()>)") };
         if std::mem::size_of::<T>() == 0 {
             return Err(OpenError::invalid("zero-sized element types cannot be shared"));
         }
