@@ -12,14 +12,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Process A
     let prices = Array::<f64>::create(&prices_name, &[0.0; 4])?;
     let jobs = Queue::<u64>::create(&jobs_name, 1024)?;
-    prices.set(0, 101.5).map_err(|e| e.to_string())?;
+    prices.set(0, 101.5)?;
     jobs.send(42)?;
 
     // Process B
     let b = Process::closure(move || -> Result<(), String> {
         let prices = Array::<f64>::open(&prices_name).map_err(|e| e.to_string())?;
         let jobs = Queue::<u64>::open(&jobs_name).map_err(|e| e.to_string())?;
-        assert_eq!(prices.get(0).map_err(|e| e.to_string())?, Some(101.5));
+        assert_eq!(prices.get(0).map_err(|e| e.to_string())?, 101.5);
         assert_eq!(jobs.recv().map_err(|e| format!("{e:?}"))?, 42);
         Ok(())
     })
@@ -34,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .start()?;
     assert!(child.join()?);
-    assert_eq!(counter.get().map_err(|e| e.to_string())?, 1);
+    assert_eq!(counter.get()?, 1);
     println!("readme examples: ok");
     Ok(())
 }

@@ -30,6 +30,12 @@ use crate::segment::{Handle, Segment};
 /// assert!(lock.try_acquire().is_ok());
 /// # Ok(()) }
 /// ```
+///
+/// `Mutex<()>` itself does not compile (zero-sized types cannot be shared):
+///
+/// ```compile_fail
+/// let m = shmproc::Mutex::<()>::anonymous(());
+/// ```
 #[derive(Clone)]
 pub struct Lock(Mutex<u8>);
 
