@@ -225,6 +225,7 @@ impl Segment {
         payload_align: usize,
         init: impl FnOnce(NonNull<u8>, usize),
     ) -> Result<Segment, OpenError> {
+        crate::process::check_gate();
         if !payload_align.is_power_of_two() || payload_align > 4096 {
             return Err(OpenError::invalid(format!("payload alignment {payload_align} is not a power of two <= 4096")));
         }
@@ -342,6 +343,7 @@ impl Segment {
 
     /// Maps `fd`, waits for READY and validates the header.
     fn attach(fd: OwnedFd, name: Option<String>, spec: &ObjectSpec, deadline: Deadline) -> Result<Segment, OpenError> {
+        crate::process::check_gate();
         let label = name.clone().unwrap_or_else(|| format!("fd:{}", fd.as_raw_fd()));
         let mut backoff = Duration::from_micros(50);
         loop {

@@ -89,6 +89,8 @@ pub(crate) const EXIT_OK: i32 = 0;
 pub(crate) const EXIT_PANIC: i32 = 1;
 /// Exit code of a child that refused to run the target (identity mismatch, bad gate variable).
 pub(crate) const EXIT_REFUSED: i32 = 121;
+/// Exit code of a re-executed copy that reached shmproc code before `init()`.
+pub(crate) const EXIT_NO_INIT: i32 = 122;
 
 /// Runs one typed target: decodes the argument, calls `func`, writes the
 /// report to the fd. `Err` is a (de)serialisation failure.

@@ -109,8 +109,17 @@ fn launch() -> Result<Server, StartError> {
     };
     if &buf[..ready] != b"ready" {
         let _ = child.kill();
-        let _ = child.wait();
-        return Err(err("the fork server exited or did not become ready (see its message on stderr)"));
+        let status = child.wait();
+        // A server that exited by itself (not killed above) ran `main`
+        // instead of the server loop: `init()` was late or missing.
+        return Err(match status.ok().and_then(|s| s.code()) {
+            Some(child::EXIT_REFUSED) => err("the fork server refused to start (see its message on stderr)"),
+            Some(code) => err(format!(
+                "the fork server exited with code {code} before it became ready: {}",
+                exec::INIT_NOT_FIRST
+            )),
+            None => err("the fork server did not become ready (see its message on stderr)"),
+        });
     }
     CLIENT_FD.store(mine.as_raw_fd(), Ordering::Relaxed);
     Ok(Server { sock: mine, child, owner: sys::process_stamp() })

@@ -134,6 +134,7 @@ use serde::Serialize;
 
 pub use error::{ExitStatus, InheritError, JoinError, ShareError, StartError};
 pub use exec::StartMethod;
+pub(crate) use exec::check_gate;
 pub use handles::{inherited, CommandExt, HANDLE_ENV_PREFIX};
 
 use crate::sys;
@@ -158,6 +159,9 @@ use reap::{Launched, OsChild};
 /// ```
 pub fn init() {
     exec::mark_initialized();
+    if !exec::reexecuted() {
+        return;
+    }
     if let Some(v) = std::env::var_os(exec::SPAWN_ENV) {
         std::env::remove_var(exec::SPAWN_ENV);
         spawn::child_main(&v.to_string_lossy());
@@ -274,6 +278,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
 
     /// Starts the child.
     pub fn start(self) -> Result<Process<R>, StartError> {
+        exec::check_gate();
         let method = match (&self.target, self.method) {
             (Target::Closure(_), None) => StartMethod::Fork,
             (_, Some(m)) => m,
@@ -350,6 +355,8 @@ pub struct Process<R> {
     /// The objects of the argument, kept until the child was joined (a named
     /// one's creator must not unlink it before the child opened it).
     keep: Vec<crate::Segment>,
+    /// Spawn: the argument memfd (see `spawn.rs`: did the child reach `init()`?).
+    gate: Option<OwnedFd>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -403,6 +410,7 @@ impl<R: DeserializeOwned> Process<R> {
             ended: None,
             joined: false,
             keep: Vec::new(),
+            gate: l.gate,
             _r: PhantomData,
         }
     }
@@ -478,7 +486,16 @@ impl<R: DeserializeOwned> Process<R> {
         self.keep.clear();
         let status = self.ended.unwrap_or(ExitStatus::Unknown);
         let buf = std::mem::take(&mut self.buf);
+        let reached_init = match &self.gate {
+            Some(g) => {
+                status == ExitStatus::Exited(child::EXIT_REFUSED)
+                    || (status != ExitStatus::Exited(child::EXIT_NO_INIT)
+                        && sys::offset_marked(g.as_fd()).unwrap_or(true))
+            }
+            None => true,
+        };
         match buf.split_first() {
+            None if !reached_init && !matches!(status, ExitStatus::Signaled(_)) => Err(JoinError::InitNotFirst { status }),
             None => Err(JoinError::Died { status }),
             Some((&TAG_OK, bytes)) => match postcard::from_bytes::<R>(bytes) {
                 Ok(r) => Ok(r),

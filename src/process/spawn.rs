@@ -16,6 +16,11 @@
 //! * daemon parent: the parent's pid, or 0. `PR_SET_PDEATHSIG` is set in
 //!   `pre_exec` (it survives exec); the child re-checks `getppid()` after exec.
 //!
+//! The child moves the args memfd's file offset (shared with the parent) to
+//! 1 once it read the argument: a child that ended without a report and
+//! without moving it never reached `init()`
+//! ([`JoinError::InitNotFirst`](super::JoinError::InitNotFirst)).
+//!
 //! `init()` removes the variable before anything else runs, so the child's own
 //! children never see it.
 
@@ -67,6 +72,10 @@ fn parse(v: &str) -> Option<Gate<'_>> {
 /// The child side, called by `init()`; never returns.
 pub(crate) fn child_main(v: &str) -> ! {
     let Some(g) = parse(v) else { refuse(&format!("malformed {SPAWN_ENV} value {v:?}")) };
+    // Tell the parent (which shares the args fd's file description) that init() ran here.
+    if let Ok(fd) = sys::borrow_raw_fd(g.args_fd) {
+        let _ = sys::mark_offset(fd);
+    }
     if let Err(reason) = exec::verify_identity(g.exe) {
         refuse(&reason);
     }
@@ -120,9 +129,10 @@ pub(crate) fn start(
     keep_open.extend_from_slice(objects);
     let child = exec::spawn_self(&[(SPAWN_ENV, value)], &keep_open, daemon.then_some(parent))?;
     // The child is ours and unreaped (std's Child never reaps on drop).
-    let launched = Launched::own_child(child.id(), chan);
+    let mut launched = Launched::own_child(child.id(), chan);
     drop(child);
-    drop(args_fd);
+    // Kept: its offset tells, at join, whether the child reached init().
+    launched.gate = Some(args_fd);
     Ok(launched)
 }
 

@@ -212,7 +212,22 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
 pub(crate) fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create(c"shmproc-args", rustix::fs::MemfdFlags::CLOEXEC)?;
     write_all(fd.as_fd(), data)?;
+    // Back to offset 0 (readers use pread; a Spawn child moves it to say it
+    // reached init(), see `mark_offset`).
+    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0))?;
     Ok(fd)
+}
+
+/// Moves `fd`'s file offset to 1: a re-executed child tells its parent, which
+/// shares the open file description, that it reached `init()`.
+pub(crate) fn mark_offset(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(1))?;
+    Ok(())
+}
+
+/// Whether `fd`'s file offset was moved off 0 (see [`mark_offset`]).
+pub(crate) fn offset_marked(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(rustix::fs::seek(fd, rustix::fs::SeekFrom::Current(0))? != 0)
 }
 
 /// Reads a whole memfd (or file) from offset 0, refusing more than `max` bytes.
