@@ -234,6 +234,8 @@ impl<G> std::error::Error for LockError<G> {}
 /// convenience call drops it without marking the data consistent, so the lock
 /// becomes unrecoverable: repair a dead holder's data through `lock()`.
 ///
+/// It is a serde type, so a target may return it (`Result<T, AccessError>`).
+///
 /// [`LockError`] converts into it (`From`), dropping the guard; so do
 /// [`Mutex::lock`](crate::Mutex::lock)'s errors in a function that returns
 /// `Result<_, AccessError>`.
@@ -244,7 +246,7 @@ impl<G> std::error::Error for LockError<G> {}
 /// assert!(matches!(a.set(99, 7), Err(shmproc::AccessError::IndexOutOfRange { index: 99, len: 3 })));
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum AccessError {
     /// The previous holder died while holding the lock; the data may be
