@@ -38,6 +38,7 @@ fn worker((jobs, results, lock, done): (Queue<u64>, Connection, Lock, Value<u64>
     }
 }
 
+/// Runs the example (also called by `ipc-tests/tests/examples.rs`).
 pub fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     shmproc::init(); // first line of main: the spawned copy runs `worker` from here
     let jobs = Queue::<u64>::anonymous(16)?;

@@ -29,6 +29,7 @@ fn work((counter, n): (Value<u64>, u64)) -> Result<u64, AccessError> {
     Ok(n)
 }
 
+/// Runs the example (also called by `ipc-tests/tests/examples.rs`).
 pub fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     shmproc::init(); // first line of main: Spawn and ForkServer children start here
     let counter = Value::<u64>::anonymous(0)?;
