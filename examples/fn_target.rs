@@ -52,7 +52,8 @@ pub fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         jobs.send(n)?;
     }
     jobs.send(0)?;
-    let squares = (0..5).map(|_| results.recv_timeout::<u64>(Duration::from_secs(30))).collect::<Result<Vec<_>, _>>()?;
+    let squares =
+        (0..5).map(|_| results.recv_timeout::<u64>(Duration::from_secs(30))).collect::<Result<Vec<_>, _>>()?;
     assert_eq!(squares, [1, 4, 9, 16, 25]);
     assert_eq!(p.join()??, 5);
     assert_eq!(done.get()?, 5);

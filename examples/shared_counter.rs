@@ -33,9 +33,8 @@ fn work((counter, n): (Value<u64>, u64)) -> Result<u64, AccessError> {
 pub fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     shmproc::init(); // first line of main: Spawn and ForkServer children start here
     let counter = Value::<u64>::anonymous(0)?;
-    let workers = (0..4)
-        .map(|_| Process::builder(work, (counter.clone(), 1000)).start())
-        .collect::<Result<Vec<_>, _>>()?;
+    let workers =
+        (0..4).map(|_| Process::builder(work, (counter.clone(), 1000)).start()).collect::<Result<Vec<_>, _>>()?;
     let mut added = 0;
     for w in workers {
         added += w.join()??;

@@ -153,8 +153,9 @@ pub use segment::{
 };
 pub use sync::{
     AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
-    ConditionBuilder, Event, EventBuilder, Lock, LockBuilder, LockGuard, Mutex, MutexBuilder, MutexGuard, ReentrantMutex, ReentrantMutexBuilder,
-    ReentrantMutexGuard, ReleaseError, RLock, RLockBuilder, Semaphore, SemaphoreBuilder,
+    ConditionBuilder, Event, EventBuilder, Lock, LockBuilder, LockGuard, Mutex, MutexBuilder, MutexGuard, RLock,
+    RLockBuilder, ReentrantMutex, ReentrantMutexBuilder, ReentrantMutexGuard, ReleaseError, Semaphore,
+    SemaphoreBuilder,
 };
 pub use value::{
     Array, ArrayBuilder, ArrayGuard, RawArray, RawArrayBuilder, RawValue, RawValueBuilder, Value, ValueBuilder,

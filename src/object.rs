@@ -260,7 +260,12 @@ impl<T: 'static> View<T> {
         // A compile-time error where the element type is known (`Value<()>`,
         // `Array<()>`, `Mutex<()>`: use `Lock`); the run-time check stays for
         // the record.
-        const { assert!(std::mem::size_of::<T>() > 0, "zero-sized element types cannot be shared (use shmproc::Lock for a Mutex<()>)") };
+        const {
+            assert!(
+                std::mem::size_of::<T>() > 0,
+                "zero-sized element types cannot be shared (use shmproc::Lock for a Mutex<()>)"
+            )
+        };
         if std::mem::size_of::<T>() == 0 {
             return Err(OpenError::invalid("zero-sized element types cannot be shared"));
         }
@@ -724,6 +729,32 @@ mod tests {
         let (a, _b) = Pipe::new().unwrap();
         assert_eq!(a.segment().kind(), ObjectKind::Pipe);
         assert!(matches!(Queue::<u64>::open_handle(&a.handle()), Err(OpenError::KindMismatch { .. })));
+    }
+
+    #[test]
+    fn arguments_carry_anonymous_objects_by_index_and_named_ones_by_name() {
+        use super::{deserialize_carried, serialize_carrying, set_inbound, ObjRef};
+        let anon = Value::<u64>::anonymous(5).unwrap();
+        let name = format!("shmproc-test-carry-{}", std::process::id());
+        let named = Array::<u32>::create(&name, &[1, 2]).unwrap();
+        let (bytes, carried) = serialize_carrying(&(anon.clone(), 7u8, named.clone())).unwrap();
+        assert_eq!(carried.fds.len(), 1);
+        assert_eq!(carried.keep.len(), 2);
+        // In-process stand-in for a child: the table maps index 0 to the fd.
+        set_inbound(carried.raw_fds(), false);
+        let (v, n, a): (Value<u64>, u8, Array<u32>) = deserialize_carried(&bytes).unwrap();
+        v.update(|x| *x += n as u64).unwrap();
+        assert_eq!(anon.get().unwrap(), 12);
+        assert_eq!(a.to_vec().unwrap(), vec![1, 2]);
+        // Outside an argument, an anonymous object does not serialize.
+        assert!(postcard::to_allocvec(&anon).is_err());
+        // An index past the carried fds is an immediate, precise error.
+        let stray = postcard::to_allocvec(&ObjRef::Fd(2)).unwrap();
+        set_inbound(Vec::new(), false);
+        let e = deserialize_carried::<Value<u64>>(&stray).unwrap_err();
+        assert!(e.contains("#2 cannot be resolved: only 0 fds"), "{e}");
+        let e = deserialize_carried::<Value<u64>>(&stray).unwrap_err();
+        assert!(e.contains("travel only as Process/Pool arguments"), "{e}");
     }
 
     #[test]

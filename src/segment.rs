@@ -193,9 +193,9 @@ fn map_os(e: std::io::Error, name: &str) -> OpenError {
     match e.raw_os_error() {
         Some(libc::ENOENT) => OpenError::NotFound { name: name.to_owned() },
         Some(libc::EEXIST) => OpenError::AlreadyExists { name: name.to_owned() },
-        Some(libc::EACCES) | Some(libc::EPERM) => {
-            OpenError::PermissionDenied { reason: format!("the OS refused access to {}: {e}", crate::error::short(name)) }
-        }
+        Some(libc::EACCES) | Some(libc::EPERM) => OpenError::PermissionDenied {
+            reason: format!("the OS refused access to {}: {e}", crate::error::short(name)),
+        },
         Some(libc::ENAMETOOLONG) | Some(libc::EINVAL) => {
             OpenError::NameInvalid { name: name.to_owned(), reason: "the OS rejected the name" }
         }

@@ -256,7 +256,7 @@ impl<T: Pod> Array<T> {
 
     /// Runs `f` on the elements under the lock.
     pub fn update<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R, AccessError> {
-        Ok(f(&mut *self.lock()?))
+        Ok(f(&mut self.lock()?))
     }
 }
 

@@ -148,6 +148,31 @@ fn anonymous_object_outside_an_argument_is_refused() {
     assert_eq!(back.get().unwrap(), 9);
 }
 
+/// The README's two-binary example: A creates, writes and `persist()`s, then
+/// exits; B opens the names later and reads.
+fn persisted_names_outlive_the_creator() {
+    let (pn, jn) = (unique("prices"), unique("jobs"));
+    let (p2, j2) = (pn.clone(), jn.clone());
+    let a = Process::closure(move || -> Result<(), String> {
+        let prices = Array::<f64>::create(&p2, &[0.0; 4]).map_err(|e| e.to_string())?;
+        let jobs = Queue::<u64>::create(&j2, 1024).map_err(|e| e.to_string())?;
+        prices.set(0, 101.5).map_err(|e| e.to_string())?;
+        jobs.send(42).map_err(|e| format!("{e:?}"))?;
+        prices.segment().persist();
+        jobs.segment().persist();
+        Ok(())
+    })
+    .start()
+    .unwrap();
+    a.join().unwrap().unwrap();
+    let prices = Array::<f64>::open(&pn).unwrap();
+    let jobs = Queue::<u64>::open(&jn).unwrap();
+    assert_eq!(prices.get(0).unwrap(), 101.5);
+    assert_eq!(jobs.recv_timeout(WAIT).unwrap(), 42);
+    shmproc::unlink(&pn).unwrap();
+    shmproc::unlink(&jn).unwrap();
+}
+
 fn main() {
     shmproc::init();
     std::thread::spawn(|| {
@@ -171,6 +196,8 @@ fn main() {
             println!("test {m:?}::{name} ... ok");
         }
     }
+    persisted_names_outlive_the_creator();
+    println!("test persisted_names_outlive_the_creator ... ok");
     unrelated_fd_is_refused_at_once();
     println!("test unrelated_fd_is_refused_at_once ... ok");
     anonymous_object_outside_an_argument_is_refused();

@@ -985,7 +985,12 @@ impl serde::Serialize for Connection {
         let r = crate::object::ObjRef::outbound::<S::Error>(&self.seg)?;
         if crate::object::carrying() && self.claim_pid.swap(0, Ordering::Relaxed) == sys::current_pid() {
             let slot = &self.shared().ends[self.end.index()];
-            let _ = slot.word.compare_exchange(slot_word(sys::current_pid(), HELD), FREE, Ordering::SeqCst, Ordering::Relaxed);
+            let _ = slot.word.compare_exchange(
+                slot_word(sys::current_pid(), HELD),
+                FREE,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
         }
         serde::Serialize::serialize(&(self.end.index() as u8, r), s)
     }

@@ -207,11 +207,9 @@ impl fmt::Display for JoinError {
                 write!(f, "; it {status}")
             }
             JoinError::Died { status } => write!(f, "the child {status} without reporting a result"),
-            JoinError::InitNotFirst { status } => write!(
-                f,
-                "the child {status} without running the target: {}",
-                super::exec::INIT_NOT_FIRST
-            ),
+            JoinError::InitNotFirst { status } => {
+                write!(f, "the child {status} without running the target: {}", super::exec::INIT_NOT_FIRST)
+            }
             JoinError::Decode { reason } => write!(f, "could not decode the child's result: {reason}"),
             JoinError::Timeout => f.write_str("timed out waiting for the child"),
             JoinError::AlreadyJoined => f.write_str("the child was already joined"),

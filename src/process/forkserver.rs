@@ -114,10 +114,9 @@ fn launch() -> Result<Server, StartError> {
         // instead of the server loop: `init()` was late or missing.
         return Err(match status.ok().and_then(|s| s.code()) {
             Some(child::EXIT_REFUSED) => err("the fork server refused to start (see its message on stderr)"),
-            Some(code) => err(format!(
-                "the fork server exited with code {code} before it became ready: {}",
-                exec::INIT_NOT_FIRST
-            )),
+            Some(code) => {
+                err(format!("the fork server exited with code {code} before it became ready: {}", exec::INIT_NOT_FIRST))
+            }
             None => err("the fork server did not become ready (see its message on stderr)"),
         });
     }

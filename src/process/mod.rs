@@ -133,13 +133,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::{ExitStatus, InheritError, JoinError, ShareError, StartError};
-pub use exec::StartMethod;
 pub(crate) use exec::check_gate;
+pub use exec::StartMethod;
 pub use handles::{inherited, CommandExt, HANDLE_ENV_PREFIX};
 
+use crate::object::Carried;
 use crate::sys;
 use crate::time::Deadline;
-use crate::object::Carried;
 use child::{Report, Trampoline, TAG_OK, TAG_REPORT};
 use reap::{Launched, OsChild};
 
@@ -495,7 +495,9 @@ impl<R: DeserializeOwned> Process<R> {
             None => true,
         };
         match buf.split_first() {
-            None if !reached_init && !matches!(status, ExitStatus::Signaled(_)) => Err(JoinError::InitNotFirst { status }),
+            None if !reached_init && !matches!(status, ExitStatus::Signaled(_)) => {
+                Err(JoinError::InitNotFirst { status })
+            }
             None => Err(JoinError::Died { status }),
             Some((&TAG_OK, bytes)) => match postcard::from_bytes::<R>(bytes) {
                 Ok(r) => Ok(r),

@@ -123,8 +123,7 @@ pub(crate) fn start(
     } else {
         objects.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
     };
-    let value =
-        format!("v2;{};{tramp};{func};{a};{w};{parent};{};{objs};{name}", exec::exe_id_string()?, chan.token);
+    let value = format!("v2;{};{tramp};{func};{a};{w};{parent};{};{objs};{name}", exec::exe_id_string()?, chan.token);
     let mut keep_open = vec![a, w];
     keep_open.extend_from_slice(objects);
     let child = exec::spawn_self(&[(SPAWN_ENV, value)], &keep_open, daemon.then_some(parent))?;
