@@ -26,6 +26,30 @@
 //!   same `Builder` and `Object`, as is the untyped [`Segment`] (here, its
 //!   `SegmentBuilder`).
 //!
+//! ## Objects as arguments (serde)
+//!
+//! Every object is `Serialize + Deserialize` (one `serde_object!` line per
+//! type, or two hand-written impls where reopening needs more than the
+//! handle, as for a pipe end). It serializes as an `ObjRef`: a named object
+//! as its name, an anonymous one as the index of its fd among the fds that
+//! travel beside the argument bytes. The task plumbing brackets the argument:
+//!
+//! * parent: `serialize_carrying(&arg)` gives the postcard bytes and a
+//!   `Carried` (the anonymous objects' segments, in index order, and every
+//!   object met, which the parent keeps until the child is joined so that a
+//!   moved named object is not unlinked under the child);
+//! * transport: the start method moves `Carried::raw_fds()` (Fork: inherited;
+//!   ForkServer: `SCM_RIGHTS` with the request; Spawn: `FD_CLOEXEC` cleared
+//!   between fork and exec, numbers in the gate variable);
+//! * child: `set_inbound(fds, owned)`, then `deserialize_carried(&bytes)`,
+//!   which opens each object from its fd (a duplicate) and closes owned fds.
+//!
+//! Outside `serialize_carrying`, an anonymous object does not serialize
+//! ("anonymous objects travel only as Process/Pool arguments"); an index
+//! with no fd behind it is an immediate, precise error. The SPSC endpoints
+//! hold an exclusive claim and do not travel: pass the `Queue` and take the
+//! endpoint in the child.
+//!
 //! ## Payload layouts of typed views
 //!
 //! | prefix          | offset of the data               | payload alignment      |
