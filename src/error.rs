@@ -152,6 +152,20 @@ impl From<HeaderError> for OpenError {
 ///
 /// `G` is the guard type; it is handed back in [`LockError::OwnerDied`] so the
 /// caller can inspect and repair the protected data.
+///
+/// `?` turns it into an owned error (dropping the guard): into
+/// [`AccessError`], `Box<dyn Error + Send + Sync>` or `Box<dyn Error>`. It is
+/// not itself a `std::error::Error` (the guard borrows the object, so it could
+/// never be boxed as one); [`LockError::into_owned`] gives the owned error
+/// where a conversion is not implied (`anyhow`: `.map_err(LockError::into_owned)?`).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let counter = shmproc::Mutex::<u64>::anonymous(0)?;
+/// *counter.lock()? += 1;
+/// assert_eq!(*counter.lock()?, 1);
+/// # Ok(()) }
+/// ```
 #[non_exhaustive]
 pub enum LockError<G> {
     /// The previous holder died while holding the lock. The lock is now held by
@@ -224,7 +238,26 @@ impl<G> fmt::Display for LockError<G> {
     }
 }
 
-impl<G> std::error::Error for LockError<G> {}
+// `LockError` is deliberately not a `std::error::Error`: its guard borrows
+// the object, so it can never be a `'static` error, and implementing the trait
+// would make the conversions below overlap with std's blanket
+// `impl<E: Error + Send + Sync> From<E> for Box<dyn Error + Send + Sync>`.
+// Without it, `m.lock()?` works into the boxed errors and into `AccessError`.
+
+impl<G> From<LockError<G>> for Box<dyn std::error::Error + Send + Sync> {
+    /// `?` on `lock()`: the owned [`AccessError`], boxed (a dead holder's
+    /// guard is dropped unrepaired; see [`AccessError`]).
+    fn from(e: LockError<G>) -> Self {
+        Box::new(AccessError::from(e))
+    }
+}
+
+impl<G> From<LockError<G>> for Box<dyn std::error::Error> {
+    /// As for `Box<dyn Error + Send + Sync>`.
+    fn from(e: LockError<G>) -> Self {
+        Box::new(AccessError::from(e))
+    }
+}
 
 /// Why a convenience call (`get`, `set`, `update`, `to_vec`, ...) failed.
 ///
@@ -283,8 +316,8 @@ impl<G> From<LockError<G>> for AccessError {
 }
 
 impl<G> LockError<G> {
-    /// The owned [`AccessError`] (drops the guard of `OwnerDied`), for `?`
-    /// into `Box<dyn Error + Send + Sync>`: `m.lock().map_err(LockError::into_owned)?`.
+    /// The owned [`AccessError`] (drops the guard of `OwnerDied`), for error
+    /// types `?` does not convert into by itself: `m.lock().map_err(LockError::into_owned)?`.
     pub fn into_owned(self) -> AccessError {
         self.into()
     }
@@ -343,6 +376,15 @@ mod tests {
         owned(&e);
         assert_eq!(e, AccessError::OwnerDied);
         assert_eq!(LockError::<()>::Timeout.into_owned(), AccessError::Timeout);
+        // `?` on a lock error, into the boxed errors (the guard is dropped).
+        fn boxed() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            Err(LockError::OwnerDied(std::rc::Rc::new(1u8)))?
+        }
+        assert_eq!(boxed().unwrap_err().downcast_ref::<AccessError>(), Some(&AccessError::OwnerDied));
+        fn boxed_local() -> Result<(), Box<dyn std::error::Error>> {
+            Err(LockError::<()>::Corrupt)?
+        }
+        assert_eq!(boxed_local().unwrap_err().to_string(), AccessError::Corrupt.to_string());
     }
 
     #[test]

@@ -59,8 +59,9 @@
 //! Every error is owned, `Send + Sync + 'static`: `?` moves it into
 //! `Box<dyn Error + Send + Sync>` (or an `anyhow::Error`). The convenience
 //! methods return [`AccessError`]; only `lock()`-style calls hand back the
-//! guard of a dead holder inside [`LockError::OwnerDied`], and
-//! [`LockError::into_owned`] (or `From`) turns that into an `AccessError`.
+//! guard of a dead holder inside [`LockError::OwnerDied`], and `?` turns that
+//! into an owned error too (`AccessError`, or boxed; [`LockError::into_owned`]
+//! for other error types).
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -75,9 +76,13 @@
 //! assert_eq!(a.get(0)? + a.to_vec()?.len() as u32, 12);
 //! assert!(a.get(3).is_err()); // IndexOutOfRange, like Python's IndexError
 //! let m = Mutex::<u64>::anonymous(0)?;
-//! *m.lock().map_err(LockError::into_owned)? += 1;
+//! *m.lock()? += 1; // a dead holder's guard is dropped: see LockError
 //! let l = Lock::anonymous()?;
-//! drop(l.acquire().map_err(LockError::into_owned)?);
+//! drop(l.acquire()?);
+//! let held = m.lock()?;
+//! let again = m.try_lock().map(drop).map_err(LockError::into_owned);
+//! assert_eq!(again, Err(shmproc::AccessError::WouldBlock));
+//! drop(held);
 //! let q = Queue::<u64>::anonymous(4)?;
 //! q.send(7)?;
 //! assert_eq!(q.recv()?, 7);

@@ -161,7 +161,7 @@ pub type ValueGuard<'a, T> = MutexGuard<'a, T>;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use shmproc::Array;
 /// let a = Array::<f64>::anonymous(&[1.0, 2.0, 3.0])?;
-/// a.lock().map_err(shmproc::LockError::into_owned)?[1] = 20.0;
+/// a.lock()?[1] = 20.0;
 /// assert_eq!(a.to_vec()?, vec![1.0, 20.0, 3.0]);
 /// # Ok(()) }
 /// ```

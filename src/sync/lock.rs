@@ -24,7 +24,7 @@ use crate::segment::{Handle, Segment};
 /// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let lock = shmproc::Lock::anonymous()?; // inherited by children, or a Process argument
 /// {
-///     let _held = lock.acquire().map_err(shmproc::LockError::into_owned)?;
+///     let _held = lock.acquire()?;
 ///     // ... the critical section
 /// }
 /// assert!(lock.try_acquire().is_ok());
