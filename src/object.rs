@@ -781,6 +781,45 @@ mod tests {
         assert!(e.contains("travel only as Process/Pool arguments"), "{e}");
     }
 
+    /// Every object type travels as an argument (in-process stand-in for a child).
+    #[test]
+    fn every_object_type_is_a_serde_argument() {
+        use super::{deserialize_carried, serialize_carrying, set_inbound};
+        fn travel<T: ShmObject + serde::Serialize + serde::de::DeserializeOwned>(obj: &T) {
+            let (bytes, carried) = serialize_carrying(obj).unwrap();
+            assert_eq!(carried.fds.len(), 1, "{:?}", T::KIND);
+            set_inbound(carried.raw_fds(), false);
+            let back: T = deserialize_carried(&bytes).unwrap_or_else(|e| panic!("{:?}: {e}", T::KIND));
+            assert_eq!(back.segment().kind(), T::KIND);
+            assert_eq!(back.segment().payload_len(), obj.segment().payload_len());
+        }
+        travel(&Value::<u64>::anonymous(1).unwrap());
+        travel(&Array::<f64>::anonymous(&[1.0, 2.0]).unwrap());
+        travel(&RawValue::<u32>::anonymous(1).unwrap());
+        travel(&RawArray::<u32>::anonymous(&[1, 2]).unwrap());
+        travel(&Mutex::<u64>::anonymous(1).unwrap());
+        travel(&crate::Lock::anonymous().unwrap());
+        travel(&ReentrantMutex::anonymous().unwrap());
+        travel(&Semaphore::anonymous(1).unwrap());
+        travel(&BoundedSemaphore::anonymous(1).unwrap());
+        travel(&Event::anonymous().unwrap());
+        travel(&Condition::anonymous().unwrap());
+        travel(&Barrier::anonymous(2).unwrap());
+        travel(&Queue::<u64>::anonymous(4).unwrap());
+        travel(&JoinableQueue::<u64>::anonymous(4).unwrap());
+        travel(&FrameQueue::builder().create().unwrap());
+        travel(&Segment::builder().size(64).create().unwrap());
+        // A pipe end travels with its end; the parent's claim is given up.
+        let (a, b) = Pipe::new().unwrap();
+        let (bytes, carried) = serialize_carrying(&b).unwrap();
+        drop(b);
+        set_inbound(carried.raw_fds(), false);
+        let b: crate::Connection = deserialize_carried(&bytes).unwrap();
+        assert_eq!(b.end(), crate::pipe::End::B);
+        a.send(&5u8).unwrap();
+        assert_eq!(b.recv::<u8>().unwrap(), 5);
+    }
+
     #[test]
     fn value_array_and_mutex_share_one_guard() {
         let v = Value::<u64>::anonymous(3).unwrap();
