@@ -487,10 +487,9 @@ impl<R: DeserializeOwned> Process<R> {
         let status = self.ended.unwrap_or(ExitStatus::Unknown);
         let buf = std::mem::take(&mut self.buf);
         let reached_init = match &self.gate {
+            // Only `init()` moves the offset; a refusal (exit 121) is not about init.
             Some(g) => {
-                status == ExitStatus::Exited(child::EXIT_REFUSED)
-                    || (status != ExitStatus::Exited(child::EXIT_NO_INIT)
-                        && sys::offset_marked(g.as_fd()).unwrap_or(true))
+                status == ExitStatus::Exited(child::EXIT_REFUSED) || sys::offset_marked(g.as_fd()).unwrap_or(true)
             }
             None => true,
         };
