@@ -102,6 +102,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Zero-sized element types do not compile (`Value<()>`, `Mutex<()>`: use
+//! [`Lock`]; `Queue<()>`: use a [`Semaphore`]):
+//!
+//! ```compile_fail
+//! let q = shmproc::Queue::<()>::anonymous(4);
+//! ```
+//!
 //! ## Python's `multiprocessing` names
 //!
 //! | Python | shmproc |
