@@ -15,8 +15,8 @@ use shmproc::{Array, Handle, Value};
 fn worker(name: &str, counter: &str) -> Result<(), Box<dyn std::error::Error>> {
     let prices = Array::<f64>::open(name)?;
     let counter = Value::<u64>::builder().open_handle(&counter.parse::<Handle>()?)?;
-    prices.update(|p| p.iter_mut().for_each(|x| *x *= 2.0)).map_err(|e| e.to_string())?;
-    counter.update(|n| *n += 1).map_err(|e| e.to_string())?;
+    prices.update(|p| p.iter_mut().for_each(|x| *x *= 2.0))?;
+    counter.update(|n| *n += 1)?;
     println!("worker {}: doubled {} prices", std::process::id(), prices.len());
     Ok(())
 }
@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::new(std::env::current_exe()?).args(["worker", &name, &counter.handle().to_string()]).status()?;
     assert!(status.success(), "worker failed: {status}");
 
-    println!("parent: prices now {:?}", prices.to_vec().map_err(|e| e.to_string())?);
-    println!("parent: workers run: {}", counter.get().map_err(|e| e.to_string())?);
+    println!("parent: prices now {:?}", prices.to_vec()?);
+    println!("parent: workers run: {}", counter.get()?);
     Ok(())
 }

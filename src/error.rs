@@ -92,11 +92,13 @@ impl OpenError {
 impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OpenError::NotFound { name } => write!(f, "shared-memory object {name} not found"),
-            OpenError::AlreadyExists { name } => write!(f, "shared-memory object {name} already exists"),
-            OpenError::NotReady { name } => {
-                write!(f, "shared-memory object {name} was not initialised by its creator before the open timeout")
-            }
+            OpenError::NotFound { name } => write!(f, "shared-memory object {} not found", short(name)),
+            OpenError::AlreadyExists { name } => write!(f, "shared-memory object {} already exists", short(name)),
+            OpenError::NotReady { name } => write!(
+                f,
+                "shared-memory object {} was not initialised by its creator before the open timeout",
+                short(name)
+            ),
             OpenError::VersionMismatch { expected, found } => {
                 write!(f, "shmproc format version mismatch: this library reads version {expected}, the object has version {found}")
             }
@@ -111,7 +113,7 @@ impl fmt::Display for OpenError {
             }
             OpenError::Corrupt { reason } => write!(f, "corrupt shared-memory object: {reason}"),
             OpenError::PermissionDenied { reason } => write!(f, "permission denied: {reason}"),
-            OpenError::NameInvalid { name, reason } => write!(f, "invalid object name {name:?}: {reason}"),
+            OpenError::NameInvalid { name, reason } => write!(f, "invalid object name {:?}: {reason}", short(name)),
             OpenError::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
             OpenError::Os(e) => write!(f, "operating-system error: {e}"),
         }
@@ -150,6 +152,20 @@ impl From<HeaderError> for OpenError {
 ///
 /// `G` is the guard type; it is handed back in [`LockError::OwnerDied`] so the
 /// caller can inspect and repair the protected data.
+///
+/// `?` turns it into an owned error (dropping the guard): into
+/// [`AccessError`], `Box<dyn Error + Send + Sync>` or `Box<dyn Error>`. It is
+/// not itself a `std::error::Error` (the guard borrows the object, so it could
+/// never be boxed as one); [`LockError::into_owned`] gives the owned error
+/// where a conversion is not implied (`anyhow`: `.map_err(LockError::into_owned)?`).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let counter = shmproc::Mutex::<u64>::anonymous(0)?;
+/// *counter.lock()? += 1;
+/// assert_eq!(*counter.lock()?, 1);
+/// # Ok(()) }
+/// ```
 #[non_exhaustive]
 pub enum LockError<G> {
     /// The previous holder died while holding the lock. The lock is now held by
@@ -222,12 +238,154 @@ impl<G> fmt::Display for LockError<G> {
     }
 }
 
-impl<G> std::error::Error for LockError<G> {}
+// `LockError` is deliberately not a `std::error::Error`: its guard borrows
+// the object, so it can never be a `'static` error, and implementing the trait
+// would make the conversions below overlap with std's blanket
+// `impl<E: Error + Send + Sync> From<E> for Box<dyn Error + Send + Sync>`.
+// Without it, `m.lock()?` works into the boxed errors and into `AccessError`.
+
+impl<G> From<LockError<G>> for Box<dyn std::error::Error + Send + Sync> {
+    /// `?` on `lock()`: the owned [`AccessError`], boxed (a dead holder's
+    /// guard is dropped unrepaired; see [`AccessError`]).
+    fn from(e: LockError<G>) -> Self {
+        Box::new(AccessError::from(e))
+    }
+}
+
+impl<G> From<LockError<G>> for Box<dyn std::error::Error> {
+    /// As for `Box<dyn Error + Send + Sync>`.
+    fn from(e: LockError<G>) -> Self {
+        Box::new(AccessError::from(e))
+    }
+}
+
+/// Why a convenience call (`get`, `set`, `update`, `to_vec`, ...) failed.
+///
+/// Owned, `Send + Sync + 'static`: `?` turns it into `Box<dyn Error + Send +
+/// Sync>` or an `anyhow::Error`. Only [`Mutex::lock`](crate::Mutex::lock)
+/// hands back the guard of a dead holder ([`LockError::OwnerDied`]); a
+/// convenience call drops it without marking the data consistent, so the lock
+/// becomes unrecoverable: repair a dead holder's data through `lock()`.
+///
+/// It is a serde type, so a target may return it (`Result<T, AccessError>`).
+///
+/// [`LockError`] converts into it (`From`), dropping the guard; so do
+/// [`Mutex::lock`](crate::Mutex::lock)'s errors in a function that returns
+/// `Result<_, AccessError>`.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let a = shmproc::Array::<u32>::anonymous(&[1, 2, 3])?;
+/// assert!(matches!(a.set(99, 7), Err(shmproc::AccessError::IndexOutOfRange { index: 99, len: 3 })));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum AccessError {
+    /// The previous holder died while holding the lock; the data may be
+    /// half-updated, and the lock is now unrecoverable (see the type's docs).
+    OwnerDied,
+    /// An earlier holder died and the data was never marked consistent.
+    Unrecoverable,
+    /// The timeout elapsed before the lock could be taken.
+    Timeout,
+    /// The lock is held by someone else (a `try_` call).
+    WouldBlock,
+    /// The lock word in shared memory holds a value no valid lock can have.
+    Corrupt,
+    /// An index past the end (Python's `IndexError`).
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The number of elements.
+        len: usize,
+    },
+}
+
+impl<G> From<LockError<G>> for AccessError {
+    /// Drops the guard of [`LockError::OwnerDied`] (see [`AccessError`]).
+    fn from(e: LockError<G>) -> Self {
+        match e {
+            LockError::OwnerDied(_) => AccessError::OwnerDied,
+            LockError::Unrecoverable => AccessError::Unrecoverable,
+            LockError::Timeout => AccessError::Timeout,
+            LockError::WouldBlock => AccessError::WouldBlock,
+            LockError::Corrupt => AccessError::Corrupt,
+        }
+    }
+}
+
+impl<G> LockError<G> {
+    /// The owned [`AccessError`] (drops the guard of `OwnerDied`), for error
+    /// types `?` does not convert into by itself: `m.lock().map_err(LockError::into_owned)?`.
+    pub fn into_owned(self) -> AccessError {
+        self.into()
+    }
+}
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessError::OwnerDied => f.write_str(
+                "the previous lock holder died while holding the lock; the data may be inconsistent (use lock() to repair it)",
+            ),
+            AccessError::Unrecoverable => {
+                f.write_str("the lock is unrecoverable: a holder died and the data was never marked consistent")
+            }
+            AccessError::Timeout => f.write_str("timed out waiting for the lock"),
+            AccessError::WouldBlock => f.write_str("the lock is held by someone else"),
+            AccessError::Corrupt => f.write_str("the lock word in shared memory is corrupt"),
+            AccessError::IndexOutOfRange { index, len } => {
+                write!(f, "index {index} is out of range for an array of {len} elements")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+/// A name or other user text for an error message: at most 40 characters,
+/// then `…` (an error that repeats a 300-character name stays readable).
+pub(crate) fn short(text: &str) -> String {
+    const KEEP: usize = 40;
+    match text.char_indices().nth(KEEP) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::header::ObjectKind;
+
+    #[test]
+    fn long_names_are_shortened_in_messages() {
+        assert_eq!(short("jobs"), "jobs");
+        let long = "x".repeat(300);
+        assert_eq!(short(&long), format!("{}…", "x".repeat(40)));
+        assert!(OpenError::NotFound { name: format!("/{long}") }.to_string().len() < 100);
+        assert!(OpenError::AlreadyExists { name: format!("/{long}") }.to_string().len() < 100);
+        assert!(OpenError::NameInvalid { name: long.clone(), reason: "too long" }.to_string().len() < 100);
+    }
+
+    #[test]
+    fn access_errors_are_owned_and_convert_from_lock_errors() {
+        fn owned<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
+        let e = AccessError::from(LockError::OwnerDied(Box::new(1u8)));
+        owned(&e);
+        assert_eq!(e, AccessError::OwnerDied);
+        assert_eq!(LockError::<()>::Timeout.into_owned(), AccessError::Timeout);
+        // `?` on a lock error, into the boxed errors (the guard is dropped).
+        fn boxed() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            Err(LockError::OwnerDied(std::rc::Rc::new(1u8)))?
+        }
+        assert_eq!(boxed().unwrap_err().downcast_ref::<AccessError>(), Some(&AccessError::OwnerDied));
+        fn boxed_local() -> Result<(), Box<dyn std::error::Error>> {
+            Err(LockError::<()>::Corrupt)?
+        }
+        assert_eq!(boxed_local().unwrap_err().to_string(), AccessError::Corrupt.to_string());
+    }
 
     #[test]
     fn header_errors_keep_their_variant_and_message() {

@@ -126,6 +126,8 @@ kinds! {
     Barrier = 22,
     /// A reader-writer lock.
     RwLock = 23,
+    /// A plain lock ([`crate::Lock`]).
+    Lock = 24,
     /// A queue of fixed-size messages.
     Queue = 32,
     /// A queue of variable-size byte frames.

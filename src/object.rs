@@ -26,6 +26,30 @@
 //!   same `Builder` and `Object`, as is the untyped [`Segment`] (here, its
 //!   `SegmentBuilder`).
 //!
+//! ## Objects as arguments (serde)
+//!
+//! Every object is `Serialize + Deserialize` (one `serde_object!` line per
+//! type, or two hand-written impls where reopening needs more than the
+//! handle, as for a pipe end). It serializes as an `ObjRef`: a named object
+//! as its name, an anonymous one as the index of its fd among the fds that
+//! travel beside the argument bytes. The task plumbing brackets the argument:
+//!
+//! * parent: `serialize_carrying(&arg)` gives the postcard bytes and a
+//!   `Carried` (the anonymous objects' segments, in index order, and every
+//!   object met, which the parent keeps until the child is joined so that a
+//!   moved named object is not unlinked under the child);
+//! * transport: the start method moves `Carried::raw_fds()` (Fork: inherited;
+//!   ForkServer: `SCM_RIGHTS` with the request; Spawn: `FD_CLOEXEC` cleared
+//!   between fork and exec, numbers in the gate variable);
+//! * child: `set_inbound(fds, owned)`, then `deserialize_carried(&bytes)`,
+//!   which opens each object from its fd (a duplicate) and closes owned fds.
+//!
+//! Outside `serialize_carrying`, an anonymous object does not serialize
+//! ("anonymous objects travel only as Process/Pool arguments"); an index
+//! with no fd behind it is an immediate, precise error. The SPSC endpoints
+//! hold an exclusive claim and do not travel: pass the `Queue` and take the
+//! endpoint in the child.
+//!
 //! ## Payload layouts of typed views
 //!
 //! | prefix          | offset of the data               | payload alignment      |
@@ -50,8 +74,10 @@
 //! the header, then validate the view. Every mismatch is a precise
 //! [`OpenError`].
 
+use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
 
 use bytemuck::Pod;
@@ -255,6 +281,15 @@ impl<T> fmt::Debug for View<T> {
 
 impl<T: 'static> View<T> {
     fn check_type() -> Result<(), OpenError> {
+        // A compile-time error where the element type is known (`Value<()>`,
+        // `Array<()>`, `Mutex<()>`: use `Lock`); the run-time check stays for
+        // the record.
+        const {
+            assert!(
+                std::mem::size_of::<T>() > 0,
+                "zero-sized element types cannot be shared (use shmproc::Lock for a Mutex<()>)"
+            )
+        };
         if std::mem::size_of::<T>() == 0 {
             return Err(OpenError::invalid("zero-sized element types cannot be shared"));
         }
@@ -456,6 +491,224 @@ impl Object for Segment {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Objects as arguments: serde for every object
+// ---------------------------------------------------------------------------
+
+/// Most anonymous objects one argument may carry (their fds travel in one
+/// `SCM_RIGHTS` message to the fork server, with its own three fds).
+pub(crate) const MAX_CARRIED: usize = 60;
+
+/// How an object travels inside a serialized argument: a named object by its
+/// name; an anonymous one by its index in the fds that travel beside the
+/// argument bytes (see [`Carried`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum ObjRef {
+    /// A named object: the child opens the name.
+    Name(String),
+    /// An anonymous object: index into the fds the start method carried.
+    Fd(u32),
+}
+
+/// The shmproc objects met while serializing a process (or pool task)
+/// argument with [`serialize_carrying`].
+#[derive(Debug, Default)]
+pub(crate) struct Carried {
+    /// The anonymous objects, in index order: the start method transports
+    /// their fds (Fork: inherited; ForkServer: `SCM_RIGHTS`; Spawn: kept open
+    /// across the exec) and the child maps index `i` to the `i`-th fd.
+    pub(crate) fds: Vec<Segment>,
+    /// Every object met, named ones too: the parent keeps them until the child
+    /// was joined, so a named object's creator cannot unlink the name (its
+    /// handle was moved into the argument and dropped) before the child opened it.
+    pub(crate) keep: Vec<Segment>,
+}
+
+impl Carried {
+    /// The raw fds to transport, in index order.
+    pub(crate) fn raw_fds(&self) -> Vec<RawFd> {
+        self.fds.iter().map(|s| s.fd().as_raw_fd()).collect()
+    }
+}
+
+/// Where the objects of the argument being decoded come from.
+struct Inbound {
+    fds: Vec<RawFd>,
+    /// Whether the table owns the fds (closed once the argument is decoded).
+    owned: bool,
+}
+
+thread_local! {
+    static OUTBOUND: RefCell<Option<Carried>> = const { RefCell::new(None) };
+    static INBOUND: RefCell<Option<Inbound>> = const { RefCell::new(None) };
+}
+
+/// Serializes a process or task argument with postcard, collecting the
+/// shmproc objects in it: named ones travel by name, anonymous ones by the
+/// index of their fd in the returned [`Carried`].
+pub(crate) fn serialize_carrying<A: serde::Serialize>(arg: &A) -> Result<(Vec<u8>, Carried), String> {
+    OUTBOUND_ERROR.with(|e| e.take());
+    let previous = OUTBOUND.with(|o| o.replace(Some(Carried::default())));
+    let bytes = postcard::to_allocvec(arg);
+    let carried = OUTBOUND.with(|o| o.replace(previous)).unwrap_or_default();
+    match bytes {
+        Ok(b) => Ok((b, carried)),
+        Err(postcard::Error::SerdeSerCustom) => Err(OUTBOUND_ERROR.with(|e| e.take()).unwrap_or_default()),
+        Err(e) => Err(format!("encoding the argument: {e}")),
+    }
+}
+
+thread_local! {
+    /// postcard drops a custom error's text: the message is kept here.
+    static OUTBOUND_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+    static INBOUND_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Whether a [`serialize_carrying`] runs on this thread (an object being
+/// serialized is then moved into a child's argument).
+pub(crate) fn carrying() -> bool {
+    OUTBOUND.with(|o| o.borrow().is_some())
+}
+
+/// In a child, before its target's argument is decoded: the fds carried for
+/// it, in index order. `owned`: close them once the argument is decoded (a
+/// Spawn child's inherited numbers, a fork server's received ones).
+pub(crate) fn set_inbound(fds: Vec<RawFd>, owned: bool) {
+    INBOUND.with(|i| *i.borrow_mut() = Some(Inbound { fds, owned }));
+}
+
+/// Decodes a process or task argument with the fds set by [`set_inbound`]
+/// (none if it was not called), then closes them if they were owned: every
+/// decoded object holds its own duplicate.
+pub(crate) fn deserialize_carried<A: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<A, String> {
+    INBOUND_ERROR.with(|e| e.take());
+    let r = postcard::from_bytes(bytes);
+    if let Some(inb) = INBOUND.with(|i| i.borrow_mut().take()) {
+        if inb.owned {
+            for fd in inb.fds {
+                // SAFETY: owned table: these numbers were handed to this process
+                // for the argument only, and no OwnedFd in this process owns them.
+                unsafe { crate::sys::close_raw(fd) };
+            }
+        }
+    }
+    r.map_err(|e| match (e, INBOUND_ERROR.with(|m| m.take())) {
+        (postcard::Error::SerdeDeCustom, Some(m)) => m,
+        (e, _) => format!("decoding the argument in the child: {e}"),
+    })
+}
+
+impl ObjRef {
+    /// How `seg` travels; records it in the running [`serialize_carrying`].
+    /// Outside one, an anonymous object cannot travel (its fd means nothing
+    /// in another process): a clear error.
+    pub(crate) fn outbound<E: serde::ser::Error>(seg: &Segment) -> Result<ObjRef, E> {
+        OUTBOUND.with(|o| {
+            let mut o = o.borrow_mut();
+            if let Some(c) = o.as_mut() {
+                c.keep.push(seg.clone());
+            }
+            if let Some(n) = seg.name() {
+                return Ok(ObjRef::Name(n.to_owned()));
+            }
+            let msg = match o.as_mut() {
+                Some(c) if c.fds.len() < MAX_CARRIED => {
+                    c.fds.push(seg.clone());
+                    return Ok(ObjRef::Fd(c.fds.len() as u32 - 1));
+                }
+                Some(_) => format!("an argument carries at most {MAX_CARRIED} anonymous shmproc objects"),
+                None => format!(
+                    "anonymous {:?} object: anonymous objects travel only as Process/Pool arguments \
+                     (name it to send it elsewhere)",
+                    seg.kind()
+                ),
+            };
+            OUTBOUND_ERROR.with(|e| *e.borrow_mut() = Some(msg.clone()));
+            Err(E::custom(msg))
+        })
+    }
+
+    /// The handle to open: a name, or the fd carried at this index. An index
+    /// that no carried fd matches is an immediate, precise error.
+    pub(crate) fn resolve<E: serde::de::Error>(self, kind: ObjectKind) -> Result<Handle, E> {
+        let fail = |msg: String| {
+            INBOUND_ERROR.with(|e| *e.borrow_mut() = Some(msg.clone()));
+            E::custom(msg)
+        };
+        match self {
+            ObjRef::Name(n) => Ok(Handle::Name(n)),
+            ObjRef::Fd(i) => INBOUND.with(|t| match t.borrow().as_ref() {
+                Some(t) => match t.fds.get(i as usize) {
+                    Some(&fd) => Ok(Handle::Fd(fd)),
+                    None => Err(fail(format!(
+                        "anonymous {kind:?} object #{i} cannot be resolved: only {} fds came with the argument",
+                        t.fds.len()
+                    ))),
+                },
+                None => Err(fail(format!(
+                    "anonymous {kind:?} object #{i} cannot be resolved here: anonymous objects travel only as \
+                     Process/Pool arguments"
+                ))),
+            }),
+        }
+    }
+
+    /// Opens the object behind a decoded reference with `open`.
+    pub(crate) fn open_with<O, E: serde::de::Error>(
+        self,
+        kind: ObjectKind,
+        open: impl FnOnce(&Handle) -> Result<O, OpenError>,
+    ) -> Result<O, E> {
+        let h = self.resolve::<E>(kind)?;
+        open(&h).map_err(|e| {
+            let msg = format!("opening the {kind:?} object {}: {e}", crate::error::short(&h.to_string()));
+            INBOUND_ERROR.with(|m| *m.borrow_mut() = Some(msg.clone()));
+            E::custom(msg)
+        })
+    }
+}
+
+/// `Serialize` of any object: its [`ObjRef`]. Used by [`serde_object!`].
+#[doc(hidden)]
+pub fn serialize_object<O: ShmObject, S: serde::Serializer>(o: &O, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&ObjRef::outbound::<S::Error>(o.segment())?, s)
+}
+
+/// `Deserialize` of any object: opens its [`ObjRef`] with the type's own
+/// validation. Used by [`serde_object!`].
+#[doc(hidden)]
+pub fn deserialize_object<'de, O: ShmObject, D: serde::Deserializer<'de>>(d: D) -> Result<O, D::Error> {
+    let r = <ObjRef as serde::Deserialize>::deserialize(d)?;
+    r.open_with(O::KIND, |h| O::open_handle(h))
+}
+
+/// `Serialize` + `Deserialize` for a shmproc object type, one line per type:
+/// `serde_object!([T: Pod] Value<T>);` or `serde_object!([] Event);`.
+///
+/// How a new object type travels (as a `Process`/`Pool` argument, or by
+/// name anywhere serde goes): implement [`Object`] (which gives
+/// [`ShmObject`]), then add this line next to the type. A type whose
+/// reopening needs more than its handle (a pipe end, a sender or receiver
+/// role) writes the two impls itself: serialize `(its extra, ObjRef::outbound(seg)?)`
+/// and deserialize the pair, then open with `ObjRef::open_with`.
+macro_rules! serde_object {
+    ([$($g:tt)*] $ty:ty) => {
+        impl<$($g)*> serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $crate::object::serialize_object(self, s)
+            }
+        }
+        impl<'de, $($g)*> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::object::deserialize_object(d)
+            }
+        }
+    };
+}
+pub(crate) use serde_object;
+
+serde_object!([] Segment);
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::{
@@ -500,6 +753,71 @@ mod tests {
         let (a, _b) = Pipe::new().unwrap();
         assert_eq!(a.segment().kind(), ObjectKind::Pipe);
         assert!(matches!(Queue::<u64>::open_handle(&a.handle()), Err(OpenError::KindMismatch { .. })));
+    }
+
+    #[test]
+    fn arguments_carry_anonymous_objects_by_index_and_named_ones_by_name() {
+        use super::{deserialize_carried, serialize_carrying, set_inbound, ObjRef};
+        let anon = Value::<u64>::anonymous(5).unwrap();
+        let name = format!("shmproc-test-carry-{}", std::process::id());
+        let named = Array::<u32>::create(&name, &[1, 2]).unwrap();
+        let (bytes, carried) = serialize_carrying(&(anon.clone(), 7u8, named.clone())).unwrap();
+        assert_eq!(carried.fds.len(), 1);
+        assert_eq!(carried.keep.len(), 2);
+        // In-process stand-in for a child: the table maps index 0 to the fd.
+        set_inbound(carried.raw_fds(), false);
+        let (v, n, a): (Value<u64>, u8, Array<u32>) = deserialize_carried(&bytes).unwrap();
+        v.update(|x| *x += n as u64).unwrap();
+        assert_eq!(anon.get().unwrap(), 12);
+        assert_eq!(a.to_vec().unwrap(), vec![1, 2]);
+        // Outside an argument, an anonymous object does not serialize.
+        assert!(postcard::to_allocvec(&anon).is_err());
+        // An index past the carried fds is an immediate, precise error.
+        let stray = postcard::to_allocvec(&ObjRef::Fd(2)).unwrap();
+        set_inbound(Vec::new(), false);
+        let e = deserialize_carried::<Value<u64>>(&stray).unwrap_err();
+        assert!(e.contains("#2 cannot be resolved: only 0 fds"), "{e}");
+        let e = deserialize_carried::<Value<u64>>(&stray).unwrap_err();
+        assert!(e.contains("travel only as Process/Pool arguments"), "{e}");
+    }
+
+    /// Every object type travels as an argument (in-process stand-in for a child).
+    #[test]
+    fn every_object_type_is_a_serde_argument() {
+        use super::{deserialize_carried, serialize_carrying, set_inbound};
+        fn travel<T: ShmObject + serde::Serialize + serde::de::DeserializeOwned>(obj: &T) {
+            let (bytes, carried) = serialize_carrying(obj).unwrap();
+            assert_eq!(carried.fds.len(), 1, "{:?}", T::KIND);
+            set_inbound(carried.raw_fds(), false);
+            let back: T = deserialize_carried(&bytes).unwrap_or_else(|e| panic!("{:?}: {e}", T::KIND));
+            assert_eq!(back.segment().kind(), T::KIND);
+            assert_eq!(back.segment().payload_len(), obj.segment().payload_len());
+        }
+        travel(&Value::<u64>::anonymous(1).unwrap());
+        travel(&Array::<f64>::anonymous(&[1.0, 2.0]).unwrap());
+        travel(&RawValue::<u32>::anonymous(1).unwrap());
+        travel(&RawArray::<u32>::anonymous(&[1, 2]).unwrap());
+        travel(&Mutex::<u64>::anonymous(1).unwrap());
+        travel(&crate::Lock::anonymous().unwrap());
+        travel(&ReentrantMutex::anonymous().unwrap());
+        travel(&Semaphore::anonymous(1).unwrap());
+        travel(&BoundedSemaphore::anonymous(1).unwrap());
+        travel(&Event::anonymous().unwrap());
+        travel(&Condition::anonymous().unwrap());
+        travel(&Barrier::anonymous(2).unwrap());
+        travel(&Queue::<u64>::anonymous(4).unwrap());
+        travel(&JoinableQueue::<u64>::anonymous(4).unwrap());
+        travel(&FrameQueue::builder().create().unwrap());
+        travel(&Segment::builder().size(64).create().unwrap());
+        // A pipe end travels with its end; the parent's claim is given up.
+        let (a, b) = Pipe::new().unwrap();
+        let (bytes, carried) = serialize_carrying(&b).unwrap();
+        drop(b);
+        set_inbound(carried.raw_fds(), false);
+        let b: crate::Connection = deserialize_carried(&bytes).unwrap();
+        assert_eq!(b.end(), crate::pipe::End::B);
+        a.send(&5u8).unwrap();
+        assert_eq!(b.recv::<u8>().unwrap(), 5);
     }
 
     #[test]

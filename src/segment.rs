@@ -193,9 +193,9 @@ fn map_os(e: std::io::Error, name: &str) -> OpenError {
     match e.raw_os_error() {
         Some(libc::ENOENT) => OpenError::NotFound { name: name.to_owned() },
         Some(libc::EEXIST) => OpenError::AlreadyExists { name: name.to_owned() },
-        Some(libc::EACCES) | Some(libc::EPERM) => {
-            OpenError::PermissionDenied { reason: format!("the OS refused access to {name}: {e}") }
-        }
+        Some(libc::EACCES) | Some(libc::EPERM) => OpenError::PermissionDenied {
+            reason: format!("the OS refused access to {}: {e}", crate::error::short(name)),
+        },
         Some(libc::ENAMETOOLONG) | Some(libc::EINVAL) => {
             OpenError::NameInvalid { name: name.to_owned(), reason: "the OS rejected the name" }
         }
@@ -225,6 +225,7 @@ impl Segment {
         payload_align: usize,
         init: impl FnOnce(NonNull<u8>, usize),
     ) -> Result<Segment, OpenError> {
+        crate::process::check_gate();
         if !payload_align.is_power_of_two() || payload_align > 4096 {
             return Err(OpenError::invalid(format!("payload alignment {payload_align} is not a power of two <= 4096")));
         }
@@ -326,13 +327,23 @@ impl Segment {
                 let borrowed =
                     sys::borrow_raw_fd(*raw).map_err(|_| OpenError::NotFound { name: format!("fd:{raw}") })?;
                 let fd = sys::dup_cloexec(borrowed)?;
-                Self::attach(fd, None, spec, Deadline::after(Some(opts.open_timeout)))
+                // An fd handle comes from a created (published) object, so it
+                // never waits: an fd that is not a ready segment (an unrelated
+                // file that took the number) is an immediate, precise error.
+                match Self::attach(fd, None, spec, Deadline::after(Some(Duration::ZERO))) {
+                    Err(OpenError::NotReady { .. }) => Err(OpenError::invalid(format!(
+                        "fd:{raw} is open but is not a shmproc object (anonymous objects reach another process \
+                         only as Process/Pool arguments or through CommandExt::share)"
+                    ))),
+                    other => other,
+                }
             }
         }
     }
 
     /// Maps `fd`, waits for READY and validates the header.
     fn attach(fd: OwnedFd, name: Option<String>, spec: &ObjectSpec, deadline: Deadline) -> Result<Segment, OpenError> {
+        crate::process::check_gate();
         let label = name.clone().unwrap_or_else(|| format!("fd:{}", fd.as_raw_fd()));
         let mut backoff = Duration::from_micros(50);
         loop {
@@ -348,7 +359,8 @@ impl Segment {
             }
             if size < HEADER_SIZE as u64 {
                 return Err(OpenError::corrupt(format!(
-                    "{label} is {size} bytes, too small for the {HEADER_SIZE}-byte header"
+                    "{} is {size} bytes, too small for the {HEADER_SIZE}-byte header",
+                    crate::error::short(&label)
                 )));
             }
             let len = usize::try_from(size).map_err(|_| OpenError::corrupt("segment larger than the address space"))?;

@@ -25,7 +25,7 @@ use std::ops::Deref;
 
 use bytemuck::Pod;
 
-use crate::error::{LockError, OpenError};
+use crate::error::{AccessError, OpenError};
 use crate::header::ObjectKind;
 use crate::object::{Builder, Object, Prefix, View};
 use crate::segment::{Handle, Segment};
@@ -46,9 +46,16 @@ use crate::sync::{Mutex, MutexGuard};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use shmproc::Value;
 /// let counter = Value::<u64>::anonymous(0)?; // inherited by forked children
-/// counter.update(|v| *v += 1).map_err(|e| e.to_string())?;
-/// assert_eq!(counter.get().map_err(|e| e.to_string())?, 1);
+/// counter.update(|v| *v += 1)?;
+/// assert_eq!(counter.get()?, 1);
 /// # Ok(()) }
+/// ```
+///
+/// A zero-sized `T` is a compile-time error (for a lock without data, use
+/// [`crate::Lock`]):
+///
+/// ```compile_fail
+/// let v = shmproc::Value::<()>::anonymous(());
 /// ```
 pub struct Value<T: Pod>(Mutex<T>);
 
@@ -67,6 +74,7 @@ impl<T: Pod> Builder<Value<T>> {
     }
 }
 
+crate::object::serde_object!([T: Pod] Value<T>);
 impl<T: Pod> Object for Value<T> {
     const KIND: ObjectKind = ObjectKind::Value;
     type Params = ();
@@ -100,18 +108,19 @@ impl<T: Pod> Value<T> {
     }
 
     /// Reads the value under the lock.
-    pub fn get(&self) -> Result<T, LockError<ValueGuard<'_, T>>> {
-        self.lock().map(|g| *g)
+    pub fn get(&self) -> Result<T, AccessError> {
+        Ok(*self.lock()?)
     }
 
     /// Writes the value under the lock.
-    pub fn set(&self, v: T) -> Result<(), LockError<ValueGuard<'_, T>>> {
-        self.lock().map(|mut g| *g = v)
+    pub fn set(&self, v: T) -> Result<(), AccessError> {
+        *self.lock()? = v;
+        Ok(())
     }
 
     /// Runs `f` on the value under the lock and returns its result.
-    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, LockError<ValueGuard<'_, T>>> {
-        self.lock().map(|mut g| f(&mut g))
+    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
+        Ok(f(&mut *self.lock()?))
     }
 }
 
@@ -152,8 +161,8 @@ pub type ValueGuard<'a, T> = MutexGuard<'a, T>;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use shmproc::Array;
 /// let a = Array::<f64>::anonymous(&[1.0, 2.0, 3.0])?;
-/// a.lock().map_err(|e| e.to_string())?[1] = 20.0;
-/// assert_eq!(a.to_vec().map_err(|e| e.to_string())?, vec![1.0, 20.0, 3.0]);
+/// a.lock()?[1] = 20.0;
+/// assert_eq!(a.to_vec()?, vec![1.0, 20.0, 3.0]);
 /// # Ok(()) }
 /// ```
 pub struct Array<T: Pod>(Mutex<[T]>);
@@ -187,6 +196,7 @@ impl<T: Pod> Builder<Array<T>> {
     }
 }
 
+crate::object::serde_object!([T: Pod] Array<T>);
 impl<T: Pod> Object for Array<T> {
     const KIND: ObjectKind = ObjectKind::Array;
     /// The element count `open` requires, if any.
@@ -220,30 +230,33 @@ impl<T: Pod> Array<T> {
         Self::builder().name(name).open()
     }
 
-    /// Element `i` under the lock (`Ok(None)` if out of range).
-    pub fn get(&self, i: usize) -> Result<Option<T>, LockError<ArrayGuard<'_, T>>> {
-        self.lock().map(|g| g.get(i).copied())
+    /// Element `i` under the lock; [`AccessError::IndexOutOfRange`] past the end.
+    pub fn get(&self, i: usize) -> Result<T, AccessError> {
+        let len = self.len();
+        self.lock()?.get(i).copied().ok_or(AccessError::IndexOutOfRange { index: i, len })
     }
 
-    /// Sets element `i` under the lock; returns false if `i` is out of range.
-    pub fn set(&self, i: usize, v: T) -> Result<bool, LockError<ArrayGuard<'_, T>>> {
-        self.lock().map(|mut g| match g.get_mut(i) {
+    /// Sets element `i` under the lock; [`AccessError::IndexOutOfRange`] past
+    /// the end (nothing is written).
+    pub fn set(&self, i: usize, v: T) -> Result<(), AccessError> {
+        let len = self.len();
+        match self.lock()?.get_mut(i) {
             Some(slot) => {
                 *slot = v;
-                true
+                Ok(())
             }
-            None => false,
-        })
+            None => Err(AccessError::IndexOutOfRange { index: i, len }),
+        }
     }
 
     /// A copy of all elements, taken under the lock.
-    pub fn to_vec(&self) -> Result<Vec<T>, LockError<ArrayGuard<'_, T>>> {
-        self.lock().map(|g| g.to_vec())
+    pub fn to_vec(&self) -> Result<Vec<T>, AccessError> {
+        Ok(self.lock()?.to_vec())
     }
 
     /// Runs `f` on the elements under the lock.
-    pub fn update<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R, LockError<ArrayGuard<'_, T>>> {
-        self.lock().map(|mut g| f(&mut g))
+    pub fn update<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R, AccessError> {
+        Ok(f(&mut self.lock()?))
     }
 }
 
@@ -295,6 +308,7 @@ impl<T: Pod> Builder<RawValue<T>> {
     }
 }
 
+crate::object::serde_object!([T: Pod] RawValue<T>);
 impl<T: Pod> Object for RawValue<T> {
     const KIND: ObjectKind = ObjectKind::RawValue;
     type Params = ();
@@ -388,6 +402,7 @@ impl<T: Pod> Builder<RawArray<T>> {
     }
 }
 
+crate::object::serde_object!([T: Pod] RawArray<T>);
 impl<T: Pod> Object for RawArray<T> {
     const KIND: ObjectKind = ObjectKind::RawArray;
     /// The element count `open` requires, if any.
@@ -501,6 +516,7 @@ atomic_views!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::LockError;
     use std::time::Duration;
 
     #[test]
@@ -528,10 +544,10 @@ mod tests {
     fn array_ops() {
         let a = Array::<f64>::anonymous(&[1.0, 2.0, 3.0]).unwrap();
         assert_eq!(a.len(), 3);
-        assert!(a.set(2, 7.5).unwrap());
-        assert!(!a.set(3, 1.0).unwrap());
-        assert_eq!(a.get(2).unwrap(), Some(7.5));
-        assert_eq!(a.get(3).unwrap(), None);
+        a.set(2, 7.5).unwrap();
+        assert_eq!(a.set(3, 1.0), Err(AccessError::IndexOutOfRange { index: 3, len: 3 }));
+        assert_eq!(a.get(2).unwrap(), 7.5);
+        assert_eq!(a.get(3), Err(AccessError::IndexOutOfRange { index: 3, len: 3 }));
         a.update(|s| s.iter_mut().for_each(|x| *x *= 2.0)).unwrap();
         assert_eq!(a.to_vec().unwrap(), vec![2.0, 4.0, 15.0]);
         assert!(Array::<f64>::anonymous(&[]).is_err());
@@ -547,10 +563,5 @@ mod tests {
         v.atomic().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: single-threaded test.
         assert_eq!(unsafe { v.read() }, 2);
-    }
-
-    #[test]
-    fn zero_sized_is_rejected() {
-        assert!(matches!(Value::<()>::anonymous(()), Err(OpenError::InvalidArgument { .. })));
     }
 }

@@ -33,7 +33,7 @@ fn assert_refused(out: &Output, why: &str) {
 #[test]
 fn spawn_gate_refuses_another_executable() {
     let other = identity_of(env!("CARGO_BIN_EXE_process_handle_user"));
-    let out = run_gate("SHMPROC_SPAWN", &format!("v1;{other};0;0;0;1;0;1;x"));
+    let out = run_gate("SHMPROC_SPAWN", &format!("v2;{other};0;0;0;1;0;1;-;x"));
     assert_refused(&out, "foreign identity");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not the parent's"));
 }
@@ -42,14 +42,14 @@ fn spawn_gate_refuses_another_executable() {
 fn spawn_gate_refuses_offsets_outside_the_executable() {
     let me = identity_of(env!("CARGO_BIN_EXE_process_daemon_parent"));
     let far = i64::MIN / 2;
-    let out = run_gate("SHMPROC_SPAWN", &format!("v1;{me};{far};{far};0;1;0;1;x"));
+    let out = run_gate("SHMPROC_SPAWN", &format!("v2;{me};{far};{far};0;1;0;1;-;x"));
     assert_refused(&out, "outside offsets");
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside this executable"));
 }
 
 #[test]
 fn malformed_gates_are_refused() {
-    for v in ["", "v1", "v2;1:2:3:4:5;0;0;0;1;0;1;x", "v1;1:2:3:4:5;zero;0;0;1;0;1;x"] {
+    for v in ["", "v2", "v3;1:2:3:4:5;0;0;0;1;0;1;-;x", "v2;1:2:3:4:5;zero;0;0;1;0;1;-;x"] {
         assert_refused(&run_gate("SHMPROC_SPAWN", v), v);
     }
     assert_refused(&run_gate("SHMPROC_FORKSERVER", "v1;nope"), "forkserver malformed");

@@ -55,6 +55,6 @@ fn python_reads_array_at_documented_offset() {
     assert!(st.success(), "python failed: {stderr}");
     let got: Vec<f64> = stdout.split_whitespace().map(|s| s.parse().unwrap()).collect();
     assert_eq!(got, vals);
-    assert_eq!(arr.get(0).unwrap(), Some(-1.25), "Python's write must be visible");
+    assert_eq!(arr.get(0).unwrap(), -1.25, "Python's write must be visible");
     assert!(std::path::Path::new(&format!("/dev/shm/{name}")).exists(), "python must not unlink it");
 }

@@ -171,7 +171,7 @@ fn foreign_owner_is_refused_unless_allowed() {
         other => panic!("expected PermissionDenied, got {other:?}"),
     }
     let b = Array::<f64>::builder().name(&name).allow_foreign_owner(true).open().unwrap();
-    assert_eq!(b.get(0).unwrap(), Some(3.0));
+    assert_eq!(b.get(0).unwrap(), 3.0);
 }
 
 #[test]

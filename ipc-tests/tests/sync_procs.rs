@@ -160,7 +160,7 @@ fn value_lock_aborted_holder_unrecoverable() {
     let mut w = holder("hold-value", &fd_handle(&v), "abort");
     assert!(!w.wait(LONG).success());
     assert!(v.lock_timeout(LONG).unwrap_err().is_owner_died());
-    assert!(matches!(v.get(), Err(LockError::Unrecoverable)));
+    assert!(matches!(v.get(), Err(shmproc::AccessError::Unrecoverable)));
     assert!(matches!(v.try_lock(), Err(LockError::Unrecoverable)));
 }
 

@@ -977,3 +977,29 @@ impl Object for Connection {
         open(&b.opts, &b.params, handle)
     }
 }
+
+// A pipe end travels with its end (A or B); as a Process/Pool argument the
+// parent gives its claim up (the argument is moved and dropped), so the child claims the end.
+impl serde::Serialize for Connection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = crate::object::ObjRef::outbound::<S::Error>(&self.seg)?;
+        if crate::object::carrying() && self.claim_pid.swap(0, Ordering::Relaxed) == sys::current_pid() {
+            let slot = &self.shared().ends[self.end.index()];
+            let _ = slot.word.compare_exchange(
+                slot_word(sys::current_pid(), HELD),
+                FREE,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+        }
+        serde::Serialize::serialize(&(self.end.index() as u8, r), s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Connection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (end, r) = <(u8, crate::object::ObjRef)>::deserialize(d)?;
+        let end = if end == 0 { End::A } else { End::B };
+        r.open_with(ObjectKind::Pipe, |h| super::Pipe::builder().end(end).open_handle(h))
+    }
+}

@@ -89,6 +89,8 @@ pub(crate) const EXIT_OK: i32 = 0;
 pub(crate) const EXIT_PANIC: i32 = 1;
 /// Exit code of a child that refused to run the target (identity mismatch, bad gate variable).
 pub(crate) const EXIT_REFUSED: i32 = 121;
+/// Exit code of a re-executed copy that reached shmproc code before `init()`.
+pub(crate) const EXIT_NO_INIT: i32 = 122;
 
 /// Runs one typed target: decodes the argument, calls `func`, writes the
 /// report to the fd. `Err` is a (de)serialisation failure.
@@ -125,7 +127,8 @@ pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
     // SAFETY: rebased by the checked offset from `anchor`, it is a `fn(A) -> R` for this
     // trampoline's own `A` and `R`; function pointers and `usize` have the same size.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    let arg: A = postcard::from_bytes(args).map_err(|e| format!("decoding the argument in the child: {e}"))?;
+    // Objects in the argument open here, from the fds the start method carried.
+    let arg: A = crate::object::deserialize_carried(args)?;
     let r = f(arg);
     let sent = emit_ok(&r, out);
     // The child exits right after: freeing `r` would only cost copy-on-write faults.

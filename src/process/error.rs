@@ -167,6 +167,14 @@ pub enum JoinError {
         /// What went wrong.
         reason: String,
     },
+    /// A Spawn child (a re-executed copy of this binary) ran code of `main`
+    /// before `shmproc::init()`, or never called it: it stopped when it
+    /// reached shmproc code, or ran `main` to its end, instead of the target.
+    /// Call `shmproc::init()` as the first line of `main`, unconditionally.
+    InitNotFirst {
+        /// How the child ended.
+        status: ExitStatus,
+    },
     /// [`join_timeout`](super::Process::join_timeout): the child still runs.
     /// The [`Process`](super::Process) stays usable; join again later.
     Timeout,
@@ -180,7 +188,9 @@ impl JoinError {
     /// How the child ended, where known.
     pub fn status(&self) -> Option<ExitStatus> {
         match self {
-            JoinError::Panicked { status, .. } | JoinError::Died { status } => Some(*status),
+            JoinError::Panicked { status, .. } | JoinError::Died { status } | JoinError::InitNotFirst { status } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -197,6 +207,9 @@ impl fmt::Display for JoinError {
                 write!(f, "; it {status}")
             }
             JoinError::Died { status } => write!(f, "the child {status} without reporting a result"),
+            JoinError::InitNotFirst { status } => {
+                write!(f, "the child {status} without running the target: {}", super::exec::INIT_NOT_FIRST)
+            }
             JoinError::Decode { reason } => write!(f, "could not decode the child's result: {reason}"),
             JoinError::Timeout => f.write_str("timed out waiting for the child"),
             JoinError::AlreadyJoined => f.write_str("the child was already joined"),

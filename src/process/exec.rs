@@ -63,6 +63,32 @@ pub(crate) fn initialized() -> bool {
     INIT_CALLED.load(Ordering::Relaxed)
 }
 
+/// What a re-executed copy says when it reaches shmproc code before `init()`.
+pub(crate) const INIT_NOT_FIRST: &str = "a copy of this binary re-executed by shmproc (Spawn or ForkServer) ran other \
+     code before shmproc::init(): call shmproc::init() as the first line of main, unconditionally";
+
+/// Whether this process was re-executed by shmproc (it has a gate variable),
+/// read once: `init()` removes the variable when it takes it.
+pub(crate) fn reexecuted() -> bool {
+    static REEXEC: OnceLock<bool> = OnceLock::new();
+    *REEXEC.get_or_init(|| std::env::var_os(SPAWN_ENV).is_some() || std::env::var_os(SERVER_ENV).is_some())
+}
+
+/// Called by shmproc's entry points (creating or opening any object,
+/// starting a process): in a copy re-executed by shmproc whose `main` reached
+/// them before calling `init()`, prints why and exits with
+/// [`child::EXIT_NO_INIT`], before the copy can run more of `main` (create
+/// objects, start processes, run `main` again and again). The parent turns
+/// that into [`JoinError::InitNotFirst`](super::JoinError::InitNotFirst) or a
+/// fork-server [`StartError`](super::StartError) with the same advice.
+pub(crate) fn check_gate() {
+    if initialized() || !reexecuted() {
+        return;
+    }
+    eprintln!("shmproc: {INIT_NOT_FIRST}");
+    std::process::exit(child::EXIT_NO_INIT)
+}
+
 /// The gate variable of a spawned child.
 pub(crate) const SPAWN_ENV: &str = "SHMPROC_SPAWN";
 

@@ -11,7 +11,7 @@
 //!
 //! | message | bytes | fds (`SCM_RIGHTS`) |
 //! |---|---|---|
-//! | request | postcard `Request { tramp, func, daemon, token, name, args }` (`args`: the argument bytes when at most 32 KiB) | child's end of the report socket, status pipe write end, then an args memfd when `args` is `None` |
+//! | request | postcard `Request { tramp, func, daemon, token, name, args, objects }` (`args`: the argument bytes when at most 32 KiB) | child's end of the report socket, status pipe write end, then an args memfd when `args` is `None`, then the `objects` fds of the argument's anonymous objects (index order) |
 //! | reply | postcard `Reply::Started { pid }` or `Reply::Failed(reason)` | the child's pidfd (opened by the server before it could reap the child) |
 //! | status | 8 bytes on the status pipe: `u32` tag (0 exited, 1 signal) + `i32` value, little endian | |
 //!
@@ -51,6 +51,8 @@ struct Request {
     name: String,
     /// The argument inline, or `None` when it comes in a memfd.
     args: Option<Vec<u8>>,
+    /// How many fds of anonymous objects in the argument follow the others.
+    objects: u32,
 }
 
 /// Largest argument sent inline in the request datagram.
@@ -107,8 +109,16 @@ fn launch() -> Result<Server, StartError> {
     };
     if &buf[..ready] != b"ready" {
         let _ = child.kill();
-        let _ = child.wait();
-        return Err(err("the fork server exited or did not become ready (see its message on stderr)"));
+        let status = child.wait();
+        // A server that exited by itself (not killed above) ran `main`
+        // instead of the server loop: `init()` was late or missing.
+        return Err(match status.ok().and_then(|s| s.code()) {
+            Some(child::EXIT_REFUSED) => err("the fork server refused to start (see its message on stderr)"),
+            Some(code) => {
+                err(format!("the fork server exited with code {code} before it became ready: {}", exec::INIT_NOT_FIRST))
+            }
+            None => err("the fork server did not become ready (see its message on stderr)"),
+        });
     }
     CLIENT_FD.store(mine.as_raw_fd(), Ordering::Relaxed);
     Ok(Server { sock: mine, child, owner: sys::process_stamp() })
@@ -141,7 +151,14 @@ fn retire(slot: &mut Option<Server>) {
 }
 
 /// Asks the server for a child.
-pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]) -> Result<Launched, StartError> {
+pub(crate) fn start(
+    name: &str,
+    daemon: bool,
+    tramp: i64,
+    func: i64,
+    args: &[u8],
+    objects: &[crate::Segment],
+) -> Result<Launched, StartError> {
     let (inline, args_fd) =
         if args.len() <= INLINE_ARGS { (Some(args.to_vec()), None) } else { (None, Some(sys::memfd_with(args)?)) };
     let chan = channel::take()?;
@@ -152,17 +169,24 @@ pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]
         end -= 1;
     }
     let name = &name[..end];
-    let req =
-        postcard::to_allocvec(&Request { tramp, func, daemon, token: chan.token, name: name.to_owned(), args: inline })
-            .map_err(|e| err(format!("encoding the request: {e}")))?;
+    let req = Request {
+        tramp,
+        func,
+        daemon,
+        token: chan.token,
+        name: name.to_owned(),
+        args: inline,
+        objects: objects.len() as u32,
+    };
+    let req = postcard::to_allocvec(&req).map_err(|e| err(format!("encoding the request: {e}")))?;
     let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     let mut sent = false;
     for _ in 0..2 {
         let server = server_for(&mut slot)?;
-        let result = match &args_fd {
-            Some(a) => sys::send_with_fds(server.sock.as_fd(), &req, &[chan.wr.as_fd(), st_wr.as_fd(), a.as_fd()]),
-            None => sys::send_with_fds(server.sock.as_fd(), &req, &[chan.wr.as_fd(), st_wr.as_fd()]),
-        };
+        let mut fds = vec![chan.wr.as_fd(), st_wr.as_fd()];
+        fds.extend(args_fd.as_ref().map(|a| a.as_fd()));
+        fds.extend(objects.iter().map(|o| o.fd()));
+        let result = sys::send_with_fds(server.sock.as_fd(), &req, &fds);
         match result {
             Ok(()) => {
                 sent = true;
@@ -301,13 +325,23 @@ fn serve(sock: &OwnedFd, kids: &[Kid], mut req: Request, fds: Vec<OwnedFd>) -> R
         return Err(Reply::Failed("a request without its report socket and status pipe".into()));
     };
     let (tramp, func) = exec::resolve(req.tramp, req.func).map_err(Reply::Failed)?;
-    let args = match (req.args.take(), fds.next()) {
-        (Some(inline), None) => inline,
-        (None, Some(args_fd)) => {
-            sys::read_fd_all(args_fd.as_fd(), exec::MAX_ARGS).map_err(|e| Reply::Failed(e.to_string()))?
-        }
-        _ => return Err(Reply::Failed("a request with both or neither inline and memfd arguments".into())),
+    let args = match req.args.take() {
+        Some(inline) => inline,
+        None => match fds.next() {
+            Some(args_fd) => {
+                sys::read_fd_all(args_fd.as_fd(), exec::MAX_ARGS).map_err(|e| Reply::Failed(e.to_string()))?
+            }
+            None => return Err(Reply::Failed("a request without its argument".into())),
+        },
     };
+    let objects: Vec<OwnedFd> = fds.collect();
+    if objects.len() != req.objects as usize {
+        return Err(Reply::Failed(format!(
+            "a request announced {} object fds but carried {}",
+            req.objects,
+            objects.len()
+        )));
+    }
     let comm = exec::comm_name(&req.name);
     let parent = sys::raw_pid();
     // SAFETY: the server is single-threaded (it was started by exec and never
@@ -327,6 +361,10 @@ fn serve(sock: &OwnedFd, kids: &[Kid], mut req: Request, fds: Vec<OwnedFd>) -> R
                     }
                 }
             };
+            // The objects' fds: opened (duplicated) while the argument is decoded, then closed.
+            if !objects.is_empty() {
+                crate::object::set_inbound(objects.iter().map(|o| o.as_raw_fd()).collect(), true);
+            }
             let ctx = child::ChildCtx::new(&req.name, result.as_fd(), req.token);
             let daemon_parent = req.daemon.then_some(parent);
             child::run_forked(&ctx, daemon_parent, Some(&comm), close_server_fds, |out| tramp(func, &args, out))

@@ -133,9 +133,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::{ExitStatus, InheritError, JoinError, ShareError, StartError};
+pub(crate) use exec::check_gate;
 pub use exec::StartMethod;
 pub use handles::{inherited, CommandExt, HANDLE_ENV_PREFIX};
 
+use crate::object::Carried;
 use crate::sys;
 use crate::time::Deadline;
 use child::{Report, Trampoline, TAG_OK, TAG_REPORT};
@@ -157,6 +159,9 @@ use reap::{Launched, OsChild};
 /// ```
 pub fn init() {
     exec::mark_initialized();
+    if !exec::reexecuted() {
+        return;
+    }
     if let Some(v) = std::env::var_os(exec::SPAWN_ENV) {
         std::env::remove_var(exec::SPAWN_ENV);
         spawn::child_main(&v.to_string_lossy());
@@ -227,7 +232,7 @@ impl<R, F: FnOnce() -> R> CallOnce<R> for Option<F> {
 
 enum Target<R> {
     Closure(Box<dyn CallOnce<R>>),
-    Fn { tramp: Trampoline, func: usize, args: Result<Vec<u8>, String> },
+    Fn { tramp: Trampoline, func: usize, args: Result<Vec<u8>, String>, carried: Carried },
 }
 
 /// Configures and starts a [`Process`]. Made by [`Process::builder`] or [`Process::closure`].
@@ -273,6 +278,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
 
     /// Starts the child.
     pub fn start(self) -> Result<Process<R>, StartError> {
+        exec::check_gate();
         let method = match (&self.target, self.method) {
             (Target::Closure(_), None) => StartMethod::Fork,
             (_, Some(m)) => m,
@@ -280,6 +286,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
         };
         let named = self.name.is_some();
         let name = self.name.unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let mut keep = Vec::new();
         let launched = match self.target {
             Target::Closure(mut f) => {
                 if method != StartMethod::Fork {
@@ -295,11 +302,19 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
                     None => Err("the closure was already called".into()),
                 })?
             }
-            Target::Fn { tramp, func, args } => {
+            Target::Fn { tramp, func, args, carried } => {
                 let args = args.map_err(|reason| StartError::Encode { reason })?;
+                let fds = carried.raw_fds();
+                keep = carried.keep;
                 match method {
                     // Borrowed: the child must not free the parent's buffer.
-                    StartMethod::Fork => fork::start(&name, named, self.daemon, |out| tramp(func, &args, out))?,
+                    // The carried fds are inherited: the same numbers.
+                    StartMethod::Fork => fork::start(&name, named, self.daemon, |out| {
+                        if !fds.is_empty() {
+                            crate::object::set_inbound(fds.clone(), false);
+                        }
+                        tramp(func, &args, out)
+                    })?,
                     StartMethod::Spawn | StartMethod::ForkServer => {
                         if !exec::initialized() {
                             return Err(StartError::NotInitialized { method });
@@ -309,15 +324,17 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
                         }
                         let (t, f) = (child::offset_of(tramp as usize), child::offset_of(func));
                         if method == StartMethod::Spawn {
-                            spawn::start(&name, self.daemon, t, f, &args)?
+                            spawn::start(&name, self.daemon, t, f, &args, &fds)?
                         } else {
-                            forkserver::start(&name, self.daemon, t, f, &args)?
+                            forkserver::start(&name, self.daemon, t, f, &args, &carried.fds)?
                         }
                     }
                 }
             }
         };
-        Ok(Process::from_launched(launched, name, method, self.daemon))
+        let mut p = Process::from_launched(launched, name, method, self.daemon);
+        p.keep = keep;
+        Ok(p)
     }
 }
 
@@ -335,6 +352,11 @@ pub struct Process<R> {
     buf: Vec<u8>,
     ended: Option<ExitStatus>,
     joined: bool,
+    /// The objects of the argument, kept until the child was joined (a named
+    /// one's creator must not unlink it before the child opened it).
+    keep: Vec<crate::Segment>,
+    /// Spawn: the argument memfd (see `spawn.rs`: did the child reach `init()`?).
+    gate: Option<OwnedFd>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -353,9 +375,14 @@ impl<R> fmt::Debug for Process<R> {
 impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// A process that runs `target(arg)`; works with every start method.
     pub fn builder<A: Serialize + DeserializeOwned + 'static>(target: fn(A) -> R, arg: A) -> Builder<R> {
-        let args = postcard::to_allocvec(&arg).map_err(|e| e.to_string());
+        // Objects in `arg` are collected here: named ones travel by name,
+        // anonymous ones by fd (see `Carried`); `arg` itself drops now.
+        let (args, carried) = match crate::object::serialize_carrying(&arg) {
+            Ok((b, c)) => (Ok(b), c),
+            Err(e) => (Err(e), Carried::default()),
+        };
         Builder {
-            target: Target::Fn { tramp: child::trampoline::<A, R>, func: target as usize, args },
+            target: Target::Fn { tramp: child::trampoline::<A, R>, func: target as usize, args, carried },
             name: None,
             method: None,
             daemon: false,
@@ -382,6 +409,8 @@ impl<R: DeserializeOwned> Process<R> {
             buf: Vec::new(),
             ended: None,
             joined: false,
+            keep: Vec::new(),
+            gate: l.gate,
             _r: PhantomData,
         }
     }
@@ -454,9 +483,20 @@ impl<R: DeserializeOwned> Process<R> {
         }
         self.joined = true;
         self.unregister();
+        self.keep.clear();
         let status = self.ended.unwrap_or(ExitStatus::Unknown);
         let buf = std::mem::take(&mut self.buf);
+        let reached_init = match &self.gate {
+            // Only `init()` moves the offset; a refusal (exit 121) is not about init.
+            Some(g) => {
+                status == ExitStatus::Exited(child::EXIT_REFUSED) || sys::offset_marked(g.as_fd()).unwrap_or(true)
+            }
+            None => true,
+        };
         match buf.split_first() {
+            None if !reached_init && !matches!(status, ExitStatus::Signaled(_)) => {
+                Err(JoinError::InitNotFirst { status })
+            }
             None => Err(JoinError::Died { status }),
             Some((&TAG_OK, bytes)) => match postcard::from_bytes::<R>(bytes) {
                 Ok(r) => Ok(r),

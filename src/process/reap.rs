@@ -110,12 +110,14 @@ pub(crate) struct Launched {
     pub(crate) result: Channel,
     /// ForkServer: the pipe on which the server writes how the child ended.
     pub(crate) status: Option<OwnedFd>,
+    /// Spawn: the argument memfd, whose offset the child moves in `init()`.
+    pub(crate) gate: Option<OwnedFd>,
 }
 
 impl Launched {
     /// The pieces the start methods share.
     pub(crate) fn new(pid: u32, pidfd: Option<OwnedFd>, result: Channel, status: Option<OwnedFd>) -> Launched {
-        Launched { child: OsChild { pid, pidfd }, result, status }
+        Launched { child: OsChild { pid, pidfd }, result, status, gate: None }
     }
 
     /// A child of this process (Fork, Spawn), not yet reaped, so the pidfd

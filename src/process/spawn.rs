@@ -2,15 +2,24 @@
 //! binary; [`crate::init`] at the top of its `main` runs the target.
 //!
 //! ## Gate variable
-//! `SHMPROC_SPAWN=v1;<exe identity>;<trampoline offset>;<target offset>;<args fd>;<result fd>;<daemon parent>;<token>;<name>`
+//! `SHMPROC_SPAWN=v2;<exe identity>;<trampoline offset>;<target offset>;<args fd>;<result fd>;<daemon parent>;<token>;<object fds>;<name>`
 //!
 //! * exe identity and offsets: see `exec.rs`; a different
 //!   executable or an offset outside it refuses (exit code 121, nothing run).
 //! * args fd: a memfd with the postcard bytes of the argument; result fd: the
 //!   child's end of the report socket. Both have `FD_CLOEXEC` cleared in
 //!   `pre_exec` only, so no other exec'd program inherits them.
+//! * object fds: the fds of the anonymous objects in the argument, in index
+//!   order, comma-separated (`-` when none); kept open across the exec like
+//!   the args fd, and closed by the child once the argument is decoded (each
+//!   object holds its own duplicate).
 //! * daemon parent: the parent's pid, or 0. `PR_SET_PDEATHSIG` is set in
 //!   `pre_exec` (it survives exec); the child re-checks `getppid()` after exec.
+//!
+//! The child moves the args memfd's file offset (shared with the parent) to
+//! 1 once it read the argument: a child that ended without a report and
+//! without moving it never reached `init()`
+//! ([`JoinError::InitNotFirst`](super::JoinError::InitNotFirst)).
 //!
 //! `init()` removes the variable before anything else runs, so the child's own
 //! children never see it.
@@ -35,12 +44,13 @@ struct Gate<'a> {
     result_fd: i32,
     parent: u32,
     token: u64,
+    objects: Vec<i32>,
     name: &'a str,
 }
 
 fn parse(v: &str) -> Option<Gate<'_>> {
-    let mut it = v.splitn(9, ';');
-    if it.next()? != "v1" {
+    let mut it = v.splitn(10, ';');
+    if it.next()? != "v2" {
         return None;
     }
     Some(Gate {
@@ -51,6 +61,10 @@ fn parse(v: &str) -> Option<Gate<'_>> {
         result_fd: it.next()?.parse().ok().filter(|&f: &i32| f >= 0)?,
         parent: it.next()?.parse().ok()?,
         token: it.next()?.parse().ok()?,
+        objects: match it.next()? {
+            "-" => Vec::new(),
+            list => list.split(',').map(|f| f.parse().ok().filter(|&f: &i32| f >= 0)).collect::<Option<_>>()?,
+        },
         name: it.next()?,
     })
 }
@@ -58,6 +72,10 @@ fn parse(v: &str) -> Option<Gate<'_>> {
 /// The child side, called by `init()`; never returns.
 pub(crate) fn child_main(v: &str) -> ! {
     let Some(g) = parse(v) else { refuse(&format!("malformed {SPAWN_ENV} value {v:?}")) };
+    // Tell the parent (which shares the args fd's file description) that init() ran here.
+    if let Ok(fd) = sys::borrow_raw_fd(g.args_fd) {
+        let _ = sys::mark_offset(fd);
+    }
     if let Err(reason) = exec::verify_identity(g.exe) {
         refuse(&reason);
     }
@@ -76,6 +94,8 @@ pub(crate) fn child_main(v: &str) -> ! {
     // no OwnedFd in this process owns it.
     unsafe { sys::close_raw(g.args_fd) };
     child::ensure_panic_hook();
+    // The objects' fds: opened (duplicated) while the argument is decoded, then closed.
+    crate::object::set_inbound(g.objects, true);
     let name: &'static str = Box::leak(g.name.to_owned().into_boxed_str());
     // Leaked: the context lives as long as the process, and the result fd is
     // never closed before exit.
@@ -86,17 +106,32 @@ pub(crate) fn child_main(v: &str) -> ! {
 }
 
 /// The parent side: spawns the child.
-pub(crate) fn start(name: &str, daemon: bool, tramp: i64, func: i64, args: &[u8]) -> io::Result<Launched> {
+pub(crate) fn start(
+    name: &str,
+    daemon: bool,
+    tramp: i64,
+    func: i64,
+    args: &[u8],
+    objects: &[i32],
+) -> io::Result<Launched> {
     let args_fd = sys::memfd_with(args)?;
     let chan = channel::take()?;
     let parent = if daemon { sys::raw_pid() } else { 0 };
     let (a, w) = (args_fd.as_raw_fd(), chan.wr.as_raw_fd());
-    let value = format!("v1;{};{tramp};{func};{a};{w};{parent};{};{name}", exec::exe_id_string()?, chan.token);
-    let child = exec::spawn_self(&[(SPAWN_ENV, value)], &[a, w], daemon.then_some(parent))?;
+    let objs = if objects.is_empty() {
+        "-".to_owned()
+    } else {
+        objects.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let value = format!("v2;{};{tramp};{func};{a};{w};{parent};{};{objs};{name}", exec::exe_id_string()?, chan.token);
+    let mut keep_open = vec![a, w];
+    keep_open.extend_from_slice(objects);
+    let child = exec::spawn_self(&[(SPAWN_ENV, value)], &keep_open, daemon.then_some(parent))?;
     // The child is ours and unreaped (std's Child never reaps on drop).
-    let launched = Launched::own_child(child.id(), chan);
+    let mut launched = Launched::own_child(child.id(), chan);
     drop(child);
-    drop(args_fd);
+    // Kept: its offset tells, at join, whether the child reached init().
+    launched.gate = Some(args_fd);
     Ok(launched)
 }
 
@@ -106,14 +141,17 @@ mod tests {
 
     #[test]
     fn gate_parsing() {
-        let g = parse("v1;1:2:3:4:5;-10;20;3;4;0;77;my;name").unwrap();
+        let g = parse("v2;1:2:3:4:5;-10;20;3;4;0;77;-;my;name").unwrap();
         assert_eq!(
             (g.tramp, g.func, g.args_fd, g.result_fd, g.parent, g.token, g.name),
             (-10, 20, 3, 4, 0, 77, "my;name")
         );
-        assert!(parse("v2;1:2:3:4:5;1;2;3;4;0;1;n").is_none());
-        assert!(parse("v1;1:2:3:4:5;1;2;3;4;0;x;n").is_none());
-        assert!(parse("v1;x;1;2;-3;4;0;n").is_none());
-        assert!(parse("v1;x;1;2").is_none());
+        assert!(g.objects.is_empty());
+        assert_eq!(parse("v2;1:2:3:4:5;1;2;3;4;0;1;5,9;n").unwrap().objects, vec![5, 9]);
+        assert!(parse("v2;1:2:3:4:5;1;2;3;4;0;1;5,-9;n").is_none());
+        assert!(parse("v1;1:2:3:4:5;1;2;3;4;0;1;-;n").is_none());
+        assert!(parse("v2;1:2:3:4:5;1;2;3;4;0;x;-;n").is_none());
+        assert!(parse("v2;x;1;2;-3;4;0;-;n").is_none());
+        assert!(parse("v2;x;1;2").is_none());
     }
 }

@@ -87,6 +87,7 @@ impl Builder<FrameQueue> {
     }
 }
 
+crate::object::serde_object!([] FrameQueue);
 /// `open` and `open_handle` (the maximum frame comes from the segment).
 impl Object for FrameQueue {
     const KIND: ObjectKind = ObjectKind::FrameQueue;

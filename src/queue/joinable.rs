@@ -198,6 +198,7 @@ impl<T: Pod> JoinableQueue<T> {
     }
 }
 
+crate::object::serde_object!([T: Pod] JoinableQueue<T>);
 impl<T: Pod> Object for JoinableQueue<T> {
     const KIND: ObjectKind = ObjectKind::JoinableQueue;
     type Params = QueueConfig;

@@ -192,6 +192,7 @@ pub struct Queue<T: Pod> {
 pub type QueueBuilder<T> = Builder<Queue<T>>;
 
 fn elem_size<T: Pod>() -> Result<u32, OpenError> {
+    const { assert!(std::mem::size_of::<T>() > 0, "a Queue of a zero-sized type carries nothing: use Semaphore") };
     let n = std::mem::size_of::<T>();
     if n == 0 || n > raw::MAX_ELEM as usize {
         return Err(OpenError::invalid(format!("message type of {n} bytes is not supported (1..=16 MiB)")));
@@ -233,6 +234,7 @@ impl<T: Pod> Builder<Queue<T>> {
     }
 }
 
+crate::object::serde_object!([T: Pod] Queue<T>);
 /// `open` and `open_handle` (the queue's capacity and mode come from the segment).
 impl<T: Pod> Object for Queue<T> {
     const KIND: ObjectKind = ObjectKind::Queue;

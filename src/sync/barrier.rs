@@ -136,6 +136,7 @@ impl Builder<Barrier> {
     }
 }
 
+crate::object::serde_object!([] Barrier);
 impl Object for Barrier {
     const KIND: ObjectKind = ObjectKind::Barrier;
     type Params = ();

@@ -84,6 +84,7 @@ impl Builder<Condition> {
     }
 }
 
+crate::object::serde_object!([] Condition);
 impl Object for Condition {
     const KIND: ObjectKind = ObjectKind::Condition;
     type Params = ();

@@ -117,6 +117,7 @@ impl Builder<Event> {
     }
 }
 
+crate::object::serde_object!([] Event);
 impl Object for Event {
     const KIND: ObjectKind = ObjectKind::Event;
     type Params = ();

@@ -94,7 +94,7 @@ impl<T: Pod> Data for [T] {
 ///     }
 ///     Err(e) => return Err(e.to_string().into()),
 /// }
-/// assert_eq!(*m.lock().map_err(|e| e.to_string())?, 1);
+/// assert_eq!(*m.lock()?, 1); // `?` drops a dead holder's guard (see LockError)
 /// # Ok(()) }
 /// ```
 pub struct Mutex<T: ?Sized> {
@@ -117,6 +117,7 @@ impl<T: Pod> Builder<Mutex<T>> {
     }
 }
 
+crate::object::serde_object!([T: Pod] Mutex<T>);
 impl<T: Pod> Object for Mutex<T> {
     const KIND: ObjectKind = ObjectKind::Mutex;
     type Params = ();

@@ -55,8 +55,8 @@ unsafe impl SharedState for ReentrantState {}
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let r = shmproc::ReentrantMutex::anonymous()?;
-/// let a = r.lock().map_err(|e| e.to_string())?;
-/// let b = r.lock().map_err(|e| e.to_string())?; // same thread: no deadlock
+/// let a = r.lock()?;
+/// let b = r.lock()?; // same thread: no deadlock
 /// assert_eq!(r.depth(), 2);
 /// drop(b);
 /// drop(a);
@@ -81,6 +81,7 @@ impl Builder<ReentrantMutex> {
     }
 }
 
+crate::object::serde_object!([] ReentrantMutex);
 impl Object for ReentrantMutex {
     const KIND: ObjectKind = ObjectKind::ReentrantMutex;
     type Params = ();

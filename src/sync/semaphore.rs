@@ -193,6 +193,7 @@ macro_rules! semaphore_type {
             bound: Option<u32>,
         }
 
+        crate::object::serde_object!([] $name);
         impl Object for $name {
             const KIND: ObjectKind = ObjectKind::$kind;
             type Params = ();

@@ -212,7 +212,22 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
 pub(crate) fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create(c"shmproc-args", rustix::fs::MemfdFlags::CLOEXEC)?;
     write_all(fd.as_fd(), data)?;
+    // Back to offset 0 (readers use pread; a Spawn child moves it to say it
+    // reached init(), see `mark_offset`).
+    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0))?;
     Ok(fd)
+}
+
+/// Moves `fd`'s file offset to 1: a re-executed child tells its parent, which
+/// shares the open file description, that it reached `init()`.
+pub(crate) fn mark_offset(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(1))?;
+    Ok(())
+}
+
+/// Whether `fd`'s file offset was moved off 0 (see [`mark_offset`]).
+pub(crate) fn offset_marked(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(rustix::fs::seek(fd, rustix::fs::SeekFrom::Current(0))? != 0)
 }
 
 /// Reads a whole memfd (or file) from offset 0, refusing more than `max` bytes.
@@ -309,12 +324,13 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
 }
 
-/// Most fds passed in one message.
-pub(crate) const MAX_PASSED_FDS: usize = 4;
+/// Most fds passed in one message (a fork-server request carries three of
+/// its own and up to `object::MAX_CARRIED` objects of the argument).
+pub(crate) const MAX_PASSED_FDS: usize = 64;
 
-/// Most fds taken from one received message (the room of a 128-byte control
-/// buffer): a message with more is a truncation error.
-const MAX_RECEIVED_FDS: usize = 28;
+/// Most fds taken from one received message: a message with more is a
+/// truncation error.
+const MAX_RECEIVED_FDS: usize = 64;
 
 /// Sends one datagram with `data` and (`SCM_RIGHTS`) `fds`. `MSG_NOSIGNAL`.
 pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {

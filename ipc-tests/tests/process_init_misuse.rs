@@ -1,0 +1,49 @@
+//! `init()` called late or conditionally (issue 10 item 6): a re-executed
+//! copy stops (or ends) instead of running `main` again, says why on stderr,
+//! and the parent's `JoinError` (Spawn) and `StartError` (ForkServer) name
+//! `shmproc::init()` as the first line of `main`. The checks run in the
+//! helper binary `late_init`, which must be a program of its own.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn run(mode: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_late_init"))
+        .arg("parent")
+        .env("LATE_INIT_MODE", mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("late_init {mode} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn init_called_late_stops_the_copy_at_its_first_shmproc_call() {
+    let (code, out, err) = run("late");
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("exited with code 122"), "{out}");
+    // The copies said why, on their stderr (shared with the parent's).
+    assert!(err.contains("call shmproc::init() as the first line of main"), "{err}");
+}
+
+#[test]
+fn init_called_conditionally_is_reported_when_the_copy_ends() {
+    let (code, out, err) = run("conditional");
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("exited with code 0"), "{out}");
+}
