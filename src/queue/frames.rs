@@ -123,7 +123,7 @@ impl FrameQueue {
         })
     }
 
-    fn pop_once(&self, out: &mut Vec<u8>, bad: &mut bool) -> Step {
+    fn pop_once(&self, out: &mut impl FrameSink, bad: &mut bool) -> Step {
         let max = self.max;
         self.e.try_pop(false, |p| {
             // SAFETY: `p` is the payload of a published slot we own (4 + max bytes).
@@ -132,18 +132,13 @@ impl FrameQueue {
                 *bad = true;
                 return;
             }
-            out.clear();
-            out.reserve(len);
-            // SAFETY: len <= max bytes follow the length inside the slot; `out`
-            // has capacity for len bytes, which we initialise before set_len.
-            unsafe {
-                std::ptr::copy_nonoverlapping(p.add(4), out.as_mut_ptr(), len);
-                out.set_len(len);
-            }
+            // SAFETY: len <= max bytes follow the length inside the slot, which
+            // we own until this closure returns.
+            unsafe { out.fill(p.add(4), len) }
         })
     }
 
-    fn send_deadline(&self, frame: &[u8], deadline: Option<Deadline>) -> Result<(), FrameSendError> {
+    pub(super) fn send_deadline(&self, frame: &[u8], deadline: Option<Deadline>) -> Result<(), FrameSendError> {
         if frame.len() > self.max {
             return Err(FrameSendError::TooLarge { len: frame.len(), max: self.max });
         }
@@ -188,7 +183,11 @@ impl FrameQueue {
 
     /// Receives into `out` (cleared first). `timeout`: `None` = try once,
     /// `Some(None)` = wait forever, `Some(Some(t))` = wait at most `t`.
-    fn recv_deadline(&self, out: &mut Vec<u8>, deadline: Option<Deadline>) -> Result<(), FrameRecvError> {
+    pub(super) fn recv_deadline(
+        &self,
+        out: &mut impl FrameSink,
+        deadline: Option<Deadline>,
+    ) -> Result<(), FrameRecvError> {
         self.e.ensure_registered();
         let mut bad = false;
         let r = match self.pop_once(out, &mut bad) {
@@ -327,6 +326,63 @@ mod tests {
             assert!(matches!(q.recv_value::<String>(), Err(FrameRecvError::Decode(_))));
             let q2 = FrameQueue::open_handle(&q.handle()).unwrap();
             assert_eq!(q2.max_frame(), 16);
+        }
+    }
+}
+
+/// Where a received frame's bytes are copied to (out of the slot, while the
+/// receiver owns it).
+pub(super) trait FrameSink {
+    /// Replaces the contents with `len` bytes at `src`.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes.
+    unsafe fn fill(&mut self, src: *const u8, len: usize);
+}
+
+impl FrameSink for Vec<u8> {
+    unsafe fn fill(&mut self, src: *const u8, len: usize) {
+        self.clear();
+        self.reserve(len);
+        // SAFETY: `src` is readable for len bytes (caller); `self` has capacity
+        // for len bytes, which we initialise before set_len.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, self.as_mut_ptr(), len);
+            self.set_len(len);
+        }
+    }
+}
+
+/// Bytes of a frame that fits [`SmallFrame::INLINE`] stay on the stack.
+pub(super) struct SmallFrame {
+    inline: [u8; SmallFrame::INLINE],
+    len: usize,
+    heap: Vec<u8>,
+}
+
+impl SmallFrame {
+    pub(super) const INLINE: usize = 256;
+    pub(super) fn new() -> Self {
+        SmallFrame { inline: [0; SmallFrame::INLINE], len: 0, heap: Vec::new() }
+    }
+    pub(super) fn bytes(&self) -> &[u8] {
+        if self.len <= SmallFrame::INLINE {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+impl FrameSink for SmallFrame {
+    unsafe fn fill(&mut self, src: *const u8, len: usize) {
+        self.len = len;
+        if len <= SmallFrame::INLINE {
+            // SAFETY: `src` is readable for len bytes (caller); `inline` holds len.
+            unsafe { std::ptr::copy_nonoverlapping(src, self.inline.as_mut_ptr(), len) }
+        } else {
+            // SAFETY: as above.
+            unsafe { self.heap.fill(src, len) }
         }
     }
 }

@@ -50,6 +50,8 @@ mod frames;
 mod joinable;
 mod raw;
 pub(crate) mod ring;
+mod split;
+pub(crate) mod typed;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -65,6 +67,12 @@ pub use error::{
 pub use frames::{FrameQueue, FrameQueueBuilder};
 pub use joinable::JoinableQueue;
 pub use raw::{Role, WaitMode};
+pub use split::{
+    channel, frame_channel, FrameReceiver, FrameSender, IntoIter, JoinableReceiver, JoinableSender, Receiver, Sender,
+};
+pub use typed::{
+    fingerprint_of, typed_channel, TypedReceiver, TypedRecvError, TypedSendError, TypedSender, FINGERPRINT_LEN,
+};
 
 use crate::error::OpenError;
 use crate::header::{ObjectKind, TypeInfo};
