@@ -41,10 +41,16 @@ fn type_info() -> TypeInfo {
 /// assert_eq!(q.recv_value::<(String, u32)>()?, ("job".to_string(), 42));
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct FrameQueue {
     e: Arc<Engine>,
     max: usize,
+}
+
+impl Clone for FrameQueue {
+    fn clone(&self) -> Self {
+        self.e.touch();
+        FrameQueue { e: self.e.clone(), max: self.max }
+    }
 }
 
 /// Builder for [`FrameQueue`].

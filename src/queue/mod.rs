@@ -66,6 +66,7 @@ pub use error::{
 };
 pub use frames::{FrameQueue, FrameQueueBuilder};
 pub use joinable::JoinableQueue;
+pub(crate) use raw::adopt_forked_child;
 pub use raw::{Role, WaitMode};
 pub use split::{
     channel, frame_channel, FrameReceiver, FrameSender, IntoIter, JoinableReceiver, JoinableSender, Receiver, Sender,
@@ -133,7 +134,9 @@ impl QueueConfig {
             e.set_spin(s);
         }
         e.register(self.role)?;
-        Ok(Arc::new(e))
+        let e = Arc::new(e);
+        raw::track(&e);
+        Ok(e)
     }
 }
 
@@ -650,6 +653,7 @@ impl<T: Pod> Drop for SpscReceiver<T> {
 
 impl<T: Pod> Clone for Queue<T> {
     fn clone(&self) -> Self {
+        self.e.touch();
         Queue { e: self.e.clone(), excl: 0, _t: PhantomData }
     }
 }

@@ -109,13 +109,26 @@ impl<T: Pod> Builder<Queue<T>> {
         Ok((Sender { q: tx }, Receiver { q: rx }))
     }
 
+    /// Creates the queue and keeps only its receiving half: the queue counts
+    /// as disconnected only after a sender has joined (say, another binary
+    /// with [`open_sender`](Self::open_sender)) and every sender has gone.
+    pub fn create_receiver(self) -> Result<Receiver<T>, OpenError> {
+        Ok(Receiver { q: self.role(Role::Receiver).create()? })
+    }
+
+    /// Creates the queue and keeps only its sending half (see
+    /// [`create_receiver`](Self::create_receiver)).
+    pub fn create_sender(self) -> Result<Sender<T>, OpenError> {
+        Ok(Sender { q: self.role(Role::Sender).create()? })
+    }
+
     /// Opens the named queue as a sender (the builder's role is ignored).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use shmproc::Queue;
     /// // Process A creates "jobs" and receives:
-    /// let (_, rx) = Queue::<u64>::builder().name("jobs").create_split()?;
+    /// let rx = Queue::<u64>::builder().name("jobs").create_receiver()?;
     /// // Process B (while A runs):
     /// let tx = Queue::<u64>::builder().name("jobs").open_sender()?;
     /// tx.send(1)?;
@@ -307,6 +320,14 @@ impl FrameQueueBuilder {
         let rx = self.role(Role::Receiver).create()?;
         let tx = other_half::<FrameQueue>(&params, Role::Sender).open_handle(&rx.handle())?;
         Ok((FrameSender { q: tx }, FrameReceiver { q: rx }))
+    }
+    /// Creates the frame queue and keeps only its receiving half.
+    pub fn create_receiver(self) -> Result<FrameReceiver, OpenError> {
+        Ok(FrameReceiver { q: self.role(Role::Receiver).create()? })
+    }
+    /// Creates the frame queue and keeps only its sending half.
+    pub fn create_sender(self) -> Result<FrameSender, OpenError> {
+        Ok(FrameSender { q: self.role(Role::Sender).create()? })
     }
     /// Opens the named frame queue as a sender.
     pub fn open_sender(self) -> Result<FrameSender, OpenError> {
