@@ -311,31 +311,6 @@ impl fmt::Debug for FrameQueue {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ShmObject;
-
-    #[test]
-    fn frames_and_values() {
-        for spsc in [false, true] {
-            let q = FrameQueue::builder().capacity(4).max_frame(16).spsc(spsc).create().unwrap();
-            q.send(b"").unwrap();
-            q.send(&[7u8; 16]).unwrap();
-            assert!(matches!(q.send(&[0u8; 17]), Err(FrameSendError::TooLarge { len: 17, max: 16 })));
-            assert_eq!(q.recv().unwrap(), b"");
-            assert_eq!(q.recv().unwrap(), vec![7u8; 16]);
-            assert!(matches!(q.try_recv(), Err(FrameRecvError::Empty)));
-            q.send_value(&(1u8, "ab")).unwrap();
-            assert_eq!(q.recv_value::<(u8, String)>().unwrap(), (1, "ab".to_string()));
-            q.send(&[0xff; 3]).unwrap();
-            assert!(matches!(q.recv_value::<String>(), Err(FrameRecvError::Decode(_))));
-            let q2 = FrameQueue::open_handle(&q.handle()).unwrap();
-            assert_eq!(q2.max_frame(), 16);
-        }
-    }
-}
-
 /// Where a received frame's bytes are copied to (out of the slot, while the
 /// receiver owns it).
 pub(super) trait FrameSink {
@@ -359,9 +334,10 @@ impl FrameSink for Vec<u8> {
     }
 }
 
-/// Bytes of a frame that fits [`SmallFrame::INLINE`] stay on the stack.
+/// Bytes of a frame that fits [`SmallFrame::INLINE`] stay on the stack (not
+/// zeroed first: only the received bytes are ever read).
 pub(super) struct SmallFrame {
-    inline: [u8; SmallFrame::INLINE],
+    inline: [std::mem::MaybeUninit<u8>; SmallFrame::INLINE],
     len: usize,
     heap: Vec<u8>,
 }
@@ -369,11 +345,13 @@ pub(super) struct SmallFrame {
 impl SmallFrame {
     pub(super) const INLINE: usize = 256;
     pub(super) fn new() -> Self {
-        SmallFrame { inline: [0; SmallFrame::INLINE], len: 0, heap: Vec::new() }
+        SmallFrame { inline: [std::mem::MaybeUninit::uninit(); SmallFrame::INLINE], len: 0, heap: Vec::new() }
     }
     pub(super) fn bytes(&self) -> &[u8] {
         if self.len <= SmallFrame::INLINE {
-            &self.inline[..self.len]
+            // SAFETY: `fill` initialised the first `len` (<= INLINE) bytes;
+            // `len` starts at 0.
+            unsafe { std::slice::from_raw_parts(self.inline.as_ptr().cast::<u8>(), self.len) }
         } else {
             &self.heap
         }
@@ -382,13 +360,38 @@ impl SmallFrame {
 
 impl FrameSink for SmallFrame {
     unsafe fn fill(&mut self, src: *const u8, len: usize) {
-        self.len = len;
         if len <= SmallFrame::INLINE {
             // SAFETY: `src` is readable for len bytes (caller); `inline` holds len.
-            unsafe { std::ptr::copy_nonoverlapping(src, self.inline.as_mut_ptr(), len) }
+            unsafe { std::ptr::copy_nonoverlapping(src, self.inline.as_mut_ptr().cast::<u8>(), len) }
         } else {
             // SAFETY: as above.
             unsafe { self.heap.fill(src, len) }
+        }
+        self.len = len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ShmObject;
+
+    #[test]
+    fn frames_and_values() {
+        for spsc in [false, true] {
+            let q = FrameQueue::builder().capacity(4).max_frame(16).spsc(spsc).create().unwrap();
+            q.send(b"").unwrap();
+            q.send(&[7u8; 16]).unwrap();
+            assert!(matches!(q.send(&[0u8; 17]), Err(FrameSendError::TooLarge { len: 17, max: 16 })));
+            assert_eq!(q.recv().unwrap(), b"");
+            assert_eq!(q.recv().unwrap(), vec![7u8; 16]);
+            assert!(matches!(q.try_recv(), Err(FrameRecvError::Empty)));
+            q.send_value(&(1u8, "ab")).unwrap();
+            assert_eq!(q.recv_value::<(u8, String)>().unwrap(), (1, "ab".to_string()));
+            q.send(&[0xff; 3]).unwrap();
+            assert!(matches!(q.recv_value::<String>(), Err(FrameRecvError::Decode(_))));
+            let q2 = FrameQueue::open_handle(&q.handle()).unwrap();
+            assert_eq!(q2.max_frame(), 16);
         }
     }
 }

@@ -1,6 +1,62 @@
-//! [`Queue<T>`]: a bounded, lock-free ring of fixed-size messages in shared
-//! memory; [`FrameQueue`] for variable-size byte frames and serde values;
-//! [`JoinableQueue<T>`] with Python's `task_done` / `join`.
+//! Queues between processes, as crossbeam's and std's channels: a sending
+//! half [`Sender<T>`] and a receiving half [`Receiver<T>`] from [`channel`]
+//! (anonymous, inherited by forked children) or from a named [`Queue`]'s
+//! builder ([`QueueBuilder::create_receiver`], [`QueueBuilder::open_sender`],
+//! ...). [`typed_channel`] carries any serde type ([`TypedSender<T>`],
+//! [`TypedReceiver<T>`], with a type fingerprint per message);
+//! [`frame_channel`] variable-size byte frames ([`FrameQueue`]);
+//! [`QueueBuilder::create_joinable_split`] Python's `task_done` / `join`
+//! ([`JoinableQueue`]).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (tx, rx) = shmproc::queue::channel::<u64>(1024)?; // inherited by forked children
+//! tx.send(7)?;
+//! assert_eq!(rx.recv()?, 7);
+//! drop(tx); // every sender gone: the receiver's iterators end
+//! assert_eq!(rx.iter().count(), 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Four forked workers draining a task queue end by themselves once the
+//! producer drops its sender:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmproc::Process;
+//! let (tasks, jobs) = shmproc::queue::channel::<u64>(256)?;
+//! let workers: Vec<_> = (0..4)
+//!     .map(|_| {
+//!         let jobs = jobs.clone();
+//!         Process::closure(move || jobs.iter().map(|j| j * 2).sum::<u64>()).start()
+//!     })
+//!     .collect::<Result<_, _>>()?;
+//! drop(jobs);
+//! for j in 0..1000 {
+//!     tasks.send(j)?;
+//! }
+//! drop(tasks); // the workers' `jobs.iter()` end once the queue is drained
+//! let total: u64 = workers.into_iter().map(|w| w.join()).sum::<Result<_, _>>()?;
+//! assert_eq!(total, 999 * 1000);
+//! # Ok(()) }
+//! ```
+//!
+//! Two processes by name (the receiver creates; the queue lives while its
+//! creator does):
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmproc::Queue;
+//! // Process A:
+//! let rx = Queue::<[u8; 16]>::builder().name("jobs").capacity(4096).create_receiver()?;
+//! // Process B (another binary, while A runs):
+//! let tx = Queue::<[u8; 16]>::builder().name("jobs").open_sender()?;
+//! tx.send([1; 16])?;
+//! // A: `rx.recv()` gives the message; once B is gone (dropped its sender,
+//! // exited, or was killed) and the queue is drained, `rx.recv()` returns
+//! // `Err(RecvError::Disconnected)` and `rx.iter()` ends.
+//! # let _ = rx.recv(); Ok(()) }
+//! ```
 //!
 //! * Algorithm: Dmitry Vyukov's bounded MPMC queue (per-slot 64-bit stamps, head
 //!   and tail on separate 128-byte lines), extended with *claimed* stamps that
@@ -15,35 +71,25 @@
 //!   count says someone sleeps, so the fast path makes no system call; the
 //!   sleeper-count handshake uses an asymmetric fence (`membarrier`) so that the
 //!   fast path needs no fence either.
-//! * Disconnection: every handle registers its process and role in a table in
+//! * Disconnection: every half registers its process and role in a table in
 //!   the segment; once every sender has gone (dropped, or died: checked with a
 //!   pid-reuse-proof liveness test) and the queue is drained, `recv` returns
-//!   `Disconnected`; `send` without a receiver returns `Disconnected(value)`.
-//!
-//! ```
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use shmproc::Queue;
-//! let q = Queue::<u64>::anonymous(1024)?; // inherited by forked children
-//! q.send(7)?;
-//! assert_eq!(q.recv()?, 7);
-//! assert!(q.try_recv().is_err());
-//! # Ok(()) }
-//! ```
-//!
-//! Two processes by name:
-//!
-//! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use shmproc::{Queue, Role};
-//! // Process A:
-//! let rx = Queue::<[u8; 16]>::builder().name("jobs").capacity(4096).role(Role::Receiver).create()?;
-//! // Process B:
-//! let tx = Queue::<[u8; 16]>::builder().name("jobs").role(Role::Sender).open()?;
-//! tx.send([1; 16])?;
-//! // A: `rx.recv()` gives the message; once B is gone (even killed) and the queue
-//! // is drained, `rx.recv()` returns `Err(RecvError::Disconnected)`.
-//! # let _ = rx.recv(); Ok(()) }
-//! ```
+//!   `Disconnected`; `send` once every receiver has gone returns
+//!   `Disconnected(value)` at once (a receiver that was killed rather than
+//!   dropped is noticed within 50 ms by a waiting sender).
+//! * Forked children: when [`Process`](crate::Process) forks, the child is
+//!   registered at once for every half this process created or cloned since
+//!   its previous fork (the halves a child is handed: `let rx = rx.clone();
+//!   Process::closure(move || ...)`), so the parent may drop its own half
+//!   right after starting children. A child that uses one side of a queue
+//!   drops its inherited registration for the other side, so a worker handed
+//!   a `Receiver` does not keep the queue connected through the `Sender` it
+//!   merely inherited; a half a child never touches counts until the child
+//!   exits (as a forked child holds a pipe's inherited fds). A child forked
+//!   by other means registers on its first operation on each half.
+//! * The role-less [`Queue`] handle (role [`Role::Both`] unless set) both sends
+//!   and receives; while it lives its own receives never see `Disconnected`.
+//!   Use the halves unless a handle really does both.
 
 mod error;
 mod frames;

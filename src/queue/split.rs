@@ -10,20 +10,10 @@
 //!   drains what is queued and then returns `Disconnected` (its iterators end);
 //! * once every `Receiver` is gone, `send` fails at once with
 //!   `Disconnected(value)`, handing the value back (a receiver that was
-//!   *killed* is noticed within [`PEER_SLICE`](crate::queue) (50 ms) while a
+//!   *killed* is noticed within 50 ms while a
 //!   sender waits, or when its send finds the ring full).
 //!
-//! ## Forked children
-//! A forked child holds a copy of every handle of its parent. A half counts
-//! in the child only once the child *uses* it (its first `send`, `recv`, ...
-//! registers the child with that half's role), so a worker that was handed a
-//! `Receiver` does not keep the queue connected through the `Sender` it
-//! merely inherited: when the producer drops its `Sender`, the workers'
-//! iterators end. Until a child's first operation on a half, only the parent's
-//! registration counts: a parent that drops its own last `Receiver` (or
-//! `Sender`) right after forking children that will use theirs may see the
-//! queue disconnected before the children start. Keep the parent's half until
-//! the children have begun (or pass the halves to children started later).
+//! Forked children: see the [queue module docs](super).
 
 use std::fmt;
 use std::time::Duration;
@@ -80,7 +70,10 @@ fn other_half<O: crate::object::Object<Params = super::QueueConfig>>(
 /// [`QueueBuilder::create_split`] or [`QueueBuilder::open_sender`].
 ///
 /// Cheap to clone (clones share one registration); `Send + Sync`; a forked
-/// child may use the copy it inherits.
+/// child may use the copy it inherits. Once every receiver is gone, `send`
+/// fails at once with `Disconnected(value)`; once every sender is gone (dropped,
+/// exited or killed), receivers drain the queue and then see `Disconnected`.
+/// See the [module docs](crate::queue) for forked children.
 pub struct Sender<T: Pod> {
     q: Queue<T>,
 }
