@@ -1,5 +1,8 @@
 //! [`FrameQueue`]: variable-size byte frames (up to a configured maximum) and
 //! serde values (`postcard`) over the same ring as [`Queue`](super::Queue).
+//! Typed, type-checked serde messages over these frames: `typed.rs`
+//! ([`TypedSender`](super::TypedSender)); the untyped `send_value` /
+//! `recv_value` here do not check the type.
 //!
 //! Each slot holds a little-endian `u32` length then up to `max_frame` bytes.
 //! An oversize frame is refused with [`FrameSendError::TooLarge`], never
@@ -31,14 +34,19 @@ fn type_info() -> TypeInfo {
 
 /// A bounded queue of byte frames (each up to `max_frame` bytes) in shared memory.
 ///
+/// Use it through its halves ([`frame_channel`](super::frame_channel),
+/// [`FrameQueueBuilder::create_split`], `open_sender` / `open_receiver`), or
+/// typed ([`typed_channel`](super::typed_channel): serde values with a type
+/// check); this role-less handle both sends and receives.
+///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use shmproc::FrameQueue;
-/// let q = FrameQueue::builder().capacity(64).max_frame(256).create()?;
-/// q.send(b"hello")?;
-/// assert_eq!(q.recv()?, b"hello");
-/// q.send_value(&("job", 42u32))?;
-/// assert_eq!(q.recv_value::<(String, u32)>()?, ("job".to_string(), 42));
+/// let (tx, rx) = FrameQueue::builder().capacity(64).max_frame(256).create_split()?;
+/// tx.send(b"hello")?;
+/// assert_eq!(rx.recv()?, b"hello");
+/// drop(tx);
+/// assert_eq!(rx.iter().count(), 0); // every sender gone: the iterator ends
 /// # Ok(()) }
 /// ```
 pub struct FrameQueue {

@@ -235,6 +235,11 @@ fn map_recv(f: Fail) -> RecvTimeoutError {
 /// A bounded queue of fixed-size `T` messages in shared memory, usable from any
 /// number of processes and threads.
 ///
+/// Most programs use its halves instead ([`channel`], [`Queue::split`],
+/// [`QueueBuilder::create_receiver`], [`QueueBuilder::open_sender`], ...): this
+/// role-less handle both sends and receives, so while it lives its own
+/// receives never see `Disconnected`.
+///
 /// Handles are cheap to clone (clones share one registration). See the
 /// [module docs](self) for the algorithm, waiting and disconnection.
 pub struct Queue<T: Pod> {

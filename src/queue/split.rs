@@ -530,3 +530,75 @@ impl<T: Pod> JoinableQueue<T> {
         self.as_queue().set_wait_mode(mode)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static N: AtomicU64 = AtomicU64::new(0);
+    fn name(tag: &str) -> String {
+        format!("shmproc-test-qs{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    }
+    const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn split_halves_disconnect_both_ways() {
+        let q = Queue::<u32>::anonymous(8).unwrap();
+        let (tx, rx) = q.split().unwrap();
+        let tx2 = tx.clone();
+        tx.send(1).unwrap();
+        drop(tx);
+        tx2.send(2).unwrap();
+        drop(tx2);
+        assert_eq!(rx.iter().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(rx.recv_timeout(T), Err(RecvTimeoutError::Disconnected));
+        let (tx, rx) = channel::<u32>(8).unwrap();
+        drop(rx);
+        assert_eq!(tx.send(3), Err(SendError::Disconnected(3)));
+        assert!(tx.is_empty());
+        assert!(format!("{tx:?}").contains("Sender"));
+    }
+
+    #[test]
+    fn named_sides_by_name() {
+        let n = name("named");
+        let rx = Queue::<u64>::builder().name(&n).capacity(4).create_receiver().unwrap();
+        // No sender joined yet: empty, not disconnected.
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        let tx = Queue::<u64>::builder().name(&n).open_sender().unwrap();
+        let rx2 = Queue::<u64>::builder().name(&n).open_receiver().unwrap();
+        tx.send(9).unwrap();
+        assert_eq!(rx2.recv_timeout(T), Ok(9));
+        drop(tx);
+        assert_eq!(rx.recv_timeout(T), Err(RecvTimeoutError::Disconnected));
+        assert!(matches!(Queue::<u32>::builder().name(&n).open_sender(), Err(OpenError::TypeMismatch { .. })));
+    }
+
+    #[test]
+    fn frame_and_joinable_halves() {
+        let (tx, rx) = frame_channel(4, 16).unwrap();
+        tx.send(b"ab").unwrap();
+        let tx2 = FrameQueue::builder().open_sender_handle(&rx.handle()).unwrap();
+        drop(tx);
+        tx2.send(b"cd").unwrap();
+        drop(tx2);
+        assert_eq!(rx.iter().collect::<Vec<_>>(), vec![b"ab".to_vec(), b"cd".to_vec()]);
+        let (tx, rx) = FrameQueue::builder().capacity(4).create().unwrap().split().unwrap();
+        drop(rx);
+        assert!(matches!(tx.send(b"x"), Err(FrameSendError::Disconnected)));
+
+        let (tx, rx) = JoinableQueue::<u32>::anonymous(8).unwrap().split().unwrap();
+        tx.put(5).unwrap();
+        tx.put(6).unwrap();
+        drop(tx.clone());
+        for v in rx.try_get().into_iter().chain(rx.try_get()) {
+            assert!(v == 5 || v == 6);
+            rx.task_done().unwrap();
+        }
+        tx.join_timeout(T).unwrap();
+        drop(tx);
+        assert_eq!(rx.get_timeout(T), Err(RecvTimeoutError::Disconnected));
+        assert!(Queue::<u32>::builder().open_joinable_handle(&rx.handle()).is_ok());
+    }
+}
