@@ -33,8 +33,10 @@
 //!
 //! A slot is `stamp: u64` then the payload (MPMC), or just the payload (SPSC);
 //! `stride` is that rounded up to 8. A participant entry is `word: u64`
-//! (`pid | roles << 32 | 1 << 40`, 0 = free) and `start_time: u64` (field 22 of
-//! `/proc/<pid>/stat`, 0 while unknown), then 16 reserved bytes.
+//! (`pid | roles << 32 | 1 << 40`, plus `1 << 41` for an entry a parent wrote
+//! for a forked child, see [`adopt_forked_child`]; 0 = free) and
+//! `start_time: u64` (field 22 of `/proc/<pid>/stat`, 0 while unknown), then
+//! 16 reserved bytes.
 //!
 //! The configuration fields are validated once at open and copied into the
 //! handle; later scribbles over them change nothing.
