@@ -78,13 +78,56 @@ const ENTRY_INHERITED: u64 = 1 << 41;
 
 /// Every engine of this process (weakly), so that a fork through
 /// [`crate::Process`] can register the child for the halves it inherits.
-static LIVE: Mutex<Vec<Weak<Engine>>> = Mutex::new(Vec::new());
+///
+/// Not a `std::sync::Mutex`: another thread may fork while one holds the
+/// lock, and the child would then find it held forever. The lock word holds
+/// the holder's fork generation; a child (another generation) that finds it
+/// held takes it over and starts from an empty list (the inherited one may
+/// have been half-updated; it is leaked, never read).
+struct Live {
+    lock: AtomicU64,
+    list: std::cell::UnsafeCell<Vec<Weak<Engine>>>,
+}
+
+// SAFETY: `list` is only touched between `Live::with`'s acquire of `lock`
+// and its release; Weak<Engine> is Send + Sync (Engine is).
+unsafe impl Sync for Live {}
+
+static LIVE: Live = Live { lock: AtomicU64::new(0), list: std::cell::UnsafeCell::new(Vec::new()) };
+
+impl Live {
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<Weak<Engine>>) -> R) -> R {
+        let me = sys::fork_generation().max(1);
+        loop {
+            let cur = self.lock.load(Ordering::Relaxed);
+            if cur == 0 {
+                if self.lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    break;
+                }
+            } else if cur != me {
+                // Held by a thread of the process we were forked from.
+                if self.lock.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    // SAFETY: we hold the lock now; the old list is forgotten, not dropped.
+                    std::mem::forget(std::mem::take(unsafe { &mut *self.list.get() }));
+                    break;
+                }
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        // SAFETY: we hold the lock (acquired above) until the release below.
+        let r = f(unsafe { &mut *self.list.get() });
+        self.lock.store(0, Ordering::Release);
+        r
+    }
+}
 
 /// Remembers `e` for [`adopt_forked_child`].
 pub(crate) fn track(e: &Arc<Engine>) {
-    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
-    live.retain(|w| w.strong_count() > 0);
-    live.push(Arc::downgrade(e));
+    LIVE.with(|live| {
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(e));
+    });
 }
 
 /// Called by the parent right after `fork()` returned `child` (before the
@@ -99,11 +142,10 @@ pub(crate) fn track(e: &Arc<Engine>) {
 /// queue connected through the `Sender` it merely inherited); an entry the
 /// child never touches lasts until it exits.
 pub(crate) fn adopt_forked_child(child: u32) {
-    let live: Vec<Arc<Engine>> = {
-        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let live: Vec<Arc<Engine>> = LIVE.with(|live| {
         live.retain(|w| w.strong_count() > 0);
         live.iter().filter_map(Weak::upgrade).collect()
-    };
+    });
     for e in live {
         e.reserve_for_child(child);
     }
