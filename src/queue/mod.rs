@@ -131,8 +131,10 @@ use ring::Step;
 
 /// Default capacity of a queue, in messages.
 pub const DEFAULT_CAPACITY: usize = 1024;
-/// Default size of the participant table (handles that may be open at once).
-pub const DEFAULT_MAX_PARTICIPANTS: u32 = 64;
+/// Default size of the participant table (handles that may be open at once;
+/// each half of a queue is one per process, and a child forked through
+/// `Process` may hold one per half it inherited until its first operation).
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 256;
 
 /// The queue builders' own settings (the segment options live in the
 /// builder itself). Not part of the API.
@@ -216,7 +218,7 @@ impl<O: Object<Params = QueueConfig>> Builder<O> {
         self.params.spin = Some(budget);
         self
     }
-    /// Participant-table size for `create` (default 64 handles open at once).
+    /// Participant-table size for `create` (default 256 handles open at once).
     pub fn max_participants(mut self, n: u32) -> Self {
         self.params.max_parts = n;
         self
