@@ -146,8 +146,13 @@ pub(crate) fn adopt_forked_child(child: u32) {
         live.retain(|w| w.strong_count() > 0);
         live.iter().filter_map(Weak::upgrade).collect()
     });
+    if live.is_empty() {
+        return;
+    }
+    // The child's start time makes its entries pid-reuse-proof from the start.
+    let start_time = sys::identity_of(child).map_or(0, |who| who.start_time);
     for e in live {
-        e.reserve_for_child(child);
+        e.reserve_for_child(child, start_time);
     }
 }
 
@@ -664,7 +669,7 @@ impl Engine {
 
     /// See [`adopt_forked_child`]: registers `child` with this process's
     /// roles, if a handle was created or cloned since the fork before this one.
-    fn reserve_for_child(&self, child: u32) {
+    fn reserve_for_child(&self, child: u32, start_time: u64) {
         if self.touched_forks.load(Ordering::Relaxed).saturating_add(1) < sys::fork_count() {
             return;
         }
@@ -683,8 +688,8 @@ impl Engine {
             if p.word.load(Ordering::Relaxed) == 0
                 && p.word.compare_exchange(0, word, Ordering::SeqCst, Ordering::Relaxed).is_ok()
             {
-                // Start time unknown (0): liveness by pid until the child takes it over.
-                p.start_time.store(0, Ordering::Release);
+                // 0 if unknown: liveness by pid until the child takes it over.
+                p.start_time.store(start_time, Ordering::Release);
                 self.after_join(roles as u8);
                 return;
             }
