@@ -131,9 +131,19 @@ impl<T> fmt::Debug for TypedReceiver<T> {
     }
 }
 
-/// Encodes `fp` then `v` into `stack` if it fits, else onto the heap; calls `f`
-/// with the frame.
+/// Encodes `fp` then `v` into a stack buffer if it fits (64 bytes, then 256),
+/// else onto the heap; calls `f` with the frame.
 pub(crate) fn with_frame<T: Serialize, R>(fp: u64, v: &T, f: impl FnOnce(&[u8]) -> R) -> Result<R, postcard::Error> {
+    let mut small = [0u8; 64];
+    small[..FINGERPRINT_LEN].copy_from_slice(&fp.to_le_bytes());
+    match postcard::to_slice(v, &mut small[FINGERPRINT_LEN..]) {
+        Ok(used) => {
+            let n = FINGERPRINT_LEN + used.len();
+            return Ok(f(&small[..n]));
+        }
+        Err(postcard::Error::SerializeBufferFull) => {}
+        Err(e) => return Err(e),
+    }
     let mut stack = [0u8; SmallFrame::INLINE];
     stack[..FINGERPRINT_LEN].copy_from_slice(&fp.to_le_bytes());
     match postcard::to_slice(v, &mut stack[FINGERPRINT_LEN..]) {
