@@ -156,9 +156,10 @@ pub use object::{Builder, SegmentBuilder};
 pub use pipe::{Connection, Pipe, PipeBuilder};
 pub use process::{active_children, cpu_count, current_process, init, Process};
 pub use queue::{
-    FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,
-    RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, SpscReceiver, SpscSender, TaskDoneError,
-    TryRecvError, TrySendError, WaitMode,
+    FrameQueue, FrameQueueBuilder, FrameReceiver, FrameRecvError, FrameSendError, FrameSender, JoinTimeout,
+    JoinableQueue, JoinableReceiver, JoinableSender, Queue, QueueBuilder, Receiver, RecvError, RecvTimeoutError, Role,
+    SendError, SendTimeoutError, Sender, SpscReceiver, SpscSender, TaskDoneError, TryRecvError, TrySendError,
+    TypedReceiver, TypedRecvError, TypedSendError, TypedSender, WaitMode,
 };
 pub use segment::{
     unlink, validate_name, Handle, Segment, SegmentOptions, ShmObject, DEFAULT_MODE, DEFAULT_OPEN_TIMEOUT, MAX_NAME_LEN,

@@ -67,6 +67,7 @@
 
 mod connection;
 pub(crate) mod ring;
+mod typed;
 mod wait;
 
 use std::fmt;
@@ -269,6 +270,14 @@ pub enum RecvError {
     },
     /// `recv`: the message is not a valid encoding of the requested type.
     Deserialize(postcard::Error),
+    /// `recv_value`: the message was sent (with `send_value`) as another type,
+    /// or without a type (`send`, `send_bytes`); it was consumed.
+    TypeMismatch {
+        /// The fingerprint of the requested type ([`crate::queue::fingerprint_of`]).
+        expected: u64,
+        /// The message's fingerprint (0: a message too short to carry one).
+        found: u64,
+    },
 }
 
 impl fmt::Display for SendError {
@@ -307,6 +316,10 @@ impl fmt::Display for RecvError {
             RecvError::EndInUse { pid } => write!(f, "this end of the pipe is held by live process {pid}"),
             RecvError::Corrupt { reason } => write!(f, "corrupt pipe: {reason}"),
             RecvError::Deserialize(e) => write!(f, "could not deserialize the message: {e}"),
+            RecvError::TypeMismatch { expected, found } => write!(
+                f,
+                "the message is of another type (fingerprint {found:#018x}, the receiver expects {expected:#018x})"
+            ),
         }
     }
 }

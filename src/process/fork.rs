@@ -36,6 +36,10 @@ pub(crate) fn start(
     // raw `sendmsg` and `_exit`s (`run_forked` never returns into the caller's frames).
     match unsafe { sys::fork() }? {
         None => child::run_forked(&ctx, parent, comm.as_ref(), forkserver::close_client_in_child, body),
-        Some(pid) => Ok(Launched::own_child(pid, chan)),
+        Some(pid) => {
+            // Before the caller can drop its own queue halves (issue 10 item 1).
+            crate::queue::adopt_forked_child(pid);
+            Ok(Launched::own_child(pid, chan))
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! [`FrameQueue`]: variable-size byte frames (up to a configured maximum) and
 //! serde values (`postcard`) over the same ring as [`Queue`](super::Queue).
+//! Typed, type-checked serde messages over these frames: `typed.rs`
+//! ([`TypedSender`](super::TypedSender)); the untyped `send_value` /
+//! `recv_value` here do not check the type.
 //!
 //! Each slot holds a little-endian `u32` length then up to `max_frame` bytes.
 //! An oversize frame is refused with [`FrameSendError::TooLarge`], never
@@ -31,20 +34,31 @@ fn type_info() -> TypeInfo {
 
 /// A bounded queue of byte frames (each up to `max_frame` bytes) in shared memory.
 ///
+/// Use it through its halves ([`frame_channel`](super::frame_channel),
+/// [`FrameQueueBuilder::create_split`], `open_sender` / `open_receiver`), or
+/// typed ([`typed_channel`](super::typed_channel): serde values with a type
+/// check); this role-less handle both sends and receives.
+///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use shmproc::FrameQueue;
-/// let q = FrameQueue::builder().capacity(64).max_frame(256).create()?;
-/// q.send(b"hello")?;
-/// assert_eq!(q.recv()?, b"hello");
-/// q.send_value(&("job", 42u32))?;
-/// assert_eq!(q.recv_value::<(String, u32)>()?, ("job".to_string(), 42));
+/// let (tx, rx) = FrameQueue::builder().capacity(64).max_frame(256).create_split()?;
+/// tx.send(b"hello")?;
+/// assert_eq!(rx.recv()?, b"hello");
+/// drop(tx);
+/// assert_eq!(rx.iter().count(), 0); // every sender gone: the iterator ends
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct FrameQueue {
     e: Arc<Engine>,
     max: usize,
+}
+
+impl Clone for FrameQueue {
+    fn clone(&self) -> Self {
+        self.e.touch();
+        FrameQueue { e: self.e.clone(), max: self.max }
+    }
 }
 
 /// Builder for [`FrameQueue`].
@@ -124,7 +138,7 @@ impl FrameQueue {
         })
     }
 
-    fn pop_once(&self, out: &mut Vec<u8>, bad: &mut bool) -> Step {
+    fn pop_once(&self, out: &mut impl FrameSink, bad: &mut bool) -> Step {
         let max = self.max;
         self.e.try_pop(false, |p| {
             // SAFETY: `p` is the payload of a published slot we own (4 + max bytes).
@@ -133,18 +147,13 @@ impl FrameQueue {
                 *bad = true;
                 return;
             }
-            out.clear();
-            out.reserve(len);
-            // SAFETY: len <= max bytes follow the length inside the slot; `out`
-            // has capacity for len bytes, which we initialise before set_len.
-            unsafe {
-                std::ptr::copy_nonoverlapping(p.add(4), out.as_mut_ptr(), len);
-                out.set_len(len);
-            }
+            // SAFETY: len <= max bytes follow the length inside the slot, which
+            // we own until this closure returns.
+            unsafe { out.fill(p.add(4), len) }
         })
     }
 
-    fn send_deadline(&self, frame: &[u8], deadline: Option<Deadline>) -> Result<(), FrameSendError> {
+    pub(super) fn send_deadline(&self, frame: &[u8], deadline: Option<Deadline>) -> Result<(), FrameSendError> {
         if frame.len() > self.max {
             return Err(FrameSendError::TooLarge { len: frame.len(), max: self.max });
         }
@@ -189,7 +198,11 @@ impl FrameQueue {
 
     /// Receives into `out` (cleared first). `timeout`: `None` = try once,
     /// `Some(None)` = wait forever, `Some(Some(t))` = wait at most `t`.
-    fn recv_deadline(&self, out: &mut Vec<u8>, deadline: Option<Deadline>) -> Result<(), FrameRecvError> {
+    pub(super) fn recv_deadline(
+        &self,
+        out: &mut impl FrameSink,
+        deadline: Option<Deadline>,
+    ) -> Result<(), FrameRecvError> {
         self.e.ensure_registered();
         let mut bad = false;
         let r = match self.pop_once(out, &mut bad) {
@@ -304,6 +317,66 @@ impl FrameQueue {
 impl fmt::Debug for FrameQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FrameQueue").field("max_frame", &self.max).field("engine", &self.e).finish()
+    }
+}
+
+/// Where a received frame's bytes are copied to (out of the slot, while the
+/// receiver owns it).
+pub(super) trait FrameSink {
+    /// Replaces the contents with `len` bytes at `src`.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes.
+    unsafe fn fill(&mut self, src: *const u8, len: usize);
+}
+
+impl FrameSink for Vec<u8> {
+    unsafe fn fill(&mut self, src: *const u8, len: usize) {
+        self.clear();
+        self.reserve(len);
+        // SAFETY: `src` is readable for len bytes (caller); `self` has capacity
+        // for len bytes, which we initialise before set_len.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, self.as_mut_ptr(), len);
+            self.set_len(len);
+        }
+    }
+}
+
+/// Bytes of a frame that fits [`SmallFrame::INLINE`] stay on the stack (not
+/// zeroed first: only the received bytes are ever read).
+pub(super) struct SmallFrame {
+    inline: [std::mem::MaybeUninit<u8>; SmallFrame::INLINE],
+    len: usize,
+    heap: Vec<u8>,
+}
+
+impl SmallFrame {
+    pub(super) const INLINE: usize = 256;
+    pub(super) fn new() -> Self {
+        SmallFrame { inline: [std::mem::MaybeUninit::uninit(); SmallFrame::INLINE], len: 0, heap: Vec::new() }
+    }
+    pub(super) fn bytes(&self) -> &[u8] {
+        if self.len <= SmallFrame::INLINE {
+            // SAFETY: `fill` initialised the first `len` (<= INLINE) bytes;
+            // `len` starts at 0.
+            unsafe { std::slice::from_raw_parts(self.inline.as_ptr().cast::<u8>(), self.len) }
+        } else {
+            &self.heap
+        }
+    }
+}
+
+impl FrameSink for SmallFrame {
+    unsafe fn fill(&mut self, src: *const u8, len: usize) {
+        if len <= SmallFrame::INLINE {
+            // SAFETY: `src` is readable for len bytes (caller); `inline` holds len.
+            unsafe { std::ptr::copy_nonoverlapping(src, self.inline.as_mut_ptr().cast::<u8>(), len) }
+        } else {
+            // SAFETY: as above.
+            unsafe { self.heap.fill(src, len) }
+        }
+        self.len = len;
     }
 }
 

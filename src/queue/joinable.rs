@@ -28,14 +28,18 @@ use crate::time::Deadline;
 /// A queue of `T` whose consumers report each item done; [`join`](Self::join)
 /// waits until every item put has been reported.
 ///
+/// Use it through its halves ([`QueueBuilder::create_joinable_split`],
+/// [`JoinableQueue::split`]): the receivers' iterators end once every sender
+/// is gone.
+///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use shmproc::JoinableQueue;
-/// let q = JoinableQueue::<u32>::anonymous(16)?;
-/// q.put(1)?;
-/// let job = q.get()?;
-/// q.task_done()?;
-/// q.join_timeout(std::time::Duration::from_secs(1))?;
+/// let (tx, rx) = JoinableQueue::<u32>::builder().capacity(16).create_joinable_split()?;
+/// tx.put(1)?;
+/// let job = rx.get()?;
+/// rx.task_done()?;
+/// tx.join_timeout(std::time::Duration::from_secs(1))?;
 /// # let _ = job; Ok(()) }
 /// ```
 pub struct JoinableQueue<T: Pod> {

@@ -1,6 +1,62 @@
-//! [`Queue<T>`]: a bounded, lock-free ring of fixed-size messages in shared
-//! memory; [`FrameQueue`] for variable-size byte frames and serde values;
-//! [`JoinableQueue<T>`] with Python's `task_done` / `join`.
+//! Queues between processes, as crossbeam's and std's channels: a sending
+//! half [`Sender<T>`] and a receiving half [`Receiver<T>`] from [`channel`]
+//! (anonymous, inherited by forked children) or from a named [`Queue`]'s
+//! builder ([`QueueBuilder::create_receiver`], [`QueueBuilder::open_sender`],
+//! ...). [`typed_channel`] carries any serde type ([`TypedSender<T>`],
+//! [`TypedReceiver<T>`], with a type fingerprint per message);
+//! [`frame_channel`] variable-size byte frames ([`FrameQueue`]);
+//! [`QueueBuilder::create_joinable_split`] Python's `task_done` / `join`
+//! ([`JoinableQueue`]).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (tx, rx) = shmproc::queue::channel::<u64>(1024)?; // inherited by forked children
+//! tx.send(7)?;
+//! assert_eq!(rx.recv()?, 7);
+//! drop(tx); // every sender gone: the receiver's iterators end
+//! assert_eq!(rx.iter().count(), 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Four forked workers draining a task queue end by themselves once the
+//! producer drops its sender:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmproc::Process;
+//! let (tasks, jobs) = shmproc::queue::channel::<u64>(256)?;
+//! let workers: Vec<_> = (0..4)
+//!     .map(|_| {
+//!         let jobs = jobs.clone();
+//!         Process::closure(move || jobs.iter().map(|j| j * 2).sum::<u64>()).start()
+//!     })
+//!     .collect::<Result<_, _>>()?;
+//! drop(jobs);
+//! for j in 0..1000 {
+//!     tasks.send(j)?;
+//! }
+//! drop(tasks); // the workers' `jobs.iter()` end once the queue is drained
+//! let total: u64 = workers.into_iter().map(|w| w.join()).sum::<Result<_, _>>()?;
+//! assert_eq!(total, 999 * 1000);
+//! # Ok(()) }
+//! ```
+//!
+//! Two processes by name (the receiver creates; the queue lives while its
+//! creator does):
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmproc::Queue;
+//! // Process A:
+//! let rx = Queue::<[u8; 16]>::builder().name("jobs").capacity(4096).create_receiver()?;
+//! // Process B (another binary, while A runs):
+//! let tx = Queue::<[u8; 16]>::builder().name("jobs").open_sender()?;
+//! tx.send([1; 16])?;
+//! // A: `rx.recv()` gives the message; once B is gone (dropped its sender,
+//! // exited, or was killed) and the queue is drained, `rx.recv()` returns
+//! // `Err(RecvError::Disconnected)` and `rx.iter()` ends.
+//! # let _ = rx.recv(); Ok(()) }
+//! ```
 //!
 //! * Algorithm: Dmitry Vyukov's bounded MPMC queue (per-slot 64-bit stamps, head
 //!   and tail on separate 128-byte lines), extended with *claimed* stamps that
@@ -15,41 +71,33 @@
 //!   count says someone sleeps, so the fast path makes no system call; the
 //!   sleeper-count handshake uses an asymmetric fence (`membarrier`) so that the
 //!   fast path needs no fence either.
-//! * Disconnection: every handle registers its process and role in a table in
+//! * Disconnection: every half registers its process and role in a table in
 //!   the segment; once every sender has gone (dropped, or died: checked with a
 //!   pid-reuse-proof liveness test) and the queue is drained, `recv` returns
-//!   `Disconnected`; `send` without a receiver returns `Disconnected(value)`.
-//!
-//! ```
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use shmproc::Queue;
-//! let q = Queue::<u64>::anonymous(1024)?; // inherited by forked children
-//! q.send(7)?;
-//! assert_eq!(q.recv()?, 7);
-//! assert!(q.try_recv().is_err());
-//! # Ok(()) }
-//! ```
-//!
-//! Two processes by name:
-//!
-//! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use shmproc::{Queue, Role};
-//! // Process A:
-//! let rx = Queue::<[u8; 16]>::builder().name("jobs").capacity(4096).role(Role::Receiver).create()?;
-//! // Process B:
-//! let tx = Queue::<[u8; 16]>::builder().name("jobs").role(Role::Sender).open()?;
-//! tx.send([1; 16])?;
-//! // A: `rx.recv()` gives the message; once B is gone (even killed) and the queue
-//! // is drained, `rx.recv()` returns `Err(RecvError::Disconnected)`.
-//! # let _ = rx.recv(); Ok(()) }
-//! ```
+//!   `Disconnected`; `send` once every receiver has gone returns
+//!   `Disconnected(value)` at once (a receiver that was killed rather than
+//!   dropped is noticed within 50 ms by a waiting sender).
+//! * Forked children: when [`Process`](crate::Process) forks, the child is
+//!   registered at once for every half this process created or cloned since
+//!   its previous fork (the halves a child is handed: `let rx = rx.clone();
+//!   Process::closure(move || ...)`), so the parent may drop its own half
+//!   right after starting children. A child that uses one side of a queue
+//!   drops its inherited registration for the other side, so a worker handed
+//!   a `Receiver` does not keep the queue connected through the `Sender` it
+//!   merely inherited; a half a child never touches counts until the child
+//!   exits (as a forked child holds a pipe's inherited fds). A child forked
+//!   by other means registers on its first operation on each half.
+//! * The role-less [`Queue`] handle (role [`Role::Both`] unless set) both sends
+//!   and receives; while it lives its own receives never see `Disconnected`.
+//!   Use the halves unless a handle really does both.
 
 mod error;
 mod frames;
 mod joinable;
 mod raw;
 pub(crate) mod ring;
+mod split;
+pub(crate) mod typed;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -64,7 +112,14 @@ pub use error::{
 };
 pub use frames::{FrameQueue, FrameQueueBuilder};
 pub use joinable::JoinableQueue;
+pub(crate) use raw::adopt_forked_child;
 pub use raw::{Role, WaitMode};
+pub use split::{
+    channel, frame_channel, FrameReceiver, FrameSender, IntoIter, JoinableReceiver, JoinableSender, Receiver, Sender,
+};
+pub use typed::{
+    fingerprint_of, typed_channel, TypedReceiver, TypedRecvError, TypedSendError, TypedSender, FINGERPRINT_LEN,
+};
 
 use crate::error::OpenError;
 use crate::header::{ObjectKind, TypeInfo};
@@ -76,8 +131,10 @@ use ring::Step;
 
 /// Default capacity of a queue, in messages.
 pub const DEFAULT_CAPACITY: usize = 1024;
-/// Default size of the participant table (handles that may be open at once).
-pub const DEFAULT_MAX_PARTICIPANTS: u32 = 64;
+/// Default size of the participant table (handles that may be open at once;
+/// each half of a queue is one per process, and a child forked through
+/// `Process` may hold one per half it inherited until its first operation).
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 256;
 
 /// The queue builders' own settings (the segment options live in the
 /// builder itself). Not part of the API.
@@ -125,7 +182,9 @@ impl QueueConfig {
             e.set_spin(s);
         }
         e.register(self.role)?;
-        Ok(Arc::new(e))
+        let e = Arc::new(e);
+        raw::track(&e);
+        Ok(e)
     }
 }
 
@@ -159,7 +218,7 @@ impl<O: Object<Params = QueueConfig>> Builder<O> {
         self.params.spin = Some(budget);
         self
     }
-    /// Participant-table size for `create` (default 64 handles open at once).
+    /// Participant-table size for `create` (default 256 handles open at once).
     pub fn max_participants(mut self, n: u32) -> Self {
         self.params.max_parts = n;
         self
@@ -177,6 +236,11 @@ fn map_recv(f: Fail) -> RecvTimeoutError {
 
 /// A bounded queue of fixed-size `T` messages in shared memory, usable from any
 /// number of processes and threads.
+///
+/// Most programs use its halves instead ([`channel`], [`Queue::split`],
+/// [`QueueBuilder::create_receiver`], [`QueueBuilder::open_sender`], ...): this
+/// role-less handle both sends and receives, so while it lives its own
+/// receives never see `Disconnected`.
 ///
 /// Handles are cheap to clone (clones share one registration). See the
 /// [module docs](self) for the algorithm, waiting and disconnection.
@@ -644,6 +708,7 @@ impl<T: Pod> Drop for SpscReceiver<T> {
 
 impl<T: Pod> Clone for Queue<T> {
     fn clone(&self) -> Self {
+        self.e.touch();
         Queue { e: self.e.clone(), excl: 0, _t: PhantomData }
     }
 }

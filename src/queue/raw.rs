@@ -33,8 +33,10 @@
 //!
 //! A slot is `stamp: u64` then the payload (MPMC), or just the payload (SPSC);
 //! `stride` is that rounded up to 8. A participant entry is `word: u64`
-//! (`pid | roles << 32 | 1 << 40`, 0 = free) and `start_time: u64` (field 22 of
-//! `/proc/<pid>/stat`, 0 while unknown), then 16 reserved bytes.
+//! (`pid | roles << 32 | 1 << 40`, plus `1 << 41` for an entry a parent wrote
+//! for a forked child, see [`adopt_forked_child`]; 0 = free) and
+//! `start_time: u64` (field 22 of `/proc/<pid>/stat`, 0 while unknown), then
+//! 16 reserved bytes.
 //!
 //! The configuration fields are validated once at open and copied into the
 //! handle; later scribbles over them change nothing.
@@ -42,7 +44,7 @@
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::ring::{self, RingMem, Stall, Step};
@@ -69,6 +71,90 @@ pub(crate) const ROLE_SEND: u8 = 1;
 /// Role bit: this handle receives.
 pub(crate) const ROLE_RECV: u8 = 2;
 const ENTRY_USED: u64 = 1 << 40;
+/// Entry flag: written by a parent, right after it forked, for the child
+/// (whose pid the entry names); the child takes it over on first use, and
+/// drops it if it uses the other side instead (see [`adopt_forked_child`]).
+const ENTRY_INHERITED: u64 = 1 << 41;
+
+/// Every engine of this process (weakly), so that a fork through
+/// [`crate::Process`] can register the child for the halves it inherits.
+///
+/// Not a `std::sync::Mutex`: another thread may fork while one holds the
+/// lock, and the child would then find it held forever. The lock word holds
+/// the holder's fork generation; a child (another generation) that finds it
+/// held takes it over and starts from an empty list (the inherited one may
+/// have been half-updated; it is leaked, never read).
+struct Live {
+    lock: AtomicU64,
+    list: std::cell::UnsafeCell<Vec<Weak<Engine>>>,
+}
+
+// SAFETY: `list` is only touched between `Live::with`'s acquire of `lock`
+// and its release; Weak<Engine> is Send + Sync (Engine is).
+unsafe impl Sync for Live {}
+
+static LIVE: Live = Live { lock: AtomicU64::new(0), list: std::cell::UnsafeCell::new(Vec::new()) };
+
+impl Live {
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<Weak<Engine>>) -> R) -> R {
+        let me = sys::fork_generation().max(1);
+        loop {
+            let cur = self.lock.load(Ordering::Relaxed);
+            if cur == 0 {
+                if self.lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    break;
+                }
+            } else if cur != me {
+                // Held by a thread of the process we were forked from.
+                if self.lock.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    // SAFETY: we hold the lock now; the old list is forgotten, not dropped.
+                    std::mem::forget(std::mem::take(unsafe { &mut *self.list.get() }));
+                    break;
+                }
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        // SAFETY: we hold the lock (acquired above) until the release below.
+        let r = f(unsafe { &mut *self.list.get() });
+        self.lock.store(0, Ordering::Release);
+        r
+    }
+}
+
+/// Remembers `e` for [`adopt_forked_child`].
+pub(crate) fn track(e: &Arc<Engine>) {
+    LIVE.with(|live| {
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(e));
+    });
+}
+
+/// Called by the parent right after `fork()` returned `child` (before the
+/// caller's code runs again): registers the child, in every queue of which
+/// this process created or cloned a handle since its previous fork (the
+/// handles a child is given: `let rx = rx.clone(); Process::closure(move
+/// || ...)`), with the roles this process holds there, marked inherited. So a parent that drops its own half right after starting
+/// children never makes the queue look disconnected before the children's
+/// first operations. The child takes the entry over on its first operation
+/// on that half; a child that uses one side of a queue drops the inherited
+/// entries of the other side (a worker given a `Receiver` does not keep the
+/// queue connected through the `Sender` it merely inherited); an entry the
+/// child never touches lasts until it exits.
+pub(crate) fn adopt_forked_child(child: u32) {
+    let live: Vec<Arc<Engine>> = LIVE.with(|live| {
+        live.retain(|w| w.strong_count() > 0);
+        live.iter().filter_map(Weak::upgrade).collect()
+    });
+    if live.is_empty() {
+        return;
+    }
+    // The child's start time makes its entries pid-reuse-proof from the start.
+    let start_time = sys::identity_of(child).map_or(0, |who| who.start_time);
+    for e in live {
+        e.reserve_for_child(child, start_time);
+    }
+}
 
 /// Default adaptive spin budget (see the constants table in [`crate::wait`]).
 pub(crate) const DEFAULT_SPIN: Duration = wait::QUEUE_SPIN;
@@ -267,6 +353,13 @@ pub(crate) struct Engine {
     fence_free: AtomicBool,
     /// Empty/full results of `try_*` calls (throttles liveness checks).
     polls: AtomicU32,
+    /// Fork generation in which this process last dropped its inherited
+    /// entries of the other side ([`Engine::shed_inherited`]).
+    shed_gen: AtomicU64,
+    /// `sys::fork_count()` when a handle to this engine was last created or
+    /// cloned in this process: a fork right after that hands the handle to
+    /// the child ([`adopt_forked_child`]).
+    touched_forks: AtomicU64,
 }
 
 // SAFETY: the engine holds a segment (Send + Sync) and pointers into its mapping;
@@ -464,6 +557,8 @@ impl Engine {
             rx_endpoint: AtomicBool::new(false),
             fence_free: AtomicBool::new(false),
             polls: AtomicU32::new(0),
+            shed_gen: AtomicU64::new(sys::fork_generation()),
+            touched_forks: AtomicU64::new(sys::fork_count()),
         })
     }
 
@@ -511,6 +606,20 @@ impl Engine {
             }
         }
         let n = self.geo.max_parts as usize;
+        // A parent that forked us may have registered us already (inherited).
+        let inherited = me.id as u64 | (role.bits() as u64) << 32 | ENTRY_USED | ENTRY_INHERITED;
+        for i in 0..n {
+            let p = self.part(i);
+            if p.word.load(Ordering::Relaxed) == inherited
+                && p.word.compare_exchange(inherited, word, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+            {
+                p.start_time.store(me.start_time, Ordering::Release);
+                *reg = Some(Reg { pid: me.id, index: i, word });
+                self.reg_gen.store(sys::fork_generation(), Ordering::Release);
+                self.after_join(role.bits());
+                return Ok(());
+            }
+        }
         for pass in 0..2 {
             for i in 0..n {
                 let p = self.part(i);
@@ -550,6 +659,76 @@ impl Engine {
         let _ = self.register(role);
         // Even if the table was full, do not retry on every operation.
         self.reg_gen.store(sys::fork_generation(), Ordering::Relaxed);
+        self.shed_inherited();
+    }
+
+    /// A handle to this engine was cloned (possibly for a child about to be forked).
+    pub(crate) fn touch(&self) {
+        self.touched_forks.store(sys::fork_count(), Ordering::Relaxed);
+    }
+
+    /// See [`adopt_forked_child`]: registers `child` with this process's
+    /// roles, if a handle was created or cloned since the fork before this one.
+    fn reserve_for_child(&self, child: u32, start_time: u64) {
+        if self.touched_forks.load(Ordering::Relaxed).saturating_add(1) < sys::fork_count() {
+            return;
+        }
+        let reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = reg.as_ref().filter(|r| r.pid == sys::current_pid()) else { return };
+        let roles = (r.word >> 32) & 0xff;
+        let word = child as u64 | roles << 32 | ENTRY_USED | ENTRY_INHERITED;
+        // The child may have run first and registered itself already.
+        let own = child as u64 | roles << 32 | ENTRY_USED;
+        if (0..self.geo.max_parts as usize).any(|i| self.part(i).word.load(Ordering::SeqCst) & !ENTRY_INHERITED == own)
+        {
+            return;
+        }
+        for i in 0..self.geo.max_parts as usize {
+            let p = self.part(i);
+            if p.word.load(Ordering::Relaxed) == 0
+                && p.word.compare_exchange(0, word, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+            {
+                // 0 if unknown: liveness by pid until the child takes it over.
+                p.start_time.store(start_time, Ordering::Release);
+                self.after_join(roles as u8);
+                return;
+            }
+        }
+        // Table full: the child registers itself on first use.
+    }
+
+    /// In a forked child: drops this process's inherited entries for the
+    /// side this handle does not use (a receiver's inherited senders, a
+    /// sender's inherited receivers); entries for both sides stay. Runs on a
+    /// handle's first operation in the child and whenever it is about to
+    /// sleep (never on the hand-over path).
+    fn shed_inherited(&self) {
+        let used = self.role.load(Ordering::Relaxed);
+        if used == ROLE_SEND | ROLE_RECV {
+            return;
+        }
+        let me = sys::current_pid();
+        for i in 0..self.geo.max_parts as usize {
+            let p = self.part(i);
+            let w = p.word.load(Ordering::SeqCst);
+            let roles = ((w >> 32) & 0xff) as u8;
+            if w & (ENTRY_USED | ENTRY_INHERITED) == ENTRY_USED | ENTRY_INHERITED
+                && w as u32 == me
+                && roles & used == 0
+                && p.word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            {
+                self.after_leave(w);
+            }
+        }
+        self.shed_gen.store(sys::fork_generation(), Ordering::Relaxed);
+    }
+
+    /// [`Engine::shed_inherited`] once per fork generation (slow paths only).
+    #[inline]
+    fn shed_inherited_once(&self) {
+        if self.shed_gen.load(Ordering::Relaxed) != sys::fork_generation() {
+            self.shed_inherited();
+        }
     }
 
     fn after_join(&self, roles: u8) {
@@ -586,10 +765,22 @@ impl Engine {
     fn deregister(&self) {
         let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = reg.take() {
-            if r.pid == sys::current_pid()
-                && self.part(r.index).word.compare_exchange(r.word, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
-            {
+            if r.pid != sys::current_pid() {
+                return;
+            }
+            if self.part(r.index).word.compare_exchange(r.word, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                 self.after_leave(r.word);
+            }
+            // A duplicate a parent wrote for us after we had registered
+            // ourselves (see `reserve_for_child`) goes with us.
+            let dup = r.word | ENTRY_INHERITED;
+            for i in 0..self.geo.max_parts as usize {
+                let p = self.part(i);
+                if p.word.load(Ordering::Relaxed) == dup
+                    && p.word.compare_exchange(dup, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                {
+                    self.after_leave(dup);
+                }
             }
         }
     }
@@ -827,6 +1018,7 @@ impl Engine {
     /// Dead peers are looked for at most once per [`QUEUE_DEEP_EVERY`] per handle, so a
     /// `try_recv` loop also ends with `Disconnected` once every sender was killed.
     pub(crate) fn would_block(&self, side: Side, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
+        self.shed_inherited_once();
         if self.peers_gone(side, false) {
             return final_attempt(&mut attempt);
         }
@@ -849,6 +1041,7 @@ impl Engine {
         if let Some(r) = settle(attempt(), &mut stall) {
             return r;
         }
+        self.shed_inherited_once();
         if self.peers_gone(side, false) {
             return final_attempt(&mut attempt);
         }
@@ -892,6 +1085,9 @@ impl Engine {
                 Next::Wait
             }
             Phase::BeforeSleep { .. } => {
+                // Entries a parent wrote for us after our first operation
+                // (a scan of the table: small beside a futex sleep).
+                self.shed_inherited();
                 if self.peers_gone(side, false) {
                     return Next::Done(final_attempt(&mut attempt));
                 }
