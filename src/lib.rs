@@ -35,6 +35,7 @@
 
 #![warn(missing_debug_implementations)]
 
+pub mod connection;
 mod error;
 pub mod header;
 pub mod inspect;
