@@ -39,6 +39,7 @@ pub mod connection;
 mod error;
 pub mod header;
 pub mod inspect;
+pub mod manager;
 mod object;
 mod peer;
 pub mod pipe;
