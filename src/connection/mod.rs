@@ -526,6 +526,14 @@ impl SocketConnection {
     }
 }
 
+impl AsFd for SocketConnection {
+    /// The socket, for `poll`/`select` with other fds. Reading or writing it
+    /// directly bypasses the framing.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.fd()
+    }
+}
+
 #[derive(Debug)]
 enum ListenerKind {
     Tcp(TcpListener),

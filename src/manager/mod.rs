@@ -80,8 +80,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use proxy::{
-    BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockGuard, LockProxy, NamespaceProxy, QueueProxy,
-    RLockProxy, SemaphoreProxy, ValueProxy,
+    BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockGuard, LockProxy, Named, NamespaceProxy,
+    QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy,
 };
 
 use crate::connection::Address;
@@ -471,8 +471,16 @@ impl Manager {
         self.owner.as_ref().map(|o| o.process.pid())
     }
 
-    fn create(&self, kind: Kind, fp: u64, n: u64, init: Vec<u8>) -> Result<(ManagerRef, u64), ManagerError> {
-        match client::call(&self.mref, &Request::Create { kind, fp, n, init })? {
+    fn create(
+        &self,
+        name: Option<&str>,
+        kind: Kind,
+        fp: u64,
+        n: u64,
+        init: Vec<u8>,
+    ) -> Result<(ManagerRef, u64), ManagerError> {
+        let name = name.map(str::to_string);
+        match client::call(&self.mref, &Request::Create { kind, fp, n, init, name })? {
             Response::Id(id) => Ok((self.mref.clone(), id)),
             Response::Fault(f) => Err(f.into()),
             _ => Err(ManagerError::Protocol("expected an object id")),

@@ -31,8 +31,9 @@ pub(crate) enum Request {
     /// The client has claimed its end of the pipe.
     Claimed,
     /// Creates an object; `n`: the semaphore value, barrier parties or queue
-    /// bound; `init`: the first value.
-    Create { kind: Kind, fp: u64, n: u64, init: Vec<u8> },
+    /// bound; `init`: the first value. With a `name`, an object of that name
+    /// (same kind and type) is returned if it exists.
+    Create { kind: Kind, fp: u64, n: u64, init: Vec<u8>, name: Option<String> },
     /// Calls an operation on object `id`, whose type fingerprint must be `fp`.
     Call { id: u64, fp: u64, op: Op },
 }

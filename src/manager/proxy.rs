@@ -90,13 +90,15 @@ impl Remote {
 }
 
 macro_rules! proxy {
-    ($(#[$doc:meta])* $name:ident <$($t:ident),*>) => {
+    ($(#[$doc:meta])* $name:ident <$($t:ident),*> = $fp:expr) => {
         $(#[$doc])*
+        ///
+        /// Serializes as the manager's location, the object id and the type
+        /// fingerprint; deserializing it as a proxy of another type fails.
         #[derive(Serialize, Deserialize)]
-        #[serde(bound = "")]
+        #[serde(bound = "", try_from = "Remote", into = "Remote")]
         pub struct $name<$($t),*> {
             r: Remote,
-            #[serde(skip)]
             _t: PhantomData<fn() -> ($($t,)*)>,
         }
         impl<$($t),*> Clone for $name<$($t),*> {
@@ -115,6 +117,20 @@ macro_rules! proxy {
                 self.r == other.r
             }
         }
+        impl<$($t),*> From<$name<$($t),*>> for Remote {
+            fn from(p: $name<$($t),*>) -> Remote {
+                p.r
+            }
+        }
+        impl<$($t),*> TryFrom<Remote> for $name<$($t),*> {
+            type Error = String;
+            fn try_from(r: Remote) -> Result<Self, String> {
+                if r.fp != $fp {
+                    return Err(format!("this proxy is not a {}", std::any::type_name::<Self>()));
+                }
+                Ok($name { r, _t: PhantomData })
+            }
+        }
         impl<$($t),*> $name<$($t),*> {
             fn wrap(mgr: ManagerRef, id: u64, fp: u64) -> Self {
                 $name { r: Remote { mgr, id, fp }, _t: PhantomData }
@@ -127,123 +143,199 @@ proxy!(
     /// A managed `dict`: a map from `K` to `V` (Python's `DictProxy`).
     /// Keys are compared by their postcard encoding; `keys` and `snapshot`
     /// list them in the order of those encodings.
-    DictProxy<K, V>
+    DictProxy<K, V> = fingerprint::<(K, V)>()
 );
 proxy!(
     /// A managed `list` of `T` (Python's `ListProxy`).
-    ListProxy<T>
+    ListProxy<T> = fingerprint::<T>()
 );
 proxy!(
     /// A managed namespace: named fields of any serde type (Python's
     /// `Namespace`); each field remembers its type.
-    NamespaceProxy<>
+    NamespaceProxy<> = fingerprint::<NamespaceProxy>()
 );
 proxy!(
     /// A managed value of any serde type `T`, including your own types with
     /// registered functions (Python's `Value` and `register`ed classes).
-    ValueProxy<T>
+    ValueProxy<T> = fingerprint::<T>()
 );
 proxy!(
     /// A managed FIFO queue of `T` (Python's `Manager().Queue()`).
-    QueueProxy<T>
+    QueueProxy<T> = fingerprint::<T>()
 );
 proxy!(
     /// A managed lock, owned by the connection (thread) that acquired it;
     /// released by the server if that connection ends.
-    LockProxy<>
+    LockProxy<> = fingerprint::<LockProxy>()
 );
 proxy!(
     /// A managed reentrant lock (owned as [`LockProxy`]).
-    RLockProxy<>
+    RLockProxy<> = fingerprint::<RLockProxy>()
 );
 proxy!(
     /// A managed counting semaphore.
-    SemaphoreProxy<>
+    SemaphoreProxy<> = fingerprint::<SemaphoreProxy>()
 );
 proxy!(
     /// A managed event flag.
-    EventProxy<>
+    EventProxy<> = fingerprint::<EventProxy>()
 );
 proxy!(
     /// A managed condition variable with its own reentrant lock.
-    ConditionProxy<>
+    ConditionProxy<> = fingerprint::<ConditionProxy>()
 );
 proxy!(
     /// A managed barrier for `n` parties.
-    BarrierProxy<>
+    BarrierProxy<> = fingerprint::<BarrierProxy>()
 );
 
+/// Creates objects under a name: the first call creates it, later calls
+/// (from any process, local or remote) get the same object, if the kind
+/// and type match ([`ManagerError::TypeMismatch`] otherwise). Made by
+/// [`Manager::named`]; the way remote clients find shared objects (Python
+/// registers a typeid with a shared callable for that).
+#[derive(Debug)]
+pub struct Named<'a> {
+    m: &'a Manager,
+    name: Option<String>,
+}
+
 impl Manager {
+    /// Objects created through the result are named `name` (see [`Named`]).
+    pub fn named(&self, name: &str) -> Named<'_> {
+        Named { m: self, name: Some(name.to_string()) }
+    }
+    fn anon(&self) -> Named<'_> {
+        Named { m: self, name: None }
+    }
+    /// A new empty managed dict.
+    pub fn dict<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
+        &self,
+    ) -> Result<DictProxy<K, V>, ManagerError> {
+        self.anon().dict()
+    }
+    /// A new empty managed list.
+    pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<ListProxy<T>, ManagerError> {
+        self.anon().list()
+    }
+    /// A new empty namespace.
+    pub fn namespace(&self) -> Result<NamespaceProxy, ManagerError> {
+        self.anon().namespace()
+    }
+    /// A new managed value holding `init`.
+    pub fn value<T: Serialize + DeserializeOwned>(&self, init: &T) -> Result<ValueProxy<T>, ManagerError> {
+        self.anon().value(init)
+    }
+    /// A new managed queue holding at most `maxsize` items (0: unbounded).
+    pub fn queue<T: Serialize + DeserializeOwned>(&self, maxsize: usize) -> Result<QueueProxy<T>, ManagerError> {
+        self.anon().queue(maxsize)
+    }
+    /// A new managed lock.
+    pub fn lock(&self) -> Result<LockProxy, ManagerError> {
+        self.anon().lock()
+    }
+    /// A new managed reentrant lock.
+    pub fn rlock(&self) -> Result<RLockProxy, ManagerError> {
+        self.anon().rlock()
+    }
+    /// A new managed semaphore with value `n`.
+    pub fn semaphore(&self, n: u64) -> Result<SemaphoreProxy, ManagerError> {
+        self.anon().semaphore(n)
+    }
+    /// A new managed event (clear).
+    pub fn event(&self) -> Result<EventProxy, ManagerError> {
+        self.anon().event()
+    }
+    /// A new managed condition.
+    pub fn condition(&self) -> Result<ConditionProxy, ManagerError> {
+        self.anon().condition()
+    }
+    /// A new managed barrier for `parties` (at least 1) processes or threads.
+    pub fn barrier(&self, parties: usize) -> Result<BarrierProxy, ManagerError> {
+        self.anon().barrier(parties)
+    }
+}
+
+impl Named<'_> {
     /// A new empty managed dict.
     pub fn dict<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
         &self,
     ) -> Result<DictProxy<K, V>, ManagerError> {
         let fp = fingerprint::<(K, V)>();
-        let (m, id) = self.create(Kind::Dict, fp, 0, Vec::new())?;
+        let (m, id) = self.m.create(self.name.as_deref(), Kind::Dict, fp, 0, Vec::new())?;
         Ok(DictProxy::wrap(m, id, fp))
     }
 
     /// A new empty managed list.
     pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<ListProxy<T>, ManagerError> {
         let fp = fingerprint::<T>();
-        let (m, id) = self.create(Kind::List, fp, 0, Vec::new())?;
+        let (m, id) = self.m.create(self.name.as_deref(), Kind::List, fp, 0, Vec::new())?;
         Ok(ListProxy::wrap(m, id, fp))
     }
 
     /// A new empty namespace.
     pub fn namespace(&self) -> Result<NamespaceProxy, ManagerError> {
-        let (m, id) = self.create(Kind::Namespace, 0, 0, Vec::new())?;
-        Ok(NamespaceProxy::wrap(m, id, 0))
+        let (m, id) =
+            self.m.create(self.name.as_deref(), Kind::Namespace, fingerprint::<NamespaceProxy>(), 0, Vec::new())?;
+        Ok(NamespaceProxy::wrap(m, id, fingerprint::<NamespaceProxy>()))
     }
 
     /// A new managed value holding `init`.
     pub fn value<T: Serialize + DeserializeOwned>(&self, init: &T) -> Result<ValueProxy<T>, ManagerError> {
         let fp = fingerprint::<T>();
-        let (m, id) = self.create(Kind::Value, fp, 0, enc(init)?)?;
+        let (m, id) = self.m.create(self.name.as_deref(), Kind::Value, fp, 0, enc(init)?)?;
         Ok(ValueProxy::wrap(m, id, fp))
     }
 
     /// A new managed queue holding at most `maxsize` items (0: unbounded).
     pub fn queue<T: Serialize + DeserializeOwned>(&self, maxsize: usize) -> Result<QueueProxy<T>, ManagerError> {
         let fp = fingerprint::<T>();
-        let (m, id) = self.create(Kind::Queue, fp, maxsize as u64, Vec::new())?;
+        let (m, id) = self.m.create(self.name.as_deref(), Kind::Queue, fp, maxsize as u64, Vec::new())?;
         Ok(QueueProxy::wrap(m, id, fp))
     }
 
     /// A new managed lock.
     pub fn lock(&self) -> Result<LockProxy, ManagerError> {
-        let (m, id) = self.create(Kind::Lock, 0, 0, Vec::new())?;
-        Ok(LockProxy::wrap(m, id, 0))
+        let (m, id) = self.m.create(self.name.as_deref(), Kind::Lock, fingerprint::<LockProxy>(), 0, Vec::new())?;
+        Ok(LockProxy::wrap(m, id, fingerprint::<LockProxy>()))
     }
 
     /// A new managed reentrant lock.
     pub fn rlock(&self) -> Result<RLockProxy, ManagerError> {
-        let (m, id) = self.create(Kind::RLock, 0, 0, Vec::new())?;
-        Ok(RLockProxy::wrap(m, id, 0))
+        let (m, id) = self.m.create(self.name.as_deref(), Kind::RLock, fingerprint::<RLockProxy>(), 0, Vec::new())?;
+        Ok(RLockProxy::wrap(m, id, fingerprint::<RLockProxy>()))
     }
 
     /// A new managed semaphore with value `n`.
     pub fn semaphore(&self, n: u64) -> Result<SemaphoreProxy, ManagerError> {
-        let (m, id) = self.create(Kind::Semaphore, 0, n, Vec::new())?;
-        Ok(SemaphoreProxy::wrap(m, id, 0))
+        let (m, id) =
+            self.m.create(self.name.as_deref(), Kind::Semaphore, fingerprint::<SemaphoreProxy>(), n, Vec::new())?;
+        Ok(SemaphoreProxy::wrap(m, id, fingerprint::<SemaphoreProxy>()))
     }
 
     /// A new managed event (clear).
     pub fn event(&self) -> Result<EventProxy, ManagerError> {
-        let (m, id) = self.create(Kind::Event, 0, 0, Vec::new())?;
-        Ok(EventProxy::wrap(m, id, 0))
+        let (m, id) = self.m.create(self.name.as_deref(), Kind::Event, fingerprint::<EventProxy>(), 0, Vec::new())?;
+        Ok(EventProxy::wrap(m, id, fingerprint::<EventProxy>()))
     }
 
     /// A new managed condition.
     pub fn condition(&self) -> Result<ConditionProxy, ManagerError> {
-        let (m, id) = self.create(Kind::Condition, 0, 0, Vec::new())?;
-        Ok(ConditionProxy::wrap(m, id, 0))
+        let (m, id) =
+            self.m.create(self.name.as_deref(), Kind::Condition, fingerprint::<ConditionProxy>(), 0, Vec::new())?;
+        Ok(ConditionProxy::wrap(m, id, fingerprint::<ConditionProxy>()))
     }
 
     /// A new managed barrier for `parties` (at least 1) processes or threads.
     pub fn barrier(&self, parties: usize) -> Result<BarrierProxy, ManagerError> {
-        let (m, id) = self.create(Kind::Barrier, 0, parties as u64, Vec::new())?;
-        Ok(BarrierProxy::wrap(m, id, 0))
+        let (m, id) = self.m.create(
+            self.name.as_deref(),
+            Kind::Barrier,
+            fingerprint::<BarrierProxy>(),
+            parties as u64,
+            Vec::new(),
+        )?;
+        Ok(BarrierProxy::wrap(m, id, fingerprint::<BarrierProxy>()))
     }
 }
 

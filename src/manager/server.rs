@@ -8,6 +8,7 @@
 //! it sent something malformed) every lock it held is released.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +94,8 @@ struct State {
     objects: HashMap<u64, Entry>,
     next_id: u64,
     next_ticket: u64,
+    /// Named objects: name -> (id, kind).
+    names: HashMap<String, (u64, Kind)>,
     /// Calls blocked on the condvar (notify only when someone waits).
     waiters: usize,
 }
@@ -248,9 +251,12 @@ fn local_link(conn: SocketConnection) -> Option<Link> {
         Request::Hello { pipe: false } => Some(Link::Sock(conn)),
         Request::Hello { pipe: true } => {
             let (a, b) = Pipe::builder().ring_size(LOCAL_RING).max_message(MAX_MESSAGE).pair().ok()?;
-            sys::send_with_fds(conn.stream().fd(), b"P", &[b.segment().fd()]).ok()?;
-            // The client claims end B; until it says so, keep the socket.
+            let fd = sys::dup_cloexec(b.segment().fd()).ok()?;
+            // Free end B before the client can try to claim it; until it says
+            // it has, keep the socket (its end of EOF tells us it died).
             b.hand_over();
+            sys::send_with_fds(conn.stream().fd(), b"P", &[fd.as_fd()]).ok()?;
+            drop(fd);
             match conn.recv_timeout::<Request>(HANDSHAKE_TIMEOUT) {
                 Ok(Request::Claimed) => Some(Link::Pipe(a)),
                 _ => {
@@ -268,7 +274,7 @@ fn serve(sh: &Shared, link: &Link, client: u64) {
         // Anything that is not a request closes this client's connection.
         let Ok(req) = postcard::from_bytes::<Request>(&bytes) else { return };
         let resp = match req {
-            Request::Create { kind, fp, n, init } => create(sh, kind, fp, n, init),
+            Request::Create { kind, fp, n, init, name } => create(sh, kind, fp, n, init, name),
             Request::Call { id, fp, op } => match call(sh, link, client, id, fp, op) {
                 Ok(r) => r,
                 Err(f) => Response::Fault(f),
@@ -281,7 +287,7 @@ fn serve(sh: &Shared, link: &Link, client: u64) {
     }
 }
 
-fn create(sh: &Shared, kind: Kind, fp: u64, n: u64, init: Vec<u8>) -> Response {
+fn create(sh: &Shared, kind: Kind, fp: u64, n: u64, init: Vec<u8>, name: Option<String>) -> Response {
     let obj = match kind {
         Kind::Dict => Obj::Dict(BTreeMap::new()),
         Kind::List => Obj::List(Vec::new()),
@@ -297,9 +303,20 @@ fn create(sh: &Shared, kind: Kind, fp: u64, n: u64, init: Vec<u8>) -> Response {
         Kind::Barrier => Obj::Barrier { parties: n, count: 0, generation: 0, broken: false },
     };
     let mut st = sh.lock();
+    if let Some(n) = &name {
+        if let Some(&(id, k)) = st.names.get(n) {
+            return match st.objects.get(&id) {
+                Some(e) if e.fp == fp && k == kind => Response::Id(id),
+                _ => Response::Fault(Fault::TypeMismatch),
+            };
+        }
+    }
     st.next_id += 1;
     let id = st.next_id;
     st.objects.insert(id, Entry { fp, obj });
+    if let Some(n) = name {
+        st.names.insert(n, (id, kind));
+    }
     Response::Id(id)
 }
 
