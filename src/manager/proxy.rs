@@ -393,11 +393,11 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// [`ManagerBuilder::register`](super::ManagerBuilder::register)) on the
     /// entry at `key` (`V::default()` if missing) on the server, atomically,
     /// stores the result back and returns what the function returned.
-    pub fn update<A: Serialize, R: DeserializeOwned>(&self, key: &K, func: &str, arg: &A) -> Result<R, ManagerError>
+    pub fn update<A, R>(&self, key: &K, func: &str, arg: &A) -> Result<R, ManagerError>
     where
         V: 'static,
-        A: 'static,
-        R: 'static,
+        A: Serialize + 'static,
+        R: DeserializeOwned + 'static,
     {
         let fp = fingerprint::<(V, A, R)>();
         let b = self.r.bytes(Op::Apply { key: Some(enc(key)?), func: func.into(), fp, arg: enc(arg)? })?;

@@ -336,7 +336,7 @@ fn release_client(sh: &Shared, client: u64) {
     sh.cv.notify_all();
 }
 
-fn obj<'a>(st: &'a mut State, id: u64) -> Result<&'a mut Obj, Fault> {
+fn obj(st: &mut State, id: u64) -> Result<&mut Obj, Fault> {
     st.objects.get_mut(&id).map(|e| &mut e.obj).ok_or(Fault::NoSuchObject)
 }
 
