@@ -274,6 +274,10 @@ fn sync_objects() {
     assert!(s.try_acquire().unwrap());
     assert!(!s.acquire_timeout(Duration::from_millis(20)).unwrap());
     s.release().unwrap();
+    let bs = m.bounded_semaphore(1).unwrap();
+    assert!(matches!(bs.release(), Err(ManagerError::TooManyReleases)));
+    bs.acquire().unwrap();
+    bs.release().unwrap();
     let r = m.rlock().unwrap();
     let g1 = r.lock().unwrap();
     let g2 = r.lock().unwrap();

@@ -127,6 +127,8 @@ pub enum ManagerError {
     IndexOutOfRange,
     /// The barrier is broken (a party timed out or called `abort`).
     BrokenBarrier,
+    /// A bounded semaphore released more times than acquired (Python's `ValueError`).
+    TooManyReleases,
     /// No function of that name was registered with the manager.
     UnknownFunction(String),
     /// A registered function failed or panicked; the state is unchanged.
@@ -156,6 +158,7 @@ impl fmt::Display for ManagerError {
             ManagerError::NotOwner => f.write_str("this connection does not hold the lock"),
             ManagerError::IndexOutOfRange => f.write_str("list index out of range"),
             ManagerError::BrokenBarrier => f.write_str("the barrier is broken"),
+            ManagerError::TooManyReleases => f.write_str("bounded semaphore released too many times"),
             ManagerError::UnknownFunction(n) => write!(f, "no function {n:?} is registered with the manager"),
             ManagerError::Function(e) => write!(f, "registered function failed: {e}"),
             ManagerError::Serialize(e) => write!(f, "could not serialize the value: {e}"),
@@ -181,7 +184,7 @@ impl From<Fault> for ManagerError {
             Fault::Broken => ManagerError::BrokenBarrier,
             Fault::UnknownFunction(n) => ManagerError::UnknownFunction(n),
             Fault::Function(e) => ManagerError::Function(e),
-            Fault::TooMany => ManagerError::Protocol("too many clients"),
+            Fault::TooMany => ManagerError::TooManyReleases,
         }
     }
 }

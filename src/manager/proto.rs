@@ -15,6 +15,7 @@ pub(crate) enum Kind {
     Lock,
     RLock,
     Semaphore,
+    BoundedSemaphore,
     Event,
     Condition,
     Barrier,

@@ -242,6 +242,11 @@ impl Manager {
     pub fn semaphore(&self, n: u64) -> Result<SemaphoreProxy, ManagerError> {
         self.anon().semaphore(n)
     }
+    /// A new managed semaphore with value `n` that refuses to be released
+    /// above `n` ([`ManagerError::TooManyReleases`]).
+    pub fn bounded_semaphore(&self, n: u64) -> Result<SemaphoreProxy, ManagerError> {
+        self.anon().bounded_semaphore(n)
+    }
     /// A new managed event (clear).
     pub fn event(&self) -> Result<EventProxy, ManagerError> {
         self.anon().event()
@@ -311,6 +316,13 @@ impl Named<'_> {
         let (m, id) =
             self.m.create(self.name.as_deref(), Kind::Semaphore, fingerprint::<SemaphoreProxy>(), n, Vec::new())?;
         Ok(SemaphoreProxy::wrap(m, id, fingerprint::<SemaphoreProxy>()))
+    }
+
+    /// A new managed semaphore with value `n` that refuses to be released above `n`.
+    pub fn bounded_semaphore(&self, n: u64) -> Result<SemaphoreProxy, ManagerError> {
+        let fp = fingerprint::<SemaphoreProxy>();
+        let (m, id) = self.m.create(self.name.as_deref(), Kind::BoundedSemaphore, fp, n, Vec::new())?;
+        Ok(SemaphoreProxy::wrap(m, id, fp))
     }
 
     /// A new managed event (clear).

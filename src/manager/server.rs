@@ -75,13 +75,30 @@ enum Obj {
     List(Vec<Vec<u8>>),
     Namespace(BTreeMap<String, (u64, Vec<u8>)>),
     Value(Vec<u8>),
-    Queue { items: VecDeque<Vec<u8>>, max: u64 },
+    Queue {
+        items: VecDeque<Vec<u8>>,
+        max: u64,
+    },
     Lock(Option<u64>),
-    RLock { owner: Option<u64>, count: u64 },
-    Semaphore(u64),
+    RLock {
+        owner: Option<u64>,
+        count: u64,
+    },
+    /// Value and, for a bounded semaphore, the bound.
+    Semaphore(u64, Option<u64>),
     Event(bool),
-    Condition { owner: Option<u64>, count: u64, waiting: VecDeque<u64>, woken: HashSet<u64> },
-    Barrier { parties: u64, count: u64, generation: u64, broken: bool },
+    Condition {
+        owner: Option<u64>,
+        count: u64,
+        waiting: VecDeque<u64>,
+        woken: HashSet<u64>,
+    },
+    Barrier {
+        parties: u64,
+        count: u64,
+        generation: u64,
+        broken: bool,
+    },
 }
 
 struct Entry {
@@ -296,7 +313,8 @@ fn create(sh: &Shared, kind: Kind, fp: u64, n: u64, init: Vec<u8>, name: Option<
         Kind::Queue => Obj::Queue { items: VecDeque::new(), max: n },
         Kind::Lock => Obj::Lock(None),
         Kind::RLock => Obj::RLock { owner: None, count: 0 },
-        Kind::Semaphore => Obj::Semaphore(n),
+        Kind::Semaphore => Obj::Semaphore(n, None),
+        Kind::BoundedSemaphore => Obj::Semaphore(n, Some(n)),
         Kind::Event => Obj::Event(false),
         Kind::Condition => Obj::Condition { owner: None, count: 0, waiting: VecDeque::new(), woken: HashSet::new() },
         Kind::Barrier if n == 0 => return Response::Fault(Fault::WrongKind),
@@ -507,7 +525,7 @@ fn call_locked<'a>(
             return (g, r.map_err(|f| if f == Fault::Timeout { Fault::Empty } else { f }));
         }
         // ---- locks
-        (Obj::Lock(_) | Obj::RLock { .. } | Obj::Condition { .. } | Obj::Semaphore(_), Op::Acquire(t)) => {
+        (Obj::Lock(_) | Obj::RLock { .. } | Obj::Condition { .. } | Obj::Semaphore(..), Op::Acquire(t)) => {
             let (g, r) = block(sh, link, st, deadline(t), |s| {
                 Ok(match obj(s, id)? {
                     Obj::Lock(owner @ None) => {
@@ -521,7 +539,7 @@ fn call_locked<'a>(
                         *count += 1;
                         Some(())
                     }
-                    Obj::Semaphore(n) if *n > 0 => {
+                    Obj::Semaphore(n, _) if *n > 0 => {
                         *n -= 1;
                         Some(())
                     }
@@ -553,9 +571,13 @@ fn call_locked<'a>(
                 Err(Fault::NotOwner)
             }
         }
-        (Obj::Semaphore(n), Op::Release) => {
-            *n = n.saturating_add(1);
-            Ok(Response::Unit)
+        (Obj::Semaphore(n, bound), Op::Release) => {
+            if bound.is_some_and(|b| *n >= b) {
+                Err(Fault::TooMany)
+            } else {
+                *n = n.saturating_add(1);
+                Ok(Response::Unit)
+            }
         }
         // ---- event
         (Obj::Event(f), Op::SetFlag) => Ok(Response::Unit).inspect(|_| *f = true),
