@@ -39,7 +39,7 @@
 //! **Locally** a proxy connects to the Unix socket, runs the mutual HMAC
 //! handshake with the local key (read from the 0600 file: only the same
 //! user can), and the server hands it one end of a fresh shared-memory
-//! [`Pipe`](crate::Pipe) over the socket (`SCM_RIGHTS`); every call then goes
+//! [`Pipe`] over the socket (`SCM_RIGHTS`); every call then goes
 //! over the pipe (a few microseconds). **Remotely** (a process that called
 //! [`Manager::connect`]) calls go over the authenticated TCP connection.
 //! Each thread has its own connection per manager.
