@@ -525,3 +525,51 @@ impl Drop for Manager {
         let _ = self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traits<T: Clone + Send + Sync + fmt::Debug + Serialize + DeserializeOwned + 'static>() {}
+
+    #[test]
+    fn proxies_are_clone_send_sync_debug_serde() {
+        traits::<DictProxy<String, Vec<u8>>>();
+        traits::<ListProxy<std::rc::Rc<u8>>>(); // even for a !Send element type
+        traits::<NamespaceProxy>();
+        traits::<ValueProxy<u64>>();
+        traits::<QueueProxy<String>>();
+        traits::<LockProxy>();
+        traits::<RLockProxy>();
+        traits::<SemaphoreProxy>();
+        traits::<EventProxy>();
+        traits::<ConditionProxy>();
+        traits::<BarrierProxy>();
+    }
+
+    fn add(n: &mut u64, by: u32) -> u64 {
+        *n += by as u64;
+        *n
+    }
+
+    #[test]
+    fn erased_function_round_trip_and_default_state() {
+        let f = add as fn(&mut u64, u32) -> u64 as usize;
+        let mut state = None;
+        let out = erased::<u64, u32, u64>(f, &mut state, &postcard::to_stdvec(&5u32).unwrap()).unwrap();
+        assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 5);
+        let out = erased::<u64, u32, u64>(f, &mut state, &postcard::to_stdvec(&2u32).unwrap()).unwrap();
+        assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 7);
+        assert_eq!(postcard::from_bytes::<u64>(state.as_deref().unwrap()).unwrap(), 7);
+        // A bad argument is an error and leaves the state alone.
+        assert!(erased::<u64, u32, u64>(f, &mut state, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert_eq!(postcard::from_bytes::<u64>(state.as_deref().unwrap()).unwrap(), 7);
+    }
+
+    #[test]
+    fn fingerprints_differ_by_type() {
+        assert_ne!(fingerprint::<u64>(), fingerprint::<u32>());
+        assert_ne!(fingerprint::<(String, u64)>(), fingerprint::<(u64, String)>());
+        assert_eq!(fingerprint::<Vec<u8>>(), fingerprint::<Vec<u8>>());
+    }
+}
