@@ -469,6 +469,10 @@ impl SocketConnection {
                     if rx.start == rx.end {
                         rx.start = 0;
                         rx.end = 0;
+                        // Shrink a buffer that grew for one large message.
+                        if rx.buf.len() > 4 * READ_CHUNK {
+                            rx.buf = vec![0; READ_CHUNK];
+                        }
                     }
                     return Ok(msg);
                 }
@@ -515,12 +519,6 @@ impl SocketConnection {
                         _ => RecvError::Io(e),
                     });
                 }
-            }
-            // Shrink a buffer that grew for one large message.
-            if rx.start == rx.end && rx.buf.len() > 4 * READ_CHUNK {
-                rx.buf = vec![0; READ_CHUNK];
-                rx.start = 0;
-                rx.end = 0;
             }
         }
     }

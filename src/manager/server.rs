@@ -46,7 +46,7 @@ pub(crate) struct FnEntry {
 
 /// What the server process is started with. Travels over the process's
 /// private argument channel (memory of a fork, or a memfd for Spawn).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct ServerConfig {
     pub dir: PathBuf,
     pub local_key: Vec<u8>,
@@ -54,6 +54,18 @@ pub(crate) struct ServerConfig {
     pub authkey: Vec<u8>,
     pub control: String,
     pub fns: Vec<FnEntry>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    // The keys are left out on purpose.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("dir", &self.dir)
+            .field("tcp", &self.tcp)
+            .field("control", &self.control)
+            .field("fns", &self.fns)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Parent <-> server control messages.
