@@ -134,9 +134,11 @@
 
 #![warn(missing_debug_implementations)]
 
+pub mod connection;
 mod error;
 pub mod header;
 pub mod inspect;
+pub mod manager;
 mod object;
 mod peer;
 pub mod pipe;

@@ -113,7 +113,7 @@
 #![allow(clippy::needless_doctest_main)]
 
 mod channel;
-mod child;
+pub(crate) mod child;
 mod error;
 mod exec;
 mod fork;

@@ -26,6 +26,7 @@
 //! what the baselines cost. The runner prints each case's time on stderr.
 
 pub mod baselines;
+mod manager;
 pub mod os;
 mod pipe;
 pub mod process;
@@ -284,6 +285,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(process::cases());
     cases.extend(queue::cases());
     cases.extend(pipe::cases());
+    cases.extend(manager::cases());
     // Print each scenario's rows together (baseline rows first, as added),
     // in a fixed scenario order; the sort is stable.
     const ORDER: &[&str] = &[

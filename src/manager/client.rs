@@ -1,0 +1,175 @@
+//! The client side: one connection per (thread, manager), made on first use
+//! and dropped when the thread ends. Locally it is a shared-memory
+//! [`Pipe`](crate::Pipe) handed over by the server; remotely an
+//! authenticated TCP [`SocketConnection`].
+//!
+//! A connection is per thread because the server blocks a call (a lock
+//! acquire, a queue get) until it completes: threads must not queue behind
+//! each other, and lock ownership is per connection, so per thread (as
+//! Python's proxies, which also connect once per thread).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::proto::{Request, Response};
+use super::server::MAX_MESSAGE;
+use super::ManagerError;
+use crate::connection::{Address, Client, SocketConnection, HANDSHAKE_TIMEOUT};
+use crate::pipe::{self, Pipe};
+use crate::segment::Handle;
+use crate::sys;
+use crate::time::Deadline;
+
+/// How to reach a manager: its private local directory (socket + key file,
+/// same host, same user) and/or its TCP address. No secret in here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct ManagerRef {
+    pub dir: Option<PathBuf>,
+    pub tcp: Option<Address>,
+}
+
+/// Authkeys of remote managers this process was told about
+/// ([`Manager::connect`](super::Manager::connect), or started here).
+static KEYRING: Mutex<Vec<(Address, Vec<u8>)>> = Mutex::new(Vec::new());
+
+pub(crate) fn remember_key(addr: &Address, key: &[u8]) {
+    let mut k = KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    k.retain(|(a, _)| a != addr);
+    k.push((addr.clone(), key.to_vec()));
+}
+
+fn key_for(addr: &Address) -> Option<Vec<u8>> {
+    let k = KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    k.iter().find(|(a, _)| a == addr).map(|(_, key)| key.clone())
+}
+
+enum Link {
+    Pipe(pipe::Connection),
+    Sock(SocketConnection),
+}
+
+impl Link {
+    fn call(&self, req: &Request) -> Result<Response, ManagerError> {
+        match self {
+            Link::Pipe(c) => {
+                c.send(req).map_err(|e| match e {
+                    pipe::SendError::Serialize(e) => ManagerError::Serialize(e),
+                    _ => ManagerError::ManagerGone,
+                })?;
+                c.recv().map_err(|e| match e {
+                    pipe::RecvError::Deserialize(_) => ManagerError::Protocol("undecodable response"),
+                    _ => ManagerError::ManagerGone,
+                })
+            }
+            Link::Sock(c) => {
+                c.send(req).map_err(|e| match e {
+                    crate::connection::SendError::Serialize(e) => ManagerError::Serialize(e),
+                    crate::connection::SendError::TooLarge { .. } => ManagerError::Protocol("request too large"),
+                    _ => ManagerError::ManagerGone,
+                })?;
+                c.recv().map_err(|e| match e {
+                    crate::connection::RecvError::Deserialize(_) => ManagerError::Protocol("undecodable response"),
+                    _ => ManagerError::ManagerGone,
+                })
+            }
+        }
+    }
+}
+
+struct Conns {
+    stamp: u64,
+    map: HashMap<ManagerRef, Rc<Link>>,
+}
+
+thread_local! {
+    static CONNS: RefCell<Conns> = RefCell::new(Conns { stamp: 0, map: HashMap::new() });
+}
+
+fn link(m: &ManagerRef) -> Result<Rc<Link>, ManagerError> {
+    let stamp = sys::process_stamp();
+    let found = CONNS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.stamp != stamp {
+            // Inherited over fork: the parent's connections are not ours.
+            // Dropping them here closes nothing of the parent's (a pipe end
+            // this process never used is left alone; a socket fd is ours).
+            c.map.clear();
+            c.stamp = stamp;
+        }
+        c.map.get(m).cloned()
+    });
+    if let Some(l) = found {
+        return Ok(l);
+    }
+    let l = Rc::new(connect(m)?);
+    CONNS.with(|c| c.borrow_mut().map.insert(m.clone(), l.clone()));
+    Ok(l)
+}
+
+/// Drops this thread's connection to `m` (after a shutdown or a failure).
+pub(crate) fn forget(m: &ManagerRef) {
+    let _ = CONNS.try_with(|c| c.borrow_mut().map.remove(m));
+}
+
+pub(crate) fn call(m: &ManagerRef, req: &Request) -> Result<Response, ManagerError> {
+    let l = link(m)?;
+    let r = l.call(req);
+    if matches!(r, Err(ManagerError::ManagerGone)) {
+        forget(m);
+    }
+    r
+}
+
+fn connect(m: &ManagerRef) -> Result<Link, ManagerError> {
+    if let Some(dir) = &m.dir {
+        if let Ok(key) = std::fs::read(dir.join("key")) {
+            return connect_local(dir, &key);
+        }
+    }
+    match &m.tcp {
+        Some(addr) => {
+            let key = key_for(addr).ok_or_else(|| ManagerError::NoAuthkey { address: addr.to_string() })?;
+            let mut c = Client::connect(addr, &key).map_err(connect_err)?;
+            c.set_max_message(MAX_MESSAGE);
+            Ok(Link::Sock(c))
+        }
+        None => Err(ManagerError::ManagerGone),
+    }
+}
+
+fn connect_err(e: crate::connection::ConnectError) -> ManagerError {
+    match e {
+        crate::connection::ConnectError::Io(_) => ManagerError::ManagerGone,
+        e => ManagerError::Connect(e.to_string()),
+    }
+}
+
+fn connect_local(dir: &std::path::Path, key: &[u8]) -> Result<Link, ManagerError> {
+    let conn = Client::connect(&Address::Unix(dir.join("sock")), key).map_err(connect_err)?;
+    conn.send(&Request::Hello { pipe: true }).map_err(|_| ManagerError::ManagerGone)?;
+    if conn.has_buffered() {
+        return Err(ManagerError::Protocol("the server sent data before the pipe"));
+    }
+    let fd = conn.stream().fd();
+    match sys::poll_readable([fd], Deadline::after(Some(HANDSHAKE_TIMEOUT))) {
+        Ok([true]) => {}
+        _ => return Err(ManagerError::Protocol("no pipe from the server")),
+    }
+    let mut byte = [0u8; 1];
+    let (n, fds) = sys::recv_with_fds(fd, &mut byte).map_err(|_| ManagerError::ManagerGone)?;
+    if n != 1 || byte != *b"P" || fds.len() != 1 {
+        return Err(ManagerError::Protocol("expected one pipe fd from the server"));
+    }
+    let pipe = Pipe::builder()
+        .open_handle(&Handle::Fd(fds[0].as_raw_fd()))
+        .map_err(|e| ManagerError::Connect(format!("opening the server's pipe: {e}")))?;
+    drop(fds);
+    conn.send(&Request::Claimed).map_err(|_| ManagerError::ManagerGone)?;
+    Ok(Link::Pipe(pipe))
+}
