@@ -41,6 +41,7 @@ pub mod inspect;
 mod object;
 mod peer;
 pub mod pipe;
+pub mod pool;
 pub mod queue;
 mod segment;
 mod sync;
@@ -55,6 +56,7 @@ pub use error::{LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
 pub use object::{Builder, SegmentBuilder};
 pub use pipe::{Connection, Pipe, PipeBuilder};
+pub use pool::{AsyncResult, MapError, Pool, PoolBuilder, PoolError, TaskError};
 pub use process::{init, Process};
 pub use queue::{
     FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,
