@@ -83,12 +83,15 @@ impl Chunk {
     }
 }
 
+/// An initializer: runner offset, function offset, argument bytes.
+pub(crate) type Init = (i64, i64, Vec<u8>);
+
 /// The pool's settings, fixed at creation.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) method: StartMethod,
-    pub(crate) init: Option<(i64, i64, Vec<u8>)>,
+    pub(crate) init: Option<Init>,
     pub(crate) max_tasks: u64,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) retries: u32,
@@ -409,7 +412,7 @@ impl Dispatcher {
             self.shared.broken.store(true, Ordering::Relaxed);
             return Some(reason);
         }
-        let Some((c, s)) = self.in_flight.get_mut(&chunk) else { return None };
+        let (c, s) = self.in_flight.get_mut(&chunk)?;
         // Only the next items of what we sent to that slot count; anything
         // else is ignored (the chunk then fails when its worker dies).
         if *s != slot || start != c.answered || count == 0 || count > c.count - c.answered {
@@ -420,7 +423,7 @@ impl Dispatcher {
         if c.answered < c.count {
             return None;
         }
-        let Some((c, _)) = self.in_flight.remove(&chunk) else { return None };
+        let (c, _) = self.in_flight.remove(&chunk)?;
         if let Some(Some(w)) = self.workers.get_mut(slot) {
             if let Some(pos) = w.sent.iter().position(|&id| id == chunk) {
                 w.sent.remove(pos);

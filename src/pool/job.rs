@@ -67,6 +67,8 @@ pub(crate) fn decode<R: DeserializeOwned>(r: Result<&[u8], TaskError>) -> Result
 }
 
 type OnDone = Box<dyn FnOnce(Vec<Batch>, u64) + Send>;
+/// A callback on a value.
+pub(crate) type Callback<T> = Option<Box<dyn FnOnce(&T) + Send>>;
 
 pub(crate) struct JobState {
     /// Batches not yet taken by a consumer.
@@ -81,6 +83,9 @@ pub(crate) struct JobState {
     pub(crate) finished: bool,
     /// Whether any item failed.
     pub(crate) failed: bool,
+    /// A consumer waits for the next batch (an `imap` iterator), not only for
+    /// the end: wake it when `ready` stops being empty.
+    pub(crate) streaming: bool,
 }
 
 /// A job shared by the submitter, its handle and the dispatcher.
@@ -106,6 +111,7 @@ impl Job {
                 on_done: None,
                 finished: false,
                 failed: false,
+                streaming: false,
             }),
             cv: Condvar::new(),
         })
@@ -127,22 +133,28 @@ impl Job {
         if matches!(b, Batch::Fail { .. }) {
             s.failed = true;
         }
+        let first = s.ready.is_empty();
         s.ready.push_back(b);
-        self.settle(s);
+        let wake = first && s.streaming;
+        self.settle(s, wake);
     }
 
     /// Records how many items the job has.
     pub(crate) fn set_total(&self, total: u64) {
         let mut s = self.lock();
         s.total = Some(total);
-        self.settle(s);
+        self.settle(s, true);
     }
 
-    /// Completes the job if everything arrived, running the callback outside the lock.
-    fn settle<'a>(&'a self, mut s: MutexGuard<'a, JobState>) {
+    /// Completes the job if everything arrived, running the callback outside
+    /// the lock. Waiters are woken only when what they wait for may hold
+    /// (`wake`, or the end): a wake-up per batch would cost a context switch each.
+    fn settle<'a>(&'a self, mut s: MutexGuard<'a, JobState>, wake: bool) {
         if s.finished || s.total != Some(s.arrived) {
             drop(s);
-            self.cv.notify_all();
+            if wake {
+                self.cv.notify_all();
+            }
             return;
         }
         if let Some(cb) = s.on_done.take() {
@@ -248,12 +260,7 @@ impl<T, E> fmt::Debug for AsyncResult<T, E> {
 impl<T: Send + 'static, E: Send + 'static> AsyncResult<T, E> {
     /// A handle on `job`; with callbacks, they run (in the pool's thread) as
     /// soon as the job completes, and `get` returns the same value after.
-    pub(crate) fn new(
-        job: Arc<Job>,
-        decode: Decoder<T, E>,
-        on_result: Option<Box<dyn FnOnce(&T) + Send>>,
-        on_error: Option<Box<dyn FnOnce(&E) + Send>>,
-    ) -> Self {
+    pub(crate) fn new(job: Arc<Job>, decode: Decoder<T, E>, on_result: Callback<T>, on_error: Callback<E>) -> Self {
         let cell = Arc::new(Mutex::new(None));
         if on_result.is_some() || on_error.is_some() {
             let c = cell.clone();

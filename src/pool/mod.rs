@@ -125,7 +125,7 @@ const RESULTS_CAPACITY: usize = 256;
 pub struct PoolBuilder {
     processes: Option<usize>,
     method: Option<StartMethod>,
-    init: Option<Result<(i64, i64, Vec<u8>), String>>,
+    init: Option<Result<dispatch::Init, String>>,
     max_tasks: u64,
     task_timeout: Option<Duration>,
     retries: u32,
@@ -275,8 +275,8 @@ impl PoolBuilder {
 /// Optional callbacks for an asynchronous call; they run in the parent, in
 /// the pool's thread, as soon as the call completes (keep them short).
 pub struct Callbacks<T, E = TaskError> {
-    on_result: Option<Box<dyn FnOnce(&T) + Send>>,
-    on_error: Option<Box<dyn FnOnce(&E) + Send>>,
+    on_result: job::Callback<T>,
+    on_error: job::Callback<E>,
 }
 
 impl<T, E> Default for Callbacks<T, E> {
@@ -803,7 +803,13 @@ where
 
     fn take_ready(&mut self) {
         let batches: Vec<Batch> = {
-            let (mut s, _) = self.job.wait_until(Deadline::NEVER, |s| !s.ready.is_empty());
+            let mut s = self.job.lock();
+            if s.ready.is_empty() {
+                s.streaming = true;
+                drop(s);
+                s = self.job.wait_until(Deadline::NEVER, |s| !s.ready.is_empty()).0;
+                s.streaming = false;
+            }
             s.ready.drain(..).collect()
         };
         for b in &batches {

@@ -28,6 +28,7 @@
 pub mod baselines;
 pub mod os;
 mod pipe;
+mod pool;
 pub mod process;
 mod queue;
 pub mod report;
@@ -284,6 +285,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(process::cases());
     cases.extend(queue::cases());
     cases.extend(pipe::cases());
+    cases.extend(pool::cases());
     // Print each scenario's rows together (baseline rows first, as added),
     // in a fixed scenario order; the sort is stable.
     const ORDER: &[&str] = &[
