@@ -429,6 +429,49 @@ fn from_many_threads(_: StartMethod) {
     }
 }
 
+fn parent_sigkill_leaves_no_worker(m: StartMethod) {
+    use std::io::{BufRead, BufReader};
+    let arg = match m {
+        StartMethod::Fork => "fork",
+        StartMethod::Spawn => "spawn",
+        StartMethod::ForkServer => "forkserver",
+    };
+    let mut parent = std::process::Command::new(env!("CARGO_BIN_EXE_pool_parent"))
+        .arg(arg)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = parent.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(WAIT) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = parent.kill();
+            let _ = parent.wait();
+            panic!("the parent role did not report its workers");
+        }
+    };
+    let pids: Vec<u32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 3, "{line:?}");
+    assert!(pids[1..].iter().all(|&p| alive(p)));
+    parent.kill().unwrap(); // SIGKILL
+    parent.wait().unwrap();
+    assert_gone(&pids[1..]);
+    // A SIGKILLed parent cannot unlink its named segments (Spawn, ForkServer):
+    // `shmproc gc` would; the test removes them itself.
+    for e in std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("shmproc-pool-{}-", pids[0])) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn leftovers(_: StartMethod) {
     // Every pool above is gone: no pool segment of this process remains.
     let me = std::process::id();
@@ -466,6 +509,7 @@ fn main() {
         ("initializer", initializer, &all[..1]),
         ("unencodable_result", unencodable_result, &all[..1]),
         ("from_many_threads", from_many_threads, &all[..1]),
+        ("parent_sigkill_leaves_no_worker", parent_sigkill_leaves_no_worker, &all),
         ("leftovers", leftovers, &all[..1]),
     ];
     if std::env::args().any(|a| a == "--list") {

@@ -229,6 +229,13 @@ const IDLE_SLICE: Duration = Duration::from_millis(50);
 /// How long `join` lets a stopped worker exit before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        // Normally already done by `run`; after a panic, this keeps the promise.
+        self.finish();
+    }
+}
+
 impl Dispatcher {
     pub(crate) fn new(shared: Arc<Shared>, results: FrameQueue, table: Table) -> Dispatcher {
         let n = shared.config.processes;
@@ -367,8 +374,10 @@ impl Dispatcher {
             if self.results.recv_into_vec(&mut self.buf, Some(slice)).is_ok() {
                 let mut frame = std::mem::take(&mut self.buf);
                 let _ = self.on_frame(&frame);
-                // Take what else is there before feeding again.
-                for _ in 0..64 {
+                // Take what else is there, refilling the workers as answers
+                // free room (a worker whose queue runs dry goes to sleep).
+                for _ in 0..256 {
+                    self.feed();
                     if self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_err() {
                         break;
                     }
@@ -377,8 +386,7 @@ impl Dispatcher {
                 self.buf = frame;
             }
         }
-        self.workers.clear();
-        self.shared.set_finished();
+        self.finish();
     }
 
     /// Handles one result frame; `Some(reason)` for an initializer failure.
@@ -546,8 +554,14 @@ impl Dispatcher {
             return;
         }
         if let Err(e) = self.start_worker(slot) {
-            // Could not replace it: try again at the next check; fail nothing here.
-            let _ = e;
+            // Could not replace it: the next check tries again. If no worker
+            // is left at all, nothing would run the pending tasks: fail them.
+            if self.workers.iter().all(Option::is_none) {
+                let reason = e.to_string();
+                for c in self.pending.drain(..) {
+                    c.fail(TaskError::StartFailed { reason: reason.clone() });
+                }
+            }
         }
     }
 
@@ -588,6 +602,14 @@ impl Dispatcher {
         for c in inbox.chunks.drain(..) {
             c.fail(e.clone());
         }
+    }
+
+    /// Marks the pool finished. Also runs if the dispatcher panicked, so that
+    /// no waiter (a job's handle, `join`, `Drop`) waits forever.
+    fn finish(&mut self) {
+        self.kill_all();
+        self.fail_everything(TaskError::Terminated);
+        self.shared.set_finished();
     }
 
     /// `join`: asks every worker to exit, waits a little, kills what is left.

@@ -47,6 +47,12 @@ pub enum TaskError {
         /// The initializer's panic message or error.
         reason: String,
     },
+    /// No worker could be started to run the task (every worker had died and
+    /// starting a replacement failed).
+    StartFailed {
+        /// Why the start failed.
+        reason: String,
+    },
     /// The pool was closed before the task was submitted.
     Closed,
     /// The pool was terminated (or dropped) before the task finished.
@@ -63,6 +69,7 @@ impl fmt::Display for TaskError {
             TaskError::Serialize { reason } => write!(f, "encoding failed: {reason}"),
             TaskError::Deserialize { reason } => write!(f, "decoding failed: {reason}"),
             TaskError::InitializerFailed { reason } => write!(f, "the pool's initializer failed: {reason}"),
+            TaskError::StartFailed { reason } => write!(f, "no worker could be started: {reason}"),
             TaskError::Closed => f.write_str("the pool is closed"),
             TaskError::Terminated => f.write_str("the pool was terminated before the task finished"),
         }

@@ -346,3 +346,84 @@ impl<T: Send + 'static, E: Send + 'static> AsyncResult<T, E> {
         self.job.wait_until(Deadline::after(Some(timeout)), |s| s.finished).1
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_with(items: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut f = Vec::new();
+        wire::result_header(&mut f, 9, 0, 1, 0);
+        for (tag, bytes) in items {
+            f.push(*tag);
+            f.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            f.extend_from_slice(bytes);
+        }
+        wire::set_result_count(&mut f, items.len() as u32);
+        f
+    }
+
+    #[test]
+    fn items_decode_ok_and_error_items() {
+        let mut ok = Vec::new();
+        wire::push_ok(&mut ok, &42u64);
+        let mut f = Vec::new();
+        wire::result_header(&mut f, 9, 0, 1, 0);
+        f.extend_from_slice(&ok);
+        wire::push_err(&mut f, &WireError::Panicked { message: "m".into(), location: None });
+        let b = Batch::Frame { first: 10, count: 2, frame: f };
+        let mut got = Vec::new();
+        items(&b, |i, r| got.push((i, decode::<u64>(r))));
+        assert_eq!(got[0], (10, Ok(42)));
+        assert_eq!(got[1], (11, Err(TaskError::Panicked { message: "m".into(), location: None })));
+    }
+
+    #[test]
+    fn hostile_result_frames_give_errors_not_panics() {
+        // A length past the end, an unknown tag, a truncated header, garbage error bytes.
+        let mut long = frame_with(&[(0, &[1])]);
+        let at = wire::RESULT_HEADER + 1;
+        long[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        for f in [long, frame_with(&[(7, &[1])]), vec![1, 2, 3], frame_with(&[(1, &[0xff; 9])])] {
+            let b = Batch::Frame { first: 0, count: 3, frame: f };
+            let mut n = 0;
+            items(&b, |_, r| {
+                assert!(decode::<u64>(r).is_err());
+                n += 1;
+            });
+            assert_eq!(n, 3, "every expected item gets an answer");
+        }
+    }
+
+    #[test]
+    fn map_decoders_name_the_first_failed_index() {
+        let mut f = Vec::new();
+        wire::result_header(&mut f, 1, 0, 1, 0);
+        wire::push_ok(&mut f, &1u32);
+        let batches = vec![
+            Batch::Frame { first: 0, count: 1, frame: f },
+            Batch::Fail { first: 2, count: 1, error: TaskError::Closed },
+            Batch::Fail { first: 1, count: 1, error: TaskError::Terminated },
+        ];
+        let e = decode_all::<u32>(batches, 3).unwrap_err();
+        assert_eq!(e, MapError { index: 1, error: TaskError::Terminated });
+    }
+
+    #[test]
+    fn a_job_finishes_when_every_item_arrived_and_runs_its_callback_once() {
+        let job = Job::new();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let h = hits.clone();
+        job.set_on_done(Box::new(move |b, total| {
+            assert_eq!((b.len(), total), (2, 2));
+            h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }));
+        job.deliver(Batch::Fail { first: 0, count: 1, error: TaskError::Closed });
+        assert!(!job.lock().finished);
+        job.set_total(2);
+        assert!(!job.lock().finished);
+        job.deliver(Batch::Fail { first: 1, count: 1, error: TaskError::Closed });
+        assert!(job.lock().finished);
+        assert_eq!(hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+}

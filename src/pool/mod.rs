@@ -251,8 +251,7 @@ impl PoolBuilder {
                         d.run();
                     }
                     Err(e) => {
-                        drop(d);
-                        *s2.finished.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                        drop(d); // kills and reaps the workers started so far
                         let _ = tx.send(Err(e));
                     }
                 }
