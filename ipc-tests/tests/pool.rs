@@ -163,7 +163,12 @@ fn imap_endless_bounded_memory(_: StartMethod) {
     let pool = Pool::builder().processes(2).start_method(StartMethod::Fork).create().unwrap();
     let mut rss_100k = 0;
     let mut n = 0usize;
-    for (i, r) in pool.imap(square, 0u64..).enumerate() {
+    // Python's default chunk size 1 over a stretch, then chunks of 16 (so
+    // that a million items take a second, not ten, in a debug build).
+    for (i, r) in pool.imap(square, 0u64..).take(20_000).enumerate() {
+        assert_eq!(r.unwrap(), square(i as u64));
+    }
+    for (i, r) in pool.imap_chunksize(square, 0u64.., 16).enumerate() {
         assert_eq!(r.unwrap(), square(i as u64));
         n += 1;
         if n == total / 10 {
