@@ -219,7 +219,11 @@ pub(crate) struct Dispatcher {
     buf: Vec<u8>,
     last_check: Duration,
     rr: usize,
+    scratch: Vec<u8>,
 }
+
+/// Most chunks sent to a worker in one queue frame.
+const MAX_COALESCE: usize = 16;
 
 /// How long one wait on the results queue lasts while work is out (also
 /// the longest delay before a death is noticed).
@@ -250,6 +254,7 @@ impl Dispatcher {
             buf: Vec::with_capacity(4096),
             last_check: Duration::ZERO,
             rr: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -312,7 +317,7 @@ impl Dispatcher {
             match self.results.recv_into_vec(&mut self.buf, Some(BUSY_SLICE)) {
                 Ok(()) => {
                     let frame = std::mem::take(&mut self.buf);
-                    let r = self.on_frame(&frame);
+                    let r = self.on_queue_frame(&frame);
                     self.buf = frame;
                     if let Some(reason) = r {
                         return Err(PoolError::Initializer { reason });
@@ -373,7 +378,7 @@ impl Dispatcher {
             }
             if self.results.recv_into_vec(&mut self.buf, Some(slice)).is_ok() {
                 let mut frame = std::mem::take(&mut self.buf);
-                let _ = self.on_frame(&frame);
+                let _ = self.on_queue_frame(&frame);
                 // Take what else is there, refilling the workers as answers
                 // free room (a worker whose queue runs dry goes to sleep).
                 for _ in 0..256 {
@@ -381,12 +386,26 @@ impl Dispatcher {
                     if self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_err() {
                         break;
                     }
-                    let _ = self.on_frame(&frame);
+                    let _ = self.on_queue_frame(&frame);
                 }
                 self.buf = frame;
             }
         }
         self.finish();
+    }
+
+    /// Handles one frame of the results queue: one or more result frames
+    /// back to back; `Some(reason)` for an initializer failure.
+    fn on_queue_frame(&mut self, mut buf: &[u8]) -> Option<String> {
+        let mut failed = None;
+        while buf.len() >= wire::RESULT_HEADER {
+            let Some(len) = wire::result_frame_len(buf) else { break };
+            if let Some(reason) = self.on_frame(&buf[..len]) {
+                failed = Some(reason);
+            }
+            buf = &buf[len..];
+        }
+        failed
     }
 
     /// Handles one result frame; `Some(reason)` for an initializer failure.
@@ -442,38 +461,66 @@ impl Dispatcher {
         None
     }
 
-    /// Hands pending chunks to workers with room, one at a time round-robin.
+    /// Hands pending chunks to workers with room, round-robin. Consecutive
+    /// small chunks for one worker travel together in one queue frame (up to
+    /// [`MAX_COALESCE`] chunks or `max_frame` bytes), so that chunksize 1
+    /// does not cost a queue operation per item on each side.
     fn feed(&mut self) {
         let n = self.workers.len();
         let depth = self.cfg().queue_depth;
         let max_tasks = self.cfg().max_tasks;
+        let max_frame = self.cfg().max_frame;
+        let mut batch = std::mem::take(&mut self.scratch);
+        let mut taken: Vec<Chunk> = Vec::new();
         let mut progress = true;
         while progress && !self.pending.is_empty() {
             progress = false;
             for k in 0..n {
                 let slot = (self.rr + k) % n;
                 let Some(w) = self.workers[slot].as_mut() else { continue };
+                if w.retiring {
+                    continue;
+                }
+                batch.clear();
+                let (mut out, mut items) = (w.sent.len(), w.sent_items);
+                let mut assigned = w.assigned;
                 // Room: fewer than 2 chunks out, or few items and chunks out.
-                let room = w.sent.len() < 2 || (w.sent_items < 64 && w.sent.len() < depth.saturating_sub(1));
-                if w.retiring || !room {
+                while out < 2 || (items < 64 && out < depth.saturating_sub(1)) {
+                    let Some(c) = self.pending.front() else { break };
+                    let fits = batch.is_empty() || batch.len() + c.frame.len() <= max_frame;
+                    if !fits || taken.len() >= MAX_COALESCE || (max_tasks > 0 && assigned >= max_tasks) {
+                        break;
+                    }
+                    let Some(c) = self.pending.pop_front() else { break };
+                    batch.extend_from_slice(&c.frame);
+                    out += 1;
+                    items += u64::from(c.count);
+                    assigned += u64::from(c.count);
+                    taken.push(c);
+                }
+                if taken.is_empty() {
                     continue;
                 }
-                let Some(c) = self.pending.pop_front() else { break };
-                if w.tasks.try_send(&c.frame).is_err() {
-                    self.pending.push_front(c);
+                if w.tasks.try_send(&batch).is_err() {
+                    for c in taken.drain(..).rev() {
+                        self.pending.push_front(c);
+                    }
                     continue;
                 }
-                w.sent.push_back(c.id);
-                w.sent_items += u64::from(c.count);
-                w.assigned += u64::from(c.count);
+                for c in taken.drain(..) {
+                    w.sent.push_back(c.id);
+                    w.sent_items += u64::from(c.count);
+                    w.assigned += u64::from(c.count);
+                    self.in_flight.insert(c.id, (c, slot));
+                }
                 if max_tasks > 0 && w.assigned >= max_tasks {
                     w.retiring = true;
                 }
-                self.in_flight.insert(c.id, (c, slot));
                 progress = true;
             }
             self.rr = self.rr.wrapping_add(1);
         }
+        self.scratch = batch;
     }
 
     /// Polls every worker's pidfd; handles the dead ones.
@@ -497,7 +544,7 @@ impl Dispatcher {
         // Answers sent before the deaths count: take them first.
         let mut frame = std::mem::take(&mut self.buf);
         while self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_ok() {
-            let _ = self.on_frame(&frame);
+            let _ = self.on_queue_frame(&frame);
         }
         self.buf = frame;
         for slot in dead {

@@ -19,6 +19,9 @@
 //! | 20..24 | item count |
 //! | then, per item | tag (`0` ok, `1` error), length (`u32` LE), postcard bytes of the result or of a [`WireError`] |
 //!
+//! A queue frame may hold several task frames (or result frames) back to
+//! back: each is self-delimiting through its item count and lengths.
+//!
 //! Offsets are rebased in the worker with the same checked mechanism a
 //! [`Process`](crate::Process) uses for its target (`process/child.rs`). Every
 //! length and count read from a frame is checked against the frame.
@@ -207,6 +210,14 @@ impl<'a> Reader<'a> {
         self.at = end;
         Some(s)
     }
+    /// Bytes not yet read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.at)
+    }
+    /// Bytes read so far.
+    pub(crate) fn position(&self) -> usize {
+        self.at
+    }
     pub(crate) fn u8(&mut self) -> Option<u8> {
         self.bytes(1).map(|b| b[0])
     }
@@ -245,14 +256,26 @@ pub(crate) fn set_task_chunk(frame: &mut [u8], chunk: u64) {
     frame[0..8].copy_from_slice(&chunk.to_le_bytes());
 }
 
-/// Starts a result frame in `out` (cleared).
+/// Appends the header of a result frame (item count 0) to `out`.
 pub(crate) fn result_header(out: &mut Vec<u8>, chunk: u64, slot: u32, gen: u32, start: u32) {
-    out.clear();
     out.extend_from_slice(&chunk.to_le_bytes());
     out.extend_from_slice(&slot.to_le_bytes());
     out.extend_from_slice(&gen.to_le_bytes());
     out.extend_from_slice(&start.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// The length of the result frame at the start of `buf` (header and every
+/// item, bounds-checked), or `None` if it is malformed.
+pub(crate) fn result_frame_len(buf: &[u8]) -> Option<usize> {
+    let mut r = Reader::new(buf);
+    r.bytes(20)?;
+    let count = r.u32()?;
+    for _ in 0..count {
+        r.u8()?;
+        r.sized()?;
+    }
+    Some(r.position())
 }
 
 /// Sets the item count of a result frame.

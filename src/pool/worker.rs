@@ -72,6 +72,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
             _ => Err("the initializer lies outside the executable".into()),
         };
         if let Err(reason) = r {
+            out.clear();
             wire::result_header(&mut out, wire::INIT_FAILED, a.slot, a.gen, 0);
             wire::push_err(&mut out, &WireError::Init(reason));
             wire::set_result_count(&mut out, 1);
@@ -79,6 +80,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
             sys::exit_now(1);
         }
     }
+    out.clear();
     wire::result_header(&mut out, wire::READY, a.slot, a.gen, 0);
     let _ = o.results.send(&out);
 
@@ -90,79 +92,92 @@ pub(crate) fn worker_main(a: WorkerArgs) {
         if o.tasks.recv_into_vec(&mut frame, None).is_err() {
             sys::exit_now(EXIT_NO_OBJECTS);
         }
+        // A task frame holds one or more chunks back to back; each chunk is
+        // answered before the next starts (in several frames if its results
+        // exceed the frame size).
         let mut r = Reader::new(&frame);
-        let (Some(chunk), Some(runner), Some(func), Some(count)) = (r.u64(), r.i64(), r.i64(), r.u32()) else {
-            continue;
-        };
-        if chunk == wire::STOP {
-            sys::exit_now(0);
-        }
-        // Recorded before anything of the chunk runs (see table.rs).
-        rec.chunk.store(chunk, Ordering::Release);
-        let resolved = match cached {
-            Some((cr, cf, run, f)) if cr == runner && cf == func => Some((run, f)),
-            _ => match (crate::process::address_at(runner), crate::process::address_at(func)) {
-                (Some(rr), Some(ff)) => {
-                    // SAFETY: the parent sent the offset of a `wire::run_*` runner (type
-                    // `RunOne`) monomorphised for this task's types, rebased by the checked
-                    // mechanism; fn pointers have the size of usize.
-                    let run: RunOne = unsafe { std::mem::transmute::<usize, RunOne>(rr) };
-                    cached = Some((runner, func, run, ff));
-                    Some((run, ff))
-                }
-                _ => None,
-            },
-        };
-        wire::result_header(&mut out, chunk, a.slot, a.gen, 0);
-        let mut n = 0u32; // items in `out`
-        let mut first = 0u32; // index within the chunk of out's first item
-        for i in 0..count {
-            let arg = r.sized();
-            let at = out.len();
-            match (resolved, arg) {
-                (_, None) => wire::push_err(&mut out, &WireError::Deserialize("a malformed task frame".into())),
-                (Some((run, f)), Some(arg)) => {
-                    rec.item.store(u64::from(i), Ordering::Relaxed);
-                    rec.started_ns.store(sys::monotonic_now().as_nanos() as u64, Ordering::Relaxed);
-                    rec.running.store(1, Ordering::Release);
-                    run(f, arg, &mut out);
-                }
-                (None, Some(_)) => {
-                    wire::push_err(&mut out, &WireError::Deserialize("the task lies outside the executable".into()))
-                }
+        out.clear();
+        while r.remaining() >= wire::TASK_HEADER {
+            let (Some(chunk), Some(runner), Some(func), Some(count)) = (r.u64(), r.i64(), r.i64(), r.u32()) else {
+                break;
+            };
+            if chunk == wire::STOP {
+                sys::exit_now(0);
             }
-            if out.len() > max {
-                // Send what came before this item, then this item alone (or
-                // an error if it alone is too large).
-                let mut tail = out.split_off(at);
-                if n > 0 {
-                    wire::set_result_count(&mut out, n);
-                    if o.results.send(&out).is_err() {
-                        sys::exit_now(EXIT_NO_OBJECTS);
+            // Recorded before anything of the chunk runs (see table.rs).
+            rec.chunk.store(chunk, Ordering::Release);
+            let resolved = match cached {
+                Some((cr, cf, run, f)) if cr == runner && cf == func => Some((run, f)),
+                _ => match (crate::process::address_at(runner), crate::process::address_at(func)) {
+                    (Some(rr), Some(ff)) => {
+                        // SAFETY: the parent sent the offset of a `wire::run_*` runner (type
+                        // `RunOne`) monomorphised for this task's types, rebased by the checked
+                        // mechanism; fn pointers have the size of usize.
+                        let run: RunOne = unsafe { std::mem::transmute::<usize, RunOne>(rr) };
+                        cached = Some((runner, func, run, ff));
+                        Some((run, ff))
+                    }
+                    _ => None,
+                },
+            };
+            let mut head = out.len(); // where this chunk's (current) result frame starts
+            wire::result_header(&mut out, chunk, a.slot, a.gen, 0);
+            let mut n = 0u32; // items in the current result frame
+            let mut first = 0u32; // index within the chunk of its first item
+            for i in 0..count {
+                let arg = r.sized();
+                let at = out.len();
+                match (resolved, arg) {
+                    (_, None) => wire::push_err(&mut out, &WireError::Deserialize("a malformed task frame".into())),
+                    (Some((run, f)), Some(arg)) => {
+                        rec.item.store(u64::from(i), Ordering::Relaxed);
+                        rec.started_ns.store(sys::monotonic_now().as_nanos() as u64, Ordering::Relaxed);
+                        rec.running.store(1, Ordering::Release);
+                        run(f, arg, &mut out);
+                    }
+                    (None, Some(_)) => {
+                        wire::push_err(&mut out, &WireError::Deserialize("the task lies outside the executable".into()))
                     }
                 }
-                first += n;
-                n = 0;
-                wire::result_header(&mut out, chunk, a.slot, a.gen, first);
-                if wire::RESULT_HEADER + tail.len() > max {
-                    tail.clear();
-                    wire::push_err(
-                        &mut tail,
-                        &WireError::Serialize(format!("the result is larger than the pool's frames ({max} bytes)")),
-                    );
+                if out.len() > max {
+                    // Send what came before this item, then go on with this
+                    // item first in a new frame (an error if it alone is too large).
+                    let mut tail = out.split_off(at);
+                    if n > 0 {
+                        wire::set_result_count(&mut out[head..], n);
+                    } else {
+                        out.truncate(head); // this chunk's frame would be empty
+                    }
+                    if !out.is_empty() && o.results.send(&out).is_err() {
+                        sys::exit_now(EXIT_NO_OBJECTS);
+                    }
+                    first += n;
+                    n = 0;
+                    out.clear();
+                    head = 0;
+                    wire::result_header(&mut out, chunk, a.slot, a.gen, first);
+                    if wire::RESULT_HEADER + tail.len() > max {
+                        tail.clear();
+                        wire::push_err(
+                            &mut tail,
+                            &WireError::Serialize(format!("the result is larger than the pool's frames ({max} bytes)")),
+                        );
+                    }
+                    out.extend_from_slice(&tail);
                 }
-                out.extend_from_slice(&tail);
+                n += 1;
             }
-            n += 1;
+            rec.running.store(0, Ordering::Release);
+            wire::set_result_count(&mut out[head..], n);
+            done += u64::from(first + n);
+            // Answered before the next chunk starts: if this worker dies in
+            // a later chunk, only that chunk is lost (see table.rs).
+            if out.len() > max || o.results.send(&out).is_err() {
+                sys::exit_now(EXIT_NO_OBJECTS);
+            }
+            out.clear();
+            rec.done.store(done, Ordering::Relaxed);
         }
-        rec.running.store(0, Ordering::Release);
-        wire::set_result_count(&mut out, n);
-        if out.len() > max || o.results.send(&out).is_err() {
-            sys::exit_now(EXIT_NO_OBJECTS);
-        }
-        let n = first + n;
-        done += u64::from(n);
-        rec.done.store(done, Ordering::Relaxed);
         if a.max_tasks > 0 && done >= a.max_tasks {
             sys::exit_now(0);
         }
