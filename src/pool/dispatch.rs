@@ -282,6 +282,7 @@ impl Dispatcher {
             table: self.table.handle().to_string(),
             init: self.cfg().init.clone(),
             max_tasks: self.cfg().max_tasks,
+            timed: self.cfg().task_timeout.is_some(),
         };
         let p = Process::builder(worker_main, args)
             .name(format!("pool-worker-{slot}"))

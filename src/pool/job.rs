@@ -224,7 +224,40 @@ pub(crate) fn decode_each<R: DeserializeOwned>(
 }
 
 /// Decoder of `map`: every result in input order, or the first failed item.
-pub(crate) fn decode_all<R: DeserializeOwned>(batches: Vec<Batch>, total: u64) -> Result<Vec<R>, MapError> {
+///
+/// Fast path: batches sorted by their first index, decoded straight into the
+/// output when they tile `0..total` exactly; anything else (which a correct
+/// pool never produces) takes the general path.
+pub(crate) fn decode_all<R: DeserializeOwned>(mut batches: Vec<Batch>, total: u64) -> Result<Vec<R>, MapError> {
+    let first_of = |b: &Batch| match b {
+        Batch::Frame { first, .. } | Batch::Fail { first, .. } => *first,
+    };
+    batches.sort_by_key(first_of);
+    let mut next = 0u64;
+    let tiles = batches.iter().all(|b| {
+        let ok = first_of(b) == next;
+        next += b.count();
+        ok
+    }) && next == total;
+    if tiles {
+        let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        let mut failed: Option<MapError> = None;
+        for b in &batches {
+            items(b, |i, r| {
+                if failed.is_some() {
+                    return;
+                }
+                match decode::<R>(r) {
+                    Ok(v) => out.push(v),
+                    Err(error) => failed = Some(MapError { index: i as usize, error }),
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        return Ok(out);
+    }
     let each = decode_each::<R>(batches, total).map_err(|error| MapError { index: 0, error })?;
     let mut out = Vec::with_capacity(each.len());
     for (index, r) in each.into_iter().enumerate() {

@@ -26,6 +26,9 @@ pub(crate) struct WorkerArgs {
     pub(crate) init: Option<(i64, i64, Vec<u8>)>,
     /// Items after which the worker exits (0: never).
     pub(crate) max_tasks: u64,
+    /// Whether the pool has a task timeout (the worker then records when
+    /// each item starts; otherwise it saves the clock read).
+    pub(crate) timed: bool,
 }
 
 /// The worker's objects, opened from the handles in its arguments.
@@ -131,7 +134,9 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                     (_, None) => wire::push_err(&mut out, &WireError::Deserialize("a malformed task frame".into())),
                     (Some((run, f)), Some(arg)) => {
                         rec.item.store(u64::from(i), Ordering::Relaxed);
-                        rec.started_ns.store(sys::monotonic_now().as_nanos() as u64, Ordering::Relaxed);
+                        if a.timed {
+                            rec.started_ns.store(sys::monotonic_now().as_nanos() as u64, Ordering::Relaxed);
+                        }
                         rec.running.store(1, Ordering::Release);
                         run(f, arg, &mut out);
                     }
