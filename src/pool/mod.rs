@@ -272,7 +272,10 @@ impl PoolBuilder {
 }
 
 /// Optional callbacks for an asynchronous call; they run in the parent, in
-/// the pool's thread, as soon as the call completes (keep them short).
+/// the pool's thread, as soon as the call completes (keep them short, as in
+/// Python). A callback must not wait for the pool it runs in: `join`,
+/// `terminate`, dropping the pool or a blocking `get` there would wait for
+/// the thread that runs the callback.
 pub struct Callbacks<T, E = TaskError> {
     on_result: job::Callback<T>,
     on_error: job::Callback<E>,
