@@ -142,6 +142,7 @@ pub mod manager;
 mod object;
 mod peer;
 pub mod pipe;
+pub mod pool;
 pub mod queue;
 mod segment;
 mod sync;
@@ -156,6 +157,7 @@ pub use error::{AccessError, LockError, OpenError};
 pub use header::{ObjectKind, TypeInfo};
 pub use object::{Builder, SegmentBuilder};
 pub use pipe::{Connection, Pipe, PipeBuilder};
+pub use pool::{AsyncResult, MapError, Pool, PoolBuilder, PoolError, TaskError};
 pub use process::{active_children, cpu_count, current_process, init, Process};
 pub use queue::{
     FrameQueue, FrameQueueBuilder, FrameReceiver, FrameRecvError, FrameSendError, FrameSender, JoinTimeout,

@@ -143,6 +143,10 @@ use crate::time::Deadline;
 use child::{Report, Trampoline, TAG_OK, TAG_REPORT};
 use reap::{Launched, OsChild};
 
+// The pool (`crate::pool`) sends its task functions to workers the way a
+// `Process` sends its target: as offsets from the anchor (see `child.rs`).
+pub(crate) use child::{address_at, offset_of, same_object};
+
 /// The main gate: call it first in `main` of every binary that starts
 /// processes with [`StartMethod::Spawn`] or [`StartMethod::ForkServer`].
 ///

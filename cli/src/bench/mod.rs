@@ -29,6 +29,7 @@ pub mod baselines;
 mod manager;
 pub mod os;
 mod pipe;
+mod pool;
 pub mod process;
 mod queue;
 pub mod report;
@@ -286,6 +287,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(queue::cases());
     cases.extend(pipe::cases());
     cases.extend(manager::cases());
+    cases.extend(pool::cases());
     // Print each scenario's rows together (baseline rows first, as added),
     // in a fixed scenario order; the sort is stable.
     const ORDER: &[&str] = &[

@@ -1,0 +1,542 @@
+//! `shmproc::Pool` with real worker processes and real `kill -9`:
+//! `harness = false`, so that `main` calls `shmproc::init()` first (Spawn and
+//! ForkServer workers re-execute this binary). A watchdog aborts the run if
+//! anything hangs. Sizes scale with `SHMPROC_POOL_TEST_SCALE` (default 1:
+//! the sizes where they run in seconds, smaller where they would not).
+//!
+//! Run one check: `cargo test -p ipc-tests --test pool -- <name>`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shmproc::pool::{Callbacks, TaskError};
+use shmproc::process::{ExitStatus, StartMethod};
+use shmproc::{MapError, Pool};
+
+fn scale() -> usize {
+    std::env::var("SHMPROC_POOL_TEST_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+}
+
+fn square(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+fn slow_square(x: u64) -> u64 {
+    // Long enough that a kill lands inside tasks, short enough to stay quick.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_micros(3) {
+        std::hint::spin_loop();
+    }
+    x.wrapping_mul(x)
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn panics_on_7(x: u32) -> u32 {
+    if x == 7 {
+        panic!("seven is not allowed");
+    }
+    x + 1
+}
+
+fn aborts_on_3(x: u32) -> u32 {
+    if x == 3 {
+        std::process::abort();
+    }
+    x * 2
+}
+
+fn my_pid(_: u32) -> u32 {
+    std::process::id()
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+static INIT_VALUE: AtomicU32 = AtomicU32::new(0);
+
+fn init_set(v: u32) {
+    INIT_VALUE.store(v, Ordering::Relaxed);
+}
+
+fn read_init(_: u32) -> u32 {
+    INIT_VALUE.load(Ordering::Relaxed)
+}
+
+fn init_fails(v: u32) {
+    panic!("initializer refuses {v}");
+}
+
+/// A value whose encoding always fails.
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value cannot be encoded"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|_| Unencodable)
+    }
+}
+
+fn bad_result(x: u32) -> Result<u32, Unencodable> {
+    if x == 1 {
+        Err(Unencodable)
+    } else {
+        Ok(x)
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the pool lists `n` live workers, all different from `gone`.
+fn wait_full(pool: &Pool, gone: &HashSet<u32>) {
+    let t = Instant::now();
+    loop {
+        let pids = pool.worker_pids();
+        if pids.len() == pool.processes() && pids.iter().all(|p| !gone.contains(p) && alive(*p)) {
+            return;
+        }
+        assert!(t.elapsed() < WAIT, "the pool did not get back to {} workers: {pids:?}", pool.processes());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // Zombies count as dead: /proc/<pid>/stat's state field.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: kill(2) with a pid of a worker of ours; a stale pid at worst gets ESRCH.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+fn assert_gone(pids: &[u32]) {
+    let t = Instant::now();
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(t.elapsed() < WAIT, "workers left running: {pids:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+fn map_equals_sequential(m: StartMethod) {
+    let n = 100_000 * scale() as u64;
+    let pool = Pool::builder().processes(2).start_method(m).create().unwrap();
+    assert_eq!(pool.start_method(), m);
+    let want: Vec<u64> = (0..n).map(square).collect();
+    assert_eq!(pool.map(square, 0..n).unwrap(), want);
+    // chunksize 1 and a closure that coerces to fn
+    let got = pool.map_chunksize(|x: u64| x + 1, 0..2_000u64, 1).unwrap();
+    assert!(got.iter().copied().eq(1..2_001u64));
+    assert_eq!(
+        pool.starmap(add, (0..100u64).map(|i| (i, 2 * i))).unwrap(),
+        (0..100).map(|i| 3 * i).collect::<Vec<_>>()
+    );
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    let pids = pool.worker_pids();
+    pool.close();
+    assert_eq!(pool.apply(square, 1), Err(TaskError::Closed));
+    pool.join();
+    assert!(pool.worker_pids().is_empty());
+    assert_gone(&pids);
+}
+
+fn imap_endless_bounded_memory(_: StartMethod) {
+    let total = 1_000_000 * scale();
+    let pool = Pool::builder().processes(2).start_method(StartMethod::Fork).create().unwrap();
+    let mut rss_100k = 0;
+    let mut n = 0usize;
+    // Python's default chunk size 1 over a stretch, then chunks of 16 (so
+    // that a million items take a second, not ten, in a debug build).
+    for (i, r) in pool.imap(square, 0u64..).take(20_000).enumerate() {
+        assert_eq!(r.unwrap(), square(i as u64));
+    }
+    for (i, r) in pool.imap_chunksize(square, 0u64.., 16).enumerate() {
+        assert_eq!(r.unwrap(), square(i as u64));
+        n += 1;
+        if n == total / 10 {
+            rss_100k = rss_kib();
+        }
+        if n == total {
+            break;
+        }
+    }
+    let rss_1m = rss_kib();
+    eprintln!("    imap: parent RSS {rss_100k} KiB at {} items, {rss_1m} KiB at {total}", total / 10);
+    assert!(rss_1m < rss_100k + 4 * 1024, "RSS grew from {rss_100k} to {rss_1m} KiB");
+    // The pool is usable after an abandoned-early imap, too.
+    let mut it = pool.imap(square, 0u64..);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    drop(it);
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
+fn rss_kib() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+fn imap_unordered_each_once(_: StartMethod) {
+    let n = 20_000u64;
+    let pool = Pool::new(2).unwrap();
+    let mut seen = HashSet::new();
+    for r in pool.imap_unordered(square, 0..n) {
+        assert!(seen.insert(r.unwrap()), "a result came twice");
+    }
+    assert_eq!(seen, (0..n).map(square).collect::<HashSet<_>>());
+}
+
+fn apply_async_callbacks_and_get_timeout(_: StartMethod) {
+    let pool = Pool::new(2).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (g1, g2) = (got.clone(), got.clone());
+    let ok = pool.apply_async_with(
+        square,
+        5,
+        Callbacks::new().on_result(move |r: &u64| g1.lock().unwrap().push(format!("ok {r}"))),
+    );
+    let bad = pool.apply_async_with(
+        panics_on_7,
+        7,
+        Callbacks::new().on_error(move |e: &TaskError| g2.lock().unwrap().push(format!("err {e}"))),
+    );
+    assert!(ok.wait_timeout(WAIT) && bad.wait_timeout(WAIT));
+    assert_eq!(ok.successful(), Some(true));
+    assert_eq!(bad.successful(), Some(false));
+    assert_eq!(ok.get().unwrap(), 25);
+    assert!(matches!(bad.get(), Err(TaskError::Panicked { .. })));
+    let mut msgs = got.lock().unwrap().clone();
+    msgs.sort();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert_eq!(msgs[1], "ok 25");
+    assert!(msgs[0].starts_with("err ") && msgs[0].contains("seven is not allowed"), "{msgs:?}");
+
+    let long = pool.apply_async(sleep_ms, 2_000);
+    assert!(!long.ready());
+    assert_eq!(long.successful(), None);
+    let long = long.get_timeout(Duration::from_millis(50)).unwrap_err();
+    // The pool stays usable meanwhile (the other worker answers).
+    assert_eq!(pool.apply(square, 9).unwrap(), 81);
+    assert_eq!(long.get_timeout(WAIT).ok().unwrap().unwrap(), 2_000);
+    let m = pool.map_async(square, 0..10u64);
+    m.wait();
+    assert_eq!(m.get().unwrap()[3], 9);
+}
+
+fn chaos(_: StartMethod) {
+    let rounds = 50 * scale();
+    let n = 20_000u64;
+    let pool = Arc::new(Pool::builder().processes(2).start_method(StartMethod::Fork).create().unwrap());
+    let (mut ok, mut died, mut kills) = (0u64, 0u64, 0u64);
+    for round in 0..rounds {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killed = Arc::new(Mutex::new(HashSet::new()));
+        let killer = {
+            let (stop, killed, pool) = (stop.clone(), killed.clone(), pool.clone());
+            // Kills a random live worker of this pool every few milliseconds
+            // (replacements included), at most 4 per round.
+            std::thread::spawn(move || {
+                let mut k = 0u64;
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ round as u64;
+                while !stop.load(Ordering::Relaxed) && k < 4 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    std::thread::sleep(Duration::from_millis(1 + rng % 4));
+                    let pids = pool.worker_pids();
+                    if pids.is_empty() {
+                        continue;
+                    }
+                    let pid = pids[(rng % pids.len() as u64) as usize];
+                    if killed.lock().unwrap().insert(pid) {
+                        kill9(pid);
+                        k += 1;
+                    }
+                }
+                k
+            })
+        };
+        let results = pool.map_results(slow_square, 0..n);
+        stop.store(true, Ordering::Relaxed);
+        kills += killer.join().unwrap();
+        assert_eq!(results.len(), n as usize);
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(v) => {
+                    assert_eq!(v, square(i as u64), "item {i} is wrong");
+                    ok += 1;
+                }
+                Err(TaskError::WorkerDied { status, .. }) => {
+                    assert_eq!(status, ExitStatus::Signaled(libc::SIGKILL));
+                    died += 1;
+                }
+                Err(e) => panic!("item {i}: {e}"),
+            }
+        }
+        wait_full(&pool, &killed.lock().unwrap());
+    }
+    eprintln!("    chaos: {rounds} rounds x {n} items, {kills} kills: {ok} ok, {died} WorkerDied");
+    assert_eq!(ok + died, rounds as u64 * n);
+
+    // With retries every item succeeds.
+    let pool = Pool::builder().processes(2).start_method(StartMethod::Fork).retries(3).create().unwrap();
+    for _ in 0..(10 * scale()) {
+        let pids = pool.worker_pids();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2));
+            kill9(pids[0]);
+        });
+        let got = pool.map(slow_square, 0..n).unwrap();
+        killer.join().unwrap();
+        assert!(got.iter().copied().eq((0..n).map(square)));
+        wait_full(&pool, &HashSet::new());
+    }
+}
+
+fn panics_and_aborts(_: StartMethod) {
+    let pool = Pool::new(2).unwrap();
+    let r = pool.map_results(panics_on_7, 0..10u32);
+    for (i, r) in r.iter().enumerate() {
+        if i == 7 {
+            match r {
+                Err(TaskError::Panicked { message, location }) => {
+                    assert_eq!(message, "seven is not allowed");
+                    assert!(location.as_deref().unwrap_or("").contains("pool.rs"), "{location:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert_eq!(r.as_ref().unwrap(), &(i as u32 + 1));
+        }
+    }
+    match pool.map(panics_on_7, 0..10u32) {
+        Err(MapError { index: 7, error: TaskError::Panicked { .. } }) => {}
+        other => panic!("{other:?}"),
+    }
+    // abort() kills the worker: that item fails, the others do not.
+    let r = pool.map_chunksize(aborts_on_3, 0..8u32, 1);
+    match r {
+        Err(MapError { index: 3, error: TaskError::WorkerDied { status, .. } }) => {
+            assert_eq!(status, ExitStatus::Signaled(libc::SIGABRT))
+        }
+        other => panic!("{other:?}"),
+    }
+    let each = pool.map_results(aborts_on_3, 0..8u32);
+    assert_eq!(each.iter().filter(|r| r.is_err()).count(), 1);
+    wait_full(&pool, &HashSet::new());
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+}
+
+fn task_timeout(_: StartMethod) {
+    let pool = Pool::builder().processes(2).task_timeout(Duration::from_millis(200)).create().unwrap();
+    let before = pool.worker_pids();
+    let r = pool.map_results(sleep_ms, [10u64, 5_000, 20]);
+    assert_eq!(r[0], Ok(10));
+    assert!(matches!(r[1], Err(TaskError::TimedOut { .. })), "{:?}", r[1]);
+    assert_eq!(r[2], Ok(20));
+    wait_full(&pool, &HashSet::new());
+    assert_ne!(pool.worker_pids(), before);
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+}
+
+fn maxtasksperchild_1(_: StartMethod) {
+    let pool = Pool::builder().processes(2).maxtasksperchild(1).create().unwrap();
+    let pids = pool.map_chunksize(my_pid, 0..200u32, 1).unwrap();
+    let distinct: HashSet<u32> = pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 200, "each task ran in its own worker");
+    wait_full(&pool, &HashSet::new());
+}
+
+fn terminate_during_work(_: StartMethod) {
+    let pool = Pool::new(2).unwrap();
+    let pids = pool.worker_pids();
+    let h = pool.map_async(sleep_ms, vec![1_000u64; 8]);
+    std::thread::sleep(Duration::from_millis(50));
+    pool.terminate();
+    match h.get_timeout(WAIT) {
+        Ok(Err(MapError { error: TaskError::Terminated, .. })) => {}
+        Ok(other) => panic!("{other:?}"),
+        Err(_) => panic!("terminate left the map hanging"),
+    }
+    assert_gone(&pids);
+    assert_eq!(pool.apply(square, 2), Err(TaskError::Closed));
+}
+
+fn drop_with_pending_work(_: StartMethod) {
+    let pool = Pool::new(2).unwrap();
+    let pids = pool.worker_pids();
+    let h = pool.map_async(sleep_ms, vec![1_000u64; 8]);
+    let t = Instant::now();
+    drop(pool);
+    assert!(t.elapsed() < WAIT);
+    assert!(matches!(h.get(), Err(MapError { error: TaskError::Terminated, .. })));
+    assert_gone(&pids);
+}
+
+fn initializer(_: StartMethod) {
+    let pool = Pool::builder().processes(2).initializer(init_set, 77).create().unwrap();
+    assert_eq!(pool.map(read_init, 0..4u32).unwrap(), vec![77; 4]);
+    drop(pool);
+    let t = Instant::now();
+    match Pool::builder().processes(2).initializer(init_fails, 5).create() {
+        Err(shmproc::PoolError::Initializer { reason }) => {
+            assert!(reason.contains("initializer refuses 5"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < WAIT);
+}
+
+fn unencodable_result(_: StartMethod) {
+    let pool = Pool::new(2).unwrap();
+    let r = pool.map_results(bad_result, 0..3u32);
+    assert!(matches!(r[0], Ok(Ok(0))));
+    assert!(matches!(&r[1], Err(TaskError::Serialize { .. })), "{:?}", r[1].as_ref().err());
+    assert!(matches!(r[2], Ok(Ok(2))));
+    // An argument that cannot be encoded fails its own item in the parent.
+    let r = pool.map_results(|_: Unencodable| 1u8, [Unencodable]);
+    assert!(matches!(r[0], Err(TaskError::Serialize { .. })));
+    // An oversize argument fails alone.
+    let r = pool.map_results(|v: Vec<u8>| v.len(), [vec![0u8; 10], vec![0u8; 1 << 20], vec![1u8; 3]]);
+    assert_eq!(r[0], Ok(10));
+    assert!(matches!(r[1], Err(TaskError::Serialize { .. })));
+    assert_eq!(r[2], Ok(3));
+}
+
+fn from_many_threads(_: StartMethod) {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let hs: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.map(square, (t * 1000)..(t * 1000 + 5000)).unwrap())
+        })
+        .collect();
+    for (t, h) in hs.into_iter().enumerate() {
+        let got = h.join().unwrap();
+        assert!(got.iter().copied().eq(((t as u64 * 1000)..(t as u64 * 1000 + 5000)).map(square)));
+    }
+}
+
+fn parent_sigkill_leaves_no_worker(m: StartMethod) {
+    use std::io::{BufRead, BufReader};
+    let arg = match m {
+        StartMethod::Fork => "fork",
+        StartMethod::Spawn => "spawn",
+        StartMethod::ForkServer => "forkserver",
+    };
+    let mut parent = std::process::Command::new(env!("CARGO_BIN_EXE_pool_parent"))
+        .arg(arg)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = parent.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(WAIT) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = parent.kill();
+            let _ = parent.wait();
+            panic!("the parent role did not report its workers");
+        }
+    };
+    let pids: Vec<u32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 3, "{line:?}");
+    assert!(pids[1..].iter().all(|&p| alive(p)));
+    parent.kill().unwrap(); // SIGKILL
+    parent.wait().unwrap();
+    assert_gone(&pids[1..]);
+    // A SIGKILLed parent cannot unlink its named segments (Spawn, ForkServer):
+    // `shmproc gc` would; the test removes them itself.
+    for e in std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("shmproc-pool-{}-", pids[0])) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn leftovers(_: StartMethod) {
+    // Every pool above is gone: no pool segment of this process remains.
+    let me = std::process::id();
+    let left: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("shmproc-pool-{me}-")))
+        .collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+    assert!(shmproc::process::active_children().is_empty(), "{:?}", shmproc::process::active_children());
+}
+
+fn main() {
+    shmproc::init();
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(600));
+        eprintln!("pool: watchdog fired, aborting");
+        std::process::abort();
+    });
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    type Check = fn(StartMethod);
+    let all = [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer];
+    let checks: Vec<(&str, Check, &[StartMethod])> = vec![
+        ("map_equals_sequential", map_equals_sequential, &all),
+        ("imap_endless_bounded_memory", imap_endless_bounded_memory, &all[..1]),
+        ("imap_unordered_each_once", imap_unordered_each_once, &all[..1]),
+        ("apply_async_callbacks_and_get_timeout", apply_async_callbacks_and_get_timeout, &all[..1]),
+        ("chaos", chaos, &all[..1]),
+        ("panics_and_aborts", panics_and_aborts, &all[..1]),
+        ("task_timeout", task_timeout, &all[..1]),
+        ("maxtasksperchild_1", maxtasksperchild_1, &all[..1]),
+        ("terminate_during_work", terminate_during_work, &all[..1]),
+        ("drop_with_pending_work", drop_with_pending_work, &all[..1]),
+        ("initializer", initializer, &all[..1]),
+        ("unencodable_result", unencodable_result, &all[..1]),
+        ("from_many_threads", from_many_threads, &all[..1]),
+        ("parent_sigkill_leaves_no_worker", parent_sigkill_leaves_no_worker, &all),
+        ("leftovers", leftovers, &all[..1]),
+    ];
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _, ms) in &checks {
+            for m in ms.iter() {
+                println!("{m:?}::{name}: test");
+            }
+        }
+        return;
+    }
+    let mut ran = 0;
+    for (name, check, ms) in &checks {
+        for m in ms.iter() {
+            let full = format!("{m:?}::{name}");
+            if filter.as_deref().is_some_and(|f| !full.contains(f)) {
+                continue;
+            }
+            let t = Instant::now();
+            check(*m);
+            eprintln!("test {full} ... ok ({:.2?})", t.elapsed());
+            ran += 1;
+        }
+    }
+    eprintln!("pool: {ran} checks passed");
+}

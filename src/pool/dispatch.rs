@@ -1,0 +1,680 @@
+//! The pool's thread (the dispatcher): starts and replaces workers, hands
+//! chunks to them, collects result frames, notices deaths and timeouts.
+//!
+//! ## Algorithm
+//! Each worker has its own task queue (single producer, single consumer); all
+//! workers answer on one shared results queue. The dispatcher keeps, per
+//! worker, the chunks it sent and not yet saw answered (in send order), and at
+//! most a few in flight per worker (enough to pipeline small chunks, few
+//! enough to balance long ones). It waits on the results queue (adaptive:
+//! a short spin, then a futex sleep in slices), so it never spins a core while
+//! tasks run. Submitting threads append to an inbox and push an empty frame
+//! onto the results queue to wake it.
+//!
+//! Deaths are read from the kernel: every few milliseconds while work is out
+//! (and on every wake otherwise) the dispatcher polls each worker's pidfd. For
+//! a dead worker it first drains the results queue (answers sent before the
+//! death count), then reads the in-flight table (see `table.rs`): the chunk the
+//! worker started fails with `WorkerDied` (or is retried), the chunks it never
+//! took go to other workers, and a replacement starts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::error::{PoolError, TaskError};
+use super::job::{Batch, Job};
+use super::table::Table;
+use super::wire::{self, Reader};
+use super::worker::{worker_main, WorkerArgs};
+use crate::process::{ExitStatus, Process, StartMethod};
+use crate::queue::FrameQueue;
+use crate::sys;
+use crate::time::Deadline;
+
+/// A run of consecutive items of one job, as one task frame.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) id: u64,
+    pub(crate) job: Arc<Job>,
+    pub(crate) first: u64,
+    pub(crate) count: u32,
+    pub(crate) frame: Vec<u8>,
+    pub(crate) tries: u32,
+    /// Items already answered (a chunk may be answered in several frames).
+    pub(crate) answered: u32,
+}
+
+impl Chunk {
+    /// Fails the items not yet answered.
+    fn fail(self, error: TaskError) {
+        let count = self.count - self.answered;
+        if count > 0 {
+            self.job.deliver(Batch::Fail { first: self.first + u64::from(self.answered), count, error });
+        }
+    }
+
+    /// The same chunk without its answered items, under a new id.
+    fn rest(mut self, id: u64) -> Chunk {
+        if self.answered > 0 {
+            let mut r = Reader::new(&self.frame);
+            let (_, runner, func, _) = (r.u64(), r.i64(), r.i64(), r.u32());
+            let mut frame = Vec::with_capacity(self.frame.len());
+            wire::task_header(&mut frame, id, runner.unwrap_or(0), func.unwrap_or(0));
+            for _ in 0..self.answered {
+                let _ = r.sized();
+            }
+            let left = self.count - self.answered;
+            for _ in 0..left {
+                let item = r.sized().unwrap_or(&[]);
+                frame.extend_from_slice(&(item.len() as u32).to_le_bytes());
+                frame.extend_from_slice(item);
+            }
+            wire::set_task_count(&mut frame, left);
+            self.frame = frame;
+            self.first += u64::from(self.answered);
+            self.count = left;
+            self.answered = 0;
+        }
+        self.id = id;
+        wire::set_task_chunk(&mut self.frame, id);
+        self
+    }
+}
+
+/// An initializer: runner offset, function offset, argument bytes.
+pub(crate) type Init = (i64, i64, Vec<u8>);
+
+/// The pool's settings, fixed at creation.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) method: StartMethod,
+    pub(crate) init: Option<Init>,
+    pub(crate) max_tasks: u64,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) max_frame: usize,
+    pub(crate) queue_depth: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    pub(crate) chunks: VecDeque<Chunk>,
+    pub(crate) closed: bool,
+    pub(crate) terminate: bool,
+    pub(crate) join: bool,
+}
+
+/// What the pool's handle and its thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) inbox: Mutex<Inbox>,
+    /// The parent's handle on the results queue, to wake the dispatcher.
+    pub(crate) wake: FrameQueue,
+    pub(crate) next_chunk: AtomicU64,
+    pub(crate) config: Config,
+    /// Pids of the live workers (for `Pool::worker_pids`).
+    pub(crate) pids: Mutex<Vec<u32>>,
+    /// Set when the dispatcher has exited (all workers gone).
+    pub(crate) finished: Mutex<bool>,
+    pub(crate) finished_cv: Condvar,
+    /// The initializer failed in a replacement worker: no more tasks run.
+    pub(crate) broken: AtomicBool,
+}
+
+impl Shared {
+    /// Wakes the dispatcher (an empty frame on the results queue; if the
+    /// queue is full the dispatcher is awake anyway).
+    pub(crate) fn wake(&self) {
+        let _ = self.wake.try_send(&[]);
+    }
+
+    pub(crate) fn chunk_id(&self) -> u64 {
+        self.next_chunk.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues chunks; a closed or terminated pool fails them at once.
+    pub(crate) fn submit(&self, chunks: Vec<Chunk>) {
+        if chunks.is_empty() {
+            return;
+        }
+        let refused = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            if inbox.closed || inbox.terminate {
+                Some(chunks)
+            } else {
+                inbox.chunks.extend(chunks);
+                None
+            }
+        };
+        match refused {
+            Some(chunks) => {
+                for c in chunks {
+                    c.fail(TaskError::Closed);
+                }
+            }
+            None => self.wake(),
+        }
+    }
+
+    fn set_finished(&self) {
+        *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.finished_cv.notify_all();
+    }
+}
+
+/// How the pool's objects reach a worker: the fd of an anonymous segment under
+/// Fork (the worker inherits it), a unique name under Spawn and ForkServer
+/// (unlinked when the pool drops it). The one place to switch to objects
+/// passed as process arguments.
+pub(crate) fn share_with_workers(method: StartMethod, what: &str) -> Option<String> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    match method {
+        StartMethod::Fork => None,
+        StartMethod::Spawn | StartMethod::ForkServer => {
+            Some(format!("shmproc-pool-{}-{}-{what}", sys::raw_pid(), SEQ.fetch_add(1, Ordering::Relaxed)))
+        }
+    }
+}
+
+/// Creates a frame queue shared with workers.
+pub(crate) fn frame_queue(
+    cfg: &Config,
+    what: &str,
+    capacity: usize,
+    spsc: bool,
+) -> Result<FrameQueue, crate::OpenError> {
+    let mut b = FrameQueue::builder().capacity(capacity).max_frame(cfg.max_frame).spsc(spsc);
+    if let Some(name) = share_with_workers(cfg.method, what) {
+        b = b.name(name);
+    }
+    b.create()
+}
+
+struct Worker {
+    proc: Option<Process<()>>,
+    pid: u32,
+    gen: u32,
+    tasks: FrameQueue,
+    /// Chunks sent and not answered, in send order.
+    sent: VecDeque<u64>,
+    sent_items: u64,
+    assigned: u64,
+    last_done: u64,
+    retiring: bool,
+    timed_out: bool,
+    ready: bool,
+}
+
+pub(crate) struct Dispatcher {
+    shared: Arc<Shared>,
+    results: FrameQueue,
+    table: Table,
+    workers: Vec<Option<Worker>>,
+    pending: VecDeque<Chunk>,
+    in_flight: HashMap<u64, (Chunk, usize)>,
+    next_gen: u32,
+    buf: Vec<u8>,
+    last_check: Duration,
+    rr: usize,
+    scratch: Vec<u8>,
+}
+
+/// Most chunks sent to a worker in one queue frame.
+const MAX_COALESCE: usize = 16;
+
+/// How long one wait on the results queue lasts while work is out (also
+/// the longest delay before a death is noticed).
+const BUSY_SLICE: Duration = Duration::from_millis(5);
+/// How long one wait lasts while the pool is idle.
+const IDLE_SLICE: Duration = Duration::from_millis(50);
+/// How long `join` lets a stopped worker exit before killing it.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        // Normally already done by `run`; after a panic, this keeps the promise.
+        self.finish();
+    }
+}
+
+impl Dispatcher {
+    pub(crate) fn new(shared: Arc<Shared>, results: FrameQueue, table: Table) -> Dispatcher {
+        let n = shared.config.processes;
+        Dispatcher {
+            shared,
+            results,
+            table,
+            workers: (0..n).map(|_| None).collect(),
+            pending: VecDeque::new(),
+            in_flight: HashMap::new(),
+            next_gen: 1,
+            buf: Vec::with_capacity(4096),
+            last_check: Duration::ZERO,
+            rr: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.shared.config
+    }
+
+    fn publish_pids(&self) {
+        let pids = self.workers.iter().flatten().map(|w| w.pid).collect();
+        *self.shared.pids.lock().unwrap_or_else(|e| e.into_inner()) = pids;
+    }
+
+    /// Starts the worker of `slot`.
+    fn start_worker(&mut self, slot: usize) -> Result<(), PoolError> {
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let depth = self.cfg().queue_depth;
+        let tasks = frame_queue(self.cfg(), &format!("tasks{slot}"), depth, true)?;
+        self.table.reset(slot, gen);
+        let args = WorkerArgs {
+            slot: slot as u32,
+            gen,
+            tasks: tasks.handle().to_string(),
+            results: self.results.handle().to_string(),
+            table: self.table.handle().to_string(),
+            init: self.cfg().init.clone(),
+            max_tasks: self.cfg().max_tasks,
+            timed: self.cfg().task_timeout.is_some(),
+        };
+        let p = Process::builder(worker_main, args)
+            .name(format!("pool-worker-{slot}"))
+            .start_method(self.cfg().method)
+            .daemon(true)
+            .start()?;
+        self.workers[slot] = Some(Worker {
+            pid: p.pid(),
+            proc: Some(p),
+            gen,
+            tasks,
+            sent: VecDeque::new(),
+            sent_items: 0,
+            assigned: 0,
+            last_done: 0,
+            retiring: false,
+            timed_out: false,
+            ready: false,
+        });
+        Ok(())
+    }
+
+    /// Starts every worker and waits until each ran its initializer.
+    pub(crate) fn start_all(&mut self) -> Result<(), PoolError> {
+        for slot in 0..self.workers.len() {
+            self.start_worker(slot)?;
+        }
+        self.publish_pids();
+        loop {
+            if self.workers.iter().flatten().all(|w| w.ready) {
+                return Ok(());
+            }
+            match self.results.recv_into_vec(&mut self.buf, Some(BUSY_SLICE)) {
+                Ok(()) => {
+                    let frame = std::mem::take(&mut self.buf);
+                    let r = self.on_queue_frame(&frame);
+                    self.buf = frame;
+                    if let Some(reason) = r {
+                        return Err(PoolError::Initializer { reason });
+                    }
+                }
+                Err(_) => {
+                    for w in self.workers.iter_mut().flatten() {
+                        if let Some(p) = w.proc.as_mut() {
+                            if !w.ready && !p.is_alive() {
+                                return Err(PoolError::WorkerDied { pid: w.pid, status: p.exit_status() });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills and reaps every worker (dropping a daemon `Process` kills and reaps it).
+    fn kill_all(&mut self) {
+        for w in self.workers.iter_mut() {
+            *w = None;
+        }
+        self.publish_pids();
+    }
+
+    /// The loop; returns when the pool is terminated or joined.
+    pub(crate) fn run(mut self) {
+        loop {
+            let (new, terminate, join) = {
+                let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+                (std::mem::take(&mut inbox.chunks), inbox.terminate, inbox.join)
+            };
+            self.pending.extend(new);
+            if terminate {
+                self.kill_all();
+                self.fail_everything(TaskError::Terminated);
+                break;
+            }
+            if self.shared.broken.load(Ordering::Relaxed) {
+                self.fail_pending_broken();
+            }
+            let busy = !self.pending.is_empty() || !self.in_flight.is_empty();
+            if join && !busy {
+                self.stop_all();
+                break;
+            }
+            let now = sys::monotonic_now();
+            if !busy || now.saturating_sub(self.last_check) >= BUSY_SLICE {
+                self.last_check = now;
+                self.check_workers();
+                self.check_timeouts();
+            }
+            self.feed();
+            let mut slice = if busy { BUSY_SLICE } else { IDLE_SLICE };
+            if let Some(t) = self.cfg().task_timeout {
+                slice = slice.min((t / 4).max(Duration::from_millis(1)));
+            }
+            if self.results.recv_into_vec(&mut self.buf, Some(slice)).is_ok() {
+                let mut frame = std::mem::take(&mut self.buf);
+                let _ = self.on_queue_frame(&frame);
+                // Take what else is there, refilling the workers as answers
+                // free room (a worker whose queue runs dry goes to sleep).
+                for _ in 0..256 {
+                    self.feed();
+                    if self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_err() {
+                        break;
+                    }
+                    let _ = self.on_queue_frame(&frame);
+                }
+                self.buf = frame;
+            }
+        }
+        self.finish();
+    }
+
+    /// Handles one frame of the results queue: one or more result frames
+    /// back to back; `Some(reason)` for an initializer failure.
+    fn on_queue_frame(&mut self, mut buf: &[u8]) -> Option<String> {
+        let mut failed = None;
+        while buf.len() >= wire::RESULT_HEADER {
+            let Some(len) = wire::result_frame_len(buf) else { break };
+            if let Some(reason) = self.on_frame(&buf[..len]) {
+                failed = Some(reason);
+            }
+            buf = &buf[len..];
+        }
+        failed
+    }
+
+    /// Handles one result frame; `Some(reason)` for an initializer failure.
+    fn on_frame(&mut self, frame: &[u8]) -> Option<String> {
+        let mut r = Reader::new(frame);
+        let (Some(chunk), Some(slot), Some(gen), Some(start), Some(count)) =
+            (r.u64(), r.u32(), r.u32(), r.u32(), r.u32())
+        else {
+            return None; // an empty wake-up frame, or garbage
+        };
+        let slot = slot as usize;
+        if chunk == wire::READY {
+            if let Some(Some(w)) = self.workers.get_mut(slot) {
+                if w.gen == gen {
+                    w.ready = true;
+                }
+            }
+            return None;
+        }
+        if chunk == wire::INIT_FAILED {
+            let batch = Batch::Frame { first: 0, count: 1, frame: frame.to_vec() };
+            let mut reason = String::from("the initializer failed");
+            super::job::items(&batch, |_, r| {
+                if let Err(e) = r {
+                    reason = match e {
+                        TaskError::InitializerFailed { reason } => reason,
+                        other => other.to_string(),
+                    }
+                }
+            });
+            self.shared.broken.store(true, Ordering::Relaxed);
+            return Some(reason);
+        }
+        let (c, s) = self.in_flight.get_mut(&chunk)?;
+        // Only the next items of what we sent to that slot count; anything
+        // else is ignored (the chunk then fails when its worker dies).
+        if *s != slot || start != c.answered || count == 0 || count > c.count - c.answered {
+            return None;
+        }
+        c.job.deliver(Batch::Frame { first: c.first + u64::from(start), count, frame: frame.to_vec() });
+        c.answered += count;
+        if c.answered < c.count {
+            return None;
+        }
+        let (c, _) = self.in_flight.remove(&chunk)?;
+        if let Some(Some(w)) = self.workers.get_mut(slot) {
+            if let Some(pos) = w.sent.iter().position(|&id| id == chunk) {
+                w.sent.remove(pos);
+            }
+            w.sent_items = w.sent_items.saturating_sub(u64::from(c.count));
+            w.last_done = chunk;
+        }
+        None
+    }
+
+    /// Hands pending chunks to workers with room, round-robin. Consecutive
+    /// small chunks for one worker travel together in one queue frame (up to
+    /// [`MAX_COALESCE`] chunks or `max_frame` bytes), so that chunksize 1
+    /// does not cost a queue operation per item on each side.
+    fn feed(&mut self) {
+        let n = self.workers.len();
+        let depth = self.cfg().queue_depth;
+        let max_tasks = self.cfg().max_tasks;
+        let max_frame = self.cfg().max_frame;
+        let mut batch = std::mem::take(&mut self.scratch);
+        let mut taken: Vec<Chunk> = Vec::new();
+        let mut progress = true;
+        while progress && !self.pending.is_empty() {
+            progress = false;
+            for k in 0..n {
+                let slot = (self.rr + k) % n;
+                let Some(w) = self.workers[slot].as_mut() else { continue };
+                if w.retiring {
+                    continue;
+                }
+                batch.clear();
+                let (mut out, mut items) = (w.sent.len(), w.sent_items);
+                let mut assigned = w.assigned;
+                // Room: fewer than 2 chunks out, or few items and chunks out.
+                while out < 2 || (items < 64 && out < depth.saturating_sub(1)) {
+                    let Some(c) = self.pending.front() else { break };
+                    let fits = batch.is_empty() || batch.len() + c.frame.len() <= max_frame;
+                    if !fits || taken.len() >= MAX_COALESCE || (max_tasks > 0 && assigned >= max_tasks) {
+                        break;
+                    }
+                    let Some(c) = self.pending.pop_front() else { break };
+                    batch.extend_from_slice(&c.frame);
+                    out += 1;
+                    items += u64::from(c.count);
+                    assigned += u64::from(c.count);
+                    taken.push(c);
+                }
+                if taken.is_empty() {
+                    continue;
+                }
+                if w.tasks.try_send(&batch).is_err() {
+                    for c in taken.drain(..).rev() {
+                        self.pending.push_front(c);
+                    }
+                    continue;
+                }
+                for c in taken.drain(..) {
+                    w.sent.push_back(c.id);
+                    w.sent_items += u64::from(c.count);
+                    w.assigned += u64::from(c.count);
+                    self.in_flight.insert(c.id, (c, slot));
+                }
+                if max_tasks > 0 && w.assigned >= max_tasks {
+                    w.retiring = true;
+                }
+                progress = true;
+            }
+            self.rr = self.rr.wrapping_add(1);
+        }
+        self.scratch = batch;
+    }
+
+    /// Polls every worker's pidfd; handles the dead ones.
+    fn check_workers(&mut self) {
+        let mut dead = Vec::new();
+        for (slot, w) in self.workers.iter_mut().enumerate() {
+            match w {
+                Some(w) => {
+                    if let Some(p) = w.proc.as_mut() {
+                        if !p.is_alive() {
+                            dead.push(slot);
+                        }
+                    }
+                }
+                None => dead.push(slot),
+            }
+        }
+        if dead.is_empty() {
+            return;
+        }
+        // Answers sent before the deaths count: take them first.
+        let mut frame = std::mem::take(&mut self.buf);
+        while self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_ok() {
+            let _ = self.on_queue_frame(&frame);
+        }
+        self.buf = frame;
+        for slot in dead {
+            self.on_death(slot);
+        }
+        self.publish_pids();
+    }
+
+    fn on_death(&mut self, slot: usize) {
+        if let Some(mut w) = self.workers[slot].take() {
+            let status = w.proc.as_mut().and_then(|p| p.exit_status()).unwrap_or(ExitStatus::Unknown);
+            let started = self
+                .table
+                .record(slot)
+                .filter(|r| r.gen.load(Ordering::Acquire) == w.gen)
+                .map(|r| r.chunk.load(Ordering::Acquire));
+            // Which of the unanswered chunks it started (see table.rs).
+            let split = match started {
+                Some(id) if id == 0 || id == w.last_done => Some(0),
+                Some(id) => w.sent.iter().position(|&s| s == id).map(|p| p + 1),
+                None => None,
+            };
+            let split = split.unwrap_or(w.sent.len()); // untrusted record: all count as started
+            let mut requeue = Vec::new();
+            for (i, id) in w.sent.drain(..).enumerate() {
+                let Some((c, _)) = self.in_flight.remove(&id) else { continue };
+                if i >= split && c.answered == 0 {
+                    // Never taken: another worker runs it, under a new id.
+                    requeue.push(c.rest(self.shared.chunk_id()));
+                    continue;
+                }
+                let error = if w.timed_out {
+                    TaskError::TimedOut { limit: self.shared.config.task_timeout.unwrap_or_default() }
+                } else {
+                    TaskError::WorkerDied { pid: w.pid, status }
+                };
+                if !w.timed_out && c.tries < self.shared.config.retries {
+                    let mut c = c.rest(self.shared.chunk_id());
+                    c.tries += 1;
+                    requeue.push(c);
+                } else {
+                    c.fail(error);
+                }
+            }
+            for c in requeue.into_iter().rev() {
+                self.pending.push_front(c);
+            }
+        }
+        let stopping = {
+            let inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            inbox.terminate
+        };
+        if stopping || self.shared.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.start_worker(slot) {
+            // Could not replace it: the next check tries again. If no worker
+            // is left at all, nothing would run the pending tasks: fail them.
+            if self.workers.iter().all(Option::is_none) {
+                let reason = e.to_string();
+                for c in self.pending.drain(..) {
+                    c.fail(TaskError::StartFailed { reason: reason.clone() });
+                }
+            }
+        }
+    }
+
+    /// Kills workers whose current item runs longer than the task timeout.
+    fn check_timeouts(&mut self) {
+        let Some(limit) = self.cfg().task_timeout else { return };
+        let now = sys::monotonic_now().as_nanos() as u64;
+        for (slot, w) in self.workers.iter_mut().enumerate() {
+            let Some(w) = w else { continue };
+            let Some(r) = self.table.record(slot) else { continue };
+            if w.timed_out || r.gen.load(Ordering::Acquire) != w.gen || r.running.load(Ordering::Acquire) != 1 {
+                continue;
+            }
+            let started = r.started_ns.load(Ordering::Relaxed);
+            if now.saturating_sub(started) > limit.as_nanos() as u64 && started != 0 {
+                w.timed_out = true;
+                if let Some(p) = w.proc.as_ref() {
+                    let _ = p.kill();
+                }
+            }
+        }
+    }
+
+    fn fail_pending_broken(&mut self) {
+        for c in self.pending.drain(..) {
+            c.fail(TaskError::InitializerFailed { reason: "the pool's initializer failed in a new worker".into() });
+        }
+    }
+
+    fn fail_everything(&mut self, e: TaskError) {
+        for c in self.pending.drain(..) {
+            c.fail(e.clone());
+        }
+        for (_, (c, _)) in self.in_flight.drain() {
+            c.fail(e.clone());
+        }
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        for c in inbox.chunks.drain(..) {
+            c.fail(e.clone());
+        }
+    }
+
+    /// Marks the pool finished. Also runs if the dispatcher panicked, so that
+    /// no waiter (a job's handle, `join`, `Drop`) waits forever.
+    fn finish(&mut self) {
+        self.kill_all();
+        self.fail_everything(TaskError::Terminated);
+        self.shared.set_finished();
+    }
+
+    /// `join`: asks every worker to exit, waits a little, kills what is left.
+    fn stop_all(&mut self) {
+        let mut stop = Vec::new();
+        wire::task_header(&mut stop, wire::STOP, 0, 0);
+        for w in self.workers.iter().flatten() {
+            let _ = w.tasks.send_timeout(&stop, STOP_GRACE);
+        }
+        let deadline = Deadline::after(Some(STOP_GRACE));
+        for w in self.workers.iter_mut().flatten() {
+            if let Some(mut p) = w.proc.take() {
+                let _ = p.join_timeout(deadline.remaining().unwrap_or_default());
+                // Dropping a daemon process kills (if needed) and reaps it.
+                drop(p);
+            }
+        }
+        self.kill_all();
+    }
+}

@@ -1,0 +1,284 @@
+//! Frames on the pool's queues, and the typed functions that run one item.
+//!
+//! ## Task frame (parent to one worker)
+//! | bytes | field |
+//! |---|---|
+//! | 0..8 | chunk id (`u64` LE; [`STOP`] asks the worker to exit) |
+//! | 8..16 | offset of the item runner ([`run_one`]) from the anchor (`i64` LE) |
+//! | 16..24 | offset of the task `fn` from the anchor (`i64` LE) |
+//! | 24..28 | item count (`u32` LE) |
+//! | then, per item | length (`u32` LE), postcard bytes of the argument |
+//!
+//! ## Result frame (a worker to the parent)
+//! | bytes | field |
+//! |---|---|
+//! | 0..8 | chunk id ([`READY`] / [`INIT_FAILED`] after the initializer) |
+//! | 8..12 | worker slot (`u32` LE) |
+//! | 12..16 | slot incarnation (`u32` LE) |
+//! | 16..20 | index within the chunk of the frame's first item (`u32` LE; a chunk whose results exceed one frame is answered in several) |
+//! | 20..24 | item count |
+//! | then, per item | tag (`0` ok, `1` error), length (`u32` LE), postcard bytes of the result or of a [`WireError`] |
+//!
+//! A queue frame may hold several task frames (or result frames) back to
+//! back: each is self-delimiting through its item count and lengths.
+//!
+//! Offsets are rebased in the worker with the same checked mechanism a
+//! [`Process`](crate::Process) uses for its target (`process/child.rs`). Every
+//! length and count read from a frame is checked against the frame.
+
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::error::TaskError;
+
+/// Chunk id of a task frame that asks the worker to exit.
+pub(crate) const STOP: u64 = u64::MAX;
+/// Chunk id of the result frame a worker sends once its initializer ran.
+pub(crate) const READY: u64 = u64::MAX;
+/// Chunk id of the result frame of a worker whose initializer failed.
+pub(crate) const INIT_FAILED: u64 = u64::MAX - 1;
+
+/// Bytes before the first item of a task frame.
+pub(crate) const TASK_HEADER: usize = 28;
+/// Bytes before the first item of a result frame.
+pub(crate) const RESULT_HEADER: usize = 24;
+
+/// What a worker reports for an item that has no result.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WireError {
+    Panicked { message: String, location: Option<String> },
+    Serialize(String),
+    Deserialize(String),
+    Init(String),
+}
+
+impl From<WireError> for TaskError {
+    fn from(e: WireError) -> TaskError {
+        match e {
+            WireError::Panicked { message, location } => TaskError::Panicked { message, location },
+            WireError::Serialize(reason) => TaskError::Serialize { reason },
+            WireError::Deserialize(reason) => TaskError::Deserialize { reason },
+            WireError::Init(reason) => TaskError::InitializerFailed { reason },
+        }
+    }
+}
+
+/// Runs one item: `func` is the task's address, `arg` the argument's bytes;
+/// appends one result item (tag, length, bytes) to `out`.
+pub(crate) type RunOne = fn(usize, &[u8], &mut Vec<u8>);
+
+/// `Extend<u8>` over a borrowed vector, so that postcard appends in place and
+/// a failed encoding leaves the buffer to us.
+struct Ext<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Ext<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter)
+    }
+}
+
+/// Appends `len` (u32 LE placeholder) + postcard bytes of `v` to `out`;
+/// on failure `out` is left as it was.
+pub(crate) fn append_len_prefixed<V: Serialize + ?Sized>(out: &mut Vec<u8>, v: &V) -> Result<(), String> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    match postcard::to_extend(v, Ext(out)) {
+        Ok(_) => {
+            let len = out.len() - at - 4;
+            match u32::try_from(len) {
+                Ok(n) => {
+                    out[at..at + 4].copy_from_slice(&n.to_le_bytes());
+                    Ok(())
+                }
+                Err(_) => {
+                    out.truncate(at);
+                    Err(format!("{len} bytes do not fit a frame"))
+                }
+            }
+        }
+        Err(e) => {
+            out.truncate(at);
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Appends an error item.
+pub(crate) fn push_err(out: &mut Vec<u8>, e: &WireError) {
+    out.push(1);
+    if append_len_prefixed(out, e).is_err() {
+        // Cannot happen for these plain strings; keep the frame well formed.
+        out.extend_from_slice(&0u32.to_le_bytes());
+    }
+}
+
+/// Appends an ok item holding `r`, or a `Serialize` error item.
+pub(crate) fn push_ok<R: Serialize>(out: &mut Vec<u8>, r: &R) {
+    out.push(0);
+    if let Err(reason) = append_len_prefixed(out, r) {
+        out.pop();
+        push_err(out, &WireError::Serialize(format!("encoding the result in the worker: {reason}")));
+    }
+}
+
+thread_local! {
+    /// Location of the last panic in this worker thread (set by the worker's panic hook).
+    pub(crate) static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// Calls `f` with panic capture, appending its result or error item.
+fn call_captured<R: Serialize>(out: &mut Vec<u8>, f: impl FnOnce() -> R) {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => push_ok(out, &r),
+        Err(p) => {
+            let location = LAST_PANIC.with(|l| l.borrow_mut().take());
+            push_err(out, &WireError::Panicked { message: payload_text(&*p), location })
+        }
+    }
+}
+
+/// The item runner for a `fn(A) -> R` task.
+pub(crate) fn run_one<A: DeserializeOwned, R: Serialize>(func: usize, arg: &[u8], out: &mut Vec<u8>) {
+    // SAFETY: `func` is the address the parent took from a `fn(A) -> R` and sent
+    // together with this runner's own offset (the pair travels in one frame), rebased
+    // by the checked offset from the anchor of the same executable; `fn` pointers and
+    // `usize` have the same size.
+    let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
+    match postcard::from_bytes::<A>(arg) {
+        Ok(a) => call_captured(out, || f(a)),
+        Err(e) => push_err(out, &WireError::Deserialize(format!("decoding the argument in the worker: {e}"))),
+    }
+}
+
+/// The item runner for a `fn(A, B) -> R` task (starmap).
+pub(crate) fn run_star2<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) {
+    // SAFETY: as in `run_one`, for a `fn(A, B) -> R`.
+    let f: fn(A, B) -> R = unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(func) };
+    match postcard::from_bytes::<(A, B)>(arg) {
+        Ok((a, b)) => call_captured(out, || f(a, b)),
+        Err(e) => push_err(out, &WireError::Deserialize(format!("decoding the argument in the worker: {e}"))),
+    }
+}
+
+/// Runs an initializer `fn(A)`: `Err` with the panic message or decoding error.
+pub(crate) type RunInit = fn(usize, &[u8]) -> Result<(), String>;
+
+/// The initializer runner for a `fn(A)`.
+pub(crate) fn run_init<A: DeserializeOwned>(func: usize, arg: &[u8]) -> Result<(), String> {
+    // SAFETY: as in `run_one`, for a `fn(A)`.
+    let f: fn(A) = unsafe { std::mem::transmute::<usize, fn(A)>(func) };
+    let a = postcard::from_bytes::<A>(arg).map_err(|e| format!("decoding the initializer's argument: {e}"))?;
+    panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|p| {
+        let loc = LAST_PANIC.with(|l| l.borrow_mut().take());
+        match loc {
+            Some(l) => format!("panicked at {l}: {}", payload_text(&*p)),
+            None => format!("panicked: {}", payload_text(&*p)),
+        }
+    })
+}
+
+/// A little-endian reader over an untrusted frame.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, at: 0 }
+    }
+    pub(crate) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let s = self.buf.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+    /// Bytes not yet read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.at)
+    }
+    /// Bytes read so far.
+    pub(crate) fn position(&self) -> usize {
+        self.at
+    }
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        self.bytes(1).map(|b| b[0])
+    }
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        self.bytes(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.bytes(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+    pub(crate) fn i64(&mut self) -> Option<i64> {
+        self.u64().map(|v| v as i64)
+    }
+    /// A `u32`-length-prefixed slice.
+    pub(crate) fn sized(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.bytes(n)
+    }
+}
+
+/// Starts a task frame in `out` (cleared) with a zero item count.
+pub(crate) fn task_header(out: &mut Vec<u8>, chunk: u64, runner: i64, func: i64) {
+    out.clear();
+    out.extend_from_slice(&chunk.to_le_bytes());
+    out.extend_from_slice(&runner.to_le_bytes());
+    out.extend_from_slice(&func.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// Sets the item count of a task frame.
+pub(crate) fn set_task_count(frame: &mut [u8], count: u32) {
+    frame[24..28].copy_from_slice(&count.to_le_bytes());
+}
+
+/// Rewrites the chunk id of a task frame (a retried chunk gets a new id).
+pub(crate) fn set_task_chunk(frame: &mut [u8], chunk: u64) {
+    frame[0..8].copy_from_slice(&chunk.to_le_bytes());
+}
+
+/// Appends the header of a result frame (item count 0) to `out`.
+pub(crate) fn result_header(out: &mut Vec<u8>, chunk: u64, slot: u32, gen: u32, start: u32) {
+    out.extend_from_slice(&chunk.to_le_bytes());
+    out.extend_from_slice(&slot.to_le_bytes());
+    out.extend_from_slice(&gen.to_le_bytes());
+    out.extend_from_slice(&start.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// The length of the result frame at the start of `buf` (header and every
+/// item, bounds-checked), or `None` if it is malformed.
+pub(crate) fn result_frame_len(buf: &[u8]) -> Option<usize> {
+    let mut r = Reader::new(buf);
+    r.bytes(20)?;
+    let count = r.u32()?;
+    for _ in 0..count {
+        r.u8()?;
+        r.sized()?;
+    }
+    Some(r.position())
+}
+
+/// Sets the item count of a result frame.
+pub(crate) fn set_result_count(frame: &mut [u8], count: u32) {
+    frame[20..24].copy_from_slice(&count.to_le_bytes());
+}

@@ -1,0 +1,190 @@
+//! The worker process: opens the pool's objects, runs the initializer, then
+//! takes task frames from its own queue, runs every item (recording progress
+//! in the in-flight table), and sends one result frame per chunk.
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::table::Table;
+use super::wire::{self, Reader, RunInit, RunOne, WireError};
+use crate::queue::{FrameQueue, Role};
+use crate::segment::Handle;
+use crate::sys;
+
+/// What a worker is started with (its [`Process`](crate::Process) argument).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    pub(crate) slot: u32,
+    pub(crate) gen: u32,
+    /// Handles (`Handle`'s text form) of the worker's task queue, the shared
+    /// results queue and the in-flight table.
+    pub(crate) tasks: String,
+    pub(crate) results: String,
+    pub(crate) table: String,
+    /// Initializer: runner offset, function offset, argument bytes.
+    pub(crate) init: Option<(i64, i64, Vec<u8>)>,
+    /// Items after which the worker exits (0: never).
+    pub(crate) max_tasks: u64,
+    /// Whether the pool has a task timeout (the worker then records when
+    /// each item starts; otherwise it saves the clock read).
+    pub(crate) timed: bool,
+}
+
+/// The worker's objects, opened from the handles in its arguments.
+struct Objects {
+    tasks: FrameQueue,
+    results: FrameQueue,
+    table: Table,
+}
+
+/// How a worker gets the pool's objects: opens the handles it was given (an
+/// inherited fd under Fork, a unique name under Spawn and ForkServer; see
+/// `Pool`'s `share_with_workers`). The one place to change when objects can
+/// travel as process arguments.
+fn open_objects(a: &WorkerArgs) -> Option<Objects> {
+    let h = |s: &str| s.parse::<Handle>().ok();
+    let tasks = FrameQueue::builder().role(Role::Receiver).open_handle(&h(&a.tasks)?).ok()?;
+    let results = FrameQueue::builder().role(Role::Sender).open_handle(&h(&a.results)?).ok()?;
+    let table = Table::open(&h(&a.table)?).ok()?;
+    Some(Objects { tasks, results, table })
+}
+
+/// Exit code of a worker that could not open the pool's objects.
+const EXIT_NO_OBJECTS: i32 = 3;
+
+/// The worker's entry point (a `Process` target, so it runs under every start method).
+pub(crate) fn worker_main(a: WorkerArgs) {
+    std::panic::set_hook(Box::new(|info| {
+        let loc = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        wire::LAST_PANIC.with(|l| *l.borrow_mut() = loc.clone());
+        let msg = format!("shmproc pool worker {} panicked at {}\n", sys::raw_pid(), loc.as_deref().unwrap_or("?"));
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+    }));
+    let Some(o) = open_objects(&a) else { sys::exit_now(EXIT_NO_OBJECTS) };
+    let Some(rec) = o.table.record(a.slot as usize) else { sys::exit_now(EXIT_NO_OBJECTS) };
+    let mut out = Vec::with_capacity(4096);
+    if let Some((runner, func, arg)) = &a.init {
+        let r = match (crate::process::address_at(*runner), crate::process::address_at(*func)) {
+            (Some(r), Some(f)) => {
+                // SAFETY: the parent sent the offset of a `run_init::<A>` (type `RunInit`),
+                // rebased by the checked mechanism; fn pointers have the size of usize.
+                let run: RunInit = unsafe { std::mem::transmute::<usize, RunInit>(r) };
+                run(f, arg)
+            }
+            _ => Err("the initializer lies outside the executable".into()),
+        };
+        if let Err(reason) = r {
+            out.clear();
+            wire::result_header(&mut out, wire::INIT_FAILED, a.slot, a.gen, 0);
+            wire::push_err(&mut out, &WireError::Init(reason));
+            wire::set_result_count(&mut out, 1);
+            let _ = o.results.send(&out);
+            sys::exit_now(1);
+        }
+    }
+    out.clear();
+    wire::result_header(&mut out, wire::READY, a.slot, a.gen, 0);
+    let _ = o.results.send(&out);
+
+    let mut frame = Vec::with_capacity(4096);
+    let mut cached: Option<(i64, i64, RunOne, usize)> = None;
+    let mut done: u64 = 0;
+    let max = o.results.max_frame();
+    loop {
+        if o.tasks.recv_into_vec(&mut frame, None).is_err() {
+            sys::exit_now(EXIT_NO_OBJECTS);
+        }
+        // A task frame holds one or more chunks back to back; each chunk is
+        // answered before the next starts (in several frames if its results
+        // exceed the frame size).
+        let mut r = Reader::new(&frame);
+        out.clear();
+        while r.remaining() >= wire::TASK_HEADER {
+            let (Some(chunk), Some(runner), Some(func), Some(count)) = (r.u64(), r.i64(), r.i64(), r.u32()) else {
+                break;
+            };
+            if chunk == wire::STOP {
+                sys::exit_now(0);
+            }
+            // Recorded before anything of the chunk runs (see table.rs).
+            rec.chunk.store(chunk, Ordering::Release);
+            let resolved = match cached {
+                Some((cr, cf, run, f)) if cr == runner && cf == func => Some((run, f)),
+                _ => match (crate::process::address_at(runner), crate::process::address_at(func)) {
+                    (Some(rr), Some(ff)) => {
+                        // SAFETY: the parent sent the offset of a `wire::run_*` runner (type
+                        // `RunOne`) monomorphised for this task's types, rebased by the checked
+                        // mechanism; fn pointers have the size of usize.
+                        let run: RunOne = unsafe { std::mem::transmute::<usize, RunOne>(rr) };
+                        cached = Some((runner, func, run, ff));
+                        Some((run, ff))
+                    }
+                    _ => None,
+                },
+            };
+            let mut head = out.len(); // where this chunk's (current) result frame starts
+            wire::result_header(&mut out, chunk, a.slot, a.gen, 0);
+            let mut n = 0u32; // items in the current result frame
+            let mut first = 0u32; // index within the chunk of its first item
+            for i in 0..count {
+                let arg = r.sized();
+                let at = out.len();
+                match (resolved, arg) {
+                    (_, None) => wire::push_err(&mut out, &WireError::Deserialize("a malformed task frame".into())),
+                    (Some((run, f)), Some(arg)) => {
+                        rec.item.store(u64::from(i), Ordering::Relaxed);
+                        if a.timed {
+                            rec.started_ns.store(sys::monotonic_now().as_nanos() as u64, Ordering::Relaxed);
+                        }
+                        rec.running.store(1, Ordering::Release);
+                        run(f, arg, &mut out);
+                    }
+                    (None, Some(_)) => {
+                        wire::push_err(&mut out, &WireError::Deserialize("the task lies outside the executable".into()))
+                    }
+                }
+                if out.len() > max {
+                    // Send what came before this item, then go on with this
+                    // item first in a new frame (an error if it alone is too large).
+                    let mut tail = out.split_off(at);
+                    if n > 0 {
+                        wire::set_result_count(&mut out[head..], n);
+                    } else {
+                        out.truncate(head); // this chunk's frame would be empty
+                    }
+                    if !out.is_empty() && o.results.send(&out).is_err() {
+                        sys::exit_now(EXIT_NO_OBJECTS);
+                    }
+                    first += n;
+                    n = 0;
+                    out.clear();
+                    head = 0;
+                    wire::result_header(&mut out, chunk, a.slot, a.gen, first);
+                    if wire::RESULT_HEADER + tail.len() > max {
+                        tail.clear();
+                        wire::push_err(
+                            &mut tail,
+                            &WireError::Serialize(format!("the result is larger than the pool's frames ({max} bytes)")),
+                        );
+                    }
+                    out.extend_from_slice(&tail);
+                }
+                n += 1;
+            }
+            rec.running.store(0, Ordering::Release);
+            wire::set_result_count(&mut out[head..], n);
+            done += u64::from(first + n);
+            // Answered before the next chunk starts: if this worker dies in
+            // a later chunk, only that chunk is lost (see table.rs).
+            if out.len() > max || o.results.send(&out).is_err() {
+                sys::exit_now(EXIT_NO_OBJECTS);
+            }
+            out.clear();
+            rec.done.store(done, Ordering::Relaxed);
+        }
+        if a.max_tasks > 0 && done >= a.max_tasks {
+            sys::exit_now(0);
+        }
+    }
+}
