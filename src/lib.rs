@@ -67,7 +67,7 @@ pub use segment::{
 pub use sync::{
     AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
     ConditionBuilder, Event, EventBuilder, Mutex, MutexBuilder, MutexGuard, ReentrantMutex, ReentrantMutexBuilder,
-    ReentrantMutexGuard, ReleaseError, Semaphore, SemaphoreBuilder,
+    ReentrantMutexGuard, ReleaseError, Semaphore, SemaphoreBuilder, SemaphoreGuard, OWNED_PERMITS,
 };
 pub use value::{
     Array, ArrayBuilder, ArrayGuard, RawArray, RawArrayBuilder, RawValue, RawValueBuilder, Value, ValueBuilder,

@@ -35,7 +35,9 @@ pub use condition::{Condition, ConditionBuilder};
 pub use event::{Event, EventBuilder};
 pub use mutex::{Mutex, MutexBuilder, MutexGuard};
 pub use reentrant::{ReentrantMutex, ReentrantMutexBuilder, ReentrantMutexGuard};
-pub use semaphore::{AcquireError, BoundedSemaphore, ReleaseError, Semaphore, SemaphoreBuilder};
+pub use semaphore::{
+    AcquireError, BoundedSemaphore, ReleaseError, Semaphore, SemaphoreBuilder, SemaphoreGuard, OWNED_PERMITS,
+};
 
 // The waiting layer (platform, spin budgets, slices) lives in `crate::wait`;
 // the sync algorithms name it through these re-exports.
