@@ -115,10 +115,23 @@ impl Registry {
     }
 }
 
+/// How long a PENDING entry counts as a holder: the child's fork handler turns
+/// it into the child's own INHERITED entry within microseconds; one left
+/// longer belongs to a child killed before its handler ran (or a failed fork).
+const PENDING_GRACE_MS: u64 = 1000;
+
+/// Monotonic milliseconds in the 38 bits a holder word has for a start time
+/// (never 0: 0 marks a garbage word).
+fn pending_stamp() -> u64 {
+    ((sys::monotonic_now().as_millis() as u64) & ((1 << 38) - 1)).max(1)
+}
+
 fn fork_prepare() {
     REGISTRY.acquire();
     let me = sys::current_process();
-    let w = holder::word(holder::PENDING, me.id, me.start_time);
+    // A PENDING entry carries the forking parent's pid and the time (not the
+    // parent's start time): it counts only for PENDING_GRACE_MS.
+    let w = holder::word(holder::PENDING, me.id, pending_stamp());
     PENDING_WORD.store(w, Ordering::Relaxed);
     // SAFETY: the lock is held until `fork_parent` / `fork_child`.
     for r in unsafe { &*REGISTRY.list.get() } {
@@ -150,6 +163,29 @@ fn fork_child() {
     REGISTRY.release();
 }
 
+/// Between fork and exec (the child of a spawn): the program about to run
+/// does not hold this process's pipe ends (their memfds are close-on-exec),
+/// so every INHERITED entry of this pid is removed. Async-signal-safe: one
+/// `getpid`, a spin lock free in a single-threaded child, and atomic CASes;
+/// no allocation.
+pub(crate) fn forget_inherited_before_exec() {
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    REGISTRY.with(|l| {
+        for r in l.iter() {
+            let e = r.entry.swap(NO_ENTRY, Ordering::Relaxed);
+            if e == NO_ENTRY {
+                continue;
+            }
+            let x = &r.table().entries[e as usize];
+            let cur = x.load(Ordering::Acquire);
+            let (state, p, _) = holder::parts(cur);
+            if state == holder::INHERITED && p == pid {
+                let _ = x.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
 /// Puts `w` into a free entry (reusing one whose holder is dead if none is
 /// free); [`NO_ENTRY`] if the table is full of live holders.
 fn alloc_entry(t: &HolderTable, w: u64) -> u32 {
@@ -171,6 +207,11 @@ fn holder_alive(w: u64) -> bool {
     let (state, pid, start) = holder::parts(w);
     if !matches!(state, holder::PENDING | holder::INHERITED | holder::USED | holder::TICKET) || start == 0 {
         return false;
+    }
+    if state == holder::PENDING {
+        // Wrapping age in 38 bits: a stamp "in the future" is old.
+        let age = pending_stamp().wrapping_sub(start) & ((1 << 38) - 1);
+        return age < PENDING_GRACE_MS;
     }
     sys::identity_of(pid).is_some_and(|id| holder::word(state, pid, id.start_time) == w)
 }
@@ -1237,5 +1278,46 @@ impl Object for Connection {
     }
     fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
         open(&b.opts, &b.params, handle)
+    }
+}
+
+#[cfg(test)]
+mod holder_tests {
+    use super::*;
+    use crate::pipe::Pipe;
+
+    /// Regression (found by the pipe chaos loop): a child killed before its
+    /// fork handler ran left the PENDING entry its parent wrote; counted while
+    /// the parent lived, it kept the end "held" for ever and the peer never
+    /// heard `Disconnected`. A PENDING entry now counts for one second only.
+    #[test]
+    fn regression_pending_entry_of_a_child_killed_before_its_fork_handler_expires() {
+        let (a, b) = Pipe::new().unwrap();
+        let me = sys::current_process();
+        let t = b.holders(End::B.index());
+        for e in &t.entries {
+            e.store(0, Ordering::SeqCst);
+        }
+        a.shared().ends[End::B.index()].word.store(slot_word(me.id, FREE), Ordering::SeqCst);
+        // A fresh PENDING entry (a fork in progress) keeps the end held...
+        t.entries[0].store(holder::word(holder::PENDING, me.id, pending_stamp()), Ordering::SeqCst);
+        assert!(!a.peer_is_gone(true));
+        // ...one older than the grace period does not.
+        let old = pending_stamp().wrapping_sub(PENDING_GRACE_MS + 5) & ((1 << 38) - 1);
+        t.entries[0].store(holder::word(holder::PENDING, me.id, old), Ordering::SeqCst);
+        assert!(a.peer_is_gone(true));
+        drop(b);
+    }
+
+    #[test]
+    fn holder_words_round_trip_and_garbage_is_not_alive() {
+        let me = sys::current_process();
+        let w = holder::word(holder::USED, me.id, me.start_time);
+        assert_eq!(holder::parts(w), (holder::USED, me.id, me.start_time));
+        assert!(holder_alive(w));
+        assert!(!holder_alive(holder::word(holder::USED, me.id, me.start_time + 1)));
+        assert!(!holder_alive(holder::word(9, me.id, me.start_time)));
+        assert!(!holder_alive(holder::word(holder::USED, me.id, 0)));
+        assert!(!holder_alive(u64::MAX));
     }
 }

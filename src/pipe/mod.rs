@@ -70,6 +70,7 @@ mod wait;
 use std::fmt;
 use std::time::Duration;
 
+pub(crate) use connection::forget_inherited_before_exec;
 pub use connection::Connection;
 pub use wait::wait;
 

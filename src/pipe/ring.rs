@@ -141,8 +141,9 @@ pub(crate) const HOLDERS: usize = 64;
 pub(crate) mod holder {
     /// Unused entry.
     pub(crate) const EMPTY: u64 = 0;
-    /// Reserved by a forking parent (the identity is the parent's) until the
-    /// child writes its own identity in its fork handler.
+    /// Reserved by a forking parent until the child writes its own identity in
+    /// its fork handler; carries the parent's pid and a monotonic millisecond
+    /// stamp instead of a start time, and counts for one second at most.
     pub(crate) const PENDING: u64 = 1;
     /// A copy inherited over fork, not used yet by its holder.
     pub(crate) const INHERITED: u64 = 2;
