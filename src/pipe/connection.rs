@@ -320,6 +320,10 @@ pub struct Connection {
     /// Process-local: the peer end has been seen held at least once, so an
     /// end that then shows no holder at all is gone (not "not opened yet").
     peer_seen: AtomicBool,
+    /// The send ring's `head` and the receive ring's `tail` at attach: once
+    /// either moves, the peer has used its end (process-local evidence that a
+    /// scribbler cannot take back by zeroing the end slot and holder table).
+    attach_marks: (u64, u64),
     /// Mirror of the published receive head, for `poll`/`wait` without the lock.
     rx_head: AtomicU64,
     /// Throttles liveness checks of the peer (each reads `/proc`).
@@ -497,6 +501,7 @@ impl Connection {
             reg,
             tables,
             peer_seen: AtomicBool::new(false),
+            attach_marks: (tx_state.cached_head, rx_state.tail_seen),
             last_check: RateLimit::new(),
             peer_gone: AtomicBool::new(false),
             rx_state: Mutex::new(rx_state),
@@ -564,6 +569,17 @@ impl Connection {
             self.peer_seen.store(true, Ordering::Relaxed);
         }
         alive
+    }
+
+    /// Whether the peer has moved an index of ours since we attached (consumed
+    /// from our send ring, or published into our receive ring).
+    fn peer_moved(&self) -> bool {
+        let moved = self.tx.as_ref().is_some_and(|r| r.head().load(Ordering::Acquire) != self.attach_marks.0)
+            || self.rx.as_ref().is_some_and(|r| r.tail().load(Ordering::Acquire) != self.attach_marks.1);
+        if moved {
+            self.peer_seen.store(true, Ordering::Relaxed);
+        }
+        moved
     }
 
     /// Whether end `idx` has never been held: its slot and table are all zero.
@@ -655,7 +671,7 @@ impl Connection {
                 // reading as "never held" needs every word zero after we saw a
                 // holder (`peer_seen`, process-local) or not at all.
                 due && !self.holders_alive(peer, true)
-                    && (self.peer_seen.load(Ordering::Relaxed) || !self.never_held(peer))
+                    && (self.peer_seen.load(Ordering::Relaxed) || self.peer_moved() || !self.never_held(peer))
             }
             // CLOSED, or bytes no correct peer writes: treat as gone.
             _ => true,
