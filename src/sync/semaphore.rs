@@ -18,7 +18,7 @@
 //! zero slot as RESERVED (CAS), take a permit, mark the slot HELD. Giving it
 //! back (the guard's drop): clear the slot (CAS from our own word), then
 //! release the permit. A waiter that finds no permit scans the table before it
-//! sleeps and after every sleep slice ([`crate::wait::PEER_SLICE`]): a HELD
+//! sleeps and after every sleep slice (`PEER_SLICE`, 50 ms): a HELD
 //! slot whose holder is dead (pid and start time, `peer`) is cleared by CAS,
 //! and whoever wins the CAS releases its permit, so the permit comes back
 //! once. A RESERVED slot of a dead process is just cleared. A holder killed
