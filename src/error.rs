@@ -76,6 +76,30 @@ pub enum OpenError {
         /// What is wrong.
         reason: String,
     },
+    /// Creating: the tmpfs that holds shared memory (`/dev/shm` for a named
+    /// object, the kernel's memfd tmpfs for an anonymous one) has no room for the
+    /// object's pages. Every page is reserved at create (`fallocate`), so a full
+    /// `/dev/shm` is this error and never a SIGBUS on first use.
+    ///
+    /// ```
+    /// # use shmproc::OpenError;
+    /// let e = OpenError::NoSpace { requested: 64 << 20, available: 16 << 20 };
+    /// assert!(e.to_string().contains("67108864 bytes"));
+    /// ```
+    NoSpace {
+        /// Bytes the object needs (header and payload, rounded as mapped).
+        requested: u64,
+        /// Bytes the filesystem reported free after the attempt.
+        available: u64,
+    },
+    /// Opening an anonymous object by fd: the memfd is not sealed as shmproc
+    /// seals it (against shrinking and growing, seals sealed), or its size is not
+    /// the size its header claims. A peer holding such an fd could shrink it
+    /// under our mapping and make us fault (SIGBUS), so it is refused.
+    NotSealed {
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// Any other operating-system failure.
     Os(io::Error),
 }
@@ -115,6 +139,12 @@ impl fmt::Display for OpenError {
             OpenError::PermissionDenied { reason } => write!(f, "permission denied: {reason}"),
             OpenError::NameInvalid { name, reason } => write!(f, "invalid object name {:?}: {reason}", short(name)),
             OpenError::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
+            OpenError::NoSpace { requested, available } => write!(
+                f,
+                "no room for the shared-memory object: it needs {requested} bytes but only {available} bytes \
+                 are free in /dev/shm (or the memfd tmpfs); make /dev/shm larger (docker: --shm-size) or the object smaller"
+            ),
+            OpenError::NotSealed { reason } => write!(f, "unsealed anonymous object refused: {reason}"),
             OpenError::Os(e) => write!(f, "operating-system error: {e}"),
         }
     }

@@ -172,7 +172,7 @@ pub use sync::{
     AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
     ConditionBuilder, Event, EventBuilder, Lock, LockBuilder, LockGuard, Mutex, MutexBuilder, MutexGuard, RLock,
     RLockBuilder, ReentrantMutex, ReentrantMutexBuilder, ReentrantMutexGuard, ReleaseError, Semaphore,
-    SemaphoreBuilder,
+    SemaphoreBuilder, SemaphoreGuard, OWNED_PERMITS,
 };
 pub use value::{
     Array, ArrayBuilder, ArrayGuard, RawArray, RawArrayBuilder, RawValue, RawValueBuilder, Value, ValueBuilder,

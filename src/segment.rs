@@ -3,7 +3,9 @@
 //!
 //! ## Creation protocol
 //! 1. The creator makes the object with `O_CREAT | O_EXCL` (mode 0600 unless told
-//!    otherwise), sizes it with `ftruncate` (the kernel zero-fills), and maps it.
+//!    otherwise), sizes it with `ftruncate` (the kernel zero-fills), reserves every
+//!    page with `fallocate` (a full tmpfs is [`OpenError::NoSpace`] here, never a
+//!    SIGBUS later), and maps it.
 //! 2. It writes every header field and initialises the payload in place.
 //! 3. It publishes `init_state = READY` last, with release ordering.
 //!
@@ -203,6 +205,27 @@ fn map_os(e: std::io::Error, name: &str) -> OpenError {
     }
 }
 
+/// Refuses an fd handle unless it is a memfd sealed as [`sys::memfd_sealed`] seals
+/// it: against shrinking (else a peer could truncate it under our mapping and make
+/// us fault with SIGBUS), against growing, and with the seals themselves sealed.
+fn check_sealed(fd: std::os::fd::BorrowedFd<'_>, raw: RawFd) -> Result<(), OpenError> {
+    // Not a memfd at all (a file, a socket, /dev/null): no shmproc object.
+    let seals = sys::seals(fd).map_err(|e| {
+        OpenError::invalid(format!("fd:{raw} is open but is not a shmproc object (not a sealable memfd: {e})"))
+    })?;
+    let missing: Vec<&str> =
+        [(seals.shrink, "F_SEAL_SHRINK"), (seals.grow, "F_SEAL_GROW"), (seals.seal, "F_SEAL_SEAL")]
+            .iter()
+            .filter(|(has, _)| !has)
+            .map(|(_, n)| *n)
+            .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(OpenError::NotSealed { reason: format!("fd:{raw} lacks {}", missing.join(", ")) })
+    }
+}
+
 /// Round `x` up to a multiple of `align` (a power of two).
 const fn align_up(x: usize, align: usize) -> usize {
     (x + align - 1) & !(align - 1)
@@ -247,6 +270,17 @@ impl Segment {
             }
             None => (sys::memfd_sealed("shmproc", total as u64)?, None),
         };
+        // Reserve every page now, before the header is written: a tmpfs without
+        // room fails here with a precise error instead of SIGBUS on first touch.
+        if let Err(e) = sys::reserve(fd.as_fd(), total as u64) {
+            if let Some(n) = &name {
+                let _ = sys::shm_unlink(n);
+            }
+            return Err(match e {
+                sys::ReserveError::NoSpace { available } => OpenError::NoSpace { requested: total as u64, available },
+                sys::ReserveError::Os(e) => OpenError::Os(e),
+            });
+        }
         let map = match sys::Mapping::map(&fd, total) {
             Ok(m) => m,
             Err(e) => {
@@ -328,15 +362,30 @@ impl Segment {
                     sys::borrow_raw_fd(*raw).map_err(|_| OpenError::NotFound { name: format!("fd:{raw}") })?;
                 let fd = sys::dup_cloexec(borrowed)?;
                 // An fd handle comes from a created (published) object, so it
-                // never waits: an fd that is not a ready segment (an unrelated
-                // file that took the number) is an immediate, precise error.
-                match Self::attach(fd, None, spec, Deadline::after(Some(Duration::ZERO))) {
-                    Err(OpenError::NotReady { .. }) => Err(OpenError::invalid(format!(
-                        "fd:{raw} is open but is not a shmproc object (anonymous objects reach another process \
-                         only as Process/Pool arguments or through CommandExt::share)"
-                    ))),
-                    other => other,
+                // never waits. It must be a memfd sealed against resizing
+                // (else a peer could shrink it under our mapping: SIGBUS), and
+                // an fd that is not a ready segment (an unrelated file that took
+                // the number) is an immediate, precise error.
+                check_sealed(fd.as_fd(), *raw)?;
+                let seg = match Self::attach(fd, None, spec, Deadline::after(Some(Duration::ZERO))) {
+                    Err(OpenError::NotReady { .. }) => {
+                        return Err(OpenError::invalid(format!(
+                            "fd:{raw} is open but is not a shmproc object (anonymous objects reach another \
+                             process only as Process/Pool arguments or through CommandExt::share)"
+                        )))
+                    }
+                    other => other?,
+                };
+                // The header's total size must be the memfd's (sealed) size: a
+                // header claiming less would leave pages the seals do not describe.
+                let claimed = (seg.inner.info.payload_offset + seg.inner.info.payload_size) as u64;
+                let real = seg.inner.map.len() as u64;
+                if claimed != real {
+                    return Err(OpenError::NotSealed {
+                        reason: format!("fd:{raw} is {real} bytes but its header claims {claimed}"),
+                    });
                 }
+                Ok(seg)
             }
         }
     }

@@ -1,17 +1,18 @@
 //! [`Connection`]: one end of a [`Pipe`](super::Pipe).
 
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::ring::{
-    frame_header, FrameBody, RingView, Shared, DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG, LEN_BITS,
-    MAX_FRAME_LEN, MAX_RING, MIN_RING, PIPE_MAGIC,
+    frame_header, holder, FrameBody, HolderTable, RingView, Shared, DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG,
+    HOLDER_TABLES, LEN_BITS, MAX_FRAME_LEN, MAX_RING, MIN_RING, PIPE_MAGIC,
 };
 use super::{End, PipeConfig, RecvError, SendError};
 use crate::error::OpenError;
@@ -36,7 +37,183 @@ const fn slot_word(pid: u32, state: u64) -> u64 {
 
 /// The layout fingerprint stored in the segment header.
 fn pipe_type() -> TypeInfo {
-    TypeInfo::from_parts(1, 64, "shmproc::pipe::Frames/v1")
+    TypeInfo::from_parts(1, 64, "shmproc::pipe::Frames/v2")
+}
+
+// ------------------------------------------------------------ holder count
+//
+// Each end has a table of holder words in the segment ([`HolderTable`]): one
+// entry per process that holds a copy of the end, like the kernel's count of
+// an fd's references. Creating, opening or adopting an end adds a `USED`
+// entry; a fork adds an `INHERITED` entry for the child (written by the fork
+// hooks below, so the child counts from the instant it exists); dropping a copy
+// removes its entry; `hand_over` turns the entry into a `TICKET` that the
+// opener consumes. A process that dies is discounted by the liveness check
+// (pid and start time, `peer`). The peer is told `Disconnected` when no live
+// entry is left (the last dropper also marks the end CLOSED, so the peer hears
+// at once). A waiter never counts its own unused inherited copy of the end it
+// waits on: that is the classic "forgot to close the other end after fork"
+// hang, which shmproc spares its users.
+
+/// No holder entry.
+const NO_ENTRY: u32 = u32::MAX;
+
+/// One Connection's registration in this process, for the fork hooks.
+struct Reg {
+    /// The end's holder table, inside the mapping the Connection keeps alive
+    /// (the Connection unregisters before its segment is dropped).
+    table: NonNull<HolderTable>,
+    /// This process's entry in the table, or [`NO_ENTRY`].
+    entry: AtomicU32,
+    /// During a fork: the entry reserved for the child.
+    pending: AtomicU32,
+}
+
+// SAFETY: `table` points to atomics in a shared mapping that outlives the Reg
+// (see the field); everything else is atomic.
+unsafe impl Send for Reg {}
+// SAFETY: as above.
+unsafe impl Sync for Reg {}
+
+impl Reg {
+    fn table(&self) -> &HolderTable {
+        // SAFETY: see the field: valid while the registration exists; atomics only.
+        unsafe { self.table.as_ref() }
+    }
+}
+
+/// Every live Connection of this process, under a spin lock that the fork
+/// hooks hold across `fork` (so the child's copy is consistent).
+struct Registry {
+    locked: AtomicBool,
+    list: UnsafeCell<Vec<Arc<Reg>>>,
+}
+
+// SAFETY: `list` is only touched with `locked` held (acquire/release).
+unsafe impl Sync for Registry {}
+
+static REGISTRY: Registry = Registry { locked: AtomicBool::new(false), list: UnsafeCell::new(Vec::new()) };
+/// The PENDING word the forking parent wrote (process-local, copied into the child).
+static PENDING_WORD: AtomicU64 = AtomicU64::new(0);
+
+impl Registry {
+    fn acquire(&self) {
+        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            std::hint::spin_loop();
+        }
+    }
+    fn release(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+    /// Runs `f` on the list with the lock held.
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<Arc<Reg>>) -> R) -> R {
+        self.acquire();
+        // SAFETY: the lock is held, so no other thread touches the list.
+        let r = f(unsafe { &mut *self.list.get() });
+        self.release();
+        r
+    }
+}
+
+/// How long a PENDING entry counts as a holder: the child's fork handler turns
+/// it into the child's own INHERITED entry within microseconds; one left
+/// longer belongs to a child killed before its handler ran (or a failed fork).
+const PENDING_GRACE_MS: u64 = 1000;
+
+/// Monotonic milliseconds in the 38 bits a holder word has for a start time
+/// (never 0: 0 marks a garbage word).
+fn pending_stamp() -> u64 {
+    ((sys::monotonic_now().as_millis() as u64) & ((1 << 38) - 1)).max(1)
+}
+
+fn fork_prepare() {
+    REGISTRY.acquire();
+    let me = sys::current_process();
+    // A PENDING entry carries the forking parent's pid and the time (not the
+    // parent's start time): it counts only for PENDING_GRACE_MS.
+    let w = holder::word(holder::PENDING, me.id, pending_stamp());
+    PENDING_WORD.store(w, Ordering::Relaxed);
+    // SAFETY: the lock is held until `fork_parent` / `fork_child`.
+    for r in unsafe { &*REGISTRY.list.get() } {
+        r.pending.store(alloc_entry(r.table(), w), Ordering::Relaxed);
+    }
+}
+
+fn fork_parent() {
+    // SAFETY: the lock is held since `fork_prepare`.
+    for r in unsafe { &*REGISTRY.list.get() } {
+        r.pending.store(NO_ENTRY, Ordering::Relaxed);
+    }
+    REGISTRY.release();
+}
+
+fn fork_child() {
+    let me = sys::current_process();
+    let pending = PENDING_WORD.load(Ordering::Relaxed);
+    let mine = holder::word(holder::INHERITED, me.id, me.start_time);
+    // SAFETY: the lock is held since `fork_prepare` (by this, the only, thread).
+    for r in unsafe { &*REGISTRY.list.get() } {
+        let p = r.pending.swap(NO_ENTRY, Ordering::Relaxed);
+        let got = p != NO_ENTRY
+            && r.table().entries[p as usize]
+                .compare_exchange(pending, mine, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        r.entry.store(if got { p } else { NO_ENTRY }, Ordering::Relaxed);
+    }
+    REGISTRY.release();
+}
+
+/// Between fork and exec (the child of a spawn): the program about to run
+/// does not hold this process's pipe ends (their memfds are close-on-exec),
+/// so every INHERITED entry of this pid is removed. Async-signal-safe: one
+/// `getpid`, a spin lock free in a single-threaded child, and atomic CASes;
+/// no allocation.
+pub(crate) fn forget_inherited_before_exec() {
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    REGISTRY.with(|l| {
+        for r in l.iter() {
+            let e = r.entry.swap(NO_ENTRY, Ordering::Relaxed);
+            if e == NO_ENTRY {
+                continue;
+            }
+            let x = &r.table().entries[e as usize];
+            let cur = x.load(Ordering::Acquire);
+            let (state, p, _) = holder::parts(cur);
+            if state == holder::INHERITED && p == pid {
+                let _ = x.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+/// Puts `w` into a free entry (reusing one whose holder is dead if none is
+/// free); [`NO_ENTRY`] if the table is full of live holders.
+fn alloc_entry(t: &HolderTable, w: u64) -> u32 {
+    for pass in 0..2 {
+        for (i, e) in t.entries.iter().enumerate() {
+            let cur = e.load(Ordering::Acquire);
+            let free = cur == holder::word(holder::EMPTY, 0, 0) || (pass == 1 && !holder_alive(cur));
+            if free && e.compare_exchange(cur, w, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                return i as u32;
+            }
+        }
+    }
+    NO_ENTRY
+}
+
+/// Whether the holder word `w` names a live process (any state but EMPTY;
+/// unknown states and a zero start time are garbage: not alive).
+fn holder_alive(w: u64) -> bool {
+    let (state, pid, start) = holder::parts(w);
+    if !matches!(state, holder::PENDING | holder::INHERITED | holder::USED | holder::TICKET) || start == 0 {
+        return false;
+    }
+    if state == holder::PENDING {
+        // Wrapping age in 38 bits: a stamp "in the future" is old.
+        let age = pending_stamp().wrapping_sub(start) & ((1 << 38) - 1);
+        return age < PENDING_GRACE_MS;
+    }
+    sys::identity_of(pid).is_some_and(|id| holder::word(state, pid, id.start_time) == w)
 }
 
 /// Why this process could not take an end.
@@ -136,14 +313,17 @@ pub struct Connection {
     spin: Duration,
     /// Pid of the process whose claim this connection holds (process-local).
     claim_pid: AtomicU32,
-    /// `sys::fork_count()` when this process last used the end: a drop after
-    /// a later fork only releases the end (a child may be its user now).
-    used_forks: AtomicU64,
-    /// `sys::thread_fork_stamp()` of the thread that last used the end: when
-    /// that same thread drops it, only *its own* forks since then count, so
-    /// forks made by other threads for unrelated work do not turn the drop
-    /// into a release.
-    used_thread_forks: AtomicU64,
+    /// This copy's holder entry (see the holder count above).
+    reg: Arc<Reg>,
+    /// The two ends' holder tables, after the ring data.
+    tables: [NonNull<HolderTable>; 2],
+    /// Process-local: the peer end has been seen held at least once, so an
+    /// end that then shows no holder at all is gone (not "not opened yet").
+    peer_seen: AtomicBool,
+    /// The send ring's `head` and the receive ring's `tail` at attach: once
+    /// either moves, the peer has used its end (process-local evidence that a
+    /// scribbler cannot take back by zeroing the end slot and holder table).
+    attach_marks: (u64, u64),
     /// Mirror of the published receive head, for `poll`/`wait` without the lock.
     rx_head: AtomicU64,
     /// Throttles liveness checks of the peer (each reads `/proc`).
@@ -182,7 +362,7 @@ pub(crate) fn create(opts: &SegmentOptions, b: &PipeConfig, both: bool) -> Resul
         )));
     }
     let cap0 = if b.duplex { cap } else { 0 };
-    let payload = (DATA_OFFSET as u64 + cap0 + cap) as usize;
+    let payload = (DATA_OFFSET as u64 + cap0 + cap + HOLDER_TABLES) as usize;
     sys::watch_forks();
     let me = sys::current_process();
     let seg = Segment::create_object(opts, ObjectKind::Pipe, pipe_type(), payload, 128, |p, _| {
@@ -251,7 +431,7 @@ impl Connection {
         if !(cap0 == 0 || valid(cap0)) || !valid(cap1) {
             return Err(OpenError::corrupt(format!("pipe ring capacities {cap0}/{cap1} are invalid")));
         }
-        let needed = DATA_OFFSET as u64 + cap0 + cap1;
+        let needed = DATA_OFFSET as u64 + cap0 + cap1 + HOLDER_TABLES;
         if needed > seg.payload_len() as u64 {
             return Err(OpenError::corrupt(format!(
                 "pipe rings need {needed} bytes but the payload has {}",
@@ -295,6 +475,20 @@ impl Connection {
             tx_state.tail = tail;
             tx_state.cached_head = head;
         }
+        sys::set_fork_hooks(fork_prepare, fork_parent, fork_child);
+        // SAFETY: DATA_OFFSET + cap0 + cap1 + HOLDER_TABLES <= payload_len (checked
+        // above); the offset is a multiple of 64 (capacities are powers of two
+        // >= 64, the payload is 128-aligned); HolderTable holds only atomics.
+        let tables: [NonNull<HolderTable>; 2] = unsafe {
+            let t = base.as_ptr().add(DATA_OFFSET + (cap0 + cap1) as usize) as *mut HolderTable;
+            [NonNull::new_unchecked(t), NonNull::new_unchecked(t.add(1))]
+        };
+        let reg = Arc::new(Reg {
+            table: tables[end.index()],
+            entry: AtomicU32::new(NO_ENTRY),
+            pending: AtomicU32::new(NO_ENTRY),
+        });
+        REGISTRY.with(|l| l.push(reg.clone()));
         Ok(Connection {
             rx_head: AtomicU64::new(rx_state.head),
             seg,
@@ -304,8 +498,10 @@ impl Connection {
             max_message,
             spin,
             claim_pid: AtomicU32::new(0),
-            used_forks: AtomicU64::new(0),
-            used_thread_forks: AtomicU64::new(0),
+            reg,
+            tables,
+            peer_seen: AtomicBool::new(false),
+            attach_marks: (tx_state.cached_head, rx_state.tail_seen),
             last_check: RateLimit::new(),
             peer_gone: AtomicBool::new(false),
             rx_state: Mutex::new(rx_state),
@@ -319,10 +515,78 @@ impl Connection {
         unsafe { &*(self.seg.payload_ptr().as_ptr() as *const Shared) }
     }
 
+    fn holders(&self, idx: usize) -> &HolderTable {
+        // SAFETY: validated in `attach`: both tables lie inside the mapping that
+        // `self.seg` keeps alive; atomics only.
+        unsafe { self.tables[idx].as_ref() }
+    }
+
+    /// Records that this process uses the end: its holder entry becomes USED
+    /// (its inherited entry, a hand-over ticket, or a new entry).
     fn set_claimed(&self, pid: u32) {
-        self.used_forks.store(sys::fork_count(), Ordering::Relaxed);
-        self.used_thread_forks.store(sys::thread_fork_stamp(), Ordering::Relaxed);
+        let me = sys::current_process();
+        let used = holder::word(holder::USED, me.id, me.start_time);
+        let t = self.reg.table();
+        let e = self.reg.entry.load(Ordering::Relaxed);
+        let upgraded = e != NO_ENTRY && {
+            let cur = t.entries[e as usize].load(Ordering::Acquire);
+            let (_, p, _) = holder::parts(cur);
+            p == me.id && t.entries[e as usize].compare_exchange(cur, used, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        };
+        if !upgraded {
+            let ticket = t.entries.iter().position(|x| {
+                let cur = x.load(Ordering::Acquire);
+                holder::parts(cur).0 == holder::TICKET
+                    && x.compare_exchange(cur, used, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            });
+            let idx = match ticket {
+                Some(i) => i as u32,
+                None => alloc_entry(t, used),
+            };
+            self.reg.entry.store(idx, Ordering::Relaxed);
+        }
         self.claim_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Whether some process holds end `idx` (a live holder entry, or a live
+    /// claimant in its end slot), not counting our own unused inherited copy.
+    /// Also sets `peer_seen` when it finds one.
+    fn holders_alive(&self, idx: usize, skip_own_inherited: bool) -> bool {
+        let sh = self.shared();
+        let me = sys::current_process();
+        let own = holder::word(holder::INHERITED, me.id, me.start_time);
+        let slot = &sh.ends[idx];
+        let w = slot.word.load(Ordering::Acquire);
+        let start = slot.start_time.load(Ordering::Acquire);
+        let alive = (w & 0xffff_ffff == HELD
+            && start != 0
+            && peer::alive(Identity { id: (w >> 32) as u32, start_time: start }))
+            || self.holders(idx).entries.iter().any(|e| {
+                let hw = e.load(Ordering::Acquire);
+                hw != 0 && !(skip_own_inherited && hw == own) && holder_alive(hw)
+            });
+        if alive {
+            self.peer_seen.store(true, Ordering::Relaxed);
+        }
+        alive
+    }
+
+    /// Whether the peer has moved an index of ours since we attached (consumed
+    /// from our send ring, or published into our receive ring).
+    fn peer_moved(&self) -> bool {
+        let moved = self.tx.as_ref().is_some_and(|r| r.head().load(Ordering::Acquire) != self.attach_marks.0)
+            || self.rx.as_ref().is_some_and(|r| r.tail().load(Ordering::Acquire) != self.attach_marks.1);
+        if moved {
+            self.peer_seen.store(true, Ordering::Relaxed);
+        }
+        moved
+    }
+
+    /// Whether end `idx` has never been held: its slot and table are all zero.
+    fn never_held(&self, idx: usize) -> bool {
+        let sh = self.shared();
+        sh.ends[idx].word.load(Ordering::Acquire) == FREE
+            && self.holders(idx).entries.iter().all(|e| e.load(Ordering::Acquire) == 0)
     }
 
     /// Takes this end for the calling process: free, held by a dead process, or
@@ -363,14 +627,6 @@ impl Connection {
     #[inline]
     fn ensure_claimed(&self) -> Result<(), ClaimError> {
         if self.claim_pid.load(Ordering::Relaxed) == sys::current_pid() {
-            let f = sys::fork_count();
-            if self.used_forks.load(Ordering::Relaxed) != f {
-                self.used_forks.store(f, Ordering::Relaxed);
-            }
-            let t = sys::thread_fork_stamp();
-            if self.used_thread_forks.load(Ordering::Relaxed) != t {
-                self.used_thread_forks.store(t, Ordering::Relaxed);
-            }
             return Ok(());
         }
         self.adopt()
@@ -398,11 +654,10 @@ impl Connection {
         if self.peer_gone.load(Ordering::Relaxed) {
             return true;
         }
-        let slot = &self.shared().ends[1 - self.end.index()];
-        let w = slot.word.load(Ordering::Acquire);
+        let peer = 1 - self.end.index();
+        let w = self.shared().ends[peer].word.load(Ordering::Acquire);
         let gone = match w & 0xffff_ffff {
-            FREE => false,
-            s @ (HELD | CLAIMING) => {
+            FREE | HELD | CLAIMING => {
                 let now = sys::monotonic_now();
                 let due = if force {
                     self.last_check.mark(now);
@@ -410,14 +665,13 @@ impl Connection {
                 } else {
                     self.last_check.due_at(now, PIPE_LIVENESS_EVERY)
                 };
-                if !due {
-                    false
-                } else {
-                    let start = if s == HELD { slot.start_time.load(Ordering::Acquire) } else { 0 };
-                    // A claim changing under us means someone is taking it over: alive.
-                    slot.word.load(Ordering::Acquire) == w
-                        && peer::dead(Identity { id: (w >> 32) as u32, start_time: start })
-                }
+                // Gone when no live process holds a copy, unless nobody ever
+                // held it (a named pipe's end that is not opened yet). Hostile
+                // bytes in the slot or the table name no live holder, and
+                // reading as "never held" needs every word zero after we saw a
+                // holder (`peer_seen`, process-local) or not at all.
+                due && !self.holders_alive(peer, true)
+                    && (self.peer_seen.load(Ordering::Relaxed) || self.peer_moved() || !self.never_held(peer))
             }
             // CLOSED, or bytes no correct peer writes: treat as gone.
             _ => true,
@@ -474,13 +728,13 @@ impl Connection {
     }
 
     /// Waits until `need` bytes are free in the ring.
-    fn wait_space(&self, ring: &RingView, tx: &mut TxState, need: u64) -> Result<(), SendError> {
+    fn wait_space(&self, ring: &RingView, tx: &mut TxState, need: u64, due: &mut Due) -> Result<(), SendError> {
         if ring.cap - tx.tail.wrapping_sub(tx.cached_head) >= need {
             return Ok(());
         }
         let tail = tx.tail;
         let cap = ring.cap;
-        let r = self.block_on(ring.tx_sleep(), &mut Due::new(None), || {
+        let r = self.block_on(ring.tx_sleep(), due, || {
             let h = ring.head().load(Ordering::Acquire);
             let used = tail.wrapping_sub(h);
             if used > cap {
@@ -500,11 +754,15 @@ impl Connection {
                 tx.broken = Some(reason);
                 Err(SendError::Corrupt { reason })
             }
-            Err(_) => Err(SendError::Disconnected),
+            Err(Stop::Timeout) => Err(SendError::Timeout),
+            Err(Stop::PeerGone) => Err(SendError::Disconnected),
         }
     }
 
-    fn send_frame(&self, tx: &mut TxState, data: &[u8]) -> Result<(), SendError> {
+    /// Sends one frame. `due` bounds the wait for room for the whole frame (or,
+    /// for one larger than the ring, its first chunk); once a message has
+    /// started streaming it finishes, or fails when the peer is gone.
+    fn send_frame(&self, tx: &mut TxState, data: &[u8], due: &mut Due) -> Result<(), SendError> {
         let ring = self.tx.as_ref().ok_or(SendError::NotWritable)?;
         let len = data.len() as u64;
         if len > self.max_message {
@@ -531,7 +789,7 @@ impl Connection {
         // A frame that fits goes in whole (one publication); a larger one
         // streams through in chunks of at least a quarter ring.
         let first = if total <= cap { total } else { (cap / 4).max(FRAME_ALIGN) };
-        self.wait_space(ring, tx, first)?;
+        self.wait_space(ring, tx, first, due)?;
         ring.write_header(tx.tail, frame_header(len));
         tx.tail = tx.tail.wrapping_add(FRAME_HEADER);
         let mut sent = 0u64;
@@ -549,7 +807,7 @@ impl Connection {
             if sent == body {
                 return Ok(());
             }
-            self.wait_space(ring, tx, (body - sent).min(cap / 4).max(1))?;
+            self.wait_space(ring, tx, (body - sent).min(cap / 4).max(1), &mut Due::new(None))?;
         }
     }
 
@@ -557,17 +815,45 @@ impl Connection {
     /// larger than the ring streams through it as the receiver reads.
     pub fn send_bytes(&self, data: &[u8]) -> Result<(), SendError> {
         let mut tx = lock(&self.tx_state);
-        self.send_frame(&mut tx, data)
+        self.send_frame(&mut tx, data, &mut Due::new(None))
+    }
+
+    /// [`send_bytes`](Self::send_bytes) giving up with [`SendError::Timeout`]
+    /// if there is no room for the message within `timeout` (nothing is sent
+    /// then). A message larger than the ring is bounded only until its first
+    /// chunk goes in; it then streams to the end (or to `Disconnected`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use shmproc::pipe::{Pipe, SendError};
+    /// let (a, _b) = Pipe::builder().ring_size(64).pair()?;
+    /// a.send_bytes(&[0; 40])?; // fills the 64-byte ring
+    /// assert!(matches!(a.send_bytes_timeout(&[1; 40], Duration::from_millis(10)), Err(SendError::Timeout)));
+    /// # Ok(()) }
+    /// ```
+    pub fn send_bytes_timeout(&self, data: &[u8], timeout: Duration) -> Result<(), SendError> {
+        let mut tx = lock(&self.tx_state);
+        self.send_frame(&mut tx, data, &mut Due::new(Some(timeout)))
     }
 
     /// Sends `value` encoded with `postcard`.
     pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
+        self.send_encoded(value, None)
+    }
+
+    /// [`send`](Self::send) with a timeout, as for [`send_bytes_timeout`](Self::send_bytes_timeout).
+    pub fn send_timeout<T: Serialize + ?Sized>(&self, value: &T, timeout: Duration) -> Result<(), SendError> {
+        self.send_encoded(value, Some(timeout))
+    }
+
+    fn send_encoded<T: Serialize + ?Sized>(&self, value: &T, timeout: Option<Duration>) -> Result<(), SendError> {
         let mut tx = lock(&self.tx_state);
         let mut buf = std::mem::take(&mut tx.scratch);
         buf.clear();
         match postcard::to_extend(value, buf) {
             Ok(b) => {
-                let r = self.send_frame(&mut tx, &b);
+                let r = self.send_frame(&mut tx, &b, &mut Due::new(timeout));
                 if b.capacity() <= 1 << 20 {
                     tx.scratch = b;
                 }
@@ -886,9 +1172,9 @@ impl Connection {
     }
 
     /// Closes this end: the peer drains what was sent, then gets
-    /// `Disconnected`. Unlike dropping, it closes even if this process forked
-    /// since it last used the end (see the module docs on fork), so the peer
-    /// is told at once.
+    /// `Disconnected`. Unlike dropping (which removes only this copy from the
+    /// end's holder count), it closes the end for every holder, forked
+    /// children included, so the peer is told at once.
     pub fn close(mut self) {
         self.finish(true);
         // Nothing left for Drop to do.
@@ -902,10 +1188,27 @@ impl Connection {
     /// child has not claimed it yet). A child inherits the end from its parent
     /// in any case, so this is only needed where the parent may drop first.
     pub fn hand_over(self) {
-        let pid = sys::current_pid();
-        if self.claim_pid.load(Ordering::Relaxed) == pid {
+        self.leave_ticket();
+    }
+
+    /// The body of [`hand_over`](Self::hand_over), on a borrowed end (also
+    /// used when the end is serialized into a `Process`/`Pool` argument).
+    fn leave_ticket(&self) {
+        let me = sys::current_process();
+        // Our holder entry becomes a ticket: the end stays held (while we
+        // live) until the opener consumes the ticket with its own entry.
+        let e = self.reg.entry.swap(NO_ENTRY, Ordering::Relaxed);
+        if e != NO_ENTRY {
+            let x = &self.reg.table().entries[e as usize];
+            let cur = x.load(Ordering::Acquire);
+            if holder::parts(cur).1 == me.id {
+                let ticket = holder::word(holder::TICKET, me.id, me.start_time);
+                let _ = x.compare_exchange(cur, ticket, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+        if self.claim_pid.load(Ordering::Relaxed) == me.id {
             let slot = &self.shared().ends[self.end.index()];
-            let _ = slot.word.compare_exchange(slot_word(pid, HELD), FREE, Ordering::SeqCst, Ordering::Relaxed);
+            let _ = slot.word.compare_exchange(slot_word(me.id, HELD), FREE, Ordering::SeqCst, Ordering::Relaxed);
             self.claim_pid.store(0, Ordering::Relaxed);
         }
     }
@@ -918,32 +1221,54 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Gives the end up: closes it, or (on drop, if this process forked since it
-    /// last used the end and `force_close` is false) releases it for a child.
+    /// Drops this copy of the end: removes its holder entry and gives up the
+    /// end's use; when no live holder is left (or on `close`), marks the end
+    /// CLOSED and wakes the peer.
     fn finish(&mut self, force_close: bool) {
-        let pid = sys::current_pid();
-        if self.claim_pid.load(Ordering::Relaxed) != pid {
-            // A copy inherited over fork that this process never used.
+        let me = sys::current_process();
+        let idx = self.end.index();
+        let e = self.reg.entry.swap(NO_ENTRY, Ordering::Relaxed);
+        if e != NO_ENTRY {
+            let x = &self.reg.table().entries[e as usize];
+            let cur = x.load(Ordering::Acquire);
+            let (state, pid, _) = holder::parts(cur);
+            if pid == me.id && matches!(state, holder::USED | holder::INHERITED) {
+                let _ = x.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+        let reg = self.reg.clone();
+        REGISTRY.with(|l| l.retain(|r| !Arc::ptr_eq(r, &reg)));
+        let used = self.claim_pid.load(Ordering::Relaxed) == me.id;
+        if !force_close && e == NO_ENTRY && !used {
+            // A copy this process never held (the unopened end B of `create`).
             return;
         }
-        let slot = &self.shared().ends[self.end.index()];
-        let held = slot_word(pid, HELD);
-        // If this process forked after it last used the end, a child may be
-        // its user now: release it (the child adopts it) instead of closing it
-        // under the child.
-        // Dropped by the thread that last used it: only that thread's forks
-        // since then can have handed the end to a child that uses it. Dropped
-        // elsewhere: any fork of the process since the last use counts.
-        let used_t = self.used_thread_forks.load(Ordering::Relaxed);
-        let now_t = sys::thread_fork_stamp();
-        let forked = !force_close
-            && if used_t >> 32 == now_t >> 32 {
-                used_t != now_t
-            } else {
-                sys::fork_count() != self.used_forks.load(Ordering::Relaxed)
-            };
-        let new = if forked { FREE } else { slot_word(pid, CLOSED) };
-        if slot.word.compare_exchange(held, new, Ordering::SeqCst, Ordering::Relaxed).is_ok() && !forked {
+        let slot = &self.shared().ends[idx];
+        if used {
+            // Release the use of the end (another holder may adopt it).
+            let _ = slot.word.compare_exchange(
+                slot_word(me.id, HELD),
+                slot_word(me.id, FREE),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+        }
+        let close = force_close || !self.holders_alive(idx, false);
+        if !close {
+            return;
+        }
+        let w = slot.word.load(Ordering::Acquire);
+        if w & 0xffff_ffff == CLOSED {
+            return;
+        }
+        let closed = if force_close {
+            slot.word.store(slot_word(me.id, CLOSED), Ordering::SeqCst);
+            true
+        } else {
+            // Only if nobody claimed the end meanwhile.
+            slot.word.compare_exchange(w, slot_word(me.id, CLOSED), Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        };
+        if closed {
             fence(Ordering::SeqCst);
             for w in
                 [self.tx.as_ref().map(|r| r.rx_sleep()), self.rx.as_ref().map(|r| r.tx_sleep())].into_iter().flatten()
@@ -978,19 +1303,15 @@ impl Object for Connection {
     }
 }
 
-// A pipe end travels with its end (A or B); as a Process/Pool argument the
-// parent gives its claim up (the argument is moved and dropped), so the child claims the end.
+// A pipe end travels with its end (A or B). As a Process/Pool argument the
+// parent hands the end over (the argument is moved and dropped right after
+// serializing): its holder entry becomes a ticket that the child consumes when
+// it opens the end, so the end never looks closed to the peer in between.
 impl serde::Serialize for Connection {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = crate::object::ObjRef::outbound::<S::Error>(&self.seg)?;
-        if crate::object::carrying() && self.claim_pid.swap(0, Ordering::Relaxed) == sys::current_pid() {
-            let slot = &self.shared().ends[self.end.index()];
-            let _ = slot.word.compare_exchange(
-                slot_word(sys::current_pid(), HELD),
-                FREE,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            );
+        if crate::object::carrying() {
+            self.leave_ticket();
         }
         serde::Serialize::serialize(&(self.end.index() as u8, r), s)
     }
@@ -1001,5 +1322,46 @@ impl<'de> serde::Deserialize<'de> for Connection {
         let (end, r) = <(u8, crate::object::ObjRef)>::deserialize(d)?;
         let end = if end == 0 { End::A } else { End::B };
         r.open_with(ObjectKind::Pipe, |h| super::Pipe::builder().end(end).open_handle(h))
+    }
+}
+
+#[cfg(test)]
+mod holder_tests {
+    use super::*;
+    use crate::pipe::Pipe;
+
+    /// Regression (found by the pipe chaos loop): a child killed before its
+    /// fork handler ran left the PENDING entry its parent wrote; counted while
+    /// the parent lived, it kept the end "held" for ever and the peer never
+    /// heard `Disconnected`. A PENDING entry now counts for one second only.
+    #[test]
+    fn regression_pending_entry_of_a_child_killed_before_its_fork_handler_expires() {
+        let (a, b) = Pipe::new().unwrap();
+        let me = sys::current_process();
+        let t = b.holders(End::B.index());
+        for e in &t.entries {
+            e.store(0, Ordering::SeqCst);
+        }
+        a.shared().ends[End::B.index()].word.store(slot_word(me.id, FREE), Ordering::SeqCst);
+        // A fresh PENDING entry (a fork in progress) keeps the end held...
+        t.entries[0].store(holder::word(holder::PENDING, me.id, pending_stamp()), Ordering::SeqCst);
+        assert!(!a.peer_is_gone(true));
+        // ...one older than the grace period does not.
+        let old = pending_stamp().wrapping_sub(PENDING_GRACE_MS + 5) & ((1 << 38) - 1);
+        t.entries[0].store(holder::word(holder::PENDING, me.id, old), Ordering::SeqCst);
+        assert!(a.peer_is_gone(true));
+        drop(b);
+    }
+
+    #[test]
+    fn holder_words_round_trip_and_garbage_is_not_alive() {
+        let me = sys::current_process();
+        let w = holder::word(holder::USED, me.id, me.start_time);
+        assert_eq!(holder::parts(w), (holder::USED, me.id, me.start_time));
+        assert!(holder_alive(w));
+        assert!(!holder_alive(holder::word(holder::USED, me.id, me.start_time + 1)));
+        assert!(!holder_alive(holder::word(9, me.id, me.start_time)));
+        assert!(!holder_alive(holder::word(holder::USED, me.id, 0)));
+        assert!(!holder_alive(u64::MAX));
     }
 }

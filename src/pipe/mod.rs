@@ -40,20 +40,18 @@
 //! pid-reuse-proof liveness check (sleepers wake in bounded slices to re-check
 //! it); a message it was in the middle of sending is discarded, never returned.
 //!
-//! Across `fork`, a child adopts its copy of an end on first use. A process
-//! that drops an end it has not used since it last forked only *releases* it
-//! (a child may be its user now) instead of closing it, so the usual pattern
-//! works: create, fork, the child uses `b`, the parent drops `b` and uses `a`.
-//! For a launched binary (not a fork), hand the end over with
-//! [`Connection::hand_over`] instead of dropping it. A released end that no
-//! process adopts is not reported as gone: use timeouts where that can happen.
-//!
-//! "Forked since" counts the forks of the thread that last used the end when
-//! that same thread drops it, so forks that other threads make for unrelated
-//! work do not matter. An end dropped on a different thread than its last user
-//! falls back to counting every fork of the process, and may then be released
-//! rather than closed (its peer waits for its timeout).
-//! [`Connection::close`] always closes.
+//! Each end keeps a **holder count**, as the kernel counts an fd's references:
+//! every process holding a copy of the end (its creator or opener, and every
+//! child forked while a copy lived, registered by the fork handler) counts
+//! until it drops its copy or dies (a liveness check discounts dead holders).
+//! The peer is told `Disconnected` exactly when the count reaches zero. A
+//! waiter never counts its own inherited, unused copy of the end it waits on,
+//! so "create, fork, the child uses `b`, the parent drops `b` and uses `a`"
+//! ends cleanly on both sides. Only one process *uses* an end at a time: a
+//! child adopts its copy on first use. For a launched binary (not a fork),
+//! hand the end over with [`Connection::hand_over`]: the end stays held (by a
+//! ticket, while this process lives) until the binary opens it.
+//! [`Connection::close`] closes the end for every holder at once.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -73,6 +71,7 @@ mod wait;
 use std::fmt;
 use std::time::Duration;
 
+pub(crate) use connection::forget_inherited_before_exec;
 pub use connection::Connection;
 pub use wait::wait;
 
@@ -236,6 +235,9 @@ pub enum SendError {
     },
     /// `send`: the value could not be serialized.
     Serialize(postcard::Error),
+    /// `send_timeout` / `send_bytes_timeout`: no room for the message before
+    /// the timeout; nothing was sent.
+    Timeout,
 }
 
 /// Why receiving did not return a message.
@@ -291,6 +293,7 @@ impl fmt::Display for SendError {
             SendError::EndInUse { pid } => write!(f, "this end of the pipe is held by live process {pid}"),
             SendError::Corrupt { reason } => write!(f, "corrupt pipe: {reason}"),
             SendError::Serialize(e) => write!(f, "could not serialize the value: {e}"),
+            SendError::Timeout => f.write_str("timed out waiting for room in the pipe"),
         }
     }
 }

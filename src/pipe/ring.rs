@@ -30,6 +30,8 @@
 //! | 640    | 384  | ring 1 (B to A): the same three lines                         |
 //! | 1024   | cap0 | ring 0 data (absent, cap0 = 0, for a one-way pipe)            |
 //! | 1024+cap0 | cap1 | ring 1 data                                                |
+//! | 1024+cap0+cap1 | 512 | [`HolderTable`] of end A: 64 holder words             |
+//! | 1536+cap0+cap1 | 512 | [`HolderTable`] of end B                              |
 //!
 //! Each ring line is padded to 128 bytes: Intel's adjacent-line prefetcher
 //! fetches 64-byte lines in pairs, so 64-byte padding would still let the two
@@ -130,6 +132,54 @@ pub(crate) struct EndSlot {
     pub(crate) start_time: AtomicU64,
 }
 
+/// Bytes of the two holder tables after the ring data.
+pub(crate) const HOLDER_TABLES: u64 = 2 * std::mem::size_of::<HolderTable>() as u64;
+/// Entries in each end's holder table.
+pub(crate) const HOLDERS: usize = 64;
+
+/// Holder-entry states (top 4 bits of a holder word).
+pub(crate) mod holder {
+    /// Unused entry.
+    pub(crate) const EMPTY: u64 = 0;
+    /// Reserved by a forking parent until the child writes its own identity in
+    /// its fork handler; carries the parent's pid and a monotonic millisecond
+    /// stamp instead of a start time, and counts for one second at most.
+    pub(crate) const PENDING: u64 = 1;
+    /// A copy inherited over fork, not used yet by its holder.
+    pub(crate) const INHERITED: u64 = 2;
+    /// A copy its holder created, opened or used.
+    pub(crate) const USED: u64 = 3;
+    /// A hand-over ticket: the end was given up by `hand_over` for a process
+    /// that will open it; counts while the giver lives, consumed by a claim.
+    pub(crate) const TICKET: u64 = 4;
+
+    const PID_BITS: u32 = 22;
+    const START_BITS: u32 = 38;
+
+    /// Packs `state`, a pid (< 2^22, the kernel's PID_MAX_LIMIT) and its start
+    /// time (clock ticks since boot, < 2^38: 87 years at 100 Hz) in one word,
+    /// so that a holder is written and read with one atomic access.
+    #[inline]
+    pub(crate) fn word(state: u64, pid: u32, start: u64) -> u64 {
+        (state << (PID_BITS + START_BITS))
+            | ((u64::from(pid) & ((1 << PID_BITS) - 1)) << START_BITS)
+            | (start & ((1 << START_BITS) - 1))
+    }
+
+    /// `(state, pid, start)` of a holder word; any bits decode to some triple.
+    #[inline]
+    pub(crate) fn parts(w: u64) -> (u64, u32, u64) {
+        (w >> (PID_BITS + START_BITS), ((w >> START_BITS) & ((1 << PID_BITS) - 1)) as u32, w & ((1 << START_BITS) - 1))
+    }
+}
+
+/// Every process holding a copy of one end, one atomic word each (see
+/// [`holder`]); the pipe's holder count is the number of live entries.
+#[repr(C, align(64))]
+pub(crate) struct HolderTable {
+    pub(crate) entries: [AtomicU64; HOLDERS],
+}
+
 /// The producer's line: written by the producer on every publication.
 #[repr(C, align(128))]
 pub(crate) struct ProducerLine {
@@ -174,6 +224,7 @@ const _: () = assert!(std::mem::size_of::<EndSlot>() == 64);
 const _: () = assert!(std::mem::size_of::<RingCtl>() == 384);
 const _: () = assert!(std::mem::offset_of!(Shared, ends) == 64);
 const _: () = assert!(std::mem::offset_of!(Shared, rings) == 256);
+const _: () = assert!(std::mem::size_of::<HolderTable>() == 512);
 const _: () = assert!(std::mem::size_of::<Shared>() == 1024);
 const _: () = assert!(std::mem::size_of::<Shared>() <= DATA_OFFSET);
 const _: () = assert!(std::mem::align_of::<Shared>() == 128);

@@ -168,10 +168,12 @@ pub(crate) fn spawn_self(
     }
     let fds = fds.to_vec();
     // SAFETY: the hook runs between fork and exec in the child and only makes
-    // raw, async-signal-safe system calls (fcntl, prctl, getppid); it
-    // allocates nothing (the Vec was built before the fork).
+    // raw, async-signal-safe system calls (fcntl, prctl, getppid, getpid) and
+    // atomic stores; it allocates nothing (the Vec was built before the fork).
     unsafe {
         cmd.pre_exec(move || {
+            // The program about to run holds none of our pipe ends.
+            crate::pipe::forget_inherited_before_exec();
             for &fd in &fds {
                 sys::clear_cloexec_raw(fd)?;
             }

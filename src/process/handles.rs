@@ -66,9 +66,14 @@ impl CommandExt for Command {
                 let raw = dup.as_raw_fd();
                 // SAFETY: the hook runs between fork and exec and makes one
                 // fcntl call on an fd that the closure keeps open (`dup` is
-                // owned by the closure, which the Command owns).
+                // owned by the closure, which the Command owns), plus the
+                // pipe's async-signal-safe forgetting of inherited ends.
                 unsafe {
-                    self.pre_exec(move || sys::clear_cloexec_raw(dup.as_fd().as_raw_fd()));
+                    self.pre_exec(move || {
+                        // The program about to run holds none of our pipe ends.
+                        crate::pipe::forget_inherited_before_exec();
+                        sys::clear_cloexec_raw(dup.as_fd().as_raw_fd())
+                    });
                 }
                 Handle::Fd(raw)
             }

@@ -37,7 +37,9 @@ pub use event::{Event, EventBuilder};
 pub use lock::{Lock, LockBuilder, LockGuard, RLock, RLockBuilder};
 pub use mutex::{Mutex, MutexBuilder, MutexGuard};
 pub use reentrant::{ReentrantMutex, ReentrantMutexBuilder, ReentrantMutexGuard};
-pub use semaphore::{AcquireError, BoundedSemaphore, ReleaseError, Semaphore, SemaphoreBuilder};
+pub use semaphore::{
+    AcquireError, BoundedSemaphore, ReleaseError, Semaphore, SemaphoreBuilder, SemaphoreGuard, OWNED_PERMITS,
+};
 
 // The waiting layer (platform, spin budgets, slices) lives in `crate::wait`;
 // the sync algorithms name it through these re-exports.

@@ -10,7 +10,23 @@
 //! waiters then count on acquire, the kernel re-reading the count under its
 //! futex lock), so a release cannot miss a sleeper.
 //!
-//! ## Layout (payload, 64 bytes, `#[repr(C, align(64))]`)
+//! ## Permits that come back (`acquire_guard`, like System V's `SEM_UNDO`)
+//!
+//! An owned permit is recorded in a slot table after the counters: one
+//! 64-bit word per permit, `state << 60 | pid << 38 | start_time` (the pid
+//! below 2^22, its start time in clock ticks below 2^38). Taking one: claim a
+//! zero slot as RESERVED (CAS), take a permit, mark the slot HELD. Giving it
+//! back (the guard's drop): clear the slot (CAS from our own word), then
+//! release the permit. A waiter that finds no permit scans the table before it
+//! sleeps and after every sleep slice (`PEER_SLICE`, 50 ms): a HELD
+//! slot whose holder is dead (pid and start time, `peer`) is cleared by CAS,
+//! and whoever wins the CAS releases its permit, so the permit comes back
+//! once. A RESERVED slot of a dead process is just cleared. A holder killed
+//! between taking the permit and marking the slot (or between clearing the
+//! slot and releasing) loses that one permit: a window of a few instructions;
+//! a permit is never returned twice.
+//!
+//! ## Layout (payload, 320 bytes, `#[repr(C, align(64))]`)
 //!
 //! | offset | size | field     | meaning                                              |
 //! |-------:|-----:|-----------|------------------------------------------------------|
@@ -18,12 +34,13 @@
 //! | 4      | 4    | `waiters` | processes registered as (about to be) sleeping       |
 //! | 8      | 4    | `bound`   | 0 for `Semaphore`; the maximum for `BoundedSemaphore`|
 //! | 12     | 52   | reserved  | zero                                                 |
+//! | 64     | 256  | `owners`  | 32 owned-permit slots (see above); 0 = free          |
 
 use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::Duration;
 
-use super::atomic::AtomicU32;
+use super::atomic::{AtomicU32, AtomicU64};
 use super::{loom_sc_fence, spin_until, Os, Platform, Shared, SharedState};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
@@ -39,6 +56,9 @@ pub enum AcquireError {
     Timeout,
     /// `try_acquire`: no permit is available now.
     WouldBlock,
+    /// `acquire_guard`: every slot of the owned-permit table is taken by a
+    /// live holder ([`OWNED_PERMITS`] at most at once).
+    TableFull,
 }
 
 impl fmt::Display for AcquireError {
@@ -46,6 +66,9 @@ impl fmt::Display for AcquireError {
         match self {
             AcquireError::Timeout => f.write_str("timed out waiting for a semaphore permit"),
             AcquireError::WouldBlock => f.write_str("no semaphore permit is available"),
+            AcquireError::TableFull => {
+                write!(f, "all {OWNED_PERMITS} owned-permit slots of the semaphore are held by live processes")
+            }
         }
     }
 }
@@ -79,6 +102,28 @@ impl fmt::Display for ReleaseError {
 
 impl std::error::Error for ReleaseError {}
 
+/// How many owned permits ([`Semaphore::acquire_guard`]) can be out at once.
+pub const OWNED_PERMITS: usize = 32;
+
+/// Owned-permit slot states (top 4 bits of a slot word).
+const RESERVED: u64 = 1;
+const HELD: u64 = 2;
+
+fn slot_word(state: u64, pid: u32, start: u64) -> u64 {
+    (state << 60) | ((u64::from(pid) & ((1 << 22) - 1)) << 38) | (start & ((1 << 38) - 1))
+}
+
+/// Whether slot word `w` names a process that is proven dead (or is garbage:
+/// an unknown state or a zero start time).
+#[cfg(not(loom))]
+fn slot_owner_dead(w: u64) -> bool {
+    let (state, pid, start) = (w >> 60, ((w >> 38) & ((1 << 22) - 1)) as u32, w & ((1 << 38) - 1));
+    if !matches!(state, RESERVED | HELD) || start == 0 {
+        return true;
+    }
+    !crate::sys::identity_of(pid).is_some_and(|id| slot_word(state, pid, id.start_time) == w)
+}
+
 /// The shared state of a semaphore (also its heap twin in tests).
 #[repr(C, align(64))]
 pub(crate) struct RawSemaphore {
@@ -86,11 +131,13 @@ pub(crate) struct RawSemaphore {
     waiters: AtomicU32,
     bound: AtomicU32,
     _reserved: [AtomicU32; 13],
+    owners: [AtomicU64; OWNED_PERMITS],
 }
 
 #[cfg(not(loom))]
 const _: () = {
-    assert!(std::mem::size_of::<RawSemaphore>() == 64);
+    assert!(std::mem::size_of::<RawSemaphore>() == 64 + 8 * OWNED_PERMITS);
+    assert!(std::mem::offset_of!(RawSemaphore, owners) == 64);
     assert!(std::mem::offset_of!(RawSemaphore, waiters) == 4);
     assert!(std::mem::offset_of!(RawSemaphore, bound) == 8);
 };
@@ -108,6 +155,7 @@ impl RawSemaphore {
             waiters: AtomicU32::new(0),
             bound: AtomicU32::new(bound),
             _reserved: std::array::from_fn(|_| AtomicU32::new(0)),
+            owners: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -142,10 +190,17 @@ impl RawSemaphore {
             return Ok(());
         }
         loop {
+            // Owned permits of dead holders come back before we sleep; while
+            // any are out, we sleep in slices to look again.
+            let owned = self.recover_dead();
+            if owned && self.try_acquire() {
+                return Ok(());
+            }
+            let until = if owned { deadline.min_after(crate::wait::PEER_SLICE) } else { deadline };
             self.waiters.fetch_add(1, SeqCst);
             loom_sc_fence();
             if self.value.load(SeqCst) == 0 {
-                p.wait(&self.value, 0, deadline);
+                p.wait(&self.value, 0, until);
             }
             self.waiters.fetch_sub(1, Relaxed);
             if self.try_acquire() {
@@ -157,6 +212,72 @@ impl RawSemaphore {
             if deadline.expired() {
                 return Err(AcquireError::Timeout);
             }
+        }
+    }
+
+    /// Returns the permits of dead owned-permit holders; whether any slot of
+    /// the table is in use (so that waiters should look again later).
+    #[cfg(not(loom))]
+    fn recover_dead(&self) -> bool {
+        let mut used = false;
+        for slot in &self.owners {
+            let w = slot.load(Acquire);
+            if w == 0 {
+                continue;
+            }
+            used = true;
+            if slot_owner_dead(w) && slot.compare_exchange(w, 0, SeqCst, Relaxed).is_ok() && w >> 60 == HELD {
+                let b = self.bound.load(Relaxed);
+                // The winner of the CAS returns the permit, once. A bounded
+                // semaphore already at its bound (hostile slot bytes) stays there.
+                let _ = self.release_with(&super::Os, (b != 0).then_some(b));
+            }
+        }
+        used
+    }
+
+    /// Loom models no processes: the table is never used there.
+    #[cfg(loom)]
+    fn recover_dead(&self) -> bool {
+        false
+    }
+
+    /// Takes an owned permit: records it in a slot of the table, so that it
+    /// comes back if this process dies. Returns the slot index and its word.
+    pub(crate) fn acquire_owned<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<(usize, u64), AcquireError> {
+        let me = crate::sys::current_process();
+        let reserved = slot_word(RESERVED, me.id, me.start_time);
+        let held = slot_word(HELD, me.id, me.start_time);
+        let mut slot = None;
+        for pass in 0..2 {
+            if pass == 1 {
+                self.recover_dead();
+            }
+            slot = self.owners.iter().position(|s| s.compare_exchange(0, reserved, SeqCst, Relaxed).is_ok());
+            if slot.is_some() {
+                break;
+            }
+        }
+        let i = slot.ok_or(AcquireError::TableFull)?;
+        match self.acquire_with(p, deadline) {
+            Ok(()) => {
+                self.owners[i].store(held, SeqCst);
+                Ok((i, held))
+            }
+            Err(e) => {
+                let _ = self.owners[i].compare_exchange(reserved, 0, SeqCst, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back an owned permit taken by [`acquire_owned`](Self::acquire_owned).
+    pub(crate) fn release_owned<P: Platform>(&self, p: &P, slot: usize, word: u64) {
+        // Only if the slot is still ours: a slot cleared by a recoverer (who
+        // wrongly took us for dead: hostile bytes) has had its permit returned.
+        if self.owners[slot].compare_exchange(word, 0, SeqCst, Relaxed).is_ok() {
+            let b = self.bound.load(Relaxed);
+            let _ = self.release_with(p, (b != 0).then_some(b));
         }
     }
 
@@ -258,6 +379,38 @@ macro_rules! semaphore_type {
                 }
             }
 
+            /// Takes an *owned* permit, blocking until one is available: the
+            /// permit is given back when the guard drops, or, if this process
+            /// dies holding it (even by `kill -9`), by the next process that
+            /// waits on the semaphore, like System V's `SEM_UNDO`. At most
+            /// [`OWNED_PERMITS`] can be out at once ([`AcquireError::TableFull`]).
+            ///
+            /// ```
+            /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+            #[doc = concat!("let sem = shmproc::", stringify!($name), "::anonymous(1)?;")]
+            /// {
+            ///     let _permit = sem.acquire_guard()?;
+            ///     assert_eq!(sem.value(), 0);
+            /// }
+            /// assert_eq!(sem.value(), 1);
+            /// # Ok(()) }
+            /// ```
+            pub fn acquire_guard(&self) -> Result<SemaphoreGuard<'_>, AcquireError> {
+                self.guard_until(Deadline::NEVER)
+            }
+
+            /// [`acquire_guard`](Self::acquire_guard) giving up with
+            /// [`AcquireError::Timeout`] after `timeout`.
+            pub fn acquire_guard_timeout(&self, timeout: Duration) -> Result<SemaphoreGuard<'_>, AcquireError> {
+                self.guard_until(Deadline::after(Some(timeout)))
+            }
+
+            fn guard_until(&self, deadline: Deadline) -> Result<SemaphoreGuard<'_>, AcquireError> {
+                let raw = self.shared.get();
+                let (slot, word) = raw.acquire_owned(&Os, deadline)?;
+                Ok(SemaphoreGuard { raw, slot, word })
+            }
+
             /// Returns a permit, waking one waiter.
             pub fn release(&self) -> Result<(), ReleaseError> {
                 self.shared.get().release_with(&Os, self.bound)
@@ -357,6 +510,26 @@ impl BoundedSemaphore {
     /// Opens a named bounded semaphore.
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Self::builder().name(name).open_bounded()
+    }
+}
+
+/// An owned semaphore permit ([`Semaphore::acquire_guard`]): given back on
+/// drop, or by a waiter if the holding process dies.
+pub struct SemaphoreGuard<'a> {
+    raw: &'a RawSemaphore,
+    slot: usize,
+    word: u64,
+}
+
+impl Drop for SemaphoreGuard<'_> {
+    fn drop(&mut self) {
+        self.raw.release_owned(&Os, self.slot, self.word);
+    }
+}
+
+impl fmt::Debug for SemaphoreGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SemaphoreGuard").field("slot", &self.slot).finish()
     }
 }
 

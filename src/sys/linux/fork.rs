@@ -7,16 +7,15 @@
 //!   handler: a forked child sees a generation its parent never had, so any
 //!   per-process state recorded with a generation (the identity cache of
 //!   `proc`, the queue's registration) is known stale in the child;
-//! * the **fork counts** ([`fork_count`], [`thread_fork_count`]), bumped by the
-//!   *prepare* handler in the forking process, per process and per thread: the
-//!   pipe uses them to tell "this process (this thread) forked since it last
-//!   used an end", so that a drop hands the end to a child instead of closing it.
+//! * the **fork count** ([`fork_count`]), bumped by the *prepare* handler in
+//!   the forking process;
+//! * the pipe's **fork hooks** ([`set_fork_hooks`]): they add each forked
+//!   child to the holder count of every pipe end it inherits.
 //!
 //! Forks that bypass libc's `fork` (a raw `clone`) run no handlers; shmproc
 //! forks only through libc. The fork server (`process::forkserver`) keeps its
 //! own state for the processes it starts.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
@@ -24,33 +23,50 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 static FORKS: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
 
-thread_local! {
-    /// Forks made by this thread (the prepare handler runs in the forking thread).
-    static THREAD_FORKS: Cell<u32> = const { Cell::new(0) };
+/// Fork hooks of the pipe's holder count (`pipe::connection`): prepare, parent, child.
+/// Set once; run by the handlers below after their own work.
+static HOOKS: std::sync::OnceLock<[fn(); 3]> = std::sync::OnceLock::new();
+
+/// Installs the pipe's fork hooks (once; later calls are ignored).
+pub(crate) fn set_fork_hooks(prepare: fn(), parent: fn(), child: fn()) {
+    let _ = HOOKS.set([prepare, parent, child]);
+    watch_forks();
 }
 
 extern "C" fn before_fork() {
     FORKS.fetch_add(1, Ordering::Relaxed);
-    // `try_with`: a thread-local being torn down must not make fork panic.
-    let _ = THREAD_FORKS.try_with(|c| c.set(c.get().wrapping_add(1)));
+    if let Some(h) = HOOKS.get() {
+        h[0]();
+    }
+}
+
+extern "C" fn after_fork_in_parent() {
+    if let Some(h) = HOOKS.get() {
+        h[1]();
+    }
 }
 
 extern "C" fn after_fork_in_child() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
+    if let Some(h) = HOOKS.get() {
+        h[2]();
+    }
 }
 
 /// Registers (once per process; a child inherits the registration) the fork
-/// handlers behind [`fork_generation`], [`fork_count`] and [`thread_fork_count`].
+/// handlers behind [`fork_generation`], [`fork_count`] and the pipe's hooks.
 ///
 /// `pthread_atfork` stays on libc: it is a libc (pthread) facility that
 /// rustix does not wrap.
 #[cold]
 pub(crate) fn watch_forks() {
     ATFORK.call_once(|| {
-        // SAFETY: both handlers are `extern "C" fn()`s that only do atomic adds
-        // (and a thread-local cell update in the parent): allowed in the parent
-        // before a fork, async-signal-safe in the forked child.
-        let rc = unsafe { libc::pthread_atfork(Some(before_fork), None, Some(after_fork_in_child)) };
+        // SAFETY: the handlers are `extern "C" fn()`s that do atomic adds (and a
+        // thread-local cell update in the parent), then run the pipe's hooks,
+        // which take a process-local spin lock across the fork and update
+        // atomics in shared memory (see `pipe::connection`'s holder registry).
+        let rc =
+            unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(after_fork_in_child)) };
         debug_assert_eq!(rc, 0, "pthread_atfork failed");
     });
 }
@@ -76,16 +92,9 @@ pub(crate) fn process_stamp() -> u64 {
 /// [`watch_forks`] was first called. A forked child inherits the parent's count
 /// at the moment of the fork.
 #[inline]
+#[cfg_attr(not(test), allow(dead_code))] // a fact of the fork layer; only its tests read it now
 pub(crate) fn fork_count() -> u64 {
     FORKS.load(Ordering::Relaxed)
-}
-
-/// How many times the calling thread has called `fork()` (through libc)
-/// since [`watch_forks`] was first called; `proc::thread_fork_stamp` tags it
-/// with the thread's id.
-#[inline]
-pub(crate) fn thread_fork_count() -> u32 {
-    THREAD_FORKS.try_with(|c| c.get()).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -85,14 +85,6 @@ pub(crate) fn current_pid() -> u32 {
     cached().pid.id
 }
 
-/// This thread's fork count ([`super::fork::thread_fork_count`]), tagged with
-/// the thread's id in the high 32 bits, so that stamps taken on different
-/// threads never compare equal.
-#[inline]
-pub(crate) fn thread_fork_stamp() -> u64 {
-    (u64::from(current_thread().id) << 32) | u64::from(super::fork::thread_fork_count())
-}
-
 /// Reads `(start_time, is_zombie_or_dead)` from `/proc/<id>/stat`; `Ok(None)` if there
 /// is no such process or thread.
 fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {

@@ -44,6 +44,78 @@ pub(crate) fn memfd_sealed(debug_name: &str, len: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Why [`reserve`] could not reserve a segment's pages.
+#[derive(Debug)]
+pub(crate) enum ReserveError {
+    /// The tmpfs behind the fd (`/dev/shm`, or the kernel's internal one for a
+    /// memfd) has no room for the pages; `available` is the room it reports left.
+    NoSpace { available: u64 },
+    /// Any other failure of `fallocate`.
+    Os(io::Error),
+}
+
+/// `fallocate(fd, 0, 0, len)`: makes tmpfs allocate every page of the object now.
+///
+/// tmpfs accepts an `ftruncate` to any size and only allocates a page when it is
+/// first touched; a touch it has no room for kills the toucher with SIGBUS. After a
+/// successful `fallocate` every page exists, so no touch of the first `len` bytes
+/// can fault for want of room. On `ENOSPC` tmpfs gives back the pages it took, and
+/// the room left is read with `fstatvfs` (or, for a tmpfs without a size limit
+/// such as the one behind memfds, from `sysinfo`'s free memory).
+///
+/// A request larger than the room the filesystem reports (for the unlimited
+/// memfd tmpfs: larger than all RAM and swap) fails at once, without trying:
+/// trying would first take every free page.
+pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64) -> Result<(), ReserveError> {
+    let ceiling = match fs::fstatvfs(fd) {
+        Ok(st) if st.f_blocks != 0 => st.f_bavail.saturating_mul(st.f_frsize),
+        _ => {
+            let si = rustix::system::sysinfo();
+            (si.totalram as u64).saturating_add(si.totalswap as u64).saturating_mul(u64::from(si.mem_unit))
+        }
+    };
+    if len > ceiling {
+        return Err(ReserveError::NoSpace { available: room_left(fd) });
+    }
+    match fs::fallocate(fd, fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::NOMEM => {
+            Err(ReserveError::NoSpace { available: room_left(fd) })
+        }
+        Err(e) => Err(ReserveError::Os(e.into())),
+    }
+}
+
+/// Bytes still free in the filesystem behind `fd` (0 if it cannot be read).
+pub(crate) fn room_left(fd: BorrowedFd<'_>) -> u64 {
+    match fs::fstatvfs(fd) {
+        Ok(st) if st.f_blocks != 0 => st.f_bavail.saturating_mul(st.f_frsize),
+        _ => {
+            let si = rustix::system::sysinfo();
+            (si.freeram as u64).saturating_mul(u64::from(si.mem_unit))
+        }
+    }
+}
+
+/// `fcntl(F_GET_SEALS)`: whether a memfd is sealed against shrinking, growing,
+/// and further sealing, as [`memfd_sealed`] seals it.
+pub(crate) fn seals(fd: BorrowedFd<'_>) -> io::Result<Seals> {
+    let s = fs::fcntl_get_seals(fd)?;
+    Ok(Seals {
+        shrink: s.contains(SealFlags::SHRINK),
+        grow: s.contains(SealFlags::GROW),
+        seal: s.contains(SealFlags::SEAL),
+    })
+}
+
+/// The seals of a memfd that matter to a mapper (see [`seals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seals {
+    pub(crate) shrink: bool,
+    pub(crate) grow: bool,
+    pub(crate) seal: bool,
+}
+
 /// `fstat(fd)`: size, owner and permission bits.
 pub(crate) fn fd_info(fd: BorrowedFd<'_>) -> io::Result<FdInfo> {
     let st = fs::fstat(fd)?;
