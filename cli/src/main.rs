@@ -155,7 +155,7 @@ fn run_bench(
     out: &Output,
     scenarios: &[String],
     transports: &[String],
-    probe: Option<fn(&Config) -> Result<bench::Session, String>>,
+    probe: Option<bench::Start>,
 ) -> u8 {
     let selected: Vec<&Case> = cases
         .iter()
@@ -317,7 +317,10 @@ fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string())
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }
@@ -352,7 +355,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Bench(cli.bench)) {
         Command::Bench(b) => {
             let out = Output { quick: b.quick, json: b.json, verbose: b.verbose, plot: b.plot };
-            let probe: fn(&Config) -> Result<bench::Session, String> = bench::baselines::spin_pingpong;
+            let probe: bench::Start = bench::baselines::spin_pingpong;
             ExitCode::from(run_bench(bench::all_cases(), &out, &b.scenarios, &b.transports, Some(probe)))
         }
         Command::Ls(LsArgs { json }) => ExitCode::from(shm::ls(json) as u8),

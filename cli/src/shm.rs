@@ -270,7 +270,10 @@ pub fn info(name: &str, json: bool) -> i32 {
                 let ty = header.ty.name();
                 println!("name:          {name}");
                 println!("kind:          {}", header.kind);
-                println!("state:         {}", if header.ready { "ready" } else { "not ready (being initialised, or its creator died mid-way)" });
+                println!(
+                    "state:         {}",
+                    if header.ready { "ready" } else { "not ready (being initialised, or its creator died mid-way)" }
+                );
                 println!(
                     "element type:  {} (size {}, align {})",
                     if ty.is_empty() { "-" } else { ty },

@@ -100,7 +100,7 @@ impl<T> Shared<T> {
         let size = std::mem::size_of::<T>() + extra;
         let seg = Segment::builder().size(size).create().map_err(|e| format!("anonymous segment: {e}"))?;
         let p = seg.payload_ptr().as_ptr() as usize;
-        if p % std::mem::align_of::<T>() != 0 || seg.payload_len() < size {
+        if !p.is_multiple_of(std::mem::align_of::<T>()) || seg.payload_len() < size {
             return Err(format!("segment payload at {p:#x} ({} bytes) cannot hold the bench state", seg.payload_len()));
         }
         Ok(Shared { seg, _t: std::marker::PhantomData })
@@ -129,7 +129,7 @@ fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()>
     while !done() {
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
-        if spins % 4096 == 0 {
+        if spins.is_multiple_of(4096) {
             let now = Instant::now();
             match since {
                 None => since = Some(now),
@@ -357,7 +357,7 @@ fn stream_oneway<R: Read + 'static, CW: Write + 'static>(
                 return if stop.load(Ordering::Relaxed) != 0 { EXIT_OK } else { EXIT_IO };
             }
             n += 1;
-            if n % check_every == 0 && stop.load(Ordering::Relaxed) != 0 {
+            if n.is_multiple_of(check_every) && stop.load(Ordering::Relaxed) != 0 {
                 return EXIT_OK;
             }
         }
@@ -425,7 +425,7 @@ struct Ring8 {
     slots: [AtomicU64; RING8_SLOTS],
 }
 
-const _: () = assert!(RING8_SLOTS.is_power_of_two() && RING8_SLOTS as u64 % BATCH == 0);
+const _: () = assert!(RING8_SLOTS.is_power_of_two() && (RING8_SLOTS as u64).is_multiple_of(BATCH));
 const _: () = assert!(std::mem::offset_of!(Ring8, slots) == 384);
 
 fn ring8_stream(cfg: &Config) -> Result<Session, String> {
@@ -454,9 +454,9 @@ fn ring8_stream(cfg: &Config) -> Result<Session, String> {
             }
             r.slots[(tail & mask) as usize].store(tail, Ordering::Relaxed);
             tail += 1;
-            if tail % BATCH == 0 {
+            if tail.is_multiple_of(BATCH) {
                 r.tail.0.store(tail, Ordering::Release);
-                if tail % (BATCH * 1024) == 0 && r.stop.0.load(Ordering::Relaxed) != 0 {
+                if tail.is_multiple_of(BATCH * 1024) && r.stop.0.load(Ordering::Relaxed) != 0 {
                     return EXIT_OK;
                 }
             }
@@ -644,8 +644,7 @@ pub fn mpmc_placement(cfg: &Config) -> String {
     let p = mpmc_producers(cfg);
     match cfg.parent_cpu {
         Some(c) => {
-            let cpus: Vec<String> =
-                (0..p).filter_map(|k| mpmc_producer_cpu(cfg, k)).map(|c| c.to_string()).collect();
+            let cpus: Vec<String> = (0..p).filter_map(|k| mpmc_producer_cpu(cfg, k)).map(|c| c.to_string()).collect();
             format!("consumer CPU {c}, {p} producer(s) on CPU {}", cpus.join(","))
         }
         None => format!("consumer and {p} producer(s) unpinned"),
@@ -699,7 +698,7 @@ fn mpmc_stream(cfg: &Config) -> Result<Session, String> {
                         }
                     }
                     n += 1;
-                    if n % 1024 == 0 && q.stop.0.load(Ordering::Relaxed) != 0 {
+                    if n.is_multiple_of(1024) && q.stop.0.load(Ordering::Relaxed) != 0 {
                         return EXIT_OK;
                     }
                 }

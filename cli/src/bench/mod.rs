@@ -191,17 +191,15 @@ pub struct Case {
     /// ([`report::baseline_for`]).
     pub baseline: Option<&'static str>,
     /// Sets the transport up.
-    pub start: fn(&Config) -> Result<Session, String>,
+    pub start: Start,
 }
+
+/// A case's setup function.
+pub type Start = fn(&Config) -> Result<Session, String>;
 
 impl Case {
     /// A case paired with its scenario's baseline.
-    pub fn new(
-        scenario: &'static str,
-        transport: &'static str,
-        metric: Metric,
-        start: fn(&Config) -> Result<Session, String>,
-    ) -> Case {
+    pub fn new(scenario: &'static str, transport: &'static str, metric: Metric, start: Start) -> Case {
         Case { scenario, transport, metric, baseline: None, start }
     }
 
@@ -513,12 +511,7 @@ pub fn all_cases() -> Vec<Case> {
 /// Measures `case` (see the module docs): the drift probe around it, and its
 /// blocks paired with its baseline's (found in `all`, the baseline's own
 /// setup) where it has one. `probe`: the raw-spin setup (None: no probe).
-pub fn measure(
-    case: &Case,
-    all: &[Case],
-    cfg: &Config,
-    probe: Option<fn(&Config) -> Result<Session, String>>,
-) -> Result<Measured, String> {
+pub fn measure(case: &Case, all: &[Case], cfg: &Config, probe: Option<Start>) -> Result<Measured, String> {
     let (len, limit) = (cfg.block(), cfg.case_limit());
     let mut probe = match probe {
         Some(start) => {
@@ -537,10 +530,7 @@ pub fn measure(
     let placement = t.placement_text().to_string();
     // A baseline that cannot run here (python3 missing) leaves the row unpaired.
     let mut b = match base_case {
-        Some(bc) => match (bc.start)(cfg) {
-            Ok(s) => Some(s),
-            Err(_) => None,
-        },
+        Some(bc) => (bc.start)(cfg).ok(),
         None => None,
     };
     t.pause();
@@ -579,11 +569,13 @@ pub fn measure(
         figures.push(ft.figure);
         samples.extend(ft.samples);
     }
-    let finished = t.finish();
+    // In the reverse order of creation: the baseline's children were forked
+    // after the transport's fds were made and hold copies of them, so the
+    // transport's child sees EOF (or `EPIPE`) only once they are gone.
     if let Some(b) = b {
         b.finish().map_err(|e| format!("baseline {}: {e}", base_case.map_or("", |c| c.transport)))?;
     }
-    finished?;
+    t.finish()?;
     let drift = match probe.take() {
         Some((mut p, before)) => {
             let after = p.block(len, limit)?.figure;

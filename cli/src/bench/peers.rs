@@ -93,24 +93,40 @@ fn ipc_pingpong(cfg: &Config) -> Result<Session, String> {
     .placement(cfg.pair_placement()))
 }
 
+/// The producer side of an ipc-channel stream: sends until the stop flag,
+/// then acknowledges. (The child holds inherited copies of the receiving
+/// socket too, so the parent's close alone would not end a blocked send: the
+/// parent drains until the acknowledgement instead.)
+fn ipc_producer(f: &[AtomicU32], mut send: impl FnMut() -> bool) -> i32 {
+    let mut i = 0u64;
+    loop {
+        if i.is_multiple_of(64) && stopping(f) {
+            f[1].store(1, Ordering::Release);
+            return 0;
+        }
+        if !send() {
+            return 1;
+        }
+        i += 1;
+    }
+}
+
 fn ipc_stream8(cfg: &Config) -> Result<Session, String> {
     let (tx, rx) = ipcc::channel::<u64>().map_err(err)?;
     let f = flags()?;
     let theirs = f.clone();
     let child = os::fork_child(cfg.child_cpu, move || {
-        let f = theirs.atomics();
         let mut i = 0u64;
-        loop {
-            if tx.send(i).is_err() || (i % 1024 == 0 && stopping(f)) {
-                return if stopping(f) { 0 } else { 1 };
-            }
+        ipc_producer(theirs.atomics(), || {
             i += 1;
-        }
+            tx.send(i).is_ok()
+        })
     })
     .map_err(err)?;
+    let rx = Rc::new(rx);
+    let drain = rx.clone();
     let mut got = 0u64;
     let stopper = f.clone();
-    // Dropping the work drops `rx`: a blocked `send` in the child fails then.
     Ok(Session::new(Work::Stream(Box::new(move || {
         for _ in 0..256 {
             rx.try_recv_timeout(TIMEOUT).map_err(err)?;
@@ -119,7 +135,7 @@ fn ipc_stream8(cfg: &Config) -> Result<Session, String> {
         Ok(got)
     })))
     .child(child)
-    .on_finish(move || stopper.atomics()[0].store(1, Ordering::Relaxed))
+    .on_finish(move || drain_until_ack(&stopper, || drain.try_recv().is_ok()))
     .placement(cfg.pair_placement()))
 }
 
@@ -128,15 +144,12 @@ fn ipc_stream_bulk(cfg: &Config) -> Result<Session, String> {
     let f = flags()?;
     let theirs = f.clone();
     let child = os::fork_child(cfg.child_cpu, move || {
-        let f = theirs.atomics();
         let src = vec![0x5au8; CHUNK];
-        loop {
-            if tx.send(&src).is_err() || stopping(f) {
-                return if stopping(f) { 0 } else { 1 };
-            }
-        }
+        ipc_producer(theirs.atomics(), || tx.send(&src).is_ok())
     })
     .map_err(err)?;
+    let rx = Rc::new(rx);
+    let drain = rx.clone();
     let mut bytes = 0u64;
     let stopper = f.clone();
     Ok(Session::new(Work::Stream(Box::new(move || {
@@ -149,7 +162,7 @@ fn ipc_stream_bulk(cfg: &Config) -> Result<Session, String> {
         Ok(bytes)
     })))
     .child(child)
-    .on_finish(move || stopper.atomics()[0].store(1, Ordering::Relaxed))
+    .on_finish(move || drain_until_ack(&stopper, || drain.try_recv().is_ok()))
     .placement(cfg.pair_placement()))
 }
 
@@ -216,7 +229,9 @@ fn ice_pingpong(cfg: &Config, event: bool) -> Result<Session, String> {
                     }
                     None => {
                         if let Some(l) = &listener {
-                            l.timed_wait(|_| {}, Duration::from_millis(10)).map_err(err)?;
+                            // An error here is EINTR (the runner stops and continues
+                            // this process between blocks): poll again.
+                            let _ = l.timed_wait(|_| {}, Duration::from_millis(10));
                         }
                         if idle_since.elapsed() > Duration::from_secs(30) {
                             return Err("no ping".into());
@@ -279,7 +294,7 @@ fn ice_pingpong(cfg: &Config, event: bool) -> Result<Session, String> {
                 Some(s) => return Err(format!("iceoryx2: reply {} to {i}", *s)),
                 None => {
                     if let Some(l) = &listener {
-                        l.timed_wait(|_| {}, Duration::from_millis(10)).map_err(err)?;
+                        let _ = l.timed_wait(|_| {}, Duration::from_millis(10));
                     }
                     if t.elapsed() > TIMEOUT {
                         return Err("iceoryx2: no reply".into());
@@ -319,7 +334,7 @@ fn node_for_stop() -> Result<Node<ipc::Service>, String> {
 fn ice_producer(f: &[AtomicU32], mut send: impl FnMut(u64) -> Result<(), String>) -> i32 {
     let mut i = 0u64;
     loop {
-        if i % 64 == 0 && stopping(f) {
+        if i.is_multiple_of(64) && stopping(f) {
             f[1].store(1, Ordering::Release);
             return 0;
         }

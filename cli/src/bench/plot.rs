@@ -50,9 +50,9 @@ pub fn draw(rows: &[Row], path: &str, title: &str) -> Result<(), String> {
         root.draw(&Text::new(format!("{scenario} ({}, log scale, {lower})", metric.as_str()), (10, y + 8), font(14)))
             .map_err(e)?;
         y += TITLE;
-        let (lo, hi) = rows.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| {
-            (lo.min(r.m.outcome.median), hi.max(r.m.outcome.median))
-        });
+        let (lo, hi) = rows
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r.m.outcome.median), hi.max(r.m.outcome.median)));
         let (lo, hi) = ((lo / 10.0).log10().floor(), (hi * 1.5).log10().ceil());
         let x_of = |v: f64| LEFT + ((v.log10() - lo) / (hi - lo).max(1e-9) * f64::from(RIGHT - LEFT)) as i32;
         for r in rows {
@@ -102,7 +102,8 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.starts_with("<svg"), "{svg}");
-        for want in ["stream-8B", "stream-64KiB", "raw-ring", "0.500x raw-ring [0.450-0.550]", "(baseline)", "os-pipe"] {
+        for want in ["stream-8B", "stream-64KiB", "raw-ring", "0.500x raw-ring [0.450-0.550]", "(baseline)", "os-pipe"]
+        {
             assert!(svg.contains(want), "{want} missing");
         }
         assert!(!svg.contains("broken"), "a row without a figure gets no bar");

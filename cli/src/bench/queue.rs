@@ -186,7 +186,7 @@ fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
                 let flags = f.atomics();
                 let mut i = 0u64;
                 loop {
-                    if i % 64 == 0 && flags[0].load(Ordering::Relaxed) != 0 {
+                    if i.is_multiple_of(64) && flags[0].load(Ordering::Relaxed) != 0 {
                         flags[1].fetch_add(1, Ordering::AcqRel);
                         return 0;
                     }

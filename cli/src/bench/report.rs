@@ -263,7 +263,13 @@ mod tests {
     #[test]
     fn json_numbers_and_strings_are_valid() {
         let line = |median: f64, scenario: &str| {
-            json_line(&row(scenario, "t", Outcome { metric: Metric::Us, median, p99: Some(median), runs: 1 }, None, None))
+            json_line(&row(
+                scenario,
+                "t",
+                Outcome { metric: Metric::Us, median, p99: Some(median), runs: 1 },
+                None,
+                None,
+            ))
         };
         // Not finite: JSON has no such number, so null.
         for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
@@ -294,11 +300,23 @@ mod tests {
 
     #[test]
     fn table_shows_paired_ratios_with_their_range_drift_and_placement() {
-        let mut drifted = row("stream-8B", "os-pipe", throughput(Metric::MsgsPerS, vec![2e6]), Some((0.00286, 0.0025, 0.003)), Some("raw-ring"));
+        let mut drifted = row(
+            "stream-8B",
+            "os-pipe",
+            throughput(Metric::MsgsPerS, vec![2e6]),
+            Some((0.00286, 0.0025, 0.003)),
+            Some("raw-ring"),
+        );
         drifted.m.drift = Some(0.7);
         let rows = vec![
             row("pingpong-8B", "raw-spin", latency(Metric::RttNs, vec![250.0; 3]), Some((1.0, 1.0, 1.0)), None),
-            row("pingpong-8B", "os-pipe", latency(Metric::RttNs, vec![62_500.0; 3]), Some((250.0, 240.0, 262.0)), Some("raw-spin")),
+            row(
+                "pingpong-8B",
+                "os-pipe",
+                latency(Metric::RttNs, vec![62_500.0; 3]),
+                Some((250.0, 240.0, 262.0)),
+                Some("raw-spin"),
+            ),
             row("stream-8B", "raw-ring", throughput(Metric::MsgsPerS, vec![7e8]), Some((1.0, 1.0, 1.0)), None),
             drifted,
             row("stream-9B", "other", throughput(Metric::MsgsPerS, vec![2e6]), None, None),
