@@ -1,4 +1,4 @@
-//! The `shmproc` command: `bench` (the default), `ls`, `gc`.
+//! The `shmproc` command: `bench` (the default), `ls`, `info`, `gc`.
 //!
 //! Arguments are parsed by `clap` (derive): one struct per subcommand, each
 //! with its own `--help`. `shmproc` with no subcommand runs `bench`, and
@@ -18,7 +18,8 @@ use bench::report::{self, Row};
 use bench::{Case, Config};
 
 /// Measure shmproc against its baselines on this machine (`bench`, the
-/// default), or list and clean up its segments in /dev/shm (`ls`, `gc`).
+/// default), or list, inspect and clean up its segments in /dev/shm (`ls`,
+/// `info`, `gc`).
 #[derive(Debug, Parser)]
 #[command(
     name = "shmproc",
@@ -42,6 +43,8 @@ enum Command {
     Bench(BenchArgs),
     /// List the shmproc segments in /dev/shm (kind, size, creator, whether alive).
     Ls(LsArgs),
+    /// Decode one segment's header (or say precisely why it is not a valid shmproc segment).
+    Info(InfoArgs),
     /// Remove shmproc segments of this user whose creator is dead and that no
     /// process maps or holds open.
     Gc(GcArgs),
@@ -56,6 +59,12 @@ struct BenchArgs {
     /// One JSON object per case on stdout, nothing else.
     #[arg(long)]
     json: bool,
+    /// Also draw the results as an SVG bar chart into FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<String>,
+    /// Developer warnings too (a case over its time budget).
+    #[arg(long, short)]
+    verbose: bool,
     /// Only scenario S (repeatable).
     #[arg(long = "scenario", value_name = "S", value_parser = known_scenario)]
     scenarios: Vec<String>,
@@ -64,9 +73,23 @@ struct BenchArgs {
     transports: Vec<String>,
 }
 
-/// `shmproc ls` (no flags).
+/// `shmproc ls`.
 #[derive(Debug, PartialEq, Eq, Args)]
-struct LsArgs {}
+struct LsArgs {
+    /// One JSON object per entry on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `shmproc info NAME`.
+#[derive(Debug, PartialEq, Eq, Args)]
+struct InfoArgs {
+    /// The segment's name in /dev/shm (with or without a leading '/').
+    name: String,
+    /// One JSON object on stdout (as `ls --json` writes each entry).
+    #[arg(long)]
+    json: bool,
+}
 
 /// `shmproc gc`.
 #[derive(Debug, PartialEq, Eq, Args)]
@@ -115,11 +138,27 @@ fn bench_usage() -> String {
     cmd.find_subcommand_mut("bench").map(|b| b.render_usage().to_string()).unwrap_or_default()
 }
 
+/// How `run_bench` reports.
+#[derive(Debug, Default, Clone)]
+struct Output {
+    quick: bool,
+    json: bool,
+    verbose: bool,
+    plot: Option<String>,
+}
+
 /// Runs the selected cases and prints the results; returns the exit status
 /// (0: all measured, 1: some case failed, 2: no case matches the filters).
-fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], transports: &[String]) -> u8 {
-    let selected: Vec<Case> = cases
-        .into_iter()
+/// `probe`: the drift probe's setup (raw-spin; None in unit tests).
+fn run_bench(
+    cases: Vec<Case>,
+    out: &Output,
+    scenarios: &[String],
+    transports: &[String],
+    probe: Option<bench::Start>,
+) -> u8 {
+    let selected: Vec<&Case> = cases
+        .iter()
         .filter(|c| scenarios.is_empty() || scenarios.iter().any(|s| s == c.scenario))
         .filter(|c| transports.is_empty() || transports.iter().any(|t| t == c.transport))
         .collect();
@@ -127,8 +166,9 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         eprintln!("shmproc bench: no case matches the given --scenario and --transport\n\n{}", bench_usage());
         return 2;
     }
+    let quick = out.quick;
     let cfg = Config::for_machine(quick);
-    let ncpus = bench::os::allowed_cpus().len();
+    let ncpus = cfg.cpus.len();
     let placement = match (cfg.parent_cpu, cfg.child_cpu) {
         (Some(p), Some(c)) => {
             if let Err(e) = bench::os::pin_to_cpu(p) {
@@ -138,7 +178,12 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
         }
         _ => "one CPU allowed: parent and child unpinned, sharing it".to_string(),
     };
-    eprintln!("shmproc bench: {} case(s), {} run; {placement}", selected.len(), if quick { "quick" } else { "full" });
+    let cpu_model = cpu_model();
+    eprintln!(
+        "shmproc bench: {} case(s), {} run on {cpu_model}; {placement}",
+        selected.len(),
+        if quick { "quick" } else { "full" }
+    );
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
@@ -149,69 +194,135 @@ fn run_bench(cases: Vec<Case>, quick: bool, json: bool, scenarios: &[String], tr
     if let Some(n) = &load_note {
         eprintln!("shmproc bench: {n}");
     }
-    // About 35 cases must fit in 15 s (quick) or 60 s (full).
-    let (per_case_budget, total_budget) = if quick { (0.4, 15.0) } else { (1.7, 60.0) };
+    // About 50 cases should fit in 20 s (quick) or 80 s (full).
+    let (per_case_budget, total_budget) = if quick { (0.6, 20.0) } else { (2.0, 80.0) };
     let start = Instant::now();
     let mut rows = Vec::new();
     let mut failed = 0;
     let n = selected.len();
+    let bar = indicatif::ProgressBar::with_draw_target(Some(n as u64), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Per-case lines go to stderr only where no bar is drawn (not a terminal).
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     for (i, case) in selected.iter().enumerate() {
+        bar.set_message(format!("{}/{}", case.scenario, case.transport));
         let t0 = Instant::now();
-        let result = (case.run)(&cfg).and_then(|o| {
+        let result = bench::measure(case, &cases, &cfg, probe).and_then(|m| {
+            let o = &m.outcome;
             let finite = o.median.is_finite() && o.p99.is_none_or(f64::is_finite);
             if finite && o.runs > 0 {
-                Ok(o)
+                Ok(m)
             } else {
                 Err(format!("the case returned an invalid figure: {o:?}"))
             }
         });
         let took = t0.elapsed().as_secs_f64();
-        if took > per_case_budget {
-            eprintln!(
+        bar.inc(1);
+        if took > per_case_budget && out.verbose {
+            say(format!(
                 "shmproc bench: warning: {}/{} took {took:.2} s, over the {per_case_budget:.1} s a case may take \
                  (see cli/src/bench/mod.rs, \"Time budget\")",
                 case.scenario, case.transport
-            );
+            ));
         }
         match result {
-            Ok(outcome) => {
-                let row = Row { scenario: case.scenario.into(), transport: case.transport.into(), outcome };
-                eprintln!(
-                    "[{:>2}/{n}] {:<14} {:<16} {:>14}  ({took:.2} s)",
-                    i + 1,
-                    case.scenario,
-                    case.transport,
-                    report::human(row.outcome.metric, row.outcome.median)
-                );
-                if json {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{}", report::json_line(&row));
-                    let _ = out.flush();
+            Ok(m) => {
+                let row = Row { scenario: case.scenario.into(), transport: case.transport.into(), m };
+                if bar.is_hidden() {
+                    say(format!(
+                        "[{:>2}/{n}] {:<14} {:<16} {:>14}  {}  ({took:.2} s)",
+                        i + 1,
+                        case.scenario,
+                        case.transport,
+                        report::human(row.m.outcome.metric, row.m.outcome.median),
+                        report::ratio_text(&row.m),
+                    ));
+                }
+                if out.json {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = writeln!(stdout, "{}", report::json_line(&row));
+                    let _ = stdout.flush();
                 }
                 rows.push(row);
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("[{:>2}/{n}] {} / {}: FAILED: {e}", i + 1, case.scenario, case.transport);
+                say(format!("[{:>2}/{n}] {} / {}: FAILED: {e}", i + 1, case.scenario, case.transport));
             }
         }
     }
+    bar.finish_and_clear();
     let total = start.elapsed().as_secs_f64();
-    if !json {
+    let drifting: Vec<String> =
+        rows.iter().filter(|r| r.m.drifted()).map(|r| format!("{}/{}", r.scenario, r.transport)).collect();
+    let drift_note = (!drifting.is_empty()).then(|| {
+        format!(
+            "DRIFTING: raw-spin moved by more than {:.0}% across {} case(s) ({}): the host moved the CPUs; \
+             their ratios are suspect, run again",
+            bench::DRIFT_LIMIT * 100.0,
+            drifting.len(),
+            drifting.join(", ")
+        )
+    });
+    let heading = format!(
+        "shmproc bench ({}) on {cpu_model}: {placement}. Ratios: transport / baseline in the metric's unit, \
+         median of {} pairs of alternating {} ms blocks [min-max]",
+        if quick { "quick" } else { "full" },
+        cfg.pairs(),
+        cfg.block().as_millis()
+    );
+    if !out.json {
         // Ignore a closed stdout (`shmproc | head`) rather than panic.
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "shmproc bench ({}): {placement}", if quick { "quick" } else { "full" });
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{heading}");
         if let Some(n) = &load_note {
-            let _ = writeln!(out, "{n}");
+            let _ = writeln!(stdout, "{n}");
         }
-        let _ = write!(out, "{}", report::table(&rows));
-        let _ = out.flush();
+        let _ = write!(stdout, "{}", report::table(&rows));
+        if let Some(d) = &drift_note {
+            let _ = writeln!(stdout, "{d}");
+        }
+        let _ = stdout.flush();
+    } else if let Some(d) = &drift_note {
+        eprintln!("shmproc bench: {d}");
+    }
+    if let Some(path) = &out.plot {
+        let title = format!("shmproc bench ({}) on {cpu_model}, {placement}", if quick { "quick" } else { "full" });
+        match bench::plot::draw(&rows, path, &title) {
+            Ok(()) => eprintln!("shmproc bench: plot written to {path}"),
+            Err(e) => {
+                eprintln!("shmproc bench: {e}");
+                failed += 1;
+            }
+        }
     }
     eprintln!("shmproc bench: {} measured, {failed} failed, {total:.1} s in all", rows.len());
-    if total > total_budget {
+    if total > total_budget && out.verbose {
         eprintln!("shmproc bench: warning: the run took {total:.1} s, over its budget of {total_budget:.0} s");
     }
     u8::from(failed > 0)
+}
+
+/// The CPU model from /proc/cpuinfo ("unknown CPU" if it has none).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// Prints clap's message for `e` and exits as clap does: `--help` and `help`
@@ -243,9 +354,12 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Bench(cli.bench)) {
         Command::Bench(b) => {
-            ExitCode::from(run_bench(bench::all_cases(), b.quick, b.json, &b.scenarios, &b.transports))
+            let out = Output { quick: b.quick, json: b.json, verbose: b.verbose, plot: b.plot };
+            let probe: bench::Start = bench::baselines::spin_pingpong;
+            ExitCode::from(run_bench(bench::all_cases(), &out, &b.scenarios, &b.transports, Some(probe)))
         }
-        Command::Ls(LsArgs {}) => ExitCode::from(shm::ls() as u8),
+        Command::Ls(LsArgs { json }) => ExitCode::from(shm::ls(json) as u8),
+        Command::Info(InfoArgs { name, json }) => ExitCode::from(shm::info(&name, json) as u8),
         Command::Gc(g) => ExitCode::from(shm::gc(g.dry_run, &g.prefixes) as u8),
     }
 }
@@ -265,6 +379,8 @@ mod tests {
         Command::Bench(BenchArgs {
             quick,
             json,
+            plot: None,
+            verbose: false,
             scenarios: scenarios.iter().map(|s| s.to_string()).collect(),
             transports: transports.iter().map(|s| s.to_string()).collect(),
         })
@@ -322,32 +438,32 @@ mod tests {
 
     #[test]
     fn a_failing_case_does_not_stop_the_run_but_sets_the_exit_status() {
-        use bench::{Metric, Outcome};
+        use bench::{Metric, Session, Work};
         static RAN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let ok = |_: &Config| {
             RAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok(Outcome { metric: Metric::Us, median: 1.0, p99: None, runs: 1 })
+            Ok(Session::new(Work::Sample(Box::new(|| Ok(1.0)))))
         };
         let cases = || {
             vec![
-                Case { scenario: "s", transport: "fails", run: |_| Err("boom".into()) },
-                Case {
-                    scenario: "s",
-                    transport: "nan",
-                    run: |_| Ok(Outcome { metric: Metric::Us, median: f64::NAN, p99: None, runs: 1 }),
-                },
-                Case { scenario: "s", transport: "ok", run: ok },
+                Case::new("s", "fails", Metric::Us, |_| Err("boom".into())),
+                Case::new("s", "nan", Metric::Us, |_| Ok(Session::new(Work::Sample(Box::new(|| Ok(f64::NAN)))))),
+                Case::new("s", "ok", Metric::Us, ok),
             ]
         };
-        assert_eq!(run_bench(cases(), true, true, &[], &[]), 1);
+        let out = Output { quick: true, json: true, ..Output::default() };
+        assert_eq!(run_bench(cases(), &out, &[], &[], None), 1);
         assert_eq!(RAN.load(std::sync::atomic::Ordering::Relaxed), 1, "the case after the failures ran");
-        assert_eq!(run_bench(cases(), true, true, &[], &["ok".into()]), 0);
-        assert_eq!(run_bench(cases(), true, true, &["t".into()], &[]), 2);
+        assert_eq!(run_bench(cases(), &out, &[], &["ok".into()], None), 0);
+        assert_eq!(run_bench(cases(), &out, &["t".into()], &[], None), 2);
     }
 
     #[test]
     fn other_commands() {
-        assert_eq!(p(&["ls"]).unwrap(), Command::Ls(LsArgs {}));
+        assert_eq!(p(&["ls"]).unwrap(), Command::Ls(LsArgs { json: false }));
+        assert_eq!(p(&["ls", "--json"]).unwrap(), Command::Ls(LsArgs { json: true }));
+        assert_eq!(p(&["info", "x"]).unwrap(), Command::Info(InfoArgs { name: "x".into(), json: false }));
+        assert!(p(&["info"]).is_err(), "info needs a name");
         // Help, top-level and per command: clap's "error" kinds that exit with 0.
         assert_eq!(kind(&["help"]), ErrorKind::DisplayHelp);
         assert_eq!(kind(&["--help"]), ErrorKind::DisplayHelp);

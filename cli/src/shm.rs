@@ -190,8 +190,116 @@ fn human_size(n: u64) -> String {
     }
 }
 
-/// `shmproc ls`: prints the table; returns the exit code.
-pub fn ls() -> i32 {
+/// One entry as `ls --json` and `info --json` write it (serde_json): every
+/// key present on every line, `null` where it does not apply.
+#[derive(Debug, serde::Serialize)]
+struct JsonEntry<'a> {
+    name: &'a str,
+    /// true: a valid shmproc segment; false: foreign or corrupt (see `error`).
+    shmproc: bool,
+    size: u64,
+    kind: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    type_size: Option<u32>,
+    type_align: Option<u32>,
+    payload_size: Option<u64>,
+    ready: Option<bool>,
+    creator_pid: Option<u32>,
+    creator_alive: Option<bool>,
+    in_use: Option<bool>,
+    uid: Option<u32>,
+    error: Option<&'a str>,
+}
+
+fn json_entry<'a>(e: &'a Entry, used: &HashSet<(u64, u64)>) -> JsonEntry<'a> {
+    match e {
+        Entry::Segment { name, size, uid, id, ctime, header } => JsonEntry {
+            name,
+            shmproc: true,
+            size: *size,
+            kind: Some(header.kind.to_string()),
+            ty: Some(header.ty.name().to_string()).filter(|t| !t.is_empty()),
+            type_size: Some(header.ty.size),
+            type_align: Some(header.ty.align),
+            payload_size: Some(header.payload_size),
+            ready: Some(header.ready),
+            creator_pid: Some(header.creator_pid),
+            creator_alive: Some(creator_alive(header.creator_pid, *ctime)),
+            in_use: Some(used.contains(id)),
+            uid: Some(*uid),
+            error: None,
+        },
+        Entry::Other { name, size, why } => JsonEntry {
+            name,
+            shmproc: false,
+            size: *size,
+            kind: None,
+            ty: None,
+            type_size: None,
+            type_align: None,
+            payload_size: None,
+            ready: None,
+            creator_pid: None,
+            creator_alive: None,
+            in_use: None,
+            uid: None,
+            error: Some(why),
+        },
+    }
+}
+
+/// `shmproc info NAME`: the header of one segment, decoded (one JSON object
+/// with `json`); exit code 1 with the precise reason for a missing, foreign or
+/// corrupt entry.
+pub fn info(name: &str, json: bool) -> i32 {
+    let name = name.strip_prefix('/').unwrap_or(name);
+    if name.is_empty() || name.contains('/') {
+        eprintln!("shmproc info: '{name}' is not a segment name (a file name in {SHM_DIR})");
+        return 1;
+    }
+    let entry = inspect(name);
+    let used = in_use();
+    if json {
+        // Serialising strings and numbers cannot fail.
+        println!("{}", serde_json::to_string(&json_entry(&entry, &used)).expect("an entry serialises"));
+    }
+    match &entry {
+        Entry::Segment { size, uid, id, ctime, header, .. } => {
+            if !json {
+                let ty = header.ty.name();
+                println!("name:          {name}");
+                println!("kind:          {}", header.kind);
+                println!(
+                    "state:         {}",
+                    if header.ready { "ready" } else { "not ready (being initialised, or its creator died mid-way)" }
+                );
+                println!(
+                    "element type:  {} (size {}, align {})",
+                    if ty.is_empty() { "-" } else { ty },
+                    header.ty.size,
+                    header.ty.align
+                );
+                println!("size:          {} ({size} bytes; payload {} bytes)", human_size(*size), header.payload_size);
+                println!(
+                    "creator:       pid {} ({})",
+                    header.creator_pid,
+                    if creator_alive(header.creator_pid, *ctime) { "alive" } else { "dead" }
+                );
+                println!("owner uid:     {uid}");
+                println!("in use:        {}", if used.contains(id) { "yes" } else { "no" });
+            }
+            0
+        }
+        Entry::Other { why, .. } => {
+            eprintln!("shmproc info: {SHM_DIR}/{name}: {why}");
+            1
+        }
+    }
+}
+
+/// `shmproc ls`: prints the table (or one JSON object per entry); returns the exit code.
+pub fn ls(json: bool) -> i32 {
     let entries = match scan() {
         Ok(e) => e,
         Err(e) => {
@@ -200,6 +308,13 @@ pub fn ls() -> i32 {
         }
     };
     let used = in_use();
+    if json {
+        for e in &entries {
+            // Serialising strings and numbers cannot fail.
+            println!("{}", serde_json::to_string(&json_entry(e, &used)).expect("an entry serialises"));
+        }
+        return 0;
+    }
     let mut rows = vec![[
         "NAME".to_string(),
         "KIND".into(),

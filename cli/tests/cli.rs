@@ -117,7 +117,21 @@ fn bench_json_prints_one_exact_object_per_case() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         let obj = v.as_object().expect("an object");
         let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-        let mut want = vec!["scenario", "transport", "metric", "median", "p99", "runs"];
+        let mut want = vec![
+            "scenario",
+            "transport",
+            "metric",
+            "median",
+            "p99",
+            "runs",
+            "ratio",
+            "ratio_lo",
+            "ratio_hi",
+            "baseline",
+            "drift",
+            "drifting",
+            "placement",
+        ];
         let mut got = keys.clone();
         got.sort();
         want.sort();
@@ -128,6 +142,18 @@ fn bench_json_prints_one_exact_object_per_case() {
         let p99 = obj["p99"].as_f64().expect("ping-pong has a p99");
         assert!(median > 0.0 && p99 >= median, "{line}");
         assert!(obj["runs"].as_u64().expect("runs is an integer") > 0, "{line}");
+        // Both rows are paired (raw-spin is the scenario's baseline: ratio 1).
+        let (r, lo, hi) = (obj["ratio"].as_f64(), obj["ratio_lo"].as_f64(), obj["ratio_hi"].as_f64());
+        let (r, lo, hi) = (r.expect("a ratio"), lo.expect("ratio_lo"), hi.expect("ratio_hi"));
+        assert!(lo <= r && r <= hi && lo > 0.0, "{line}");
+        if obj["transport"] == "os-pipe" {
+            assert_eq!(obj["baseline"], "raw-spin", "{line}");
+        } else {
+            assert_eq!((r, obj["baseline"].is_null()), (1.0, true), "{line}");
+        }
+        assert!(obj["drift"].as_f64().is_some_and(|d| d > 0.0), "every case is probed: {line}");
+        assert!(obj["drifting"].is_boolean(), "{line}");
+        assert!(!obj["placement"].as_str().expect("placement").is_empty(), "{line}");
         transports.push(obj["transport"].as_str().unwrap().to_string());
     }
     transports.sort();
@@ -136,12 +162,64 @@ fn bench_json_prints_one_exact_object_per_case() {
 }
 
 #[test]
-fn bench_table_has_the_ratio_column() {
-    let out = shmproc(&["bench", "--quick", "--scenario", "stream-64KiB", "--transport", "os-pipe"]);
+fn bench_table_has_the_paired_ratio_column_and_the_plot() {
+    let svg = std::env::temp_dir().join(format!("shmproc-test-cli-{}.svg", std::process::id()));
+    let svg_path = svg.to_str().expect("utf-8 temp dir");
+    let out =
+        shmproc(&["bench", "--quick", "--scenario", "stream-64KiB", "--transport", "os-pipe", "--plot", svg_path]);
+    let stdout = text(&out.stdout);
+    let picture = std::fs::read_to_string(&svg).unwrap_or_default();
+    let _ = std::fs::remove_file(&svg);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("vs baseline [min-max]") && stdout.contains("x raw-ring ["), "{stdout}");
+    assert!(stdout.contains("bytes_per_s") && stdout.contains("placement"), "{stdout}");
+    assert!(picture.starts_with("<svg") && picture.contains("os-pipe"), "{picture}");
+}
+
+#[test]
+fn ls_json_and_info_decode_headers_and_reject_foreign_entries() {
+    let p = prefix();
+    let live = format!("{p}live");
+    let foreign = format!("{p}foreign");
+    let _cleanup = Cleanup(vec![live.clone(), foreign.clone()]);
+    let _v = Value::<u64>::builder().name(&live).create(1).expect("create");
+    std::fs::write(format!("/dev/shm/{foreign}"), vec![0u8; 4096]).expect("write foreign entry");
+
+    let out = shmproc(&["ls", "--json"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("vs os-pipe") && stdout.contains("(reference)"), "{stdout}");
-    assert!(stdout.contains("bytes_per_s"), "{stdout}");
+    let entries: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let ours = entries.iter().find(|e| e["name"] == live.as_str()).unwrap_or_else(|| panic!("{live}: {stdout}"));
+    assert_eq!((&ours["shmproc"], &ours["kind"], &ours["type"]), (&true.into(), &"Value".into(), &"u64".into()));
+    assert_eq!(ours["creator_pid"].as_u64(), Some(u64::from(std::process::id())));
+    assert_eq!((&ours["creator_alive"], &ours["in_use"], &ours["ready"]), (&true.into(), &true.into(), &true.into()));
+    let theirs = entries.iter().find(|e| e["name"] == foreign.as_str()).expect("foreign entry listed");
+    assert_eq!(theirs["shmproc"], false);
+    assert_eq!(theirs["error"], "not shmproc");
+
+    let out = shmproc(&["info", &live]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("kind:          Value") && stdout.contains("u64 (size 8, align 8)"), "{stdout}");
+    let out = shmproc(&["info", "--json", &format!("/{live}")]);
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("one JSON object");
+    assert_eq!((v["name"].as_str(), v["payload_size"].as_u64().is_some()), (Some(live.as_str()), true));
+
+    let out = shmproc(&["info", &foreign]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not shmproc"), "{}", text(&out.stderr));
+    // A shmproc magic followed by garbage: a precise "corrupt" error, no panic.
+    let mut bytes = vec![0xffu8; 4096];
+    bytes[..8].copy_from_slice(&shmproc::header::MAGIC.to_le_bytes());
+    std::fs::write(format!("/dev/shm/{foreign}"), bytes).expect("rewrite foreign entry");
+    let out = shmproc(&["info", &foreign]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("corrupt shmproc header"), "{}", text(&out.stderr));
+    let out = shmproc(&["info", &format!("{p}missing")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot open"), "{}", text(&out.stderr));
+    drop(v);
 }
 
 #[test]

@@ -5,15 +5,16 @@
 //!
 //! | transport     | scenarios                         | how                                                   |
 //! |---------------|-----------------------------------|-------------------------------------------------------|
-//! | `raw-spin`    | `pingpong-8B`                     | two `AtomicU64`s on separate lines, both sides spin   |
-//! | `raw-futex`   | `pingpong-8B`                     | two `AtomicU32` futex words, shared wait/wake         |
-//! | `raw-ring`    | `stream-8B`, `stream-64KiB`       | a tuned SPSC ring (see [`Ring8`] and [`RingBulk`])     |
+//! | `raw-spin`    | `pingpong-8B`, `event-pingpong`   | two `AtomicU64`s on separate lines, both sides spin, publish with `swap` |
+//! | `raw-futex`   | `pingpong-8B`, `event-pingpong`   | two `AtomicU32` futex words, shared wait/wake         |
+//! | `raw-ring`    | `stream-8B`, `stream-64KiB`       | a tuned SPSC ring (see [`Ring8`] and [`RingBulk`], 1 MiB like the Pipe's) |
+//! | `raw-mpmc`    | `stream-mpmc`                     | a bare Vyukov bounded MPMC ring, the same producers as the queue |
 //! | `os-pipe`     | all three                         | `pipe(2)`: 8-byte round trips, 8-byte or 64 KiB writes |
 //! | `unix-socket` | all three                         | `socketpair(AF_UNIX, SOCK_STREAM)`, same as the pipe   |
 //!
-//! Ping-pong samples are per round trip and include one clock read each
-//! (about 17 ns on this machine's TSC clock), as do the samples of every other
-//! ping-pong case, so ratios compare like with like.
+//! `raw-spin` publishes each message with `swap` (`xchg` on x86), which is
+//! faster than a plain store when the vCPUs are far apart: the floor must be
+//! the fastest bare handoff. It is also the drift probe of every case.
 //!
 //! The shared state lives in an anonymous shmproc [`Segment`] (a sealed memfd
 //! mapped `MAP_SHARED`, inherited across `fork`). The parent runs on
@@ -31,10 +32,13 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
+use super::Outcome;
+
 use shmproc::Segment;
 
 use super::os::{self, Child};
-use super::{Case, Config, Metric, Outcome, Samples, Windows};
+use super::{Case, Config, Metric, Session, Work};
 
 /// Round trip of one 8-byte message and its 8-byte reply.
 pub const PINGPONG_8B: &str = "pingpong-8B";
@@ -45,17 +49,19 @@ pub const STREAM_64KIB: &str = "stream-64KiB";
 
 /// The baseline cases, in print order.
 pub fn cases() -> Vec<Case> {
+    use Metric::{BytesPerS, MsgsPerS, RttNs};
     vec![
-        Case { scenario: PINGPONG_8B, transport: "raw-spin", run: spin_pingpong },
-        Case { scenario: PINGPONG_8B, transport: "raw-futex", run: futex_pingpong },
-        Case { scenario: PINGPONG_8B, transport: "os-pipe", run: pipe_pingpong },
-        Case { scenario: PINGPONG_8B, transport: "unix-socket", run: socket_pingpong },
-        Case { scenario: STREAM_8B, transport: "raw-ring", run: ring8_stream },
-        Case { scenario: STREAM_8B, transport: "os-pipe", run: |cfg| pipe_stream(cfg, 8) },
-        Case { scenario: STREAM_8B, transport: "unix-socket", run: |cfg| socket_stream(cfg, 8) },
-        Case { scenario: STREAM_64KIB, transport: "raw-ring", run: ring_bulk_stream },
-        Case { scenario: STREAM_64KIB, transport: "os-pipe", run: |cfg| pipe_stream(cfg, CHUNK) },
-        Case { scenario: STREAM_64KIB, transport: "unix-socket", run: |cfg| socket_stream(cfg, CHUNK) },
+        Case::new(PINGPONG_8B, "raw-spin", RttNs, spin_pingpong),
+        Case::new(PINGPONG_8B, "raw-futex", RttNs, futex_pingpong),
+        Case::new(PINGPONG_8B, "os-pipe", RttNs, pipe_pingpong),
+        Case::new(PINGPONG_8B, "unix-socket", RttNs, socket_pingpong),
+        Case::new(STREAM_8B, "raw-ring", MsgsPerS, ring8_stream),
+        Case::new(STREAM_8B, "os-pipe", MsgsPerS, |cfg| pipe_stream(cfg, 8)),
+        Case::new(STREAM_8B, "unix-socket", MsgsPerS, |cfg| socket_stream(cfg, 8)),
+        Case::new(STREAM_64KIB, "raw-ring", BytesPerS, ring_bulk_stream),
+        Case::new(STREAM_64KIB, "os-pipe", BytesPerS, |cfg| pipe_stream(cfg, CHUNK)),
+        Case::new(STREAM_64KIB, "unix-socket", BytesPerS, |cfg| socket_stream(cfg, CHUNK)),
+        Case::new("stream-mpmc", "raw-mpmc", MsgsPerS, mpmc_stream),
     ]
 }
 
@@ -94,7 +100,7 @@ impl<T> Shared<T> {
         let size = std::mem::size_of::<T>() + extra;
         let seg = Segment::builder().size(size).create().map_err(|e| format!("anonymous segment: {e}"))?;
         let p = seg.payload_ptr().as_ptr() as usize;
-        if p % std::mem::align_of::<T>() != 0 || seg.payload_len() < size {
+        if !p.is_multiple_of(std::mem::align_of::<T>()) || seg.payload_len() < size {
             return Err(format!("segment payload at {p:#x} ({} bytes) cannot hold the bench state", seg.payload_len()));
         }
         Ok(Shared { seg, _t: std::marker::PhantomData })
@@ -123,7 +129,7 @@ fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()>
     while !done() {
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
-        if spins % 4096 == 0 {
+        if spins.is_multiple_of(4096) {
             let now = Instant::now();
             match since {
                 None => since = Some(now),
@@ -135,19 +141,9 @@ fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()>
     Ok(())
 }
 
-/// Waits for the child after the parent's side is done; a non-zero exit is an
-/// error. Cases reap the child first and then report their own error before
-/// this one: the parent's error says more than the child's exit code.
-fn finish_child(mut child: Child, fired: bool, what: &str) -> Result<(), String> {
-    let code = child.wait_timeout(Duration::from_secs(5))?;
-    if fired {
-        return Err(format!("{what}: the child made no progress within the case limit and was killed"));
-    }
-    match code {
-        EXIT_OK => Ok(()),
-        EXIT_STALLED => Err(format!("{what}: the child saw no progress from the parent")),
-        c => Err(format!("{what}: the child failed with exit code {c}")),
-    }
+/// Forks a bench child pinned to the child CPU.
+fn fork(cfg: &Config, f: impl FnOnce() -> i32 + 'static) -> Result<Child, String> {
+    os::fork_child(cfg.child_cpu, f).map_err(|e| format!("fork: {e}"))
 }
 
 // ---------------------------------------------------------------- raw-spin
@@ -160,12 +156,13 @@ struct SpinWords {
 
 const STOP: u64 = u64::MAX;
 
-fn spin_pingpong(cfg: &Config) -> Result<Outcome, String> {
+/// Also the drift probe of every case and the same-run baseline of
+/// `event-pingpong/event-spin`.
+pub fn spin_pingpong(cfg: &Config) -> Result<Session, String> {
     let shared = Shared::<SpinWords>::new(0)?;
-    let w = shared.get();
     let stall = cfg.stall_limit();
     let theirs = shared.clone();
-    let child = os::fork_child(cfg.child_cpu, move || {
+    let child = fork(cfg, move || {
         let w = theirs.get();
         let mut seen = 0u64;
         loop {
@@ -176,27 +173,22 @@ fn spin_pingpong(cfg: &Config) -> Result<Outcome, String> {
             if seen == STOP {
                 return EXIT_OK;
             }
-            w.pong.0.store(seen, Ordering::Release);
+            w.pong.0.swap(seen, Ordering::AcqRel);
         }
-    })
-    .map_err(|e| format!("fork: {e}"))?;
-    let mut samples = Samples::start(cfg);
+    })?;
+    let stopper = shared.clone();
     let mut i = 0u64;
-    let result = loop {
+    Ok(Session::new(Work::RoundTrip(Box::new(move |_| {
+        let w = shared.get();
         i += 1;
-        w.ping.0.store(i, Ordering::Release);
-        if spin_until(stall, || w.pong.0.load(Ordering::Acquire) == i).is_err() {
-            break Err("raw-spin: no reply from the child".to_string());
-        }
-        if !samples.tick() {
-            break Ok(());
-        }
-    };
-    w.ping.0.store(STOP, Ordering::Release);
-    let waited = finish_child(child, false, "raw-spin");
-    result?;
-    waited?;
-    samples.finish(Metric::RttNs)
+        w.ping.0.swap(i, Ordering::AcqRel);
+        spin_until(stall, || w.pong.0.load(Ordering::Acquire) == i).map_err(|()| "raw-spin: no reply".to_string())
+    })))
+    .child(child)
+    .on_finish(move || {
+        stopper.get().ping.0.store(STOP, Ordering::Release);
+    })
+    .placement(cfg.pair_placement()))
 }
 
 // ---------------------------------------------------------------- raw-futex
@@ -225,13 +217,17 @@ fn futex_until_changed(word: &AtomicU32, old: u32, limit: Duration) -> Result<u3
     }
 }
 
-/// Also the same-run baseline of `event-pingpong` (registered in `sync.rs`).
-pub(super) fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
+fn futex_pingpong(cfg: &Config) -> Result<Session, String> {
+    futex_pingpong_delayed(cfg, Duration::ZERO)
+}
+
+/// The futex ping-pong, each side busy-waiting `delay` before it wakes the
+/// other (the `event-pingpong` scenario's `raw-futex`, baseline of `event-sleep`).
+pub(super) fn futex_pingpong_delayed(cfg: &Config, delay: Duration) -> Result<Session, String> {
     let shared = Shared::<FutexWords>::new(0)?;
-    let w = shared.get();
     let stall = cfg.stall_limit();
     let theirs = shared.clone();
-    let child = os::fork_child(cfg.child_cpu, move || {
+    let child = fork(cfg, move || {
         let w = theirs.get();
         let mut seen = 0u32;
         loop {
@@ -240,32 +236,33 @@ pub(super) fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
                 Ok(FUTEX_STOP) => return EXIT_OK,
                 Ok(v) => seen = v,
             }
+            super::sync::delay(delay);
             w.pong.0.store(seen, Ordering::Release);
             os::futex_wake(&w.pong.0);
         }
-    })
-    .map_err(|e| format!("fork: {e}"))?;
-    let mut samples = Samples::start(cfg);
+    })?;
+    let stopper = shared.clone();
     let mut i = 0u32;
-    let result = loop {
-        i += 1;
+    Ok(Session::new(Work::RoundTrip(Box::new(move |_| {
+        let w = shared.get();
+        i = if i + 1 == FUTEX_STOP { 1 } else { i + 1 };
+        let before = w.pong.0.load(Ordering::Acquire);
+        super::sync::delay(delay);
         w.ping.0.store(i, Ordering::Release);
         os::futex_wake(&w.ping.0);
-        match futex_until_changed(&w.pong.0, i - 1, stall) {
-            Ok(v) if v == i => {}
-            Ok(v) => break Err(format!("raw-futex: reply {v}, expected {i}")),
-            Err(()) => break Err("raw-futex: no reply from the child".to_string()),
+        match futex_until_changed(&w.pong.0, before, stall) {
+            Ok(v) if v == i => Ok(()),
+            Ok(v) => Err(format!("raw-futex: reply {v}, expected {i}")),
+            Err(()) => Err("raw-futex: no reply from the child".to_string()),
         }
-        if !samples.tick() {
-            break Ok(());
-        }
-    };
-    w.ping.0.store(FUTEX_STOP, Ordering::Release);
-    os::futex_wake(&w.ping.0);
-    let waited = finish_child(child, false, "raw-futex");
-    result?;
-    waited?;
-    samples.finish(Metric::RttNs)
+    })))
+    .child(child)
+    .on_finish(move || {
+        let w = stopper.get();
+        w.ping.0.store(FUTEX_STOP, Ordering::Release);
+        os::futex_wake(&w.ping.0);
+    })
+    .placement(cfg.pair_placement()))
 }
 
 // ---------------------------------------------------------------- os-pipe / unix-socket ping-pong
@@ -274,15 +271,15 @@ pub(super) fn futex_pingpong(cfg: &Config) -> Result<Outcome, String> {
 /// the child (and so closed in the parent when the closure is dropped there);
 /// `close_in_child` are the raw fds of the parent's ends, which the child closes
 /// so that EOF reaches each side when the other exits.
-fn stream_pingpong<R: Read, W: Write, CR: Read + 'static, CW: Write + 'static>(
+fn stream_pingpong<R: Read + 'static, W: Write + 'static, CR: Read + 'static, CW: Write + 'static>(
     cfg: &Config,
-    what: &str,
+    what: &'static str,
     mut rx: R,
     mut tx: W,
     child_ends: (CR, CW),
     close_in_child: Vec<i32>,
-) -> Result<Outcome, String> {
-    let child = os::fork_child(cfg.child_cpu, move || {
+) -> Result<Session, String> {
+    let child = fork(cfg, move || {
         for fd in close_in_child {
             os::close_raw(fd);
         }
@@ -298,45 +295,31 @@ fn stream_pingpong<R: Read, W: Write, CR: Read + 'static, CW: Write + 'static>(
                 return EXIT_IO;
             }
         }
-    })
-    .map_err(|e| format!("fork: {e}"))?;
-    let ((result, samples), fired) = os::watched(&child, cfg.case_limit(), || {
-        let mut samples = Samples::start(cfg);
-        let mut i = 0u64;
-        let mut buf = [0u8; 8];
-        let result = loop {
-            i += 1;
-            if let Err(e) = tx.write_all(&i.to_le_bytes()) {
-                break Err(format!("{what}: write: {e}"));
-            }
-            if let Err(e) = rx.read_exact(&mut buf) {
-                break Err(format!("{what}: read: {e}"));
-            }
-            if u64::from_le_bytes(buf) != i {
-                break Err(format!("{what}: reply {} to message {i}", u64::from_le_bytes(buf)));
-            }
-            if !samples.tick() {
-                break Ok(());
-            }
-        };
-        drop(tx); // EOF for the child
-        drop(rx);
-        (result, samples)
-    });
-    let waited = finish_child(child, fired, what);
-    result?;
-    waited?;
-    samples.finish(Metric::RttNs)
+    })?;
+    let mut i = 0u64;
+    let mut buf = [0u8; 8];
+    // Dropping the work closes `tx` and `rx`: EOF for the child.
+    Ok(Session::new(Work::RoundTrip(Box::new(move |_| {
+        i += 1;
+        tx.write_all(&i.to_le_bytes()).map_err(|e| format!("{what}: write: {e}"))?;
+        rx.read_exact(&mut buf).map_err(|e| format!("{what}: read: {e}"))?;
+        if u64::from_le_bytes(buf) != i {
+            return Err(format!("{what}: reply {} to message {i}", u64::from_le_bytes(buf)));
+        }
+        Ok(())
+    })))
+    .child(child)
+    .placement(cfg.pair_placement()))
 }
 
-fn pipe_pingpong(cfg: &Config) -> Result<Outcome, String> {
+fn pipe_pingpong(cfg: &Config) -> Result<Session, String> {
     let (p2c_r, p2c_w) = os::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (c2p_r, c2p_w) = os::pipe().map_err(|e| format!("pipe: {e}"))?;
     let close = vec![p2c_w.as_raw_fd(), c2p_r.as_raw_fd()];
     stream_pingpong(cfg, "os-pipe", c2p_r, p2c_w, (p2c_r, c2p_w), close)
 }
 
-fn socket_pingpong(cfg: &Config) -> Result<Outcome, String> {
+fn socket_pingpong(cfg: &Config) -> Result<Session, String> {
     let (a, b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let a2 = a.try_clone().map_err(|e| format!("dup: {e}"))?;
     let b2 = b.try_clone().map_err(|e| format!("dup: {e}"))?;
@@ -346,21 +329,20 @@ fn socket_pingpong(cfg: &Config) -> Result<Outcome, String> {
 
 // ---------------------------------------------------------------- os-pipe / unix-socket streams
 
-/// The child writes `msg`-byte messages until the parent raises `stop`; the
-/// parent reads in 64 KiB gulps and counts. Rates are messages/s for 8-byte
-/// messages and bytes/s otherwise.
-fn stream_oneway<R: Read, CW: Write + 'static>(
+/// The child writes `msg`-byte messages until the parent raises `stop` (or
+/// closes its end after raising it); the parent reads in 64 KiB gulps and
+/// counts. Units are messages for 8-byte messages and bytes otherwise.
+fn stream_oneway<R: Read + 'static, CW: Write + 'static>(
     cfg: &Config,
-    what: &str,
+    what: &'static str,
     mut rx: R,
     child_tx: CW,
     close_in_child: Vec<i32>,
     msg: usize,
-) -> Result<Outcome, String> {
+) -> Result<Session, String> {
     let shared = Shared::<Line<AtomicU32>>::new(0)?;
-    let stop = &shared.get().0;
     let theirs = shared.clone();
-    let child = os::fork_child(cfg.child_cpu, move || {
+    let child = fork(cfg, move || {
         let stop = &theirs.get().0;
         for fd in close_in_child {
             os::close_raw(fd);
@@ -371,56 +353,42 @@ fn stream_oneway<R: Read, CW: Write + 'static>(
         let mut n = 0u64;
         loop {
             if tx.write_all(&data).is_err() {
-                return EXIT_IO;
+                // The parent closes its end only after raising `stop`.
+                return if stop.load(Ordering::Relaxed) != 0 { EXIT_OK } else { EXIT_IO };
             }
             n += 1;
-            if n % check_every == 0 && stop.load(Ordering::Relaxed) != 0 {
+            if n.is_multiple_of(check_every) && stop.load(Ordering::Relaxed) != 0 {
                 return EXIT_OK;
             }
         }
-    })
-    .map_err(|e| format!("fork: {e}"))?;
-    let ((result, windows), fired) = os::watched(&child, cfg.case_limit(), || {
-        let mut windows = Windows::start(cfg);
-        let mut buf = vec![0u8; CHUNK];
-        let mut bytes = 0u64;
-        let unit = if msg == 8 { 8 } else { 1 };
-        let result = loop {
-            match rx.read(&mut buf) {
-                Ok(0) => break Err(format!("{what}: the child closed the stream early")),
-                Ok(n) => bytes += n as u64,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => break Err(format!("{what}: read: {e}")),
+    })?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut bytes = 0u64;
+    let unit = if msg == 8 { 8 } else { 1 };
+    let stopper = shared.clone();
+    Ok(Session::new(Work::Stream(Box::new(move || loop {
+        match rx.read(&mut buf) {
+            Ok(0) => return Err(format!("{what}: the child closed the stream early")),
+            Ok(n) => {
+                bytes += n as u64;
+                return Ok(bytes / unit);
             }
-            if !windows.observe(bytes / unit) {
-                break Ok(());
-            }
-        };
-        stop.store(1, Ordering::Relaxed);
-        // Drain until the child exits and its end closes.
-        if result.is_ok() {
-            while let Ok(n) = rx.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("{what}: read: {e}")),
         }
-        drop(rx);
-        (result, windows)
-    });
-    let waited = finish_child(child, fired, what);
-    result?;
-    waited?;
-    windows.finish(if msg == 8 { Metric::MsgsPerS } else { Metric::BytesPerS })
+    })))
+    .child(child)
+    .on_finish(move || stopper.get().0.store(1, Ordering::Relaxed))
+    .placement(cfg.pair_placement()))
 }
 
-fn pipe_stream(cfg: &Config, msg: usize) -> Result<Outcome, String> {
+fn pipe_stream(cfg: &Config, msg: usize) -> Result<Session, String> {
     let (r, w) = os::pipe().map_err(|e| format!("pipe: {e}"))?;
     let close = vec![r.as_raw_fd()];
     stream_oneway(cfg, "os-pipe", r, w, close, msg)
 }
 
-fn socket_stream(cfg: &Config, msg: usize) -> Result<Outcome, String> {
+fn socket_stream(cfg: &Config, msg: usize) -> Result<Session, String> {
     let (a, b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let close = vec![a.as_raw_fd()];
     stream_oneway(cfg, "unix-socket", a, b, close, msg)
@@ -457,16 +425,15 @@ struct Ring8 {
     slots: [AtomicU64; RING8_SLOTS],
 }
 
-const _: () = assert!(RING8_SLOTS.is_power_of_two() && RING8_SLOTS as u64 % BATCH == 0);
+const _: () = assert!(RING8_SLOTS.is_power_of_two() && (RING8_SLOTS as u64).is_multiple_of(BATCH));
 const _: () = assert!(std::mem::offset_of!(Ring8, slots) == 384);
 
-fn ring8_stream(cfg: &Config) -> Result<Outcome, String> {
+fn ring8_stream(cfg: &Config) -> Result<Session, String> {
     let shared = Shared::<Ring8>::new(0)?;
-    let r = shared.get();
     let stall = cfg.stall_limit();
     let mask = RING8_SLOTS as u64 - 1;
     let theirs = shared.clone();
-    let child = os::fork_child(cfg.child_cpu, move || {
+    let child = fork(cfg, move || {
         let r = theirs.get();
         let mut tail = 0u64;
         let mut cached_head = 0u64;
@@ -487,53 +454,52 @@ fn ring8_stream(cfg: &Config) -> Result<Outcome, String> {
             }
             r.slots[(tail & mask) as usize].store(tail, Ordering::Relaxed);
             tail += 1;
-            if tail % BATCH == 0 {
+            if tail.is_multiple_of(BATCH) {
                 r.tail.0.store(tail, Ordering::Release);
-                if tail % (BATCH * 1024) == 0 && r.stop.0.load(Ordering::Relaxed) != 0 {
+                if tail.is_multiple_of(BATCH * 1024) && r.stop.0.load(Ordering::Relaxed) != 0 {
                     return EXIT_OK;
                 }
             }
         }
-    })
-    .map_err(|e| format!("fork: {e}"))?;
-    let mut windows = Windows::start(cfg);
+    })?;
+    let stopper = shared.clone();
     let mut head = 0u64;
     let mut cached_tail = 0u64;
-    let mut mismatch = 0u64;
-    let result = loop {
-        if head == cached_tail
-            && spin_until(stall, || {
-                cached_tail = r.tail.0.load(Ordering::Acquire);
-                cached_tail != head
-            })
-            .is_err()
-        {
-            break Err("raw-ring: the producer stalled".to_string());
-        }
-        let v = r.slots[(head & mask) as usize].load(Ordering::Relaxed);
-        mismatch |= v ^ head;
-        head += 1;
-        if head % BATCH == 0 {
-            r.head.0.store(head, Ordering::Release);
-            if head % (1 << 16) == 0 && !windows.observe(head) {
-                break Ok(());
+    Ok(Session::new(Work::Stream(Box::new(move || {
+        let r = shared.get();
+        // Up to 16 Ki messages per call.
+        let mut mismatch = 0u64;
+        for _ in 0..(1 << 14) / BATCH {
+            for _ in 0..BATCH {
+                if head == cached_tail
+                    && spin_until(stall, || {
+                        cached_tail = r.tail.0.load(Ordering::Acquire);
+                        cached_tail != head
+                    })
+                    .is_err()
+                {
+                    return Err("raw-ring: the producer stalled".to_string());
+                }
+                let v = r.slots[(head & mask) as usize].load(Ordering::Relaxed);
+                mismatch |= v ^ head;
+                head += 1;
             }
+            r.head.0.store(head, Ordering::Release);
         }
-    };
-    r.stop.0.store(1, Ordering::Relaxed);
-    let waited = finish_child(child, false, "raw-ring");
-    result?;
-    waited?;
-    if mismatch != 0 {
-        return Err("raw-ring: a message arrived out of order or corrupted".into());
-    }
-    windows.finish(Metric::MsgsPerS)
+        if mismatch != 0 {
+            return Err("raw-ring: a message arrived out of order or corrupted".into());
+        }
+        Ok(head)
+    })))
+    .child(child)
+    .on_finish(move || stopper.get().stop.0.store(1, Ordering::Relaxed))
+    .placement(cfg.pair_placement()))
 }
 
 // ---------------------------------------------------------------- raw-ring, 64 KiB chunks
 
-/// Chunks in the bulk ring (512 KiB of data).
-const BULK_SLOTS: u64 = 8;
+/// Chunks in the bulk ring: 1 MiB of data, as much as the shmproc Pipe's ring.
+const BULK_SLOTS: u64 = 16;
 
 /// A single-producer single-consumer ring of 64 KiB chunks.
 ///
@@ -542,7 +508,7 @@ const BULK_SLOTS: u64 = 8;
 /// | 0      | `tail`    | producer   | chunks published                           |
 /// | 128    | `head`    | consumer   | chunks consumed                            |
 /// | 256    | `stop`    | consumer   | non-zero: the producer should exit         |
-/// | 4096   | data      | producer   | 8 chunks of 64 KiB, chunk `n` in `n % 8`   |
+/// | 4096   | data      | producer   | 16 chunks of 64 KiB, chunk `n` in `n % 16` |
 ///
 /// The producer copies a private 64 KiB buffer in (its first 8 bytes hold the
 /// chunk number) and publishes `tail`; the consumer copies the chunk out to a
@@ -555,6 +521,7 @@ struct RingBulk {
 }
 
 const _: () = assert!(std::mem::size_of::<RingBulk>() == 4096);
+const _: () = assert!(BULK_SLOTS as usize * CHUNK >= 1 << 20);
 
 /// The bulk ring's control page in `shared` and the address of its data area.
 fn bulk_ring(shared: &Shared<[u8; 0]>) -> (&RingBulk, usize) {
@@ -570,15 +537,15 @@ fn bulk_ring(shared: &Shared<[u8; 0]>) -> (&RingBulk, usize) {
     (r, data)
 }
 
-fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
+fn ring_bulk_stream(cfg: &Config) -> Result<Session, String> {
     // The payload starts 128 bytes into a page; ask for a page more and align by hand.
     let shared = Shared::<[u8; 0]>::new(4096 + std::mem::size_of::<RingBulk>() + BULK_SLOTS as usize * CHUNK)?;
-    let (r, data) = bulk_ring(&shared);
+    let (_, data) = bulk_ring(&shared);
     // The mapping is at the same address in the forked child, so `data` is too.
     let chunk_at = move |n: u64| (data + (n % BULK_SLOTS) as usize * CHUNK) as *mut u8;
     let stall = cfg.stall_limit();
     let theirs = shared.clone();
-    let child = os::fork_child(cfg.child_cpu, move || {
+    let child = fork(cfg, move || {
         let (r, _) = bulk_ring(&theirs);
         let mut src = vec![0xa5u8; CHUNK];
         let mut tail = 0u64;
@@ -595,23 +562,23 @@ fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
                 return EXIT_STALLED;
             }
             src[..8].copy_from_slice(&tail.to_le_bytes());
-            // SAFETY: chunk `tail % 8` lies in the data area; the consumer has
-            // released it (head > tail - 8, acquired above) and does not touch it
+            // SAFETY: chunk `tail % 16` lies in the data area; the consumer has
+            // released it (head > tail - 16, acquired above) and does not touch it
             // again until we publish `tail + 1` below.
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), chunk_at(tail), CHUNK) };
             tail += 1;
             r.tail.0.store(tail, Ordering::Release);
         }
-    })
-    .map_err(|e| format!("fork: {e}"))?;
-    let mut windows = Windows::start(cfg);
+    })?;
+    let stopper = shared.clone();
     let mut dst = vec![0u8; CHUNK];
     let mut head = 0u64;
-    let result = loop {
+    Ok(Session::new(Work::Stream(Box::new(move || {
+        let (r, _) = bulk_ring(&shared);
         if spin_until(stall, || r.tail.0.load(Ordering::Acquire) != head).is_err() {
-            break Err("raw-ring: the producer stalled".to_string());
+            return Err("raw-ring: the producer stalled".to_string());
         }
-        // SAFETY: chunk `head % 8` was published by the producer (tail > head,
+        // SAFETY: chunk `head % 16` was published by the producer (tail > head,
         // acquired above) and is not rewritten until we publish `head + 1`.
         unsafe { std::ptr::copy_nonoverlapping(chunk_at(head), dst.as_mut_ptr(), CHUNK) };
         // The whole chunk must really be copied out, as a receiver would: keep
@@ -619,17 +586,145 @@ fn ring_bulk_stream(cfg: &Config) -> Result<Outcome, String> {
         std::hint::black_box(&mut dst);
         let n = u64::from_le_bytes(dst[..8].try_into().expect("8 bytes"));
         if n != head {
-            break Err(format!("raw-ring: chunk {n} arrived where {head} was expected"));
+            return Err(format!("raw-ring: chunk {n} arrived where {head} was expected"));
         }
         head += 1;
         r.head.0.store(head, Ordering::Release);
-        if !windows.observe(head * CHUNK as u64) {
-            break Ok(());
+        Ok(head * CHUNK as u64)
+    })))
+    .child(child)
+    .on_finish(move || bulk_ring(&stopper).0.stop.0.store(1, Ordering::Relaxed))
+    .placement(cfg.pair_placement()))
+}
+
+// ---------------------------------------------------------------- raw-mpmc
+
+/// Slots of the bare MPMC ring.
+const MPMC_SLOTS: usize = 1024;
+
+/// One slot of Vyukov's bounded MPMC queue: its sequence number and value.
+#[repr(C)]
+struct MpmcSlot {
+    seq: AtomicU64,
+    val: AtomicU64,
+}
+
+/// Dmitry Vyukov's bounded MPMC queue, bare: producers claim a position with
+/// a CAS on `tail` and publish the slot through its sequence number; the one
+/// consumer (the parent) reads slots in order.
+///
+/// | offset | field   | meaning                                         |
+/// |-------:|---------|-------------------------------------------------|
+/// | 0      | `tail`  | next position to claim (producers, CAS)         |
+/// | 128    | `stop`  | non-zero: producers exit                        |
+/// | 256    | `slots` | 1024 slots; slot `p % 1024` is free for position `p` when `seq == p`, full when `seq == p + 1` |
+#[repr(C)]
+struct Mpmc {
+    tail: Line<AtomicU64>,
+    stop: Line<AtomicU32>,
+    slots: [MpmcSlot; MPMC_SLOTS],
+}
+
+/// How many producers `stream-mpmc` runs: one fewer than the CPUs (the parent
+/// consumes on the last), at least one, so spinning processes never outnumber
+/// the CPUs.
+pub fn mpmc_producers(cfg: &Config) -> usize {
+    cfg.cpus.len().saturating_sub(1).max(1)
+}
+
+/// The CPU of `stream-mpmc`'s producer `k`: the CPUs after the consumer's, in turn.
+pub fn mpmc_producer_cpu(cfg: &Config, k: usize) -> Option<usize> {
+    cfg.parent_cpu?;
+    let n = cfg.cpus.len();
+    (n > 1).then(|| cfg.cpus[1 + k % (n - 1)])
+}
+
+/// Where `stream-mpmc`'s processes run.
+pub fn mpmc_placement(cfg: &Config) -> String {
+    let p = mpmc_producers(cfg);
+    match cfg.parent_cpu {
+        Some(c) => {
+            let cpus: Vec<String> = (0..p).filter_map(|k| mpmc_producer_cpu(cfg, k)).map(|c| c.to_string()).collect();
+            format!("consumer CPU {c}, {p} producer(s) on CPU {}", cpus.join(","))
         }
-    };
-    r.stop.0.store(1, Ordering::Relaxed);
-    let waited = finish_child(child, false, "raw-ring");
-    result?;
-    waited?;
-    windows.finish(Metric::BytesPerS)
+        None => format!("consumer and {p} producer(s) unpinned"),
+    }
+}
+
+fn mpmc_stream(cfg: &Config) -> Result<Session, String> {
+    let shared = Shared::<Mpmc>::new(0)?;
+    for (i, s) in shared.get().slots.iter().enumerate() {
+        s.seq.store(i as u64, Ordering::Relaxed);
+    }
+    let stall = cfg.stall_limit();
+    let mask = MPMC_SLOTS as u64 - 1;
+    let mut kids = Vec::new();
+    for k in 0..mpmc_producers(cfg) {
+        let theirs = shared.clone();
+        kids.push(
+            os::fork_child(mpmc_producer_cpu(cfg, k), move || {
+                let q = theirs.get();
+                let mut n = 0u64;
+                loop {
+                    let mut pos = q.tail.0.load(Ordering::Relaxed);
+                    loop {
+                        let slot = &q.slots[(pos & mask) as usize];
+                        let seq = slot.seq.load(Ordering::Acquire);
+                        if seq == pos {
+                            match q.tail.0.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                                Ok(_) => {
+                                    slot.val.store(n, Ordering::Relaxed);
+                                    slot.seq.store(pos + 1, Ordering::Release);
+                                    break;
+                                }
+                                Err(p) => pos = p,
+                            }
+                        } else if seq < pos {
+                            // Full: wait for the consumer to free the slot (or the stop).
+                            let mut stopped = false;
+                            let waited = spin_until(stall, || {
+                                stopped = q.stop.0.load(Ordering::Relaxed) != 0;
+                                stopped || slot.seq.load(Ordering::Acquire) >= pos
+                            });
+                            if stopped {
+                                return EXIT_OK;
+                            }
+                            if waited.is_err() {
+                                return EXIT_STALLED;
+                            }
+                            pos = q.tail.0.load(Ordering::Relaxed);
+                        } else {
+                            pos = q.tail.0.load(Ordering::Relaxed);
+                        }
+                    }
+                    n += 1;
+                    if n.is_multiple_of(1024) && q.stop.0.load(Ordering::Relaxed) != 0 {
+                        return EXIT_OK;
+                    }
+                }
+            })
+            .map_err(|e| format!("fork: {e}"))?,
+        );
+    }
+    let stopper = shared.clone();
+    let mut head = 0u64;
+    let mut s = Session::new(Work::Stream(Box::new(move || {
+        let q = shared.get();
+        for _ in 0..4096 {
+            let slot = &q.slots[(head & mask) as usize];
+            if spin_until(stall, || slot.seq.load(Ordering::Acquire) == head + 1).is_err() {
+                return Err("raw-mpmc: the producers stalled".to_string());
+            }
+            std::hint::black_box(slot.val.load(Ordering::Relaxed));
+            slot.seq.store(head + MPMC_SLOTS as u64, Ordering::Release);
+            head += 1;
+        }
+        Ok(head)
+    })))
+    .on_finish(move || stopper.get().stop.0.store(1, Ordering::Relaxed))
+    .placement(mpmc_placement(cfg));
+    for k in kids {
+        s = s.child(k);
+    }
+    Ok(s)
 }

@@ -5,7 +5,7 @@
 //! reap path a shmproc user gets, so the bench re-implements none of it.
 //! [`Child`] adds what a bench case wants on top: the child pins itself
 //! before its role runs, a bounded wait that kills a stuck child, and a kill
-//! on drop. [`watched`] kills a child that a blocked `read`/`write` of the
+//! on drop, and `SIGSTOP`/`SIGCONT` between blocks. [`watched_pids`] kills children that a blocked `read`/`write` of the
 //! parent waits on, through [`Process::kill`].
 //!
 //! What the baselines must do with bare system calls, by definition, goes
@@ -65,6 +65,25 @@ impl Child {
         }
     }
 
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Stops the child (`SIGSTOP`) between the blocks of a paired case.
+    pub fn signal_stop(&self) {
+        if !self.done {
+            signal(self.pid(), rustix::process::Signal::STOP);
+        }
+    }
+
+    /// Continues a stopped child (`SIGCONT`).
+    pub fn signal_cont(&self) {
+        if !self.done {
+            signal(self.pid(), rustix::process::Signal::CONT);
+        }
+    }
+
     /// SIGKILLs and reaps the child.
     pub fn kill(&mut self) {
         if self.done {
@@ -92,12 +111,32 @@ impl Drop for Child {
 /// child, the kernel closes the child's ends and the parent's call returns
 /// EOF or `EPIPE` (Rust programs ignore `SIGPIPE`). Use it only after the
 /// fork: the thread must not exist while the process forks.
+#[cfg(test)]
 pub fn watched<R>(child: &Child, limit: Duration, work: impl FnOnce() -> R) -> (R, bool) {
+    watched_pids(&[child.pid()], limit, work)
+}
+
+/// Sends `sig` to `pid` (errors ignored: the process may have exited).
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Runs `work` while a watchdog thread waits (none when `pids` is empty):
+/// SIGKILLs every one of `pids` if `work` has not returned within `limit`.
+/// The pids must be unreaped children of this process (so not reused).
+pub fn watched_pids<R>(pids: &[u32], limit: Duration, work: impl FnOnce() -> R) -> (R, bool) {
+    if pids.is_empty() {
+        return (work(), false);
+    }
     let (disarm, armed) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
         let dog = s.spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
-                let _ = child.process.kill();
+                for &p in pids {
+                    signal(p, rustix::process::Signal::KILL);
+                }
                 return true;
             }
             false
@@ -110,8 +149,15 @@ pub fn watched<R>(child: &Child, limit: Duration, work: impl FnOnce() -> R) -> (
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    pin_to_cpus(&[cpu])
+}
+
+/// Lets the calling thread run on any of `cpus`.
+pub fn pin_to_cpus(cpus: &[usize]) -> io::Result<()> {
     let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
+    for &c in cpus {
+        set.set(c);
+    }
     rustix::thread::sched_setaffinity(None, &set)?;
     Ok(())
 }

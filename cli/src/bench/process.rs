@@ -14,43 +14,34 @@
 //! this process costs, and leaves glibc's state inconsistent in the child; and
 //! `_exit` belongs with it), `waitpid` through rustix.
 //! Spawn and ForkServer need `shmproc::init()` at the top of the bench
-//! binary's `main`. The fork server is started (and one round run) before
-//! timing, as every method gets one untimed warm-up round.
+//! binary's `main`. The fork server is started (and one round run) when the
+//! session is set up, and the runner's warm-up block runs the others before timing.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shmproc::process::{Process, StartMethod};
 
-use super::{latency, Case, Config, Metric, Outcome};
+use super::{Case, Config, Metric, Session, Work};
 
 fn noop(x: u32) -> u32 {
     x
 }
 
-fn rounds(cfg: &Config, slow: bool) -> usize {
-    match (cfg.quick, slow) {
-        (true, false) => 40,
-        (true, true) => 15,
-        (false, false) => 400,
-        (false, true) => 100,
-    }
-}
-
-fn measure(n: usize, mut once: impl FnMut() -> Result<(), String>) -> Result<Outcome, String> {
-    once()?; // warm-up (starts the fork server, faults in the code paths)
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
+/// A session that starts and joins a process per sample (microseconds each),
+/// after one untimed round (which starts the fork server).
+fn measure(mut once: impl FnMut() -> Result<(), String> + 'static) -> Result<Session, String> {
+    once()?;
+    Ok(Session::new(Work::Sample(Box::new(move || {
         let t0 = Instant::now();
         once()?;
-        samples.push(t0.elapsed().as_secs_f64() * 1e6);
-    }
-    Ok(latency(Metric::Us, samples))
+        Ok(t0.elapsed().as_secs_f64() * 1e6)
+    })))
+    .placement("parent pinned, children inherit its CPU"))
 }
 
-fn shmproc_case(method: StartMethod, cfg: &Config) -> Result<Outcome, String> {
-    let slow = method == StartMethod::Spawn;
-    measure(rounds(cfg, slow), || {
+fn shmproc_case(method: StartMethod) -> Result<Session, String> {
+    measure(move || {
         let mut p =
             Process::builder(noop, 7).start_method(method).start().map_err(|e| format!("{method:?} start: {e}"))?;
         match p.join_timeout(Duration::from_secs(10)) {
@@ -64,21 +55,21 @@ fn shmproc_case(method: StartMethod, cfg: &Config) -> Result<Outcome, String> {
     })
 }
 
-fn fork(cfg: &Config) -> Result<Outcome, String> {
-    shmproc_case(StartMethod::Fork, cfg)
+fn fork(_: &Config) -> Result<Session, String> {
+    shmproc_case(StartMethod::Fork)
 }
 
-fn spawn(cfg: &Config) -> Result<Outcome, String> {
-    shmproc_case(StartMethod::Spawn, cfg)
+fn spawn(_: &Config) -> Result<Session, String> {
+    shmproc_case(StartMethod::Spawn)
 }
 
-fn forkserver(cfg: &Config) -> Result<Outcome, String> {
-    shmproc_case(StartMethod::ForkServer, cfg)
+fn forkserver(_: &Config) -> Result<Session, String> {
+    shmproc_case(StartMethod::ForkServer)
 }
 
-fn raw_fork(cfg: &Config) -> Result<Outcome, String> {
+fn raw_fork(_: &Config) -> Result<Session, String> {
     use rustix::process::{waitpid, Pid, WaitOptions};
-    measure(rounds(cfg, false), || {
+    measure(|| {
         // SAFETY: the bench runner is single-threaded; the child only calls
         // `_exit`, which is async-signal-safe.
         let pid = unsafe { libc::fork() };
@@ -101,9 +92,9 @@ fn raw_fork(cfg: &Config) -> Result<Outcome, String> {
 /// Set in the environment of the `raw-exec` child: `main` exits at once.
 pub const RAW_EXEC_ENV: &str = "SHMPROC_BENCH_RAW_EXEC";
 
-fn raw_exec(cfg: &Config) -> Result<Outcome, String> {
+fn raw_exec(_: &Config) -> Result<Session, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    measure(rounds(cfg, true), || {
+    measure(move || {
         // The bench binary's `main` exits at once when it sees this variable.
         let st = Command::new(&exe).env(RAW_EXEC_ENV, "1").status().map_err(|e| e.to_string())?;
         if st.success() {
@@ -117,10 +108,11 @@ fn raw_exec(cfg: &Config) -> Result<Outcome, String> {
 /// The `spawn-join` cases.
 pub fn cases() -> Vec<Case> {
     vec![
-        Case { scenario: "spawn-join", transport: "raw-fork", run: raw_fork },
-        Case { scenario: "spawn-join", transport: "fork", run: fork },
-        Case { scenario: "spawn-join", transport: "forkserver", run: forkserver },
-        Case { scenario: "spawn-join", transport: "raw-exec", run: raw_exec },
-        Case { scenario: "spawn-join", transport: "spawn", run: spawn },
+        Case::new("spawn-join", "raw-fork", Metric::Us, raw_fork),
+        Case::new("spawn-join", "fork", Metric::Us, fork),
+        Case::new("spawn-join", "forkserver", Metric::Us, forkserver),
+        Case::new("spawn-join", "raw-exec", Metric::Us, raw_exec),
+        // Spawn execs the binary: compared with a bare exec of it.
+        Case::new("spawn-join", "spawn", Metric::Us, spawn).against("raw-exec"),
     ]
 }

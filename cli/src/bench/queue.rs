@@ -2,29 +2,39 @@
 //! `queue-block` (never spins) and `queue-spin` (busy-poll), in the scenarios
 //! `pingpong-8B`, `stream-8B`, `stream-mpmc` and `idle-cpu`; plus
 //! `stream-8B`/`queue-permsg`, the stream with one `send`/`recv` per message.
+//!
+//! `stream-mpmc` runs as many producer processes as [`baselines::mpmc_producers`]
+//! (one fewer than the CPUs, so spinning processes never outnumber them) and
+//! the parent as the consumer, beside `raw-mpmc`, a bare Vyukov ring with the
+//! same producers on the same CPUs.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use shmproc::{Queue, WaitMode};
+use shmproc::{Queue, RawArray, WaitMode};
 
-use super::os::{self, Child};
-use super::{latency, throughput, Case, Config, Metric, Outcome};
+use super::baselines::{mpmc_placement, mpmc_producer_cpu, mpmc_producers};
+use super::os;
+use super::{Case, Config, Metric, Session, Work};
 
 /// Every queue case, in print order.
 pub fn cases() -> Vec<Case> {
+    use Metric::{CpuPct, MsgsPerS, RttNs};
     let mut v = Vec::new();
     macro_rules! three {
-        ($scenario:expr, $f:ident) => {
-            v.push(Case { scenario: $scenario, transport: "queue", run: |c| $f(c, WaitMode::Adaptive) });
-            v.push(Case { scenario: $scenario, transport: "queue-block", run: |c| $f(c, WaitMode::Blocking) });
-            v.push(Case { scenario: $scenario, transport: "queue-spin", run: |c| $f(c, WaitMode::BusyPoll) });
+        ($scenario:expr, $metric:expr, $f:ident) => {
+            v.push(Case::new($scenario, "queue", $metric, |c| $f(c, WaitMode::Adaptive)));
+            v.push(Case::new($scenario, "queue-block", $metric, |c| $f(c, WaitMode::Blocking)));
+            v.push(Case::new($scenario, "queue-spin", $metric, |c| $f(c, WaitMode::BusyPoll)));
         };
     }
-    three!("pingpong-8B", pingpong);
-    three!("stream-8B", stream);
-    v.push(Case { scenario: "stream-8B", transport: "queue-permsg", run: stream_per_message });
-    three!("stream-mpmc", stream_mpmc);
-    three!("idle-cpu", idle_cpu);
+    three!("pingpong-8B", RttNs, pingpong);
+    three!("stream-8B", MsgsPerS, stream);
+    v.push(Case::new("stream-8B", "queue-permsg", MsgsPerS, stream_per_message));
+    three!("stream-mpmc", MsgsPerS, stream_mpmc);
+    three!("idle-cpu", CpuPct, idle_cpu);
     v
 }
 
@@ -32,29 +42,22 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn finish(mut child: Child, t: Duration) -> Result<(), String> {
-    match child.wait_timeout(t)? {
-        0 => Ok(()),
-        c => Err(format!("bench child exited with {c}")),
-    }
+/// Flags shared with the children: `[stop, acknowledged]`.
+fn flags() -> Result<RawArray<u32>, String> {
+    RawArray::<u32>::builder().create_zeroed(2).map_err(err)
 }
 
-/// Two processes bounce a u64 over two queues; one sample per round trip.
-fn pingpong(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
-    let rounds: usize = match (mode, cfg.quick) {
-        (WaitMode::Blocking, true) => 2_000,
-        (WaitMode::Blocking, false) => 20_000,
-        (_, true) => 20_000,
-        (_, false) => 200_000,
-    };
-    let warm = rounds / 10;
+/// Two processes bounce a u64 over two queues.
+fn pingpong(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
     let ping = Queue::<u64>::builder().capacity(64).wait_mode(mode).create().map_err(err)?;
     let pong = Queue::<u64>::builder().capacity(64).wait_mode(mode).create().map_err(err)?;
     let (ping2, pong2) = (ping.clone(), pong.clone());
+    let stall = cfg.stall_limit();
     let child = os::fork_child(cfg.child_cpu, move || {
         let (ping, pong) = (ping2, pong2);
-        for _ in 0..warm + rounds {
-            match ping.recv_timeout(Duration::from_secs(10)) {
+        loop {
+            match ping.recv_timeout(stall) {
+                Ok(u64::MAX) => return 0,
                 Ok(v) => {
                     if pong.send(v + 1).is_err() {
                         return 2;
@@ -63,176 +66,178 @@ fn pingpong(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
                 Err(_) => return 1,
             }
         }
-        0
     })
     .map_err(err)?;
-    let mut samples = Vec::with_capacity(rounds);
-    for i in 0..(warm + rounds) as u64 {
-        let t = Instant::now();
+    let stopper = ping.clone();
+    let mut i = 0u64;
+    Ok(Session::new(Work::RoundTrip(Box::new(move |_| {
+        i += 1;
         ping.send(i).map_err(err)?;
-        let v = pong.recv_timeout(Duration::from_secs(10)).map_err(err)?;
-        let dt = t.elapsed();
+        let v = pong.recv_timeout(stall).map_err(err)?;
         if v != i + 1 {
             return Err(format!("pingpong: sent {i}, got {v} back"));
         }
-        if i as usize >= warm {
-            samples.push(dt.as_nanos() as f64);
-        }
-    }
-    finish(child, Duration::from_secs(10))?;
-    Ok(latency(Metric::RttNs, samples))
+        Ok(())
+    })))
+    .child(child)
+    .on_finish(move || {
+        let _ = stopper.send(u64::MAX);
+    })
+    .placement(cfg.pair_placement()))
 }
 
 /// One producer process streams u64s to the parent over an SPSC queue through
 /// its exclusive endpoints, in batches (`send_slice` / `recv_into`: one index
 /// publication per batch).
-fn stream(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
+fn stream(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
     stream_with(cfg, mode, 64)
 }
 
 /// As [`stream`], one `send` / `recv` per message (adaptive waiting).
-fn stream_per_message(cfg: &Config) -> Result<Outcome, String> {
+fn stream_per_message(cfg: &Config) -> Result<Session, String> {
     stream_with(cfg, WaitMode::Adaptive, 1)
 }
 
-/// The stream scenario, `batch` messages per `send_slice` (1: plain `send` / `recv`).
-fn stream_with(cfg: &Config, mode: WaitMode, batch: usize) -> Result<Outcome, String> {
-    let n: u64 = if cfg.quick { 1_000_000 } else { 10_000_000 };
-    let runs = if cfg.quick { 1 } else { 3 };
-    let mut per_run = Vec::new();
-    for _ in 0..runs {
-        let q = Queue::<u64>::builder().capacity(4096).spsc(true).wait_mode(mode).create().map_err(err)?;
-        let theirs = q.clone();
-        let t = Instant::now();
-        let child = os::fork_child(cfg.child_cpu, move || {
-            let Some(mut tx) = theirs.spsc_sender() else { return 3 };
+/// The stream scenario, `batch` messages per `send_slice` (1: plain `send` /
+/// `recv`). The producer runs until the parent raises the stop flag; the
+/// parent drains the queue at the end until the producer acknowledges it.
+fn stream_with(cfg: &Config, mode: WaitMode, batch: usize) -> Result<Session, String> {
+    let q = Queue::<u64>::builder().capacity(4096).spsc(true).wait_mode(mode).create().map_err(err)?;
+    let f = flags()?;
+    let (theirs, their_flags) = (q.clone(), f.clone());
+    let child = os::fork_child(cfg.child_cpu, move || {
+        let flags = their_flags.atomics();
+        let Some(mut tx) = theirs.spsc_sender() else { return 3 };
+        let mut buf = [0u64; 64];
+        let mut i = 0u64;
+        loop {
+            if flags[0].load(Ordering::Relaxed) != 0 {
+                flags[1].store(1, Ordering::Release);
+                return 0;
+            }
             if batch == 1 {
-                for i in 0..n {
+                for _ in 0..64 {
                     if tx.send(i).is_err() {
                         return 1;
                     }
+                    i += 1;
                 }
-                return 0;
-            }
-            let mut buf = [0u64; 64];
-            let mut i = 0u64;
-            while i < n {
-                let k = (n - i).min(batch.min(64) as u64) as usize;
-                for (j, b) in buf[..k].iter_mut().enumerate() {
-                    *b = i + j as u64;
-                }
-                if tx.send_slice(&buf[..k]).is_err() {
-                    return 1;
-                }
-                i += k as u64;
-            }
-            0
-        })
-        .map_err(err)?;
-        let mut rx = q.spsc_receiver().ok_or("stream: receiver side taken")?;
-        let mut buf = vec![0u64; 1024];
-        let (mut got, mut sum) = (0u64, 0u64);
-        while got < n {
-            if batch == 1 {
-                sum = sum.wrapping_add(rx.recv().map_err(err)?);
-                got += 1;
                 continue;
             }
+            for b in buf.iter_mut() {
+                *b = i;
+                i += 1;
+            }
+            if tx.send_slice(&buf).is_err() {
+                return 1;
+            }
+        }
+    })
+    .map_err(err)?;
+    let rx = Rc::new(RefCell::new(q.spsc_receiver().ok_or("stream: receiver side taken")?));
+    let drain = rx.clone();
+    let mut buf = vec![0u64; 1024];
+    let mut got = 0u64;
+    let mut bad = 0u64;
+    let stop_flags = f.clone();
+    Ok(Session::new(Work::Stream(Box::new(move || {
+        let mut rx = rx.borrow_mut();
+        if batch == 1 {
+            for _ in 0..1024 {
+                bad |= rx.recv().map_err(err)? ^ got;
+                got += 1;
+            }
+        } else {
             let k = rx.recv_into(&mut buf).map_err(err)?;
             for v in &buf[..k] {
-                sum = sum.wrapping_add(*v);
+                bad |= *v ^ got;
+                got += 1;
             }
-            got += k as u64;
         }
-        let dt = t.elapsed();
-        finish(child, Duration::from_secs(10))?;
-        if sum != n * (n - 1) / 2 {
-            return Err("stream: checksum mismatch".into());
+        if bad != 0 {
+            return Err("stream: a message arrived out of order".into());
         }
-        per_run.push(n as f64 / dt.as_secs_f64());
-    }
-    Ok(throughput(Metric::MsgsPerS, per_run))
+        Ok(got)
+    })))
+    .child(child)
+    .on_finish(move || {
+        let flags = stop_flags.atomics();
+        flags[0].store(1, Ordering::Relaxed);
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut rx = drain.borrow_mut();
+        while flags[1].load(Ordering::Acquire) == 0 && Instant::now() < end {
+            let _ = rx.try_recv();
+        }
+    })
+    .placement(cfg.pair_placement()))
 }
 
-/// Two producer and two consumer processes on one MPMC queue (per-message
-/// `send` / `recv`); total messages per second.
-fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
-    let per_producer: u64 = if cfg.quick { 200_000 } else { 2_000_000 };
-    let runs = if cfg.quick { 1 } else { 3 };
-    let cpus = [cfg.parent_cpu, cfg.child_cpu];
-    let mut per_run = Vec::new();
-    for _ in 0..runs {
-        let q = Queue::<u64>::builder().capacity(1024).wait_mode(mode).create().map_err(err)?;
-        let done = Queue::<u64>::builder().capacity(4).create().map_err(err)?;
-        let t = Instant::now();
-        let mut producers = Vec::new();
-        for cpu in cpus {
-            let q = q.clone();
-            producers.push(
-                os::fork_child(cpu, move || {
-                    for i in 0..per_producer {
-                        if q.send(i).is_err() {
-                            return 1;
-                        }
+/// Producer processes (as many as fit the CPUs beside the consumer) send
+/// u64s one by one on one MPMC queue; the parent receives them.
+fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
+    let q = Queue::<u64>::builder().capacity(1024).wait_mode(mode).create().map_err(err)?;
+    let f = flags()?;
+    let producers = mpmc_producers(cfg);
+    let mut kids = Vec::new();
+    for k in 0..producers {
+        let (q, f) = (q.clone(), f.clone());
+        kids.push(
+            os::fork_child(mpmc_producer_cpu(cfg, k), move || {
+                let flags = f.atomics();
+                let mut i = 0u64;
+                loop {
+                    if i.is_multiple_of(64) && flags[0].load(Ordering::Relaxed) != 0 {
+                        flags[1].fetch_add(1, Ordering::AcqRel);
+                        return 0;
                     }
-                    0
-                })
-                .map_err(err)?,
-            );
-        }
-        let mut consumers = Vec::new();
-        for cpu in cpus {
-            let (q, done) = (q.clone(), done.clone());
-            consumers.push(
-                os::fork_child(cpu, move || {
-                    let mut got = 0u64;
-                    // Consumers share the work until each takes an end marker.
-                    loop {
-                        match q.recv_timeout(Duration::from_secs(10)) {
-                            Ok(u64::MAX) => break,
-                            Ok(_) => got += 1,
-                            Err(_) => return 2,
-                        }
-                    }
-                    if done.send(got).is_err() {
+                    if q.send(i).is_err() {
                         return 1;
                     }
-                    0
-                })
-                .map_err(err)?,
-            );
-        }
-        for p in producers {
-            finish(p, Duration::from_secs(60))?;
-        }
-        for _ in 0..2 {
-            q.send(u64::MAX).map_err(err)?;
-        }
-        let mut total = 0;
-        for _ in 0..2 {
-            total += done.recv_timeout(Duration::from_secs(60)).map_err(err)?;
-        }
-        let dt = t.elapsed();
-        for c in consumers {
-            finish(c, Duration::from_secs(10))?;
-        }
-        if total != 2 * per_producer {
-            return Err(format!("stream-mpmc: {total} of {} messages", 2 * per_producer));
-        }
-        per_run.push(total as f64 / dt.as_secs_f64());
+                    i += 1;
+                }
+            })
+            .map_err(err)?,
+        );
     }
-    Ok(throughput(Metric::MsgsPerS, per_run))
+    let drain = q.clone();
+    let stop_flags = f.clone();
+    let stall = cfg.stall_limit();
+    let mut got = 0u64;
+    let mut s = Session::new(Work::Stream(Box::new(move || {
+        for _ in 0..1024 {
+            std::hint::black_box(q.recv_timeout(stall).map_err(err)?);
+            got += 1;
+        }
+        Ok(got)
+    })))
+    .on_finish(move || {
+        let flags = stop_flags.atomics();
+        flags[0].store(1, Ordering::Relaxed);
+        let end = Instant::now() + Duration::from_secs(10);
+        while (flags[1].load(Ordering::Acquire) as usize) < producers && Instant::now() < end {
+            let _ = drain.try_recv();
+        }
+    })
+    .placement(mpmc_placement(cfg));
+    for k in kids {
+        s = s.child(k);
+    }
+    Ok(s)
 }
 
-/// CPU time a receiver burns waiting on an empty queue, in percent of a core.
-fn idle_cpu(cfg: &Config, mode: WaitMode) -> Result<Outcome, String> {
-    let wait = if cfg.quick { Duration::from_millis(500) } else { Duration::from_secs(2) };
+/// CPU time a receiver burns waiting on an empty queue, in percent of a core
+/// (one wait per block).
+fn idle_cpu(_cfg: &Config, mode: WaitMode) -> Result<Session, String> {
     let q = Queue::<u64>::builder().capacity(16).wait_mode(mode).create().map_err(err)?;
-    let (c0, t0) = (os::process_cpu_time(), Instant::now());
-    let r = q.recv_timeout(wait);
-    let (cpu, wall) = (os::process_cpu_time().saturating_sub(c0), t0.elapsed());
-    if r.is_ok() {
-        return Err("idle-cpu: received a message from an empty queue".into());
-    }
-    Ok(throughput(Metric::CpuPct, vec![cpu.as_secs_f64() / wall.as_secs_f64() * 100.0]))
+    Ok(Session::new(Work::Block(Box::new(move |len| {
+        let (c0, t0) = (os::process_cpu_time(), Instant::now());
+        // Four blocks long: a longer wait shows the sleeping part, not the spin.
+        let r = q.recv_timeout(len * 4);
+        let (cpu, wall) = (os::process_cpu_time().saturating_sub(c0), t0.elapsed());
+        if r.is_ok() {
+            return Err("idle-cpu: received a message from an empty queue".into());
+        }
+        Ok(cpu.as_secs_f64() / wall.as_secs_f64() * 100.0)
+    })))
+    .placement("one process, parent CPU"))
 }

@@ -2,24 +2,25 @@
 //!
 //! JSON (written by `serde_json`): exactly one object per measured case, one
 //! per line, with the keys `scenario`, `transport`, `metric`, `median`, `p99`
-//! (a number or `null`) and `runs`, in that order, and nothing else on stdout.
+//! (a number or `null`), `runs`, then the paired comparison: `ratio`,
+//! `ratio_lo`, `ratio_hi` (the median, smallest and largest of the pairwise
+//! ratios `transport / baseline`, `null` when unpaired), `baseline` (the
+//! transport it was paired with, or `null`), `drift` (raw-spin after the case
+//! divided by raw-spin before it, or `null`), `drifting` (whether that moved
+//! over 20%) and `placement`, in that order, and nothing else on stdout.
 //!
-//! Table: one row per case, with a ratio to the `os-pipe` row of the same
-//! scenario. The ratio is always "how many times better than the pipe", so it
-//! reads the same way for round-trip times (lower is better: pipe / x) and for
-//! rates (higher is better: x / pipe): `120x faster`, or `2.5x slower`.
-//!
-//! A second ratio column compares each row with its scenario's *baseline*
-//! (see [`baseline_for`]): the bare floor, or the peer an issue sets its target
-//! against. It is the plain quotient `x / baseline` in the metric's own unit,
-//! the form the targets are written in ("within 1.5x of raw-spin" for a time,
-//! "at least 0.4x raw-ring" for a rate).
+//! Table: one row per case. The ratio column compares the row with its
+//! baseline (see [`baseline_for`] and `Case::against`), measured in
+//! alternating blocks within the case: the plain quotient `x / baseline` in
+//! the metric's own unit, the form the targets are written in ("within 1.5x of
+//! raw-spin" for a time, "at least 0.5x raw-ring" for a rate), with the range
+//! of the pairwise ratios after it.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Metric, Outcome};
+use super::{Measured, Metric};
 
 /// One measured case.
 #[derive(Debug, Clone)]
@@ -29,19 +30,17 @@ pub struct Row {
     /// Transport name.
     pub transport: String,
     /// The measurement.
-    pub outcome: Outcome,
+    pub m: Measured,
 }
-
-/// The transport every other is compared with.
-pub const REFERENCE: &str = "os-pipe";
 
 /// The baseline transport of a scenario, measured in the same run: the raw
 /// floor for transports, the peer for `lock-incr`, bare fork for `spawn-join`.
 pub fn baseline_for(scenario: &str) -> Option<&'static str> {
     match scenario {
         "pingpong-8B" => Some("raw-spin"),
-        "stream-8B" | "stream-64KiB" | "stream-mpmc" => Some("raw-ring"),
-        "event-pingpong" => Some("raw-futex"),
+        "stream-8B" | "stream-64KiB" => Some("raw-ring"),
+        "stream-mpmc" => Some("raw-mpmc"),
+        "event-pingpong" => Some("raw-spin"),
         "lock-incr" => Some("python-mp"),
         "spawn-join" => Some("raw-fork"),
         _ => None,
@@ -59,11 +58,19 @@ struct JsonRow<'a> {
     median: f64,
     p99: Option<f64>,
     runs: usize,
+    ratio: Option<f64>,
+    ratio_lo: Option<f64>,
+    ratio_hi: Option<f64>,
+    baseline: Option<&'a str>,
+    drift: Option<f64>,
+    drifting: bool,
+    placement: &'a str,
 }
 
 /// The JSON line for one row (without the newline).
 pub fn json_line(row: &Row) -> String {
-    let o = &row.outcome;
+    let m = &row.m;
+    let o = &m.outcome;
     let j = JsonRow {
         scenario: &row.scenario,
         transport: &row.transport,
@@ -71,34 +78,36 @@ pub fn json_line(row: &Row) -> String {
         median: o.median,
         p99: o.p99,
         runs: o.runs,
+        ratio: m.ratio.map(|r| r.median),
+        ratio_lo: m.ratio.map(|r| r.lo),
+        ratio_hi: m.ratio.map(|r| r.hi),
+        baseline: m.baseline,
+        drift: m.drift,
+        drifting: m.drifted(),
+        placement: &m.placement,
     };
     // Serialising a struct of strings and numbers into a String cannot fail.
     serde_json::to_string(&j).expect("a bench row serialises")
 }
 
-/// How many times better `x` is than `reference` for `metric` (> 1: better).
-pub fn speedup(metric: Metric, x: f64, reference: f64) -> Option<f64> {
-    let r = if metric.lower_is_better() { reference / x } else { x / reference };
-    (r.is_finite() && r > 0.0).then_some(r)
+/// "0.512x raw-ring [0.49-0.53]" for a paired row, "(baseline)" for a
+/// baseline's own row, "-" when unpaired.
+pub fn ratio_text(m: &Measured) -> String {
+    match (m.ratio, m.baseline) {
+        (Some(r), Some(b)) => format!("{}x {b} [{}-{}]", quotient(r.median), quotient(r.lo), quotient(r.hi)),
+        (Some(_), None) => "(baseline)".into(),
+        _ => "-".into(),
+    }
 }
 
-/// "12.3x faster", "2.0x slower", "same" for a [`speedup`].
-pub fn speedup_text(s: f64) -> String {
-    let fmt = |v: f64| {
-        if v >= 100.0 {
-            format!("{v:.0}")
-        } else if v >= 10.0 {
-            format!("{v:.1}")
-        } else {
-            format!("{v:.2}")
+/// "+3%" or "-31% DRIFT" for the drift probe, "-" without one.
+pub fn drift_text(m: &Measured) -> String {
+    match m.drift {
+        Some(d) => {
+            let pct = (d - 1.0) * 100.0;
+            format!("{pct:+.0}%{}", if m.drifted() { " DRIFT" } else { "" })
         }
-    };
-    if (0.995..1.005).contains(&s) {
-        "same".into()
-    } else if s >= 1.0 {
-        format!("{}x faster", fmt(s))
-    } else {
-        format!("{}x slower", fmt(1.0 / s))
+        None => "-".into(),
     }
 }
 
@@ -157,41 +166,21 @@ fn sig3(v: f64) -> String {
     }
 }
 
-/// The table of `rows`, with a ratio column against [`REFERENCE`].
+/// The table of `rows`.
 pub fn table(rows: &[Row]) -> String {
-    let reference = |r: &Row| {
-        rows.iter()
-            .find(|p| p.transport == REFERENCE && p.scenario == r.scenario && p.outcome.metric == r.outcome.metric)
-    };
-    let baseline = |r: &Row| {
-        let b = baseline_for(&r.scenario)?;
-        rows.iter().find(|p| p.transport == b && p.scenario == r.scenario && p.outcome.metric == r.outcome.metric)
-    };
-    let header = ["scenario", "transport", "metric", "median", "p99", "runs", "vs os-pipe", "vs baseline"];
+    let header = ["scenario", "transport", "metric", "median", "p99", "vs baseline [min-max]", "drift", "placement"];
     let mut cells: Vec<[String; 8]> = Vec::new();
     for r in rows {
-        let o = &r.outcome;
-        let ratio = match reference(r) {
-            Some(p) if p.transport == r.transport => "(reference)".to_string(),
-            Some(p) => speedup(o.metric, o.median, p.outcome.median).map(speedup_text).unwrap_or_else(|| "-".into()),
-            None => "-".into(),
-        };
-        let vs_base = match baseline(r) {
-            Some(b) if b.transport == r.transport => "(baseline)".to_string(),
-            Some(b) if b.outcome.median > 0.0 && o.median.is_finite() => {
-                format!("{}x {}", quotient(o.median / b.outcome.median), b.transport)
-            }
-            _ => "-".into(),
-        };
+        let o = &r.m.outcome;
         cells.push([
             r.scenario.clone(),
             r.transport.clone(),
             o.metric.as_str().to_string(),
             human(o.metric, o.median),
             o.p99.map(|p| human(o.metric, p)).unwrap_or_else(|| "-".into()),
-            o.runs.to_string(),
-            ratio,
-            vs_base,
+            ratio_text(&r.m),
+            drift_text(&r.m),
+            r.m.placement.clone(),
         ]);
     }
     let mut width = header.map(str::len);
@@ -204,7 +193,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut line = |c: &[String]| {
         for (i, (s, w)) in c.iter().zip(width).enumerate() {
             // Text columns left-aligned, figures right-aligned.
-            if !(3..6).contains(&i) {
+            if !(3..5).contains(&i) {
                 let _ = write!(out, "{s:<w$}");
             } else {
                 let _ = write!(out, "{s:>w$}");
@@ -228,10 +217,20 @@ pub fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{latency, throughput};
+    use crate::bench::{latency, throughput, Outcome, Ratio};
 
-    fn row(s: &str, t: &str, o: Outcome) -> Row {
-        Row { scenario: s.into(), transport: t.into(), outcome: o }
+    fn row(s: &str, t: &str, outcome: Outcome, ratio: Option<(f64, f64, f64)>, baseline: Option<&'static str>) -> Row {
+        Row {
+            scenario: s.into(),
+            transport: t.into(),
+            m: Measured {
+                outcome,
+                baseline,
+                ratio: ratio.map(|(median, lo, hi)| Ratio { median, lo, hi }),
+                drift: Some(1.05),
+                placement: "parent CPU 0, child CPU 1".into(),
+            },
+        }
     }
 
     #[test]
@@ -239,23 +238,38 @@ mod tests {
         let r = row(
             "pingpong-8B",
             "os-pipe",
-            Outcome { metric: Metric::RttNs, median: 61830.0, p99: Some(70123.5), runs: 4000 },
+            Outcome { metric: Metric::RttNs, median: 61830.0, p99: Some(70123.5), runs: 10 },
+            Some((240.0, 230.0, 250.5)),
+            Some("raw-spin"),
         );
         assert_eq!(
             json_line(&r),
-            r#"{"scenario":"pingpong-8B","transport":"os-pipe","metric":"rtt_ns","median":61830.0,"p99":70123.5,"runs":4000}"#
+            r#"{"scenario":"pingpong-8B","transport":"os-pipe","metric":"rtt_ns","median":61830.0,"p99":70123.5,"runs":10,"ratio":240.0,"ratio_lo":230.0,"ratio_hi":250.5,"baseline":"raw-spin","drift":1.05,"drifting":false,"placement":"parent CPU 0, child CPU 1"}"#
         );
-        let r = row("stream-8B", "raw-ring", Outcome { metric: Metric::MsgsPerS, median: 7.5e8, p99: None, runs: 9 });
+        let mut r = row(
+            "stream-8B",
+            "raw-ring",
+            Outcome { metric: Metric::MsgsPerS, median: 7.5e8, p99: None, runs: 9 },
+            None,
+            None,
+        );
+        r.m.drift = Some(1.5);
         assert_eq!(
             json_line(&r),
-            r#"{"scenario":"stream-8B","transport":"raw-ring","metric":"msgs_per_s","median":750000000.0,"p99":null,"runs":9}"#
+            r#"{"scenario":"stream-8B","transport":"raw-ring","metric":"msgs_per_s","median":750000000.0,"p99":null,"runs":9,"ratio":null,"ratio_lo":null,"ratio_hi":null,"baseline":null,"drift":1.5,"drifting":true,"placement":"parent CPU 0, child CPU 1"}"#
         );
     }
 
     #[test]
     fn json_numbers_and_strings_are_valid() {
         let line = |median: f64, scenario: &str| {
-            json_line(&row(scenario, "t", Outcome { metric: Metric::Us, median, p99: Some(median), runs: 1 }))
+            json_line(&row(
+                scenario,
+                "t",
+                Outcome { metric: Metric::Us, median, p99: Some(median), runs: 1 },
+                None,
+                None,
+            ))
         };
         // Not finite: JSON has no such number, so null.
         for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
@@ -273,20 +287,6 @@ mod tests {
     }
 
     #[test]
-    fn speedup_reads_the_same_for_both_directions() {
-        // Round trip: 250 ns vs a 62.5 us pipe is 250x faster.
-        assert_eq!(speedup(Metric::RttNs, 250.0, 62_500.0), Some(250.0));
-        assert_eq!(speedup_text(250.0), "250x faster");
-        // Rate: 0.5 M/s vs 2 M/s is 4x slower.
-        assert_eq!(speedup(Metric::MsgsPerS, 0.5e6, 2e6), Some(0.25));
-        assert_eq!(speedup_text(0.25), "4.00x slower");
-        // A slower round trip is slower.
-        assert_eq!(speedup_text(speedup(Metric::RttNs, 124_000.0, 62_000.0).unwrap()), "2.00x slower");
-        assert_eq!(speedup_text(1.0), "same");
-        assert_eq!(speedup(Metric::RttNs, 0.0, 1.0), None);
-    }
-
-    #[test]
     fn stats_median_and_p99() {
         let o = latency(Metric::RttNs, (1..=100).rev().map(f64::from).collect());
         assert_eq!(o.runs, 100);
@@ -299,24 +299,37 @@ mod tests {
     }
 
     #[test]
-    fn table_has_ratios_to_the_pipe_of_the_same_scenario() {
+    fn table_shows_paired_ratios_with_their_range_drift_and_placement() {
+        let mut drifted = row(
+            "stream-8B",
+            "os-pipe",
+            throughput(Metric::MsgsPerS, vec![2e6]),
+            Some((0.00286, 0.0025, 0.003)),
+            Some("raw-ring"),
+        );
+        drifted.m.drift = Some(0.7);
         let rows = vec![
-            row("pingpong-8B", "raw-spin", latency(Metric::RttNs, vec![250.0; 3])),
-            row("pingpong-8B", "os-pipe", latency(Metric::RttNs, vec![62_500.0; 3])),
-            row("stream-8B", "raw-ring", throughput(Metric::MsgsPerS, vec![7e8])),
-            row("stream-8B", "os-pipe", throughput(Metric::MsgsPerS, vec![2e6])),
-            row("stream-9B", "other", throughput(Metric::MsgsPerS, vec![2e6])),
+            row("pingpong-8B", "raw-spin", latency(Metric::RttNs, vec![250.0; 3]), Some((1.0, 1.0, 1.0)), None),
+            row(
+                "pingpong-8B",
+                "os-pipe",
+                latency(Metric::RttNs, vec![62_500.0; 3]),
+                Some((250.0, 240.0, 262.0)),
+                Some("raw-spin"),
+            ),
+            row("stream-8B", "raw-ring", throughput(Metric::MsgsPerS, vec![7e8]), Some((1.0, 1.0, 1.0)), None),
+            drifted,
+            row("stream-9B", "other", throughput(Metric::MsgsPerS, vec![2e6]), None, None),
         ];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 7, "{t}");
-        assert!(lines[2].contains("250 ns") && lines[2].contains("250x faster"), "{t}");
-        assert!(lines[2].ends_with("(baseline)"), "{t}");
-        assert!(lines[3].contains("62.5 us") && lines[3].contains("(reference)"), "{t}");
-        assert!(lines[3].ends_with("250x raw-spin"), "{t}");
-        assert!(lines[4].contains("700 M msg/s") && lines[4].contains("350x faster"), "{t}");
-        assert!(lines[5].ends_with("0.00286x raw-ring"), "{t}");
-        assert!(lines[4].contains(" - "), "throughput rows have no p99: {t}");
-        assert!(lines[6].ends_with('-'), "{t}");
+        assert!(lines[2].contains("250 ns") && lines[2].contains("(baseline)"), "{t}");
+        assert!(lines[3].contains("62.5 us") && lines[3].contains("250x raw-spin [240-262]"), "{t}");
+        assert!(lines[4].contains("700 M msg/s"), "{t}");
+        assert!(lines[5].contains("0.00286x raw-ring [0.00250-0.00300]") && lines[5].contains("-30% DRIFT"), "{t}");
+        assert!(lines[2].contains("+5%") && !lines[2].contains("DRIFT"), "{t}");
+        assert!(lines[2].ends_with("parent CPU 0, child CPU 1"), "{t}");
+        assert!(lines[6].contains(" - "), "unpaired: {t}");
     }
 }
