@@ -7,8 +7,9 @@
 #
 #   ci/chaos.sh [ROUNDS]     (default 200)
 #
-# The pool joins once src/pool exists: add its test to ipc-tests/tests/chaos.rs
-# (chaos_pool) and it runs here with the others.
+# The pool's loop (ipc-tests/tests/pool.rs: chaos) kills a random worker every
+# few milliseconds during a map of 20,000 items; its rounds are 50 x
+# SHMPROC_POOL_TEST_SCALE, so ROUNDS is rounded up to a multiple of 50.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-200}"
@@ -18,3 +19,5 @@ cargo test -q -p ipc-tests --test queue_ipc chaos_kill_random_participants -- --
     | grep -oE 'chaos[ :].*|test result.*|panicked.*|FAILED.*'
 cargo test -q -p ipc-tests --test chaos -- --nocapture --test-threads=1 2>&1 \
     | grep -oE 'chaos[ :].*|test result.*|panicked.*|FAILED.*'
+SHMPROC_POOL_TEST_SCALE=$(( (rounds + 49) / 50 )) cargo test -q -p ipc-tests --test pool -- chaos 2>&1 \
+    | grep -oE 'chaos[ :].*|test .*chaos.*|panicked.*|FAILED.*|pool: .*'

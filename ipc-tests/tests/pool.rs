@@ -292,8 +292,15 @@ fn chaos(_: StartMethod) {
         }
         wait_full(&pool, &killed.lock().unwrap());
     }
-    eprintln!("    chaos: {rounds} rounds x {n} items, {kills} kills: {ok} ok, {died} WorkerDied");
     assert_eq!(ok + died, rounds as u64 * n);
+    // The common chaos line (ci/chaos.sh): every item was answered exactly once
+    // (map_results has one slot per item), with its correct value or WorkerDied
+    // (the kills' expected victims); a wrong value or another error panics above.
+    eprintln!(
+        "chaos pool: {rounds} rounds, {} items, {kills} kills, {ok} ok, {died} WorkerDied, lost 0, duplicated 0, \
+         wrong 0, hangs 0",
+        rounds as u64 * n
+    );
 
     // With retries every item succeeds.
     let pool = Pool::builder().processes(2).start_method(StartMethod::Fork).retries(3).create().unwrap();

@@ -50,7 +50,8 @@ fn key_for(addr: &Address) -> Option<Vec<u8>> {
 }
 
 enum Link {
-    Pipe(pipe::Connection),
+    // Boxed: a pipe end is a few hundred bytes, a socket connection a few words.
+    Pipe(Box<pipe::Connection>),
     Sock(SocketConnection),
 }
 
@@ -171,5 +172,5 @@ fn connect_local(dir: &std::path::Path, key: &[u8]) -> Result<Link, ManagerError
         .map_err(|e| ManagerError::Connect(format!("opening the server's pipe: {e}")))?;
     drop(fds);
     conn.send(&Request::Claimed).map_err(|_| ManagerError::ManagerGone)?;
-    Ok(Link::Pipe(pipe))
+    Ok(Link::Pipe(Box::new(pipe)))
 }

@@ -145,7 +145,8 @@ impl Shared {
 
 /// How a client is connected.
 enum Link {
-    Pipe(pipe::Connection),
+    // Boxed: a pipe end is a few hundred bytes, a socket connection a few words.
+    Pipe(Box<pipe::Connection>),
     Sock(SocketConnection),
 }
 
@@ -287,7 +288,7 @@ fn local_link(conn: SocketConnection) -> Option<Link> {
             sys::send_with_fds(conn.stream().fd(), b"P", &[fd.as_fd()]).ok()?;
             drop(fd);
             match conn.recv_timeout::<Request>(HANDSHAKE_TIMEOUT) {
-                Ok(Request::Claimed) => Some(Link::Pipe(a)),
+                Ok(Request::Claimed) => Some(Link::Pipe(Box::new(a))),
                 _ => {
                     a.close();
                     None

@@ -491,8 +491,8 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(process::cases());
     cases.extend(queue::cases());
     cases.extend(pipe::cases());
-//     cases.extend(manager::cases());
-//     cases.extend(pool::cases());
+    //     cases.extend(manager::cases());
+    //     cases.extend(pool::cases());
     cases.extend(python::cases());
     #[cfg(feature = "peers")]
     cases.extend(peers::cases());
