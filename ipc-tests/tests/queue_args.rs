@@ -3,7 +3,8 @@
 //! with every result exactly once, although the parent drops its own result
 //! sender right after starting the workers (before a Spawn or ForkServer
 //! child has opened its copy); a worker killed with SIGKILL does not keep the
-//! results receiver waiting (its entry is discounted); typed halves travel too.
+//! results receiver waiting (its entry is discounted); typed and joinable
+//! halves travel too.
 //!
 //! `harness = false`: `main` calls `shmproc::init()` first (Spawn and
 //! ForkServer re-execute this binary). A watchdog aborts the run if anything
@@ -13,8 +14,10 @@ use std::time::Duration;
 
 use shmproc::process::{Process, StartMethod};
 use shmproc::queue::{
-    channel, typed_channel, Receiver, RecvTimeoutError, Sender, TypedReceiver, TypedRecvError, TypedSender,
+    channel, typed_channel, JoinableReceiver, Receiver, RecvTimeoutError, Sender, TypedReceiver, TypedRecvError,
+    TypedSender,
 };
+use shmproc::Queue;
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Tasks per run (a size knob: `SHMPROC_TEST_TASKS`).
@@ -125,6 +128,32 @@ fn typed_halves_travel(m: StartMethod) {
     assert!(matches!(orx.recv_timeout(WAIT), Err(TypedRecvError::Disconnected)));
 }
 
+/// Takes items and reports each done until every sender is gone.
+fn joinable_worker(items: JoinableReceiver<u32>) -> u32 {
+    let mut sum = 0;
+    loop {
+        match items.get_timeout(WAIT) {
+            Ok(v) => {
+                sum += v;
+                items.task_done().expect("task_done");
+            }
+            Err(RecvTimeoutError::Disconnected) => return sum,
+            Err(e) => panic!("joinable worker: {e:?}"),
+        }
+    }
+}
+
+fn joinable_halves_travel(m: StartMethod) {
+    let (tx, rx) = Queue::<u32>::builder().capacity(16).create_joinable_split().unwrap();
+    let mut p = Process::builder(joinable_worker, rx).start_method(m).start().unwrap();
+    for v in 1..=4 {
+        tx.put(v).unwrap();
+    }
+    tx.join_timeout(WAIT).expect("every item reported done");
+    drop(tx);
+    assert_eq!(p.join_timeout(WAIT).unwrap(), 10);
+}
+
 fn main() {
     shmproc::init();
     std::thread::spawn(|| {
@@ -136,10 +165,11 @@ fn main() {
         return;
     }
     type Check = fn(StartMethod);
-    let checks: [(&str, Check); 3] = [
+    let checks: [(&str, Check); 4] = [
         ("four_workers_end_by_themselves", four_workers_end_by_themselves),
         ("killed_worker_is_discounted", killed_worker_is_discounted),
         ("typed_halves_travel", typed_halves_travel),
+        ("joinable_halves_travel", joinable_halves_travel),
     ];
     for m in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
         for (name, check) in checks {
