@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use shmproc::process::{Process, StartMethod};
 use shmproc::queue::{
-    channel, typed_channel, JoinableReceiver, Receiver, RecvTimeoutError, Sender, TypedReceiver, TypedRecvError,
-    TypedSender,
+    channel, typed_channel, JoinableReceiver, Receiver, RecvTimeoutError, Sender, TryRecvError, TypedReceiver,
+    TypedRecvError, TypedSender,
 };
 use shmproc::Queue;
 
@@ -61,6 +61,9 @@ fn four_workers_end_by_themselves(m: StartMethod) {
     // The parent's own halves go at once: only the children's count now.
     drop(rtx);
     drop(rx);
+    // At once (a Spawn or ForkServer child has most likely not opened its
+    // copies yet): the reserved entries keep both queues connected.
+    assert_eq!(rrx.try_recv(), Err(TryRecvError::Empty), "results disconnected before the workers opened them");
     for t in 0..n {
         tx.send_timeout(t, WAIT).unwrap();
     }
