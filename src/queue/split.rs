@@ -77,6 +77,27 @@ fn other_half<O: crate::object::Object<Params = super::QueueConfig>>(
 /// fails at once with `Disconnected(value)`; once every sender is gone (dropped,
 /// exited or killed), receivers drain the queue and then see `Disconnected`.
 /// See the [module docs](crate::queue) for forked children.
+///
+/// Every half is an argument of a [`Process`](crate::Process) target, under
+/// every start method; the parent may drop its own half at once:
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use shmproc::process::{Process, StartMethod};
+/// use shmproc::queue::{channel, Receiver};
+///
+/// fn total(jobs: Receiver<u64>) -> u64 {
+///     jobs.iter().sum() // ends once every sender is gone
+/// }
+///
+/// let (tx, rx) = channel::<u64>(8)?;
+/// let p = Process::builder(total, rx).start_method(StartMethod::Fork).start()?;
+/// tx.send(1)?;
+/// tx.send(2)?;
+/// drop(tx);
+/// assert_eq!(p.join()?, 3);
+/// # Ok(()) }
+/// ```
 pub struct Sender<T: Pod> {
     q: Queue<T>,
 }
