@@ -713,6 +713,17 @@ impl Engine {
         // Table full: the child registers itself on first use.
     }
 
+    /// Entries naming `pid` (test helper).
+    #[cfg(test)]
+    pub(crate) fn entries_of(&self, pid: u32) -> usize {
+        (0..self.geo.max_parts as usize)
+            .filter(|&i| {
+                let w = self.part(i).word.load(Ordering::SeqCst);
+                w & ENTRY_USED != 0 && w as u32 == pid
+            })
+            .count()
+    }
+
     /// In a forked child: drops this process's inherited entries for the
     /// side this handle does not use (a receiver's inherited senders, a
     /// sender's inherited receivers); entries for both sides stay. Runs on a

@@ -690,6 +690,12 @@ mod tests {
         // A stand-in child: the hooks reserve its entries.
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         run_child_hooks(carried.hooks, child.id());
+        // A second hook for the same child and role (Fork: `adopt_forked_child`
+        // wrote one already) does not double the entry.
+        let (_b, again) = serialize_carrying(&rtx.clone()).unwrap();
+        run_child_hooks(again.hooks, child.id());
+        assert_eq!(rrx.q.engine().entries_of(child.id()), 1);
+        assert_eq!(rx.q.engine().entries_of(child.id()), 1);
         drop(rtx);
         assert_eq!(rrx.try_recv(), Err(TryRecvError::Empty), "the child's reserved sender entry counts");
         child.kill().unwrap();
