@@ -510,9 +510,15 @@ pub(crate) enum ObjRef {
     Fd(u32),
 }
 
+/// What a carried object asks the parent to do once the child's pid is
+/// known: `(pid, start_time)` (start time 0 if it could not be read). A queue
+/// half reserves a participant entry for the child with its role; the boxed
+/// closure holds a clone of the half, so the side stays connected until then.
+pub(crate) type ChildHook = Box<dyn FnOnce(u32, u64) + Send>;
+
 /// The shmproc objects met while serializing a process (or pool task)
 /// argument with [`serialize_carrying`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Carried {
     /// The anonymous objects, in index order: the start method transports
     /// their fds (Fork: inherited; ForkServer: `SCM_RIGHTS`; Spawn: kept open
@@ -522,12 +528,50 @@ pub(crate) struct Carried {
     /// was joined, so a named object's creator cannot unlink the name (its
     /// handle was moved into the argument and dropped) before the child opened it.
     pub(crate) keep: Vec<Segment>,
+    /// Run by the start path once the child's pid is known (every start
+    /// method; see [`on_child_start`] and [`run_child_hooks`]). Dropped
+    /// unrun if the start fails.
+    pub(crate) hooks: Vec<ChildHook>,
+}
+
+impl fmt::Debug for Carried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Carried")
+            .field("fds", &self.fds)
+            .field("keep", &self.keep)
+            .field("hooks", &self.hooks.len())
+            .finish()
+    }
 }
 
 impl Carried {
     /// The raw fds to transport, in index order.
     pub(crate) fn raw_fds(&self) -> Vec<RawFd> {
         self.fds.iter().map(|s| s.fd().as_raw_fd()).collect()
+    }
+}
+
+/// While an object is serialized inside [`serialize_carrying`]: `hook` runs
+/// in the parent once the child's pid is known. Outside one it is dropped at
+/// once (nothing is being handed to a child).
+pub(crate) fn on_child_start(hook: impl FnOnce(u32, u64) + Send + 'static) {
+    OUTBOUND.with(|o| {
+        if let Some(c) = o.borrow_mut().as_mut() {
+            c.hooks.push(Box::new(hook));
+        }
+    });
+}
+
+/// Runs the hooks of a started child's argument (its pid and, read once
+/// here, its start time). Called by the `Process` start path right after the
+/// start method returned the pid, before the caller's code runs again.
+pub(crate) fn run_child_hooks(hooks: Vec<ChildHook>, pid: u32) {
+    if hooks.is_empty() {
+        return;
+    }
+    let start_time = crate::sys::identity_of(pid).map_or(0, |who| who.start_time);
+    for h in hooks {
+        h(pid, start_time);
     }
 }
 

@@ -291,6 +291,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
         let named = self.name.is_some();
         let name = self.name.unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
         let mut keep = Vec::new();
+        let mut hooks = Vec::new();
         let launched = match self.target {
             Target::Closure(mut f) => {
                 if method != StartMethod::Fork {
@@ -306,9 +307,10 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
                     None => Err("the closure was already called".into()),
                 })?
             }
-            Target::Fn { tramp, func, args, carried } => {
+            Target::Fn { tramp, func, args, mut carried } => {
                 let args = args.map_err(|reason| StartError::Encode { reason })?;
                 let fds = carried.raw_fds();
+                hooks = std::mem::take(&mut carried.hooks);
                 keep = carried.keep;
                 match method {
                     // Borrowed: the child must not free the parent's buffer.
@@ -336,6 +338,9 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
                 }
             }
         };
+        // The child's pid is known: carried queue halves reserve their
+        // participant entries for it before the caller can drop its own.
+        crate::object::run_child_hooks(hooks, launched.child.pid);
         let mut p = Process::from_launched(launched, name, method, self.daemon);
         p.keep = keep;
         Ok(p)

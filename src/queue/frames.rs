@@ -122,6 +122,11 @@ impl FrameQueue {
         Builder::default()
     }
 
+    /// The engine (shared with clones; no `touch`, see `split.rs` serde).
+    pub(super) fn engine_arc(&self) -> Arc<Engine> {
+        self.e.clone()
+    }
+
     /// The largest frame this queue carries.
     pub fn max_frame(&self) -> usize {
         self.max

@@ -87,6 +87,14 @@
 //!   merely inherited; a half a child never touches counts until the child
 //!   exits (as a forked child holds a pipe's inherited fds). A child forked
 //!   by other means registers on its first operation on each half.
+//! * Halves as arguments: every half (`Sender`, `Receiver`, and the frame,
+//!   joinable and typed ones) is a serde type, so
+//!   `Process::builder(worker, (rx.clone(), rtx.clone()))` works under every
+//!   start method. The parent reserves the child's entry with the half's role
+//!   as soon as the child's pid is known (before `start` returns), so the
+//!   parent may drop its own halves at once, even before a Spawn or
+//!   ForkServer child has opened its copy; an entry of a child that dies is
+//!   discounted (see `examples/task_queue.rs`).
 //! * The role-less [`Queue`] handle (role [`Role::Both`] unless set) both sends
 //!   and receives; while it lives its own receives never see `Disconnected`.
 //!   Use the halves unless a handle really does both.

@@ -673,9 +673,25 @@ impl Engine {
         if self.touched_forks.load(Ordering::Relaxed).saturating_add(1) < sys::fork_count() {
             return;
         }
-        let reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(r) = reg.as_ref().filter(|r| r.pid == sys::current_pid()) else { return };
-        let roles = (r.word >> 32) & 0xff;
+        let roles = {
+            let reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(r) = reg.as_ref().filter(|r| r.pid == sys::current_pid()) else { return };
+            ((r.word >> 32) & 0xff) as u8
+        };
+        self.reserve_role_for_child(child, start_time, roles);
+    }
+
+    /// Writes an inherited entry for `child` with `roles` (unless the child
+    /// already holds one with those roles, its own or inherited): a half
+    /// carried in a `Process` argument keeps its side connected until the
+    /// child opens its copy and takes the entry over in [`Engine::register`]
+    /// (see `object::Carried`). `start_time` 0: liveness by pid until then.
+    /// Not a hot path: runs once per child start.
+    pub(crate) fn reserve_role_for_child(&self, child: u32, start_time: u64, roles: u8) {
+        let roles = u64::from(roles & (ROLE_SEND | ROLE_RECV));
+        if roles == 0 || child == 0 {
+            return;
+        }
         let word = child as u64 | roles << 32 | ENTRY_USED | ENTRY_INHERITED;
         // The child may have run first and registered itself already.
         let own = child as u64 | roles << 32 | ENTRY_USED;
@@ -695,6 +711,17 @@ impl Engine {
             }
         }
         // Table full: the child registers itself on first use.
+    }
+
+    /// Entries naming `pid` (test helper).
+    #[cfg(test)]
+    pub(crate) fn entries_of(&self, pid: u32) -> usize {
+        (0..self.geo.max_parts as usize)
+            .filter(|&i| {
+                let w = self.part(i).word.load(Ordering::SeqCst);
+                w & ENTRY_USED != 0 && w as u32 == pid
+            })
+            .count()
     }
 
     /// In a forked child: drops this process's inherited entries for the

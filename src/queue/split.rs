@@ -20,14 +20,17 @@ use std::time::Duration;
 
 use bytemuck::Pod;
 
+use super::raw::Engine;
 use super::{
     FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,
     RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
     WaitMode,
 };
 use crate::error::OpenError;
-use crate::object::Builder;
+use crate::header::ObjectKind;
+use crate::object::{Builder, ObjRef};
 use crate::segment::{Handle, Segment};
+use std::sync::Arc;
 
 /// An anonymous MPMC queue of `capacity` messages as a sending and a receiving
 /// half (crossbeam's `bounded`). Both halves are inherited by forked children
@@ -74,6 +77,27 @@ fn other_half<O: crate::object::Object<Params = super::QueueConfig>>(
 /// fails at once with `Disconnected(value)`; once every sender is gone (dropped,
 /// exited or killed), receivers drain the queue and then see `Disconnected`.
 /// See the [module docs](crate::queue) for forked children.
+///
+/// Every half is an argument of a [`Process`](crate::Process) target, under
+/// every start method; the parent may drop its own half at once:
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use shmproc::process::{Process, StartMethod};
+/// use shmproc::queue::{channel, Receiver};
+///
+/// fn total(jobs: Receiver<u64>) -> u64 {
+///     jobs.iter().sum() // ends once every sender is gone
+/// }
+///
+/// let (tx, rx) = channel::<u64>(8)?;
+/// let p = Process::builder(total, rx).start_method(StartMethod::Fork).start()?;
+/// tx.send(1)?;
+/// tx.send(2)?;
+/// drop(tx);
+/// assert_eq!(p.join()?, 3);
+/// # Ok(()) }
+/// ```
 pub struct Sender<T: Pod> {
     q: Queue<T>,
 }
@@ -293,6 +317,68 @@ common!(JoinableSender<T>, q);
 common!(JoinableReceiver<T>, q);
 
 // ---------------------------------------------------------------------------
+// Halves as Process arguments (serde)
+// ---------------------------------------------------------------------------
+
+/// Serializes a half as its queue's [`ObjRef`] (the role is the type). Inside
+/// a `Process` argument it also records a child hook holding the half's
+/// engine (so this side stays connected even if the caller drops every
+/// other handle of it) that reserves a participant entry with `role` for the
+/// child once its pid is known; the child takes the entry over when it opens
+/// its copy (see SAFETY.md section 6).
+pub(super) fn serialize_half<E: serde::ser::Error>(e: Arc<Engine>, role: Role) -> Result<ObjRef, E> {
+    let r = ObjRef::outbound::<E>(e.segment())?;
+    if crate::object::carrying() {
+        crate::object::on_child_start(move |pid, start_time| e.reserve_role_for_child(pid, start_time, role.bits()));
+    }
+    Ok(r)
+}
+
+/// `Serialize` + `Deserialize` for a queue half: `$engine` gives its
+/// `Arc<Engine>`, `$open` opens the right half behind a handle.
+macro_rules! serde_half {
+    ([$($g:tt)*] $ty:ty, $role:expr, $kind:expr, |$this:ident| $engine:expr, |$h:ident| $open:expr) => {
+        impl<$($g)*> serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let $this = self;
+                let r = serialize_half::<S::Error>($engine, $role)?;
+                serde::Serialize::serialize(&r, s)
+            }
+        }
+        impl<'de, $($g)*> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let r = <ObjRef as serde::Deserialize>::deserialize(d)?;
+                r.open_with($kind, |$h| $open)
+            }
+        }
+    };
+}
+
+serde_half!([T: Pod] Sender<T>, Role::Sender, ObjectKind::Queue, |x| x.q.e.clone(), |h| Queue::<T>::builder()
+    .open_sender_handle(h));
+serde_half!([T: Pod] Receiver<T>, Role::Receiver, ObjectKind::Queue, |x| x.q.e.clone(), |h| Queue::<T>::builder()
+    .open_receiver_handle(h));
+serde_half!([] FrameSender, Role::Sender, ObjectKind::FrameQueue, |x| x.q.engine_arc(), |h| FrameQueue::builder()
+    .open_sender_handle(h));
+serde_half!([] FrameReceiver, Role::Receiver, ObjectKind::FrameQueue, |x| x.q.engine_arc(), |h| {
+    FrameQueue::builder().open_receiver_handle(h)
+});
+serde_half!(
+    [T: Pod] JoinableSender<T>,
+    Role::Sender,
+    ObjectKind::JoinableQueue,
+    |x| x.q.as_queue().e.clone(),
+    |h| Queue::<T>::builder().open_joinable_sender_handle(h)
+);
+serde_half!(
+    [T: Pod] JoinableReceiver<T>,
+    Role::Receiver,
+    ObjectKind::JoinableQueue,
+    |x| x.q.as_queue().e.clone(),
+    |h| Queue::<T>::builder().open_joinable_receiver_handle(h)
+);
+
+// ---------------------------------------------------------------------------
 // FrameQueue
 // ---------------------------------------------------------------------------
 
@@ -449,6 +535,14 @@ impl<T: Pod> QueueBuilder<T> {
     pub fn open_joinable_receiver(self) -> Result<JoinableReceiver<T>, OpenError> {
         Ok(JoinableReceiver { q: self.role(Role::Receiver).open_joinable()? })
     }
+    /// Opens the [`JoinableQueue`] behind `handle` as a sender.
+    pub fn open_joinable_sender_handle(self, handle: &Handle) -> Result<JoinableSender<T>, OpenError> {
+        Ok(JoinableSender { q: self.role(Role::Sender).open_joinable_handle(handle)? })
+    }
+    /// Opens the [`JoinableQueue`] behind `handle` as a receiver.
+    pub fn open_joinable_receiver_handle(self, handle: &Handle) -> Result<JoinableReceiver<T>, OpenError> {
+        Ok(JoinableReceiver { q: self.role(Role::Receiver).open_joinable_handle(handle)? })
+    }
 }
 
 impl<T: Pod> JoinableQueue<T> {
@@ -573,6 +667,50 @@ mod tests {
         drop(tx);
         assert_eq!(rx.recv_timeout(T), Err(RecvTimeoutError::Disconnected));
         assert!(matches!(Queue::<u32>::builder().name(&n).open_sender(), Err(OpenError::TypeMismatch { .. })));
+    }
+
+    /// Halves travel as arguments: each records one child hook, decodes as
+    /// the same role, and a hook's reservation keeps its side connected for
+    /// the child (a real process here) until that child is gone.
+    #[test]
+    fn halves_are_serde_arguments_and_reserve_for_the_child() {
+        use crate::object::{deserialize_carried, run_child_hooks, serialize_carrying, set_inbound};
+        let (tx, rx) = channel::<u32>(8).unwrap();
+        let (rtx, rrx) = channel::<u32>(8).unwrap();
+        let (bytes, carried) = serialize_carrying(&(rx.clone(), rtx.clone())).unwrap();
+        assert_eq!(carried.hooks.len(), 2);
+        assert_eq!(carried.fds.len(), 2);
+        set_inbound(carried.raw_fds(), false);
+        let (crx, crtx): (Receiver<u32>, Sender<u32>) = deserialize_carried(&bytes).unwrap();
+        tx.send(4).unwrap();
+        assert_eq!(crx.recv_timeout(T), Ok(4));
+        crtx.send(5).unwrap();
+        assert_eq!(rrx.recv_timeout(T), Ok(5));
+        drop((crx, crtx));
+        // A stand-in child: the hooks reserve its entries.
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        run_child_hooks(carried.hooks, child.id());
+        // A second hook for the same child and role (Fork: `adopt_forked_child`
+        // wrote one already) does not double the entry.
+        let (_b, again) = serialize_carrying(&rtx.clone()).unwrap();
+        run_child_hooks(again.hooks, child.id());
+        assert_eq!(rrx.q.engine().entries_of(child.id()), 1);
+        assert_eq!(rx.q.engine().entries_of(child.id()), 1);
+        drop(rtx);
+        assert_eq!(rrx.try_recv(), Err(TryRecvError::Empty), "the child's reserved sender entry counts");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(rrx.recv_timeout(T), Err(RecvTimeoutError::Disconnected), "a dead child's entry is discounted");
+        // Outside a Process argument an anonymous half does not serialize.
+        assert!(postcard::to_allocvec(&rx).is_err());
+        // Named halves travel by name; typed ones with their fingerprint.
+        let n = name("args");
+        let (ttx, _trx) = FrameQueue::builder().name(&n).create_typed_split::<String>().unwrap();
+        let ttx = ttx.with_fingerprint(77);
+        let (bytes, carried) = serialize_carrying(&ttx).unwrap();
+        assert!(carried.fds.is_empty());
+        let back: super::super::TypedSender<String> = deserialize_carried(&bytes).unwrap();
+        assert_eq!(back.fingerprint(), 77);
     }
 
     #[test]

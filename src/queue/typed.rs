@@ -99,6 +99,38 @@ pub struct TypedReceiver<T> {
     _t: PhantomData<fn() -> T>,
 }
 
+/// A typed half travels as its frame queue's reference and its fingerprint
+/// (see `split.rs`: a `Process` argument also reserves the child's entry).
+impl<T> serde::Serialize for TypedSender<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = super::split::serialize_half::<S::Error>(self.tx.q.engine_arc(), super::Role::Sender)?;
+        serde::Serialize::serialize(&(r, self.fp), s)
+    }
+}
+
+impl<'de, T: Serialize> serde::Deserialize<'de> for TypedSender<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (r, fp) = <(crate::object::ObjRef, u64) as serde::Deserialize>::deserialize(d)?;
+        let tx = r.open_with(crate::ObjectKind::FrameQueue, |h| FrameQueue::builder().open_sender_handle(h))?;
+        Ok(tx.typed().with_fingerprint(fp))
+    }
+}
+
+impl<T> serde::Serialize for TypedReceiver<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = super::split::serialize_half::<S::Error>(self.rx.q.engine_arc(), super::Role::Receiver)?;
+        serde::Serialize::serialize(&(r, self.fp), s)
+    }
+}
+
+impl<'de, T: DeserializeOwned> serde::Deserialize<'de> for TypedReceiver<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (r, fp) = <(crate::object::ObjRef, u64) as serde::Deserialize>::deserialize(d)?;
+        let rx = r.open_with(crate::ObjectKind::FrameQueue, |h| FrameQueue::builder().open_receiver_handle(h))?;
+        Ok(rx.typed().with_fingerprint(fp))
+    }
+}
+
 impl<T> Clone for TypedSender<T> {
     fn clone(&self) -> Self {
         TypedSender { tx: self.tx.clone(), fp: self.fp, _t: PhantomData }
