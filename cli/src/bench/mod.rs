@@ -59,13 +59,13 @@
 //! Time budget: about 0.3 s per case quick and 1.3 s full.
 
 pub mod baselines;
-// mod manager; (being ported to the paired Session API)
+mod manager;
 pub mod os;
 #[cfg(feature = "peers")]
 mod peers;
 mod pipe;
-// mod pool; (being ported to the paired Session API)
 pub mod plot;
+mod pool;
 pub mod process;
 mod python;
 mod queue;
@@ -491,8 +491,8 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(process::cases());
     cases.extend(queue::cases());
     cases.extend(pipe::cases());
-    //     cases.extend(manager::cases());
-    //     cases.extend(pool::cases());
+    cases.extend(manager::cases());
+    cases.extend(pool::cases());
     cases.extend(python::cases());
     #[cfg(feature = "peers")]
     cases.extend(peers::cases());
@@ -507,6 +507,11 @@ pub fn all_cases() -> Vec<Case> {
         "lock-incr",
         "event-pingpong",
         "spawn-join",
+        "pool-map-trivial",
+        "pool-map-chunk1",
+        "manager-dict",
+        "manager-dict-tcp",
+        "connection-tcp",
     ];
     cases.sort_by_key(|c| ORDER.iter().position(|s| *s == c.scenario).unwrap_or(ORDER.len()));
     cases

@@ -183,7 +183,9 @@ impl Drop for Script {
     }
 }
 
-fn start(cfg: &Config, body: &str) -> Result<Session, String> {
+/// Starts `body` (its `setup()` and `block(secs)`) as a session (also used by
+/// the pool and manager cases).
+pub(super) fn start(cfg: &Config, body: &str) -> Result<Session, String> {
     let cpus: Vec<String> = cfg.cpus.iter().map(|c| c.to_string()).collect();
     let script = format!("{PRELUDE}{body}{DRIVER}");
     let mut child = match Command::new("python3")

@@ -34,7 +34,8 @@ pub struct Row {
 }
 
 /// The baseline transport of a scenario, measured in the same run: the raw
-/// floor for transports, the peer for `lock-incr`, bare fork for `spawn-join`.
+/// floor for transports, the peer for `lock-incr`, bare fork for `spawn-join`,
+/// threads for the pool, Python for the manager, bare TCP for `connection-tcp`.
 pub fn baseline_for(scenario: &str) -> Option<&'static str> {
     match scenario {
         "pingpong-8B" => Some("raw-spin"),
@@ -43,6 +44,10 @@ pub fn baseline_for(scenario: &str) -> Option<&'static str> {
         "event-pingpong" => Some("raw-spin"),
         "lock-incr" => Some("python-mp"),
         "spawn-join" => Some("raw-fork"),
+        "pool-map-trivial" | "pool-map-chunk1" => Some("thread-pool"),
+        "manager-dict" => Some("python-mp"),
+        "manager-dict-tcp" => Some("python-mp-tcp"),
+        "connection-tcp" => Some("tcp-bare"),
         _ => None,
     }
 }
