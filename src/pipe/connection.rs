@@ -1090,14 +1090,12 @@ impl Connection {
 
     /// Receives a value sent with [`send`](Self::send).
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
-        let bytes = self.recv_vec(Due::new(None))?;
-        postcard::from_bytes(&bytes).map_err(RecvError::Deserialize)
+        decode_whole(&self.recv_vec(Due::new(None))?)
     }
 
     /// [`recv`](Self::recv) with a timeout.
     pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, RecvError> {
-        let bytes = self.recv_vec(Due::new(Some(timeout)))?;
-        postcard::from_bytes(&bytes).map_err(RecvError::Deserialize)
+        decode_whole(&self.recv_vec(Due::new(Some(timeout)))?)
     }
 
     /// Whether a message is ready to be read, or the peer is gone (so that a
@@ -1211,6 +1209,18 @@ impl Connection {
             let _ = slot.word.compare_exchange(slot_word(me.id, HELD), FREE, Ordering::SeqCst, Ordering::Relaxed);
             self.claim_pid.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+/// Decodes a `recv` message as a `T`, which must use every byte of it: a
+/// message sent as another type usually decodes partly (a `String`'s length
+/// prefix reads as a `u64`), and is refused instead of misread.
+fn decode_whole<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecvError> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(RecvError::Deserialize)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(RecvError::TrailingBytes { used: bytes.len() - rest.len(), len: bytes.len() })
     }
 }
 

@@ -272,6 +272,17 @@ pub enum RecvError {
     },
     /// `recv`: the message is not a valid encoding of the requested type.
     Deserialize(postcard::Error),
+    /// `recv`: a value of the requested type decoded from only the first
+    /// `used` of the message's `len` bytes, so the message was sent as another
+    /// type (it was consumed). `send`/`recv` check only what the encoding
+    /// shows; [`Connection::send_value`]/[`Connection::recv_value`] carry the
+    /// type's fingerprint and always tell (`TypeMismatch`).
+    TrailingBytes {
+        /// Bytes the decoded value used.
+        used: usize,
+        /// Bytes in the message.
+        len: usize,
+    },
     /// `recv_value`: the message was sent (with `send_value`) as another type,
     /// or without a type (`send`, `send_bytes`); it was consumed.
     TypeMismatch {
@@ -319,6 +330,9 @@ impl fmt::Display for RecvError {
             RecvError::EndInUse { pid } => write!(f, "this end of the pipe is held by live process {pid}"),
             RecvError::Corrupt { reason } => write!(f, "corrupt pipe: {reason}"),
             RecvError::Deserialize(e) => write!(f, "could not deserialize the message: {e}"),
+            RecvError::TrailingBytes { used, len } => {
+                write!(f, "the message was sent as another type: the requested type used {used} of its {len} bytes")
+            }
             RecvError::TypeMismatch { expected, found } => write!(
                 f,
                 "the message is of another type (fingerprint {found:#018x}, the receiver expects {expected:#018x})"

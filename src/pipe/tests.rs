@@ -366,3 +366,20 @@ fn spin_budget_longer_than_the_timeout_ends_at_the_deadline() {
     assert_eq!(got, Ok((true, false, true)));
     t.join().unwrap();
 }
+
+/// Regression (issue 10): `recv::<u64>()` of a message sent as a `String`
+/// returned `Ok(8)` (the string's length prefix); it must be an error.
+#[test]
+fn regression_recv_of_another_type_is_an_error_not_a_misdecode() {
+    let (a, b) = crate::Pipe::new().unwrap();
+    a.send(&"eight ch".to_string()).unwrap();
+    match b.recv::<u64>() {
+        Err(RecvError::TrailingBytes { used: 1, len: 9 }) => {}
+        other => panic!("expected TrailingBytes, got {other:?}"),
+    }
+    a.send(&"eight ch".to_string()).unwrap();
+    assert_eq!(b.recv::<String>().unwrap(), "eight ch");
+    // A &str is a String on the wire.
+    a.send("x").unwrap();
+    assert_eq!(b.recv::<String>().unwrap(), "x");
+}
