@@ -474,14 +474,18 @@ fn parent_sigkill_leaves_no_worker(m: StartMethod) {
     parent.kill().unwrap(); // SIGKILL
     parent.wait().unwrap();
     assert_gone(&pids[1..]);
-    // A SIGKILLed parent cannot unlink its named segments (Spawn, ForkServer):
-    // `shmproc gc` would; the test removes them itself.
+    // The pool's objects are anonymous under every start method (carried as
+    // process arguments): a SIGKILLed parent leaves no name in /dev/shm.
+    // (Removed here before the assertion, so a failure leaves nothing either.)
+    let mut left = Vec::new();
     for e in std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(&format!("shmproc-pool-{}-", pids[0])) {
             let _ = std::fs::remove_file(e.path());
+            left.push(name);
         }
     }
+    assert!(left.is_empty(), "{m:?}: the killed parent left {left:?} in /dev/shm");
 }
 
 fn leftovers(_: StartMethod) {

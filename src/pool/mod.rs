@@ -225,8 +225,8 @@ impl PoolBuilder {
             max_frame: self.max_frame,
             queue_depth: QUEUE_DEPTH,
         };
-        let results = dispatch::frame_queue(&config, "results", RESULTS_CAPACITY, false)?;
-        let table = Table::create(processes, dispatch::share_with_workers(config.method, "table"))?;
+        let results = dispatch::frame_queue(&config, RESULTS_CAPACITY, false)?;
+        let table = Table::create(processes)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
             wake: results.clone(),
