@@ -97,6 +97,8 @@ pub(crate) struct Config {
     pub(crate) retries: u32,
     pub(crate) max_frame: usize,
     pub(crate) queue_depth: usize,
+    /// Closures registered before the workers were first forked (see `closure.rs`).
+    pub(crate) closures: usize,
 }
 
 #[derive(Debug, Default)]

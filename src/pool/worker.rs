@@ -107,7 +107,11 @@ pub(crate) fn worker_main(a: WorkerArgs) {
             rec.chunk.store(chunk, Ordering::Release);
             let resolved = match cached {
                 Some((cr, cf, run, f)) if cr == runner && cf == func => Some((run, f)),
-                _ => match (crate::process::address_at(runner), crate::process::address_at(func)) {
+                _ => match (
+                    crate::process::address_at(runner),
+                    // A closure's index (its runner checks the type) or a function's address.
+                    wire::closure_index(func).or_else(|| crate::process::address_at(func)),
+                ) {
                     (Some(rr), Some(ff)) => {
                         // SAFETY: the parent sent the offset of a `wire::run_*` runner (type
                         // `RunOne`) monomorphised for this task's types, rebased by the checked
