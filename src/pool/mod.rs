@@ -140,6 +140,8 @@ use crate::time::Deadline;
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 /// Chunks a worker's task queue holds.
 const QUEUE_DEPTH: usize = 32;
+/// Chunks a submitting thread packs before it hands them to the pool's thread.
+const SUBMIT_BATCH: usize = 256;
 /// Frames the shared results queue holds.
 const RESULTS_CAPACITY: usize = 256;
 
@@ -523,6 +525,11 @@ impl Pool {
         let mut p = Packer::new(&self.shared, job, t, chunksize);
         for (i, a) in items.iter().enumerate() {
             p.add(first + i as u64, a);
+            // Hand chunks over as they are packed, so the workers start while
+            // the rest of a long input is still being encoded.
+            if p.chunks.len() >= SUBMIT_BATCH {
+                self.shared.submit(std::mem::take(&mut p.chunks));
+            }
         }
         self.shared.submit(p.finish());
         items.len() as u64
