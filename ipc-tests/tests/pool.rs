@@ -474,14 +474,56 @@ fn parent_sigkill_leaves_no_worker(m: StartMethod) {
     parent.kill().unwrap(); // SIGKILL
     parent.wait().unwrap();
     assert_gone(&pids[1..]);
-    // A SIGKILLed parent cannot unlink its named segments (Spawn, ForkServer):
-    // `shmproc gc` would; the test removes them itself.
+    // The pool's objects are anonymous under every start method (carried as
+    // process arguments): a SIGKILLed parent leaves no name in /dev/shm.
+    // (Removed here before the assertion, so a failure leaves nothing either.)
+    let mut left = Vec::new();
     for e in std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(&format!("shmproc-pool-{}-", pids[0])) {
             let _ = std::fs::remove_file(e.path());
+            left.push(name);
         }
     }
+    assert!(left.is_empty(), "{m:?}: the killed parent left {left:?} in /dev/shm");
+}
+
+/// Capturing closures: run under Fork when made before the pool (also in a
+/// replacement worker), refused (each item a `Serialize` error, nothing
+/// sent) when made after it or under Spawn/ForkServer.
+fn capturing_closures(m: StartMethod) {
+    use shmproc::pool::Closure;
+    let table: Vec<u64> = (0..1_000u64).map(|i| i * 7 + 3).collect();
+    let want = table.clone();
+    let lookup = Closure::new(move |i: usize| table[i]);
+    let k = 5u64;
+    let add_k = Closure::new(move |x: u64| x + k);
+    let pool = Pool::builder().processes(2).start_method(m).create().unwrap();
+    let late = Closure::new(move |x: u64| x * k);
+    let refused = |e: &TaskError| matches!(e, TaskError::Serialize { .. });
+    if m != StartMethod::Fork {
+        match pool.map_closure(&lookup, [1usize, 2]) {
+            Err(MapError { index: 0, error }) if refused(&error) => {}
+            other => panic!("{m:?}: a closure must be refused, got {other:?}"),
+        }
+        return;
+    }
+    assert_eq!(pool.map_closure(&lookup, 0..1_000usize).unwrap(), want);
+    assert_eq!(pool.apply_closure(&add_k, 37).unwrap(), 42);
+    match pool.apply_closure(&late, 3) {
+        Err(e) if refused(&e) => {}
+        other => panic!("a closure made after the pool must be refused, got {other:?}"),
+    }
+    // A replacement worker (forked later) has the closures too.
+    for pid in pool.worker_pids() {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    // The workers were dead before the map: no item was started by them, so
+    // every item runs on the replacements and succeeds.
+    let got = pool.map_closure_async(&add_k, 0..100u64).get_timeout(WAIT).expect("map_closure after kills hung");
+    assert!(got.unwrap().iter().copied().eq(5..105u64));
+    pool.close();
+    pool.join();
 }
 
 fn leftovers(_: StartMethod) {
@@ -522,6 +564,7 @@ fn main() {
         ("unencodable_result", unencodable_result, &all[..1]),
         ("from_many_threads", from_many_threads, &all[..1]),
         ("parent_sigkill_leaves_no_worker", parent_sigkill_leaves_no_worker, &all),
+        ("capturing_closures", capturing_closures, &all),
         ("leftovers", leftovers, &all[..1]),
     ];
     if std::env::args().any(|a| a == "--list") {

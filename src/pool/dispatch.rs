@@ -97,6 +97,8 @@ pub(crate) struct Config {
     pub(crate) retries: u32,
     pub(crate) max_frame: usize,
     pub(crate) queue_depth: usize,
+    /// Closures registered before the workers were first forked (see `closure.rs`).
+    pub(crate) closures: usize,
 }
 
 #[derive(Debug, Default)]
@@ -165,32 +167,13 @@ impl Shared {
     }
 }
 
-/// How the pool's objects reach a worker: the fd of an anonymous segment under
-/// Fork (the worker inherits it), a unique name under Spawn and ForkServer
-/// (unlinked when the pool drops it). The one place to switch to objects
-/// passed as process arguments.
-pub(crate) fn share_with_workers(method: StartMethod, what: &str) -> Option<String> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    match method {
-        StartMethod::Fork => None,
-        StartMethod::Spawn | StartMethod::ForkServer => {
-            Some(format!("shmproc-pool-{}-{}-{what}", sys::raw_pid(), SEQ.fetch_add(1, Ordering::Relaxed)))
-        }
-    }
-}
-
-/// Creates a frame queue shared with workers.
-pub(crate) fn frame_queue(
-    cfg: &Config,
-    what: &str,
-    capacity: usize,
-    spsc: bool,
-) -> Result<FrameQueue, crate::OpenError> {
-    let mut b = FrameQueue::builder().capacity(capacity).max_frame(cfg.max_frame).spsc(spsc);
-    if let Some(name) = share_with_workers(cfg.method, what) {
-        b = b.name(name);
-    }
-    b.create()
+/// Creates a frame queue shared with workers. It is anonymous under every
+/// start method: it reaches a worker inside the worker's `Process` argument
+/// (objects as arguments: Fork inherits the fd, ForkServer sends it with
+/// `SCM_RIGHTS`, Spawn keeps it open across the exec), so the pool has no
+/// name in `/dev/shm` to leave behind.
+pub(crate) fn frame_queue(cfg: &Config, capacity: usize, spsc: bool) -> Result<FrameQueue, crate::OpenError> {
+    FrameQueue::builder().capacity(capacity).max_frame(cfg.max_frame).spsc(spsc).create()
 }
 
 struct Worker {
@@ -272,14 +255,14 @@ impl Dispatcher {
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let depth = self.cfg().queue_depth;
-        let tasks = frame_queue(self.cfg(), &format!("tasks{slot}"), depth, true)?;
+        let tasks = frame_queue(self.cfg(), depth, true)?;
         self.table.reset(slot, gen);
         let args = WorkerArgs {
             slot: slot as u32,
             gen,
-            tasks: tasks.handle().to_string(),
-            results: self.results.handle().to_string(),
-            table: self.table.handle().to_string(),
+            tasks: tasks.clone(),
+            results: self.results.clone(),
+            table: self.table.clone(),
             init: self.cfg().init.clone(),
             max_tasks: self.cfg().max_tasks,
             timed: self.cfg().task_timeout.is_some(),

@@ -40,6 +40,7 @@
 //! | `apply(func, args)` / `apply_async(func, args, callback, error_callback)` | [`apply`](Pool::apply) / [`apply_async`](Pool::apply_async), [`apply_async_with`](Pool::apply_async_with) |
 //! | `AsyncResult.get(timeout)`, `ready()`, `successful()`, `wait(timeout)` | [`AsyncResult::get`], [`get_timeout`](AsyncResult::get_timeout), [`ready`](AsyncResult::ready), [`successful`](AsyncResult::successful), [`wait`](AsyncResult::wait), [`wait_timeout`](AsyncResult::wait_timeout) |
 //! | `close()`, `join()`, `terminate()` | [`close`](Pool::close), [`join`](Pool::join), [`join_timeout`](Pool::join_timeout), [`terminate`](Pool::terminate); `Drop` terminates |
+//! | `map(lambda x: x + k, ...)`: fails (a lambda does not pickle) | [`Closure::new`]`(move \|x\| x + k)` before the pool, then [`map_closure`](Pool::map_closure) / [`map_closure_async`](Pool::map_closure_async) / [`apply_closure`](Pool::apply_closure) (start method Fork) |
 //! | a killed worker: the pool hangs forever | the task it ran fails with [`TaskError::WorkerDied`] (or is retried), a replacement starts, every other task is delivered |
 //!
 //! ## Tasks
@@ -47,8 +48,28 @@
 //! argument and result are serde types; it runs under every start method
 //! (workers are [`Process`](crate::Process)es running the same executable, and
 //! the function travels as an offset the way a `Process` target does).
-//! Capturing closures are not supported (the workers are started before the
-//! closure exists).
+//!
+//! **Capturing closures** run where workers are forked
+//! ([`StartMethod::Fork`]): a forked worker holds a copy of everything its
+//! parent had at the fork, so, as in Python where the function must exist
+//! before `Pool()` is called, you make the closure first, then the pool:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmproc::pool::Closure;
+//! use shmproc::process::StartMethod;
+//! use shmproc::Pool;
+//! let weights = vec![0.5f64, 2.0, 4.0];
+//! let weigh = Closure::new(move |i: usize| weights[i] * 10.0); // 1. the closure
+//! let pool = Pool::builder().start_method(StartMethod::Fork).create()?; // 2. the pool
+//! assert_eq!(pool.map_closure(&weigh, [0, 2])?, vec![5.0, 40.0]);
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Closure`] lives until the process exits (replacement workers, forked
+//! later, need it too). A closure made after the pool, or given to a Spawn or
+//! ForkServer pool, is refused: each item fails with [`TaskError::Serialize`]
+//! saying why, and nothing is sent.
 //!
 //! ## How it works
 //! One thread in the parent (the dispatcher) owns the workers. Work goes out in
@@ -85,6 +106,7 @@
 //!
 //! A `Pool` is `Send + Sync`: several threads may submit at once.
 
+mod closure;
 mod dispatch;
 mod error;
 mod job;
@@ -102,6 +124,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use closure::{Closure, MAX_CLOSURES};
 pub use error::{JoinTimeoutError, MapError, PoolError, TaskError};
 pub use job::AsyncResult;
 
@@ -117,6 +140,8 @@ use crate::time::Deadline;
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 /// Chunks a worker's task queue holds.
 const QUEUE_DEPTH: usize = 32;
+/// Chunks a submitting thread packs before it hands them to the pool's thread.
+const SUBMIT_BATCH: usize = 256;
 /// Frames the shared results queue holds.
 const RESULTS_CAPACITY: usize = 256;
 
@@ -224,9 +249,11 @@ impl PoolBuilder {
             retries: self.retries,
             max_frame: self.max_frame,
             queue_depth: QUEUE_DEPTH,
+            // Read before the first fork: every worker has these closures.
+            closures: closure::registered(),
         };
-        let results = dispatch::frame_queue(&config, "results", RESULTS_CAPACITY, false)?;
-        let table = Table::create(processes, dispatch::share_with_workers(config.method, "table"))?;
+        let results = dispatch::frame_queue(&config, RESULTS_CAPACITY, false)?;
+        let table = Table::create(processes)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
             wake: results.clone(),
@@ -335,17 +362,40 @@ impl fmt::Debug for Pool {
 struct Target {
     runner: i64,
     func: i64,
-    ok: bool,
+    /// Why no item of this target can be sent (each fails with `Serialize`).
+    refused: Option<&'static str>,
 }
 
 impl Target {
     fn new(runner: RunOne, func: usize) -> Target {
         let r = runner as usize;
+        let ok = process::same_object(r) && process::same_object(func);
         Target {
             runner: process::offset_of(r),
             func: process::offset_of(func),
-            ok: process::same_object(r) && process::same_object(func),
+            refused: (!ok).then_some("the task function lies outside the executable"),
         }
+    }
+
+    /// A [`Closure`] for `pool`: its table index, tagged, and its runner.
+    fn closure<A, R>(pool: &Pool, c: &Closure<A, R>) -> Target
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+    {
+        let mut t = Target::new(closure::run_closure::<A, R>, closure::run_closure::<A, R> as RunOne as usize);
+        match c.index() {
+            _ if t.refused.is_some() => {}
+            None => t.refused = Some("the process made more closures than pool::MAX_CLOSURES"),
+            Some(_) if pool.shared.config.method != StartMethod::Fork => {
+                t.refused = Some("closures run only in a pool whose start method is Fork")
+            }
+            Some(i) if i >= pool.shared.config.closures => {
+                t.refused = Some("the closure was made after the pool: its workers do not have it")
+            }
+            Some(i) => t.func = wire::CLOSURE_TAG.wrapping_add(i as i64),
+        }
+        t
     }
 }
 
@@ -392,9 +442,8 @@ impl<'a> Packer<'a> {
     }
 
     fn add<A: Serialize + ?Sized>(&mut self, index: u64, a: &A) {
-        if !self.t.ok {
-            return self
-                .fail(index, TaskError::Serialize { reason: "the task function lies outside the executable".into() });
+        if let Some(reason) = self.t.refused {
+            return self.fail(index, TaskError::Serialize { reason: reason.into() });
         }
         if self.count == 0 {
             wire::task_header(&mut self.cur, 0, self.t.runner, self.t.func);
@@ -476,6 +525,11 @@ impl Pool {
         let mut p = Packer::new(&self.shared, job, t, chunksize);
         for (i, a) in items.iter().enumerate() {
             p.add(first + i as u64, a);
+            // Hand chunks over as they are packed, so the workers start while
+            // the rest of a long input is still being encoded.
+            if p.chunks.len() >= SUBMIT_BATCH {
+                self.shared.submit(std::mem::take(&mut p.chunks));
+            }
         }
         self.shared.submit(p.finish());
         items.len() as u64
@@ -571,6 +625,50 @@ impl Pool {
     {
         let t = Target::new(wire::run_one::<A, R>, f as usize);
         self.map_job_cb(t, items.into_iter().collect(), None, job::decode_all::<R>, callbacks)
+    }
+
+    /// `map` of a capturing [`Closure`] (start method Fork; the closure made
+    /// before the pool). Like [`map`](Pool::map) otherwise.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shmproc::pool::Closure;
+    /// let table = vec![10u64, 20, 30];
+    /// let lookup = Closure::new(move |i: usize| table[i]);
+    /// let pool = shmproc::Pool::builder().start_method(shmproc::process::StartMethod::Fork).create()?;
+    /// assert_eq!(pool.map_closure(&lookup, [2, 0])?, vec![30, 10]);
+    /// # Ok(()) }
+    /// ```
+    pub fn map_closure<A, R>(&self, f: &Closure<A, R>, items: impl IntoIterator<Item = A>) -> Result<Vec<R>, MapError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_closure_async(f, items).get()
+    }
+
+    /// `map_async` of a capturing [`Closure`] (see [`map_closure`](Pool::map_closure)).
+    pub fn map_closure_async<A, R>(
+        &self,
+        f: &Closure<A, R>,
+        items: impl IntoIterator<Item = A>,
+    ) -> AsyncResult<Vec<R>, MapError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let t = Target::closure(self, f);
+        self.map_job_cb(t, items.into_iter().collect(), None, job::decode_all::<R>, Callbacks::new())
+    }
+
+    /// `apply` of a capturing [`Closure`] (see [`map_closure`](Pool::map_closure)).
+    pub fn apply_closure<A, R>(&self, f: &Closure<A, R>, arg: A) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let t = Target::closure(self, f);
+        self.map_job_cb(t, vec![arg], Some(1), job::decode_one::<R>, Callbacks::new()).get()
     }
 
     /// Python's `starmap`: `f(a, b)` for every `(a, b)`.

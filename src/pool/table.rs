@@ -90,26 +90,16 @@ impl Object for Table {
     }
 }
 
+crate::object::serde_object!([] Table);
+
 impl Table {
-    /// Creates a table of `slots` zeroed records, named if `name` is set.
-    pub(crate) fn create(slots: usize, name: Option<String>) -> Result<Table, OpenError> {
-        let mut b = Builder::<Table>::with_params(TableParams { slots });
-        if let Some(n) = name {
-            b = b.name(n);
-        }
+    /// Creates an anonymous table of `slots` zeroed records (workers get it
+    /// as part of their process argument).
+    pub(crate) fn create(slots: usize) -> Result<Table, OpenError> {
+        let b = Builder::<Table>::with_params(TableParams { slots });
         // The zero-filled payload is the initial state of every record.
         let view = View::<Record>::create(&b, Prefix::None, b.params.slots.max(1), |_| {})?;
         Ok(Table { view })
-    }
-
-    /// Opens the table behind `handle` (in a worker).
-    pub(crate) fn open(handle: &Handle) -> Result<Table, OpenError> {
-        Builder::<Table>::default().open_handle(handle)
-    }
-
-    /// How a worker opens this table.
-    pub(crate) fn handle(&self) -> Handle {
-        self.view.segment().handle()
     }
 
     /// The record of `slot`, or `None` past the end.

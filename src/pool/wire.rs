@@ -43,6 +43,17 @@ pub(crate) const INIT_FAILED: u64 = u64::MAX - 1;
 
 /// Bytes before the first item of a task frame.
 pub(crate) const TASK_HEADER: usize = 28;
+
+/// Function field of a task frame that names a [`Closure`](super::Closure)
+/// rather than a function: `CLOSURE_TAG + index` (no code offset is near
+/// `i64::MIN`). Its runner is a `closure::run_closure`, which checks the type.
+pub(crate) const CLOSURE_TAG: i64 = i64::MIN;
+
+/// The closure index in a function field, if it names one.
+pub(crate) fn closure_index(func: i64) -> Option<usize> {
+    let i = func.wrapping_sub(CLOSURE_TAG) as u64;
+    (i < super::closure::MAX_CLOSURES as u64).then_some(i as usize)
+}
 /// Bytes before the first item of a result frame.
 pub(crate) const RESULT_HEADER: usize = 24;
 
@@ -140,7 +151,7 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Calls `f` with panic capture, appending its result or error item.
-fn call_captured<R: Serialize>(out: &mut Vec<u8>, f: impl FnOnce() -> R) {
+pub(crate) fn call_captured<R: Serialize>(out: &mut Vec<u8>, f: impl FnOnce() -> R) {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => push_ok(out, &r),
         Err(p) => {

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::table::Table;
 use super::wire::{self, Reader, RunInit, RunOne, WireError};
 use crate::queue::{FrameQueue, Role};
-use crate::segment::Handle;
 use crate::sys;
 
 /// What a worker is started with (its [`Process`](crate::Process) argument).
@@ -17,11 +16,12 @@ use crate::sys;
 pub(crate) struct WorkerArgs {
     pub(crate) slot: u32,
     pub(crate) gen: u32,
-    /// Handles (`Handle`'s text form) of the worker's task queue, the shared
-    /// results queue and the in-flight table.
-    pub(crate) tasks: String,
-    pub(crate) results: String,
-    pub(crate) table: String,
+    /// The worker's task queue, the shared results queue and the in-flight
+    /// table: anonymous objects, carried as process arguments under every
+    /// start method (no name in `/dev/shm`).
+    pub(crate) tasks: FrameQueue,
+    pub(crate) results: FrameQueue,
+    pub(crate) table: Table,
     /// Initializer: runner offset, function offset, argument bytes.
     pub(crate) init: Option<(i64, i64, Vec<u8>)>,
     /// Items after which the worker exits (0: never).
@@ -31,23 +31,19 @@ pub(crate) struct WorkerArgs {
     pub(crate) timed: bool,
 }
 
-/// The worker's objects, opened from the handles in its arguments.
+/// The worker's objects: the ones its argument carried (opened from their
+/// fds when the argument was decoded), with this worker's roles.
+fn open_objects(a: &WorkerArgs) -> Option<Objects> {
+    a.tasks.set_role(Role::Receiver).ok()?;
+    a.results.set_role(Role::Sender).ok()?;
+    Some(Objects { tasks: a.tasks.clone(), results: a.results.clone(), table: a.table.clone() })
+}
+
+/// The worker's objects.
 struct Objects {
     tasks: FrameQueue,
     results: FrameQueue,
     table: Table,
-}
-
-/// How a worker gets the pool's objects: opens the handles it was given (an
-/// inherited fd under Fork, a unique name under Spawn and ForkServer; see
-/// `Pool`'s `share_with_workers`). The one place to change when objects can
-/// travel as process arguments.
-fn open_objects(a: &WorkerArgs) -> Option<Objects> {
-    let h = |s: &str| s.parse::<Handle>().ok();
-    let tasks = FrameQueue::builder().role(Role::Receiver).open_handle(&h(&a.tasks)?).ok()?;
-    let results = FrameQueue::builder().role(Role::Sender).open_handle(&h(&a.results)?).ok()?;
-    let table = Table::open(&h(&a.table)?).ok()?;
-    Some(Objects { tasks, results, table })
 }
 
 /// Exit code of a worker that could not open the pool's objects.
@@ -111,7 +107,11 @@ pub(crate) fn worker_main(a: WorkerArgs) {
             rec.chunk.store(chunk, Ordering::Release);
             let resolved = match cached {
                 Some((cr, cf, run, f)) if cr == runner && cf == func => Some((run, f)),
-                _ => match (crate::process::address_at(runner), crate::process::address_at(func)) {
+                _ => match (
+                    crate::process::address_at(runner),
+                    // A closure's index (its runner checks the type) or a function's address.
+                    wire::closure_index(func).or_else(|| crate::process::address_at(func)),
+                ) {
                     (Some(rr), Some(ff)) => {
                         // SAFETY: the parent sent the offset of a `wire::run_*` runner (type
                         // `RunOne`) monomorphised for this task's types, rebased by the checked
