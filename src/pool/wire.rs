@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::error::TaskError;
+use crate::process::child::payload_text;
 
 /// Chunk id of a task frame that asks the worker to exit.
 pub(crate) const STOP: u64 = u64::MAX;
@@ -138,16 +139,6 @@ pub(crate) fn push_ok<R: Serialize>(out: &mut Vec<u8>, r: &R) {
 thread_local! {
     /// Location of the last panic in this worker thread (set by the worker's panic hook).
     pub(crate) static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
-    }
 }
 
 /// Calls `f` with panic capture, appending its result or error item.
