@@ -126,7 +126,7 @@ use crate::header::{ObjectKind, TypeInfo};
 use crate::object::{Builder, Object};
 use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
-use raw::{Engine, Fail, Geometry, Side};
+use raw::{Engine, Fail, Geometry, Side, SpscLocal};
 use ring::Step;
 
 /// Default capacity of a queue, in messages.
@@ -614,15 +614,21 @@ impl<T: Pod> Queue<T> {
     /// the endpoint drops, so do not send through them meanwhile. A forked child
     /// inherits the endpoint itself (use it, not the handle, in the child).
     pub fn spsc_sender(&self) -> Option<SpscSender<T>> {
-        (self.e.geo.spsc && self.e.take_side(Side::Send))
-            .then(|| SpscSender { q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData }, shared: self.clone() })
+        (self.e.geo.spsc && self.e.take_side(Side::Send)).then(|| SpscSender {
+            q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData },
+            shared: self.clone(),
+            local: SpscLocal::new(),
+        })
     }
 
     /// SPSC mode: takes this handle's receiving side for one owner (see
     /// [`spsc_sender`](Self::spsc_sender)).
     pub fn spsc_receiver(&self) -> Option<SpscReceiver<T>> {
-        (self.e.geo.spsc && self.e.take_side(Side::Recv))
-            .then(|| SpscReceiver { q: Queue { e: self.e.clone(), excl: 2, _t: PhantomData }, shared: self.clone() })
+        (self.e.geo.spsc && self.e.take_side(Side::Recv)).then(|| SpscReceiver {
+            q: Queue { e: self.e.clone(), excl: 2, _t: PhantomData },
+            shared: self.clone(),
+            local: SpscLocal::new(),
+        })
     }
 }
 
@@ -634,6 +640,8 @@ pub struct SpscSender<T: Pod> {
     /// What [`SpscSender::queue`] hands out: a plain handle, so that calls
     /// through it (possibly from other threads) never skip the exclusion.
     shared: Queue<T>,
+    /// Endpoint-local tail and cached head (see [`raw::SpscLocal`]).
+    local: SpscLocal,
 }
 
 /// The exclusive receiving end of an SPSC [`Queue`] ([`Queue::spsc_receiver`]).
@@ -642,24 +650,66 @@ pub struct SpscReceiver<T: Pod> {
     q: Queue<T>,
     /// As in [`SpscSender`].
     shared: Queue<T>,
+    /// Endpoint-local head and cached tail (see [`raw::SpscLocal`]).
+    local: SpscLocal,
 }
 
 impl<T: Pod> SpscSender<T> {
     /// As [`Queue::send`].
+    ///
+    /// The fast path (inlined) writes the slot, publishes the endpoint's own
+    /// tail and looks for sleeping receivers: no call, no read of the
+    /// consumer's cache line while the cached head shows room.
     #[inline]
     pub fn send(&mut self, v: T) -> Result<(), SendError<T>> {
-        self.q.send(v)
+        if !self.q.refused() && self.q.e.spsc_send_fast(&mut self.local, |p| write_slot(p, v)) {
+            return Ok(());
+        }
+        self.send_slow(v)
     }
+
+    #[cold]
+    #[inline(never)]
+    fn send_slow(&mut self, v: T) -> Result<(), SendError<T>> {
+        match self.send_wait(v, Some(None)) {
+            Ok(()) => Ok(()),
+            Err((Fail::Disconnected, v)) => Err(SendError::Disconnected(v)),
+            Err((_, v)) => Err(SendError::Corrupt(v)),
+        }
+    }
+
+    /// `wait`: `None` do not wait; `Some(timeout)` wait (`None`: forever).
+    fn send_wait(&mut self, v: T, wait: Option<Option<Duration>>) -> Result<(), (Fail, T)> {
+        if self.q.refused() {
+            return Err((Fail::Disconnected, v));
+        }
+        if self.q.e.spsc_send_fast(&mut self.local, |p| write_slot(p, v)) {
+            return Ok(());
+        }
+        let deadline = wait.map(Deadline::after);
+        self.q.e.spsc_slow(&mut self.local, Side::Send, deadline, |p| write_slot(p, v)).map_err(|f| (f, v))
+    }
+
     /// As [`Queue::try_send`].
     pub fn try_send(&mut self, v: T) -> Result<(), TrySendError<T>> {
-        self.q.try_send(v)
+        self.send_wait(v, None).map_err(|(f, v)| match f {
+            Fail::Disconnected => TrySendError::Disconnected(v),
+            Fail::Corrupt => TrySendError::Corrupt(v),
+            _ => TrySendError::Full(v),
+        })
     }
     /// As [`Queue::send_timeout`].
     pub fn send_timeout(&mut self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.q.send_timeout(v, timeout)
+        self.send_wait(v, Some(Some(timeout))).map_err(|(f, v)| match f {
+            Fail::Disconnected => SendTimeoutError::Disconnected(v),
+            Fail::Corrupt => SendTimeoutError::Corrupt(v),
+            _ => SendTimeoutError::Timeout(v),
+        })
     }
     /// As [`Queue::send_slice`].
     pub fn send_slice(&mut self, items: &[T]) -> Result<(), SendError<usize>> {
+        // The batch path publishes the segment's tail itself: resync after it.
+        self.local.invalidate();
         self.q.send_slice(items)
     }
     /// The queue, as a plain (non-exclusive) handle: sends and receives on
@@ -671,20 +721,55 @@ impl<T: Pod> SpscSender<T> {
 
 impl<T: Pod> SpscReceiver<T> {
     /// As [`Queue::recv`].
+    ///
+    /// The fast path (inlined) reads the slot, publishes the endpoint's own
+    /// head and looks for sleeping senders; it reads the producer's cache
+    /// line only when its cached tail shows the ring empty.
     #[inline]
     pub fn recv(&mut self) -> Result<T, RecvError> {
-        self.q.recv()
+        let mut out = T::zeroed();
+        if self.q.e.spsc_recv_fast(&mut self.local, |p| out = read_slot(p)) {
+            return Ok(out);
+        }
+        self.recv_slow()
     }
+
+    #[cold]
+    #[inline(never)]
+    fn recv_slow(&mut self) -> Result<T, RecvError> {
+        self.recv_wait(Some(None)).map_err(|f| match f {
+            Fail::Disconnected => RecvError::Disconnected,
+            _ => RecvError::Corrupt,
+        })
+    }
+
+    /// `wait` as in [`SpscSender::send_wait`].
+    fn recv_wait(&mut self, wait: Option<Option<Duration>>) -> Result<T, Fail> {
+        let mut out = T::zeroed();
+        if self.q.e.spsc_recv_fast(&mut self.local, |p| out = read_slot(p)) {
+            return Ok(out);
+        }
+        let deadline = wait.map(Deadline::after);
+        self.q.e.spsc_slow(&mut self.local, Side::Recv, deadline, |p| out = read_slot(p))?;
+        Ok(out)
+    }
+
     /// As [`Queue::try_recv`].
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        self.q.try_recv()
+        self.recv_wait(None).map_err(|f| match f {
+            Fail::Disconnected => TryRecvError::Disconnected,
+            Fail::Corrupt => TryRecvError::Corrupt,
+            _ => TryRecvError::Empty,
+        })
     }
     /// As [`Queue::recv_timeout`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.q.recv_timeout(timeout)
+        self.recv_wait(Some(Some(timeout))).map_err(map_recv)
     }
     /// As [`Queue::recv_into`].
     pub fn recv_into(&mut self, buf: &mut [T]) -> Result<usize, RecvError> {
+        // The batch path publishes the segment's head itself: resync after it.
+        self.local.invalidate();
         self.q.recv_into(buf)
     }
     /// The queue, as a plain (non-exclusive) handle: sends and receives on
@@ -692,6 +777,24 @@ impl<T: Pod> SpscReceiver<T> {
     pub fn queue(&self) -> &Queue<T> {
         &self.shared
     }
+}
+
+/// Writes `v` into an SPSC slot payload.
+#[inline(always)]
+fn write_slot<T: Pod>(p: *mut u8, v: T) {
+    // SAFETY: the engine hands an endpoint only the payload of the slot it
+    // owns (free, producer side), at least size_of::<T>() bytes (elem_size
+    // checked at open); unaligned write because slots are only 8-aligned.
+    unsafe { std::ptr::write_unaligned(p as *mut T, v) }
+}
+
+/// Reads a `T` out of an SPSC slot payload.
+#[inline(always)]
+fn read_slot<T: Pod>(p: *const u8) -> T {
+    // SAFETY: the payload of a published slot the consumer owns, at least
+    // size_of::<T>() bytes; T is Pod, so any bytes (even a hostile peer's)
+    // are a valid T.
+    unsafe { std::ptr::read_unaligned(p as *const T) }
 }
 
 impl<T: Pod> Drop for SpscSender<T> {
