@@ -1060,6 +1060,96 @@ mod tests {
     /// Random bytes over every part of a live queue's payload (configuration,
     /// indices, stamps, participants, frame lengths): errors, never a panic or
     /// an out-of-bounds access.
+    /// The endpoints' local indices across threads: a small ring wraps many
+    /// times, both sides run out (full / empty) and, in blocking mode, sleep
+    /// and must be woken; batch calls in between resync the local state.
+    #[test]
+    fn spsc_endpoints_local_indices_wrap_and_wake() {
+        let n: u64 = if cfg!(miri) { 200 } else { 20_000 };
+        for mode in [WaitMode::Blocking, WaitMode::Adaptive] {
+            let q = Queue::<u64>::builder().capacity(8).spsc(true).wait_mode(mode).create().unwrap();
+            let mut tx = q.spsc_sender().unwrap();
+            let mut rx = q.spsc_receiver().unwrap();
+            let t = std::thread::spawn(move || {
+                let mut i = 0u64;
+                while i < n {
+                    match i % 1000 {
+                        0 => {
+                            tx.send_slice(&[i, i + 1, i + 2]).unwrap();
+                            i += 3;
+                        }
+                        500 => match tx.try_send(i) {
+                            Ok(()) => i += 1,
+                            Err(TrySendError::Full(_)) => std::thread::yield_now(),
+                            Err(e) => panic!("{e:?}"),
+                        },
+                        _ => {
+                            tx.send_timeout(i, Duration::from_secs(10)).unwrap();
+                            i += 1;
+                        }
+                    }
+                }
+                tx
+            });
+            let mut want = 0u64;
+            let mut buf = [0u64; 5];
+            while want < n {
+                if want % 777 == 0 {
+                    let k = rx.recv_into(&mut buf).unwrap();
+                    for v in &buf[..k] {
+                        assert_eq!(*v, want);
+                        want += 1;
+                    }
+                } else {
+                    assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(want), "{mode:?}");
+                    want += 1;
+                }
+            }
+            let tx = t.join().unwrap();
+            assert!(q.is_empty());
+            assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+            drop((tx, rx));
+            // The plain handle continues where the endpoints left off.
+            q.try_send(5).unwrap();
+            assert_eq!(q.try_recv(), Ok(5));
+        }
+    }
+
+    /// A hostile writer moves the other side's index out of range while
+    /// endpoints are in use: every call returns (Corrupt), none panics.
+    #[test]
+    fn spsc_endpoint_scribbled_index_is_corrupt() {
+        for (off, garbage) in [(128usize, 1u64 << 40), (256, u64::MAX - 3)] {
+            let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+            let mut tx = q.spsc_sender().unwrap();
+            let mut rx = q.spsc_receiver().unwrap();
+            tx.send(1).unwrap();
+            assert_eq!(rx.recv(), Ok(1));
+            let base = q.segment().payload_ptr().as_ptr();
+            // SAFETY: offsets 128 (tail) and 256 (head) are 8-aligned u64s
+            // inside the control block; the queue tolerates any value there.
+            unsafe { (base.add(off) as *const AtomicU64).as_ref().unwrap().store(garbage, Ordering::SeqCst) };
+            let short = Duration::from_millis(5);
+            if off == 128 {
+                assert_eq!(rx.recv_timeout(short), Err(RecvTimeoutError::Corrupt));
+                assert_eq!(rx.try_recv(), Err(TryRecvError::Corrupt));
+                assert_eq!(rx.recv(), Err(RecvError::Corrupt));
+            } else {
+                // The producer trusts its cached head until the ring looks full.
+                let mut saw = false;
+                for i in 0..20 {
+                    match tx.send_timeout(i, short) {
+                        Ok(()) => {}
+                        Err(SendTimeoutError::Corrupt(_)) => saw = true,
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                assert!(saw);
+                assert!(matches!(tx.try_send(0), Err(TrySendError::Corrupt(0))));
+            }
+        }
+    }
+
     #[test]
     fn scribbled_payload_never_panics() {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
