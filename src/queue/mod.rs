@@ -662,7 +662,8 @@ impl<T: Pod> SpscSender<T> {
     /// consumer's cache line while the cached head shows room.
     #[inline]
     pub fn send(&mut self, v: T) -> Result<(), SendError<T>> {
-        if !self.q.refused() && self.q.e.spsc_send_fast(&mut self.local, |p| write_slot(p, v)) {
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        if !self.q.refused() && self.q.e.spsc_send_fast(&mut self.local, |p| unsafe { write_slot(p, v) }) {
             return Ok(());
         }
         self.send_slow(v)
@@ -683,11 +684,13 @@ impl<T: Pod> SpscSender<T> {
         if self.q.refused() {
             return Err((Fail::Disconnected, v));
         }
-        if self.q.e.spsc_send_fast(&mut self.local, |p| write_slot(p, v)) {
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        if self.q.e.spsc_send_fast(&mut self.local, |p| unsafe { write_slot(p, v) }) {
             return Ok(());
         }
         let deadline = wait.map(Deadline::after);
-        self.q.e.spsc_slow(&mut self.local, Side::Send, deadline, |p| write_slot(p, v)).map_err(|f| (f, v))
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        self.q.e.spsc_slow(&mut self.local, Side::Send, deadline, |p| unsafe { write_slot(p, v) }).map_err(|f| (f, v))
     }
 
     /// As [`Queue::try_send`].
@@ -728,7 +731,8 @@ impl<T: Pod> SpscReceiver<T> {
     #[inline]
     pub fn recv(&mut self) -> Result<T, RecvError> {
         let mut out = T::zeroed();
-        if self.q.e.spsc_recv_fast(&mut self.local, |p| out = read_slot(p)) {
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        if self.q.e.spsc_recv_fast(&mut self.local, |p| out = unsafe { read_slot(p) }) {
             return Ok(out);
         }
         self.recv_slow()
@@ -746,11 +750,13 @@ impl<T: Pod> SpscReceiver<T> {
     /// `wait` as in [`SpscSender::send_wait`].
     fn recv_wait(&mut self, wait: Option<Option<Duration>>) -> Result<T, Fail> {
         let mut out = T::zeroed();
-        if self.q.e.spsc_recv_fast(&mut self.local, |p| out = read_slot(p)) {
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        if self.q.e.spsc_recv_fast(&mut self.local, |p| out = unsafe { read_slot(p) }) {
             return Ok(out);
         }
         let deadline = wait.map(Deadline::after);
-        self.q.e.spsc_slow(&mut self.local, Side::Recv, deadline, |p| out = read_slot(p))?;
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        self.q.e.spsc_slow(&mut self.local, Side::Recv, deadline, |p| out = unsafe { read_slot(p) })?;
         Ok(out)
     }
 
@@ -780,20 +786,25 @@ impl<T: Pod> SpscReceiver<T> {
 }
 
 /// Writes `v` into an SPSC slot payload.
+///
+/// # Safety
+/// `p` is the payload of a free slot the calling producer owns, at least
+/// `size_of::<T>()` bytes long (the engine passes only such pointers).
 #[inline(always)]
-fn write_slot<T: Pod>(p: *mut u8, v: T) {
-    // SAFETY: the engine hands an endpoint only the payload of the slot it
-    // owns (free, producer side), at least size_of::<T>() bytes (elem_size
-    // checked at open); unaligned write because slots are only 8-aligned.
+unsafe fn write_slot<T: Pod>(p: *mut u8, v: T) {
+    // SAFETY: per the contract; unaligned because slots are only 8-aligned.
     unsafe { std::ptr::write_unaligned(p as *mut T, v) }
 }
 
 /// Reads a `T` out of an SPSC slot payload.
+///
+/// # Safety
+/// `p` is the payload of a published slot the calling consumer owns, at
+/// least `size_of::<T>()` bytes long.
 #[inline(always)]
-fn read_slot<T: Pod>(p: *const u8) -> T {
-    // SAFETY: the payload of a published slot the consumer owns, at least
-    // size_of::<T>() bytes; T is Pod, so any bytes (even a hostile peer's)
-    // are a valid T.
+unsafe fn read_slot<T: Pod>(p: *const u8) -> T {
+    // SAFETY: per the contract; T is Pod, so any bytes (even a hostile
+    // peer's) are a valid T.
     unsafe { std::ptr::read_unaligned(p as *const T) }
 }
 
