@@ -134,7 +134,7 @@ use crate::header::{ObjectKind, TypeInfo};
 use crate::object::{Builder, Object};
 use crate::segment::{Handle, Segment};
 use crate::time::Deadline;
-use raw::{Engine, Fail, Geometry, Side};
+use raw::{Engine, Fail, Geometry, Side, SpscLocal};
 use ring::Step;
 
 /// Default capacity of a queue, in messages.
@@ -622,15 +622,21 @@ impl<T: Pod> Queue<T> {
     /// the endpoint drops, so do not send through them meanwhile. A forked child
     /// inherits the endpoint itself (use it, not the handle, in the child).
     pub fn spsc_sender(&self) -> Option<SpscSender<T>> {
-        (self.e.geo.spsc && self.e.take_side(Side::Send))
-            .then(|| SpscSender { q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData }, shared: self.clone() })
+        (self.e.geo.spsc && self.e.take_side(Side::Send)).then(|| SpscSender {
+            q: Queue { e: self.e.clone(), excl: 1, _t: PhantomData },
+            shared: self.clone(),
+            local: SpscLocal::new(),
+        })
     }
 
     /// SPSC mode: takes this handle's receiving side for one owner (see
     /// [`spsc_sender`](Self::spsc_sender)).
     pub fn spsc_receiver(&self) -> Option<SpscReceiver<T>> {
-        (self.e.geo.spsc && self.e.take_side(Side::Recv))
-            .then(|| SpscReceiver { q: Queue { e: self.e.clone(), excl: 2, _t: PhantomData }, shared: self.clone() })
+        (self.e.geo.spsc && self.e.take_side(Side::Recv)).then(|| SpscReceiver {
+            q: Queue { e: self.e.clone(), excl: 2, _t: PhantomData },
+            shared: self.clone(),
+            local: SpscLocal::new(),
+        })
     }
 }
 
@@ -642,6 +648,8 @@ pub struct SpscSender<T: Pod> {
     /// What [`SpscSender::queue`] hands out: a plain handle, so that calls
     /// through it (possibly from other threads) never skip the exclusion.
     shared: Queue<T>,
+    /// Endpoint-local tail and cached head (see [`raw::SpscLocal`]).
+    local: SpscLocal,
 }
 
 /// The exclusive receiving end of an SPSC [`Queue`] ([`Queue::spsc_receiver`]).
@@ -650,24 +658,69 @@ pub struct SpscReceiver<T: Pod> {
     q: Queue<T>,
     /// As in [`SpscSender`].
     shared: Queue<T>,
+    /// Endpoint-local head and cached tail (see [`raw::SpscLocal`]).
+    local: SpscLocal,
 }
 
 impl<T: Pod> SpscSender<T> {
     /// As [`Queue::send`].
+    ///
+    /// The fast path (inlined) writes the slot, publishes the endpoint's own
+    /// tail and looks for sleeping receivers: no call, no read of the
+    /// consumer's cache line while the cached head shows room.
     #[inline]
     pub fn send(&mut self, v: T) -> Result<(), SendError<T>> {
-        self.q.send(v)
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        if !self.q.refused() && self.q.e.spsc_send_fast(&mut self.local, |p| unsafe { write_slot(p, v) }) {
+            return Ok(());
+        }
+        self.send_slow(v)
     }
+
+    #[cold]
+    #[inline(never)]
+    fn send_slow(&mut self, v: T) -> Result<(), SendError<T>> {
+        match self.send_wait(v, Some(None)) {
+            Ok(()) => Ok(()),
+            Err((Fail::Disconnected, v)) => Err(SendError::Disconnected(v)),
+            Err((_, v)) => Err(SendError::Corrupt(v)),
+        }
+    }
+
+    /// `wait`: `None` do not wait; `Some(timeout)` wait (`None`: forever).
+    fn send_wait(&mut self, v: T, wait: Option<Option<Duration>>) -> Result<(), (Fail, T)> {
+        if self.q.refused() {
+            return Err((Fail::Disconnected, v));
+        }
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        if self.q.e.spsc_send_fast(&mut self.local, |p| unsafe { write_slot(p, v) }) {
+            return Ok(());
+        }
+        let deadline = wait.map(Deadline::after);
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        self.q.e.spsc_slow(&mut self.local, Side::Send, deadline, |p| unsafe { write_slot(p, v) }).map_err(|f| (f, v))
+    }
+
     /// As [`Queue::try_send`].
     pub fn try_send(&mut self, v: T) -> Result<(), TrySendError<T>> {
-        self.q.try_send(v)
+        self.send_wait(v, None).map_err(|(f, v)| match f {
+            Fail::Disconnected => TrySendError::Disconnected(v),
+            Fail::Corrupt => TrySendError::Corrupt(v),
+            _ => TrySendError::Full(v),
+        })
     }
     /// As [`Queue::send_timeout`].
     pub fn send_timeout(&mut self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.q.send_timeout(v, timeout)
+        self.send_wait(v, Some(Some(timeout))).map_err(|(f, v)| match f {
+            Fail::Disconnected => SendTimeoutError::Disconnected(v),
+            Fail::Corrupt => SendTimeoutError::Corrupt(v),
+            _ => SendTimeoutError::Timeout(v),
+        })
     }
     /// As [`Queue::send_slice`].
     pub fn send_slice(&mut self, items: &[T]) -> Result<(), SendError<usize>> {
+        // The batch path publishes the segment's tail itself: resync after it.
+        self.local.invalidate();
         self.q.send_slice(items)
     }
     /// The queue, as a plain (non-exclusive) handle: sends and receives on
@@ -679,20 +732,58 @@ impl<T: Pod> SpscSender<T> {
 
 impl<T: Pod> SpscReceiver<T> {
     /// As [`Queue::recv`].
+    ///
+    /// The fast path (inlined) reads the slot, publishes the endpoint's own
+    /// head and looks for sleeping senders; it reads the producer's cache
+    /// line only when its cached tail shows the ring empty.
     #[inline]
     pub fn recv(&mut self) -> Result<T, RecvError> {
-        self.q.recv()
+        let mut out = T::zeroed();
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        if self.q.e.spsc_recv_fast(&mut self.local, |p| out = unsafe { read_slot(p) }) {
+            return Ok(out);
+        }
+        self.recv_slow()
     }
+
+    #[cold]
+    #[inline(never)]
+    fn recv_slow(&mut self) -> Result<T, RecvError> {
+        self.recv_wait(Some(None)).map_err(|f| match f {
+            Fail::Disconnected => RecvError::Disconnected,
+            _ => RecvError::Corrupt,
+        })
+    }
+
+    /// `wait` as in [`SpscSender::send_wait`].
+    fn recv_wait(&mut self, wait: Option<Option<Duration>>) -> Result<T, Fail> {
+        let mut out = T::zeroed();
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        if self.q.e.spsc_recv_fast(&mut self.local, |p| out = unsafe { read_slot(p) }) {
+            return Ok(out);
+        }
+        let deadline = wait.map(Deadline::after);
+        // SAFETY: the engine passes only the payload of the slot this endpoint owns.
+        self.q.e.spsc_slow(&mut self.local, Side::Recv, deadline, |p| out = unsafe { read_slot(p) })?;
+        Ok(out)
+    }
+
     /// As [`Queue::try_recv`].
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        self.q.try_recv()
+        self.recv_wait(None).map_err(|f| match f {
+            Fail::Disconnected => TryRecvError::Disconnected,
+            Fail::Corrupt => TryRecvError::Corrupt,
+            _ => TryRecvError::Empty,
+        })
     }
     /// As [`Queue::recv_timeout`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.q.recv_timeout(timeout)
+        self.recv_wait(Some(Some(timeout))).map_err(map_recv)
     }
     /// As [`Queue::recv_into`].
     pub fn recv_into(&mut self, buf: &mut [T]) -> Result<usize, RecvError> {
+        // The batch path publishes the segment's head itself: resync after it.
+        self.local.invalidate();
         self.q.recv_into(buf)
     }
     /// The queue, as a plain (non-exclusive) handle: sends and receives on
@@ -700,6 +791,29 @@ impl<T: Pod> SpscReceiver<T> {
     pub fn queue(&self) -> &Queue<T> {
         &self.shared
     }
+}
+
+/// Writes `v` into an SPSC slot payload.
+///
+/// # Safety
+/// `p` is the payload of a free slot the calling producer owns, at least
+/// `size_of::<T>()` bytes long (the engine passes only such pointers).
+#[inline(always)]
+unsafe fn write_slot<T: Pod>(p: *mut u8, v: T) {
+    // SAFETY: per the contract; unaligned because slots are only 8-aligned.
+    unsafe { std::ptr::write_unaligned(p as *mut T, v) }
+}
+
+/// Reads a `T` out of an SPSC slot payload.
+///
+/// # Safety
+/// `p` is the payload of a published slot the calling consumer owns, at
+/// least `size_of::<T>()` bytes long.
+#[inline(always)]
+unsafe fn read_slot<T: Pod>(p: *const u8) -> T {
+    // SAFETY: per the contract; T is Pod, so any bytes (even a hostile
+    // peer's) are a valid T.
+    unsafe { std::ptr::read_unaligned(p as *const T) }
 }
 
 impl<T: Pod> Drop for SpscSender<T> {
@@ -965,6 +1079,96 @@ mod tests {
     /// Random bytes over every part of a live queue's payload (configuration,
     /// indices, stamps, participants, frame lengths): errors, never a panic or
     /// an out-of-bounds access.
+    /// The endpoints' local indices across threads: a small ring wraps many
+    /// times, both sides run out (full / empty) and, in blocking mode, sleep
+    /// and must be woken; batch calls in between resync the local state.
+    #[test]
+    fn spsc_endpoints_local_indices_wrap_and_wake() {
+        let n: u64 = if cfg!(miri) { 200 } else { 20_000 };
+        for mode in [WaitMode::Blocking, WaitMode::Adaptive] {
+            let q = Queue::<u64>::builder().capacity(8).spsc(true).wait_mode(mode).create().unwrap();
+            let mut tx = q.spsc_sender().unwrap();
+            let mut rx = q.spsc_receiver().unwrap();
+            let t = std::thread::spawn(move || {
+                let mut i = 0u64;
+                while i < n {
+                    match i % 1000 {
+                        0 => {
+                            tx.send_slice(&[i, i + 1, i + 2]).unwrap();
+                            i += 3;
+                        }
+                        500 => match tx.try_send(i) {
+                            Ok(()) => i += 1,
+                            Err(TrySendError::Full(_)) => std::thread::yield_now(),
+                            Err(e) => panic!("{e:?}"),
+                        },
+                        _ => {
+                            tx.send_timeout(i, Duration::from_secs(10)).unwrap();
+                            i += 1;
+                        }
+                    }
+                }
+                tx
+            });
+            let mut want = 0u64;
+            let mut buf = [0u64; 5];
+            while want < n {
+                if want % 777 == 0 {
+                    let k = rx.recv_into(&mut buf).unwrap();
+                    for v in &buf[..k] {
+                        assert_eq!(*v, want);
+                        want += 1;
+                    }
+                } else {
+                    assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(want), "{mode:?}");
+                    want += 1;
+                }
+            }
+            let tx = t.join().unwrap();
+            assert!(q.is_empty());
+            assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+            drop((tx, rx));
+            // The plain handle continues where the endpoints left off.
+            q.try_send(5).unwrap();
+            assert_eq!(q.try_recv(), Ok(5));
+        }
+    }
+
+    /// A hostile writer moves the other side's index out of range while
+    /// endpoints are in use: every call returns (Corrupt), none panics.
+    #[test]
+    fn spsc_endpoint_scribbled_index_is_corrupt() {
+        for (off, garbage) in [(128usize, 1u64 << 40), (256, u64::MAX - 3)] {
+            let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+            let mut tx = q.spsc_sender().unwrap();
+            let mut rx = q.spsc_receiver().unwrap();
+            tx.send(1).unwrap();
+            assert_eq!(rx.recv(), Ok(1));
+            let base = q.segment().payload_ptr().as_ptr();
+            // SAFETY: offsets 128 (tail) and 256 (head) are 8-aligned u64s
+            // inside the control block; the queue tolerates any value there.
+            unsafe { (base.add(off) as *const AtomicU64).as_ref().unwrap().store(garbage, Ordering::SeqCst) };
+            let short = Duration::from_millis(5);
+            if off == 128 {
+                assert_eq!(rx.recv_timeout(short), Err(RecvTimeoutError::Corrupt));
+                assert_eq!(rx.try_recv(), Err(TryRecvError::Corrupt));
+                assert_eq!(rx.recv(), Err(RecvError::Corrupt));
+            } else {
+                // The producer trusts its cached head until the ring looks full.
+                let mut saw = false;
+                for i in 0..20 {
+                    match tx.send_timeout(i, short) {
+                        Ok(()) => {}
+                        Err(SendTimeoutError::Corrupt(_)) => saw = true,
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                assert!(saw);
+                assert!(matches!(tx.try_send(0), Err(TrySendError::Corrupt(0))));
+            }
+        }
+    }
+
     #[test]
     fn scribbled_payload_never_panics() {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

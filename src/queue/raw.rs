@@ -1166,6 +1166,211 @@ impl Engine {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Exclusive SPSC endpoints: the per-message fast path
+// ---------------------------------------------------------------------------
+
+/// Fast-path operations an exclusive SPSC endpoint runs between two checks
+/// (fork generation, registration, its own index re-read from the segment,
+/// the other side's index refreshed). Waiting always checks.
+pub(crate) const SPSC_CHECK_EVERY: u32 = 128;
+/// A producer that finds fewer free slots than this (or than a quarter of
+/// the ring) polls briefly for the consumer to free a batch, so that it reads
+/// the consumer's cache line once per batch, not once per message (B-Queue).
+const SPSC_BATCH: u64 = 64;
+
+/// The process-local state of one exclusive SPSC endpoint
+/// ([`Queue::spsc_sender`](super::Queue::spsc_sender) /
+/// [`spsc_receiver`](super::Queue::spsc_receiver)): its own index, published
+/// to the segment after every operation and never read back on the fast
+/// path, and its cached copy of the other side's index, refreshed from the
+/// segment only when the ring looks full (producer) or empty (consumer).
+/// Nothing here is in shared memory: the peer's cache lines are only read
+/// when a refresh is due (MCRingBuffer's "local control variables").
+#[derive(Debug)]
+pub(crate) struct SpscLocal {
+    /// Producer: the tail; consumer: the head.
+    own: u64,
+    /// Producer: the cached head; consumer: the cached tail. Always within
+    /// `capacity` of `own` (validated when read from the segment).
+    other: u64,
+    /// Fast-path operations left before the next check (0: check first).
+    budget: u32,
+    /// [`sys::fork_generation`] of the last check: a forked child's first
+    /// operation on an inherited endpoint takes the slow path (registers).
+    gen: u64,
+}
+
+impl SpscLocal {
+    /// Fresh state: the first operation syncs with the segment.
+    pub(crate) fn new() -> SpscLocal {
+        SpscLocal { own: 0, other: 0, budget: 0, gen: u64::MAX }
+    }
+
+    /// Forces the next operation through the slow path (after an operation
+    /// that moved the shared index without this state, e.g. a batch).
+    pub(crate) fn invalidate(&mut self) {
+        self.budget = 0;
+    }
+}
+
+impl Engine {
+    /// The segment's (tail, head) words of the SPSC ring.
+    #[inline]
+    fn spsc_words(&self, side: Side) -> (&AtomicU64, &AtomicU64) {
+        let c = self.ctl();
+        match side {
+            Side::Send => (&c.tail, &c.head),
+            Side::Recv => (&c.head, &c.tail),
+        }
+    }
+
+    /// Producer fast path: one message if the cached head shows room and no
+    /// check is due; `false` sends nothing (take the slow path).
+    #[inline]
+    pub(crate) fn spsc_send_fast(&self, l: &mut SpscLocal, write: impl FnOnce(*mut u8)) -> bool {
+        if l.budget == 0 || l.own.wrapping_sub(l.other) >= self.geo.capacity || l.gen != sys::fork_generation() {
+            return false;
+        }
+        l.budget -= 1;
+        self.spsc_put(l, write);
+        true
+    }
+
+    /// Consumer fast path: one message if the cached tail (refreshed once
+    /// here if it shows none) has one and no check is due.
+    #[inline]
+    pub(crate) fn spsc_recv_fast(&self, l: &mut SpscLocal, read: impl FnOnce(*const u8)) -> bool {
+        if l.budget == 0 || l.gen != sys::fork_generation() {
+            return false;
+        }
+        if l.own == l.other {
+            let tail = self.ctl().tail.load(Ordering::Acquire);
+            if tail == l.own || tail.wrapping_sub(l.own) > self.geo.capacity {
+                return false;
+            }
+            l.other = tail;
+        }
+        l.budget -= 1;
+        self.spsc_take(l, read);
+        true
+    }
+
+    /// Writes slot `own` (free: `own - other < capacity`), publishes the tail
+    /// and wakes a sleeping consumer.
+    #[inline]
+    fn spsc_put(&self, l: &mut SpscLocal, write: impl FnOnce(*mut u8)) {
+        write(self.slot_payload(l.own));
+        l.own = l.own.wrapping_add(1);
+        self.ctl().tail.store(l.own, Ordering::Release);
+        self.notify(Side::Recv, false);
+    }
+
+    /// Reads slot `own` (published: `own < other`), publishes the head and
+    /// wakes a sleeping producer.
+    #[inline]
+    fn spsc_take(&self, l: &mut SpscLocal, read: impl FnOnce(*const u8)) {
+        read(self.slot_payload(l.own));
+        l.own = l.own.wrapping_add(1);
+        self.ctl().head.store(l.own, Ordering::Release);
+        self.notify(Side::Send, false);
+    }
+
+    /// The periodic check: registration after a fork, the own index re-read
+    /// (another handle may have used this side since, e.g. a batch call or
+    /// an earlier endpoint), the other side's index refreshed and validated.
+    fn spsc_sync(&self, l: &mut SpscLocal, side: Side) -> Result<(), Fail> {
+        self.ensure_registered();
+        l.gen = sys::fork_generation();
+        l.budget = SPSC_CHECK_EVERY;
+        l.own = self.spsc_words(side).0.load(Ordering::Acquire);
+        self.spsc_refresh(l, side)
+    }
+
+    /// Re-reads the other side's index; `Corrupt` if it is not within
+    /// `capacity` of ours (only a hostile writer can do that).
+    #[inline]
+    fn spsc_refresh(&self, l: &mut SpscLocal, side: Side) -> Result<(), Fail> {
+        let other = self.spsc_words(side).1.load(Ordering::Acquire);
+        let (tail, head) = match side {
+            Side::Send => (l.own, other),
+            Side::Recv => (other, l.own),
+        };
+        if tail.wrapping_sub(head) > self.geo.capacity {
+            return Err(Fail::Corrupt);
+        }
+        l.other = other;
+        Ok(())
+    }
+
+    /// One slow-path attempt for `side`: refresh, then move one message.
+    fn spsc_attempt(&self, l: &mut SpscLocal, side: Side, slot: &mut impl FnMut(*mut u8)) -> Step {
+        if self.spsc_refresh(l, side).is_err() {
+            return Step::Corrupt;
+        }
+        match side {
+            Side::Send if l.own.wrapping_sub(l.other) < self.geo.capacity => {
+                self.spsc_put(l, &mut *slot);
+                Step::Done
+            }
+            Side::Recv if l.own != l.other => {
+                self.spsc_take(l, |p| slot(p as *mut u8));
+                Step::Done
+            }
+            _ => Step::WouldBlock,
+        }
+    }
+
+    /// The endpoint slow path (a check is due, or the fast path found the
+    /// ring full / empty): sync, a short local poll (producers: for a batch
+    /// of free slots), then the queue's full wait (`deadline` `None`: do not
+    /// wait, only the disconnection check of a `try_*` call). `slot` gets
+    /// the slot's payload pointer (receivers: read-only use).
+    pub(crate) fn spsc_slow(
+        &self,
+        l: &mut SpscLocal,
+        side: Side,
+        deadline: Option<Deadline>,
+        mut slot: impl FnMut(*mut u8),
+    ) -> Result<(), Fail> {
+        self.spsc_sync(l, side)?;
+        let cap = self.geo.capacity;
+        if deadline.is_some() {
+            // Short local poll before the wait path; a producer waits here for
+            // a batch of free slots (or the poll's end), a consumer for one message.
+            let want = match side {
+                Side::Send => SPSC_BATCH.min(cap / 4).max(1),
+                Side::Recv => 1,
+            };
+            let ready = |l: &SpscLocal| match side {
+                Side::Send => cap - l.own.wrapping_sub(l.other) >= want,
+                Side::Recv => l.other != l.own,
+            };
+            if !ready(l) {
+                let polled = wait::Spinner::poll_batch(wait::QUEUE_POLL_BATCH, || match self.spsc_refresh(l, side) {
+                    Err(f) => Some(Err(f)),
+                    Ok(()) => ready(l).then_some(Ok(())),
+                });
+                if let Some(Err(f)) = polled {
+                    return Err(f);
+                }
+            }
+        }
+        match self.spsc_attempt(l, side, &mut slot) {
+            Step::Done => return Ok(()),
+            Step::Corrupt => return Err(Fail::Corrupt),
+            _ => {}
+        }
+        let r = match deadline {
+            Some(d) => self.wait(side, d, || self.spsc_attempt(l, side, &mut slot)),
+            None => self.would_block(side, || self.spsc_attempt(l, side, &mut slot)),
+        };
+        // A wait may have run long: check again before the next fast operation.
+        l.budget = 0;
+        r
+    }
+}
+
 /// What one attempt means for a wait: `Some` ends it; a stalled slot is
 /// remembered with the time it was first seen.
 #[inline]

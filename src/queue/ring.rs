@@ -50,6 +50,17 @@
 //! `tail`, the consumer owns `head`, and each side keeps a cached copy of the
 //! other's index on its own cache line, refreshing it only when the ring looks
 //! full (empty). A batch publishes its index once.
+//!
+//! The exclusive endpoints (`raw::SpscLocal`, the per-message path) go one
+//! step further, after MCRingBuffer (Lee, Bu, Chandranmenon, "A Lock-Free,
+//! Cache-Efficient Multi-Core Synchronization Mechanism for Line-Rate Network
+//! Traffic Monitoring", IPDPS 2010: control variables kept local, the peer's
+//! index re-read only when the ring looks full or empty) and B-Queue (Wang,
+//! Zhang, Tang, Wu, "B-Queue: Efficient and Practical Queuing for Fast Core-to-
+//! Core Communication", IJPP 2013: a producer that runs out of room waits for a
+//! whole batch of free slots, so it touches the consumer's line once per
+//! batch): their own index and the cached copy of the other's live in process
+//! memory, published to the segment and never read back on the fast path.
 
 use std::sync::atomic::Ordering;
 
