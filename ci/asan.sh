@@ -10,6 +10,9 @@ fi
 export RUSTFLAGS="-Zsanitizer=address"
 export RUSTDOCFLAGS="-Zsanitizer=address"
 export ASAN_OPTIONS="detect_leaks=0"
+# Tests that bound memory (the pool's endless imap) skip the bound under ASan:
+# its quarantine keeps freed memory resident.
+export SHMPROC_UNDER_ASAN=1
 # A separate target dir: sanitizer builds must not mix with normal ones.
 # The library and the multi-process tests. The command's crate (its raw
 # baselines and the peer crates behind its default `peers` feature) is left out:

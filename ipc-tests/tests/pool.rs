@@ -180,7 +180,13 @@ fn imap_endless_bounded_memory(_: StartMethod) {
     }
     let rss_1m = rss_kib();
     eprintln!("    imap: parent RSS {rss_100k} KiB at {} items, {rss_1m} KiB at {total}", total / 10);
-    assert!(rss_1m < rss_100k + 4 * 1024, "RSS grew from {rss_100k} to {rss_1m} KiB");
+    if std::env::var_os("SHMPROC_UNDER_ASAN").is_some() {
+        // ci/asan.sh sets it: AddressSanitizer's quarantine keeps freed memory
+        // resident (up to 256 MiB), so RSS measures the quarantine, not the pool.
+        eprintln!("    imap: RSS bound not checked under AddressSanitizer (its quarantine holds freed memory)");
+    } else {
+        assert!(rss_1m < rss_100k + 4 * 1024, "RSS grew from {rss_100k} to {rss_1m} KiB");
+    }
     // The pool is usable after an abandoned-early imap, too.
     let mut it = pool.imap(square, 0u64..);
     assert_eq!(it.next().unwrap().unwrap(), 0);
