@@ -410,10 +410,9 @@ impl<T: Pod> View<T> {
 
 /// Copies `init` into the zero-filled elements starting at `dst`.
 fn copy_into<T: Pod>(dst: NonNull<T>, init: &[T]) {
-    // SAFETY: only called by the initialisers above: `dst` is the first of
-    // init.len() aligned elements of a payload that is not yet published (the
-    // view was sized for `init`), so nothing else reads or writes it, and it
-    // cannot overlap the caller's `init`.
+    // SAFETY: `dst` starts init.len() aligned elements of an unpublished payload
+    // sized for `init` (only the initialisers above call this): nothing else
+    // touches it, and it cannot overlap the caller's `init`.
     unsafe { std::ptr::copy_nonoverlapping(init.as_ptr(), dst.as_ptr(), init.len()) }
 }
 

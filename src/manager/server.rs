@@ -204,10 +204,9 @@ fn resolve(fns: &[FnEntry]) -> Result<HashMap<String, Registered>, String> {
         let (Some(t), Some(func)) = (child::address_at(f.tramp), child::address_at(f.func)) else {
             return Err(format!("registered function {:?} is not in this executable", f.name));
         };
-        // SAFETY: `t` is the address of an `Erased` trampoline taken in a
-        // process running this same executable (the process layer checks the
-        // executable's identity before running a re-executed target), rebased
-        // by its offset from the anchor and checked to lie in this image.
+        // SAFETY: `t` is an `Erased` trampoline's address from a process running this
+        // same executable (checked by the process layer), rebased from the anchor
+        // and checked to lie in this image.
         let tramp = unsafe { std::mem::transmute::<usize, Erased>(t) };
         out.insert(f.name.clone(), Registered { fp: f.fp, tramp, func });
     }

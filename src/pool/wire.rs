@@ -154,10 +154,9 @@ pub(crate) fn call_captured<R: Serialize>(out: &mut Vec<u8>, f: impl FnOnce() ->
 
 /// The item runner for a `fn(A) -> R` task.
 pub(crate) fn run_one<A: DeserializeOwned, R: Serialize>(func: usize, arg: &[u8], out: &mut Vec<u8>) {
-    // SAFETY: `func` is the address the parent took from a `fn(A) -> R` and sent
-    // together with this runner's own offset (the pair travels in one frame), rebased
-    // by the checked offset from the anchor of the same executable; `fn` pointers and
-    // `usize` have the same size.
+    // SAFETY: `func` is a `fn(A) -> R` address sent with this runner's own offset in
+    // one frame, rebased by the checked anchor offset of the same executable; `fn`
+    // pointers and `usize` have the same size.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
     match postcard::from_bytes::<A>(arg) {
         Ok(a) => call_captured(out, || f(a)),

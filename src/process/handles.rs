@@ -64,10 +64,9 @@ impl CommandExt for Command {
             Handle::Fd(_) => {
                 let dup = sys::dup_cloexec(obj.segment().fd()).map_err(ShareError::Os)?;
                 let raw = dup.as_raw_fd();
-                // SAFETY: the hook runs between fork and exec and makes one
-                // fcntl call on an fd that the closure keeps open (`dup` is
-                // owned by the closure, which the Command owns), plus the
-                // pipe's async-signal-safe forgetting of inherited ends.
+                // SAFETY: between fork and exec the hook makes one fcntl on an fd the
+                // closure owns (the Command owns the closure), plus the pipe's
+                // async-signal-safe forgetting of inherited ends.
                 unsafe {
                     self.pre_exec(move || {
                         // The program about to run holds none of our pipe ends.

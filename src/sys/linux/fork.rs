@@ -61,12 +61,12 @@ extern "C" fn after_fork_in_child() {
 #[cold]
 pub(crate) fn watch_forks() {
     ATFORK.call_once(|| {
-        // SAFETY: the handlers are `extern "C" fn()`s that do atomic adds (and a
-        // thread-local cell update in the parent), then run the pipe's hooks,
-        // which take a process-local spin lock across the fork and update
-        // atomics in shared memory (see `pipe::connection`'s holder registry).
-        let rc =
-            unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(after_fork_in_child)) };
+        // The handlers are `extern "C" fn()`s doing atomic adds (and a thread-local
+        // update in the parent), then the pipe's hooks: a process-local spin lock
+        // across the fork and atomics in shared memory (`pipe::connection` holders).
+        let (prepare, parent, child) = (before_fork as extern "C" fn(), after_fork_in_parent, after_fork_in_child);
+        // SAFETY: as said above: each handler is async-signal-safe where it runs.
+        let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
         debug_assert_eq!(rc, 0, "pthread_atfork failed");
     });
 }
