@@ -1,22 +1,27 @@
 //! The pool's thread (the dispatcher): starts and replaces workers, hands
-//! chunks to them, collects result frames, notices deaths and timeouts.
+//! runs to them, collects result frames, notices deaths and timeouts.
 //!
 //! ## Algorithm
 //! Each worker has its own task queue (single producer, single consumer); all
-//! workers answer on one shared results queue. The dispatcher keeps, per
-//! worker, the chunks it sent and not yet saw answered (in send order), and at
-//! most a few in flight per worker (enough to pipeline small chunks, few
-//! enough to balance long ones). It waits on the results queue (adaptive:
-//! a short spin, then a futex sleep in slices), so it never spins a core while
-//! tasks run. Submitting threads append to an inbox and push an empty frame
-//! onto the results queue to wake it.
+//! workers answer on one shared results queue. Work travels in runs (task
+//! frames of whole chunks, see [`Chunk`]), so the bookkeeping below is per
+//! run, not per item. The dispatcher keeps, per worker, the runs it sent and
+//! not yet saw answered (in send order), and [`AHEAD`] of work queued ahead
+//! of each (by the worker's measured time per item: deep for short tasks, so
+//! that no worker's queue runs dry while the parent is asleep or busy, since
+//! waking a process costs tens of microseconds here; shallow for long ones,
+//! so that the load stays balanced). It waits on the results queue
+//! (adaptive: a short spin, then a futex sleep in slices), so it never spins a
+//! core while tasks run. Submitting threads append to an inbox and push an
+//! empty frame onto the results queue to wake it.
 //!
 //! Deaths are read from the kernel: every few milliseconds while work is out
 //! (and on every wake otherwise) the dispatcher polls each worker's pidfd. For
 //! a dead worker it first drains the results queue (answers sent before the
-//! death count), then reads the in-flight table (see `table.rs`): the chunk the
-//! worker started fails with `WorkerDied` (or is retried), the chunks it never
-//! took go to other workers, and a replacement starts.
+//! death count), then reads the in-flight table (see `table.rs`): the results
+//! the worker had finished and staged are delivered, the item it had started
+//! fails with `WorkerDied` (or is retried), the items it never started go to
+//! other workers, and a replacement starts.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,53 +38,50 @@ use crate::queue::FrameQueue;
 use crate::sys;
 use crate::time::Deadline;
 
-/// A run of consecutive items of one job, as one task frame.
+/// A run of consecutive items of one job, as one task frame: sub-chunks of
+/// the caller's chunksize (`sub`), packed together so that the pool's
+/// bookkeeping (this record, its queue frame, its answers) is per run, not
+/// per item. The dispatcher splits a run when a worker should get fewer of
+/// its items (slow tasks, `maxtasksperchild`).
 #[derive(Debug)]
 pub(crate) struct Chunk {
     pub(crate) id: u64,
     pub(crate) job: Arc<Job>,
     pub(crate) first: u64,
     pub(crate) count: u32,
+    /// Items per sub-chunk (the caller's chunksize, at least 1).
+    pub(crate) sub: u32,
     pub(crate) frame: Vec<u8>,
     pub(crate) tries: u32,
-    /// Items already answered (a chunk may be answered in several frames).
+    /// Items already answered (a run is answered in one or more frames, in order).
     pub(crate) answered: u32,
 }
 
 impl Chunk {
-    /// Fails the items not yet answered.
-    fn fail(self, error: TaskError) {
-        let count = self.count - self.answered;
-        if count > 0 {
-            self.job.deliver(Batch::Fail { first: self.first + u64::from(self.answered), count, error });
+    /// Fails items `from..to` (indices within the run).
+    fn fail_range(&self, from: u32, to: u32, error: TaskError) {
+        if to > from {
+            self.job.deliver(Batch::Fail { first: self.first + u64::from(from), count: to - from, error });
         }
     }
 
-    /// The same chunk without its answered items, under a new id.
-    fn rest(mut self, id: u64) -> Chunk {
-        if self.answered > 0 {
-            let mut r = Reader::new(&self.frame);
-            let (_, runner, func, _) = (r.u64(), r.i64(), r.i64(), r.u32());
-            let mut frame = Vec::with_capacity(self.frame.len());
-            wire::task_header(&mut frame, id, runner.unwrap_or(0), func.unwrap_or(0));
-            for _ in 0..self.answered {
-                let _ = r.sized();
-            }
-            let left = self.count - self.answered;
-            for _ in 0..left {
-                let item = r.sized().unwrap_or(&[]);
-                frame.extend_from_slice(&(item.len() as u32).to_le_bytes());
-                frame.extend_from_slice(item);
-            }
-            wire::set_task_count(&mut frame, left);
-            self.frame = frame;
-            self.first += u64::from(self.answered);
-            self.count = left;
-            self.answered = 0;
+    /// Fails the items not yet answered.
+    fn fail(self, error: TaskError) {
+        self.fail_range(self.answered, self.count, error);
+    }
+
+    /// Items `from..to` as a run of their own under chunk id `id`.
+    fn slice(&self, from: u32, to: u32, id: u64) -> Chunk {
+        Chunk {
+            id,
+            job: self.job.clone(),
+            first: self.first + u64::from(from),
+            count: to - from,
+            sub: self.sub,
+            frame: wire::slice_task(&self.frame, from, to, id),
+            tries: self.tries,
+            answered: 0,
         }
-        self.id = id;
-        wire::set_task_chunk(&mut self.frame, id);
-        self
     }
 }
 
@@ -186,9 +188,43 @@ struct Worker {
     sent_items: u64,
     assigned: u64,
     last_done: u64,
+    /// When the worker last answered (or was last fed while idle), ns.
+    last_answer_ns: u64,
+    /// Moving average of the time one item takes in this worker, ns (0: not yet known).
+    item_ns: u64,
     retiring: bool,
     timed_out: bool,
     ready: bool,
+}
+
+impl Worker {
+    /// Updates the time-per-item estimate after `items` were answered: the
+    /// worker had work queued since its previous answer, so the time between
+    /// the two answers was spent on these items (an overestimate when it also
+    /// waited for its queue, which only makes the lookahead shallower).
+    fn note_answer(&mut self, items: u64) {
+        let now = sys::monotonic_now().as_nanos() as u64;
+        if self.last_answer_ns != 0 && items > 0 {
+            let per = (now.saturating_sub(self.last_answer_ns) / items).max(1);
+            // Quick to believe the worker is faster (the time between answers
+            // also holds waits for work), slower to believe it is slower.
+            self.item_ns = match self.item_ns {
+                0 => per,
+                old if per < old => (old + per) / 2,
+                old => (3 * old + per) / 4,
+            };
+        }
+        self.last_answer_ns = now;
+    }
+
+    /// Items the dispatcher may keep queued ahead of this worker (see
+    /// [`AHEAD`]); before its speed is known, one sub-chunk at a time.
+    fn ahead_items(&self) -> u64 {
+        match self.item_ns {
+            0 => 1,
+            ns => (AHEAD.as_nanos() as u64 / ns).clamp(1, MAX_AHEAD_ITEMS),
+        }
+    }
 }
 
 pub(crate) struct Dispatcher {
@@ -206,7 +242,18 @@ pub(crate) struct Dispatcher {
 }
 
 /// Most chunks sent to a worker in one queue frame.
-const MAX_COALESCE: usize = 16;
+const MAX_COALESCE: usize = 64;
+
+/// How much work (by the worker's measured time per item) the dispatcher
+/// keeps queued ahead of each worker. Waking a sleeping process on another
+/// CPU costs tens of microseconds on a VM (`PERF.md`): a worker whose queue
+/// runs dry, or a dispatcher asleep when answers arrive, stalls the pipeline
+/// for that long, so short tasks need a deep queue. Long tasks need a shallow
+/// one, or a worker holds work another could run. Keeping a fixed amount of
+/// *time* ahead gives both: thousands of 100 ns items, two chunks of 1 ms ones.
+const AHEAD: Duration = Duration::from_micros(300);
+/// Most items queued ahead of a worker, whatever their speed.
+const MAX_AHEAD_ITEMS: u64 = 1 << 16;
 
 /// How long one wait on the results queue lasts while work is out (also
 /// the longest delay before a death is noticed).
@@ -281,6 +328,8 @@ impl Dispatcher {
             sent_items: 0,
             assigned: 0,
             last_done: 0,
+            last_answer_ns: 0,
+            item_ns: 0,
             retiring: false,
             timed_out: false,
             ready: false,
@@ -431,27 +480,31 @@ impl Dispatcher {
         }
         c.job.deliver(Batch::Frame { first: c.first + u64::from(start), count, frame: frame.to_vec() });
         c.answered += count;
-        if c.answered < c.count {
-            return None;
-        }
-        let (c, _) = self.in_flight.remove(&chunk)?;
+        let complete = c.answered == c.count;
         if let Some(Some(w)) = self.workers.get_mut(slot) {
-            if let Some(pos) = w.sent.iter().position(|&id| id == chunk) {
-                w.sent.remove(pos);
+            w.sent_items = w.sent_items.saturating_sub(u64::from(count));
+            w.note_answer(u64::from(count));
+            if complete {
+                if let Some(pos) = w.sent.iter().position(|&id| id == chunk) {
+                    w.sent.remove(pos);
+                }
+                w.last_done = chunk;
             }
-            w.sent_items = w.sent_items.saturating_sub(u64::from(c.count));
-            w.last_done = chunk;
+        }
+        if complete {
+            self.in_flight.remove(&chunk);
         }
         None
     }
 
-    /// Hands pending chunks to workers with room, round-robin. Consecutive
-    /// small chunks for one worker travel together in one queue frame (up to
-    /// [`MAX_COALESCE`] chunks or `max_frame` bytes), so that chunksize 1
-    /// does not cost a queue operation per item on each side.
+    /// Hands pending runs to workers with room, round-robin: each worker
+    /// gets items until it has [`AHEAD`] of work queued (by its measured
+    /// time per item), splitting a run where only part of it fits (slow
+    /// tasks, `maxtasksperchild`). Runs for one worker travel together in one
+    /// queue frame (up to [`MAX_COALESCE`] runs or `max_frame` bytes).
     fn feed(&mut self) {
         let n = self.workers.len();
-        let depth = self.cfg().queue_depth;
+        let max_out = self.cfg().queue_depth.saturating_sub(1).max(1) * MAX_COALESCE;
         let max_tasks = self.cfg().max_tasks;
         let max_frame = self.cfg().max_frame;
         let mut batch = std::mem::take(&mut self.scratch);
@@ -466,16 +519,36 @@ impl Dispatcher {
                     continue;
                 }
                 batch.clear();
-                let (mut out, mut items) = (w.sent.len(), w.sent_items);
-                let mut assigned = w.assigned;
-                // Room: fewer than 2 chunks out, or few items and chunks out.
-                while out < 2 || (items < 64 && out < depth.saturating_sub(1)) {
-                    let Some(c) = self.pending.front() else { break };
-                    let fits = batch.is_empty() || batch.len() + c.frame.len() <= max_frame;
-                    if !fits || taken.len() >= MAX_COALESCE || (max_tasks > 0 && assigned >= max_tasks) {
+                let (mut out, mut items, mut assigned) = (w.sent.len(), w.sent_items, w.assigned);
+                let ahead = w.ahead_items();
+                if out == 0 {
+                    // Idle until now: the time to its next answer is the items' time.
+                    w.last_answer_ns = sys::monotonic_now().as_nanos() as u64;
+                }
+                while out < max_out && (out < 2 || items < ahead) && taken.len() < MAX_COALESCE {
+                    if max_tasks > 0 && assigned >= max_tasks {
                         break;
                     }
-                    let Some(c) = self.pending.pop_front() else { break };
+                    let Some(c) = self.pending.front_mut() else { break };
+                    if !batch.is_empty() && batch.len() + c.frame.len() > max_frame {
+                        break;
+                    }
+                    // Whole sub-chunks up to the lookahead (at least one),
+                    // never past `maxtasksperchild`.
+                    let sub = u64::from(c.sub.max(1));
+                    let mut allow = ahead.saturating_sub(items).max(1).div_ceil(sub) * sub;
+                    if max_tasks > 0 {
+                        allow = allow.min(max_tasks - assigned);
+                    }
+                    let c = if allow < u64::from(c.count) {
+                        let cut = allow as u32;
+                        let front = c.slice(0, cut, self.shared.chunk_id());
+                        *c = c.slice(cut, c.count, c.id);
+                        front
+                    } else {
+                        let Some(c) = self.pending.pop_front() else { break };
+                        c
+                    };
                     batch.extend_from_slice(&c.frame);
                     out += 1;
                     items += u64::from(c.count);
@@ -540,37 +613,56 @@ impl Dispatcher {
     fn on_death(&mut self, slot: usize) {
         if let Some(mut w) = self.workers[slot].take() {
             let status = w.proc.as_mut().and_then(|p| p.exit_status()).unwrap_or(ExitStatus::Unknown);
-            let started = self
+            let record = self
                 .table
                 .record(slot)
                 .filter(|r| r.gen.load(Ordering::Acquire) == w.gen)
-                .map(|r| r.chunk.load(Ordering::Acquire));
-            // Which of the unanswered chunks it started (see table.rs).
-            let split = match started {
-                Some(id) if id == 0 || id == w.last_done => Some(0),
-                Some(id) => w.sent.iter().position(|&s| s == id).map(|p| p + 1),
-                None => None,
+                .map(|r| (r.chunk.load(Ordering::Acquire), r.item.load(Ordering::Relaxed)));
+            // Where the worker was (see table.rs): the position in `sent` of
+            // the run it had taken last, and the item it ran in it.
+            let at = match record {
+                Some((id, _)) if id == 0 || id == w.last_done => Some(None),
+                Some((id, item)) => w.sent.iter().position(|&s| s == id).map(|p| Some((p, item))),
+                None => None, // untrusted record: every unanswered item counts as taken
             };
-            let split = split.unwrap_or(w.sent.len()); // untrusted record: all count as started
+            // Results it finished and had not sent yet count (see table.rs).
+            if let Some(Some((p, _))) = at {
+                if let Some(&id) = w.sent.get(p) {
+                    self.take_staged(slot, w.gen, id);
+                }
+            }
+            let error = if w.timed_out {
+                TaskError::TimedOut { limit: self.shared.config.task_timeout.unwrap_or_default() }
+            } else {
+                TaskError::WorkerDied { pid: w.pid, status }
+            };
             let mut requeue = Vec::new();
             for (i, id) in w.sent.drain(..).enumerate() {
                 let Some((c, _)) = self.in_flight.remove(&id) else { continue };
-                if i >= split && c.answered == 0 {
-                    // Never taken: another worker runs it, under a new id.
-                    requeue.push(c.rest(self.shared.chunk_id()));
-                    continue;
+                // Items `answered..lost` were taken and their results died
+                // with the worker; `lost..count` never started.
+                let lost = match at {
+                    None => c.count,
+                    Some(Some((p, _))) if i < p => c.count,
+                    // The item it had started; the ones after it never ran.
+                    Some(Some((p, item))) if i == p => item.saturating_add(1).min(u64::from(c.count)) as u32,
+                    // Never taken (a run with answers was taken: the record lies).
+                    _ if c.answered > 0 => c.count,
+                    _ => 0,
                 }
-                let error = if w.timed_out {
-                    TaskError::TimedOut { limit: self.shared.config.task_timeout.unwrap_or_default() }
-                } else {
-                    TaskError::WorkerDied { pid: w.pid, status }
-                };
-                if !w.timed_out && c.tries < self.shared.config.retries {
-                    let mut c = c.rest(self.shared.chunk_id());
-                    c.tries += 1;
-                    requeue.push(c);
-                } else {
-                    c.fail(error);
+                .max(c.answered);
+                if lost > c.answered {
+                    if !w.timed_out && c.tries < self.shared.config.retries {
+                        let mut r = c.slice(c.answered, lost, self.shared.chunk_id());
+                        r.tries += 1;
+                        requeue.push(r);
+                    } else {
+                        c.fail_range(c.answered, lost, error.clone());
+                    }
+                }
+                if lost < c.count {
+                    // Another worker runs the rest, under a new id.
+                    requeue.push(c.slice(lost, c.count, self.shared.chunk_id()));
                 }
             }
             for c in requeue.into_iter().rev() {
@@ -593,6 +685,34 @@ impl Dispatcher {
                     c.fail(TaskError::StartFailed { reason: reason.clone() });
                 }
             }
+        }
+    }
+
+    /// Delivers the results a dead worker had finished for run `id` and not
+    /// yet sent (its staging area: see table.rs), as if their frame had
+    /// arrived; anything out of place or malformed is ignored (those items
+    /// then count as started).
+    fn take_staged(&mut self, slot: usize, gen: u32, id: u64) {
+        let Some((start, count, bytes)) = self.table.stage(slot).and_then(|s| s.take(id)) else { return };
+        let Some(answered) = self.in_flight.get(&id).map(|(c, _)| c.answered) else { return };
+        // Staged: items start..start + count; those before `answered` arrived already.
+        if start > answered || u64::from(start) + u64::from(count) <= u64::from(answered) {
+            return;
+        }
+        let skip = answered - start;
+        let mut r = Reader::new(&bytes);
+        for _ in 0..skip {
+            if r.u8().is_none() || r.sized().is_none() {
+                return;
+            }
+        }
+        let mut frame = Vec::with_capacity(wire::RESULT_HEADER + r.remaining());
+        wire::result_header(&mut frame, id, slot as u32, gen, answered);
+        frame.extend_from_slice(&bytes[r.position()..]);
+        wire::set_result_count(&mut frame, count - skip);
+        if wire::result_frame_len(&frame) == Some(frame.len()) {
+            // Checked there against the run: its slot, next item, and count.
+            let _ = self.on_frame(&frame);
         }
     }
 
@@ -646,7 +766,7 @@ impl Dispatcher {
     /// `join`: asks every worker to exit, waits a little, kills what is left.
     fn stop_all(&mut self) {
         let mut stop = Vec::new();
-        wire::task_header(&mut stop, wire::STOP, 0, 0);
+        wire::task_header(&mut stop, wire::STOP, 0, 0, 1);
         for w in self.workers.iter().flatten() {
             let _ = w.tasks.send_timeout(&stop, STOP_GRACE);
         }

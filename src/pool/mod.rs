@@ -74,25 +74,31 @@
 //! ## How it works
 //! One thread in the parent (the dispatcher) owns the workers. Work goes out in
 //! chunks (Python's chunking: `ceil(len / (4 * processes))` items for `map`, 1
-//! for `imap` and `apply`, and never more than one frame) over one
-//! shared-memory queue per worker; results come back over one shared queue.
-//! Waiting is adaptive (spin briefly, then sleep on a futex), so an idle parent
-//! costs no CPU. Worker deaths are read from the kernel (each worker's
-//! pidfd), and an in-flight table in shared memory tells exactly which chunk a
-//! dead worker had started (see `SAFETY.md`, section 8.2).
+//! for `imap` and `apply`), packed into runs of whole chunks (about 256 items,
+//! never more than one frame) over one shared-memory queue per worker; results
+//! come back in batches over one shared queue. The dispatcher keeps about
+//! 300 us of work queued ahead of each worker, by its measured time per item:
+//! thousands of tiny tasks, so no worker waits for the parent, but only a chunk
+//! or two of long ones, so no worker holds work another could run. Waiting is
+//! adaptive (spin briefly, then sleep on a futex), so an idle parent costs no
+//! CPU. Worker deaths are read from the kernel (each worker's pidfd), and an
+//! in-flight table in shared memory tells exactly which item a dead worker had
+//! started and holds the results it had finished but not yet sent (see
+//! `SAFETY.md`, section 8.2).
 //!
 //! ## Failures
 //! Every item has its own `Result<R, TaskError>`: a panic is
 //! [`TaskError::Panicked`] (the worker lives on); a worker that died
-//! (`kill -9`, `abort()`) fails only the chunk it was running with
+//! (`kill -9`, `abort()`) fails only the item it was running, with
 //! [`TaskError::WorkerDied`] (with [`retries(n)`](PoolBuilder::retries) the
-//! chunk runs again, up to `n` times, on another worker); a task running
-//! longer than [`task_timeout`](PoolBuilder::task_timeout) is killed with its
-//! worker ([`TaskError::TimedOut`]; timeouts and retries apply to a whole
-//! chunk). An argument or result that fails to encode or decode fails its own
-//! item. A failing initializer is reported once: as the `Err` of
-//! [`PoolBuilder::create`], or, in a replacement worker, as
-//! [`TaskError::InitializerFailed`] for every task not yet run.
+//! item runs again, up to `n` times, on another worker): the items it had
+//! finished are delivered, the ones it had not started run on another worker.
+//! A task running longer than [`task_timeout`](PoolBuilder::task_timeout) is
+//! killed with its worker ([`TaskError::TimedOut`]). An argument or result
+//! that fails to encode or decode fails its own item. A failing initializer is
+//! reported once: as the `Err` of [`PoolBuilder::create`], or, in a
+//! replacement worker, as [`TaskError::InitializerFailed`] for every task not
+//! yet run.
 //!
 //! ## Lifetime
 //! [`close`](Pool::close) refuses new work; [`join`](Pool::join) waits for the
@@ -140,8 +146,11 @@ use crate::time::Deadline;
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 /// Chunks a worker's task queue holds.
 const QUEUE_DEPTH: usize = 32;
-/// Chunks a submitting thread packs before it hands them to the pool's thread.
-const SUBMIT_BATCH: usize = 256;
+/// Runs a submitting thread packs before it hands them to the pool's thread.
+const SUBMIT_BATCH: usize = 64;
+/// Items a run holds at most (whole chunks; one chunk if it is larger): the
+/// pool's bookkeeping and its queue operations are per run (see `dispatch.rs`).
+const RUN_ITEMS: usize = 256;
 /// Frames the shared results queue holds.
 const RESULTS_CAPACITY: usize = 256;
 
@@ -253,7 +262,7 @@ impl PoolBuilder {
             closures: closure::registered(),
         };
         let results = dispatch::frame_queue(&config, RESULTS_CAPACITY, false)?;
-        let table = Table::create(processes)?;
+        let table = Table::create(processes, config.max_frame)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
             wake: results.clone(),
@@ -399,12 +408,14 @@ impl Target {
     }
 }
 
-/// Packs encoded items into chunk frames.
+/// Packs encoded items into runs (task frames of whole chunks).
 struct Packer<'a> {
     shared: &'a Shared,
     job: &'a Arc<Job>,
     t: Target,
     chunksize: usize,
+    /// Items per run: whole chunks, about [`RUN_ITEMS`].
+    run: usize,
     cur: Vec<u8>,
     first: u64,
     count: u32,
@@ -413,7 +424,9 @@ struct Packer<'a> {
 
 impl<'a> Packer<'a> {
     fn new(shared: &'a Shared, job: &'a Arc<Job>, t: Target, chunksize: usize) -> Self {
-        Packer { shared, job, t, chunksize: chunksize.max(1), cur: Vec::new(), first: 0, count: 0, chunks: Vec::new() }
+        let chunksize = chunksize.clamp(1, u32::MAX as usize);
+        let run = (RUN_ITEMS / chunksize).max(1) * chunksize;
+        Packer { shared, job, t, chunksize, run, cur: Vec::new(), first: 0, count: 0, chunks: Vec::new() }
     }
 
     fn close(&mut self) {
@@ -429,6 +442,7 @@ impl<'a> Packer<'a> {
             job: self.job.clone(),
             first: self.first,
             count: self.count,
+            sub: self.chunksize as u32,
             frame,
             tries: 0,
             answered: 0,
@@ -446,7 +460,7 @@ impl<'a> Packer<'a> {
             return self.fail(index, TaskError::Serialize { reason: reason.into() });
         }
         if self.count == 0 {
-            wire::task_header(&mut self.cur, 0, self.t.runner, self.t.func);
+            wire::task_header(&mut self.cur, 0, self.t.runner, self.t.func, self.chunksize as u32);
             self.first = index;
         }
         let at = self.cur.len();
@@ -465,12 +479,12 @@ impl<'a> Packer<'a> {
                 );
             }
             self.close();
-            wire::task_header(&mut self.cur, 0, self.t.runner, self.t.func);
+            wire::task_header(&mut self.cur, 0, self.t.runner, self.t.func, self.chunksize as u32);
             self.cur.extend_from_slice(&tail);
             self.first = index;
         }
         self.count += 1;
-        if self.count as usize >= self.chunksize {
+        if self.count as usize >= self.run {
             self.close();
         }
     }

@@ -7,7 +7,12 @@
 //! | 8..16 | offset of the item runner ([`run_one`]) from the anchor (`i64` LE) |
 //! | 16..24 | offset of the task `fn` from the anchor (`i64` LE) |
 //! | 24..28 | item count (`u32` LE) |
+//! | 28..32 | sub-chunk size (`u32` LE, at least 1): the caller's `chunksize` |
 //! | then, per item | length (`u32` LE), postcard bytes of the argument |
+//!
+//! A task frame is a *run*: consecutive items of one job, made of sub-chunks
+//! of the caller's chunksize (see `dispatch.rs`: the pool's bookkeeping is
+//! per run, so a chunksize of 1 does not cost a record per item).
 //!
 //! ## Result frame (a worker to the parent)
 //! | bytes | field |
@@ -43,7 +48,7 @@ pub(crate) const READY: u64 = u64::MAX;
 pub(crate) const INIT_FAILED: u64 = u64::MAX - 1;
 
 /// Bytes before the first item of a task frame.
-pub(crate) const TASK_HEADER: usize = 28;
+pub(crate) const TASK_HEADER: usize = 32;
 
 /// Function field of a task frame that names a [`Closure`](super::Closure)
 /// rather than a function: `CLOSURE_TAG + index` (no code offset is near
@@ -239,12 +244,33 @@ impl<'a> Reader<'a> {
 }
 
 /// Starts a task frame in `out` (cleared) with a zero item count.
-pub(crate) fn task_header(out: &mut Vec<u8>, chunk: u64, runner: i64, func: i64) {
+pub(crate) fn task_header(out: &mut Vec<u8>, chunk: u64, runner: i64, func: i64, sub: u32) {
     out.clear();
     out.extend_from_slice(&chunk.to_le_bytes());
     out.extend_from_slice(&runner.to_le_bytes());
     out.extend_from_slice(&func.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&sub.max(1).to_le_bytes());
+}
+
+/// A task frame holding items `from..to` of `frame` (a well-formed task
+/// frame made by this process), under chunk id `id`.
+pub(crate) fn slice_task(frame: &[u8], from: u32, to: u32, id: u64) -> Vec<u8> {
+    let mut r = Reader::new(frame);
+    let (_, runner, func, _, sub) = (r.u64(), r.i64(), r.i64(), r.u32(), r.u32());
+    let mut out = Vec::new();
+    task_header(&mut out, id, runner.unwrap_or(0), func.unwrap_or(0), sub.unwrap_or(1));
+    let mut n = 0u32;
+    for i in 0..to {
+        let Some(item) = r.sized() else { break };
+        if i >= from {
+            out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+            out.extend_from_slice(item);
+            n += 1;
+        }
+    }
+    set_task_count(&mut out, n);
+    out
 }
 
 /// Sets the item count of a task frame.

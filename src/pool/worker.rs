@@ -36,7 +36,8 @@ pub(crate) struct WorkerArgs {
 fn open_objects(a: &WorkerArgs) -> Option<Objects> {
     a.tasks.set_role(Role::Receiver).ok()?;
     a.results.set_role(Role::Sender).ok()?;
-    Some(Objects { tasks: a.tasks.clone(), results: a.results.clone(), table: a.table.clone() })
+    let table = a.table.clone().with_frames(a.results.max_frame());
+    Some(Objects { tasks: a.tasks.clone(), results: a.results.clone(), table })
 }
 
 /// The worker's objects.
@@ -45,6 +46,12 @@ struct Objects {
     results: FrameQueue,
     table: Table,
 }
+
+/// How long a finished result may wait in the worker before it is sent
+/// (checked between chunks): answers of short tasks travel in batches. A
+/// result waiting to be sent is also in the slot's staging area (see
+/// `table.rs`), so a worker's death loses none of them.
+const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Exit code of a worker that could not open the pool's objects.
 const EXIT_NO_OBJECTS: i32 = 3;
@@ -58,7 +65,9 @@ pub(crate) fn worker_main(a: WorkerArgs) {
         let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
     }));
     let Some(o) = open_objects(&a) else { sys::exit_now(EXIT_NO_OBJECTS) };
-    let Some(rec) = o.table.record(a.slot as usize) else { sys::exit_now(EXIT_NO_OBJECTS) };
+    let (Some(rec), Some(stage)) = (o.table.record(a.slot as usize), o.table.stage(a.slot as usize)) else {
+        sys::exit_now(EXIT_NO_OBJECTS)
+    };
     let mut out = Vec::with_capacity(4096);
     if let Some((runner, func, arg)) = &a.init {
         let r = match (crate::process::address_at(*runner), crate::process::address_at(*func)) {
@@ -97,14 +106,20 @@ pub(crate) fn worker_main(a: WorkerArgs) {
         let mut r = Reader::new(&frame);
         out.clear();
         while r.remaining() >= wire::TASK_HEADER {
-            let (Some(chunk), Some(runner), Some(func), Some(count)) = (r.u64(), r.i64(), r.i64(), r.u32()) else {
+            let (Some(chunk), Some(runner), Some(func), Some(count), Some(sub)) =
+                (r.u64(), r.i64(), r.i64(), r.u32(), r.u32())
+            else {
                 break;
             };
             if chunk == wire::STOP {
                 sys::exit_now(0);
             }
-            // Recorded before anything of the chunk runs (see table.rs).
+            let sub = sub.max(1);
+            // Recorded before anything of the run runs (see table.rs).
+            rec.item.store(0, Ordering::Relaxed);
             rec.chunk.store(chunk, Ordering::Release);
+            stage.clear(chunk, 0);
+            let mut staged = 0usize; // result bytes of the current frame already staged
             let resolved = match cached {
                 Some((cr, cf, run, f)) if cr == runner && cf == func => Some((run, f)),
                 _ => match (
@@ -123,11 +138,33 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                     _ => None,
                 },
             };
-            let mut head = out.len(); // where this chunk's (current) result frame starts
+            let mut head = out.len(); // where this run's (current) result frame starts
             wire::result_header(&mut out, chunk, a.slot, a.gen, 0);
             let mut n = 0u32; // items in the current result frame
-            let mut first = 0u32; // index within the chunk of its first item
+            let mut first = 0u32; // index within the run of its first item
+                                  // When the first result not yet sent was made: results are sent
+                                  // at the end of the run, or at the start of a chunk once they have
+                                  // waited FLUSH_AFTER (every chunk when tasks are timed), so a
+                                  // death loses at most that much finished work (see dispatch.rs).
+            let mut since = sys::monotonic_now();
             for i in 0..count {
+                if n > 0 && i % sub == 0 {
+                    let now = sys::monotonic_now();
+                    if a.timed || now.saturating_sub(since) >= FLUSH_AFTER {
+                        wire::set_result_count(&mut out[head..], n);
+                        if o.results.send(&out).is_err() {
+                            sys::exit_now(EXIT_NO_OBJECTS);
+                        }
+                        first += n;
+                        n = 0;
+                        out.clear();
+                        head = 0;
+                        wire::result_header(&mut out, chunk, a.slot, a.gen, first);
+                        stage.clear(chunk, first);
+                        staged = 0;
+                        since = now;
+                    }
+                }
                 let arg = r.sized();
                 let at = out.len();
                 match (resolved, arg) {
@@ -151,7 +188,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                     if n > 0 {
                         wire::set_result_count(&mut out[head..], n);
                     } else {
-                        out.truncate(head); // this chunk's frame would be empty
+                        out.truncate(head); // this run's frame would be empty
                     }
                     if !out.is_empty() && o.results.send(&out).is_err() {
                         sys::exit_now(EXIT_NO_OBJECTS);
@@ -161,6 +198,8 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                     out.clear();
                     head = 0;
                     wire::result_header(&mut out, chunk, a.slot, a.gen, first);
+                    stage.clear(chunk, first);
+                    staged = 0;
                     if wire::RESULT_HEADER + tail.len() > max {
                         tail.clear();
                         wire::push_err(
@@ -171,15 +210,33 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                     out.extend_from_slice(&tail);
                 }
                 n += 1;
+                // Staged before the next item starts (see table.rs).
+                let items = &out[head + wire::RESULT_HEADER..];
+                if !stage.sync(items, staged, n) {
+                    // Cannot happen (the area holds a whole frame); keep the
+                    // promise by sending what there is now.
+                    wire::set_result_count(&mut out[head..], n);
+                    if o.results.send(&out).is_err() {
+                        sys::exit_now(EXIT_NO_OBJECTS);
+                    }
+                    first += n;
+                    n = 0;
+                    out.clear();
+                    head = 0;
+                    wire::result_header(&mut out, chunk, a.slot, a.gen, first);
+                    stage.clear(chunk, first);
+                }
+                staged = out.len() - head - wire::RESULT_HEADER;
             }
             rec.running.store(0, Ordering::Release);
             wire::set_result_count(&mut out[head..], n);
             done += u64::from(first + n);
-            // Answered before the next chunk starts: if this worker dies in
-            // a later chunk, only that chunk is lost (see table.rs).
-            if out.len() > max || o.results.send(&out).is_err() {
+            // Answered before the next run starts: if this worker dies in
+            // a later run, nothing of this one is lost (see table.rs).
+            if n > 0 && (out.len() > max || o.results.send(&out).is_err()) {
                 sys::exit_now(EXIT_NO_OBJECTS);
             }
+            stage.clear(0, 0);
             out.clear();
             rec.done.store(done, Ordering::Relaxed);
         }
