@@ -73,6 +73,14 @@ fn init_fails(v: u32) {
     panic!("initializer refuses {v}");
 }
 
+/// An initializer that aborts once the file `marker` exists (the pool
+/// starts; its replacements then die before they are ready).
+fn init_aborts_if(marker: String) {
+    if std::path::Path::new(&marker).exists() {
+        std::process::abort();
+    }
+}
+
 /// A value whose encoding always fails.
 struct Unencodable;
 
@@ -207,6 +215,15 @@ fn imap_unordered_each_once(_: StartMethod) {
         assert!(seen.insert(r.unwrap()), "a result came twice");
     }
     assert_eq!(seen, (0..n).map(square).collect::<HashSet<_>>());
+    // With chunks of 7 (the last one short), and a three-argument function
+    // spread from tuples (starmap's other arities).
+    let mut seen = HashSet::new();
+    for r in pool.imap_unordered_chunksize(square, 0..n, 7) {
+        assert!(seen.insert(r.unwrap()), "a result came twice");
+    }
+    assert_eq!(seen, (0..n).map(square).collect::<HashSet<_>>());
+    let three = pool.map(|(a, b, c): (u64, u64, u64)| a * b + c, (0..100u64).map(|i| (i, 2, 1))).unwrap();
+    assert_eq!(three, (0..100u64).map(|i| i * 2 + 1).collect::<Vec<_>>());
 }
 
 fn apply_async_callbacks_and_get_timeout(_: StartMethod) {
@@ -420,6 +437,38 @@ fn initializer(_: StartMethod) {
     assert!(t.elapsed() < WAIT);
 }
 
+fn replacements_that_die_early_are_not_replaced_forever(_: StartMethod) {
+    let marker = format!("/tmp/shmproc-test-pool-marker-{}", std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    let pool = Pool::builder().processes(2).initializer(init_aborts_if, marker.clone()).create().unwrap();
+    assert_eq!(pool.map(square, 0..10u64).unwrap(), (0..10).map(square).collect::<Vec<_>>());
+    std::fs::write(&marker, b"").unwrap();
+    // From now on every new worker aborts in its initializer: after the
+    // kills, the pool tries a few replacements per slot, then gives up, and
+    // the tasks fail with StartFailed instead of waiting forever.
+    let pids = pool.worker_pids();
+    for &pid in &pids {
+        kill9(pid);
+    }
+    let t = Instant::now();
+    let r = pool.map_results(square, 0..4u64);
+    assert!(t.elapsed() < WAIT);
+    for r in &r {
+        match r {
+            Err(TaskError::StartFailed { reason }) => {
+                assert!(reason.contains("died before they were ready"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // New work fails at once too, and the pool tears down cleanly.
+    assert!(matches!(pool.apply(square, 3), Err(TaskError::StartFailed { .. })));
+    assert!(pool.worker_pids().is_empty());
+    drop(pool);
+    let _ = std::fs::remove_file(&marker);
+    assert_gone(&pids);
+}
+
 fn unencodable_result(_: StartMethod) {
     let pool = Pool::new(2).unwrap();
     let r = pool.map_results(bad_result, 0..3u32);
@@ -570,6 +619,11 @@ fn main() {
         ("terminate_during_work", terminate_during_work, &all[..1]),
         ("drop_with_pending_work", drop_with_pending_work, &all[..1]),
         ("initializer", initializer, &all[..1]),
+        (
+            "replacements_that_die_early_are_not_replaced_forever",
+            replacements_that_die_early_are_not_replaced_forever,
+            &all[..1],
+        ),
         ("unencodable_result", unencodable_result, &all[..1]),
         ("from_many_threads", from_many_threads, &all[..1]),
         ("parent_sigkill_leaves_no_worker", parent_sigkill_leaves_no_worker, &all),

@@ -239,6 +239,12 @@ pub(crate) struct Dispatcher {
     last_check: Duration,
     rr: usize,
     scratch: Vec<u8>,
+    /// The last worker death seen (for the give-up message).
+    last_status: Option<(u32, ExitStatus)>,
+    /// Per slot: how many workers in a row died before they were ready.
+    early_deaths: Vec<u32>,
+    /// Why the pool stopped replacing workers of a slot (see [`MAX_EARLY_DEATHS`]).
+    gave_up: Vec<Option<String>>,
 }
 
 /// Most chunks sent to a worker in one queue frame.
@@ -260,6 +266,12 @@ const MAX_AHEAD_ITEMS: u64 = 1 << 16;
 const BUSY_SLICE: Duration = Duration::from_millis(5);
 /// How long one wait lasts while the pool is idle.
 const IDLE_SLICE: Duration = Duration::from_millis(50);
+/// A slot whose workers end themselves this many times in a row before they
+/// are ready (before or in the initializer, without reporting a failure:
+/// `abort()`, a crash, an exit) is not refilled again: replacing it in a loop
+/// would spin forever. When no slot is left, pending tasks fail with
+/// `StartFailed`.
+const MAX_EARLY_DEATHS: u32 = 3;
 /// How long `join` lets a stopped worker exit before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -285,6 +297,9 @@ impl Dispatcher {
             last_check: Duration::ZERO,
             rr: 0,
             scratch: Vec::new(),
+            last_status: None,
+            early_deaths: vec![0; n],
+            gave_up: vec![None; n],
         }
     }
 
@@ -393,6 +408,7 @@ impl Dispatcher {
             if self.shared.broken.load(Ordering::Relaxed) {
                 self.fail_pending_broken();
             }
+            self.fail_pending_if_no_worker();
             let busy = !self.pending.is_empty() || !self.in_flight.is_empty();
             if join && !busy {
                 self.stop_all();
@@ -592,7 +608,8 @@ impl Dispatcher {
                         }
                     }
                 }
-                None => dead.push(slot),
+                None if self.gave_up[slot].is_none() => dead.push(slot),
+                None => {}
             }
         }
         if dead.is_empty() {
@@ -613,6 +630,12 @@ impl Dispatcher {
     fn on_death(&mut self, slot: usize) {
         if let Some(mut w) = self.workers[slot].take() {
             let status = w.proc.as_mut().and_then(|p| p.exit_status()).unwrap_or(ExitStatus::Unknown);
+            // A worker that ends itself before it is ready (an exit, abort(),
+            // a crash) will do so again; SIGKILL comes from outside (a user,
+            // the OOM killer, the chaos test), and the next one may well live.
+            let own_doing = !w.ready && status != ExitStatus::Signaled(sys::Signal::KILL.as_raw());
+            self.early_deaths[slot] = if own_doing { self.early_deaths[slot] + 1 } else { 0 };
+            self.last_status = Some((w.pid, status));
             let record = self
                 .table
                 .record(slot)
@@ -676,6 +699,11 @@ impl Dispatcher {
         if stopping || self.shared.broken.load(Ordering::Relaxed) {
             return;
         }
+        if let Some(reason) = self.give_up_reason(slot) {
+            self.gave_up[slot] = Some(reason);
+            self.fail_pending_if_no_worker();
+            return;
+        }
         if let Err(e) = self.start_worker(slot) {
             // Could not replace it: the next check tries again. If no worker
             // is left at all, nothing would run the pending tasks: fail them.
@@ -684,6 +712,33 @@ impl Dispatcher {
                 for c in self.pending.drain(..) {
                     c.fail(TaskError::StartFailed { reason: reason.clone() });
                 }
+            }
+        }
+    }
+
+    /// Why `slot` is not refilled again, if its workers keep dying before
+    /// they are ready (see [`MAX_EARLY_DEATHS`]).
+    fn give_up_reason(&self, slot: usize) -> Option<String> {
+        let n = self.early_deaths.get(slot).copied().unwrap_or(0);
+        (n >= MAX_EARLY_DEATHS).then(|| {
+            let last = match self.last_status {
+                Some((pid, status)) => format!(" (the last one, pid {pid}: {status:?})"),
+                None => String::new(),
+            };
+            format!("{n} workers in a row died before they were ready{last}; the pool stopped replacing them")
+        })
+    }
+
+    /// With no worker left and none to be started, nothing would run the
+    /// pending tasks: fail them (and, from then on, every new one).
+    fn fail_pending_if_no_worker(&mut self) {
+        if self.workers.iter().any(Option::is_some) {
+            return;
+        }
+        let Some(reason) = self.gave_up.iter().flatten().next().cloned() else { return };
+        if self.gave_up.iter().all(Option::is_some) {
+            for c in self.pending.drain(..) {
+                c.fail(TaskError::StartFailed { reason: reason.clone() });
             }
         }
     }

@@ -2,7 +2,7 @@
 //! arrived, how many are expected, the completion callbacks, and the typed
 //! handles ([`AsyncResult`]) that wait for it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -169,6 +169,19 @@ impl Job {
         self.cv.notify_all();
     }
 
+    /// Waits for results not yet taken and takes them (a consumer that
+    /// decodes while the workers run: `imap`, and `map` in the caller's thread).
+    pub(crate) fn take_batches(&self) -> Vec<Batch> {
+        let mut s = self.lock();
+        if s.ready.is_empty() {
+            s.streaming = true;
+            drop(s);
+            s = self.wait_until(Deadline::NEVER, |s| !s.ready.is_empty()).0;
+            s.streaming = false;
+        }
+        s.ready.drain(..).collect()
+    }
+
     /// Waits until `cond` holds or the deadline passes; returns the guard and whether it holds.
     pub(crate) fn wait_until(
         &self,
@@ -223,15 +236,56 @@ pub(crate) fn decode_each<R: DeserializeOwned>(
         .collect())
 }
 
+/// `map` in the caller's thread: waits for the `total` items of `job` (its
+/// whole input submitted), decoding each batch as soon as every item before
+/// it is decoded, so the caller decodes while the workers still run. Returns
+/// at the first failed item, as Python's `map` does.
+pub(crate) fn gather_map<R: DeserializeOwned>(job: &Job, total: u64) -> Result<Vec<R>, MapError> {
+    let mut out: Vec<R> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut early: BTreeMap<u64, Batch> = BTreeMap::new();
+    let mut answered = 0u64;
+    while (out.len() as u64) < total {
+        for b in job.take_batches() {
+            answered += b.count();
+            early.insert(first_of(&b), b);
+        }
+        while let Some(b) = early.remove(&(out.len() as u64)) {
+            let mut failed = None;
+            items(&b, |i, r| {
+                if failed.is_none() {
+                    match decode::<R>(r) {
+                        Ok(v) => out.push(v),
+                        Err(error) => failed = Some(MapError { index: i as usize, error }),
+                    }
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        if answered >= total && (out.len() as u64) < total {
+            // Every item answered, yet they do not tile the input: a correct
+            // pool never gets here; fail rather than wait forever.
+            let error = TaskError::Deserialize { reason: "no result arrived".into() };
+            return Err(MapError { index: out.len(), error });
+        }
+    }
+    Ok(out)
+}
+
+/// The index of a batch's first item.
+fn first_of(b: &Batch) -> u64 {
+    match b {
+        Batch::Frame { first, .. } | Batch::Fail { first, .. } => *first,
+    }
+}
+
 /// Decoder of `map`: every result in input order, or the first failed item.
 ///
 /// Fast path: batches sorted by their first index, decoded straight into the
 /// output when they tile `0..total` exactly; anything else (which a correct
 /// pool never produces) takes the general path.
 pub(crate) fn decode_all<R: DeserializeOwned>(mut batches: Vec<Batch>, total: u64) -> Result<Vec<R>, MapError> {
-    let first_of = |b: &Batch| match b {
-        Batch::Frame { first, .. } | Batch::Fail { first, .. } => *first,
-    };
     batches.sort_by_key(first_of);
     let mut next = 0u64;
     let tiles = batches.iter().all(|b| {
@@ -394,6 +448,41 @@ mod tests {
         }
         wire::set_result_count(&mut f, items.len() as u32);
         f
+    }
+
+    fn ok_frame(values: &[u64]) -> Vec<u8> {
+        let mut f = Vec::new();
+        wire::result_header(&mut f, 9, 0, 1, 0);
+        for v in values {
+            wire::push_ok(&mut f, v);
+        }
+        wire::set_result_count(&mut f, values.len() as u32);
+        f
+    }
+
+    #[test]
+    fn gather_map_decodes_batches_in_any_order_and_stops_at_the_first_failure() {
+        let job = Job::new();
+        job.set_total(6);
+        job.deliver(Batch::Frame { first: 3, count: 3, frame: ok_frame(&[3, 4, 5]) });
+        job.deliver(Batch::Frame { first: 0, count: 3, frame: ok_frame(&[0, 1, 2]) });
+        assert_eq!(gather_map::<u64>(&job, 6).unwrap(), vec![0, 1, 2, 3, 4, 5]);
+
+        // A failure after an item still missing: returned once the items
+        // before it are in, with its index.
+        let job = Job::new();
+        job.set_total(4);
+        job.deliver(Batch::Fail { first: 2, count: 1, error: TaskError::Closed });
+        job.deliver(Batch::Frame { first: 0, count: 2, frame: ok_frame(&[0, 1]) });
+        let e = gather_map::<u64>(&job, 4).unwrap_err();
+        assert_eq!((e.index, e.error), (2, TaskError::Closed));
+
+        // Answers that do not tile the input (never from a correct pool): an
+        // error, not an endless wait.
+        let job = Job::new();
+        job.set_total(2);
+        job.deliver(Batch::Frame { first: 1, count: 2, frame: ok_frame(&[1, 2]) });
+        assert_eq!(gather_map::<u64>(&job, 2).unwrap_err().index, 0);
     }
 
     #[test]

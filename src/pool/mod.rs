@@ -35,8 +35,8 @@
 //! | `map(func, iterable, chunksize)` | [`map`](Pool::map), [`map_chunksize`](Pool::map_chunksize) (`Err` names the first failed item); [`map_results`](Pool::map_results) gives every item's own result |
 //! | `map_async(func, iterable, chunksize, callback, error_callback)` | [`map_async`](Pool::map_async), [`map_async_with`](Pool::map_async_with) ([`Callbacks`]) |
 //! | `imap(func, iterable, chunksize)` | [`imap`](Pool::imap), [`imap_chunksize`](Pool::imap_chunksize): lazy, bounded window (Python reads the whole input first) |
-//! | `imap_unordered(func, iterable, chunksize)` | [`imap_unordered`](Pool::imap_unordered) |
-//! | `starmap(func, iterable)` / `starmap_async` | [`starmap`](Pool::starmap) / [`starmap_async`](Pool::starmap_async) (`fn(A, B) -> R` over `(A, B)` items) |
+//! | `imap_unordered(func, iterable, chunksize)` | [`imap_unordered`](Pool::imap_unordered), [`imap_unordered_chunksize`](Pool::imap_unordered_chunksize) |
+//! | `starmap(func, iterable)` / `starmap_async` | [`starmap`](Pool::starmap) / [`starmap_async`](Pool::starmap_async) (`fn(A, B) -> R` over `(A, B)` items; other arities: a closure that spreads the tuple, see [`starmap`](Pool::starmap)) |
 //! | `apply(func, args)` / `apply_async(func, args, callback, error_callback)` | [`apply`](Pool::apply) / [`apply_async`](Pool::apply_async), [`apply_async_with`](Pool::apply_async_with) |
 //! | `AsyncResult.get(timeout)`, `ready()`, `successful()`, `wait(timeout)` | [`AsyncResult::get`], [`get_timeout`](AsyncResult::get_timeout), [`ready`](AsyncResult::ready), [`successful`](AsyncResult::successful), [`wait`](AsyncResult::wait), [`wait_timeout`](AsyncResult::wait_timeout) |
 //! | `close()`, `join()`, `terminate()` | [`close`](Pool::close), [`join`](Pool::join), [`join_timeout`](Pool::join_timeout), [`terminate`](Pool::terminate); `Drop` terminates |
@@ -549,12 +549,25 @@ impl Pool {
         items.len() as u64
     }
 
-    fn map_job<A: Serialize>(&self, t: Target, items: Vec<A>, chunksize: Option<usize>) -> Arc<Job> {
+    fn map_job<A: Serialize>(&self, t: Target, items: &[A], chunksize: Option<usize>) -> Arc<Job> {
         let job = Job::new();
         let cs = chunksize.unwrap_or_else(|| self.default_chunksize(items.len()));
-        let n = self.submit(&job, t, &items, 0, cs);
+        let n = self.submit(&job, t, items, 0, cs);
         job.set_total(n);
         job
+    }
+
+    /// A `map` in the caller's thread, which decodes results as they arrive.
+    fn map_sync<A: Serialize, R: DeserializeOwned>(
+        &self,
+        t: Target,
+        items: Vec<A>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>, MapError> {
+        let job = self.map_job(t, &items, chunksize);
+        let total = items.len() as u64;
+        drop(items);
+        job::gather_map(&job, total)
     }
 
     fn map_job_cb<A: Serialize, T: Send + 'static, E: Send + 'static>(
@@ -587,7 +600,8 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.map_async(f, items).get()
+        let t = Target::new(wire::run_one::<A, R>, f as usize);
+        self.map_sync(t, items.into_iter().collect(), None)
     }
 
     /// `map` with an explicit chunk size (items per task frame).
@@ -602,8 +616,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let t = Target::new(wire::run_one::<A, R>, f as usize);
-        let job = self.map_job(t, items.into_iter().collect(), Some(chunksize));
-        AsyncResult::new(job, job::decode_all::<R>, None, None).get()
+        self.map_sync(t, items.into_iter().collect(), Some(chunksize))
     }
 
     /// Every item's own result, in input order.
@@ -613,7 +626,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let t = Target::new(wire::run_one::<A, R>, f as usize);
-        let job = self.map_job(t, items.into_iter().collect(), None);
+        let job = self.map_job(t, &items.into_iter().collect::<Vec<A>>(), None);
         AsyncResult::new(job, job::decode_each::<R>, None, None).get().unwrap_or_default()
     }
 
@@ -658,7 +671,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.map_closure_async(f, items).get()
+        self.map_sync(Target::closure(self, f), items.into_iter().collect(), None)
     }
 
     /// `map_async` of a capturing [`Closure`] (see [`map_closure`](Pool::map_closure)).
@@ -685,7 +698,22 @@ impl Pool {
         self.map_job_cb(t, vec![arg], Some(1), job::decode_one::<R>, Callbacks::new()).get()
     }
 
-    /// Python's `starmap`: `f(a, b)` for every `(a, b)`.
+    /// Python's `starmap`: `f(a, b)` for every `(a, b)`, results in input order.
+    ///
+    /// Functions of another number of arguments: a non-capturing closure
+    /// that spreads the tuple is a `fn` too, and works under every start
+    /// method.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn add(a: u64, b: u64) -> u64 { a + b }
+    /// fn mul_add(a: u64, b: u64, c: u64) -> u64 { a * b + c }
+    /// let pool = shmproc::Pool::new(2)?;
+    /// assert_eq!(pool.starmap(add, [(1, 2), (3, 4)])?, vec![3, 7]);
+    /// let three = pool.map(|(a, b, c): (u64, u64, u64)| mul_add(a, b, c), [(2, 3, 1)])?;
+    /// assert_eq!(three, vec![7]);
+    /// # Ok(()) }
+    /// ```
     pub fn starmap<A, B, R>(
         &self,
         f: fn(A, B) -> R,
@@ -696,7 +724,8 @@ impl Pool {
         B: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.starmap_async(f, items).get()
+        let t = Target::new(wire::run_star2::<A, B, R>, f as usize);
+        self.map_sync(t, items.into_iter().collect(), None)
     }
 
     /// Python's `starmap_async`.
@@ -781,6 +810,21 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         Imap::new(self, Target::new(wire::run_one::<A, R>, f as usize), items.into_iter(), 1, false)
+    }
+
+    /// `imap_unordered` with an explicit chunk size.
+    pub fn imap_unordered_chunksize<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, Target::new(wire::run_one::<A, R>, f as usize), items.into_iter(), chunksize, false)
     }
 
     /// Refuses new work (it fails with [`TaskError::Closed`]); submitted work goes on.
@@ -916,17 +960,7 @@ where
     }
 
     fn take_ready(&mut self) {
-        let batches: Vec<Batch> = {
-            let mut s = self.job.lock();
-            if s.ready.is_empty() {
-                s.streaming = true;
-                drop(s);
-                s = self.job.wait_until(Deadline::NEVER, |s| !s.ready.is_empty()).0;
-                s.streaming = false;
-            }
-            s.ready.drain(..).collect()
-        };
-        for b in &batches {
+        for b in &self.job.take_batches() {
             job::items(b, |i, r| {
                 let v = job::decode::<R>(r);
                 if self.ordered {

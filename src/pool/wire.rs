@@ -87,23 +87,40 @@ impl From<WireError> for TaskError {
 /// appends one result item (tag, length, bytes) to `out`.
 pub(crate) type RunOne = fn(usize, &[u8], &mut Vec<u8>);
 
-/// `Extend<u8>` over a borrowed vector, so that postcard appends in place and
-/// a failed encoding leaves the buffer to us.
-struct Ext<'a>(&'a mut Vec<u8>);
+/// A postcard output that appends to a borrowed vector: bytes go straight
+/// into it (postcard's `to_extend` takes an iterator per write), and a failed
+/// encoding leaves the buffer to us.
+struct Append<'a>(&'a mut Vec<u8>);
 
-impl Extend<u8> for Ext<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-        self.0.extend(iter)
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.0.push(b);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
-/// Appends `len` (u32 LE placeholder) + postcard bytes of `v` to `out`;
-/// on failure `out` is left as it was.
+/// Appends `len` (u32 LE) + postcard bytes of `v` to `out`; on failure `out`
+/// is left as it was.
+#[inline]
 pub(crate) fn append_len_prefixed<V: Serialize + ?Sized>(out: &mut Vec<u8>, v: &V) -> Result<(), String> {
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
-    match postcard::to_extend(v, Ext(out)) {
-        Ok(_) => {
+    match postcard::serialize_with_flavor(v, Append(out)) {
+        Ok(()) => {
             let len = out.len() - at - 4;
             match u32::try_from(len) {
                 Ok(n) => {
