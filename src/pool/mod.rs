@@ -145,14 +145,14 @@ use crate::time::Deadline;
 /// Default largest frame (a chunk's arguments, or a batch of its results).
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 /// Chunks a worker's task queue holds.
-const QUEUE_DEPTH: usize = 32;
+const QUEUE_DEPTH: usize = 4;
 /// Runs a submitting thread packs before it hands them to the pool's thread.
 const SUBMIT_BATCH: usize = 64;
 /// Items a run holds at most (whole chunks; one chunk if it is larger): the
 /// pool's bookkeeping and its queue operations are per run (see `dispatch.rs`).
 const RUN_ITEMS: usize = 256;
 /// Frames the shared results queue holds.
-const RESULTS_CAPACITY: usize = 256;
+const RESULTS_CAPACITY: usize = 8;
 
 /// Configures a [`Pool`]; made by [`Pool::builder`].
 #[must_use = "a builder does nothing until create()"]

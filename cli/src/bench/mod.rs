@@ -509,6 +509,8 @@ pub fn all_cases() -> Vec<Case> {
         "spawn-join",
         "pool-map-trivial",
         "pool-map-chunk1",
+        "pool-start",
+        "pool-map-cpu",
         "manager-dict",
         "manager-dict-tcp",
         "connection-tcp",

@@ -5,7 +5,15 @@
 //! * `pool-map-chunk1`: the same over 100,000 items (20,000 quick) with
 //!   chunksize 1: the pool's own cost per task.
 //!
-//! Transports: `thread-pool`, the scenarios' baseline (two `std::thread`
+//! * `pool-start`: create a pool of 2, map 2 items, tear it down; metric `us`
+//!   per pool; baseline `python-mp` (the same with `multiprocessing.Pool(2)`
+//!   in a `with` block, which terminates it), transport `shmproc-pool`.
+//! * `pool-map-cpu`: 2,000 tasks (200 quick) of about 1 ms of CPU each;
+//!   baseline `sequential` (the same calls one after the other in the
+//!   caller's thread), transport `shmproc-pool` (2 workers, chunksize 1):
+//!   the ratio is the pool's speed-up on 2 workers.
+//!
+//! Transports of the map scenarios: `thread-pool`, their baseline (two `std::thread`
 //! workers fed task by task through crossbeam-channel by a feeder thread,
 //! results sent back the same way and put in input order: a pool without the
 //! process boundary); `shmproc-pool` (a `Pool` of 2, default start method);
@@ -57,7 +65,131 @@ pub fn cases() -> Vec<Case> {
         Case::new("pool-map-chunk1", "python-mp", TasksPerS, |c| {
             python_pool(c, chunk1_items(c) / PYTHON_CHUNK1_SHARE, Some(1))
         }),
+        Case::new("pool-start", "python-mp", Metric::Us, |c| python::start(c, PYTHON_POOL_START)),
+        Case::new("pool-start", "shmproc-pool", Metric::Us, pool_start),
+        Case::new("pool-map-cpu", "sequential", TasksPerS, |c| cpu_map(c, false)),
+        Case::new("pool-map-cpu", "shmproc-pool", TasksPerS, |c| cpu_map(c, true)),
     ]
+}
+
+/// `pool-start/shmproc-pool`: one sample is one pool created (default start
+/// method), a map of 2 items, and its teardown (`Drop` terminates and reaps).
+fn pool_start(cfg: &Config) -> Result<Session, String> {
+    let (mut d, _) = Driver::start(
+        cfg,
+        || Ok(((), Vec::new())),
+        |_: &mut ()| {
+            let t = Instant::now();
+            let pool = shmproc::Pool::builder().processes(WORKERS).create().map_err(|e| e.to_string())?;
+            let out = pool.map(square, 0..2u64).map_err(|e| e.to_string())?;
+            drop(pool);
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            check(&out, 2)?;
+            Ok(us)
+        },
+    )?;
+    Ok(Session::new(Work::Sample(Box::new(move || d.call())))
+        .placement(format!("caller and {WORKERS} workers unpinned on {}", cfg.all_cpus_text())))
+}
+
+const PYTHON_POOL_START: &str = r#"
+def f(x):
+    return x * x
+def setup():
+    pass
+def block(secs):
+    us = []
+    end = time.perf_counter() + secs
+    while not us or time.perf_counter() < end:
+        t = time.perf_counter()
+        with ctx.Pool(2) as pool:
+            out = pool.map(f, range(2))
+        us.append((time.perf_counter() - t) * 1e6)
+        if out != [0, 1]:
+            sys.exit("wrong results")
+    us.sort()
+    return us[len(us) // 2]
+"#;
+
+/// Tasks of `pool-map-cpu`.
+fn cpu_tasks(cfg: &Config) -> u64 {
+    if cfg.quick {
+        200
+    } else {
+        2_000
+    }
+}
+
+/// About `iters` steps of integer mixing: CPU work that no compiler folds.
+fn burn(iters: u64) -> u64 {
+    let mut x = iters | 1;
+    for i in 0..iters {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    std::hint::black_box(x)
+}
+
+/// Iterations of [`burn`] that take about 1 ms here (measured once per case).
+fn burn_iters_per_ms() -> u64 {
+    let mut iters = 1_000u64;
+    loop {
+        let t = Instant::now();
+        burn(iters);
+        let dt = t.elapsed();
+        if dt >= Duration::from_millis(20) || iters >= 1 << 40 {
+            return (iters as f64 / (dt.as_secs_f64() * 1e3)).max(1.0) as u64;
+        }
+        iters *= 4;
+    }
+}
+
+/// `pool-map-cpu`: `n` calls of `burn(iters)` in a pool of 2 (chunksize 1),
+/// or one after the other in the caller's thread.
+fn cpu_map(cfg: &Config, pooled: bool) -> Result<Session, String> {
+    let n = cpu_tasks(cfg);
+    let cpus = cfg.cpus.clone();
+    let (mut d, pids) = Driver::start(
+        cfg,
+        move || {
+            let iters = burn_iters_per_ms();
+            if !pooled {
+                return Ok(((None, iters), Vec::new()));
+            }
+            let pool = shmproc::Pool::builder().processes(WORKERS).create().map_err(|e| e.to_string())?;
+            let pids = pool.worker_pids();
+            for &p in &pids {
+                allow_cpus(p, &cpus)?;
+            }
+            Ok(((Some(pool), iters), pids))
+        },
+        move |(pool, iters): &mut (Option<shmproc::Pool>, u64)| {
+            let t = Instant::now();
+            let out = match pool {
+                Some(p) => {
+                    p.map_chunksize(burn, std::iter::repeat_n(*iters, n as usize), 1).map_err(|e| e.to_string())?
+                }
+                None => (0..n).map(|_| burn(*iters)).collect(),
+            };
+            let r = rate(n, t);
+            if out.len() as u64 != n || out.iter().any(|&v| v != out[0]) {
+                return Err("wrong results".into());
+            }
+            Ok(r)
+        },
+    )?;
+    let mut s = Session::new(Work::Sample(Box::new(move || d.call())));
+    for p in pids {
+        s = s.watch(p);
+    }
+    let placement = if pooled {
+        format!("caller and {WORKERS} workers unpinned on {}", cfg.all_cpus_text())
+    } else {
+        format!("one thread unpinned on {}", cfg.all_cpus_text())
+    };
+    Ok(s.placement(placement))
 }
 
 /// `pool-map-chunk1/python-mp` maps this fraction of the items (see the module docs).

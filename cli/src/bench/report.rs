@@ -35,7 +35,8 @@ pub struct Row {
 
 /// The baseline transport of a scenario, measured in the same run: the raw
 /// floor for transports, the peer for `lock-incr`, bare fork for `spawn-join`,
-/// threads for the pool, Python for the manager, bare TCP for `connection-tcp`.
+/// threads for the pool's maps, Python for its start, sequential calls for
+/// its CPU-bound map, Python for the manager, bare TCP for `connection-tcp`.
 pub fn baseline_for(scenario: &str) -> Option<&'static str> {
     match scenario {
         "pingpong-8B" => Some("raw-spin"),
@@ -45,6 +46,8 @@ pub fn baseline_for(scenario: &str) -> Option<&'static str> {
         "lock-incr" => Some("python-mp"),
         "spawn-join" => Some("raw-fork"),
         "pool-map-trivial" | "pool-map-chunk1" => Some("thread-pool"),
+        "pool-start" => Some("python-mp"),
+        "pool-map-cpu" => Some("sequential"),
         "manager-dict" => Some("python-mp"),
         "manager-dict-tcp" => Some("python-mp-tcp"),
         "connection-tcp" => Some("tcp-bare"),
