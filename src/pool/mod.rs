@@ -146,8 +146,10 @@ use crate::time::Deadline;
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 /// Chunks a worker's task queue holds.
 const QUEUE_DEPTH: usize = 4;
-/// Runs a submitting thread packs before it hands them to the pool's thread.
+/// Runs a submitting thread packs before it hands them to the pool's thread,
+/// or items, whichever comes first (runs of big chunks hold thousands).
 const SUBMIT_BATCH: usize = 64;
+const SUBMIT_ITEMS: u64 = 4096;
 /// Items a run holds at most (whole chunks; one chunk if it is larger): the
 /// pool's bookkeeping and its queue operations are per run (see `dispatch.rs`).
 const RUN_ITEMS: usize = 256;
@@ -416,6 +418,8 @@ struct Packer<'a> {
     chunksize: usize,
     /// Items per run: whole chunks, about [`RUN_ITEMS`].
     run: usize,
+    /// Items in `chunks` (closed runs not yet handed over).
+    packed: u64,
     cur: Vec<u8>,
     first: u64,
     count: u32,
@@ -426,7 +430,7 @@ impl<'a> Packer<'a> {
     fn new(shared: &'a Shared, job: &'a Arc<Job>, t: Target, chunksize: usize) -> Self {
         let chunksize = chunksize.clamp(1, u32::MAX as usize);
         let run = (RUN_ITEMS / chunksize).max(1) * chunksize;
-        Packer { shared, job, t, chunksize, run, cur: Vec::new(), first: 0, count: 0, chunks: Vec::new() }
+        Packer { shared, job, t, chunksize, run, packed: 0, cur: Vec::new(), first: 0, count: 0, chunks: Vec::new() }
     }
 
     fn close(&mut self) {
@@ -437,6 +441,7 @@ impl<'a> Packer<'a> {
         let mut frame = std::mem::take(&mut self.cur);
         wire::set_task_chunk(&mut frame, id);
         wire::set_task_count(&mut frame, self.count);
+        self.packed += u64::from(self.count);
         self.chunks.push(Chunk {
             id,
             job: self.job.clone(),
@@ -539,9 +544,10 @@ impl Pool {
         let mut p = Packer::new(&self.shared, job, t, chunksize);
         for (i, a) in items.iter().enumerate() {
             p.add(first + i as u64, a);
-            // Hand chunks over as they are packed, so the workers start while
+            // Hand runs over as they are packed, so the workers start while
             // the rest of a long input is still being encoded.
-            if p.chunks.len() >= SUBMIT_BATCH {
+            if p.chunks.len() >= SUBMIT_BATCH || p.packed >= SUBMIT_ITEMS {
+                p.packed = 0;
                 self.shared.submit(std::mem::take(&mut p.chunks));
             }
         }
