@@ -373,6 +373,17 @@ fn panics_and_aborts(_: StartMethod) {
     }
     let each = pool.map_results(aborts_on_3, 0..8u32);
     assert_eq!(each.iter().filter(|r| r.is_err()).count(), 1);
+    // One chunk of 8: the worker dies inside it. Items 0..3 had finished
+    // (their results come from its staging area), item 3 fails, items 4..8
+    // never started and run on another worker.
+    let each = pool.map_results_chunksize(aborts_on_3, 0..8u32, 8);
+    for (i, r) in each.iter().enumerate() {
+        match (i, r) {
+            (3, Err(TaskError::WorkerDied { status, .. })) => assert_eq!(*status, ExitStatus::Signaled(libc::SIGABRT)),
+            (3, other) => panic!("item 3: {other:?}"),
+            (i, r) => assert_eq!(r.as_ref().ok(), Some(&(i as u32 * 2)), "item {i}"),
+        }
+    }
     wait_full(&pool, &HashSet::new());
     assert_eq!(pool.apply(square, 4).unwrap(), 16);
 }

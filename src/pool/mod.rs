@@ -631,8 +631,35 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        self.map_results_with(f, items, None)
+    }
+
+    /// [`map_results`](Pool::map_results) with an explicit chunk size.
+    pub fn map_results_chunksize<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Vec<Result<R, TaskError>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_results_with(f, items, Some(chunksize))
+    }
+
+    fn map_results_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Vec<Result<R, TaskError>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
         let t = Target::new(wire::run_one::<A, R>, f as usize);
-        let job = self.map_job(t, &items.into_iter().collect::<Vec<A>>(), None);
+        let job = self.map_job(t, &items.into_iter().collect::<Vec<A>>(), chunksize);
         AsyncResult::new(job, job::decode_each::<R>, None, None).get().unwrap_or_default()
     }
 
