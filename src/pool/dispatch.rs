@@ -765,7 +765,10 @@ impl Dispatcher {
         wire::result_header(&mut frame, id, slot as u32, gen, answered);
         frame.extend_from_slice(&bytes[r.position()..]);
         wire::set_result_count(&mut frame, count - skip);
-        if wire::result_frame_len(&frame) == Some(frame.len()) {
+        // `count` is the commit: bytes past its items belong to an item the
+        // worker was still staging when it died (`len` is stored first).
+        if let Some(n) = wire::result_frame_len(&frame) {
+            frame.truncate(n);
             // Checked there against the run: its slot, next item, and count.
             let _ = self.on_frame(&frame);
         }

@@ -32,7 +32,7 @@
 //! | 0 | `chunk: AtomicU64` | run the staged items belong to (0: none) |
 //! | 8 | `start: AtomicU32` | index within the run of the first staged item |
 //! | 12 | `count: AtomicU32` | items staged (stored last, release) |
-//! | 16 | `len: AtomicU32` | bytes staged |
+//! | 16 | `len: AtomicU32` | bytes staged (stored before `count`: it may cover one more, uncommitted, item) |
 //! | 20..64 | reserved | zero |
 //!
 //! ## Protocol
@@ -52,7 +52,7 @@
 //! Every field is untrusted (a worker may scribble): the parent reads the
 //! record only if `gen` is the slot's current incarnation, accepts `chunk`
 //! only if it names a run it sent to that slot, takes staged items only if
-//! the head names that run and the bytes parse as `count` result items within
+//! the head names that run and `count` result items parse within the first
 //! `len <= max_frame` bytes (and only those past what was answered), and
 //! otherwise treats every unanswered item of the slot as started (it never
 //! runs a task twice unless the caller allowed retries).
