@@ -593,7 +593,10 @@ impl Pool {
     }
 
     /// Python's `map`: `f` over every item, results in input order; `Err`
-    /// names the first failed item (by index).
+    /// names the first failed item (by index), and comes as soon as every item
+    /// before it has succeeded, as in Python (the job's other tasks still run;
+    /// [`map_results`](Pool::map_results) waits for every item's own result).
+    /// The caller's thread decodes results while the workers run.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
