@@ -366,8 +366,23 @@ impl<T: Pod> Queue<T> {
     }
 
     /// Sends `v`, waiting while the queue is full.
-    #[inline]
+    #[inline(always)]
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
+        // SPSC: the thread holding the side's bias sends unlocked
+        // (`raw::Bias`), inlined into the caller's loop: no call, so no
+        // stack stores queue up behind the index store.
+        if self.e.geo.spsc && self.excl == 0 && !self.refused() {
+            // SAFETY: the engine passes only the payload of a slot this thread owns.
+            if self.e.bias_fast(Side::Send, |p| unsafe { write_slot(p, v) }) {
+                return Ok(());
+            }
+        }
+        self.send_general(v)
+    }
+
+    /// [`send`](Self::send) without the SPSC bias.
+    #[inline]
+    fn send_general(&self, v: T) -> Result<(), SendError<T>> {
         // Fast path, inlined into the caller's loop: no call, no stack traffic
         // queued behind the index store (see PERF notes in the bench module).
         self.e.ensure_registered();
@@ -477,7 +492,16 @@ impl<T: Pod> Queue<T> {
     }
 
     /// Receives a message, waiting while the queue is empty.
+    #[inline(always)]
     pub fn recv(&self) -> Result<T, RecvError> {
+        if self.e.geo.spsc && self.excl == 0 {
+            let mut out = T::zeroed();
+            // SPSC: the thread holding the side's bias receives unlocked (`raw::Bias`).
+            // SAFETY: the engine passes only the payload of a published slot this thread owns.
+            if self.e.bias_fast(Side::Recv, |p| out = unsafe { read_slot(p) }) {
+                return Ok(out);
+            }
+        }
         self.recv_deadline(None).map_err(|e| match e {
             RecvTimeoutError::Disconnected => RecvError::Disconnected,
             _ => RecvError::Corrupt,

@@ -1345,12 +1345,30 @@ impl Engine {
         }
     }
 
+    /// The whole fast path of a shared handle's `send` / `recv` (inlined
+    /// into the caller): the owner's unlocked operation and the wake-up of
+    /// the other side. `false`: nothing was done, take the general path.
+    #[inline(always)]
+    pub(crate) fn bias_fast(&self, side: Side, mut slot: impl FnMut(*mut u8)) -> bool {
+        if self.bias_attempt(side, &mut slot) != Some(Step::Done) {
+            return false;
+        }
+        self.notify(
+            match side {
+                Side::Send => Side::Recv,
+                Side::Recv => Side::Send,
+            },
+            false,
+        );
+        true
+    }
+
     /// The owner's unlocked attempt: `None` if the calling thread is not the
     /// side's owner (take the locked path); else what the attempt did.
     /// `slot` gets the slot's payload pointer (receivers: read-only use).
     /// Publishes the index but does not notify (the caller does, as after
     /// a locked attempt).
-    #[inline]
+    #[inline(always)]
     fn bias_attempt(&self, side: Side, slot: &mut impl FnMut(*mut u8)) -> Option<Step> {
         let b = self.bias(side);
         let me = thread_token();
@@ -1376,14 +1394,14 @@ impl Engine {
     }
 
     /// One operation on `l`, the side's own index re-read from the segment
-    /// whenever it differs from `l`'s (a locked operation moved it), every
-    /// [`SPSC_CHECK_EVERY`] operations, and after a fork.
+    /// every [`SPSC_CHECK_EVERY`] operations, after a fork, and after a
+    /// locked operation of this side (which invalidates `l`: see
+    /// [`Engine::bias_locked`]).
     #[inline]
     fn bias_step(&self, l: &mut SpscLocal, side: Side, slot: &mut impl FnMut(*mut u8)) -> Step {
         let (own, _) = self.spsc_words(side);
-        let shared = own.load(Ordering::Relaxed);
-        if shared != l.own || l.budget == 0 || l.gen != sys::fork_generation() {
-            l.own = shared;
+        if l.budget == 0 || l.gen != sys::fork_generation() {
+            l.own = own.load(Ordering::Relaxed);
             l.gen = sys::fork_generation();
             l.budget = SPSC_CHECK_EVERY;
             if self.spsc_refresh(l, side).is_err() {
@@ -1447,6 +1465,11 @@ impl Engine {
         let me = thread_token();
         let owner = b.owner.load(Ordering::Relaxed);
         if owner == me && b.gen.load(Ordering::Relaxed) == sys::fork_generation() {
+            // The owner's own locked operation moves the segment's index
+            // behind `local`'s back: resync at the next unlocked one.
+            // SAFETY: we are the owner and not inside an unlocked operation,
+            // so no one else uses `local`.
+            unsafe { (*b.local.get()).invalidate() };
             return;
         }
         if owner != 0 {

@@ -188,7 +188,7 @@ impl<T: Pod> Queue<T> {
 impl<T: Pod> Sender<T> {
     /// Sends `v`, waiting while the queue is full; `Disconnected(v)` at once
     /// when every receiver is gone.
-    #[inline]
+    #[inline(always)]
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
         self.q.send(v)
     }
@@ -209,7 +209,7 @@ impl<T: Pod> Sender<T> {
 impl<T: Pod> Receiver<T> {
     /// Receives a message, waiting while the queue is empty; `Disconnected`
     /// once it is empty and every sender is gone.
-    #[inline]
+    #[inline(always)]
     pub fn recv(&self) -> Result<T, RecvError> {
         self.q.recv()
     }
