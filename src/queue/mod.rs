@@ -64,8 +64,15 @@
 //!   claimer was killed (see `ring.rs` and SAFETY.md section 6). The creator may
 //!   pick a single-producer single-consumer mode instead (Lamport's ring with
 //!   cached remote indices and batched index publication); its exclusive
-//!   endpoints ([`Queue::spsc_sender`], [`Queue::spsc_receiver`]) are the
-//!   fastest path (no per-message synchronisation inside the process).
+//!   endpoints ([`Queue::spsc_sender`], [`Queue::spsc_receiver`]) keep their
+//!   indices in process memory (MCRingBuffer's local control variables), read
+//!   the other side's index only when the ring looks full or empty, and a
+//!   producer facing a full ring waits for a batch of free slots (B-Queue).
+//!   The halves and plain handles of an SPSC queue get the same unlocked path
+//!   for the thread that uses a side repeatedly (a biased owner, revoked by a
+//!   `membarrier` when another thread uses the side: Dice, Moir and Scherer's
+//!   quickly reacquirable locks); other threads take a per-operation flag.
+//!   Consumers prefetch the line of a published slot a few lines ahead.
 //! * Waiting: adaptive by default: poll shared memory for a bounded spin budget,
 //!   then sleep on a shared futex. A sender issues `FUTEX_WAKE` only if a sleeper
 //!   count says someone sleeps, so the fast path makes no system call; the
