@@ -1,7 +1,10 @@
 //! Bench cases for [`shmproc::Queue`]: transports `queue` (adaptive waiting),
 //! `queue-block` (never spins) and `queue-spin` (busy-poll), in the scenarios
-//! `pingpong-8B`, `stream-8B`, `stream-mpmc` and `idle-cpu`; plus
-//! `stream-8B`/`queue-permsg`, the stream with one `send`/`recv` per message.
+//! `pingpong-8B`, `stream-8B`, `stream-mpmc` and `idle-cpu`; plus the stream
+//! with one `send`/`recv` per message: `stream-8B`/`queue-permsg` through the
+//! halves of an SPSC queue (`create_split`: what `tx.send(x)` / `rx.recv()`
+//! gets) and `stream-8B`/`queue-permsg-ep` through its exclusive endpoints
+//! (`spsc_sender` / `spsc_receiver`).
 //!
 //! `stream-mpmc` runs as many producer processes as [`baselines::mpmc_producers`]
 //! (one fewer than the CPUs, so spinning processes never outnumber them) and
