@@ -881,6 +881,7 @@ impl Connection {
     fn wait_data(&self, ring: &RingView, head: u64, deadline: &mut Due) -> Result<u64, RecvError> {
         let tail = ring.tail();
         match self.block_on(ring.rx_sleep(), deadline, || {
+            ring.prefetch(head);
             let t = tail.load(Ordering::Acquire);
             (t != head).then_some(t)
         }) {

@@ -20,7 +20,9 @@
 //! reloads the other side's index only when its cached copy runs out) carrying
 //! frames: a 64-byte aligned 8-byte header (a 16-bit tag and a 48-bit length)
 //! followed by the message (from 1 KiB up, on the next cache line), padded to
-//! 64 bytes. A message larger than the ring streams through it in fragments;
+//! 64 bytes. While it polls the producer's index, a receiver prefetches the
+//! line its next frame will arrive in, so that a hand-over costs about one
+//! line transfer, not two in a row. A message larger than the ring streams through it in fragments;
 //! the receiver assembles it and never returns a partial message. The byte
 //! layout is in `SAFETY.md`, section 7.
 //!

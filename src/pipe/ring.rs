@@ -279,6 +279,17 @@ impl RingView {
         unsafe { (*(self.data.as_ptr().add(off) as *const AtomicU64)).load(Ordering::Relaxed) }
     }
 
+    /// Starts loading the cache line of stream position `pos` (where the
+    /// next frame arrives) while the consumer polls the producer's index:
+    /// when the index moves, the frame's line is already on its way, so a
+    /// hand-over costs about one line transfer instead of two in a row.
+    #[inline]
+    pub(crate) fn prefetch(&self, pos: u64) {
+        let off = (pos & (self.cap - 1)) as usize;
+        // SAFETY: `off < cap`, so the address is inside the ring's data.
+        crate::queue::ring::prefetch(unsafe { self.data.as_ptr().add(off) });
+    }
+
     /// Writes a frame header at stream position `pos` (a multiple of 8).
     #[inline]
     pub(crate) fn write_header(&self, pos: u64, h: u64) {

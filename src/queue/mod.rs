@@ -64,8 +64,15 @@
 //!   claimer was killed (see `ring.rs` and SAFETY.md section 6). The creator may
 //!   pick a single-producer single-consumer mode instead (Lamport's ring with
 //!   cached remote indices and batched index publication); its exclusive
-//!   endpoints ([`Queue::spsc_sender`], [`Queue::spsc_receiver`]) are the
-//!   fastest path (no per-message synchronisation inside the process).
+//!   endpoints ([`Queue::spsc_sender`], [`Queue::spsc_receiver`]) keep their
+//!   indices in process memory (MCRingBuffer's local control variables), read
+//!   the other side's index only when the ring looks full or empty, and a
+//!   producer facing a full ring waits for a batch of free slots (B-Queue).
+//!   The halves and plain handles of an SPSC queue get the same unlocked path
+//!   for the thread that uses a side repeatedly (a biased owner, revoked by a
+//!   `membarrier` when another thread uses the side: Dice, Moir and Scherer's
+//!   quickly reacquirable locks); other threads take a per-operation flag.
+//!   Consumers prefetch the line of a published slot a few lines ahead.
 //! * Waiting: adaptive by default: poll shared memory for a bounded spin budget,
 //!   then sleep on a shared futex. A sender issues `FUTEX_WAKE` only if a sleeper
 //!   count says someone sleeps, so the fast path makes no system call; the
@@ -366,8 +373,23 @@ impl<T: Pod> Queue<T> {
     }
 
     /// Sends `v`, waiting while the queue is full.
-    #[inline]
+    #[inline(always)]
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
+        // SPSC: the thread holding the side's bias sends unlocked
+        // (`raw::Bias`), inlined into the caller's loop: no call, so no
+        // stack stores queue up behind the index store.
+        if self.e.geo.spsc && self.excl == 0 && !self.refused() {
+            // SAFETY: the engine passes only the payload of a slot this thread owns.
+            if self.e.bias_fast(Side::Send, |p| unsafe { write_slot(p, v) }) {
+                return Ok(());
+            }
+        }
+        self.send_general(v)
+    }
+
+    /// [`send`](Self::send) without the SPSC bias.
+    #[inline]
+    fn send_general(&self, v: T) -> Result<(), SendError<T>> {
         // Fast path, inlined into the caller's loop: no call, no stack traffic
         // queued behind the index store (see PERF notes in the bench module).
         self.e.ensure_registered();
@@ -477,7 +499,16 @@ impl<T: Pod> Queue<T> {
     }
 
     /// Receives a message, waiting while the queue is empty.
+    #[inline(always)]
     pub fn recv(&self) -> Result<T, RecvError> {
+        if self.e.geo.spsc && self.excl == 0 {
+            let mut out = T::zeroed();
+            // SPSC: the thread holding the side's bias receives unlocked (`raw::Bias`).
+            // SAFETY: the engine passes only the payload of a published slot this thread owns.
+            if self.e.bias_fast(Side::Recv, |p| out = unsafe { read_slot(p) }) {
+                return Ok(out);
+            }
+        }
         self.recv_deadline(None).map_err(|e| match e {
             RecvTimeoutError::Disconnected => RecvError::Disconnected,
             _ => RecvError::Corrupt,

@@ -326,6 +326,11 @@ struct Reg {
     word: u64,
 }
 
+/// A process-local value alone on a 128-byte block (two cache lines: the
+/// adjacent-line prefetcher moves lines in pairs).
+#[repr(C, align(128))]
+struct LinePadded<T>(T);
+
 /// The process-local state behind every handle to one queue (shared by clones).
 pub(crate) struct Engine {
     seg: Segment,
@@ -334,6 +339,9 @@ pub(crate) struct Engine {
     slots: NonNull<u8>,
     pub(crate) geo: Geometry,
     stride: usize,
+    /// SPSC receiving endpoints prefetch the slot this many messages ahead
+    /// ([`PREFETCH_BYTES`] / stride, at least 1).
+    prefetch_ahead: u64,
     reg: Mutex<Option<Reg>>,
     /// Fork generation ([`sys::fork_generation`]) of the registration: a
     /// forked child sees another and registers itself on first use.
@@ -343,8 +351,15 @@ pub(crate) struct Engine {
     spin_ns: AtomicU64,
     /// Throttles deep (liveness) scans of the participant table.
     last_deep: RateLimit,
-    tx_busy: AtomicBool,
-    rx_busy: AtomicBool,
+    /// The per-operation exclusion flags of the two sides ([`Busy`]), each on
+    /// its own cache line: a sending and a receiving thread of one process
+    /// write them on every SPSC operation, and would otherwise invalidate
+    /// each other's (and every reader's) copy of this engine's read-mostly fields.
+    tx_busy: LinePadded<AtomicBool>,
+    rx_busy: LinePadded<AtomicBool>,
+    /// The biased fast path of each side's shared handles ([`Bias`]).
+    tx_bias: Bias,
+    rx_bias: Bias,
     /// An exclusive SPSC endpoint holds `tx_busy` (`rx_busy`) until it drops:
     /// other handles must not spin for the flag then (they would spin forever).
     tx_endpoint: AtomicBool,
@@ -364,7 +379,9 @@ pub(crate) struct Engine {
 
 // SAFETY: the engine holds a segment (Send + Sync) and pointers into its mapping;
 // every access to shared memory goes through atomics, or through slot copies that
-// the ring protocol makes exclusive; process-local state is atomic or in a Mutex.
+// the ring protocol makes exclusive; process-local state is atomic or in a Mutex,
+// except each side's `Bias::local`, which only the bias owner thread (or a thread
+// holding the side's `busy` flag while there is no owner) touches (see `Bias`).
 unsafe impl Send for Engine {}
 // SAFETY: as above.
 unsafe impl Sync for Engine {}
@@ -424,6 +441,12 @@ impl RingMem for Engine {
         let n = dst.len().min(self.geo.elem_size as usize);
         // SAFETY: as in `write`; the caller owns the published slot.
         unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), n) };
+    }
+    #[inline]
+    fn prefetch_published(&self, head: u64, avail: u64) {
+        if avail > self.prefetch_ahead {
+            ring::prefetch(self.slot_payload(head.wrapping_add(self.prefetch_ahead)));
+        }
     }
 }
 
@@ -544,6 +567,7 @@ impl Engine {
             parts: parts_ptr,
             slots,
             stride: geo.stride(),
+            prefetch_ahead: (PREFETCH_BYTES / geo.stride()).max(1) as u64,
             geo,
             reg: Mutex::new(None),
             reg_gen: AtomicU64::new(0),
@@ -551,8 +575,10 @@ impl Engine {
             wait_mode: AtomicU8::new(0),
             spin_ns: AtomicU64::new(DEFAULT_SPIN.as_nanos() as u64),
             last_deep: RateLimit::new(),
-            tx_busy: AtomicBool::new(false),
-            rx_busy: AtomicBool::new(false),
+            tx_busy: LinePadded(AtomicBool::new(false)),
+            rx_busy: LinePadded(AtomicBool::new(false)),
+            tx_bias: Bias::new(),
+            rx_bias: Bias::new(),
             tx_endpoint: AtomicBool::new(false),
             rx_endpoint: AtomicBool::new(false),
             fence_free: AtomicBool::new(false),
@@ -932,11 +958,20 @@ impl Engine {
     #[inline]
     pub(crate) fn try_push(&self, optimistic: bool, owned: bool, write: impl FnOnce(*mut u8)) -> Step {
         if self.geo.spsc {
+            let mut w = Some(write);
+            if !owned {
+                if let Some(step) = self.bias_attempt(Side::Send, &mut |p| {
+                    if let Some(f) = w.take() {
+                        f(p)
+                    }
+                }) {
+                    return step;
+                }
+            }
             let _g = match self.busy(owned, Side::Send) {
                 Ok(g) => g,
                 Err(()) => return Step::WouldBlock,
             };
-            let mut w = Some(write);
             match ring::spsc_push(self, 1, |_, m, slot| {
                 if let Some(f) = w.take() {
                     f(m.slot_payload(slot))
@@ -956,11 +991,20 @@ impl Engine {
     #[inline]
     pub(crate) fn try_pop(&self, owned: bool, read: impl FnOnce(*const u8)) -> Step {
         if self.geo.spsc {
+            let mut r = Some(read);
+            if !owned {
+                if let Some(step) = self.bias_attempt(Side::Recv, &mut |p| {
+                    if let Some(f) = r.take() {
+                        f(p)
+                    }
+                }) {
+                    return step;
+                }
+            }
             let _g = match self.busy(owned, Side::Recv) {
                 Ok(g) => g,
                 Err(()) => return Step::WouldBlock,
             };
-            let mut r = Some(read);
             match ring::spsc_pop(self, 1, |_, m, slot| {
                 if let Some(f) = r.take() {
                     f(m.slot_payload(slot))
@@ -1001,6 +1045,8 @@ impl Engine {
         let ok = f.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
         if ok {
             endpoint.store(true, Ordering::Relaxed);
+            // No shared handle's thread may go on using the side unlocked.
+            self.bias_revoke(self.bias(side));
         }
         ok
     }
@@ -1016,8 +1062,8 @@ impl Engine {
 
     fn side_flags(&self, side: Side) -> (&AtomicBool, &AtomicBool) {
         match side {
-            Side::Send => (&self.tx_busy, &self.tx_endpoint),
-            Side::Recv => (&self.rx_busy, &self.rx_endpoint),
+            Side::Send => (&self.tx_busy.0, &self.tx_endpoint),
+            Side::Recv => (&self.rx_busy.0, &self.rx_endpoint),
         }
     }
 
@@ -1030,7 +1076,9 @@ impl Engine {
             return Ok(None);
         }
         let (f, endpoint) = self.side_flags(side);
-        Busy::take(f, endpoint).map(Some).ok_or(())
+        let g = Busy::take(f, endpoint).ok_or(())?;
+        self.bias_locked(side);
+        Ok(Some(g))
     }
 
     /// Messages in the queue now (a snapshot).
@@ -1065,6 +1113,9 @@ impl Engine {
     /// [`wait::Waiter`]).
     pub(crate) fn wait(&self, side: Side, deadline: Deadline, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
         let mut stall: Option<(Stall, Duration)> = None;
+        if side == Side::Send && self.geo.spsc {
+            self.bias_wait_room();
+        }
         if let Some(r) = settle(attempt(), &mut stall) {
             return r;
         }
@@ -1173,7 +1224,7 @@ impl Engine {
 /// Fast-path operations an exclusive SPSC endpoint runs between two checks
 /// (fork generation, registration, its own index re-read from the segment,
 /// the other side's index refreshed). Waiting always checks.
-pub(crate) const SPSC_CHECK_EVERY: u32 = 128;
+pub(crate) const SPSC_CHECK_EVERY: u32 = 1024;
 /// A producer that finds fewer free slots than this (or than a quarter of
 /// the ring) polls briefly for the consumer to free a batch, so that it reads
 /// the consumer's cache line once per batch, not once per message (B-Queue).
@@ -1214,7 +1265,259 @@ impl SpscLocal {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Shared handles of an SPSC queue: the biased fast path
+// ---------------------------------------------------------------------------
+
+/// Locked operations in a row by one thread after which it is given the
+/// side's biased fast path ([`Bias`]).
+const BIAS_STREAK: u32 = 16;
+
+thread_local! {
+    /// Its address names the calling thread ([`thread_token`]).
+    static TOKEN: u8 = const { 0 };
+}
+
+/// A non-zero number naming the calling thread among the live threads of
+/// this process (the address of a thread-local).
+#[inline]
+fn thread_token() -> u64 {
+    TOKEN.with(|t| t as *const u8 as u64)
+}
+
+/// The biased fast path of one side for the shared handles of an SPSC queue
+/// ([`Sender`](super::Sender) / [`Receiver`](super::Receiver), a plain
+/// [`Queue`](super::Queue)), which take `&self` and may be used from several
+/// threads at once.
+///
+/// Their locked path takes the side's `busy` flag around every operation;
+/// that locked instruction drains the store buffer, so each message waits
+/// for the previous one's index store to reach the other CPU (about 10x
+/// slower per message in a stream). Instead, the thread that did the last
+/// [`BIAS_STREAK`] operations alone becomes the side's *owner* and then
+/// operates without the flag, on process-local indices ([`SpscLocal`], as
+/// an exclusive endpoint). Any other thread (or an exclusive endpoint being
+/// taken) revokes the bias first, under the flag: it clears `owner`, runs a
+/// process-wide barrier (`membarrier`), and waits while the owner is inside
+/// an operation (`active`). The owner raises `active` and then re-reads
+/// `owner` with only a compiler fence between: the revoker's barrier makes
+/// either its cleared `owner` visible to that re-read, or the raised
+/// `active` visible to the revoker (asymmetric Dekker; Dice, Moir and
+/// Scherer, "Quickly reacquirable locks"; Linux `membarrier(2)`). Without
+/// a registered barrier the bias is never given. Everything here is
+/// process-local: the shared indices are validated as on every path.
+#[repr(C, align(128))]
+struct Bias {
+    /// [`thread_token`] of the owner (0: none).
+    owner: AtomicU64,
+    /// [`sys::fork_generation`] when the owner was chosen: an owner (and
+    /// an `active` flag) inherited through `fork` is void.
+    gen: AtomicU64,
+    /// Raised by the owner around each of its unlocked operations.
+    active: AtomicBool,
+    /// The thread of the latest locked operations and how many in a row
+    /// (touched only under the side's `busy` flag).
+    candidate: AtomicU64,
+    streak: AtomicU32,
+    /// The owner's indices; used only by the owner, or under the `busy`
+    /// flag while there is no owner.
+    local: std::cell::UnsafeCell<SpscLocal>,
+}
+
+impl Bias {
+    fn new() -> Bias {
+        Bias {
+            owner: AtomicU64::new(0),
+            gen: AtomicU64::new(0),
+            active: AtomicBool::new(false),
+            candidate: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
+            local: std::cell::UnsafeCell::new(SpscLocal::new()),
+        }
+    }
+}
+
 impl Engine {
+    fn bias(&self, side: Side) -> &Bias {
+        match side {
+            Side::Send => &self.tx_bias,
+            Side::Recv => &self.rx_bias,
+        }
+    }
+
+    /// The whole fast path of a shared handle's `send` / `recv` (inlined
+    /// into the caller): the owner's unlocked operation and the wake-up of
+    /// the other side. `false`: nothing was done, take the general path.
+    #[inline(always)]
+    pub(crate) fn bias_fast(&self, side: Side, mut slot: impl FnMut(*mut u8)) -> bool {
+        if self.bias_attempt(side, &mut slot) != Some(Step::Done) {
+            return false;
+        }
+        self.notify(
+            match side {
+                Side::Send => Side::Recv,
+                Side::Recv => Side::Send,
+            },
+            false,
+        );
+        true
+    }
+
+    /// The owner's unlocked attempt: `None` if the calling thread is not the
+    /// side's owner (take the locked path); else what the attempt did.
+    /// `slot` gets the slot's payload pointer (receivers: read-only use).
+    /// Publishes the index but does not notify (the caller does, as after
+    /// a locked attempt).
+    #[inline(always)]
+    fn bias_attempt(&self, side: Side, slot: &mut impl FnMut(*mut u8)) -> Option<Step> {
+        let b = self.bias(side);
+        let me = thread_token();
+        if b.owner.load(Ordering::Relaxed) != me {
+            return None;
+        }
+        b.active.store(true, Ordering::Relaxed);
+        // StoreLoad against a revoker's store to `owner`: its `membarrier`
+        // runs a full fence on this CPU (see `Bias`).
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        if b.owner.load(Ordering::Relaxed) != me || b.gen.load(Ordering::Relaxed) != sys::fork_generation() {
+            b.active.store(false, Ordering::Release);
+            return None;
+        }
+        // SAFETY: `owner` names this thread and was re-read after raising
+        // `active`: no other thread uses `local` until we lower it (revokers
+        // wait for that, and the locked path does not touch `local` while
+        // there is an owner).
+        let l = unsafe { &mut *b.local.get() };
+        let step = self.bias_step(l, side, slot);
+        b.active.store(false, Ordering::Release);
+        Some(step)
+    }
+
+    /// One operation on `l`, the side's own index re-read from the segment
+    /// every [`SPSC_CHECK_EVERY`] operations, after a fork, and after a
+    /// locked operation of this side (which invalidates `l`: see
+    /// [`Engine::bias_locked`]).
+    #[inline]
+    fn bias_step(&self, l: &mut SpscLocal, side: Side, slot: &mut impl FnMut(*mut u8)) -> Step {
+        let (own, _) = self.spsc_words(side);
+        if l.budget == 0 || l.gen != sys::fork_generation() {
+            l.own = own.load(Ordering::Relaxed);
+            l.gen = sys::fork_generation();
+            l.budget = SPSC_CHECK_EVERY;
+            if self.spsc_refresh(l, side).is_err() {
+                return Step::Corrupt;
+            }
+        }
+        let cap = self.geo.capacity;
+        let ready = match side {
+            Side::Send => l.own.wrapping_sub(l.other) < cap,
+            Side::Recv => l.own != l.other,
+        };
+        if !ready {
+            if self.spsc_refresh(l, side).is_err() {
+                return Step::Corrupt;
+            }
+            let ready = match side {
+                Side::Send => l.own.wrapping_sub(l.other) < cap,
+                Side::Recv => l.own != l.other,
+            };
+            if !ready {
+                return Step::WouldBlock;
+            }
+        }
+        l.budget -= 1;
+        if side == Side::Recv {
+            self.prefetch_published(l.own, l.other.wrapping_sub(l.own));
+        }
+        slot(self.slot_payload(l.own));
+        l.own = l.own.wrapping_add(1);
+        own.store(l.own, Ordering::Release);
+        Step::Done
+    }
+
+    /// A blocking send of the bias owner that found the ring full: polls
+    /// briefly for a batch of free slots (as an exclusive endpoint does,
+    /// B-Queue), so that a producer faster than its consumer reads the
+    /// consumer's line once per batch, not once per message. Reads only the
+    /// segment's indices; the attempt that follows validates them.
+    fn bias_wait_room(&self) {
+        let b = &self.tx_bias;
+        if b.owner.load(Ordering::Relaxed) != thread_token() {
+            return;
+        }
+        let cap = self.geo.capacity;
+        let want = SPSC_BATCH.min(cap / 4).max(1);
+        let c = self.ctl();
+        let tail = c.tail.load(Ordering::Relaxed);
+        wait::Spinner::poll_batch(wait::QUEUE_POLL_BATCH, || {
+            let used = tail.wrapping_sub(c.head.load(Ordering::Acquire));
+            // A used count beyond the capacity is corrupt: stop, the attempt reports it.
+            (used > cap || cap - used >= want).then_some(())
+        });
+    }
+
+    /// Under the side's `busy` flag, before a locked operation: revokes
+    /// another thread's bias, and gives it to this thread after
+    /// [`BIAS_STREAK`] locked operations in a row.
+    #[inline]
+    fn bias_locked(&self, side: Side) {
+        let b = self.bias(side);
+        let me = thread_token();
+        let owner = b.owner.load(Ordering::Relaxed);
+        if owner == me && b.gen.load(Ordering::Relaxed) == sys::fork_generation() {
+            // The owner's own locked operation moves the segment's index
+            // behind `local`'s back: resync at the next unlocked one.
+            // SAFETY: we are the owner and not inside an unlocked operation,
+            // so no one else uses `local`.
+            unsafe { (*b.local.get()).invalidate() };
+            return;
+        }
+        if owner != 0 {
+            self.bias_revoke(b);
+        }
+        let streak = if b.candidate.load(Ordering::Relaxed) == me {
+            b.streak.load(Ordering::Relaxed).saturating_add(1)
+        } else {
+            b.candidate.store(me, Ordering::Relaxed);
+            1
+        };
+        b.streak.store(streak, Ordering::Relaxed);
+        if streak >= BIAS_STREAK && self.fence_free.load(Ordering::Relaxed) && sys::membarrier_register_publisher() {
+            // SAFETY: no owner (none was, or it was revoked above and has
+            // left its operation), and we hold `busy`: no one else uses `local`.
+            unsafe { (*b.local.get()).invalidate() };
+            b.gen.store(sys::fork_generation(), Ordering::Relaxed);
+            b.owner.store(me, Ordering::Release);
+        }
+    }
+
+    /// Takes the bias away from its owner (the caller holds the side's
+    /// `busy` flag, or has just taken the side for an endpoint) and waits
+    /// until the owner is out of its current operation.
+    #[cold]
+    fn bias_revoke(&self, b: &Bias) {
+        if b.owner.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        b.owner.store(0, Ordering::Relaxed);
+        b.streak.store(0, Ordering::Relaxed);
+        if b.gen.load(Ordering::Relaxed) != sys::fork_generation() {
+            // Given in the process we were forked from: its owner is not here.
+            b.active.store(false, Ordering::Relaxed);
+            return;
+        }
+        if !sys::membarrier_global() {
+            // Cannot fail once the registration (required to give the bias)
+            // succeeded; should it, give the owner's operation (tens of
+            // nanoseconds) ample time to see `owner` cleared.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        while b.active.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+    }
+
     /// The segment's (tail, head) words of the SPSC ring.
     #[inline]
     fn spsc_words(&self, side: Side) -> (&AtomicU64, &AtomicU64) {
@@ -1270,6 +1573,9 @@ impl Engine {
     /// wakes a sleeping producer.
     #[inline]
     fn spsc_take(&self, l: &mut SpscLocal, read: impl FnOnce(*const u8)) {
+        // The slot `ahead` messages on, if it is published: start fetching
+        // its line now (see [`ring::prefetch`]).
+        self.prefetch_published(l.own, l.other.wrapping_sub(l.own));
         read(self.slot_payload(l.own));
         l.own = l.own.wrapping_add(1);
         self.ctl().head.store(l.own, Ordering::Release);
@@ -1370,6 +1676,10 @@ impl Engine {
         r
     }
 }
+
+/// How far ahead (in bytes of slots) an SPSC receiver prefetches: four
+/// cache lines. See [`ring::prefetch`].
+const PREFETCH_BYTES: usize = 256;
 
 /// What one attempt means for a wait: `Some` ends it; a stalled slot is
 /// remembered with the time it was first seen.

@@ -188,7 +188,7 @@ impl<T: Pod> Queue<T> {
 impl<T: Pod> Sender<T> {
     /// Sends `v`, waiting while the queue is full; `Disconnected(v)` at once
     /// when every receiver is gone.
-    #[inline]
+    #[inline(always)]
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
         self.q.send(v)
     }
@@ -209,7 +209,7 @@ impl<T: Pod> Sender<T> {
 impl<T: Pod> Receiver<T> {
     /// Receives a message, waiting while the queue is empty; `Disconnected`
     /// once it is empty and every sender is gone.
-    #[inline]
+    #[inline(always)]
     pub fn recv(&self) -> Result<T, RecvError> {
         self.q.recv()
     }
@@ -652,6 +652,70 @@ mod tests {
         assert_eq!(tx.send(3), Err(SendError::Disconnected(3)));
         assert!(tx.is_empty());
         assert!(format!("{tx:?}").contains("Sender"));
+    }
+
+    /// SPSC halves used by several threads of one process: the thread that
+    /// sends (receives) many in a row gets the unlocked fast path, and every
+    /// other thread's operation takes it away first (see `raw::Bias`).
+    /// Threads alternate in bursts, so the bias is given and revoked often;
+    /// every message must arrive exactly once and in each sender's order.
+    #[test]
+    fn spsc_halves_shared_by_threads_lose_and_duplicate_nothing() {
+        const SENDERS: u64 = 3;
+        const RECEIVERS: usize = 2;
+        let per = if cfg!(debug_assertions) { 20_000 } else { 200_000 };
+        let (tx, rx) = Queue::<u64>::builder().capacity(64).spsc(true).create_split().unwrap();
+        let mut got = std::thread::scope(|s| {
+            let receivers: Vec<_> = (0..RECEIVERS)
+                .map(|_| {
+                    let rx = rx.clone();
+                    s.spawn(move || {
+                        let mut seen = Vec::new();
+                        // Ends once every sender is gone and the queue is drained.
+                        while let Ok(v) = rx.recv_timeout(T) {
+                            seen.push(v);
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            drop(rx);
+            for k in 0..SENDERS {
+                let tx = tx.clone();
+                s.spawn(move || {
+                    for i in 0..per {
+                        tx.send(k << 32 | i).unwrap();
+                        if i % 97 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            receivers.into_iter().flat_map(|r| r.join().unwrap()).collect::<Vec<_>>()
+        });
+        assert_eq!(got.len() as u64, SENDERS * per, "every message arrives once");
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len() as u64, SENDERS * per, "no message arrives twice");
+    }
+
+    /// One thread per side (the common case): after the first few
+    /// operations both sides run unlocked; order is kept.
+    #[test]
+    fn spsc_halves_keep_order_on_the_fast_path() {
+        let n = if cfg!(debug_assertions) { 50_000 } else { 1_000_000 };
+        let (tx, rx) = Queue::<u64>::builder().capacity(256).spsc(true).create_split().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for i in 0..n {
+                    tx.send(i).unwrap();
+                }
+            });
+            for i in 0..n {
+                assert_eq!(rx.recv_timeout(T), Ok(i));
+            }
+        });
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Bench cases for [`shmproc::Queue`]: transports `queue` (adaptive waiting),
 //! `queue-block` (never spins) and `queue-spin` (busy-poll), in the scenarios
-//! `pingpong-8B`, `stream-8B`, `stream-mpmc` and `idle-cpu`; plus
-//! `stream-8B`/`queue-permsg`, the stream with one `send`/`recv` per message.
+//! `pingpong-8B`, `stream-8B`, `stream-mpmc` and `idle-cpu`; plus the stream
+//! with one `send`/`recv` per message: `stream-8B`/`queue-permsg` through the
+//! halves of an SPSC queue (`create_split`: what `tx.send(x)` / `rx.recv()`
+//! gets) and `stream-8B`/`queue-permsg-ep` through its exclusive endpoints
+//! (`spsc_sender` / `spsc_receiver`).
 //!
 //! `stream-mpmc` runs as many producer processes as [`baselines::mpmc_producers`]
 //! (one fewer than the CPUs, so spinning processes never outnumber them) and
@@ -33,6 +36,7 @@ pub fn cases() -> Vec<Case> {
     three!("pingpong-8B", RttNs, pingpong);
     three!("stream-8B", MsgsPerS, stream);
     v.push(Case::new("stream-8B", "queue-permsg", MsgsPerS, stream_per_message));
+    v.push(Case::new("stream-8B", "queue-permsg-ep", MsgsPerS, stream_per_message_endpoints));
     three!("stream-mpmc", MsgsPerS, stream_mpmc);
     three!("idle-cpu", CpuPct, idle_cpu);
     v
@@ -93,9 +97,61 @@ fn stream(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
     stream_with(cfg, mode, 64)
 }
 
-/// As [`stream`], one `send` / `recv` per message (adaptive waiting).
-fn stream_per_message(cfg: &Config) -> Result<Session, String> {
+/// As [`stream`], one `send` / `recv` per message (adaptive waiting), through
+/// the exclusive endpoints.
+fn stream_per_message_endpoints(cfg: &Config) -> Result<Session, String> {
     stream_with(cfg, WaitMode::Adaptive, 1)
+}
+
+/// One `tx.send(x)` / `rx.recv()` per message through the halves of an SPSC
+/// queue (`create_split`: what a user writes), adaptive waiting. The child
+/// sends until the parent raises the stop flag; the parent drains at the end.
+fn stream_per_message(cfg: &Config) -> Result<Session, String> {
+    let (tx, rx) = Queue::<u64>::builder().capacity(4096).spsc(true).create_split().map_err(err)?;
+    let f = flags()?;
+    let their_flags = f.clone();
+    let child = os::fork_child(cfg.child_cpu, move || {
+        let flags = their_flags.atomics();
+        let mut i = 0u64;
+        loop {
+            if flags[0].load(Ordering::Relaxed) != 0 {
+                flags[1].store(1, Ordering::Release);
+                return 0;
+            }
+            for _ in 0..64 {
+                if tx.send(i).is_err() {
+                    return 1;
+                }
+                i += 1;
+            }
+        }
+    })
+    .map_err(err)?;
+    let rx = Rc::new(rx);
+    let drain = rx.clone();
+    let mut got = 0u64;
+    let mut bad = 0u64;
+    let stop_flags = f.clone();
+    Ok(Session::new(Work::Stream(Box::new(move || {
+        for _ in 0..1024 {
+            bad |= rx.recv().map_err(err)? ^ got;
+            got += 1;
+        }
+        if bad != 0 {
+            return Err("stream: a message arrived out of order".into());
+        }
+        Ok(got)
+    })))
+    .child(child)
+    .on_finish(move || {
+        let flags = stop_flags.atomics();
+        flags[0].store(1, Ordering::Relaxed);
+        let end = Instant::now() + Duration::from_secs(10);
+        while flags[1].load(Ordering::Acquire) == 0 && Instant::now() < end {
+            let _ = drain.try_recv();
+        }
+    })
+    .placement(cfg.pair_placement()))
 }
 
 /// The stream scenario, `batch` messages per `send_slice` (1: plain `send` /
