@@ -352,12 +352,18 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Starts every worker and waits until each ran its initializer.
+    /// Starts every worker and, if the pool has an initializer, waits until
+    /// each ran it (so that its failure is the error of the pool's start).
+    /// Without one, tasks queue up while the workers open their objects; a
+    /// worker that dies before it is ready is handled as any death.
     pub(crate) fn start_all(&mut self) -> Result<(), PoolError> {
         for slot in 0..self.workers.len() {
             self.start_worker(slot)?;
         }
         self.publish_pids();
+        if self.cfg().init.is_none() {
+            return Ok(());
+        }
         loop {
             if self.workers.iter().flatten().all(|w| w.ready) {
                 return Ok(());

@@ -237,7 +237,10 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers and waits until each has run the initializer.
+    /// Starts the workers. With an [`initializer`](PoolBuilder::initializer),
+    /// waits until each has run it (its failure is this call's `Err`);
+    /// without one, returns at once and the first tasks wait in the queue
+    /// while the workers start.
     pub fn create(self) -> Result<Pool, PoolError> {
         let processes = self.processes.unwrap_or_else(process::cpu_count);
         if processes == 0 {
