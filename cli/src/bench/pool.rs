@@ -132,8 +132,14 @@ fn burn(iters: u64) -> u64 {
     std::hint::black_box(x)
 }
 
-/// Iterations of [`burn`] that take about 1 ms here (measured once per case).
+/// Iterations of [`burn`] that take about 1 ms here, measured once per run
+/// (both sessions of the case must run the same tasks).
 fn burn_iters_per_ms() -> u64 {
+    static ITERS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ITERS.get_or_init(measure_burn)
+}
+
+fn measure_burn() -> u64 {
     let mut iters = 1_000u64;
     loop {
         let t = Instant::now();
