@@ -144,8 +144,8 @@ use crate::time::Deadline;
 
 /// Default largest frame (a chunk's arguments, or a batch of its results).
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
-/// Chunks a worker's task queue holds.
-const QUEUE_DEPTH: usize = 4;
+/// Frames a worker's task queue holds (each up to 64 runs or one `max_frame`).
+const QUEUE_DEPTH: usize = 2;
 /// Runs a submitting thread packs before it hands them to the pool's thread,
 /// or items, whichever comes first (runs of big chunks hold thousands).
 const SUBMIT_BATCH: usize = 64;
@@ -154,7 +154,7 @@ const SUBMIT_ITEMS: u64 = 4096;
 /// pool's bookkeeping and its queue operations are per run (see `dispatch.rs`).
 const RUN_ITEMS: usize = 256;
 /// Frames the shared results queue holds.
-const RESULTS_CAPACITY: usize = 8;
+const RESULTS_CAPACITY: usize = 4;
 
 /// Configures a [`Pool`]; made by [`Pool::builder`].
 #[must_use = "a builder does nothing until create()"]
