@@ -182,11 +182,11 @@ impl Table {
     pub(crate) fn stage(&self, slot: usize) -> Option<Stage<'_>> {
         let head = self.block(slot, 1)?;
         let data = self.block(slot, 2)?.cast::<u8>();
-        self.block(slot, self.per - 1)?; // the slot's last record is inside too
-                                         // SAFETY: the head is a 64-byte record inside the mapping (checked by
-                                         // `block`), made only of atomics; the `per - 2` records after it are
-                                         // the area's bytes, inside the mapping as `block(slot, 2)` and the
-                                         // slot's last record are (`per` records per slot, checked).
+        // The slot's last record must be inside the mapping too.
+        self.block(slot, self.per - 1)?;
+        // SAFETY: the head is a 64-byte record of atomics inside the mapping;
+        // the area is the `per - 2` records after it, inside as its first
+        // (`block(slot, 2)`) and the slot's last record are (both checked).
         Some(Stage { head: unsafe { &*head.cast::<StageHead>() }, data, cap: (self.per - 2) * 64 })
     }
 

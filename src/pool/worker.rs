@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::table::Table;
+use super::table::{Stage, Table};
 use super::wire::{self, Reader, RunInit, RunOne, WireError};
 use crate::queue::{FrameQueue, Role};
 use crate::sys;
@@ -45,6 +45,68 @@ struct Objects {
     tasks: FrameQueue,
     results: FrameQueue,
     table: Table,
+}
+
+/// The result frame a worker builds for the run it is running, mirrored in
+/// its slot's staging area item by item (see `table.rs`).
+struct Answer<'t> {
+    /// The frame: header, then the items so far.
+    out: Vec<u8>,
+    stage: Stage<'t>,
+    chunk: u64,
+    slot: u32,
+    gen: u32,
+    /// Index within the run of the frame's first item.
+    first: u32,
+    /// Items in the frame.
+    n: u32,
+    /// Item bytes of the frame already in the staging area.
+    staged: usize,
+}
+
+impl Answer<'_> {
+    /// Starts answering run `chunk`.
+    fn start(&mut self, chunk: u64) {
+        self.chunk = chunk;
+        self.first = 0;
+        self.n = 0;
+        self.new_frame();
+    }
+
+    fn new_frame(&mut self) {
+        self.out.clear();
+        wire::result_header(&mut self.out, self.chunk, self.slot, self.gen, self.first);
+        self.stage.clear(self.chunk, self.first);
+        self.staged = 0;
+    }
+
+    /// Sends the frame's items, if any, and starts the next frame. The staging
+    /// area is emptied only after the send (a death in between leaves the items
+    /// in both places; the parent takes each once).
+    fn send(&mut self, results: &FrameQueue) {
+        if self.n > 0 {
+            wire::set_result_count(&mut self.out, self.n);
+            if results.send(&self.out).is_err() {
+                sys::exit_now(EXIT_NO_OBJECTS);
+            }
+        }
+        self.first += self.n;
+        self.n = 0;
+        self.new_frame();
+    }
+
+    /// Counts the item just appended to the frame and stages it, before the
+    /// next item starts.
+    fn commit_item(&mut self, results: &FrameQueue) {
+        self.n += 1;
+        if self.stage.sync(&self.out[wire::RESULT_HEADER..], self.staged, self.n) {
+            self.staged = self.out.len() - wire::RESULT_HEADER;
+        } else {
+            // Cannot happen (the area holds a whole frame); keep the promise
+            // by sending what there is now.
+            self.send(results);
+        }
+    }
 }
 
 /// How long a finished result may wait in the worker before it is sent
@@ -91,6 +153,8 @@ pub(crate) fn worker_main(a: WorkerArgs) {
     out.clear();
     wire::result_header(&mut out, wire::READY, a.slot, a.gen, 0);
     let _ = o.results.send(&out);
+    out.clear();
+    let mut ans = Answer { out, stage, chunk: 0, slot: a.slot, gen: a.gen, first: 0, n: 0, staged: 0 };
 
     let mut frame = Vec::with_capacity(4096);
     let mut cached: Option<(i64, i64, RunOne, usize)> = None;
@@ -104,7 +168,6 @@ pub(crate) fn worker_main(a: WorkerArgs) {
         // answered before the next starts (in several frames if its results
         // exceed the frame size).
         let mut r = Reader::new(&frame);
-        out.clear();
         while r.remaining() >= wire::TASK_HEADER {
             let (Some(chunk), Some(runner), Some(func), Some(count), Some(sub)) =
                 (r.u64(), r.i64(), r.i64(), r.u32(), r.u32())
@@ -118,8 +181,6 @@ pub(crate) fn worker_main(a: WorkerArgs) {
             // Recorded before anything of the run runs (see table.rs).
             rec.item.store(0, Ordering::Relaxed);
             rec.chunk.store(chunk, Ordering::Release);
-            stage.clear(chunk, 0);
-            let mut staged = 0usize; // result bytes of the current frame already staged
             let resolved = match cached {
                 Some((cr, cf, run, f)) if cr == runner && cf == func => Some((run, f)),
                 _ => match (
@@ -138,68 +199,41 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                     _ => None,
                 },
             };
-            let mut head = out.len(); // where this run's (current) result frame starts
-            wire::result_header(&mut out, chunk, a.slot, a.gen, 0);
-            let mut n = 0u32; // items in the current result frame
-            let mut first = 0u32; // index within the run of its first item
-                                  // When the first result not yet sent was made: results are sent
-                                  // at the end of the run, or at the start of a chunk once they have
-                                  // waited FLUSH_AFTER (every chunk when tasks are timed), so a
-                                  // death loses at most that much finished work (see dispatch.rs).
+            ans.start(chunk);
+            // When the oldest result not yet sent was made: results are sent
+            // at the end of the run, or at the start of a chunk once they have
+            // waited FLUSH_AFTER (every chunk when tasks are timed).
             let mut since = sys::monotonic_now();
             for i in 0..count {
-                if n > 0 && i % sub == 0 {
+                if ans.n > 0 && i % sub == 0 {
                     let now = sys::monotonic_now();
                     if a.timed || now.saturating_sub(since) >= FLUSH_AFTER {
-                        wire::set_result_count(&mut out[head..], n);
-                        if o.results.send(&out).is_err() {
-                            sys::exit_now(EXIT_NO_OBJECTS);
-                        }
-                        first += n;
-                        n = 0;
-                        out.clear();
-                        head = 0;
-                        wire::result_header(&mut out, chunk, a.slot, a.gen, first);
-                        stage.clear(chunk, first);
-                        staged = 0;
+                        ans.send(&o.results);
                         since = now;
                     }
                 }
                 let arg = r.sized();
-                let at = out.len();
+                let at = ans.out.len();
                 match (resolved, arg) {
-                    (_, None) => wire::push_err(&mut out, &WireError::Deserialize("a malformed task frame".into())),
+                    (_, None) => wire::push_err(&mut ans.out, &WireError::Deserialize("a malformed task frame".into())),
                     (Some((run, f)), Some(arg)) => {
                         rec.item.store(u64::from(i), Ordering::Relaxed);
                         if a.timed {
                             rec.started_ns.store(sys::monotonic_now().as_nanos() as u64, Ordering::Relaxed);
                         }
                         rec.running.store(1, Ordering::Release);
-                        run(f, arg, &mut out);
+                        run(f, arg, &mut ans.out);
                     }
-                    (None, Some(_)) => {
-                        wire::push_err(&mut out, &WireError::Deserialize("the task lies outside the executable".into()))
-                    }
+                    (None, Some(_)) => wire::push_err(
+                        &mut ans.out,
+                        &WireError::Deserialize("the task lies outside the executable".into()),
+                    ),
                 }
-                if out.len() > max {
+                if ans.out.len() > max {
                     // Send what came before this item, then go on with this
                     // item first in a new frame (an error if it alone is too large).
-                    let mut tail = out.split_off(at);
-                    if n > 0 {
-                        wire::set_result_count(&mut out[head..], n);
-                    } else {
-                        out.truncate(head); // this run's frame would be empty
-                    }
-                    if !out.is_empty() && o.results.send(&out).is_err() {
-                        sys::exit_now(EXIT_NO_OBJECTS);
-                    }
-                    first += n;
-                    n = 0;
-                    out.clear();
-                    head = 0;
-                    wire::result_header(&mut out, chunk, a.slot, a.gen, first);
-                    stage.clear(chunk, first);
-                    staged = 0;
+                    let mut tail = ans.out.split_off(at);
+                    ans.send(&o.results);
                     if wire::RESULT_HEADER + tail.len() > max {
                         tail.clear();
                         wire::push_err(
@@ -207,37 +241,15 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                             &WireError::Serialize(format!("the result is larger than the pool's frames ({max} bytes)")),
                         );
                     }
-                    out.extend_from_slice(&tail);
+                    ans.out.extend_from_slice(&tail);
                 }
-                n += 1;
-                // Staged before the next item starts (see table.rs).
-                let items = &out[head + wire::RESULT_HEADER..];
-                if !stage.sync(items, staged, n) {
-                    // Cannot happen (the area holds a whole frame); keep the
-                    // promise by sending what there is now.
-                    wire::set_result_count(&mut out[head..], n);
-                    if o.results.send(&out).is_err() {
-                        sys::exit_now(EXIT_NO_OBJECTS);
-                    }
-                    first += n;
-                    n = 0;
-                    out.clear();
-                    head = 0;
-                    wire::result_header(&mut out, chunk, a.slot, a.gen, first);
-                    stage.clear(chunk, first);
-                }
-                staged = out.len() - head - wire::RESULT_HEADER;
+                ans.commit_item(&o.results);
             }
             rec.running.store(0, Ordering::Release);
-            wire::set_result_count(&mut out[head..], n);
-            done += u64::from(first + n);
             // Answered before the next run starts: if this worker dies in
             // a later run, nothing of this one is lost (see table.rs).
-            if n > 0 && (out.len() > max || o.results.send(&out).is_err()) {
-                sys::exit_now(EXIT_NO_OBJECTS);
-            }
-            stage.clear(0, 0);
-            out.clear();
+            ans.send(&o.results);
+            done += u64::from(ans.first);
             rec.done.store(done, Ordering::Relaxed);
         }
         if a.max_tasks > 0 && done >= a.max_tasks {

@@ -1383,10 +1383,9 @@ impl Engine {
             b.active.store(false, Ordering::Release);
             return None;
         }
-        // SAFETY: `owner` names this thread and was re-read after raising
-        // `active`: no other thread uses `local` until we lower it (revokers
-        // wait for that, and the locked path does not touch `local` while
-        // there is an owner).
+        // SAFETY: `owner` (this thread) was re-read after raising `active`: no
+        // other thread uses `local` until we lower it (revokers wait for that;
+        // the locked path leaves `local` alone while there is an owner).
         let l = unsafe { &mut *b.local.get() };
         let step = self.bias_step(l, side, slot);
         b.active.store(false, Ordering::Release);
