@@ -51,6 +51,18 @@ fn flags() -> Result<RawArray<u32>, String> {
     RawArray::<u32>::builder().create_zeroed(2).map_err(err)
 }
 
+/// The end of a stream case: raises the stop flag (`flags[0]`), then drains
+/// with `try_recv` until `producers` producers have acknowledged it
+/// (`flags[1]`) or 10 s have passed.
+fn stop_and_drain(flags: &RawArray<u32>, producers: usize, mut try_recv: impl FnMut()) {
+    let flags = flags.atomics();
+    flags[0].store(1, Ordering::Relaxed);
+    let end = Instant::now() + Duration::from_secs(10);
+    while (flags[1].load(Ordering::Acquire) as usize) < producers && Instant::now() < end {
+        try_recv();
+    }
+}
+
 /// Two processes bounce a u64 over two queues.
 fn pingpong(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
     let ping = Queue::<u64>::builder().capacity(64).wait_mode(mode).create().map_err(err)?;
@@ -144,12 +156,9 @@ fn stream_per_message(cfg: &Config) -> Result<Session, String> {
     })))
     .child(child)
     .on_finish(move || {
-        let flags = stop_flags.atomics();
-        flags[0].store(1, Ordering::Relaxed);
-        let end = Instant::now() + Duration::from_secs(10);
-        while flags[1].load(Ordering::Acquire) == 0 && Instant::now() < end {
+        stop_and_drain(&stop_flags, 1, || {
             let _ = drain.try_recv();
-        }
+        })
     })
     .placement(cfg.pair_placement()))
 }
@@ -217,13 +226,10 @@ fn stream_with(cfg: &Config, mode: WaitMode, batch: usize) -> Result<Session, St
     })))
     .child(child)
     .on_finish(move || {
-        let flags = stop_flags.atomics();
-        flags[0].store(1, Ordering::Relaxed);
-        let end = Instant::now() + Duration::from_secs(10);
         let mut rx = drain.borrow_mut();
-        while flags[1].load(Ordering::Acquire) == 0 && Instant::now() < end {
+        stop_and_drain(&stop_flags, 1, || {
             let _ = rx.try_recv();
-        }
+        })
     })
     .placement(cfg.pair_placement()))
 }
@@ -267,12 +273,9 @@ fn stream_mpmc(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
         Ok(got)
     })))
     .on_finish(move || {
-        let flags = stop_flags.atomics();
-        flags[0].store(1, Ordering::Relaxed);
-        let end = Instant::now() + Duration::from_secs(10);
-        while (flags[1].load(Ordering::Acquire) as usize) < producers && Instant::now() < end {
+        stop_and_drain(&stop_flags, producers, || {
             let _ = drain.try_recv();
-        }
+        })
     })
     .placement(mpmc_placement(cfg));
     for k in kids {
