@@ -232,7 +232,8 @@ impl Stage<'_> {
         let new = &items[staged..];
         // SAFETY: staged + new.len() = items.len() <= cap: the bytes lie inside
         // the area; the source is private memory, so the ranges do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(new.as_ptr(), self.data.add(staged), new.len()) };
+        // (Usually one short item: copied inline, see `copy_short`.)
+        unsafe { super::wire::copy_short(new, self.data.add(staged)) };
         self.head.len.store(items.len() as u32, Ordering::Relaxed);
         self.head.count.store(count, Ordering::Release);
         true

@@ -103,13 +103,49 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // postcard hands every varint over as a short slice: copied inline,
+        // not by a `memcpy` call per item (which cost a trivial `map` a fifth
+        // of its time).
+        let len = self.0.len();
+        self.0.reserve(data.len());
+        // SAFETY: `reserve` made room for `data.len()` bytes after `len`; the
+        // source is a different, borrowed buffer; the bytes are initialised
+        // by the copy before `set_len` counts them.
+        unsafe {
+            copy_short(data, self.0.as_mut_ptr().add(len));
+            self.0.set_len(len + data.len());
+        }
         Ok(())
     }
 
     #[inline]
     fn finalize(self) -> postcard::Result<()> {
         Ok(())
+    }
+}
+
+/// Copies `src` to `dst`: up to 16 bytes one byte at a time, inline;
+/// longer ones with `copy_nonoverlapping`.
+///
+/// Short copies are mostly postcard's varints, which it writes byte by byte
+/// into a stack buffer just before: wider loads of those bytes would stall on
+/// store forwarding (measured: half the encoder's time), and a `memcpy` call
+/// per item costs more than the copy.
+///
+/// # Safety
+/// `dst` is valid for `src.len()` bytes of writes and does not overlap `src`.
+#[inline(always)]
+pub(crate) unsafe fn copy_short(src: &[u8], dst: *mut u8) {
+    let n = src.len();
+    if n > 16 {
+        // SAFETY: the caller vouches for `dst[..n]`; no overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n) };
+        return;
+    }
+    for (i, &b) in src.iter().enumerate().take(16) {
+        // SAFETY: i < n, and the caller vouches for `dst[..n]`. The volatile
+        // write keeps LLVM from turning this loop back into a `memcpy` call.
+        unsafe { std::ptr::write_volatile(dst.add(i), b) };
     }
 }
 

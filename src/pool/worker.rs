@@ -204,8 +204,15 @@ pub(crate) fn worker_main(a: WorkerArgs) {
             // at the end of the run, or at the start of a chunk once they have
             // waited FLUSH_AFTER (every chunk when tasks are timed).
             let mut since = sys::monotonic_now();
+            // Items left in the current sub-chunk (a counter: a division per
+            // item costs a trivial task a tenth of its time).
+            let mut left_in_sub = sub;
             for i in 0..count {
-                if ans.n > 0 && i % sub == 0 {
+                if left_in_sub == 0 {
+                    left_in_sub = sub;
+                }
+                left_in_sub -= 1;
+                if ans.n > 0 && left_in_sub == sub - 1 {
                     let now = sys::monotonic_now();
                     if a.timed || now.saturating_sub(since) >= FLUSH_AFTER {
                         ans.send(&o.results);
