@@ -370,8 +370,8 @@ impl Dispatcher {
             }
             match self.results.recv_into_vec(&mut self.buf, Some(BUSY_SLICE)) {
                 Ok(()) => {
-                    let frame = std::mem::take(&mut self.buf);
-                    let r = self.on_queue_frame(&frame);
+                    let mut frame = std::mem::take(&mut self.buf);
+                    let r = self.on_queue_frame(&mut frame);
                     self.buf = frame;
                     if let Some(reason) = r {
                         return Err(PoolError::Initializer { reason });
@@ -433,7 +433,7 @@ impl Dispatcher {
             }
             if self.results.recv_into_vec(&mut self.buf, Some(slice)).is_ok() {
                 let mut frame = std::mem::take(&mut self.buf);
-                let _ = self.on_queue_frame(&frame);
+                let _ = self.on_queue_frame(&mut frame);
                 // Take what else is there, refilling the workers as answers
                 // free room (a worker whose queue runs dry goes to sleep).
                 for _ in 0..256 {
@@ -441,7 +441,7 @@ impl Dispatcher {
                     if self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_err() {
                         break;
                     }
-                    let _ = self.on_queue_frame(&frame);
+                    let _ = self.on_queue_frame(&mut frame);
                 }
                 self.buf = frame;
             }
@@ -451,11 +451,18 @@ impl Dispatcher {
 
     /// Handles one frame of the results queue: one or more result frames
     /// back to back; `Some(reason)` for an initializer failure.
-    fn on_queue_frame(&mut self, mut buf: &[u8]) -> Option<String> {
+    /// A queue frame that is one result frame (what workers send) is handed
+    /// on as it is, and `frame` is left empty; otherwise each result frame
+    /// is copied out.
+    fn on_queue_frame(&mut self, frame: &mut Vec<u8>) -> Option<String> {
+        if wire::result_frame_len(frame) == Some(frame.len()) {
+            return self.on_frame(std::mem::take(frame));
+        }
         let mut failed = None;
+        let mut buf = &frame[..];
         while buf.len() >= wire::RESULT_HEADER {
             let Some(len) = wire::result_frame_len(buf) else { break };
-            if let Some(reason) = self.on_frame(&buf[..len]) {
+            if let Some(reason) = self.on_frame(buf[..len].to_vec()) {
                 failed = Some(reason);
             }
             buf = &buf[len..];
@@ -464,8 +471,8 @@ impl Dispatcher {
     }
 
     /// Handles one result frame; `Some(reason)` for an initializer failure.
-    fn on_frame(&mut self, frame: &[u8]) -> Option<String> {
-        let mut r = Reader::new(frame);
+    fn on_frame(&mut self, frame: Vec<u8>) -> Option<String> {
+        let mut r = Reader::new(&frame);
         let (Some(chunk), Some(slot), Some(gen), Some(start), Some(count)) =
             (r.u64(), r.u32(), r.u32(), r.u32(), r.u32())
         else {
@@ -481,7 +488,7 @@ impl Dispatcher {
             return None;
         }
         if chunk == wire::INIT_FAILED {
-            let batch = Batch::Frame { first: 0, count: 1, frame: frame.to_vec() };
+            let batch = Batch::Frame { first: 0, count: 1, frame };
             let mut reason = String::from("the initializer failed");
             super::job::items(&batch, |_, r| {
                 if let Err(e) = r {
@@ -500,7 +507,7 @@ impl Dispatcher {
         if *s != slot || start != c.answered || count == 0 || count > c.count - c.answered {
             return None;
         }
-        c.job.deliver(Batch::Frame { first: c.first + u64::from(start), count, frame: frame.to_vec() });
+        c.job.deliver(Batch::Frame { first: c.first + u64::from(start), count, frame });
         c.answered += count;
         let complete = c.answered == c.count;
         if let Some(Some(w)) = self.workers.get_mut(slot) {
@@ -624,7 +631,7 @@ impl Dispatcher {
         // Answers sent before the deaths count: take them first.
         let mut frame = std::mem::take(&mut self.buf);
         while self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_ok() {
-            let _ = self.on_queue_frame(&frame);
+            let _ = self.on_queue_frame(&mut frame);
         }
         self.buf = frame;
         for slot in dead {
@@ -767,16 +774,16 @@ impl Dispatcher {
                 return;
             }
         }
-        let mut frame = Vec::with_capacity(wire::RESULT_HEADER + r.remaining());
-        wire::result_header(&mut frame, id, slot as u32, gen, answered);
-        frame.extend_from_slice(&bytes[r.position()..]);
-        wire::set_result_count(&mut frame, count - skip);
         // `count` is the commit: bytes past its items belong to an item the
         // worker was still staging when it died (`len` is stored first).
-        if let Some(n) = wire::result_frame_len(&frame) {
-            frame.truncate(n);
+        let rest = &bytes[r.position()..];
+        if let Some(n) = wire::items_len(rest, count - skip) {
+            let mut frame = Vec::with_capacity(wire::RESULT_HEADER + n);
+            wire::result_header(&mut frame, id, slot as u32, gen, answered);
+            frame.extend_from_slice(&rest[..n]);
+            wire::set_result_count(&mut frame, count - skip);
             // Checked there against the run: its slot, next item, and count.
-            let _ = self.on_frame(&frame);
+            let _ = self.on_frame(frame);
         }
     }
 

@@ -22,10 +22,14 @@
 //! | 12..16 | slot incarnation (`u32` LE) |
 //! | 16..20 | index within the chunk of the frame's first item (`u32` LE; a chunk whose results exceed one frame is answered in several) |
 //! | 20..24 | item count |
+//! | 24..28 | bytes of the items that follow (`u32` LE) |
 //! | then, per item | tag (`0` ok, `1` error), length (`u32` LE), postcard bytes of the result or of a [`WireError`] |
 //!
 //! A queue frame may hold several task frames (or result frames) back to
-//! back: each is self-delimiting through its item count and lengths.
+//! back: a task frame is self-delimiting through its item count and
+//! lengths, a result frame through its byte count (so the dispatcher finds
+//! its end without reading every item; the caller checks each item against
+//! it when it decodes).
 //!
 //! Offsets are rebased in the worker with the same checked mechanism a
 //! [`Process`](crate::Process) uses for its target (`process/child.rs`). Every
@@ -61,7 +65,7 @@ pub(crate) fn closure_index(func: i64) -> Option<usize> {
     (i < super::closure::MAX_CLOSURES as u64).then_some(i as usize)
 }
 /// Bytes before the first item of a result frame.
-pub(crate) const RESULT_HEADER: usize = 24;
+pub(crate) const RESULT_HEADER: usize = 28;
 
 /// What a worker reports for an item that has no result.
 #[derive(Debug, Serialize, Deserialize)]
@@ -336,21 +340,30 @@ pub(crate) fn set_task_chunk(frame: &mut [u8], chunk: u64) {
     frame[0..8].copy_from_slice(&chunk.to_le_bytes());
 }
 
-/// Appends the header of a result frame (item count 0) to `out`.
+/// Appends the header of a result frame (item count 0, no items) to `out`.
 pub(crate) fn result_header(out: &mut Vec<u8>, chunk: u64, slot: u32, gen: u32, start: u32) {
     out.extend_from_slice(&chunk.to_le_bytes());
     out.extend_from_slice(&slot.to_le_bytes());
     out.extend_from_slice(&gen.to_le_bytes());
     out.extend_from_slice(&start.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
 }
 
-/// The length of the result frame at the start of `buf` (header and every
-/// item, bounds-checked), or `None` if it is malformed.
+/// The length of the result frame at the start of `buf` by its header (the
+/// items themselves are checked when they are decoded), or `None` if its
+/// header is cut short or its byte count runs past `buf`.
 pub(crate) fn result_frame_len(buf: &[u8]) -> Option<usize> {
     let mut r = Reader::new(buf);
-    r.bytes(20)?;
-    let count = r.u32()?;
+    r.bytes(24)?;
+    let len = RESULT_HEADER.checked_add(r.u32()? as usize)?;
+    (len <= buf.len()).then_some(len)
+}
+
+/// The bytes the first `count` items of a result frame's item area take, each
+/// bounds-checked, or `None` if they do not all lie inside `items`.
+pub(crate) fn items_len(items: &[u8], count: u32) -> Option<usize> {
+    let mut r = Reader::new(items);
     for _ in 0..count {
         r.u8()?;
         r.sized()?;
@@ -358,7 +371,10 @@ pub(crate) fn result_frame_len(buf: &[u8]) -> Option<usize> {
     Some(r.position())
 }
 
-/// Sets the item count of a result frame.
+/// Sets the item count of a result frame, and its byte count to the bytes
+/// after its header: call it on the whole frame.
 pub(crate) fn set_result_count(frame: &mut [u8], count: u32) {
+    let len = frame.len().saturating_sub(RESULT_HEADER) as u32;
     frame[20..24].copy_from_slice(&count.to_le_bytes());
+    frame[24..28].copy_from_slice(&len.to_le_bytes());
 }
