@@ -314,6 +314,14 @@ impl Dispatcher {
 
     /// Starts the worker of `slot`.
     fn start_worker(&mut self, slot: usize) -> Result<(), PoolError> {
+        let (builder, gen, tasks) = self.worker_builder(slot)?;
+        let p = builder.start()?;
+        self.install(slot, p, gen, tasks);
+        Ok(())
+    }
+
+    /// A new incarnation of `slot`: its task queue and the builder of its process.
+    fn worker_builder(&mut self, slot: usize) -> Result<(crate::process::Builder<()>, u32, FrameQueue), PoolError> {
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let depth = self.cfg().queue_depth;
@@ -329,11 +337,15 @@ impl Dispatcher {
             max_tasks: self.cfg().max_tasks,
             timed: self.cfg().task_timeout.is_some(),
         };
-        let p = Process::builder(worker_main, args)
+        let b = Process::builder(worker_main, args)
             .name(format!("pool-worker-{slot}"))
             .start_method(self.cfg().method)
-            .daemon(true)
-            .start()?;
+            .daemon(true);
+        Ok((b, gen, tasks))
+    }
+
+    /// Makes the started process `p` the worker of `slot`.
+    fn install(&mut self, slot: usize, p: Process<()>, gen: u32, tasks: FrameQueue) {
         self.workers[slot] = Some(Worker {
             pid: p.pid(),
             proc: Some(p),
@@ -349,7 +361,6 @@ impl Dispatcher {
             timed_out: false,
             ready: false,
         });
-        Ok(())
     }
 
     /// Starts every worker and, if the pool has an initializer, waits until
@@ -357,8 +368,25 @@ impl Dispatcher {
     /// Without one, tasks queue up while the workers open their objects; a
     /// worker that dies before it is ready is handled as any death.
     pub(crate) fn start_all(&mut self) -> Result<(), PoolError> {
+        // All at once: a fork server forks them in one round trip.
+        let mut builders = Vec::with_capacity(self.workers.len());
+        let mut made = Vec::with_capacity(self.workers.len());
         for slot in 0..self.workers.len() {
-            self.start_worker(slot)?;
+            let (b, gen, tasks) = self.worker_builder(slot)?;
+            builders.push(b);
+            made.push((gen, tasks));
+        }
+        let mut first_err = None;
+        for (slot, (started, (gen, tasks))) in crate::process::Builder::start_many(builders).into_iter().zip(made).enumerate() {
+            match started {
+                Ok(p) => self.install(slot, p, gen, tasks),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e.into());
         }
         self.publish_pids();
         if self.cfg().init.is_none() {
@@ -392,6 +420,13 @@ impl Dispatcher {
 
     /// Kills and reaps every worker (dropping a daemon `Process` kills and reaps it).
     fn kill_all(&mut self) {
+        // Every worker is signalled before the first is reaped, so they die
+        // together and the reaping waits once, not once per worker.
+        for w in self.workers.iter().flatten() {
+            if let Some(p) = w.proc.as_ref() {
+                let _ = p.kill();
+            }
+        }
         for w in self.workers.iter_mut() {
             *w = None;
         }

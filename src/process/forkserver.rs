@@ -15,8 +15,10 @@
 //! | reply | postcard `Reply::Started { pid }` or `Reply::Failed(reason)` | the child's pidfd (opened by the server before it could reap the child) |
 //! | status | 8 bytes on the status pipe: `u32` tag (0 exited, 1 signal) + `i32` value, little endian | |
 //!
-//! Requests are serialised by a mutex in the parent; one reply follows each
-//! request. The server reaps each child through its pidfd and writes its
+//! Requests are serialised by a mutex in the parent, held from the first
+//! request of a batch to its last reply; the server answers each request
+//! once, in order (a batch, such as a pool's workers, is sent whole before
+//! the first reply is read). The server reaps each child through its pidfd and writes its
 //! status; the parent learns of the exit from that pipe, and signals the
 //! child through the pidfd it received, so a reused pid is never hit.
 //!
@@ -150,81 +152,145 @@ fn retire(slot: &mut Option<Server>) {
     }
 }
 
-/// Asks the server for a child.
-pub(crate) fn start(
-    name: &str,
-    daemon: bool,
-    tramp: i64,
-    func: i64,
-    args: &[u8],
-    objects: &[crate::Segment],
-) -> Result<Launched, StartError> {
-    let (inline, args_fd) =
-        if args.len() <= INLINE_ARGS { (Some(args.to_vec()), None) } else { (None, Some(sys::memfd_with(args)?)) };
+/// One child to ask the server for.
+pub(crate) struct Spec<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) daemon: bool,
+    pub(crate) tramp: i64,
+    pub(crate) func: i64,
+    pub(crate) args: &'a [u8],
+    pub(crate) objects: &'a [crate::Segment],
+}
+
+/// A request ready to send, and the parent's ends of what it hands over.
+struct Prepared<'a> {
+    req: Vec<u8>,
+    chan: channel::Channel,
+    st_rd: OwnedFd,
+    st_wr: OwnedFd,
+    args_fd: Option<OwnedFd>,
+    objects: &'a [crate::Segment],
+}
+
+fn prepare<'a>(spec: &Spec<'a>) -> Result<Prepared<'a>, StartError> {
+    let (inline, args_fd) = if spec.args.len() <= INLINE_ARGS {
+        (Some(spec.args.to_vec()), None)
+    } else {
+        (None, Some(sys::memfd_with(spec.args)?))
+    };
     let chan = channel::take()?;
     let (st_rd, st_wr) = sys::pipe()?;
     // The request must fit the server's buffer: names are cut at 1 KiB.
-    let mut end = name.len().min(1024);
-    while !name.is_char_boundary(end) {
+    let mut end = spec.name.len().min(1024);
+    while !spec.name.is_char_boundary(end) {
         end -= 1;
     }
-    let name = &name[..end];
     let req = Request {
-        tramp,
-        func,
-        daemon,
+        tramp: spec.tramp,
+        func: spec.func,
+        daemon: spec.daemon,
         token: chan.token,
-        name: name.to_owned(),
+        name: spec.name[..end].to_owned(),
         args: inline,
-        objects: objects.len() as u32,
+        objects: spec.objects.len() as u32,
     };
     let req = postcard::to_allocvec(&req).map_err(|e| err(format!("encoding the request: {e}")))?;
+    Ok(Prepared { req, chan, st_rd, st_wr, args_fd, objects: spec.objects })
+}
+
+fn send(server: &Server, p: &Prepared<'_>) -> io::Result<()> {
+    let mut fds = vec![p.chan.wr.as_fd(), p.st_wr.as_fd()];
+    fds.extend(p.args_fd.as_ref().map(|a| a.as_fd()));
+    fds.extend(p.objects.iter().map(|o| o.fd()));
+    sys::send_with_fds(server.sock.as_fd(), &p.req, &fds)
+}
+
+/// Asks the server for a child.
+pub(crate) fn start(spec: Spec<'_>) -> Result<Launched, StartError> {
+    start_many(std::slice::from_ref(&spec)).pop().unwrap_or_else(|| Err(err("no reply")))
+}
+
+/// Asks the server for several children at once: every request is sent
+/// before the first reply is read, so the server forks them back to back
+/// (a pool's workers start in one round trip, not one each). One result per
+/// spec, in order.
+pub(crate) fn start_many(specs: &[Spec<'_>]) -> Vec<Result<Launched, StartError>> {
+    let mut prepared: Vec<Result<Prepared<'_>, StartError>> = specs.iter().map(prepare).collect();
     let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let mut sent = false;
-    for _ in 0..2 {
-        let server = server_for(&mut slot)?;
-        let mut fds = vec![chan.wr.as_fd(), st_wr.as_fd()];
-        fds.extend(args_fd.as_ref().map(|a| a.as_fd()));
-        fds.extend(objects.iter().map(|o| o.fd()));
-        let result = sys::send_with_fds(server.sock.as_fd(), &req, &fds);
-        match result {
-            Ok(()) => {
-                sent = true;
-                break;
+    // Requests sent, in order (indices into `prepared`); the server answers
+    // each once, in the order it got them.
+    let mut sent: Vec<usize> = Vec::new();
+    let mut failed: Vec<Option<StartError>> = specs.iter().map(|_| None).collect();
+    for (i, p) in prepared.iter().enumerate() {
+        let Ok(p) = p else { continue };
+        // A server that died since the last request is replaced, but only
+        // while no request of this batch waits for its reply.
+        let tries = if sent.is_empty() { 2 } else { 1 };
+        let mut ok = false;
+        for _ in 0..tries {
+            match server_for(&mut slot) {
+                Ok(server) => {
+                    if send(server, p).is_ok() {
+                        ok = true;
+                        break;
+                    }
+                    retire(&mut slot);
+                }
+                Err(e) => {
+                    failed[i] = Some(e);
+                    break;
+                }
             }
-            // The server died since the last request: start another one.
-            Err(_) => retire(&mut slot),
+        }
+        if ok {
+            sent.push(i);
+        } else if failed[i].is_none() {
+            failed[i] = Some(err("could not send the request to a fresh fork server"));
         }
     }
-    if !sent {
-        return Err(err("could not send the request to a fresh fork server"));
+    let mut replies: Vec<Option<Result<(u32, Option<OwnedFd>), StartError>>> = specs.iter().map(|_| None).collect();
+    for &i in &sent {
+        let Some(server) = slot.as_mut() else {
+            replies[i] = Some(Err(err("the fork server died while starting an earlier child")));
+            continue;
+        };
+        let mut buf = [0u8; 1024];
+        let got = match sys::poll_readable([server.sock.as_fd()], Deadline::after(Some(SERVER_TIMEOUT))) {
+            Ok([true]) => sys::recv_with_fds(server.sock.as_fd(), &mut buf),
+            Ok([false]) => Err(io::Error::new(io::ErrorKind::TimedOut, "no reply")),
+            Err(e) => Err(e),
+        };
+        replies[i] = Some(match got {
+            Ok((n, mut fds)) if n > 0 => match postcard::from_bytes::<Reply>(&buf[..n]) {
+                Ok(Reply::Started { pid }) if fds.len() == 1 => Ok((pid, fds.pop())),
+                Ok(Reply::Failed(reason)) => Err(err(reason)),
+                _ => Err(err("malformed reply from the fork server")),
+            },
+            Ok(_) => {
+                retire(&mut slot);
+                Err(err("the fork server died while starting the child"))
+            }
+            Err(e) => {
+                retire(&mut slot);
+                Err(err(format!("no reply from the fork server: {e}")))
+            }
+        });
     }
-    let server = slot.as_mut().expect("sent through it");
-    let mut buf = [0u8; 1024];
-    let got = match sys::poll_readable([server.sock.as_fd()], Deadline::after(Some(SERVER_TIMEOUT)))? {
-        [true] => sys::recv_with_fds(server.sock.as_fd(), &mut buf),
-        [false] => Err(io::Error::new(io::ErrorKind::TimedOut, "no reply")),
-    };
-    let (n, mut fds) = match got {
-        Ok((n, fds)) if n > 0 => (n, fds),
-        Ok(_) => {
-            retire(&mut slot);
-            return Err(err("the fork server died while starting the child"));
-        }
-        Err(e) => {
-            retire(&mut slot);
-            return Err(err(format!("no reply from the fork server: {e}")));
-        }
-    };
     drop(slot);
-    match postcard::from_bytes::<Reply>(&buf[..n]) {
-        Ok(Reply::Started { pid }) if fds.len() == 1 => {
-            drop(st_wr);
-            Ok(Launched::new(pid, fds.pop(), chan, Some(st_rd)))
-        }
-        Ok(Reply::Failed(reason)) => Err(err(reason)),
-        _ => Err(err("malformed reply from the fork server")),
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, p) in prepared.drain(..).enumerate() {
+        out.push(match (p, failed[i].take(), replies[i].take()) {
+            (Err(e), _, _) => Err(e),
+            (Ok(_), Some(e), _) => Err(e),
+            (Ok(p), None, Some(Ok((pid, pidfd)))) => {
+                drop(p.st_wr);
+                Ok(Launched::new(pid, pidfd, p.chan, Some(p.st_rd)))
+            }
+            (Ok(_), None, Some(Err(e))) => Err(e),
+            (Ok(_), None, None) => Err(err("no reply from the fork server")),
+        });
     }
+    out
 }
 
 struct Kid {

@@ -282,6 +282,60 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
 
     /// Starts the child.
     pub fn start(self) -> Result<Process<R>, StartError> {
+        let Prepared { launch, rest } = self.prepare()?;
+        let launched = match launch {
+            Launch::Done(l) => l,
+            Launch::Server { t, f, args, objects } => forkserver::start(forkserver::Spec {
+                name: &rest.name,
+                daemon: rest.daemon,
+                tramp: t,
+                func: f,
+                args: &args,
+                objects: &objects,
+            })?,
+        };
+        Ok(rest.finish(launched))
+    }
+
+    /// Starts several children; one result per builder, in order. Fork-server
+    /// children are requested together (one round trip to the server for all
+    /// of them, which halves a pool's start); the others start one by one.
+    pub(crate) fn start_many(builders: Vec<Builder<R>>) -> Vec<Result<Process<R>, StartError>> {
+        let prepared: Vec<Result<Prepared, StartError>> = builders.into_iter().map(Builder::prepare).collect();
+        let specs: Vec<forkserver::Spec<'_>> = prepared
+            .iter()
+            .filter_map(|p| match p {
+                Ok(Prepared { launch: Launch::Server { t, f, args, objects }, rest }) => Some(forkserver::Spec {
+                    name: &rest.name,
+                    daemon: rest.daemon,
+                    tramp: *t,
+                    func: *f,
+                    args,
+                    objects,
+                }),
+                _ => None,
+            })
+            .collect();
+        let mut served = forkserver::start_many(&specs).into_iter();
+        drop(specs);
+        prepared
+            .into_iter()
+            .map(|p| {
+                let Prepared { launch, rest } = p?;
+                let launched = match launch {
+                    Launch::Done(l) => l,
+                    Launch::Server { .. } => {
+                        served.next().unwrap_or_else(|| Err(StartError::ForkServer { reason: "no reply".into() }))?
+                    }
+                };
+                Ok(rest.finish(launched))
+            })
+            .collect()
+    }
+
+    /// Everything of a start up to the launch; Fork and Spawn children are
+    /// launched here, a fork-server child is left as its request.
+    fn prepare(self) -> Result<Prepared, StartError> {
         exec::check_gate();
         let method = match (&self.target, self.method) {
             (Target::Closure(_), None) => StartMethod::Fork,
@@ -292,35 +346,35 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
         let name = self.name.unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
         let mut keep = Vec::new();
         let mut hooks = Vec::new();
-        let launched = match self.target {
+        let launch = match self.target {
             Target::Closure(mut f) => {
                 if method != StartMethod::Fork {
                     return Err(StartError::ClosureNeedsFork { method });
                 }
                 let f = &mut *f;
-                fork::start(&name, named, self.daemon, move |out| match f.call_once() {
+                Launch::Done(fork::start(&name, named, self.daemon, move |out| match f.call_once() {
                     Some(r) => {
                         let sent = child::emit_ok(&r, out);
                         std::mem::forget(r);
                         sent
                     }
                     None => Err("the closure was already called".into()),
-                })?
+                })?)
             }
             Target::Fn { tramp, func, args, mut carried } => {
                 let args = args.map_err(|reason| StartError::Encode { reason })?;
                 let fds = carried.raw_fds();
                 hooks = std::mem::take(&mut carried.hooks);
-                keep = carried.keep;
+                keep = std::mem::take(&mut carried.keep);
                 match method {
                     // Borrowed: the child must not free the parent's buffer.
                     // The carried fds are inherited: the same numbers.
-                    StartMethod::Fork => fork::start(&name, named, self.daemon, |out| {
+                    StartMethod::Fork => Launch::Done(fork::start(&name, named, self.daemon, |out| {
                         if !fds.is_empty() {
                             crate::object::set_inbound(fds.clone(), false);
                         }
                         tramp(func, &args, out)
-                    })?,
+                    })?),
                     StartMethod::Spawn | StartMethod::ForkServer => {
                         if !exec::initialized() {
                             return Err(StartError::NotInitialized { method });
@@ -330,20 +384,50 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
                         }
                         let (t, f) = (child::offset_of(tramp as usize), child::offset_of(func));
                         if method == StartMethod::Spawn {
-                            spawn::start(&name, self.daemon, t, f, &args, &fds)?
+                            Launch::Done(spawn::start(&name, self.daemon, t, f, &args, &fds)?)
                         } else {
-                            forkserver::start(&name, self.daemon, t, f, &args, &carried.fds)?
+                            Launch::Server { t, f, args, objects: std::mem::take(&mut carried.fds) }
                         }
                     }
                 }
             }
         };
+        Ok(Prepared { launch, rest: Rest { name, method, daemon: self.daemon, hooks, keep } })
+    }
+}
+
+/// A start prepared by [`Builder::prepare`]: its launch, and the rest.
+struct Prepared {
+    launch: Launch,
+    rest: Rest,
+}
+
+/// The launch of a prepared start.
+enum Launch {
+    /// Launched already (Fork, Spawn).
+    Done(Launched),
+    /// A fork-server request still to send: the target's offsets, the
+    /// argument, and the anonymous objects whose fds go with it.
+    Server { t: i64, f: i64, args: Vec<u8>, objects: Vec<crate::Segment> },
+}
+
+/// What a start does once its child is launched.
+struct Rest {
+    name: String,
+    method: StartMethod,
+    daemon: bool,
+    hooks: Vec<crate::object::ChildHook>,
+    keep: Vec<crate::Segment>,
+}
+
+impl Rest {
+    fn finish<R: Serialize + DeserializeOwned + 'static>(self, launched: Launched) -> Process<R> {
         // The child's pid is known: carried queue halves reserve their
         // participant entries for it before the caller can drop its own.
-        crate::object::run_child_hooks(hooks, launched.child.pid);
-        let mut p = Process::from_launched(launched, name, method, self.daemon);
-        p.keep = keep;
-        Ok(p)
+        crate::object::run_child_hooks(self.hooks, launched.child.pid);
+        let mut p = Process::from_launched(launched, self.name, self.method, self.daemon);
+        p.keep = self.keep;
+        p
     }
 }
 
