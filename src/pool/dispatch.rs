@@ -377,7 +377,9 @@ impl Dispatcher {
             made.push((gen, tasks));
         }
         let mut first_err = None;
-        for (slot, (started, (gen, tasks))) in crate::process::Builder::start_many(builders).into_iter().zip(made).enumerate() {
+        for (slot, (started, (gen, tasks))) in
+            crate::process::Builder::start_many(builders).into_iter().zip(made).enumerate()
+        {
             match started {
                 Ok(p) => self.install(slot, p, gen, tasks),
                 Err(e) => {

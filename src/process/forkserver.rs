@@ -205,6 +205,9 @@ fn send(server: &Server, p: &Prepared<'_>) -> io::Result<()> {
     sys::send_with_fds(server.sock.as_fd(), &p.req, &fds)
 }
 
+/// A child the server started: its pid and pidfd.
+type Started = (u32, Option<OwnedFd>);
+
 /// Asks the server for a child.
 pub(crate) fn start(spec: Spec<'_>) -> Result<Launched, StartError> {
     start_many(std::slice::from_ref(&spec)).pop().unwrap_or_else(|| Err(err("no reply")))
@@ -248,7 +251,7 @@ pub(crate) fn start_many(specs: &[Spec<'_>]) -> Vec<Result<Launched, StartError>
             failed[i] = Some(err("could not send the request to a fresh fork server"));
         }
     }
-    let mut replies: Vec<Option<Result<(u32, Option<OwnedFd>), StartError>>> = specs.iter().map(|_| None).collect();
+    let mut replies: Vec<Option<Result<Started, StartError>>> = specs.iter().map(|_| None).collect();
     for &i in &sent {
         let Some(server) = slot.as_mut() else {
             replies[i] = Some(Err(err("the fork server died while starting an earlier child")));

@@ -305,14 +305,9 @@ impl<R: Serialize + DeserializeOwned + 'static> Builder<R> {
         let specs: Vec<forkserver::Spec<'_>> = prepared
             .iter()
             .filter_map(|p| match p {
-                Ok(Prepared { launch: Launch::Server { t, f, args, objects }, rest }) => Some(forkserver::Spec {
-                    name: &rest.name,
-                    daemon: rest.daemon,
-                    tramp: *t,
-                    func: *f,
-                    args,
-                    objects,
-                }),
+                Ok(Prepared { launch: Launch::Server { t, f, args, objects }, rest }) => {
+                    Some(forkserver::Spec { name: &rest.name, daemon: rest.daemon, tramp: *t, func: *f, args, objects })
+                }
                 _ => None,
             })
             .collect();
