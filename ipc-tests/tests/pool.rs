@@ -144,6 +144,61 @@ fn assert_gone(pids: &[u32]) {
 
 // ---------------------------------------------------------------------------
 
+fn neg_half(x: i16) -> f32 {
+    -f32::from(x) / 2.0
+}
+
+fn is_upper(c: char) -> bool {
+    c.is_uppercase()
+}
+
+fn not(b: bool) -> bool {
+    !b
+}
+
+fn even_or_none(x: u8) -> Option<u8> {
+    (x % 2 == 0).then_some(x)
+}
+
+fn widen(x: u32) -> i64 {
+    -i64::from(x)
+}
+
+fn len_of(s: String) -> usize {
+    s.len()
+}
+
+/// A newtype of `u64`: not a bare primitive, so it takes the postcard lane.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Meters(u64);
+
+fn double_meters(m: Meters) -> Meters {
+    Meters(m.0 * 2)
+}
+
+/// Every primitive kind both ways (the plain lane), beside arguments and
+/// results that are not one bare primitive (postcard), in the same pool.
+fn primitives_and_others_round_trip(m: StartMethod) {
+    let pool = Pool::builder().processes(2).start_method(m).create().unwrap();
+    let xs: Vec<i16> = vec![i16::MIN, -3, 0, 1, i16::MAX];
+    assert_eq!(pool.map(neg_half, xs.clone()).unwrap(), xs.iter().map(|&x| neg_half(x)).collect::<Vec<_>>());
+    let cs: Vec<char> = "aZé\u{10FFFF}Ω".chars().collect();
+    assert_eq!(pool.map(is_upper, cs.clone()).unwrap(), cs.iter().map(|c| c.is_uppercase()).collect::<Vec<_>>());
+    assert_eq!(pool.map(not, [true, false]).unwrap(), vec![false, true]);
+    assert_eq!(pool.map(even_or_none, 0..6u8).unwrap(), vec![Some(0), None, Some(2), None, Some(4), None]);
+    assert_eq!(pool.map(widen, [0, u32::MAX]).unwrap(), vec![0, -i64::from(u32::MAX)]);
+    assert_eq!(pool.map(len_of, ["", "abc"].map(String::from)).unwrap(), vec![0, 3]);
+    assert_eq!(
+        pool.map(double_meters, (0..100).map(Meters)).unwrap(),
+        (0..100).map(|i| Meters(2 * i)).collect::<Vec<_>>()
+    );
+    assert_eq!(pool.map(|x: f64| x.sqrt(), [4.0, 2.25]).unwrap(), vec![2.0, 1.5]);
+    assert_eq!(
+        pool.map(|x: i8| i64::from(x) * 1_000_000_000_000, [i8::MIN, 5]).unwrap(),
+        vec![-128_000_000_000_000, 5_000_000_000_000]
+    );
+}
+
 fn map_equals_sequential(m: StartMethod) {
     let n = 100_000 * scale() as u64;
     let pool = Pool::builder().processes(2).start_method(m).create().unwrap();
@@ -620,6 +675,7 @@ fn main() {
     let all = [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer];
     let checks: Vec<(&str, Check, &[StartMethod])> = vec![
         ("map_equals_sequential", map_equals_sequential, &all),
+        ("primitives_and_others_round_trip", primitives_and_others_round_trip, &all),
         ("imap_endless_bounded_memory", imap_endless_bounded_memory, &all[..1]),
         ("imap_unordered_each_once", imap_unordered_each_once, &all[..1]),
         ("apply_async_callbacks_and_get_timeout", apply_async_callbacks_and_get_timeout, &all[..1]),

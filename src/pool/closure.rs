@@ -112,7 +112,7 @@ pub(crate) fn registered() -> usize {
 /// function field of the task frame, tagged; see `wire::CLOSURE_TAG`).
 pub(crate) fn run_closure<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     index: usize,
-    arg: &[u8],
+    arg: wire::Item<'_>,
     out: &mut Vec<u8>,
 ) {
     let entry = TABLE.get(index).and_then(OnceLock::get).and_then(|e| e.downcast_ref::<Entry<A, R>>());
@@ -122,7 +122,7 @@ pub(crate) fn run_closure<A: DeserializeOwned + 'static, R: Serialize + 'static>
             &WireError::Deserialize(format!("closure {index} is not in this worker (made after its fork?)")),
         );
     };
-    match postcard::from_bytes::<A>(arg) {
+    match wire::decode_item::<A>(arg) {
         Ok(a) => wire::call_captured(out, || f(a)),
         Err(e) => wire::push_err(out, &WireError::Deserialize(format!("decoding the argument in the worker: {e}"))),
     }

@@ -807,7 +807,7 @@ impl Dispatcher {
         let skip = answered - start;
         let mut r = Reader::new(&bytes);
         for _ in 0..skip {
-            if r.u8().is_none() || r.sized().is_none() {
+            if wire::read_result(&mut r).is_none() {
                 return;
             }
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::error::{MapError, TaskError};
-use super::wire::{self, Reader, WireError};
+use super::wire::{self, Item, WireError};
 use crate::time::Deadline;
 
 /// Results of consecutive items, as they arrive.
@@ -35,7 +35,8 @@ impl Batch {
 
 /// Calls `each(index, result bytes or error)` for every item of `b`. A frame
 /// that is shorter than its count says gives `Deserialize` errors for the rest.
-pub(crate) fn items(b: &Batch, mut each: impl FnMut(u64, Result<&[u8], TaskError>)) {
+#[inline(always)]
+pub(crate) fn items(b: &Batch, mut each: impl FnMut(u64, Result<Item<'_>, TaskError>)) {
     match b {
         Batch::Fail { first, count, error } => {
             for i in 0..u64::from(*count) {
@@ -43,16 +44,15 @@ pub(crate) fn items(b: &Batch, mut each: impl FnMut(u64, Result<&[u8], TaskError
             }
         }
         Batch::Frame { first, count, frame } => {
-            let mut r = Reader::new(frame);
-            let _ = r.bytes(wire::RESULT_HEADER);
+            let mut r = wire::Items::new(frame, wire::RESULT_HEADER.min(frame.len()));
             for i in 0..u64::from(*count) {
-                let item = match (r.u8(), r.sized()) {
-                    (Some(0), Some(bytes)) => Ok(bytes),
-                    (Some(1), Some(bytes)) => Err(match postcard::from_bytes::<WireError>(bytes) {
+                let item = match r.next_result() {
+                    Some(Ok(item)) => Ok(item),
+                    Some(Err(bytes)) => Err(match postcard::from_bytes::<WireError>(bytes) {
                         Ok(e) => TaskError::from(e),
                         Err(e) => TaskError::Deserialize { reason: format!("a worker's error report: {e}") },
                     }),
-                    _ => Err(TaskError::Deserialize { reason: "a malformed result frame".into() }),
+                    None => Err(TaskError::Deserialize { reason: "a malformed result frame".into() }),
                 };
                 each(first + i, item);
             }
@@ -61,9 +61,9 @@ pub(crate) fn items(b: &Batch, mut each: impl FnMut(u64, Result<&[u8], TaskError
 }
 
 /// Decodes one item's result.
-pub(crate) fn decode<R: DeserializeOwned>(r: Result<&[u8], TaskError>) -> Result<R, TaskError> {
-    let bytes = r?;
-    postcard::from_bytes(bytes).map_err(|e| TaskError::Deserialize { reason: format!("decoding the result: {e}") })
+#[inline]
+pub(crate) fn decode<R: DeserializeOwned>(r: Result<Item<'_>, TaskError>) -> Result<R, TaskError> {
+    wire::decode_item(r?).map_err(|e| TaskError::Deserialize { reason: format!("decoding the result: {e}") })
 }
 
 type OnDone = Box<dyn FnOnce(Vec<Batch>, u64) + Send>;

@@ -200,6 +200,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                 },
             };
             ans.start(chunk);
+            let mut items = wire::Items::new(&frame, r.position());
             // When the oldest result not yet sent was made: results are sent
             // at the end of the run, or at the start of a chunk once they have
             // waited FLUSH_AFTER (every chunk when tasks are timed).
@@ -219,7 +220,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                         since = now;
                     }
                 }
-                let arg = r.sized();
+                let arg = items.next_arg();
                 let at = ans.out.len();
                 match (resolved, arg) {
                     (_, None) => wire::push_err(&mut ans.out, &WireError::Deserialize("a malformed task frame".into())),
@@ -252,6 +253,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                 }
                 ans.commit_item(&o.results);
             }
+            r = Reader::at(&frame, items.position());
             rec.running.store(0, Ordering::Release);
             // Answered before the next run starts: if this worker dies in
             // a later run, nothing of this one is lost (see table.rs).
