@@ -101,6 +101,24 @@ pub(crate) struct Config {
     pub(crate) queue_depth: usize,
     /// Closures registered before the workers were first forked (see `closure.rs`).
     pub(crate) closures: usize,
+    /// Whether the pool's waits may spin: only where the workers, the
+    /// dispatcher and the caller each have a CPU of their own. Where they do
+    /// not, a thread that spins for its next frame takes the CPU from the
+    /// thread that would send it (measured on 2 CPUs with 2 workers: trivial
+    /// tasks 31 M/s spinning, 44 M/s blocking; the CPU-bound speed-up 1.63x
+    /// against 1.82x).
+    pub(crate) spin: bool,
+}
+
+impl Config {
+    /// The wait mode of the pool's receiving waits.
+    pub(crate) fn wait_mode(&self) -> crate::WaitMode {
+        if self.spin {
+            crate::WaitMode::Adaptive
+        } else {
+            crate::WaitMode::Blocking
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -285,6 +303,7 @@ impl Drop for Dispatcher {
 impl Dispatcher {
     pub(crate) fn new(shared: Arc<Shared>, results: FrameQueue, table: Table) -> Dispatcher {
         let n = shared.config.processes;
+        results.set_wait_mode(shared.config.wait_mode());
         Dispatcher {
             shared,
             results,
@@ -336,6 +355,7 @@ impl Dispatcher {
             init: self.cfg().init.clone(),
             max_tasks: self.cfg().max_tasks,
             timed: self.cfg().task_timeout.is_some(),
+            spin: self.cfg().spin,
         };
         let b = Process::builder(worker_main, args)
             .name(format!("pool-worker-{slot}"))

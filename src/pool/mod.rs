@@ -272,6 +272,8 @@ impl PoolBuilder {
             queue_depth: QUEUE_DEPTH,
             // Read before the first fork: every worker has these closures.
             closures: closure::registered(),
+            // The workers, the dispatcher and the caller.
+            spin: processes.saturating_add(2) <= process::cpu_count(),
         };
         let results = dispatch::frame_queue(&config, RESULTS_CAPACITY, false)?;
         let table = Table::create(processes, config.max_frame)?;

@@ -29,6 +29,8 @@ pub(crate) struct WorkerArgs {
     /// Whether the pool has a task timeout (the worker then records when
     /// each item starts; otherwise it saves the clock read).
     pub(crate) timed: bool,
+    /// Whether the worker may spin while it waits for tasks (see `Config::spin`).
+    pub(crate) spin: bool,
 }
 
 /// The worker's objects: the ones its argument carried (opened from their
@@ -36,6 +38,9 @@ pub(crate) struct WorkerArgs {
 fn open_objects(a: &WorkerArgs) -> Option<Objects> {
     a.tasks.set_role(Role::Receiver).ok()?;
     a.results.set_role(Role::Sender).ok()?;
+    if !a.spin {
+        a.tasks.set_wait_mode(crate::WaitMode::Blocking);
+    }
     let table = a.table.clone().with_frames(a.results.max_frame());
     Some(Objects { tasks: a.tasks.clone(), results: a.results.clone(), table })
 }
