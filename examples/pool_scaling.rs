@@ -2,7 +2,8 @@
 //!
 //! For 1, 2, 4, ... workers up to the CPUs this process may use, prints:
 //! * `cpu`: the speed-up over running them one after the other in this
-//!   thread, for tasks of about 200 us of CPU each (chunksize 1);
+//!   thread, for 2,000 tasks of about 200 us of CPU each (counting primes,
+//!   chunksize 1);
 //! * `trivial`: tasks per second of `map(|x| x * x)` over 1,000,000 `u64`
 //!   (default chunking): the pool's own cost per item;
 //! * `chunk1`: tasks per second of the same over 100,000 items with
@@ -15,16 +16,10 @@ use std::time::Instant;
 
 use shmproc::Pool;
 
-/// About `iters` steps of integer mixing: CPU work no compiler folds.
-fn burn(iters: u64) -> u64 {
-    let mut x = iters | 1;
-    for i in 0..iters {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = x.wrapping_add(i);
-    }
-    std::hint::black_box(x)
+/// The primes below `n`, by trial division: a CPU-bound task whose length
+/// grows with `n`.
+fn count_primes(n: u64) -> u64 {
+    (2..n).filter(|&k| (2..).take_while(|d| d * d <= k).all(|d| k % d != 0)).count() as u64
 }
 
 fn square(x: u64) -> u64 {
@@ -46,22 +41,18 @@ fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     shmproc::init();
-    // Iterations of `burn` that take about 200 us here.
-    let mut iters = 1_000u64;
+    // The `n` for which `count_primes(n)` takes about 200 us here.
+    let mut n = 64u64;
     while median_secs(3, || {
-        burn(iters);
-    }) < 0.02
+        std::hint::black_box(count_primes(std::hint::black_box(n)));
+    }) < 200e-6
     {
-        iters *= 2;
+        n += n / 4;
     }
-    let per_task = median_secs(3, || {
-        burn(iters);
-    }) / iters as f64;
-    let iters = ((200e-6 / per_task) as u64).max(1);
     let tasks = 2_000usize;
     let sequential = median_secs(3, || {
         for _ in 0..tasks {
-            burn(iters);
+            std::hint::black_box(count_primes(std::hint::black_box(n)));
         }
     });
 
@@ -73,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let pool = Pool::builder().processes(workers).create()?;
         let mut check = Ok(());
         let cpu = median_secs(5, || {
-            let out = pool.map_chunksize(burn, std::iter::repeat_n(iters, tasks), 1);
+            let out = pool.map_chunksize(count_primes, std::iter::repeat_n(n, tasks), 1);
             check = check.clone().and(out.map(|_| ()));
         });
         let trivial = median_secs(5, || {
