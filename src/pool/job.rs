@@ -255,7 +255,7 @@ pub(crate) fn gather_map<R: DeserializeOwned>(job: &Job, total: u64) -> Result<V
                 if failed.is_none() {
                     match decode::<R>(r) {
                         Ok(v) => out.push(v),
-                        Err(error) => failed = Some(MapError { index: i as usize, error }),
+                        Err(error) => failed = Some(map_error(i, error)),
                     }
                 }
             });
@@ -271,6 +271,11 @@ pub(crate) fn gather_map<R: DeserializeOwned>(job: &Job, total: u64) -> Result<V
         }
     }
     Ok(out)
+}
+
+#[cold]
+fn map_error(index: u64, error: TaskError) -> MapError {
+    MapError { index: index as usize, error }
 }
 
 /// The index of a batch's first item.

@@ -104,19 +104,44 @@ pub(crate) fn push(out: &mut Vec<u8>, tag: u8, p: Plain) {
 }
 
 /// Reads a `T` out of the `bytes` of a plain item of kind `kind`.
+///
+/// One dispatch on the kind; each arm hands its value to `T` through a
+/// deserializer of that one type ([`One`]), so that for a `T` of the same
+/// type the whole decode is a load.
 #[inline]
 pub(crate) fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, Error> {
-    if bytes.len() != kind.width() {
-        return Err(Error(format!("a {kind:?} item of {} bytes", bytes.len())));
+    fn le<const N: usize>(kind: Kind, bytes: &[u8]) -> Result<[u8; N], Error> {
+        bytes.try_into().map_err(|_| wrong_width(kind, bytes.len()))
     }
-    let bits = match *bytes {
-        [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
-        [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
-        [a, b] => u64::from(u16::from_le_bytes([a, b])),
-        [a] => u64::from(a),
-        _ => 0, // no kind has another width
-    };
-    T::deserialize(Reader(Plain { kind, bits }))
+    match kind {
+        Kind::U64 => T::deserialize(One(u64::from_le_bytes(le(kind, bytes)?))),
+        Kind::I64 => T::deserialize(One(i64::from_le_bytes(le(kind, bytes)?))),
+        Kind::F64 => T::deserialize(One(f64::from_le_bytes(le(kind, bytes)?))),
+        Kind::U32 => T::deserialize(One(u32::from_le_bytes(le(kind, bytes)?))),
+        Kind::I32 => T::deserialize(One(i32::from_le_bytes(le(kind, bytes)?))),
+        Kind::F32 => T::deserialize(One(f32::from_le_bytes(le(kind, bytes)?))),
+        Kind::U16 => T::deserialize(One(u16::from_le_bytes(le(kind, bytes)?))),
+        Kind::I16 => T::deserialize(One(i16::from_le_bytes(le(kind, bytes)?))),
+        Kind::U8 => T::deserialize(One(u8::from_le_bytes(le(kind, bytes)?))),
+        Kind::I8 => T::deserialize(One(i8::from_le_bytes(le(kind, bytes)?))),
+        Kind::Bool => match le::<1>(kind, bytes)? {
+            [0] => T::deserialize(One(false)),
+            [1] => T::deserialize(One(true)),
+            [b] => Err(Error(format!("a bool item holding {b}"))),
+        },
+        Kind::Char => {
+            let v = u32::from_le_bytes(le(kind, bytes)?);
+            match char::from_u32(v) {
+                Some(c) => T::deserialize(One(c)),
+                None => Err(Error(format!("a char item holding {v:#x}"))),
+            }
+        }
+    }
+}
+
+#[cold]
+fn wrong_width(kind: Kind, len: usize) -> Error {
+    Error(format!("a {kind:?} item of {len} bytes"))
 }
 
 /// Why a value is not plain, or a plain item did not decode.
@@ -260,37 +285,38 @@ impl ser::Serializer for Probe {
     }
 }
 
-/// The deserializer of one plain value: every request is answered with the
-/// value's own kind (`deserialize_any`).
-struct Reader(Plain);
+/// A primitive that a visitor takes by its own method.
+trait Visit: Copy {
+    fn visit<'de, V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error>;
+}
 
-impl<'de> de::Deserializer<'de> for Reader {
+macro_rules! visit {
+    ($($t:ty => $m:ident),* $(,)?) => {
+        $(impl Visit for $t {
+            #[inline(always)]
+            fn visit<'de, V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
+                v.$m(self)
+            }
+        })*
+    };
+}
+
+visit! {
+    bool => visit_bool, u8 => visit_u8, u16 => visit_u16, u32 => visit_u32, u64 => visit_u64,
+    i8 => visit_i8, i16 => visit_i16, i32 => visit_i32, i64 => visit_i64,
+    f32 => visit_f32, f64 => visit_f64, char => visit_char,
+}
+
+/// The deserializer of one plain value: every request is answered with the
+/// value's own type (`deserialize_any`), as a self-describing format does.
+struct One<P>(P);
+
+impl<'de, P: Visit> de::Deserializer<'de> for One<P> {
     type Error = Error;
 
-    #[inline]
+    #[inline(always)]
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let b = self.0.bits;
-        match self.0.kind {
-            Kind::Bool => match b {
-                0 => visitor.visit_bool(false),
-                1 => visitor.visit_bool(true),
-                _ => Err(Error(format!("a bool item holding {b}"))),
-            },
-            Kind::U8 => visitor.visit_u8(b as u8),
-            Kind::U16 => visitor.visit_u16(b as u16),
-            Kind::U32 => visitor.visit_u32(b as u32),
-            Kind::U64 => visitor.visit_u64(b),
-            Kind::I8 => visitor.visit_i8(b as u8 as i8),
-            Kind::I16 => visitor.visit_i16(b as u16 as i16),
-            Kind::I32 => visitor.visit_i32(b as u32 as i32),
-            Kind::I64 => visitor.visit_i64(b as i64),
-            Kind::F32 => visitor.visit_f32(f32::from_bits(b as u32)),
-            Kind::F64 => visitor.visit_f64(f64::from_bits(b)),
-            Kind::Char => match char::from_u32(b as u32) {
-                Some(c) => visitor.visit_char(c),
-                None => Err(Error(format!("a char item holding {b:#x}"))),
-            },
-        }
+        self.0.visit(visitor)
     }
 
     fn is_human_readable(&self) -> bool {
