@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let pool = Pool::builder().processes(workers).create()?;
         let mut check = Ok(());
         let cpu = median_secs(5, || {
-            let out = pool.map_chunksize(count_primes, std::iter::repeat_n(n, tasks), 1);
+            let out = pool.map_chunksize(count_primes, std::iter::repeat(n).take(tasks), 1);
             check = check.clone().and(out.map(|_| ()));
         });
         let trivial = median_secs(5, || {
