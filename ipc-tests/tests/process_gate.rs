@@ -137,6 +137,33 @@ fn forkserver_restarts() {
     );
 }
 
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn triple(x: u64) -> u64 {
+    3 * x
+}
+
+/// A pool's workers are requested from the fork server in one batch (every
+/// request sent before the first reply is read): after the server died, the
+/// batch's first request starts a new server, and every worker is its child.
+fn forkserver_batch_after_server_death() {
+    let (_, _, server) =
+        Process::builder(who, ()).start_method(StartMethod::ForkServer).start().unwrap().join().unwrap();
+    // SAFETY: kill with integer arguments; `server` is our live child (the fork server).
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGKILL) }, 0);
+    let pool = shmproc::Pool::builder().processes(3).start_method(StartMethod::ForkServer).create().unwrap();
+    assert_eq!(pool.map(triple, 0..300u64).unwrap(), (0..300).map(triple).collect::<Vec<_>>());
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 3);
+    let parents: Vec<u32> = pids.iter().map(|&p| parent_of(p)).collect();
+    assert!(parents.iter().all(|&p| p == parents[0] && p != server), "{parents:?} (old server {server})");
+    drop(pool);
+}
+
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -225,6 +252,7 @@ fn main() {
             }
         }
         println!("forkserver_restarts: test");
+        println!("forkserver_batch_after_server_death: test");
         println!("forkserver_survives_dropped_children: test");
         println!("default_is_forkserver: test");
         println!("regression_nested_fork_closes_a_reused_fd: test");
@@ -245,6 +273,11 @@ fn main() {
     if wanted(&filter, "forkserver_restarts") {
         forkserver_restarts();
         println!("test forkserver_restarts ... ok");
+        ran += 1;
+    }
+    if wanted(&filter, "forkserver_batch_after_server_death") {
+        forkserver_batch_after_server_death();
+        println!("test forkserver_batch_after_server_death ... ok");
         ran += 1;
     }
     if wanted(&filter, "forkserver_survives_dropped_children") {
