@@ -157,7 +157,7 @@ fn not(b: bool) -> bool {
 }
 
 fn even_or_none(x: u8) -> Option<u8> {
-    (x % 2 == 0).then_some(x)
+    x.is_multiple_of(2).then_some(x)
 }
 
 fn widen(x: u32) -> i64 {
