@@ -319,13 +319,21 @@ impl<'de, P: Visit> de::Deserializer<'de> for One<P> {
         self.0.visit(visitor)
     }
 
+    /// As self-describing formats do: a newtype around a primitive takes
+    /// the primitive (a type that serializes as its bare inner value but
+    /// deserializes as a newtype decodes as it would from postcard).
+    #[inline]
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
     fn is_human_readable(&self) -> bool {
         false
     }
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        bytes byte_buf option unit unit_struct seq tuple
         tuple_struct map struct enum identifier ignored_any
     }
 }
@@ -384,6 +392,10 @@ mod tests {
         assert!(decode::<u32>(Kind::U64, &(1u64 << 40).to_le_bytes()).is_err());
         assert!(decode::<String>(Kind::U64, &7u64.to_le_bytes()).is_err());
         assert!(decode::<Option<u64>>(Kind::U64, &7u64.to_le_bytes()).is_err());
+        // A newtype read from its bare inner value.
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Meters(u64);
+        assert_eq!(decode::<Meters>(Kind::U64, &7u64.to_le_bytes()).unwrap(), Meters(7));
         // Hostile bytes: a wrong width, a bool of 2, a surrogate char.
         assert!(decode::<u64>(Kind::U64, &[1, 2, 3]).is_err());
         assert!(decode::<bool>(Kind::Bool, &[2]).is_err());
