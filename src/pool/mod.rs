@@ -79,12 +79,14 @@
 //! come back in batches over one shared queue. The dispatcher keeps about
 //! 300 us of work queued ahead of each worker, by its measured time per item:
 //! thousands of tiny tasks, so no worker waits for the parent, but only a chunk
-//! or two of long ones, so no worker holds work another could run. Waiting is
-//! adaptive (spin briefly, then sleep on a futex), so an idle parent costs no
-//! CPU. Worker deaths are read from the kernel (each worker's pidfd), and an
-//! in-flight table in shared memory tells exactly which item a dead worker had
-//! started and holds the results it had finished but not yet sent (see
-//! `SAFETY.md`, section 8.2).
+//! or two of long ones, so no worker holds work another could run. Waits sleep
+//! on a futex, so an idle pool costs no CPU; they spin briefly first only
+//! where the workers, the dispatcher and the caller each have a CPU of their
+//! own (`processes + 2 <= cpu_count()`): elsewhere a spinning thread would
+//! take the CPU from the one it waits for. Worker deaths are read from the
+//! kernel (each worker's pidfd), and an in-flight table in shared memory tells
+//! exactly which item a dead worker had started and holds the results it had
+//! finished but not yet sent (see `SAFETY.md`, section 8.2).
 //!
 //! Arguments and results are encoded with postcard, except a value that is one
 //! bare primitive (`u64`, `f64`, `char`, ...): that one travels as its
