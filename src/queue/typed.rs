@@ -58,7 +58,9 @@ pub fn fingerprint_of<T>() -> u64 {
 }
 
 /// An anonymous typed queue of `capacity` messages (each encoded value up to
-/// 4 KiB), as a sending and a receiving half; see the [module docs](self).
+/// 4 KiB), as a sending and a receiving half. Each message carries the
+/// sender's type fingerprint ([`fingerprint_of`]); a receiver of another type
+/// gets [`TypedRecvError::TypeMismatch`], never a silent misdecode.
 pub fn typed_channel<T: Serialize + DeserializeOwned>(
     capacity: usize,
 ) -> Result<(TypedSender<T>, TypedReceiver<T>), OpenError> {
@@ -84,7 +86,7 @@ impl FrameQueueBuilder {
     }
 }
 
-/// The sending half of a typed queue of `T` (see the [module docs](self)).
+/// The sending half of a typed queue of `T` (made by [`typed_channel`]).
 /// Cheap to clone; `Send + Sync`.
 pub struct TypedSender<T> {
     tx: FrameSender,
