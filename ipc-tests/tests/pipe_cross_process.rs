@@ -180,6 +180,29 @@ fn anonymous_pipe_handed_to_a_launched_binary() {
     assert!(matches!(a.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
 }
 
+/// The launched child claims the end *before* the parent hands it over (the
+/// race a descheduled parent loses): the ticket made afterwards must not keep
+/// the end held once the child is gone.
+#[test]
+fn hand_over_after_the_launched_binary_claimed_the_end() {
+    let (a, b) = Pipe::new().unwrap();
+    b.segment().set_inheritable(true).unwrap();
+    let mut child = Command::new(PEER).args(["echo-handle", &b.handle().to_string(), "100"]).spawn().unwrap();
+    b.segment().set_inheritable(false).unwrap();
+    // The first echo proves the child has claimed the end.
+    a.send(&0u64).unwrap();
+    assert_eq!(postcard_u64(&a.recv_bytes_timeout(T).unwrap()), 0);
+    b.hand_over();
+    for i in 1..100u64 {
+        a.send(&i).unwrap();
+        assert_eq!(postcard_u64(&a.recv_bytes_timeout(T).unwrap()), i);
+    }
+    assert!(wait_child(&mut child, T).success());
+    // Bounded well below T: the end must read as closed once its only user exited.
+    let r = a.recv_bytes_timeout(Duration::from_secs(10));
+    assert!(matches!(r, Err(RecvError::Disconnected)), "{r:?}");
+}
+
 fn postcard_u64(b: &[u8]) -> u64 {
     // postcard encodes u64 as a varint.
     let (mut v, mut shift) = (0u64, 0);

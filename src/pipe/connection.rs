@@ -201,6 +201,50 @@ fn alloc_entry(t: &HolderTable, w: u64) -> u32 {
     NO_ENTRY
 }
 
+// A launched opener may claim the end before its parent's `hand_over` made
+// the ticket (the parent was descheduled after the launch): it then takes an
+// entry of its own, and a ticket made later would hold the end, for no one,
+// for as long as the parent lives. Each side therefore looks for the other
+// after writing its own word, with a full fence in between (so at least one
+// of them sees the other): the parent withdraws its ticket if a child of its
+// own already holds the end; the opener consumes a ticket its parent left.
+
+/// Parent, after turning its entry `at` into `ticket`: withdraws the ticket
+/// if a live child of `me` already holds the end (it claimed first).
+fn withdraw_if_claimed(t: &HolderTable, at: usize, ticket: u64, me: u32) {
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let claimed = t.entries.iter().enumerate().any(|(i, x)| {
+        let w = x.load(Ordering::Acquire);
+        let (state, pid, _) = holder::parts(w);
+        i != at && state == holder::USED && pid != me && holder_alive(w) && sys::parent_of(pid) == Some(me)
+    });
+    if claimed {
+        let _ = t.entries[at].compare_exchange(
+            ticket,
+            holder::word(holder::EMPTY, 0, 0),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Opener, after taking an entry of its own: consumes a ticket that its
+/// parent left for it (made after this process looked for one).
+fn take_parents_ticket(t: &HolderTable) {
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let parent = sys::parent_pid();
+    for x in t.entries.iter() {
+        let w = x.load(Ordering::Acquire);
+        let (state, pid, _) = holder::parts(w);
+        if state == holder::TICKET
+            && pid == parent
+            && x.compare_exchange(w, holder::word(holder::EMPTY, 0, 0), Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        {
+            return;
+        }
+    }
+}
+
 /// Whether the holder word `w` names a live process (any state but EMPTY;
 /// unknown states and a zero start time are garbage: not alive).
 fn holder_alive(w: u64) -> bool {
@@ -541,7 +585,11 @@ impl Connection {
             });
             let idx = match ticket {
                 Some(i) => i as u32,
-                None => alloc_entry(t, used),
+                None => {
+                    let idx = alloc_entry(t, used);
+                    take_parents_ticket(t);
+                    idx
+                }
             };
             self.reg.entry.store(idx, Ordering::Relaxed);
         }
@@ -1198,11 +1246,14 @@ impl Connection {
         // live) until the opener consumes the ticket with its own entry.
         let e = self.reg.entry.swap(NO_ENTRY, Ordering::Relaxed);
         if e != NO_ENTRY {
-            let x = &self.reg.table().entries[e as usize];
+            let t = self.reg.table();
+            let x = &t.entries[e as usize];
             let cur = x.load(Ordering::Acquire);
             if holder::parts(cur).1 == me.id {
                 let ticket = holder::word(holder::TICKET, me.id, me.start_time);
-                let _ = x.compare_exchange(cur, ticket, Ordering::AcqRel, Ordering::Relaxed);
+                if x.compare_exchange(cur, ticket, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+                    withdraw_if_claimed(t, e as usize, ticket, me.id);
+                }
             }
         }
         if self.claim_pid.load(Ordering::Relaxed) == me.id {

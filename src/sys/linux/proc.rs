@@ -108,6 +108,14 @@ fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {
     Ok(Some((start, dead)))
 }
 
+/// The parent pid of process `id` (field 4 of `/proc/<id>/stat`), if it exists.
+pub(crate) fn parent_of(id: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{id}/stat")).ok()?;
+    // Parse from the last ')': the command name may hold spaces and ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// Looks up the identity of process or thread `id` now (None if it does not exist).
 pub(crate) fn identity_of(id: u32) -> Option<Identity> {
     match start_time_of(id) {
