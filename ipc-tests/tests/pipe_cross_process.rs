@@ -165,17 +165,29 @@ fn a_third_process_cannot_take_a_held_end() {
     assert!(wait_child(&mut holder, T).success());
 }
 
-#[test]
-fn anonymous_pipe_handed_to_a_launched_binary() {
-    let (a, b) = Pipe::new().unwrap();
+/// Launches the peer binary, which opens end `b` by its handle (inherited
+/// fd) and echoes 100 messages.
+fn launch_echo(b: &Connection) -> std::process::Child {
     b.segment().set_inheritable(true).unwrap();
-    let mut child = Command::new(PEER).args(["echo-handle", &b.handle().to_string(), "100"]).spawn().unwrap();
+    let child = Command::new(PEER).args(["echo-handle", &b.handle().to_string(), "100"]).spawn().unwrap();
     b.segment().set_inheritable(false).unwrap();
-    b.hand_over(); // the child claims it (or takes it over from us, its parent)
-    for i in 0..100u64 {
+    child
+}
+
+/// Echo rounds `range` through the launched peer.
+fn echo_rounds(a: &Connection, range: std::ops::Range<u64>) {
+    for i in range {
         a.send(&i).unwrap();
         assert_eq!(postcard_u64(&a.recv_bytes_timeout(T).unwrap()), i);
     }
+}
+
+#[test]
+fn anonymous_pipe_handed_to_a_launched_binary() {
+    let (a, b) = Pipe::new().unwrap();
+    let mut child = launch_echo(&b);
+    b.hand_over(); // the child claims it (or takes it over from us, its parent)
+    echo_rounds(&a, 0..100);
     assert!(wait_child(&mut child, T).success());
     assert!(matches!(a.recv_bytes_timeout(T), Err(RecvError::Disconnected)));
 }
@@ -186,17 +198,11 @@ fn anonymous_pipe_handed_to_a_launched_binary() {
 #[test]
 fn hand_over_after_the_launched_binary_claimed_the_end() {
     let (a, b) = Pipe::new().unwrap();
-    b.segment().set_inheritable(true).unwrap();
-    let mut child = Command::new(PEER).args(["echo-handle", &b.handle().to_string(), "100"]).spawn().unwrap();
-    b.segment().set_inheritable(false).unwrap();
+    let mut child = launch_echo(&b);
     // The first echo proves the child has claimed the end.
-    a.send(&0u64).unwrap();
-    assert_eq!(postcard_u64(&a.recv_bytes_timeout(T).unwrap()), 0);
+    echo_rounds(&a, 0..1);
     b.hand_over();
-    for i in 1..100u64 {
-        a.send(&i).unwrap();
-        assert_eq!(postcard_u64(&a.recv_bytes_timeout(T).unwrap()), i);
-    }
+    echo_rounds(&a, 1..100);
     assert!(wait_child(&mut child, T).success());
     // Bounded well below T: the end must read as closed once its only user exited.
     let r = a.recv_bytes_timeout(Duration::from_secs(10));
