@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::error::TaskError;
-use super::plain::{self, Kind};
+use super::plain::{self, Kind, Plain};
 use crate::process::child::payload_text;
 
 /// Chunk id of a task frame that asks the worker to exit.
@@ -180,11 +180,17 @@ impl<'a> Items<'a> {
     }
 }
 
+/// Appends a plain item (argument or result: the tag is the same).
+#[inline]
+fn push_plain(out: &mut Vec<u8>, p: Plain) {
+    plain::push(out, PLAIN + p.kind as u8, p);
+}
+
 /// Appends an argument item holding `a` (plain when it is one primitive).
 #[inline]
 pub(crate) fn push_arg<A: Serialize + ?Sized>(out: &mut Vec<u8>, a: &A) -> Result<(), String> {
     if let Some(p) = plain::encode(a) {
-        plain::push(out, PLAIN + p.kind as u8, p);
+        push_plain(out, p);
         return Ok(());
     }
     out.push(POSTCARD);
@@ -336,7 +342,7 @@ pub(crate) fn push_err(out: &mut Vec<u8>, e: &WireError) {
 #[inline]
 pub(crate) fn push_ok<R: Serialize>(out: &mut Vec<u8>, r: &R) {
     if let Some(p) = plain::encode(r) {
-        return plain::push(out, PLAIN + p.kind as u8, p);
+        return push_plain(out, p);
     }
     out.push(POSTCARD);
     if let Err(reason) = append_len_prefixed(out, r) {
