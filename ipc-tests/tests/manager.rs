@@ -214,6 +214,25 @@ fn server_killed_mid_call() {
     drop(m);
 }
 
+/// A server that dies while a client connects: the listener accepts (the
+/// kernel does, from its backlog) and the socket is then closed mid-handshake.
+/// That is a gone server, not a connection error.
+fn server_hangs_up_during_the_handshake() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        // Accept once and close at once; then refuse (the listener is dropped).
+        let (s, _) = listener.accept().unwrap();
+        drop(s);
+    });
+    let addr = Address::Tcp(format!("127.0.0.1:{port}").parse().unwrap());
+    let r = Manager::connect(&addr, b"key");
+    assert!(matches!(r, Err(ManagerError::ManagerGone)), "{r:?}");
+    t.join().unwrap();
+    // Nothing listens any more: refused, also gone.
+    assert!(matches!(Manager::connect(&addr, b"key"), Err(ManagerError::ManagerGone)));
+}
+
 fn hold_lock((lock, ev): (LockProxy, EventProxy)) -> u32 {
     lock.acquire().unwrap();
     ev.set().unwrap();
@@ -302,12 +321,13 @@ fn main() {
         std::process::abort();
     });
     type Check = fn();
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check); 8] = [
         ("four_processes_update_one_dict_and_list", four_processes_update_one_dict_and_list),
         ("proxy_as_argument_of_spawn_and_forkserver_children", proxy_as_argument_of_spawn_and_forkserver_children),
         ("remote_clients_in_other_processes", remote_clients_in_other_processes),
         ("hostile_clients_are_disconnected_others_served", hostile_clients_are_disconnected_others_served),
         ("server_killed_mid_call", server_killed_mid_call),
+        ("server_hangs_up_during_the_handshake", server_hangs_up_during_the_handshake),
         ("client_killed_holding_a_lock", client_killed_holding_a_lock),
         ("sync_objects", sync_objects),
     ];

@@ -144,9 +144,16 @@ fn connect(m: &ManagerRef) -> Result<Link, ManagerError> {
     }
 }
 
+/// A refused connection, and a handshake the server hung up on or reset, mean
+/// the server is gone (a server killed while a client connects closes the
+/// accepted socket mid-handshake); a wrong key or a peer that does not speak
+/// the handshake is a connection error.
 fn connect_err(e: crate::connection::ConnectError) -> ManagerError {
+    use crate::connection::{AuthError, ConnectError};
     match e {
-        crate::connection::ConnectError::Io(_) => ManagerError::ManagerGone,
+        ConnectError::Io(_) | ConnectError::Auth(AuthError::Disconnected | AuthError::Io(_)) => {
+            ManagerError::ManagerGone
+        }
         e => ManagerError::Connect(e.to_string()),
     }
 }
@@ -164,6 +171,10 @@ fn connect_local(dir: &std::path::Path, key: &[u8]) -> Result<Link, ManagerError
     }
     let mut byte = [0u8; 1];
     let (n, fds) = sys::recv_with_fds(fd, &mut byte).map_err(|_| ManagerError::ManagerGone)?;
+    if n == 0 {
+        // End of stream: the server closed the socket (it died) before the pipe.
+        return Err(ManagerError::ManagerGone);
+    }
     if n != 1 || byte != *b"P" || fds.len() != 1 {
         return Err(ManagerError::Protocol("expected one pipe fd from the server"));
     }

@@ -98,7 +98,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ManagerError {
-    /// The server is gone (killed, shut down) or unreachable.
+    /// The server is gone (killed, shut down) or unreachable: the connection
+    /// was refused, or hung up or reset before or during the handshake.
     ManagerGone,
     /// Connecting failed (authentication refused, bad handshake, no pipe).
     Connect(String),
