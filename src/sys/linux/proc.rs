@@ -8,9 +8,10 @@
 //! original is dead. Two processes would have to receive the same id within the
 //! same clock tick (10 ms) for this to be fooled.
 //!
-//! Identities are cached per thread, tagged with the fork generation of the
-//! fork layer ([`super::fork`](mod@super::fork)), so the cache of a forked child is refreshed
-//! (its tid and pid differ from the parent's).
+//! Identities are cached per thread (the process's also once per process),
+//! tagged with the fork generation of the fork layer
+//! ([`super::fork`](mod@super::fork)), so the cache of a forked child is
+//! refreshed (its tid and pid differ from the parent's).
 
 use std::cell::Cell;
 use std::io;
@@ -37,23 +38,33 @@ pub(crate) enum Liveness {
 struct Cached {
     generation: u64,
     pid: Identity,
-    tid: Identity,
+    /// Read on the first [`current_thread`] (most threads never need it).
+    tid: Option<Identity>,
 }
 
 thread_local! {
     static CACHE: Cell<Option<Cached>> = const { Cell::new(None) };
 }
 
+/// The process's identity, shared by its threads (a new thread then reads
+/// no `/proc` file for it), tagged with the fork generation it belongs to.
+static PROCESS: std::sync::Mutex<Option<(u64, Identity)>> = std::sync::Mutex::new(None);
+
 #[cold]
 fn refresh(generation: u64) -> Cached {
     super::fork::watch_forks();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
-    let c = Cached {
-        generation,
-        pid: Identity { id: pid, start_time: start_time_of(pid).ok().flatten().map_or(0, |s| s.0) },
-        tid: Identity { id: tid, start_time: start_time_of(tid).ok().flatten().map_or(0, |s| s.0) },
+    let mut shared = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    let me = match *shared {
+        Some((g, ident)) if g == generation && ident.id == pid => ident,
+        _ => {
+            let ident = Identity { id: pid, start_time: start_time_of(pid).ok().flatten().map_or(0, |s| s.0) };
+            *shared = Some((generation, ident));
+            ident
+        }
     };
+    drop(shared);
+    let c = Cached { generation, pid: me, tid: None };
     CACHE.with(|cell| cell.set(Some(c)));
     c
 }
@@ -70,7 +81,20 @@ fn cached() -> Cached {
 /// The calling thread's identity (tid and its start time). Cheap after the first call.
 #[inline]
 pub(crate) fn current_thread() -> Identity {
-    cached().tid
+    let c = cached();
+    match c.tid {
+        Some(t) => t,
+        None => thread_identity(c),
+    }
+}
+
+#[cold]
+fn thread_identity(mut c: Cached) -> Identity {
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    let t = Identity { id: tid, start_time: start_time_of(tid).ok().flatten().map_or(0, |s| s.0) };
+    c.tid = Some(t);
+    CACHE.with(|cell| cell.set(Some(c)));
+    t
 }
 
 /// The calling process's identity (pid and its start time).
@@ -85,10 +109,37 @@ pub(crate) fn current_pid() -> u32 {
     cached().pid.id
 }
 
+/// The text of `/proc/<id>/stat`, in one `read` into a stack buffer: the
+/// kernel renders the whole file at the first read, and it fits (a 64-byte
+/// command name and 50 numbers). `read_to_string` would `statx` and read in
+/// five growing steps (and refuse a command name that is not UTF-8); this
+/// runs on every thread's first use and on every liveness check.
+fn read_stat(id: u32) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!("/proc/{id}/stat"))?;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    // Until the line's end, end of file, or a full buffer (then the slow way).
+    while len < buf.len() && !(len > 0 && buf[len - 1] == b'\n') {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if len == buf.len() {
+        let mut all = buf.to_vec();
+        f.read_to_end(&mut all)?;
+        return Ok(String::from_utf8_lossy(&all).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
 /// Reads `(start_time, is_zombie_or_dead)` from `/proc/<id>/stat`; `Ok(None)` if there
 /// is no such process or thread.
 fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {
-    let text = match std::fs::read_to_string(format!("/proc/{id}/stat")) {
+    let text = match read_stat(id) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         // ESRCH can surface while the task is being torn down.
@@ -110,7 +161,7 @@ fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {
 
 /// The parent pid of process `id` (field 4 of `/proc/<id>/stat`), if it exists.
 pub(crate) fn parent_of(id: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{id}/stat")).ok()?;
+    let text = read_stat(id).ok()?;
     // Parse from the last ')': the command name may hold spaces and ')'.
     let rest = &text[text.rfind(')')? + 1..];
     rest.split_ascii_whitespace().nth(1)?.parse().ok()
@@ -173,6 +224,26 @@ mod tests {
         let mut me = current_process();
         me.start_time += 1;
         assert_eq!(liveness(me), Liveness::Dead);
+    }
+
+    #[test]
+    fn threads_share_the_process_identity_and_have_their_own() {
+        let me = current_process();
+        // A command name with spaces and parentheses (the stat line is parsed
+        // from its last ')'), and bytes that are not UTF-8.
+        let (p, t) = std::thread::Builder::new()
+            .name(") a (b) ".into())
+            .spawn(|| {
+                let _ = rustix::thread::set_name(c"x) \xff(y");
+                (current_process(), current_thread())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(p, me);
+        assert_ne!(t.id, me.id);
+        assert_ne!(t.start_time, 0);
+        assert_eq!(parent_of(me.id), Some(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)));
     }
 
     #[test]
