@@ -67,7 +67,10 @@
 //!   endpoints ([`Queue::spsc_sender`], [`Queue::spsc_receiver`]) keep their
 //!   indices in process memory (MCRingBuffer's local control variables), read
 //!   the other side's index only when the ring looks full or empty, and a
-//!   producer facing a full ring waits for a batch of free slots (B-Queue).
+//!   producer facing a full ring waits for a batch of free slots (B-Queue),
+//!   and a consumer that keeps catching up with a streaming producer lets it
+//!   run ahead (up to about a microsecond and a half) before it looks again
+//!   (FastForward's temporal slipping).
 //!   The halves and plain handles of an SPSC queue get the same unlocked path
 //!   for the thread that uses a side repeatedly (a biased owner, revoked by a
 //!   `membarrier` when another thread uses the side: Dice, Moir and Scherer's

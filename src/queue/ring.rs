@@ -61,6 +61,11 @@
 //! whole batch of free slots, so it touches the consumer's line once per
 //! batch): their own index and the cached copy of the other's live in process
 //! memory, published to the segment and never read back on the fast path.
+//! A consumer whose waits keep ending at their first look slips behind the
+//! producer, after FastForward (Giacomoni, Moseley, Vachharajani, "FastForward
+//! for Efficient Pipeline Parallelism", PPoPP 2008: temporal slipping), so
+//! that it stops taking the producer's lines right after each write; a wait
+//! that needs several looks (ping-pong, an idle producer) ends the slip.
 
 use std::sync::atomic::Ordering;
 
