@@ -549,7 +549,7 @@ impl<T: Pod> Queue<T> {
         let r = match self.pop_once(&mut out) {
             Step::Done => Ok(()),
             Step::Corrupt => Err(Fail::Corrupt),
-            _ => self.e.wait(Side::Recv, Deadline::after(timeout), || self.pop_once(&mut out)),
+            _ => self.e.recv_wait_slipping(Deadline::after(timeout), || self.pop_once(&mut out)),
         };
         match r {
             Ok(()) => {

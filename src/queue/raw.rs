@@ -368,6 +368,9 @@ pub(crate) struct Engine {
     fence_free: AtomicBool,
     /// Empty/full results of `try_*` calls (throttles liveness checks).
     polls: AtomicU32,
+    /// `pause`s a typed receive on an SPSC queue slips before it looks
+    /// ([`Engine::recv_wait_slipping`]); a hint, so relaxed.
+    rx_slip: AtomicU32,
     /// Fork generation in which this process last dropped its inherited
     /// entries of the other side ([`Engine::shed_inherited`]).
     shed_gen: AtomicU64,
@@ -583,6 +586,7 @@ impl Engine {
             rx_endpoint: AtomicBool::new(false),
             fence_free: AtomicBool::new(false),
             polls: AtomicU32::new(0),
+            rx_slip: AtomicU32::new(0),
             shed_gen: AtomicU64::new(sys::fork_generation()),
             touched_forks: AtomicU64::new(sys::fork_count()),
         })
@@ -1187,6 +1191,33 @@ impl Engine {
             }
         });
         r.unwrap_or(Err(Fail::Timeout))
+    }
+
+    /// A receive's [`wait`](Self::wait) on an SPSC queue, with the temporal
+    /// slipping of the exclusive endpoints (see [`Engine::spsc_slow`]): when
+    /// this handle's last waits ended at their first look, it first lets the
+    /// producer run ahead for `rx_slip` pauses; a wait that needed several
+    /// looks ends the slip. Other queues wait at once.
+    pub(crate) fn recv_wait_slipping(&self, deadline: Deadline, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
+        if !self.geo.spsc {
+            return self.wait(Side::Recv, deadline, attempt);
+        }
+        let slip = self.rx_slip.load(Ordering::Relaxed);
+        for _ in 0..slip {
+            std::hint::spin_loop();
+        }
+        let mut looks = 0u32;
+        let r = self.wait(Side::Recv, deadline, || {
+            looks += 1;
+            attempt()
+        });
+        let next = match (&r, looks) {
+            (Ok(()), 0..=1) => (slip * 2 + 1).min(SPSC_MAX_SLIP),
+            (Ok(()), 2) => slip,
+            _ => 0,
+        };
+        self.rx_slip.store(next, Ordering::Relaxed);
+        r
     }
 
     /// Whether a deep (liveness) check is due for this handle; rate-limited to
