@@ -2,7 +2,7 @@
 //! sends `count` u64 values 0..count, prints "sent", then either exits
 //! (dropping its sender) or, with `hold`, waits to be killed.
 //!
-//! Usage: queue_writer <name> <count> <exit|hold>
+//! Usage: `queue_writer <name> <count> <exit|hold>`
 //! Exit codes: 0 done, 2 usage, 4 disconnected, 7 open failed, 8 other send error.
 
 use std::io::Write;
