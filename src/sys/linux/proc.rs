@@ -11,10 +11,13 @@
 //! Identities are cached per thread (the process's also once per process),
 //! tagged with the fork generation of the fork layer
 //! ([`super::fork`](mod@super::fork)), so the cache of a forked child is
-//! refreshed (its tid and pid differ from the parent's).
+//! refreshed (its tid and pid differ from the parent's). That holds for forks
+//! through libc, whose handlers the fork layer installs; a raw `clone` or
+//! `syscall(SYS_fork)` bypasses them (see the fork layer).
 
 use std::cell::Cell;
 use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A thread or process identity that survives id reuse: the id and its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,24 +50,35 @@ thread_local! {
 }
 
 /// The process's identity, shared by its threads (a new thread then reads
-/// no `/proc` file for it), tagged with the fork generation it belongs to.
-static PROCESS: std::sync::Mutex<Option<(u64, Identity)>> = std::sync::Mutex::new(None);
+/// no `/proc` file for it): `PROC_GEN` is the fork generation it belongs to,
+/// stored last (Release) and read first (Acquire). No lock: a forked child's
+/// fork handlers read the identity, and a lock another thread held at the
+/// fork would never be released in the child. Every writer of one process
+/// and generation stores the same values (only a successful read is stored).
+static PROC_GEN: AtomicU64 = AtomicU64::new(u64::MAX);
+static PROC_ID: AtomicU32 = AtomicU32::new(0);
+static PROC_START: AtomicU64 = AtomicU64::new(0);
 
 #[cold]
 fn refresh(generation: u64) -> Cached {
     super::fork::watch_forks();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    let mut shared = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
-    let me = match *shared {
-        Some((g, ident)) if g == generation && ident.id == pid => ident,
-        _ => {
-            let ident = Identity { id: pid, start_time: start_time_of(pid).ok().flatten().map_or(0, |s| s.0) };
-            *shared = Some((generation, ident));
-            ident
-        }
+    let known = (PROC_GEN.load(Ordering::Acquire) == generation && PROC_ID.load(Ordering::Relaxed) == pid)
+        .then(|| PROC_START.load(Ordering::Relaxed));
+    let start_time = match known {
+        Some(start) => start,
+        None => match start_time_of(pid) {
+            Ok(Some((start, _))) => {
+                PROC_ID.store(pid, Ordering::Relaxed);
+                PROC_START.store(start, Ordering::Relaxed);
+                PROC_GEN.store(generation, Ordering::Release);
+                start
+            }
+            // Unknown (0) for this thread only: the next thread reads again.
+            _ => 0,
+        },
     };
-    drop(shared);
-    let c = Cached { generation, pid: me, tid: None };
+    let c = Cached { generation, pid: Identity { id: pid, start_time }, tid: None };
     CACHE.with(|cell| cell.set(Some(c)));
     c
 }
@@ -110,8 +124,8 @@ pub(crate) fn current_pid() -> u32 {
 }
 
 /// The text of `/proc/<id>/stat`, in one `read` into a stack buffer: the
-/// kernel renders the whole file at the first read, and it fits (a 64-byte
-/// command name and 50 numbers). `read_to_string` would `statx` and read in
+/// kernel renders the whole file at the first read, and it fits (a command
+/// name of at most 64 bytes, 16 for user tasks, and 52 numbers). `read_to_string` would `statx` and read in
 /// five growing steps (and refuse a command name that is not UTF-8); this
 /// runs on every thread's first use and on every liveness check.
 fn read_stat(id: u32) -> io::Result<String> {
@@ -229,21 +243,41 @@ mod tests {
     #[test]
     fn threads_share_the_process_identity_and_have_their_own() {
         let me = current_process();
-        // A command name with spaces and parentheses (the stat line is parsed
-        // from its last ')'), and bytes that are not UTF-8.
-        let (p, t) = std::thread::Builder::new()
-            .name(") a (b) ".into())
-            .spawn(|| {
-                let _ = rustix::thread::set_name(c"x) \xff(y");
-                (current_process(), current_thread())
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        // A command name with a space, parentheses (the stat line is parsed
+        // from its last ')') and a byte that is not UTF-8.
+        let (p, t, named) = std::thread::spawn(|| {
+            rustix::thread::set_name(c"x) \xff(y").unwrap();
+            let named =
+                std::fs::read(format!("/proc/self/task/{}/comm", rustix::thread::gettid().as_raw_nonzero())).unwrap();
+            (current_process(), current_thread(), named)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(named, b"x) \xff(y\n");
         assert_eq!(p, me);
         assert_ne!(t.id, me.id);
-        assert_ne!(t.start_time, 0);
-        assert_eq!(parent_of(me.id), Some(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)));
+        assert_ne!(t.start_time, 0, "the thread's stat line was not parsed");
+    }
+
+    #[test]
+    fn a_forked_child_has_its_own_identity() {
+        let parent = current_process();
+        // SAFETY: the child only reads its identity and /proc, then leaves
+        // with `_exit` (no destructors, no test harness in the child).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let me = current_process();
+            let fresh = identity_of(rustix::process::getpid().as_raw_nonzero().get() as u32);
+            let ok = me.id != parent.id && Some(me) == fresh && me.start_time != 0;
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+        assert_eq!(current_process(), parent);
     }
 
     #[test]
