@@ -369,7 +369,8 @@ pub(crate) struct Engine {
     /// Empty/full results of `try_*` calls (throttles liveness checks).
     polls: AtomicU32,
     /// `pause`s a typed receive on an SPSC queue slips before it looks
-    /// ([`Engine::recv_wait_slipping`]); a hint, so relaxed.
+    /// ([`Engine::recv_wait_slipping`]); shared by the clones of this handle
+    /// in this process; a hint, so relaxed.
     rx_slip: AtomicU32,
     /// Fork generation in which this process last dropped its inherited
     /// entries of the other side ([`Engine::shed_inherited`]).
@@ -1194,29 +1195,18 @@ impl Engine {
     }
 
     /// A receive's [`wait`](Self::wait) on an SPSC queue, with the temporal
-    /// slipping of the exclusive endpoints (see [`Engine::spsc_slow`]): when
-    /// this handle's last waits ended at their first look, it first lets the
-    /// producer run ahead for `rx_slip` pauses; a wait that needed several
-    /// looks ends the slip. Other queues wait at once.
-    pub(crate) fn recv_wait_slipping(&self, deadline: Deadline, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
+    /// slipping of the exclusive endpoints ([`slip`]); `rx_slip` is shared
+    /// by every clone of this handle in this process. Other queues wait at once.
+    pub(crate) fn recv_wait_slipping(&self, deadline: Deadline, attempt: impl FnMut() -> Step) -> Result<(), Fail> {
         if !self.geo.spsc {
             return self.wait(Side::Recv, deadline, attempt);
         }
         let slip = self.rx_slip.load(Ordering::Relaxed);
-        for _ in 0..slip {
-            std::hint::spin_loop();
-        }
-        let mut looks = 0u32;
-        let r = self.wait(Side::Recv, deadline, || {
-            looks += 1;
-            attempt()
-        });
-        let next = match (&r, looks) {
-            (Ok(()), 0..=1) => (slip * 2 + 1).min(SPSC_MAX_SLIP),
-            (Ok(()), 2) => slip,
-            _ => 0,
-        };
-        self.rx_slip.store(next, Ordering::Relaxed);
+        slip::before_wait(slip, deadline, self.wait_mode());
+        let r = self.wait(Side::Recv, deadline, attempt);
+        // Messages there when the wait ended: the one taken and those behind it.
+        let backlog = if r.is_ok() { ring::len(self) + 1 } else { 0 };
+        self.rx_slip.store(slip::next(slip, backlog), Ordering::Relaxed);
         r
     }
 
@@ -1282,8 +1272,8 @@ pub(crate) struct SpscLocal {
     /// operation on an inherited endpoint takes the slow path (registers).
     gen: u64,
     /// Consumer: `pause`s it waits, after finding the ring empty, before it
-    /// looks at the producer's index again (temporal slipping, see
-    /// [`Engine::spsc_slow`]); 0 while messages come one at a time.
+    /// looks at the producer's index again ([`slip`]); 0 unless its last
+    /// wait ended with a backlog.
     slip: u32,
 }
 
@@ -1688,38 +1678,24 @@ impl Engine {
             };
             if !ready(l) {
                 if side == Side::Recv {
-                    // Temporal slipping (FastForward, Giacomoni et al., PPoPP
-                    // 2008): a consumer that keeps catching up with a streaming
-                    // producer reads the producer's index line right after each
-                    // publication, so every next publication pays for taking the
-                    // line back. When the last wait ended at its first look, let
-                    // the producer run ahead for a while before looking again;
-                    // a wait that had to look several times (ping-pong, a
-                    // producer that paused) looks at once next time.
-                    for _ in 0..l.slip {
-                        std::hint::spin_loop();
-                    }
+                    slip::before_wait(l.slip, deadline.unwrap_or(Deadline::NEVER), self.wait_mode());
                 }
-                let mut looks = 0u32;
-                let polled = wait::Spinner::poll_batch(wait::QUEUE_POLL_BATCH, || {
-                    looks += 1;
-                    match self.spsc_refresh(l, side) {
-                        Err(f) => Some(Err(f)),
-                        Ok(()) => ready(l).then_some(Ok(())),
-                    }
+                let polled = wait::Spinner::poll_batch(wait::QUEUE_POLL_BATCH, || match self.spsc_refresh(l, side) {
+                    Err(f) => Some(Err(f)),
+                    Ok(()) => ready(l).then_some(Ok(())),
                 });
                 if side == Side::Recv {
-                    l.slip = match polled {
-                        Some(Ok(())) if looks <= 1 => (l.slip * 2 + 1).min(SPSC_MAX_SLIP),
-                        Some(Ok(())) if looks <= 2 => l.slip,
+                    // Found in the local poll: slip by what had arrived; a
+                    // wait that goes on to sleep (or fails) ends the slip.
+                    let backlog = match polled {
+                        Some(Ok(())) => l.other.wrapping_sub(l.own),
                         _ => 0,
                     };
+                    l.slip = slip::next(l.slip, backlog);
                 }
                 if let Some(Err(f)) = polled {
                     return Err(f);
                 }
-            } else if side == Side::Recv {
-                l.slip = (l.slip * 2 + 1).min(SPSC_MAX_SLIP);
             }
         }
         match self.spsc_attempt(l, side, &mut slot) {
@@ -1737,11 +1713,78 @@ impl Engine {
     }
 }
 
-/// Most `pause`s an SPSC consumer slips (see [`Engine::spsc_slow`]): 1.2-1.7 us
-/// on the Xeon we measure on (18-27 ns per `pause`), the most a message of a
-/// stream can wait beyond its arrival. Measured there, paired against the raw
-/// ring: 32 gave 0.27-0.30x, 64 0.31-0.34x, 128 0.35-0.41x, none 0.14-0.22x.
-const SPSC_MAX_SLIP: u32 = 64;
+/// Temporal slipping for SPSC receivers, after FastForward (Giacomoni,
+/// Moseley, Vachharajani, PPoPP 2008).
+///
+/// A consumer that keeps catching up with a streaming producer reads the
+/// producer's index (and the slot line it is filling) right after each
+/// write, so the producer's next write pays for taking the line back: one
+/// line transfer per message. When a receive's wait ends with two or more
+/// messages there, the producer is streaming: the next wait first lets it
+/// run ahead for a number of `pause`s, doubling up to [`MAX`]. A wait that
+/// ends with exactly one message (ping-pong: the reply is all there is) or
+/// goes to sleep ends the slip, so a round trip pays it at most once after
+/// a stream. No slip in `Blocking` mode, nor for a timeout under
+/// [`SHORT_TIMEOUT`] (it would overrun the deadline).
+mod slip {
+    use std::time::Duration;
+
+    use crate::time::Deadline;
+    use crate::WaitMode;
+
+    /// Most `pause`s: 1.2-1.7 us on the Xeon we measure on (18-27 ns per
+    /// `pause`), about 3 us on parts where `pause` takes 140 cycles, a few
+    /// hundred ns where it takes 10: the most a message of a stream can wait
+    /// beyond its arrival. Paired against the raw ring there: 32 gave
+    /// 0.27-0.30x, 64 0.31-0.44x, 128 0.35-0.41x, none 0.14-0.22x.
+    pub(super) const MAX: u32 = 64;
+
+    /// Waits with less time than this left do not slip.
+    pub(super) const SHORT_TIMEOUT: Duration = Duration::from_micros(20);
+
+    /// Spins `slip` pauses, unless the mode or the deadline rules it out.
+    #[inline]
+    pub(super) fn before_wait(slip: u32, deadline: Deadline, mode: WaitMode) {
+        if slip == 0 || mode == WaitMode::Blocking {
+            return;
+        }
+        if let Some(left) = deadline.remaining() {
+            if left < SHORT_TIMEOUT {
+                return;
+            }
+        }
+        for _ in 0..slip {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// The next slip, from the messages there when the wait ended (0: none,
+    /// it slept or failed).
+    #[inline]
+    pub(super) fn next(slip: u32, backlog: u64) -> u32 {
+        if backlog >= 2 {
+            (slip * 2 + 1).min(MAX)
+        } else {
+            0
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_stream_grows_the_slip_and_one_message_ends_it() {
+            let mut s = 0;
+            for _ in 0..10 {
+                s = next(s, 5);
+            }
+            assert_eq!(s, MAX);
+            assert_eq!(next(s, 1), 0, "ping-pong: the reply is all there is");
+            assert_eq!(next(s, 0), 0, "slept or failed");
+        }
+    }
+}
 
 /// How far ahead (in bytes of slots) an SPSC receiver prefetches: four
 /// cache lines. See [`ring::prefetch`].
