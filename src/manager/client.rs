@@ -146,14 +146,23 @@ fn connect(m: &ManagerRef) -> Result<Link, ManagerError> {
 
 /// A refused connection, and a handshake the server hung up on or reset, mean
 /// the server is gone (a server killed while a client connects closes the
-/// accepted socket mid-handshake); a wrong key or a peer that does not speak
-/// the handshake is a connection error.
+/// accepted socket mid-handshake); a wrong key, a peer that does not speak
+/// the handshake, or a local failure (the random source) is a connection error.
 fn connect_err(e: crate::connection::ConnectError) -> ManagerError {
     use crate::connection::{AuthError, ConnectError};
+    use std::io::ErrorKind;
+    let hung_up = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof
+        )
+    };
     match e {
-        ConnectError::Io(_) | ConnectError::Auth(AuthError::Disconnected | AuthError::Io(_)) => {
-            ManagerError::ManagerGone
-        }
+        ConnectError::Io(_) | ConnectError::Auth(AuthError::Disconnected) => ManagerError::ManagerGone,
+        ConnectError::Auth(AuthError::Io(ref io)) if hung_up(io) => ManagerError::ManagerGone,
         e => ManagerError::Connect(e.to_string()),
     }
 }
