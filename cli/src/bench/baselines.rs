@@ -120,21 +120,59 @@ impl<T> Shared<T> {
     }
 }
 
-/// Spins until `done()` holds; Err after `limit` without it. The clock is read
-/// once every 4096 spins, so the check costs nothing measurable.
+/// Time a baseline's side has waited for its peer, not counting time it was
+/// stopped. The bench stops (SIGSTOP) the children of a session while the
+/// other side of a pair runs, and the drift probe's child for a whole case
+/// (over a minute for `pool-map-cpu`): a wait that spans the stop must not
+/// read the stop as the peer's silence. That misreading made the probe's
+/// child give up right after such a case, and the probe then reported "a
+/// block took over 20 s" against the case (the "pool stall" of issue 11).
+struct StallClock {
+    limit: Duration,
+    waited: Duration,
+    last: Instant,
+}
+
+impl StallClock {
+    /// A gap between two readings longer than this was a stop (or a host
+    /// that did not run us), not waiting.
+    const STOPPED: Duration = Duration::from_secs(1);
+
+    fn new(limit: Duration) -> StallClock {
+        StallClock { limit, waited: Duration::ZERO, last: Instant::now() }
+    }
+
+    /// Counts the time since the last reading (unless it was a stop);
+    /// whether the limit is reached.
+    fn expired(&mut self) -> bool {
+        let now = Instant::now();
+        let gap = now.duration_since(self.last);
+        self.last = now;
+        if gap < Self::STOPPED {
+            self.waited += gap;
+        }
+        self.waited >= self.limit
+    }
+}
+
+/// Spins until `done()` holds; Err after `limit` of waiting without it (see
+/// [`StallClock`]). The clock is read once every 4096 spins, so the check
+/// costs nothing measurable.
 #[inline(always)]
 fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()> {
     let mut spins: u32 = 0;
-    let mut since: Option<Instant> = None;
+    let mut clock: Option<StallClock> = None;
     while !done() {
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
         if spins.is_multiple_of(4096) {
-            let now = Instant::now();
-            match since {
-                None => since = Some(now),
-                Some(t) if now.duration_since(t) > limit => return Err(()),
-                Some(_) => {}
+            match clock.as_mut() {
+                None => clock = Some(StallClock::new(limit)),
+                Some(c) => {
+                    if c.expired() {
+                        return Err(());
+                    }
+                }
             }
         }
     }
@@ -201,19 +239,20 @@ struct FutexWords {
 
 const FUTEX_STOP: u32 = u32::MAX;
 
-/// Sleeps on `word` until it differs from `old`; Err after `limit`.
+/// Sleeps on `word` until it differs from `old`; Err after `limit` of waiting
+/// (see [`StallClock`]).
 fn futex_until_changed(word: &AtomicU32, old: u32, limit: Duration) -> Result<u32, ()> {
-    let deadline = Instant::now() + limit;
+    let mut clock = StallClock::new(limit);
     loop {
         let v = word.load(Ordering::Acquire);
         if v != old {
             return Ok(v);
         }
-        let now = Instant::now();
-        if now >= deadline {
+        if clock.expired() {
             return Err(());
         }
-        os::futex_wait(word, old, deadline - now);
+        // In slices shorter than a stop gap, so that waiting counts.
+        os::futex_wait(word, old, Duration::from_millis(500));
     }
 }
 
@@ -727,4 +766,44 @@ fn mpmc_stream(cfg: &Config) -> Result<Session, String> {
         s = s.child(k);
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiting child that the bench stops for longer than its limit (as the
+    /// drift probe's child is stopped for a whole case) still waits for its
+    /// peer once continued, for a spinning and for a sleeping wait.
+    #[test]
+    fn a_stopped_waiter_does_not_count_the_stop() {
+        for spinning in [true, false] {
+            let shared = Shared::<FutexWords>::new(0).expect("segment");
+            let theirs = shared.clone();
+            let limit = Duration::from_millis(1500);
+            let mut child = os::fork_child(None, move || {
+                let w = &theirs.get().ping.0;
+                let r = if spinning {
+                    spin_until(limit, || w.load(Ordering::Acquire) != 0)
+                } else {
+                    futex_until_changed(w, 0, limit).map(|_| ())
+                };
+                if r.is_ok() {
+                    0
+                } else {
+                    EXIT_STALLED
+                }
+            })
+            .expect("fork");
+            // Let it start waiting, stop it past its limit, continue it, answer.
+            std::thread::sleep(Duration::from_millis(200));
+            child.signal_stop();
+            std::thread::sleep(Duration::from_millis(2500));
+            child.signal_cont();
+            std::thread::sleep(Duration::from_millis(100));
+            shared.get().ping.0.store(1, Ordering::Release);
+            os::futex_wake(&shared.get().ping.0);
+            assert_eq!(child.wait_timeout(Duration::from_secs(10)), Ok(0), "spinning: {spinning}");
+        }
+    }
 }
