@@ -125,9 +125,10 @@ pub(crate) fn current_pid() -> u32 {
 
 /// The text of `/proc/<id>/stat`, in one `read` into a stack buffer: the
 /// kernel renders the whole file at the first read, and it fits (a command
-/// name of at most 64 bytes, 16 for user tasks, and 52 numbers). `read_to_string` would `statx` and read in
-/// five growing steps (and refuse a command name that is not UTF-8); this
-/// runs on every thread's first use and on every liveness check.
+/// name of at most 64 bytes, 16 for user tasks, and 52 numbers).
+/// `read_to_string` would `statx` and read in five growing steps (and refuse
+/// a command name that is not UTF-8); this runs on every thread's first use
+/// and on every liveness check.
 fn read_stat(id: u32) -> io::Result<String> {
     use std::io::Read;
     let mut f = std::fs::File::open(format!("/proc/{id}/stat"))?;
