@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::wire::{self, WireError};
+use super::worker::RunCx;
 
 /// How many closures a process can make tasks of.
 pub const MAX_CLOSURES: usize = 1024;
@@ -112,18 +113,19 @@ pub(crate) fn registered() -> usize {
 /// function field of the task frame, tagged; see `wire::CLOSURE_TAG`).
 pub(crate) fn run_closure<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     index: usize,
-    arg: wire::Item<'_>,
-    out: &mut Vec<u8>,
+    cx: &mut RunCx<'_, '_, '_>,
 ) {
     let entry = TABLE.get(index).and_then(OnceLock::get).and_then(|e| e.downcast_ref::<Entry<A, R>>());
     let Some(Entry(f)) = entry else {
-        return wire::push_err(
-            out,
-            &WireError::Deserialize(format!("closure {index} is not in this worker (made after its fork?)")),
-        );
+        while cx.next_arg().is_some() {
+            cx.err(&WireError::Deserialize(format!("closure {index} is not in this worker (made after its fork?)")));
+        }
+        return;
     };
-    match wire::decode_item::<A>(arg) {
-        Ok(a) => wire::call_captured(out, || f(a)),
-        Err(e) => wire::push_err(out, &WireError::Deserialize(format!("decoding the argument in the worker: {e}"))),
+    while let Some(arg) = cx.next_arg() {
+        match wire::decode_item::<A>(arg) {
+            Ok(a) => wire::call_captured(cx, || f(a)),
+            Err(e) => wire::bad_arg(cx, e),
+        }
     }
 }

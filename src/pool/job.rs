@@ -48,15 +48,54 @@ pub(crate) fn items(b: &Batch, mut each: impl FnMut(u64, Result<Item<'_>, TaskEr
             for i in 0..u64::from(*count) {
                 let item = match r.next_result() {
                     Some(Ok(item)) => Ok(item),
-                    Some(Err(bytes)) => Err(match postcard::from_bytes::<WireError>(bytes) {
-                        Ok(e) => TaskError::from(e),
-                        Err(e) => TaskError::Deserialize { reason: format!("a worker's error report: {e}") },
-                    }),
+                    Some(Err(bytes)) => Err(worker_error(bytes)),
                     None => Err(TaskError::Deserialize { reason: "a malformed result frame".into() }),
                 };
                 each(first + i, item);
             }
         }
+    }
+}
+
+/// Decodes every item of `b` onto the end of `out`, in order; `Err` names
+/// the first failed item (the items before it are in `out`).
+///
+/// What `map` spends its time on in the caller: runs of plain items are
+/// decoded by a loop monomorphised for their kind ([`wire::Items::plain_run_into`]),
+/// anything else item by item.
+pub(crate) fn decode_into<R: DeserializeOwned>(b: &Batch, out: &mut Vec<R>) -> Result<(), MapError> {
+    let (first, count, frame) = match b {
+        Batch::Fail { count: 0, .. } => return Ok(()),
+        Batch::Fail { first, error, .. } => return Err(map_error(*first, error.clone())),
+        Batch::Frame { first, count, frame } => (*first, u64::from(*count), frame),
+    };
+    let mut r = wire::Items::new(frame, wire::RESULT_HEADER.min(frame.len()));
+    let mut i = 0u64;
+    while i < count {
+        i += r.plain_run_into(usize::try_from(count - i).unwrap_or(usize::MAX), out) as u64;
+        if i == count {
+            break;
+        }
+        let item = match r.next_result() {
+            Some(Ok(item)) => Ok(item),
+            Some(Err(bytes)) => Err(worker_error(bytes)),
+            None => Err(TaskError::Deserialize { reason: "a malformed result frame".into() }),
+        };
+        match decode::<R>(item) {
+            Ok(v) => out.push(v),
+            Err(error) => return Err(map_error(first + i, error)),
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The error a worker reported for an item (the bytes of a `WireError`).
+#[cold]
+fn worker_error(bytes: &[u8]) -> TaskError {
+    match postcard::from_bytes::<WireError>(bytes) {
+        Ok(e) => TaskError::from(e),
+        Err(e) => TaskError::Deserialize { reason: format!("a worker's error report: {e}") },
     }
 }
 
@@ -250,18 +289,7 @@ pub(crate) fn gather_map<R: DeserializeOwned>(job: &Job, total: u64) -> Result<V
             early.insert(first_of(&b), b);
         }
         while let Some(b) = early.remove(&(out.len() as u64)) {
-            let mut failed = None;
-            items(&b, |i, r| {
-                if failed.is_none() {
-                    match decode::<R>(r) {
-                        Ok(v) => out.push(v),
-                        Err(error) => failed = Some(map_error(i, error)),
-                    }
-                }
-            });
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            decode_into(&b, &mut out)?;
         }
         if answered >= total && (out.len() as u64) < total {
             // Every item answered, yet they do not tile the input: a correct
@@ -300,20 +328,8 @@ pub(crate) fn decode_all<R: DeserializeOwned>(mut batches: Vec<Batch>, total: u6
     }) && next == total;
     if tiles {
         let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-        let mut failed: Option<MapError> = None;
         for b in &batches {
-            items(b, |i, r| {
-                if failed.is_some() {
-                    return;
-                }
-                match decode::<R>(r) {
-                    Ok(v) => out.push(v),
-                    Err(error) => failed = Some(MapError { index: i as usize, error }),
-                }
-            });
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            decode_into(b, &mut out)?;
         }
         return Ok(out);
     }
@@ -463,6 +479,45 @@ mod tests {
         }
         wire::set_result_count(&mut f, values.len() as u32);
         f
+    }
+
+    #[test]
+    fn decode_into_mixes_plain_runs_with_other_items_and_names_the_failed_one() {
+        let mut f = Vec::new();
+        wire::result_header(&mut f, 9, 0, 1, 0);
+        wire::push_ok(&mut f, &1u64);
+        wire::push_ok(&mut f, &2u64);
+        f.push(wire::POSTCARD); // a postcard item between plain runs
+        wire::append_len_prefixed(&mut f, &3u64).unwrap();
+        wire::push_ok(&mut f, &4u32); // plain of another kind
+        wire::push_err(&mut f, &WireError::Panicked { message: "m".into(), location: None });
+        wire::push_ok(&mut f, &6u64);
+        let b = Batch::Frame { first: 100, count: 6, frame: f.clone() };
+        let mut out: Vec<u64> = Vec::new();
+        let e = decode_into(&b, &mut out).unwrap_err();
+        assert_eq!(out, [1, 2, 3, 4]);
+        assert_eq!(e.index, 104);
+        assert!(matches!(e.error, TaskError::Panicked { .. }), "{e:?}");
+
+        // A plain item that does not fit the result type: its own error, at its index.
+        let mut out: Vec<u8> = Vec::new();
+        let b = Batch::Frame { first: 0, count: 2, frame: ok_frame(&[7, 300]) };
+        let e = decode_into(&b, &mut out).unwrap_err();
+        assert_eq!((out, e.index), (vec![7u8], 1));
+        assert!(matches!(e.error, TaskError::Deserialize { .. }), "{e:?}");
+
+        // A frame shorter than its count: the missing items are an error, not a hang or a panic.
+        let b = Batch::Frame { first: 0, count: 4, frame: ok_frame(&[1, 2]) };
+        let mut out: Vec<u64> = Vec::new();
+        assert_eq!(decode_into(&b, &mut out).unwrap_err().index, 2);
+        // A failed batch fails at its first item; an empty one is nothing.
+        let fail = Batch::Fail { first: 5, count: 2, error: TaskError::Closed };
+        assert_eq!(
+            decode_into::<u64>(&fail, &mut Vec::new()).unwrap_err(),
+            MapError { index: 5, error: TaskError::Closed }
+        );
+        let empty = Batch::Fail { first: 5, count: 0, error: TaskError::Closed };
+        assert!(decode_into::<u64>(&empty, &mut Vec::new()).is_ok());
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub use job::AsyncResult;
 use dispatch::{Chunk, Config, Dispatcher, Inbox, Shared};
 use job::{Batch, Job};
 use table::Table;
-use wire::RunOne;
+use wire::RunMany;
 
 use crate::process::{self, StartMethod};
 use crate::time::Deadline;
@@ -392,7 +392,7 @@ struct Target {
 }
 
 impl Target {
-    fn new(runner: RunOne, func: usize) -> Target {
+    fn new(runner: RunMany, func: usize) -> Target {
         let r = runner as usize;
         let ok = process::same_object(r) && process::same_object(func);
         Target {
@@ -408,7 +408,7 @@ impl Target {
         A: DeserializeOwned + 'static,
         R: Serialize + 'static,
     {
-        let mut t = Target::new(closure::run_closure::<A, R>, closure::run_closure::<A, R> as RunOne as usize);
+        let mut t = Target::new(closure::run_closure::<A, R>, closure::run_closure::<A, R> as RunMany as usize);
         match c.index() {
             _ if t.refused.is_some() => {}
             None => t.refused = Some("the process made more closures than pool::MAX_CLOSURES"),

@@ -18,7 +18,7 @@
 //! | offset | field | written by | meaning |
 //! |---|---|---|---|
 //! | 0 | `gen: AtomicU32` | parent (before starting the worker) | incarnation of the slot |
-//! | 4 | `running: AtomicU32` | worker | 1 while an item runs, 0 between runs |
+//! | 4 | `running: AtomicU32` | worker | 1 from before a run's first item to after its last (stored again before each item when tasks are timed), 0 between runs |
 //! | 8 | `chunk: AtomicU64` | worker, after taking a run and **before** running any of it | id of the last run started (0: none) |
 //! | 16 | `item: AtomicU64` | worker, before each item | index within the run of the item started last |
 //! | 24 | `started_ns: AtomicU64` | worker | `CLOCK_MONOTONIC` ns when the running item started |
@@ -60,6 +60,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use super::plain::Plain;
 use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::object::{Builder, Object, Prefix, View};
@@ -225,6 +226,7 @@ impl Stage<'_> {
 
     /// Worker: the area holds `items` (result items, `count` of them, the
     /// first `staged` bytes of which it holds already). `false` if they do not fit.
+    #[inline]
     pub(crate) fn sync(&self, items: &[u8], staged: usize, count: u32) -> bool {
         if items.len() > self.cap || staged > items.len() {
             return false;
@@ -235,6 +237,28 @@ impl Stage<'_> {
         // (Usually one short item: copied inline, see `copy_short`.)
         unsafe { super::wire::copy_short(new, self.data.add(staged)) };
         self.head.len.store(items.len() as u32, Ordering::Relaxed);
+        self.head.count.store(count, Ordering::Release);
+        true
+    }
+
+    /// Worker: as [`sync`](Stage::sync) for one plain item appended to the
+    /// frame, written from its value rather than copied back out of the
+    /// frame (`len` is the frame's item bytes with it). `false` if the area
+    /// has no room for the 9-byte store (the caller then uses `sync`).
+    #[inline]
+    pub(crate) fn sync_plain(&self, staged: usize, p: Plain, len: usize, count: u32) -> bool {
+        if staged.checked_add(9).map_or(true, |end| end > self.cap) || len > self.cap {
+            return false;
+        }
+        // SAFETY: staged + 9 <= cap: the tag and the unaligned 8-byte store lie
+        // inside the area (bytes past the item's width are overwritten by the
+        // next item, and past `len` nobody reads them).
+        unsafe {
+            let at = self.data.add(staged);
+            std::ptr::write_volatile(at, super::wire::PLAIN + p.kind as u8);
+            std::ptr::write_unaligned(at.add(1).cast::<u64>(), p.bits.to_le());
+        }
+        self.head.len.store(len as u32, Ordering::Relaxed);
         self.head.count.store(count, Ordering::Release);
         true
     }
@@ -280,6 +304,18 @@ mod tests {
         assert_eq!(s.take(7), None);
         s.head.len.store(256, Ordering::Relaxed);
         assert_eq!(s.take(7).map(|(_, _, b)| b.len()), Some(256));
+        // A plain item written from its value: the same bytes as the frame's.
+        s.clear(7, 0);
+        let p = Plain { kind: super::super::plain::Kind::U32, bits: 0xdead_beef };
+        let mut frame = Vec::new();
+        super::super::wire::push_plain(&mut frame, p);
+        assert!(s.sync_plain(0, p, frame.len(), 1));
+        super::super::wire::push_plain(&mut frame, p);
+        assert!(s.sync_plain(5, p, frame.len(), 2));
+        assert_eq!(s.take(7), Some((0, 2, frame)));
+        assert!(!s.sync_plain(248, p, 253, 3), "the 9-byte store would pass the area's end");
+        assert!(s.sync_plain(247, p, 252, 3));
+        assert!(!s.sync_plain(usize::MAX - 3, p, 5, 3));
         s.clear(7, 0);
         assert_eq!(s.take(7), None, "an empty area holds nothing");
         // Slots past the table, and a table whose layout is not known yet.

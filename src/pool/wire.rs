@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::TaskError;
 use super::plain::{self, Kind, Plain};
+use super::worker::RunCx;
 use crate::process::child::payload_text;
 
 /// Chunk id of a task frame that asks the worker to exit.
@@ -153,6 +154,21 @@ impl<'a> Items<'a> {
         }
     }
 
+    /// Decodes the run of plain items of one kind that starts here, at most
+    /// `max`, straight into `out` ([`plain::decode_run`]); returns how many.
+    /// 0 when the next item is not plain or does not decode as a `T`: read
+    /// it with [`next_result`](Items::next_result), which names its error.
+    #[inline]
+    pub(crate) fn plain_run_into<T: DeserializeOwned>(&mut self, max: usize, out: &mut Vec<T>) -> usize {
+        let Some(kind) = self.buf.get(self.at).and_then(|t| t.checked_sub(PLAIN)).and_then(Kind::from_code) else {
+            return 0;
+        };
+        let n = plain::decode_run(kind, &self.buf[self.at..], max, out);
+        self.at += n * (1 + kind.width());
+        self.run = 0;
+        n
+    }
+
     /// The next argument item of a task frame ([`read_arg`]).
     #[inline]
     pub(crate) fn next_arg(&mut self) -> Option<Item<'a>> {
@@ -182,7 +198,7 @@ impl<'a> Items<'a> {
 
 /// Appends a plain item (argument or result: the tag is the same).
 #[inline]
-fn push_plain(out: &mut Vec<u8>, p: Plain) {
+pub(crate) fn push_plain(out: &mut Vec<u8>, p: Plain) {
     plain::push(out, PLAIN + p.kind as u8, p);
 }
 
@@ -235,10 +251,11 @@ impl From<WireError> for TaskError {
     }
 }
 
-/// Runs one item: `func` is the task's address, `arg` the argument item;
-/// appends one result item to `out`.
-pub(crate) type RunOne = fn(usize, Item<'_>, &mut Vec<u8>);
-
+/// Runs every item of a run: `func` is the task's address (or a closure's
+/// index); the runner takes each argument from the [`RunCx`] and answers it
+/// there. Monomorphised per task type, so the loop over the items inlines
+/// the decoding, the call and the encoding.
+pub(crate) type RunMany = fn(usize, &mut RunCx<'_, '_, '_>);
 /// A postcard output that appends to a borrowed vector: bytes go straight
 /// into it (postcard's `to_extend` takes an iterator per write), and a failed
 /// encoding leaves the buffer to us.
@@ -356,40 +373,47 @@ thread_local! {
     pub(crate) static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Calls `f` with panic capture, appending its result or error item.
-pub(crate) fn call_captured<R: Serialize>(out: &mut Vec<u8>, f: impl FnOnce() -> R) {
+/// Answers the current item of `cx` with `f()`'s result, or with its panic.
+#[inline]
+pub(crate) fn call_captured<R: Serialize>(cx: &mut RunCx<'_, '_, '_>, f: impl FnOnce() -> R) {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => push_ok(out, &r),
-        Err(p) => {
-            let location = LAST_PANIC.with(|l| l.borrow_mut().take());
-            push_err(out, &WireError::Panicked { message: payload_text(&*p), location })
-        }
+        Ok(r) => cx.ok(&r),
+        Err(p) => cx.panicked(p),
     }
 }
 
+/// Answers an argument that did not decode.
+#[cold]
+pub(crate) fn bad_arg(cx: &mut RunCx<'_, '_, '_>, e: String) {
+    cx.err(&WireError::Deserialize(format!("decoding the argument in the worker: {e}")));
+}
+
 /// The item runner for a `fn(A) -> R` task.
-pub(crate) fn run_one<A: DeserializeOwned, R: Serialize>(func: usize, arg: Item<'_>, out: &mut Vec<u8>) {
+pub(crate) fn run_one<A: DeserializeOwned, R: Serialize>(func: usize, cx: &mut RunCx<'_, '_, '_>) {
     // SAFETY: `func` is a `fn(A) -> R` address sent with this runner's own offset in
     // one frame, rebased by the checked anchor offset of the same executable; `fn`
     // pointers and `usize` have the same size.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    match decode_item::<A>(arg) {
-        Ok(a) => call_captured(out, || f(a)),
-        Err(e) => push_err(out, &WireError::Deserialize(format!("decoding the argument in the worker: {e}"))),
+    while let Some(arg) = cx.next_arg() {
+        match decode_item::<A>(arg) {
+            Ok(a) => call_captured(cx, || f(a)),
+            Err(e) => bad_arg(cx, e),
+        }
     }
 }
 
 /// The item runner for a `fn(A, B) -> R` task (starmap).
 pub(crate) fn run_star2<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
     func: usize,
-    arg: Item<'_>,
-    out: &mut Vec<u8>,
+    cx: &mut RunCx<'_, '_, '_>,
 ) {
     // SAFETY: as in `run_one`, for a `fn(A, B) -> R`.
     let f: fn(A, B) -> R = unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(func) };
-    match decode_item::<(A, B)>(arg) {
-        Ok((a, b)) => call_captured(out, || f(a, b)),
-        Err(e) => push_err(out, &WireError::Deserialize(format!("decoding the argument in the worker: {e}"))),
+    while let Some(arg) = cx.next_arg() {
+        match decode_item::<(A, B)>(arg) {
+            Ok((a, b)) => call_captured(cx, || f(a, b)),
+            Err(e) => bad_arg(cx, e),
+        }
     }
 }
 

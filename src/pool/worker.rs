@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::table::{Stage, Table};
-use super::wire::{self, Reader, RunInit, RunOne, WireError};
+use super::plain::{self, Plain};
+use super::table::{Record, Stage, Table};
+use super::wire::{self, Reader, RunInit, RunMany, WireError};
 use crate::queue::{FrameQueue, Role};
 use crate::sys;
 
@@ -102,15 +103,158 @@ impl Answer<'_> {
 
     /// Counts the item just appended to the frame and stages it, before the
     /// next item starts.
+    #[inline]
     fn commit_item(&mut self, results: &FrameQueue) {
         self.n += 1;
         if self.stage.sync(&self.out[wire::RESULT_HEADER..], self.staged, self.n) {
             self.staged = self.out.len() - wire::RESULT_HEADER;
         } else {
-            // Cannot happen (the area holds a whole frame); keep the promise
-            // by sending what there is now.
-            self.send(results);
+            self.cannot_stage(results);
         }
+    }
+
+    /// Appends a plain result item and stages it (the bytes go to the area
+    /// from registers, not copied back out of the frame).
+    #[inline]
+    fn commit_plain(&mut self, p: Plain, results: &FrameQueue) {
+        wire::push_plain(&mut self.out, p);
+        let len = self.out.len() - wire::RESULT_HEADER;
+        if self.stage.sync_plain(self.staged, p, len, self.n + 1) {
+            self.n += 1;
+            self.staged = len;
+        } else {
+            self.commit_item(results);
+        }
+    }
+
+    /// Cannot happen (the area holds a whole frame); keep the promise by
+    /// sending what there is now.
+    #[cold]
+    fn cannot_stage(&mut self, results: &FrameQueue) {
+        self.send(results);
+    }
+}
+
+/// One run being answered: what the item runners (`wire::run_one` and its
+/// kin, monomorphised for the task's types) drive. [`next_arg`](RunCx::next_arg)
+/// does the bookkeeping before an item (the batch flush, the in-flight
+/// record), [`ok`](RunCx::ok) and [`err`](RunCx::err) after it (the frame,
+/// the staging area); inlined into each runner's loop, so that a trivial
+/// task costs no call per item beyond its own.
+pub(crate) struct RunCx<'f, 'a, 't> {
+    items: wire::Items<'f>,
+    /// Index within the run of the next item.
+    i: u32,
+    count: u32,
+    sub: u32,
+    left_in_sub: u32,
+    /// When the oldest result not yet sent was made.
+    since: std::time::Duration,
+    timed: bool,
+    max: usize,
+    /// Frame length before the current item.
+    at: usize,
+    ans: &'a mut Answer<'t>,
+    rec: &'t Record,
+    results: &'a FrameQueue,
+}
+
+impl<'f> RunCx<'f, '_, '_> {
+    /// The next item's argument, after the bookkeeping before it; `None`
+    /// once every item of the run is answered. A malformed item is answered
+    /// with an error here.
+    #[inline]
+    pub(crate) fn next_arg(&mut self) -> Option<wire::Item<'f>> {
+        loop {
+            if self.i >= self.count {
+                return None;
+            }
+            // Items left in the current sub-chunk (a counter: a division per
+            // item costs a trivial task a tenth of its time).
+            if self.left_in_sub == 0 {
+                self.left_in_sub = self.sub;
+            }
+            self.left_in_sub -= 1;
+            if self.ans.n > 0 && self.left_in_sub == self.sub - 1 {
+                self.maybe_flush();
+            }
+            self.at = self.ans.out.len();
+            match self.items.next_arg() {
+                Some(arg) => {
+                    self.rec.item.store(u64::from(self.i), Ordering::Relaxed);
+                    if self.timed {
+                        self.rec.started_ns.store(sys::monotonic_now().as_nanos() as u64, Ordering::Relaxed);
+                        self.rec.running.store(1, Ordering::Release);
+                    }
+                    return Some(arg);
+                }
+                None => self.err(&WireError::Deserialize("a malformed task frame".into())),
+            }
+        }
+    }
+
+    /// Results are sent at the end of the run, or at the start of a chunk
+    /// once they have waited [`FLUSH_AFTER`] (every chunk when tasks are timed).
+    fn maybe_flush(&mut self) {
+        let now = sys::monotonic_now();
+        if self.timed || now.saturating_sub(self.since) >= FLUSH_AFTER {
+            self.ans.send(self.results);
+            self.since = now;
+        }
+    }
+
+    /// Answers the current item with its result.
+    #[inline]
+    pub(crate) fn ok<R: Serialize>(&mut self, r: &R) {
+        match plain::encode(r) {
+            // Fits: the item is at most 9 bytes.
+            Some(p) if self.ans.out.len() + 9 <= self.max => {
+                self.ans.commit_plain(p, self.results);
+                self.i += 1;
+            }
+            _ => {
+                wire::push_ok(&mut self.ans.out, r);
+                self.commit();
+            }
+        }
+    }
+
+    /// Answers the current item with an error.
+    #[cold]
+    pub(crate) fn err(&mut self, e: &WireError) {
+        wire::push_err(&mut self.ans.out, e);
+        self.commit();
+    }
+
+    /// Answers the current item with the panic it raised.
+    #[cold]
+    pub(crate) fn panicked(&mut self, p: Box<dyn std::any::Any + Send>) {
+        let location = wire::LAST_PANIC.with(|l| l.borrow_mut().take());
+        self.err(&WireError::Panicked { message: crate::process::child::payload_text(&*p), location });
+    }
+
+    fn commit(&mut self) {
+        if self.ans.out.len() > self.max {
+            self.split();
+        }
+        self.ans.commit_item(self.results);
+        self.i += 1;
+    }
+
+    /// The current item does not fit the frame: send what came before it,
+    /// then go on with it first in a new frame (an error if it alone is too large).
+    #[cold]
+    fn split(&mut self) {
+        let mut tail = self.ans.out.split_off(self.at);
+        self.ans.send(self.results);
+        if wire::RESULT_HEADER + tail.len() > self.max {
+            tail.clear();
+            wire::push_err(
+                &mut tail,
+                &WireError::Serialize(format!("the result is larger than the pool's frames ({} bytes)", self.max)),
+            );
+        }
+        self.ans.out.extend_from_slice(&tail);
     }
 }
 
@@ -162,7 +306,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
     let mut ans = Answer { out, stage, chunk: 0, slot: a.slot, gen: a.gen, first: 0, n: 0, staged: 0 };
 
     let mut frame = Vec::with_capacity(4096);
-    let mut cached: Option<(i64, i64, RunOne, usize)> = None;
+    let mut cached: Option<(i64, i64, RunMany, usize)> = None;
     let mut done: u64 = 0;
     let max = o.results.max_frame();
     loop {
@@ -182,7 +326,6 @@ pub(crate) fn worker_main(a: WorkerArgs) {
             if chunk == wire::STOP {
                 sys::exit_now(0);
             }
-            let sub = sub.max(1);
             // Recorded before anything of the run runs (see table.rs).
             rec.item.store(0, Ordering::Relaxed);
             rec.chunk.store(chunk, Ordering::Release);
@@ -195,9 +338,9 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                 ) {
                     (Some(rr), Some(ff)) => {
                         // SAFETY: the parent sent the offset of a `wire::run_*` runner (type
-                        // `RunOne`) monomorphised for this task's types, rebased by the checked
+                        // `RunMany`) monomorphised for this task's types, rebased by the checked
                         // mechanism; fn pointers have the size of usize.
-                        let run: RunOne = unsafe { std::mem::transmute::<usize, RunOne>(rr) };
+                        let run: RunMany = unsafe { std::mem::transmute::<usize, RunMany>(rr) };
                         cached = Some((runner, func, run, ff));
                         Some((run, ff))
                     }
@@ -205,60 +348,34 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                 },
             };
             ans.start(chunk);
-            let mut items = wire::Items::new(&frame, r.position());
-            // When the oldest result not yet sent was made: results are sent
-            // at the end of the run, or at the start of a chunk once they have
-            // waited FLUSH_AFTER (every chunk when tasks are timed).
-            let mut since = sys::monotonic_now();
-            // Items left in the current sub-chunk (a counter: a division per
-            // item costs a trivial task a tenth of its time).
-            let mut left_in_sub = sub;
-            for i in 0..count {
-                if left_in_sub == 0 {
-                    left_in_sub = sub;
-                }
-                left_in_sub -= 1;
-                if ans.n > 0 && left_in_sub == sub - 1 {
-                    let now = sys::monotonic_now();
-                    if a.timed || now.saturating_sub(since) >= FLUSH_AFTER {
-                        ans.send(&o.results);
-                        since = now;
+            rec.running.store(1, Ordering::Release);
+            let mut cx = RunCx {
+                items: wire::Items::new(&frame, r.position()),
+                i: 0,
+                count,
+                sub: sub.max(1),
+                left_in_sub: 0,
+                since: sys::monotonic_now(),
+                timed: a.timed,
+                max,
+                at: 0,
+                ans: &mut ans,
+                rec,
+                results: &o.results,
+            };
+            match resolved {
+                Some((run, f)) => run(f, &mut cx),
+                None => {
+                    while cx.next_arg().is_some() {
+                        cx.err(&WireError::Deserialize("the task lies outside the executable".into()));
                     }
                 }
-                let arg = items.next_arg();
-                let at = ans.out.len();
-                match (resolved, arg) {
-                    (_, None) => wire::push_err(&mut ans.out, &WireError::Deserialize("a malformed task frame".into())),
-                    (Some((run, f)), Some(arg)) => {
-                        rec.item.store(u64::from(i), Ordering::Relaxed);
-                        if a.timed {
-                            rec.started_ns.store(sys::monotonic_now().as_nanos() as u64, Ordering::Relaxed);
-                        }
-                        rec.running.store(1, Ordering::Release);
-                        run(f, arg, &mut ans.out);
-                    }
-                    (None, Some(_)) => wire::push_err(
-                        &mut ans.out,
-                        &WireError::Deserialize("the task lies outside the executable".into()),
-                    ),
-                }
-                if ans.out.len() > max {
-                    // Send what came before this item, then go on with this
-                    // item first in a new frame (an error if it alone is too large).
-                    let mut tail = ans.out.split_off(at);
-                    ans.send(&o.results);
-                    if wire::RESULT_HEADER + tail.len() > max {
-                        tail.clear();
-                        wire::push_err(
-                            &mut tail,
-                            &WireError::Serialize(format!("the result is larger than the pool's frames ({max} bytes)")),
-                        );
-                    }
-                    ans.out.extend_from_slice(&tail);
-                }
-                ans.commit_item(&o.results);
             }
-            r = Reader::at(&frame, items.position());
+            // A runner answers every item; this only guards the promise.
+            while cx.next_arg().is_some() {
+                cx.err(&WireError::Deserialize("the item runner stopped early".into()));
+            }
+            r = Reader::at(&frame, cx.items.position());
             rec.running.store(0, Ordering::Release);
             // Answered before the next run starts: if this worker dies in
             // a later run, nothing of this one is lost (see table.rs).
