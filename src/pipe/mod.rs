@@ -20,18 +20,24 @@
 //! reloads the other side's index only when its cached copy runs out) carrying
 //! frames: a 64-byte aligned 8-byte header (a 16-bit tag and a 48-bit length)
 //! followed by the message (from 1 KiB up, on the next cache line), padded to
-//! 64 bytes. While it polls the producer's index, a receiver prefetches the
-//! line its next frame will arrive in, so that a hand-over costs about one
-//! line transfer, not two in a row. A message larger than the ring streams through it in fragments;
-//! the receiver assembles it and never returns a partial message. The byte
-//! layout is in `SAFETY.md`, section 7.
+//! 64 bytes. A frame that fits the ring with a line to spare is written body
+//! first and header last, and the producer zeroes the header word after it
+//! beforehand (a kilobytes-long window of them at a time), so a receiver that
+//! finds the ring empty polls the *next header word*, on the line the frame
+//! arrives in, rather than the producer's index on a line of its own: a
+//! message costs about one line transfer, as a bare atomic ping-pong does,
+//! instead of two in a row (the sequence-word idea of Vyukov's and the
+//! Disruptor's slots, or Aeron's frame length written last, for a byte ring).
+//! A message larger than that streams through the ring in fragments, followed
+//! by the producer's index; the receiver assembles it and never returns a
+//! partial message. The byte layout is in `SAFETY.md`, section 7.
 //!
-//! Waiting is adaptive: a receiver (or a sender facing a full ring) polls the
-//! other side's index for a short spin budget, then raises a *sleeper flag*
-//! (a futex word) and sleeps on it. The other side only makes a system call
-//! when it sees that flag raised. The flag store and the index load on one side,
-//! and the index store and the flag load on the other, are separated by SeqCst
-//! fences, so at least one side sees the other's store: no lost wake-up.
+//! Waiting is adaptive: a receiver (or a sender facing a full ring) polls for
+//! a short spin budget, then raises a *sleeper flag* (a futex word) and sleeps
+//! on it. The other side only makes a system call when it sees that flag
+//! raised. The flag store and the re-check on one side, and the publication
+//! and the flag load on the other, are separated by SeqCst fences, so at
+//! least one side sees the other's store: no lost wake-up.
 //!
 //! ## Ends and peer death
 //! Each end has a slot naming the process that holds it (pid and start time),
@@ -158,7 +164,10 @@ impl Default for PipeConfig {
 
 impl Builder<Connection> {
     /// Capacity of each ring in bytes, rounded up to a power of two (at least
-    /// 64; default 1 MiB). Messages larger than this stream through in fragments.
+    /// 128; default 1 MiB). The sender keeps one 64-byte line free after its
+    /// data, so a message goes in whole when its frame (8 bytes of header, the
+    /// message, padding to 64) fits in `ring_size - 64` bytes; a larger one
+    /// streams through in fragments as the receiver reads.
     pub fn ring_size(mut self, bytes: usize) -> Self {
         self.params.ring_size = bytes;
         self
