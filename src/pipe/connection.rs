@@ -313,6 +313,9 @@ struct TxState {
     scratch: Vec<u8>,
     /// Messages sent, for spacing out liveness checks.
     sends: u64,
+    /// `tail` was moved past frames a dead predecessor published only by
+    /// their headers (see `attach`): store it before writing anything.
+    tail_unpublished: bool,
     /// Every header word (64-byte aligned) in `[tail, zeroed)` is zero
     /// (see `zero_next`); meaningless once `tail` has passed it.
     zeroed: u64,
@@ -383,6 +386,9 @@ pub struct Connection {
     attach_marks: (u64, u64),
     /// Mirror of the published receive head, for `poll`/`wait` without the lock.
     rx_head: AtomicU64,
+    /// Whether `rx_head` is a frame boundary (not inside a message whose
+    /// rest has not arrived): only there is the header word meaningful.
+    rx_at_frame: AtomicBool,
     /// Throttles liveness checks of the peer (each reads `/proc`).
     last_check: RateLimit,
     /// Sticky: the peer has been seen gone.
@@ -515,14 +521,25 @@ impl Connection {
         if let Some(r) = &rx {
             let head = r.head().load(Ordering::Acquire);
             let tail = r.tail().load(Ordering::Acquire);
-            if head % FRAME_ALIGN != 0 || tail.wrapping_sub(head) > r.cap {
+            // A `tail` may lag a consumer that read frames by their headers
+            // (see `ring.rs`), never by more than the ring's usable space.
+            let lags = head.wrapping_sub(tail) <= r.cap - FRAME_ALIGN;
+            if head % FRAME_ALIGN != 0 || (tail.wrapping_sub(head) > r.cap && !lags) {
                 return Err(OpenError::corrupt("pipe receive indices are inconsistent"));
             }
             rx_state.head = head;
             rx_state.published = head;
             rx_state.tail_seen = head;
         }
-        let mut tx_state = TxState { tail: 0, cached_head: 0, broken: None, scratch: Vec::new(), sends: 0, zeroed: 0 };
+        let mut tx_state = TxState {
+            tail: 0,
+            cached_head: 0,
+            broken: None,
+            scratch: Vec::new(),
+            sends: 0,
+            zeroed: 0,
+            tail_unpublished: false,
+        };
         if let Some(r) = &tx {
             let head = r.head().load(Ordering::Acquire);
             let mut tail = r.tail().load(Ordering::Acquire);
@@ -548,6 +565,7 @@ impl Connection {
             if tail.wrapping_sub(head) > r.cap - FRAME_ALIGN {
                 return Err(OpenError::corrupt("pipe send indices are inconsistent"));
             }
+            tx_state.tail_unpublished = tail != r.tail().load(Ordering::Relaxed);
             tx_state.tail = tail;
             tx_state.zeroed = tail;
             tx_state.cached_head = head;
@@ -568,6 +586,7 @@ impl Connection {
         REGISTRY.with(|l| l.push(reg.clone()));
         Ok(Connection {
             rx_head: AtomicU64::new(rx_state.head),
+            rx_at_frame: AtomicBool::new(true),
             seg,
             end,
             rx,
@@ -902,6 +921,13 @@ impl Connection {
             self.peer_gone.store(true, Ordering::Relaxed);
             return Err(SendError::Disconnected);
         }
+        if tx.tail_unpublished {
+            // Now that this process holds the end: a consumer that read those
+            // frames by their headers must not see a `tail` behind it once
+            // our next header shows (it follows `tail` for some frames).
+            ring.tail().store(tx.tail, Ordering::Release);
+            tx.tail_unpublished = false;
+        }
         let cap = ring.cap;
         let fb = FrameBody::of(len);
         let body = fb.body;
@@ -984,8 +1010,8 @@ impl Connection {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     /// use shmproc::pipe::{Pipe, SendError};
-    /// let (a, _b) = Pipe::builder().ring_size(64).pair()?;
-    /// a.send_bytes(&[0; 40])?; // fills the 64-byte ring
+    /// let (a, _b) = Pipe::builder().ring_size(128).pair()?;
+    /// a.send_bytes(&[0; 40])?; // fills the ring: a 64-byte frame and the line kept free
     /// assert!(matches!(a.send_bytes_timeout(&[1; 40], Duration::from_millis(10)), Err(SendError::Timeout)));
     /// # Ok(()) }
     /// ```
@@ -1024,12 +1050,13 @@ impl Connection {
 
     /// Publishes the consumer's head and wakes the producer if it sleeps.
     #[inline]
-    fn publish_head(&self, ring: &RingView, rx: &mut RxState) {
+    fn publish_head(&self, ring: &RingView, rx: &mut RxState, at_frame: bool) {
         if rx.head == rx.published {
             return;
         }
         ring.head().store(rx.head, Ordering::Release);
         rx.published = rx.head;
+        self.rx_at_frame.store(at_frame, Ordering::Relaxed);
         self.rx_head.store(rx.head, Ordering::Relaxed);
         Flag::wake(&Kernel, ring.tx_sleep());
     }
@@ -1075,9 +1102,15 @@ impl Connection {
             }
             polls = polls.wrapping_add(1);
             if polls % TAIL_CHECK_EVERY == 0 || (check_first && polls == 1) {
-                let t = ring.tail().load(Ordering::Relaxed);
-                if t.wrapping_sub(head) > ring.cap && head.wrapping_sub(t) > ring.cap {
+                let t = ring.tail().load(Ordering::Acquire);
+                let ahead = t.wrapping_sub(head);
+                if ahead > ring.cap && head.wrapping_sub(t) > ring.cap {
                     return Some(Err(RecvError::Corrupt { reason: "the sender's tail is beyond the ring" }));
+                }
+                // A producer stores a frame's header before the `tail` that
+                // covers it: published bytes behind a zero word are a scribble.
+                if ahead != 0 && ahead <= ring.cap && ring.read_header_acquire(head) == 0 {
+                    return Some(Err(RecvError::Corrupt { reason: "a published frame has no header" }));
                 }
             }
             None
@@ -1194,7 +1227,7 @@ impl Connection {
             }
             if avail == 0 {
                 // Free the space we consumed so a streaming sender can go on.
-                self.publish_head(ring, rx);
+                self.publish_head(ring, rx, false);
                 match self.wait_data(ring, rx.head, deadline) {
                     Ok(_) => continue,
                     Err(RecvError::Disconnected) => {
@@ -1231,7 +1264,7 @@ impl Connection {
             rx.head = rx.head.wrapping_add(n);
             p.got += n;
         }
-        self.publish_head(ring, rx);
+        self.publish_head(ring, rx, true);
         Ok(())
     }
 
@@ -1323,9 +1356,11 @@ impl Connection {
     /// (`Duration::ZERO`: just look). A send-only end is never ready.
     pub fn poll(&self, timeout: Duration) -> bool {
         let Some(ring) = self.rx.as_ref() else { return false };
+        let at_frame = self.rx_at_frame.load(Ordering::Relaxed);
         let head = self.rx_head.load(Ordering::Relaxed);
-        let r =
-            self.block_on(ring.rx_sleep(), &mut Due::new(Some(timeout)), || Self::data_at(ring, head).then_some(()));
+        let r = self.block_on(ring.rx_sleep(), &mut Due::new(Some(timeout)), || {
+            Self::data_at(ring, head, at_frame).then_some(())
+        });
         match r {
             Ok(()) | Err(Stop::PeerGone) => true,
             Err(Stop::Timeout) => false,
@@ -1337,16 +1372,21 @@ impl Connection {
     pub(crate) fn ready_now(&self, force: bool) -> bool {
         match self.rx.as_ref() {
             None => false,
-            Some(r) => Self::data_at(r, self.rx_head.load(Ordering::Relaxed)) || self.peer_is_gone(force),
+            Some(r) => {
+                let at_frame = self.rx_at_frame.load(Ordering::Relaxed);
+                Self::data_at(r, self.rx_head.load(Ordering::Relaxed), at_frame) || self.peer_is_gone(force)
+            }
         }
     }
 
-    /// Whether anything was sent past the published head `head`: a frame's
-    /// header there (a whole frame is readable then; see `ring.rs`), or a
-    /// `tail` ahead of it (a lagging `tail`, behind `head`, says nothing).
-    fn data_at(ring: &RingView, head: u64) -> bool {
+    /// Whether anything was sent past the published head `head`: a `tail`
+    /// ahead of it (a lagging `tail`, behind `head`, says nothing), or, when
+    /// `head` is a frame boundary, a frame's header there (a whole frame is
+    /// readable then; see `ring.rs`). Inside a message whose rest has not
+    /// arrived, the word at `head` is body bytes of an earlier lap.
+    fn data_at(ring: &RingView, head: u64, at_frame: bool) -> bool {
         let ahead = ring.tail().load(Ordering::Acquire).wrapping_sub(head);
-        (ahead != 0 && ahead <= ring.cap) || ring.read_header_acquire(head) != 0
+        (ahead != 0 && ahead <= ring.cap) || (at_frame && ring.read_header_acquire(head) != 0)
     }
 
     /// The receiver's sleeper flag, for [`wait`](super::wait).

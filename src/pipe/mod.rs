@@ -165,9 +165,11 @@ impl Default for PipeConfig {
 impl Builder<Connection> {
     /// Capacity of each ring in bytes, rounded up to a power of two (at least
     /// 128; default 1 MiB). The sender keeps one 64-byte line free after its
-    /// data, so a message goes in whole when its frame (8 bytes of header, the
-    /// message, padding to 64) fits in `ring_size - 64` bytes; a larger one
-    /// streams through in fragments as the receiver reads.
+    /// data, so a message goes in whole when its frame fits in `ring_size - 64`
+    /// bytes: 8 bytes of header and the message (from 1 KiB up, 64 bytes and
+    /// the message), padded to a multiple of 64. A larger one streams through
+    /// in fragments as the receiver reads (its send then waits for the
+    /// receiver, whatever its timeout, once the first fragment is in).
     pub fn ring_size(mut self, bytes: usize) -> Self {
         self.params.ring_size = bytes;
         self

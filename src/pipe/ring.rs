@@ -300,10 +300,11 @@ impl RingView {
     /// Reads the 8-byte frame header at stream position `pos` (a multiple of 8).
     #[inline]
     pub(crate) fn read_header(&self, pos: u64) -> u64 {
-        debug_assert_eq!(pos % 8, 0);
-        let off = (pos & (self.cap - 1)) as usize;
+        // A correct stream only names multiples of 8; a hostile index is
+        // rounded down here rather than read misaligned.
+        let off = (pos & (self.cap - 1) & !7) as usize;
         // Reading through an atomic keeps a concurrent (hostile) write from being a data race.
-        // SAFETY: `off` is a multiple of 8 below `cap` (a power of two >= 64), so the 8 bytes are
+        // SAFETY: `off` is a multiple of 8 (masked) below `cap` (a power of two >= 64), so the 8 bytes are
         // in the ring, and the 64-byte-aligned data start makes the address AtomicU64-aligned.
         unsafe { (*(self.data.as_ptr().add(off) as *const AtomicU64)).load(Ordering::Relaxed) }
     }
@@ -312,8 +313,7 @@ impl RingView {
     /// a whole frame's body, written before its header, is visible after it.
     #[inline]
     pub(crate) fn read_header_acquire(&self, pos: u64) -> u64 {
-        debug_assert_eq!(pos % 8, 0);
-        let off = (pos & (self.cap - 1)) as usize;
+        let off = (pos & (self.cap - 1) & !7) as usize;
         // SAFETY: as in `read_header`.
         unsafe { (*(self.data.as_ptr().add(off) as *const AtomicU64)).load(Ordering::Acquire) }
     }
@@ -321,8 +321,7 @@ impl RingView {
     /// Writes a whole frame's header at stream position `pos` (release: after its body).
     #[inline]
     pub(crate) fn write_header_release(&self, pos: u64, h: u64) {
-        debug_assert_eq!(pos % 8, 0);
-        let off = (pos & (self.cap - 1)) as usize;
+        let off = (pos & (self.cap - 1) & !7) as usize;
         // SAFETY: as in `read_header`.
         unsafe { (*(self.data.as_ptr().add(off) as *const AtomicU64)).store(h, Ordering::Release) }
     }
@@ -341,8 +340,7 @@ impl RingView {
     /// Writes a frame header at stream position `pos` (a multiple of 8).
     #[inline]
     pub(crate) fn write_header(&self, pos: u64, h: u64) {
-        debug_assert_eq!(pos % 8, 0);
-        let off = (pos & (self.cap - 1)) as usize;
+        let off = (pos & (self.cap - 1) & !7) as usize;
         // SAFETY: as in `read_header`.
         unsafe { (*(self.data.as_ptr().add(off) as *const AtomicU64)).store(h, Ordering::Relaxed) }
     }

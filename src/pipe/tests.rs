@@ -439,7 +439,7 @@ fn stale_lines_never_read_as_frames_across_laps() {
 /// over it: simulated by taking the published `tail` back over the last frame.
 #[test]
 fn a_new_producer_continues_after_a_frame_published_only_by_its_header() {
-    let (a, b) = Pipe::builder().ring_size(4096).pair().unwrap();
+    let (a, b) = Pipe::builder().ring_size(256 << 10).pair().unwrap();
     let seg = a.segment().clone();
     a.send_bytes(b"first").unwrap();
     let tail = &shared(&a).rings[0].prod.tail;
@@ -449,7 +449,31 @@ fn a_new_producer_continues_after_a_frame_published_only_by_its_header() {
     a.hand_over();
     assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"first");
     assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"second, header only");
+    // The receiving end can be handed over and reopened while `tail` lags.
+    b.hand_over();
+    // (The receiver spins while it waits, so that it sees the next header
+    // as soon as it is stored.)
+    let b = Pipe::builder().end(End::B).spin(Duration::from_secs(10)).open_handle(&seg.handle()).unwrap();
     let a = Pipe::builder().end(End::A).open_handle(&seg.handle()).unwrap();
+    // A first message of 1 KiB or more goes header first and is followed by
+    // `tail`: the new producer must have published the walked `tail` before
+    // that header shows to a receiver already waiting (else it reads the
+    // lagging `tail` and calls the pipe corrupt; 64 KiB of copying after the
+    // header gives it the time to look).
+    let big = pattern(64 << 10, 3);
+    let (a, b) = {
+        let (a, b) = (a, b);
+        let expect = big.clone();
+        let rx = std::thread::spawn(move || {
+            let got = b.recv_bytes_timeout(T);
+            (b, got.map(|m| m == expect))
+        });
+        std::thread::sleep(Duration::from_millis(2));
+        a.send_bytes(&big).unwrap();
+        let (b, got) = rx.join().unwrap();
+        assert!(got.unwrap(), "the first message after the hand-over arrives whole");
+        (a, b)
+    };
     a.send_bytes(b"third").unwrap();
     assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"third");
     assert!(matches!(b.recv_bytes_timeout(Duration::from_millis(5)), Err(RecvError::Timeout)));
@@ -457,4 +481,41 @@ fn a_new_producer_continues_after_a_frame_published_only_by_its_header() {
     assert!(!b.poll(Duration::ZERO));
     a.send_bytes(b"fourth").unwrap();
     assert!(b.poll(Duration::ZERO));
+}
+
+/// A frame whose header word is scribbled to zero after its `tail` was
+/// published would leave the receiver polling a zero word forever (and the
+/// sender, once the ring is full, waiting for it): it is reported as corrupt.
+#[test]
+fn a_published_frame_without_its_header_is_corrupt() {
+    let (a, b) = Pipe::builder().ring_size(4096).pair().unwrap();
+    a.send_bytes(b"x").unwrap();
+    unsafe_data(&b, 0).store(0, Ordering::Relaxed);
+    match b.recv_bytes_timeout(T) {
+        Err(RecvError::Corrupt { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The zeroed window over a ring larger than it (the default ring is 1 MiB,
+/// the window 4 KiB): small messages streamed from a thread over many laps,
+/// with header look-alike bodies, arrive whole and in order.
+#[test]
+fn small_messages_stream_through_a_large_ring_across_laps() {
+    let (a, b) = Pipe::builder().ring_size(16 << 10).pair().unwrap();
+    let n = 60_000usize;
+    let t = std::thread::spawn(move || {
+        for i in 0..n {
+            let mut m = header_lookalike(i % 300, 8);
+            m.extend_from_slice(&(i as u32).to_le_bytes());
+            a.send_bytes(&m).unwrap();
+        }
+        a
+    });
+    for i in 0..n {
+        let mut m = header_lookalike(i % 300, 8);
+        m.extend_from_slice(&(i as u32).to_le_bytes());
+        assert_eq!(b.recv_bytes_timeout(T).unwrap(), m, "message {i}");
+    }
+    let _a = t.join().unwrap();
 }
