@@ -401,12 +401,14 @@ fn header_lookalike(len: usize, fake: u64) -> Vec<u8> {
 #[test]
 fn stale_lines_never_read_as_frames_across_laps() {
     let (a, b) = Pipe::builder().ring_size(512).pair().unwrap();
-    // Ping-pong: each message is read by polling the next header word.
+    // One message at a time: after each, the next header word must read as
+    // empty (it held a look-alike a lap ago unless the sender zeroed it).
     for i in 0..2000usize {
         let len = [0, 7, 56, 57, 120, 200, 300, 430][i % 8] + i % 5; // each fits: at most 440 bytes
         let m = header_lookalike(len, 8);
         a.send_bytes(&m).unwrap();
         assert_eq!(b.recv_bytes_timeout(T).unwrap(), m, "message {i}");
+        assert!(matches!(b.recv_bytes_timeout(Duration::ZERO), Err(RecvError::Timeout)), "after message {i}");
     }
     // Streaming from another thread, including frames larger than the ring
     // (they stream through it): the consumer sees every one in order.
