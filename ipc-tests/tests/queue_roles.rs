@@ -137,3 +137,29 @@ fn send_after_every_receiver_is_gone_fails_at_once_with_the_value() {
     assert_eq!(tx.try_send(43), Err(TrySendError::Disconnected(43)));
     assert!(tx.is_empty(), "nothing was queued after the receivers went");
 }
+
+/// Regression (CI of 2026-11-27, `typed_messages` failing about 1 run in
+/// 200): a fork by *another* thread between making a sender and starting the
+/// child it was moved into made the parent skip registering that child, so
+/// the parent's drop of its own sender (with the closure) left the queue
+/// without senders and the receiver saw `Disconnected` before the child's
+/// first send. The hand-over is now counted per forking thread. The child
+/// waits before it sends, so without the fix the receiver reliably sees the
+/// queue disconnected first.
+#[test]
+fn a_fork_by_another_thread_does_not_lose_the_hand_over_to_the_next_child() {
+    let _one = one_forker();
+    let (tx, rx) = shmproc::queue::channel::<u64>(8).unwrap();
+    std::thread::spawn(|| Process::closure(|| 0u8).start().unwrap().join_timeout(T).unwrap()).join().unwrap();
+    let mut child = Process::closure(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        tx.send(7).unwrap();
+        0u8
+    })
+    .start()
+    .unwrap();
+    // The parent's only sender went with the closure.
+    assert_eq!(rx.recv_timeout(T), Ok(7));
+    assert_eq!(rx.recv_timeout(T), Err(RecvTimeoutError::Disconnected));
+    child.join_timeout(T).unwrap();
+}

@@ -9,20 +9,6 @@ use shmproc::{FrameQueue, Pipe, Process, TypedRecvError};
 
 const T: Duration = Duration::from_secs(30);
 
-/// Under AddressSanitizer (`ci/asan.sh` sets `SHMPROC_UNDER_ASAN`) these two
-/// tests, run at once from two threads of this process, each forking a child
-/// that sends on a fresh queue, fail together about half the time: the
-/// child's first send reports `Disconnected`. Run one at a time they always
-/// pass, and the plain build has not failed. That is an open race between
-/// forks from two threads in the queue's participant bookkeeping (reported in
-/// the closing note of 2026-11-26; reproduce by removing this guard and running
-/// `ci/asan.sh -p ipc-tests --test typed_messages` a few times). Until it is
-/// fixed, under ASan they take turns; the plain build still runs them at once.
-fn asan_turn() -> Option<std::sync::MutexGuard<'static, ()>> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    std::env::var_os("SHMPROC_UNDER_ASAN").map(|_| TURN.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
 #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
 enum Task {
     Resize { w: u32, h: u32 },
@@ -32,7 +18,6 @@ enum Task {
 
 #[test]
 fn typed_queue_carries_enums_from_a_child_and_ends() {
-    let _turn = asan_turn();
     let (tx, rx) = shmproc::queue::typed_channel::<Task>(16).unwrap();
     let mut child = Process::closure(move || {
         for i in 0..100u32 {
@@ -63,7 +48,6 @@ fn typed_queue_carries_enums_from_a_child_and_ends() {
 /// silently (`Pipe::recv::<u64>()` of a `String` returned `Ok(8)`).
 #[test]
 fn wrong_type_from_another_process_is_type_mismatch() {
-    let _turn = asan_turn();
     let (tx, rx) = FrameQueue::builder().capacity(8).max_frame(256).create_typed_split::<String>().unwrap();
     let wrong = FrameQueue::builder().open_receiver_handle(&rx.handle()).unwrap().typed::<u64>();
     let (a, b) = Pipe::new().unwrap();

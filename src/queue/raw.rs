@@ -379,6 +379,10 @@ pub(crate) struct Engine {
     /// cloned in this process: a fork right after that hands the handle to
     /// the child ([`adopt_forked_child`]).
     touched_forks: AtomicU64,
+    /// `sys::thread_fork_stamp()` of that creation or clone: the same
+    /// thread's next fork hands the handle over even when other threads
+    /// forked in between (which defeats `touched_forks`).
+    touched_thread: AtomicU64,
 }
 
 // SAFETY: the engine holds a segment (Send + Sync) and pointers into its mapping;
@@ -590,6 +594,7 @@ impl Engine {
             rx_slip: AtomicU32::new(0),
             shed_gen: AtomicU64::new(sys::fork_generation()),
             touched_forks: AtomicU64::new(sys::fork_count()),
+            touched_thread: AtomicU64::new(sys::thread_fork_stamp()),
         })
     }
 
@@ -696,12 +701,22 @@ impl Engine {
     /// A handle to this engine was cloned (possibly for a child about to be forked).
     pub(crate) fn touch(&self) {
         self.touched_forks.store(sys::fork_count(), Ordering::Relaxed);
+        self.touched_thread.store(sys::thread_fork_stamp(), Ordering::Relaxed);
+    }
+
+    /// Whether the fork that just returned in this thread is the first one
+    /// since a handle was last created or cloned: by this thread (counting
+    /// only its own forks, so concurrent forks by other threads do not hide
+    /// the hand-over), or by any thread with no other fork in between.
+    fn touched_before_this_fork(&self) -> bool {
+        sys::forked_since(self.touched_thread.load(Ordering::Relaxed)).is_some_and(|n| n <= 1)
+            || self.touched_forks.load(Ordering::Relaxed).saturating_add(1) >= sys::fork_count()
     }
 
     /// See [`adopt_forked_child`]: registers `child` with this process's
     /// roles, if a handle was created or cloned since the fork before this one.
     fn reserve_for_child(&self, child: u32, start_time: u64) {
-        if self.touched_forks.load(Ordering::Relaxed).saturating_add(1) < sys::fork_count() {
+        if !self.touched_before_this_fork() {
             return;
         }
         let roles = {

@@ -16,12 +16,21 @@
 //! forks only through libc. The fork server (`process::forkserver`) keeps its
 //! own state for the processes it starts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Once;
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 static FORKS: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
+/// Hands out the thread serials of [`thread_fork_stamp`] (0 = not yet given).
+static THREAD_SERIALS: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// This thread's serial (0 until first asked) and how many forks it made.
+    /// `Cell`s without destructors: safe to touch from the atfork handler.
+    static THREAD_FORKS: (Cell<u32>, Cell<u32>) = const { (Cell::new(0), Cell::new(0)) };
+}
 
 /// Fork hooks of the pipe's holder count (`pipe::connection`): prepare, parent, child.
 /// Set once; run by the handlers below after their own work.
@@ -35,6 +44,9 @@ pub(crate) fn set_fork_hooks(prepare: fn(), parent: fn(), child: fn()) {
 
 extern "C" fn before_fork() {
     FORKS.fetch_add(1, Ordering::Relaxed);
+    // Runs in the forking thread. `try_with`: never panic in a fork handler
+    // (a thread being torn down has no locals left to count in).
+    let _ = THREAD_FORKS.try_with(|(_, forks)| forks.set(forks.get().wrapping_add(1)));
     if let Some(h) = HOOKS.get() {
         h[0]();
     }
@@ -95,6 +107,36 @@ pub(crate) fn process_stamp() -> u64 {
 #[cfg_attr(not(test), allow(dead_code))] // a fact of the fork layer; only its tests read it now
 pub(crate) fn fork_count() -> u64 {
     FORKS.load(Ordering::Relaxed)
+}
+
+/// The calling thread's serial (high 32 bits) and the number of forks it
+/// made (low 32 bits, wrapping): a handle stamped with it before a fork can
+/// tell, in [`forked_since`], whether the *same thread's* next fork is the
+/// one right after, however many forks other threads made meanwhile.
+#[inline]
+pub(crate) fn thread_fork_stamp() -> u64 {
+    THREAD_FORKS
+        .try_with(|(serial, forks)| {
+            if serial.get() == 0 {
+                // Serials wrap after 4 billion threads; a repeat only makes
+                // `forked_since` compare against another thread's count.
+                let mut s = THREAD_SERIALS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                if s == 0 {
+                    s = THREAD_SERIALS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                }
+                serial.set(s);
+            }
+            (serial.get() as u64) << 32 | forks.get() as u64
+        })
+        .unwrap_or(0)
+}
+
+/// How many forks the calling thread made since `stamp` (an earlier
+/// [`thread_fork_stamp`]), or `None` if another thread took that stamp.
+#[inline]
+pub(crate) fn forked_since(stamp: u64) -> Option<u32> {
+    let now = thread_fork_stamp();
+    (stamp >> 32 != 0 && now >> 32 == stamp >> 32).then(|| (now as u32).wrapping_sub(stamp as u32))
 }
 
 #[cfg(test)]
