@@ -364,6 +364,13 @@ impl<T: 'static> View<T> {
         Self::from_segment(b.open_segment(handle, &spec)?, prefix)
     }
 
+    /// A view of `seg`, a spare segment made by [`View::create`] with no
+    /// prefix (the pool's table: see `pool::spare`); its bytes are as its
+    /// last user left them.
+    pub(crate) fn reuse(seg: Segment) -> Result<Self, OpenError> {
+        Self::from_segment(seg, Prefix::None)
+    }
+
     /// The first element of a payload starting at `p`.
     fn first(p: NonNull<u8>, prefix: Prefix) -> NonNull<T> {
         // SAFETY: only called on a payload of payload_size(prefix, len) >=
@@ -564,11 +571,14 @@ pub(crate) fn on_child_start(hook: impl FnOnce(u32, u64) + Send + 'static) {
 /// Runs the hooks of a started child's argument (its pid and, read once
 /// here, its start time). Called by the `Process` start path right after the
 /// start method returned the pid, before the caller's code runs again.
-pub(crate) fn run_child_hooks(hooks: Vec<ChildHook>, pid: u32) {
+pub(crate) fn run_child_hooks(hooks: Vec<ChildHook>, pid: u32, start_time: u64) {
     if hooks.is_empty() {
         return;
     }
-    let start_time = crate::sys::identity_of(pid).map_or(0, |who| who.start_time);
+    let start_time = match start_time {
+        0 => crate::sys::identity_of(pid).map_or(0, |who| who.start_time),
+        known => known,
+    };
     for h in hooks {
         h(pid, start_time);
     }

@@ -486,6 +486,13 @@ impl Segment {
         self.inner.map.len()
     }
 
+    /// Whether this is an anonymous segment and the only handle to it in
+    /// this process (the pool reuses such a segment once no other process
+    /// maps it either: see `pool::spare`).
+    pub(crate) fn is_sole(&self) -> bool {
+        self.inner.name.is_none() && Arc::strong_count(&self.inner) == 1 && Arc::weak_count(&self.inner) == 0
+    }
+
     /// Never true: a segment always holds at least its header.
     pub fn is_empty(&self) -> bool {
         false

@@ -24,12 +24,13 @@
 //! other workers, and a replacement starts.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::error::{PoolError, TaskError};
 use super::job::{Batch, Job};
+use super::spare;
 use super::table::Table;
 use super::wire::{self, Reader};
 use super::worker::{worker_main, WorkerArgs};
@@ -130,19 +131,25 @@ pub(crate) struct Inbox {
     pub(crate) join: bool,
 }
 
+/// Run ids and worker incarnations come from counters of the process, not
+/// of the pool: no two pools of this process ever use the same ones, so a
+/// stale frame or record of an earlier pool (whose segments a later one may
+/// reuse, see `spare`) never names a run or an incarnation of a later one.
+static NEXT_CHUNK: AtomicU64 = AtomicU64::new(1);
+static NEXT_GEN: AtomicU32 = AtomicU32::new(1);
+
 /// What the pool's handle and its thread share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) inbox: Mutex<Inbox>,
     /// The parent's handle on the results queue, to wake the dispatcher.
     pub(crate) wake: FrameQueue,
-    pub(crate) next_chunk: AtomicU64,
     pub(crate) config: Config,
     /// Pids of the live workers (for `Pool::worker_pids`).
     pub(crate) pids: Mutex<Vec<u32>>,
     /// Set when the dispatcher has exited (all workers gone).
-    pub(crate) finished: Mutex<bool>,
-    pub(crate) finished_cv: Condvar,
+    /// Set once the dispatcher is gone (see [`Done`]).
+    pub(crate) done: Arc<Done>,
     /// The initializer failed in a replacement worker: no more tasks run.
     pub(crate) broken: AtomicBool,
 }
@@ -155,7 +162,7 @@ impl Shared {
     }
 
     pub(crate) fn chunk_id(&self) -> u64 {
-        self.next_chunk.fetch_add(1, Ordering::Relaxed)
+        NEXT_CHUNK.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Queues chunks; a closed or terminated pool fails them at once.
@@ -181,10 +188,48 @@ impl Shared {
             None => self.wake(),
         }
     }
+}
 
-    fn set_finished(&self) {
-        *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.finished_cv.notify_all();
+/// Set once a pool's dispatcher is gone: its workers reaped (or seen to
+/// end) and every handle it held dropped, so that a pool's `terminate` and
+/// `join` return only then (and the next pool finds its segments spare).
+/// Shared by the pool and its thread apart from [`Shared`], which the thread
+/// drops before it sets this.
+#[derive(Debug, Default)]
+pub(crate) struct Done {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Done {
+    fn set(&self) {
+        *self.flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits until set or `deadline`, calling `tick` every 100 ms; whether set.
+    pub(crate) fn wait(&self, deadline: Deadline, tick: impl Fn()) -> bool {
+        let mut done = self.flag.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            let wait = match deadline.remaining() {
+                None => Duration::from_millis(100),
+                Some(d) if d.is_zero() => return false,
+                Some(d) => d.min(Duration::from_millis(100)),
+            };
+            done = self.cv.wait_timeout(done, wait).unwrap_or_else(|e| e.into_inner()).0;
+            tick();
+        }
+        true
+    }
+}
+
+/// Sets its [`Done`] when dropped: at the end of the pool thread's task,
+/// after the dispatcher, however that ends (a panic included).
+pub(crate) struct SetOnDrop(pub(crate) Arc<Done>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
     }
 }
 
@@ -194,7 +239,14 @@ impl Shared {
 /// `SCM_RIGHTS`, Spawn keeps it open across the exec), so the pool has no
 /// name in `/dev/shm` to leave behind.
 pub(crate) fn frame_queue(cfg: &Config, capacity: usize, spsc: bool) -> Result<FrameQueue, crate::OpenError> {
-    FrameQueue::builder().capacity(capacity).max_frame(cfg.max_frame).spsc(spsc).create()
+    let b = || FrameQueue::builder().capacity(capacity).max_frame(cfg.max_frame).spsc(spsc);
+    let spare = b().payload_size().ok().and_then(|size| {
+        spare::take(crate::header::ObjectKind::FrameQueue, crate::queue::frame_queue_type_info(), size)
+    });
+    match spare.map(|seg| b().create_in(seg)) {
+        Some(Ok(q)) => Ok(q),
+        _ => b().create(),
+    }
 }
 
 struct Worker {
@@ -253,7 +305,6 @@ pub(crate) struct Dispatcher {
     workers: Vec<Option<Worker>>,
     pending: VecDeque<Chunk>,
     in_flight: HashMap<u64, (Chunk, usize)>,
-    next_gen: u32,
     buf: Vec<u8>,
     last_check: Duration,
     rr: usize,
@@ -264,6 +315,10 @@ pub(crate) struct Dispatcher {
     early_deaths: Vec<u32>,
     /// Why the pool stopped replacing workers of a slot (see [`MAX_EARLY_DEATHS`]).
     gave_up: Vec<Option<String>>,
+    /// A worker of this pool went without being seen to end (a kill whose
+    /// end was not seen in [`REAP_BOUND`]): the results queue and the table,
+    /// which it mapped, are not handed to `spare`.
+    unseen_end: bool,
 }
 
 /// Most chunks sent to a worker in one queue frame.
@@ -293,6 +348,10 @@ const IDLE_SLICE: Duration = Duration::from_millis(50);
 const MAX_EARLY_DEATHS: u32 = 3;
 /// How long `join` lets a stopped worker exit before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a teardown waits for a killed worker to end before it goes on
+/// without reusing the worker's segments (a SIGKILLed process ends in well
+/// under a millisecond unless the kernel holds it, e.g. in a stuck I/O).
+const REAP_BOUND: Duration = Duration::from_secs(5);
 
 impl Drop for Dispatcher {
     fn drop(&mut self) {
@@ -312,7 +371,6 @@ impl Dispatcher {
             workers: (0..n).map(|_| None).collect(),
             pending: VecDeque::new(),
             in_flight: HashMap::new(),
-            next_gen: 1,
             buf: Vec::with_capacity(4096),
             last_check: Duration::ZERO,
             rr: 0,
@@ -320,6 +378,7 @@ impl Dispatcher {
             last_status: None,
             early_deaths: vec![0; n],
             gave_up: vec![None; n],
+            unseen_end: false,
         }
     }
 
@@ -342,8 +401,10 @@ impl Dispatcher {
 
     /// A new incarnation of `slot`: its task queue and the builder of its process.
     fn worker_builder(&mut self, slot: usize) -> Result<(crate::process::Builder<()>, u32, FrameQueue), PoolError> {
-        let gen = self.next_gen;
-        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let gen = match NEXT_GEN.fetch_add(1, Ordering::Relaxed) {
+            0 => NEXT_GEN.fetch_add(1, Ordering::Relaxed),
+            g => g,
+        };
         let depth = self.cfg().queue_depth;
         let tasks = frame_queue(self.cfg(), depth, true)?;
         self.table.reset(slot, gen);
@@ -441,7 +502,9 @@ impl Dispatcher {
         }
     }
 
-    /// Kills and reaps every worker (dropping a daemon `Process` kills and reaps it).
+    /// Kills every worker and waits for each to end (up to [`REAP_BOUND`];
+    /// dropping a daemon `Process` then kills and reaps it as before). The
+    /// task queue of a worker seen to end is handed to `spare`.
     fn kill_all(&mut self) {
         // Every worker is signalled before the first is reaped, so they die
         // together and the reaping waits once, not once per worker.
@@ -450,8 +513,13 @@ impl Dispatcher {
                 let _ = p.kill();
             }
         }
-        for w in self.workers.iter_mut() {
-            *w = None;
+        for slot in self.workers.iter_mut() {
+            let Some(mut w) = slot.take() else { continue };
+            if w.proc.take().is_some_and(|p| p.kill_and_wait(REAP_BOUND)) {
+                spare::give(w.tasks.segment().clone());
+            } else {
+                self.unseen_end = true;
+            }
         }
         self.publish_pids();
     }
@@ -700,7 +768,13 @@ impl Dispatcher {
 
     fn on_death(&mut self, slot: usize) {
         if let Some(mut w) = self.workers[slot].take() {
-            let status = w.proc.as_mut().and_then(|p| p.exit_status()).unwrap_or(ExitStatus::Unknown);
+            let ended = w.proc.as_mut().and_then(|p| p.exit_status());
+            // Reaped: its task queue can serve its replacement (`spare`).
+            match ended {
+                Some(_) => spare::give(w.tasks.segment().clone()),
+                None => self.unseen_end = true,
+            }
+            let status = ended.unwrap_or(ExitStatus::Unknown);
             // A worker that ends itself before it is ready (an exit, abort(),
             // a crash) will do so again; SIGKILL comes from outside (a user,
             // the OOM killer, the chaos test), and the next one may well live.
@@ -888,8 +962,13 @@ impl Dispatcher {
     /// no waiter (a job's handle, `join`, `Drop`) waits forever.
     fn finish(&mut self) {
         self.kill_all();
+        if !std::mem::replace(&mut self.unseen_end, true) {
+            // Every worker was seen to end: the next pool may reuse these
+            // (once the last handles here are dropped, see `spare::take`).
+            spare::give(self.results.segment().clone());
+            spare::give(crate::object::Object::segment(&self.table).clone());
+        }
         self.fail_everything(TaskError::Terminated);
-        self.shared.set_finished();
     }
 
     /// `join`: asks every worker to exit, waits a little, kills what is left.
@@ -901,12 +980,11 @@ impl Dispatcher {
         }
         let deadline = Deadline::after(Some(STOP_GRACE));
         for w in self.workers.iter_mut().flatten() {
-            if let Some(mut p) = w.proc.take() {
+            if let Some(p) = w.proc.as_mut() {
                 let _ = p.join_timeout(deadline.remaining().unwrap_or_default());
-                // Dropping a daemon process kills (if needed) and reaps it.
-                drop(p);
             }
         }
+        // Kills what is left, and reaps (or sees ended) every worker.
         self.kill_all();
     }
 }

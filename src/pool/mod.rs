@@ -114,9 +114,20 @@
 //! [`terminate`](Pool::terminate) kills the workers at once and fails pending
 //! tasks with [`TaskError::Terminated`]. **Dropping a pool terminates it**
 //! (as Python's `Pool.__exit__` does): pending work is abandoned, workers are
-//! killed and reaped, its segments are removed; it never blocks for longer
-//! than the pool's thread takes to notice (milliseconds). Workers are daemons
-//! (`PR_SET_PDEATHSIG`): if the parent is killed, so are they.
+//! killed and reaped; it never blocks for longer than the pool's thread
+//! takes to notice and the killed workers take to end (milliseconds).
+//! Workers are daemons (`PR_SET_PDEATHSIG`): if the parent is killed, so are
+//! they.
+//!
+//! A pool's thread and segments outlive it a little, for the next pool of the
+//! process (a loop or a test suite that makes pool after pool starts each in
+//! about two thirds of the time): the thread waits up to 5 s for the next
+//! pool, then exits; the segments of workers seen to end (its queues and its
+//! in-flight table, about `(3 x processes + 4) x max_frame` bytes) are kept,
+//! up to 16 MiB in all, until a later pool of the same shape takes them or
+//! the process exits. They are anonymous (memfds): nothing is left in
+//! `/dev/shm`, and a forked child never reuses its parent's. See
+//! `SAFETY.md`, section 8.3.
 //!
 //! A `Pool` is `Send + Sync`: several threads may submit at once.
 
@@ -125,15 +136,16 @@ mod dispatch;
 mod error;
 mod job;
 mod plain;
+mod spare;
 mod table;
+mod thread;
 mod wire;
 mod worker;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -143,7 +155,7 @@ pub use closure::{Closure, MAX_CLOSURES};
 pub use error::{JoinTimeoutError, MapError, PoolError, TaskError};
 pub use job::AsyncResult;
 
-use dispatch::{Chunk, Config, Dispatcher, Inbox, Shared};
+use dispatch::{Chunk, Config, Dispatcher, Done, Inbox, SetOnDrop, Shared};
 use job::{Batch, Job};
 use table::Table;
 use wire::RunMany;
@@ -282,43 +294,39 @@ impl PoolBuilder {
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
             wake: results.clone(),
-            next_chunk: AtomicU64::new(1),
             config,
             pids: Mutex::new(Vec::new()),
-            finished: Mutex::new(false),
-            finished_cv: Condvar::new(),
+            done: Arc::new(Done::default()),
             broken: AtomicBool::new(false),
         });
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), PoolError>>();
         let s2 = shared.clone();
-        // The workers are started by this thread, which lives as long as the
-        // pool: a daemon child's death signal fires when its *thread* exits.
-        let thread = std::thread::Builder::new()
-            .name("shmproc-pool".into())
-            .spawn(move || {
-                let mut d = Dispatcher::new(s2.clone(), results, table);
-                match d.start_all() {
-                    Ok(()) => {
-                        let _ = tx.send(Ok(()));
-                        d.run();
-                    }
-                    Err(e) => {
-                        drop(d); // kills and reaps the workers started so far
-                        let _ = tx.send(Err(e));
-                    }
+        // The workers are started by the pool's thread, which lives at least
+        // as long as the pool: a daemon child's death signal fires when its
+        // *thread* exits (see `thread.rs`).
+        thread::run(Box::new(move || {
+            // Declared first, dropped last (also by a panic's unwinding): set
+            // once the dispatcher is gone, and normally only once this thread
+            // waits for the next pool (`thread::Then`).
+            let done = SetOnDrop(s2.done.clone());
+            let mut d = Dispatcher::new(s2, results, table);
+            match d.start_all() {
+                Ok(()) => {
+                    let _ = tx.send(Ok(()));
+                    d.run();
                 }
-            })
-            .map_err(PoolError::Thread)?;
+                Err(e) => {
+                    drop(d); // kills and reaps the workers started so far
+                    let _ = tx.send(Err(e));
+                }
+            }
+            Box::new(move || drop(done))
+        }))
+        .map_err(PoolError::Thread)?;
         match rx.recv() {
-            Ok(Ok(())) => Ok(Pool { shared, thread: Mutex::new(Some(thread)), processes }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(PoolError::Invalid("the pool thread ended during start".into()))
-            }
+            Ok(Ok(())) => Ok(Pool { shared, processes }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PoolError::Invalid("the pool thread ended during start".into())),
         }
     }
 }
@@ -368,7 +376,6 @@ impl<T, E> Callbacks<T, E> {
 /// A pool of worker processes. See the [module docs](self).
 pub struct Pool {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
 }
 
@@ -915,22 +922,11 @@ impl Pool {
     }
 
     fn wait_finished(&self, deadline: Deadline) -> Result<(), JoinTimeoutError> {
-        let mut done = self.shared.finished.lock().unwrap_or_else(|e| e.into_inner());
-        while !*done {
-            let wait = match deadline.remaining() {
-                None => Duration::from_millis(100),
-                Some(d) if d.is_zero() => return Err(JoinTimeoutError),
-                Some(d) => d.min(Duration::from_millis(100)),
-            };
-            done = self.shared.finished_cv.wait_timeout(done, wait).unwrap_or_else(|e| e.into_inner()).0;
-            // The wake frame may have found a full queue: repeat it.
-            self.shared.wake();
+        // The wake frame may have found a full queue: repeat it now and then.
+        match self.shared.done.wait(deadline, || self.shared.wake()) {
+            true => Ok(()),
+            false => Err(JoinTimeoutError),
         }
-        drop(done);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
-        }
-        Ok(())
     }
 }
 

@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::plain::Plain;
 use crate::error::OpenError;
-use crate::header::ObjectKind;
+use crate::header::{ObjectKind, TypeInfo};
 use crate::object::{Builder, Object, Prefix, View};
 use crate::segment::{Handle, Segment};
 
@@ -148,8 +148,22 @@ impl Table {
     pub(crate) fn create(slots: usize, max_frame: usize) -> Result<Table, OpenError> {
         let b = Builder::<Table>::with_params(TableParams { slots });
         let per = per_slot(max_frame);
+        let records = b.params.slots.max(1) * per;
+        let size = records * std::mem::size_of::<Record>();
+        if let Some(seg) = super::spare::take(ObjectKind::Pool, TypeInfo::of::<Record>(), size) {
+            if let Ok(view) = View::<Record>::reuse(seg) {
+                let t = Table { view, per };
+                // A spare table holds its last pool's records: each slot as
+                // `reset` leaves it is the initial state the protocol needs
+                // (a head naming no run, so nothing staged is ever taken).
+                for slot in 0..slots.max(1) {
+                    t.reset(slot, 0);
+                }
+                return Ok(t);
+            }
+        }
         // The zero-filled payload is the initial state of every record.
-        let view = View::<Record>::create(&b, Prefix::None, b.params.slots.max(1) * per, |_| {})?;
+        let view = View::<Record>::create(&b, Prefix::None, records, |_| {})?;
         Ok(Table { view, per })
     }
 

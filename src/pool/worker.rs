@@ -309,7 +309,14 @@ pub(crate) fn worker_main(a: WorkerArgs) {
     let mut cached: Option<(i64, i64, RunMany, usize)> = None;
     let mut done: u64 = 0;
     let max = o.results.max_frame();
+    let me = sys::process_stamp();
     loop {
+        // A copy of this worker made by a task that forked and returned in
+        // the child is not a worker: it ends before it takes a frame meant
+        // for this one (see `spare`).
+        if sys::fork_generation() != me {
+            sys::exit_now(EXIT_NO_OBJECTS);
+        }
         if o.tasks.recv_into_vec(&mut frame, None).is_err() {
             sys::exit_now(EXIT_NO_OBJECTS);
         }

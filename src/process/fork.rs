@@ -31,6 +31,8 @@ pub(crate) fn start(
     let comm = named.then(|| exec::comm_name(name));
     let parent = daemon.then(sys::current_pid);
     let ctx = child::ChildCtx::new(name, chan.wr.as_fd(), chan.token);
+    // Two readings around the fork name the child's start time (see `sys::forked_start_time`).
+    let before = sys::boot_ticks();
     // The target's restrictions in a multi-threaded parent are documented on the module.
     // SAFETY: the child makes only raw system calls before the target, runs it, reports with a
     // raw `sendmsg` and `_exit`s (`run_forked` never returns into the caller's frames).
@@ -38,8 +40,11 @@ pub(crate) fn start(
         None => child::run_forked(&ctx, parent, comm.as_ref(), forkserver::close_client_in_child, body),
         Some(pid) => {
             // Before the caller can drop its own queue halves (issue 10 item 1).
-            crate::queue::adopt_forked_child(pid);
-            Ok(Launched::own_child(pid, chan))
+            let start_time = sys::forked_start_time(pid, before, sys::boot_ticks());
+            crate::queue::adopt_forked_child(pid, start_time);
+            let mut launched = Launched::own_child(pid, chan);
+            launched.start_time = start_time;
+            Ok(launched)
         }
     }
 }

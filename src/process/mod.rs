@@ -419,7 +419,7 @@ impl Rest {
     fn finish<R: Serialize + DeserializeOwned + 'static>(self, launched: Launched) -> Process<R> {
         // The child's pid is known: carried queue halves reserve their
         // participant entries for it before the caller can drop its own.
-        crate::object::run_child_hooks(self.hooks, launched.child.pid);
+        crate::object::run_child_hooks(self.hooks, launched.child.pid, launched.start_time);
         let mut p = Process::from_launched(launched, self.name, self.method, self.daemon);
         p.keep = self.keep;
         p
@@ -532,6 +532,14 @@ impl<R: DeserializeOwned> Process<R> {
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         let _ = self.progress(Deadline::after(Some(Duration::ZERO)));
         self.ended
+    }
+
+    /// Kills the child and waits up to `bound` for it to end (reaping it, or
+    /// for a fork-server child, reading how it ended); whether it has. The
+    /// pool reuses a worker's segments only once the worker is known gone.
+    pub(crate) fn kill_and_wait(mut self, bound: Duration) -> bool {
+        let _ = self.kill();
+        matches!(self.progress(Deadline::after(Some(bound))), Ok(true))
     }
 
     /// Asks the child to stop: `SIGTERM`. Nothing happens if it already ended.

@@ -112,12 +112,15 @@ pub(crate) struct Launched {
     pub(crate) status: Option<OwnedFd>,
     /// Spawn: the argument memfd, whose offset the child moves in `init()`.
     pub(crate) gate: Option<OwnedFd>,
+    /// The child's start time (`/proc/<pid>/stat` units) when the start
+    /// method knows it already (Fork: `sys::forked_start_time`); 0 if not.
+    pub(crate) start_time: u64,
 }
 
 impl Launched {
     /// The pieces the start methods share.
     pub(crate) fn new(pid: u32, pidfd: Option<OwnedFd>, result: Channel, status: Option<OwnedFd>) -> Launched {
-        Launched { child: OsChild { pid, pidfd }, result, status, gate: None }
+        Launched { child: OsChild { pid, pidfd }, result, status, gate: None, start_time: 0 }
     }
 
     /// A child of this process (Fork, Spawn), not yet reaped, so the pidfd

@@ -28,7 +28,8 @@ use crate::time::Deadline;
 /// Default maximum frame size.
 pub const DEFAULT_MAX_FRAME: usize = 4096;
 
-fn type_info() -> TypeInfo {
+/// The element type recorded in a frame queue's header.
+pub(crate) fn type_info() -> TypeInfo {
     TypeInfo::from_parts(1, 1, "shmproc::FrameQueue")
 }
 
@@ -90,6 +91,20 @@ impl Builder<FrameQueue> {
     pub fn create(self) -> Result<FrameQueue, OpenError> {
         let geo = self.params.geometry(self.elem()?)?;
         let e = Engine::create(&self.opts, ObjectKind::FrameQueue, type_info(), geo)?;
+        Self::wrap(self.params.finish(e)?)
+    }
+
+    /// The payload size `create` would give the segment (the pool looks
+    /// for a spare segment of that size: see `pool::spare`).
+    pub(crate) fn payload_size(&self) -> Result<usize, OpenError> {
+        self.params.geometry(self.elem()?)?.check()
+    }
+
+    /// `create`, in a spare segment of [`Self::payload_size`] bytes that no
+    /// process uses any more (see [`Engine::recycle`]); an anonymous queue.
+    pub(crate) fn create_in(self, spare: Segment) -> Result<FrameQueue, OpenError> {
+        let geo = self.params.geometry(self.elem()?)?;
+        let e = Engine::recycle(spare, geo)?;
         Self::wrap(self.params.finish(e)?)
     }
 

@@ -128,6 +128,7 @@ pub use error::{
     FrameRecvError, FrameSendError, JoinTimeout, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
     TaskDoneError, TryRecvError, TrySendError,
 };
+pub(crate) use frames::type_info as frame_queue_type_info;
 pub use frames::{FrameQueue, FrameQueueBuilder};
 pub use joinable::JoinableQueue;
 pub(crate) use raw::adopt_forked_child;

@@ -141,7 +141,7 @@ pub(crate) fn track(e: &Arc<Engine>) {
 /// entries of the other side (a worker given a `Receiver` does not keep the
 /// queue connected through the `Sender` it merely inherited); an entry the
 /// child never touches lasts until it exits.
-pub(crate) fn adopt_forked_child(child: u32) {
+pub(crate) fn adopt_forked_child(child: u32, start_time: u64) {
     let live: Vec<Arc<Engine>> = LIVE.with(|live| {
         live.retain(|w| w.strong_count() > 0);
         live.iter().filter_map(Weak::upgrade).collect()
@@ -150,7 +150,10 @@ pub(crate) fn adopt_forked_child(child: u32) {
         return;
     }
     // The child's start time makes its entries pid-reuse-proof from the start.
-    let start_time = sys::identity_of(child).map_or(0, |who| who.start_time);
+    let start_time = match start_time {
+        0 => sys::identity_of(child).map_or(0, |who| who.start_time),
+        known => known,
+    };
     for e in live {
         e.reserve_for_child(child, start_time);
     }
@@ -300,7 +303,7 @@ impl Geometry {
     fn payload_size(&self) -> Option<usize> {
         (self.capacity as usize).checked_mul(self.stride())?.checked_add(self.slots_off())
     }
-    fn check(&self) -> Result<usize, OpenError> {
+    pub(crate) fn check(&self) -> Result<usize, OpenError> {
         if self.capacity == 0 || !self.capacity.is_power_of_two() || self.capacity > ring::MAX_CAPACITY {
             return Err(OpenError::invalid(format!(
                 "capacity {} must be a power of two between 1 and {}",
@@ -495,6 +498,29 @@ impl Engine {
         let size = geo.check()?;
         let init = |p: NonNull<u8>, _len: usize| init_payload(p, &geo);
         let seg = Segment::create_object(opts, kind, ty, size, 128, init)?;
+        Engine::attach(seg, Some(geo))
+    }
+
+    /// A fresh queue of geometry `geo` in `seg`, an anonymous segment made
+    /// for a queue whose payload has the same size, which no process maps
+    /// any more and of which the caller holds the only handle (see
+    /// `pool::spare`): the control block and the participant table are
+    /// cleared and written as [`Engine::create`] writes them; the slots keep
+    /// stale bytes, which no protocol reads before it wrote them (SPSC: only
+    /// below `tail`; MPMC: only slots whose stamp was published, and every
+    /// stamp is rewritten here).
+    pub(crate) fn recycle(seg: Segment, geo: Geometry) -> Result<Engine, OpenError> {
+        let size = geo.check()?;
+        if !seg.is_sole() || seg.payload_len() != size || seg.kind() != ObjectKind::FrameQueue {
+            return Err(OpenError::invalid("segment cannot hold this queue"));
+        }
+        let p = seg.payload_ptr();
+        // SAFETY: the payload is `size >= slots_off()` bytes long (checked just
+        // above against `geo`), and nothing else reads or writes it: the
+        // segment is anonymous, this is its only handle here, and the caller
+        // guarantees that every other process that mapped it has ended.
+        unsafe { std::ptr::write_bytes(p.as_ptr(), 0, geo.slots_off()) };
+        init_payload(p, &geo);
         Engine::attach(seg, Some(geo))
     }
 
@@ -1841,11 +1867,14 @@ impl Drop for Engine {
     }
 }
 
-/// Writes the initial control block and stamps into a fresh, zeroed payload.
+/// Writes the initial control block and stamps into a payload whose control
+/// block and participant table are zero.
 fn init_payload(p: NonNull<u8>, geo: &Geometry) {
     let c = p.as_ptr() as *mut Control;
-    // SAFETY: the payload is fresh (not yet published), zero-filled, 128-aligned
-    // and `geo.payload_size()` bytes long, as created by `Engine::create`.
+    // SAFETY: the payload is not yet published (fresh from `Engine::create`,
+    // or a spare only the caller uses: `Engine::recycle`), 128-aligned,
+    // `geo.payload_size()` bytes long, with its control block and participant
+    // table zero-filled.
     unsafe {
         (*c).magic = QMAGIC;
         (*c).mode = if geo.spsc { MODE_SPSC } else { MODE_MPMC };

@@ -753,11 +753,11 @@ mod tests {
         drop((crx, crtx));
         // A stand-in child: the hooks reserve its entries.
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        run_child_hooks(carried.hooks, child.id());
+        run_child_hooks(carried.hooks, child.id(), 0);
         // A second hook for the same child and role (Fork: `adopt_forked_child`
         // wrote one already) does not double the entry.
         let (_b, again) = serialize_carrying(&rtx.clone()).unwrap();
-        run_child_hooks(again.hooks, child.id());
+        run_child_hooks(again.hooks, child.id(), 0);
         assert_eq!(rrx.q.engine().entries_of(child.id()), 1);
         assert_eq!(rx.q.engine().entries_of(child.id()), 1);
         drop(rtx);

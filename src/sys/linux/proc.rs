@@ -190,6 +190,38 @@ pub(crate) fn identity_of(id: u32) -> Option<Identity> {
     }
 }
 
+/// `CLOCK_BOOTTIME` in the unit of the start time of `/proc/<pid>/stat`
+/// (clock ticks since boot: the kernel records a child's start on this clock
+/// during `fork` and divides it by the same tick).
+pub(crate) fn boot_ticks() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let ns = (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64);
+    let per_tick = 1_000_000_000 / rustix::param::clock_ticks_per_second().clamp(1, 1_000_000_000);
+    ns / per_tick
+}
+
+/// 0: not yet checked; 1: the [`boot_ticks`] reading agreed with `/proc`; 2: it did not.
+static TICKS_AGREE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The start time of `child`, which this process forked between two
+/// [`boot_ticks`] readings `before` and `after` and has not reaped. When
+/// both readings name the same tick (a fork takes well under one), that
+/// tick *is* its start time: no `/proc` read (tens of microseconds).
+/// The first such fork of the process checks the reading against `/proc`
+/// and, should they differ, every later one reads `/proc`. 0 if unknown.
+pub(crate) fn forked_start_time(child: u32, before: u64, after: u64) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let agree = TICKS_AGREE.load(Relaxed);
+    if before == after && agree == 1 {
+        return before;
+    }
+    let read = identity_of(child).map_or(0, |who| who.start_time);
+    if before == after && agree == 0 && read != 0 {
+        TICKS_AGREE.store(if read == before { 1 } else { 2 }, Relaxed);
+    }
+    read
+}
+
 /// Whether `who` still runs. A recorded `start_time` of 0 means "unknown" and
 /// falls back to checking that the id exists.
 pub(crate) fn liveness(who: Identity) -> Liveness {
@@ -297,6 +329,28 @@ mod tests {
         }
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
         assert_eq!(current_process(), parent);
+    }
+
+    /// `forked_start_time`'s shortcut: a child started between two equal
+    /// `boot_ticks` readings has that tick as its `/proc` start time.
+    #[test]
+    fn a_child_started_within_one_tick_has_that_tick_as_its_start_time() {
+        let mut checked = 0;
+        for _ in 0..20 {
+            let before = boot_ticks();
+            let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+            let after = boot_ticks();
+            let read = identity_of(child.id()).map(|who| who.start_time);
+            let known = forked_start_time(child.id(), before, after);
+            child.kill().unwrap();
+            child.wait().unwrap();
+            if before == after {
+                assert_eq!(read, Some(before), "the tick read around the start is the /proc start time");
+                assert_eq!(known, before);
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no start fell within one tick in 20 tries");
     }
 
     #[test]
