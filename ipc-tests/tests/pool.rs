@@ -489,6 +489,34 @@ fn drop_with_pending_work(_: StartMethod) {
     assert_gone(&pids);
 }
 
+/// Regression: a forked child holding a copy of its parent's pool (here an
+/// `Arc` clone moved into a closure) waited forever in `apply` (its copy has
+/// no thread to dispatch) and in the drop (for a thread that never ends).
+/// The copy is closed in the child; the parent's pool goes on.
+fn a_forked_child_s_copy_is_closed_and_drops_at_once(_: StartMethod) {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let copy = pool.clone();
+    let mut child = shmproc::Process::closure(move || {
+        let r = copy.apply(square, 3);
+        copy.terminate();
+        drop(copy);
+        r == Err(TaskError::Closed)
+    })
+    .start()
+    .unwrap();
+    match child.join_timeout(WAIT) {
+        Ok(closed) => assert!(closed, "the child's copy of the pool ran a task"),
+        Err(e) => {
+            let _ = child.kill();
+            panic!("the child with a copy of the pool did not end: {e}");
+        }
+    }
+    assert_eq!(pool.map(square, 0..100u64).unwrap(), (0..100u64).map(square).collect::<Vec<_>>());
+    let pids = pool.worker_pids();
+    drop(pool);
+    assert_gone(&pids);
+}
+
 fn initializer(_: StartMethod) {
     let pool = Pool::builder().processes(2).initializer(init_set, 77).create().unwrap();
     assert_eq!(pool.map(read_init, 0..4u32).unwrap(), vec![77; 4]);
@@ -686,6 +714,11 @@ fn main() {
         ("terminate_during_work", terminate_during_work, &all[..1]),
         ("drop_with_pending_work", drop_with_pending_work, &all[..1]),
         ("initializer", initializer, &all[..1]),
+        (
+            "a_forked_child_s_copy_is_closed_and_drops_at_once",
+            a_forked_child_s_copy_is_closed_and_drops_at_once,
+            &all[..1],
+        ),
         (
             "replacements_that_die_early_are_not_replaced_forever",
             replacements_that_die_early_are_not_replaced_forever,

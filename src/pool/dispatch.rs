@@ -150,6 +150,10 @@ pub(crate) struct Shared {
     /// Set when the dispatcher has exited (all workers gone).
     /// Set once the dispatcher is gone (see [`Done`]).
     pub(crate) done: Arc<Done>,
+    /// `sys::process_stamp()` of the process that made the pool: a copy of
+    /// the pool in a forked child (its workers and thread are the parent's)
+    /// is closed there and waits for nothing.
+    pub(crate) stamp: u64,
     /// The initializer failed in a replacement worker: no more tasks run.
     pub(crate) broken: AtomicBool,
 }
@@ -158,7 +162,14 @@ impl Shared {
     /// Wakes the dispatcher (an empty frame on the results queue; if the
     /// queue is full the dispatcher is awake anyway).
     pub(crate) fn wake(&self) {
-        let _ = self.wake.try_send(&[]);
+        if !self.inherited() {
+            let _ = self.wake.try_send(&[]);
+        }
+    }
+
+    /// Whether this is a forked child's copy of its parent's pool.
+    pub(crate) fn inherited(&self) -> bool {
+        sys::fork_generation() != self.stamp
     }
 
     pub(crate) fn chunk_id(&self) -> u64 {
@@ -172,7 +183,7 @@ impl Shared {
         }
         let refused = {
             let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-            if inbox.closed || inbox.terminate {
+            if inbox.closed || inbox.terminate || self.inherited() {
                 Some(chunks)
             } else {
                 inbox.chunks.extend(chunks);

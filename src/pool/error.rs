@@ -53,7 +53,9 @@ pub enum TaskError {
         /// Why the start failed.
         reason: String,
     },
-    /// The pool was closed before the task was submitted.
+    /// The pool was closed before the task was submitted (or this is a
+    /// forked child's copy of its parent's pool: it is closed in the child,
+    /// whose parent owns the workers).
     Closed,
     /// The pool was terminated (or dropped) before the task finished.
     Terminated,

@@ -129,7 +129,10 @@
 //! `/dev/shm`, and a forked child never reuses its parent's. See
 //! `SAFETY.md`, section 8.3.
 //!
-//! A `Pool` is `Send + Sync`: several threads may submit at once.
+//! A `Pool` is `Send + Sync`: several threads may submit at once. A copy of
+//! a pool in a forked child (a `Process::closure` capturing an `Arc<Pool>`)
+//! is closed there: its tasks fail with [`TaskError::Closed`], and `join`,
+//! `terminate` and dropping it return at once; the parent's pool goes on.
 
 mod closure;
 mod dispatch;
@@ -297,6 +300,7 @@ impl PoolBuilder {
             config,
             pids: Mutex::new(Vec::new()),
             done: Arc::new(Done::default()),
+            stamp: crate::sys::process_stamp(),
             broken: AtomicBool::new(false),
         });
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), PoolError>>();
@@ -922,6 +926,11 @@ impl Pool {
     }
 
     fn wait_finished(&self, deadline: Deadline) -> Result<(), JoinTimeoutError> {
+        if self.shared.inherited() {
+            // A forked child's copy: the pool, its workers and its thread are
+            // the parent's, and nothing in this process will end them.
+            return Ok(());
+        }
         // The wake frame may have found a full queue: repeat it now and then.
         match self.shared.done.wait(deadline, || self.shared.wake()) {
             true => Ok(()),
