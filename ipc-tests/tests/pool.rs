@@ -517,6 +517,28 @@ fn a_forked_child_s_copy_is_closed_and_drops_at_once(_: StartMethod) {
     assert_gone(&pids);
 }
 
+/// Regression (review of the thread reuse): a pool made in a forked child
+/// while its parent had a pool thread waiting for the next pool handed its
+/// dispatcher to that (inherited, not running) thread and waited forever.
+fn a_pool_made_in_a_forked_child_works(_: StartMethod) {
+    drop(Pool::new(2).unwrap()); // leaves this process a waiting pool thread
+    let mut child = shmproc::Process::closure(|| {
+        let pool = Pool::new(2).unwrap();
+        let out = pool.map(square, 0..100u64).unwrap();
+        drop(pool);
+        out == (0..100u64).map(square).collect::<Vec<_>>()
+    })
+    .start()
+    .unwrap();
+    match child.join_timeout(WAIT) {
+        Ok(ok) => assert!(ok, "the child's pool gave wrong results"),
+        Err(e) => {
+            let _ = child.kill();
+            panic!("the child that made a pool did not end: {e}");
+        }
+    }
+}
+
 fn initializer(_: StartMethod) {
     let pool = Pool::builder().processes(2).initializer(init_set, 77).create().unwrap();
     assert_eq!(pool.map(read_init, 0..4u32).unwrap(), vec![77; 4]);
@@ -714,6 +736,7 @@ fn main() {
         ("terminate_during_work", terminate_during_work, &all[..1]),
         ("drop_with_pending_work", drop_with_pending_work, &all[..1]),
         ("initializer", initializer, &all[..1]),
+        ("a_pool_made_in_a_forked_child_works", a_pool_made_in_a_forked_child_works, &all[..1]),
         (
             "a_forked_child_s_copy_is_closed_and_drops_at_once",
             a_forked_child_s_copy_is_closed_and_drops_at_once,

@@ -359,6 +359,9 @@ const IDLE_SLICE: Duration = Duration::from_millis(50);
 const MAX_EARLY_DEATHS: u32 = 3;
 /// How long `join` lets a stopped worker exit before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a dead worker's end may take to be recorded (a fork-server
+/// worker's status comes from the server) before its segments are given up on.
+const DEATH_RECORD: Duration = Duration::from_millis(100);
 /// How long a teardown waits for a killed worker to end before it goes on
 /// without reusing the worker's segments (a SIGKILLed process ends in well
 /// under a millisecond unless the kernel holds it, e.g. in a stuck I/O).
@@ -405,7 +408,7 @@ impl Dispatcher {
     /// Starts the worker of `slot`.
     fn start_worker(&mut self, slot: usize) -> Result<(), PoolError> {
         let (builder, gen, tasks) = self.worker_builder(slot)?;
-        let p = builder.start()?;
+        let p = builder.start().inspect_err(|_| self.unseen_end = true)?;
         self.install(slot, p, gen, tasks);
         Ok(())
     }
@@ -476,6 +479,9 @@ impl Dispatcher {
             match started {
                 Ok(p) => self.install(slot, p, gen, tasks),
                 Err(e) => {
+                    // The fork server may have started a worker it did not
+                    // report: nothing of this pool is reused.
+                    self.unseen_end = true;
                     first_err.get_or_insert(e);
                 }
             }
@@ -524,9 +530,11 @@ impl Dispatcher {
                 let _ = p.kill();
             }
         }
+        let deadline = Deadline::after(Some(REAP_BOUND));
         for slot in self.workers.iter_mut() {
             let Some(mut w) = slot.take() else { continue };
-            if w.proc.take().is_some_and(|p| p.kill_and_wait(REAP_BOUND)) {
+            let bound = deadline.remaining().unwrap_or_default();
+            if w.proc.take().is_some_and(|p| p.kill_and_wait(bound)) {
                 spare::give(w.tasks.segment().clone());
             } else {
                 self.unseen_end = true;
@@ -779,7 +787,9 @@ impl Dispatcher {
 
     fn on_death(&mut self, slot: usize) {
         if let Some(mut w) = self.workers[slot].take() {
-            let ended = w.proc.as_mut().and_then(|p| p.exit_status());
+            // Dead by its pidfd; a fork-server worker's status record may
+            // still be on its way (it is, within moments).
+            let ended = w.proc.as_mut().and_then(|p| p.wait_ended(DEATH_RECORD));
             // Reaped: its task queue can serve its replacement (`spare`).
             match ended {
                 Some(_) => spare::give(w.tasks.segment().clone()),

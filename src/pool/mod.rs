@@ -122,11 +122,15 @@
 //! A pool's thread and segments outlive it a little, for the next pool of the
 //! process (a loop or a test suite that makes pool after pool starts each in
 //! about two thirds of the time): the thread waits up to 5 s for the next
-//! pool, then exits; the segments of workers seen to end (its queues and its
+//! pool, then exits (so the process stays multi-threaded that long after its
+//! last pool: a call that needs a single-threaded process, such as
+//! `unshare(CLONE_NEWTIME)`, may fail meanwhile); the segments of workers
+//! seen to end (its queues and its
 //! in-flight table, about `(3 x processes + 4) x max_frame` bytes) are kept,
 //! up to 16 MiB in all, until a later pool of the same shape takes them or
 //! the process exits. They are anonymous (memfds): nothing is left in
-//! `/dev/shm`, and a forked child never reuses its parent's. See
+//! `/dev/shm`, and a forked child never uses its parent's (nor its waiting
+//! threads). See
 //! `SAFETY.md`, section 8.3.
 //!
 //! A `Pool` is `Send + Sync`: several threads may submit at once. A copy of

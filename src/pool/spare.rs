@@ -23,15 +23,16 @@
 //! * this process holds no other handle to it ([`Segment::is_sole`], checked
 //!   when it is taken, so a pool may give its segments while its last
 //!   handles are still being dropped);
-//! * it was given in this process, not inherited through a fork: a forked
-//!   child drops the spares it inherited (only its own mappings go).
+//! * it was given in this process, not inherited through a fork: the spares
+//!   belong to the first process that used them, and a forked child never
+//!   touches (nor waits for the lock of) what it inherited, nor keeps its own.
 //!
 //! At most [`MAX_SEGMENTS`] segments and [`MAX_BYTES`] bytes are kept (the
 //! oldest go first); they stay until they are taken or the process exits.
 //! The lock is only tried, a bounded number of times: a spare is never worth
-//! a long wait, and a child forked while another thread held it must not
-//! wait for it at all.
+//! a long wait.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, TryLockError};
 
 use crate::header::{ObjectKind, TypeInfo};
@@ -45,27 +46,26 @@ const MAX_BYTES: usize = 16 << 20;
 /// Tries of the lock before going without a spare.
 const MAX_TRIES: u32 = 1000;
 
-struct Spares {
-    /// The fork generation the spares were given in.
-    generation: u64,
-    /// Oldest first.
-    segs: Vec<Segment>,
-}
+/// Oldest first.
+static SPARES: Mutex<Vec<Segment>> = Mutex::new(Vec::new());
+/// The process whose spares those are (see `sys::owned_here`).
+static OWNER: AtomicU64 = AtomicU64::new(0);
 
-static SPARES: Mutex<Spares> = Mutex::new(Spares { generation: 0, segs: Vec::new() });
-
-/// Runs `f` on this process's spares, unless the lock is held. Segments
-/// dropped by `f` (and inherited ones) are dropped after the lock is released.
+/// Runs `f` on this process's spares, unless another process owns them (a
+/// forked child never touches, nor waits for, what it inherited) or the lock
+/// stays held. Segments `f` evicts are dropped after the lock is released.
 fn with<R>(f: impl FnOnce(&mut Vec<Segment>) -> R) -> Option<R> {
+    if !sys::owned_here(&OWNER) {
+        return None;
+    }
     let mut gone = Vec::new();
     let r = {
         let mut tries = 0;
-        let mut s = loop {
+        let mut segs = loop {
             match SPARES.try_lock() {
                 Ok(s) => break s,
                 Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-                // Held by another thread for a few vector operations, or
-                // forever (held when this process was forked): a bounded wait.
+                // Held by another thread for a few vector operations.
                 Err(TryLockError::WouldBlock) if tries < MAX_TRIES => {
                     tries += 1;
                     std::thread::yield_now();
@@ -73,16 +73,10 @@ fn with<R>(f: impl FnOnce(&mut Vec<Segment>) -> R) -> Option<R> {
                 Err(TryLockError::WouldBlock) => return None,
             }
         };
-        let me = sys::process_stamp();
-        if s.generation != me {
-            // Inherited from the process we were forked from: its to reuse, not ours.
-            gone = std::mem::take(&mut s.segs);
-            s.generation = me;
-        }
-        let r = f(&mut s.segs);
-        let mut bytes: usize = s.segs.iter().map(Segment::len).sum();
-        while s.segs.len() > MAX_SEGMENTS || bytes > MAX_BYTES {
-            let old = s.segs.remove(0);
+        let r = f(&mut segs);
+        let mut bytes: usize = segs.iter().map(Segment::len).sum();
+        while segs.len() > MAX_SEGMENTS || bytes > MAX_BYTES {
+            let old = segs.remove(0);
             bytes -= old.len();
             gone.push(old);
         }
@@ -97,7 +91,9 @@ fn with<R>(f: impl FnOnce(&mut Vec<Segment>) -> R) -> Option<R> {
 /// process will be used again (they may still be dropping: a spare is taken
 /// only once it is the last one).
 pub(crate) fn give(seg: Segment) {
-    if seg.name().is_some() {
+    // Named segments are not the pool's; one alone over the budget would only
+    // push every other spare out.
+    if seg.name().is_some() || seg.len() > MAX_BYTES {
         return;
     }
     let _ = with(|segs| segs.push(seg));
@@ -161,10 +157,12 @@ mod tests {
         let want: Vec<u64> = (0..1000u64).map(square).collect();
         let p = b().create().unwrap();
         assert_eq!(p.map(square, 0..1000u64).unwrap(), want);
-        let results = p.shared.wake.segment().payload_ptr();
+        // The memfd's inode names it (a fresh one could be mapped where the old one was).
+        let inode = |p: &crate::Pool| rustix::fs::fstat(p.shared.wake.segment().fd()).unwrap().st_ino;
+        let results = inode(&p);
         drop(p);
         let p = b().create().unwrap();
-        assert_eq!(p.shared.wake.segment().payload_ptr(), results, "the results queue is the last pool's");
+        assert_eq!(inode(&p), results, "the results queue is the last pool's");
         assert_eq!(p.map(square, 0..1000u64).unwrap(), want);
         // Killed workers' task queues serve their replacements; all still works.
         for pid in p.worker_pids() {

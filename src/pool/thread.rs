@@ -8,6 +8,7 @@
 //! daemon worker's parent-death signal fires when the *thread* that forked it
 //! exits), so a thread only ever exits between pools, when it has no workers.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,13 +28,19 @@ pub(crate) type Then = Box<dyn FnOnce() + Send>;
 /// Threads waiting for a pool, each named by a serial and reached through
 /// its channel.
 static WAITING: Mutex<Vec<(u64, Sender<Task>)>> = Mutex::new(Vec::new());
-static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The process whose threads wait in `WAITING` (see `sys::owned_here`): a
+/// forked child has none of them (their channels look open, but no thread
+/// would ever run what it sent) and may have inherited the lock held, so it
+/// never touches the list: its pools each start a thread, which exits with
+/// its pool.
+static OWNER: AtomicU64 = AtomicU64::new(0);
+static SERIAL: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `task` (a pool's dispatcher, to its end) on a waiting pool thread,
 /// or on a new one.
 pub(crate) fn run(task: Task) -> std::io::Result<()> {
     let mut task = task;
-    loop {
+    while crate::sys::owned_here(&OWNER) {
         let waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match waiting {
             Some((_, tx)) => match tx.send(task) {
@@ -53,6 +60,10 @@ fn serve(mut task: Task) {
         let id = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         {
+            if !crate::sys::owned_here(&OWNER) {
+                then();
+                return;
+            }
             let mut w = WAITING.lock().unwrap_or_else(|e| e.into_inner());
             if w.len() >= MAX_IDLE {
                 drop(w);

@@ -539,7 +539,15 @@ impl<R: DeserializeOwned> Process<R> {
     /// pool reuses a worker's segments only once the worker is known gone.
     pub(crate) fn kill_and_wait(mut self, bound: Duration) -> bool {
         let _ = self.kill();
-        matches!(self.progress(Deadline::after(Some(bound))), Ok(true))
+        self.wait_ended(bound).is_some()
+    }
+
+    /// Waits up to `bound` for the child to end (reaping it, or for a
+    /// fork-server child, reading how it ended); how it ended, if it has.
+    pub(crate) fn wait_ended(&mut self, bound: Duration) -> Option<ExitStatus> {
+        // An error taking its report still leaves `ended` set: it has ended.
+        let _ = self.progress(Deadline::after(Some(bound)));
+        self.ended
     }
 
     /// Asks the child to stop: `SIGTERM`. Nothing happens if it already ended.

@@ -140,7 +140,12 @@ pub(crate) fn track(e: &Arc<Engine>) {
 /// on that half; a child that uses one side of a queue drops the inherited
 /// entries of the other side (a worker given a `Receiver` does not keep the
 /// queue connected through the `Sender` it merely inherited); an entry the
-/// child never touches lasts until it exits.
+/// child never touches lasts until it exits. "Since its previous fork" is
+/// counted per thread too: a handle made or cloned by a thread goes to the
+/// child of that thread's next fork however many forks other threads made
+/// meanwhile (the price: if that child is not the one the handle was meant
+/// for, it holds an entry it never uses until it exits, as any over-eager
+/// registration here does).
 pub(crate) fn adopt_forked_child(child: u32, start_time: u64) {
     let live: Vec<Arc<Engine>> = LIVE.with(|live| {
         live.retain(|w| w.strong_count() > 0);

@@ -109,6 +109,18 @@ pub(crate) fn fork_count() -> u64 {
     FORKS.load(Ordering::Relaxed)
 }
 
+/// For process-wide state behind a lock that a forked child must neither use
+/// nor wait for (another thread may have held the lock at the fork, and the
+/// state is its parent's): `owner` names the one process that uses it,
+/// claimed by the first caller (0: unclaimed). Whether that is this process.
+pub(crate) fn owned_here(owner: &AtomicU64) -> bool {
+    let me = process_stamp();
+    match owner.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => true,
+        Err(cur) => cur == me,
+    }
+}
+
 /// The calling thread's serial (high 32 bits) and the number of forks it
 /// made (low 32 bits, wrapping): a handle stamped with it before a fork can
 /// tell, in [`forked_since`], whether the *same thread's* next fork is the
