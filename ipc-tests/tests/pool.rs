@@ -55,6 +55,15 @@ fn my_pid(_: u32) -> u32 {
     std::process::id()
 }
 
+/// Forks (libc's `fork`, so the fork layer sees it) and returns, in both
+/// processes, the pid of the one that answers.
+fn forks_and_returns_my_pid(_: u32) -> u32 {
+    // SAFETY: a worker is single-threaded; the child only returns into the
+    // worker's code, which ends it before it answers (the point of the check).
+    let _ = unsafe { libc::fork() };
+    std::process::id()
+}
+
 fn add(a: u64, b: u64) -> u64 {
     a + b
 }
@@ -539,6 +548,19 @@ fn a_pool_made_in_a_forked_child_works(_: StartMethod) {
     }
 }
 
+/// A task that forks and returns in the child made a copy of the worker
+/// that answered the rest of its run (and staged results in the worker's
+/// slot) as if it were the worker. The copy now ends before it answers: every
+/// answer comes from a worker.
+fn a_task_that_forks_and_returns_does_not_answer_twice(_: StartMethod) {
+    let pool = Pool::new(2).unwrap();
+    for i in 0..40 {
+        let workers = pool.worker_pids();
+        let pid = pool.apply(forks_and_returns_my_pid, i).unwrap();
+        assert!(workers.contains(&pid), "item {i} was answered by {pid}, not by a worker ({workers:?})");
+    }
+}
+
 fn initializer(_: StartMethod) {
     let pool = Pool::builder().processes(2).initializer(init_set, 77).create().unwrap();
     assert_eq!(pool.map(read_init, 0..4u32).unwrap(), vec![77; 4]);
@@ -737,6 +759,11 @@ fn main() {
         ("drop_with_pending_work", drop_with_pending_work, &all[..1]),
         ("initializer", initializer, &all[..1]),
         ("a_pool_made_in_a_forked_child_works", a_pool_made_in_a_forked_child_works, &all[..1]),
+        (
+            "a_task_that_forks_and_returns_does_not_answer_twice",
+            a_task_that_forks_and_returns_does_not_answer_twice,
+            &all[..1],
+        ),
         (
             "a_forked_child_s_copy_is_closed_and_drops_at_once",
             a_forked_child_s_copy_is_closed_and_drops_at_once,

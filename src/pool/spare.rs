@@ -17,9 +17,8 @@
 //!   after it reaped (or, through the fork server, saw the end of) every
 //!   worker that had it. A process that a *task* forked inherits the
 //!   worker's mappings, but runs the task's code, which has no access to
-//!   the pool's objects (a task that returns into the worker loop in a
-//!   forked copy of the worker is not supported, and the worker loop ends
-//!   such a copy: see `worker.rs`);
+//!   the pool's objects (a copy that returns from the task into the
+//!   worker's code ends before it answers anything: see `worker.rs`);
 //! * this process holds no other handle to it ([`Segment::is_sole`], checked
 //!   when it is taken, so a pool may give its segments while its last
 //!   handles are still being dropped);

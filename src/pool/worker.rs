@@ -157,6 +157,8 @@ pub(crate) struct RunCx<'f, 'a, 't> {
     ans: &'a mut Answer<'t>,
     rec: &'t Record,
     results: &'a FrameQueue,
+    /// The worker's process stamp: see [`RunCx::same_process`].
+    me: u64,
 }
 
 impl<'f> RunCx<'f, '_, '_> {
@@ -203,9 +205,20 @@ impl<'f> RunCx<'f, '_, '_> {
         }
     }
 
+    /// Ends a copy of the worker that a task made by forking and returning
+    /// in the child, before it answers anything (its answers would go to the
+    /// worker's slot, the staging area included): one load per item.
+    #[inline]
+    fn same_process(&self) {
+        if sys::fork_generation() != self.me {
+            sys::exit_now(EXIT_NO_OBJECTS);
+        }
+    }
+
     /// Answers the current item with its result.
     #[inline]
     pub(crate) fn ok<R: Serialize>(&mut self, r: &R) {
+        self.same_process();
         match plain::encode(r) {
             // Fits: the item is at most 9 bytes.
             Some(p) if self.ans.out.len() + 9 <= self.max => {
@@ -222,6 +235,7 @@ impl<'f> RunCx<'f, '_, '_> {
     /// Answers the current item with an error.
     #[cold]
     pub(crate) fn err(&mut self, e: &WireError) {
+        self.same_process();
         wire::push_err(&mut self.ans.out, e);
         self.commit();
     }
@@ -312,8 +326,8 @@ pub(crate) fn worker_main(a: WorkerArgs) {
     let me = sys::process_stamp();
     loop {
         // A copy of this worker made by a task that forked and returned in
-        // the child is not a worker: it ends before it takes a frame meant
-        // for this one (see `spare`).
+        // the child is not a worker: it ends before it answers an item or
+        // takes a frame meant for this one (see `RunCx::same_process`).
         if sys::fork_generation() != me {
             sys::exit_now(EXIT_NO_OBJECTS);
         }
@@ -369,6 +383,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
                 ans: &mut ans,
                 rec,
                 results: &o.results,
+                me,
             };
             match resolved {
                 Some((run, f)) => run(f, &mut cx),
