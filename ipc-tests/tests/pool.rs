@@ -513,13 +513,7 @@ fn a_forked_child_s_copy_is_closed_and_drops_at_once(_: StartMethod) {
     })
     .start()
     .unwrap();
-    match child.join_timeout(WAIT) {
-        Ok(closed) => assert!(closed, "the child's copy of the pool ran a task"),
-        Err(e) => {
-            let _ = child.kill();
-            panic!("the child with a copy of the pool did not end: {e}");
-        }
-    }
+    assert!(join_or_kill(&mut child, "the child with a copy of the pool"), "the child's copy of the pool ran a task");
     assert_eq!(pool.map(square, 0..100u64).unwrap(), (0..100u64).map(square).collect::<Vec<_>>());
     let pids = pool.worker_pids();
     drop(pool);
@@ -539,11 +533,16 @@ fn a_pool_made_in_a_forked_child_works(_: StartMethod) {
     })
     .start()
     .unwrap();
+    assert!(join_or_kill(&mut child, "the child that made a pool"), "the child's pool gave wrong results");
+}
+
+/// The child's result; kills it and fails the check if it does not end in time.
+fn join_or_kill(child: &mut shmproc::Process<bool>, who: &str) -> bool {
     match child.join_timeout(WAIT) {
-        Ok(ok) => assert!(ok, "the child's pool gave wrong results"),
+        Ok(r) => r,
         Err(e) => {
             let _ = child.kill();
-            panic!("the child that made a pool did not end: {e}");
+            panic!("{who} did not end: {e}");
         }
     }
 }

@@ -147,7 +147,6 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// Pids of the live workers (for `Pool::worker_pids`).
     pub(crate) pids: Mutex<Vec<u32>>,
-    /// Set when the dispatcher has exited (all workers gone).
     /// Set once the dispatcher is gone (see [`Done`]).
     pub(crate) done: Arc<Done>,
     /// `sys::process_stamp()` of the process that made the pool: a copy of

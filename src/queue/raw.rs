@@ -520,10 +520,9 @@ impl Engine {
             return Err(OpenError::invalid("segment cannot hold this queue"));
         }
         let p = seg.payload_ptr();
-        // SAFETY: the payload is `size >= slots_off()` bytes long (checked just
-        // above against `geo`), and nothing else reads or writes it: the
-        // segment is anonymous, this is its only handle here, and the caller
-        // guarantees that every other process that mapped it has ended.
+        // Nothing else reads or writes it: anonymous, its only handle here,
+        // and (the caller's guarantee) no other process uses it any more.
+        // SAFETY: the payload is `size >= slots_off()` bytes (checked above).
         unsafe { std::ptr::write_bytes(p.as_ptr(), 0, geo.slots_off()) };
         init_payload(p, &geo);
         Engine::attach(seg, Some(geo))
@@ -1876,10 +1875,9 @@ impl Drop for Engine {
 /// block and participant table are zero.
 fn init_payload(p: NonNull<u8>, geo: &Geometry) {
     let c = p.as_ptr() as *mut Control;
-    // SAFETY: the payload is not yet published (fresh from `Engine::create`,
-    // or a spare only the caller uses: `Engine::recycle`), 128-aligned,
-    // `geo.payload_size()` bytes long, with its control block and participant
-    // table zero-filled.
+    // Not yet published: fresh from `Engine::create`, or a spare only the
+    // caller uses (`Engine::recycle`); its control block and parts are zero.
+    // SAFETY: 128-aligned and `geo.payload_size()` bytes long, unshared (above).
     unsafe {
         (*c).magic = QMAGIC;
         (*c).mode = if geo.spsc { MODE_SPSC } else { MODE_MPMC };
