@@ -520,6 +520,22 @@ fn a_forked_child_s_copy_is_closed_and_drops_at_once(_: StartMethod) {
     assert_gone(&pids);
 }
 
+/// Regression: a forked child given an `AsyncResult` of its parent's call
+/// waited forever in `get` (nothing delivers to its copy). It is closed there.
+fn a_forked_child_s_copy_of_an_async_result_is_closed(_: StartMethod) {
+    let pool = Pool::new(2).unwrap();
+    let one = pool.apply_async(sleep_ms, 300);
+    let many = pool.map_async(sleep_ms, vec![300u64; 4]);
+    let mut child = shmproc::Process::closure(move || {
+        let quick = one.get_timeout(WAIT).is_ok_and(|r| r == Err(TaskError::Closed));
+        quick && matches!(many.get(), Err(MapError { error: TaskError::Closed, .. }))
+    })
+    .start()
+    .unwrap();
+    assert!(join_or_kill(&mut child, "the child with a copy of an AsyncResult"), "the copy was not closed");
+    assert_eq!(pool.apply(square, 3), Ok(9), "the parent's pool goes on");
+}
+
 /// Regression (review of the thread reuse): a pool made in a forked child
 /// while its parent had a pool thread waiting for the next pool handed its
 /// dispatcher to that (inherited, not running) thread and waited forever.
@@ -758,6 +774,11 @@ fn main() {
         ("drop_with_pending_work", drop_with_pending_work, &all[..1]),
         ("initializer", initializer, &all[..1]),
         ("a_pool_made_in_a_forked_child_works", a_pool_made_in_a_forked_child_works, &all[..1]),
+        (
+            "a_forked_child_s_copy_of_an_async_result_is_closed",
+            a_forked_child_s_copy_of_an_async_result_is_closed,
+            &all[..1],
+        ),
         (
             "a_task_that_forks_and_returns_does_not_answer_twice",
             a_task_that_forks_and_returns_does_not_answer_twice,

@@ -54,8 +54,11 @@ pub enum TaskError {
         reason: String,
     },
     /// The pool was closed before the task was submitted (or this is a
-    /// forked child's copy of its parent's pool: it is closed in the child,
-    /// whose parent owns the workers).
+    /// forked child's copy of its parent's pool, or of an [`AsyncResult`]
+    /// of its parent's: they are closed in the child, whose parent owns the
+    /// workers and gets the results).
+    ///
+    /// [`AsyncResult`]: super::AsyncResult
     Closed,
     /// The pool was terminated (or dropped) before the task finished.
     Terminated,

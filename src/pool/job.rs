@@ -131,6 +131,10 @@ pub(crate) struct JobState {
 pub(crate) struct Job {
     state: Mutex<JobState>,
     cv: Condvar,
+    /// `sys::process_stamp()` of the process that submitted it: a forked
+    /// child's copy of the job (in a copied [`AsyncResult`]) gets nothing
+    /// delivered, so it never waits for it.
+    stamp: u64,
 }
 
 impl fmt::Debug for Job {
@@ -153,7 +157,13 @@ impl Job {
                 streaming: false,
             }),
             cv: Condvar::new(),
+            stamp: crate::sys::process_stamp(),
         })
+    }
+
+    /// Whether this is a forked child's copy of a job of its parent.
+    pub(crate) fn inherited(&self) -> bool {
+        crate::sys::fork_generation() != self.stamp
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, JobState> {
@@ -231,6 +241,10 @@ impl Job {
         loop {
             if cond(&s) {
                 return (s, true);
+            }
+            if self.inherited() {
+                // Nothing in this process delivers to this copy.
+                return (s, false);
             }
             let wait = match deadline.remaining() {
                 None => Duration::from_millis(100),
@@ -396,9 +410,24 @@ impl<T: Send + 'static, E: Send + 'static> AsyncResult<T, E> {
     pub fn get(self) -> Result<T, E> {
         match self.get_deadline(Deadline::NEVER) {
             Ok(v) => v,
-            // Unreachable: without a deadline the wait only ends when finished.
-            Err(h) => h.get(),
+            // Unreachable: without a deadline the wait only ends when finished
+            // (or, in a forked child's copy, closed).
+            Err(h) => h.closed_here(),
         }
+    }
+
+    /// Every item not answered before the fork fails with
+    /// [`TaskError::Closed`] in a forked child's copy (the parent's call goes on).
+    fn closed_here(self) -> Result<T, E> {
+        let total = self.job.lock().total.unwrap_or(0);
+        let mut fails = Vec::new();
+        let mut first = 0;
+        while first < total {
+            let count = (total - first).min(u64::from(u32::MAX)) as u32;
+            fails.push(Batch::Fail { first, count, error: TaskError::Closed });
+            first += u64::from(count);
+        }
+        (self.decode)(fails, total)
     }
 
     /// Waits at most `timeout`; on timeout hands the handle back (Python's
@@ -411,6 +440,9 @@ impl<T: Send + 'static, E: Send + 'static> AsyncResult<T, E> {
         let (mut s, done) = self.job.wait_until(deadline, |s| s.finished);
         if !done {
             drop(s);
+            if self.job.inherited() {
+                return Ok(self.closed_here());
+            }
             return Err(self);
         }
         if let Some(v) = self.cell.lock().unwrap_or_else(|e| e.into_inner()).take() {
