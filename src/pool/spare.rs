@@ -148,6 +148,14 @@ mod tests {
         x * x
     }
 
+    /// `map` with a bound: a hang fails the test instead of stopping the suite.
+    fn map_within(p: &crate::Pool, n: u64) -> Result<Vec<u64>, crate::MapError> {
+        match p.map_async(square, 0..n).get_timeout(std::time::Duration::from_secs(60)) {
+            Ok(r) => r,
+            Err(_) => panic!("a map of {n} items did not finish in 60 s"),
+        }
+    }
+
     #[test]
     fn a_dropped_pool_s_segments_serve_the_next_pool() {
         let _one = crate::pool::thread::TESTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,14 +163,14 @@ mod tests {
         let b = || crate::Pool::builder().processes(2).max_frame(64 * 1024 + 192);
         let want: Vec<u64> = (0..1000u64).map(square).collect();
         let p = b().create().unwrap();
-        assert_eq!(p.map(square, 0..1000u64).unwrap(), want);
+        assert_eq!(map_within(&p, 1000).unwrap(), want);
         // The memfd's inode names it (a fresh one could be mapped where the old one was).
         let inode = |p: &crate::Pool| rustix::fs::fstat(p.shared.wake.segment().fd()).unwrap().st_ino;
         let results = inode(&p);
         drop(p);
         let p = b().create().unwrap();
         assert_eq!(inode(&p), results, "the results queue is the last pool's");
-        assert_eq!(p.map(square, 0..1000u64).unwrap(), want);
+        assert_eq!(map_within(&p, 1000).unwrap(), want);
         // Killed workers' task queues serve their replacements; all still works.
         for pid in p.worker_pids() {
             let _ = rustix::process::kill_process(
@@ -171,8 +179,8 @@ mod tests {
             );
         }
         // Items the killed workers held may fail (`WorkerDied`); then all is well.
-        let _ = p.map(square, 0..1000u64);
-        assert_eq!(p.map(square, 0..1000u64).unwrap(), want);
+        let _ = map_within(&p, 1000);
+        assert_eq!(map_within(&p, 1000).unwrap(), want);
     }
 
     #[test]
