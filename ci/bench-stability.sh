@@ -50,6 +50,8 @@ PAIRED = [
     ("pingpong-8B", "iceoryx2"),
     ("stream-8B", "queue"),
     ("stream-8B", "queue-permsg"),
+    ("stream-8B", "queue-permsg-ep"),
+    ("stream-8B", "raw-ring-permsg"),
     ("stream-8B", "iceoryx2"),
     ("stream-64KiB", "pipe"),
     ("stream-64KiB", "iceoryx2"),

@@ -8,9 +8,19 @@
 //! | `raw-spin`    | `pingpong-8B`, `event-pingpong`   | two `AtomicU64`s on separate lines, both sides spin, publish with `swap` |
 //! | `raw-futex`   | `pingpong-8B`, `event-pingpong`   | two `AtomicU32` futex words, shared wait/wake         |
 //! | `raw-ring`    | `stream-8B`, `stream-64KiB`       | a tuned SPSC ring (see [`Ring8`] and [`RingBulk`], 1 MiB like the Pipe's) |
+//! | `raw-ring-permsg` | `stream-8B`                   | the same 8-byte ring, both indices published after every message (a reference, not a floor) |
 //! | `raw-mpmc`    | `stream-mpmc`                     | a bare Vyukov bounded MPMC ring, the same producers as the queue |
 //! | `os-pipe`     | all three                         | `pipe(2)`: 8-byte round trips, 8-byte or 64 KiB writes |
 //! | `unix-socket` | all three                         | `socketpair(AF_UNIX, SOCK_STREAM)`, same as the pipe   |
+//!
+//! `raw-ring-permsg` shows what per-message publication costs by itself: a
+//! `send` that returns must have made its message visible, and a `recv` must
+//! free its slot (or a receiver that crashes would have it delivered again),
+//! so each moves its index's cache line once per message where `raw-ring`
+//! does so once per 64. It is the ring a user would write by hand for that,
+//! not a floor: its consumer spins on the producer's index and reads the
+//! line the producer is filling, which the queue's receivers avoid by
+//! slipping (FastForward). It is reported against `raw-ring`, like the queue.
 //!
 //! `raw-spin` publishes each message with `swap` (`xchg` on x86), which is
 //! faster than a plain store when the vCPUs are far apart: the floor must be
@@ -55,7 +65,8 @@ pub fn cases() -> Vec<Case> {
         Case::new(PINGPONG_8B, "raw-futex", RttNs, futex_pingpong),
         Case::new(PINGPONG_8B, "os-pipe", RttNs, pipe_pingpong),
         Case::new(PINGPONG_8B, "unix-socket", RttNs, socket_pingpong),
-        Case::new(STREAM_8B, "raw-ring", MsgsPerS, ring8_stream),
+        Case::new(STREAM_8B, "raw-ring", MsgsPerS, |c| ring8_stream(c, BATCH)),
+        Case::new(STREAM_8B, "raw-ring-permsg", MsgsPerS, |c| ring8_stream(c, 1)),
         Case::new(STREAM_8B, "os-pipe", MsgsPerS, |cfg| pipe_stream(cfg, 8)),
         Case::new(STREAM_8B, "unix-socket", MsgsPerS, |cfg| socket_stream(cfg, 8)),
         Case::new(STREAM_64KIB, "raw-ring", BytesPerS, ring_bulk_stream),
@@ -467,7 +478,9 @@ struct Ring8 {
 const _: () = assert!(RING8_SLOTS.is_power_of_two() && (RING8_SLOTS as u64).is_multiple_of(BATCH));
 const _: () = assert!(std::mem::offset_of!(Ring8, slots) == 384);
 
-fn ring8_stream(cfg: &Config) -> Result<Session, String> {
+/// The 8-byte ring's stream; both sides publish their index every
+/// `publish` messages ([`BATCH`]: `raw-ring`; 1: `raw-ring-permsg`).
+fn ring8_stream(cfg: &Config, publish: u64) -> Result<Session, String> {
     let shared = Shared::<Ring8>::new(0)?;
     let stall = cfg.stall_limit();
     let mask = RING8_SLOTS as u64 - 1;
@@ -493,7 +506,7 @@ fn ring8_stream(cfg: &Config) -> Result<Session, String> {
             }
             r.slots[(tail & mask) as usize].store(tail, Ordering::Relaxed);
             tail += 1;
-            if tail.is_multiple_of(BATCH) {
+            if tail.is_multiple_of(publish) {
                 r.tail.0.store(tail, Ordering::Release);
                 if tail.is_multiple_of(BATCH * 1024) && r.stop.0.load(Ordering::Relaxed) != 0 {
                     return EXIT_OK;
@@ -522,6 +535,9 @@ fn ring8_stream(cfg: &Config) -> Result<Session, String> {
                 let v = r.slots[(head & mask) as usize].load(Ordering::Relaxed);
                 mismatch |= v ^ head;
                 head += 1;
+                if publish == 1 {
+                    r.head.0.store(head, Ordering::Release);
+                }
             }
             r.head.0.store(head, Ordering::Release);
         }
