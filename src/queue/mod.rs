@@ -384,7 +384,7 @@ impl<T: Pod> Queue<T> {
         // stack stores queue up behind the index store.
         if self.e.geo.spsc && self.excl == 0 && !self.refused() {
             // SAFETY: the engine passes only the payload of a slot this thread owns.
-            if self.e.bias_fast(Side::Send, |p| unsafe { write_slot(p, v) }) {
+            if self.e.bias_fast(Side::Send, move |p| unsafe { write_slot(p, v) }) {
                 return Ok(());
             }
         }

@@ -978,7 +978,7 @@ impl Engine {
 
     /// After publishing (`waking == Recv`) or freeing slots (`waking == Send`):
     /// wake sleepers on the other side, with no system call if there are none.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn notify(&self, waking: Side, all: bool) {
         let (word, sleepers) = self.words(waking);
         // StoreLoad: our publication must be visible before we read the sleeper
@@ -1010,7 +1010,7 @@ impl Engine {
         if self.geo.spsc {
             let mut w = Some(write);
             if !owned {
-                if let Some(step) = self.bias_attempt(Side::Send, &mut |p| {
+                if let Some(step) = self.bias_attempt(Side::Send, true, &mut |p| {
                     if let Some(f) = w.take() {
                         f(p)
                     }
@@ -1043,7 +1043,7 @@ impl Engine {
         if self.geo.spsc {
             let mut r = Some(read);
             if !owned {
-                if let Some(step) = self.bias_attempt(Side::Recv, &mut |p| {
+                if let Some(step) = self.bias_attempt(Side::Recv, true, &mut |p| {
                     if let Some(f) = r.take() {
                         f(p)
                     }
@@ -1420,8 +1420,20 @@ impl Engine {
     /// the other side. `false`: nothing was done, take the general path.
     #[inline(always)]
     pub(crate) fn bias_fast(&self, side: Side, mut slot: impl FnMut(*mut u8)) -> bool {
-        if self.bias_attempt(side, &mut slot) != Some(Step::Done) {
-            return false;
+        match self.bias_attempt(side, false, &mut slot) {
+            Some(Step::Done) => {}
+            Some(Step::WouldBlock) if side == Side::Send => {
+                // The owner's send found the ring full by its cached head:
+                // poll briefly for a batch of free slots before the general
+                // path re-reads the head and sends. Without the batch, a
+                // producer faster than its consumer would re-read the
+                // consumer's index (taking back the line the consumer
+                // writes) for every message, each time finding the one slot
+                // just freed (B-Queue's batching).
+                self.bias_wait_room();
+                return false;
+            }
+            _ => return false,
         }
         self.notify(
             match side {
@@ -1438,8 +1450,10 @@ impl Engine {
     /// `slot` gets the slot's payload pointer (receivers: read-only use).
     /// Publishes the index but does not notify (the caller does, as after
     /// a locked attempt).
+    /// `refresh`: a send that finds the ring full by its cached head
+    /// re-reads the consumer's index (a receive always does, once).
     #[inline(always)]
-    fn bias_attempt(&self, side: Side, slot: &mut impl FnMut(*mut u8)) -> Option<Step> {
+    fn bias_attempt(&self, side: Side, refresh: bool, slot: &mut impl FnMut(*mut u8)) -> Option<Step> {
         let b = self.bias(side);
         let me = thread_token();
         if b.owner.load(Ordering::Relaxed) != me {
@@ -1457,7 +1471,7 @@ impl Engine {
         // other thread uses `local` until we lower it (revokers wait for that;
         // the locked path leaves `local` alone while there is an owner).
         let l = unsafe { &mut *b.local.get() };
-        let step = self.bias_step(l, side, slot);
+        let step = self.bias_step(l, side, refresh, slot);
         b.active.store(false, Ordering::Release);
         Some(step)
     }
@@ -1466,8 +1480,8 @@ impl Engine {
     /// every [`SPSC_CHECK_EVERY`] operations, after a fork, and after a
     /// locked operation of this side (which invalidates `l`: see
     /// [`Engine::bias_locked`]).
-    #[inline]
-    fn bias_step(&self, l: &mut SpscLocal, side: Side, slot: &mut impl FnMut(*mut u8)) -> Step {
+    #[inline(always)]
+    fn bias_step(&self, l: &mut SpscLocal, side: Side, refresh: bool, slot: &mut impl FnMut(*mut u8)) -> Step {
         let (own, _) = self.spsc_words(side);
         if l.budget == 0 || l.gen != sys::fork_generation() {
             l.own = own.load(Ordering::Relaxed);
@@ -1483,6 +1497,9 @@ impl Engine {
             Side::Recv => l.own != l.other,
         };
         if !ready {
+            if side == Side::Send && !refresh {
+                return Step::WouldBlock;
+            }
             if self.spsc_refresh(l, side).is_err() {
                 return Step::Corrupt;
             }
@@ -1509,6 +1526,7 @@ impl Engine {
     /// B-Queue), so that a producer faster than its consumer reads the
     /// consumer's line once per batch, not once per message. Reads only the
     /// segment's indices; the attempt that follows validates them.
+    #[cold]
     fn bias_wait_room(&self) {
         let b = &self.tx_bias;
         if b.owner.load(Ordering::Relaxed) != thread_token() {

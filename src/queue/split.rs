@@ -700,6 +700,51 @@ mod tests {
         assert_eq!(got.len() as u64, SENDERS * per, "no message arrives twice");
     }
 
+    /// The sending half's owner thread keeps a cached copy of the consumer's
+    /// index and, on a blocking send that finds the ring full by it, polls
+    /// for a batch of free slots before re-reading it. A `try_send` must
+    /// still see a single slot freed since (it re-reads the index), and a
+    /// blocking send on a full ring must go through once one slot frees.
+    #[test]
+    fn spsc_owner_sees_every_freed_slot_when_the_cache_says_full() {
+        // Plain `send`s have no timeout: a guard aborts the test binary
+        // should one hang.
+        let (done, guard) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if guard.recv_timeout(Duration::from_secs(30)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!("spsc_owner_sees_every_freed_slot_when_the_cache_says_full: a send hung for 30 s");
+                std::process::abort();
+            }
+        });
+        let (tx, rx) = Queue::<u64>::builder().capacity(4).spsc(true).create_split().unwrap();
+        // Enough operations in a row for both halves to run unlocked.
+        for i in 0..100 {
+            tx.send(i).unwrap();
+            assert_eq!(rx.recv(), Ok(i));
+        }
+        for i in 0..4 {
+            tx.send(100 + i).unwrap();
+        }
+        assert_eq!(tx.try_send(7), Err(TrySendError::Full(7)));
+        assert_eq!(rx.recv(), Ok(100));
+        assert_eq!(tx.try_send(104), Ok(()), "one slot was freed: try_send must take it");
+        assert_eq!(tx.try_send(8), Err(TrySendError::Full(8)));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                assert_eq!(rx.recv_timeout(T), Ok(101));
+            });
+            // Full: the owner's plain `send` (the batch poll, then the wait)
+            // goes through once the receiver frees one slot.
+            tx.send(105).unwrap();
+        });
+        drop(done);
+        for want in 102..106 {
+            assert_eq!(rx.recv_timeout(T), Ok(want));
+        }
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
     /// One thread per side (the common case): after the first few
     /// operations both sides run unlocked; order is kept.
     #[test]
