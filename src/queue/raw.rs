@@ -1445,6 +1445,13 @@ impl Engine {
         true
     }
 
+    /// Whether the calling thread holds `side`'s bias (tests).
+    #[cfg(test)]
+    pub(crate) fn bias_held(&self, side: Side) -> bool {
+        let b = self.bias(side);
+        b.owner.load(Ordering::Relaxed) == thread_token() && b.gen.load(Ordering::Relaxed) == sys::fork_generation()
+    }
+
     /// The owner's unlocked attempt: `None` if the calling thread is not the
     /// side's owner (take the locked path); else what the attempt did.
     /// `slot` gets the slot's payload pointer (receivers: read-only use).
@@ -1529,7 +1536,8 @@ impl Engine {
     #[cold]
     fn bias_wait_room(&self) {
         let b = &self.tx_bias;
-        if b.owner.load(Ordering::Relaxed) != thread_token() {
+        if b.owner.load(Ordering::Relaxed) != thread_token() || b.gen.load(Ordering::Relaxed) != sys::fork_generation()
+        {
             return;
         }
         let cap = self.geo.capacity;
