@@ -168,7 +168,7 @@ impl Shared {
 
     /// Whether this is a forked child's copy of its parent's pool.
     pub(crate) fn inherited(&self) -> bool {
-        sys::fork_generation() != self.stamp
+        sys::inherited(self.stamp)
     }
 
     pub(crate) fn chunk_id(&self) -> u64 {

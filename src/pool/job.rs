@@ -163,7 +163,7 @@ impl Job {
 
     /// Whether this is a forked child's copy of a job of its parent.
     pub(crate) fn inherited(&self) -> bool {
-        crate::sys::fork_generation() != self.stamp
+        crate::sys::inherited(self.stamp)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, JobState> {

@@ -28,11 +28,9 @@
 //!
 //! At most [`MAX_SEGMENTS`] segments and [`MAX_BYTES`] bytes are kept (the
 //! oldest go first); they stay until they are taken or the process exits.
-//! The lock is only tried, a bounded number of times: a spare is never worth
-//! a long wait.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, TryLockError};
+use std::sync::Mutex;
 
 use crate::header::{ObjectKind, TypeInfo};
 use crate::segment::Segment;
@@ -42,8 +40,6 @@ use crate::sys;
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes (whole mappings) kept.
 const MAX_BYTES: usize = 16 << 20;
-/// Tries of the lock before going without a spare.
-const MAX_TRIES: u32 = 1000;
 
 /// Oldest first.
 static SPARES: Mutex<Vec<Segment>> = Mutex::new(Vec::new());
@@ -51,27 +47,17 @@ static SPARES: Mutex<Vec<Segment>> = Mutex::new(Vec::new());
 static OWNER: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `f` on this process's spares, unless another process owns them (a
-/// forked child never touches, nor waits for, what it inherited) or the lock
-/// stays held. Segments `f` evicts are dropped after the lock is released.
+/// forked child never touches, nor waits for, what it inherited). Segments
+/// `f` evicts are dropped after the lock is released.
 fn with<R>(f: impl FnOnce(&mut Vec<Segment>) -> R) -> Option<R> {
     if !sys::owned_here(&OWNER) {
         return None;
     }
     let mut gone = Vec::new();
     let r = {
-        let mut tries = 0;
-        let mut segs = loop {
-            match SPARES.try_lock() {
-                Ok(s) => break s,
-                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-                // Held by another thread for a few vector operations.
-                Err(TryLockError::WouldBlock) if tries < MAX_TRIES => {
-                    tries += 1;
-                    std::thread::yield_now();
-                }
-                Err(TryLockError::WouldBlock) => return None,
-            }
-        };
+        // Held by another thread of this process for a few vector operations
+        // at most (a forked child never gets here: `owned_here`).
+        let mut segs = SPARES.lock().unwrap_or_else(|e| e.into_inner());
         let r = f(&mut segs);
         let mut bytes: usize = segs.iter().map(Segment::len).sum();
         while segs.len() > MAX_SEGMENTS || bytes > MAX_BYTES {

@@ -210,7 +210,7 @@ impl<'f> RunCx<'f, '_, '_> {
     /// worker's slot, the staging area included): one load per item.
     #[inline]
     fn same_process(&self) {
-        if sys::fork_generation() != self.me {
+        if sys::inherited(self.me) {
             sys::exit_now(EXIT_NO_OBJECTS);
         }
     }
@@ -328,7 +328,7 @@ pub(crate) fn worker_main(a: WorkerArgs) {
         // A copy of this worker made by a task that forked and returned in
         // the child is not a worker: it ends before it answers an item or
         // takes a frame meant for this one (see `RunCx::same_process`).
-        if sys::fork_generation() != me {
+        if sys::inherited(me) {
             sys::exit_now(EXIT_NO_OBJECTS);
         }
         if o.tasks.recv_into_vec(&mut frame, None).is_err() {

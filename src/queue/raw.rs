@@ -154,11 +154,9 @@ pub(crate) fn adopt_forked_child(child: u32, start_time: u64) {
     if live.is_empty() {
         return;
     }
-    // The child's start time makes its entries pid-reuse-proof from the start.
-    let start_time = match start_time {
-        0 => sys::identity_of(child).map_or(0, |who| who.start_time),
-        known => known,
-    };
+    // The child's start time (`sys::forked_start_time`: read from `/proc`
+    // unless known without; 0 if unknown) makes its entries pid-reuse-proof
+    // from the start.
     for e in live {
         e.reserve_for_child(child, start_time);
     }

@@ -100,6 +100,13 @@ pub(crate) fn process_stamp() -> u64 {
     fork_generation()
 }
 
+/// Whether an object stamped with `stamp` ([`process_stamp`]) is a forked
+/// child's copy here: made in another process (an ancestor of this one).
+#[inline]
+pub(crate) fn inherited(stamp: u64) -> bool {
+    fork_generation() != stamp
+}
+
 /// How many times this process has called `fork()` (through libc) since
 /// [`watch_forks`] was first called. A forked child inherits the parent's count
 /// at the moment of the fork.
