@@ -343,6 +343,10 @@ pub(crate) struct Engine {
     ctl: NonNull<Control>,
     parts: NonNull<Participant>,
     slots: NonNull<u8>,
+    /// Slot 0's payload: `slots`, past the sequence word of an MPMC slot.
+    payload0: NonNull<u8>,
+    /// `geo.capacity - 1` (the capacity is a power of two).
+    mask: u64,
     pub(crate) geo: Geometry,
     stride: usize,
     /// SPSC receiving endpoints prefetch the slot this many messages ahead
@@ -479,10 +483,10 @@ impl Engine {
     /// Pointer to the payload bytes of slot `i` (masked into range).
     #[inline]
     pub(crate) fn slot_payload(&self, i: u64) -> *mut u8 {
-        let i = (i & (self.geo.capacity - 1)) as usize;
-        let off = if self.geo.spsc { 0 } else { 8 };
-        // SAFETY: i < capacity, so slot i lies within the validated slot area.
-        unsafe { self.slots.as_ptr().add(i * self.stride + off) }
+        let i = (i & self.mask) as usize;
+        // SAFETY: i < capacity, so slot i (and its payload) lies within the
+        // validated slot area.
+        unsafe { self.payload0.as_ptr().add(i * self.stride) }
     }
 
     fn part(&self, i: usize) -> &Participant {
@@ -602,6 +606,10 @@ impl Engine {
             ctl,
             parts: parts_ptr,
             slots,
+            // SAFETY: slot 0 lies in the validated slot area (capacity >= 1);
+            // an MPMC slot's payload follows its 8-byte sequence word inside it.
+            payload0: unsafe { NonNull::new_unchecked(slots.as_ptr().add(if geo.spsc { 0 } else { 8 })) },
+            mask: geo.capacity - 1,
             stride: geo.stride(),
             prefetch_ahead: (PREFETCH_BYTES / geo.stride()).max(1) as u64,
             geo,
@@ -1288,7 +1296,7 @@ impl Engine {
 /// Fast-path operations an exclusive SPSC endpoint runs between two checks
 /// (fork generation, registration, its own index re-read from the segment,
 /// the other side's index refreshed). Waiting always checks.
-pub(crate) const SPSC_CHECK_EVERY: u32 = 1024;
+pub(crate) const SPSC_CHECK_EVERY: u64 = 1024;
 /// A producer that finds fewer free slots than this (or than a quarter of
 /// the ring) polls briefly for the consumer to free a batch, so that it reads
 /// the consumer's cache line once per batch, not once per message (B-Queue).
@@ -1309,8 +1317,11 @@ pub(crate) struct SpscLocal {
     /// Producer: the cached head; consumer: the cached tail. Always within
     /// `capacity` of `own` (validated when read from the segment).
     other: u64,
-    /// Fast-path operations left before the next check (0: check first).
-    budget: u32,
+    /// The value of `own` at which the next operation checks first
+    /// (`own` itself: check now). Compared, not counted down, so that a
+    /// fast-path operation stores nothing but its index: every store queues
+    /// behind the slot and index stores in the store buffer.
+    check_at: u64,
     /// [`sys::fork_generation`] of the last check: a forked child's first
     /// operation on an inherited endpoint takes the slow path (registers).
     gen: u64,
@@ -1323,13 +1334,20 @@ pub(crate) struct SpscLocal {
 impl SpscLocal {
     /// Fresh state: the first operation syncs with the segment.
     pub(crate) fn new() -> SpscLocal {
-        SpscLocal { own: 0, other: 0, budget: 0, gen: u64::MAX, slip: 0 }
+        SpscLocal { own: 0, other: 0, check_at: 0, gen: u64::MAX, slip: 0 }
+    }
+
+    /// Whether the next operation checks first: `own` has reached (or, after
+    /// a move this state did not see, passed) `check_at`.
+    #[inline(always)]
+    fn check_due(&self) -> bool {
+        (self.own.wrapping_sub(self.check_at) as i64) >= 0
     }
 
     /// Forces the next operation through the slow path (after an operation
     /// that moved the shared index without this state, e.g. a batch).
     pub(crate) fn invalidate(&mut self) {
-        self.budget = 0;
+        self.check_at = self.own;
     }
 }
 
@@ -1482,16 +1500,18 @@ impl Engine {
     }
 
     /// One operation on `l`, the side's own index re-read from the segment
-    /// every [`SPSC_CHECK_EVERY`] operations, after a fork, and after a
-    /// locked operation of this side (which invalidates `l`: see
-    /// [`Engine::bias_locked`]).
+    /// every [`SPSC_CHECK_EVERY`] operations, whenever the bias is given (a
+    /// forked child's inherited bias is void, so it first takes the locked
+    /// path and is given the bias afresh), and after a locked operation of
+    /// this side: both invalidate `l` (see [`Engine::bias_locked`]).
     #[inline(always)]
     fn bias_step(&self, l: &mut SpscLocal, side: Side, refresh: bool, slot: &mut impl FnMut(*mut u8)) -> Step {
         let (own, _) = self.spsc_words(side);
-        if l.budget == 0 || l.gen != sys::fork_generation() {
+        // No fork check here: `bias_attempt` has checked the owner's
+        // generation, and `local` is invalidated whenever the bias is given.
+        if l.check_due() {
             l.own = own.load(Ordering::Relaxed);
-            l.gen = sys::fork_generation();
-            l.budget = SPSC_CHECK_EVERY;
+            l.check_at = l.own.wrapping_add(SPSC_CHECK_EVERY);
             if self.spsc_refresh(l, side).is_err() {
                 return Step::Corrupt;
             }
@@ -1516,7 +1536,6 @@ impl Engine {
                 return Step::WouldBlock;
             }
         }
-        l.budget -= 1;
         if side == Side::Recv {
             self.prefetch_published(l.own, l.other.wrapping_sub(l.own));
         }
@@ -1625,10 +1644,9 @@ impl Engine {
     /// check is due; `false` sends nothing (take the slow path).
     #[inline]
     pub(crate) fn spsc_send_fast(&self, l: &mut SpscLocal, write: impl FnOnce(*mut u8)) -> bool {
-        if l.budget == 0 || l.own.wrapping_sub(l.other) >= self.geo.capacity || l.gen != sys::fork_generation() {
+        if l.check_due() || l.own.wrapping_sub(l.other) >= self.geo.capacity || l.gen != sys::fork_generation() {
             return false;
         }
-        l.budget -= 1;
         self.spsc_put(l, write);
         true
     }
@@ -1637,7 +1655,7 @@ impl Engine {
     /// here if it shows none) has one and no check is due.
     #[inline]
     pub(crate) fn spsc_recv_fast(&self, l: &mut SpscLocal, read: impl FnOnce(*const u8)) -> bool {
-        if l.budget == 0 || l.gen != sys::fork_generation() {
+        if l.check_due() || l.gen != sys::fork_generation() {
             return false;
         }
         if l.own == l.other {
@@ -1647,7 +1665,6 @@ impl Engine {
             }
             l.other = tail;
         }
-        l.budget -= 1;
         self.spsc_take(l, read);
         true
     }
@@ -1681,8 +1698,8 @@ impl Engine {
     fn spsc_sync(&self, l: &mut SpscLocal, side: Side) -> Result<(), Fail> {
         self.ensure_registered();
         l.gen = sys::fork_generation();
-        l.budget = SPSC_CHECK_EVERY;
         l.own = self.spsc_words(side).0.load(Ordering::Acquire);
+        l.check_at = l.own.wrapping_add(SPSC_CHECK_EVERY);
         self.spsc_refresh(l, side)
     }
 
@@ -1777,7 +1794,7 @@ impl Engine {
             None => self.would_block(side, || self.spsc_attempt(l, side, &mut slot)),
         };
         // A wait may have run long: check again before the next fast operation.
-        l.budget = 0;
+        l.check_at = l.own;
         r
     }
 }
@@ -1944,5 +1961,33 @@ impl Drop for Busy<'_> {
     #[inline]
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod spsc_local_tests {
+    use super::{SpscLocal, SPSC_CHECK_EVERY};
+
+    #[test]
+    fn a_check_is_due_at_check_at_and_after_it_even_across_the_wrap() {
+        let mut l = SpscLocal::new();
+        assert!(l.check_due(), "a fresh state checks first");
+        for start in [0u64, 5, u64::MAX - 10] {
+            l.own = start;
+            l.check_at = start.wrapping_add(SPSC_CHECK_EVERY);
+            for k in 0..SPSC_CHECK_EVERY {
+                l.own = start.wrapping_add(k);
+                assert!(!l.check_due(), "due early at {k} operations from {start}");
+            }
+            l.own = start.wrapping_add(SPSC_CHECK_EVERY);
+            assert!(l.check_due(), "not due after {SPSC_CHECK_EVERY} operations from {start}");
+            // An index that moved past `check_at` unseen still checks.
+            l.own = start.wrapping_add(SPSC_CHECK_EVERY + 5000);
+            assert!(l.check_due(), "not due once past check_at from {start}");
+            l.own = start.wrapping_add(3);
+            l.check_at = start.wrapping_add(SPSC_CHECK_EVERY);
+            l.invalidate();
+            assert!(l.check_due(), "not due after invalidate from {start}");
+        }
     }
 }
