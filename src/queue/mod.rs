@@ -1204,6 +1204,35 @@ mod tests {
         }
     }
 
+    /// A hostile writer moves a receiving endpoint's own index, which it
+    /// publishes and reads back only at its periodic check: that check says
+    /// Corrupt, and so does every call after it while the index stays wrong
+    /// (none hands out a slot that was never sent, or sent before); once the
+    /// index is put back, the endpoint carries on.
+    #[test]
+    fn spsc_endpoint_scribbled_own_index_stays_corrupt() {
+        for garbage in [1u64 << 40, u64::MAX - 100, 2] {
+            let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+            let mut tx = q.spsc_sender().unwrap();
+            let mut rx = q.spsc_receiver().unwrap();
+            tx.send(1).unwrap();
+            assert_eq!(rx.recv(), Ok(1));
+            let base = q.segment().payload_ptr().as_ptr();
+            // SAFETY: offset 256 (head) is an 8-aligned u64 inside the control
+            // block; the queue tolerates any value there.
+            let head = unsafe { (base.add(256) as *const AtomicU64).as_ref().unwrap() };
+            head.store(garbage, Ordering::SeqCst);
+            let short = Duration::from_millis(5);
+            assert_eq!(rx.recv_timeout(short), Err(RecvTimeoutError::Corrupt), "garbage {garbage}");
+            assert_eq!(rx.try_recv(), Err(TryRecvError::Corrupt), "garbage {garbage}");
+            assert_eq!(rx.recv_timeout(short), Err(RecvTimeoutError::Corrupt), "garbage {garbage}");
+            assert_eq!(rx.recv(), Err(RecvError::Corrupt), "garbage {garbage}");
+            head.store(1, Ordering::SeqCst);
+            tx.send(2).unwrap();
+            assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(2), "garbage {garbage}");
+        }
+    }
+
     #[test]
     fn scribbled_payload_never_panics() {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -1510,11 +1510,13 @@ impl Engine {
         // No fork check here: `bias_attempt` has checked the owner's
         // generation, and `local` is invalidated whenever the bias is given.
         if l.check_due() {
+            // As in `spsc_sync`: due again until the indices check out.
             l.own = own.load(Ordering::Relaxed);
-            l.check_at = l.own.wrapping_add(SPSC_CHECK_EVERY);
+            l.check_at = l.own;
             if self.spsc_refresh(l, side).is_err() {
                 return Step::Corrupt;
             }
+            l.check_at = l.own.wrapping_add(SPSC_CHECK_EVERY);
         }
         let cap = self.geo.capacity;
         let ready = match side {
@@ -1699,8 +1701,12 @@ impl Engine {
         self.ensure_registered();
         l.gen = sys::fork_generation();
         l.own = self.spsc_words(side).0.load(Ordering::Acquire);
+        // Due again at once unless the indices check out: a fast operation
+        // must never run on an `own` whose `other` was not validated with it.
+        l.check_at = l.own;
+        self.spsc_refresh(l, side)?;
         l.check_at = l.own.wrapping_add(SPSC_CHECK_EVERY);
-        self.spsc_refresh(l, side)
+        Ok(())
     }
 
     /// Re-reads the other side's index; `Corrupt` if it is not within
@@ -1780,13 +1786,17 @@ impl Engine {
                     l.slip = slip::next(l.slip, backlog);
                 }
                 if let Some(Err(f)) = polled {
+                    l.check_at = l.own;
                     return Err(f);
                 }
             }
         }
         match self.spsc_attempt(l, side, &mut slot) {
             Step::Done => return Ok(()),
-            Step::Corrupt => return Err(Fail::Corrupt),
+            Step::Corrupt => {
+                l.check_at = l.own;
+                return Err(Fail::Corrupt);
+            }
             _ => {}
         }
         let r = match deadline {
