@@ -576,6 +576,8 @@ impl<T: Pod> Queue<T> {
                 // SAFETY: SPSC consumer's own published slot; T is Pod.
                 rest[i as usize] = unsafe { std::ptr::read_unaligned(p as *const T) }
             });
+            // Corrupt indices (None): return the message already taken; the
+            // next call reports them.
             n += k.unwrap_or(0) as usize;
         } else {
             while n < buf.len() {
@@ -1231,6 +1233,67 @@ mod tests {
             tx.send(2).unwrap();
             assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(2), "garbage {garbage}");
         }
+    }
+
+    /// The batch paths cache the other side's index in the segment: one
+    /// found corrupt must not be cached, or it would be trusted later, once
+    /// the own index has moved to where it looks valid (here, after the
+    /// hostile writer has put the index back): a consumer would then take
+    /// slots never sent (or taken before) as messages.
+    #[test]
+    fn spsc_batch_receive_never_trusts_a_tail_found_corrupt() {
+        let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+        let mut tx = q.spsc_sender().unwrap();
+        let mut rx = q.spsc_receiver().unwrap();
+        tx.send(1).unwrap();
+        assert_eq!(rx.recv(), Ok(1));
+        let base = q.segment().payload_ptr().as_ptr();
+        // SAFETY: offset 128 (tail) is an 8-aligned u64 inside the control
+        // block; the queue tolerates any value there.
+        let tail = unsafe { (base.add(128) as *const AtomicU64).as_ref().unwrap() };
+        tail.store(10, Ordering::SeqCst);
+        let mut buf = [0u64; 8];
+        assert_eq!(rx.recv_into(&mut buf), Err(RecvError::Corrupt));
+        tail.store(1, Ordering::SeqCst);
+        tx.send(2).unwrap();
+        assert_eq!(rx.recv(), Ok(2));
+        tx.send(3).unwrap();
+        assert_eq!(rx.recv_into(&mut buf), Ok(1));
+        assert_eq!(buf[0], 3);
+    }
+
+    /// The producer's side of the same: a head found corrupt and cached
+    /// would later let a batch send overwrite a message not yet received,
+    /// and return Ok.
+    #[test]
+    fn spsc_batch_send_never_trusts_a_head_found_corrupt() {
+        let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+        let mut tx = q.spsc_sender().unwrap();
+        let mut rx = q.spsc_receiver().unwrap();
+        tx.send_slice(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        let base = q.segment().payload_ptr().as_ptr();
+        // SAFETY: offset 256 (head) is an 8-aligned u64 inside the control
+        // block; the queue tolerates any value there.
+        let head = unsafe { (base.add(256) as *const AtomicU64).as_ref().unwrap() };
+        head.store(9, Ordering::SeqCst);
+        assert_eq!(tx.send_slice(&[9]), Err(SendError::Corrupt(0)));
+        head.store(0, Ordering::SeqCst);
+        let second = Duration::from_secs(10);
+        for want in 1..=4 {
+            assert_eq!(rx.recv_timeout(second), Ok(want));
+        }
+        for v in 9..=12 {
+            tx.send_timeout(v, second).unwrap();
+        }
+        // The ring is full: this batch send must wait for the receiver (it
+        // cannot finish before the receiver takes a message, whatever the
+        // timing; the pause gives a wrong one time to show).
+        let sender = std::thread::spawn(move || tx.send_slice(&[13]));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!sender.is_finished(), "a batch send returned while the ring was full");
+        let got: Vec<u64> = (0..9).map(|_| rx.recv_timeout(second).unwrap()).collect();
+        assert_eq!(got, (5..=13).collect::<Vec<u64>>());
+        assert_eq!(sender.join().unwrap(), Ok(()));
     }
 
     #[test]

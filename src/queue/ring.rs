@@ -392,11 +392,13 @@ pub(crate) fn spsc_push<M: RingMem>(m: &M, n: u64, mut fill: impl FnMut(u64, &M,
     let mut free = cap.wrapping_sub(tail.wrapping_sub(head));
     if free < n.min(cap) || free > cap {
         head = m.head().load(Ordering::Acquire);
-        m.head_cache().store(head, Ordering::Relaxed);
         free = cap.wrapping_sub(tail.wrapping_sub(head));
         if free > cap {
+            // Not cached: a head found corrupt must not be trusted later
+            // (say, once the tail has moved to where it would look valid).
             return None;
         }
+        m.head_cache().store(head, Ordering::Relaxed);
     }
     let k = n.min(free);
     for i in 0..k {
@@ -417,11 +419,12 @@ pub(crate) fn spsc_pop<M: RingMem>(m: &M, n: u64, mut take: impl FnMut(u64, &M, 
     let mut avail = tail.wrapping_sub(head);
     if avail < n.min(cap).max(1) || avail > cap {
         tail = m.tail().load(Ordering::Acquire);
-        m.tail_cache().store(tail, Ordering::Relaxed);
         avail = tail.wrapping_sub(head);
         if avail > cap {
+            // Not cached, as in `spsc_push`.
             return None;
         }
+        m.tail_cache().store(tail, Ordering::Relaxed);
     }
     let k = n.min(avail);
     m.prefetch_published(head, avail);
