@@ -737,6 +737,81 @@ fn capturing_closures(m: StartMethod) {
     pool.join();
 }
 
+/// A hostile task: finds the pool's results queue among the worker's
+/// anonymous shmproc segments (`/proc/self/fd`, then the header and queue
+/// layouts of SAFETY.md: a FrameQueue, MPMC, 4 slots) and moves its `head`
+/// two laps ahead, so that every receive of the dispatcher finds the ring
+/// corrupt. Returns how many queues it scribbled.
+fn scribbles_the_results_queue(_: u32) -> u32 {
+    let mut hit = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        if !target.to_string_lossy().starts_with("/memfd:shmproc") {
+            continue;
+        }
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        // SAFETY: `stat` is plain data, valid all-zero.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on a descriptor number into our `st`: at worst EBADF.
+        let stat_failed = unsafe { libc::fstat(fd, &mut st) } != 0;
+        if stat_failed || st.st_size < 1024 {
+            continue;
+        }
+        let len = st.st_size as usize;
+        // SAFETY: a fresh shared mapping of the whole sealed memfd; unmapped below.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if p == libc::MAP_FAILED {
+            continue;
+        }
+        let base = p as *mut u8;
+        // SAFETY: every read is within the first `len >= 1024` bytes, at the
+        // header's offsets (checked before use) and 8-aligned; the head is
+        // written as an atomic, as the queue writes it.
+        unsafe {
+            let kind = std::ptr::read_unaligned(base.add(12) as *const u32);
+            let off = std::ptr::read_unaligned(base.add(32) as *const u64) as usize;
+            if std::slice::from_raw_parts(base, 8) == b"SHMPROC\0"
+                && kind == 33
+                && off.is_multiple_of(8)
+                && off + 512 <= len
+            {
+                let ctl = base.add(off);
+                let mode = std::ptr::read_unaligned(ctl.add(4) as *const u32);
+                let cap = std::ptr::read_unaligned(ctl.add(16) as *const u64);
+                if std::slice::from_raw_parts(ctl, 4) == b"SHQ1" && mode == 1 && cap == 4 {
+                    let head = &*(ctl.add(256) as *const std::sync::atomic::AtomicU64);
+                    head.fetch_add(2 * cap, Ordering::SeqCst);
+                    hit += 1;
+                }
+            }
+            libc::munmap(p, len);
+        }
+    }
+    hit
+}
+
+/// A worker's task scribbles the results queue: the pool must neither hang
+/// nor spin for ever. Every task in it fails with `Corrupt`, the pool
+/// closes (later tasks fail with `Closed`) and drops cleanly.
+fn corrupt_results_queue_stops_the_pool(_: StartMethod) {
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.map(square, 0..10u64).unwrap()[3], 9);
+    let h = pool.map_async(scribbles_the_results_queue, vec![0u32]);
+    match h.get_timeout(WAIT) {
+        Ok(Err(MapError { error: TaskError::Corrupt, .. })) => {}
+        Ok(other) => panic!("expected Corrupt, got {other:?}"),
+        Err(_) => panic!("a corrupt results queue left the map hanging"),
+    }
+    match pool.map_async(square, 0..4u64).get_timeout(WAIT) {
+        Ok(Err(MapError { error: TaskError::Closed, .. })) => {}
+        Ok(other) => panic!("expected Closed after Corrupt, got {other:?}"),
+        Err(_) => panic!("a map after Corrupt hung"),
+    }
+    drop(pool);
+}
+
 fn leftovers(_: StartMethod) {
     // Every pool above is gone: no pool segment of this process remains.
     let me = std::process::id();
@@ -795,6 +870,7 @@ fn main() {
             &all[..1],
         ),
         ("unencodable_result", unencodable_result, &all[..1]),
+        ("corrupt_results_queue_stops_the_pool", corrupt_results_queue_stops_the_pool, &all[..1]),
         ("from_many_threads", from_many_threads, &all[..1]),
         ("parent_sigkill_leaves_no_worker", parent_sigkill_leaves_no_worker, &all),
         ("capturing_closures", capturing_closures, &all),

@@ -35,7 +35,7 @@ use super::table::Table;
 use super::wire::{self, Reader};
 use super::worker::{worker_main, WorkerArgs};
 use crate::process::{ExitStatus, Process, StartMethod};
-use crate::queue::FrameQueue;
+use crate::queue::{FrameQueue, FrameRecvError};
 use crate::sys;
 use crate::time::Deadline;
 
@@ -505,6 +505,10 @@ impl Dispatcher {
                         return Err(PoolError::Initializer { reason });
                     }
                 }
+                Err(FrameRecvError::Corrupt) => {
+                    self.unseen_end = true;
+                    return Err(PoolError::Corrupt);
+                }
                 Err(_) => {
                     for w in self.workers.iter_mut().flatten() {
                         if let Some(p) = w.proc.as_mut() {
@@ -575,19 +579,32 @@ impl Dispatcher {
             if let Some(t) = self.cfg().task_timeout {
                 slice = slice.min((t / 4).max(Duration::from_millis(1)));
             }
-            if self.results.recv_into_vec(&mut self.buf, Some(slice)).is_ok() {
-                let mut frame = std::mem::take(&mut self.buf);
-                let _ = self.on_queue_frame(&mut frame);
-                // Take what else is there, refilling the workers as answers
-                // free room (a worker whose queue runs dry goes to sleep).
-                for _ in 0..256 {
-                    self.feed();
-                    if self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_err() {
-                        break;
-                    }
+            let mut corrupt = false;
+            match self.results.recv_into_vec(&mut self.buf, Some(slice)) {
+                Ok(()) => {
+                    let mut frame = std::mem::take(&mut self.buf);
                     let _ = self.on_queue_frame(&mut frame);
+                    // Take what else is there, refilling the workers as answers
+                    // free room (a worker whose queue runs dry goes to sleep).
+                    for _ in 0..256 {
+                        self.feed();
+                        match self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)) {
+                            Ok(()) => {
+                                let _ = self.on_queue_frame(&mut frame);
+                            }
+                            Err(e) => {
+                                corrupt = matches!(e, FrameRecvError::Corrupt);
+                                break;
+                            }
+                        }
+                    }
+                    self.buf = frame;
                 }
-                self.buf = frame;
+                Err(e) => corrupt = matches!(e, FrameRecvError::Corrupt),
+            }
+            if corrupt {
+                self.stop_corrupt();
+                break;
             }
         }
         self.finish();
@@ -957,6 +974,17 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// The results queue was found corrupt: a result may have been lost (a
+    /// task would then wait for ever) and the queue cannot be trusted again.
+    /// Closes the pool, kills the workers and fails every task with
+    /// [`TaskError::Corrupt`]; the segments are not reused.
+    fn stop_corrupt(&mut self) {
+        self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.unseen_end = true;
+        self.kill_all();
+        self.fail_everything(TaskError::Corrupt);
     }
 
     fn fail_pending_broken(&mut self) {

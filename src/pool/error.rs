@@ -62,6 +62,11 @@ pub enum TaskError {
     Closed,
     /// The pool was terminated (or dropped) before the task finished.
     Terminated,
+    /// The pool's shared results queue was found corrupt (some process wrote
+    /// into it out of turn): results could be lost, so the pool stopped, its
+    /// workers were killed, every task in it failed with this error, and
+    /// later tasks fail with [`Closed`](TaskError::Closed).
+    Corrupt,
 }
 
 impl fmt::Display for TaskError {
@@ -77,6 +82,9 @@ impl fmt::Display for TaskError {
             TaskError::StartFailed { reason } => write!(f, "no worker could be started: {reason}"),
             TaskError::Closed => f.write_str("the pool is closed"),
             TaskError::Terminated => f.write_str("the pool was terminated before the task finished"),
+            TaskError::Corrupt => {
+                f.write_str("the pool's results queue was found corrupt; the pool stopped and killed its workers")
+            }
         }
     }
 }
@@ -128,6 +136,9 @@ pub enum PoolError {
     Thread(std::io::Error),
     /// `processes(0)`, a zero frame size, or another impossible setting.
     Invalid(String),
+    /// The pool's shared results queue was found corrupt while the workers
+    /// started (see [`TaskError::Corrupt`]).
+    Corrupt,
 }
 
 impl fmt::Display for PoolError {
@@ -139,6 +150,7 @@ impl fmt::Display for PoolError {
             PoolError::WorkerDied { pid, status } => write!(f, "worker {pid} died before it was ready ({status:?})"),
             PoolError::Thread(e) => write!(f, "starting the pool thread: {e}"),
             PoolError::Invalid(s) => write!(f, "invalid pool setting: {s}"),
+            PoolError::Corrupt => f.write_str("the pool's results queue was found corrupt while its workers started"),
         }
     }
 }

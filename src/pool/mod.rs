@@ -106,7 +106,11 @@
 //! that fails to encode or decode fails its own item. A failing initializer is
 //! reported once: as the `Err` of [`PoolBuilder::create`], or, in a
 //! replacement worker, as [`TaskError::InitializerFailed`] for every task not
-//! yet run.
+//! yet run. If the pool's shared results queue is found corrupt (a task, or
+//! any process that can write it, scribbled over it), results may have been
+//! lost: the pool stops, kills its workers and fails every task in it with
+//! [`TaskError::Corrupt`] (later ones with [`TaskError::Closed`]) rather
+//! than wait for an answer that cannot come.
 //!
 //! ## Lifetime
 //! [`close`](Pool::close) refuses new work; [`join`](Pool::join) waits for the
