@@ -181,7 +181,7 @@ impl RawMutex {
                 Word::NotRecoverable => return Err(RawLockError::Unrecoverable),
                 Word::Corrupt => return Err(RawLockError::Corrupt),
                 Word::Held { tid } => {
-                    if tid != me.id && !p.alive(self.owner_identity(tid)) {
+                    if !self.names(tid, me) && !p.alive(self.owner_identity(tid)) {
                         match self.take_over(s, me) {
                             Some(r) => return Ok(r),
                             None => continue,
@@ -220,6 +220,18 @@ impl RawMutex {
         } else {
             Identity { id: tid, start_time: 0 }
         }
+    }
+
+    /// Whether a word naming `tid` names `me` itself, and not a thread that
+    /// held the lock, died, and whose tid the kernel has since given to `me`:
+    /// the owner's stamp (start time) must then be `me`'s too. An unknown
+    /// stamp on either side counts as `me` (the old, tid-only answer).
+    fn names(&self, tid: u32, me: Identity) -> bool {
+        if tid != me.id {
+            return false;
+        }
+        let owner = self.owner_identity(tid).start_time;
+        owner == 0 || me.start_time == 0 || owner == me.start_time
     }
 
     /// Takes the lock from a dead owner whose word was `s`; None if the word moved.
@@ -286,7 +298,7 @@ impl RawMutex {
                 }
                 // A slice ended: is the owner we slept behind still alive?
                 // Acquire: read the stamp no older than the word that names its tid.
-                if self.state.load(Acquire) == expected && tid != me.id && !p.alive(self.owner_identity(tid)) {
+                if self.state.load(Acquire) == expected && !self.names(tid, me) && !p.alive(self.owner_identity(tid)) {
                     if let Some(r) = self.take_over(expected, me) {
                         return Ok(r);
                     }
@@ -307,7 +319,7 @@ impl RawMutex {
         tid: u32,
     ) -> Result<Acquired, RawLockError> {
         // Acquire: read the stamp no older than the word that names its tid.
-        if self.state.load(Acquire) == s && tid != me.id && !p.alive(self.owner_identity(tid)) {
+        if self.state.load(Acquire) == s && !self.names(tid, me) && !p.alive(self.owner_identity(tid)) {
             if let Some(r) = self.take_over(s, me) {
                 return Ok(r);
             }
@@ -362,7 +374,7 @@ impl RawMutex {
     #[inline]
     pub(crate) fn held_by<P: Platform>(&self, p: &P) -> bool {
         let s = self.state.load(Relaxed);
-        s != NOT_RECOVERABLE && s & TID_MASK == p.me().id
+        s != NOT_RECOVERABLE && self.names(s & TID_MASK, p.me())
     }
 }
 
@@ -414,6 +426,36 @@ mod tests {
         unsafe { m.unlock() };
         assert_eq!(m.try_lock(), Err(RawLockError::Unrecoverable));
         assert_eq!(m.lock(soon()), Err(RawLockError::Unrecoverable));
+    }
+
+    /// A thread died holding the lock and the kernel gave its tid to the
+    /// caller: the word names the caller's tid, but the owner's stamp is the
+    /// dead thread's. The caller must see a dead owner (`OwnerDied`), not
+    /// itself (which made `lock` wait for ever and a reentrant lock count it
+    /// as a nested lock of its own).
+    #[test]
+    fn a_dead_owner_whose_tid_the_caller_now_has_is_detected() {
+        let me = Os.me();
+        if me.start_time == 0 {
+            eprintln!("skipped: this thread's start time is unknown here (/proc unreadable)");
+            return;
+        }
+        let earlier = Identity { id: me.id, start_time: if me.start_time > 1 { me.start_time - 1 } else { 2 } };
+        for via_lock in [false, true] {
+            let m = RawMutex::new();
+            m.state.store(me.id, Relaxed);
+            m.owner.store(pack(earlier), Relaxed);
+            assert!(!m.held_by(&Os), "a dead thread's lock taken for ours");
+            let got = if via_lock { m.lock(soon()) } else { m.try_lock() };
+            assert_eq!(got, Ok(Acquired::OwnerDied));
+            assert!(m.held_by(&Os));
+            m.mark_consistent();
+            // SAFETY: we hold it.
+            unsafe { m.unlock() };
+            assert_eq!(m.try_lock(), Ok(Acquired::Clean));
+            // SAFETY: we hold it.
+            unsafe { m.unlock() };
+        }
     }
 
     #[test]
