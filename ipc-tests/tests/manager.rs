@@ -255,6 +255,47 @@ fn client_killed_holding_a_lock() {
     assert!(matches!(lock.release(), Err(ManagerError::NotOwner)));
 }
 
+fn blocked_get((q, ev): (QueueProxy<u32>, EventProxy)) -> u32 {
+    ev.set().unwrap();
+    q.get().unwrap_or(0)
+}
+
+fn blocked_acquire((sem, ev): (shmproc::manager::SemaphoreProxy, EventProxy)) -> u32 {
+    ev.set().unwrap();
+    u32::from(sem.acquire().is_ok())
+}
+
+/// A client killed while blocked in `get` (or `acquire`) must not take the
+/// item (permit) that arrives after its death: the next getter gets it, so
+/// an acknowledged `put` is never lost. The put comes well inside the
+/// server's periodic client check (100 ms), where a killed client used to
+/// take it.
+fn client_killed_while_blocked_takes_nothing() {
+    let m = manager();
+    for round in 0..3u32 {
+        let q = m.queue::<u32>(0).unwrap();
+        let ev = m.event().unwrap();
+        let mut p = Process::builder(blocked_get, (q.clone(), ev.clone())).start().unwrap();
+        assert!(ev.wait_timeout(WAIT).unwrap());
+        std::thread::sleep(Duration::from_millis(30)); // let it enter the get
+        p.kill().unwrap();
+        let _ = p.join_timeout(JOIN);
+        q.put(&(7 + round)).unwrap();
+        let got = q.get_timeout(WAIT).ok();
+        assert_eq!(got, Some(7 + round), "round {round}: the put item went to the dead client");
+
+        let sem = m.semaphore(0).unwrap();
+        let ev = m.event().unwrap();
+        let mut p = Process::builder(blocked_acquire, (sem.clone(), ev.clone())).start().unwrap();
+        assert!(ev.wait_timeout(WAIT).unwrap());
+        std::thread::sleep(Duration::from_millis(30));
+        p.kill().unwrap();
+        let _ = p.join_timeout(JOIN);
+        sem.release().unwrap();
+        assert!(sem.acquire_timeout(WAIT).unwrap(), "round {round}: the released permit went to the dead client");
+    }
+}
+
 fn barrier_party(
     (b, c, ns): (shmproc::manager::BarrierProxy, shmproc::manager::ConditionProxy, shmproc::manager::NamespaceProxy),
 ) -> usize {
@@ -321,7 +362,7 @@ fn main() {
         std::process::abort();
     });
     type Check = fn();
-    let checks: [(&str, Check); 8] = [
+    let checks: [(&str, Check); 9] = [
         ("four_processes_update_one_dict_and_list", four_processes_update_one_dict_and_list),
         ("proxy_as_argument_of_spawn_and_forkserver_children", proxy_as_argument_of_spawn_and_forkserver_children),
         ("remote_clients_in_other_processes", remote_clients_in_other_processes),
@@ -329,6 +370,7 @@ fn main() {
         ("server_killed_mid_call", server_killed_mid_call),
         ("server_hangs_up_during_the_handshake", server_hangs_up_during_the_handshake),
         ("client_killed_holding_a_lock", client_killed_holding_a_lock),
+        ("client_killed_while_blocked_takes_nothing", client_killed_while_blocked_takes_nothing),
         ("sync_objects", sync_objects),
     ];
     if std::env::args().any(|a| a == "--list") {

@@ -377,16 +377,53 @@ fn deadline(t: Micros) -> Option<Instant> {
 /// Runs `attempt` until it gives a result, the deadline passes
 /// (`Fault::Timeout`) or the client goes away (also `Timeout`: nobody reads
 /// the answer). Waits on the condvar in slices of at most [`CLIENT_CHECK`].
+///
+/// For calls that only look (an event's flag, a barrier's generation) or
+/// whose result a dead client may keep (a put); see [`block_taking`].
 fn block<'a, T>(
+    sh: &'a Shared,
+    link: &Link,
+    st: MutexGuard<'a, State>,
+    until: Option<Instant>,
+    attempt: impl FnMut(&mut State) -> Result<Option<T>, Fault>,
+) -> (MutexGuard<'a, State>, Result<T, Fault>) {
+    block_with(sh, link, st, until, attempt, None::<fn(&mut State, T)>)
+}
+
+/// [`block`] for calls that take something (an item, a permit, a lock, a
+/// notification): one found after waiting is handed out only if the client
+/// is still there (one liveness check per such result), since a client
+/// killed while it waited will never read the answer. Otherwise `undo` puts
+/// it back, and the answer is `Timeout`.
+fn block_taking<'a, T>(
+    sh: &'a Shared,
+    link: &Link,
+    st: MutexGuard<'a, State>,
+    until: Option<Instant>,
+    attempt: impl FnMut(&mut State) -> Result<Option<T>, Fault>,
+    undo: impl FnOnce(&mut State, T),
+) -> (MutexGuard<'a, State>, Result<T, Fault>) {
+    block_with(sh, link, st, until, attempt, Some(undo))
+}
+
+fn block_with<'a, T, U: FnOnce(&mut State, T)>(
     sh: &'a Shared,
     link: &Link,
     mut st: MutexGuard<'a, State>,
     until: Option<Instant>,
     mut attempt: impl FnMut(&mut State) -> Result<Option<T>, Fault>,
+    mut undo: Option<U>,
 ) -> (MutexGuard<'a, State>, Result<T, Fault>) {
     let mut last_check = Instant::now();
+    let mut waited = false;
     loop {
         match attempt(&mut st) {
+            Ok(Some(v)) if waited && undo.is_some() && link.gone() => {
+                if let Some(u) = undo.take() {
+                    u(&mut st, v);
+                }
+                return (st, Err(Fault::Timeout));
+            }
             Ok(Some(v)) => return (st, Ok(v)),
             Ok(None) => {}
             Err(f) => return (st, Err(f)),
@@ -400,6 +437,7 @@ fn block<'a, T>(
         st.waiters += 1;
         st = sh.cv.wait_timeout(st, slice).unwrap_or_else(|e| e.into_inner()).0;
         st.waiters -= 1;
+        waited = true;
         if last_check.elapsed() >= CLIENT_CHECK {
             last_check = Instant::now();
             if link.gone() {
@@ -530,34 +568,62 @@ fn call_locked<'a>(
             return (g, r.map_err(|f| if f == Fault::Timeout { Fault::Full } else { f }));
         }
         (Obj::Queue { .. }, Op::Take(t)) => {
-            let (g, r) = block(sh, link, st, deadline(t), |s| match obj(s, id)? {
-                Obj::Queue { items, .. } => Ok(items.pop_front().map(Response::Bytes)),
-                _ => Err(wrong()),
-            });
+            let (g, r) = block_taking(
+                sh,
+                link,
+                st,
+                deadline(t),
+                |s| match obj(s, id)? {
+                    Obj::Queue { items, .. } => Ok(items.pop_front().map(Response::Bytes)),
+                    _ => Err(wrong()),
+                },
+                |s, taken| {
+                    if let (Ok(Obj::Queue { items, .. }), Response::Bytes(b)) = (obj(s, id), taken) {
+                        items.push_front(b);
+                    }
+                },
+            );
             return (g, r.map_err(|f| if f == Fault::Timeout { Fault::Empty } else { f }));
         }
         // ---- locks
         (Obj::Lock(_) | Obj::RLock { .. } | Obj::Condition { .. } | Obj::Semaphore(..), Op::Acquire(t)) => {
-            let (g, r) = block(sh, link, st, deadline(t), |s| {
-                Ok(match obj(s, id)? {
-                    Obj::Lock(owner @ None) => {
-                        *owner = Some(client);
-                        Some(())
+            let (g, r) = block_taking(
+                sh,
+                link,
+                st,
+                deadline(t),
+                |s| {
+                    Ok(match obj(s, id)? {
+                        Obj::Lock(owner @ None) => {
+                            *owner = Some(client);
+                            Some(())
+                        }
+                        Obj::RLock { owner, count } | Obj::Condition { owner, count, .. }
+                            if owner.is_none() || *owner == Some(client) =>
+                        {
+                            *owner = Some(client);
+                            *count += 1;
+                            Some(())
+                        }
+                        Obj::Semaphore(n, _) if *n > 0 => {
+                            *n -= 1;
+                            Some(())
+                        }
+                        _ => None,
+                    })
+                },
+                |s, ()| match obj(s, id) {
+                    Ok(Obj::Lock(owner)) => *owner = None,
+                    Ok(Obj::RLock { owner, count } | Obj::Condition { owner, count, .. }) => {
+                        *count = count.saturating_sub(1);
+                        if *count == 0 {
+                            *owner = None;
+                        }
                     }
-                    Obj::RLock { owner, count } | Obj::Condition { owner, count, .. }
-                        if owner.is_none() || *owner == Some(client) =>
-                    {
-                        *owner = Some(client);
-                        *count += 1;
-                        Some(())
-                    }
-                    Obj::Semaphore(n, _) if *n > 0 => {
-                        *n -= 1;
-                        Some(())
-                    }
-                    _ => None,
-                })
-            });
+                    Ok(Obj::Semaphore(n, _)) => *n = n.saturating_add(1),
+                    _ => {}
+                },
+            );
             return match r {
                 Ok(()) => (g, Ok(Response::Bool(true))),
                 Err(Fault::Timeout) => (g, Ok(Response::Bool(false))),
@@ -619,10 +685,24 @@ fn call_locked<'a>(
                 waiting.push_back(ticket);
             }
             sh.cv.notify_all();
-            let (g, r) = block(sh, link, st, deadline(t), |s| match obj(s, id)? {
-                Obj::Condition { woken, .. } => Ok(woken.remove(&ticket).then_some(())),
-                _ => Err(wrong()),
-            });
+            let (g, r) = block_taking(
+                sh,
+                link,
+                st,
+                deadline(t),
+                |s| match obj(s, id)? {
+                    Obj::Condition { woken, .. } => Ok(woken.remove(&ticket).then_some(())),
+                    _ => Err(wrong()),
+                },
+                // Pass the wake-up on to the next waiter, if any.
+                |s, ()| {
+                    if let Ok(Obj::Condition { waiting, woken, .. }) = obj(s, id) {
+                        if let Some(t) = waiting.pop_front() {
+                            woken.insert(t);
+                        }
+                    }
+                },
+            );
             let mut st = g;
             let notified = match r {
                 Ok(()) => true,
@@ -638,14 +718,26 @@ fn call_locked<'a>(
                 }
             };
             // Take the lock back, however long that takes (as Python).
-            let (g, r) = block(sh, link, st, None, |s| match obj(s, id)? {
-                Obj::Condition { owner, count, .. } if owner.is_none() => {
-                    *owner = Some(client);
-                    *count = saved;
-                    Ok(Some(()))
-                }
-                _ => Ok(None),
-            });
+            let (g, r) = block_taking(
+                sh,
+                link,
+                st,
+                None,
+                |s| match obj(s, id)? {
+                    Obj::Condition { owner, count, .. } if owner.is_none() => {
+                        *owner = Some(client);
+                        *count = saved;
+                        Ok(Some(()))
+                    }
+                    _ => Ok(None),
+                },
+                |s, ()| {
+                    if let Ok(Obj::Condition { owner, count, .. }) = obj(s, id) {
+                        *owner = None;
+                        *count = 0;
+                    }
+                },
+            );
             return (g, r.map(|()| Response::Bool(notified)));
         }
         (Obj::Condition { owner, waiting, woken, .. }, Op::Notify(n)) => {
