@@ -114,14 +114,16 @@ fn slot_word(state: u64, pid: u32, start: u64) -> u64 {
 }
 
 /// Whether slot word `w` names a process that is proven dead (or is garbage:
-/// an unknown state or a zero start time).
+/// an unknown state). A start time of 0 (the holder could not read its own)
+/// and a `/proc` we cannot read prove nothing: the process then counts as
+/// alive while it exists, so a permit is never taken from a live holder.
 #[cfg(not(loom))]
 fn slot_owner_dead(w: u64) -> bool {
     let (state, pid, start) = (w >> 60, ((w >> 38) & ((1 << 22) - 1)) as u32, w & ((1 << 38) - 1));
-    if !matches!(state, RESERVED | HELD) || start == 0 {
+    if !matches!(state, RESERVED | HELD) {
         return true;
     }
-    !crate::sys::identity_of(pid).is_some_and(|id| slot_word(state, pid, id.start_time) == w)
+    !crate::sys::alive_matching(pid, |live| start == 0 || slot_word(state, pid, live) == w)
 }
 
 /// The shared state of a semaphore (also its heap twin in tests).
@@ -577,6 +579,24 @@ mod tests {
         let r = s.acquire_with(&p, Deadline::after(Some(Duration::from_millis(20))));
         assert_eq!(r, Err(AcquireError::Timeout));
         assert!(!p.overshot(), "acquire kept waiting long past its deadline");
+    }
+
+    /// An owned-permit slot is taken back only from a process proven dead:
+    /// not from a live one whose start time was unknown (0) when it took
+    /// the permit (it used to count as garbage, so its permit was handed to
+    /// another holder while it still held it).
+    #[test]
+    fn slot_owners_are_dead_only_when_proven() {
+        let me = crate::sys::current_process();
+        assert!(!slot_owner_dead(slot_word(HELD, me.id, me.start_time)));
+        assert!(!slot_owner_dead(slot_word(RESERVED, me.id, me.start_time)));
+        assert!(!slot_owner_dead(slot_word(HELD, me.id, 0)), "a live holder whose start time is unknown");
+        assert!(slot_owner_dead(slot_word(HELD, me.id, me.start_time + 1)), "another process with our pid");
+        assert!(slot_owner_dead(slot_word(7, me.id, me.start_time)), "an unknown state is garbage");
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        assert!(slot_owner_dead(slot_word(HELD, pid, 0)), "a reaped holder");
     }
 
     #[test]

@@ -250,6 +250,27 @@ pub(crate) fn liveness(who: Identity) -> Liveness {
     }
 }
 
+/// Whether process `pid` runs and `recorded(start)` accepts its start time
+/// (a record packs a truncated start time: the caller compares). A `/proc`
+/// that cannot be read (hidepid, another user's process, no file
+/// descriptors left) proves nothing: then the process counts as alive if it
+/// exists (`kill(pid, 0)`), as in [`liveness`]. Only a process that is gone,
+/// a zombie, or one whose start time the record rejects is not alive.
+pub(crate) fn alive_matching(pid: u32, recorded: impl FnOnce(u64) -> bool) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    match start_time_of(pid) {
+        Ok(None) | Ok(Some((_, true))) => false,
+        Ok(Some((start, false))) => recorded(start),
+        Err(_) => match rustix::process::Pid::from_raw(pid as i32) {
+            // kill(pid, 0): sends nothing, only checks existence.
+            Some(p) => !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)),
+            None => false,
+        },
+    }
+}
+
 /// The effective uid of the calling process.
 pub(crate) fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -264,6 +285,20 @@ mod tests {
         assert_eq!(liveness(current_process()), Liveness::Alive);
         assert_eq!(liveness(current_thread()), Liveness::Alive);
         assert_ne!(current_process().start_time, 0);
+    }
+
+    #[test]
+    fn alive_matching_needs_a_live_process_its_record_accepts() {
+        let me = current_process();
+        assert!(alive_matching(me.id, |start| start == me.start_time));
+        assert!(!alive_matching(me.id, |start| start == me.start_time + 1), "a rejected start time is not alive");
+        assert!(!alive_matching(0, |_| true));
+        assert!(!alive_matching(u32::MAX, |_| true));
+        // A child that has exited and been reaped is gone.
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        assert!(!alive_matching(pid, |_| true), "a reaped child counted as alive");
     }
 
     #[test]
