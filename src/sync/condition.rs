@@ -131,7 +131,16 @@ impl Condition {
         // while unlocked (we keep it and only hand it back after relocking,
         // or forget it if relocking fails).
         unsafe { lock.unlock() };
-        let r = Os.wait(&s.seq, seq, deadline);
+        // In slices: `notify_one` wakes one sleeper, and if that one is
+        // killed before it acts, the notification must not be lost while the
+        // others sleep on. After a slice, a `seq` that moved ends the wait
+        // too (at worst a spurious wake-up, which callers allow for).
+        let r = loop {
+            let r = Os.wait(&s.seq, seq, deadline.min_after(crate::wait::PEER_SLICE));
+            if r != Wait::TimedOut || deadline.expired() || s.seq.load(SeqCst) != seq {
+                break r;
+            }
+        };
         s.waiters.fetch_sub(1, Relaxed);
         let timed_out = r == Wait::TimedOut && deadline.expired();
         match lock.lock(Deadline::NEVER) {
@@ -253,6 +262,34 @@ impl fmt::Debug for Condition {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    /// A notification whose wake-up went to a waiter that was killed before
+    /// it acted still ends the other waiters' waits: `seq` is moved here by
+    /// hand, with no wake-up at all, and a waiter with no deadline returns.
+    #[test]
+    fn a_notification_whose_wake_up_was_lost_still_ends_a_wait() {
+        let m = Mutex::<u32>::anonymous(0).unwrap();
+        let cv = Condition::anonymous().unwrap();
+        let (m2, cv2) = (m.clone(), cv.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let g = m2.lock().unwrap();
+            let g = cv2.wait(g).unwrap();
+            drop(g);
+            let _ = tx.send(());
+        });
+        let s = cv.shared.get();
+        while s.waiters.load(SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        s.seq.fetch_add(1, SeqCst);
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        if got.is_err() {
+            cv.notify_all(); // unstick the waiter before failing
+        }
+        assert!(got.is_ok(), "a waiter slept on past a notification it was not woken for");
+    }
 
     #[test]
     fn notify_between_threads() {

@@ -192,13 +192,16 @@ impl RawSemaphore {
             return Ok(());
         }
         loop {
-            // Owned permits of dead holders come back before we sleep; while
-            // any are out, we sleep in slices to look again.
+            // Owned permits of dead holders come back before we sleep, and we
+            // sleep in slices to look again: for those, and for a permit whose
+            // wake-up went to a waiter killed before it could take it
+            // (`release` wakes one sleeper; a permit must not sit in `value`
+            // while the others sleep for ever). Loom models no time.
             let owned = self.recover_dead();
             if owned && self.try_acquire() {
                 return Ok(());
             }
-            let until = if owned { deadline.min_after(crate::wait::PEER_SLICE) } else { deadline };
+            let until = if owned || !cfg!(loom) { deadline.min_after(crate::wait::PEER_SLICE) } else { deadline };
             self.waiters.fetch_add(1, SeqCst);
             loom_sc_fence();
             if self.value.load(SeqCst) == 0 {
@@ -579,6 +582,33 @@ mod tests {
         let r = s.acquire_with(&p, Deadline::after(Some(Duration::from_millis(20))));
         assert_eq!(r, Err(AcquireError::Timeout));
         assert!(!p.overshot(), "acquire kept waiting long past its deadline");
+    }
+
+    /// A permit that reaches `value` without a wake-up (the one `release`
+    /// sent went to a waiter that was killed before it took the permit) is
+    /// still found by a waiter that sleeps with no deadline: waiters sleep in
+    /// slices. The permit is added here by hand, with no wake-up at all.
+    #[test]
+    fn a_permit_whose_wake_up_was_lost_is_still_taken() {
+        let s = std::sync::Arc::new(RawSemaphore::new(0, 0));
+        let s2 = s.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = s2.acquire_with(&crate::sync::Os, Deadline::NEVER);
+            let _ = tx.send(r);
+        });
+        // Let the waiter go to sleep, then add a permit no one is woken for.
+        while s.waiters.load(SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        s.value.fetch_add(1, SeqCst);
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        if got.is_err() {
+            // Unstick the waiter before failing.
+            let _ = s.release_with(&crate::sync::Os, None);
+        }
+        assert_eq!(got, Ok(Ok(())), "a waiter slept on past a permit it was not woken for");
     }
 
     /// An owned-permit slot is taken back only from a process proven dead:
