@@ -296,6 +296,31 @@ fn client_killed_while_blocked_takes_nothing() {
     }
 }
 
+/// A reply over the message limit (64 MiB) is a `TooLarge` error, not a gone
+/// manager: the connection and the locks this thread holds stay. A request
+/// over it likewise (it is not sent).
+fn too_large_messages_are_errors_not_a_gone_manager() {
+    let m = manager();
+    let l = m.list::<Vec<u8>>().unwrap();
+    let lock = m.lock().unwrap();
+    assert!(lock.acquire_timeout(WAIT).unwrap());
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..65 {
+        l.push(&chunk).unwrap();
+    }
+    match l.snapshot() {
+        Err(ManagerError::TooLarge { len, limit }) => assert!(len > limit && limit == 64 << 20, "{len} {limit}"),
+        Err(e) => panic!("a 65 MiB reply: {e:?}"),
+        Ok(v) => panic!("a 65 MiB reply came through ({} items)", v.len()),
+    }
+    assert_eq!(l.len().unwrap(), 65);
+    let big = vec![1u8; 65 << 20];
+    assert!(matches!(l.push(&big), Err(ManagerError::TooLarge { .. })));
+    assert_eq!(l.len().unwrap(), 65);
+    // Still this thread's lock: the connection was not dropped.
+    lock.release().unwrap();
+}
+
 fn barrier_party(
     (b, c, ns): (shmproc::manager::BarrierProxy, shmproc::manager::ConditionProxy, shmproc::manager::NamespaceProxy),
 ) -> usize {
@@ -362,7 +387,7 @@ fn main() {
         std::process::abort();
     });
     type Check = fn();
-    let checks: [(&str, Check); 9] = [
+    let checks: [(&str, Check); 10] = [
         ("four_processes_update_one_dict_and_list", four_processes_update_one_dict_and_list),
         ("proxy_as_argument_of_spawn_and_forkserver_children", proxy_as_argument_of_spawn_and_forkserver_children),
         ("remote_clients_in_other_processes", remote_clients_in_other_processes),
@@ -371,6 +396,7 @@ fn main() {
         ("server_hangs_up_during_the_handshake", server_hangs_up_during_the_handshake),
         ("client_killed_holding_a_lock", client_killed_holding_a_lock),
         ("client_killed_while_blocked_takes_nothing", client_killed_while_blocked_takes_nothing),
+        ("too_large_messages_are_errors_not_a_gone_manager", too_large_messages_are_errors_not_a_gone_manager),
         ("sync_objects", sync_objects),
     ];
     if std::env::args().any(|a| a == "--list") {

@@ -61,6 +61,7 @@ impl Link {
             Link::Pipe(c) => {
                 c.send(req).map_err(|e| match e {
                     pipe::SendError::Serialize(e) => ManagerError::Serialize(e),
+                    pipe::SendError::TooLarge { len, limit } => ManagerError::TooLarge { len, limit },
                     _ => ManagerError::ManagerGone,
                 })?;
                 c.recv().map_err(|e| match e {
@@ -71,7 +72,7 @@ impl Link {
             Link::Sock(c) => {
                 c.send(req).map_err(|e| match e {
                     crate::connection::SendError::Serialize(e) => ManagerError::Serialize(e),
-                    crate::connection::SendError::TooLarge { .. } => ManagerError::Protocol("request too large"),
+                    crate::connection::SendError::TooLarge { len, limit } => ManagerError::TooLarge { len, limit },
                     _ => ManagerError::ManagerGone,
                 })?;
                 c.recv().map_err(|e| match e {

@@ -140,6 +140,17 @@ pub enum ManagerError {
     Deserialize(postcard::Error),
     /// The server answered something unexpected.
     Protocol(&'static str),
+    /// A request, or the reply to it, was longer than the manager's message
+    /// limit (64 MiB). A request that was too large was not sent; for a reply
+    /// the call has run (a read changed nothing, an `update`'s change stands)
+    /// and only its answer was dropped. The connection stays usable, and the
+    /// locks this thread holds stay held.
+    TooLarge {
+        /// Bytes in the message.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl fmt::Display for ManagerError {
@@ -165,6 +176,9 @@ impl fmt::Display for ManagerError {
             ManagerError::Serialize(e) => write!(f, "could not serialize the value: {e}"),
             ManagerError::Deserialize(e) => write!(f, "could not deserialize the value: {e}"),
             ManagerError::Protocol(e) => write!(f, "manager protocol error: {e}"),
+            ManagerError::TooLarge { len, limit } => {
+                write!(f, "a manager message of {len} bytes exceeds the limit of {limit} bytes")
+            }
         }
     }
 }
@@ -186,6 +200,7 @@ impl From<Fault> for ManagerError {
             Fault::UnknownFunction(n) => ManagerError::UnknownFunction(n),
             Fault::Function(e) => ManagerError::Function(e),
             Fault::TooMany => ManagerError::TooManyReleases,
+            Fault::TooLarge { len, limit } => ManagerError::TooLarge { len, limit },
         }
     }
 }

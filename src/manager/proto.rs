@@ -98,6 +98,11 @@ pub(crate) enum Fault {
     UnknownFunction(String),
     Function(String),
     TooMany,
+    /// The request or its reply was longer than the message limit.
+    TooLarge {
+        len: u64,
+        limit: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

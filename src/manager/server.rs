@@ -157,10 +157,26 @@ impl Link {
             Link::Sock(c) => c.recv_bytes().ok(),
         }
     }
+    /// Sends a reply; one over the message limit is answered with
+    /// `Fault::TooLarge` instead, and the connection goes on. False: the
+    /// client is gone.
     fn send(&self, r: &Response) -> bool {
+        let too_large = match self {
+            Link::Pipe(c) => match c.send(r) {
+                Ok(()) => return true,
+                Err(pipe::SendError::TooLarge { len, limit }) => Fault::TooLarge { len, limit },
+                Err(_) => return false,
+            },
+            Link::Sock(c) => match c.send(r) {
+                Ok(()) => return true,
+                Err(crate::connection::SendError::TooLarge { len, limit }) => Fault::TooLarge { len, limit },
+                Err(_) => return false,
+            },
+        };
+        let r = Response::Fault(too_large);
         match self {
-            Link::Pipe(c) => c.send(r).is_ok(),
-            Link::Sock(c) => c.send(r).is_ok(),
+            Link::Pipe(c) => c.send(&r).is_ok(),
+            Link::Sock(c) => c.send(&r).is_ok(),
         }
     }
     /// The client sent more or went away while a call of its was blocked.
