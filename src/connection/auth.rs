@@ -72,8 +72,9 @@ impl fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
-fn recv(conn: &SocketConnection) -> Result<Vec<u8>, AuthError> {
-    conn.recv_frame(Deadline::after(Some(HANDSHAKE_TIMEOUT)), HANDSHAKE_MAX).map_err(|e| match e {
+/// A handshake message; `by` is the whole handshake's deadline.
+fn recv(conn: &SocketConnection, by: Deadline) -> Result<Vec<u8>, AuthError> {
+    conn.recv_frame(by, HANDSHAKE_MAX).map_err(|e| match e {
         RecvError::Timeout => AuthError::Timeout,
         RecvError::Disconnected => AuthError::Disconnected,
         RecvError::TooLarge { .. } => AuthError::Protocol("oversized handshake message"),
@@ -102,13 +103,18 @@ fn mac(key: &[u8], role: Role, challenge: &[u8]) -> Hmac<Sha256> {
 
 /// Sends a fresh challenge and checks the peer's answer (as `role`) in
 /// constant time; tells the peer the verdict.
-pub(crate) fn deliver_challenge(conn: &SocketConnection, key: &[u8], role: Role) -> Result<(), AuthError> {
+pub(crate) fn deliver_challenge(
+    conn: &SocketConnection,
+    key: &[u8],
+    role: Role,
+    by: Deadline,
+) -> Result<(), AuthError> {
     let mut nonce = [0u8; CHALLENGE_LEN];
     getrandom::fill(&mut nonce).map_err(|e| AuthError::Io(io::Error::other(e.to_string())))?;
     let mut msg = CHALLENGE.to_vec();
     msg.extend_from_slice(&nonce);
     send(conn, &msg)?;
-    let answer = recv(conn)?;
+    let answer = recv(conn, by)?;
     if mac(key, role, &msg).verify_slice(&answer).is_ok() {
         send(conn, WELCOME)
     } else {
@@ -119,14 +125,14 @@ pub(crate) fn deliver_challenge(conn: &SocketConnection, key: &[u8], role: Role)
 }
 
 /// Answers the peer's challenge (as `role`) and reads its verdict.
-pub(crate) fn answer_challenge(conn: &SocketConnection, key: &[u8], role: Role) -> Result<(), AuthError> {
-    let msg = recv(conn)?;
+pub(crate) fn answer_challenge(conn: &SocketConnection, key: &[u8], role: Role, by: Deadline) -> Result<(), AuthError> {
+    let msg = recv(conn, by)?;
     if msg.len() != CHALLENGE.len() + CHALLENGE_LEN || !msg.starts_with(CHALLENGE) {
         return Err(AuthError::Protocol("expected a challenge"));
     }
     let answer = mac(key, role, &msg).finalize().into_bytes();
     send(conn, &answer)?;
-    match recv(conn)?.as_slice() {
+    match recv(conn, by)?.as_slice() {
         WELCOME => Ok(()),
         FAILURE => Err(AuthError::Rejected),
         _ => Err(AuthError::Protocol("expected WELCOME or FAILURE")),

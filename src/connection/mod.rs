@@ -614,27 +614,28 @@ impl Drop for Listener {
 
 /// The server side of the mutual handshake on a fresh connection.
 pub(crate) fn server_handshake(conn: &SocketConnection, authkey: &[u8]) -> Result<(), AuthError> {
-    with_handshake_timeout(conn, |c| {
-        auth::deliver_challenge(c, authkey, auth::Role::Client)?;
-        auth::answer_challenge(c, authkey, auth::Role::Server)
+    with_handshake_timeout(conn, |c, by| {
+        auth::deliver_challenge(c, authkey, auth::Role::Client, by)?;
+        auth::answer_challenge(c, authkey, auth::Role::Server, by)
     })
 }
 
 /// The client side of the mutual handshake.
 pub(crate) fn client_handshake(conn: &SocketConnection, authkey: &[u8]) -> Result<(), AuthError> {
-    with_handshake_timeout(conn, |c| {
-        auth::answer_challenge(c, authkey, auth::Role::Client)?;
-        auth::deliver_challenge(c, authkey, auth::Role::Server)
+    with_handshake_timeout(conn, |c, by| {
+        auth::answer_challenge(c, authkey, auth::Role::Client, by)?;
+        auth::deliver_challenge(c, authkey, auth::Role::Server, by)
     })
 }
 
 fn with_handshake_timeout(
     conn: &SocketConnection,
-    f: impl FnOnce(&SocketConnection) -> Result<(), AuthError>,
+    f: impl FnOnce(&SocketConnection, Deadline) -> Result<(), AuthError>,
 ) -> Result<(), AuthError> {
-    // Reads are bounded by the deadline each recv gets; writes by this.
+    // Reads share one deadline for the whole handshake (a peer that answers
+    // each message just in time cannot stretch it); writes are bounded by this.
     conn.stream.set_timeouts(Some(HANDSHAKE_TIMEOUT)).map_err(AuthError::Io)?;
-    let r = f(conn);
+    let r = f(conn, Deadline::after(Some(HANDSHAKE_TIMEOUT)));
     if r.is_err() {
         conn.stream.shutdown();
         return r;
