@@ -321,6 +321,37 @@ fn too_large_messages_are_errors_not_a_gone_manager() {
     lock.release().unwrap();
 }
 
+fn server_threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A flood of TCP connections that never authenticate takes a bounded number
+/// of the server's threads (64 handshakes at a time, the rest are closed at
+/// once), and the server goes on serving: an authenticated client connects
+/// once the flood is gone, and an old one is served throughout.
+fn unauthenticated_flood_is_bounded() {
+    let m = remote_manager();
+    let addr = m.address().unwrap().clone();
+    let Address::Tcp(sa) = addr.clone() else { unreachable!() };
+    let pid = m.pid().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(&1, &1).unwrap();
+    let before = server_threads(pid);
+    let flood: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(sa).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = server_threads(pid);
+    assert!(during <= before + 64 + 4, "{during} server threads during a flood of {} (before: {before})", flood.len());
+    assert_eq!(d.get(&1).unwrap(), Some(1), "an old client is served during the flood");
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(300));
+    let key = m.authkey().to_vec();
+    let late = Manager::connect(&addr, &key).unwrap();
+    let r = late.dict::<u32, u32>().and_then(|nd| nd.insert(&2, &2));
+    assert!(r.is_ok(), "a client after the flood: {r:?}");
+}
+
 fn barrier_party(
     (b, c, ns): (shmproc::manager::BarrierProxy, shmproc::manager::ConditionProxy, shmproc::manager::NamespaceProxy),
 ) -> usize {
@@ -387,7 +418,7 @@ fn main() {
         std::process::abort();
     });
     type Check = fn();
-    let checks: [(&str, Check); 10] = [
+    let checks: [(&str, Check); 11] = [
         ("four_processes_update_one_dict_and_list", four_processes_update_one_dict_and_list),
         ("proxy_as_argument_of_spawn_and_forkserver_children", proxy_as_argument_of_spawn_and_forkserver_children),
         ("remote_clients_in_other_processes", remote_clients_in_other_processes),
@@ -397,6 +428,7 @@ fn main() {
         ("client_killed_holding_a_lock", client_killed_holding_a_lock),
         ("client_killed_while_blocked_takes_nothing", client_killed_while_blocked_takes_nothing),
         ("too_large_messages_are_errors_not_a_gone_manager", too_large_messages_are_errors_not_a_gone_manager),
+        ("unauthenticated_flood_is_bounded", unauthenticated_flood_is_bounded),
         ("sync_objects", sync_objects),
     ];
     if std::env::args().any(|a| a == "--list") {

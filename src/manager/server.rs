@@ -249,18 +249,40 @@ fn start(cfg: &ServerConfig) -> Result<(Arc<Shared>, Option<Address>), String> {
     Ok((shared, tcp))
 }
 
+/// Connections of one listener still in their handshake (each on its own
+/// thread, for up to `HANDSHAKE_TIMEOUT`); more are closed at once, so that a
+/// flood of connections that never authenticate cannot take every thread or
+/// file descriptor of the server from its clients.
+const MAX_HANDSHAKES: usize = 64;
+
+/// Counts a connection out of the handshake when its thread is done with it.
+struct Handshaking(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn spawn_acceptor(l: Listener, shared: Arc<Shared>, key: Vec<u8>, local: bool) -> Result<(), String> {
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("shmproc-mgr-accept".into())
         .spawn(move || loop {
             match l.accept_unauthenticated() {
                 Ok(conn) => {
+                    if pending.fetch_add(1, Ordering::Relaxed) >= MAX_HANDSHAKES {
+                        pending.fetch_sub(1, Ordering::Relaxed);
+                        drop(conn);
+                        continue;
+                    }
+                    let guard = Handshaking(pending.clone());
                     let (sh, k) = (shared.clone(), key.clone());
                     // The handshake runs on the client's own thread, so a slow
                     // or hostile client cannot stall the others.
                     let _ = std::thread::Builder::new()
                         .name("shmproc-mgr-client".into())
-                        .spawn(move || client_thread(sh, conn, &k, local));
+                        .spawn(move || client_thread(sh, conn, &k, local, guard));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -269,8 +291,10 @@ fn spawn_acceptor(l: Listener, shared: Arc<Shared>, key: Vec<u8>, local: bool) -
         .map_err(|e| format!("starting the accept thread: {e}"))
 }
 
-fn client_thread(sh: Arc<Shared>, mut conn: SocketConnection, key: &[u8], local: bool) {
-    if connection::server_handshake(&conn, key).is_err() {
+fn client_thread(sh: Arc<Shared>, mut conn: SocketConnection, key: &[u8], local: bool, handshaking: Handshaking) {
+    let ok = connection::server_handshake(&conn, key).is_ok();
+    drop(handshaking);
+    if !ok {
         return; // refused: nothing from it was read as a request
     }
     conn.set_max_message(MAX_MESSAGE);
