@@ -535,10 +535,22 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 
 /// Releases a managed lock when dropped (from [`LockProxy::lock`] /
 /// [`RLockProxy::lock`]).
+///
+/// Not `Send` (as std's `MutexGuard`): the manager counts a lock as held by
+/// the connection of the thread that took it, so only that thread can
+/// release it; dropped on another thread, the guard could not.
+///
+/// ```compile_fail
+/// fn needs_send<T: Send>(_: T) {}
+/// fn moved(g: shmproc::manager::LockGuard<'_>) {
+///     needs_send(g);
+/// }
+/// ```
 #[derive(Debug)]
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard<'a> {
     r: &'a Remote,
+    _this_thread: std::marker::PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl Drop for LockGuard<'_> {
@@ -581,14 +593,14 @@ lock_methods!(ConditionProxy);
 impl LockProxy {
     /// Acquires and returns a guard that releases on drop.
     pub fn lock(&self) -> Result<LockGuard<'_>, ManagerError> {
-        self.acquire().map(|()| LockGuard { r: &self.r })
+        self.acquire().map(|()| LockGuard { r: &self.r, _this_thread: std::marker::PhantomData })
     }
 }
 
 impl RLockProxy {
     /// Acquires and returns a guard that releases on drop.
     pub fn lock(&self) -> Result<LockGuard<'_>, ManagerError> {
-        self.acquire().map(|()| LockGuard { r: &self.r })
+        self.acquire().map(|()| LockGuard { r: &self.r, _this_thread: std::marker::PhantomData })
     }
 }
 
