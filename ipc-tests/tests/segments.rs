@@ -336,3 +336,34 @@ fn raw_segment_between_processes() {
     let bytes = unsafe { std::slice::from_raw_parts(s.payload_ptr().as_ptr(), s.payload_len()) };
     assert!(bytes.iter().all(|&b| b == 0xAB));
 }
+
+/// `/dev/shm` is writable by everyone: another user can plant a symbolic link
+/// (to a segment or any file of ours) or a FIFO under a name we will open.
+/// Opening by name follows no link and takes only a regular file; neither
+/// hangs (a FIFO) nor opens the link's target.
+#[test]
+fn open_by_name_follows_no_symlink_and_takes_only_regular_files() {
+    let target = unique_name("link-target");
+    let v = Value::<u64>::create(&target, 42).unwrap();
+    let link = unique_name("link");
+    let _gone_link = UnlinkOnDrop(link.clone());
+    std::os::unix::fs::symlink(format!("/dev/shm/{target}"), format!("/dev/shm/{link}")).unwrap();
+    let r = Value::<u64>::builder().name(&link).open_timeout(Duration::from_millis(200)).open();
+    let e = r.expect_err("opened a segment through a symbolic link");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    // open_or_create neither: the name exists (as a link), so it is refused.
+    let r = Value::<u64>::builder().name(&link).open_timeout(Duration::from_millis(200)).open_or_create(0);
+    assert!(r.is_err(), "open_or_create went through a symbolic link");
+    assert_eq!(v.get().unwrap(), 42);
+
+    let fifo = unique_name("fifo");
+    let _gone_fifo = UnlinkOnDrop(fifo.clone());
+    let path = std::ffi::CString::new(format!("/dev/shm/{fifo}")).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let t = Instant::now();
+    let r = Value::<u64>::builder().name(&fifo).open_timeout(Duration::from_millis(200)).open();
+    let e = r.expect_err("opened a FIFO as a segment");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    assert!(t.elapsed() < T);
+}

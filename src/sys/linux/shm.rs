@@ -17,17 +17,47 @@ pub(crate) struct FdInfo {
     pub(crate) mode: u32,
 }
 
+/// Where Linux keeps POSIX shared-memory names (`shm_open` is an `open` there).
+const SHM_DIR: &str = "/dev/shm";
+
 /// `shm_open(name, O_RDWR | O_CREAT | O_EXCL, mode)`. `name` includes the leading '/'.
+/// Done as glibc does it, an `open` in `/dev/shm` with `O_NOFOLLOW` (rustix's
+/// own `shm::open` on its raw-syscall backend omits the flag).
 pub(crate) fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
-    let fd = shm::open(name, shm::OFlags::RDWR | shm::OFlags::CREATE | shm::OFlags::EXCL, Mode::from_raw_mode(mode))?;
-    // shm_open applies the umask; the caller asked for exactly `mode`.
+    let flags = fs::OFlags::RDWR | fs::OFlags::CREATE | fs::OFlags::EXCL | fs::OFlags::NOFOLLOW | fs::OFlags::CLOEXEC;
+    let fd = fs::open(shm_path(name)?, flags, Mode::from_raw_mode(mode))?;
+    // open applies the umask; the caller asked for exactly `mode`.
     fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
     Ok(fd)
 }
 
-/// `shm_open(name, O_RDWR)`.
+/// `shm_open(name, O_RDWR)`, never following a symbolic link (another user
+/// could plant one in the world-writable `/dev/shm`, pointing at a file of
+/// ours) and refusing anything but a regular file (a FIFO, a device).
 pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
-    Ok(shm::open(name, shm::OFlags::RDWR, Mode::empty())?)
+    let flags = fs::OFlags::RDWR | fs::OFlags::NOFOLLOW | fs::OFlags::NONBLOCK | fs::OFlags::CLOEXEC;
+    let fd = fs::open(shm_path(name)?, flags, Mode::empty()).map_err(|e| {
+        if e == rustix::io::Errno::LOOP {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{SHM_DIR}{name} is a symbolic link, not a segment"))
+        } else {
+            io::Error::from(e)
+        }
+    })?;
+    let st = fs::fstat(&fd)?;
+    if fs::FileType::from_raw_mode(st.st_mode) != fs::FileType::RegularFile {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{SHM_DIR}{name} is not a regular file")));
+    }
+    Ok(fd)
+}
+
+/// `/dev/shm/NAME` for a POSIX name `/NAME` (one component: no other '/').
+fn shm_path(name: &str) -> io::Result<String> {
+    match name.strip_prefix('/') {
+        Some(rest) if !rest.is_empty() && !rest.contains('/') && rest != "." && rest != ".." => {
+            Ok(format!("{SHM_DIR}/{rest}"))
+        }
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
 }
 
 /// `shm_unlink(name)`.
