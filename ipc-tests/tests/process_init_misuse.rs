@@ -47,3 +47,26 @@ fn init_called_conditionally_is_reported_when_the_copy_ends() {
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("exited with code 0"), "{out}");
 }
+
+/// A program that ignores SIGCHLD starts a ForkServer child: the server,
+/// which inherits the disposition through its exec, must still reap its
+/// children and report them (it used to spin and never answer, so `join`
+/// hung), and the child gets the program's disposition back. The check runs
+/// in the helper binary `sigchld_ignored` (ignoring SIGCHLD here would
+/// change every other test of this binary).
+#[test]
+fn a_program_that_ignores_sigchld_can_join_forkserver_children() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigchld_ignored")).stdout(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sigchld_ignored did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.trim() == "ok", "{text}");
+}

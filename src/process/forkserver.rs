@@ -306,6 +306,9 @@ fn refuse(reason: &str) -> ! {
 }
 
 /// The server, called by `init()`; never returns.
+/// The program that started the server ignored `SIGCHLD` (see `server_main`).
+static CHILDREN_IGNORE_SIGCHLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) fn server_main(v: &str) -> ! {
     let mut it = v.splitn(3, ';');
     let (Some("v1"), Some(exe), Some(fd)) = (it.next(), it.next(), it.next()) else {
@@ -327,6 +330,11 @@ pub(crate) fn server_main(v: &str) -> ! {
     // must fail with EPIPE, not kill the server (whatever the program did
     // with SIGPIPE before calling init()).
     sys::ignore_sigpipe();
+    // The server reaps its children itself: with SIGCHLD ignored (inherited
+    // through the exec from a program that ignores it) the kernel would reap
+    // them first, no status would ever be written and every join would hang.
+    // The children get the program's disposition back.
+    CHILDREN_IGNORE_SIGCHLD.store(sys::default_sigchld(), Ordering::Relaxed);
     child::ensure_panic_hook();
     if sys::send_with_fds(sock.as_fd(), b"ready", &[]).is_err() {
         std::process::exit(0);
@@ -419,6 +427,9 @@ fn serve(sock: &OwnedFd, kids: &[Kid], mut req: Request, fds: Vec<OwnedFd>) -> R
         Err(e) => Err(Reply::Failed(format!("fork failed: {e}"))),
         Ok(None) => {
             let close_server_fds = || {
+                if CHILDREN_IGNORE_SIGCHLD.load(Ordering::Relaxed) {
+                    sys::ignore_sigchld();
+                }
                 // SAFETY: these fds belong to the server's bookkeeping, which this
                 // child never uses again (it exits without dropping them).
                 unsafe {

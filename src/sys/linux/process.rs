@@ -262,6 +262,23 @@ pub(crate) fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
+/// Gives `SIGCHLD` its default disposition; returns whether it was ignored
+/// before. A process that ignores `SIGCHLD` has its children reaped by the
+/// kernel, so it could never wait for them (the fork server must).
+pub(crate) fn default_sigchld() -> bool {
+    // libc: as in `ignore_sigpipe`.
+    // SAFETY: installs the SIG_DFL disposition; no handler code runs.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) == libc::SIG_IGN }
+}
+
+/// Ignores `SIGCHLD` (gives a fork server's child back the disposition of the
+/// program that started the server). Async-signal-safe.
+pub(crate) fn ignore_sigchld() {
+    // libc: as in `ignore_sigpipe`.
+    // SAFETY: installs the SIG_IGN disposition; no handler code runs.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+}
+
 /// `getppid()` (0 when there is no parent in this pid namespace). Async-signal-safe.
 pub(crate) fn parent_pid() -> u32 {
     Pid::as_raw(rustix::process::getppid()) as u32
