@@ -6,8 +6,9 @@
 //! through deferred work), so a joined child's pair goes back to the pool. A
 //! pair is only reused after its child was reaped and its report taken; a
 //! descendant of that child may still hold the child's end, so every datagram
-//! starts with a per-start token and the parent discards datagrams with
-//! another token.
+//! starts with a per-start random token and the parent discards datagrams
+//! with another token; a pair with anything left queued after its report,
+//! or whose report did not decode, is closed rather than reused.
 //!
 //! The pool is only ever locked with `try_lock`: a busy (or, in a forked
 //! child, inherited-locked) pool just means a fresh pair. A forked child
@@ -43,9 +44,17 @@ struct Pool {
 static POOL: Mutex<Pool> = Mutex::new(Pool { owner: 0, idle: Vec::new() });
 static TOKEN: AtomicU64 = AtomicU64::new(1);
 
+/// A token for a new child: random, so that a process holding a pair's
+/// child end (a descendant of an earlier child) cannot guess the token of
+/// the next child to use the pair and forge its report. (A counter if the
+/// random source fails.)
+fn new_token() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| TOKEN.fetch_add(1, Ordering::Relaxed)).max(1)
+}
+
 /// A pair for a new child: an idle one of this process, or a fresh one.
 pub(crate) fn take() -> io::Result<Channel> {
-    let token = TOKEN.fetch_add(1, Ordering::Relaxed);
+    let token = new_token();
     let me = sys::current_pid();
     if let Ok(mut pool) = POOL.try_lock() {
         if pool.owner != me {

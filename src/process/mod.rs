@@ -662,7 +662,12 @@ impl<R: DeserializeOwned> Process<R> {
     fn collect(&mut self) -> Result<(), JoinError> {
         let Some(chan) = self.result.take() else { return Ok(()) };
         let report = take_report(&chan);
-        if !matches!(report, Err(JoinError::Os(_))) {
+        // Reused only when clean: a report that did not decode, or anything
+        // still queued after it (datagrams of a descendant that kept the
+        // child's end), would meet the next child that gets this pair.
+        let empty =
+            || matches!(sys::poll_readable([chan.rd.as_fd()], Deadline::after(Some(Duration::ZERO))), Ok([false]));
+        if report.is_ok() && empty() {
             channel::give_back(chan.rd, chan.wr);
         }
         self.buf = report?;
@@ -810,7 +815,12 @@ mod tests {
         match unsafe { sys::fork() }.unwrap() {
             None => {
                 // A stale datagram first (another token), then the report.
-                let _ = sys::send_parts_with_fds(chan.wr.as_fd(), &(chan.token + 1).to_le_bytes(), &[TAG_OK, 7], &[]);
+                let _ = sys::send_parts_with_fds(
+                    chan.wr.as_fd(),
+                    &chan.token.wrapping_add(1).to_le_bytes(),
+                    &[TAG_OK, 7],
+                    &[],
+                );
                 if let Some(r) = report {
                     let _ = sys::send_parts_with_fds(chan.wr.as_fd(), &chan.token.to_le_bytes(), r, &[]);
                 }
@@ -820,6 +830,40 @@ mod tests {
                 Process::from_launched(Launched::own_child(pid, chan), "fake".into(), StartMethod::Fork, false)
             }
         }
+    }
+
+    /// A datagram left after the report (a descendant of the child kept its
+    /// end and wrote to it) must not meet the next child: the pair is closed,
+    /// not put back in the pool.
+    #[test]
+    fn a_pair_with_a_datagram_left_after_the_report_is_not_reused() {
+        let chan = channel::take().unwrap();
+        let ino = rustix::fs::fstat(&chan.rd).unwrap().st_ino;
+        // SAFETY: the child only makes raw system calls (sendmsg, _exit).
+        let p = match unsafe { sys::fork() }.unwrap() {
+            None => {
+                let _ = sys::send_parts_with_fds(chan.wr.as_fd(), &chan.token.to_le_bytes(), &[TAG_OK, 42], &[]);
+                let stray = chan.token.wrapping_add(99).to_le_bytes();
+                let _ = sys::send_parts_with_fds(chan.wr.as_fd(), &stray, &[TAG_OK, 7], &[]);
+                sys::exit_now(0)
+            }
+            Some(pid) => {
+                Process::<u64>::from_launched(Launched::own_child(pid, chan), "fake".into(), StartMethod::Fork, false)
+            }
+        };
+        assert_eq!(p.join().unwrap(), 42);
+        // Every idle pair of the pool: none is the one with the stray datagram.
+        let idle: Vec<channel::Channel> = (0..20).filter_map(|_| channel::take().ok()).collect();
+        assert!(
+            idle.iter().all(|c| rustix::fs::fstat(&c.rd).unwrap().st_ino != ino),
+            "the pair with a datagram left in it went back to the pool"
+        );
+    }
+
+    #[test]
+    fn tokens_are_not_a_sequence() {
+        let t: Vec<u64> = (0..4).map(|_| channel::take().unwrap().token).collect();
+        assert!(t.windows(2).all(|w| w[1] != w[0].wrapping_add(1)), "{t:?}");
     }
 
     #[test]
