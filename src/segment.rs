@@ -418,6 +418,18 @@ impl Segment {
             // so it holds a `Header`; `init_state` is only accessed atomically.
             let h = unsafe { &*(map.ptr().as_ptr() as *const Header) };
             if header::init_state(h) != READY {
+                // A creator writes the magic before it initialises; other
+                // non-zero bytes there are no shmproc segment at all: say so
+                // at once rather than wait for an init that never comes.
+                // SAFETY: the first 8 bytes are mapped and 8-aligned; a racy
+                // read of plain bytes, only compared.
+                let magic = unsafe { std::ptr::read_volatile(map.ptr().as_ptr() as *const u64) };
+                if magic != 0 && magic != header::MAGIC {
+                    return Err(OpenError::corrupt(format!(
+                        "{} has bad magic: not a shmproc segment",
+                        crate::error::short(&label)
+                    )));
+                }
                 if deadline.expired() {
                     return Err(OpenError::NotReady { name: label });
                 }

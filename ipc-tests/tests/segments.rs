@@ -283,6 +283,26 @@ fn foreign_object_never_initialised_is_not_ready() {
     }
 }
 
+/// A file that is not a shmproc segment (other bytes where the magic goes)
+/// is Corrupt at once, not NotReady after the whole open timeout.
+#[test]
+fn foreign_file_is_corrupt_at_once() {
+    let name = unique_name("foreign");
+    let _c = UnlinkOnDrop(name.clone());
+    let mut f = OpenOptions::new().create_new(true).write(true).open(format!("/dev/shm/{name}")).unwrap();
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).unwrap();
+    f.write_all(&[b'x'; 4096]).unwrap();
+    let t0 = Instant::now();
+    let r = Array::<f64>::builder().name(&name).open_timeout(Duration::from_secs(20)).open();
+    match r {
+        Err(OpenError::Corrupt { reason }) => assert!(reason.contains("bad magic"), "{reason}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10), "waited {:?} for a foreign file", t0.elapsed());
+}
+
 #[test]
 fn lifetime_unlink_persist() {
     let name = unique_name("life");
