@@ -155,9 +155,10 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let (Some(name), Some(pid)) = (&self.name, self.created_by) {
             if self.unlink_on_drop.load(Ordering::Relaxed) && sys::current_pid() == pid {
-                // The name may already be gone (unlinked by hand or by `gc`);
-                // there is nothing useful to do with an error in drop.
-                let _ = sys::shm_unlink(name);
+                // The name may already be gone (unlinked by hand or by `gc`),
+                // or name another segment created since: only ours is
+                // removed. Nothing useful to do with an error in drop.
+                let _ = sys::shm_unlink_if_same(name, self.fd.as_fd());
             }
         }
         // `map` unmaps itself; munmap cannot fail for a mapping we own.

@@ -303,6 +303,24 @@ fn foreign_file_is_corrupt_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(10), "waited {:?} for a foreign file", t0.elapsed());
 }
 
+/// A creator's drop removes its name only if the name is still its segment:
+/// unlinked by hand and created again by someone else, the name is theirs.
+#[test]
+fn creator_drop_leaves_a_name_created_again_by_another() {
+    let name = unique_name("again");
+    let first = Value::<u64>::create(&name, 1).unwrap();
+    shmproc::unlink(&name).unwrap();
+    let second = Value::<u64>::create(&name, 2).unwrap();
+    drop(first);
+    assert!(std::path::Path::new(&format!("/dev/shm/{name}")).exists(), "the first creator removed the second's name");
+    assert_eq!(Value::<u64>::open(&name).unwrap().get().unwrap(), 2);
+    drop(second);
+    assert!(
+        !std::path::Path::new(&format!("/dev/shm/{name}")).exists(),
+        "the second creator's drop keeps its own name"
+    );
+}
+
 #[test]
 fn lifetime_unlink_persist() {
     let name = unique_name("life");

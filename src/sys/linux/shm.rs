@@ -65,6 +65,24 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
     Ok(shm::unlink(name)?)
 }
 
+/// Unlinks `name` only if it still names the file behind `fd` (same device
+/// and inode): a name that was unlinked and created again by someone else
+/// since is theirs, not ours to remove. `Ok(false)`: not ours (or gone).
+/// A replacement between the check and the unlink is not caught.
+pub(crate) fn shm_unlink_if_same(name: &str, fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let ours = fs::fstat(fd)?;
+    let theirs = match fs::statat(fs::CWD, shm_path(name)?, fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino) {
+        return Ok(false);
+    }
+    shm_unlink(name)?;
+    Ok(true)
+}
+
 /// `memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING)` sized to `len` and sealed against
 /// shrinking and growing, so no holder of the fd can make our mapping fault (SIGBUS).
 pub(crate) fn memfd_sealed(debug_name: &str, len: u64) -> io::Result<OwnedFd> {
