@@ -178,6 +178,14 @@ pub fn in_use() -> HashSet<(u64, u64)> {
     used
 }
 
+/// `s` for a terminal: control characters (a newline, an escape sequence)
+/// escaped as Rust writes them, so that a file name or a type name written by
+/// another user cannot forge lines or drive the terminal (`--json` escapes
+/// them itself).
+fn shown(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn human_size(n: u64) -> String {
     if n >= 1 << 30 {
         format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
@@ -255,7 +263,7 @@ fn json_entry<'a>(e: &'a Entry, used: &HashSet<(u64, u64)>) -> JsonEntry<'a> {
 pub fn info(name: &str, json: bool) -> i32 {
     let name = name.strip_prefix('/').unwrap_or(name);
     if name.is_empty() || name.contains('/') {
-        eprintln!("shmproc info: '{name}' is not a segment name (a file name in {SHM_DIR})");
+        eprintln!("shmproc info: '{}' is not a segment name (a file name in {SHM_DIR})", shown(name));
         return 1;
     }
     let entry = inspect(name);
@@ -268,7 +276,7 @@ pub fn info(name: &str, json: bool) -> i32 {
         Entry::Segment { size, uid, id, ctime, header, .. } => {
             if !json {
                 let ty = header.ty.name();
-                println!("name:          {name}");
+                println!("name:          {}", shown(name));
                 println!("kind:          {}", header.kind);
                 println!(
                     "state:         {}",
@@ -276,7 +284,7 @@ pub fn info(name: &str, json: bool) -> i32 {
                 );
                 println!(
                     "element type:  {} (size {}, align {})",
-                    if ty.is_empty() { "-" } else { ty },
+                    if ty.is_empty() { "-".to_string() } else { shown(ty) },
                     header.ty.size,
                     header.ty.align
                 );
@@ -292,7 +300,7 @@ pub fn info(name: &str, json: bool) -> i32 {
             0
         }
         Entry::Other { why, .. } => {
-            eprintln!("shmproc info: {SHM_DIR}/{name}: {why}");
+            eprintln!("shmproc info: {SHM_DIR}/{}: {}", shown(name), shown(why));
             1
         }
     }
@@ -327,17 +335,23 @@ pub fn ls(json: bool) -> i32 {
     for e in &entries {
         rows.push(match e {
             Entry::Segment { name, size, id, ctime, header, .. } => [
-                name.clone(),
+                shown(name),
                 format!("{}{}", header.kind, if header.ready { "" } else { " (not ready)" }),
-                if header.ty.name().is_empty() { "-".into() } else { header.ty.name().to_string() },
+                if header.ty.name().is_empty() { "-".into() } else { shown(header.ty.name()) },
                 human_size(*size),
                 header.creator_pid.to_string(),
                 if creator_alive(header.creator_pid, *ctime) { "yes" } else { "no" }.into(),
                 if used.contains(id) { "yes" } else { "no" }.into(),
             ],
-            Entry::Other { name, size, why } => {
-                [name.clone(), format!("({why})"), "-".into(), human_size(*size), "-".into(), "-".into(), "-".into()]
-            }
+            Entry::Other { name, size, why } => [
+                shown(name),
+                format!("({})", shown(why)),
+                "-".into(),
+                human_size(*size),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
         });
     }
     let mut width = [0usize; 7];
@@ -383,13 +397,13 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
             Entry::Segment { name, size, uid, id, ctime, header } => (name, size, uid, id, ctime, header),
             Entry::Other { name, why, .. } => {
                 if why.starts_with("corrupt") {
-                    println!("kept    {name}: {why}");
+                    println!("kept    {}: {}", shown(name), shown(why));
                 }
                 continue;
             }
         };
         let keep = |why: String| {
-            println!("kept    {name}: {why}");
+            println!("kept    {}: {}", shown(name), shown(&why));
         };
         if *uid != me {
             keep(format!("owned by uid {uid}, not by this user"));
@@ -409,7 +423,7 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
         let what =
             format!("{} {}, creator pid {} dead, not in use", header.kind, human_size(*size), header.creator_pid);
         if dry_run {
-            println!("would remove {name} ({what})");
+            println!("would remove {} ({what})", shown(name));
             removed += 1;
             continue;
         }
@@ -423,11 +437,11 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
         }
         match shmproc::unlink(name) {
             Ok(()) => {
-                println!("removed {name} ({what})");
+                println!("removed {} ({what})", shown(name));
                 removed += 1;
             }
             Err(err) => {
-                eprintln!("shmproc gc: cannot remove {name}: {err}");
+                eprintln!("shmproc gc: cannot remove {}: {err}", shown(name));
                 failed += 1;
             }
         }

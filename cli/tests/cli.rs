@@ -306,3 +306,27 @@ fn gc_removes_only_dead_unused_segments() {
     assert_eq!(live_v.get().ok(), Some(1));
     drop(mapped);
 }
+
+/// Names in /dev/shm are chosen by whoever creates them: one with a newline
+/// and an escape sequence must not forge a line of `ls` or drive the
+/// terminal. Text output shows control characters escaped.
+#[test]
+fn ls_shows_control_characters_in_names_escaped() {
+    let p = prefix();
+    let hostile = format!("{p}a\nremoved everything\x1b[2J");
+    // Not a valid segment name, so removed as a file (shmproc::unlink refuses it).
+    struct RemoveFile(String);
+    impl Drop for RemoveFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _cleanup = RemoveFile(format!("/dev/shm/{hostile}"));
+    std::fs::write(format!("/dev/shm/{hostile}"), vec![0u8; 4096]).expect("write hostile entry");
+    let out = shmproc(&["ls"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(!stdout.contains('\x1b'), "an escape sequence reached the terminal:\n{stdout:?}");
+    assert!(!stdout.lines().any(|l| l.starts_with("removed everything")), "a forged line:\n{stdout}");
+    assert!(stdout.contains(&format!("{p}a\\nremoved everything\\u{{1b}}[2J")), "{stdout}");
+}
