@@ -239,3 +239,16 @@ fn results_around_the_inline_limits() {
         assert_eq!(v, big(n), "n = {n}");
     }
 }
+
+/// A Fork child holds only its own report-socket pair, not the idle pairs
+/// its parent keeps for later children (a descendant could write into those).
+/// Checked in the single-threaded helper binary `fork_fds`, where the pool
+/// holds exactly what it left there.
+#[test]
+fn a_fork_child_holds_none_of_its_parents_idle_report_sockets() {
+    let (status, out, err) = ipc_tests::run_with_timeout(
+        &mut std::process::Command::new(env!("CARGO_BIN_EXE_fork_fds")),
+        Duration::from_secs(60),
+    );
+    assert!(status.success() && out.trim() == "ok", "{out}{err}");
+}

@@ -70,6 +70,29 @@ pub(crate) fn take() -> io::Result<Channel> {
     Ok(Channel { rd, wr, token })
 }
 
+/// In a forked child, before its target runs: closes the idle pairs it
+/// inherited from its parent's pool (the parent's sockets, for the parent's
+/// later children), so that neither the target nor anything it starts can
+/// write into them. Raw `close`s only, and the pool forgets the numbers
+/// without freeing anything (the lock may be held by a thread that did not
+/// come along: then the pairs stay).
+pub(crate) fn close_idle_in_child() {
+    if let Ok(mut pool) = POOL.try_lock() {
+        for (rd, wr) in &pool.idle {
+            // SAFETY: these fds are the parent's pool entries, which this
+            // child never uses: the pool forgets them just below.
+            unsafe {
+                sys::close_raw(std::os::fd::AsRawFd::as_raw_fd(rd));
+                sys::close_raw(std::os::fd::AsRawFd::as_raw_fd(wr));
+            }
+        }
+        // `take` leaves an empty Vec without allocating; `forget` frees
+        // nothing (no allocator call in a child of a threaded parent) and
+        // drops no fd a second time.
+        std::mem::forget(std::mem::take(&mut pool.idle));
+    }
+}
+
 /// Returns a pair whose child was reaped and whose report was taken.
 pub(crate) fn give_back(rd: OwnedFd, wr: OwnedFd) {
     let me = sys::current_pid();

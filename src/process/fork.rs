@@ -37,7 +37,13 @@ pub(crate) fn start(
     // SAFETY: the child makes only raw system calls before the target, runs it, reports with a
     // raw `sendmsg` and `_exit`s (`run_forked` never returns into the caller's frames).
     match unsafe { sys::fork() }? {
-        None => child::run_forked(&ctx, parent, comm.as_ref(), forkserver::close_client_in_child, body),
+        None => {
+            let close_inherited = || {
+                forkserver::close_client_in_child();
+                channel::close_idle_in_child();
+            };
+            child::run_forked(&ctx, parent, comm.as_ref(), close_inherited, body)
+        }
         Some(pid) => {
             // Before the caller can drop its own queue halves (issue 10 item 1).
             let start_time = sys::forked_start_time(pid, before, sys::boot_ticks());
