@@ -34,11 +34,13 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Once;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::sys;
+use crate::time::Deadline;
 
 /// First byte of a report: the target returned; postcard bytes of its `R` follow.
 pub(crate) const TAG_OK: u8 = 0;
@@ -55,17 +57,24 @@ pub(crate) const MAX_REPORT: u64 = 1 << 30;
 /// Size of the token that starts every report datagram.
 pub(crate) const TOKEN_LEN: usize = 8;
 
+/// How long a child waits for room to send its report: the socket should
+/// hold nothing but this datagram, but another holder of its end (a
+/// descendant of an earlier child) may have filled it.
+pub(crate) const REPORT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Sends one report datagram on `out` (the child's end of the report socket):
-/// this child's token (little endian), then the report. Never blocks: the
-/// socket holds nothing else for this token and the datagram is small; a
-/// large report travels in a memfd passed with `SCM_RIGHTS`. The parent may
-/// be gone (`EPIPE`): there is nobody to tell, so errors are ignored.
+/// this child's token (little endian), then the report. A large report
+/// travels in a memfd passed with `SCM_RIGHTS`. Waits for room at most
+/// [`REPORT_SEND_TIMEOUT`] (then the report is lost and the parent's join
+/// says so, rather than hang). The parent may be gone (`EPIPE`): there is
+/// nobody to tell, so errors are ignored.
 pub(crate) fn emit(out: BorrowedFd<'_>, report: &[u8]) {
     let token = ctx().map_or(0, |c| c.token).to_le_bytes();
+    let by = Deadline::after(Some(REPORT_SEND_TIMEOUT));
     if report.len() <= INLINE_MAX {
-        let _ = sys::send_parts_with_fds(out, &token, report, &[]);
+        let _ = sys::send_parts_with_fds_until(out, &token, report, &[], by);
     } else if let Ok(fd) = sys::memfd_with(report) {
-        let _ = sys::send_parts_with_fds(out, &token, &[TAG_IN_MEMFD], &[fd.as_fd()]);
+        let _ = sys::send_parts_with_fds_until(out, &token, &[TAG_IN_MEMFD], &[fd.as_fd()], by);
     }
 }
 

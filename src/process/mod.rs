@@ -860,6 +860,43 @@ mod tests {
         );
     }
 
+    /// A report socket whose buffer another holder of the child's end filled
+    /// (datagrams queue until the child is reaped): the child's report waits
+    /// for room at most `REPORT_SEND_TIMEOUT`, then the child ends and its
+    /// join reports the missing report instead of hanging.
+    #[test]
+    fn a_child_whose_report_socket_is_full_still_ends() {
+        let chan = channel::take().unwrap();
+        let now = || Deadline::after(Some(Duration::ZERO));
+        let mut queued = 0;
+        while sys::send_parts_with_fds_until(chan.wr.as_fd(), &[0u8; 8], &[0u8; 1024], &[], now()).is_ok() {
+            queued += 1;
+            assert!(queued < 1_000_000, "the socket never filled");
+        }
+        // SAFETY: the child only makes raw system calls (sendmsg, poll, _exit).
+        let p = match unsafe { sys::fork() }.unwrap() {
+            None => {
+                child::emit(chan.wr.as_fd(), &[TAG_OK, 42]);
+                sys::exit_now(0)
+            }
+            Some(pid) => {
+                Process::<u64>::from_launched(Launched::own_child(pid, chan), "fake".into(), StartMethod::Fork, false)
+            }
+        };
+        let pid = p.pid();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(p.join());
+        });
+        let r = rx.recv_timeout(child::REPORT_SEND_TIMEOUT + Duration::from_secs(20));
+        if r.is_err() {
+            // Leave no blocked child behind.
+            let _ = sys::kill(pid, sys::Signal::KILL);
+        }
+        assert!(r.is_ok(), "join hung: the child blocked sending into a full report socket");
+        assert!(r.unwrap().is_err(), "a report that could not be sent must not read as a value");
+    }
+
     #[test]
     fn tokens_are_not_a_sequence() {
         let t: Vec<u64> = (0..4).map(|_| channel::take().unwrap().token).collect();

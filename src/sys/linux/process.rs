@@ -363,6 +363,40 @@ pub(crate) fn send_parts_with_fds(
     data: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    send_parts_flags(sock, head, data, fds, SendFlags::NOSIGNAL)
+}
+
+/// [`send_parts_with_fds`] that waits for room in the socket until
+/// `deadline` at most (then `TimedOut`): a socket whose buffer another holder
+/// of its end filled must not block the sender for ever. Async-signal-safe.
+pub(crate) fn send_parts_with_fds_until(
+    sock: BorrowedFd<'_>,
+    head: &[u8],
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: Deadline,
+) -> io::Result<()> {
+    loop {
+        match send_parts_flags(sock, head, data, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if deadline.expired() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the socket stayed full"));
+                }
+                let mut p = [PollFd::from_borrowed_fd(sock, PollFlags::OUT)];
+                retry(|| rustix::event::poll(&mut p, poll_timeout(deadline).as_ref()))?;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn send_parts_flags(
+    sock: BorrowedFd<'_>,
+    head: &[u8],
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: SendFlags,
+) -> io::Result<()> {
     assert!(fds.len() <= MAX_PASSED_FDS);
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -371,7 +405,7 @@ pub(crate) fn send_parts_with_fds(
         debug_assert!(fits, "the control buffer has room for MAX_PASSED_FDS");
     }
     let iov = [IoSlice::new(head), IoSlice::new(data)];
-    let n = retry(|| rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL))?;
+    let n = retry(|| rustix::net::sendmsg(sock, &iov, &mut control, flags))?;
     if n != head.len() + data.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg on a seqpacket socket"));
     }
