@@ -8,28 +8,29 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn run(mode: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_late_init"))
-        .arg("parent")
-        .env("LATE_INIT_MODE", mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("late_init {mode} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_late_init"));
+    cmd.arg("parent").env("LATE_INIT_MODE", mode);
+    let out = output_within_a_minute(&mut cmd, &format!("late_init {mode}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `cmd` with its output captured; kills it and fails if it runs past a minute.
+fn output_within_a_minute(cmd: &mut Command, what: &str) -> std::process::Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -56,17 +57,7 @@ fn init_called_conditionally_is_reported_when_the_copy_ends() {
 /// change every other test of this binary).
 #[test]
 fn a_program_that_ignores_sigchld_can_join_forkserver_children() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigchld_ignored")).stdout(Stdio::piped()).spawn().unwrap();
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("sigchld_ignored did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within_a_minute(&mut Command::new(env!("CARGO_BIN_EXE_sigchld_ignored")), "sigchld_ignored");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.trim() == "ok", "{text}");
 }
