@@ -225,28 +225,10 @@ pub(crate) fn forked_start_time(child: u32, before: u64, after: u64) -> u64 {
 /// Whether `who` still runs. A recorded `start_time` of 0 means "unknown" and
 /// falls back to checking that the id exists.
 pub(crate) fn liveness(who: Identity) -> Liveness {
-    if who.id == 0 || who.id > i32::MAX as u32 {
-        return Liveness::Dead;
-    }
-    match start_time_of(who.id) {
-        Ok(None) => Liveness::Dead,
-        Ok(Some((_, true))) => Liveness::Dead,
-        Ok(Some((start, false))) => {
-            if who.start_time != 0 && start != who.start_time {
-                Liveness::Dead
-            } else {
-                Liveness::Alive
-            }
-        }
-        // /proc unreadable (hidepid, no procfs): fall back to kill(pid, 0).
-        Err(_) => match rustix::process::Pid::from_raw(who.id as i32) {
-            // kill(pid, 0): sends nothing, only checks existence.
-            Some(pid) => match rustix::process::test_kill_process(pid) {
-                Err(rustix::io::Errno::SRCH) => Liveness::Dead,
-                _ => Liveness::Alive,
-            },
-            None => Liveness::Dead,
-        },
+    if alive_matching(who.id, |start| who.start_time == 0 || start == who.start_time) {
+        Liveness::Alive
+    } else {
+        Liveness::Dead
     }
 }
 
@@ -254,7 +236,7 @@ pub(crate) fn liveness(who: Identity) -> Liveness {
 /// (a record packs a truncated start time: the caller compares). A `/proc`
 /// that cannot be read (hidepid, another user's process, no file
 /// descriptors left) proves nothing: then the process counts as alive if it
-/// exists (`kill(pid, 0)`), as in [`liveness`]. Only a process that is gone,
+/// exists (`kill(pid, 0)`). Only a process that is gone,
 /// a zombie, or one whose start time the record rejects is not alive.
 pub(crate) fn alive_matching(pid: u32, recorded: impl FnOnce(u64) -> bool) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
