@@ -210,7 +210,9 @@ pub enum LockError<G> {
     Timeout,
     /// `try_lock`: the lock is held by someone else.
     WouldBlock,
-    /// The lock word in shared memory holds a value no valid lock can have.
+    /// The lock word in shared memory holds a value no valid lock can have,
+    /// or the object's named segment was truncated by another process (its
+    /// memory is gone for this process).
     Corrupt,
 }
 
@@ -263,7 +265,9 @@ impl<G> fmt::Display for LockError<G> {
             }
             LockError::Timeout => f.write_str("timed out waiting for the lock"),
             LockError::WouldBlock => f.write_str("the lock is held by someone else"),
-            LockError::Corrupt => f.write_str("the lock word in shared memory is corrupt"),
+            LockError::Corrupt => {
+                f.write_str("the lock word in shared memory is corrupt, or its segment was truncated")
+            }
         }
     }
 }
@@ -321,7 +325,8 @@ pub enum AccessError {
     Timeout,
     /// The lock is held by someone else (a `try_` call).
     WouldBlock,
-    /// The lock word in shared memory holds a value no valid lock can have.
+    /// The lock word in shared memory holds a value no valid lock can have,
+    /// or the object's named segment was truncated by another process.
     Corrupt,
     /// An index past the end (Python's `IndexError`).
     IndexOutOfRange {
@@ -364,7 +369,9 @@ impl fmt::Display for AccessError {
             }
             AccessError::Timeout => f.write_str("timed out waiting for the lock"),
             AccessError::WouldBlock => f.write_str("the lock is held by someone else"),
-            AccessError::Corrupt => f.write_str("the lock word in shared memory is corrupt"),
+            AccessError::Corrupt => {
+                f.write_str("the lock word in shared memory is corrupt, or its segment was truncated")
+            }
             AccessError::IndexOutOfRange { index, len } => {
                 write!(f, "index {index} is out of range for an array of {len} elements")
             }

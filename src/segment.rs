@@ -282,7 +282,7 @@ impl Segment {
                 sys::ReserveError::Os(e) => OpenError::Os(e),
             });
         }
-        let map = match sys::Mapping::map(&fd, total) {
+        let map = match sys::Mapping::map(&fd, total, name.is_some()) {
             Ok(m) => m,
             Err(e) => {
                 if let Some(n) = &name {
@@ -306,6 +306,14 @@ impl Segment {
         // SAFETY: the mapping starts with a page-aligned `Header` (128 bytes, align 8).
         let h = unsafe { &*(base.as_ptr() as *const Header) };
         h.init_state.store(READY, Ordering::Release);
+        if map.lost() {
+            let n = name.as_deref().unwrap_or("segment");
+            let _ = name.as_ref().map(|n| sys::shm_unlink_if_same(n, fd.as_fd()));
+            return Err(OpenError::corrupt(format!(
+                "{} was truncated by another process while it was being created",
+                crate::error::short(n)
+            )));
+        }
         let info = HeaderInfo { kind, creator_pid: pid, payload_offset: offset, payload_size, ty };
         Ok(Segment {
             inner: Arc::new(Inner {
@@ -414,7 +422,7 @@ impl Segment {
                 )));
             }
             let len = usize::try_from(size).map_err(|_| OpenError::corrupt("segment larger than the address space"))?;
-            let map = sys::Mapping::map(&fd, len)?;
+            let map = sys::Mapping::map(&fd, len, name.is_some())?;
             // SAFETY: the mapping is at least HEADER_SIZE bytes and page aligned,
             // so it holds a `Header`; `init_state` is only accessed atomically.
             let h = unsafe { &*(map.ptr().as_ptr() as *const Header) };
@@ -445,6 +453,12 @@ impl Segment {
             // cannot change what we check after we checked it.
             unsafe { std::ptr::copy_nonoverlapping(map.ptr().as_ptr(), copy.as_mut_ptr(), HEADER_SIZE) };
             let info = header::parse_header(&copy, size, Some(spec))?;
+            if map.lost() {
+                return Err(OpenError::corrupt(format!(
+                    "{} was truncated while it was being opened",
+                    crate::error::short(&label)
+                )));
+            }
             return Ok(Segment {
                 inner: Arc::new(Inner {
                     map,
@@ -504,6 +518,15 @@ impl Segment {
     /// maps it either: see `pool::spare`).
     pub(crate) fn is_sole(&self) -> bool {
         self.inner.name.is_none() && Arc::strong_count(&self.inner) == 1 && Arc::weak_count(&self.inner) == 0
+    }
+
+    /// Whether the segment's file was truncated under this process's mapping
+    /// (a named segment only: memfds are sealed). The mapping then holds
+    /// private zeros, never the object again; every object's slow paths check
+    /// this and fail with their corrupt error (see `sys::sigbus`).
+    #[inline]
+    pub(crate) fn lost(&self) -> bool {
+        self.inner.map.lost()
     }
 
     /// Never true: a segment always holds at least its header.

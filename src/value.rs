@@ -109,18 +109,17 @@ impl<T: Pod> Value<T> {
 
     /// Reads the value under the lock.
     pub fn get(&self) -> Result<T, AccessError> {
-        Ok(*self.lock()?)
+        self.with_lock(|v| *v)
     }
 
     /// Writes the value under the lock.
     pub fn set(&self, v: T) -> Result<(), AccessError> {
-        *self.lock()? = v;
-        Ok(())
+        self.with_lock(|x| *x = v)
     }
 
     /// Runs `f` on the value under the lock and returns its result.
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
-        Ok(f(&mut *self.lock()?))
+        self.with_lock(f)
     }
 }
 
@@ -233,30 +232,25 @@ impl<T: Pod> Array<T> {
     /// Element `i` under the lock; [`AccessError::IndexOutOfRange`] past the end.
     pub fn get(&self, i: usize) -> Result<T, AccessError> {
         let len = self.len();
-        self.lock()?.get(i).copied().ok_or(AccessError::IndexOutOfRange { index: i, len })
+        self.with_lock(|a| a.get(i).copied())?.ok_or(AccessError::IndexOutOfRange { index: i, len })
     }
 
     /// Sets element `i` under the lock; [`AccessError::IndexOutOfRange`] past
     /// the end (nothing is written).
     pub fn set(&self, i: usize, v: T) -> Result<(), AccessError> {
         let len = self.len();
-        match self.lock()?.get_mut(i) {
-            Some(slot) => {
-                *slot = v;
-                Ok(())
-            }
-            None => Err(AccessError::IndexOutOfRange { index: i, len }),
-        }
+        let written = self.with_lock(|a| a.get_mut(i).map(|slot| *slot = v))?;
+        written.ok_or(AccessError::IndexOutOfRange { index: i, len })
     }
 
     /// A copy of all elements, taken under the lock.
     pub fn to_vec(&self) -> Result<Vec<T>, AccessError> {
-        Ok(self.lock()?.to_vec())
+        self.with_lock(|a| a.to_vec())
     }
 
     /// Runs `f` on the elements under the lock.
     pub fn update<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R, AccessError> {
-        Ok(f(&mut self.lock()?))
+        self.with_lock(f)
     }
 }
 

@@ -352,7 +352,13 @@ impl Due {
 enum Stop {
     Timeout,
     PeerGone,
+    /// The segment was truncated under us ([`LOST`]).
+    Lost,
 }
+
+/// Why every operation on a pipe whose named segment another process
+/// truncated under this one's mapping fails (see `Segment::lost`).
+const LOST: &str = "the pipe's segment was truncated by another process";
 
 /// One end of a [`Pipe`](super::Pipe): sends and receives whole messages
 /// (bytes, or `serde` values encoded with `postcard`).
@@ -813,6 +819,7 @@ impl Connection {
         waiter
             .run(&Kernel, |phase| match phase {
                 Phase::Poll => ready().map_or(Next::Wait, |t| Next::Done(Ok(t))),
+                Phase::BeforeSleep { .. } if self.seg.lost() => Next::Done(Err(Stop::Lost)),
                 Phase::BeforeSleep { slice_ended } if self.peer_is_gone(slice_ended) => Next::Done(Err(Stop::PeerGone)),
                 _ => Next::Wait,
             })
@@ -896,6 +903,10 @@ impl Connection {
             }
             Err(Stop::Timeout) => Err(SendError::Timeout),
             Err(Stop::PeerGone) => Err(SendError::Disconnected),
+            Err(Stop::Lost) => {
+                tx.broken = Some(LOST);
+                Err(SendError::Corrupt { reason: LOST })
+            }
         }
     }
 
@@ -910,6 +921,10 @@ impl Connection {
         }
         if let Some(reason) = tx.broken {
             return Err(SendError::Corrupt { reason });
+        }
+        if self.seg.lost() {
+            tx.broken = Some(LOST);
+            return Err(SendError::Corrupt { reason: LOST });
         }
         self.ensure_claimed().map_err(|e| match e {
             ClaimError::InUse(pid) => SendError::EndInUse { pid },
@@ -1072,6 +1087,7 @@ impl Connection {
         }) {
             Ok(t) => Ok(t),
             Err(Stop::Timeout) => Err(RecvError::Timeout),
+            Err(Stop::Lost) => Err(RecvError::Corrupt { reason: LOST }),
             Err(Stop::PeerGone) => {
                 // The peer's last publication happened before it closed (or
                 // died); anything it published is visible now.
@@ -1119,6 +1135,7 @@ impl Connection {
             Ok(Ok(h)) => Ok(h),
             Ok(Err(e)) => Err(e),
             Err(Stop::Timeout) => Err(RecvError::Timeout),
+            Err(Stop::Lost) => Err(RecvError::Corrupt { reason: LOST }),
             Err(Stop::PeerGone) => {
                 // What the peer wrote before it closed (or died) is visible now.
                 match ring.read_header_acquire(head) {
@@ -1138,6 +1155,9 @@ impl Connection {
     fn start_message(&self, ring: &RingView, rx: &mut RxState, deadline: &mut Due) -> Result<(), RecvError> {
         if let Some(reason) = rx.broken {
             return Err(RecvError::Corrupt { reason });
+        }
+        if self.seg.lost() {
+            return Err(Self::corrupt(rx, LOST));
         }
         if rx.pending.is_some() {
             return Ok(());
@@ -1177,6 +1197,7 @@ impl Connection {
                         rx.eof = true;
                         return Err(RecvError::Disconnected);
                     }
+                    Err(RecvError::Corrupt { reason }) => return Err(Self::corrupt(rx, reason)),
                     r => r?,
                 };
                 avail = tail.wrapping_sub(rx.head);
@@ -1363,7 +1384,8 @@ impl Connection {
             Self::data_at(ring, head, at_frame).then_some(())
         });
         match r {
-            Ok(()) | Err(Stop::PeerGone) => true,
+            // Ready: a receive would not block (it fails at once).
+            Ok(()) | Err(Stop::PeerGone) | Err(Stop::Lost) => true,
             Err(Stop::Timeout) => false,
         }
     }

@@ -40,7 +40,7 @@ macro_rules! value_error {
 }
 
 const DISCONNECTED_TX: &str = "every receiver of the queue is gone";
-const CORRUPT: &str = "the queue's shared memory holds values no valid queue can hold";
+const CORRUPT: &str = "the queue's shared memory holds values no valid queue can hold, or its segment was truncated";
 
 value_error!(
     /// Why [`Queue::try_send`](crate::Queue::try_send) did not send; the value is handed back.

@@ -1024,6 +1024,9 @@ impl Engine {
                     return step;
                 }
             }
+            if self.seg.lost() {
+                return Step::Corrupt;
+            }
             let _g = match self.busy(owned, Side::Send) {
                 Ok(g) => g,
                 Err(()) => return Step::WouldBlock,
@@ -1037,6 +1040,8 @@ impl Engine {
                 Some(_) => Step::WouldBlock,
                 None => Step::Corrupt,
             }
+        } else if self.seg.lost() {
+            Step::Corrupt
         } else {
             ring::mpmc_push(self, sys::current_pid(), optimistic, |m, slot| write(m.slot_payload(slot)))
         }
@@ -1057,6 +1062,9 @@ impl Engine {
                     return step;
                 }
             }
+            if self.seg.lost() {
+                return Step::Corrupt;
+            }
             let _g = match self.busy(owned, Side::Recv) {
                 Ok(g) => g,
                 Err(()) => return Step::WouldBlock,
@@ -1070,6 +1078,8 @@ impl Engine {
                 Some(_) => Step::WouldBlock,
                 None => Step::Corrupt,
             }
+        } else if self.seg.lost() {
+            Step::Corrupt
         } else {
             ring::mpmc_pop(self, sys::current_pid(), |m, slot| read(m.slot_payload(slot)))
         }
@@ -1077,12 +1087,18 @@ impl Engine {
 
     /// SPSC batch push: `fill(i, slot_ptr)` for up to `n` items; returns how many.
     pub(crate) fn spsc_push_batch(&self, owned: bool, n: u64, mut fill: impl FnMut(u64, *mut u8)) -> Option<u64> {
+        if self.seg.lost() {
+            return None;
+        }
         let Ok(_g) = self.busy(owned, Side::Send) else { return Some(0) };
         ring::spsc_push(self, n, |i, m, slot| fill(i, m.slot_payload(slot)))
     }
 
     /// SPSC batch pop: `take(i, slot_ptr)` for up to `n` items; returns how many.
     pub(crate) fn spsc_pop_batch(&self, owned: bool, n: u64, mut take: impl FnMut(u64, *const u8)) -> Option<u64> {
+        if self.seg.lost() {
+            return None;
+        }
         let Ok(_g) = self.busy(owned, Side::Recv) else { return Some(0) };
         ring::spsc_pop(self, n, |i, m, slot| take(i, m.slot_payload(slot)))
     }
@@ -1149,6 +1165,9 @@ impl Engine {
     /// Dead peers are looked for at most once per [`QUEUE_DEEP_EVERY`] per handle, so a
     /// `try_recv` loop also ends with `Disconnected` once every sender was killed.
     pub(crate) fn would_block(&self, side: Side, mut attempt: impl FnMut() -> Step) -> Result<(), Fail> {
+        if self.seg.lost() {
+            return Err(Fail::Corrupt);
+        }
         self.shed_inherited_once();
         if self.peers_gone(side, false) {
             return final_attempt(&mut attempt);
@@ -1204,6 +1223,9 @@ impl Engine {
                     return Next::Wait;
                 }
                 last_house = Some(now);
+                if self.seg.lost() {
+                    return Next::Done(Err(Fail::Corrupt));
+                }
                 self.housekeeping(&mut stall, now);
                 if self.peers_gone(side, false) || (self.deep_due(now) && self.peers_gone(side, true)) {
                     return Next::Done(final_attempt(&mut attempt));
@@ -1219,6 +1241,9 @@ impl Engine {
                 Next::Wait
             }
             Phase::BeforeSleep { .. } => {
+                if self.seg.lost() {
+                    return Next::Done(Err(Fail::Corrupt));
+                }
                 // Entries a parent wrote for us after our first operation
                 // (a scan of the table: small beside a futex sleep).
                 self.shed_inherited();
@@ -1234,6 +1259,9 @@ impl Engine {
                 let now = sys::monotonic_now();
                 if deadline.at().is_some_and(|d| now >= d) {
                     return Next::Done(Err(Fail::Timeout));
+                }
+                if self.seg.lost() {
+                    return Next::Done(Err(Fail::Corrupt));
                 }
                 self.housekeeping(&mut stall, now);
                 if self.deep_due(now) && self.peers_gone(side, true) {
@@ -1513,7 +1541,7 @@ impl Engine {
             // As in `spsc_sync`: due again until the indices check out.
             l.own = own.load(Ordering::Relaxed);
             l.check_at = l.own;
-            if self.spsc_refresh(l, side).is_err() {
+            if self.seg.lost() || self.spsc_refresh(l, side).is_err() {
                 return Step::Corrupt;
             }
             l.check_at = l.own.wrapping_add(SPSC_CHECK_EVERY);
@@ -1704,6 +1732,9 @@ impl Engine {
         // Due again at once unless the indices check out: a fast operation
         // must never run on an `own` whose `other` was not validated with it.
         l.check_at = l.own;
+        if self.seg.lost() {
+            return Err(Fail::Corrupt);
+        }
         self.spsc_refresh(l, side)?;
         l.check_at = l.own.wrapping_add(SPSC_CHECK_EVERY);
         Ok(())

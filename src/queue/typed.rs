@@ -382,7 +382,9 @@ impl<T> fmt::Display for TypedSendError<T> {
             TypedSendError::TooLarge { len, max, .. } => {
                 write!(f, "message of {len} bytes exceeds the queue's maximum frame size of {max} bytes")
             }
-            TypedSendError::Corrupt(_) => f.write_str("the queue's shared memory holds values no valid queue can hold"),
+            TypedSendError::Corrupt(_) => f.write_str(
+                "the queue's shared memory holds values no valid queue can hold, or its segment was truncated",
+            ),
             TypedSendError::Encode(_, e) => write!(f, "could not serialize the value: {e}"),
         }
     }
@@ -431,7 +433,9 @@ impl fmt::Display for TypedRecvError {
             TypedRecvError::Empty => f.write_str("the queue is empty"),
             TypedRecvError::Timeout => f.write_str("timed out waiting for a message"),
             TypedRecvError::Disconnected => f.write_str("the queue is empty and every sender is gone"),
-            TypedRecvError::Corrupt => f.write_str("the queue's shared memory holds values no valid queue can hold"),
+            TypedRecvError::Corrupt => f.write_str(
+                "the queue's shared memory holds values no valid queue can hold, or its segment was truncated",
+            ),
             TypedRecvError::TypeMismatch { expected, found } => write!(
                 f,
                 "the message is of another type (fingerprint {found:#018x}, this receiver expects {expected:#018x})"

@@ -73,8 +73,9 @@ unsafe impl SharedState for BarrierState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BarrierError {
-    /// The barrier is broken (by a timeout, [`Barrier::abort`], or a corrupt
-    /// count), as Python's `BrokenBarrierError`. It stays broken.
+    /// The barrier is broken (by a timeout, [`Barrier::abort`], a corrupt
+    /// count, or its named segment truncated by another process), as
+    /// Python's `BrokenBarrierError`. It stays broken.
     Broken,
     /// This waiter's timeout passed; the barrier is now broken for everyone.
     Timeout,
@@ -236,9 +237,11 @@ impl Barrier {
         }
         let index = self.parties - n;
         loop {
-            p.wait(&s.generation, g, deadline);
+            // In slices: a barrier whose segment was truncated under us
+            // (private zeros now) is never opened by anyone; it is broken.
+            p.wait(&s.generation, g, deadline.min_after(crate::wait::PEER_SLICE));
             let cur = s.generation.load(Acquire);
-            if cur & BROKEN != 0 {
+            if cur & BROKEN != 0 || self.shared.segment().lost() {
                 return Err(BarrierError::Broken);
             }
             if cur != g {

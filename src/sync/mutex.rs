@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use super::raw_mutex::{Acquired, RawLockError, RawMutex};
-use crate::error::{LockError, OpenError};
+use crate::error::{AccessError, LockError, OpenError};
 use crate::header::ObjectKind;
 use crate::object::{Builder, Object, Prefix, View};
 use crate::segment::{Handle, Segment};
@@ -42,6 +42,22 @@ pub(crate) fn map_lock<G>(r: Result<Acquired, RawLockError>, guard: impl FnOnce(
         Err(RawLockError::Unrecoverable) => Err(LockError::Unrecoverable),
         Err(RawLockError::Corrupt) => Err(LockError::Corrupt),
     }
+}
+
+/// [`map_lock`] for a lock in `seg`: a segment truncated under this process
+/// ([`Segment::lost`]: the lock and its data are private zeros now, never
+/// the object again) is [`LockError::Corrupt`], whatever the lock word said.
+pub(crate) fn map_lock_in<G>(
+    seg: &Segment,
+    r: Result<Acquired, RawLockError>,
+    guard: impl FnOnce() -> G,
+) -> Result<G, LockError<G>> {
+    let r = map_lock(r, guard);
+    if seg.lost() {
+        // A guard in `r` unlocks the (private) lock word as it drops.
+        return Err(LockError::Corrupt);
+    }
+    r
 }
 
 /// What a locked (or raw) object can hold: one `T: Pod`, or a slice `[T]` of
@@ -186,15 +202,29 @@ impl<D: ?Sized + Data> Mutex<D> {
         MutexGuard { lock: self.raw(), data: self.data, _v: PhantomData }
     }
 
+    /// Runs `f` on the data under the lock (the convenience calls of
+    /// `Value` and `Array`). If the segment was truncated under this process
+    /// meanwhile, `f` saw zeros: that is [`AccessError::Corrupt`], not `f`'s
+    /// result.
+    pub(crate) fn with_lock<R>(&self, f: impl FnOnce(&mut D) -> R) -> Result<R, AccessError> {
+        let mut g = self.lock()?;
+        let r = f(&mut g);
+        drop(g);
+        if self.seg.lost() {
+            return Err(AccessError::Corrupt);
+        }
+        Ok(r)
+    }
+
     /// Takes the lock, blocking until it is free.
     pub fn lock(&self) -> Result<MutexGuard<'_, D>, LockError<MutexGuard<'_, D>>> {
-        map_lock(self.raw().lock(Deadline::NEVER), || self.guard())
+        map_lock_in(&self.seg, self.raw().lock(Deadline::NEVER), || self.guard())
     }
 
     /// Takes the lock, giving up with [`LockError::Timeout`] after `timeout`
     /// (never earlier).
     pub fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard<'_, D>, LockError<MutexGuard<'_, D>>> {
-        map_lock(self.raw().lock(Deadline::after(Some(timeout))), || self.guard())
+        map_lock_in(&self.seg, self.raw().lock(Deadline::after(Some(timeout))), || self.guard())
     }
 
     /// Takes the lock if it is free (or its holder is dead), else [`LockError::WouldBlock`].
@@ -203,7 +233,7 @@ impl<D: ?Sized + Data> Mutex<D> {
     /// (some microseconds), so polling `try_lock` in a tight loop is slower
     /// than calling [`Mutex::lock_timeout`].
     pub fn try_lock(&self) -> Result<MutexGuard<'_, D>, LockError<MutexGuard<'_, D>>> {
-        map_lock(self.raw().try_lock(), || self.guard())
+        map_lock_in(&self.seg, self.raw().try_lock(), || self.guard())
     }
 
     /// How another process opens this object (with the builder of its kind).

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::atomic::AtomicU32;
-use super::mutex::map_lock;
+use super::mutex::map_lock_in;
 use super::raw_mutex::{Acquired, RawLockError, RawMutex};
 use super::{Os, Shared, SharedState};
 use crate::error::{LockError, OpenError};
@@ -133,7 +133,7 @@ impl ReentrantMutex {
 
     /// Takes the lock (again, if this thread holds it), blocking until it is free.
     pub fn lock(&self) -> Result<ReentrantMutexGuard<'_>, LockError<ReentrantMutexGuard<'_>>> {
-        map_lock(self.take(|| self.state().lock.lock(Deadline::NEVER)), || self.guard())
+        map_lock_in(self.segment(), self.take(|| self.state().lock.lock(Deadline::NEVER)), || self.guard())
     }
 
     /// As [`ReentrantMutex::lock`], giving up with [`LockError::Timeout`] after `timeout`.
@@ -141,12 +141,14 @@ impl ReentrantMutex {
         &self,
         timeout: Duration,
     ) -> Result<ReentrantMutexGuard<'_>, LockError<ReentrantMutexGuard<'_>>> {
-        map_lock(self.take(|| self.state().lock.lock(Deadline::after(Some(timeout)))), || self.guard())
+        map_lock_in(self.segment(), self.take(|| self.state().lock.lock(Deadline::after(Some(timeout)))), || {
+            self.guard()
+        })
     }
 
     /// Takes the lock if it is free or already held by this thread.
     pub fn try_lock(&self) -> Result<ReentrantMutexGuard<'_>, LockError<ReentrantMutexGuard<'_>>> {
-        map_lock(self.take(|| self.state().lock.try_lock()), || self.guard())
+        map_lock_in(self.segment(), self.take(|| self.state().lock.try_lock()), || self.guard())
     }
 
     /// The recursion depth if this thread holds the lock, else 0.

@@ -6,6 +6,8 @@
 //!   `CLOCK_MONOTONIC` deadlines.
 //! * [`proc`]: thread and process identity, and a pid-reuse-proof liveness check.
 //! * [`queue`]: asymmetric memory barriers (`membarrier`) for the queue's wake-ups.
+//! * [`sigbus`]: a `SIGBUS` handler that turns a named segment truncated under
+//!   its mapping into zeros and a `lost` flag instead of a dead process.
 
 pub(crate) mod fork;
 pub(crate) mod futex;
@@ -14,6 +16,7 @@ pub(crate) mod proc;
 pub(crate) mod process;
 pub(crate) mod queue;
 pub(crate) mod shm;
+pub(crate) mod sigbus;
 
 pub(crate) use fork::*;
 pub(crate) use futex::*;

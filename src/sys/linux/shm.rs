@@ -234,6 +234,8 @@ pub(crate) fn list_shm_names() -> io::Result<Vec<(String, FdInfo)>> {
 /// The mapping is `MAP_SHARED`, so stores are visible to every process that maps
 /// the same object, and it is inherited by `fork`. It is unmapped on drop.
 pub(crate) struct Mapping {
+    /// Declared first, so dropped (unregistered) before `map` is unmapped.
+    watch: Option<super::sigbus::Watch>,
     map: memmap2::MmapRaw,
 }
 
@@ -245,13 +247,24 @@ impl std::fmt::Debug for Mapping {
 
 impl Mapping {
     /// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`.
-    pub(crate) fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+    /// `watch`: the object can be truncated under us (a POSIX name, not a
+    /// sealed memfd): a fault in the mapping replaces it with zeros and marks
+    /// it [lost](Self::lost) instead of killing the process ([`super::sigbus`]).
+    pub(crate) fn map(fd: &OwnedFd, len: usize, watch: bool) -> io::Result<Mapping> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map an empty object"));
         }
         let file = File::from(dup_cloexec(fd.as_fd())?);
         let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(Mapping { map })
+        let watch = if watch { super::sigbus::watch(map.as_mut_ptr(), map.len()) } else { None };
+        Ok(Mapping { watch, map })
+    }
+
+    /// Whether the object was truncated under this mapping and the mapping
+    /// replaced with private zero pages (only for mappings made with `watch`).
+    #[inline]
+    pub(crate) fn lost(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.lost())
     }
 
     /// Base address; page aligned.

@@ -1,0 +1,271 @@
+//! A named segment truncated under its mapping by another process (anyone
+//! who may write the name can `ftruncate` it; POSIX names cannot be sealed):
+//! the process that maps it must not die of SIGBUS, its operations must fail
+//! with their corrupt error, and a blocked wait on it must end. A SIGBUS that
+//! is not about a segment must still kill the process as before.
+//!
+//! Every scenario runs in a forked child, so that a SIGBUS shows up as the
+//! child's death (signal 7), not as the test binary's.
+
+use std::fs::OpenOptions;
+use std::time::{Duration, Instant};
+
+use ipc_tests::{fork_run, unique_name, wait_pid, Ended};
+use shmproc::{
+    AccessError, Array, Barrier, BarrierError, LockError, Mutex, Pipe, Queue, RecvError, RecvTimeoutError, SendError,
+    TryRecvError, Value,
+};
+
+const T: Duration = Duration::from_secs(30);
+const SHORT: Duration = Duration::from_secs(5);
+
+/// Truncates `/dev/shm/NAME` to `len` bytes, as a hostile or careless peer would.
+fn truncate(name: &str, len: u64) {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{name}"))
+        .unwrap_or_else(|e| panic!("open /dev/shm/{name}: {e}"));
+    f.set_len(len).expect("ftruncate");
+}
+
+/// Runs `f` in a forked child and returns how it ended.
+fn in_child(f: impl FnOnce() -> i32) -> Ended {
+    wait_pid(orphan_proof(f), T)
+}
+
+/// `fork_run`, with the child killed if this test process dies first (a
+/// SIGBUS here must not leave a child blocked for ever).
+fn orphan_proof(f: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    fork_run(move || {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            return 100;
+        }
+        f()
+    })
+}
+
+/// `f` in a forked child must exit 0: not die of SIGBUS (signal 7), not fail
+/// a check (other codes).
+fn survives(what: &str, f: impl FnOnce() -> i32) {
+    let ended = in_child(f);
+    assert_eq!(
+        ended,
+        Ended::Code(0),
+        "{what}: child ended {ended:?} (signal 7 is SIGBUS; codes name the failed check)"
+    );
+}
+
+#[test]
+fn value_array_and_mutex_report_corrupt() {
+    let vn = unique_name("trunc-value");
+    let v = Value::<u64>::create(&vn, 5).unwrap();
+    let an = unique_name("trunc-array");
+    let a = Array::<u32>::create(&an, &[1; 4096]).unwrap();
+    let mn = unique_name("trunc-mutex");
+    let m = Mutex::<[u8; 64]>::create(&mn, [7; 64]).unwrap();
+    assert_eq!(v.get().unwrap(), 5);
+    truncate(&vn, 0);
+    // Only the payload's tail pages: the header and the lock word survive.
+    truncate(&an, 4096);
+    truncate(&mn, 0);
+    survives("value, array, mutex", move || {
+        if !matches!(v.get(), Err(AccessError::Corrupt)) {
+            return 1;
+        }
+        if !matches!(v.set(3), Err(AccessError::Corrupt)) {
+            return 2;
+        }
+        if !matches!(a.to_vec(), Err(AccessError::Corrupt)) {
+            return 3;
+        }
+        if !matches!(m.lock_timeout(SHORT), Err(LockError::Corrupt)) {
+            return 4;
+        }
+        if !matches!(m.try_lock(), Err(LockError::Corrupt)) {
+            return 5;
+        }
+        0
+    });
+}
+
+#[test]
+fn queue_handles_report_corrupt() {
+    let name = unique_name("trunc-queue");
+    let q = Queue::<u64>::builder().name(&name).capacity(64).create().unwrap();
+    q.send(1).unwrap();
+    let sn = unique_name("trunc-spsc");
+    let s = Queue::<u64>::builder().name(&sn).capacity(64).spsc(true).create().unwrap();
+    // Enough operations for the shared handle's biased fast path.
+    for i in 0..100 {
+        s.send(i).unwrap();
+        assert_eq!(s.recv_timeout(SHORT).unwrap(), i);
+    }
+    truncate(&name, 4096);
+    truncate(&sn, 0);
+    survives("queue", move || {
+        if !matches!(q.try_recv(), Err(TryRecvError::Corrupt)) {
+            return 1;
+        }
+        let t = Instant::now();
+        if !matches!(q.recv_timeout(SHORT), Err(RecvTimeoutError::Corrupt)) || t.elapsed() >= SHORT {
+            return 2;
+        }
+        if !matches!(q.send(2), Err(SendError::Corrupt(2))) {
+            return 3;
+        }
+        // The SPSC handle's fast path checks every 1024 operations and
+        // whenever it waits: within that bound, the sends fail.
+        let mut sent = 0;
+        let failed = loop {
+            match s.send(sent) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            if sent > 1100 {
+                return 4;
+            }
+        };
+        if !matches!(failed, SendError::Corrupt(_)) {
+            return 5;
+        }
+        if !matches!(s.recv_timeout(SHORT), Err(RecvTimeoutError::Corrupt)) {
+            return 6;
+        }
+        0
+    });
+}
+
+#[test]
+fn exclusive_endpoints_report_corrupt_within_the_check_interval() {
+    let name = unique_name("trunc-ep");
+    let q = Queue::<u64>::builder().name(&name).capacity(4096).spsc(true).create().unwrap();
+    let mut tx = q.spsc_sender().unwrap();
+    let mut rx = q.spsc_receiver().unwrap();
+    for i in 0..10 {
+        tx.send(i).unwrap();
+        assert_eq!(rx.recv().unwrap(), i);
+    }
+    truncate(&name, 0);
+    survives("exclusive endpoints", move || {
+        let mut sent = 0u64;
+        let failed = loop {
+            match tx.send(sent) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            if sent > 1100 {
+                return 1;
+            }
+        };
+        if !matches!(failed, SendError::Corrupt(_)) {
+            return 2;
+        }
+        let mut got = 0;
+        let failed = loop {
+            match rx.recv_timeout(SHORT) {
+                Ok(_) => got += 1,
+                Err(e) => break e,
+            }
+            if got > 1100 {
+                return 3;
+            }
+        };
+        if !matches!(failed, RecvTimeoutError::Corrupt) {
+            return 4;
+        }
+        0
+    });
+}
+
+#[test]
+fn a_receiver_blocked_without_timeout_wakes_with_an_error() {
+    let qn = unique_name("trunc-blockq");
+    let q = Queue::<u64>::builder().name(&qn).capacity(64).create().unwrap();
+    let pn = unique_name("trunc-blockp");
+    // End A stays here (its drop would unlink the name); the child opens B.
+    let a = Pipe::builder().name(&pn).create().unwrap();
+    let qc = q.clone();
+    let queue_child = orphan_proof(move || match qc.recv() {
+        Err(RecvError::Corrupt) => 0,
+        Err(_) => 1,
+        Ok(_) => 2,
+    });
+    let pn2 = pn.clone();
+    let pipe_child = orphan_proof(move || {
+        let Ok(b) = Pipe::builder().name(&pn2).open() else { return 3 };
+        match b.recv_bytes() {
+            Err(shmproc::pipe::RecvError::Corrupt { .. }) => 0,
+            Err(_) => 1,
+            Ok(_) => 2,
+        }
+    });
+    // Let both go to sleep on their futex first.
+    std::thread::sleep(Duration::from_millis(300));
+    truncate(&qn, 0);
+    truncate(&pn, 0);
+    assert_eq!(wait_pid(queue_child, T), Ended::Code(0), "queue receiver (signal 7 is SIGBUS)");
+    assert_eq!(wait_pid(pipe_child, T), Ended::Code(0), "pipe receiver (signal 7 is SIGBUS)");
+    drop((q, a));
+}
+
+#[test]
+fn pipe_and_barrier_report_their_errors() {
+    let pn = unique_name("trunc-pipe");
+    let a = Pipe::builder().name(&pn).create().unwrap();
+    let bn = unique_name("trunc-barrier");
+    let b = Barrier::create(&bn, 2).unwrap();
+    truncate(&pn, 0);
+    truncate(&bn, 0);
+    survives("pipe, barrier", move || {
+        if !matches!(a.send_bytes(b"hi"), Err(shmproc::pipe::SendError::Corrupt { .. })) {
+            return 1;
+        }
+        if !matches!(a.recv_bytes_timeout(SHORT), Err(shmproc::pipe::RecvError::Corrupt { .. })) {
+            return 2;
+        }
+        if !a.poll(SHORT) {
+            return 3;
+        }
+        let t = Instant::now();
+        if !matches!(b.wait(), Err(BarrierError::Broken)) || t.elapsed() >= SHORT {
+            return 4;
+        }
+        0
+    });
+}
+
+/// The handler only takes faults in watched segments: any other SIGBUS (here
+/// a truncated file of the program's own) goes to the handler that was there
+/// before (Rust's) and ends the process with SIGBUS, as without shmproc.
+#[test]
+fn other_sigbus_still_kills() {
+    let name = unique_name("trunc-other");
+    let v = Value::<u64>::create(&name, 1).unwrap();
+    let path = std::env::temp_dir().join(format!("{name}.file"));
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    file.set_len(4096).unwrap();
+    let ended = in_child(|| {
+        // The handler is installed (a named segment is mapped).
+        if v.get().is_err() {
+            return 1;
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of our own one-page file.
+        let p =
+            unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return 2;
+        }
+        file.set_len(0).unwrap();
+        // SAFETY: the page is mapped; reading past the file's end raises SIGBUS.
+        let x = unsafe { std::ptr::read_volatile(p as *const u8) };
+        i32::from(x) + 3
+    });
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(ended, Ended::Signal(libc::SIGBUS), "a fault outside any segment");
+}
