@@ -207,7 +207,7 @@ fn loom_semaphore_release_wakes_acquirers() {
         let hs: Vec<_> = (1..=2)
             .map(|id| {
                 let (s, p) = (s.clone(), world.thread(id));
-                loom::thread::spawn(move || s.acquire_with(&p, Deadline::NEVER).unwrap())
+                loom::thread::spawn(move || s.acquire_with(&p, Deadline::NEVER, None).unwrap())
             })
             .collect();
         let p = world.thread(3);
@@ -228,7 +228,7 @@ fn loom_bounded_semaphore_never_exceeds_bound() {
         let h = {
             let (s, p) = (s.clone(), world.thread(1));
             loom::thread::spawn(move || {
-                s.acquire_with(&p, Deadline::NEVER).unwrap();
+                s.acquire_with(&p, Deadline::NEVER, None).unwrap();
                 s.release_with(&p, Some(1)).is_ok()
             })
         };

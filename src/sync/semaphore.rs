@@ -184,8 +184,15 @@ impl RawSemaphore {
         false
     }
 
-    /// Takes a permit, sleeping until `deadline`.
-    pub(crate) fn acquire_with<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<(), AcquireError> {
+    /// Takes a permit, sleeping until `deadline`. `bound`: the handle's bound,
+    /// validated at open (never the shared word, which a peer could rewrite),
+    /// for the permits of dead holders given back on the way.
+    pub(crate) fn acquire_with<P: Platform>(
+        &self,
+        p: &P,
+        deadline: Deadline,
+        bound: Option<u32>,
+    ) -> Result<(), AcquireError> {
         if self.try_acquire()
             || spin_until(|| self.value.load(Relaxed) > 0 && self.try_acquire(), crate::wait::SEMAPHORE_SPINS)
         {
@@ -197,7 +204,7 @@ impl RawSemaphore {
             // wake-up went to a waiter killed before it could take it
             // (`release` wakes one sleeper; a permit must not sit in `value`
             // while the others sleep for ever). Loom models no time.
-            let owned = self.recover_dead();
+            let owned = self.recover_dead(bound);
             if owned && self.try_acquire() {
                 return Ok(());
             }
@@ -223,7 +230,7 @@ impl RawSemaphore {
     /// Returns the permits of dead owned-permit holders; whether any slot of
     /// the table is in use (so that waiters should look again later).
     #[cfg(not(loom))]
-    fn recover_dead(&self) -> bool {
+    fn recover_dead(&self, bound: Option<u32>) -> bool {
         let mut used = false;
         for slot in &self.owners {
             let w = slot.load(Acquire);
@@ -232,10 +239,9 @@ impl RawSemaphore {
             }
             used = true;
             if slot_owner_dead(w) && slot.compare_exchange(w, 0, SeqCst, Relaxed).is_ok() && w >> 60 == HELD {
-                let b = self.bound.load(Relaxed);
                 // The winner of the CAS returns the permit, once. A bounded
                 // semaphore already at its bound (hostile slot bytes) stays there.
-                let _ = self.release_with(&super::Os, (b != 0).then_some(b));
+                let _ = self.release_with(&super::Os, bound);
             }
         }
         used
@@ -243,20 +249,25 @@ impl RawSemaphore {
 
     /// Loom models no processes: the table is never used there.
     #[cfg(loom)]
-    fn recover_dead(&self) -> bool {
+    fn recover_dead(&self, _bound: Option<u32>) -> bool {
         false
     }
 
     /// Takes an owned permit: records it in a slot of the table, so that it
     /// comes back if this process dies. Returns the slot index and its word.
-    pub(crate) fn acquire_owned<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<(usize, u64), AcquireError> {
+    pub(crate) fn acquire_owned<P: Platform>(
+        &self,
+        p: &P,
+        deadline: Deadline,
+        bound: Option<u32>,
+    ) -> Result<(usize, u64), AcquireError> {
         let me = crate::sys::current_process();
         let reserved = slot_word(RESERVED, me.id, me.start_time);
         let held = slot_word(HELD, me.id, me.start_time);
         let mut slot = None;
         for pass in 0..2 {
             if pass == 1 {
-                self.recover_dead();
+                self.recover_dead(bound);
             }
             slot = self.owners.iter().position(|s| s.compare_exchange(0, reserved, SeqCst, Relaxed).is_ok());
             if slot.is_some() {
@@ -264,7 +275,7 @@ impl RawSemaphore {
             }
         }
         let i = slot.ok_or(AcquireError::TableFull)?;
-        match self.acquire_with(p, deadline) {
+        match self.acquire_with(p, deadline, bound) {
             Ok(()) => {
                 self.owners[i].store(held, SeqCst);
                 Ok((i, held))
@@ -276,13 +287,13 @@ impl RawSemaphore {
         }
     }
 
-    /// Gives back an owned permit taken by [`acquire_owned`](Self::acquire_owned).
-    pub(crate) fn release_owned<P: Platform>(&self, p: &P, slot: usize, word: u64) {
+    /// Gives back an owned permit taken by [`acquire_owned`](Self::acquire_owned)
+    /// (`bound`: as for [`acquire_with`](Self::acquire_with)).
+    pub(crate) fn release_owned<P: Platform>(&self, p: &P, slot: usize, word: u64, bound: Option<u32>) {
         // Only if the slot is still ours: a slot cleared by a recoverer (who
         // wrongly took us for dead: hostile bytes) has had its permit returned.
         if self.owners[slot].compare_exchange(word, 0, SeqCst, Relaxed).is_ok() {
-            let b = self.bound.load(Relaxed);
-            let _ = self.release_with(p, (b != 0).then_some(b));
+            let _ = self.release_with(p, bound);
         }
     }
 
@@ -367,12 +378,12 @@ macro_rules! semaphore_type {
             /// Takes a permit, blocking until one is available.
             pub fn acquire(&self) {
                 // Without a deadline the only way out is a permit.
-                let _ = self.shared.get().acquire_with(&Os, Deadline::NEVER);
+                let _ = self.shared.get().acquire_with(&Os, Deadline::NEVER, self.bound);
             }
 
             /// Takes a permit, giving up with [`AcquireError::Timeout`] after `timeout`.
             pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), AcquireError> {
-                self.shared.get().acquire_with(&Os, Deadline::after(Some(timeout)))
+                self.shared.get().acquire_with(&Os, Deadline::after(Some(timeout)), self.bound)
             }
 
             /// Takes a permit if one is available now, else [`AcquireError::WouldBlock`].
@@ -412,8 +423,8 @@ macro_rules! semaphore_type {
 
             fn guard_until(&self, deadline: Deadline) -> Result<SemaphoreGuard<'_>, AcquireError> {
                 let raw = self.shared.get();
-                let (slot, word) = raw.acquire_owned(&Os, deadline)?;
-                Ok(SemaphoreGuard { raw, slot, word })
+                let (slot, word) = raw.acquire_owned(&Os, deadline, self.bound)?;
+                Ok(SemaphoreGuard { raw, slot, word, bound: self.bound })
             }
 
             /// Returns a permit, waking one waiter.
@@ -524,11 +535,13 @@ pub struct SemaphoreGuard<'a> {
     raw: &'a RawSemaphore,
     slot: usize,
     word: u64,
+    /// The handle's bound, validated at open.
+    bound: Option<u32>,
 }
 
 impl Drop for SemaphoreGuard<'_> {
     fn drop(&mut self) {
-        self.raw.release_owned(&Os, self.slot, self.word);
+        self.raw.release_owned(&Os, self.slot, self.word, self.bound);
     }
 }
 
@@ -579,7 +592,7 @@ mod tests {
     fn regression_acquire_deadline_ignored_while_futex_wait_never_times_out() {
         let s = RawSemaphore::new(0, 0);
         let p = crate::sync::NeverTimesOut::new();
-        let r = s.acquire_with(&p, Deadline::after(Some(Duration::from_millis(20))));
+        let r = s.acquire_with(&p, Deadline::after(Some(Duration::from_millis(20))), None);
         assert_eq!(r, Err(AcquireError::Timeout));
         assert!(!p.overshot(), "acquire kept waiting long past its deadline");
     }
@@ -594,7 +607,7 @@ mod tests {
         let s2 = s.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let r = s2.acquire_with(&crate::sync::Os, Deadline::NEVER);
+            let r = s2.acquire_with(&crate::sync::Os, Deadline::NEVER, None);
             let _ = tx.send(r);
         });
         // Let the waiter go to sleep, then add a permit no one is woken for.
@@ -659,6 +672,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         s.release().unwrap();
         assert_eq!(h.join().unwrap(), Ok(()));
+    }
+
+    /// A peer that rewrites the shared `bound` word (here to 0, "unbounded")
+    /// cannot make an owned permit's return push a bounded semaphore past
+    /// the bound it was opened with: the handle's validated bound is used.
+    #[test]
+    fn owned_release_keeps_the_bound_read_at_open() {
+        let b = BoundedSemaphore::anonymous(1).unwrap();
+        let g = b.acquire_guard().unwrap();
+        assert_eq!(b.value(), 0);
+        let raw = b.shared.get();
+        // The hostile peer: a permit from nowhere, and the bound erased.
+        raw.value.store(1, Relaxed);
+        raw.bound.store(0, Relaxed);
+        drop(g);
+        assert_eq!(b.value(), 1, "the guard's permit went past the bound of 1");
+        assert_eq!(b.release(), Err(ReleaseError::AboveBound { bound: 1 }));
     }
 
     #[test]
