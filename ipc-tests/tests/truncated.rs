@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ipc_tests::{fork_run, unique_name, wait_pid, Ended};
 use shmproc::{
-    AccessError, Array, Barrier, BarrierError, LockError, Mutex, Pipe, Queue, RecvError, RecvTimeoutError, SendError,
-    TryRecvError, Value,
+    AccessError, Array, Barrier, BarrierError, Condition, LockError, Mutex, Pipe, Queue, RawValue, RecvError,
+    RecvTimeoutError, SendError, TryRecvError, Value,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -105,9 +105,17 @@ fn queue_handles_report_corrupt() {
         s.send(i).unwrap();
         assert_eq!(s.recv_timeout(SHORT).unwrap(), i);
     }
+    let fresh = unique_name("trunc-fresh");
+    let f = Queue::<u64>::builder().name(&fresh).capacity(64).create().unwrap();
     truncate(&name, 4096);
     truncate(&sn, 0);
+    truncate(&fresh, 0);
     survives("queue", move || {
+        // The very first access after the truncation faults in the middle
+        // of the send: it must not report the message sent.
+        if !matches!(f.send(9), Err(SendError::Corrupt(9))) {
+            return 7;
+        }
         if !matches!(q.try_recv(), Err(TryRecvError::Corrupt)) {
             return 1;
         }
@@ -189,23 +197,32 @@ fn a_receiver_blocked_without_timeout_wakes_with_an_error() {
     let pn = unique_name("trunc-blockp");
     // End A stays here (its drop would unlink the name); the child opens B.
     let a = Pipe::builder().name(&pn).create().unwrap();
+    // Raised by the pipe child once it holds end B (an anonymous segment).
+    let opened = RawValue::<u32>::anonymous(0).unwrap();
     let qc = q.clone();
     let queue_child = orphan_proof(move || match qc.recv() {
         Err(RecvError::Corrupt) => 0,
         Err(_) => 1,
         Ok(_) => 2,
     });
-    let pn2 = pn.clone();
+    let (pn2, flag) = (pn.clone(), opened.clone());
     let pipe_child = orphan_proof(move || {
         let Ok(b) = Pipe::builder().name(&pn2).open() else { return 3 };
+        flag.atomic().store(1, std::sync::atomic::Ordering::Release);
         match b.recv_bytes() {
             Err(shmproc::pipe::RecvError::Corrupt { .. }) => 0,
             Err(_) => 1,
             Ok(_) => 2,
         }
     });
-    // Let both go to sleep on their futex first.
-    std::thread::sleep(Duration::from_millis(300));
+    let end = Instant::now() + T;
+    while opened.atomic().load(std::sync::atomic::Ordering::Acquire) == 0 {
+        assert!(Instant::now() < end, "the pipe child never opened its end");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Most likely both sleep on their futex by now; if not, they meet the
+    // truncation at their next look instead.
+    std::thread::sleep(Duration::from_millis(200));
     truncate(&qn, 0);
     truncate(&pn, 0);
     assert_eq!(wait_pid(queue_child, T), Ended::Code(0), "queue receiver (signal 7 is SIGBUS)");
@@ -214,14 +231,24 @@ fn a_receiver_blocked_without_timeout_wakes_with_an_error() {
 }
 
 #[test]
-fn pipe_and_barrier_report_their_errors() {
+fn pipe_barrier_and_condition_report_their_errors() {
     let pn = unique_name("trunc-pipe");
     let a = Pipe::builder().name(&pn).create().unwrap();
     let bn = unique_name("trunc-barrier");
     let b = Barrier::create(&bn, 2).unwrap();
+    let b1n = unique_name("trunc-barrier1");
+    let b1 = Barrier::create(&b1n, 1).unwrap();
+    let mn = unique_name("trunc-cond-mutex");
+    let m = Mutex::<u64>::create(&mn, 0).unwrap();
+    let cond = Condition::anonymous().unwrap();
     truncate(&pn, 0);
     truncate(&bn, 0);
-    survives("pipe, barrier", move || {
+    truncate(&b1n, 0);
+    // The child truncates the mutex's file itself: this process keeps the
+    // name (a creator's last handle unlinks it as it drops).
+    let keep = m.clone();
+    survives("pipe, barrier, condition", move || {
+        // The first access after the truncation is this send's.
         if !matches!(a.send_bytes(b"hi"), Err(shmproc::pipe::SendError::Corrupt { .. })) {
             return 1;
         }
@@ -235,8 +262,20 @@ fn pipe_and_barrier_report_their_errors() {
         if !matches!(b.wait(), Err(BarrierError::Broken)) || t.elapsed() >= SHORT {
             return 4;
         }
+        // A one-party barrier opens at once: not in zero pages.
+        if !matches!(b1.wait(), Err(BarrierError::Broken)) {
+            return 5;
+        }
+        // The mutex's segment goes while a condition waits with it unlocked:
+        // the relock reports it.
+        let Ok(g) = m.lock() else { return 6 };
+        truncate(&mn, 0);
+        if !matches!(cond.wait_timeout(g, Duration::from_millis(100)), Err(LockError::Corrupt)) {
+            return 7;
+        }
         0
     });
+    drop(keep);
 }
 
 /// The handler only takes faults in watched segments: any other SIGBUS (here
@@ -268,4 +307,51 @@ fn other_sigbus_still_kills() {
     });
     std::fs::remove_file(&path).unwrap();
     assert_eq!(ended, Ended::Signal(libc::SIGBUS), "a fault outside any segment");
+}
+
+/// The truncation lands in the middle of an operation: the send checks
+/// first (nothing lost yet), then meets the truncated pages (the child cuts
+/// the file after the fork, so the parent's fork handlers did not touch it
+/// first). The send must not report the message sent.
+#[test]
+fn an_operation_cut_short_by_the_truncation_is_not_reported_done() {
+    let pn = unique_name("trunc-midway");
+    let (a, b) = Pipe::builder().name(&pn).pair().unwrap();
+    a.send_bytes(b"before").unwrap();
+    assert_eq!(b.recv_bytes().unwrap(), b"before");
+    let name = pn.clone();
+    survives("a send cut short", move || {
+        truncate(&name, 8192);
+        match a.send_bytes(&[5u8; 64 << 10]) {
+            Err(shmproc::pipe::SendError::Corrupt { .. }) => 0,
+            Ok(()) => 1,
+            Err(_) => 2,
+        }
+    });
+    drop(b);
+}
+
+/// As above for an MPMC queue: the send finds the queue whole at its first
+/// look (the header, control words and participant table survive: 256
+/// participants of 32 bytes put the slots past the first 8 KiB), then writes
+/// its slot, free by its zero stamp, into the lost part.
+#[test]
+fn a_queue_send_cut_short_is_not_reported_done() {
+    let name = unique_name("trunc-qmidway");
+    let q = Queue::<u64>::builder().name(&name).capacity(1024).max_participants(256).create().unwrap();
+    let n = name.clone();
+    let keep = q.clone();
+    survives("a queue send cut short", move || {
+        // This child's registration first (it writes the table), then the cut.
+        if q.try_recv().is_ok() {
+            return 3;
+        }
+        truncate(&n, 8192);
+        match q.send(9) {
+            Err(SendError::Corrupt(9)) => 0,
+            Ok(()) => 1,
+            Err(_) => 2,
+        }
+    });
+    drop(keep);
 }

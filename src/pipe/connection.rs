@@ -577,7 +577,8 @@ impl Connection {
             tx_state.zeroed = tail;
             tx_state.cached_head = head;
         }
-        sys::set_fork_hooks(fork_prepare, fork_parent, fork_child);
+        static HOOKS: [fn(); 3] = [fork_prepare, fork_parent, fork_child];
+        sys::set_fork_hooks(&HOOKS);
         // SAFETY: DATA_OFFSET + cap0 + cap1 + HOLDER_TABLES <= payload_len (checked
         // above); the offset is a multiple of 64 (capacities are powers of two
         // >= 64, the payload is 128-aligned); HolderTable holds only atomics.
@@ -973,7 +974,7 @@ impl Connection {
             tx.tail = end;
             self.publish_tail(ring, tx.tail);
             Self::zero_window(ring, tx);
-            return Ok(());
+            return self.sent(tx);
         }
         // A message of 1 KiB or more goes header first and is followed by
         // `tail` (its copy dwarfs a line transfer; measured: the 64 KiB
@@ -1004,10 +1005,21 @@ impl Connection {
             }
             self.publish_tail(ring, tx.tail);
             if sent == body {
-                return Ok(());
+                return self.sent(tx);
             }
             self.wait_space(ring, tx, (body - sent).min(cap / 4).max(1) + FRAME_ALIGN, &mut Due::new(None))?;
         }
+    }
+
+    /// The end of a send that published its frame: `Ok`, unless the segment
+    /// was truncated under us meanwhile (the frame went into zero pages
+    /// nobody else sees).
+    fn sent(&self, tx: &mut TxState) -> Result<(), SendError> {
+        if self.seg.lost() {
+            tx.broken = Some(LOST);
+            return Err(SendError::Corrupt { reason: LOST });
+        }
+        Ok(())
     }
 
     /// Sends `data` as one message. Blocks while the ring is full; a message
@@ -1304,6 +1316,10 @@ impl Connection {
         let mut rx = lock(&self.rx_state);
         self.start_message(ring, &mut rx, &mut due)?;
         self.fill(ring, &mut rx, &mut due, &mut Sink::Own)?;
+        // Read from zero pages if the segment was truncated under us.
+        if self.seg.lost() {
+            return Err(Self::corrupt(&mut rx, LOST));
+        }
         Ok(rx.pending.take().map(|p| p.buf).unwrap_or_default())
     }
 
@@ -1323,6 +1339,8 @@ impl Connection {
             buf[..have].copy_from_slice(&p.buf);
         }
         match self.fill(ring, &mut rx, &mut due, &mut Sink::Slice(buf)) {
+            // Read from zero pages if the segment was truncated under us.
+            Ok(()) if self.seg.lost() => Err(Self::corrupt(&mut rx, LOST)),
             Ok(()) => {
                 rx.pending = None;
                 Ok(len)

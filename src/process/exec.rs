@@ -20,7 +20,7 @@
 use std::io;
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use super::child::{self, Trampoline};
@@ -70,8 +70,19 @@ pub(crate) const INIT_NOT_FIRST: &str = "a copy of this binary re-executed by sh
 /// Whether this process was re-executed by shmproc (it has a gate variable),
 /// read once: `init()` removes the variable when it takes it.
 pub(crate) fn reexecuted() -> bool {
-    static REEXEC: OnceLock<bool> = OnceLock::new();
-    *REEXEC.get_or_init(|| std::env::var_os(SPAWN_ENV).is_some() || std::env::var_os(SERVER_ENV).is_some())
+    // 0: not read yet; 1: no; 2: yes. Not a `OnceLock`: a `fork` while
+    // another thread initialised it would leave the child waiting for ever
+    // (a race here only reads the environment twice, to the same answer).
+    static REEXEC: AtomicU8 = AtomicU8::new(0);
+    match REEXEC.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = std::env::var_os(SPAWN_ENV).is_some() || std::env::var_os(SERVER_ENV).is_some();
+            REEXEC.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
 }
 
 /// Called by shmproc's entry points (creating or opening any object,

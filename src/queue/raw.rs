@@ -1031,7 +1031,7 @@ impl Engine {
                 Ok(g) => g,
                 Err(()) => return Step::WouldBlock,
             };
-            match ring::spsc_push(self, 1, |_, m, slot| {
+            let step = match ring::spsc_push(self, 1, |_, m, slot| {
                 if let Some(f) = w.take() {
                     f(m.slot_payload(slot))
                 }
@@ -1039,11 +1039,14 @@ impl Engine {
                 Some(1) => Step::Done,
                 Some(_) => Step::WouldBlock,
                 None => Step::Corrupt,
-            }
+            };
+            self.unless_lost(step)
         } else if self.seg.lost() {
             Step::Corrupt
         } else {
-            ring::mpmc_push(self, sys::current_pid(), optimistic, |m, slot| write(m.slot_payload(slot)))
+            self.unless_lost(ring::mpmc_push(self, sys::current_pid(), optimistic, |m, slot| {
+                write(m.slot_payload(slot))
+            }))
         }
     }
 
@@ -1069,7 +1072,7 @@ impl Engine {
                 Ok(g) => g,
                 Err(()) => return Step::WouldBlock,
             };
-            match ring::spsc_pop(self, 1, |_, m, slot| {
+            let step = match ring::spsc_pop(self, 1, |_, m, slot| {
                 if let Some(f) = r.take() {
                     f(m.slot_payload(slot))
                 }
@@ -1077,11 +1080,23 @@ impl Engine {
                 Some(1) => Step::Done,
                 Some(_) => Step::WouldBlock,
                 None => Step::Corrupt,
-            }
+            };
+            self.unless_lost(step)
         } else if self.seg.lost() {
             Step::Corrupt
         } else {
-            ring::mpmc_pop(self, sys::current_pid(), |m, slot| read(m.slot_payload(slot)))
+            self.unless_lost(ring::mpmc_pop(self, sys::current_pid(), |m, slot| read(m.slot_payload(slot))))
+        }
+    }
+
+    /// A finished step, unless the segment was truncated under us while it
+    /// ran (it then moved a message through zero pages nobody else sees).
+    #[inline]
+    fn unless_lost(&self, step: Step) -> Step {
+        if matches!(step, Step::Done) && self.seg.lost() {
+            Step::Corrupt
+        } else {
+            step
         }
     }
 
@@ -1091,7 +1106,7 @@ impl Engine {
             return None;
         }
         let Ok(_g) = self.busy(owned, Side::Send) else { return Some(0) };
-        ring::spsc_push(self, n, |i, m, slot| fill(i, m.slot_payload(slot)))
+        ring::spsc_push(self, n, |i, m, slot| fill(i, m.slot_payload(slot))).filter(|_| !self.seg.lost())
     }
 
     /// SPSC batch pop: `take(i, slot_ptr)` for up to `n` items; returns how many.
@@ -1100,7 +1115,7 @@ impl Engine {
             return None;
         }
         let Ok(_g) = self.busy(owned, Side::Recv) else { return Some(0) };
-        ring::spsc_pop(self, n, |i, m, slot| take(i, m.slot_payload(slot)))
+        ring::spsc_pop(self, n, |i, m, slot| take(i, m.slot_payload(slot))).filter(|_| !self.seg.lost())
     }
 
     /// Whether a send must fail at once: the hint says no receiver is left and

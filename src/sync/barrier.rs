@@ -214,8 +214,9 @@ impl Barrier {
 
     fn wait_until<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<BarrierWaitResult, BarrierError> {
         let s = self.shared.get();
+        let lost = || self.shared.segment().lost();
         let g = s.generation.load(Acquire);
-        if g & BROKEN != 0 {
+        if g & BROKEN != 0 || lost() {
             return Err(BarrierError::Broken);
         }
         let n = s.arrived.fetch_add(1, AcqRel).wrapping_add(1);
@@ -228,6 +229,9 @@ impl Barrier {
             s.arrived.store(0, Relaxed);
             let next = (g + 1) & GEN_MASK;
             return match s.generation.compare_exchange(g, next, AcqRel, Acquire) {
+                // Opened in zero pages nobody else sees: the segment was
+                // truncated under us while we arrived.
+                Ok(_) if lost() => Err(BarrierError::Broken),
                 Ok(_) => {
                     p.wake(&s.generation, i32::MAX as u32);
                     Ok(BarrierWaitResult { index: 0 })
@@ -241,7 +245,7 @@ impl Barrier {
             // (private zeros now) is never opened by anyone; it is broken.
             p.wait(&s.generation, g, deadline.min_after(crate::wait::PEER_SLICE));
             let cur = s.generation.load(Acquire);
-            if cur & BROKEN != 0 || self.shared.segment().lost() {
+            if cur & BROKEN != 0 || lost() {
                 return Err(BarrierError::Broken);
             }
             if cur != g {

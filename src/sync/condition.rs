@@ -143,7 +143,13 @@ impl Condition {
         };
         s.waiters.fetch_sub(1, Relaxed);
         let timed_out = r == Wait::TimedOut && deadline.expired();
-        match lock.lock(Deadline::NEVER) {
+        let relocked = lock.lock(Deadline::NEVER);
+        if relocked.is_ok() && (guard.seg.lost() || self.shared.segment().lost()) {
+            // The mutex's or the condition's segment was truncated under us:
+            // the guard (dropped here) unlocks the private zeros.
+            return Err(LockError::Corrupt);
+        }
+        match relocked {
             Ok(Acquired::Clean) => Ok((guard, timed_out)),
             Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(guard)),
             Err(e) => {

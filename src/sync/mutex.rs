@@ -199,7 +199,7 @@ impl<D: ?Sized + Data> Mutex<D> {
     }
 
     fn guard(&self) -> MutexGuard<'_, D> {
-        MutexGuard { lock: self.raw(), data: self.data, _v: PhantomData }
+        MutexGuard { lock: self.raw(), seg: &self.seg, data: self.data, _v: PhantomData }
     }
 
     /// Runs `f` on the data under the lock (the convenience calls of
@@ -289,6 +289,8 @@ unsafe impl<T: ?Sized + Send> Sync for Mutex<T> {}
 /// would declare the lock orphaned if that thread exited while another held it.
 pub struct MutexGuard<'a, T: ?Sized> {
     pub(crate) lock: &'a RawMutex,
+    /// The mutex's segment (a condition's relock checks it for a truncation).
+    pub(crate) seg: &'a Segment,
     data: NonNull<T>,
     _v: PhantomData<&'a mut T>,
 }

@@ -17,12 +17,11 @@
 //! own state for the processes it starts.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 static FORKS: AtomicU64 = AtomicU64::new(0);
-static ATFORK: Once = Once::new();
+static ATFORK: ForkSafeOnce = ForkSafeOnce::new();
 /// Hands out the thread serials of [`thread_fork_stamp`] (0 = not yet given).
 static THREAD_SERIALS: AtomicU32 = AtomicU32::new(0);
 
@@ -32,14 +31,85 @@ thread_local! {
     static THREAD_FORKS: (Cell<u32>, Cell<u32>) = const { (Cell::new(0), Cell::new(0)) };
 }
 
-/// Fork hooks of the pipe's holder count (`pipe::connection`): prepare, parent, child.
-/// Set once; run by the handlers below after their own work.
-static HOOKS: std::sync::OnceLock<[fn(); 3]> = std::sync::OnceLock::new();
+/// Fork hooks of the pipe's holder count (`pipe::connection`): prepare,
+/// parent, child; null until set. Run by the handlers below after their own
+/// work. A pointer, not a `OnceLock`: nothing here can be left locked by a
+/// thread that a `fork` did not copy.
+static HOOKS: AtomicPtr<[fn(); 3]> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Installs the pipe's fork hooks (once; later calls are ignored).
-pub(crate) fn set_fork_hooks(prepare: fn(), parent: fn(), child: fn()) {
-    let _ = HOOKS.set([prepare, parent, child]);
+/// Installs the pipe's fork hooks (the first set wins; later calls are ignored).
+pub(crate) fn set_fork_hooks(hooks: &'static [fn(); 3]) {
+    let _ = HOOKS.compare_exchange(
+        std::ptr::null_mut(),
+        hooks as *const [fn(); 3] as *mut [fn(); 3],
+        Ordering::Release,
+        Ordering::Relaxed,
+    );
     watch_forks();
+}
+
+/// The hooks, once set (async-signal-safe: one atomic load).
+fn hooks() -> Option<&'static [fn(); 3]> {
+    // SAFETY: HOOKS is null or was set from a `&'static [fn(); 3]`.
+    unsafe { HOOKS.load(Ordering::Acquire).as_ref() }
+}
+
+/// A `std::sync::Once` that a `fork` cannot wedge. If a process forks while
+/// another of its threads runs a `Once`'s closure, the child inherits the
+/// `Once` marked running with no thread to finish it, and its first call
+/// waits for ever. Here the state records the pid of the process running
+/// the closure: a caller in another process (a child forked meanwhile)
+/// takes over and runs it itself. So the closure may run again in a forked
+/// child, and must be safe to repeat there.
+pub(crate) struct ForkSafeOnce(AtomicU64);
+
+/// [`ForkSafeOnce`] state: done (any process).
+const ONCE_DONE: u64 = u64::MAX;
+
+impl ForkSafeOnce {
+    pub(crate) const fn new() -> ForkSafeOnce {
+        ForkSafeOnce(AtomicU64::new(0))
+    }
+
+    /// Whether the closure has run to the end (here or before a fork).
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ONCE_DONE
+    }
+
+    /// Marks it done without running anything (a fork handler that knows
+    /// the closure ran before the fork).
+    pub(crate) fn mark_done(&self) {
+        self.0.store(ONCE_DONE, Ordering::Release);
+    }
+
+    /// Runs `f` unless it has run: at most once per process, waiting while
+    /// another thread of this process runs it.
+    pub(crate) fn call_once(&self, f: impl FnOnce()) {
+        if self.is_done() {
+            return;
+        }
+        let me = u64::from(rustix::process::getpid().as_raw_nonzero().get().unsigned_abs());
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            if cur == ONCE_DONE {
+                return;
+            }
+            if cur == me {
+                // Another thread of ours runs it.
+                std::thread::yield_now();
+                cur = self.0.load(Ordering::Acquire);
+                continue;
+            }
+            // Not started, or started by a process we were forked from.
+            match self.0.compare_exchange(cur, me, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        f();
+        self.0.store(ONCE_DONE, Ordering::Release);
+    }
 }
 
 extern "C" fn before_fork() {
@@ -47,20 +117,23 @@ extern "C" fn before_fork() {
     // Runs in the forking thread. `try_with`: never panic in a fork handler
     // (a thread being torn down has no locals left to count in).
     let _ = THREAD_FORKS.try_with(|(_, forks)| forks.set(forks.get().wrapping_add(1)));
-    if let Some(h) = HOOKS.get() {
+    if let Some(h) = hooks() {
         h[0]();
     }
 }
 
 extern "C" fn after_fork_in_parent() {
-    if let Some(h) = HOOKS.get() {
+    if let Some(h) = hooks() {
         h[1]();
     }
 }
 
 extern "C" fn after_fork_in_child() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
-    if let Some(h) = HOOKS.get() {
+    // The handlers run, so they were registered: done here, even if the
+    // registering thread (not copied) had not yet said so.
+    ATFORK.mark_done();
+    if let Some(h) = hooks() {
         h[2]();
     }
 }
@@ -161,6 +234,37 @@ pub(crate) fn forked_since(stamp: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `ForkSafeOnce` left "running" by a process we were forked from (its
+    /// pid in the state, no thread here to finish) is taken over and run
+    /// here, where a `std::sync::Once` would wait for ever; one running in
+    /// this process is waited for, then not run again.
+    #[test]
+    fn fork_safe_once_takes_over_a_run_left_by_another_process() {
+        let o = ForkSafeOnce::new();
+        // As a child inherits it: "running" in the parent (some other pid).
+        let other = u64::from(std::process::id()) + 1;
+        o.0.store(other, Ordering::Relaxed);
+        let mut ran = 0;
+        o.call_once(|| ran += 1);
+        assert_eq!(ran, 1, "not taken over");
+        assert!(o.is_done());
+        o.call_once(|| ran += 1);
+        assert_eq!(ran, 1, "ran twice in one process");
+
+        // Running in this process (another thread): waited for.
+        let o = std::sync::Arc::new(ForkSafeOnce::new());
+        o.0.store(u64::from(std::process::id()), Ordering::Relaxed);
+        let o2 = o.clone();
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            o2.mark_done();
+        });
+        let t = std::time::Instant::now();
+        o.call_once(|| panic!("run again while this process's own run was in progress"));
+        assert!(t.elapsed() >= std::time::Duration::from_millis(40), "did not wait for the running thread");
+        finisher.join().unwrap();
+    }
 
     #[test]
     fn a_forked_child_sees_a_new_generation_and_the_fork_counted() {

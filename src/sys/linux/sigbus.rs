@@ -28,9 +28,12 @@
 //! length. `sigaction` has no rustix wrapper, so it goes through libc; the
 //! remap is rustix's raw `mmap` system call (no `errno`, nothing that locks).
 
+use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
 use std::os::raw::{c_int, c_void};
-use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use super::fork::ForkSafeOnce;
 
 /// Entries per chunk of the registry.
 const CHUNK: usize = 64;
@@ -70,9 +73,35 @@ impl Chunk {
 /// The registry's first chunk; later ones are leaked boxes linked from it.
 static FIRST: Chunk = Chunk::new();
 
-/// The `SIGBUS` action found when ours was installed (`None`: ours could not
-/// be installed). Written once, before the handler can run.
-static PREVIOUS: OnceLock<Option<libc::sigaction>> = OnceLock::new();
+/// The handler's installation: once per process, and never wedged by a
+/// `fork` during another thread's installation ([`ForkSafeOnce`]).
+static INSTALL: ForkSafeOnce = ForkSafeOnce::new();
+/// Whether it succeeded.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The `SIGBUS` action found before ours was installed: written once, then
+/// `ready` raised (release), all before our handler is installed.
+struct Previous {
+    ready: AtomicBool,
+    action: UnsafeCell<MaybeUninit<libc::sigaction>>,
+}
+
+// SAFETY: `action` is written once, by the one thread running `INSTALL`'s
+// closure, before `ready` is raised with release ordering; it is read only
+// after `ready` is seen raised with acquire ordering, and never written again
+// (a forked child that repeats the installation finds our handler in place
+// and leaves `action` alone).
+unsafe impl Sync for Previous {}
+
+static PREVIOUS: Previous = Previous { ready: AtomicBool::new(false), action: UnsafeCell::new(MaybeUninit::uninit()) };
+
+impl Previous {
+    /// The previous action, once recorded (async-signal-safe).
+    fn get(&self) -> Option<&libc::sigaction> {
+        // SAFETY: see the `Sync` impl: written once before `ready` was raised.
+        self.ready.load(Ordering::Acquire).then(|| unsafe { (*self.action.get()).assume_init_ref() })
+    }
+}
 
 /// A registered mapping: the handler replaces it with zeros instead of
 /// letting a fault in it kill the process. Unregistered on drop, which must
@@ -92,7 +121,11 @@ impl Watch {
     /// object behind it is gone for this process (its file was truncated).
     #[inline]
     pub(crate) fn lost(&self) -> bool {
-        self.entry.lost.load(Ordering::Relaxed)
+        // The handler ran on this thread inside an ordinary access the
+        // compiler knows nothing of: keep this load after every access
+        // written before it.
+        compiler_fence(Ordering::SeqCst);
+        self.entry.lost.load(Ordering::Acquire)
     }
 }
 
@@ -131,16 +164,17 @@ pub(crate) fn watch(start: *mut u8, len: usize) -> Option<Watch> {
         let mut last = &FIRST;
         for c in chunks() {
             for e in &c.entries {
-                let s = e.seq.load(Ordering::Relaxed);
+                // Free: even and empty as of `s` (acquire: the `start` a
+                // writer stored before its release of `s` is what we read).
+                // The CAS succeeds only if no writer has moved `seq` since,
+                // so the entry is still free, and now ours (odd).
+                let s = e.seq.load(Ordering::Acquire);
                 if s & 1 == 0
                     && e.start.load(Ordering::Relaxed) == 0
                     && e.seq.compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
                 {
-                    if e.start.load(Ordering::Relaxed) != 0 {
-                        // Claimed and filled between our two reads: not free.
-                        e.seq.store(s, Ordering::Relaxed);
-                        continue;
-                    }
+                    // The odd `seq` is visible before anything written next.
+                    fence(Ordering::Release);
                     e.len.store(len, Ordering::Relaxed);
                     e.lost.store(false, Ordering::Relaxed);
                     e.start.store(start as usize, Ordering::Relaxed);
@@ -162,28 +196,36 @@ pub(crate) fn watch(start: *mut u8, len: usize) -> Option<Watch> {
 
 /// Installs the handler once; whether it is in place.
 fn installed() -> bool {
-    PREVIOUS
-        .get_or_init(|| {
-            // SAFETY: plain `sigaction` calls on zeroed structs; `on_sigbus`
-            // has the `SA_SIGINFO` signature. The previous action is stored
-            // (by `get_or_init`) before any fault can reach a watched mapping,
-            // since nothing is watched until this returns.
-            unsafe {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
-                    return None;
-                }
-                let mut new: libc::sigaction = std::mem::zeroed();
-                new.sa_sigaction = on_sigbus as *const () as usize;
-                new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-                libc::sigemptyset(&mut new.sa_mask);
-                if libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut()) != 0 {
-                    return None;
-                }
-                Some(old)
-            }
-        })
-        .is_some()
+    INSTALL.call_once(|| INSTALLED.store(install(), Ordering::Release));
+    INSTALLED.load(Ordering::Acquire)
+}
+
+/// Records the current `SIGBUS` action, then installs ours (run by one
+/// thread per process, see `INSTALL`).
+fn install() -> bool {
+    let ours = on_sigbus as *const () as usize;
+    // SAFETY: plain `sigaction` calls on zeroed structs; `on_sigbus` has the
+    // `SA_SIGINFO` signature. `PREVIOUS.action` is written only here, by the
+    // one thread running `INSTALL`'s closure, before `ready` is raised and
+    // before our handler (its only other reader) is installed.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
+            return false;
+        }
+        if old.sa_sigaction == ours {
+            // Installed by the process we were forked from, whose thread
+            // had not finished: `PREVIOUS` was recorded before that.
+            return true;
+        }
+        (*PREVIOUS.action.get()).write(old);
+        PREVIOUS.ready.store(true, Ordering::Release);
+        let mut new: libc::sigaction = std::mem::zeroed();
+        new.sa_sigaction = ours;
+        new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut new.sa_mask);
+        libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut()) == 0
+    }
 }
 
 /// The watched mapping holding `addr`, if any (async-signal-safe).
@@ -214,6 +256,9 @@ extern "C" fn on_sigbus(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     if code > 0 {
         if let Some((e, start, len)) = find(addr) {
+            // Before the zeros appear: a thread that sees them and then
+            // checks `lost` sees it set.
+            e.lost.store(true, Ordering::SeqCst);
             // SAFETY: `start..start + len` is a live mapping of this process
             // (the entry is registered until its `Segment` unmaps it, and the
             // faulting thread is using it); replacing it with private zero
@@ -227,7 +272,6 @@ extern "C" fn on_sigbus(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void
                 )
             };
             if r.is_ok() {
-                e.lost.store(true, Ordering::Relaxed);
                 return;
             }
         }
@@ -235,27 +279,28 @@ extern "C" fn on_sigbus(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void
     chain(sig, info, ctx, code);
 }
 
-/// Hands a `SIGBUS` that is not ours to the action that was there before.
+/// Hands a `SIGBUS` that is not ours to the action that was there before
+/// (its `sa_mask` and `SA_RESETHAND` are not applied).
 fn chain(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void, code: c_int) {
-    let Some(Some(old)) = PREVIOUS.get() else { return };
-    let h = old.sa_sigaction;
+    let h = PREVIOUS.get().map_or(libc::SIG_DFL, |old| old.sa_sigaction);
     if h == libc::SIG_IGN && code <= 0 {
         // A sent SIGBUS the program ignores.
         return;
     }
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
-        // SAFETY: `signal` is async-signal-safe. A fault repeats on return
-        // and now kills the process (the kernel does the same for a fault
-        // whose signal is ignored); a sent signal is raised again, pending
-        // until this handler returns.
+        // SAFETY: `signal` and `raise` are async-signal-safe. SIGBUS is
+        // blocked while this handler runs: the raised one is delivered, under
+        // the default action, as it returns, and kills the process (the
+        // kernel does the same for a fault whose signal is ignored). Raised
+        // even for a fault, which would repeat, since an asynchronous one
+        // (BUS_MCEERR_AO) would not.
         unsafe {
             libc::signal(libc::SIGBUS, libc::SIG_DFL);
-            if code <= 0 {
-                libc::raise(libc::SIGBUS);
-            }
+            libc::raise(libc::SIGBUS);
         }
         return;
     }
+    let Some(old) = PREVIOUS.get() else { return };
     if old.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous action was installed with SA_SIGINFO, so
         // `sa_sigaction` is a handler of this signature.
