@@ -13,6 +13,8 @@
 //!   total size against the real size, payload offset and bounds; see
 //!   `SAFETY.md`) but without a kind or type to match, and says what it found.
 //!   The bytes are untrusted input: a corrupt header is an `Err`, never a panic.
+//! * [`pending_creator`]: recognises the temporary name a named object is
+//!   built under (and whose process builds it).
 //! * [`process_alive`] and [`process_start_ticks`]: whether a segment's
 //!   creator may still run. A header records only the creator's pid, so a tool
 //!   compares the start time of the process that has that pid now with the
@@ -50,6 +52,25 @@ pub fn list_shm() -> io::Result<Vec<ShmEntry>> {
         .into_iter()
         .map(|(name, i)| ShmEntry { name, size: i.size, uid: i.uid, mode: i.mode })
         .collect())
+}
+
+/// For the temporary name a named object is built under before it is
+/// renamed into place (`.NAME~PID-RANDOM`, see `SAFETY.md`): the pid of the
+/// process building it and the name it will get (`NAME` cut to 200 bytes).
+/// `None` for every other name.
+///
+/// ```
+/// use shmproc::inspect::pending_creator;
+/// assert_eq!(pending_creator(".jobs~4242-00000000deadbeef"), Some((4242, "jobs")));
+/// assert_eq!(pending_creator("jobs"), None);
+/// ```
+pub fn pending_creator(file_name: &str) -> Option<(u32, &str)> {
+    let rest = file_name.strip_prefix('.')?;
+    let (name, tail) = rest.rsplit_once('~')?;
+    let (pid, random) = tail.split_once('-')?;
+    let hex = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
+    let pid = pid.parse::<u32>().ok().filter(|&p| p > 0 && pid.bytes().all(|b| b.is_ascii_digit()))?;
+    (hex && !name.is_empty()).then_some((pid, name))
 }
 
 /// What a segment's header says, read without expecting a kind or a type.

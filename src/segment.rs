@@ -2,21 +2,27 @@
 //! each starting with a validated [header](crate::header).
 //!
 //! ## Creation protocol
-//! 1. The creator makes the object with `O_CREAT | O_EXCL` (mode 0600 unless told
-//!    otherwise), sizes it with `ftruncate` (the kernel zero-fills), reserves every
-//!    page with `fallocate` (a full tmpfs is [`OpenError::NoSpace`] here, never a
-//!    SIGBUS later), and maps it.
+//! 1. The creator makes the object under a temporary name (`.NAME~PID-RANDOM`)
+//!    with `O_CREAT | O_EXCL` (mode 0600 unless told otherwise), sizes it with
+//!    `ftruncate` (the kernel zero-fills), reserves every page with `fallocate`
+//!    (a full tmpfs is [`OpenError::NoSpace`] here, never a SIGBUS later), and
+//!    maps it.
 //! 2. It writes every header field and initialises the payload in place.
-//! 3. It publishes `init_state = READY` last, with release ordering.
+//! 3. It publishes `init_state = READY` with release ordering, then renames the
+//!    temporary name to NAME, failing if NAME exists (`RENAME_NOREPLACE`): the
+//!    name appears complete and ready, or not at all. A creator killed before
+//!    leaves only the temporary name (`shmproc gc` removes it).
 //!
 //! An opener maps the object, waits (polling, up to the open timeout) for
-//! `READY` with acquire ordering, and then validates every header field against
-//! the real size of the object and against what it expects to find. Anything
-//! inconsistent is an [`OpenError`], never an out-of-bounds access.
+//! `READY` with acquire ordering (only a name made some other way can lack
+//! it), and then validates every header field against the real size of the
+//! object and against what it expects to find. Anything inconsistent is an
+//! [`OpenError`], never an out-of-bounds access.
 //!
 //! `open_or_create` tries `create` first and falls back to `open` on `EEXIST`;
 //! if the object vanishes between the two (its creator unlinked it), it tries
-//! again, so two racing processes end with one object, initialised once.
+//! again, so two racing processes end with one object (each may have built
+//! one; the loser's is discarded unseen).
 
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -237,6 +243,33 @@ fn payload_offset_for(align: usize) -> usize {
     align_up(HEADER_SIZE, align.max(8))
 }
 
+/// The temporary name a named object is built under: `/.` + (up to 200
+/// bytes of) its name + `~PID-RANDOM`. User names never start with '.' nor
+/// contain '~', so it can clash with none of them; `shmproc gc` recognises
+/// it ([`crate::inspect::pending_creator`]).
+fn temp_name(posix: &str, pid: u32) -> String {
+    let bare = &posix[1..];
+    // Validated names are ASCII: any byte index is a char boundary.
+    let head = &bare[..bare.len().min(200)];
+    let r = getrandom::u64().unwrap_or_else(|_| sys::monotonic_now().as_nanos() as u64);
+    format!("/.{head}~{pid}-{r:016x}")
+}
+
+/// A named object under construction: its temporary name is unlinked on
+/// drop unless it was published (renamed into place).
+struct Pending {
+    temp: String,
+    published: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = sys::shm_unlink(&self.temp);
+        }
+    }
+}
+
 impl Segment {
     /// Creates a segment holding an object of `spec.kind`, runs `init` on the
     /// zero-filled payload, then publishes it. `payload_align` must be a power of
@@ -259,38 +292,35 @@ impl Segment {
             .filter(|&t| t <= isize::MAX as usize)
             .ok_or_else(|| OpenError::invalid(format!("payload of {payload_size} bytes is too large")))?;
         let pid = sys::current_pid();
-        let (fd, name) = match &opts.name {
+        // A named object is built under a temporary name and renamed into
+        // place once ready: its name never shows a half-built segment, and a
+        // creator killed on the way leaves only the temporary name (which
+        // `shmproc gc` removes), never a name that cannot be opened or created.
+        let (fd, name, mut pending) = match &opts.name {
             Some(n) => {
                 let posix = validate_name(n)?;
-                let fd = sys::shm_create(&posix, opts.mode).map_err(|e| map_os(e, &posix))?;
-                if let Err(e) = sys::set_len(fd.as_fd(), total as u64) {
-                    let _ = sys::shm_unlink(&posix);
-                    return Err(map_os(e, &posix));
+                // Early and not authoritative (the rename is): no work for a
+                // name that is taken.
+                if sys::shm_exists(&posix) {
+                    return Err(OpenError::AlreadyExists { name: posix });
                 }
-                (fd, Some(posix))
+                let temp = temp_name(&posix, pid);
+                let fd = sys::shm_create(&temp, opts.mode).map_err(|e| map_os(e, &posix))?;
+                let pending = Pending { temp, published: false };
+                sys::set_len(fd.as_fd(), total as u64).map_err(|e| map_os(e, &posix))?;
+                (fd, Some(posix), Some(pending))
             }
-            None => (sys::memfd_sealed("shmproc", total as u64)?, None),
+            None => (sys::memfd_sealed("shmproc", total as u64)?, None, None),
         };
         // Reserve every page now, before the header is written: a tmpfs without
         // room fails here with a precise error instead of SIGBUS on first touch.
         if let Err(e) = sys::reserve(fd.as_fd(), total as u64) {
-            if let Some(n) = &name {
-                let _ = sys::shm_unlink(n);
-            }
             return Err(match e {
                 sys::ReserveError::NoSpace { available } => OpenError::NoSpace { requested: total as u64, available },
                 sys::ReserveError::Os(e) => OpenError::Os(e),
             });
         }
-        let map = match sys::Mapping::map(&fd, total, name.is_some()) {
-            Ok(m) => m,
-            Err(e) => {
-                if let Some(n) = &name {
-                    let _ = sys::shm_unlink(n);
-                }
-                return Err(OpenError::Os(e));
-            }
-        };
+        let map = sys::Mapping::map(&fd, total, name.is_some()).map_err(OpenError::Os)?;
         let base = map.ptr();
         let hdr = header::encode_header(kind, &ty, pid, total as u64, offset as u64, payload_size as u64);
         // SAFETY: the mapping is `total >= HEADER_SIZE` bytes long, page aligned,
@@ -307,12 +337,19 @@ impl Segment {
         let h = unsafe { &*(base.as_ptr() as *const Header) };
         h.init_state.store(READY, Ordering::Release);
         if map.lost() {
-            let n = name.as_deref().unwrap_or("segment");
-            let _ = name.as_ref().map(|n| sys::shm_unlink_if_same(n, fd.as_fd()));
             return Err(OpenError::corrupt(format!(
                 "{} was truncated by another process while it was being created",
-                crate::error::short(n)
+                crate::error::short(name.as_deref().unwrap_or("segment"))
             )));
+        }
+        if let (Some(p), Some(posix)) = (&mut pending, &name) {
+            match sys::shm_publish(&p.temp, posix) {
+                Ok(()) => p.published = true,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    return Err(OpenError::AlreadyExists { name: posix.clone() })
+                }
+                Err(e) => return Err(map_os(e, posix)),
+            }
         }
         let info = HeaderInfo { kind, creator_pid: pid, payload_offset: offset, payload_size, ty };
         Ok(Segment {

@@ -23,13 +23,19 @@
 //!   `/proc/*/fd`, compared by device and inode), since a forked child may go on
 //!   using a segment after its creator has exited;
 //! * the name still refers to the same inode just before `unlink`.
+//!
+//! A named object is built under a temporary name (`.NAME~PID-RANDOM`) and
+//! renamed into place once ready; a builder killed on the way leaves that
+//! name. `gc` removes it under the same rules, with the pid in the name as
+//! the creator (the header may not have been written), and matches
+//! `--prefix` against `NAME`.
 
 use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 
 use rustix::fs::{Mode, OFlags};
-use shmproc::inspect::{header_summary, process_alive, process_start_ticks, HeaderSummary, SHM_DIR};
+use shmproc::inspect::{header_summary, pending_creator, process_alive, process_start_ticks, HeaderSummary, SHM_DIR};
 const HEADER_SIZE: usize = shmproc::header::HEADER_SIZE;
 
 /// What one `/dev/shm` entry is.
@@ -69,8 +75,19 @@ impl Entry {
     }
 }
 
-/// Reads and classifies one entry of `/dev/shm`.
+/// Reads and classifies one entry of `/dev/shm`; the temporary name of an
+/// object being built (see [`pending_creator`]) says so when its header is
+/// not there yet.
 pub fn inspect(name: &str) -> Entry {
+    match (inspect_file(name), pending_creator(name)) {
+        (Entry::Other { name, size, why }, Some((pid, target))) if size > 0 => {
+            Entry::Other { why: format!("{target} being created by pid {pid} (or left by it): {why}"), name, size }
+        }
+        (e, _) => e,
+    }
+}
+
+fn inspect_file(name: &str) -> Entry {
     let other = |size: u64, why: String| Entry::Other { name: name.to_string(), size, why };
     let path = format!("{SHM_DIR}/{name}");
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -390,7 +407,18 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
     let used = in_use();
     let (mut removed, mut kept, mut failed) = (0, 0, 0);
     for e in &entries {
-        if !prefixes.is_empty() && !prefixes.iter().any(|p| e.name().starts_with(p.as_str())) {
+        // A temporary name (an object being built) matches by the name it will get.
+        let pending = pending_creator(e.name());
+        let target = pending.map_or(e.name(), |(_, n)| n);
+        if !prefixes.is_empty() && !prefixes.iter().any(|p| target.starts_with(p.as_str())) {
+            continue;
+        }
+        if let Some((pid, _)) = pending {
+            match gc_pending(e.name(), pid, me, &used, dry_run) {
+                Gc::Removed => removed += 1,
+                Gc::Kept => kept += 1,
+                Gc::Failed => failed += 1,
+            }
             continue;
         }
         let (name, size, uid, id, ctime, header) = match e {
@@ -452,6 +480,58 @@ pub fn gc(dry_run: bool, prefixes: &[String]) -> i32 {
         if failed > 0 { format!(", {failed} failed") } else { String::new() }
     );
     i32::from(failed > 0)
+}
+
+/// What `gc` did with one name.
+enum Gc {
+    Removed,
+    Kept,
+    Failed,
+}
+
+/// `gc` for the temporary name of an object being built (see
+/// [`pending_creator`]): removed once its builder `pid` is dead (or is a
+/// later process with a reused pid) and nothing maps or holds it.
+fn gc_pending(name: &str, pid: u32, me: u32, used: &HashSet<(u64, u64)>, dry_run: bool) -> Gc {
+    let keep = |why: String| {
+        println!("kept    {}: {}", shown(name), shown(&why));
+        Gc::Kept
+    };
+    let path = format!("{SHM_DIR}/{name}");
+    let Ok(meta) = std::fs::symlink_metadata(&path) else { return keep("it vanished while gc looked at it".into()) };
+    if !meta.is_file() {
+        return keep("not a regular file".into());
+    }
+    if meta.uid() != me {
+        return keep(format!("owned by uid {}, not by this user", meta.uid()));
+    }
+    if creator_alive(pid, meta.ctime()) {
+        return keep(format!("being created by pid {pid}, which is alive"));
+    }
+    let id = (meta.dev(), meta.ino());
+    if used.contains(&id) {
+        return keep(format!("its creator pid {pid} is dead, but a process still maps or holds it"));
+    }
+    let what = format!("{}, left by pid {pid} (dead) while it was being created", human_size(meta.len()));
+    if dry_run {
+        println!("would remove {} ({what})", shown(name));
+        return Gc::Removed;
+    }
+    let same = std::fs::symlink_metadata(&path).map(|m| (m.dev(), m.ino()) == id).unwrap_or(false);
+    if !same {
+        return keep("it changed while gc looked at it".into());
+    }
+    // Not `shmproc::unlink`: a temporary name starts with '.', which user names cannot.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            println!("removed {} ({what})", shown(name));
+            Gc::Removed
+        }
+        Err(err) => {
+            eprintln!("shmproc gc: cannot remove {}: {err}", shown(name));
+            Gc::Failed
+        }
+    }
 }
 
 #[cfg(test)]

@@ -307,6 +307,54 @@ fn gc_removes_only_dead_unused_segments() {
     drop(mapped);
 }
 
+/// A creator killed while it builds a named object leaves only the object's
+/// temporary name (`.NAME~PID-RANDOM`), never the name itself: `gc` removes
+/// it once that pid is dead (matching `--prefix` against NAME), keeps one
+/// whose builder is alive, and `ls` says what it is.
+#[test]
+fn gc_removes_the_temporary_names_of_dead_builders() {
+    let p = prefix();
+    let dead_pid = {
+        let mut c = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = c.id();
+        c.wait().expect("wait");
+        pid
+    };
+    // As a killed creator leaves it: sized, reserved, the header not yet written.
+    let abandoned = format!(".{p}jobs~{dead_pid}-00000000000000aa");
+    let building = format!(".{p}jobs~{}-00000000000000bb", std::process::id());
+    struct RemoveFiles(Vec<String>);
+    impl Drop for RemoveFiles {
+        fn drop(&mut self) {
+            for f in &self.0 {
+                let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
+            }
+        }
+    }
+    let _cleanup = RemoveFiles(vec![abandoned.clone(), building.clone()]);
+    for f in [&abandoned, &building] {
+        std::fs::write(format!("/dev/shm/{f}"), vec![0u8; 4096]).expect("write a temporary name");
+    }
+    // The name itself does not exist: it can be created at once.
+    let jobs = format!("{p}jobs");
+    let _jobs = Cleanup(vec![jobs.clone()]);
+    assert!(matches!(Value::<u64>::open(&jobs), Err(shmproc::OpenError::NotFound { .. })));
+
+    let out = shmproc(&["ls"]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("{p}jobs being created by pid {dead_pid}")), "{stdout}");
+
+    let out = shmproc(&["gc", "--prefix", &p]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("removed {abandoned} (")), "{stdout}");
+    assert!(stdout.contains(&format!("left by pid {dead_pid} (dead)")), "{stdout}");
+    assert!(stdout.contains(&format!("kept    {building}: being created by pid {}", std::process::id())), "{stdout}");
+    assert!(!exists(&abandoned), "the dead builder's temporary name is gone");
+    assert!(exists(&building), "a live builder's temporary name stays");
+    Value::<u64>::builder().name(&jobs).create(1).expect("the name is free");
+}
+
 /// Names in /dev/shm are chosen by whoever creates them: one with a newline
 /// and an escape sequence must not forge a line of `ls` or drive the
 /// terminal. Text output shows control characters escaped.

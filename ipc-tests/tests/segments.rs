@@ -124,6 +124,55 @@ fn wrong_length_is_size_mismatch() {
     assert_eq!(Array::<u64>::builder().name(&name).len(8).open().unwrap().len(), 8);
 }
 
+/// A named object is built under a temporary name and renamed into place
+/// once ready: a process opening the name while another creates it finds
+/// nothing or the whole object, never a half-built one (`NotReady`). Before,
+/// an opener that came between the creator's `shm_open` and its "ready"
+/// waited, and a creator killed there left a name nobody could open or create.
+#[test]
+fn a_name_appears_only_when_its_object_is_ready() {
+    let name = unique_name("publish");
+    const LEN: usize = 4 << 20;
+    let creator = {
+        let name = name.clone();
+        fork_run(move || {
+            for _ in 0..60 {
+                // Reserving 4 MiB and filling it takes a while: a wide window.
+                match Array::<u8>::create(&name, &vec![7u8; LEN]) {
+                    Ok(a) => drop(a),
+                    Err(_) => return 1,
+                }
+            }
+            0
+        })
+    };
+    let (mut found, mut absent) = (0u32, 0u32);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Array::<u8>::builder().name(&name).open_timeout(Duration::ZERO).open() {
+            Ok(a) => {
+                assert_eq!(a.len(), LEN);
+                let v = a.to_vec().unwrap();
+                assert!(v[0] == 7 && v[LEN - 1] == 7, "an opened object was not fully initialised");
+                found += 1;
+            }
+            Err(OpenError::NotFound { .. }) => absent += 1,
+            Err(e) => panic!("opening while another process creates: {e:?}"),
+        }
+        let mut status = 0;
+        // SAFETY: polling our own child without blocking; `status` is ours.
+        if unsafe { libc::waitpid(creator, &mut status, libc::WNOHANG) } == creator {
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the creating child failed: {status:#x}"
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "the creating child did not finish");
+    }
+    assert!(absent > 0, "never saw the name absent ({found} found)");
+}
+
 #[test]
 fn missing_name_is_not_found() {
     match short_open::<f64>(&unique_name("missing")) {

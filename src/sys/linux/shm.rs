@@ -60,6 +60,18 @@ fn shm_path(name: &str) -> io::Result<String> {
     }
 }
 
+/// Renames the POSIX name `from` to `to`, failing with `EEXIST` if `to`
+/// exists (`renameat2(RENAME_NOREPLACE)`, which tmpfs supports): the atomic
+/// publication of a segment built under a temporary name.
+pub(crate) fn shm_publish(from: &str, to: &str) -> io::Result<()> {
+    Ok(fs::renameat_with(fs::CWD, shm_path(from)?, fs::CWD, shm_path(to)?, fs::RenameFlags::NOREPLACE)?)
+}
+
+/// Whether the POSIX name `name` exists now (without following a link).
+pub(crate) fn shm_exists(name: &str) -> bool {
+    shm_path(name).is_ok_and(|p| fs::statat(fs::CWD, p, fs::AtFlags::SYMLINK_NOFOLLOW).is_ok())
+}
+
 /// `shm_unlink(name)`.
 pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
     Ok(shm::unlink(name)?)
