@@ -28,7 +28,7 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,12 +247,23 @@ fn payload_offset_for(align: usize) -> usize {
 /// bytes of) its name + `~PID-RANDOM`. User names never start with '.' nor
 /// contain '~', so it can clash with none of them; `shmproc gc` recognises
 /// it ([`crate::inspect::pending_creator`]).
+///
+/// The suffix only has to be unique (the create is `O_EXCL` and retried with
+/// another on `EEXIST`), not secret: `/dev/shm` is sticky, so another user
+/// can take a name but never touch ours. So it is mixed from the clock, the
+/// pid and a counter rather than drawn from the kernel's random source,
+/// which blocks until it is seeded (early boot).
 fn temp_name(posix: &str, pid: u32) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
     let bare = &posix[1..];
     // Validated names are ASCII: any byte index is a char boundary.
     let head = &bare[..bare.len().min(200)];
-    let r = getrandom::u64().unwrap_or_else(|_| sys::monotonic_now().as_nanos() as u64);
-    format!("/.{head}~{pid}-{r:016x}")
+    let seed = (sys::monotonic_now().as_nanos() as u64) ^ (u64::from(pid) << 32) ^ N.fetch_add(1, Ordering::Relaxed);
+    // splitmix64's finaliser: neighbouring seeds give unrelated suffixes.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("/.{head}~{pid}-{:016x}", z ^ (z >> 31))
 }
 
 /// A named object under construction: its temporary name is unlinked on
@@ -304,8 +315,18 @@ impl Segment {
                 if sys::shm_exists(&posix) {
                     return Err(OpenError::AlreadyExists { name: posix });
                 }
-                let temp = temp_name(&posix, pid);
-                let fd = sys::shm_create(&temp, opts.mode).map_err(|e| map_os(e, &posix))?;
+                // A temporary name already taken (by chance, or by another
+                // user who guessed it) is tried again with a new suffix.
+                let mut tries = 0;
+                let (temp, fd) = loop {
+                    let temp = temp_name(&posix, pid);
+                    match sys::shm_create(&temp, opts.mode) {
+                        Ok(fd) => break (temp, fd),
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) && tries < 8 => tries += 1,
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(OpenError::Os(e)),
+                        Err(e) => return Err(map_os(e, &posix)),
+                    }
+                };
                 let pending = Pending { temp, published: false };
                 sys::set_len(fd.as_fd(), total as u64).map_err(|e| map_os(e, &posix))?;
                 (fd, Some(posix), Some(pending))
@@ -348,6 +369,9 @@ impl Segment {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     return Err(OpenError::AlreadyExists { name: posix.clone() })
                 }
+                // The temporary name vanished (removed by someone else): not
+                // "NAME not found".
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(OpenError::Os(e)),
                 Err(e) => return Err(map_os(e, posix)),
             }
         }
@@ -521,6 +545,9 @@ impl Segment {
         loop {
             match Self::create_object(opts, spec.kind, spec.ty, payload_size, payload_align, &init) {
                 Err(OpenError::AlreadyExists { .. }) => {}
+                // A racer that lost while building (say, no room for a second
+                // copy) opens the winner's object rather than fail.
+                Err(e) if !matches!(e, OpenError::NameInvalid { .. }) && Self::name_exists(opts) => {}
                 other => return other,
             }
             match Self::open_object(opts, spec) {
@@ -532,6 +559,11 @@ impl Segment {
                 other => return other,
             }
         }
+    }
+
+    /// Whether `opts`' name exists now.
+    fn name_exists(opts: &SegmentOptions) -> bool {
+        opts.name.as_deref().and_then(|n| validate_name(n).ok()).is_some_and(|p| sys::shm_exists(&p))
     }
 
     /// Pointer to the first payload byte (aligned as requested at creation).

@@ -512,6 +512,14 @@ fn gc_pending(name: &str, pid: u32, me: u32, used: &HashSet<(u64, u64)>, dry_run
     if used.contains(&id) {
         return keep(format!("its creator pid {pid} is dead, but a process still maps or holds it"));
     }
+    // Only what a builder leaves: empty, zeros where the header goes, or a
+    // shmproc header. A file of someone else's that merely has such a name
+    // is not ours to remove.
+    let mut first = [0u8; 8];
+    let n = std::fs::File::open(&path).and_then(|mut f| f.read(&mut first)).unwrap_or(0);
+    if n > 0 && first != [0; 8] && first != shmproc::header::MAGIC.to_le_bytes() {
+        return keep("named like a segment being created, but it is not one".into());
+    }
     let what = format!("{}, left by pid {pid} (dead) while it was being created", human_size(meta.len()));
     if dry_run {
         println!("would remove {} ({what})", shown(name));

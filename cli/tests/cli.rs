@@ -323,6 +323,8 @@ fn gc_removes_the_temporary_names_of_dead_builders() {
     // As a killed creator leaves it: sized, reserved, the header not yet written.
     let abandoned = format!(".{p}jobs~{dead_pid}-00000000000000aa");
     let building = format!(".{p}jobs~{}-00000000000000bb", std::process::id());
+    // Named like one, but holding someone's data: never removed.
+    let lookalike = format!(".{p}data~{dead_pid}-00000000000000cc");
     struct RemoveFiles(Vec<String>);
     impl Drop for RemoveFiles {
         fn drop(&mut self) {
@@ -331,10 +333,11 @@ fn gc_removes_the_temporary_names_of_dead_builders() {
             }
         }
     }
-    let _cleanup = RemoveFiles(vec![abandoned.clone(), building.clone()]);
+    let _cleanup = RemoveFiles(vec![abandoned.clone(), building.clone(), lookalike.clone()]);
     for f in [&abandoned, &building] {
         std::fs::write(format!("/dev/shm/{f}"), vec![0u8; 4096]).expect("write a temporary name");
     }
+    std::fs::write(format!("/dev/shm/{lookalike}"), b"precious user data").expect("write a look-alike");
     // The name itself does not exist: it can be created at once.
     let jobs = format!("{p}jobs");
     let _jobs = Cleanup(vec![jobs.clone()]);
@@ -352,6 +355,8 @@ fn gc_removes_the_temporary_names_of_dead_builders() {
     assert!(stdout.contains(&format!("kept    {building}: being created by pid {}", std::process::id())), "{stdout}");
     assert!(!exists(&abandoned), "the dead builder's temporary name is gone");
     assert!(exists(&building), "a live builder's temporary name stays");
+    assert!(stdout.contains(&format!("kept    {lookalike}: named like a segment being created")), "{stdout}");
+    assert!(exists(&lookalike), "a file that is not a segment stays");
     Value::<u64>::builder().name(&jobs).create(1).expect("the name is free");
 }
 

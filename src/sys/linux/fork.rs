@@ -29,6 +29,11 @@ thread_local! {
     /// This thread's serial (0 until first asked) and how many forks it made.
     /// `Cell`s without destructors: safe to touch from the atfork handler.
     static THREAD_FORKS: (Cell<u32>, Cell<u32>) = const { (Cell::new(0), Cell::new(0)) };
+    /// The hooks this thread's current fork ran in its prepare handler: the
+    /// parent and child handlers run those (the same thread, and its copy
+    /// in the child), never hooks set by another thread meanwhile, whose
+    /// prepare half did not run.
+    static FORK_HOOKS: Cell<*const [fn(); 3]> = const { Cell::new(std::ptr::null()) };
 }
 
 /// Fork hooks of the pipe's holder count (`pipe::connection`): prepare,
@@ -107,7 +112,16 @@ impl ForkSafeOnce {
                 Err(now) => cur = now,
             }
         }
+        // A panicking `f` leaves it not run (0), not "running" for ever.
+        struct Reset<'a>(&'a AtomicU64);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Release);
+            }
+        }
+        let reset = Reset(&self.0);
         f();
+        std::mem::forget(reset);
         self.0.store(ONCE_DONE, Ordering::Release);
     }
 }
@@ -117,13 +131,21 @@ extern "C" fn before_fork() {
     // Runs in the forking thread. `try_with`: never panic in a fork handler
     // (a thread being torn down has no locals left to count in).
     let _ = THREAD_FORKS.try_with(|(_, forks)| forks.set(forks.get().wrapping_add(1)));
-    if let Some(h) = hooks() {
+    let h = hooks();
+    let _ = FORK_HOOKS.try_with(|c| c.set(h.map_or(std::ptr::null(), |h| h as *const [fn(); 3])));
+    if let Some(h) = h {
         h[0]();
     }
 }
 
+/// The hooks whose prepare half this thread's fork ran ([`FORK_HOOKS`]).
+fn prepared_hooks() -> Option<&'static [fn(); 3]> {
+    // SAFETY: FORK_HOOKS is null or a pointer taken from `hooks()` (`'static`).
+    FORK_HOOKS.try_with(|c| unsafe { c.get().as_ref() }).ok().flatten()
+}
+
 extern "C" fn after_fork_in_parent() {
-    if let Some(h) = hooks() {
+    if let Some(h) = prepared_hooks() {
         h[1]();
     }
 }
@@ -133,7 +155,7 @@ extern "C" fn after_fork_in_child() {
     // The handlers run, so they were registered: done here, even if the
     // registering thread (not copied) had not yet said so.
     ATFORK.mark_done();
-    if let Some(h) = hooks() {
+    if let Some(h) = prepared_hooks() {
         h[2]();
     }
 }
@@ -264,6 +286,56 @@ mod tests {
         o.call_once(|| panic!("run again while this process's own run was in progress"));
         assert!(t.elapsed() >= std::time::Duration::from_millis(40), "did not wait for the running thread");
         finisher.join().unwrap();
+    }
+
+    /// The case itself: a process forks while another of its threads is
+    /// inside the closure. The child (no such thread) runs it itself instead
+    /// of waiting for ever, as it would on a `std::sync::Once`.
+    #[test]
+    fn a_child_forked_during_another_threads_run_is_not_wedged() {
+        use std::sync::mpsc;
+        let o = std::sync::Arc::new(ForkSafeOnce::new());
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let o2 = o.clone();
+        let runner = std::thread::spawn(move || {
+            o2.call_once(|| {
+                entered_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(std::time::Duration::from_secs(30));
+            })
+        });
+        entered_rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the runner entered");
+        // SAFETY: the child only calls `call_once` (atomics, getpid,
+        // sched_yield) and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let mut ran = false;
+            o.call_once(|| ran = true);
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ran { 0 } else { 1 }) };
+        }
+        release_tx.send(()).unwrap();
+        runner.join().unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut status = 0;
+        loop {
+            // SAFETY: polling our own child; `status` is ours.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                break;
+            }
+            if std::time::Instant::now() > end {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("the forked child waited for a run that no thread of it would finish");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+        assert!(o.is_done());
     }
 
     #[test]

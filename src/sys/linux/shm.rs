@@ -25,9 +25,13 @@ const SHM_DIR: &str = "/dev/shm";
 /// own `shm::open` on its raw-syscall backend omits the flag).
 pub(crate) fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
     let flags = fs::OFlags::RDWR | fs::OFlags::CREATE | fs::OFlags::EXCL | fs::OFlags::NOFOLLOW | fs::OFlags::CLOEXEC;
-    let fd = fs::open(shm_path(name)?, flags, Mode::from_raw_mode(mode))?;
+    let path = shm_path(name)?;
+    let fd = fs::open(&path, flags, Mode::from_raw_mode(mode))?;
     // open applies the umask; the caller asked for exactly `mode`.
-    fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    if let Err(e) = fs::fchmod(&fd, Mode::from_raw_mode(mode)) {
+        let _ = fs::unlink(&path);
+        return Err(e.into());
+    }
     Ok(fd)
 }
 
@@ -63,8 +67,20 @@ fn shm_path(name: &str) -> io::Result<String> {
 /// Renames the POSIX name `from` to `to`, failing with `EEXIST` if `to`
 /// exists (`renameat2(RENAME_NOREPLACE)`, which tmpfs supports): the atomic
 /// publication of a segment built under a temporary name.
+///
+/// Where `RENAME_NOREPLACE` is not supported (a `/dev/shm` that is not
+/// tmpfs, an old seccomp profile: `EINVAL`, `ENOSYS`, `EPERM`), a hard link
+/// (which fails atomically with `EEXIST` too) and then the removal of `from`.
 pub(crate) fn shm_publish(from: &str, to: &str) -> io::Result<()> {
-    Ok(fs::renameat_with(fs::CWD, shm_path(from)?, fs::CWD, shm_path(to)?, fs::RenameFlags::NOREPLACE)?)
+    let (from, to) = (shm_path(from)?, shm_path(to)?);
+    match fs::renameat_with(fs::CWD, &from, fs::CWD, &to, fs::RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+            fs::linkat(fs::CWD, &from, fs::CWD, &to, fs::AtFlags::empty())?;
+            let _ = fs::unlink(&from);
+            Ok(())
+        }
+        r => Ok(r?),
+    }
 }
 
 /// Whether the POSIX name `name` exists now (without following a link).
