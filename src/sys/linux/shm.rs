@@ -292,7 +292,7 @@ impl Mapping {
     /// replaced with private zero pages (only for mappings made with `watch`).
     #[inline]
     pub(crate) fn lost(&self) -> bool {
-        self.watch.as_ref().is_some_and(|w| w.lost())
+        super::sigbus::any_lost() && self.watch.as_ref().is_some_and(|w| w.lost())
     }
 
     /// Base address; page aligned.

@@ -70,6 +70,20 @@ impl Chunk {
     }
 }
 
+/// Set (with the mapping's own flag) the first time the handler replaces a
+/// mapping: until then every [`Watch::lost`] / [`any_lost`] answer is one load
+/// of this never-written line, on the operations' paths.
+static ANY_LOST: AtomicBool = AtomicBool::new(false);
+
+/// Whether the handler has replaced any mapping in this process (or in the
+/// process it was forked from). `false` means no segment is lost.
+#[inline]
+pub(crate) fn any_lost() -> bool {
+    // As in `Watch::lost`: not read before an access that faulted.
+    compiler_fence(Ordering::SeqCst);
+    ANY_LOST.load(Ordering::Acquire)
+}
+
 /// The registry's first chunk; later ones are leaked boxes linked from it.
 static FIRST: Chunk = Chunk::new();
 
@@ -259,6 +273,7 @@ extern "C" fn on_sigbus(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void
             // Before the zeros appear: a thread that sees them and then
             // checks `lost` sees it set.
             e.lost.store(true, Ordering::SeqCst);
+            ANY_LOST.store(true, Ordering::SeqCst);
             // SAFETY: `start..start + len` is a live mapping of this process
             // (the entry is registered until its `Segment` unmaps it, and the
             // faulting thread is using it); replacing it with private zero
