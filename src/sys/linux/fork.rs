@@ -253,6 +253,32 @@ pub(crate) fn forked_since(stamp: u64) -> Option<u32> {
     (stamp >> 32 != 0 && now >> 32 == stamp >> 32).then(|| (now as u32).wrapping_sub(stamp as u32))
 }
 
+/// Tests: waits up to `timeout` for forked child `pid`; whether it exited
+/// with status 0. A child still running then is killed and reaped (`false`):
+/// a child stuck for ever must fail its test, not hang the suite.
+#[cfg(test)]
+pub(crate) fn exited_zero_within(pid: libc::pid_t, timeout: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    let mut status = 0;
+    loop {
+        // SAFETY: polls our own child; `status` is ours.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        }
+        assert_eq!(r, 0, "waitpid failed");
+        if std::time::Instant::now() > end {
+            // SAFETY: kills and reaps our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,24 +343,8 @@ mod tests {
         }
         release_tx.send(()).unwrap();
         runner.join().unwrap();
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let mut status = 0;
-        loop {
-            // SAFETY: polling our own child; `status` is ours.
-            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                break;
-            }
-            if std::time::Instant::now() > end {
-                // SAFETY: killing and reaping our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                panic!("the forked child waited for a run that no thread of it would finish");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+        let ok = exited_zero_within(pid, std::time::Duration::from_secs(30));
+        assert!(ok, "the forked child waited for a run that no thread of it would finish");
         assert!(o.is_done());
     }
 

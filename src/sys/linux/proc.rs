@@ -325,26 +325,8 @@ mod tests {
         }
         // Reaped within 10 s, or killed (a child stuck in its fork handlers
         // is the failure this test looks for: it must not hang the suite).
-        let mut status = 0;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            // SAFETY: polls our own child.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                break;
-            }
-            assert_eq!(r, 0, "waitpid failed");
-            if std::time::Instant::now() > deadline {
-                // SAFETY: kills and reaps our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                panic!("the forked child did not finish within 10 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+        let ok = super::super::fork::exited_zero_within(pid, std::time::Duration::from_secs(10));
+        assert!(ok, "the forked child failed its checks or did not finish within 10 s");
         assert_eq!(current_process(), parent);
     }
 

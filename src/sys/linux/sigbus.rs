@@ -218,10 +218,11 @@ fn installed() -> bool {
 /// thread per process, see `INSTALL`).
 fn install() -> bool {
     let ours = on_sigbus as *const () as usize;
+    // `PREVIOUS.action` is written only here, by the one thread running
+    // `INSTALL`'s closure, before `ready` is raised and before our handler
+    // (its only other reader) is installed.
     // SAFETY: plain `sigaction` calls on zeroed structs; `on_sigbus` has the
-    // `SA_SIGINFO` signature. `PREVIOUS.action` is written only here, by the
-    // one thread running `INSTALL`'s closure, before `ready` is raised and
-    // before our handler (its only other reader) is installed.
+    // `SA_SIGINFO` signature; `PREVIOUS.action` as said above.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
@@ -274,10 +275,11 @@ extern "C" fn on_sigbus(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void
             // checks `lost` sees it set.
             e.lost.store(true, Ordering::SeqCst);
             ANY_LOST.store(true, Ordering::SeqCst);
-            // SAFETY: `start..start + len` is a live mapping of this process
-            // (the entry is registered until its `Segment` unmaps it, and the
-            // faulting thread is using it); replacing it with private zero
-            // pages of the same size keeps every pointer into it valid.
+            // The entry is registered until its `Segment` unmaps it, and the
+            // faulting thread is using it; pages of the same size keep every
+            // pointer into it valid.
+            // SAFETY: `start..start + len` is a live mapping of this process,
+            // replaced by private zero pages (see above).
             let r = unsafe {
                 rustix::mm::mmap_anonymous(
                     start as *mut c_void,
@@ -303,12 +305,12 @@ fn chain(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void, code: c_int) 
         return;
     }
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
-        // SAFETY: `signal` and `raise` are async-signal-safe. SIGBUS is
-        // blocked while this handler runs: the raised one is delivered, under
-        // the default action, as it returns, and kills the process (the
-        // kernel does the same for a fault whose signal is ignored). Raised
-        // even for a fault, which would repeat, since an asynchronous one
-        // (BUS_MCEERR_AO) would not.
+        // SIGBUS is blocked while this handler runs: the raised one is
+        // delivered, under the default action, as it returns, and kills the
+        // process (the kernel does the same for a fault whose signal is
+        // ignored). Raised even for a fault, which would repeat, since an
+        // asynchronous one (BUS_MCEERR_AO) would not.
+        // SAFETY: `signal` and `raise` are async-signal-safe.
         unsafe {
             libc::signal(libc::SIGBUS, libc::SIG_DFL);
             libc::raise(libc::SIGBUS);
