@@ -60,6 +60,12 @@ fn survives(what: &str, f: impl FnOnce() -> i32) {
     );
 }
 
+/// Runs `op` (numbered from 0) until it fails, at most `limit` times: the
+/// first error, or `None` if every call succeeded.
+fn first_error<E>(limit: u64, mut op: impl FnMut(u64) -> Result<(), E>) -> Option<E> {
+    (0..limit).find_map(|i| op(i).err())
+}
+
 #[test]
 fn value_array_and_mutex_report_corrupt() {
     let vn = unique_name("trunc-value");
@@ -128,16 +134,7 @@ fn queue_handles_report_corrupt() {
         }
         // The SPSC handle's fast path checks every 1024 operations and
         // whenever it waits: within that bound, the sends fail.
-        let mut sent = 0;
-        let failed = loop {
-            match s.send(sent) {
-                Ok(()) => sent += 1,
-                Err(e) => break e,
-            }
-            if sent > 1100 {
-                return 4;
-            }
-        };
+        let Some(failed) = first_error(1100, |i| s.send(i)) else { return 4 };
         if !matches!(failed, SendError::Corrupt(_)) {
             return 5;
         }
@@ -160,29 +157,11 @@ fn exclusive_endpoints_report_corrupt_within_the_check_interval() {
     }
     truncate(&name, 0);
     survives("exclusive endpoints", move || {
-        let mut sent = 0u64;
-        let failed = loop {
-            match tx.send(sent) {
-                Ok(()) => sent += 1,
-                Err(e) => break e,
-            }
-            if sent > 1100 {
-                return 1;
-            }
-        };
+        let Some(failed) = first_error(1100, |i| tx.send(i)) else { return 1 };
         if !matches!(failed, SendError::Corrupt(_)) {
             return 2;
         }
-        let mut got = 0;
-        let failed = loop {
-            match rx.recv_timeout(SHORT) {
-                Ok(_) => got += 1,
-                Err(e) => break e,
-            }
-            if got > 1100 {
-                return 3;
-            }
-        };
+        let Some(failed) = first_error(1100, |_| rx.recv_timeout(SHORT).map(drop)) else { return 3 };
         if !matches!(failed, RecvTimeoutError::Corrupt) {
             return 4;
         }
