@@ -252,3 +252,44 @@ fn a_fork_child_holds_none_of_its_parents_idle_report_sockets() {
     );
     assert!(status.success() && out.trim() == "ok", "{out}{err}");
 }
+
+/// A child forked while another thread of its parent holds the registry of
+/// children (here `active_children`, called in a loop) must still be able to
+/// start and join children of its own: the lock it inherits is held by a
+/// thread that did not come along. Before the registry's lock knew about
+/// forks, a nested start waited for it for ever (the join below timed out).
+#[test]
+fn a_child_forked_while_another_thread_lists_children_can_start_its_own() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let lister = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::black_box(process::active_children());
+            }
+        })
+    };
+    let mut failures = Vec::new();
+    for round in 0..150 {
+        let mut p = Process::closure(|| {
+            let mut inner = Process::closure(|| 7u32).start().expect("nested start");
+            inner.join_timeout(Duration::from_secs(10)).expect("nested join")
+        })
+        .start()
+        .unwrap();
+        match p.join_timeout(Duration::from_secs(10)) {
+            Ok(7) => {}
+            other => {
+                let _ = p.kill();
+                let _ = p.join_timeout(JOIN);
+                failures.push(format!("round {round}: {other:?}"));
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    lister.join().unwrap();
+    assert!(failures.is_empty(), "a forked child could not start its own child: {failures:?}");
+}

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,16 +35,20 @@ pub(crate) struct ManagerRef {
 
 /// Authkeys of remote managers this process was told about
 /// ([`Manager::connect`](super::Manager::connect), or started here).
-static KEYRING: Mutex<Vec<(Address, Vec<u8>)>> = Mutex::new(Vec::new());
+/// Inherited by forked children; a child forked while another thread held
+/// it starts from an empty keyring (a [`sys::ForkSafeMutex`]) rather than
+/// wait for ever: its connections to those managers then fail to
+/// authenticate until it is told the key again.
+static KEYRING: sys::ForkSafeMutex<Vec<(Address, Vec<u8>)>> = sys::ForkSafeMutex::new(Vec::new(), Vec::new);
 
 pub(crate) fn remember_key(addr: &Address, key: &[u8]) {
-    let mut k = KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut k = KEYRING.lock();
     k.retain(|(a, _)| a != addr);
     k.push((addr.clone(), key.to_vec()));
 }
 
 fn key_for(addr: &Address) -> Option<Vec<u8>> {
-    let k = KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    let k = KEYRING.lock();
     k.iter().find(|(a, _)| a == addr).map(|(_, key)| key.clone())
 }
 

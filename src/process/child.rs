@@ -33,7 +33,6 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-use std::sync::Once;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -204,7 +203,9 @@ impl<'a> ChildCtx<'a> {
 /// which never returns, so the context it borrows outlives every later read:
 /// a non-null `CTX` is valid for the rest of the process.
 static CTX: AtomicPtr<ChildCtx<'static>> = AtomicPtr::new(std::ptr::null_mut());
-static HOOK: Once = Once::new();
+/// A [`sys::ForkSafeOnce`]: a raw `fork` while another thread installs the
+/// hook must not leave the child waiting for ever at its first start.
+static HOOK: sys::ForkSafeOnce = sys::ForkSafeOnce::new();
 
 /// Marks this re-executed process a shmproc child, before its target runs.
 pub(crate) fn enter_spawned(ctx: &'static ChildCtx<'static>) {

@@ -20,8 +20,7 @@
 use std::io;
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
 use super::child::{self, Trampoline};
 use crate::sys;
@@ -116,12 +115,24 @@ fn identity_string() -> io::Result<String> {
 
 /// The parent's executable identity, read once.
 pub(crate) fn exe_id_string() -> io::Result<String> {
-    static ID: OnceLock<String> = OnceLock::new();
-    if let Some(s) = ID.get() {
-        return Ok(s.clone());
+    // Not a `OnceLock`: a `fork` while another thread initialised it would
+    // leave the child waiting for ever. Racing first callers each read the
+    // identity (the same answer); one publishes it, the others free theirs.
+    static ID: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
+    let p = ID.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: a non-null ID is a leaked Box<String>, never freed or changed.
+        return Ok(unsafe { (*p).clone() });
     }
     let s = identity_string()?;
-    Ok(ID.get_or_init(|| s).clone())
+    let mine = Box::into_raw(Box::new(s.clone()));
+    if let Err(theirs) = ID.compare_exchange(std::ptr::null_mut(), mine, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: `mine` came from Box::into_raw above and was not published.
+        drop(unsafe { Box::from_raw(mine) });
+        // SAFETY: as above, `theirs` is a published, leaked Box<String>.
+        return Ok(unsafe { (*theirs).clone() });
+    }
+    Ok(s)
 }
 
 /// Checks that this process runs the executable described by `id`.

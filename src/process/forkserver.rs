@@ -29,7 +29,6 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -76,7 +75,10 @@ struct Server {
     owner: u64,
 }
 
-static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+/// The server of this process. A [`sys::ForkSafeMutex`]: it is held for the
+/// whole of a start, and a child forked meanwhile by another thread must
+/// still be able to start children through a server of its own.
+static SERVER: sys::ForkSafeMutex<Option<Server>> = sys::ForkSafeMutex::new(None, || None);
 /// Raw fd of the parent's socket, for closing it in forked children.
 static CLIENT_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -219,7 +221,7 @@ pub(crate) fn start(spec: Spec<'_>) -> Result<Launched, StartError> {
 /// spec, in order.
 pub(crate) fn start_many(specs: &[Spec<'_>]) -> Vec<Result<Launched, StartError>> {
     let mut prepared: Vec<Result<Prepared<'_>, StartError>> = specs.iter().map(prepare).collect();
-    let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut slot = SERVER.lock();
     // Requests sent, in order (indices into `prepared`); the server answers
     // each once, in the order it got them.
     let mut sent: Vec<usize> = Vec::new();

@@ -126,7 +126,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -202,7 +202,7 @@ pub fn cpu_count() -> usize {
 pub fn active_children() -> Vec<ProcessInfo> {
     let me = sys::raw_pid();
     let stamp = sys::process_stamp();
-    let list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let list = REGISTRY.lock();
     list.iter()
         .filter(|s| s.owner == stamp && s.os.alive())
         .map(|s| ProcessInfo { name: s.name.clone(), pid: s.os.pid, ppid: me })
@@ -219,7 +219,9 @@ struct Shared {
     owner: u64,
 }
 
-static REGISTRY: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
+/// Locked with a [`sys::ForkSafeMutex`]: a child forked while another thread
+/// of its parent held the registry still starts and joins its own children.
+static REGISTRY: sys::ForkSafeMutex<Vec<Arc<Shared>>> = sys::ForkSafeMutex::new(Vec::new(), Vec::new);
 static COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// A closure called through `&mut`, so that a forked child can call it
@@ -487,7 +489,7 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
 impl<R: DeserializeOwned> Process<R> {
     fn from_launched(l: Launched, name: String, method: StartMethod, daemon: bool) -> Process<R> {
         let shared = Arc::new(Shared { os: l.child, name, owner: sys::process_stamp() });
-        REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push(shared.clone());
+        REGISTRY.lock().push(shared.clone());
         Process {
             shared,
             method,
@@ -711,7 +713,7 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     fn unregister(&self) {
-        let mut list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = REGISTRY.lock();
         list.retain(|s| !Arc::ptr_eq(s, &self.shared));
     }
 }
@@ -781,7 +783,7 @@ fn take_report(chan: &channel::Channel) -> Result<Vec<u8>, JoinError> {
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
         if !self.joined {
-            let mut list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            let mut list = REGISTRY.lock();
             list.retain(|s| !Arc::ptr_eq(s, &self.shared));
         }
         if self.ended.is_some() {

@@ -44,7 +44,7 @@
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::ring::{self, RingMem, Stall, Step};
@@ -352,7 +352,9 @@ pub(crate) struct Engine {
     /// SPSC receiving endpoints prefetch the slot this many messages ahead
     /// ([`PREFETCH_BYTES`] / stride, at least 1).
     prefetch_ahead: u64,
-    reg: Mutex<Option<Reg>>,
+    /// A [`sys::ForkSafeMutex`]: a child forked while another thread
+    /// registers still registers itself at its first operation.
+    reg: sys::ForkSafeMutex<Option<Reg>>,
     /// Fork generation ([`sys::fork_generation`]) of the registration: a
     /// forked child sees another and registers itself on first use.
     reg_gen: AtomicU64,
@@ -613,7 +615,7 @@ impl Engine {
             stride: geo.stride(),
             prefetch_ahead: (PREFETCH_BYTES / geo.stride()).max(1) as u64,
             geo,
-            reg: Mutex::new(None),
+            reg: sys::ForkSafeMutex::new(None, || None),
             reg_gen: AtomicU64::new(0),
             role: AtomicU8::new(Role::Both.bits()),
             wait_mode: AtomicU8::new(0),
@@ -662,7 +664,7 @@ impl Engine {
         self.role.store(role.bits(), Ordering::Relaxed);
         self.fence_free.store(sys::membarrier_register_publisher(), Ordering::Relaxed);
         let me = sys::current_process();
-        let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reg = self.reg.lock();
         let word = me.id as u64 | (role.bits() as u64) << 32 | ENTRY_USED;
         if let Some(r) = reg.as_mut() {
             if r.pid == me.id {
@@ -756,7 +758,7 @@ impl Engine {
             return;
         }
         let roles = {
-            let reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+            let reg = self.reg.lock();
             let Some(r) = reg.as_ref().filter(|r| r.pid == sys::current_pid()) else { return };
             ((r.word >> 32) & 0xff) as u8
         };
@@ -872,7 +874,7 @@ impl Engine {
     }
 
     fn deregister(&self) {
-        let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reg = self.reg.lock();
         if let Some(r) = reg.take() {
             if r.pid != sys::current_pid() {
                 return;

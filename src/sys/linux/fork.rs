@@ -12,6 +12,10 @@
 //! * the pipe's **fork hooks** ([`set_fork_hooks`]): they add each forked
 //!   child to the holder count of every pipe end it inherits.
 //!
+//! And two process-local primitives that a fork from another thread cannot
+//! leave wedged in the child, where a `std::sync::Once` or `Mutex` would:
+//! [`ForkSafeOnce`] and [`ForkSafeMutex`].
+//!
 //! Forks that bypass libc's `fork` (a raw `clone`) run no handlers; shmproc
 //! forks only through libc. The fork server (`process::forkserver`) keeps its
 //! own state for the processes it starts.
@@ -123,6 +127,97 @@ impl ForkSafeOnce {
         f();
         std::mem::forget(reset);
         self.0.store(ONCE_DONE, Ordering::Release);
+    }
+}
+
+/// A process-local mutex that a `fork` cannot wedge, for process-wide
+/// bookkeeping (the registry of children, the fork-server connection) that a
+/// forked child must be able to use whichever thread forked it.
+///
+/// A child forked while another thread holds a `std::sync::Mutex` inherits
+/// it locked, with no thread to unlock it: its first `lock` waits for ever.
+/// Here the lock word holds the fork generation ([`process_stamp`]) of the
+/// process whose thread holds it. A caller that finds it held by another
+/// generation is in a forked child of the holder's process, and the holder
+/// did not come along: it takes the lock over and starts from `fresh()`,
+/// without reading or dropping the value the holder may have been changing
+/// half-way (that value is leaked, once per such fork). Waiters in the same
+/// process back off: spin, then yield, then sleep 50 us per try.
+pub(crate) struct ForkSafeMutex<T> {
+    /// 0: free; else the fork generation of the holder's process.
+    state: AtomicU64,
+    value: std::cell::UnsafeCell<T>,
+    fresh: fn() -> T,
+}
+
+// SAFETY: the value is only reached through a guard, which one thread at a
+// time holds (the lock word); it moves between threads, so T: Send.
+unsafe impl<T: Send> Sync for ForkSafeMutex<T> {}
+
+impl<T> ForkSafeMutex<T> {
+    /// A free mutex holding `value`; `fresh` makes the value a forked child
+    /// starts from when it takes the lock over from a holder left behind.
+    pub(crate) const fn new(value: T, fresh: fn() -> T) -> ForkSafeMutex<T> {
+        ForkSafeMutex { state: AtomicU64::new(0), value: std::cell::UnsafeCell::new(value), fresh }
+    }
+
+    /// Locks, waiting while another thread of this process holds it.
+    pub(crate) fn lock(&self) -> ForkSafeGuard<'_, T> {
+        // Registers the fork handlers before the first hold: a fork after
+        // this gives the child another generation.
+        let me = process_stamp();
+        let mut tries = 0u32;
+        loop {
+            let cur = self.state.load(Ordering::Relaxed);
+            if cur != me {
+                // Free, or held by a thread of an ancestor process (from
+                // before the fork that made this one), which is not here.
+                if self.state.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    if cur != 0 {
+                        // SAFETY: we hold the lock. The value may be half
+                        // changed by the holder left behind: overwrite it
+                        // without reading or dropping it.
+                        unsafe { self.value.get().write((self.fresh)()) };
+                    }
+                    return ForkSafeGuard { m: self };
+                }
+                continue;
+            }
+            tries += 1;
+            if tries < 64 {
+                std::hint::spin_loop();
+            } else if tries < 128 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+    }
+}
+
+/// The holder's access to a [`ForkSafeMutex`]'s value; unlocks on drop.
+pub(crate) struct ForkSafeGuard<'a, T> {
+    m: &'a ForkSafeMutex<T>,
+}
+
+impl<T> std::ops::Deref for ForkSafeGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this guard holds the lock: no other reference to the value.
+        unsafe { &*self.m.value.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for ForkSafeGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes this the only borrow.
+        unsafe { &mut *self.m.value.get() }
+    }
+}
+
+impl<T> Drop for ForkSafeGuard<'_, T> {
+    fn drop(&mut self) {
+        self.m.state.store(0, Ordering::Release);
     }
 }
 
@@ -346,6 +441,49 @@ mod tests {
         let ok = exited_zero_within(pid, std::time::Duration::from_secs(30));
         assert!(ok, "the forked child waited for a run that no thread of it would finish");
         assert!(o.is_done());
+    }
+
+    /// A process forks while another of its threads holds a
+    /// `ForkSafeMutex`: the child takes the lock over and starts from the
+    /// fresh value (the holder's half-made changes are not its own), where
+    /// a `std::sync::Mutex` would wait for ever. In the parent, the holder's
+    /// value stays and a second locker waits for it.
+    #[test]
+    fn a_child_forked_while_another_thread_holds_the_lock_takes_it_over() {
+        use std::sync::mpsc;
+        static M: ForkSafeMutex<Vec<u32>> = ForkSafeMutex::new(Vec::new(), Vec::new);
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut g = M.lock();
+            g.push(1);
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(std::time::Duration::from_secs(30));
+            g.push(2);
+        });
+        held_rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the holder locked");
+        // SAFETY: the child only locks (atomics, getpid), pushes into an
+        // empty Vec (one allocation: this test process's other threads hold
+        // no allocator lock while parked in `recv_timeout`) and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let mut g = M.lock();
+            let fresh = g.is_empty();
+            g.push(7);
+            let ok = fresh && g.as_slice() == [7];
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let t = std::time::Instant::now();
+        let waiter = std::thread::spawn(|| M.lock().clone());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(waiter.join().unwrap(), [1, 2], "the parent's second locker did not wait for the holder");
+        assert!(t.elapsed() >= std::time::Duration::from_millis(40));
+        let ok = exited_zero_within(pid, std::time::Duration::from_secs(30));
+        assert!(ok, "the forked child waited for a lock that no thread of it would release, or saw the holder's value");
     }
 
     #[test]
