@@ -37,8 +37,8 @@ pub(crate) struct ManagerRef {
 /// ([`Manager::connect`](super::Manager::connect), or started here).
 /// Inherited by forked children; a child forked while another thread held
 /// it starts from an empty keyring (a [`sys::ForkSafeMutex`]) rather than
-/// wait for ever: its connections to those managers then fail to
-/// authenticate until it is told the key again.
+/// wait for ever: its connections to every remote manager then fail with
+/// `NoAuthkey` until it is told the keys again.
 static KEYRING: sys::ForkSafeMutex<Vec<(Address, Vec<u8>)>> = sys::ForkSafeMutex::new(Vec::new(), Vec::new);
 
 pub(crate) fn remember_key(addr: &Address, key: &[u8]) {

@@ -204,7 +204,8 @@ impl<'a> ChildCtx<'a> {
 /// a non-null `CTX` is valid for the rest of the process.
 static CTX: AtomicPtr<ChildCtx<'static>> = AtomicPtr::new(std::ptr::null_mut());
 /// A [`sys::ForkSafeOnce`]: a raw `fork` while another thread installs the
-/// hook must not leave the child waiting for ever at its first start.
+/// hook leaves the child no `Once` held for ever (std's own panic-hook lock,
+/// taken briefly by `take_hook`/`set_hook`, is another matter).
 static HOOK: sys::ForkSafeOnce = sys::ForkSafeOnce::new();
 
 /// Marks this re-executed process a shmproc child, before its target runs.

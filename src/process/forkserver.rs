@@ -77,7 +77,9 @@ struct Server {
 
 /// The server of this process. A [`sys::ForkSafeMutex`]: it is held for the
 /// whole of a start, and a child forked meanwhile by another thread must
-/// still be able to start children through a server of its own.
+/// still be able to start children through a server of its own. (Its
+/// holder forks only in `launch`, through `Command::spawn`, whose child
+/// execs at once and never locks it.)
 static SERVER: sys::ForkSafeMutex<Option<Server>> = sys::ForkSafeMutex::new(None, || None);
 /// Raw fd of the parent's socket, for closing it in forked children.
 static CLIENT_FD: AtomicI32 = AtomicI32::new(-1);

@@ -142,7 +142,13 @@ impl ForkSafeOnce {
 /// did not come along: it takes the lock over and starts from `fresh()`,
 /// without reading or dropping the value the holder may have been changing
 /// half-way (that value is leaked, once per such fork). Waiters in the same
-/// process back off: spin, then yield, then sleep 50 us per try.
+/// process back off: spin, yield, then sleep (50 us per try, 1 ms after the
+/// first thousand tries).
+///
+/// Never fork (or call anything that forks without an immediate `exec`)
+/// while holding a guard: the forking thread comes along into the child
+/// with its guard, and a second `lock` there would take the lock over from
+/// under it.
 pub(crate) struct ForkSafeMutex<T> {
     /// 0: free; else the fork generation of the holder's process.
     state: AtomicU64,
@@ -179,7 +185,7 @@ impl<T> ForkSafeMutex<T> {
                         // without reading or dropping it.
                         unsafe { self.value.get().write((self.fresh)()) };
                     }
-                    return ForkSafeGuard { m: self };
+                    return ForkSafeGuard { m: self, _not_sync_unless_t_is: std::marker::PhantomData };
                 }
                 continue;
             }
@@ -189,7 +195,8 @@ impl<T> ForkSafeMutex<T> {
             } else if tries < 128 {
                 std::thread::yield_now();
             } else {
-                std::thread::sleep(std::time::Duration::from_micros(50));
+                // A fork-server start holds its lock for up to its timeout.
+                std::thread::sleep(std::time::Duration::from_micros(if tries < 1024 { 50 } else { 1000 }));
             }
         }
     }
@@ -198,6 +205,8 @@ impl<T> ForkSafeMutex<T> {
 /// The holder's access to a [`ForkSafeMutex`]'s value; unlocks on drop.
 pub(crate) struct ForkSafeGuard<'a, T> {
     m: &'a ForkSafeMutex<T>,
+    /// Shared across threads only if `T` is `Sync` (as `&mut T`).
+    _not_sync_unless_t_is: std::marker::PhantomData<&'a mut T>,
 }
 
 impl<T> std::ops::Deref for ForkSafeGuard<'_, T> {
