@@ -56,7 +56,7 @@ fn lock_unlock(c: &mut Criterion) {
     let s = shmproc::Semaphore::anonymous(1).unwrap();
     g.bench_function("shmproc::Semaphore acquire+release", |b| {
         b.iter(|| {
-            black_box(&s).acquire();
+            black_box(&s).acquire().unwrap();
             let _ = s.release();
         })
     });

@@ -62,7 +62,9 @@ fn bounded_owned_permit_comes_back_once_and_respects_the_bound() {
     // Unowned permits are unchanged: a holder that dies keeps them (as Python).
     let s = sem.clone();
     let pid = fork_run(move || {
-        s.acquire();
+        if s.acquire().is_err() {
+            return 1;
+        }
         std::thread::sleep(Duration::from_secs(60));
         0
     });

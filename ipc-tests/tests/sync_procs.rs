@@ -205,8 +205,8 @@ fn semaphore_counts_across_processes() {
     assert_eq!(max_inside, 2, "{max_inside} processes inside a 2-permit semaphore at once");
     assert_eq!(s.value(), 2);
     // Timeouts are never early.
-    s.acquire();
-    s.acquire();
+    s.acquire().unwrap();
+    s.acquire().unwrap();
     let t = Instant::now();
     assert_eq!(s.acquire_timeout(Duration::from_millis(40)), Err(AcquireError::Timeout));
     assert!(t.elapsed() >= Duration::from_millis(40));
@@ -216,7 +216,7 @@ fn semaphore_counts_across_processes() {
 fn bounded_semaphore_over_release_is_an_error() {
     let b = BoundedSemaphore::create(&unique("bsem"), 2).unwrap();
     let other = SemaphoreBuilder::default().open_handle_bounded(&b.handle()).unwrap();
-    b.acquire();
+    b.acquire().unwrap();
     other.release().unwrap();
     assert_eq!(other.release(), Err(ReleaseError::AboveBound { bound: 2 }));
     assert_eq!(b.release(), Err(ReleaseError::AboveBound { bound: 2 }));

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ipc_tests::{fork_run, unique_name, wait_pid, Ended};
 use shmproc::{
-    AccessError, Array, Barrier, BarrierError, Condition, LockError, Mutex, Pipe, Queue, RawValue, RecvError,
-    RecvTimeoutError, SendError, TryRecvError, Value,
+    AccessError, AcquireError, Array, Barrier, BarrierError, Condition, Event, LockError, Mutex, Pipe, Queue, RawValue,
+    RecvError, RecvTimeoutError, Semaphore, SendError, TryRecvError, Value,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -340,4 +340,69 @@ fn a_queue_send_cut_short_is_not_reported_done() {
         }
     });
     drop(keep);
+}
+
+/// Waits with no timeout on an event, a semaphore and a condition whose named
+/// segments another process truncates while they sleep: each must end (the
+/// flag and the count read zero for ever, and no `set`, `release` or
+/// `notify` can reach the waiter's private pages), with `false`, `Corrupt`
+/// and `Corrupt`. Before they looked at `Segment::lost` between slices, the
+/// three children slept until the test killed them.
+#[test]
+fn waits_without_timeout_on_truncated_sync_objects_end() {
+    let en = unique_name("trunc-event");
+    let event = Event::create(&en).unwrap();
+    let sn = unique_name("trunc-sem");
+    let sem = Semaphore::create(&sn, 0).unwrap();
+    let cn = unique_name("trunc-cond");
+    let cond = Condition::create(&cn).unwrap();
+    let mn = unique_name("trunc-cond-lock");
+    let m = Mutex::<u64>::create(&mn, 0).unwrap();
+    let waiting = RawValue::<u32>::anonymous(0).unwrap();
+    let started = |w: &RawValue<u32>| {
+        w.atomic().fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    };
+    let (e, w1) = (event.clone(), waiting.clone());
+    let event_child = orphan_proof(move || {
+        started(&w1);
+        if e.wait() {
+            1
+        } else {
+            0
+        }
+    });
+    let (s, w2) = (sem.clone(), waiting.clone());
+    let sem_child = orphan_proof(move || {
+        started(&w2);
+        match s.acquire() {
+            Err(AcquireError::Corrupt) => 0,
+            Err(_) => 1,
+            Ok(()) => 2,
+        }
+    });
+    let (c, mc, w3) = (cond.clone(), m.clone(), waiting.clone());
+    let cond_child = orphan_proof(move || {
+        let Ok(g) = mc.lock() else { return 3 };
+        started(&w3);
+        match c.wait(g) {
+            Err(LockError::Corrupt) => 0,
+            Err(_) => 1,
+            Ok(_) => 2,
+        }
+    });
+    let end = Instant::now() + T;
+    while waiting.atomic().load(std::sync::atomic::Ordering::Acquire) < 3 {
+        assert!(Instant::now() < end, "the children never started waiting");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Most likely all three sleep by now; if not, they meet the truncation
+    // at their first look instead.
+    std::thread::sleep(Duration::from_millis(200));
+    truncate(&en, 0);
+    truncate(&sn, 0);
+    truncate(&cn, 0);
+    assert_eq!(wait_pid(event_child, T), Ended::Code(0), "Event::wait (signal 7 is SIGBUS)");
+    assert_eq!(wait_pid(sem_child, T), Ended::Code(0), "Semaphore::acquire (signal 7 is SIGBUS)");
+    assert_eq!(wait_pid(cond_child, T), Ended::Code(0), "Condition::wait (signal 7 is SIGBUS)");
+    drop((event, sem, cond, m));
 }

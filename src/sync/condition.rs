@@ -134,17 +134,19 @@ impl Condition {
         // In slices: `notify_one` wakes one sleeper, and if that one is
         // killed before it acts, the notification must not be lost while the
         // others sleep on. After a slice, a `seq` that moved ends the wait
-        // too (at worst a spurious wake-up, which callers allow for).
+        // too (at worst a spurious wake-up, which callers allow for), and so
+        // does a truncated segment (the relock below reports it).
+        let lost = || guard.seg.lost() || self.shared.segment().lost();
         let r = loop {
             let r = Os.wait(&s.seq, seq, deadline.min_after(crate::wait::PEER_SLICE));
-            if r != Wait::TimedOut || deadline.expired() || s.seq.load(SeqCst) != seq {
+            if r != Wait::TimedOut || deadline.expired() || s.seq.load(SeqCst) != seq || lost() {
                 break r;
             }
         };
         s.waiters.fetch_sub(1, Relaxed);
         let timed_out = r == Wait::TimedOut && deadline.expired();
         let relocked = lock.lock(Deadline::NEVER);
-        if relocked.is_ok() && (guard.seg.lost() || self.shared.segment().lost()) {
+        if relocked.is_ok() && lost() {
             // The mutex's or the condition's segment was truncated under us:
             // the guard (dropped here) unlocks the private zeros.
             return Err(LockError::Corrupt);

@@ -62,19 +62,33 @@ impl EventState {
         }
     }
 
+    #[cfg(any(test, loom))]
     pub(crate) fn wait<P: Platform>(&self, p: &P, deadline: Deadline) -> bool {
+        self.wait_watching(p, deadline, || false)
+    }
+
+    /// [`wait`](Self::wait), in slices of [`PEER_SLICE`](crate::wait::PEER_SLICE)
+    /// (loom models no time: one wait) with `lost` (the segment's
+    /// [`Segment::lost`](crate::Segment::lost)) looked at after each: a
+    /// segment truncated under the wait ends it with `false` (the flag is a
+    /// private zero now, which no `set` will ever reach).
+    pub(crate) fn wait_watching<P: Platform>(&self, p: &P, deadline: Deadline, lost: impl Fn() -> bool) -> bool {
         if self.flag.load(Acquire) != 0 || spin_until(|| self.flag.load(Acquire) != 0, crate::wait::EVENT_SPINS) {
             return true;
         }
+        let until = || if cfg!(loom) { deadline } else { deadline.min_after(crate::wait::PEER_SLICE) };
         loop {
             self.waiters.fetch_add(1, SeqCst);
             loom_sc_fence();
             if self.flag.load(SeqCst) == 0 {
-                p.wait(&self.flag, 0, deadline);
+                p.wait(&self.flag, 0, until());
             }
             self.waiters.fetch_sub(1, Relaxed);
             if self.flag.load(Acquire) != 0 {
                 return true;
+            }
+            if lost() {
+                return false;
             }
             // Checked whatever the wait reported: a wait also ends early when
             // the word changed, on a signal, or on a peer's wake-up, and those
@@ -95,7 +109,7 @@ impl EventState {
 /// assert!(!ev.wait_timeout(Duration::from_millis(1)));
 /// ev.set();
 /// assert!(ev.is_set());
-/// ev.wait();
+/// assert!(ev.wait());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -162,15 +176,24 @@ impl Event {
         self.shared.get().flag.load(Acquire) != 0
     }
 
-    /// Blocks until the flag is set.
-    pub fn wait(&self) {
-        self.shared.get().wait(&Os, Deadline::NEVER);
+    /// Blocks until the flag is set; returns `true` (as Python's
+    /// `Event.wait()`). It returns `false` only if the event's named segment
+    /// was truncated by another process (seen within 50 ms): the flag then
+    /// reads clear here for ever, and no `set` can reach it.
+    pub fn wait(&self) -> bool {
+        self.wait_until(Deadline::NEVER)
     }
 
     /// Blocks until the flag is set or `timeout` passes; returns whether it is set
-    /// (as Python's `Event.wait(timeout)`). A `false` comes no earlier than `timeout`.
+    /// (as Python's `Event.wait(timeout)`). A `false` comes no earlier than
+    /// `timeout`, unless the segment was truncated (as for [`wait`](Self::wait)).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.shared.get().wait(&Os, Deadline::after(Some(timeout)))
+        self.wait_until(Deadline::after(Some(timeout)))
+    }
+
+    fn wait_until(&self, deadline: Deadline) -> bool {
+        let seg = self.shared.segment();
+        self.shared.get().wait_watching(&Os, deadline, || seg.lost())
     }
 
     /// How another process opens this event.

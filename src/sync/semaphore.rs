@@ -59,6 +59,10 @@ pub enum AcquireError {
     /// `acquire_guard`: every slot of the owned-permit table is taken by a
     /// live holder ([`OWNED_PERMITS`] at most at once).
     TableFull,
+    /// The semaphore's named segment was truncated by another process while
+    /// this call waited: its count now reads zero in this process, and no
+    /// release can reach it.
+    Corrupt,
 }
 
 impl fmt::Display for AcquireError {
@@ -69,6 +73,7 @@ impl fmt::Display for AcquireError {
             AcquireError::TableFull => {
                 write!(f, "all {OWNED_PERMITS} owned-permit slots of the semaphore are held by live processes")
             }
+            AcquireError::Corrupt => f.write_str("the semaphore's shared memory was truncated by another process"),
         }
     }
 }
@@ -187,11 +192,27 @@ impl RawSemaphore {
     /// Takes a permit, sleeping until `deadline`. `bound`: the handle's bound,
     /// validated at open (never the shared word, which a peer could rewrite),
     /// for the permits of dead holders given back on the way.
+    #[cfg(any(test, loom))]
     pub(crate) fn acquire_with<P: Platform>(
         &self,
         p: &P,
         deadline: Deadline,
         bound: Option<u32>,
+    ) -> Result<(), AcquireError> {
+        self.acquire_watching(p, deadline, bound, || false)
+    }
+
+    /// [`acquire_with`](Self::acquire_with), looking at `lost` (the
+    /// segment's [`Segment::lost`](crate::Segment::lost)) after every slice:
+    /// a segment truncated under the wait ends it with
+    /// [`AcquireError::Corrupt`] (its words are private zeros now; no
+    /// release will ever reach them).
+    pub(crate) fn acquire_watching<P: Platform>(
+        &self,
+        p: &P,
+        deadline: Deadline,
+        bound: Option<u32>,
+        lost: impl Fn() -> bool,
     ) -> Result<(), AcquireError> {
         if self.try_acquire()
             || spin_until(|| self.value.load(Relaxed) > 0 && self.try_acquire(), crate::wait::SEMAPHORE_SPINS)
@@ -217,6 +238,9 @@ impl RawSemaphore {
             self.waiters.fetch_sub(1, Relaxed);
             if self.try_acquire() {
                 return Ok(());
+            }
+            if lost() {
+                return Err(AcquireError::Corrupt);
             }
             // Checked whatever the wait reported: a wait also ends early when
             // the word changed, on a signal, or on a peer's wake-up, and those
@@ -260,6 +284,7 @@ impl RawSemaphore {
         p: &P,
         deadline: Deadline,
         bound: Option<u32>,
+        lost: impl Fn() -> bool,
     ) -> Result<(usize, u64), AcquireError> {
         let me = crate::sys::current_process();
         let reserved = slot_word(RESERVED, me.id, me.start_time);
@@ -275,7 +300,7 @@ impl RawSemaphore {
             }
         }
         let i = slot.ok_or(AcquireError::TableFull)?;
-        match self.acquire_with(p, deadline, bound) {
+        match self.acquire_watching(p, deadline, bound, lost) {
             Ok(()) => {
                 self.owners[i].store(held, SeqCst);
                 Ok((i, held))
@@ -375,15 +400,21 @@ macro_rules! semaphore_type {
                 Self::from_shared(shared)
             }
 
-            /// Takes a permit, blocking until one is available.
-            pub fn acquire(&self) {
-                // Without a deadline the only way out is a permit.
-                let _ = self.shared.get().acquire_with(&Os, Deadline::NEVER, self.bound);
+            /// Takes a permit, blocking until one is available. The only
+            /// error is [`AcquireError::Corrupt`]: the semaphore's named
+            /// segment was truncated by another process (seen within 50 ms).
+            pub fn acquire(&self) -> Result<(), AcquireError> {
+                self.acquire_until(Deadline::NEVER)
             }
 
             /// Takes a permit, giving up with [`AcquireError::Timeout`] after `timeout`.
             pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), AcquireError> {
-                self.shared.get().acquire_with(&Os, Deadline::after(Some(timeout)), self.bound)
+                self.acquire_until(Deadline::after(Some(timeout)))
+            }
+
+            fn acquire_until(&self, deadline: Deadline) -> Result<(), AcquireError> {
+                let seg = self.shared.segment();
+                self.shared.get().acquire_watching(&Os, deadline, self.bound, || seg.lost())
             }
 
             /// Takes a permit if one is available now, else [`AcquireError::WouldBlock`].
@@ -422,8 +453,8 @@ macro_rules! semaphore_type {
             }
 
             fn guard_until(&self, deadline: Deadline) -> Result<SemaphoreGuard<'_>, AcquireError> {
-                let raw = self.shared.get();
-                let (slot, word) = raw.acquire_owned(&Os, deadline, self.bound)?;
+                let (raw, seg) = (self.shared.get(), self.shared.segment());
+                let (slot, word) = raw.acquire_owned(&Os, deadline, self.bound, || seg.lost())?;
                 Ok(SemaphoreGuard { raw, slot, word, bound: self.bound })
             }
 
@@ -470,7 +501,7 @@ semaphore_type!(
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let sem = shmproc::Semaphore::anonymous(2)?;
-    /// sem.acquire();
+    /// sem.acquire()?;
     /// sem.try_acquire()?;
     /// assert!(sem.try_acquire().is_err());
     /// sem.release()?;
@@ -646,7 +677,7 @@ mod tests {
     fn counting_and_bounds() {
         let s = Semaphore::anonymous(2).unwrap();
         assert!(s.try_acquire().is_ok());
-        s.acquire();
+        s.acquire().unwrap();
         assert_eq!(s.try_acquire(), Err(AcquireError::WouldBlock));
         let t = Instant::now();
         assert_eq!(s.acquire_timeout(Duration::from_millis(30)), Err(AcquireError::Timeout));
@@ -657,7 +688,7 @@ mod tests {
         assert_eq!(s.value(), 3);
 
         let b = BoundedSemaphore::anonymous(2).unwrap();
-        b.acquire();
+        b.acquire().unwrap();
         b.release().unwrap();
         assert_eq!(b.release(), Err(ReleaseError::AboveBound { bound: 2 }));
         assert_eq!(b.value(), 2);
