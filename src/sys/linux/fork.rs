@@ -66,11 +66,22 @@ fn hooks() -> Option<&'static [fn(); 3]> {
 /// A `std::sync::Once` that a `fork` cannot wedge. If a process forks while
 /// another of its threads runs a `Once`'s closure, the child inherits the
 /// `Once` marked running with no thread to finish it, and its first call
-/// waits for ever. Here the state records the pid of the process running
-/// the closure: a caller in another process (a child forked meanwhile)
-/// takes over and runs it itself. So the closure may run again in a forked
-/// child, and must be safe to repeat there.
+/// waits for ever. Here the state records the process running the closure
+/// (its pid and fork generation, [`once_runner`]): a caller in another
+/// process (a child forked meanwhile) takes over and runs it itself. So the
+/// closure may run again in a forked child, and must be safe to repeat there.
 pub(crate) struct ForkSafeOnce(AtomicU64);
+
+/// Names the calling process for [`ForkSafeOnce`]: its fork generation
+/// (high 32 bits) and pid (low 32). The pid alone could name an ancestor
+/// too: a descendant that got its pid back after it was freed, or a child
+/// in a new pid namespace. The generation alone could not: it moves only
+/// once the fork handlers are registered, which is itself a `ForkSafeOnce`.
+/// Never `ONCE_DONE` (pids are below 2^22) nor 0 (a pid is never 0).
+fn once_runner() -> u64 {
+    let pid = u64::from(rustix::process::getpid().as_raw_nonzero().get().unsigned_abs());
+    fork_generation() << 32 | pid
+}
 
 /// [`ForkSafeOnce`] state: done (any process).
 const ONCE_DONE: u64 = u64::MAX;
@@ -98,7 +109,7 @@ impl ForkSafeOnce {
         if self.is_done() {
             return;
         }
-        let me = u64::from(rustix::process::getpid().as_raw_nonzero().get().unsigned_abs());
+        let me = once_runner();
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             if cur == ONCE_DONE {
@@ -395,7 +406,7 @@ mod tests {
     fn fork_safe_once_takes_over_a_run_left_by_another_process() {
         let o = ForkSafeOnce::new();
         // As a child inherits it: "running" in the parent (some other pid).
-        let other = u64::from(std::process::id()) + 1;
+        let other = once_runner() + 1;
         o.0.store(other, Ordering::Relaxed);
         let mut ran = 0;
         o.call_once(|| ran += 1);
@@ -404,9 +415,26 @@ mod tests {
         o.call_once(|| ran += 1);
         assert_eq!(ran, 1, "ran twice in one process");
 
+        // "Running" in an ancestor that had our pid (a pid freed and handed
+        // out again, or another pid namespace): its generation is older.
+        // (In a thread: if it is taken for this process, the call waits for
+        // ever, and the test fails at the timeout instead of hanging.)
+        watch_forks();
+        let o = std::sync::Arc::new(ForkSafeOnce::new());
+        o.0.store(once_runner() - (1 << 32), Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let o2 = o.clone();
+        std::thread::spawn(move || {
+            let mut ran = false;
+            o2.call_once(|| ran = true);
+            let _ = tx.send(ran);
+        });
+        let ran = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(ran, Ok(true), "an ancestor with our pid was taken for this process");
+
         // Running in this process (another thread): waited for.
         let o = std::sync::Arc::new(ForkSafeOnce::new());
-        o.0.store(u64::from(std::process::id()), Ordering::Relaxed);
+        o.0.store(once_runner(), Ordering::Relaxed);
         let o2 = o.clone();
         let finisher = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));
