@@ -34,8 +34,9 @@
 //! (`sync::raw_mutex`) keeps its own loop, a state machine on the word, but
 //! waits with [`Backoff`], [`sleep`] and the [`Platform`] liveness check; the
 //! semaphore, the event, the condition variable and the barrier sleep on
-//! their word through [`Platform`] without slices (they have no peer to
-//! watch).
+//! their word through [`Platform`], in [`PEER_SLICE`] slices after which
+//! they look again (for a wake-up lost to a killed waiter, owned permits of
+//! dead holders, a segment truncated under them).
 //!
 //! ## The constants, in one place
 //!
@@ -48,7 +49,7 @@
 //! | constant | value | used by | why |
 //! |---|---|---|---|
 //! | [`MUTEX_SLICE`] | 20 ms | lock waiters | how soon a dead owner's lock is taken over; as first written, kept apart from `PEER_SLICE` so neither the takeover latency nor the queue/pipe wake-up rate changes |
-//! | [`PEER_SLICE`] | 50 ms | queue, pipe, `pipe::wait` | how soon a dead peer is noticed by a sleeper; each check may read `/proc` (microseconds), so it stays rare; as first written |
+//! | [`PEER_SLICE`] | 50 ms | queue, pipe, `pipe::wait`, semaphore, event, condition, barrier | how soon a dead peer is noticed by a sleeper; each check may read `/proc` (microseconds), so it stays rare; as first written |
 //! | [`STALL_SLICE`] | 2 ms | queue | a slot claimed by a dead process blocks everyone behind it, so it is looked at sooner; also the slice when `membarrier` is refused, so a missed wake-up costs ~2 ms |
 //! | [`JOIN_SLICE`] | 100 ms | `JoinableQueue::join` | only guards against a wake-up lost to a peer that died in `task_done` |
 //! | [`WAITV_FALLBACK_SLICE`] | 1 ms | `pipe::wait` without `futex_waitv` | it sleeps on the first word only and polls the others between slices |

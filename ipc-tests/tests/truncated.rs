@@ -343,7 +343,8 @@ fn a_queue_send_cut_short_is_not_reported_done() {
 }
 
 /// Waits with no timeout on an event, a semaphore and a condition whose named
-/// segments another process truncates while they sleep: each must end (the
+/// segments another process truncates while they sleep (and on a condition
+/// whose mutex's segment alone is truncated): each must end (the
 /// flag and the count read zero for ever, and no `set`, `release` or
 /// `notify` can reach the waiter's private pages), with `false`, `Corrupt`
 /// and `Corrupt`. Before they looked at `Segment::lost` between slices, the
@@ -390,8 +391,25 @@ fn waits_without_timeout_on_truncated_sync_objects_end() {
             Ok(_) => 2,
         }
     });
+    // Only the mutex's segment is cut here: the waiter sleeps on the
+    // condition's word, which stays whole, and no notifier can lock the
+    // mutex any more to wake it.
+    let cn2 = unique_name("trunc-cond2");
+    let cond2 = Condition::create(&cn2).unwrap();
+    let mn2 = unique_name("trunc-cond2-lock");
+    let m2 = Mutex::<u64>::create(&mn2, 0).unwrap();
+    let (c2, mc2, w4) = (cond2.clone(), m2.clone(), waiting.clone());
+    let cond2_child = orphan_proof(move || {
+        let Ok(g) = mc2.lock() else { return 3 };
+        started(&w4);
+        match c2.wait(g) {
+            Err(LockError::Corrupt) => 0,
+            Err(_) => 1,
+            Ok(_) => 2,
+        }
+    });
     let end = Instant::now() + T;
-    while waiting.atomic().load(std::sync::atomic::Ordering::Acquire) < 3 {
+    while waiting.atomic().load(std::sync::atomic::Ordering::Acquire) < 4 {
         assert!(Instant::now() < end, "the children never started waiting");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -401,8 +419,14 @@ fn waits_without_timeout_on_truncated_sync_objects_end() {
     truncate(&en, 0);
     truncate(&sn, 0);
     truncate(&cn, 0);
+    truncate(&mn2, 0);
     assert_eq!(wait_pid(event_child, T), Ended::Code(0), "Event::wait (signal 7 is SIGBUS)");
     assert_eq!(wait_pid(sem_child, T), Ended::Code(0), "Semaphore::acquire (signal 7 is SIGBUS)");
     assert_eq!(wait_pid(cond_child, T), Ended::Code(0), "Condition::wait (signal 7 is SIGBUS)");
-    drop((event, sem, cond, m));
+    assert_eq!(
+        wait_pid(cond2_child, T),
+        Ended::Code(0),
+        "Condition::wait, its mutex's segment cut (signal 7 is SIGBUS)"
+    );
+    drop((event, sem, cond, m, cond2, m2));
 }

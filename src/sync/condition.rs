@@ -136,7 +136,13 @@ impl Condition {
         // others sleep on. After a slice, a `seq` that moved ends the wait
         // too (at worst a spurious wake-up, which callers allow for), and so
         // does a truncated segment (the relock below reports it).
-        let lost = || guard.seg.lost() || self.shared.segment().lost();
+        // The mutex's pages are not touched while we sleep on the condition's
+        // word: read its lock word first, so that a truncation of the
+        // mutex's segment alone faults here and is seen too.
+        let lost = || {
+            std::hint::black_box(lock.state());
+            guard.seg.lost() || self.shared.segment().lost()
+        };
         let r = loop {
             let r = Os.wait(&s.seq, seq, deadline.min_after(crate::wait::PEER_SLICE));
             if r != Wait::TimedOut || deadline.expired() || s.seq.load(SeqCst) != seq || lost() {

@@ -143,8 +143,8 @@ impl RawMutex {
         }
     }
 
-    /// The futex word (for the condition variable's tests and diagnostics).
-    #[cfg(any(test, loom))]
+    /// The futex word (the condition variable reads it between slices to
+    /// notice a truncated segment; tests and diagnostics).
     pub(crate) fn state(&self) -> u32 {
         self.state.load(Relaxed)
     }

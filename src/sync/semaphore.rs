@@ -407,7 +407,8 @@ macro_rules! semaphore_type {
                 self.acquire_until(Deadline::NEVER)
             }
 
-            /// Takes a permit, giving up with [`AcquireError::Timeout`] after `timeout`.
+            /// Takes a permit, giving up with [`AcquireError::Timeout`] after
+            /// `timeout` ([`AcquireError::Corrupt`] as for [`acquire`](Self::acquire)).
             pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), AcquireError> {
                 self.acquire_until(Deadline::after(Some(timeout)))
             }
@@ -430,7 +431,8 @@ macro_rules! semaphore_type {
             /// permit is given back when the guard drops, or, if this process
             /// dies holding it (even by `kill -9`), by the next process that
             /// waits on the semaphore, like System V's `SEM_UNDO`. At most
-            /// [`OWNED_PERMITS`] can be out at once ([`AcquireError::TableFull`]).
+            /// [`OWNED_PERMITS`] can be out at once ([`AcquireError::TableFull`]);
+            /// [`AcquireError::Corrupt`] as for [`acquire`](Self::acquire).
             ///
             /// ```
             /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
