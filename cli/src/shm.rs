@@ -161,24 +161,9 @@ pub fn in_use() -> HashSet<(u64, u64)> {
     for p in procs.flatten() {
         let pid = p.file_name();
         let Some(pid) = pid.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        // Mappings: "addr perms offset dev inode path".
-        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-            for line in maps.lines() {
-                let mut f = line.split_whitespace();
-                let (Some(_), Some(_), Some(_), Some(_), Some(ino), Some(path)) =
-                    (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
-                else {
-                    continue;
-                };
-                // memfds show as "/memfd:..."; named segments as "/dev/shm/<name>".
-                if path.starts_with("/dev/shm/") {
-                    if let (Some(dev), Ok(ino)) = (shm_dev, ino.parse::<u64>()) {
-                        used.insert((dev, ino));
-                    }
-                }
-            }
-        }
-        // Open fds (a process may hold the fd without mapping it).
+        // Open fds first, then mappings: a process that opens, maps and
+        // closes in between is seen by one of the two (the other order could
+        // miss it). A process may hold the fd without mapping it.
         if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
             for fd in fds.flatten() {
                 let is_shm = std::fs::read_link(fd.path())
@@ -187,6 +172,25 @@ pub fn in_use() -> HashSet<(u64, u64)> {
                 if is_shm {
                     if let Ok(m) = std::fs::metadata(fd.path()) {
                         used.insert((m.dev(), m.ino()));
+                    }
+                }
+            }
+        }
+        // Mappings: "addr perms offset dev inode path". Read as bytes: one
+        // path that is not UTF-8 must not hide the process's other mappings.
+        if let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) {
+            for line in maps.split(|&b| b == b'\n') {
+                let mut f = line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty());
+                let (Some(_), Some(_), Some(_), Some(_), Some(ino), Some(path)) =
+                    (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+                else {
+                    continue;
+                };
+                // memfds show as "/memfd:..."; named segments as "/dev/shm/<name>".
+                if path.starts_with(b"/dev/shm/") {
+                    let ino = std::str::from_utf8(ino).ok().and_then(|i| i.parse::<u64>().ok());
+                    if let (Some(dev), Some(ino)) = (shm_dev, ino) {
+                        used.insert((dev, ino));
                     }
                 }
             }
@@ -515,8 +519,24 @@ fn gc_pending(name: &str, pid: u32, me: u32, used: &HashSet<(u64, u64)>, dry_run
     // Only what a builder leaves: empty, zeros where the header goes, or a
     // shmproc header. A file of someone else's that merely has such a name
     // is not ours to remove.
+    // Read through the file already checked: opened as `ls` does (never
+    // through a symlink, never blocking on a FIFO put there meanwhile), and
+    // the very inode looked at above. Any failure keeps the file.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = match rustix::fs::open(&path, flags, Mode::empty()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => return keep(format!("cannot open it to look inside: {}", std::io::Error::from(e))),
+    };
+    match file.metadata() {
+        Ok(m) if m.is_file() && (m.dev(), m.ino()) == id => {}
+        Ok(_) => return keep("it changed while gc looked at it".into()),
+        Err(e) => return keep(format!("cannot stat it: {e}")),
+    }
     let mut first = [0u8; 8];
-    let n = std::fs::File::open(&path).and_then(|mut f| f.read(&mut first)).unwrap_or(0);
+    let n = match (&file).read(&mut first) {
+        Ok(n) => n,
+        Err(e) => return keep(format!("cannot read it: {e}")),
+    };
     if n > 0 && first != [0; 8] && first != shmproc::header::MAGIC.to_le_bytes() {
         return keep("named like a segment being created, but it is not one".into());
     }

@@ -360,6 +360,89 @@ fn gc_removes_the_temporary_names_of_dead_builders() {
     Value::<u64>::builder().name(&jobs).create(1).expect("the name is free");
 }
 
+/// A dead builder's temporary name that a live process still maps (its fd
+/// closed) is kept, even when that process also maps a file whose path is
+/// not UTF-8: `gc` used to read `/proc/PID/maps` as a string, and a process
+/// whose maps did not parse as one was skipped, its mappings unseen.
+#[test]
+fn gc_keeps_what_a_process_maps_whatever_else_it_maps() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = prefix();
+    let dead_pid = {
+        let mut c = Command::new("true").spawn().expect("spawn true");
+        let pid = c.id();
+        c.wait().expect("wait");
+        pid
+    };
+    let abandoned = format!(".{p}mapped~{dead_pid}-00000000000000dd");
+    let odd = {
+        use std::os::unix::ffi::OsStringExt;
+        let mut b = format!("/tmp/{p}-").into_bytes();
+        b.push(0xff);
+        std::path::PathBuf::from(std::ffi::OsString::from_vec(b))
+    };
+    struct RemoveFiles(Vec<std::path::PathBuf>);
+    impl Drop for RemoveFiles {
+        fn drop(&mut self) {
+            for f in &self.0 {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+    let shm_path = std::path::PathBuf::from(format!("/dev/shm/{abandoned}"));
+    let _cleanup = RemoveFiles(vec![shm_path.clone(), odd.clone()]);
+    std::fs::write(&shm_path, vec![0u8; 4096]).expect("write a temporary name");
+    std::fs::write(&odd, vec![1u8; 4096]).expect("write a file with a non-UTF-8 name");
+    let paths: Vec<std::ffi::CString> =
+        [&shm_path, &odd].iter().map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()).collect();
+    let mut fds = [0i32; 2];
+    // SAFETY: a pipe into our own array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: the child only makes raw system calls and `_exit`s.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork");
+    if child == 0 {
+        // SAFETY: raw calls on our own paths and fds; `_exit` ends the child.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            for path in &paths {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                let m = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+                if fd < 0 || m == libc::MAP_FAILED {
+                    libc::_exit(1);
+                }
+                libc::close(fd);
+            }
+            libc::write(fds[1], b"x".as_ptr().cast(), 1);
+            libc::sleep(60);
+            libc::_exit(0);
+        }
+    }
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kills and reaps our own child.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    let _kill = Kill(child);
+    let mut b = [0u8; 1];
+    let mut poll = libc::pollfd { fd: fds[0], events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd of ours; then a read of one byte into `b`.
+    let ready = unsafe { libc::poll(&mut poll, 1, 30_000) == 1 && libc::read(fds[0], b.as_mut_ptr().cast(), 1) == 1 };
+    assert!(ready, "the child did not map the files");
+    let out = shmproc(&["gc", "--prefix", &p]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("kept    {abandoned}: its creator pid {dead_pid} is dead, but a process still maps")),
+        "{stdout}"
+    );
+    assert!(shm_path.exists(), "a mapped temporary name was removed");
+}
+
 /// Names in /dev/shm are chosen by whoever creates them: one with a newline
 /// and an escape sequence must not forge a line of `ls` or drive the
 /// terminal. Text output shows control characters escaped.
