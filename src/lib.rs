@@ -135,6 +135,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod connection;
+mod decode;
 mod error;
 pub mod header;
 pub mod inspect;

@@ -635,7 +635,7 @@ pub(crate) fn set_inbound(fds: Vec<RawFd>, owned: bool) {
 /// decoded object holds its own duplicate.
 pub(crate) fn deserialize_carried<A: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<A, String> {
     INBOUND_ERROR.with(|e| e.take());
-    let r = postcard::from_bytes(bytes);
+    let r = crate::decode::from_bytes(bytes);
     if let Some(inb) = INBOUND.with(|i| i.borrow_mut().take()) {
         if inb.owned {
             for fd in inb.fds {

@@ -411,13 +411,13 @@ impl SocketConnection {
     /// Receives one message and decodes it as a `T` (postcard).
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
         let b = self.recv_bytes()?;
-        postcard::from_bytes(&b).map_err(RecvError::Deserialize)
+        crate::decode::from_bytes(&b).map_err(RecvError::Deserialize)
     }
 
     /// [`recv`](Self::recv) with a timeout.
     pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, RecvError> {
         let b = self.recv_bytes_timeout(timeout)?;
-        postcard::from_bytes(&b).map_err(RecvError::Deserialize)
+        crate::decode::from_bytes(&b).map_err(RecvError::Deserialize)
     }
 
     /// Whether a receive would not block (data buffered or readable, or the

@@ -224,10 +224,10 @@ where
     // trampoline (rebased for the server's image by the same offset scheme).
     let f = unsafe { std::mem::transmute::<usize, fn(&mut S, A) -> R>(f) };
     let mut s: S = match state {
-        Some(b) => postcard::from_bytes(b).map_err(|e| format!("stored value: {e}"))?,
+        Some(b) => crate::decode::from_bytes(b).map_err(|e| format!("stored value: {e}"))?,
         None => S::default(),
     };
-    let a: A = postcard::from_bytes(arg).map_err(|e| format!("argument: {e}"))?;
+    let a: A = crate::decode::from_bytes(arg).map_err(|e| format!("argument: {e}"))?;
     let r = f(&mut s, a);
     let out = postcard::to_stdvec(&r).map_err(|e| format!("result: {e}"))?;
     *state = Some(postcard::to_stdvec(&s).map_err(|e| format!("state: {e}"))?);

@@ -19,7 +19,7 @@ fn enc<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, ManagerError> {
 }
 
 fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, ManagerError> {
-    postcard::from_bytes(b).map_err(ManagerError::Deserialize)
+    crate::decode::from_bytes(b).map_err(ManagerError::Deserialize)
 }
 
 fn micros(t: Option<Duration>) -> Micros {

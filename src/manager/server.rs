@@ -341,7 +341,7 @@ fn local_link(conn: SocketConnection) -> Option<Link> {
 fn serve(sh: &Shared, link: &Link, client: u64) {
     while let Some(bytes) = link.recv() {
         // Anything that is not a request closes this client's connection.
-        let Ok(req) = postcard::from_bytes::<Request>(&bytes) else { return };
+        let Ok(req) = crate::decode::from_bytes::<Request>(&bytes) else { return };
         let resp = match req {
             Request::Create { kind, fp, n, init, name } => create(sh, kind, fp, n, init, name),
             Request::Call { id, fp, op } => match call(sh, link, client, id, fp, op) {

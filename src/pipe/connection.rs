@@ -1524,7 +1524,7 @@ impl Connection {
 /// message sent as another type usually decodes partly (a `String`'s length
 /// prefix reads as a `u64`), and is refused instead of misread.
 fn decode_whole<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecvError> {
-    let (value, rest) = postcard::take_from_bytes(bytes).map_err(RecvError::Deserialize)?;
+    let (value, rest) = crate::decode::take_from_bytes(bytes).map_err(RecvError::Deserialize)?;
     if rest.is_empty() {
         Ok(value)
     } else {

@@ -93,7 +93,7 @@ pub(crate) fn decode_into<R: DeserializeOwned>(b: &Batch, out: &mut Vec<R>) -> R
 /// The error a worker reported for an item (the bytes of a `WireError`).
 #[cold]
 fn worker_error(bytes: &[u8]) -> TaskError {
-    match postcard::from_bytes::<WireError>(bytes) {
+    match crate::decode::from_bytes::<WireError>(bytes) {
         Ok(e) => TaskError::from(e),
         Err(e) => TaskError::Deserialize { reason: format!("a worker's error report: {e}") },
     }

@@ -71,7 +71,7 @@ pub(crate) enum Item<'a> {
 #[inline]
 pub(crate) fn decode_item<T: DeserializeOwned>(item: Item<'_>) -> Result<T, String> {
     match item {
-        Item::Postcard(b) => postcard::from_bytes(b).map_err(|e| e.to_string()),
+        Item::Postcard(b) => crate::decode::from_bytes(b).map_err(|e| e.to_string()),
         Item::Plain(kind, b) => plain::decode(kind, b).map_err(|e| e.to_string()),
     }
 }
@@ -424,7 +424,7 @@ pub(crate) type RunInit = fn(usize, &[u8]) -> Result<(), String>;
 pub(crate) fn run_init<A: DeserializeOwned>(func: usize, arg: &[u8]) -> Result<(), String> {
     // SAFETY: as in `run_one`, for a `fn(A)`.
     let f: fn(A) = unsafe { std::mem::transmute::<usize, fn(A)>(func) };
-    let a = postcard::from_bytes::<A>(arg).map_err(|e| format!("decoding the initializer's argument: {e}"))?;
+    let a = crate::decode::from_bytes::<A>(arg).map_err(|e| format!("decoding the initializer's argument: {e}"))?;
     panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|p| {
         let loc = LAST_PANIC.with(|l| l.borrow_mut().take());
         match loc {

@@ -268,7 +268,7 @@ pub(crate) fn start_many(specs: &[Spec<'_>]) -> Vec<Result<Launched, StartError>
             Err(e) => Err(e),
         };
         replies[i] = Some(match got {
-            Ok((n, mut fds)) if n > 0 => match postcard::from_bytes::<Reply>(&buf[..n]) {
+            Ok((n, mut fds)) if n > 0 => match crate::decode::from_bytes::<Reply>(&buf[..n]) {
                 Ok(Reply::Started { pid }) if fds.len() == 1 => Ok((pid, fds.pop())),
                 Ok(Reply::Failed(reason)) => Err(err(reason)),
                 _ => Err(err("malformed reply from the fork server")),
@@ -375,7 +375,7 @@ pub(crate) fn server_main(v: &str) -> ! {
             Ok(x) => x,
             Err(_) => continue,
         };
-        let reply = match postcard::from_bytes::<Request>(&buf[..n]) {
+        let reply = match crate::decode::from_bytes::<Request>(&buf[..n]) {
             Ok(req) => serve(&sock, &kids, req, fds),
             Err(_) => Err(Reply::Failed("malformed request".into())),
         };

@@ -604,13 +604,13 @@ impl<R: DeserializeOwned> Process<R> {
                 Err(JoinError::InitNotFirst { status })
             }
             None => Err(JoinError::Died { status }),
-            Some((&TAG_OK, bytes)) => match postcard::from_bytes::<R>(bytes) {
+            Some((&TAG_OK, bytes)) => match crate::decode::from_bytes::<R>(bytes) {
                 Ok(r) => Ok(r),
                 // A truncated report: the child died while writing it.
                 Err(_) if !status.success() => Err(JoinError::Died { status }),
                 Err(e) => Err(JoinError::Decode { reason: format!("decoding the result: {e}") }),
             },
-            Some((&TAG_REPORT, bytes)) => match postcard::from_bytes::<Report>(bytes) {
+            Some((&TAG_REPORT, bytes)) => match crate::decode::from_bytes::<Report>(bytes) {
                 Ok(Report::Panic { message, location }) => Err(JoinError::Panicked { message, location, status }),
                 Ok(Report::Serde(reason)) => Err(JoinError::Decode { reason }),
                 Err(_) if !status.success() => Err(JoinError::Died { status }),

@@ -289,13 +289,13 @@ impl FrameQueue {
     /// Receives one frame and deserializes it with postcard.
     pub fn recv_value<V: DeserializeOwned>(&self) -> Result<V, FrameRecvError> {
         let f = self.recv()?;
-        postcard::from_bytes(&f).map_err(FrameRecvError::Decode)
+        crate::decode::from_bytes(&f).map_err(FrameRecvError::Decode)
     }
 
     /// Like [`recv_value`](Self::recv_value), waiting at most `timeout`.
     pub fn recv_value_timeout<V: DeserializeOwned>(&self, timeout: Duration) -> Result<V, FrameRecvError> {
         let f = self.recv_timeout(timeout)?;
-        postcard::from_bytes(&f).map_err(FrameRecvError::Decode)
+        crate::decode::from_bytes(&f).map_err(FrameRecvError::Decode)
     }
 
     /// Frames in the queue now (a snapshot).

@@ -320,7 +320,7 @@ pub(crate) fn decode<T: DeserializeOwned>(expected: u64, frame: &[u8]) -> Result
     if found != expected {
         return Err(TypedRecvError::TypeMismatch { expected, found });
     }
-    postcard::from_bytes(body).map_err(TypedRecvError::Decode)
+    crate::decode::from_bytes(body).map_err(TypedRecvError::Decode)
 }
 
 /// Why a typed send failed; the value is handed back.
@@ -502,6 +502,29 @@ mod tests {
         let s = Small { id: 1, x: 2.5, tag: 3 };
         tx2.send(s.clone()).unwrap();
         assert_eq!(rx2.recv().unwrap(), s);
+    }
+
+    /// A recursive type, for the nesting limit below.
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum Expr {
+        Lit(i64),
+        Neg(Box<Expr>),
+    }
+
+    /// A writer that forges the fingerprint (it is public) and sends one
+    /// byte per level of `Neg` makes the receiver's decode fail with
+    /// `Decode`, not overflow its stack (an abort of the whole process);
+    /// the queue goes on.
+    #[test]
+    fn a_deeply_nested_frame_is_a_decode_error_not_a_stack_overflow() {
+        let (tx, rx) = FrameQueue::builder().capacity(8).max_frame(1 << 20).create_typed_split::<Expr>().unwrap();
+        let mut hostile = fingerprint_of::<Expr>().to_le_bytes().to_vec();
+        hostile.resize(hostile.len() + 1_000_000, 1);
+        hostile.extend_from_slice(&[0, 14]);
+        tx.as_frames().send(&hostile).unwrap();
+        tx.send(Expr::Neg(Box::new(Expr::Lit(3)))).unwrap();
+        assert!(matches!(rx.recv(), Err(TypedRecvError::Decode(_))));
+        assert_eq!(rx.recv().unwrap(), Expr::Neg(Box::new(Expr::Lit(3))));
     }
 
     #[test]
