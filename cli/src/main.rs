@@ -358,10 +358,31 @@ fn main() -> ExitCode {
             let probe: bench::Start = bench::baselines::spin_pingpong;
             ExitCode::from(run_bench(bench::all_cases(), &out, &b.scenarios, &b.transports, Some(probe)))
         }
-        Command::Ls(LsArgs { json }) => ExitCode::from(shm::ls(json) as u8),
-        Command::Info(InfoArgs { name, json }) => ExitCode::from(shm::info(&name, json) as u8),
-        Command::Gc(g) => ExitCode::from(shm::gc(g.dry_run, &g.prefixes) as u8),
+        Command::Ls(LsArgs { json }) => {
+            end_quietly_on_closed_stdout();
+            ExitCode::from(shm::ls(json) as u8)
+        }
+        Command::Info(InfoArgs { name, json }) => {
+            end_quietly_on_closed_stdout();
+            ExitCode::from(shm::info(&name, json) as u8)
+        }
+        Command::Gc(g) => {
+            end_quietly_on_closed_stdout();
+            ExitCode::from(shm::gc(g.dry_run, &g.prefixes) as u8)
+        }
     }
+}
+
+/// `ls`, `info` and `gc` print to whatever reads them, which may stop early
+/// (`shmproc ls | head -1`): they die of `SIGPIPE` then, quietly, as other
+/// command-line tools do, where Rust's default (`SIGPIPE` ignored) makes
+/// `println!` panic with "failed printing to stdout". Not for `bench`, whose
+/// pipes and sockets to its children must fail with `EPIPE` instead. (Each
+/// gc removal is whole before the next line is printed.)
+fn end_quietly_on_closed_stdout() {
+    // libc: rustix has no stable wrapper for signal dispositions.
+    // SAFETY: installs the default disposition; no handler code runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 #[cfg(test)]

@@ -443,6 +443,53 @@ fn gc_keeps_what_a_process_maps_whatever_else_it_maps() {
     assert!(shm_path.exists(), "a mapped temporary name was removed");
 }
 
+/// `shmproc ls | head -1`: the reader goes away before the command writes.
+/// `ls` and `gc` must end quietly (killed by SIGPIPE, as other tools are),
+/// not panic in `println!` ("failed printing to stdout: Broken pipe").
+#[test]
+fn ls_and_gc_end_quietly_when_their_reader_is_gone() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let p = prefix();
+    let name = format!("{p}listed");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let _v = Value::<u64>::create(&name, 1).expect("a segment for ls to list");
+    for args in [vec!["ls"], vec!["gc", "--dry-run", "--prefix", p.as_str()]] {
+        let mut fds = [0i32; 2];
+        // SAFETY: a pipe into our own array; its read end is closed at once,
+        // so every write to the other end fails (EPIPE / SIGPIPE).
+        let write_end = unsafe {
+            assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0, "pipe");
+            libc::close(fds[0]);
+            std::os::fd::OwnedFd::from_raw_fd(fds[1])
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shmproc"))
+            .args(&args)
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run shmproc");
+        let end = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break st;
+            }
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("shmproc {args:?} did not finish within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).expect("stderr");
+        assert!(!stderr.contains("panicked"), "shmproc {args:?} panicked: {stderr}");
+        assert_eq!(status.signal(), Some(libc::SIGPIPE), "shmproc {args:?}: {status:?} {stderr}");
+    }
+}
+
 /// Names in /dev/shm are chosen by whoever creates them: one with a newline
 /// and an escape sequence must not forge a line of `ls` or drive the
 /// terminal. Text output shows control characters escaped.
