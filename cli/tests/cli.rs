@@ -13,7 +13,6 @@ use shmproc::Value;
 fn shmproc(args: &[&str]) -> Output {
     use std::io::Read;
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmproc"))
         .args(args)
         .stdout(Stdio::piped())
@@ -29,19 +28,24 @@ fn shmproc(args: &[&str]) -> Output {
     };
     let out = drain(Box::new(child.stdout.take().expect("piped")));
     let err = drain(Box::new(child.stderr.take().expect("piped")));
-    let end = Instant::now() + Duration::from_secs(120);
-    let status = loop {
+    let status = wait_within(&mut child, std::time::Duration::from_secs(120), args);
+    Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+}
+
+/// Waits for `child` (`shmproc args`); kills it and fails if it takes longer than `limit`.
+fn wait_within(child: &mut std::process::Child, limit: std::time::Duration, args: &[&str]) -> std::process::ExitStatus {
+    let end = std::time::Instant::now() + limit;
+    loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
+            return st;
         }
-        if Instant::now() >= end {
+        if std::time::Instant::now() >= end {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("shmproc {args:?} did not finish within 120 s");
+            panic!("shmproc {args:?} did not finish within {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -451,7 +455,7 @@ fn ls_and_gc_end_quietly_when_their_reader_is_gone() {
     use std::os::fd::FromRawFd;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let p = prefix();
     let name = format!("{p}listed");
     let _cleanup = Cleanup(vec![name.clone()]);
@@ -471,18 +475,7 @@ fn ls_and_gc_end_quietly_when_their_reader_is_gone() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run shmproc");
-        let end = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                break st;
-            }
-            if Instant::now() >= end {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("shmproc {args:?} did not finish within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_within(&mut child, Duration::from_secs(60), &args);
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).expect("stderr");
         assert!(!stderr.contains("panicked"), "shmproc {args:?} panicked: {stderr}");
