@@ -161,7 +161,7 @@ pub use pipe::{Connection, Pipe, PipeBuilder};
 pub use pool::{AsyncResult, MapError, Pool, PoolBuilder, PoolError, TaskError};
 pub use process::{active_children, cpu_count, current_process, init, Process};
 pub use queue::{
-    FrameQueue, FrameQueueBuilder, FrameReceiver, FrameRecvError, FrameSendError, FrameSender, JoinTimeout,
+    FrameQueue, FrameQueueBuilder, FrameReceiver, FrameRecvError, FrameSendError, FrameSender, JoinError,
     JoinableQueue, JoinableReceiver, JoinableSender, Queue, QueueBuilder, Receiver, RecvError, RecvTimeoutError, Role,
     SendError, SendTimeoutError, Sender, SpscReceiver, SpscSender, TaskDoneError, TryRecvError, TrySendError,
     TypedReceiver, TypedRecvError, TypedSendError, TypedSender, WaitMode,

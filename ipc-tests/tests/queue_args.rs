@@ -4,7 +4,8 @@
 //! sender right after starting the workers (before a Spawn or ForkServer
 //! child has opened its copy); a worker killed with SIGKILL does not keep the
 //! results receiver waiting (its entry is discounted); typed and joinable
-//! halves travel too.
+//! halves travel too, and a joinable worker killed mid-task ends the
+//! parent's `join()` with `Disconnected`.
 //!
 //! `harness = false`: `main` calls `shmproc::init()` first (Spawn and
 //! ForkServer re-execute this binary). A watchdog aborts the run if anything
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use shmproc::process::{Process, StartMethod};
 use shmproc::queue::{
-    channel, typed_channel, JoinableReceiver, Receiver, RecvTimeoutError, Sender, TryRecvError, TypedReceiver,
-    TypedRecvError, TypedSender,
+    channel, typed_channel, JoinError, JoinableReceiver, Receiver, RecvTimeoutError, Sender, TryRecvError,
+    TypedReceiver, TypedRecvError, TypedSender,
 };
 use shmproc::Queue;
 
@@ -157,6 +158,33 @@ fn joinable_halves_travel(m: StartMethod) {
     assert_eq!(p.join_timeout(WAIT).unwrap(), 10);
 }
 
+/// Takes one item, says so, and never reports it done (killed by the parent).
+fn stuck_mid_task((items, took): (JoinableReceiver<u32>, Sender<u32>)) -> u32 {
+    let v = items.get_timeout(WAIT).expect("get");
+    took.send_timeout(v, WAIT).expect("ack");
+    std::thread::sleep(Duration::from_secs(60));
+    v
+}
+
+/// `join()` without a timeout must not outlive the last receiver: a worker
+/// killed between `get` and `task_done` ends it with `Disconnected`.
+fn join_ends_when_the_last_receiver_dies_mid_task(m: StartMethod) {
+    let (tx, rx) = Queue::<u32>::builder().capacity(16).create_joinable_split().unwrap();
+    let (atx, arx) = channel::<u32>(4).unwrap();
+    let mut p = Process::builder(stuck_mid_task, (rx, atx)).start_method(m).start().unwrap();
+    tx.put(7).unwrap();
+    assert_eq!(arx.recv_timeout(WAIT), Ok(7));
+    // Alive and holding the task: join keeps waiting.
+    assert_eq!(tx.join_timeout(Duration::from_millis(300)), Err(JoinError::Timeout));
+    p.kill().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let joiner = std::thread::spawn(move || done_tx.send(tx.join()).unwrap());
+    let r = done_rx.recv_timeout(WAIT).expect("join() returned after the last receiver died");
+    assert_eq!(r, Err(JoinError::Disconnected { unfinished: 1 }));
+    joiner.join().unwrap();
+    assert!(p.join_timeout(WAIT).is_err(), "killed");
+}
+
 fn main() {
     shmproc::init();
     std::thread::spawn(|| {
@@ -168,11 +196,12 @@ fn main() {
         return;
     }
     type Check = fn(StartMethod);
-    let checks: [(&str, Check); 4] = [
+    let checks: [(&str, Check); 5] = [
         ("four_workers_end_by_themselves", four_workers_end_by_themselves),
         ("killed_worker_is_discounted", killed_worker_is_discounted),
         ("typed_halves_travel", typed_halves_travel),
         ("joinable_halves_travel", joinable_halves_travel),
+        ("join_ends_when_the_last_receiver_dies_mid_task", join_ends_when_the_last_receiver_dies_mid_task),
     ];
     for m in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
         for (name, check) in checks {

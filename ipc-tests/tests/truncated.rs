@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use ipc_tests::{fork_run, unique_name, wait_pid, Ended};
 use shmproc::{
-    AccessError, AcquireError, Array, Barrier, BarrierError, Condition, Event, LockError, Mutex, Pipe, Queue, RawValue,
-    RecvError, RecvTimeoutError, Semaphore, SendError, TryRecvError, Value,
+    AccessError, AcquireError, Array, Barrier, BarrierError, Condition, Event, JoinError, JoinableQueue, LockError,
+    Mutex, Pipe, Queue, RawValue, RecvError, RecvTimeoutError, Semaphore, SendError, TaskDoneError, TryRecvError,
+    Value,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -429,4 +430,50 @@ fn waits_without_timeout_on_truncated_sync_objects_end() {
         "Condition::wait, its mutex's segment cut (signal 7 is SIGBUS)"
     );
     drop((event, sem, cond, m, cond2, m2));
+}
+
+#[test]
+fn joinable_queue_on_a_truncated_segment_reports_corrupt() {
+    // A join blocked (no timeout) when the segment is cut: it must end with
+    // `Corrupt`, not read the lost counter as "every task done".
+    let bn = unique_name("trunc-join-block");
+    let blocked = JoinableQueue::<u32>::builder().name(&bn).capacity(8).create_joinable().unwrap();
+    blocked.put(1).unwrap();
+    let waiting = RawValue::<u32>::anonymous(0).unwrap();
+    let (j, w) = (blocked.clone(), waiting.clone());
+    let join_child = orphan_proof(move || {
+        w.atomic().store(1, std::sync::atomic::Ordering::Release);
+        match j.join() {
+            Err(JoinError::Corrupt) => 0,
+            Err(_) => 1,
+            Ok(()) => 2,
+        }
+    });
+    // One cut before any call: join and task_done fail at once.
+    let cn = unique_name("trunc-join");
+    let cut = JoinableQueue::<u32>::builder().name(&cn).capacity(8).create_joinable().unwrap();
+    cut.put(1).unwrap();
+    assert_eq!(cut.get_timeout(SHORT), Ok(1));
+    truncate(&cn, 0);
+    survives("joinable queue", move || {
+        if cut.join_timeout(SHORT) != Err(JoinError::Corrupt) {
+            return 1;
+        }
+        if cut.join() != Err(JoinError::Corrupt) {
+            return 2;
+        }
+        if cut.task_done() != Err(TaskDoneError::Corrupt) {
+            return 3;
+        }
+        0
+    });
+    let end = Instant::now() + T;
+    while waiting.atomic().load(std::sync::atomic::Ordering::Acquire) == 0 {
+        assert!(Instant::now() < end, "the joining child never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    truncate(&bn, 0);
+    assert_eq!(wait_pid(join_child, T), Ended::Code(0), "JoinableQueue::join (signal 7 is SIGBUS)");
+    drop(blocked);
 }

@@ -223,24 +223,53 @@ impl std::error::Error for FrameRecvError {
 pub enum TaskDoneError {
     /// Called more times than items were put (Python raises `ValueError`).
     TooManyCalls,
+    /// The queue's segment was truncated by another process: the count of
+    /// unfinished tasks is gone.
+    Corrupt,
 }
 
 impl fmt::Display for TaskDoneError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("task_done() called more times than there were items put")
+        match self {
+            TaskDoneError::TooManyCalls => f.write_str("task_done() called more times than there were items put"),
+            TaskDoneError::Corrupt => f.write_str(CORRUPT),
+        }
     }
 }
 
 impl std::error::Error for TaskDoneError {}
 
-/// [`JoinableQueue::join_timeout`](crate::JoinableQueue::join_timeout) timed out.
+/// Why [`JoinableQueue::join`](crate::JoinableQueue::join) (or
+/// [`join_timeout`](crate::JoinableQueue::join_timeout)) returned before every
+/// task was reported done.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-pub struct JoinTimeout;
+pub enum JoinError {
+    /// `join_timeout`: tasks were still unfinished when the timeout passed.
+    Timeout,
+    /// Tasks are unfinished and every receiver is gone (dropped or dead), so
+    /// no one is left to report them done: the last receiver died between
+    /// `get` and `task_done`, or the items were never taken. Reported only
+    /// once a receiver has ever opened the queue (as `recv`'s
+    /// `Disconnected` waits for a first sender).
+    Disconnected {
+        /// Items put and not reported done when the last receiver was found gone.
+        unfinished: u64,
+    },
+    /// The queue's segment was truncated by another process.
+    Corrupt,
+}
 
-impl fmt::Display for JoinTimeout {
+impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("timed out waiting for every task to be done")
+        match self {
+            JoinError::Timeout => f.write_str("timed out waiting for every task to be done"),
+            JoinError::Disconnected { unfinished } => write!(
+                f,
+                "{unfinished} task(s) are unfinished and every receiver of the queue is gone, so none will be reported done"
+            ),
+            JoinError::Corrupt => f.write_str(CORRUPT),
+        }
     }
 }
 
-impl std::error::Error for JoinTimeout {}
+impl std::error::Error for JoinError {}

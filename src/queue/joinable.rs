@@ -7,7 +7,9 @@
 //! with the same sleeper-count handshake as the queue itself.
 //!
 //! Crash semantics: a worker killed between `get` and `task_done` leaves its
-//! task counted as unfinished forever (as in Python); use [`JoinableQueue::join_timeout`].
+//! task counted as unfinished (as in Python). `join` returns
+//! [`JoinError::Disconnected`] once no receiver is left alive; while other
+//! receivers live, bound the wait with [`JoinableQueue::join_timeout`].
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use super::{
-    JoinTimeout, Queue, QueueBuilder, QueueConfig, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
+    JoinError, Queue, QueueBuilder, QueueConfig, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
     TaskDoneError, TryRecvError, TrySendError,
 };
 use crate::error::OpenError;
@@ -133,12 +135,16 @@ impl<T: Pod> JoinableQueue<T> {
     }
 
     /// Reports one item taken with `get` as done.
+    ///
+    /// Errors: [`TaskDoneError::TooManyCalls`] if no task is unfinished;
+    /// [`TaskDoneError::Corrupt`] if another process truncated the segment.
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        let prev = self
-            .counter()
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .map_err(|_| TaskDoneError::TooManyCalls)?;
-        if prev == 1 {
+        let r = self.counter().fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        // A truncated segment reads (and swallows writes) as zeros.
+        if self.q.segment().lost() {
+            return Err(TaskDoneError::Corrupt);
+        }
+        if r.map_err(|_| TaskDoneError::TooManyCalls)? == 1 {
             self.wake_if_done();
         }
         Ok(())
@@ -157,33 +163,71 @@ impl<T: Pod> JoinableQueue<T> {
     }
 
     /// Waits until every item put has been reported done.
-    pub fn join(&self) {
-        let _ = self.join_deadline(Deadline::NEVER);
+    ///
+    /// Unlike Python's `join`, it does not wait for ever once no one is left
+    /// to report the tasks done: if every receiver is gone (dropped, or dead:
+    /// checked every 100 ms) while tasks are unfinished, it returns
+    /// [`JoinError::Disconnected`]. A receiver killed between `get` and
+    /// `task_done` while other receivers live leaves its task unfinished for
+    /// as long as they live; bound that with [`join_timeout`](Self::join_timeout).
+    /// A handle that can itself receive (a role-less `JoinableQueue`, not a
+    /// [`JoinableSender`](crate::JoinableSender)) counts as a live receiver.
+    ///
+    /// Errors: [`JoinError::Disconnected`], or [`JoinError::Corrupt`] if
+    /// another process truncated the segment.
+    pub fn join(&self) -> Result<(), JoinError> {
+        self.join_deadline(Deadline::NEVER)
     }
 
-    /// Like [`join`](Self::join), giving up after `timeout`.
-    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinTimeout> {
+    /// Like [`join`](Self::join), giving up after `timeout` with
+    /// [`JoinError::Timeout`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
         self.join_deadline(Deadline::after(Some(timeout)))
     }
 
-    fn join_deadline(&self, deadline: Deadline) -> Result<(), JoinTimeout> {
+    fn join_deadline(&self, deadline: Deadline) -> Result<(), JoinError> {
         let c = self.q.engine().control();
         let announce = crate::wait::Announce::new(&c.join_word, &c.join_waiters);
         loop {
             let seq = announce.enter();
-            if self.counter().load(Ordering::SeqCst) == 0 {
-                announce.leave();
-                return Ok(());
+            match self.join_check(deadline) {
+                Ok(false) => {}
+                done => {
+                    announce.leave();
+                    return done.map(|_| ());
+                }
             }
-            if deadline.expired() {
-                announce.leave();
-                return Err(JoinTimeout);
-            }
-            // Bounded slices: a task_done from a process that then died wakes
-            // nobody only if it never ran; the slice keeps the loop honest.
+            // Bounded slices: a receiver's death wakes no one, and a
+            // task_done from a process that died before its wake-up ran
+            // wakes no one either; each slice re-checks both.
             let _ = crate::wait::sleep(&crate::wait::Kernel, &c.join_word, seq, deadline, crate::wait::JOIN_SLICE);
             announce.leave();
         }
+    }
+
+    /// One look for `join`: `Ok(true)` when every task is done, `Ok(false)`
+    /// to keep waiting.
+    fn join_check(&self, deadline: Deadline) -> Result<bool, JoinError> {
+        let n = self.counter().load(Ordering::SeqCst);
+        if self.q.segment().lost() {
+            // A truncated segment reads as zeros: not "every task done".
+            return Err(JoinError::Corrupt);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+        if self.q.engine().receivers_gone() {
+            // Re-read: the last receiver may have reported its task done and
+            // then left between our two reads.
+            return match self.counter().load(Ordering::SeqCst) {
+                0 => Ok(true),
+                unfinished => Err(JoinError::Disconnected { unfinished }),
+            };
+        }
+        if deadline.expired() {
+            return Err(JoinError::Timeout);
+        }
+        Ok(false)
     }
 
     /// The underlying queue (sends through it are not counted as tasks).
@@ -227,7 +271,7 @@ mod tests {
             q.put(i).unwrap();
         }
         assert_eq!(q.unfinished(), 5);
-        assert_eq!(q.join_timeout(Duration::from_millis(20)), Err(JoinTimeout));
+        assert_eq!(q.join_timeout(Duration::from_millis(20)), Err(JoinError::Timeout));
         let w = q.clone();
         let t = std::thread::spawn(move || {
             for _ in 0..5 {
@@ -240,5 +284,51 @@ mod tests {
         t.join().unwrap();
         assert_eq!(q.task_done(), Err(TaskDoneError::TooManyCalls));
         assert!(matches!(Queue::<u32>::open_handle(&q.handle()), Err(OpenError::KindMismatch { .. })));
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// Runs `join()` (no timeout) on another thread and waits at most `T` for it.
+    fn join_bounded(tx: crate::JoinableSender<u32>) -> Result<(), JoinError> {
+        let (done, r) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(tx.join()).unwrap());
+        r.recv_timeout(T).expect("join() returned")
+    }
+
+    #[test]
+    fn join_ends_when_the_last_receiver_leaves_with_tasks_unfinished() {
+        let (tx, rx) = JoinableQueue::<u32>::anonymous(8).unwrap().split().unwrap();
+        for i in 0..3 {
+            tx.put(i).unwrap();
+        }
+        assert_eq!(rx.get_timeout(T), Ok(0));
+        rx.task_done().unwrap();
+        assert_eq!(rx.get_timeout(T), Ok(1));
+        // One taken and not done, one never taken: both unfinished.
+        assert_eq!(tx.join_timeout(Duration::from_millis(20)), Err(JoinError::Timeout));
+        drop(rx);
+        assert_eq!(join_bounded(tx), Err(JoinError::Disconnected { unfinished: 2 }));
+    }
+
+    #[test]
+    fn join_succeeds_when_the_last_receiver_reports_everything_and_leaves() {
+        let (tx, rx) = JoinableQueue::<u32>::anonymous(8).unwrap().split().unwrap();
+        tx.put(5).unwrap();
+        let worker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(rx.get_timeout(T), Ok(5));
+            rx.task_done().unwrap();
+        });
+        assert_eq!(join_bounded(tx), Ok(()));
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn join_waits_for_a_first_receiver() {
+        // No receiver has ever opened the queue: it may still come, so the
+        // join times out rather than reporting Disconnected.
+        let q = JoinableQueue::<u32>::builder().role(crate::Role::Sender).capacity(8).create_joinable().unwrap();
+        q.put(1).unwrap();
+        assert_eq!(q.join_timeout(Duration::from_millis(150)), Err(JoinError::Timeout));
     }
 }

@@ -867,6 +867,10 @@ impl Engine {
         if roles & ROLE_RECV != 0 && self.count_role(ROLE_RECV) == 0 {
             c.no_receivers.store(1, Ordering::SeqCst);
             wake = true;
+            // JoinableQueue joiners re-check for receivers too.
+            if c.join_waiters.load(Ordering::SeqCst) != 0 {
+                wait::wake_all_bump(&Kernel, &c.join_word);
+            }
         }
         if wake {
             self.wake_all();
@@ -1328,7 +1332,14 @@ impl Engine {
         }
     }
 
-    /// Receives are waiting for the join counter (JoinableQueue).
+    /// Whether every receiver is gone: one has registered once and no live one
+    /// is left (reads `/proc`; dead entries are reclaimed). JoinableQueue's
+    /// `join` asks this once per sleep slice.
+    pub(crate) fn receivers_gone(&self) -> bool {
+        self.peers_gone(Side::Send, true)
+    }
+
+    /// Wakes every joiner sleeping on `word` (JoinableQueue's join counter).
     pub(crate) fn wake_word_all(&self, word: &AtomicU32) {
         wait::wake_all_bump(&Kernel, word);
     }

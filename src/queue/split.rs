@@ -22,7 +22,7 @@ use bytemuck::Pod;
 
 use super::raw::Engine;
 use super::{
-    FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinTimeout, JoinableQueue, Queue, QueueBuilder,
+    FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinError, JoinableQueue, Queue, QueueBuilder,
     RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
     WaitMode,
 };
@@ -572,12 +572,14 @@ impl<T: Pod> JoinableSender<T> {
     pub fn unfinished(&self) -> u64 {
         self.q.unfinished()
     }
-    /// Waits until every item put has been reported done.
-    pub fn join(&self) {
+    /// Waits until every item put has been reported done, or until every
+    /// receiver is gone with tasks unfinished ([`JoinError::Disconnected`];
+    /// see [`JoinableQueue::join`]).
+    pub fn join(&self) -> Result<(), JoinError> {
         self.q.join()
     }
-    /// Like [`join`](Self::join), giving up after `timeout`.
-    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinTimeout> {
+    /// Like [`join`](Self::join), giving up after `timeout` ([`JoinError::Timeout`]).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
         self.q.join_timeout(timeout)
     }
 }
