@@ -77,6 +77,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const FRAME_HEADER: usize = 8;
 /// Initial (and usual) size of the receive buffer.
 const READ_CHUNK: usize = 64 << 10;
+/// The default of [`SocketConnection::set_dead_peer_timeout`]: a TCP peer that
+/// stops answering for this long is treated as gone.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a [`Listener`] listens: `"127.0.0.1:6000"` (TCP) or `"/path/sock"`
 /// (a Unix socket: anything containing a `/`).
@@ -315,11 +318,35 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// [`lock`], giving up at `deadline`: another thread's receive holds the
+/// receive buffer across its blocking read, possibly for ever, and a timed
+/// receive must not wait for it longer than its own timeout.
+fn lock_by<T>(m: &Mutex<T>, deadline: Deadline) -> Option<MutexGuard<'_, T>> {
+    if deadline.at().is_none() {
+        return Some(lock(m));
+    }
+    let mut nap = Duration::from_micros(50);
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if deadline.expired() => return None,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(nap.min(deadline.remaining().unwrap_or(nap)));
+                nap = (nap * 2).min(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
 impl SocketConnection {
     pub(crate) fn new(stream: Stream) -> SocketConnection {
         if let Stream::Tcp(s) = &stream {
             // Small request/response messages: do not let Nagle delay them.
             let _ = s.set_nodelay(true);
+            // Best effort: a socket that refuses keeps TCP's own (hours-long)
+            // bound on unacknowledged data.
+            let _ = sys::tcp_dead_peer_timeout(s.as_fd(), DEAD_PEER_TIMEOUT);
         }
         SocketConnection {
             stream,
@@ -329,9 +356,26 @@ impl SocketConnection {
         }
     }
 
-    /// Sets the largest message accepted (and sent), in bytes.
+    /// Sets the largest message accepted (and sent), in bytes. A receive
+    /// allocates as the bytes arrive, not for the length a header claims.
+    /// Limits above `isize::MAX - 8` (what a buffer can hold) are lowered to it.
     pub fn set_max_message(&mut self, limit: u64) {
-        self.max_message = limit;
+        self.max_message = limit.min(isize::MAX as u64 - FRAME_HEADER as u64);
+    }
+
+    /// How long a TCP peer may stay silent to keepalive probes, or leave sent
+    /// data unacknowledged, before a blocked receive ends with
+    /// [`RecvError::Disconnected`] (and sends fail): the bound on waiting for
+    /// a peer whose host crashed or whose network went away without closing
+    /// the connection. Default [`DEAD_PEER_TIMEOUT`]; at least 2 s are
+    /// useful (probes go in whole seconds). It does not limit an idle but
+    /// live peer: probes are answered by its kernel. A no-op on Unix
+    /// sockets, whose peer is on this host: its death closes the socket.
+    pub fn set_dead_peer_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match &self.stream {
+            Stream::Tcp(s) => sys::tcp_dead_peer_timeout(s.as_fd(), timeout),
+            Stream::Unix(_) => Ok(()),
+        }
     }
 
     /// The largest message accepted.
@@ -423,8 +467,9 @@ impl SocketConnection {
     /// Whether a receive would not block (data buffered or readable, or the
     /// peer gone), waiting up to `timeout` (`Duration::ZERO`: just look).
     pub fn poll(&self, timeout: Duration) -> bool {
-        {
-            let rx = lock(&self.rx);
+        // Busy: another thread is inside a receive (and owns what is
+        // buffered); then only the socket itself is looked at.
+        if let Ok(rx) = self.rx.try_lock() {
             if rx.end > rx.start || rx.closed {
                 return true;
             }
@@ -445,7 +490,7 @@ impl SocketConnection {
     }
 
     pub(crate) fn recv_frame(&self, deadline: Deadline, limit: u64) -> Result<Vec<u8>, RecvError> {
-        let mut guard = lock(&self.rx);
+        let Some(mut guard) = lock_by(&self.rx, deadline) else { return Err(RecvError::Timeout) };
         let rx = &mut *guard;
         loop {
             if rx.closed {
@@ -462,6 +507,7 @@ impl SocketConnection {
                     self.fail(rx);
                     return Err(RecvError::TooLarge { len, limit });
                 }
+                // `len <= limit <= isize::MAX - FRAME_HEADER` (set_max_message).
                 need = FRAME_HEADER + len as usize;
                 if have >= need {
                     let msg = rx.buf[rx.start + FRAME_HEADER..rx.start + need].to_vec();
@@ -478,13 +524,17 @@ impl SocketConnection {
                 }
             }
             // Room for the rest of the frame: move what we have to the front,
-            // then grow (bounded by the checked limit) if it still does not fit.
+            // then grow if it still does not fit. Growth follows the bytes
+            // that actually arrive (at most doubling per read), never the
+            // header's claim alone: a peer that sends only headers makes us
+            // allocate nothing beyond what it sent.
             if rx.buf.len() - rx.start < need {
                 rx.buf.copy_within(rx.start..rx.end, 0);
                 rx.end -= rx.start;
                 rx.start = 0;
-                if rx.buf.len() < need {
-                    rx.buf.resize(need, 0);
+                if rx.buf.len() < need && rx.end == rx.buf.len() {
+                    let grown = rx.buf.len().saturating_mul(2).max(READ_CHUNK).min(need);
+                    rx.buf.resize(grown, 0);
                 }
             } else if rx.end == rx.buf.len() {
                 rx.buf.copy_within(rx.start..rx.end, 0);
@@ -509,8 +559,13 @@ impl SocketConnection {
                 }
                 Ok(n) => rx.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Err(RecvError::Timeout)
+                // SO_RCVTIMEO (the handshake's read bound) ran out.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(RecvError::Timeout),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    // ETIMEDOUT: keepalive or TCP_USER_TIMEOUT gave up on a
+                    // peer that stopped answering (see `set_dead_peer_timeout`).
+                    self.fail(rx);
+                    return Err(RecvError::Disconnected);
                 }
                 Err(e) => {
                     self.fail(rx);

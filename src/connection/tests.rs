@@ -76,3 +76,79 @@ fn unix_socket_round_trip() {
     t.join().unwrap();
     assert!(!path.exists(), "the listener removes its socket file");
 }
+
+#[test]
+fn a_header_alone_allocates_only_what_arrived() {
+    let (s, c) = pair(b"k", b"k");
+    let (s, c) = (s.unwrap(), c.unwrap());
+    // Claims 60 MiB (under the 64 MiB default limit) and sends 10 bytes.
+    let claim = 60u64 << 20;
+    let mut wire = claim.to_le_bytes().to_vec();
+    wire.extend_from_slice(&[7; 10]);
+    c.stream.write_all(&wire).unwrap();
+    assert!(matches!(s.recv_bytes_timeout(Duration::from_millis(100)), Err(RecvError::Timeout)));
+    let held = lock(&s.rx).buf.len();
+    assert!(held <= 2 * READ_CHUNK, "{held} bytes allocated for 18 received");
+    // A real large message still arrives whole, sent in pieces.
+    let (s, c) = pair(b"k", b"k");
+    let (s, c) = (s.unwrap(), c.unwrap());
+    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sender = std::thread::spawn(move || {
+        c.stream.write_all(&(big.len() as u64).to_le_bytes()).unwrap();
+        for piece in big.chunks(100_003) {
+            c.stream.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        big
+    });
+    let got = s.recv_bytes_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(got, sender.join().unwrap());
+}
+
+#[test]
+fn an_unlimited_limit_cannot_overflow_the_frame_length() {
+    let (s, c) = pair(b"k", b"k");
+    let (mut s, c) = (s.unwrap(), c.unwrap());
+    s.set_max_message(u64::MAX);
+    assert_eq!(s.max_message(), isize::MAX as u64 - FRAME_HEADER as u64);
+    c.stream.write_all(&(u64::MAX - 3).to_le_bytes()).unwrap();
+    assert!(matches!(s.recv_bytes_timeout(Duration::from_secs(5)), Err(RecvError::TooLarge { .. })));
+}
+
+#[test]
+fn tcp_connections_watch_for_a_vanished_peer() {
+    use rustix::net::sockopt;
+    let (s, c) = pair(b"k", b"k");
+    let (s, c) = (s.unwrap(), c.unwrap());
+    for conn in [&s, &c] {
+        let fd = conn.as_fd();
+        assert!(sockopt::socket_keepalive(fd).unwrap());
+        assert_eq!(sockopt::tcp_user_timeout(fd).unwrap(), DEAD_PEER_TIMEOUT.as_millis() as u32);
+        assert_eq!(sockopt::tcp_keepidle(fd).unwrap(), DEAD_PEER_TIMEOUT / 2);
+        assert_eq!(sockopt::tcp_keepcnt(fd).unwrap(), 3);
+    }
+    s.set_dead_peer_timeout(Duration::from_secs(6)).unwrap();
+    assert_eq!(sockopt::tcp_user_timeout(s.as_fd()).unwrap(), 6000);
+    assert_eq!(sockopt::tcp_keepintvl(s.as_fd()).unwrap(), Duration::from_secs(1));
+}
+
+#[test]
+fn timed_calls_keep_their_bound_while_another_thread_receives() {
+    let (s, c) = pair(b"k", b"k");
+    let (s, c) = (std::sync::Arc::new(s.unwrap()), c.unwrap());
+    let s2 = s.clone();
+    let blocked = std::thread::spawn(move || s2.recv_bytes());
+    // Let the other thread enter its blocking read.
+    std::thread::sleep(Duration::from_millis(100));
+    let (done, r) = std::sync::mpsc::channel();
+    let s3 = s.clone();
+    std::thread::spawn(move || {
+        let polled = s3.poll(Duration::ZERO);
+        let timed = s3.recv_bytes_timeout(Duration::from_millis(50));
+        done.send((polled, matches!(timed, Err(RecvError::Timeout)))).unwrap();
+    });
+    let got = r.recv_timeout(Duration::from_secs(10)).expect("poll and the timed receive returned");
+    assert_eq!(got, (false, true));
+    c.send_bytes(b"x").unwrap();
+    assert_eq!(blocked.join().unwrap().unwrap(), b"x");
+}

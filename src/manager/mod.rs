@@ -59,7 +59,10 @@
 //! [`ManagerError::ManagerGone`], never a hang: the pipe notices its peer's
 //! death, a socket sees end of stream. A client that dies costs the server
 //! that client's connection; every lock, rlock and condition it held is
-//! released. A client that sends anything that is not a request (garbage, an
+//! released. Over TCP, a peer whose host crashed or whose network went away
+//! sends no end of stream: keepalive probes and `TCP_USER_TIMEOUT` declare it
+//! gone after [`DEAD_PEER_TIMEOUT`](crate::connection::DEAD_PEER_TIMEOUT)
+//! (30 s) of silence, with the same effect on either side. A client that sends anything that is not a request (garbage, an
 //! oversized frame) is disconnected; the others are served on.
 //!
 //! Objects live as long as the manager (there is no reference counting of

@@ -150,6 +150,25 @@ pub(crate) fn poll_readable<const N: usize>(fds: [BorrowedFd<'_>; N], deadline: 
     }
 }
 
+/// Makes a connected TCP socket notice a peer that vanished without closing
+/// (host down, network cut): keepalive probes after `dead / 2` of silence,
+/// three more `dead / 6` apart, and `TCP_USER_TIMEOUT` of `dead` for data
+/// left unacknowledged. A blocked read then fails with `ETIMEDOUT` about
+/// `dead` after the peer stopped answering.
+pub(crate) fn tcp_dead_peer_timeout(fd: BorrowedFd<'_>, dead: Duration) -> io::Result<()> {
+    use rustix::net::sockopt;
+    // The kernel counts in whole seconds for the probes: at least 1 s each.
+    let idle = (dead / 2).max(Duration::from_secs(1));
+    let interval = (dead / 6).max(Duration::from_secs(1));
+    sockopt::set_socket_keepalive(fd, true)?;
+    sockopt::set_tcp_keepidle(fd, idle)?;
+    sockopt::set_tcp_keepintvl(fd, interval)?;
+    sockopt::set_tcp_keepcnt(fd, 3)?;
+    let ms = u32::try_from(dead.as_millis()).unwrap_or(u32::MAX).max(1);
+    sockopt::set_tcp_user_timeout(fd, ms)?;
+    Ok(())
+}
+
 /// `poll` on a dynamic set of fds (the fork server's loop), blocking.
 pub(crate) fn poll_many(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
     let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|&fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)).collect();
