@@ -132,9 +132,12 @@ pub(crate) fn call(m: &ManagerRef, req: &Request) -> Result<Response, ManagerErr
 }
 
 fn connect(m: &ManagerRef) -> Result<Link, ManagerError> {
+    let mut refused = None;
     if let Some(dir) = &m.dir {
-        if let Ok(key) = std::fs::read(dir.join("key")) {
-            return connect_local(dir, &key);
+        match local_key(dir) {
+            Ok(Some(key)) => return connect_local(dir, &key),
+            Ok(None) => {}
+            Err(why) => refused = Some(why),
         }
     }
     match &m.tcp {
@@ -144,8 +147,59 @@ fn connect(m: &ManagerRef) -> Result<Link, ManagerError> {
             c.set_max_message(MAX_MESSAGE);
             Ok(Link::Sock(c))
         }
-        None => Err(ManagerError::ManagerGone),
+        None => Err(refused.map_or(ManagerError::ManagerGone, ManagerError::Connect)),
     }
+}
+
+/// The local key of the manager whose directory a proxy names. The path came
+/// from another process (a proxy is plain serialized data), so it is trusted
+/// only as far as a manager started by this user could have made it: a real
+/// directory (not a symlink) owned by our effective uid, closed to others
+/// (`Manager::start` creates it 0700), holding a regular 32-byte `key` file
+/// opened without following links or blocking (a FIFO there cannot stall
+/// us). `Ok(None)`: no such directory or key (the manager is gone, or it is
+/// another user's and reachable over TCP only); `Err`: present but not one a
+/// manager of ours made.
+fn local_key(dir: &std::path::Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    const KEY_LEN: u64 = 32;
+    let absent = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if absent(&e) => return Ok(None),
+        Err(e) => return Err(format!("manager directory {}: {e}", dir.display())),
+    };
+    let me = sys::effective_uid();
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+        if meta.uid() != me && meta.is_dir() {
+            // Another user's manager: not ours to open locally.
+            return Ok(None);
+        }
+        return Err(format!(
+            "refusing manager directory {}: not a directory of uid {me} closed to others (mode {:o}, uid {})",
+            dir.display(),
+            meta.mode(),
+            meta.uid()
+        ));
+    }
+    let path = dir.join("key");
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if absent(&e) => return Ok(None),
+        Err(e) => return Err(format!("manager key {}: {e}", path.display())),
+    };
+    let km = f.metadata().map_err(|e| format!("manager key {}: {e}", path.display()))?;
+    if !km.is_file() || km.uid() != me || km.len() != KEY_LEN {
+        return Err(format!("refusing manager key {}: not a {KEY_LEN}-byte file of uid {me}", path.display()));
+    }
+    let mut key = vec![0u8; KEY_LEN as usize];
+    f.read_exact(&mut key).map_err(|e| format!("manager key {}: {e}", path.display()))?;
+    Ok(Some(key))
 }
 
 /// A refused connection, and a handshake the server hung up on or reset, mean
@@ -197,4 +251,66 @@ fn connect_local(dir: &std::path::Path, key: &[u8]) -> Result<Link, ManagerError
     drop(fds);
     conn.send(&Request::Claimed).map_err(|_| ManagerError::ManagerGone)?;
     Ok(Link::Pipe(Box::new(pipe)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_key;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("shmproc-test-mgrdir-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
+        d
+    }
+
+    fn key_file(dir: &std::path::Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("key")).unwrap();
+        std::fs::write(dir.join("key"), bytes).unwrap();
+    }
+
+    /// A proxy's directory comes from another process: only a directory a
+    /// manager of this user could have made yields a key.
+    #[test]
+    fn a_proxy_directory_is_trusted_only_as_a_manager_of_ours_makes_it() {
+        let good = scratch("good");
+        key_file(&good, &[7; 32]);
+        assert_eq!(local_key(&good), Ok(Some(vec![7; 32])));
+        assert_eq!(local_key(&good.join("absent")), Ok(None));
+
+        // Open to others.
+        let open = scratch("open");
+        key_file(&open, &[7; 32]);
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(local_key(&open).unwrap_err().contains("refusing manager directory"));
+
+        // The directory, or the key, a symlink to a good one.
+        let link = std::env::temp_dir().join(format!("shmproc-test-mgrdir-link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert!(local_key(&link).is_err());
+        let keylink = scratch("keylink");
+        std::os::unix::fs::symlink(good.join("key"), keylink.join("key")).unwrap();
+        assert!(local_key(&keylink).is_err());
+
+        // A FIFO as the key: refused at once, not a read that blocks.
+        let fifo = scratch("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, fifo.join("key"), rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+        let (done, r) = std::sync::mpsc::channel();
+        let f2 = fifo.clone();
+        std::thread::spawn(move || done.send(local_key(&f2)).unwrap());
+        let got = r.recv_timeout(std::time::Duration::from_secs(10)).expect("local_key returned");
+        assert!(got.is_err(), "{got:?}");
+
+        // A key of the wrong size (a huge file would be read whole before).
+        let big = scratch("big");
+        key_file(&big, &[1; 4096]);
+        assert!(local_key(&big).is_err());
+
+        let _ = std::fs::remove_file(&link);
+        for d in [good, open, keylink, fifo, big] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 }
