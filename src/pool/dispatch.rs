@@ -505,7 +505,9 @@ impl Dispatcher {
                         return Err(PoolError::Initializer { reason });
                     }
                 }
-                Err(FrameRecvError::Corrupt) => {
+                // A dropped oversized frame lost a worker's message: as fatal
+                // as a corrupt ring (the pool cannot tell whose it was).
+                Err(FrameRecvError::Corrupt | FrameRecvError::Oversized { .. }) => {
                     self.unseen_end = true;
                     return Err(PoolError::Corrupt);
                 }
@@ -571,7 +573,9 @@ impl Dispatcher {
             let now = sys::monotonic_now();
             if !busy || now.saturating_sub(self.last_check) >= BUSY_SLICE {
                 self.last_check = now;
-                self.check_workers();
+                if self.check_workers() {
+                    break;
+                }
                 self.check_timeouts();
             }
             self.feed();
@@ -593,14 +597,14 @@ impl Dispatcher {
                                 let _ = self.on_queue_frame(&mut frame);
                             }
                             Err(e) => {
-                                corrupt = matches!(e, FrameRecvError::Corrupt);
+                                corrupt = matches!(e, FrameRecvError::Corrupt | FrameRecvError::Oversized { .. });
                                 break;
                             }
                         }
                     }
                     self.buf = frame;
                 }
-                Err(e) => corrupt = matches!(e, FrameRecvError::Corrupt),
+                Err(e) => corrupt = matches!(e, FrameRecvError::Corrupt | FrameRecvError::Oversized { .. }),
             }
             if corrupt {
                 self.stop_corrupt();
@@ -770,8 +774,9 @@ impl Dispatcher {
         self.scratch = batch;
     }
 
-    /// Polls every worker's pidfd; handles the dead ones.
-    fn check_workers(&mut self) {
+    /// Polls every worker's pidfd; handles the dead ones. True: the results
+    /// queue turned out corrupt and the pool stopped (`stop_corrupt`).
+    fn check_workers(&mut self) -> bool {
         let mut dead = Vec::new();
         for (slot, w) in self.workers.iter_mut().enumerate() {
             match w {
@@ -787,18 +792,30 @@ impl Dispatcher {
             }
         }
         if dead.is_empty() {
-            return;
+            return false;
         }
         // Answers sent before the deaths count: take them first.
         let mut frame = std::mem::take(&mut self.buf);
-        while self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)).is_ok() {
-            let _ = self.on_queue_frame(&mut frame);
-        }
+        let ended = loop {
+            match self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)) {
+                Ok(()) => {
+                    let _ = self.on_queue_frame(&mut frame);
+                }
+                Err(e) => break e,
+            }
+        };
         self.buf = frame;
+        if matches!(ended, FrameRecvError::Corrupt | FrameRecvError::Oversized { .. }) {
+            // A dropped frame may have been a live worker's answer: as in
+            // `run`, the pool cannot tell whose, so it stops.
+            self.stop_corrupt();
+            return true;
+        }
         for slot in dead {
             self.on_death(slot);
         }
         self.publish_pids();
+        false
     }
 
     fn on_death(&mut self, slot: usize) {
@@ -1009,6 +1026,9 @@ impl Dispatcher {
     /// Marks the pool finished. Also runs if the dispatcher panicked, so that
     /// no waiter (a job's handle, `join`, `Drop`) waits forever.
     fn finish(&mut self) {
+        // No one serves the inbox any more: later submissions fail at once
+        // (`Closed`) instead of queueing for ever.
+        self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.kill_all();
         if !std::mem::replace(&mut self.unseen_end, true) {
             // Every worker was seen to end: the next pool may reuse these

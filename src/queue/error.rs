@@ -165,9 +165,18 @@ pub enum FrameRecvError {
     Timeout,
     /// Empty, and every sender is gone.
     Disconnected,
-    /// The segment was scribbled over (for example a frame length above the
-    /// maximum); the bad frame was dropped.
+    /// The queue's shared memory holds values no valid queue can hold, or its
+    /// segment was truncated: this and later receives fail.
     Corrupt,
+    /// A slot recorded a frame length above the queue's maximum (a scribbled
+    /// slot: senders never write one). That frame was dropped; the next
+    /// receive goes on with the frames after it.
+    Oversized {
+        /// The length the slot recorded.
+        len: u32,
+        /// The queue's `max_frame`.
+        max: usize,
+    },
     /// `recv_value`: the frame is not a valid encoding of the requested type
     /// (the frame was consumed).
     Decode(postcard::Error),
@@ -204,6 +213,10 @@ impl fmt::Display for FrameRecvError {
             FrameRecvError::Timeout => f.write_str("timed out waiting for a message"),
             FrameRecvError::Disconnected => f.write_str(DISCONNECTED_RX),
             FrameRecvError::Corrupt => f.write_str(CORRUPT),
+            FrameRecvError::Oversized { len, max } => write!(
+                f,
+                "dropped a frame whose slot records {len} bytes, more than the queue's maximum of {max} (a scribbled slot)"
+            ),
             FrameRecvError::Decode(e) => write!(f, "could not deserialize the frame: {e}"),
         }
     }

@@ -7,7 +7,8 @@
 //! Each slot holds a little-endian `u32` length then up to `max_frame` bytes.
 //! An oversize frame is refused with [`FrameSendError::TooLarge`], never
 //! truncated. A received length above `max_frame` (a scribbled segment) drops
-//! that frame and gives [`FrameRecvError::Corrupt`].
+//! that frame and gives [`FrameRecvError::Oversized`]; the frames after it
+//! are received as usual.
 
 use std::fmt;
 use std::sync::Arc;
@@ -158,13 +159,16 @@ impl FrameQueue {
         })
     }
 
-    fn pop_once(&self, out: &mut impl FrameSink, bad: &mut bool) -> Step {
+    /// One receive attempt; `bad` gets the recorded length of a frame that
+    /// was dropped because it claimed more than `max_frame` bytes.
+    fn pop_once(&self, out: &mut impl FrameSink, bad: &mut Option<u32>) -> Step {
         let max = self.max;
         self.e.try_pop(false, |p| {
             // SAFETY: `p` is the payload of a published slot we own (4 + max bytes).
-            let len = u32::from_le(unsafe { std::ptr::read_unaligned(p as *const u32) }) as usize;
+            let raw = u32::from_le(unsafe { std::ptr::read_unaligned(p as *const u32) });
+            let len = raw as usize;
             if len > max {
-                *bad = true;
+                *bad = Some(raw);
                 return;
             }
             // SAFETY: len <= max bytes follow the length inside the slot, which
@@ -224,7 +228,7 @@ impl FrameQueue {
         deadline: Option<Deadline>,
     ) -> Result<(), FrameRecvError> {
         self.e.ensure_registered();
-        let mut bad = false;
+        let mut bad = None;
         let r = match self.pop_once(out, &mut bad) {
             Step::Done => Ok(()),
             Step::Corrupt => Err(Fail::Corrupt),
@@ -237,8 +241,10 @@ impl FrameQueue {
             self.e.notify(Side::Send, false);
         }
         match r {
-            Ok(()) if bad => Err(FrameRecvError::Corrupt),
-            Ok(()) => Ok(()),
+            Ok(()) => match bad {
+                Some(len) => Err(FrameRecvError::Oversized { len, max: self.max }),
+                None => Ok(()),
+            },
             Err(Fail::WouldBlock) => Err(FrameRecvError::Empty),
             Err(Fail::Timeout) => Err(FrameRecvError::Timeout),
             Err(Fail::Disconnected) => Err(FrameRecvError::Disconnected),
@@ -422,5 +428,48 @@ mod tests {
             let q2 = FrameQueue::open_handle(&q.handle()).unwrap();
             assert_eq!(q2.max_frame(), 16);
         }
+    }
+
+    /// Writes `len` over the frame length recorded in `slot`, as a hostile
+    /// peer with the segment mapped would.
+    fn scribble_len(q: &FrameQueue, slot: u64, len: u32) {
+        let p = q.e.slot_payload(slot);
+        // SAFETY: `slot < capacity`: its payload starts with the 4-byte length,
+        // inside the mapping `q` keeps alive; the frame is published and not
+        // being read (single-threaded test).
+        unsafe { std::ptr::write_unaligned(p as *mut u32, len.to_le()) };
+    }
+
+    #[test]
+    fn an_oversized_frame_is_dropped_alone_and_iterators_go_on() {
+        for spsc in [false, true] {
+            let q = FrameQueue::builder().capacity(8).max_frame(16).spsc(spsc).create().unwrap();
+            for f in [b"a", b"b", b"c"] {
+                q.send(f).unwrap();
+            }
+            scribble_len(&q, 1, 1000);
+            assert_eq!(q.recv().unwrap(), b"a");
+            assert!(matches!(q.recv(), Err(FrameRecvError::Oversized { len: 1000, max: 16 })));
+            assert_eq!(q.recv().unwrap(), b"c");
+        }
+        let (tx, rx) = FrameQueue::builder().capacity(8).max_frame(16).create_split().unwrap();
+        for f in [b"a", b"b", b"c"] {
+            tx.send(f).unwrap();
+        }
+        scribble_len(&rx.q, 1, u32::MAX);
+        drop(tx);
+        assert_eq!(rx.iter().collect::<Vec<_>>(), vec![b"a".to_vec(), b"c".to_vec()]);
+
+        let (tx, rx) = FrameQueue::builder().capacity(8).max_frame(64).create_typed_split::<String>().unwrap();
+        for s in ["x", "y", "z"] {
+            tx.send(s.to_string()).unwrap();
+        }
+        scribble_len(&rx.as_frames().q, 1, 65);
+        drop(tx);
+        let got: Vec<_> = rx.iter().collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(matches!(got[0].as_deref(), Ok("x")));
+        assert!(matches!(got[1], Err(super::super::TypedRecvError::Oversized { len: 65, max: 64 })));
+        assert!(matches!(got[2].as_deref(), Ok("z")));
     }
 }

@@ -478,9 +478,16 @@ impl FrameReceiver {
         self.q.recv_into_vec(buf, timeout)
     }
     /// A blocking iterator over frames; ends once every sender is gone and
-    /// the queue is drained (or on a corrupt queue).
+    /// the queue is drained (or on a corrupt queue). A scribbled frame
+    /// ([`FrameRecvError::Oversized`], which no sender can send) is skipped.
     pub fn iter(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
-        std::iter::from_fn(move || self.recv().ok())
+        std::iter::from_fn(move || loop {
+            match self.recv() {
+                Ok(f) => return Some(f),
+                Err(FrameRecvError::Oversized { .. }) => continue,
+                Err(_) => return None,
+            }
+        })
     }
     /// The largest frame this queue carries.
     pub fn max_frame(&self) -> usize {

@@ -295,6 +295,8 @@ impl<T: DeserializeOwned> TypedReceiver<T> {
     /// gone and the queue is drained (or the queue is corrupt).
     pub fn iter(&self) -> impl Iterator<Item = Result<T, TypedRecvError>> + '_ {
         std::iter::from_fn(move || match self.recv() {
+            // Oversized (one scribbled frame, dropped) is yielded and the
+            // iteration goes on; Corrupt would fail every later call.
             Err(TypedRecvError::Disconnected) | Err(TypedRecvError::Corrupt) => None,
             r => Some(r),
         })
@@ -402,8 +404,17 @@ pub enum TypedRecvError {
     Timeout,
     /// Empty, and every sender is gone.
     Disconnected,
-    /// The segment was scribbled over; the bad frame was dropped.
+    /// The queue's shared memory holds values no valid queue can hold, or its
+    /// segment was truncated: this and later receives fail.
     Corrupt,
+    /// A slot recorded a frame length above the queue's maximum (a scribbled
+    /// slot). That frame was dropped; later receives go on.
+    Oversized {
+        /// The length the slot recorded.
+        len: u32,
+        /// The queue's `max_frame`.
+        max: usize,
+    },
     /// The message was sent as another type (the frame was consumed).
     TypeMismatch {
         /// This receiver's fingerprint.
@@ -422,7 +433,8 @@ impl TypedRecvError {
             FrameRecvError::Timeout => TypedRecvError::Timeout,
             FrameRecvError::Disconnected => TypedRecvError::Disconnected,
             FrameRecvError::Decode(e) => TypedRecvError::Decode(e),
-            _ => TypedRecvError::Corrupt,
+            FrameRecvError::Oversized { len, max } => TypedRecvError::Oversized { len, max },
+            FrameRecvError::Corrupt => TypedRecvError::Corrupt,
         }
     }
 }
@@ -435,6 +447,10 @@ impl fmt::Display for TypedRecvError {
             TypedRecvError::Disconnected => f.write_str("the queue is empty and every sender is gone"),
             TypedRecvError::Corrupt => f.write_str(
                 "the queue's shared memory holds values no valid queue can hold, or its segment was truncated",
+            ),
+            TypedRecvError::Oversized { len, max } => write!(
+                f,
+                "dropped a frame whose slot records {len} bytes, more than the queue's maximum of {max} (a scribbled slot)"
             ),
             TypedRecvError::TypeMismatch { expected, found } => write!(
                 f,
