@@ -327,6 +327,47 @@ fn apply_async_callbacks_and_get_timeout(_: StartMethod) {
     assert_eq!(m.get().unwrap()[3], 9);
 }
 
+/// A result whose decoding panics in the parent (a user `Deserialize`).
+#[derive(Debug)]
+struct Bomb;
+
+impl serde::Serialize for Bomb {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bomb {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("Bomb does not decode")
+    }
+}
+
+fn bomb(_: u32) -> Bomb {
+    Bomb
+}
+
+/// A callback that panics, or a result decoder that panics in the pool's
+/// thread, must neither leave its `get` waiting nor stop the pool.
+fn a_panicking_callback_neither_hangs_its_result_nor_the_pool(_: StartMethod) {
+    let pool = Pool::new(2).unwrap();
+    let r = pool.apply_async_with(
+        square,
+        3,
+        Callbacks::new().on_result(|_: &u64| panic!("a callback that panics (expected by the test)")),
+    );
+    let got = r.get_timeout(WAIT).expect("get returned after the callback panicked");
+    assert_eq!(got.unwrap(), 9);
+    assert_eq!(pool.apply(square, 4).unwrap(), 16, "the pool still works");
+
+    let b = pool.apply_async_with(bomb, 1, Callbacks::new().on_result(|_: &Bomb| unreachable!()));
+    assert!(b.wait_timeout(WAIT), "finished although its decoder panicked");
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.get())).unwrap_err();
+    let msg = caught.downcast_ref::<&str>().copied().unwrap_or_default();
+    assert_eq!(msg, "Bomb does not decode", "get re-raises the decoder's panic");
+    assert_eq!(pool.map(square, 0..20u64).unwrap()[19], 361, "the pool still works");
+}
+
 fn chaos(_: StartMethod) {
     let rounds = 50 * scale();
     let n = 20_000u64;
@@ -841,6 +882,11 @@ fn main() {
         ("imap_endless_bounded_memory", imap_endless_bounded_memory, &all[..1]),
         ("imap_unordered_each_once", imap_unordered_each_once, &all[..1]),
         ("apply_async_callbacks_and_get_timeout", apply_async_callbacks_and_get_timeout, &all[..1]),
+        (
+            "a_panicking_callback_neither_hangs_its_result_nor_the_pool",
+            a_panicking_callback_neither_hangs_its_result_nor_the_pool,
+            &all[..1],
+        ),
         ("chaos", chaos, &all[..1]),
         ("panics_and_aborts", panics_and_aborts, &all[..1]),
         ("task_timeout", task_timeout, &all[..1]),

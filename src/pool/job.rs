@@ -106,6 +106,8 @@ pub(crate) fn decode<R: DeserializeOwned>(r: Result<Item<'_>, TaskError>) -> Res
 }
 
 type OnDone = Box<dyn FnOnce(Vec<Batch>, u64) + Send>;
+/// A value decoded in the pool's thread, or the panic its decoding raised.
+type Decoded<T, E> = std::thread::Result<Result<T, E>>;
 /// A callback on a value.
 pub(crate) type Callback<T> = Option<Box<dyn FnOnce(&T) + Send>>;
 
@@ -210,7 +212,10 @@ impl Job {
             let batches: Vec<Batch> = s.ready.drain(..).collect();
             let total = s.arrived;
             drop(s);
-            cb(batches, total);
+            // The job finishes whatever the callback does: a panic here (the
+            // callbacks of `AsyncResult` catch their own) must neither leave
+            // its waiters waiting nor unwind the dispatcher.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(batches, total)));
             s = self.lock();
         }
         s.finished = true;
@@ -368,7 +373,9 @@ pub(crate) fn decode_all<R: DeserializeOwned>(mut batches: Vec<Batch>, total: u6
 /// ```
 pub struct AsyncResult<T, E = TaskError> {
     job: Arc<Job>,
-    cell: Arc<Mutex<Option<Result<T, E>>>>,
+    /// With callbacks: the decoded value, or the panic of a user
+    /// `Deserialize` that ran in the pool's thread (re-raised by `get`).
+    cell: Arc<Mutex<Option<Decoded<T, E>>>>,
     decode: Decoder<T, E>,
     _t: PhantomData<fn() -> T>,
 }
@@ -387,18 +394,17 @@ impl<T: Send + 'static, E: Send + 'static> AsyncResult<T, E> {
         if on_result.is_some() || on_error.is_some() {
             let c = cell.clone();
             job.set_on_done(Box::new(move |batches, total| {
-                let v = decode(batches, total);
-                match &v {
-                    Ok(t) => {
-                        if let Some(f) = on_result {
-                            f(t)
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(f) = on_error {
-                            f(e)
-                        }
-                    }
+                use std::panic::{catch_unwind, AssertUnwindSafe};
+                // Both run in the pool's thread. A decode that panics (a user
+                // `Deserialize`) panics again in `get`, as it would have
+                // without callbacks; a callback that panics has been reported
+                // by the panic hook and leaves the value for `get`.
+                let v = catch_unwind(AssertUnwindSafe(|| decode(batches, total)));
+                if let Ok(v) = &v {
+                    let _ = catch_unwind(AssertUnwindSafe(|| match v {
+                        Ok(t) => on_result.map(|f| f(t)),
+                        Err(e) => on_error.map(|f| f(e)),
+                    }));
                 }
                 *c.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
             }));
@@ -446,7 +452,7 @@ impl<T: Send + 'static, E: Send + 'static> AsyncResult<T, E> {
             return Err(self);
         }
         if let Some(v) = self.cell.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Ok(v);
+            return Ok(v.unwrap_or_else(|p| std::panic::resume_unwind(p)));
         }
         let batches: Vec<Batch> = s.ready.drain(..).collect();
         let total = s.arrived;
@@ -467,7 +473,7 @@ impl<T: Send + 'static, E: Send + 'static> AsyncResult<T, E> {
             return None;
         }
         if let Some(v) = self.cell.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            return Some(v.is_ok());
+            return Some(matches!(v, Ok(Ok(_))));
         }
         let mut ok = !s.failed;
         for b in &s.ready {
