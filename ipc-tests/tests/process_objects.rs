@@ -173,6 +173,35 @@ fn persisted_names_outlive_the_creator() {
     shmproc::unlink(&jn).unwrap();
 }
 
+fn after_300_ms(_: ()) -> u32 {
+    std::thread::sleep(Duration::from_millis(300));
+    5
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat` (field 4, after the
+/// parenthesised name).
+fn ppid(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// A ForkServer child's join learns the exit from the server's status
+/// record. A server that stops writing it (stopped here; in life, a server
+/// that died while a process forked meanwhile still holds the record pipe's
+/// write end, so no end of file comes either) must not keep `join` waiting
+/// once the child is dead by its pidfd.
+fn a_forkserver_join_ends_when_no_status_record_comes() {
+    let mut p = Process::builder(after_300_ms, ()).start_method(StartMethod::ForkServer).start().unwrap();
+    let server = ppid(p.pid());
+    // SAFETY: plain kill(2) on the fork server, our own child process.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+    let r = p.join_timeout(WAIT);
+    // SAFETY: as above.
+    unsafe { libc::kill(server, libc::SIGCONT) };
+    assert_eq!(r.unwrap(), 5);
+}
+
 fn main() {
     shmproc::init();
     std::thread::spawn(|| {
@@ -202,4 +231,6 @@ fn main() {
     println!("test unrelated_fd_is_refused_at_once ... ok");
     anonymous_object_outside_an_argument_is_refused();
     println!("test anonymous_object_outside_an_argument_is_refused ... ok");
+    a_forkserver_join_ends_when_no_status_record_comes();
+    println!("test a_forkserver_join_ends_when_no_status_record_comes ... ok");
 }

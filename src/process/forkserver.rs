@@ -228,21 +228,36 @@ pub(crate) fn start_many(specs: &[Spec<'_>]) -> Vec<Result<Launched, StartError>
     // each once, in the order it got them.
     let mut sent: Vec<usize> = Vec::new();
     let mut failed: Vec<Option<StartError>> = specs.iter().map(|_| None).collect();
+    // The server failed after requests of this batch were sent: no new one
+    // may be started for the rest, or its replies would be read as the
+    // replies to those requests.
+    let mut broken = false;
     for (i, p) in prepared.iter().enumerate() {
         let Ok(p) = p else { continue };
+        if broken {
+            failed[i] = Some(err("the fork server failed while this batch of starts was being sent"));
+            continue;
+        }
         // A server that died since the last request is replaced, but only
         // while no request of this batch waits for its reply.
         let tries = if sent.is_empty() { 2 } else { 1 };
         let mut ok = false;
         for _ in 0..tries {
             match server_for(&mut slot) {
-                Ok(server) => {
-                    if send(server, p).is_ok() {
+                Ok(server) => match send(server, p) {
+                    Ok(()) => {
                         ok = true;
                         break;
                     }
-                    retire(&mut slot);
-                }
+                    // This request alone was refused (too many fds, ...):
+                    // nothing of it was sent (one datagram), and the server
+                    // is fine; retiring it would kill its other children.
+                    Err(e) if sys::datagram_refused(&e) => {
+                        failed[i] = Some(err(format!("the fork server's socket refused the request: {e}")));
+                        break;
+                    }
+                    Err(_) => retire(&mut slot),
+                },
                 Err(e) => {
                     failed[i] = Some(e);
                     break;
@@ -253,6 +268,7 @@ pub(crate) fn start_many(specs: &[Spec<'_>]) -> Vec<Result<Launched, StartError>
             sent.push(i);
         } else if failed[i].is_none() {
             failed[i] = Some(err("could not send the request to a fresh fork server"));
+            broken = !sent.is_empty();
         }
     }
     let mut replies: Vec<Option<Result<Started, StartError>>> = specs.iter().map(|_| None).collect();

@@ -439,6 +439,9 @@ pub struct Process<R> {
     daemon: bool,
     result: Option<channel::Channel>,
     status_pipe: Option<OwnedFd>,
+    /// ForkServer: when the child was first seen dead by its pidfd with no
+    /// status record yet (see `try_reap`).
+    dead_unrecorded: Option<std::time::Instant>,
     buf: Vec<u8>,
     ended: Option<ExitStatus>,
     joined: bool,
@@ -496,6 +499,7 @@ impl<R: DeserializeOwned> Process<R> {
             daemon,
             result: Some(l.result),
             status_pipe: l.status,
+            dead_unrecorded: None,
             buf: Vec::new(),
             ended: None,
             joined: false,
@@ -652,6 +656,11 @@ impl<R: DeserializeOwned> Process<R> {
                     self.collect()?;
                     return Ok(true);
                 }
+                if self.dead_unrecorded.is_some() {
+                    // Dead, its record on the way: the pidfd stays readable,
+                    // so do not spin on it.
+                    sys::nap();
+                }
             }
             if deadline.expired() {
                 return Ok(false);
@@ -680,8 +689,30 @@ impl<R: DeserializeOwned> Process<R> {
         if let Some(sp) = &self.status_pipe {
             let mut rec = [0u8; reap::STATUS_LEN];
             return match sys::read(sp.as_fd(), &mut rec) {
+                // The server writes the record once it has reaped the child,
+                // so by then the pidfd polls readable. A record for a child
+                // still running is not one: stop listening to the server (the
+                // pidfd tells when the child ends, not how).
+                Ok(reap::STATUS_LEN) if self.shared.os.alive() => {
+                    self.status_pipe = None;
+                    Ok(None)
+                }
                 Ok(reap::STATUS_LEN) => Ok(Some(reap::decode_status(&rec))),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Dead by its pidfd and still no record after a grace
+                    // period: the server died, and the pipe's write end it
+                    // held lives on in some process forked meanwhile (so no
+                    // end of file comes either).
+                    if self.shared.os.alive() {
+                        return Ok(None);
+                    }
+                    let since = *self.dead_unrecorded.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < reap::RECORD_GRACE {
+                        return Ok(None);
+                    }
+                    self.status_pipe = None;
+                    Ok(Some(ExitStatus::Unknown))
+                }
                 // End of file or a short record: the server died. Fall back
                 // to the child's pidfd to learn when it ends.
                 _ => {
@@ -701,7 +732,10 @@ impl<R: DeserializeOwned> Process<R> {
     /// whether it may have ended.
     fn wait_exit(&self, deadline: Deadline) -> Result<bool, JoinError> {
         Ok(match (&self.status_pipe, &self.shared.os.pidfd) {
-            (Some(fd), _) | (None, Some(fd)) => sys::poll_readable([fd.as_fd()], deadline)?[0],
+            // Both: the record, or the child's death without one (a server
+            // that died; see `try_reap`).
+            (Some(st), Some(pidfd)) => sys::poll_readable([st.as_fd(), pidfd.as_fd()], deadline)?.contains(&true),
+            (Some(fd), None) | (None, Some(fd)) => sys::poll_readable([fd.as_fd()], deadline)?[0],
             // No pidfd (kernel before 5.3): poll for the exit in short naps.
             (None, None) => {
                 if !deadline.expired() {

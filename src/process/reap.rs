@@ -24,6 +24,10 @@ use crate::time::Deadline;
 
 /// Size of a status record.
 pub(crate) const STATUS_LEN: usize = 8;
+/// How long a ForkServer child may be dead by its pidfd before its status
+/// record is given up on (the server writes it right after reaping: within
+/// moments, unless the server itself died).
+pub(crate) const RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl From<sys::Ended> for ExitStatus {
     fn from(e: sys::Ended) -> Self {

@@ -368,6 +368,15 @@ pub(crate) const MAX_PASSED_FDS: usize = 64;
 /// truncation error.
 const MAX_RECEIVED_FDS: usize = 64;
 
+/// Whether a failed [`send_with_fds`] refused this datagram itself (too many
+/// fds for one message or for the sender's limit, too large, no memory for
+/// it) rather than found the peer gone: nothing of it was sent and the socket
+/// is still good.
+pub(crate) fn datagram_refused(e: &io::Error) -> bool {
+    let e = Errno::from_io_error(e);
+    [Errno::INVAL, Errno::TOOMANYREFS, Errno::MSGSIZE, Errno::NOBUFS, Errno::NOMEM].iter().any(|x| e == Some(*x))
+}
+
 /// Sends one datagram with `data` and (`SCM_RIGHTS`) `fds`. `MSG_NOSIGNAL`.
 pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     send_parts_with_fds(sock, &[], data, fds)
