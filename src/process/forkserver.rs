@@ -285,7 +285,16 @@ pub(crate) fn start_many(specs: &[Spec<'_>]) -> Vec<Result<Launched, StartError>
         };
         replies[i] = Some(match got {
             Ok((n, mut fds)) if n > 0 => match crate::decode::from_bytes::<Reply>(&buf[..n]) {
-                Ok(Reply::Started { pid }) if fds.len() == 1 => Ok((pid, fds.pop())),
+                // The pid must be the pidfd's: it names the child to the
+                // queues' liveness checks and in errors. (A child reaped
+                // already reads -1; unreadable fdinfo cannot be checked.)
+                Ok(Reply::Started { pid }) if fds.len() == 1 => match sys::pidfd_pid(fds[0].as_fd()) {
+                    Ok(Some(p)) if p != i64::from(pid) && p != -1 => {
+                        Err(err(format!("the fork server named pid {pid} for a pidfd of pid {p}")))
+                    }
+                    Ok(None) => Err(err("the fork server's reply carries no pidfd")),
+                    _ => Ok((pid, fds.pop())),
+                },
                 Ok(Reply::Failed(reason)) => Err(err(reason)),
                 _ => Err(err("malformed reply from the fork server")),
             },
@@ -396,12 +405,20 @@ pub(crate) fn server_main(v: &str) -> ! {
             Err(_) => Err(Reply::Failed("malformed request".into())),
         };
         let (msg, pidfd) = match reply {
-            Ok((kid, pid)) => {
-                let m = postcard::to_allocvec(&Reply::Started { pid }).unwrap_or_default();
-                let dup = sys::dup_cloexec(kid.pidfd.as_fd());
-                kids.push(kid);
-                (m, dup.ok())
-            }
+            Ok((kid, pid)) => match sys::dup_cloexec(kid.pidfd.as_fd()) {
+                Ok(dup) => {
+                    kids.push(kid);
+                    (postcard::to_allocvec(&Reply::Started { pid }).unwrap_or_default(), Some(dup))
+                }
+                Err(e) => {
+                    // Without its pidfd the parent cannot own the child:
+                    // kill it (reaped below like any other) and say so.
+                    let _ = sys::pidfd_signal(kid.pidfd.as_fd(), sys::Signal::KILL);
+                    kids.push(kid);
+                    let r = Reply::Failed(format!("duplicating the child's pidfd: {e}"));
+                    (postcard::to_allocvec(&r).unwrap_or_default(), None)
+                }
+            },
             Err(r) => (postcard::to_allocvec(&r).unwrap_or_default(), None),
         };
         let sent = match &pidfd {

@@ -85,6 +85,15 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(rustix::process::pidfd_open(pid_of(pid)?, PidfdFlags::empty())?)
 }
 
+/// The pid a pidfd refers to, from its `/proc/self/fdinfo` entry (`Pid:`;
+/// -1 once the process was reaped). `Ok(None)`: the fd is no pidfd (no such
+/// line); `Err`: the entry could not be read (no `/proc`).
+pub(crate) fn pidfd_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<i64>> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    Ok(info.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|v| v.trim().parse().ok()))
+}
+
 /// `pidfd_send_signal(pidfd, sig, NULL, 0)`: signals exactly the process the
 /// pidfd refers to (never a process that reused its pid).
 pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
@@ -255,10 +264,15 @@ pub(crate) fn read_fd_all(fd: BorrowedFd<'_>, max: u64) -> io::Result<Vec<u8>> {
     if len > max {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("argument blob of {len} bytes is too large")));
     }
-    let mut buf = vec![0u8; len as usize];
+    // The size comes from another process (a child's report, a parent's
+    // arguments): an allocation that fails is an error here, not an abort.
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len as usize)
+        .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, format!("no memory for a blob of {len} bytes: {e}")))?;
+    buf.resize(len as usize, 0);
     let mut off = 0usize;
     while off < buf.len() {
-        let n = rustix::io::pread(fd, &mut buf[off..], off as u64)?;
+        let n = retry(|| rustix::io::pread(fd, &mut buf[off..], off as u64))?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "argument blob shrank while reading"));
         }
@@ -481,4 +495,30 @@ fn recv_msg(sock: BorrowedFd<'_>, buf: &mut [u8], peek: bool) -> io::Result<(usi
 /// Sleeps a little (fallback polling without pidfds).
 pub(crate) fn nap() {
     std::thread::sleep(Duration::from_micros(500));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfd_pid_names_the_process_and_refuses_other_fds() {
+        let me = std::process::id();
+        let pidfd = pidfd_open(me).unwrap();
+        assert_eq!(pidfd_pid(pidfd.as_fd()).unwrap(), Some(i64::from(me)));
+        let (rd, _wr) = pipe().unwrap();
+        assert_eq!(pidfd_pid(rd.as_fd()).unwrap(), None);
+    }
+
+    #[test]
+    fn read_fd_all_refuses_what_it_cannot_hold() {
+        let fd = memfd_with(b"abc").unwrap();
+        assert_eq!(read_fd_all(fd.as_fd(), 3).unwrap(), b"abc");
+        assert!(read_fd_all(fd.as_fd(), 2).is_err());
+        // A size no allocation can satisfy is an error, not an abort.
+        // (1 PiB: beyond any x86-64 address space, whatever the overcommit mode.)
+        rustix::fs::ftruncate(&fd, 1 << 50).unwrap();
+        let e = read_fd_all(fd.as_fd(), u64::MAX).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::OutOfMemory, "{e}");
+    }
 }
