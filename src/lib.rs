@@ -161,8 +161,8 @@ pub use pipe::{Connection, Pipe, PipeBuilder};
 pub use pool::{AsyncResult, MapError, Pool, PoolBuilder, PoolError, TaskError};
 pub use process::{active_children, cpu_count, current_process, init, Process};
 pub use queue::{
-    FrameQueue, FrameQueueBuilder, FrameReceiver, FrameRecvError, FrameSendError, FrameSender, JoinError,
-    JoinableQueue, JoinableReceiver, JoinableSender, Queue, QueueBuilder, Receiver, RecvError, RecvTimeoutError, Role,
+    FrameQueue, FrameQueueBuilder, FrameReceiver, FrameRecvError, FrameSendError, FrameSender, JoinableQueue,
+    JoinableReceiver, JoinableSender, Queue, QueueBuilder, QueueJoinError, Receiver, RecvError, RecvTimeoutError, Role,
     SendError, SendTimeoutError, Sender, SpscReceiver, SpscSender, TaskDoneError, TryRecvError, TrySendError,
     TypedReceiver, TypedRecvError, TypedSendError, TypedSender, WaitMode,
 };

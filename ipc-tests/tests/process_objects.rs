@@ -173,15 +173,16 @@ fn persisted_names_outlive_the_creator() {
     shmproc::unlink(&jn).unwrap();
 }
 
-fn after_300_ms(_: ()) -> u32 {
-    std::thread::sleep(Duration::from_millis(300));
+fn after_2_s(_: ()) -> u32 {
+    std::thread::sleep(Duration::from_secs(2));
     5
 }
 
 /// The parent pid of `pid`, from `/proc/PID/stat` (field 4, after the
 /// parenthesised name).
 fn ppid(pid: u32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("the child ended before the test stopped its server: {e}"));
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     rest.split(' ').nth(1).unwrap().parse().unwrap()
 }
@@ -192,8 +193,9 @@ fn ppid(pid: u32) -> i32 {
 /// write end, so no end of file comes either) must not keep `join` waiting
 /// once the child is dead by its pidfd.
 fn a_forkserver_join_ends_when_no_status_record_comes() {
-    let mut p = Process::builder(after_300_ms, ()).start_method(StartMethod::ForkServer).start().unwrap();
+    let mut p = Process::builder(after_2_s, ()).start_method(StartMethod::ForkServer).start().unwrap();
     let server = ppid(p.pid());
+    assert!(p.is_alive(), "stopped the server while its child still runs");
     // SAFETY: plain kill(2) on the fork server, our own child process.
     assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
     let r = p.join_timeout(WAIT);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use shmproc::process::{Process, StartMethod};
 use shmproc::queue::{
-    channel, typed_channel, JoinError, JoinableReceiver, Receiver, RecvTimeoutError, Sender, TryRecvError,
+    channel, typed_channel, JoinableReceiver, QueueJoinError, Receiver, RecvTimeoutError, Sender, TryRecvError,
     TypedReceiver, TypedRecvError, TypedSender,
 };
 use shmproc::Queue;
@@ -175,12 +175,12 @@ fn join_ends_when_the_last_receiver_dies_mid_task(m: StartMethod) {
     tx.put(7).unwrap();
     assert_eq!(arx.recv_timeout(WAIT), Ok(7));
     // Alive and holding the task: join keeps waiting.
-    assert_eq!(tx.join_timeout(Duration::from_millis(300)), Err(JoinError::Timeout));
+    assert_eq!(tx.join_timeout(Duration::from_millis(300)), Err(QueueJoinError::Timeout));
     p.kill().unwrap();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let joiner = std::thread::spawn(move || done_tx.send(tx.join()).unwrap());
     let r = done_rx.recv_timeout(WAIT).expect("join() returned after the last receiver died");
-    assert_eq!(r, Err(JoinError::Disconnected { unfinished: 1 }));
+    assert_eq!(r, Err(QueueJoinError::Disconnected { unfinished: 1 }));
     joiner.join().unwrap();
     assert!(p.join_timeout(WAIT).is_err(), "killed");
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ipc_tests::{fork_run, unique_name, wait_pid, Ended};
 use shmproc::{
-    AccessError, AcquireError, Array, Barrier, BarrierError, Condition, Event, JoinError, JoinableQueue, LockError,
-    Mutex, Pipe, Queue, RawValue, RecvError, RecvTimeoutError, Semaphore, SendError, TaskDoneError, TryRecvError,
+    AccessError, AcquireError, Array, Barrier, BarrierError, Condition, Event, JoinableQueue, LockError, Mutex, Pipe,
+    Queue, QueueJoinError, RawValue, RecvError, RecvTimeoutError, Semaphore, SendError, TaskDoneError, TryRecvError,
     Value,
 };
 
@@ -444,7 +444,7 @@ fn joinable_queue_on_a_truncated_segment_reports_corrupt() {
     let join_child = orphan_proof(move || {
         w.atomic().store(1, std::sync::atomic::Ordering::Release);
         match j.join() {
-            Err(JoinError::Corrupt) => 0,
+            Err(QueueJoinError::Corrupt) => 0,
             Err(_) => 1,
             Ok(()) => 2,
         }
@@ -456,10 +456,10 @@ fn joinable_queue_on_a_truncated_segment_reports_corrupt() {
     assert_eq!(cut.get_timeout(SHORT), Ok(1));
     truncate(&cn, 0);
     survives("joinable queue", move || {
-        if cut.join_timeout(SHORT) != Err(JoinError::Corrupt) {
+        if cut.join_timeout(SHORT) != Err(QueueJoinError::Corrupt) {
             return 1;
         }
-        if cut.join() != Err(JoinError::Corrupt) {
+        if cut.join() != Err(QueueJoinError::Corrupt) {
             return 2;
         }
         if cut.task_done() != Err(TaskDoneError::Corrupt) {

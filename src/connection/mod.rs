@@ -368,9 +368,12 @@ impl SocketConnection {
     /// [`RecvError::Disconnected`] (and sends fail): the bound on waiting for
     /// a peer whose host crashed or whose network went away without closing
     /// the connection. Default [`DEAD_PEER_TIMEOUT`]; at least 2 s are
-    /// useful (probes go in whole seconds). It does not limit an idle but
-    /// live peer: probes are answered by its kernel. A no-op on Unix
-    /// sockets, whose peer is on this host: its death closes the socket.
+    /// useful (probes go in whole seconds, at most 32767 s apart);
+    /// `Duration::ZERO` turns the watch off. It does not limit an idle but
+    /// live peer: probes are answered by its kernel (older kernels may also
+    /// drop a peer that keeps its receive window closed, not reading, for
+    /// that long). A no-op on Unix sockets, whose peer is on this host: its
+    /// death closes the socket.
     pub fn set_dead_peer_timeout(&self, timeout: Duration) -> io::Result<()> {
         match &self.stream {
             Stream::Tcp(s) => sys::tcp_dead_peer_timeout(s.as_fd(), timeout),
@@ -469,10 +472,13 @@ impl SocketConnection {
     pub fn poll(&self, timeout: Duration) -> bool {
         // Busy: another thread is inside a receive (and owns what is
         // buffered); then only the socket itself is looked at.
-        if let Ok(rx) = self.rx.try_lock() {
-            if rx.end > rx.start || rx.closed {
-                return true;
-            }
+        let rx = match self.rx.try_lock() {
+            Ok(rx) => Some(rx),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if rx.is_some_and(|rx| rx.end > rx.start || rx.closed) {
+            return true;
         }
         sys::poll_readable([self.stream.fd()], Deadline::after(Some(timeout))).map(|[r]| r).unwrap_or(true)
     }

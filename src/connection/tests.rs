@@ -130,6 +130,14 @@ fn tcp_connections_watch_for_a_vanished_peer() {
     s.set_dead_peer_timeout(Duration::from_secs(6)).unwrap();
     assert_eq!(sockopt::tcp_user_timeout(s.as_fd()).unwrap(), 6000);
     assert_eq!(sockopt::tcp_keepintvl(s.as_fd()).unwrap(), Duration::from_secs(1));
+    // Beyond what the kernel takes: clamped, not refused half-way.
+    s.set_dead_peer_timeout(Duration::from_secs(30 * 86_400)).unwrap();
+    assert_eq!(sockopt::tcp_keepidle(s.as_fd()).unwrap(), Duration::from_secs(32_767));
+    assert_eq!(sockopt::tcp_user_timeout(s.as_fd()).unwrap(), i32::MAX as u32);
+    // Zero: the watch is off.
+    s.set_dead_peer_timeout(Duration::ZERO).unwrap();
+    assert!(!sockopt::socket_keepalive(s.as_fd()).unwrap());
+    assert_eq!(sockopt::tcp_user_timeout(s.as_fd()).unwrap(), 0);
 }
 
 #[test]
@@ -138,8 +146,12 @@ fn timed_calls_keep_their_bound_while_another_thread_receives() {
     let (s, c) = (std::sync::Arc::new(s.unwrap()), c.unwrap());
     let s2 = s.clone();
     let blocked = std::thread::spawn(move || s2.recv_bytes());
-    // Let the other thread enter its blocking read.
-    std::thread::sleep(Duration::from_millis(100));
+    // Until the other thread is inside its blocking read (holding the buffer).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while s.rx.try_lock().is_ok() {
+        assert!(std::time::Instant::now() < end, "the receiving thread never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let (done, r) = std::sync::mpsc::channel();
     let s3 = s.clone();
     std::thread::spawn(move || {

@@ -135,7 +135,7 @@ fn connect(m: &ManagerRef) -> Result<Link, ManagerError> {
     let mut refused = None;
     if let Some(dir) = &m.dir {
         match local_key(dir) {
-            Ok(Some(key)) => return connect_local(dir, &key),
+            Ok(Some((key, dir))) => return connect_local(&dir, &key),
             Ok(None) => {}
             Err(why) => refused = Some(why),
         }
@@ -151,55 +151,58 @@ fn connect(m: &ManagerRef) -> Result<Link, ManagerError> {
     }
 }
 
-/// The local key of the manager whose directory a proxy names. The path came
-/// from another process (a proxy is plain serialized data), so it is trusted
-/// only as far as a manager started by this user could have made it: a real
-/// directory (not a symlink) owned by our effective uid, closed to others
-/// (`Manager::start` creates it 0700), holding a regular 32-byte `key` file
-/// opened without following links or blocking (a FIFO there cannot stall
-/// us). `Ok(None)`: no such directory or key (the manager is gone, or it is
-/// another user's and reachable over TCP only); `Err`: present but not one a
-/// manager of ours made.
-fn local_key(dir: &std::path::Path) -> Result<Option<Vec<u8>>, String> {
+/// The local key of the manager whose directory a proxy names, and the
+/// directory itself, opened. The path came from another process (a proxy is
+/// plain serialized data), so it is trusted only as far as a manager started
+/// by this user could have made it: a real directory (not a symlink) owned by
+/// our effective uid, closed to others (`Manager::start` creates it 0700),
+/// holding a regular 32-byte `key` file of ours. The directory is opened
+/// once (`O_NOFOLLOW`) and everything after goes through that fd (the key by
+/// `openat`, the socket by `/proc/self/fd/N/sock`), so swapping a directory
+/// on the path after the checks changes nothing; the key is opened without
+/// following links or blocking (a FIFO there cannot stall us). `Ok(None)`:
+/// no such directory or key (the manager is gone), or another user's
+/// directory (reachable over TCP only); `Err`: present but not one a manager
+/// of ours made.
+fn local_key(dir: &std::path::Path) -> Result<Option<(Vec<u8>, std::fs::File)>, String> {
+    use rustix::fs::{Mode, OFlags};
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     const KEY_LEN: u64 = 32;
     let absent = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(m) => m,
-        Err(e) if absent(&e) => return Ok(None),
-        Err(e) => return Err(format!("manager directory {}: {e}", dir.display())),
-    };
-    let me = sys::effective_uid();
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
-        if meta.uid() != me && meta.is_dir() {
-            // Another user's manager: not ours to open locally.
-            return Ok(None);
-        }
-        return Err(format!(
-            "refusing manager directory {}: not a directory of uid {me} closed to others (mode {:o}, uid {})",
-            dir.display(),
-            meta.mode(),
-            meta.uid()
-        ));
-    }
-    let path = dir.join("key");
-    let mut f = match std::fs::OpenOptions::new()
+    let refuse = |what: &str| format!("refusing manager directory {}: {what}", dir.display());
+    let d = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(&path)
+        .custom_flags((OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32)
+        .open(dir)
     {
-        Ok(f) => f,
+        Ok(d) => d,
         Err(e) if absent(&e) => return Ok(None),
-        Err(e) => return Err(format!("manager key {}: {e}", path.display())),
+        // ELOOP (a symlink) or ENOTDIR (not a directory).
+        Err(e) => return Err(refuse(&e.to_string())),
     };
-    let km = f.metadata().map_err(|e| format!("manager key {}: {e}", path.display()))?;
+    let meta = d.metadata().map_err(|e| refuse(&e.to_string()))?;
+    let me = sys::effective_uid();
+    if meta.uid() != me {
+        // Another user's manager: not ours to open locally.
+        return Ok(None);
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(refuse(&format!("mode {:o} is open to other users", meta.mode() & 0o7777)));
+    }
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let f = match rustix::fs::openat(&d, "key", flags, Mode::empty()) {
+        Ok(f) => std::fs::File::from(f),
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(refuse(&format!("its key: {e}"))),
+    };
+    let km = f.metadata().map_err(|e| refuse(&format!("its key: {e}")))?;
     if !km.is_file() || km.uid() != me || km.len() != KEY_LEN {
-        return Err(format!("refusing manager key {}: not a {KEY_LEN}-byte file of uid {me}", path.display()));
+        return Err(refuse(&format!("its key is not a {KEY_LEN}-byte file of uid {me}")));
     }
     let mut key = vec![0u8; KEY_LEN as usize];
-    f.read_exact(&mut key).map_err(|e| format!("manager key {}: {e}", path.display()))?;
-    Ok(Some(key))
+    (&f).read_exact(&mut key).map_err(|e| refuse(&format!("its key: {e}")))?;
+    Ok(Some((key, d)))
 }
 
 /// A refused connection, and a handshake the server hung up on or reset, mean
@@ -225,8 +228,10 @@ fn connect_err(e: crate::connection::ConnectError) -> ManagerError {
     }
 }
 
-fn connect_local(dir: &std::path::Path, key: &[u8]) -> Result<Link, ManagerError> {
-    let conn = Client::connect(&Address::Unix(dir.join("sock")), key).map_err(connect_err)?;
+/// Connects to the manager's socket in the directory `local_key` opened.
+fn connect_local(dir: &std::fs::File, key: &[u8]) -> Result<Link, ManagerError> {
+    let sock = format!("/proc/self/fd/{}/sock", dir.as_raw_fd());
+    let conn = Client::connect(&Address::Unix(sock.into()), key).map_err(connect_err)?;
     conn.send(&Request::Hello { pipe: true }).map_err(|_| ManagerError::ManagerGone)?;
     if conn.has_buffered() {
         return Err(ManagerError::Protocol("the server sent data before the pipe"));
@@ -276,8 +281,8 @@ mod tests {
     fn a_proxy_directory_is_trusted_only_as_a_manager_of_ours_makes_it() {
         let good = scratch("good");
         key_file(&good, &[7; 32]);
-        assert_eq!(local_key(&good), Ok(Some(vec![7; 32])));
-        assert_eq!(local_key(&good.join("absent")), Ok(None));
+        assert_eq!(local_key(&good).map(|k| k.map(|(key, _)| key)), Ok(Some(vec![7; 32])));
+        assert!(matches!(local_key(&good.join("absent")), Ok(None)));
 
         // Open to others.
         let open = scratch("open");

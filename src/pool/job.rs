@@ -215,7 +215,10 @@ impl Job {
             // The job finishes whatever the callback does: a panic here (the
             // callbacks of `AsyncResult` catch their own) must neither leave
             // its waiters waiting nor unwind the dispatcher.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(batches, total)));
+            // (The payload is forgotten, not dropped: its drop could panic.)
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(batches, total))) {
+                std::mem::forget(p);
+            }
             s = self.lock();
         }
         s.finished = true;
@@ -401,10 +404,14 @@ impl<T: Send + 'static, E: Send + 'static> AsyncResult<T, E> {
                 // by the panic hook and leaves the value for `get`.
                 let v = catch_unwind(AssertUnwindSafe(|| decode(batches, total)));
                 if let Ok(v) = &v {
-                    let _ = catch_unwind(AssertUnwindSafe(|| match v {
+                    let r = catch_unwind(AssertUnwindSafe(|| match v {
                         Ok(t) => on_result.map(|f| f(t)),
                         Err(e) => on_error.map(|f| f(e)),
                     }));
+                    // Forgotten, not dropped: the payload's drop could panic.
+                    if let Err(p) = r {
+                        std::mem::forget(p);
+                    }
                 }
                 *c.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
             }));

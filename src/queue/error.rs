@@ -256,7 +256,7 @@ impl std::error::Error for TaskDoneError {}
 /// [`join_timeout`](crate::JoinableQueue::join_timeout)) returned before every
 /// task was reported done.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-pub enum JoinError {
+pub enum QueueJoinError {
     /// `join_timeout`: tasks were still unfinished when the timeout passed.
     Timeout,
     /// Tasks are unfinished and every receiver is gone (dropped or dead), so
@@ -272,17 +272,17 @@ pub enum JoinError {
     Corrupt,
 }
 
-impl fmt::Display for JoinError {
+impl fmt::Display for QueueJoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JoinError::Timeout => f.write_str("timed out waiting for every task to be done"),
-            JoinError::Disconnected { unfinished } => write!(
+            QueueJoinError::Timeout => f.write_str("timed out waiting for every task to be done"),
+            QueueJoinError::Disconnected { unfinished } => write!(
                 f,
                 "{unfinished} task(s) are unfinished and every receiver of the queue is gone, so none will be reported done"
             ),
-            JoinError::Corrupt => f.write_str(CORRUPT),
+            QueueJoinError::Corrupt => f.write_str(CORRUPT),
         }
     }
 }
 
-impl std::error::Error for JoinError {}
+impl std::error::Error for QueueJoinError {}

@@ -8,7 +8,7 @@
 //!
 //! Crash semantics: a worker killed between `get` and `task_done` leaves its
 //! task counted as unfinished (as in Python). `join` returns
-//! [`JoinError::Disconnected`] once no receiver is left alive; while other
+//! [`QueueJoinError::Disconnected`] once no receiver is left alive; while other
 //! receivers live, bound the wait with [`JoinableQueue::join_timeout`].
 
 use std::fmt;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use super::{
-    JoinError, Queue, QueueBuilder, QueueConfig, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
+    Queue, QueueBuilder, QueueConfig, QueueJoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
     TaskDoneError, TryRecvError, TrySendError,
 };
 use crate::error::OpenError;
@@ -78,6 +78,10 @@ impl<T: Pod> QueueBuilder<T> {
         Ok(JoinableQueue { q: self.build_open_or_create(ObjectKind::JoinableQueue)? })
     }
 }
+
+/// How long the receivers must stay gone before `join` reports
+/// [`QueueJoinError::Disconnected`] (they are scanned at least twice).
+const CONFIRM_GONE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl<T: Pod> JoinableQueue<T> {
     /// A builder (finish it with `create_joinable`, `open_joinable`, ...).
@@ -167,30 +171,31 @@ impl<T: Pod> JoinableQueue<T> {
     /// Unlike Python's `join`, it does not wait for ever once no one is left
     /// to report the tasks done: if every receiver is gone (dropped, or dead:
     /// checked every 100 ms) while tasks are unfinished, it returns
-    /// [`JoinError::Disconnected`]. A receiver killed between `get` and
+    /// [`QueueJoinError::Disconnected`]. A receiver killed between `get` and
     /// `task_done` while other receivers live leaves its task unfinished for
     /// as long as they live; bound that with [`join_timeout`](Self::join_timeout).
     /// A handle that can itself receive (a role-less `JoinableQueue`, not a
     /// [`JoinableSender`](crate::JoinableSender)) counts as a live receiver.
     ///
-    /// Errors: [`JoinError::Disconnected`], or [`JoinError::Corrupt`] if
+    /// Errors: [`QueueJoinError::Disconnected`], or [`QueueJoinError::Corrupt`] if
     /// another process truncated the segment.
-    pub fn join(&self) -> Result<(), JoinError> {
+    pub fn join(&self) -> Result<(), QueueJoinError> {
         self.join_deadline(Deadline::NEVER)
     }
 
     /// Like [`join`](Self::join), giving up after `timeout` with
-    /// [`JoinError::Timeout`].
-    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
+    /// [`QueueJoinError::Timeout`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), QueueJoinError> {
         self.join_deadline(Deadline::after(Some(timeout)))
     }
 
-    fn join_deadline(&self, deadline: Deadline) -> Result<(), JoinError> {
+    fn join_deadline(&self, deadline: Deadline) -> Result<(), QueueJoinError> {
         let c = self.q.engine().control();
         let announce = crate::wait::Announce::new(&c.join_word, &c.join_waiters);
+        let mut gone_since = None;
         loop {
             let seq = announce.enter();
-            match self.join_check(deadline) {
+            match self.join_check(deadline, &mut gone_since) {
                 Ok(false) => {}
                 done => {
                     announce.leave();
@@ -206,26 +211,37 @@ impl<T: Pod> JoinableQueue<T> {
     }
 
     /// One look for `join`: `Ok(true)` when every task is done, `Ok(false)`
-    /// to keep waiting.
-    fn join_check(&self, deadline: Deadline) -> Result<bool, JoinError> {
+    /// to keep waiting. `gone_since`: when the receivers were first found
+    /// gone, in this run of looks.
+    fn join_check(
+        &self,
+        deadline: Deadline,
+        gone_since: &mut Option<std::time::Instant>,
+    ) -> Result<bool, QueueJoinError> {
         let n = self.counter().load(Ordering::SeqCst);
         if self.q.segment().lost() {
             // A truncated segment reads as zeros: not "every task done".
-            return Err(JoinError::Corrupt);
+            return Err(QueueJoinError::Corrupt);
         }
         if n == 0 {
             return Ok(true);
         }
-        if self.q.engine().receivers_gone() {
+        if !self.q.engine().receivers_gone() {
+            *gone_since = None;
+        } else if gone_since.get_or_insert_with(std::time::Instant::now).elapsed() >= CONFIRM_GONE {
+            // Gone at two scans at least CONFIRM_GONE apart: one scan is not
+            // atomic (a receiver handing its entry over to another slot may
+            // be missed in both), and a put that failed for want of
+            // receivers takes its count back only after its send failed.
             // Re-read: the last receiver may have reported its task done and
-            // then left between our two reads.
+            // then left since the first read.
             return match self.counter().load(Ordering::SeqCst) {
                 0 => Ok(true),
-                unfinished => Err(JoinError::Disconnected { unfinished }),
+                unfinished => Err(QueueJoinError::Disconnected { unfinished }),
             };
         }
         if deadline.expired() {
-            return Err(JoinError::Timeout);
+            return Err(QueueJoinError::Timeout);
         }
         Ok(false)
     }
@@ -271,7 +287,7 @@ mod tests {
             q.put(i).unwrap();
         }
         assert_eq!(q.unfinished(), 5);
-        assert_eq!(q.join_timeout(Duration::from_millis(20)), Err(JoinError::Timeout));
+        assert_eq!(q.join_timeout(Duration::from_millis(20)), Err(QueueJoinError::Timeout));
         let w = q.clone();
         let t = std::thread::spawn(move || {
             for _ in 0..5 {
@@ -289,7 +305,7 @@ mod tests {
     const T: Duration = Duration::from_secs(10);
 
     /// Runs `join()` (no timeout) on another thread and waits at most `T` for it.
-    fn join_bounded(tx: crate::JoinableSender<u32>) -> Result<(), JoinError> {
+    fn join_bounded(tx: crate::JoinableSender<u32>) -> Result<(), QueueJoinError> {
         let (done, r) = std::sync::mpsc::channel();
         std::thread::spawn(move || done.send(tx.join()).unwrap());
         r.recv_timeout(T).expect("join() returned")
@@ -305,9 +321,9 @@ mod tests {
         rx.task_done().unwrap();
         assert_eq!(rx.get_timeout(T), Ok(1));
         // One taken and not done, one never taken: both unfinished.
-        assert_eq!(tx.join_timeout(Duration::from_millis(20)), Err(JoinError::Timeout));
+        assert_eq!(tx.join_timeout(Duration::from_millis(20)), Err(QueueJoinError::Timeout));
         drop(rx);
-        assert_eq!(join_bounded(tx), Err(JoinError::Disconnected { unfinished: 2 }));
+        assert_eq!(join_bounded(tx), Err(QueueJoinError::Disconnected { unfinished: 2 }));
     }
 
     #[test]
@@ -329,6 +345,6 @@ mod tests {
         // join times out rather than reporting Disconnected.
         let q = JoinableQueue::<u32>::builder().role(crate::Role::Sender).capacity(8).create_joinable().unwrap();
         q.put(1).unwrap();
-        assert_eq!(q.join_timeout(Duration::from_millis(150)), Err(JoinError::Timeout));
+        assert_eq!(q.join_timeout(Duration::from_millis(150)), Err(QueueJoinError::Timeout));
     }
 }

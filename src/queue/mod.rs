@@ -125,8 +125,8 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 pub use error::{
-    FrameRecvError, FrameSendError, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError,
-    TryRecvError, TrySendError,
+    FrameRecvError, FrameSendError, QueueJoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
+    TaskDoneError, TryRecvError, TrySendError,
 };
 pub(crate) use frames::type_info as frame_queue_type_info;
 pub use frames::{FrameQueue, FrameQueueBuilder};

@@ -22,7 +22,7 @@ use bytemuck::Pod;
 
 use super::raw::Engine;
 use super::{
-    FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinError, JoinableQueue, Queue, QueueBuilder,
+    FrameQueue, FrameQueueBuilder, FrameRecvError, FrameSendError, JoinableQueue, Queue, QueueBuilder, QueueJoinError,
     RecvError, RecvTimeoutError, Role, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
     WaitMode,
 };
@@ -580,13 +580,13 @@ impl<T: Pod> JoinableSender<T> {
         self.q.unfinished()
     }
     /// Waits until every item put has been reported done, or until every
-    /// receiver is gone with tasks unfinished ([`JoinError::Disconnected`];
+    /// receiver is gone with tasks unfinished ([`QueueJoinError::Disconnected`];
     /// see [`JoinableQueue::join`]).
-    pub fn join(&self) -> Result<(), JoinError> {
+    pub fn join(&self) -> Result<(), QueueJoinError> {
         self.q.join()
     }
-    /// Like [`join`](Self::join), giving up after `timeout` ([`JoinError::Timeout`]).
-    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
+    /// Like [`join`](Self::join), giving up after `timeout` ([`QueueJoinError::Timeout`]).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), QueueJoinError> {
         self.q.join_timeout(timeout)
     }
 }

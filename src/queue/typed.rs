@@ -291,7 +291,8 @@ impl<T: DeserializeOwned> TypedReceiver<T> {
     }
 
     /// A blocking iterator: `Ok(value)` per message, `Err` for a message of
-    /// another type (or one that does not decode); ends once every sender is
+    /// another type, one that does not decode, or a scribbled frame
+    /// ([`TypedRecvError::Oversized`], dropped); ends once every sender is
     /// gone and the queue is drained (or the queue is corrupt).
     pub fn iter(&self) -> impl Iterator<Item = Result<T, TypedRecvError>> + '_ {
         std::iter::from_fn(move || match self.recv() {

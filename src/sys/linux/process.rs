@@ -164,17 +164,24 @@ pub(crate) fn poll_readable<const N: usize>(fds: [BorrowedFd<'_>; N], deadline: 
 /// three more `dead / 6` apart, and `TCP_USER_TIMEOUT` of `dead` for data
 /// left unacknowledged. A blocked read then fails with `ETIMEDOUT` about
 /// `dead` after the peer stopped answering.
+/// `Duration::ZERO` turns both off (TCP's own bounds, hours long, apply).
 pub(crate) fn tcp_dead_peer_timeout(fd: BorrowedFd<'_>, dead: Duration) -> io::Result<()> {
     use rustix::net::sockopt;
-    // The kernel counts in whole seconds for the probes: at least 1 s each.
-    let idle = (dead / 2).max(Duration::from_secs(1));
-    let interval = (dead / 6).max(Duration::from_secs(1));
-    sockopt::set_socket_keepalive(fd, true)?;
-    sockopt::set_tcp_keepidle(fd, idle)?;
-    sockopt::set_tcp_keepintvl(fd, interval)?;
+    if dead.is_zero() {
+        sockopt::set_tcp_user_timeout(fd, 0)?;
+        return Ok(sockopt::set_socket_keepalive(fd, false)?);
+    }
+    // The kernel counts the probes in whole seconds, 1..=32767 each, and the
+    // user timeout in milliseconds as a C int.
+    let secs = |d: Duration| d.clamp(Duration::from_secs(1), Duration::from_secs(32767));
+    let ms = u32::try_from(dead.as_millis()).unwrap_or(u32::MAX).clamp(1, i32::MAX as u32);
+    // Every value is set before keepalive is turned on, so a refused one
+    // leaves the socket as it was.
+    sockopt::set_tcp_keepidle(fd, secs(dead / 2))?;
+    sockopt::set_tcp_keepintvl(fd, secs(dead / 6))?;
     sockopt::set_tcp_keepcnt(fd, 3)?;
-    let ms = u32::try_from(dead.as_millis()).unwrap_or(u32::MAX).max(1);
     sockopt::set_tcp_user_timeout(fd, ms)?;
+    sockopt::set_socket_keepalive(fd, true)?;
     Ok(())
 }
 
