@@ -522,3 +522,61 @@ fn drop_after_another_threads_fork_still_disconnects_the_peer() {
         other => panic!("expected Disconnected, got {other:?}"),
     }
 }
+
+#[test]
+fn the_parent_cannot_use_an_end_its_child_adopted() {
+    // Each end is used by one process at a time: once a forked child has
+    // adopted its copy of `b`, the parent's copy refuses (before, both wrote
+    // into one ring and read from the other).
+    let (a, b) = Pipe::new().unwrap();
+    let pid = fork(|| {
+        if b.send_bytes(b"adopted").is_err() {
+            return 2;
+        }
+        match b.recv_bytes_timeout(T) {
+            Ok(m) if m == b"done" => 0,
+            Ok(_) => 3,
+            Err(_) => 4,
+        }
+    });
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"adopted");
+    match b.send_bytes(b"from the parent") {
+        Err(SendError::EndInUse { pid: p }) => assert_eq!(p as i32, pid),
+        other => panic!("the parent sent on an end its child holds: {other:?}"),
+    }
+    assert!(matches!(b.recv_bytes_timeout(Duration::from_millis(10)), Err(RecvError::EndInUse { .. })));
+    a.send_bytes(b"done").unwrap();
+    assert_eq!(reap(pid, T), 0);
+}
+
+#[test]
+fn a_child_adopts_an_end_where_its_parent_left_it() {
+    // The parent goes on using `b` after the fork (receives one message,
+    // sends one), then the child adopts it: the child must start from the
+    // shared positions, not from its copy of the fork-time ones (it received
+    // "one" again, and overwrote "p1").
+    let (a, b) = Pipe::new().unwrap();
+    let (go_tx, go_rx) = Pipe::new().unwrap();
+    let pid = fork(|| {
+        if go_rx.recv_bytes_timeout(T).is_err() {
+            return 2;
+        }
+        match b.recv_bytes_timeout(T) {
+            Ok(m) if m == b"two" => {}
+            Ok(m) if m == b"one" => return 3,
+            _ => return 4,
+        }
+        if b.send_bytes(b"c1").is_err() {
+            return 5;
+        }
+        0
+    });
+    a.send_bytes(b"one").unwrap();
+    a.send_bytes(b"two").unwrap();
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"one");
+    b.send_bytes(b"p1").unwrap();
+    go_tx.send_bytes(b"go").unwrap();
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"p1");
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"c1");
+    assert_eq!(reap(pid, T), 0, "3: the child received \"one\" again");
+}

@@ -400,6 +400,10 @@ pub struct Connection {
     last_check: RateLimit,
     /// Sticky: the peer has been seen gone.
     peer_gone: AtomicBool,
+    /// Set when this process adopts the end: each side then resyncs with the
+    /// shared indices at its next operation (`resync_recv`, `resync_send`).
+    resync_rx: AtomicBool,
+    resync_tx: AtomicBool,
     rx_state: Mutex<RxState>,
     tx_state: Mutex<TxState>,
 }
@@ -608,6 +612,8 @@ impl Connection {
             attach_marks: (tx_state.cached_head, rx_state.tail_seen),
             last_check: RateLimit::new(),
             peer_gone: AtomicBool::new(false),
+            resync_rx: AtomicBool::new(false),
+            resync_tx: AtomicBool::new(false),
             rx_state: Mutex::new(rx_state),
             tx_state: Mutex::new(tx_state),
         })
@@ -731,18 +737,84 @@ impl Connection {
     }
 
     /// Makes sure the calling process holds this end (adopting a copy
-    /// inherited over fork on its first use).
+    /// inherited over fork on its first use). An end this process held is
+    /// lost to a forked child that adopted its copy since (or to a `close`
+    /// by another holder): it is looked at on every call (one load of a line
+    /// that only claims and closes write), so the two processes never use
+    /// one end at once.
     #[inline]
     fn ensure_claimed(&self) -> Result<(), ClaimError> {
-        if self.claim_pid.load(Ordering::Relaxed) == sys::current_pid() {
-            return Ok(());
+        let me = sys::current_pid();
+        if self.claim_pid.load(Ordering::Relaxed) == me {
+            let w = self.shared().ends[self.end.index()].word.load(Ordering::Acquire);
+            if w == slot_word(me, HELD) {
+                return Ok(());
+            }
+            return Err(Self::taken(w));
         }
         self.adopt()
     }
 
+    /// Why an end this process held is no longer its own (slot word `w`).
+    #[cold]
+    fn taken(w: u64) -> ClaimError {
+        match w & 0xffff_ffff {
+            HELD | CLAIMING => ClaimError::InUse((w >> 32) as u32),
+            _ => ClaimError::Closed,
+        }
+    }
+
     #[cold]
     fn adopt(&self) -> Result<(), ClaimError> {
-        self.claim()
+        self.claim()?;
+        // The callers hold (or are about to take) the side's lock: each side
+        // resyncs under it, at its next operation.
+        self.resync_rx.store(self.rx.is_some(), Ordering::Relaxed);
+        self.resync_tx.store(self.tx.is_some(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    // After adopting a copy of the end, this process's positions are those of
+    // the moment its copy was made (the fork). If the previous holder went on
+    // using the end after that, the shared indices moved on: start from them
+    // instead, or the messages it received would be received again and the
+    // frames it sent overwritten. (Unmoved, the copy's own positions stand:
+    // they may hold a message half received.) A previous holder stopped in
+    // the middle of a frame leaves indices that are not at a frame start;
+    // what follows then fails as `Corrupt`.
+
+    /// The receive side of that resync, under the `rx_state` lock.
+    #[cold]
+    fn resync_recv(&self, ring: &RingView, rx: &mut RxState) {
+        let head = ring.head().load(Ordering::Acquire);
+        if head != rx.published {
+            rx.head = head;
+            rx.published = head;
+            rx.tail_seen = head;
+            rx.pending = None;
+            self.rx_head.store(head, Ordering::Relaxed);
+            self.rx_at_frame.store(true, Ordering::Relaxed);
+            if head % FRAME_ALIGN != 0 {
+                rx.broken = Some("the end was adopted in the middle of a frame");
+            }
+        }
+    }
+
+    /// The send side of that resync, under the `tx_state` lock.
+    #[cold]
+    fn resync_send(&self, ring: &RingView, tx: &mut TxState) {
+        let tail = ring.tail().load(Ordering::Acquire);
+        if tail != tx.tail {
+            let head = ring.head().load(Ordering::Acquire);
+            tx.tail = tail;
+            // Nothing known to be zeroed ahead: `zero_next` starts afresh.
+            tx.zeroed = tail;
+            tx.cached_head = head;
+            tx.tail_unpublished = false;
+            if tail % FRAME_ALIGN != 0 || tail.wrapping_sub(head) > ring.cap {
+                tx.broken = Some("the end was adopted with inconsistent send indices");
+            }
+        }
     }
 
     /// Whether the peer has closed its end (no liveness check: no clock read,
@@ -931,6 +1003,12 @@ impl Connection {
             ClaimError::InUse(pid) => SendError::EndInUse { pid },
             ClaimError::Closed => SendError::Disconnected,
         })?;
+        if self.resync_tx.load(Ordering::Relaxed) && self.resync_tx.swap(false, Ordering::Relaxed) {
+            self.resync_send(ring, tx);
+            if let Some(reason) = tx.broken {
+                return Err(SendError::Corrupt { reason });
+            }
+        }
         // The slot on every send; the peer's liveness (a clock read, and now
         // and then a /proc read) every 64 sends and whenever we must wait.
         tx.sends = tx.sends.wrapping_add(1);
@@ -1314,6 +1392,9 @@ impl Connection {
     fn recv_vec(&self, mut due: Due) -> Result<Vec<u8>, RecvError> {
         let ring = self.rx_ring()?;
         let mut rx = lock(&self.rx_state);
+        if self.resync_rx.load(Ordering::Relaxed) && self.resync_rx.swap(false, Ordering::Relaxed) {
+            self.resync_recv(ring, &mut rx);
+        }
         self.start_message(ring, &mut rx, &mut due)?;
         self.fill(ring, &mut rx, &mut due, &mut Sink::Own)?;
         // Read from zero pages if the segment was truncated under us.
@@ -1326,6 +1407,9 @@ impl Connection {
     fn recv_into(&self, buf: &mut [u8], mut due: Due) -> Result<usize, RecvError> {
         let ring = self.rx_ring()?;
         let mut rx = lock(&self.rx_state);
+        if self.resync_rx.load(Ordering::Relaxed) && self.resync_rx.swap(false, Ordering::Relaxed) {
+            self.resync_recv(ring, &mut rx);
+        }
         self.start_message(ring, &mut rx, &mut due)?;
         let (len, have) = {
             let p = rx.pending.as_ref().expect("start_message leaves a pending message");
