@@ -547,6 +547,57 @@ fn the_parent_cannot_use_an_end_its_child_adopted() {
     assert!(matches!(b.recv_bytes_timeout(Duration::from_millis(10)), Err(RecvError::EndInUse { .. })));
     a.send_bytes(b"done").unwrap();
     assert_eq!(reap(pid, T), 0);
+    // The child died holding the end (it `_exit`ed, nothing dropped): the
+    // parent takes it back, from where the child left it.
+    b.send_bytes(b"parent again").unwrap();
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"parent again");
+
+    // A child that drops its copy gives the end back too.
+    let (a, b) = Pipe::new().unwrap();
+    let slot = std::cell::RefCell::new(Some(b));
+    let pid = fork(|| {
+        let b = slot.borrow_mut().take().unwrap();
+        if b.send_bytes(b"adopted").is_err() {
+            return 2;
+        }
+        drop(b);
+        0
+    });
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"adopted");
+    assert_eq!(reap(pid, T), 0);
+    let b = slot.borrow_mut().take().unwrap();
+    b.send_bytes(b"parent again").unwrap();
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"parent again");
+}
+
+#[test]
+fn poll_on_a_copy_not_adopted_yet_sees_what_its_parent_took() {
+    // The parent receives everything on `b` after the fork; the child's
+    // copy, not used yet, must not poll "ready" for those frames.
+    let (a, b) = Pipe::new().unwrap();
+    let (go_tx, go_rx) = Pipe::new().unwrap();
+    let pid = fork(|| {
+        if go_rx.recv_bytes_timeout(T).is_err() {
+            return 2;
+        }
+        if b.poll(Duration::ZERO) {
+            return 3;
+        }
+        if go_rx.recv_bytes_timeout(T).is_err() || !b.poll(T) {
+            return 4;
+        }
+        match b.recv_bytes_timeout(T) {
+            Ok(m) if m == b"three" => 0,
+            _ => 5,
+        }
+    });
+    a.send_bytes(b"one").unwrap();
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"one");
+    go_tx.send_bytes(b"go").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    a.send_bytes(b"three").unwrap();
+    go_tx.send_bytes(b"go").unwrap();
+    assert_eq!(reap(pid, T), 0, "3: the child's poll saw the frame its parent had taken");
 }
 
 #[test]

@@ -36,6 +36,12 @@ const fn slot_word(pid: u32, state: u64) -> u64 {
     ((pid as u64) << 32) | state
 }
 
+/// Whether stream position `a` is ahead of `b` by 1..=`cap` bytes.
+#[inline]
+fn ahead(a: u64, b: u64, cap: u64) -> bool {
+    a.wrapping_sub(b).wrapping_sub(1) < cap
+}
+
 /// Polls of an empty ring's next header word between two looks at the
 /// producer's `tail` (see `wait_header`).
 const TAIL_CHECK_EVERY: u32 = 64;
@@ -737,41 +743,31 @@ impl Connection {
     }
 
     /// Makes sure the calling process holds this end (adopting a copy
-    /// inherited over fork on its first use). An end this process held is
-    /// lost to a forked child that adopted its copy since (or to a `close`
-    /// by another holder): it is looked at on every call (one load of a line
-    /// that only claims and closes write), so the two processes never use
-    /// one end at once.
+    /// inherited over fork on its first use). The end's slot is looked at on
+    /// every call (one load of a line that only claims and closes write): an
+    /// end this process held may have been adopted since by a forked child
+    /// (then `InUse` while the child lives; taken back, with a resync, once
+    /// it dropped its copy or died) or closed by another holder.
     #[inline]
     fn ensure_claimed(&self) -> Result<(), ClaimError> {
         let me = sys::current_pid();
-        if self.claim_pid.load(Ordering::Relaxed) == me {
-            let w = self.shared().ends[self.end.index()].word.load(Ordering::Acquire);
-            if w == slot_word(me, HELD) {
-                return Ok(());
-            }
-            return Err(Self::taken(w));
+        if self.claim_pid.load(Ordering::Relaxed) == me
+            && self.shared().ends[self.end.index()].word.load(Ordering::Acquire) == slot_word(me, HELD)
+        {
+            return Ok(());
         }
         self.adopt()
     }
 
-    /// Why an end this process held is no longer its own (slot word `w`).
-    #[cold]
-    fn taken(w: u64) -> ClaimError {
-        match w & 0xffff_ffff {
-            HELD | CLAIMING => ClaimError::InUse((w >> 32) as u32),
-            _ => ClaimError::Closed,
-        }
-    }
-
     #[cold]
     fn adopt(&self) -> Result<(), ClaimError> {
-        self.claim()?;
-        // The callers hold (or are about to take) the side's lock: each side
-        // resyncs under it, at its next operation.
+        // Set before the claim: another thread of this process that sees the
+        // claim done must also see the resync due. The callers hold (or are
+        // about to take) the side's lock: each side resyncs under it, at its
+        // next operation; a resync where nothing moved changes nothing.
         self.resync_rx.store(self.rx.is_some(), Ordering::Relaxed);
         self.resync_tx.store(self.tx.is_some(), Ordering::Relaxed);
-        Ok(())
+        self.claim()
     }
 
     // After adopting a copy of the end, this process's positions are those of
@@ -780,14 +776,16 @@ impl Connection {
     // instead, or the messages it received would be received again and the
     // frames it sent overwritten. (Unmoved, the copy's own positions stand:
     // they may hold a message half received.) A previous holder stopped in
-    // the middle of a frame leaves indices that are not at a frame start;
-    // what follows then fails as `Corrupt`.
+    // the middle of a frame (a receive that timed out half-way through a
+    // streamed message) leaves indices inside it: an unaligned one makes
+    // that side `Corrupt` at once; an aligned one reads body bytes as a
+    // header, which almost always fails its tag check (`Corrupt`).
 
     /// The receive side of that resync, under the `rx_state` lock.
     #[cold]
     fn resync_recv(&self, ring: &RingView, rx: &mut RxState) {
         let head = ring.head().load(Ordering::Acquire);
-        if head != rx.published {
+        if ahead(head, rx.published, ring.cap) {
             rx.head = head;
             rx.published = head;
             rx.tail_seen = head;
@@ -804,7 +802,9 @@ impl Connection {
     #[cold]
     fn resync_send(&self, ring: &RingView, tx: &mut TxState) {
         let tail = ring.tail().load(Ordering::Acquire);
-        if tail != tx.tail {
+        // Only forward: a copy that stepped past a dead producer's frames at
+        // attach (`tail_unpublished`) is ahead of the shared tail, rightly.
+        if ahead(tail, tx.tail, ring.cap) {
             let head = ring.head().load(Ordering::Acquire);
             tx.tail = tail;
             // Nothing known to be zeroed ahead: `zero_next` starts afresh.
@@ -1480,8 +1480,7 @@ impl Connection {
     /// (`Duration::ZERO`: just look). A send-only end is never ready.
     pub fn poll(&self, timeout: Duration) -> bool {
         let Some(ring) = self.rx.as_ref() else { return false };
-        let at_frame = self.rx_at_frame.load(Ordering::Relaxed);
-        let head = self.rx_head.load(Ordering::Relaxed);
+        let (head, at_frame) = self.poll_head(ring);
         let r = self.block_on(ring.rx_sleep(), &mut Due::new(Some(timeout)), || {
             Self::data_at(ring, head, at_frame).then_some(())
         });
@@ -1494,12 +1493,29 @@ impl Connection {
 
     /// Ready check for [`wait`](super::wait): data beyond the published head,
     /// or the peer gone.
+    /// Where `poll`/`wait` look for the next frame: the receive head this
+    /// process published, or, on a copy not adopted (or not resynced) yet,
+    /// the shared head if another holder moved it on since the copy was made.
+    fn poll_head(&self, ring: &RingView) -> (u64, bool) {
+        let mine = self.rx_head.load(Ordering::Relaxed);
+        let at_frame = self.rx_at_frame.load(Ordering::Relaxed);
+        if self.claim_pid.load(Ordering::Relaxed) == sys::current_pid() && !self.resync_rx.load(Ordering::Relaxed) {
+            return (mine, at_frame);
+        }
+        let shared = ring.head().load(Ordering::Acquire);
+        if ahead(shared, mine, ring.cap) {
+            (shared, true)
+        } else {
+            (mine, at_frame)
+        }
+    }
+
     pub(crate) fn ready_now(&self, force: bool) -> bool {
         match self.rx.as_ref() {
             None => false,
             Some(r) => {
-                let at_frame = self.rx_at_frame.load(Ordering::Relaxed);
-                Self::data_at(r, self.rx_head.load(Ordering::Relaxed), at_frame) || self.peer_is_gone(force)
+                let (head, at_frame) = self.poll_head(r);
+                Self::data_at(r, head, at_frame) || self.peer_is_gone(force)
             }
         }
     }
