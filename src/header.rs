@@ -27,7 +27,7 @@
 //! module sits below the error module and imports nothing from the crate.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 
 /// `b"SHMPROC\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPROC\0");
@@ -419,9 +419,37 @@ pub(crate) fn encode_header(
     b
 }
 
-/// Loads `init_state` with acquire ordering.
-pub(crate) fn init_state(h: &Header) -> u32 {
-    h.init_state.load(Ordering::Acquire)
+/// The header's `init_state` word, the one header field accessed in place.
+/// Only it gets a reference: the other fields are plain bytes another
+/// process may write at any time, so they are read through
+/// [`copy_header`] and never referenced.
+///
+/// # Safety
+/// `base` points at the start of a mapped, 8-aligned header of at least
+/// [`HEADER_SIZE`] bytes that stays mapped for `'a`.
+pub(crate) unsafe fn init_state_word<'a>(base: std::ptr::NonNull<u8>) -> &'a AtomicU32 {
+    // SAFETY: offset 16 (asserted above) is inside the header and 4-aligned;
+    // the word is only ever accessed atomically, by every process.
+    unsafe { &*(base.as_ptr().add(std::mem::offset_of!(Header, init_state)) as *const AtomicU32) }
+}
+
+/// Copies a mapped header into private memory with volatile 8-byte reads: a
+/// peer may write it meanwhile, and the copy is validated afterwards, never
+/// the shared bytes.
+///
+/// # Safety
+/// As for [`init_state_word`].
+pub(crate) unsafe fn copy_header(base: std::ptr::NonNull<u8>) -> [u8; HEADER_SIZE] {
+    let mut out = [0u8; HEADER_SIZE];
+    let words = base.as_ptr() as *const u64;
+    for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+        // SAFETY: word `i < HEADER_SIZE / 8` is mapped and 8-aligned (the
+        // caller's promise); a volatile read of plain bytes, racing or not,
+        // yields some value and nothing else.
+        let w = unsafe { std::ptr::read_volatile(words.add(i)) };
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    out
 }
 
 #[cfg(test)]

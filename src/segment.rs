@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::OpenError;
-use crate::header::{self, Header, HeaderInfo, ObjectKind, ObjectSpec, TypeInfo, HEADER_SIZE, READY};
+use crate::header::{self, HeaderInfo, ObjectKind, ObjectSpec, TypeInfo, HEADER_SIZE, READY};
 use crate::sys;
 use crate::time::Deadline;
 
@@ -354,9 +354,9 @@ impl Segment {
         // SAFETY: offset + payload_size == total, within the mapping.
         let payload = unsafe { NonNull::new_unchecked(base.as_ptr().add(offset)) };
         init(payload, payload_size);
-        // SAFETY: the mapping starts with a page-aligned `Header` (128 bytes, align 8).
-        let h = unsafe { &*(base.as_ptr() as *const Header) };
-        h.init_state.store(READY, Ordering::Release);
+        // SAFETY: the mapping starts with a page-aligned 128-byte header and
+        // lives as long as `map`, which outlives this use.
+        unsafe { header::init_state_word(base) }.store(READY, Ordering::Release);
         if map.lost() {
             return Err(OpenError::corrupt(format!(
                 "{} was truncated by another process while it was being created",
@@ -484,10 +484,10 @@ impl Segment {
             }
             let len = usize::try_from(size).map_err(|_| OpenError::corrupt("segment larger than the address space"))?;
             let map = sys::Mapping::map(&fd, len, name.is_some())?;
-            // SAFETY: the mapping is at least HEADER_SIZE bytes and page aligned,
-            // so it holds a `Header`; `init_state` is only accessed atomically.
-            let h = unsafe { &*(map.ptr().as_ptr() as *const Header) };
-            if header::init_state(h) != READY {
+            // SAFETY: the mapping is at least HEADER_SIZE bytes and page
+            // aligned, and `map` outlives this use.
+            let state = unsafe { header::init_state_word(map.ptr()) }.load(Ordering::Acquire);
+            if state != READY {
                 // A creator writes the magic before it initialises; other
                 // non-zero bytes there are no shmproc segment at all: say so
                 // at once rather than wait for an init that never comes.
@@ -508,11 +508,11 @@ impl Segment {
                 backoff = (backoff * 2).min(Duration::from_millis(5));
                 continue;
             }
-            let mut copy = [0u8; HEADER_SIZE];
-            // SAFETY: the first HEADER_SIZE bytes are mapped; we copy them out
-            // once and validate the private copy, so a concurrent scribbler
-            // cannot change what we check after we checked it.
-            unsafe { std::ptr::copy_nonoverlapping(map.ptr().as_ptr(), copy.as_mut_ptr(), HEADER_SIZE) };
+            // SAFETY: the first HEADER_SIZE bytes are mapped and page aligned.
+            // We copy them out once and validate the private copy, so a
+            // concurrent scribbler cannot change what we check after we
+            // checked it.
+            let copy = unsafe { header::copy_header(map.ptr()) };
             let info = header::parse_header(&copy, size, Some(spec))?;
             if map.lost() {
                 return Err(OpenError::corrupt(format!(

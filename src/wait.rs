@@ -231,12 +231,22 @@ impl Platform for Os {
 pub(crate) struct NeverTimesOut {
     start: std::time::Instant,
     overshot: std::sync::atomic::AtomicBool,
+    /// Every owner other than the caller is dead.
+    owners_dead: bool,
 }
 
 #[cfg(all(test, not(loom)))]
 impl NeverTimesOut {
     pub(crate) fn new() -> Self {
-        NeverTimesOut { start: std::time::Instant::now(), overshot: std::sync::atomic::AtomicBool::new(false) }
+        NeverTimesOut {
+            start: std::time::Instant::now(),
+            overshot: std::sync::atomic::AtomicBool::new(false),
+            owners_dead: false,
+        }
+    }
+    /// The same, where every other owner is dead.
+    pub(crate) fn with_dead_owners() -> Self {
+        NeverTimesOut { owners_dead: true, ..NeverTimesOut::new() }
     }
     /// Whether a caller kept waiting far past its (short) deadline.
     pub(crate) fn overshot(&self) -> bool {
@@ -259,7 +269,7 @@ impl Platform for NeverTimesOut {
         crate::sys::current_thread()
     }
     fn alive(&self, _who: Identity) -> bool {
-        true
+        !self.owners_dead
     }
     fn liveness_slice(&self) -> Option<Duration> {
         Some(MUTEX_SLICE)

@@ -257,6 +257,7 @@ impl RawMutex {
         // Once we have slept, others may be asleep too: take the lock with
         // WAITERS set so that our unlock wakes the next one.
         let mut acquire_bits = 0;
+        let mut slice = SliceClock::start();
         loop {
             let s = self.state.load(Relaxed);
             let tid = match classify(s) {
@@ -292,11 +293,14 @@ impl RawMutex {
                 Some(slice) => crate::wait::sleep(p, &self.state, expected, deadline, slice),
                 None => p.wait(&self.state, expected, deadline),
             };
-            if slept == Wait::TimedOut {
-                if deadline.expired() {
-                    return self.timeout_or_take_over(p, me, expected, tid);
-                }
-                // A slice ended: is the owner we slept behind still alive?
+            if slept == Wait::TimedOut && deadline.expired() {
+                return self.timeout_or_take_over(p, me, expected, tid);
+            }
+            // A slice ended: is the owner we slept behind still alive? Also
+            // by the clock: waits that keep ending early (woken by a peer
+            // that keeps changing or waking the word) never report a slice's
+            // end, and a dead owner must still be noticed within one.
+            if slept == Wait::TimedOut || slice.passed(p.liveness_slice()) {
                 // Acquire: read the stamp no older than the word that names its tid.
                 if self.state.load(Acquire) == expected && !self.names(tid, me) && !p.alive(self.owner_identity(tid)) {
                     if let Some(r) = self.take_over(expected, me) {
@@ -375,6 +379,37 @@ impl RawMutex {
     pub(crate) fn held_by<P: Platform>(&self, p: &P) -> bool {
         let s = self.state.load(Relaxed);
         s != NOT_RECOVERABLE && self.names(s & TID_MASK, p.me())
+    }
+}
+
+/// When a lock waiter last checked its owner's liveness, by the real clock.
+/// Under loom (whose models must run the same way each time) it never
+/// reports a slice: the models end their slices through the platform's wait.
+struct SliceClock {
+    #[cfg(not(loom))]
+    since: std::time::Instant,
+}
+
+impl SliceClock {
+    fn start() -> SliceClock {
+        SliceClock {
+            #[cfg(not(loom))]
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether `slice` has passed since the last time this said so (or the
+    /// start); restarts the slice when it has.
+    #[cfg_attr(loom, allow(unused_variables))]
+    fn passed(&mut self, slice: Option<std::time::Duration>) -> bool {
+        #[cfg(not(loom))]
+        if let Some(slice) = slice {
+            if self.since.elapsed() >= slice {
+                self.since = std::time::Instant::now();
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -560,6 +595,20 @@ mod tests {
         let r = m.lock_with(&p, Deadline::after(Some(Duration::from_millis(20))));
         assert_eq!(r, Err(RawLockError::Timeout));
         assert!(!p.overshot(), "lock kept waiting long past its deadline");
+    }
+
+    #[test]
+    fn regression_a_dead_owner_is_noticed_while_waits_keep_ending_early() {
+        // The futex wait never reports a timed-out slice (it keeps returning
+        // `Woken`, as under a peer that keeps waking the word) and the owner
+        // is dead: the liveness check must still run, by the clock, within a
+        // slice or two, not once the platform gives up (2 s: `overshot`).
+        let m = RawMutex::new();
+        m.state.store(4_000_000 | WAITERS, Relaxed);
+        let p = crate::wait::NeverTimesOut::with_dead_owners();
+        let r = m.lock_with(&p, Deadline::after(Some(Duration::from_secs(10))));
+        assert_eq!(r, Ok(Acquired::OwnerDied));
+        assert!(!p.overshot(), "the dead owner was noticed only after the waits stopped ending early");
     }
 
     #[test]
