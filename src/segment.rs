@@ -508,10 +508,9 @@ impl Segment {
                 backoff = (backoff * 2).min(Duration::from_millis(5));
                 continue;
             }
+            // Copied out once and the private copy validated, so a concurrent
+            // scribbler cannot change what we check after we checked it.
             // SAFETY: the first HEADER_SIZE bytes are mapped and page aligned.
-            // We copy them out once and validate the private copy, so a
-            // concurrent scribbler cannot change what we check after we
-            // checked it.
             let copy = unsafe { header::copy_header(map.ptr()) };
             let info = header::parse_header(&copy, size, Some(spec))?;
             if map.lost() {

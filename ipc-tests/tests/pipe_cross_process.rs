@@ -583,6 +583,9 @@ fn poll_on_a_copy_not_adopted_yet_sees_what_its_parent_took() {
         if b.poll(Duration::ZERO) {
             return 3;
         }
+        if go_rx.send_bytes(b"polled").is_err() {
+            return 6;
+        }
         if go_rx.recv_bytes_timeout(T).is_err() || !b.poll(T) {
             return 4;
         }
@@ -594,7 +597,8 @@ fn poll_on_a_copy_not_adopted_yet_sees_what_its_parent_took() {
     a.send_bytes(b"one").unwrap();
     assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"one");
     go_tx.send_bytes(b"go").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // "three" only once the child has polled: it must not have been there.
+    assert_eq!(go_tx.recv_bytes_timeout(T).unwrap(), b"polled");
     a.send_bytes(b"three").unwrap();
     go_tx.send_bytes(b"go").unwrap();
     assert_eq!(reap(pid, T), 0, "3: the child's poll saw the frame its parent had taken");
