@@ -58,6 +58,22 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (ExitStatus, St
     (st, t_out.join().unwrap_or_default(), t_err.join().unwrap_or_default())
 }
 
+/// Exit code of a probe binary whose OS refused what it needs (a namespace,
+/// a mount): the test prints the probe's reason and skips.
+pub const PROBE_SKIP: i32 = 77;
+
+/// Runs a probe binary (one that sets up a private namespace and checks
+/// inside it) within `timeout`. `None`: it skipped ([`PROBE_SKIP`]), and why
+/// is printed; else (status, stdout, stderr).
+pub fn run_probe(path: &str, timeout: Duration) -> Option<(ExitStatus, String, String)> {
+    let (st, out, err) = run_with_timeout(&mut Command::new(path), timeout);
+    if st.code() == Some(PROBE_SKIP) {
+        println!("skipped: {}", out.trim());
+        return None;
+    }
+    Some((st, out, err))
+}
+
 /// Forks; the child runs `f` and `_exit`s with its return value (101 on panic).
 /// Returns the child's pid. The child must not rely on locks other threads of
 /// the test harness may hold: keep `f` to shmproc calls and plain computation.

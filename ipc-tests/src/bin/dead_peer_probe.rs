@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use shmproc::connection::{Client, Listener, RecvError};
 
-const SKIP: i32 = 77;
+const SKIP: i32 = ipc_tests::PROBE_SKIP;
 const DEAD: Duration = Duration::from_secs(3);
 
 /// Sets or clears `IFF_UP` on the loopback interface (`SIOCSIFFLAGS`; rustix

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shmproc::{Array, OpenError, Pipe, Queue};
 
-const SKIP: i32 = 77;
+const SKIP: i32 = ipc_tests::PROBE_SKIP;
 
 fn private_small_shm() -> Result<(), String> {
     // SAFETY: plain syscalls with valid NUL-terminated strings; this process is
