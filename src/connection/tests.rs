@@ -145,7 +145,10 @@ fn timed_calls_keep_their_bound_while_another_thread_receives() {
     let (s, c) = pair(b"k", b"k");
     let (s, c) = (std::sync::Arc::new(s.unwrap()), c.unwrap());
     let s2 = s.clone();
-    let blocked = std::thread::spawn(move || s2.recv_bytes());
+    // The untimed receive under test holds the buffer; its result comes back
+    // through a channel read with a timeout.
+    let (out, blocked) = std::sync::mpsc::channel();
+    std::thread::spawn(move || out.send(s2.recv_bytes()).unwrap());
     // Until the other thread is inside its blocking read (holding the buffer).
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while s.rx.try_lock().is_ok() {
@@ -162,5 +165,5 @@ fn timed_calls_keep_their_bound_while_another_thread_receives() {
     let got = r.recv_timeout(Duration::from_secs(10)).expect("poll and the timed receive returned");
     assert_eq!(got, (false, true));
     c.send_bytes(b"x").unwrap();
-    assert_eq!(blocked.join().unwrap().unwrap(), b"x");
+    assert_eq!(blocked.recv_timeout(Duration::from_secs(10)).expect("the receive returned").unwrap(), b"x");
 }

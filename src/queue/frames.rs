@@ -440,6 +440,13 @@ mod tests {
         unsafe { std::ptr::write_unaligned(p as *mut u32, len.to_le()) };
     }
 
+    /// Runs `f` (a blocking iteration) on another thread, for at most 10 s.
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (out, r) = std::sync::mpsc::channel();
+        std::thread::spawn(move || out.send(f()).unwrap());
+        r.recv_timeout(Duration::from_secs(10)).expect("the iteration ended")
+    }
+
     #[test]
     fn an_oversized_frame_is_dropped_alone_and_iterators_go_on() {
         for spsc in [false, true] {
@@ -448,9 +455,10 @@ mod tests {
                 q.send(f).unwrap();
             }
             scribble_len(&q, 1, 1000);
-            assert_eq!(q.recv().unwrap(), b"a");
-            assert!(matches!(q.recv(), Err(FrameRecvError::Oversized { len: 1000, max: 16 })));
-            assert_eq!(q.recv().unwrap(), b"c");
+            let t = Duration::from_secs(10);
+            assert_eq!(q.recv_timeout(t).unwrap(), b"a");
+            assert!(matches!(q.recv_timeout(t), Err(FrameRecvError::Oversized { len: 1000, max: 16 })));
+            assert_eq!(q.recv_timeout(t).unwrap(), b"c");
         }
         let (tx, rx) = FrameQueue::builder().capacity(8).max_frame(16).create_split().unwrap();
         for f in [b"a", b"b", b"c"] {
@@ -458,7 +466,8 @@ mod tests {
         }
         scribble_len(&rx.q, 1, u32::MAX);
         drop(tx);
-        assert_eq!(rx.iter().collect::<Vec<_>>(), vec![b"a".to_vec(), b"c".to_vec()]);
+        let got = within_10s(move || rx.iter().collect::<Vec<_>>());
+        assert_eq!(got, vec![b"a".to_vec(), b"c".to_vec()]);
 
         let (tx, rx) = FrameQueue::builder().capacity(8).max_frame(64).create_typed_split::<String>().unwrap();
         for s in ["x", "y", "z"] {
@@ -466,7 +475,7 @@ mod tests {
         }
         scribble_len(&rx.as_frames().q, 1, 65);
         drop(tx);
-        let got: Vec<_> = rx.iter().collect();
+        let got: Vec<_> = within_10s(move || rx.iter().collect());
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(matches!(got[0].as_deref(), Ok("x")));
         assert!(matches!(got[1], Err(super::super::TypedRecvError::Oversized { len: 65, max: 64 })));
