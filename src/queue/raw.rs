@@ -367,8 +367,8 @@ pub(crate) struct Engine {
     /// its own cache line: a sending and a receiving thread of one process
     /// write them on every SPSC operation, and would otherwise invalidate
     /// each other's (and every reader's) copy of this engine's read-mostly fields.
-    tx_busy: LinePadded<AtomicBool>,
-    rx_busy: LinePadded<AtomicBool>,
+    tx_busy: LinePadded<AtomicU64>,
+    rx_busy: LinePadded<AtomicU64>,
     /// The biased fast path of each side's shared handles ([`Bias`]).
     tx_bias: Bias,
     rx_bias: Bias,
@@ -621,8 +621,8 @@ impl Engine {
             wait_mode: AtomicU8::new(0),
             spin_ns: AtomicU64::new(DEFAULT_SPIN.as_nanos() as u64),
             last_deep: RateLimit::new(),
-            tx_busy: LinePadded(AtomicBool::new(false)),
-            rx_busy: LinePadded(AtomicBool::new(false)),
+            tx_busy: LinePadded(AtomicU64::new(0)),
+            rx_busy: LinePadded(AtomicU64::new(0)),
             tx_bias: Bias::new(),
             rx_bias: Bias::new(),
             tx_endpoint: AtomicBool::new(false),
@@ -826,7 +826,7 @@ impl Engine {
             if w & (ENTRY_USED | ENTRY_INHERITED) == ENTRY_USED | ENTRY_INHERITED
                 && w as u32 == me
                 && roles & used == 0
-                && p.word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                && Self::free(p, w)
             {
                 self.after_leave(w);
             }
@@ -883,7 +883,7 @@ impl Engine {
             if r.pid != sys::current_pid() {
                 return;
             }
-            if self.part(r.index).word.compare_exchange(r.word, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            if Self::free(self.part(r.index), r.word) {
                 self.after_leave(r.word);
             }
             // A duplicate a parent wrote for us after we had registered
@@ -891,13 +891,24 @@ impl Engine {
             let dup = r.word | ENTRY_INHERITED;
             for i in 0..self.geo.max_parts as usize {
                 let p = self.part(i);
-                if p.word.load(Ordering::Relaxed) == dup
-                    && p.word.compare_exchange(dup, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
-                {
+                if p.word.load(Ordering::Relaxed) == dup && Self::free(p, dup) {
                     self.after_leave(dup);
                 }
             }
         }
+    }
+
+    /// Frees entry `p` if it still holds `w`. Its start time is cleared first:
+    /// a registrant writes its word (compare-and-swap from 0) before its start
+    /// time, so a scan that reads the new word must not find the previous
+    /// occupant's start time beside it (it would judge the registrant, alive,
+    /// dead by a start-time mismatch and reclaim its entry: a spurious, final
+    /// `Disconnected`). It finds 0 (liveness by pid alone) or the new value.
+    /// If the entry moved on meanwhile, clearing its start time only weakens
+    /// its check to the pid.
+    fn free(p: &Participant, w: u64) -> bool {
+        p.start_time.store(0, Ordering::SeqCst);
+        p.word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
     /// Entries (registered, without a liveness check) with `role`.
@@ -928,7 +939,7 @@ impl Engine {
             let who = Identity { id: pid, start_time: p.start_time.load(Ordering::Acquire) };
             if peer::alive(who) {
                 alive = true;
-            } else if p.word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            } else if Self::free(p, w) {
                 self.after_leave(w);
             }
         }
@@ -1135,7 +1146,7 @@ impl Engine {
     /// process (until [`Engine::release_side`]); false if already taken.
     pub(crate) fn take_side(&self, side: Side) -> bool {
         let (f, endpoint) = self.side_flags(side);
-        let ok = f.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        let ok = Busy::claim(f, endpoint);
         if ok {
             endpoint.store(true, Ordering::Relaxed);
             // No shared handle's thread may go on using the side unlocked.
@@ -1149,11 +1160,11 @@ impl Engine {
     pub(crate) fn release_side(&self, side: Side) {
         let (f, endpoint) = self.side_flags(side);
         endpoint.store(false, Ordering::Relaxed);
-        f.store(false, Ordering::Release);
+        f.store(0, Ordering::Release);
         self.wake_all();
     }
 
-    fn side_flags(&self, side: Side) -> (&AtomicBool, &AtomicBool) {
+    fn side_flags(&self, side: Side) -> (&AtomicU64, &AtomicBool) {
         match side {
             Side::Send => (&self.tx_busy.0, &self.tx_endpoint),
             Side::Recv => (&self.rx_busy.0, &self.rx_endpoint),
@@ -2007,29 +2018,57 @@ fn init_payload(p: NonNull<u8>, geo: &Geometry) {
 
 /// A process-local exclusion flag held around one SPSC ring operation, so that
 /// threads sharing a handle never act as two producers (consumers) at once.
-struct Busy<'a>(&'a AtomicBool);
+///
+/// The flag holds the fork generation of the holder's process (0: free), as
+/// `sys::ForkSafeMutex` does: a child forked while another thread was inside
+/// an operation inherits the flag set, with no thread there to clear it, and
+/// takes it over (the operation left half done published nothing: indices
+/// are published last). An exclusive endpoint's hold is never taken over: the
+/// endpoint itself came along into the child.
+struct Busy<'a>(&'a AtomicU64);
 
 impl<'a> Busy<'a> {
     /// Takes `flag`, spinning while another thread's operation holds it;
     /// `None` if an exclusive endpoint holds it (`endpoint`), which may be for good.
     #[inline]
-    fn take(flag: &'a AtomicBool, endpoint: &AtomicBool) -> Option<Busy<'a>> {
-        while flag.swap(true, Ordering::Acquire) {
-            while flag.load(Ordering::Relaxed) {
-                if endpoint.load(Ordering::Relaxed) {
+    fn take(flag: &'a AtomicU64, endpoint: &AtomicBool) -> Option<Busy<'a>> {
+        let me = sys::process_stamp();
+        loop {
+            let cur = flag.load(Ordering::Relaxed);
+            if cur != me {
+                // Free, or held in an ancestor process by a thread that is not here.
+                if cur != 0 && endpoint.load(Ordering::Relaxed) {
                     return None;
                 }
-                std::hint::spin_loop();
+                if flag.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    return Some(Busy(flag));
+                }
+                continue;
             }
+            if endpoint.load(Ordering::Relaxed) {
+                return None;
+            }
+            std::hint::spin_loop();
         }
-        Some(Busy(flag))
+    }
+
+    /// Takes `flag` for an exclusive endpoint (until `release_side`): free,
+    /// or left held by a thread of an ancestor process; false if held here
+    /// or by an endpoint.
+    fn claim(flag: &AtomicU64, endpoint: &AtomicBool) -> bool {
+        let me = sys::process_stamp();
+        let cur = flag.load(Ordering::Relaxed);
+        if cur == me || (cur != 0 && endpoint.load(Ordering::Relaxed)) {
+            return false;
+        }
+        flag.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 }
 
 impl Drop for Busy<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -2058,5 +2097,60 @@ mod spsc_local_tests {
             l.invalidate();
             assert!(l.check_due(), "not due after invalidate from {start}");
         }
+    }
+}
+
+#[cfg(test)]
+mod registration_tests {
+    use super::*;
+    use crate::queue::{Queue, Role};
+    use std::time::Duration;
+
+    /// A freed participant entry keeps no start time: a registrant writes its
+    /// word before its start time, and a scan in between must not pair the
+    /// new pid with the previous occupant's start time.
+    #[test]
+    fn a_freed_entry_keeps_no_start_time() {
+        let q = Queue::<u64>::builder().capacity(8).create().unwrap();
+        let e = q.engine();
+        for _ in 0..3 {
+            let rx = Queue::<u64>::builder().role(Role::Receiver).open_handle(&q.handle()).unwrap();
+            drop(rx);
+        }
+        for i in 0..e.geo.max_parts as usize {
+            let p = e.part(i);
+            if p.word.load(Ordering::SeqCst) == 0 {
+                assert_eq!(p.start_time.load(Ordering::SeqCst), 0, "free entry {i} kept a start time");
+            }
+        }
+    }
+
+    /// Runs `f` on another thread, for at most 10 s.
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (out, r) = std::sync::mpsc::channel();
+        std::thread::spawn(move || out.send(f()).unwrap());
+        r.recv_timeout(Duration::from_secs(10)).expect("the call returned")
+    }
+
+    /// A child forked while another thread of its parent was inside an SPSC
+    /// operation inherits the side's busy flag set, stamped with the parent's
+    /// fork generation: it takes it over instead of spinning for ever. A side
+    /// an inherited exclusive endpoint holds stays refused.
+    #[test]
+    fn a_busy_flag_left_by_another_generation_is_taken_over() {
+        let q = Queue::<u64>::builder().capacity(8).spsc(true).create().unwrap();
+        let other = sys::process_stamp().wrapping_add(1).max(1);
+        q.engine().tx_busy.0.store(other, Ordering::SeqCst);
+        let q2 = q.clone();
+        assert_eq!(within_10s(move || q2.try_send(5).map_err(|_| ())), Ok(()));
+        assert_eq!(q.engine().tx_busy.0.load(Ordering::SeqCst), 0);
+        assert_eq!(q.try_recv(), Ok(5));
+
+        q.engine().tx_busy.0.store(other, Ordering::SeqCst);
+        q.engine().tx_endpoint.store(true, Ordering::SeqCst);
+        let q3 = q.clone();
+        assert!(within_10s(move || q3.try_send(6).is_err()), "a side held by an endpoint is refused");
+        q.engine().tx_endpoint.store(false, Ordering::SeqCst);
+        q.engine().tx_busy.0.store(0, Ordering::SeqCst);
     }
 }
