@@ -152,6 +152,17 @@ mod time;
 mod value;
 mod wait;
 
+#[cfg(test)]
+mod test_util {
+    /// Runs `f` (a call that may block) on another thread and waits at most
+    /// 10 s for its result, so a regression fails the test instead of hanging it.
+    pub(crate) fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (out, r) = std::sync::mpsc::channel();
+        std::thread::spawn(move || out.send(f()).unwrap());
+        r.recv_timeout(std::time::Duration::from_secs(10)).expect("the call returned within 10 s")
+    }
+}
+
 pub mod process;
 
 pub use error::{AccessError, LockError, OpenError};

@@ -440,15 +440,9 @@ mod tests {
         unsafe { std::ptr::write_unaligned(p as *mut u32, len.to_le()) };
     }
 
-    /// Runs `f` (a blocking iteration) on another thread, for at most 10 s.
-    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (out, r) = std::sync::mpsc::channel();
-        std::thread::spawn(move || out.send(f()).unwrap());
-        r.recv_timeout(Duration::from_secs(10)).expect("the iteration ended")
-    }
-
     #[test]
     fn an_oversized_frame_is_dropped_alone_and_iterators_go_on() {
+        use crate::test_util::within_10s;
         for spsc in [false, true] {
             let q = FrameQueue::builder().capacity(8).max_frame(16).spsc(spsc).create().unwrap();
             for f in [b"a", b"b", b"c"] {

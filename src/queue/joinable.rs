@@ -306,9 +306,7 @@ mod tests {
 
     /// Runs `join()` (no timeout) on another thread and waits at most `T` for it.
     fn join_bounded(tx: crate::JoinableSender<u32>) -> Result<(), QueueJoinError> {
-        let (done, r) = std::sync::mpsc::channel();
-        std::thread::spawn(move || done.send(tx.join()).unwrap());
-        r.recv_timeout(T).expect("join() returned")
+        crate::test_util::within_10s(move || tx.join())
     }
 
     #[test]

@@ -2104,7 +2104,7 @@ mod spsc_local_tests {
 mod registration_tests {
     use super::*;
     use crate::queue::{Queue, Role};
-    use std::time::Duration;
+    use crate::test_util::within_10s;
 
     /// A freed participant entry keeps no start time: a registrant writes its
     /// word before its start time, and a scan in between must not pair the
@@ -2123,13 +2123,6 @@ mod registration_tests {
                 assert_eq!(p.start_time.load(Ordering::SeqCst), 0, "free entry {i} kept a start time");
             }
         }
-    }
-
-    /// Runs `f` on another thread, for at most 10 s.
-    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (out, r) = std::sync::mpsc::channel();
-        std::thread::spawn(move || out.send(f()).unwrap());
-        r.recv_timeout(Duration::from_secs(10)).expect("the call returned")
     }
 
     /// A child forked while another thread of its parent was inside an SPSC
