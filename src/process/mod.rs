@@ -692,8 +692,10 @@ impl<R: DeserializeOwned> Process<R> {
                 // The server writes the record once it has reaped the child,
                 // so by then the pidfd polls readable. A record for a child
                 // still running is not one: stop listening to the server (the
-                // pidfd tells when the child ends, not how).
-                Ok(reap::STATUS_LEN) if self.shared.os.alive() => {
+                // pidfd tells when the child ends, not how). Without a pidfd
+                // (kernels before 5.3) liveness is by pid, which a reaped
+                // child's reused pid would fake: the record is taken then.
+                Ok(reap::STATUS_LEN) if self.shared.os.pidfd.is_some() && self.shared.os.alive() => {
                     self.status_pipe = None;
                     Ok(None)
                 }
