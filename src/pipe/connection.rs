@@ -352,6 +352,12 @@ impl Due {
         let t = self.timeout;
         *self.at.get_or_insert_with(|| Deadline::after(t))
     }
+
+    /// Whether a receive may poll a little before its first clock read: a
+    /// spinning end, and no timeout shorter than its spin budget.
+    fn may_spin(&self, spin: Duration) -> bool {
+        !spin.is_zero() && self.timeout.map_or(true, |t| t >= spin)
+    }
 }
 
 /// Why a blocking wait stopped without its condition.
@@ -386,6 +392,11 @@ pub struct Connection {
     spin: Duration,
     /// Pid of the process whose claim this connection holds (process-local).
     claim_pid: AtomicU32,
+    /// Fork generation (`sys::fork_generation`) of that process, 0 when none:
+    /// equal to the current one only in the process that claimed (a child's
+    /// generation is its parent's plus one), so the per-call check needs no
+    /// pid lookup.
+    claim_gen: AtomicU64,
     /// This copy's holder entry (see the holder count above).
     reg: Arc<Reg>,
     /// The two ends' holder tables, after the ring data.
@@ -612,6 +623,7 @@ impl Connection {
             max_message,
             spin,
             claim_pid: AtomicU32::new(0),
+            claim_gen: AtomicU64::new(0),
             reg,
             tables,
             peer_seen: AtomicBool::new(false),
@@ -666,6 +678,24 @@ impl Connection {
             self.reg.entry.store(idx, Ordering::Relaxed);
         }
         self.claim_pid.store(pid, Ordering::Relaxed);
+        sys::watch_forks();
+        self.claim_gen.store(sys::fork_generation(), Ordering::Release);
+    }
+
+    /// Forgets this process's claim (the end was closed or handed over).
+    fn drop_claim(&self) {
+        self.claim_gen.store(0, Ordering::Relaxed);
+        self.claim_pid.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the calling process holds this end and still owns its slot:
+    /// two loads of process-local words and one of the slot line (which only
+    /// claims and closes write).
+    #[inline]
+    fn holds_end(&self) -> bool {
+        self.claim_gen.load(Ordering::Acquire) == sys::fork_generation()
+            && self.shared().ends[self.end.index()].word.load(Ordering::Acquire)
+                == slot_word(self.claim_pid.load(Ordering::Relaxed), HELD)
     }
 
     /// Whether some process holds end `idx` (a live holder entry, or a live
@@ -750,10 +780,7 @@ impl Connection {
     /// it dropped its copy or died) or closed by another holder.
     #[inline]
     fn ensure_claimed(&self) -> Result<(), ClaimError> {
-        let me = sys::current_pid();
-        if self.claim_pid.load(Ordering::Relaxed) == me
-            && self.shared().ends[self.end.index()].word.load(Ordering::Acquire) == slot_word(me, HELD)
-        {
+        if self.holds_end() {
             return Ok(());
         }
         self.adopt()
@@ -986,7 +1013,65 @@ impl Connection {
     /// Sends one frame. `due` bounds the wait for room for the whole frame (or,
     /// for one larger than the ring, its first chunk); once a message has
     /// started streaming it finishes, or fails when the peer is gone.
+    #[inline]
     fn send_frame(&self, tx: &mut TxState, data: &[u8], due: &mut Due) -> Result<(), SendError> {
+        match self.send_whole_fast(tx, data) {
+            Some(r) => r,
+            None => self.send_frame_slow(tx, data, due),
+        }
+    }
+
+    /// The common send in one pass, with no call out of line: a message
+    /// under 1 KiB that fits as a whole frame in the space already known
+    /// free, on an end this process holds, with nothing unusual about
+    /// (no resync or liveness check due, nothing broken, lost or closed).
+    /// `None` when any of that fails: the general path checks and handles
+    /// each case, and this one has changed nothing.
+    #[inline(always)]
+    fn send_whole_fast(&self, tx: &mut TxState, data: &[u8]) -> Option<Result<(), SendError>> {
+        let ring = self.tx.as_ref()?;
+        let len = data.len() as u64;
+        let total = FRAME_HEADER + FrameBody::of(len).body;
+        let usable = len < ALIGNED_PAYLOAD_MIN
+            && len <= self.max_message
+            && total + FRAME_ALIGN <= ring.cap
+            && ring.cap - tx.tail.wrapping_sub(tx.cached_head) >= total + FRAME_ALIGN
+            && tx.broken.is_none()
+            && !tx.tail_unpublished
+            && tx.sends.wrapping_add(1) % 64 != 0
+            && !self.resync_tx.load(Ordering::Relaxed)
+            && self.holds_end()
+            && !self.peer_closed()
+            && !self.seg.lost();
+        if !usable {
+            return None;
+        }
+        tx.sends = tx.sends.wrapping_add(1);
+        self.put_whole(ring, tx, data, total);
+        Some(self.sent(tx))
+    }
+
+    /// Writes a whole frame of `data` (`total` bytes, room for it and the
+    /// line after it checked) and publishes it: the body, the next header
+    /// word zeroed, this header last (release), then the index. One
+    /// publication, and a receiver polling this header word sees the
+    /// complete frame.
+    #[inline(always)]
+    fn put_whole(&self, ring: &RingView, tx: &mut TxState, data: &[u8], total: u64) {
+        // We are the ring's only producer (claimed end, `tx_state` lock held).
+        // SAFETY: `data` is `data.len()` readable bytes, and the frame's body
+        // `[tail + 8, + len)` lies inside the `total` bytes of free space.
+        unsafe { ring.copy_in(tx.tail.wrapping_add(FRAME_HEADER), data.as_ptr(), data.len()) };
+        let end = tx.tail.wrapping_add(total);
+        Self::zero_next(ring, tx, end);
+        ring.write_header_release(tx.tail, frame_header_whole(data.len() as u64));
+        tx.tail = end;
+        self.publish_tail(ring, tx.tail);
+        Self::zero_window(ring, tx);
+    }
+
+    #[inline(never)]
+    fn send_frame_slow(&self, tx: &mut TxState, data: &[u8], due: &mut Due) -> Result<(), SendError> {
         let ring = self.tx.as_ref().ok_or(SendError::NotWritable)?;
         let len = data.len() as u64;
         if len > self.max_message {
@@ -1031,27 +1116,9 @@ impl Connection {
         // word of the next frame, zeroed before this frame is published, is
         // there (see `ring.rs`). Every wait asks for that line too.
         if total + FRAME_ALIGN <= cap && len < ALIGNED_PAYLOAD_MIN {
-            // Whole: the body, the next header word zeroed, this header last
-            // (release), then the index. One publication, and a receiver
-            // polling this header word sees the complete frame.
+            // Whole (see `put_whole`).
             self.wait_space(ring, tx, total + FRAME_ALIGN, due)?;
-            let (ring_off, from, count) = fb.data_in(len, 0, body);
-            // We are the ring's only producer (claimed end, `tx_state` lock held).
-            // SAFETY: `data[from..from + count]` is the message (`data_in` clips to it), and
-            // `[tail + 8 + ring_off, + count)` lies inside the frame's free space.
-            unsafe {
-                ring.copy_in(
-                    tx.tail.wrapping_add(FRAME_HEADER + ring_off),
-                    data.as_ptr().add(from as usize),
-                    count as usize,
-                )
-            };
-            let end = tx.tail.wrapping_add(total);
-            Self::zero_next(ring, tx, end);
-            ring.write_header_release(tx.tail, frame_header_whole(len));
-            tx.tail = end;
-            self.publish_tail(ring, tx.tail);
-            Self::zero_window(ring, tx);
+            self.put_whole(ring, tx, data, total);
             return self.sent(tx);
         }
         // A message of 1 KiB or more goes header first and is followed by
@@ -1389,9 +1456,68 @@ impl Connection {
         Ok(ring)
     }
 
+    /// The common receive, found in one pass: nothing unusual about (no
+    /// message half read, no resync due, nothing broken or lost), and a
+    /// whole frame under 1 KiB at the head, now or within one batch of polls
+    /// when `spin` (the first batch of the wait, without its clock read).
+    /// Returns its message length and frame size; `None` leaves everything
+    /// to the general path (which also reports a bad header).
+    #[inline(always)]
+    fn whole_at_head(&self, ring: &RingView, rx: &RxState, spin: bool) -> Option<(usize, u64)> {
+        if rx.pending.is_some()
+            || rx.broken.is_some()
+            || rx.eof
+            || rx.tail_seen != rx.head
+            || self.resync_rx.load(Ordering::Relaxed)
+            || self.seg.lost()
+        {
+            return None;
+        }
+        let mut h = ring.read_header_acquire(rx.head);
+        if h == 0 && spin {
+            h = wait::Spinner::poll_batch(wait::PIPE_POLL_BATCH, || {
+                let h = ring.read_header_acquire(rx.head);
+                (h != 0).then_some(h)
+            })
+            .unwrap_or(0);
+        }
+        let len = h & MAX_FRAME_LEN;
+        if h >> LEN_BITS != FRAME_TAG_WHOLE || len >= ALIGNED_PAYLOAD_MIN || len > self.max_message {
+            return None;
+        }
+        let total = FRAME_HEADER + FrameBody::of(len).body;
+        (total + FRAME_ALIGN <= ring.cap).then_some((len as usize, total))
+    }
+
+    /// Consumes the frame [`whole_at_head`](Self::whole_at_head) found,
+    /// once its message has been copied out.
+    #[inline(always)]
+    fn take_whole(&self, ring: &RingView, rx: &mut RxState, total: u64) -> Result<(), RecvError> {
+        rx.head = rx.head.wrapping_add(total);
+        rx.tail_seen = rx.head;
+        self.publish_head(ring, rx, true);
+        // Read from zero pages if the segment was truncated under us.
+        if self.seg.lost() {
+            return Err(Self::corrupt(rx, LOST));
+        }
+        Ok(())
+    }
+
     fn recv_vec(&self, mut due: Due) -> Result<Vec<u8>, RecvError> {
         let ring = self.rx_ring()?;
         let mut rx = lock(&self.rx_state);
+        if let Some((len, total)) = self.whole_at_head(ring, &rx, due.may_spin(self.spin)) {
+            let mut v = Vec::with_capacity(len);
+            // We are the ring's only consumer (claimed end, `rx_state` lock held).
+            // SAFETY: `v` has room for `len` bytes; the frame's body `[head + 8, + len)`
+            // is published (its header shows) and inside the ring's data.
+            unsafe {
+                ring.copy_out(rx.head.wrapping_add(FRAME_HEADER), v.as_mut_ptr(), len);
+                v.set_len(len);
+            }
+            self.take_whole(ring, &mut rx, total)?;
+            return Ok(v);
+        }
         if self.resync_rx.load(Ordering::Relaxed) && self.resync_rx.swap(false, Ordering::Relaxed) {
             self.resync_recv(ring, &mut rx);
         }
@@ -1407,6 +1533,18 @@ impl Connection {
     fn recv_into(&self, buf: &mut [u8], mut due: Due) -> Result<usize, RecvError> {
         let ring = self.rx_ring()?;
         let mut rx = lock(&self.rx_state);
+        match self.whole_at_head(ring, &rx, due.may_spin(self.spin)) {
+            Some((len, total)) if len <= buf.len() => {
+                // We are the ring's only consumer (claimed end, `rx_state` lock held).
+                // SAFETY: `buf` has room for `len` bytes; the frame's body is
+                // published and inside the ring's data, as in `recv_vec`.
+                unsafe { ring.copy_out(rx.head.wrapping_add(FRAME_HEADER), buf.as_mut_ptr(), len) };
+                self.take_whole(ring, &mut rx, total)?;
+                return Ok(len);
+            }
+            Some((len, _)) => return Err(RecvError::BufferTooSmall { needed: len }),
+            None => {}
+        }
         if self.resync_rx.load(Ordering::Relaxed) && self.resync_rx.swap(false, Ordering::Relaxed) {
             self.resync_recv(ring, &mut rx);
         }
@@ -1581,7 +1719,7 @@ impl Connection {
     pub fn close(mut self) {
         self.finish(true);
         // Nothing left for Drop to do.
-        self.claim_pid.store(0, Ordering::Relaxed);
+        self.drop_claim();
     }
 
     /// Gives this end up *without* closing it, so that another process (one
@@ -1615,7 +1753,7 @@ impl Connection {
         if self.claim_pid.load(Ordering::Relaxed) == me.id {
             let slot = &self.shared().ends[self.end.index()];
             let _ = slot.word.compare_exchange(slot_word(me.id, HELD), FREE, Ordering::SeqCst, Ordering::Relaxed);
-            self.claim_pid.store(0, Ordering::Relaxed);
+            self.drop_claim();
         }
     }
 }

@@ -521,3 +521,75 @@ fn small_messages_stream_through_a_large_ring_across_laps() {
     }
     let _a = t.join().unwrap();
 }
+
+#[test]
+fn copy_bytes_moves_exactly_n_bytes_for_every_small_size() {
+    for n in 0..=40usize {
+        let src = pattern(n, n as u64 + 1);
+        // Guard bytes on both sides of the destination catch a move past its end.
+        let mut dst = vec![0xEEu8; n + 16];
+        // SAFETY: `src` has `n` bytes and `dst[8..]` at least `n`; they are distinct vectors.
+        unsafe { super::ring::copy_bytes(src.as_ptr(), dst.as_mut_ptr().add(8), n) };
+        assert_eq!(&dst[8..8 + n], &src[..], "size {n}");
+        assert!(dst[..8].iter().chain(&dst[8 + n..]).all(|&b| b == 0xEE), "size {n} wrote outside its range");
+    }
+}
+
+#[test]
+fn every_size_round_trips_through_the_smallest_rings_across_the_wrap() {
+    // 128 bytes holds one whole frame (a message of up to 56 bytes) and its
+    // free line; larger messages stream. Every receive form, on and off the
+    // one-pass paths, with frames wrapping around the ring's end.
+    for cap in [128usize, 256] {
+        let (a, b) = Pipe::builder().ring_size(cap).pair().unwrap();
+        let t = std::thread::spawn(move || {
+            for round in 0..3u64 {
+                for n in 0..=300usize {
+                    a.send_bytes(&pattern(n, round * 1000 + n as u64)).unwrap();
+                }
+            }
+            a
+        });
+        let mut buf = vec![0u8; 512];
+        for round in 0..3u64 {
+            for n in 0..=300usize {
+                let want = pattern(n, round * 1000 + n as u64);
+                match (n + round as usize) % 3 {
+                    0 => assert_eq!(b.recv_bytes_timeout(T).unwrap(), want, "cap {cap} size {n}"),
+                    1 => {
+                        let got = b.recv_bytes_into_timeout(&mut buf, T).unwrap();
+                        assert_eq!(&buf[..got], &want[..], "cap {cap} size {n}");
+                    }
+                    _ => {
+                        // An exact-size buffer, after one too small when there is room for that.
+                        if n > 0 {
+                            let mut short = vec![0u8; n - 1];
+                            match b.recv_bytes_into_timeout(&mut short, T) {
+                                Err(RecvError::BufferTooSmall { needed }) => assert_eq!(needed, n),
+                                other => panic!("cap {cap} size {n}: {other:?}"),
+                            }
+                        }
+                        let mut exact = vec![0u8; n];
+                        assert_eq!(b.recv_bytes_into_timeout(&mut exact, T).unwrap(), n);
+                        assert_eq!(exact, want, "cap {cap} size {n}");
+                    }
+                }
+            }
+        }
+        let _a = t.join().unwrap();
+    }
+}
+
+#[test]
+fn hostile_whole_frame_headers_are_corrupt() {
+    // Tag of a whole frame with lengths the one-pass receive leaves to the
+    // general path: over the message limit, and too large for the ring.
+    for fake in [(0xA55B_u64 << 48) | (1 << 40), (0xA55B_u64 << 48) | 4000] {
+        let (a, b) = Pipe::builder().ring_size(4096).pair().unwrap();
+        a.send_bytes(&[7u8; 8]).unwrap();
+        unsafe_data(&b, 0).store(fake, Ordering::Relaxed);
+        assert!(matches!(b.recv_bytes_timeout(T), Err(RecvError::Corrupt { .. })), "{fake:#x}");
+        let mut buf = [0u8; 16];
+        assert!(matches!(b.recv_bytes_into_timeout(&mut buf, T), Err(RecvError::Corrupt { .. })), "{fake:#x}");
+    }
+}
