@@ -34,6 +34,7 @@ pub fn cases() -> Vec<Case> {
         };
     }
     three!("pingpong-8B", RttNs, pingpong);
+    v.push(Case::new("pingpong-8B", "queue-spsc", RttNs, pingpong_spsc));
     three!("stream-8B", MsgsPerS, stream);
     v.push(Case::new("stream-8B", "queue-permsg", MsgsPerS, stream_per_message));
     v.push(Case::new("stream-8B", "queue-permsg-ep", MsgsPerS, stream_per_message_endpoints));
@@ -90,6 +91,47 @@ fn pingpong(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
         i += 1;
         ping.send(i).map_err(err)?;
         let v = pong.recv_timeout(stall).map_err(err)?;
+        if v != i + 1 {
+            return Err(format!("pingpong: sent {i}, got {v} back"));
+        }
+        Ok(())
+    })))
+    .child(child)
+    .on_finish(move || {
+        let _ = stopper.send(u64::MAX);
+    })
+    .placement(cfg.pair_placement()))
+}
+
+/// As [`pingpong`], over two SPSC queues through their halves (`create_split`:
+/// what a user writes for one-to-one traffic), adaptive waiting. An MPMC
+/// queue's consumer frees each slot by writing its sequence word, and its
+/// producer claims a slot with a compare-and-swap that waits for that store:
+/// one more line hand-over on every round trip, which the SPSC ring (each
+/// side's index on its own line) does not pay.
+fn pingpong_spsc(cfg: &Config) -> Result<Session, String> {
+    let (ping_tx, ping_rx) = Queue::<u64>::builder().capacity(64).spsc(true).create_split().map_err(err)?;
+    let (pong_tx, pong_rx) = Queue::<u64>::builder().capacity(64).spsc(true).create_split().map_err(err)?;
+    let stall = cfg.stall_limit();
+    let child = os::fork_child(cfg.child_cpu, move || loop {
+        match ping_rx.recv_timeout(stall) {
+            Ok(u64::MAX) => return 0,
+            Ok(v) => {
+                if pong_tx.send(v + 1).is_err() {
+                    return 2;
+                }
+            }
+            Err(_) => return 1,
+        }
+    })
+    .map_err(err)?;
+    let ping_tx = Rc::new(ping_tx);
+    let stopper = ping_tx.clone();
+    let mut i = 0u64;
+    Ok(Session::new(Work::RoundTrip(Box::new(move |_| {
+        i += 1;
+        ping_tx.send(i).map_err(err)?;
+        let v = pong_rx.recv_timeout(stall).map_err(err)?;
         if v != i + 1 {
             return Err(format!("pingpong: sent {i}, got {v} back"));
         }
