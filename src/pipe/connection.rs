@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::ring::{
-    frame_header, frame_header_whole, holder, FrameBody, HolderTable, RingView, Shared, ALIGNED_PAYLOAD_MIN,
-    DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG, FRAME_TAG_WHOLE, HOLDER_TABLES, LEN_BITS, MAX_FRAME_LEN,
-    MAX_RING, MIN_RING, PIPE_MAGIC,
+    frame_header, frame_header_skip, frame_header_whole, holder, skip_target, FrameBody, HolderTable, RingView, Shared,
+    ALIGNED_PAYLOAD_MIN, DATA_OFFSET, FRAME_ALIGN, FRAME_HEADER, FRAME_TAG, FRAME_TAG_SKIP, FRAME_TAG_WHOLE,
+    HOLDER_TABLES, LEN_BITS, MAX_FRAME_LEN, MAX_RING, MIN_RING, PIPE_MAGIC, REWIND_AT,
 };
 use super::{End, PipeConfig, RecvError, SendError};
 use crate::error::OpenError;
@@ -53,7 +53,7 @@ const ZERO_AHEAD: u64 = 4096;
 
 /// The layout fingerprint stored in the segment header.
 fn pipe_type() -> TypeInfo {
-    TypeInfo::from_parts(1, 64, "shmproc::pipe::Frames/v3")
+    TypeInfo::from_parts(1, 64, "shmproc::pipe::Frames/v4")
 }
 
 // ------------------------------------------------------------ holder count
@@ -326,6 +326,12 @@ struct TxState {
     /// Every header word (64-byte aligned) in `[tail, zeroed)` is zero
     /// (see `zero_next`); meaningless once `tail` has passed it.
     zeroed: u64,
+    /// No look at the consumer's `head` for a rewind before `tail` reaches
+    /// this (see `maybe_rewind`).
+    rewind_check: u64,
+    /// The last such look found the ring drained (and rewound): the zeroing
+    /// window then stops at `REWIND_AT`.
+    rewinding: bool,
 }
 
 /// Where `fill` puts the message bytes.
@@ -567,6 +573,8 @@ impl Connection {
             sends: 0,
             zeroed: 0,
             tail_unpublished: false,
+            rewind_check: 0,
+            rewinding: false,
         };
         if let Some(r) = &tx {
             let head = r.head().load(Ordering::Acquire);
@@ -581,6 +589,17 @@ impl Connection {
             for _ in 0..r.cap / FRAME_ALIGN {
                 let h = r.read_header_acquire(tail);
                 let len = h & MAX_FRAME_LEN;
+                if h >> LEN_BITS == FRAME_TAG_SKIP {
+                    // A skip to the ring's start (see `ring.rs`): its frame, if
+                    // any, is there.
+                    match skip_target(tail, len, r.cap) {
+                        Some(to) => {
+                            tail = to;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
                 if h >> LEN_BITS != FRAME_TAG_WHOLE || len > max_message {
                     break;
                 }
@@ -596,6 +615,7 @@ impl Connection {
             tx_state.tail_unpublished = tail != r.tail().load(Ordering::Relaxed);
             tx_state.tail = tail;
             tx_state.zeroed = tail;
+            tx_state.rewind_check = tail;
             tx_state.cached_head = head;
         }
         static HOOKS: [fn(); 3] = [fork_prepare, fork_parent, fork_child];
@@ -836,6 +856,8 @@ impl Connection {
             tx.tail = tail;
             // Nothing known to be zeroed ahead: `zero_next` starts afresh.
             tx.zeroed = tail;
+            tx.rewind_check = tail;
+            tx.rewinding = false;
             tx.cached_head = head;
             tx.tail_unpublished = false;
             if tail % FRAME_ALIGN != 0 || tail.wrapping_sub(head) > ring.cap {
@@ -953,25 +975,71 @@ impl Connection {
     /// are known zero. Those stores miss together, once per window and off
     /// the publication's path, instead of one miss in front of each small
     /// message's publication.
+    ///
+    /// While the ring rewinds (see `ring.rs`), the window stops at
+    /// [`REWIND_AT`] (and a line): the lines past it are not used then.
     #[inline]
     fn zero_window(ring: &RingView, tx: &mut TxState) {
         let known = tx.zeroed.wrapping_sub(tx.tail);
-        if known <= ring.cap && known >= ZERO_AHEAD / 2 {
+        let want =
+            if tx.rewinding { (REWIND_AT + FRAME_ALIGN).saturating_sub(tx.tail & (ring.cap - 1)) } else { ZERO_AHEAD };
+        if known <= ring.cap && known >= want / 2 {
             return;
         }
-        Self::zero_window_slow(ring, tx, if known <= ring.cap { known } else { 0 });
+        Self::zero_window_slow(ring, tx, if known <= ring.cap { known } else { 0 }, want);
     }
 
     #[cold]
-    fn zero_window_slow(ring: &RingView, tx: &mut TxState, known: u64) {
+    fn zero_window_slow(ring: &RingView, tx: &mut TxState, known: u64, want: u64) {
         // Free space ends a ring after the consumer's head as we know it.
         let room = ring.cap - tx.tail.wrapping_sub(tx.cached_head).min(ring.cap);
         let mut off = known;
-        while off < ZERO_AHEAD && off + FRAME_HEADER <= room {
+        while off < want && off + FRAME_HEADER <= room {
             ring.write_header(tx.tail.wrapping_add(off), 0);
             off += FRAME_ALIGN;
         }
         tx.zeroed = tx.tail.wrapping_add(off);
+    }
+
+    /// Before a whole frame of `total` bytes, on a claimed end: starts it at
+    /// the ring's start if the producer's offset has reached [`REWIND_AT`]
+    /// (and leaves room for the frame before it) and the consumer has read
+    /// everything (see "Rewinding" in `ring.rs`). The consumer's line is
+    /// loaded at most once every `REWIND_AT` bytes sent.
+    #[inline(always)]
+    fn maybe_rewind(ring: &RingView, tx: &mut TxState, total: u64) {
+        let off = tx.tail & (ring.cap - 1);
+        if off >= REWIND_AT && off >= total + FRAME_ALIGN && !ahead(tx.rewind_check, tx.tail, ring.cap) {
+            Self::rewind(ring, tx, off);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn rewind(ring: &RingView, tx: &mut TxState, off: u64) {
+        let head = ring.head().load(Ordering::Acquire);
+        let used = tx.tail.wrapping_sub(head);
+        if used > ring.cap {
+            // A scribbled `head`: the space check reports it.
+            tx.rewind_check = tx.tail.wrapping_add(REWIND_AT);
+            return;
+        }
+        tx.cached_head = head;
+        if used != 0 {
+            tx.rewinding = false;
+            tx.rewind_check = tx.tail.wrapping_add(REWIND_AT);
+            return;
+        }
+        // Everything is consumed, so the whole ring is free. The header word
+        // at the lap start is zeroed before the skip shows (release), so a
+        // consumer that follows the skip finds no stale frame there.
+        let to = tx.tail.wrapping_add(ring.cap - off);
+        ring.write_header(to, 0);
+        ring.write_header_release(tx.tail, frame_header_skip(ring.cap - off - FRAME_HEADER));
+        tx.tail = to;
+        tx.zeroed = to.wrapping_add(FRAME_ALIGN);
+        tx.rewinding = true;
+        tx.rewind_check = to;
     }
 
     /// Waits until `need` bytes are free in the ring.
@@ -1035,7 +1103,6 @@ impl Connection {
         let usable = len < ALIGNED_PAYLOAD_MIN
             && len <= self.max_message
             && total + FRAME_ALIGN <= ring.cap
-            && ring.cap - tx.tail.wrapping_sub(tx.cached_head) >= total + FRAME_ALIGN
             && tx.broken.is_none()
             && !tx.tail_unpublished
             && tx.sends.wrapping_add(1) % 64 != 0
@@ -1044,6 +1111,10 @@ impl Connection {
             && !self.peer_closed()
             && !self.seg.lost();
         if !usable {
+            return None;
+        }
+        Self::maybe_rewind(ring, tx, total);
+        if ring.cap - tx.tail.wrapping_sub(tx.cached_head) < total + FRAME_ALIGN {
             return None;
         }
         tx.sends = tx.sends.wrapping_add(1);
@@ -1117,6 +1188,7 @@ impl Connection {
         // there (see `ring.rs`). Every wait asks for that line too.
         if total + FRAME_ALIGN <= cap && len < ALIGNED_PAYLOAD_MIN {
             // Whole (see `put_whole`).
+            Self::maybe_rewind(ring, tx, total);
             self.wait_space(ring, tx, total + FRAME_ALIGN, due)?;
             self.put_whole(ring, tx, data, total);
             return self.sent(tx);
@@ -1327,29 +1399,12 @@ impl Connection {
         // the next header word (zero until a frame is there, see `ring.rs`):
         // a whole frame is complete once its header shows, without a load of
         // the producer's line; a streaming one is followed by `tail`.
-        let mut avail = rx.tail_seen.wrapping_sub(rx.head);
-        if avail == 0 {
-            let h = match self.wait_header(ring, rx.head, deadline) {
-                Err(RecvError::Disconnected) => {
-                    rx.eof = true;
-                    return Err(RecvError::Disconnected);
-                }
-                Err(RecvError::Corrupt { reason }) => return Err(Self::corrupt(rx, reason)),
-                r => r?,
-            };
-            if h >> LEN_BITS == FRAME_TAG_WHOLE {
-                let len = h & MAX_FRAME_LEN;
-                if len > self.max_message {
-                    return Err(Self::corrupt(rx, "a frame header's length exceeds the pipe's message limit"));
-                }
-                let total = FRAME_HEADER + FrameBody::of(len).body;
-                if total + FRAME_ALIGN > ring.cap {
-                    return Err(Self::corrupt(rx, "a whole frame is larger than the ring allows"));
-                }
-                avail = total;
-                rx.tail_seen = rx.head.wrapping_add(total);
-            } else {
-                let tail = match self.wait_data(ring, rx.head, deadline) {
+        // A skip frame (see `ring.rs`) leads to the ring's start; one at a
+        // lap start is never valid, so this loops at most twice.
+        loop {
+            let mut avail = rx.tail_seen.wrapping_sub(rx.head);
+            if avail == 0 {
+                let h = match self.wait_header(ring, rx.head, deadline) {
                     Err(RecvError::Disconnected) => {
                         rx.eof = true;
                         return Err(RecvError::Disconnected);
@@ -1357,27 +1412,69 @@ impl Connection {
                     Err(RecvError::Corrupt { reason }) => return Err(Self::corrupt(rx, reason)),
                     r => r?,
                 };
-                avail = tail.wrapping_sub(rx.head);
-                if avail > ring.cap {
-                    return Err(Self::corrupt(rx, "the sender's tail is beyond the ring"));
+                if h >> LEN_BITS == FRAME_TAG_SKIP {
+                    self.follow_skip(ring, rx, h)?;
+                    continue;
                 }
-                rx.tail_seen = tail;
+                if h >> LEN_BITS == FRAME_TAG_WHOLE {
+                    let len = h & MAX_FRAME_LEN;
+                    if len > self.max_message {
+                        return Err(Self::corrupt(rx, "a frame header's length exceeds the pipe's message limit"));
+                    }
+                    let total = FRAME_HEADER + FrameBody::of(len).body;
+                    if total + FRAME_ALIGN > ring.cap {
+                        return Err(Self::corrupt(rx, "a whole frame is larger than the ring allows"));
+                    }
+                    avail = total;
+                    rx.tail_seen = rx.head.wrapping_add(total);
+                } else {
+                    let tail = match self.wait_data(ring, rx.head, deadline) {
+                        Err(RecvError::Disconnected) => {
+                            rx.eof = true;
+                            return Err(RecvError::Disconnected);
+                        }
+                        Err(RecvError::Corrupt { reason }) => return Err(Self::corrupt(rx, reason)),
+                        r => r?,
+                    };
+                    avail = tail.wrapping_sub(rx.head);
+                    if avail > ring.cap {
+                        return Err(Self::corrupt(rx, "the sender's tail is beyond the ring"));
+                    }
+                    rx.tail_seen = tail;
+                }
             }
+            if avail < FRAME_HEADER {
+                return Err(Self::corrupt(rx, "the sender published part of a frame header"));
+            }
+            let h = ring.read_header(rx.head);
+            let tag = h >> LEN_BITS;
+            if tag == FRAME_TAG_SKIP {
+                self.follow_skip(ring, rx, h)?;
+                continue;
+            }
+            if tag != FRAME_TAG && tag != FRAME_TAG_WHOLE {
+                return Err(Self::corrupt(rx, "a frame header has a bad tag"));
+            }
+            let len = h & MAX_FRAME_LEN;
+            if len > self.max_message {
+                return Err(Self::corrupt(rx, "a frame header's length exceeds the pipe's message limit"));
+            }
+            rx.head = rx.head.wrapping_add(FRAME_HEADER);
+            rx.pending = Some(Pending { len, got: 0, buf: Vec::new() });
+            return Ok(());
         }
-        if avail < FRAME_HEADER {
-            return Err(Self::corrupt(rx, "the sender published part of a frame header"));
+    }
+
+    /// Follows the skip frame with header `h` at the head to its target.
+    fn follow_skip(&self, ring: &RingView, rx: &mut RxState, h: u64) -> Result<(), RecvError> {
+        let Some(to) = skip_target(rx.head, h & MAX_FRAME_LEN, ring.cap) else {
+            return Err(Self::corrupt(rx, "a skip frame does not end at the start of the ring"));
+        };
+        if rx.tail_seen.wrapping_sub(rx.head) < to.wrapping_sub(rx.head) {
+            rx.tail_seen = to;
         }
-        let h = ring.read_header(rx.head);
-        let tag = h >> LEN_BITS;
-        if tag != FRAME_TAG && tag != FRAME_TAG_WHOLE {
-            return Err(Self::corrupt(rx, "a frame header has a bad tag"));
-        }
-        let len = h & MAX_FRAME_LEN;
-        if len > self.max_message {
-            return Err(Self::corrupt(rx, "a frame header's length exceeds the pipe's message limit"));
-        }
-        rx.head = rx.head.wrapping_add(FRAME_HEADER);
-        rx.pending = Some(Pending { len, got: 0, buf: Vec::new() });
+        rx.head = to;
+        self.publish_head(ring, rx, true);
         Ok(())
     }
 
@@ -1665,7 +1762,16 @@ impl Connection {
     /// arrived, the word at `head` is body bytes of an earlier lap.
     fn data_at(ring: &RingView, head: u64, at_frame: bool) -> bool {
         let ahead = ring.tail().load(Ordering::Acquire).wrapping_sub(head);
-        (ahead != 0 && ahead <= ring.cap) || (at_frame && ring.read_header_acquire(head) != 0)
+        if ahead != 0 && ahead <= ring.cap {
+            return true;
+        }
+        let h = if at_frame { ring.read_header_acquire(head) } else { 0 };
+        if h >> LEN_BITS == FRAME_TAG_SKIP {
+            // A skip frame alone is no message: look where it leads (a bad
+            // one reads as ready, so that `recv` reports it).
+            return skip_target(head, h & MAX_FRAME_LEN, ring.cap).map_or(true, |to| ring.read_header_acquire(to) != 0);
+        }
+        h != 0
     }
 
     /// The receiver's sleeper flag, for [`wait`](super::wait).

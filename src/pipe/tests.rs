@@ -593,3 +593,77 @@ fn hostile_whole_frame_headers_are_corrupt() {
         assert!(matches!(b.recv_bytes_into_timeout(&mut buf, T), Err(RecvError::Corrupt { .. })), "{fake:#x}");
     }
 }
+
+#[test]
+fn a_drained_ring_rewinds_to_its_start() {
+    use super::ring::REWIND_AT;
+    // Ping-pong keeps the ring drained: the producer's offset stays below
+    // REWIND_AT and a frame, lap after lap, while the stream positions run
+    // on (each rewind skips to the next lap).
+    let (a, b) = Pipe::new().unwrap();
+    let cap = shared(&a).control.capacity[0].load(Ordering::Relaxed);
+    let echo = std::thread::spawn(move || {
+        for _ in 0..20_000u32 {
+            let m = b.recv_bytes_timeout(T).unwrap();
+            b.send_bytes(&m).unwrap();
+        }
+        b
+    });
+    let mut max_off = 0;
+    for i in 0..20_000u32 {
+        let m = pattern(1 + (i % 40) as usize, u64::from(i));
+        a.send_bytes(&m).unwrap();
+        assert_eq!(a.recv_bytes_timeout(T).unwrap(), m, "round trip {i}");
+        max_off = max_off.max(shared(&a).rings[0].prod.tail.load(Ordering::Relaxed) % cap);
+    }
+    let _b = echo.join().unwrap();
+    let tail = shared(&a).rings[0].prod.tail.load(Ordering::Relaxed);
+    assert!(max_off < REWIND_AT + 128, "the producer went up to offset {max_off}");
+    assert!(tail > 20_000 * 64, "no skip was taken: the stream is at {tail}");
+}
+
+#[test]
+fn hostile_skip_frames_are_corrupt() {
+    use super::ring::frame_header_skip;
+    // One ending short of the lap start, one running past it, and one at a
+    // lap start (never valid: it would skip the whole ring).
+    let cap = 4096u64;
+    for (at, len) in [(64u64, 1000u64), (64, cap), (0, cap - 8)] {
+        let (a, b) = Pipe::builder().ring_size(cap as usize).pair().unwrap();
+        if at == 64 {
+            a.send_bytes(b"x").unwrap();
+            assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"x");
+        }
+        a.send_bytes(b"y").unwrap();
+        let word = |pos: u64| {
+            // SAFETY: test-only; `pos` is a multiple of 64 below the ring's capacity.
+            unsafe { &*(b.segment().payload_ptr().as_ptr().add(DATA_OFFSET + pos as usize) as *const AtomicU64) }
+        };
+        word(at).store(frame_header_skip(len), Ordering::Release);
+        assert!(matches!(b.recv_bytes_timeout(T), Err(RecvError::Corrupt { .. })), "skip of {len} at {at}");
+    }
+}
+
+#[test]
+fn poll_looks_past_a_skip_frame() {
+    use super::ring::{frame_header_skip, frame_header_whole};
+    let cap = 4096u64;
+    let (a, b) = Pipe::builder().ring_size(cap as usize).pair().unwrap();
+    a.send_bytes(b"x").unwrap();
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"x");
+    // What a rewinding producer writes at position 64: the lap start's header
+    // word zeroed, then a skip to it; its frame not there yet.
+    let word = |pos: u64| {
+        // SAFETY: test-only; `pos` is a multiple of 64 below the ring's capacity.
+        unsafe { &*(b.segment().payload_ptr().as_ptr().add(DATA_OFFSET + pos as usize) as *const AtomicU64) }
+    };
+    word(0).store(0, Ordering::Relaxed);
+    word(64).store(frame_header_skip(cap - 64 - 8), Ordering::Release);
+    assert!(!b.poll(Duration::ZERO), "a skip alone is no message");
+    assert!(matches!(b.recv_bytes_timeout(Duration::from_millis(5)), Err(RecvError::Timeout)));
+    // The frame at the lap start shows: a whole, empty message.
+    word(0).store(frame_header_whole(0), Ordering::Release);
+    assert!(b.poll(Duration::ZERO));
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"");
+    drop(a);
+}
