@@ -436,6 +436,25 @@ fn hostile_frame_header_from_another_process_is_an_error() {
     drop(a);
 }
 
+#[test]
+fn a_child_adopting_a_send_side_continues_after_a_frame_published_only_by_its_header() {
+    // What a producer killed between a whole frame's header and its `tail`
+    // store leaves ("ghost" at stream position 64, `tail` still at 64): the
+    // child that adopts the send side must write after it (the consumer may
+    // have read it already), not over it.
+    let name = unique("pipe-ghost");
+    let a = Pipe::builder().name(&name).create().unwrap();
+    let b = Pipe::builder().name(&name).open().unwrap();
+    a.send_bytes(b"zero").unwrap();
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"zero");
+    scribble(&name, RING0_DATA + 64 + 8, u64::from_le_bytes(*b"ghost\0\0\0"));
+    scribble(&name, RING0_DATA + 64, (0xA55B << 48) | 5);
+    let pid = fork(|| if a.send_bytes(b"c1").is_ok() { 0 } else { 2 });
+    assert_eq!(reap(pid, T), 0);
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"ghost");
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"c1");
+}
+
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
@@ -634,4 +653,39 @@ fn a_child_adopts_an_end_where_its_parent_left_it() {
     assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"p1");
     assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"c1");
     assert_eq!(reap(pid, T), 0, "3: the child received \"one\" again");
+}
+
+#[test]
+fn a_child_adopts_an_end_after_its_parent_rewound_the_ring_many_times() {
+    // As above, but the parent's traffic after the fork rewinds both rings
+    // lap after lap (a drained ring starts again at its start, each time
+    // moving the stream positions on by nearly a ring): the shared indices
+    // end up many rings ahead of the child's fork-time copy, and the child
+    // must still start from them (it read stale frames of an earlier lap).
+    let (a, b) = Pipe::new().unwrap();
+    let (go_tx, go_rx) = Pipe::new().unwrap();
+    let pid = fork(|| {
+        if go_rx.recv_bytes_timeout(T).is_err() {
+            return 2;
+        }
+        match b.recv_bytes_timeout(T) {
+            Ok(m) if m == b"last" => {}
+            Ok(_) => return 3,
+            Err(_) => return 4,
+        }
+        if b.send_bytes(b"c1").is_err() {
+            return 5;
+        }
+        0
+    });
+    for i in 0..400u32 {
+        a.send_bytes(&i.to_le_bytes()).unwrap();
+        assert_eq!(b.recv_bytes_timeout(T).unwrap(), i.to_le_bytes());
+        b.send_bytes(&(i + 1).to_le_bytes()).unwrap();
+        assert_eq!(a.recv_bytes_timeout(T).unwrap(), (i + 1).to_le_bytes());
+    }
+    a.send_bytes(b"last").unwrap();
+    go_tx.send_bytes(b"go").unwrap();
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"c1");
+    assert_eq!(reap(pid, T), 0, "3: the child received a stale frame");
 }

@@ -36,10 +36,14 @@ const fn slot_word(pid: u32, state: u64) -> u64 {
     ((pid as u64) << 32) | state
 }
 
-/// Whether stream position `a` is ahead of `b` by 1..=`cap` bytes.
+/// Whether stream position `a` is ahead of `b` (by less than 2^63 bytes:
+/// honest positions are never that far apart, and they may wrap). Not
+/// bounded by a ring: a rewind (see `ring.rs`) moves the positions on by
+/// nearly a ring for one small message, so an index that lagged for a few
+/// kilobytes of traffic can be many rings behind.
 #[inline]
-fn ahead(a: u64, b: u64, cap: u64) -> bool {
-    a.wrapping_sub(b).wrapping_sub(1) < cap
+fn ahead(a: u64, b: u64) -> bool {
+    (a.wrapping_sub(b) as i64) > 0
 }
 
 /// Polls of an empty ring's next header word between two looks at the
@@ -50,6 +54,39 @@ const TAIL_CHECK_EVERY: u32 = 64;
 /// the producer zeroes in one go when it must zero the next one (see
 /// `zero_window`).
 const ZERO_AHEAD: u64 = 4096;
+
+/// Where a producer continues from `tail` (a 64-byte aligned stream
+/// position): past the whole frames and skips after it that are published
+/// only by their headers. A producer killed between a whole frame's header
+/// and its `tail` store (or between a skip and its frame) left frames the
+/// consumer may have read already (it polls header words), so a producer
+/// that takes the end over writes after them. Bounded by the ring; stops at
+/// the zeroed word after the last frame, or at anything else.
+fn published_by_header(r: &RingView, mut tail: u64, max_message: u64) -> u64 {
+    for _ in 0..r.cap / FRAME_ALIGN {
+        let h = r.read_header_acquire(tail);
+        let len = h & MAX_FRAME_LEN;
+        if h >> LEN_BITS == FRAME_TAG_SKIP {
+            // A skip to the ring's start (see `ring.rs`): its frame, if any, is there.
+            match skip_target(tail, len, r.cap) {
+                Some(to) => {
+                    tail = to;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        if h >> LEN_BITS != FRAME_TAG_WHOLE || len > max_message {
+            break;
+        }
+        let total = FRAME_HEADER + FrameBody::of(len).body;
+        if total + FRAME_ALIGN > r.cap {
+            break;
+        }
+        tail = tail.wrapping_add(total);
+    }
+    tail
+}
 
 /// The layout fingerprint stored in the segment header.
 fn pipe_type() -> TypeInfo {
@@ -578,37 +615,11 @@ impl Connection {
         };
         if let Some(r) = &tx {
             let head = r.head().load(Ordering::Acquire);
-            let mut tail = r.tail().load(Ordering::Acquire);
+            let tail = r.tail().load(Ordering::Acquire);
             if tail % FRAME_ALIGN != 0 {
                 return Err(OpenError::corrupt("pipe send indices are inconsistent"));
             }
-            // A producer that died after a whole frame's header but before
-            // publishing `tail` left a frame the consumer may have read
-            // already (it polls header words): continue after it. Bounded by
-            // the ring; stops at the zeroed word after the last frame.
-            for _ in 0..r.cap / FRAME_ALIGN {
-                let h = r.read_header_acquire(tail);
-                let len = h & MAX_FRAME_LEN;
-                if h >> LEN_BITS == FRAME_TAG_SKIP {
-                    // A skip to the ring's start (see `ring.rs`): its frame, if
-                    // any, is there.
-                    match skip_target(tail, len, r.cap) {
-                        Some(to) => {
-                            tail = to;
-                            continue;
-                        }
-                        None => break,
-                    }
-                }
-                if h >> LEN_BITS != FRAME_TAG_WHOLE || len > max_message {
-                    break;
-                }
-                let total = FRAME_HEADER + FrameBody::of(len).body;
-                if total + FRAME_ALIGN > r.cap {
-                    break;
-                }
-                tail = tail.wrapping_add(total);
-            }
+            let tail = published_by_header(r, tail, max_message);
             if tail.wrapping_sub(head) > r.cap - FRAME_ALIGN {
                 return Err(OpenError::corrupt("pipe send indices are inconsistent"));
             }
@@ -832,7 +843,7 @@ impl Connection {
     #[cold]
     fn resync_recv(&self, ring: &RingView, rx: &mut RxState) {
         let head = ring.head().load(Ordering::Acquire);
-        if ahead(head, rx.published, ring.cap) {
+        if ahead(head, rx.published) {
             rx.head = head;
             rx.published = head;
             rx.tail_seen = head;
@@ -848,10 +859,15 @@ impl Connection {
     /// The send side of that resync, under the `tx_state` lock.
     #[cold]
     fn resync_send(&self, ring: &RingView, tx: &mut TxState) {
-        let tail = ring.tail().load(Ordering::Acquire);
+        let shared = ring.tail().load(Ordering::Acquire);
         // Only forward: a copy that stepped past a dead producer's frames at
         // attach (`tail_unpublished`) is ahead of the shared tail, rightly.
-        if ahead(tail, tx.tail, ring.cap) {
+        // Then past frames published only by their headers, as at attach: a
+        // previous holder killed between a frame's header and its `tail`
+        // store left one the consumer may have read.
+        let from = if ahead(shared, tx.tail) { shared } else { tx.tail };
+        let tail = published_by_header(ring, from, self.max_message);
+        if tail != tx.tail {
             let head = ring.head().load(Ordering::Acquire);
             tx.tail = tail;
             // Nothing known to be zeroed ahead: `zero_next` starts afresh.
@@ -859,7 +875,7 @@ impl Connection {
             tx.rewind_check = tail;
             tx.rewinding = false;
             tx.cached_head = head;
-            tx.tail_unpublished = false;
+            tx.tail_unpublished = tail != shared;
             if tail % FRAME_ALIGN != 0 || tail.wrapping_sub(head) > ring.cap {
                 tx.broken = Some("the end was adopted with inconsistent send indices");
             }
@@ -1009,7 +1025,7 @@ impl Connection {
     #[inline(always)]
     fn maybe_rewind(ring: &RingView, tx: &mut TxState, total: u64) {
         let off = tx.tail & (ring.cap - 1);
-        if off >= REWIND_AT && off >= total + FRAME_ALIGN && !ahead(tx.rewind_check, tx.tail, ring.cap) {
+        if off >= REWIND_AT && off >= total + FRAME_ALIGN && !ahead(tx.rewind_check, tx.tail) {
             Self::rewind(ring, tx, off);
         }
     }
@@ -1020,7 +1036,7 @@ impl Connection {
         let head = ring.head().load(Ordering::Acquire);
         let used = tx.tail.wrapping_sub(head);
         if used > ring.cap {
-            // A scribbled `head`: the space check reports it.
+            // A scribbled `head`: left to the next wait for space, which reports it.
             tx.rewind_check = tx.tail.wrapping_add(REWIND_AT);
             return;
         }
@@ -1094,7 +1110,8 @@ impl Connection {
     /// free, on an end this process holds, with nothing unusual about
     /// (no resync or liveness check due, nothing broken, lost or closed).
     /// `None` when any of that fails: the general path checks and handles
-    /// each case, and this one has changed nothing.
+    /// each case, and this one has changed nothing but, at most, what a
+    /// look at the consumer's `head` for a rewind learned (`maybe_rewind`).
     #[inline(always)]
     fn send_whole_fast(&self, tx: &mut TxState, data: &[u8]) -> Option<Result<(), SendError>> {
         let ring = self.tx.as_ref()?;
@@ -1106,8 +1123,10 @@ impl Connection {
             && tx.broken.is_none()
             && !tx.tail_unpublished
             && tx.sends.wrapping_add(1) % 64 != 0
-            && !self.resync_tx.load(Ordering::Relaxed)
+            // The claim first: its acquire load of the slot word sees a
+            // resync flag that an adopting thread set before claiming.
             && self.holds_end()
+            && !self.resync_tx.load(Ordering::Relaxed)
             && !self.peer_closed()
             && !self.seg.lost();
         if !usable {
@@ -1738,7 +1757,7 @@ impl Connection {
             return (mine, at_frame);
         }
         let shared = ring.head().load(Ordering::Acquire);
-        if ahead(shared, mine, ring.cap) {
+        if ahead(shared, mine) {
             (shared, true)
         } else {
             (mine, at_frame)
