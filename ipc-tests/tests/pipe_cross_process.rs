@@ -455,6 +455,29 @@ fn a_child_adopting_a_send_side_continues_after_a_frame_published_only_by_its_he
     assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"c1");
 }
 
+#[test]
+fn a_child_adopting_a_receive_side_checks_the_shared_head_against_tail() {
+    // A scribbled consumer `head`, aligned and ten rings ahead, on the
+    // stale frame "zero" at ring offset 0: the adopting child moves to it (a
+    // rewinding producer moves the positions on by nearly a ring per small
+    // message, so no distance is too far to follow) and must then find it
+    // inconsistent with `tail`, not deliver "zero" again.
+    let name = unique("pipe-far-head");
+    let a = Pipe::builder().name(&name).create().unwrap();
+    let b = Pipe::builder().name(&name).open().unwrap();
+    a.send_bytes(b"zero").unwrap();
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"zero");
+    const RING0_HEAD: u64 = 128 + 384;
+    scribble(&name, RING0_HEAD, 10 * (1 << 20));
+    let pid = fork(|| match b.recv_bytes_timeout(Duration::from_secs(2)) {
+        Err(RecvError::Corrupt { .. }) => 0,
+        Err(RecvError::Timeout) => 3,
+        _ => 4,
+    });
+    assert_eq!(reap(pid, T), 0, "4: the child delivered the stale frame");
+    drop(a);
+}
+
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.

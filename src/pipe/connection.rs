@@ -55,6 +55,13 @@ const TAIL_CHECK_EVERY: u32 = 64;
 /// `zero_window`).
 const ZERO_AHEAD: u64 = 4096;
 
+/// Whether a consumer's `head` and the published `tail` can both be honest:
+/// `tail` at most a ring ahead, or lagging a consumer that read frames by
+/// their headers (see `ring.rs`) by at most the ring's usable space.
+fn indices_consistent(head: u64, tail: u64, cap: u64) -> bool {
+    tail.wrapping_sub(head) <= cap || head.wrapping_sub(tail) <= cap - FRAME_ALIGN
+}
+
 /// Where a producer continues from `tail` (a 64-byte aligned stream
 /// position): past the whole frames and skips after it that are published
 /// only by their headers. A producer killed between a whole frame's header
@@ -62,8 +69,14 @@ const ZERO_AHEAD: u64 = 4096;
 /// consumer may have read already (it polls header words), so a producer
 /// that takes the end over writes after them. Bounded by the ring; stops at
 /// the zeroed word after the last frame, or at anything else.
-fn published_by_header(r: &RingView, mut tail: u64, max_message: u64) -> u64 {
+fn published_by_header(r: &RingView, mut tail: u64, head: u64, max_message: u64) -> u64 {
     for _ in 0..r.cap / FRAME_ALIGN {
+        // Never more than a ring ahead of the consumer (it may be ahead of
+        // `tail`, having read frames by their headers): past that, the words
+        // are not frames of this lap (the caller reports the indices).
+        if ahead(tail, head) && tail.wrapping_sub(head) > r.cap {
+            break;
+        }
         let h = r.read_header_acquire(tail);
         let len = h & MAX_FRAME_LEN;
         if h >> LEN_BITS == FRAME_TAG_SKIP {
@@ -592,10 +605,7 @@ impl Connection {
         if let Some(r) = &rx {
             let head = r.head().load(Ordering::Acquire);
             let tail = r.tail().load(Ordering::Acquire);
-            // A `tail` may lag a consumer that read frames by their headers
-            // (see `ring.rs`), never by more than the ring's usable space.
-            let lags = head.wrapping_sub(tail) <= r.cap - FRAME_ALIGN;
-            if head % FRAME_ALIGN != 0 || (tail.wrapping_sub(head) > r.cap && !lags) {
+            if head % FRAME_ALIGN != 0 || !indices_consistent(head, tail, r.cap) {
                 return Err(OpenError::corrupt("pipe receive indices are inconsistent"));
             }
             rx_state.head = head;
@@ -619,7 +629,7 @@ impl Connection {
             if tail % FRAME_ALIGN != 0 {
                 return Err(OpenError::corrupt("pipe send indices are inconsistent"));
             }
-            let tail = published_by_header(r, tail, max_message);
+            let tail = published_by_header(r, tail, head, max_message);
             if tail.wrapping_sub(head) > r.cap - FRAME_ALIGN {
                 return Err(OpenError::corrupt("pipe send indices are inconsistent"));
             }
@@ -852,6 +862,8 @@ impl Connection {
             self.rx_at_frame.store(true, Ordering::Relaxed);
             if head % FRAME_ALIGN != 0 {
                 rx.broken = Some("the end was adopted in the middle of a frame");
+            } else if !indices_consistent(head, ring.tail().load(Ordering::Acquire), ring.cap) {
+                rx.broken = Some("the end was adopted with inconsistent receive indices");
             }
         }
     }
@@ -865,10 +877,14 @@ impl Connection {
         // Then past frames published only by their headers, as at attach: a
         // previous holder killed between a frame's header and its `tail`
         // store left one the consumer may have read.
-        let from = if ahead(shared, tx.tail) { shared } else { tx.tail };
-        let tail = published_by_header(ring, from, self.max_message);
+        let moved = ahead(shared, tx.tail);
+        if moved && shared % FRAME_ALIGN != 0 {
+            tx.broken = Some("the end was adopted with inconsistent send indices");
+            return;
+        }
+        let head = ring.head().load(Ordering::Acquire);
+        let tail = published_by_header(ring, if moved { shared } else { tx.tail }, head, self.max_message);
         if tail != tx.tail {
-            let head = ring.head().load(Ordering::Acquire);
             tx.tail = tail;
             // Nothing known to be zeroed ahead: `zero_next` starts afresh.
             tx.zeroed = tail;

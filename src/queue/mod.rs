@@ -218,6 +218,13 @@ impl<O: Object<Params = QueueConfig>> Builder<O> {
     }
     /// Creates the queue in single-producer single-consumer mode: faster, but
     /// only one process (and one thread at a time) may send and one receive.
+    ///
+    /// Choose it for one-to-one traffic where latency matters: in a
+    /// request/reply round trip an MPMC consumer frees each slot by writing
+    /// its sequence word, and the next producer's claim waits for that
+    /// store, one more cache-line hand-over per round trip (measured on a
+    /// 2-vCPU AMD EPYC guest: 116 ns against 155 ns for two MPMC queues;
+    /// see `pingpong-8B/queue-spsc` in the README).
     pub fn spsc(mut self, spsc: bool) -> Self {
         self.params.spsc = spsc;
         self
