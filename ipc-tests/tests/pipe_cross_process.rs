@@ -646,6 +646,25 @@ fn poll_on_a_copy_not_adopted_yet_sees_what_its_parent_took() {
     assert_eq!(reap(pid, T), 0, "3: the child's poll saw the frame its parent had taken");
 }
 
+/// Forks a child that, once told "go" on `go_rx`, adopts `b`: receives one
+/// message (exit 3 if it is not `want`, 4 on an error) and sends "c1".
+fn fork_adopter(b: &Connection, go_rx: &Connection, want: &'static [u8]) -> libc::pid_t {
+    fork(|| {
+        if go_rx.recv_bytes_timeout(T).is_err() {
+            return 2;
+        }
+        match b.recv_bytes_timeout(T) {
+            Ok(m) if m == want => {}
+            Ok(_) => return 3,
+            Err(_) => return 4,
+        }
+        if b.send_bytes(b"c1").is_err() {
+            return 5;
+        }
+        0
+    })
+}
+
 #[test]
 fn a_child_adopts_an_end_where_its_parent_left_it() {
     // The parent goes on using `b` after the fork (receives one message,
@@ -654,20 +673,7 @@ fn a_child_adopts_an_end_where_its_parent_left_it() {
     // "one" again, and overwrote "p1").
     let (a, b) = Pipe::new().unwrap();
     let (go_tx, go_rx) = Pipe::new().unwrap();
-    let pid = fork(|| {
-        if go_rx.recv_bytes_timeout(T).is_err() {
-            return 2;
-        }
-        match b.recv_bytes_timeout(T) {
-            Ok(m) if m == b"two" => {}
-            Ok(m) if m == b"one" => return 3,
-            _ => return 4,
-        }
-        if b.send_bytes(b"c1").is_err() {
-            return 5;
-        }
-        0
-    });
+    let pid = fork_adopter(&b, &go_rx, b"two");
     a.send_bytes(b"one").unwrap();
     a.send_bytes(b"two").unwrap();
     assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"one");
@@ -687,20 +693,7 @@ fn a_child_adopts_an_end_after_its_parent_rewound_the_ring_many_times() {
     // must still start from them (it read stale frames of an earlier lap).
     let (a, b) = Pipe::new().unwrap();
     let (go_tx, go_rx) = Pipe::new().unwrap();
-    let pid = fork(|| {
-        if go_rx.recv_bytes_timeout(T).is_err() {
-            return 2;
-        }
-        match b.recv_bytes_timeout(T) {
-            Ok(m) if m == b"last" => {}
-            Ok(_) => return 3,
-            Err(_) => return 4,
-        }
-        if b.send_bytes(b"c1").is_err() {
-            return 5;
-        }
-        0
-    });
+    let pid = fork_adopter(&b, &go_rx, b"last");
     for i in 0..400u32 {
         a.send_bytes(&i.to_le_bytes()).unwrap();
         assert_eq!(b.recv_bytes_timeout(T).unwrap(), i.to_le_bytes());

@@ -70,37 +70,13 @@ fn pingpong(cfg: &Config, mode: WaitMode) -> Result<Session, String> {
     let pong = Queue::<u64>::builder().capacity(64).wait_mode(mode).create().map_err(err)?;
     let (ping2, pong2) = (ping.clone(), pong.clone());
     let stall = cfg.stall_limit();
-    let child = os::fork_child(cfg.child_cpu, move || {
-        let (ping, pong) = (ping2, pong2);
-        loop {
-            match ping.recv_timeout(stall) {
-                Ok(u64::MAX) => return 0,
-                Ok(v) => {
-                    if pong.send(v + 1).is_err() {
-                        return 2;
-                    }
-                }
-                Err(_) => return 1,
-            }
-        }
-    })
-    .map_err(err)?;
-    let stopper = ping.clone();
-    let mut i = 0u64;
-    Ok(Session::new(Work::RoundTrip(Box::new(move |_| {
-        i += 1;
-        ping.send(i).map_err(err)?;
-        let v = pong.recv_timeout(stall).map_err(err)?;
-        if v != i + 1 {
-            return Err(format!("pingpong: sent {i}, got {v} back"));
-        }
-        Ok(())
-    })))
-    .child(child)
-    .on_finish(move || {
-        let _ = stopper.send(u64::MAX);
-    })
-    .placement(cfg.pair_placement()))
+    bounce(
+        cfg,
+        move || ping2.recv_timeout(stall).map_err(err),
+        move |v| pong2.send(v).map_err(err),
+        Rc::new(move |v| ping.send(v).map_err(err)),
+        move || pong.recv_timeout(stall).map_err(err),
+    )
 }
 
 /// As [`pingpong`], over two SPSC queues through their halves (`create_split`:
@@ -113,11 +89,31 @@ fn pingpong_spsc(cfg: &Config) -> Result<Session, String> {
     let (ping_tx, ping_rx) = Queue::<u64>::builder().capacity(64).spsc(true).create_split().map_err(err)?;
     let (pong_tx, pong_rx) = Queue::<u64>::builder().capacity(64).spsc(true).create_split().map_err(err)?;
     let stall = cfg.stall_limit();
+    bounce(
+        cfg,
+        move || ping_rx.recv_timeout(stall).map_err(err),
+        move |v| pong_tx.send(v).map_err(err),
+        Rc::new(move |v| ping_tx.send(v).map_err(err)),
+        move || pong_rx.recv_timeout(stall).map_err(err),
+    )
+}
+
+/// The round-trip session of both ping-pong cases: a child that echoes
+/// `v + 1` for every `v` until `u64::MAX` (`child_recv`, `child_send`), and
+/// a timed `send(i)` then `recv()` that checks the echo; `send(u64::MAX)`
+/// stops the child when the case ends.
+fn bounce(
+    cfg: &Config,
+    mut child_recv: impl FnMut() -> Result<u64, String> + 'static,
+    mut child_send: impl FnMut(u64) -> Result<(), String> + 'static,
+    send: Rc<dyn Fn(u64) -> Result<(), String>>,
+    mut recv: impl FnMut() -> Result<u64, String> + 'static,
+) -> Result<Session, String> {
     let child = os::fork_child(cfg.child_cpu, move || loop {
-        match ping_rx.recv_timeout(stall) {
+        match child_recv() {
             Ok(u64::MAX) => return 0,
             Ok(v) => {
-                if pong_tx.send(v + 1).is_err() {
+                if child_send(v + 1).is_err() {
                     return 2;
                 }
             }
@@ -125,13 +121,12 @@ fn pingpong_spsc(cfg: &Config) -> Result<Session, String> {
         }
     })
     .map_err(err)?;
-    let ping_tx = Rc::new(ping_tx);
-    let stopper = ping_tx.clone();
+    let stopper = send.clone();
     let mut i = 0u64;
     Ok(Session::new(Work::RoundTrip(Box::new(move |_| {
         i += 1;
-        ping_tx.send(i).map_err(err)?;
-        let v = pong_rx.recv_timeout(stall).map_err(err)?;
+        send(i)?;
+        let v = recv()?;
         if v != i + 1 {
             return Err(format!("pingpong: sent {i}, got {v} back"));
         }
@@ -139,7 +134,7 @@ fn pingpong_spsc(cfg: &Config) -> Result<Session, String> {
     })))
     .child(child)
     .on_finish(move || {
-        let _ = stopper.send(u64::MAX);
+        let _ = stopper(u64::MAX);
     })
     .placement(cfg.pair_placement()))
 }
