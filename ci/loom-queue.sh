@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTFLAGS="${RUSTFLAGS:-} --cfg loom"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
-exec cargo test --release --lib --target-dir target/loom -- queue::ring::loom_tests "$@"
+exec cargo test --release -p shmproc --lib --target-dir target/loom -- queue::ring::loom_tests "$@"
