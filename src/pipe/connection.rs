@@ -729,12 +729,18 @@ impl Connection {
         self.claim_pid.store(0, Ordering::Relaxed);
     }
 
+    /// Whether this connection's claim was made by the calling process.
+    #[inline]
+    fn claimed_here(&self) -> bool {
+        self.claim_gen.load(Ordering::Acquire) == sys::fork_generation()
+    }
+
     /// Whether the calling process holds this end and still owns its slot:
     /// two loads of process-local words and one of the slot line (which only
     /// claims and closes write).
     #[inline]
     fn holds_end(&self) -> bool {
-        self.claim_gen.load(Ordering::Acquire) == sys::fork_generation()
+        self.claimed_here()
             && self.shared().ends[self.end.index()].word.load(Ordering::Acquire)
                 == slot_word(self.claim_pid.load(Ordering::Relaxed), HELD)
     }
@@ -1769,7 +1775,7 @@ impl Connection {
     fn poll_head(&self, ring: &RingView) -> (u64, bool) {
         let mine = self.rx_head.load(Ordering::Relaxed);
         let at_frame = self.rx_at_frame.load(Ordering::Relaxed);
-        if self.claim_pid.load(Ordering::Relaxed) == sys::current_pid() && !self.resync_rx.load(Ordering::Relaxed) {
+        if self.claimed_here() && !self.resync_rx.load(Ordering::Relaxed) {
             return (mine, at_frame);
         }
         let shared = ring.head().load(Ordering::Acquire);
