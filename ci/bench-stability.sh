@@ -3,7 +3,9 @@
 # ratio, the median of each run, their min / max and the spread (max / min).
 # Issue 14's acceptance: every headline spread < 1.5x, or the bench itself
 # flagged the row as drifting (the raw-spin probe moved by more than 20%
-# across the case) in at least one run.
+# across the case) in at least one run, or ran it at another placement (its
+# floor, raw-spin around the case, over 1.5x away from the other runs') and
+# the runs at the usual placement agree within 1.5x.
 #
 #   ci/bench-stability.sh [RUNS] [extra `shmproc bench` arguments...]
 #   (default 5 runs; e.g. `ci/bench-stability.sh 3 --quick`)
@@ -76,17 +78,45 @@ for l in open(f"{out}/load.txt"):
 print(f"{'ratio':<44} {'per-run medians':<40} {'min':>7} {'max':>7} {'spread':>7}  verdict")
 bad = 0
 
-def report(name, vals, drift_runs):
+# A ratio depends on where the host placed the two vCPUs (sharing a cache or
+# not: raw-spin 70 ns against 370 ns on the guests we measure on), and a host
+# may keep a whole case, or a whole run, at the other placement: paired within
+# the case, so not drifting, yet not comparable with the other runs. Each row
+# carries its floor (`floor_ns`, raw-spin around the case); a run whose floor
+# for the row is more than PLACEMENT_LIMIT away from the row's median floor
+# over the runs ran at another placement, and the spread is then judged over
+# the runs at the usual one (as the bench names such rows MOVED within a run).
+PLACEMENT_LIMIT = 1.5
+
+def moved_runs(floors):
+    """Runs (1-based) whose floor is PLACEMENT_LIMIT away from the median."""
+    known = [f for f in floors if f]
+    if len(known) < 3:
+        return []
+    usual = statistics.median(known)
+    return [k for k, f in enumerate(floors, 1) if f and max(f / usual, usual / f) > PLACEMENT_LIMIT]
+
+def spread_of(vals):
+    lo, hi = min(vals), max(vals)
+    return hi / lo if lo > 0 else float("inf")
+
+def report(name, vals, drift_runs, floors):
     global bad
     if not vals:
         print(f"{name:<44} (not measured)")
         return
     lo, hi = min(vals), max(vals)
-    spread = hi / lo if lo > 0 else float("inf")
+    spread = spread_of(vals)
+    moved = moved_runs(floors)
+    rest = [v for k, v in enumerate(vals, 1) if k not in moved]
     if spread < 1.5:
         verdict = "ok"
     elif drift_runs:
         verdict = "ok (flagged drifting in run " + ",".join(map(str, drift_runs)) + ")"
+    elif moved and len(rest) >= 2 and spread_of(rest) < 1.5:
+        usual = statistics.median([f for f in floors if f])
+        at = ", ".join(f"run {k} at {floors[k - 1]:.0f} ns" for k in moved)
+        verdict = f"ok (another placement: {at}, against {usual:.0f} ns; the rest {spread_of(rest):.2f}x)"
     else:
         verdict = "UNSTABLE"
         bad += 1
@@ -94,27 +124,35 @@ def report(name, vals, drift_runs):
     print(f"{name:<44} {per:<40} {fmt(lo):>7} {fmt(hi):>7} {spread:>6.2f}x  {verdict}")
 
 for sc, tr in PAIRED:
-    vals, drift = [], []
+    vals, drift, floors = [], [], []
     base = None
     for k, d in enumerate(rows, 1):
         o = d.get((sc, tr))
         if o and o.get("ratio") is not None:
             vals.append(o["ratio"])
+            floors.append(o.get("floor_ns"))
             base = o.get("baseline") or base
             if o.get("drifting"):
                 drift.append(k)
-    report(f"{sc} {tr} / {base or 'baseline'}", vals, drift)
+    report(f"{sc} {tr} / {base or 'baseline'}", vals, drift, floors)
 
 for sc, ours, peer in PEERS:
-    vals, drift = [], []
+    vals, drift, floors = [], [], []
     for k, d in enumerate(rows, 1):
         a, b = d.get((sc, ours)), d.get((sc, peer))
         if a and b and a.get("ratio") and b.get("ratio"):
             lower = a["metric"] in ("rtt_ns", "us", "cpu_pct")
             vals.append(b["ratio"] / a["ratio"] if lower else a["ratio"] / b["ratio"])
+            # The two rows ran apart: the floor further from the other runs'.
+            fa, fb = a.get("floor_ns"), b.get("floor_ns")
+            floors.append(fa if not fb else fb if not fa else (fa, fb))
             if a.get("drifting") or b.get("drifting"):
                 drift.append(k)
-    report(f"{sc} {ours} vs {peer} (x better)", vals, drift)
+    # Pairs of floors: keep, per run, the one further from the median of all.
+    flat = [f for p in floors if p for f in (p if isinstance(p, tuple) else (p,))]
+    mid = statistics.median(flat) if flat else None
+    floors = [max(p, key=lambda f: max(f / mid, mid / f)) if isinstance(p, tuple) else p for p in floors]
+    report(f"{sc} {ours} vs {peer} (x better)", vals, drift, floors)
 
 # Every other paired row, for reference (not part of the verdict).
 print("\nall other paired rows (median of per-run ratios, spread):")

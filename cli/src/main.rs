@@ -273,6 +273,21 @@ fn run_bench(
             drifting.join(", ")
         )
     });
+    let moved = report::moved_rows(&rows);
+    let moved_note = (!moved.is_empty()).then(|| {
+        let floors: Vec<f64> = rows.iter().filter_map(|r| r.m.floor).collect();
+        let (lo, hi) = floors.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &f| (lo.min(f), hi.max(f)));
+        format!(
+            "PLACEMENT MOVED: raw-spin read {} to {} around the cases; {} case(s) ran more than {}x away from the \
+             run's usual floor ({}): the host had placed the CPUs differently for them. Their ratios hold for that \
+             placement (column `floor`, JSON `floor_ns`) and compare only with rows at about the same floor",
+            report::human(bench::Metric::RttNs, lo),
+            report::human(bench::Metric::RttNs, hi),
+            moved.len(),
+            bench::PLACEMENT_LIMIT,
+            moved.iter().map(|&i| format!("{}/{}", rows[i].scenario, rows[i].transport)).collect::<Vec<_>>().join(", ")
+        )
+    });
     let heading = format!(
         "shmproc bench ({}) on {cpu_model}: {placement}. Ratios: transport / baseline in the metric's unit, \
          median of {} pairs of alternating {} ms blocks [min-max]",
@@ -288,12 +303,14 @@ fn run_bench(
             let _ = writeln!(stdout, "{n}");
         }
         let _ = write!(stdout, "{}", report::table(&rows));
-        if let Some(d) = &drift_note {
-            let _ = writeln!(stdout, "{d}");
+        for note in [&drift_note, &moved_note].into_iter().flatten() {
+            let _ = writeln!(stdout, "{note}");
         }
         let _ = stdout.flush();
-    } else if let Some(d) = &drift_note {
-        eprintln!("shmproc bench: {d}");
+    } else {
+        for note in [&drift_note, &moved_note].into_iter().flatten() {
+            eprintln!("shmproc bench: {note}");
+        }
     }
     if let Some(path) = &out.plot {
         let title = format!("shmproc bench ({}) on {cpu_model}, {placement}", if quick { "quick" } else { "full" });

@@ -134,6 +134,7 @@ fn bench_json_prints_one_exact_object_per_case() {
             "baseline",
             "drift",
             "drifting",
+            "floor_ns",
             "placement",
         ];
         let mut got = keys.clone();
@@ -157,6 +158,7 @@ fn bench_json_prints_one_exact_object_per_case() {
         }
         assert!(obj["drift"].as_f64().is_some_and(|d| d > 0.0), "every case is probed: {line}");
         assert!(obj["drifting"].is_boolean(), "{line}");
+        assert!(obj["floor_ns"].as_f64().is_some_and(|f| f > 0.0), "every case is probed: {line}");
         assert!(!obj["placement"].as_str().expect("placement").is_empty(), "{line}");
         transports.push(obj["transport"].as_str().unwrap().to_string());
     }
@@ -176,7 +178,7 @@ fn bench_table_has_the_paired_ratio_column_and_the_plot() {
     let _ = std::fs::remove_file(&svg);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("vs baseline [min-max]") && stdout.contains("x raw-ring ["), "{stdout}");
-    assert!(stdout.contains("bytes_per_s") && stdout.contains("placement"), "{stdout}");
+    assert!(stdout.contains("bytes_per_s") && stdout.contains("placement") && stdout.contains(" floor "), "{stdout}");
     assert!(picture.starts_with("<svg") && picture.contains("os-pipe"), "{picture}");
 }
 

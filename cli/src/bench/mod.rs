@@ -156,12 +156,44 @@ pub struct Measured {
     pub ratio: Option<Ratio>,
     /// raw-spin after the case / raw-spin before it (None: not probed).
     pub drift: Option<f64>,
+    /// The probe's raw-spin round trip around the case, in ns (the geometric
+    /// mean of its readings before and after; None: not probed): where the
+    /// host had placed the two CPUs (see [`placement_outliers`]).
+    pub floor: Option<f64>,
     /// Where the transport's processes ran.
     pub placement: String,
 }
 
 /// A drift probe reading that moved by more than this fraction flags the case.
 pub const DRIFT_LIMIT: f64 = 0.20;
+
+/// A case whose floor is more than this factor away from the run's median
+/// floor ran at another placement (see [`placement_outliers`]).
+pub const PLACEMENT_LIMIT: f64 = 1.5;
+
+/// The cases (indices into `floors`, one per row, None: not probed) that ran
+/// at another placement than most of the run: their floor (the raw-spin
+/// round trip around the case) is more than [`PLACEMENT_LIMIT`] times away
+/// from the median floor of the run. A row's ratio is paired, so it holds for
+/// the placement it ran at, but ratios move with the placement (two CPUs
+/// sharing a cache against two that do not: raw-spin 70 ns against 370 ns on
+/// the machines we measure on, and a pipe round trip 2.2x against 1.3x of
+/// it), so such a row is not comparable with the rest of the run, nor with
+/// other runs at the usual placement. Empty when fewer than three cases were
+/// probed (no majority to compare with).
+pub fn placement_outliers(floors: &[Option<f64>]) -> Vec<usize> {
+    let mut known: Vec<f64> = floors.iter().flatten().copied().filter(|f| f.is_finite() && *f > 0.0).collect();
+    if known.len() < 3 {
+        return Vec::new();
+    }
+    let usual = median_p99(&mut known).0;
+    floors
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.is_some_and(|f| f.is_finite() && f > 0.0 && (f / usual).ln().abs() > PLACEMENT_LIMIT.ln()))
+        .map(|(i, _)| i)
+        .collect()
+}
 
 impl Measured {
     /// Whether the drift probe moved by more than [`DRIFT_LIMIT`].
@@ -596,10 +628,12 @@ pub fn measure(case: &Case, all: &[Case], cfg: &Config, probe: Option<Start>) ->
     // The probe's own setup as the paired baseline (raw-spin in a round-trip
     // scenario): its paired blocks are more readings of the same floor.
     let base_is_probe = matches!((base_case, probe_start), (Some(bc), Some(p)) if bc.start as usize == p as usize);
+    let mut floor = None;
     let drift = match probe.take() {
         Some((mut p, before)) => {
             let after = p.block(len, limit)?.figure;
             p.finish()?;
+            floor = Some((before * after).sqrt());
             let mut drift = after / before;
             if base_is_probe && !base_figures.is_empty() && before > 0.0 {
                 // The floor read during the pairs against the one read before
@@ -630,6 +664,7 @@ pub fn measure(case: &Case, all: &[Case], cfg: &Config, probe: Option<Start>) ->
         baseline: if ratios.is_empty() { None } else { base_case.map(|c| c.transport) },
         ratio,
         drift,
+        floor,
         placement,
     })
 }
@@ -718,10 +753,12 @@ mod tests {
         assert_eq!(m.placement, "here");
         assert_eq!(m.outcome.runs, cfg().pairs());
         let m = measure(&all[2], &all, &cfg(), None).unwrap();
-        assert_eq!((m.ratio, m.baseline), (None, None));
-        // A probe that reads the same before and after: no drift.
+        assert_eq!((m.ratio, m.baseline, m.floor), (None, None, None));
+        // A probe that reads the same before and after: no drift, and the
+        // floor is its reading.
         let m = measure(&all[2], &all, &cfg(), Some(|_| fixed(7.0))).unwrap();
         assert_eq!(m.drift, Some(1.0));
+        assert_eq!(m.floor, Some(7.0));
         assert!(!m.drifted());
     }
 
@@ -756,9 +793,26 @@ mod tests {
             baseline: None,
             ratio: None,
             drift: Some(d),
+            floor: None,
             placement: String::new(),
         };
         assert!(!m(1.19).drifted() && !m(1.0 / 1.19).drifted());
         assert!(m(1.25).drifted() && m(0.7).drifted());
+    }
+
+    #[test]
+    fn cases_at_another_placement_than_most_of_the_run_are_named() {
+        // Five runs' worth of this host's pingpong floors: one case ran with
+        // the CPUs far apart (the pipe's 1.33x among 1.95-2.26x).
+        let floors = [Some(75.1), Some(70.7), None, Some(371.0), Some(79.5), Some(98.9), Some(110.0)];
+        assert_eq!(placement_outliers(&floors), vec![3]);
+        // Within 1.5x of the median either way is the same placement.
+        assert!(placement_outliers(&[Some(80.0), Some(119.0), Some(54.0), Some(80.0)]).is_empty());
+        assert_eq!(placement_outliers(&[Some(80.0), Some(121.0), Some(53.0), Some(80.0)]), vec![1, 2]);
+        // A run that moved for good: the minority is named, whichever it is.
+        assert_eq!(placement_outliers(&[Some(370.0), Some(75.0), Some(80.0), Some(72.0)]), vec![0]);
+        // Too few probed cases to tell, and figures that are no floor.
+        assert!(placement_outliers(&[Some(80.0), Some(400.0), None]).is_empty());
+        assert!(placement_outliers(&[Some(80.0), Some(81.0), Some(79.0), Some(f64::NAN), Some(0.0)]).is_empty());
     }
 }

@@ -88,6 +88,7 @@ mod tests {
                 baseline: b,
                 ratio,
                 drift: Some(1.0),
+                floor: Some(80.0),
                 placement: String::new(),
             },
         };

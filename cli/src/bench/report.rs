@@ -7,7 +7,10 @@
 //! ratios `transport / baseline`, `null` when unpaired), `baseline` (the
 //! transport it was paired with, or `null`), `drift` (raw-spin after the case
 //! divided by raw-spin before it, or `null`), `drifting` (whether that moved
-//! over 20%) and `placement`, in that order, and nothing else on stdout.
+//! over 20%), `floor_ns` (the raw-spin round trip around the case, in ns, or
+//! `null`: where the host had placed the CPUs; compare ratios between rows or
+//! runs at about the same floor) and `placement`, in that order, and nothing
+//! else on stdout.
 //!
 //! Table: one row per case. The ratio column compares the row with its
 //! baseline (see [`baseline_for`] and `Case::against`), measured in
@@ -72,6 +75,7 @@ struct JsonRow<'a> {
     baseline: Option<&'a str>,
     drift: Option<f64>,
     drifting: bool,
+    floor_ns: Option<f64>,
     placement: &'a str,
 }
 
@@ -92,6 +96,7 @@ pub fn json_line(row: &Row) -> String {
         baseline: m.baseline,
         drift: m.drift,
         drifting: m.drifted(),
+        floor_ns: m.floor,
         placement: &m.placement,
     };
     // Serialising a struct of strings and numbers into a String cannot fail.
@@ -174,11 +179,28 @@ fn sig3(v: f64) -> String {
     }
 }
 
+/// "75.1 ns" for the floor a row ran at, with " MOVED" when it is not the
+/// run's usual placement (`moved`, see [`super::placement_outliers`]); "-"
+/// without a probe.
+pub fn floor_text(m: &Measured, moved: bool) -> String {
+    match m.floor {
+        Some(f) => format!("{}{}", human(Metric::RttNs, f), if moved { " MOVED" } else { "" }),
+        None => "-".into(),
+    }
+}
+
+/// The rows (indices) that ran at another placement than most of `rows`.
+pub fn moved_rows(rows: &[Row]) -> Vec<usize> {
+    super::placement_outliers(&rows.iter().map(|r| r.m.floor).collect::<Vec<_>>())
+}
+
 /// The table of `rows`.
 pub fn table(rows: &[Row]) -> String {
-    let header = ["scenario", "transport", "metric", "median", "p99", "vs baseline [min-max]", "drift", "placement"];
-    let mut cells: Vec<[String; 8]> = Vec::new();
-    for r in rows {
+    let header =
+        ["scenario", "transport", "metric", "median", "p99", "vs baseline [min-max]", "drift", "floor", "placement"];
+    let moved = moved_rows(rows);
+    let mut cells: Vec<[String; 9]> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
         let o = &r.m.outcome;
         cells.push([
             r.scenario.clone(),
@@ -188,6 +210,7 @@ pub fn table(rows: &[Row]) -> String {
             o.p99.map(|p| human(o.metric, p)).unwrap_or_else(|| "-".into()),
             ratio_text(&r.m),
             drift_text(&r.m),
+            floor_text(&r.m, moved.contains(&i)),
             r.m.placement.clone(),
         ]);
     }
@@ -236,6 +259,7 @@ mod tests {
                 baseline,
                 ratio: ratio.map(|(median, lo, hi)| Ratio { median, lo, hi }),
                 drift: Some(1.05),
+                floor: Some(75.0),
                 placement: "parent CPU 0, child CPU 1".into(),
             },
         }
@@ -252,7 +276,7 @@ mod tests {
         );
         assert_eq!(
             json_line(&r),
-            r#"{"scenario":"pingpong-8B","transport":"os-pipe","metric":"rtt_ns","median":61830.0,"p99":70123.5,"runs":10,"ratio":240.0,"ratio_lo":230.0,"ratio_hi":250.5,"baseline":"raw-spin","drift":1.05,"drifting":false,"placement":"parent CPU 0, child CPU 1"}"#
+            r#"{"scenario":"pingpong-8B","transport":"os-pipe","metric":"rtt_ns","median":61830.0,"p99":70123.5,"runs":10,"ratio":240.0,"ratio_lo":230.0,"ratio_hi":250.5,"baseline":"raw-spin","drift":1.05,"drifting":false,"floor_ns":75.0,"placement":"parent CPU 0, child CPU 1"}"#
         );
         let mut r = row(
             "stream-8B",
@@ -264,7 +288,7 @@ mod tests {
         r.m.drift = Some(1.5);
         assert_eq!(
             json_line(&r),
-            r#"{"scenario":"stream-8B","transport":"raw-ring","metric":"msgs_per_s","median":750000000.0,"p99":null,"runs":9,"ratio":null,"ratio_lo":null,"ratio_hi":null,"baseline":null,"drift":1.5,"drifting":true,"placement":"parent CPU 0, child CPU 1"}"#
+            r#"{"scenario":"stream-8B","transport":"raw-ring","metric":"msgs_per_s","median":750000000.0,"p99":null,"runs":9,"ratio":null,"ratio_lo":null,"ratio_hi":null,"baseline":null,"drift":1.5,"drifting":true,"floor_ns":75.0,"placement":"parent CPU 0, child CPU 1"}"#
         );
     }
 
@@ -339,5 +363,15 @@ mod tests {
         assert!(lines[2].contains("+5%") && !lines[2].contains("DRIFT"), "{t}");
         assert!(lines[2].ends_with("parent CPU 0, child CPU 1"), "{t}");
         assert!(lines[6].contains(" - "), "unpaired: {t}");
+        // Every row ran at the same floor: none is marked.
+        assert!(lines[2].contains("75.0 ns") && !t.contains("MOVED"), "{t}");
+        // One case ran with the CPUs far apart.
+        let mut rows = rows;
+        rows[1].m.floor = Some(371.0);
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[3].contains("371 ns MOVED"), "{t}");
+        assert_eq!(t.matches("MOVED").count(), 1, "{t}");
+        assert_eq!(moved_rows(&rows), vec![1]);
     }
 }
