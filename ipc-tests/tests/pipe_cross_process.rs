@@ -705,3 +705,37 @@ fn a_child_adopts_an_end_after_its_parent_rewound_the_ring_many_times() {
     assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"c1");
     assert_eq!(reap(pid, T), 0, "3: the child received a stale frame");
 }
+
+#[test]
+fn two_threads_of_a_child_adopt_its_end_at_once() {
+    // A forked child whose first operations on its inherited end come from
+    // two threads at the same moment (one sends, one receives): one of them
+    // claims the end for the process, and the other must go on under that
+    // claim, not be refused with `EndInUse` naming its own process.
+    for round in 0..100 {
+        let (a, b) = Pipe::new().unwrap();
+        let pid = fork(|| {
+            let start = std::sync::Barrier::new(2);
+            let (sent, got) = std::thread::scope(|s| {
+                let sender = s.spawn(|| {
+                    start.wait();
+                    b.send_bytes(b"from the child")
+                });
+                start.wait();
+                let got = b.recv_bytes_timeout(T);
+                (sender.join().unwrap_or(Err(SendError::NotWritable)), got)
+            });
+            match (sent, got) {
+                (Err(SendError::EndInUse { .. }), _) => 3,
+                (_, Err(RecvError::EndInUse { .. })) => 4,
+                (Err(_), _) | (_, Err(_)) => 5,
+                (Ok(()), Ok(m)) if m == b"from the parent" => 0,
+                _ => 6,
+            }
+        });
+        a.send_bytes(b"from the parent").unwrap();
+        let got = a.recv_bytes_timeout(T);
+        assert_eq!(reap(pid, T), 0, "round {round}: 3/4: a thread was refused its own process's end");
+        assert_eq!(got.unwrap(), b"from the child", "round {round}");
+    }
+}

@@ -477,6 +477,11 @@ pub struct Connection {
     /// shared indices at its next operation (`resync_recv`, `resync_send`).
     resync_rx: AtomicBool,
     resync_tx: AtomicBool,
+    /// Held through an adoption: the threads of a forked child that use an
+    /// inherited end for the first time at once adopt it one at a time, and
+    /// each after the first finds the claim made. Fork-safe: a grandchild
+    /// forked while a thread here adopted does not wait for that thread.
+    adopting: sys::ForkSafeMutex<()>,
     rx_state: Mutex<RxState>,
     tx_state: Mutex<TxState>,
 }
@@ -673,6 +678,7 @@ impl Connection {
             peer_gone: AtomicBool::new(false),
             resync_rx: AtomicBool::new(false),
             resync_tx: AtomicBool::new(false),
+            adopting: sys::ForkSafeMutex::new((), || ()),
             rx_state: Mutex::new(rx_state),
             tx_state: Mutex::new(tx_state),
         })
@@ -835,6 +841,13 @@ impl Connection {
 
     #[cold]
     fn adopt(&self) -> Result<(), ClaimError> {
+        // Another thread of this process may be adopting the end right now
+        // (its claim is in the slot, with our pid): wait for it, and go on
+        // under its claim rather than be refused by it.
+        let _one = self.adopting.lock();
+        if self.holds_end() {
+            return Ok(());
+        }
         // Set before the claim: another thread of this process that sees the
         // claim done must also see the resync due. The callers hold (or are
         // about to take) the side's lock: each side resyncs under it, at its
