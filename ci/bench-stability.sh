@@ -4,8 +4,9 @@
 # Issue 14's acceptance: every headline spread < 1.5x, or the bench itself
 # flagged the row as drifting (the raw-spin probe moved by more than 20%
 # across the case) in at least one run, or ran it at another placement (its
-# floor, raw-spin around the case, over 1.5x away from the other runs') and
-# the runs at the usual placement agree within 1.5x.
+# floor, raw-spin around the case, over 1.5x away from the median floor of
+# the row over the runs) and the runs at the usual placement, more than half
+# of them, agree within 1.5x.
 #
 #   ci/bench-stability.sh [RUNS] [extra `shmproc bench` arguments...]
 #   (default 5 runs; e.g. `ci/bench-stability.sh 3 --quick`)
@@ -89,38 +90,42 @@ bad = 0
 PLACEMENT_LIMIT = 1.5
 
 def moved_runs(floors):
-    """Runs (1-based) whose floor is PLACEMENT_LIMIT away from the median."""
-    known = [f for f in floors if f]
+    """Runs whose floor is PLACEMENT_LIMIT away from the median; `floors` is
+    a list of (run, floor or None)."""
+    known = [f for _, f in floors if f]
     if len(known) < 3:
         return []
     usual = statistics.median(known)
-    return [k for k, f in enumerate(floors, 1) if f and max(f / usual, usual / f) > PLACEMENT_LIMIT]
+    return [k for k, f in floors if f and max(f / usual, usual / f) > PLACEMENT_LIMIT]
 
 def spread_of(vals):
     lo, hi = min(vals), max(vals)
     return hi / lo if lo > 0 else float("inf")
 
 def report(name, vals, drift_runs, floors):
+    """`vals` and `floors`: lists of (run, value) over the runs that measured the row."""
     global bad
     if not vals:
         print(f"{name:<44} (not measured)")
         return
-    lo, hi = min(vals), max(vals)
-    spread = spread_of(vals)
+    vals_only = [v for _, v in vals]
+    lo, hi = min(vals_only), max(vals_only)
+    spread = spread_of(vals_only)
     moved = moved_runs(floors)
-    rest = [v for k, v in enumerate(vals, 1) if k not in moved]
+    rest = [v for k, v in vals if k not in moved]
     if spread < 1.5:
         verdict = "ok"
     elif drift_runs:
         verdict = "ok (flagged drifting in run " + ",".join(map(str, drift_runs)) + ")"
-    elif moved and len(rest) >= 2 and spread_of(rest) < 1.5:
-        usual = statistics.median([f for f in floors if f])
-        at = ", ".join(f"run {k} at {floors[k - 1]:.0f} ns" for k in moved)
+    elif moved and len(rest) * 2 > len(vals) and spread_of(rest) < 1.5:
+        usual = statistics.median([f for _, f in floors if f])
+        at_run = dict(floors)
+        at = ", ".join(f"run {k} at {at_run[k]:.0f} ns" for k in moved)
         verdict = f"ok (another placement: {at}, against {usual:.0f} ns; the rest {spread_of(rest):.2f}x)"
     else:
         verdict = "UNSTABLE"
         bad += 1
-    per = " ".join(fmt(v) for v in vals)
+    per = " ".join(fmt(v) for v in vals_only)
     print(f"{name:<44} {per:<40} {fmt(lo):>7} {fmt(hi):>7} {spread:>6.2f}x  {verdict}")
 
 for sc, tr in PAIRED:
@@ -129,8 +134,8 @@ for sc, tr in PAIRED:
     for k, d in enumerate(rows, 1):
         o = d.get((sc, tr))
         if o and o.get("ratio") is not None:
-            vals.append(o["ratio"])
-            floors.append(o.get("floor_ns"))
+            vals.append((k, o["ratio"]))
+            floors.append((k, o.get("floor_ns")))
             base = o.get("baseline") or base
             if o.get("drifting"):
                 drift.append(k)
@@ -142,16 +147,15 @@ for sc, ours, peer in PEERS:
         a, b = d.get((sc, ours)), d.get((sc, peer))
         if a and b and a.get("ratio") and b.get("ratio"):
             lower = a["metric"] in ("rtt_ns", "us", "cpu_pct")
-            vals.append(b["ratio"] / a["ratio"] if lower else a["ratio"] / b["ratio"])
-            # The two rows ran apart: the floor further from the other runs'.
-            fa, fb = a.get("floor_ns"), b.get("floor_ns")
-            floors.append(fa if not fb else fb if not fa else (fa, fb))
+            vals.append((k, b["ratio"] / a["ratio"] if lower else a["ratio"] / b["ratio"]))
+            floors.append((k, [f for f in (a.get("floor_ns"), b.get("floor_ns")) if f]))
             if a.get("drifting") or b.get("drifting"):
                 drift.append(k)
-    # Pairs of floors: keep, per run, the one further from the median of all.
-    flat = [f for p in floors if p for f in (p if isinstance(p, tuple) else (p,))]
+    # The two rows ran apart: per run, keep the floor further from the
+    # median of all of them (None if neither row was probed).
+    flat = [f for _, fs in floors for f in fs]
     mid = statistics.median(flat) if flat else None
-    floors = [max(p, key=lambda f: max(f / mid, mid / f)) if isinstance(p, tuple) else p for p in floors]
+    floors = [(k, max(fs, key=lambda f: max(f / mid, mid / f)) if fs else None) for k, fs in floors]
     report(f"{sc} {ours} vs {peer} (x better)", vals, drift, floors)
 
 # Every other paired row, for reference (not part of the verdict).

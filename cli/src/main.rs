@@ -275,17 +275,25 @@ fn run_bench(
     });
     let moved = report::moved_rows(&rows);
     let moved_note = (!moved.is_empty()).then(|| {
-        let floors: Vec<f64> = rows.iter().filter_map(|r| r.m.floor).collect();
-        let (lo, hi) = floors.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &f| (lo.min(f), hi.max(f)));
+        let floors: Vec<Option<f64>> = rows.iter().map(|r| r.m.floor).collect();
+        let usual = bench::usual_floor(&floors).unwrap_or(f64::NAN);
         format!(
-            "PLACEMENT MOVED: raw-spin read {} to {} around the cases; {} case(s) ran more than {}x away from the \
-             run's usual floor ({}): the host had placed the CPUs differently for them. Their ratios hold for that \
-             placement (column `floor`, JSON `floor_ns`) and compare only with rows at about the same floor",
-            report::human(bench::Metric::RttNs, lo),
-            report::human(bench::Metric::RttNs, hi),
+            "PLACEMENT MOVED: {} case(s) ran with raw-spin more than {}x away from the run's usual {} ({}): the \
+             host had placed the CPUs differently for them. Their ratios hold for that placement (column `floor`, \
+             JSON `floor_ns`) and compare only with rows at about the same floor",
             moved.len(),
             bench::PLACEMENT_LIMIT,
-            moved.iter().map(|&i| format!("{}/{}", rows[i].scenario, rows[i].transport)).collect::<Vec<_>>().join(", ")
+            report::human(bench::Metric::RttNs, usual),
+            moved
+                .iter()
+                .map(|&i| format!(
+                    "{}/{} at {}",
+                    rows[i].scenario,
+                    rows[i].transport,
+                    report::floor_text(&rows[i].m, false)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     });
     let heading = format!(

@@ -45,7 +45,8 @@ fn hash(b: &[u8]) -> u64 {
 /// Forks a child that runs `f` and `_exit`s with its result (101 on panic).
 fn fork(f: impl FnOnce() -> i32) -> libc::pid_t {
     // SAFETY: the child only runs shmproc calls (glibc keeps malloc usable
-    // after fork) and leaves with _exit, never returning into the harness.
+    // after fork, and resets the locks it needs to start threads, which one
+    // test does there) and leaves with _exit, never returning into the harness.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
@@ -734,8 +735,18 @@ fn two_threads_of_a_child_adopt_its_end_at_once() {
             }
         });
         a.send_bytes(b"from the parent").unwrap();
-        let got = a.recv_bytes_timeout(T);
-        assert_eq!(reap(pid, T), 0, "round {round}: 3/4: a thread was refused its own process's end");
-        assert_eq!(got.unwrap(), b"from the child", "round {round}");
+        // The child never waits for us to read (its ring has room), so reap
+        // it first: a child that failed must not leave us waiting for its
+        // message (our own copy of its end keeps the pipe connected).
+        let code = reap(pid, T);
+        let why = match code {
+            3 => "its sending thread was refused its own process's end",
+            4 => "its receiving thread was refused its own process's end",
+            5 => "another error",
+            6 => "it received the wrong message",
+            _ => "it died",
+        };
+        assert_eq!(code, 0, "round {round}: {why}");
+        assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"from the child", "round {round}");
     }
 }

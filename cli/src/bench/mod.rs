@@ -13,7 +13,12 @@
 //!    moved the vCPUs during the case and the row is flagged as drifting.
 //!    Where the case's paired baseline is `raw-spin` itself, the median of
 //!    its paired blocks is a third reading, checked against the first the
-//!    same way (a move and back during the case shows only there).
+//!    same way (a move and back during the case shows only there). The
+//!    geometric mean of the first two is the case's *floor*: where the host
+//!    had placed the CPUs. A case whose floor is more than
+//!    [`PLACEMENT_LIMIT`] away from the run's usual one ran at another
+//!    placement for all of it: paired, so not drifting, but its ratios hold
+//!    for that placement only ([`placement_outliers`], `MOVED`).
 //! 2. **Paired blocks**: the transport's session and its baseline's session
 //!    (the raw floor or the peer it is judged against, [`Case::baseline`]) are
 //!    both set up, warmed up for one block each, and then measured in
@@ -179,20 +184,28 @@ pub const PLACEMENT_LIMIT: f64 = 1.5;
 /// sharing a cache against two that do not: raw-spin 70 ns against 370 ns on
 /// the machines we measure on, and a pipe round trip 2.2x against 1.3x of
 /// it), so such a row is not comparable with the rest of the run, nor with
-/// other runs at the usual placement. Empty when fewer than three cases were
-/// probed (no majority to compare with).
+/// other runs at the usual placement. Only a strict minority is named (a
+/// run split half and half has no usual placement), and nothing when fewer
+/// than three floors are known (finite, above zero).
 pub fn placement_outliers(floors: &[Option<f64>]) -> Vec<usize> {
-    let mut known: Vec<f64> = floors.iter().flatten().copied().filter(|f| f.is_finite() && *f > 0.0).collect();
-    if known.len() < 3 {
+    let Some(usual) = usual_floor(floors) else {
         return Vec::new();
+    };
+    let away = |f: f64| f.is_finite() && f > 0.0 && (f / usual).ln().abs() > PLACEMENT_LIMIT.ln();
+    let moved: Vec<usize> = floors.iter().enumerate().filter(|(_, f)| f.is_some_and(away)).map(|(i, _)| i).collect();
+    let known = floors.iter().flatten().filter(|f| f.is_finite() && **f > 0.0).count();
+    if moved.len() * 2 < known {
+        moved
+    } else {
+        Vec::new()
     }
-    let usual = median_p99(&mut known).0;
-    floors
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.is_some_and(|f| f.is_finite() && f > 0.0 && (f / usual).ln().abs() > PLACEMENT_LIMIT.ln()))
-        .map(|(i, _)| i)
-        .collect()
+}
+
+/// The median of the known floors (finite, above zero); None with fewer
+/// than three (see [`placement_outliers`]).
+pub fn usual_floor(floors: &[Option<f64>]) -> Option<f64> {
+    let mut known: Vec<f64> = floors.iter().flatten().copied().filter(|f| f.is_finite() && *f > 0.0).collect();
+    (known.len() >= 3).then(|| median_p99(&mut known).0)
 }
 
 impl Measured {
@@ -808,11 +821,15 @@ mod tests {
         assert_eq!(placement_outliers(&floors), vec![3]);
         // Within 1.5x of the median either way is the same placement.
         assert!(placement_outliers(&[Some(80.0), Some(119.0), Some(54.0), Some(80.0)]).is_empty());
-        assert_eq!(placement_outliers(&[Some(80.0), Some(121.0), Some(53.0), Some(80.0)]), vec![1, 2]);
+        assert_eq!(placement_outliers(&[Some(80.0), Some(121.0), Some(53.0), Some(80.0), Some(82.0)]), vec![1, 2]);
         // A run that moved for good: the minority is named, whichever it is.
         assert_eq!(placement_outliers(&[Some(370.0), Some(75.0), Some(80.0), Some(72.0)]), vec![0]);
+        // Half and half: no usual placement to name the others against.
+        assert!(placement_outliers(&[Some(75.0), Some(370.0), Some(80.0), Some(380.0)]).is_empty());
+        assert_eq!(usual_floor(&[Some(75.0), None, Some(80.0), Some(370.0)]), Some(80.0));
         // Too few probed cases to tell, and figures that are no floor.
         assert!(placement_outliers(&[Some(80.0), Some(400.0), None]).is_empty());
+        assert_eq!(usual_floor(&[Some(80.0), Some(400.0), Some(f64::NAN)]), None);
         assert!(placement_outliers(&[Some(80.0), Some(81.0), Some(79.0), Some(f64::NAN), Some(0.0)]).is_empty());
     }
 }
