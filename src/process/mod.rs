@@ -658,8 +658,8 @@ impl<R: DeserializeOwned> Process<R> {
                 }
                 if self.dead_unrecorded.is_some() {
                     // Dead, its record on the way: the pidfd stays readable,
-                    // so do not spin on it.
-                    sys::nap();
+                    // so wait on the status pipe alone.
+                    self.wait_record(deadline)?;
                 }
             }
             if deadline.expired() {
@@ -746,6 +746,23 @@ impl<R: DeserializeOwned> Process<R> {
                 true
             }
         })
+    }
+
+    /// A fork-server child that its pidfd shows dead before the server's
+    /// record of it came (the usual order: the server wakes, reaps, then
+    /// writes): waits for the record on the status pipe alone, until the
+    /// deadline or the end of [`reap::RECORD_GRACE`], whichever comes first.
+    /// The server's write wakes us at once (a fixed nap here cost every
+    /// join half a millisecond).
+    fn wait_record(&self, deadline: Deadline) -> Result<(), JoinError> {
+        match (&self.status_pipe, self.dead_unrecorded) {
+            (Some(st), Some(since)) => {
+                let left = reap::RECORD_GRACE.saturating_sub(since.elapsed());
+                sys::poll_readable([st.as_fd()], deadline.min_after(left))?;
+            }
+            _ => sys::nap(),
+        }
+        Ok(())
     }
 
     fn unregister(&self) {
