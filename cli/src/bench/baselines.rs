@@ -9,6 +9,7 @@
 //! | `raw-futex`   | `pingpong-8B`, `event-pingpong`   | two `AtomicU32` futex words, shared wait/wake         |
 //! | `raw-ring`    | `stream-8B`, `stream-64KiB`       | a tuned SPSC ring (see [`Ring8`] and [`RingBulk`], 1 MiB like the Pipe's) |
 //! | `raw-ring-permsg` | `stream-8B`                   | the same 8-byte ring, both indices published after every message (a reference, not a floor) |
+//! | `raw-ring-seq` | `stream-8B`                      | per message too, but each slot carries its message's sequence number, which is what the consumer polls (FastForward); a reference, not a floor |
 //! | `raw-mpmc`    | `stream-mpmc`                     | a bare Vyukov bounded MPMC ring, the same producers as the queue |
 //! | `os-pipe`     | all three                         | `pipe(2)`: 8-byte round trips, 8-byte or 64 KiB writes |
 //! | `unix-socket` | all three                         | `socketpair(AF_UNIX, SOCK_STREAM)`, same as the pipe   |
@@ -21,6 +22,16 @@
 //! not a floor: its consumer spins on the producer's index and reads the
 //! line the producer is filling, which the queue's receivers avoid by
 //! slipping (FastForward). It is reported against `raw-ring`, like the queue.
+//!
+//! `raw-ring-seq` is the other way to publish every message: the producer
+//! writes the message and then its sequence number into the slot, and never
+//! publishes an index; the consumer polls the slot it reads next (Giacomoni,
+//! Moseley, Vachharajani, "FastForward for Efficient Pipeline Parallelism",
+//! PPoPP 2008), so no line but the slots' moves from producer to consumer.
+//! It still frees every slot at once (its `head` after every message), as a
+//! `recv` must. Slots are 16 bytes, so a line holds 4 messages where
+//! `raw-ring-permsg` holds 8. It shows what a per-message queue built that
+//! way could reach on this host; shmproc's SPSC queue publishes an index.
 //!
 //! `raw-spin` publishes each message with `swap` (`xchg` on x86), which is
 //! faster than a plain store when the vCPUs are far apart: the floor must be
@@ -67,6 +78,7 @@ pub fn cases() -> Vec<Case> {
         Case::new(PINGPONG_8B, "unix-socket", RttNs, socket_pingpong),
         Case::new(STREAM_8B, "raw-ring", MsgsPerS, |c| ring8_stream(c, BATCH)),
         Case::new(STREAM_8B, "raw-ring-permsg", MsgsPerS, |c| ring8_stream(c, 1)),
+        Case::new(STREAM_8B, "raw-ring-seq", MsgsPerS, seq_ring_stream),
         Case::new(STREAM_8B, "os-pipe", MsgsPerS, |cfg| pipe_stream(cfg, 8)),
         Case::new(STREAM_8B, "unix-socket", MsgsPerS, |cfg| socket_stream(cfg, 8)),
         Case::new(STREAM_64KIB, "raw-ring", BytesPerS, ring_bulk_stream),
@@ -549,6 +561,121 @@ fn ring8_stream(cfg: &Config, publish: u64) -> Result<Session, String> {
     .child(child)
     .on_finish(move || stopper.get().stop.0.store(1, Ordering::Relaxed))
     .placement(cfg.pair_placement()))
+}
+
+// ---------------------------------------------------------------- raw-ring-seq, 8-byte messages
+
+/// One slot of [`SeqRing`]: message `n` is there when `seq` reads `n + 1`.
+#[repr(C)]
+struct SeqSlot {
+    seq: AtomicU64,
+    val: AtomicU64,
+}
+
+/// A per-message SPSC ring that publishes through the slots (FastForward).
+///
+/// | offset | field   | written by | meaning                                          |
+/// |-------:|---------|------------|--------------------------------------------------|
+/// | 0      | `head`  | consumer   | messages consumed, after every message           |
+/// | 128    | `stop`  | consumer   | non-zero: the producer should exit               |
+/// | 256    | `slots` | producer   | 4096 x (`seq`, `val`): message `n` in `n % 4096` |
+///
+/// The producer writes `val`, then `seq = n + 1` (release); the consumer
+/// waits for `seq == head + 1` (acquire), reads `val` and publishes `head`.
+/// The producer keeps a cached copy of `head`, re-read only when the ring
+/// looks full; then it waits for [`BATCH`] free slots (B-Queue), so it
+/// touches the consumer's line once per batch. A consumer that finds its
+/// slot empty lets the producer run ahead for a number of `pause`s that
+/// doubles up to 64 while the stream lasts (FastForward's temporal
+/// slipping), so that it does not take the line the producer is filling.
+#[repr(C)]
+struct SeqRing {
+    head: Line<AtomicU64>,
+    stop: Line<AtomicU32>,
+    slots: [SeqSlot; RING8_SLOTS],
+}
+
+const _: () = assert!(std::mem::offset_of!(SeqRing, slots) == 256);
+
+/// The stream of `raw-ring-seq`.
+fn seq_ring_stream(cfg: &Config) -> Result<Session, String> {
+    let shared = Shared::<SeqRing>::new(0)?;
+    let stall = cfg.stall_limit();
+    let mask = RING8_SLOTS as u64 - 1;
+    let theirs = shared.clone();
+    let child = fork(cfg, move || {
+        let r = theirs.get();
+        let mut tail = 0u64;
+        let mut cached_head = 0u64;
+        loop {
+            if tail - cached_head == RING8_SLOTS as u64 {
+                let mut stopped = false;
+                let waited = spin_until(stall, || {
+                    cached_head = r.head.0.load(Ordering::Acquire);
+                    stopped = r.stop.0.load(Ordering::Relaxed) != 0;
+                    RING8_SLOTS as u64 - (tail - cached_head) >= BATCH || stopped
+                });
+                if stopped {
+                    return EXIT_OK;
+                }
+                if waited.is_err() {
+                    return EXIT_STALLED;
+                }
+            }
+            let slot = &r.slots[(tail & mask) as usize];
+            slot.val.store(tail, Ordering::Relaxed);
+            tail += 1;
+            slot.seq.store(tail, Ordering::Release);
+            if tail.is_multiple_of(BATCH * 1024) && r.stop.0.load(Ordering::Relaxed) != 0 {
+                return EXIT_OK;
+            }
+        }
+    })?;
+    let stopper = shared.clone();
+    let mut head = 0u64;
+    let mut slip = 0u32;
+    Ok(Session::new(Work::Stream(Box::new(move || {
+        let r = shared.get();
+        // Up to 16 Ki messages per call.
+        let mut mismatch = 0u64;
+        for _ in 0..1u64 << 14 {
+            let slot = &r.slots[(head & mask) as usize];
+            if slot.seq.load(Ordering::Acquire) != head + 1 {
+                for _ in 0..slip {
+                    std::hint::spin_loop();
+                }
+                if spin_until(stall, || slot.seq.load(Ordering::Acquire) == head + 1).is_err() {
+                    return Err("raw-ring-seq: the producer stalled".to_string());
+                }
+                slip = (slip * 2 + 1).min(64);
+            }
+            // The line 16 messages on (written by now in a stream).
+            prefetch(&r.slots[((head + 16) & mask) as usize]);
+            mismatch |= slot.val.load(Ordering::Relaxed) ^ head;
+            head += 1;
+            r.head.0.store(head, Ordering::Release);
+        }
+        if mismatch != 0 {
+            return Err("raw-ring-seq: a message arrived out of order or corrupted".into());
+        }
+        Ok(head)
+    })))
+    .child(child)
+    .on_finish(move || stopper.get().stop.0.store(1, Ordering::Relaxed))
+    .placement(cfg.pair_placement()))
+}
+
+/// Starts loading the line of `p` (a hint: it never faults).
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect and never faults; `p`
+    // is a reference, so its address is mapped anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const T as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 // ---------------------------------------------------------------- raw-ring, 64 KiB chunks
