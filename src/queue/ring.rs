@@ -66,6 +66,19 @@
 //! for Efficient Pipeline Parallelism", PPoPP 2008: temporal slipping), so
 //! that it stops taking the producer's lines right after each write; a wait
 //! that needs several looks (ping-pong, an idle producer) ends the slip.
+//!
+//! **Where this design stops.** A per-message `send` stores its index, and a
+//! consumer that catches up reads it: on the AMD guest we measure on, the
+//! endpoints stream at 0.37-0.43x the bare ring that publishes once per 64,
+//! and a bare ring with the same per-message index protocol, slipping and
+//! prefetching reads about the same. The bench's `raw-ring-seq` row (each
+//! slot carries its message's sequence number, which is what the consumer
+//! polls; no per-message index; `head` still published after every message)
+//! reads 0.90-0.99x there, and the same ring storing a tail index after
+//! every message as well falls to 0.21x. Going that way means sequence
+//! words in SPSC slots, `tail` published lazily, and every SPSC reader
+//! (batches, `len`, the wait path, a new producer after a crash) reading the
+//! slots past `tail`: a layout change not made yet.
 
 use std::sync::atomic::Ordering;
 
