@@ -75,10 +75,15 @@
 //! slot carries its message's sequence number, which is what the consumer
 //! polls; no per-message index; `head` still published after every message)
 //! reads 0.90-0.99x there, and the same ring storing a tail index after
-//! every message as well falls to 0.21x. Going that way means sequence
-//! words in SPSC slots, `tail` published lazily, and every SPSC reader
-//! (batches, `len`, the wait path, a new producer after a crash) reading the
-//! slots past `tail`: a layout change not made yet.
+//! every message as well falls to 0.21x. Built into this queue (a sequence
+//! word in every SPSC slot, `tail` published once per 64 messages, every
+//! reader following the words past it, the endpoint consumer polling the
+//! next word, with or without slipping in its fast path), it measured worse
+//! on the same host: the per-message rows 0.22-0.32x, and the batched stream
+//! 0.64x instead of 1.27x (16-byte slots for 8-byte messages, one more store
+//! per message). Why the bare ring's gain does not survive was not found
+//! out; one difference is that its loop is five instructions and a queue
+//! operation some thirty (the patch is described in session 15's note).
 
 use std::sync::atomic::Ordering;
 
