@@ -261,6 +261,7 @@ fn run_bench(
         }
     }
     bar.finish_and_clear();
+    bench::cleanup();
     let total = start.elapsed().as_secs_f64();
     let drifting: Vec<String> =
         rows.iter().filter(|r| r.m.drifted()).map(|r| format!("{}/{}", r.scenario, r.transport)).collect();

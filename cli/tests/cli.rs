@@ -167,6 +167,49 @@ fn bench_json_prints_one_exact_object_per_case() {
     assert!(stderr.contains("parent pinned to CPU") || stderr.contains("one CPU allowed"), "{stderr}");
 }
 
+/// The iceoryx2 cases run under a file prefix and root directory of the
+/// bench's own, and the bench removes them at the end: nothing new named
+/// `iox2_*` stays in /dev/shm (iceoryx2 itself leaves its `global_mgmt`),
+/// and no root directory stays in the temporary directory.
+#[cfg(feature = "peers")]
+#[test]
+fn bench_leaves_no_iceoryx2_files_behind() {
+    use std::collections::BTreeSet;
+    use std::process::Stdio;
+    let iox2 = || -> BTreeSet<String> {
+        std::fs::read_dir("/dev/shm")
+            .expect("read /dev/shm")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("iox2_"))
+            .collect()
+    };
+    let before = iox2();
+    let args = ["bench", "--quick", "--scenario", "pingpong-8B", "--transport", "raw-spin", "--transport", "iceoryx2"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmproc"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run shmproc");
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("piped");
+    // Drained on a thread, so that a hung bench fails the wait below.
+    let drain = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let status = wait_within(&mut child, std::time::Duration::from_secs(120), &args);
+    let stdout = drain.join().unwrap_or_default();
+    assert!(status.success(), "{stdout}");
+    assert!(stdout.contains("iceoryx2"), "the iceoryx2 case ran: {stdout}");
+    let left: Vec<String> = iox2().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+    let root = std::env::temp_dir().join(format!("shmproc-bench-iox2-{pid}"));
+    assert!(!root.exists(), "{} was left", root.display());
+}
+
 #[test]
 fn bench_table_has_the_paired_ratio_column_and_the_plot() {
     let svg = std::env::temp_dir().join(format!("shmproc-test-cli-{}.svg", std::process::id()));

@@ -83,7 +83,7 @@
 //! 0.64x instead of 1.27x (16-byte slots for 8-byte messages, one more store
 //! per message). Why the bare ring's gain does not survive was not found
 //! out; one difference is that its loop is five instructions and a queue
-//! operation some thirty (the patch is described in session 15's note).
+//! operation some thirty.
 
 use std::sync::atomic::Ordering;
 

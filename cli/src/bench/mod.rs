@@ -530,6 +530,13 @@ impl fmt::Debug for Session {
     }
 }
 
+/// Removes what the cases' peers left behind (iceoryx2's files); call once
+/// every case has finished.
+pub fn cleanup() {
+    #[cfg(feature = "peers")]
+    peers::cleanup();
+}
+
 /// Every case, in print order.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();

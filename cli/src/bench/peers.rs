@@ -13,6 +13,14 @@
 //! comes back (a publisher delivers only to subscribers connected when it
 //! sends), and a stream's producer is told to stop through a shared flag and
 //! drained until it says it has.
+//!
+//! iceoryx2 keeps files of its own (shared memory under `/dev/shm`, service
+//! and node records under a root directory) and leaves some behind (the
+//! machine-wide `iox2_*.global_mgmt`). The bench gives it a configuration of
+//! its own, a prefix and a root directory named after the bench process
+//! ([`ice_config`], set before any fork so that parent and children agree),
+//! and [`cleanup`] removes what is left under them when the run ends; any
+//! other iceoryx2 application's files are left alone.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,6 +36,8 @@ use super::{Case, Config, Metric, Session, Work};
 
 /// The peer cases.
 pub fn cases() -> Vec<Case> {
+    // Before any case forks: the children inherit it.
+    let _ = ice_config();
     use Metric::{BytesPerS, MsgsPerS, RttNs};
     vec![
         Case::new("pingpong-8B", "ipc-channel", RttNs, ipc_pingpong),
@@ -174,9 +184,56 @@ fn service_name(what: &str) -> String {
     format!("shmproc-bench-{}-{}-{what}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The bench's iceoryx2 files: its prefix and root directory.
+struct IceFiles {
+    prefix: String,
+    root: String,
+    config: iceoryx2::config::Config,
+}
+
+static ICE: std::sync::OnceLock<Option<IceFiles>> = std::sync::OnceLock::new();
+
+/// iceoryx2's configuration for this run: its defaults, with the file
+/// prefix `iox2_shmproc_bench_<pid>_` and the root directory
+/// `<tmp>/shmproc-bench-iox2-<pid>/` (pid: the bench process, which sets it
+/// before forking). `None` if iceoryx2 refuses those names (the defaults
+/// are used then, and nothing is cleaned up).
+fn ice_config() -> Option<&'static iceoryx2::config::Config> {
+    ICE.get_or_init(|| {
+        let pid = std::process::id();
+        let prefix = format!("iox2_shmproc_bench_{pid}_");
+        let root = format!("{}/shmproc-bench-iox2-{pid}/", std::env::temp_dir().display());
+        let mut config = iceoryx2::config::Config::default();
+        config.global.prefix = FileName::new(prefix.as_bytes()).ok()?;
+        config.global.set_root_path(&Path::new(root.as_bytes()).ok()?);
+        Some(IceFiles { prefix, root, config })
+    })
+    .as_ref()
+    .map(|f| &f.config)
+}
+
+/// Removes the files iceoryx2 made under this run's prefix (in `/dev/shm`)
+/// and its root directory. Call once every case has finished.
+pub fn cleanup() {
+    let Some(Some(f)) = ICE.get() else { return };
+    if let Ok(dir) = std::fs::read_dir("/dev/shm") {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&f.prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&f.root);
+}
+
 fn node() -> Result<Node<ipc::Service>, String> {
     set_log_level(LogLevel::Error);
-    NodeBuilder::new().signal_handling_mode(SignalHandlingMode::Disabled).create::<ipc::Service>().map_err(err)
+    let b = NodeBuilder::new().signal_handling_mode(SignalHandlingMode::Disabled);
+    let b = match ice_config() {
+        Some(c) => b.config(c),
+        None => b,
+    };
+    b.create::<ipc::Service>().map_err(err)
 }
 
 type PubSub<T> = iceoryx2::service::port_factory::publish_subscribe::PortFactory<ipc::Service, T, ()>;
