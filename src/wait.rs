@@ -154,6 +154,11 @@ pub(crate) trait Platform<W = atomic::AtomicU32> {
     fn me(&self) -> Identity;
     /// Whether `who` still runs (`false` only when it is proven dead).
     fn alive(&self, who: Identity) -> bool;
+    /// Whether `tid` is a live thread of this process (whatever any record
+    /// says about its start time). The default: unknown, `false`.
+    fn own_live_thread(&self, _tid: u32) -> bool {
+        false
+    }
     /// How long a lock waiter sleeps before it re-checks the owner's liveness
     /// (`None`: sleep until woken).
     fn liveness_slice(&self) -> Option<Duration>;
@@ -187,6 +192,9 @@ impl Platform<std::sync::atomic::AtomicU32> for Kernel {
     }
     fn alive(&self, who: Identity) -> bool {
         crate::peer::alive(who)
+    }
+    fn own_live_thread(&self, tid: u32) -> bool {
+        crate::sys::own_live_thread(tid)
     }
     fn liveness_slice(&self) -> Option<Duration> {
         Some(MUTEX_SLICE)

@@ -181,7 +181,7 @@ impl RawMutex {
                 Word::NotRecoverable => return Err(RawLockError::Unrecoverable),
                 Word::Corrupt => return Err(RawLockError::Corrupt),
                 Word::Held { tid } => {
-                    if !self.names(tid, me) && !p.alive(self.owner_identity(tid)) {
+                    if self.owner_dead(p, me, tid) {
                         match self.take_over(s, me) {
                             Some(r) => return Ok(r),
                             None => continue,
@@ -232,6 +232,18 @@ impl RawMutex {
         }
         let owner = self.owner_identity(tid).start_time;
         owner == 0 || me.start_time == 0 || owner == me.start_time
+    }
+
+    /// Whether the owner whose tid is in the word is proven dead, so that
+    /// `me` may take the lock over: not `me` itself ([`RawMutex::names`]),
+    /// not alive by its stamp, and not a live thread of this process. The
+    /// last is checked whatever the stamp says: only a peer forging the stamp
+    /// can make one of our live threads look dead, and taking its lock would
+    /// give this process two guards (two `&mut T`). Its cost: a dead owner
+    /// whose tid the kernel has since given to another of our threads keeps
+    /// the lock until that thread exits (or uses the lock itself).
+    fn owner_dead<P: Platform>(&self, p: &P, me: Identity, tid: u32) -> bool {
+        !self.names(tid, me) && !p.alive(self.owner_identity(tid)) && (tid == me.id || !p.own_live_thread(tid))
     }
 
     /// Takes the lock from a dead owner whose word was `s`; None if the word moved.
@@ -302,7 +314,7 @@ impl RawMutex {
             // end, and a dead owner must still be noticed within one.
             if slept == Wait::TimedOut || slice.passed(p.liveness_slice()) {
                 // Acquire: read the stamp no older than the word that names its tid.
-                if self.state.load(Acquire) == expected && !self.names(tid, me) && !p.alive(self.owner_identity(tid)) {
+                if self.state.load(Acquire) == expected && self.owner_dead(p, me, tid) {
                     if let Some(r) = self.take_over(expected, me) {
                         return Ok(r);
                     }
@@ -323,7 +335,7 @@ impl RawMutex {
         tid: u32,
     ) -> Result<Acquired, RawLockError> {
         // Acquire: read the stamp no older than the word that names its tid.
-        if self.state.load(Acquire) == s && !self.names(tid, me) && !p.alive(self.owner_identity(tid)) {
+        if self.state.load(Acquire) == s && self.owner_dead(p, me, tid) {
             if let Some(r) = self.take_over(s, me) {
                 return Ok(r);
             }
@@ -557,6 +569,29 @@ mod tests {
         let p = Scribbler { m: &m, calls: std::sync::atomic::AtomicU32::new(0) };
         assert_eq!(m.try_lock_with(&p), Err(RawLockError::WouldBlock));
         assert!(p.calls.load(Relaxed) < 1000, "try_lock retried {} times", p.calls.load(Relaxed));
+    }
+
+    /// A peer that forges the stamp of a lock a live thread of this process
+    /// holds (its tid, another start time) must not make another thread of
+    /// this process take it over: that would be two guards, two `&mut T`.
+    #[test]
+    fn a_forged_stamp_does_not_hand_a_live_threads_lock_to_another_thread() {
+        let m = Arc::new(RawMutex::new());
+        assert_eq!(m.lock(soon()), Ok(Acquired::Clean));
+        let me = crate::sys::current_thread();
+        m.owner.store(((me.start_time + 1) << 22) | u64::from(me.id), Relaxed);
+        let m2 = m.clone();
+        let (tried, waited) = std::thread::spawn(move || {
+            let tried = m2.try_lock();
+            let waited = m2.lock(Deadline::after(Some(Duration::from_millis(50))));
+            (tried, waited)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(tried, Err(RawLockError::WouldBlock));
+        assert_eq!(waited, Err(RawLockError::Timeout));
+        // SAFETY: this thread holds it.
+        unsafe { m.unlock() };
     }
 
     #[test]

@@ -130,8 +130,13 @@ pub(crate) fn current_pid() -> u32 {
 /// a command name that is not UTF-8); this runs on every thread's first use
 /// and on every liveness check.
 fn read_stat(id: u32) -> io::Result<String> {
+    read_stat_at(&format!("/proc/{id}/stat"))
+}
+
+/// [`read_stat`] of a `stat` file by path.
+fn read_stat_at(path: &str) -> io::Result<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(format!("/proc/{id}/stat"))?;
+    let mut f = std::fs::File::open(path)?;
     let mut buf = [0u8; 1024];
     let mut len = 0;
     // Until the line's end, end of file, or a full buffer (then the slow way).
@@ -154,7 +159,19 @@ fn read_stat(id: u32) -> io::Result<String> {
 /// Reads `(start_time, is_zombie_or_dead)` from `/proc/<id>/stat`; `Ok(None)` if there
 /// is no such process or thread.
 fn start_time_of(id: u32) -> io::Result<Option<(u64, bool)>> {
-    let text = match read_stat(id) {
+    stat_start_time(read_stat(id))
+}
+
+/// Whether `tid` is a live thread of this process: `/proc/self/task/<tid>`
+/// exists and is not a zombie. `false` where `/proc` cannot say.
+pub(crate) fn own_live_thread(tid: u32) -> bool {
+    tid != 0 && matches!(stat_start_time(read_stat_at(&format!("/proc/self/task/{tid}/stat"))), Ok(Some((_, false))))
+}
+
+/// `(start_time, is_zombie_or_dead)` from a read of a `stat` file; `Ok(None)`
+/// if there is no such process or thread.
+fn stat_start_time(read: io::Result<String>) -> io::Result<Option<(u64, bool)>> {
+    let text = match read {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         // ESRCH can surface while the task is being torn down.
@@ -281,6 +298,35 @@ mod tests {
         let pid = c.id();
         c.wait().unwrap();
         assert!(!alive_matching(pid, |_| true), "a reaped child counted as alive");
+    }
+
+    #[test]
+    fn own_live_threads_are_this_processs_running_threads() {
+        assert!(own_live_thread(current_thread().id));
+        assert!(own_live_thread(current_pid()), "the main thread");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(current_thread().id).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert!(own_live_thread(tid), "a running thread of ours");
+        stop_tx.send(()).unwrap();
+        t.join().unwrap();
+        // The kernel may release the task a moment after `join` returns.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while own_live_thread(tid) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!own_live_thread(tid), "a thread that exited");
+        // Another process's pid is not a thread of ours.
+        let mut c = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let other = own_live_thread(c.id());
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(!other, "another process");
+        assert!(!own_live_thread(0));
     }
 
     #[test]
