@@ -490,6 +490,30 @@ struct Ring8 {
 const _: () = assert!(RING8_SLOTS.is_power_of_two() && (RING8_SLOTS as u64).is_multiple_of(BATCH));
 const _: () = assert!(std::mem::offset_of!(Ring8, slots) == 384);
 
+/// The producer of an 8-byte ring that looks full (`tail - cached_head` is
+/// [`RING8_SLOTS`]): re-reads the consumer's `head` until `want` slots are
+/// free. `Err`: the child's exit code, when the consumer raised `stop`
+/// ([`EXIT_OK`]) or nothing moved for `stall` ([`EXIT_STALLED`]).
+fn wait_for_room(
+    stall: Duration,
+    head: &AtomicU64,
+    stop: &AtomicU32,
+    tail: u64,
+    cached_head: &mut u64,
+    want: u64,
+) -> Result<(), i32> {
+    let mut stopped = false;
+    let waited = spin_until(stall, || {
+        *cached_head = head.load(Ordering::Acquire);
+        stopped = stop.load(Ordering::Relaxed) != 0;
+        RING8_SLOTS as u64 - (tail - *cached_head) >= want || stopped
+    });
+    if stopped {
+        return Err(EXIT_OK);
+    }
+    waited.map_err(|()| EXIT_STALLED)
+}
+
 /// The 8-byte ring's stream; both sides publish their index every
 /// `publish` messages ([`BATCH`]: `raw-ring`; 1: `raw-ring-permsg`).
 fn ring8_stream(cfg: &Config, publish: u64) -> Result<Session, String> {
@@ -503,17 +527,8 @@ fn ring8_stream(cfg: &Config, publish: u64) -> Result<Session, String> {
         let mut cached_head = 0u64;
         loop {
             if tail - cached_head == RING8_SLOTS as u64 {
-                let mut stopped = false;
-                let waited = spin_until(stall, || {
-                    cached_head = r.head.0.load(Ordering::Acquire);
-                    stopped = r.stop.0.load(Ordering::Relaxed) != 0;
-                    tail - cached_head < RING8_SLOTS as u64 || stopped
-                });
-                if stopped {
-                    return EXIT_OK;
-                }
-                if waited.is_err() {
-                    return EXIT_STALLED;
+                if let Err(code) = wait_for_room(stall, &r.head.0, &r.stop.0, tail, &mut cached_head, 1) {
+                    return code;
                 }
             }
             r.slots[(tail & mask) as usize].store(tail, Ordering::Relaxed);
@@ -609,17 +624,8 @@ fn seq_ring_stream(cfg: &Config) -> Result<Session, String> {
         let mut cached_head = 0u64;
         loop {
             if tail - cached_head == RING8_SLOTS as u64 {
-                let mut stopped = false;
-                let waited = spin_until(stall, || {
-                    cached_head = r.head.0.load(Ordering::Acquire);
-                    stopped = r.stop.0.load(Ordering::Relaxed) != 0;
-                    RING8_SLOTS as u64 - (tail - cached_head) >= BATCH || stopped
-                });
-                if stopped {
-                    return EXIT_OK;
-                }
-                if waited.is_err() {
-                    return EXIT_STALLED;
+                if let Err(code) = wait_for_room(stall, &r.head.0, &r.stop.0, tail, &mut cached_head, BATCH) {
+                    return code;
                 }
             }
             let slot = &r.slots[(tail & mask) as usize];
