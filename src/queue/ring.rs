@@ -81,12 +81,15 @@
 //! next word, with or without slipping in its fast path), it measured worse
 //! on the same host: the per-message rows 0.22-0.32x, and the batched stream
 //! 0.64x instead of 1.27x (16-byte slots for 8-byte messages, one more store
-//! per message). What the bare ring's gain needs is an empty loop: with
-//! 1-3 ns of work added per message on each side (two pinned threads, the
-//! same two rings), the sequence-word ring fell to the index ring's figure
-//! (0.38-0.42x against 0.40-0.45x the batched ring), and a queue operation
-//! costs about 2.7 ns per side. So the per-message endpoints sit where
-//! their own software puts them, whichever way a message is published.
+//! per message). What the bare ring's gain cannot stand is one more store
+//! per message: in a scratch program (two pinned threads, the same rings)
+//! it kept its lead with 1-2 ns of register-only work per message on each
+//! side (0.71-0.82x against 0.49-0.52x for the index ring), but one store
+//! more per message, even to a private line, cut it to 0.33x; it is the
+//! store buffer, waiting on the slot lines, that sets the pace. A queue
+//! operation stores more than the bare ring (the endpoint's own index
+//! lives in memory too), which is the likeliest reason the protocol did
+//! not carry over.
 
 use std::sync::atomic::Ordering;
 
