@@ -217,8 +217,7 @@ impl<'f> RunCx<'f, '_, '_> {
         }
         let now = sys::monotonic_now();
         if !self.timed {
-            let gap = now.saturating_sub(self.clock_at);
-            self.clock_every = if gap < CLOCK_GAP_SHORT { (self.clock_every * 2).min(CLOCK_EVERY_MAX) } else { 1 };
+            self.clock_every = next_clock_every(self.clock_every, now.saturating_sub(self.clock_at));
             self.clock_left = self.clock_every;
             self.clock_at = now;
         }
@@ -300,6 +299,16 @@ impl<'f> RunCx<'f, '_, '_> {
 /// result waiting to be sent is also in the slot's staging area (see
 /// `table.rs`), so a worker's death loses none of them.
 const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Chunks until the next clock read of an untimed run, after `every` and a
+/// gap of `gap` since the read before (see [`RunCx::maybe_flush`]).
+fn next_clock_every(every: u32, gap: std::time::Duration) -> u32 {
+    if gap < CLOCK_GAP_SHORT {
+        (every * 2).min(CLOCK_EVERY_MAX)
+    } else {
+        1
+    }
+}
 
 /// Most chunks between two clock reads of an untimed run.
 const CLOCK_EVERY_MAX: u32 = 8;
@@ -439,5 +448,26 @@ pub(crate) fn worker_main(a: WorkerArgs) {
         if a.max_tasks > 0 && done >= a.max_tasks {
             sys::exit_now(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn short_chunks_space_the_clock_reads_and_a_long_gap_resets_them() {
+        let short = CLOCK_GAP_SHORT / 2;
+        let mut every = 1;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            every = next_clock_every(every, short);
+            seen.push(every);
+        }
+        assert_eq!(seen, [2, 4, 8, 8, 8, 8], "doubling up to the cap");
+        assert_eq!(next_clock_every(8, CLOCK_GAP_SHORT), 1, "a long gap: read at the next chunk");
+        assert_eq!(next_clock_every(8, Duration::from_secs(1)), 1);
+        assert_eq!(next_clock_every(1, Duration::ZERO), 2);
     }
 }
