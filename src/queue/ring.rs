@@ -69,7 +69,7 @@
 //!
 //! **Where this design stops.** A per-message `send` stores its index, and a
 //! consumer that catches up reads it: on the AMD guest we measure on, the
-//! endpoints stream at 0.37-0.43x the bare ring that publishes once per 64,
+//! endpoints stream at 0.36-0.52x the bare ring that publishes once per 64,
 //! and a bare ring with the same per-message index protocol, slipping and
 //! prefetching reads about the same. The bench's `raw-ring-seq` row (each
 //! slot carries its message's sequence number, which is what the consumer
@@ -88,8 +88,10 @@
 //! more per message, even to a private line, cut it to 0.33x; it is the
 //! store buffer, waiting on the slot lines, that sets the pace. A queue
 //! operation stores more than the bare ring (the endpoint's own index
-//! lives in memory too), which is the likeliest reason the protocol did
-//! not carry over.
+//! lives in memory too), but bringing the producer down to the bare ring's
+//! count (the word and an 8-byte payload in one 16-byte store) did not
+//! help either (0.16-0.31x), so why the protocol does not carry over is
+//! still open.
 
 use std::sync::atomic::Ordering;
 
