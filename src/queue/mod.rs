@@ -168,6 +168,9 @@ pub struct QueueConfig {
     pub(crate) max_parts: u32,
     /// [`FrameQueue`] only: the largest frame for `create`.
     pub(crate) max_frame: usize,
+    /// `create`: publishers always fence, sleepers skip `membarrier`
+    /// (`raw::FLAG_FENCED`; the pool's queues).
+    pub(crate) fenced: bool,
 }
 
 impl Default for QueueConfig {
@@ -180,6 +183,7 @@ impl Default for QueueConfig {
             spin: None,
             max_parts: DEFAULT_MAX_PARTICIPANTS,
             max_frame: frames::DEFAULT_MAX_FRAME,
+            fenced: false,
         }
     }
 }
@@ -191,7 +195,13 @@ impl QueueConfig {
             .and_then(usize::checked_next_power_of_two)
             .filter(|&c| c > 0 && c as u64 <= ring::MAX_CAPACITY)
             .ok_or_else(|| OpenError::invalid(format!("capacity {} is out of range", self.capacity)))?;
-        Ok(Geometry { spsc: self.spsc, elem_size, capacity: cap as u64, max_parts: self.max_parts })
+        Ok(Geometry {
+            spsc: self.spsc,
+            fenced: self.fenced,
+            elem_size,
+            capacity: cap as u64,
+            max_parts: self.max_parts,
+        })
     }
 
     /// Applies the per-handle settings and registers the handle.

@@ -12,7 +12,7 @@
 //! | 12     | 4    | `max_parts`       | creator: participant-table entries                  |
 //! | 16     | 8    | `capacity`        | creator: slots, a power of two                      |
 //! | 24     | 4    | `stride`          | creator: bytes per slot                             |
-//! | 28     | 4    | `flags`           | creator: reserved, 0                                |
+//! | 28     | 4    | `flags`           | creator: bit 0 `FENCED` (publishers fence, see `notify`); other bits 0 |
 //! | 32     | 4    | `sender_joined`   | 1 once any sender registered                        |
 //! | 36     | 4    | `receiver_joined` | 1 once any receiver registered                      |
 //! | 40     | 4    | `no_senders`      | hint: 1 when a scan found no sender                 |
@@ -59,6 +59,12 @@ use crate::wait::{self, Announce, Kernel, Next, Phase, PEER_SLICE, QUEUE_DEEP_EV
 pub(crate) const QMAGIC: u32 = u32::from_le_bytes(*b"SHQ1");
 pub(crate) const MODE_MPMC: u32 = 1;
 pub(crate) const MODE_SPSC: u32 = 2;
+/// `flags` bit 0: every publisher runs a full fence before it reads the
+/// sleeper count (never the fence-free publish), so a sleeper needs no
+/// `membarrier` after it registers. For queues whose consumers sleep often
+/// and whose sends are few and large (the pool's frames): a `membarrier`
+/// per sleep cost more there than a fence per send.
+pub(crate) const FLAG_FENCED: u32 = 1;
 const CONTROL_SIZE: usize = 512;
 const PART_SIZE: usize = 32;
 /// Largest participant table.
@@ -286,6 +292,9 @@ pub(crate) enum Side {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geometry {
     pub(crate) spsc: bool,
+    /// Publishers always fence before they look for sleepers, so sleepers
+    /// need no `membarrier` ([`FLAG_FENCED`]).
+    pub(crate) fenced: bool,
     pub(crate) elem_size: u32,
     pub(crate) capacity: u64,
     pub(crate) max_parts: u32,
@@ -568,7 +577,7 @@ impl Engine {
         let ctl = base.cast::<Control>();
         // SAFETY: the payload holds at least a Control; config fields are plain
         // integers copied out once and validated below.
-        let (magic, mode, elem, parts, cap, stride) = unsafe {
+        let (magic, mode, elem, parts, cap, stride, flags) = unsafe {
             let c = ctl.as_ptr();
             (
                 std::ptr::read_volatile(&(*c).magic),
@@ -577,6 +586,7 @@ impl Engine {
                 std::ptr::read_volatile(&(*c).max_parts),
                 std::ptr::read_volatile(&(*c).capacity),
                 std::ptr::read_volatile(&(*c).stride),
+                std::ptr::read_volatile(&(*c).flags),
             )
         };
         if magic != QMAGIC {
@@ -585,7 +595,16 @@ impl Engine {
         if mode != MODE_MPMC && mode != MODE_SPSC {
             return Err(OpenError::corrupt(format!("queue mode {mode} is unknown")));
         }
-        let geo = Geometry { spsc: mode == MODE_SPSC, elem_size: elem, capacity: cap, max_parts: parts };
+        if flags & !FLAG_FENCED != 0 {
+            return Err(OpenError::corrupt(format!("queue flags {flags:#x} hold unknown bits")));
+        }
+        let geo = Geometry {
+            spsc: mode == MODE_SPSC,
+            fenced: flags & FLAG_FENCED != 0,
+            elem_size: elem,
+            capacity: cap,
+            max_parts: parts,
+        };
         let size = geo.check().map_err(|e| OpenError::corrupt(format!("queue configuration: {e}")))?;
         if size != seg.payload_len() || stride as usize != geo.stride() {
             return Err(OpenError::corrupt(format!(
@@ -1006,9 +1025,10 @@ impl Engine {
         let (word, sleepers) = self.words(waking);
         // StoreLoad: our publication must be visible before we read the sleeper
         // count. Either a full fence here, or (when this process registered for
-        // asymmetric barriers) the `membarrier` a sleeper issues after
-        // registering, which runs the fence on our CPU for us.
-        if self.fence_free.load(Ordering::Relaxed) {
+        // asymmetric barriers, and the queue is not `fenced`) the `membarrier`
+        // a sleeper issues after registering, which runs the fence on our CPU
+        // for us.
+        if self.fence_free.load(Ordering::Relaxed) && !self.geo.fenced {
             std::sync::atomic::compiler_fence(Ordering::SeqCst);
         } else {
             ring::full_fence();
@@ -1268,8 +1288,10 @@ impl Engine {
             // CPU running one execute a barrier, so that either we see their
             // publication in the re-check or they see our registration. If the
             // kernel refuses, sleep in short slices so a missed wake-up costs ~2 ms.
+            // A `fenced` queue's publishers always fence: our registration's
+            // own fence is enough (the classic two-sided handshake).
             Phase::Announced => {
-                barrier_ok = sys::membarrier_global();
+                barrier_ok = self.geo.fenced || sys::membarrier_global();
                 Next::Wait
             }
             Phase::BeforeSleep { .. } => {
@@ -2006,6 +2028,7 @@ fn init_payload(p: NonNull<u8>, geo: &Geometry) {
         (*c).max_parts = geo.max_parts;
         (*c).capacity = geo.capacity;
         (*c).stride = geo.stride() as u32;
+        (*c).flags = if geo.fenced { FLAG_FENCED } else { 0 };
         if !geo.spsc {
             let slots = p.as_ptr().add(geo.slots_off());
             for i in 0..geo.capacity {
@@ -2145,5 +2168,32 @@ mod registration_tests {
         assert!(within_10s(move || q3.try_send(6).is_err()), "a side held by an endpoint is refused");
         q.engine().tx_endpoint.store(false, Ordering::SeqCst);
         q.engine().tx_busy.0.store(0, Ordering::SeqCst);
+    }
+
+    /// A fenced queue (the pool's): the flag is in the segment and every
+    /// handle that opens it reads it; a receiver asleep on it is woken by a
+    /// send; unknown flag bits are refused at open.
+    #[test]
+    fn a_fenced_queue_records_its_flag_and_refuses_unknown_ones() {
+        use crate::queue::FrameQueue;
+        use crate::WaitMode;
+        for spsc in [false, true] {
+            let b = || FrameQueue::builder().capacity(4).max_frame(16).spsc(spsc).wait_mode(WaitMode::Blocking);
+            let q = b().fenced_publishers().create().unwrap();
+            let rx = b().open_handle(&q.handle()).unwrap();
+            assert!(rx.engine().geo.fenced, "an opener reads the flag");
+            assert!(!b().create().unwrap().engine().geo.fenced, "off unless asked for");
+            // Blocking: the receiver goes to sleep at once, with no `membarrier`.
+            let t = std::thread::spawn(move || rx.recv_timeout(std::time::Duration::from_secs(10)));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            q.send(b"x").unwrap();
+            assert_eq!(t.join().unwrap().unwrap(), b"x");
+            let c = q.engine().control() as *const Control as *mut Control;
+            // SAFETY: the control block lies in the mapping `q` keeps alive;
+            // a plain write of a configuration word, as a hostile peer's.
+            unsafe { std::ptr::write_volatile(&raw mut (*c).flags, FLAG_FENCED | 2) };
+            let err = b().open_handle(&q.handle()).unwrap_err().to_string();
+            assert!(err.contains("unknown bits"), "{err}");
+        }
     }
 }
