@@ -419,6 +419,7 @@ impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
             .field("mode", &if self.geo.spsc { "spsc" } else { "mpmc" })
+            .field("fenced", &self.geo.fenced)
             .field("capacity", &self.geo.capacity)
             .field("elem_size", &self.geo.elem_size)
             .field("len", &self.len())
