@@ -206,24 +206,32 @@ pub(crate) enum State {
 /// is the slot's lap relative to `pos`'s (0: the same, -1: one behind, 1: one
 /// ahead). `None` if `s` is no valid stamp for this slot.
 #[inline]
+///
+/// `cap` is a power of two (every geometry is checked for it), so the lap
+/// arithmetic is masks and arithmetic shifts: a consumer decodes a stamp on
+/// every poll and on the hand-over path, where two 64-bit divisions cost
+/// about as much as the rest of the decode and claim together.
 pub(crate) fn decode(s: u64, pos: u64, cap: u64) -> Option<(i64, State)> {
-    let cap = cap as i64;
+    debug_assert!(cap.is_power_of_two());
+    let mask = cap as i64 - 1;
+    let shift = cap.trailing_zeros();
     if s & CLAIM != 0 {
         let d = (s as u32).wrapping_sub(pos as u32) as i32 as i64;
-        if d % cap != 0 {
+        if d & mask != 0 {
             return None;
         }
         let pid = ((s >> 32) & PID_MASK) as u32;
         let st = if s & READER != 0 { State::Reading(pid) } else { State::Writing(pid) };
-        Some((d / cap, st))
+        // An exact multiple of `cap`: the arithmetic shift is the quotient.
+        Some((d >> shift, st))
     } else {
         let r = s.wrapping_sub(pos.wrapping_mul(2)) as i64;
         let full = r & 1;
-        let dq = (r - full) / 2;
-        if dq % cap != 0 {
+        let dq = r >> 1;
+        if dq & mask != 0 {
             return None;
         }
-        Some((dq / cap, if full == 1 { State::Full } else { State::Empty }))
+        Some((dq >> shift, if full == 1 { State::Full } else { State::Empty }))
     }
 }
 
@@ -627,6 +635,55 @@ mod tests {
         assert_eq!(decode(claim_stamp(true, 77, 5), 13, cap), Some((-1, State::Reading(77))));
         assert_eq!(decode(2 * 6, 5, cap), None);
         assert_eq!(decode(claim_stamp(true, 1, 6), 5, cap), None);
+    }
+
+    /// The division-based decode the shifts replaced, as the reference.
+    fn decode_by_division(s: u64, pos: u64, cap: u64) -> Option<(i64, State)> {
+        let cap = cap as i64;
+        if s & CLAIM != 0 {
+            let d = (s as u32).wrapping_sub(pos as u32) as i32 as i64;
+            let pid = ((s >> 32) & PID_MASK) as u32;
+            let st = if s & READER != 0 { State::Reading(pid) } else { State::Writing(pid) };
+            (d % cap == 0).then_some((d / cap, st))
+        } else {
+            let r = s.wrapping_sub(pos.wrapping_mul(2)) as i64;
+            let full = r & 1;
+            let dq = (r - full) / 2;
+            (dq % cap == 0).then_some((dq / cap, if full == 1 { State::Full } else { State::Empty }))
+        }
+    }
+
+    #[test]
+    fn decode_by_shifts_agrees_with_division_on_any_stamp() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            // xorshift64*: deterministic, covers the whole word.
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for cap in [1u64, 2, 8, 64, 4096, MAX_CAPACITY] {
+            for _ in 0..20_000 {
+                let pos = next();
+                let lap = (next() % 7) as i64 - 3;
+                // Honest stamps of nearby laps, claimed or not, and garbage.
+                let near = pos.wrapping_add((lap * cap as i64) as u64);
+                let pid = next() as u32;
+                for s in [
+                    near.wrapping_mul(2),
+                    near.wrapping_mul(2).wrapping_add(1),
+                    claim_stamp(false, pid, near),
+                    claim_stamp(true, pid, near),
+                    next(),
+                    next() | CLAIM,
+                    u64::MAX,
+                    0,
+                ] {
+                    assert_eq!(decode(s, pos, cap), decode_by_division(s, pos, cap), "s {s:#x} pos {pos} cap {cap}");
+                }
+            }
+        }
     }
 
     #[test]
