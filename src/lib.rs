@@ -184,7 +184,7 @@ pub use sync::{
     AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
     ConditionBuilder, Event, EventBuilder, Lock, LockBuilder, LockGuard, Mutex, MutexBuilder, MutexGuard, RLock,
     RLockBuilder, ReentrantMutex, ReentrantMutexBuilder, ReentrantMutexGuard, ReleaseError, Semaphore,
-    SemaphoreBuilder, SemaphoreGuard, OWNED_PERMITS,
+    SemaphoreBuilder, SemaphoreGuard, OWNED_PERMITS, WATCHED_PROCESSES,
 };
 pub use value::{
     Array, ArrayBuilder, ArrayGuard, RawArray, RawArrayBuilder, RawValue, RawValueBuilder, Value, ValueBuilder,

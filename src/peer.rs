@@ -37,6 +37,40 @@ pub(crate) fn dead(who: Identity) -> bool {
     !alive(who)
 }
 
+/// A process named in one shared 64-bit word: a 4-bit state (the user's),
+/// the pid (below 2^22, the kernel's `PID_MAX_LIMIT`) and its start time
+/// (clock ticks since boot, below 2^38: 87 years at 100 Hz), so that a record
+/// is written, compared and cleared with one atomic access. The pipe's holder
+/// tables, the semaphore's owned-permit slots and the barrier's watched
+/// parties use it.
+pub(crate) mod word {
+    const PID_BITS: u32 = 22;
+    const START_BITS: u32 = 38;
+
+    /// Packs `state` (< 16), `pid` and `start` (each truncated to its field).
+    #[inline]
+    pub(crate) fn pack(state: u64, pid: u32, start: u64) -> u64 {
+        (state << (PID_BITS + START_BITS))
+            | ((u64::from(pid) & ((1 << PID_BITS) - 1)) << START_BITS)
+            | (start & ((1 << START_BITS) - 1))
+    }
+
+    /// `(state, pid, start)` of a word; any bits decode to some triple.
+    #[inline]
+    pub(crate) fn parts(w: u64) -> (u64, u32, u64) {
+        (w >> (PID_BITS + START_BITS), ((w >> START_BITS) & ((1 << PID_BITS) - 1)) as u32, w & ((1 << START_BITS) - 1))
+    }
+
+    /// Whether the process `w` names runs with the start time `w` records
+    /// (compared as packed, i.e. truncated). A `/proc` that cannot be read
+    /// proves nothing (see `sys::alive_matching`); callers decide what a
+    /// recorded start time of 0 means before asking.
+    pub(crate) fn runs(w: u64) -> bool {
+        let (state, pid, _) = parts(w);
+        crate::sys::alive_matching(pid, |live| pack(state, pid, live) == w)
+    }
+}
+
 /// At most one event per interval, per holder (process-local).
 ///
 /// Stores the monotonic time, in nanoseconds, of the last event it allowed.

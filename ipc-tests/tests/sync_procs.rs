@@ -318,7 +318,7 @@ fn barrier_three_processes_hundred_generations() {
 }
 
 #[test]
-fn barrier_killed_participant_breaks_it_after_timeout() {
+fn barrier_killed_participant_breaks_it_without_a_timeout() {
     let b = Barrier::create(&unique("bar"), 3).unwrap();
     let h = b.handle().to_string();
     let mut survivor = Worker::spawn(&["barrier-n", &h, "2", "60000"]);
@@ -327,10 +327,63 @@ fn barrier_killed_participant_breaks_it_after_timeout() {
     b.wait_timeout(LONG).unwrap();
     // The victim now sleeps; kill it before it arrives again.
     victim.kill9();
-    let t = Instant::now();
-    assert_eq!(b.wait_timeout(Duration::from_millis(300)), Err(BarrierError::Timeout));
-    assert!(t.elapsed() >= Duration::from_millis(300));
+    // A wait with no timeout ends: the dead party owed this generation.
+    let waiter = b.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(waiter.wait()));
+    assert_eq!(rx.recv_timeout(LONG).expect("wait() hung on a dead party"), Err(BarrierError::Broken));
     assert_eq!(survivor.code(LONG), Some(20), "the survivor must see a broken barrier, not hang");
     assert!(b.is_broken());
     assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken));
+}
+
+#[test]
+fn barrier_timeout_still_breaks_it_for_all() {
+    let b = Barrier::create(&unique("bar"), 3).unwrap();
+    let h = b.handle().to_string();
+    // One other party arrives and waits; the third never comes (nobody died).
+    let mut other = Worker::spawn(&["barrier-n", &h, "1", "60000"]);
+    let t = Instant::now();
+    assert_eq!(b.wait_timeout(Duration::from_millis(300)), Err(BarrierError::Timeout));
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(other.code(LONG), Some(20));
+    assert!(b.is_broken());
+}
+
+#[test]
+fn barrier_party_that_panics_between_waits_breaks_it() {
+    let b = Barrier::create(&unique("bar"), 2).unwrap();
+    let mut party = Worker::spawn(&["barrier-n", &b.handle().to_string(), "1", "60000", "panic"]);
+    b.wait_timeout(LONG).unwrap();
+    assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken), "the panicked party will never arrive");
+    assert_eq!(party.code(LONG), Some(101));
+}
+
+#[test]
+fn barrier_party_that_exits_holding_its_handle_breaks_it() {
+    let b = Barrier::create(&unique("bar"), 2).unwrap();
+    let mut party = Worker::spawn(&["barrier-n", &b.handle().to_string(), "1", "60000", "exit"]);
+    b.wait_timeout(LONG).unwrap();
+    assert_eq!(party.code(LONG), Some(0));
+    assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken));
+}
+
+#[test]
+fn barrier_party_that_leaves_cleanly_can_be_replaced() {
+    let b = Barrier::create(&unique("bar"), 2).unwrap();
+    let h = b.handle().to_string();
+    let mut first = Worker::spawn(&["barrier-n", &h, "1", "60000"]);
+    b.wait_timeout(LONG).unwrap();
+    // It dropped its handle and exited: it owes nothing.
+    assert_eq!(first.code(LONG), Some(0));
+    let waiter = b.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(waiter.wait_timeout(LONG)));
+    // Several dead-party looks (one per 50 ms slice) pass before the
+    // replacement arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = Worker::spawn(&["barrier-n", &h, "1", "60000"]);
+    assert!(rx.recv_timeout(LONG).expect("the waiter hung").is_ok());
+    assert_eq!(second.code(LONG), Some(0));
+    assert!(!b.is_broken());
 }

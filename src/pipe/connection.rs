@@ -314,7 +314,7 @@ fn take_parents_ticket(t: &HolderTable) {
 /// Whether the holder word `w` names a live process (any state but EMPTY;
 /// unknown states and a zero start time are garbage: not alive).
 fn holder_alive(w: u64) -> bool {
-    let (state, pid, start) = holder::parts(w);
+    let (state, _, start) = holder::parts(w);
     if !matches!(state, holder::PENDING | holder::INHERITED | holder::USED | holder::TICKET) || start == 0 {
         return false;
     }
@@ -324,7 +324,7 @@ fn holder_alive(w: u64) -> bool {
         return age < PENDING_GRACE_MS;
     }
     // An unreadable /proc proves nothing: alive while the process exists.
-    sys::alive_matching(pid, |live| holder::word(state, pid, live) == w)
+    crate::peer::word::runs(w)
 }
 
 /// Why this process could not take an end.

@@ -246,23 +246,17 @@ pub(crate) mod holder {
     /// that will open it; counts while the giver lives, consumed by a claim.
     pub(crate) const TICKET: u64 = 4;
 
-    const PID_BITS: u32 = 22;
-    const START_BITS: u32 = 38;
-
-    /// Packs `state`, a pid (< 2^22, the kernel's PID_MAX_LIMIT) and its start
-    /// time (clock ticks since boot, < 2^38: 87 years at 100 Hz) in one word,
+    /// Packs `state`, a pid and its start time in one word ([`crate::peer::word`]),
     /// so that a holder is written and read with one atomic access.
     #[inline]
     pub(crate) fn word(state: u64, pid: u32, start: u64) -> u64 {
-        (state << (PID_BITS + START_BITS))
-            | ((u64::from(pid) & ((1 << PID_BITS) - 1)) << START_BITS)
-            | (start & ((1 << START_BITS) - 1))
+        crate::peer::word::pack(state, pid, start)
     }
 
     /// `(state, pid, start)` of a holder word; any bits decode to some triple.
     #[inline]
     pub(crate) fn parts(w: u64) -> (u64, u32, u64) {
-        (w >> (PID_BITS + START_BITS), ((w >> START_BITS) & ((1 << PID_BITS) - 1)) as u32, w & ((1 << START_BITS) - 1))
+        crate::peer::word::parts(w)
     }
 }
 

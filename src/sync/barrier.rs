@@ -15,11 +15,41 @@
 //! that has just opened is not broken by a late timeout) and wakes everyone:
 //! every current and later `wait` fails with [`BarrierError::Broken`] (the
 //! waiter that timed out gets [`BarrierError::Timeout`]). A broken barrier
-//! stays broken; create a new one. A participant that dies before arriving
-//! leaves the others waiting until their timeout, which then breaks the
-//! barrier for all.
+//! stays broken; create a new one.
 //!
-//! ## Layout (payload, 64 bytes, `#[repr(C, align(64))]`)
+//! ## A party that dies breaks the barrier
+//!
+//! Every process that waits records itself, on its first wait, in a table of
+//! [`WATCHED_PROCESSES`] entries: its identity (pid and start time, one
+//! [`peer::word`](crate::peer::word)) and the generation it last arrived at.
+//! A process that has arrived at generation `g - 1` but not yet at `g`
+//! *owes* `g` an arrival. Waiters look at the table before each sleep slice
+//! (`PEER_SLICE`, 50 ms): if a process that owes the current generation is
+//! dead, nobody can open it, and the waiter breaks the barrier. So a party
+//! killed (or crashed, or exited without dropping its handle) between two
+//! waits breaks the next one within about a slice, with or without a
+//! timeout, instead of leaving the others waiting for ever.
+//!
+//! * Registering records "arrived at `g - 1`" before the arrival is counted,
+//!   and the arrival is recorded right after it is counted: a process killed
+//!   in between breaks the generation it had in fact arrived at (a window of
+//!   a few instructions; broken, never hung).
+//! * Dropping the last handle of a process (not while panicking) clears its
+//!   entry: a process that leaves cleanly owes nothing. One that unwinds
+//!   from a panic keeps its entry, and breaks the barrier once it has exited.
+//! * An entry of a dead process that owes nothing (it arrived at the current
+//!   generation, or the barrier has opened a generation without it since)
+//!   is reclaimed when a waiter looks, except for one that arrived at the
+//!   current generation: it owes the next one.
+//! * Not seen: a process that dies before its first wait, and processes
+//!   that found the table full of live ones at their first wait (they wait
+//!   unwatched). Use [`Barrier::wait_timeout`] for those.
+//! * Entries belong to handles: a process that waits through two handles
+//!   of one barrier opened separately (not clones) holds two entries, and
+//!   if it dies, the one it did not arrive through may break a generation
+//!   it had arrived at (broken, never hung).
+//!
+//! ## Layout (payload, 1088 bytes, `#[repr(C, align(64))]`)
 //!
 //! | offset | size | field        | meaning                                    |
 //! |-------:|-----:|--------------|--------------------------------------------|
@@ -27,21 +57,36 @@
 //! | 4      | 4    | `arrived`    | arrivals in the current generation         |
 //! | 8      | 4    | `parties`    | number of participants (set at creation)   |
 //! | 12     | 52   | reserved     | zero                                       |
+//! | 64     | 512  | `who`        | 64 watched processes: `peer::word` with state 1; 0 = free |
+//! | 576    | 512  | `seen`       | per entry: `tag(who) << 32` \| the generation it last arrived at |
+//!
+//! `tag(w)` is `(w ^ (w >> 32)) as u32`: a `seen` word whose tag does not
+//! match its entry's `who` (an entry being claimed, or garbage) is no
+//! evidence of anything.
 
 use std::fmt;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::time::Duration;
 
-use super::atomic::AtomicU32;
+use super::atomic::{AtomicU32, AtomicU64};
 use super::{Os, Platform, Shared, SharedState};
 use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::object::{Builder, Object};
+use crate::peer::word;
 use crate::segment::{Handle, Segment};
+use crate::sys::{self, ForkSafeMutex};
 use crate::time::Deadline;
 
 const BROKEN: u32 = 1 << 31;
 const GEN_MASK: u32 = BROKEN - 1;
+
+/// How many processes a barrier watches at once (see the module docs): the
+/// processes that wait at it beyond this many are not watched.
+pub const WATCHED_PROCESSES: usize = 64;
+
+/// State of a `who` entry (top 4 bits of the word).
+const WATCHED: u64 = 1;
 
 #[repr(C, align(64))]
 pub(crate) struct BarrierState {
@@ -49,14 +94,68 @@ pub(crate) struct BarrierState {
     arrived: AtomicU32,
     parties: AtomicU32,
     _reserved: [AtomicU32; 13],
+    who: [AtomicU64; WATCHED_PROCESSES],
+    seen: [AtomicU64; WATCHED_PROCESSES],
 }
 
 #[cfg(not(loom))]
 const _: () = {
-    assert!(std::mem::size_of::<BarrierState>() == 64);
+    assert!(std::mem::size_of::<BarrierState>() == 1088);
     assert!(std::mem::offset_of!(BarrierState, arrived) == 4);
     assert!(std::mem::offset_of!(BarrierState, parties) == 8);
+    assert!(std::mem::offset_of!(BarrierState, who) == 64);
+    assert!(std::mem::offset_of!(BarrierState, seen) == 576);
 };
+
+/// The tag a `seen` word carries for the `who` word `w`.
+#[inline]
+fn tag(w: u64) -> u64 {
+    u64::from((w ^ (w >> 32)) as u32)
+}
+
+/// The `seen` word of entry `w` for an arrival at generation `g`.
+#[inline]
+fn seen_word(w: u64, g: u32) -> u64 {
+    (tag(w) << 32) | u64::from(g & GEN_MASK)
+}
+
+/// What a waiter at generation `g` makes of one entry of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Free, alive, or not known to be dead: leave it.
+    Keep,
+    /// Its process owes generation `g` an arrival and is dead.
+    OwesAndDead,
+    /// Dead and owes nothing: free it.
+    Reclaim,
+}
+
+/// Judges entry `(w, seen)` for a waiter at generation `g`; `runs` tells
+/// whether the process a word names runs (the real one reads `/proc`).
+fn judge(w: u64, seen: u64, g: u32, runs: impl FnOnce(u64) -> bool) -> Entry {
+    if w == 0 {
+        return Entry::Keep;
+    }
+    let (state, _, start) = word::parts(w);
+    let named = state == WATCHED && start != 0;
+    if named && runs(w) {
+        return Entry::Keep;
+    }
+    if !named || seen >> 32 != tag(w) {
+        // Garbage, or the entry of a process that died while claiming it
+        // (its `seen` not written yet): no evidence of anything.
+        return Entry::Reclaim;
+    }
+    let last = seen as u32 & GEN_MASK;
+    if last == g.wrapping_sub(1) & GEN_MASK {
+        Entry::OwesAndDead
+    } else if last == g & GEN_MASK {
+        // Arrived here, then died: it owes the next generation.
+        Entry::Keep
+    } else {
+        Entry::Reclaim
+    }
+}
 
 // SAFETY: repr(C), only AtomicU32s, align 64; `parties` is validated at open,
 // a bad `arrived` breaks the barrier, any generation value is a state.
@@ -119,6 +218,37 @@ impl BarrierWaitResult {
 pub struct Barrier {
     shared: Shared<BarrierState>,
     parties: u32,
+    watch: std::sync::Arc<Watch>,
+}
+
+/// This process's entry in the barrier's table of watched processes, shared
+/// by the clones of one handle: claimed on the first wait, cleared when the
+/// last clone is dropped (not while panicking).
+struct Watch {
+    shared: Shared<BarrierState>,
+    /// `(process stamp, entry)`: the entry this process claimed (`None`: the
+    /// table was full of live processes, or our start time is unknown, so we
+    /// wait unwatched and do not scan again); a forked child finds its
+    /// parent's stamp there and claims its own.
+    entry: ForkSafeMutex<Option<(u64, Option<Claimed>)>>,
+}
+
+/// A claimed entry: its index and this process's `who` word.
+type Claimed = (usize, u64);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A party unwinding from a panic does not arrive: its entry
+            // stays, and breaks the barrier once this process has exited.
+            return;
+        }
+        if let Some((stamp, Some((i, w)))) = *self.entry.lock() {
+            if stamp == sys::process_stamp() {
+                let _ = self.shared.get().who[i].compare_exchange(w, 0, AcqRel, Relaxed);
+            }
+        }
+    }
 }
 
 /// Builder for [`Barrier`]: name and permissions, then `create`, `open` or `open_or_create`.
@@ -162,7 +292,63 @@ impl Barrier {
         if parties == 0 {
             return Err(OpenError::corrupt("barrier with 0 parties"));
         }
-        Ok(Barrier { shared, parties })
+        let watch = std::sync::Arc::new(Watch { shared: shared.clone(), entry: ForkSafeMutex::new(None, || None) });
+        Ok(Barrier { shared, parties, watch })
+    }
+
+    /// This process's entry in the table (claiming one on its first wait,
+    /// before arriving at generation `g`) and its `who` word; `None` if
+    /// the table is full of live processes or our start time is unknown.
+    fn my_entry(&self, g: u32) -> Option<Claimed> {
+        let mut e = self.watch.entry.lock();
+        let stamp = sys::process_stamp();
+        if let Some((at, mine)) = *e {
+            if at == stamp {
+                return mine;
+            }
+        }
+        let mine = self.claim_entry(g);
+        *e = Some((stamp, mine));
+        mine
+    }
+
+    /// Claims a free entry (or one of a dead process that owes nothing)
+    /// for this process, owing generation `g`.
+    fn claim_entry(&self, g: u32) -> Option<Claimed> {
+        let me = sys::current_process();
+        if me.start_time == 0 {
+            return None;
+        }
+        let w = word::pack(WATCHED, me.id, me.start_time);
+        let s = self.shared.get();
+        for i in 0..WATCHED_PROCESSES {
+            let cur = s.who[i].load(Acquire);
+            let free = cur == 0 || judge(cur, s.seen[i].load(Acquire), g, word::runs) == Entry::Reclaim;
+            if free && s.who[i].compare_exchange(cur, w, AcqRel, Relaxed).is_ok() {
+                // Owes `g` until its arrival is counted and recorded.
+                s.seen[i].store(seen_word(w, g.wrapping_sub(1)), Release);
+                return Some((i, w));
+            }
+        }
+        None
+    }
+
+    /// Whether a watched process owes generation `g` an arrival and is dead
+    /// (frees the entries of dead processes that owe nothing on the way).
+    fn owed_by_the_dead(&self, g: u32) -> bool {
+        let s = self.shared.get();
+        let mut owed = false;
+        for i in 0..WATCHED_PROCESSES {
+            let w = s.who[i].load(Acquire);
+            match judge(w, s.seen[i].load(Acquire), g, word::runs) {
+                Entry::Keep => {}
+                Entry::OwesAndDead => owed = true,
+                Entry::Reclaim => {
+                    let _ = s.who[i].compare_exchange(w, 0, AcqRel, Relaxed);
+                }
+            }
+        }
+        owed
     }
 
     /// A builder with default options (anonymous, mode 0600).
@@ -192,9 +378,21 @@ impl Barrier {
         self.shared.get().generation.load(Acquire) & BROKEN != 0
     }
 
-    /// Waits until all parties have arrived. Without a timeout a participant
-    /// that never arrives (say, it died) blocks the others for ever; prefer
-    /// [`Barrier::wait_timeout`] across processes.
+    /// Waits until all parties have arrived. A party that has waited here
+    /// before and dies without arriving breaks the barrier for everyone
+    /// (see the module docs); one that never arrives for another reason
+    /// (it died before its first wait, or it is alive and stuck) blocks the
+    /// others for ever: across processes, [`Barrier::wait_timeout`] bounds that.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let b = shmproc::Barrier::anonymous(2)?;
+    /// let c = b.clone();
+    /// let t = std::thread::spawn(move || c.wait().map(|r| r.is_leader()));
+    /// let me = b.wait()?.is_leader();
+    /// assert!(me != t.join().unwrap()?, "exactly one leader");
+    /// # Ok(()) }
+    /// ```
     pub fn wait(&self) -> Result<BarrierWaitResult, BarrierError> {
         self.wait_until(&Os, Deadline::NEVER)
     }
@@ -219,7 +417,11 @@ impl Barrier {
         if g & BROKEN != 0 || lost() {
             return Err(BarrierError::Broken);
         }
+        let mine = self.my_entry(g);
         let n = s.arrived.fetch_add(1, AcqRel).wrapping_add(1);
+        if let Some((i, w)) = mine {
+            s.seen[i].store(seen_word(w, g), Release);
+        }
         if n == 0 || n > self.parties {
             // Corrupt count: nobody can trust this barrier any more.
             self.abort();
@@ -240,6 +442,9 @@ impl Barrier {
             };
         }
         let index = self.parties - n;
+        // The first look after one slice: a dead party is noticed within
+        // about two, and a barrier that opens at once costs no /proc read.
+        let mut next_look = sys::monotonic_now() + crate::wait::PEER_SLICE;
         loop {
             // In slices: a barrier whose segment was truncated under us
             // (private zeros now) is never opened by anyone; it is broken.
@@ -250,6 +455,21 @@ impl Barrier {
             }
             if cur != g {
                 return Ok(BarrierWaitResult { index });
+            }
+            // A dead party that owes this generation: nobody can open it.
+            // Looked for once per slice (it reads /proc for every entry).
+            let now = sys::monotonic_now();
+            if now >= next_look {
+                next_look = now + crate::wait::PEER_SLICE;
+                if self.owed_by_the_dead(g) {
+                    match s.generation.compare_exchange(g, g | BROKEN, Release, Acquire) {
+                        Ok(_) => {
+                            p.wake(&s.generation, i32::MAX as u32);
+                            return Err(BarrierError::Broken);
+                        }
+                        Err(_) => continue,
+                    }
+                }
             }
             // Checked whatever the wait reported: spurious wake-ups (signals,
             // a peer's FUTEX_WAKE) can keep coming past the deadline.
@@ -320,6 +540,52 @@ mod tests {
         assert_eq!(b.wait_until(&p, Deadline::after(Some(Duration::from_millis(20)))), Err(BarrierError::Timeout));
         assert!(!p.overshot(), "wait kept waiting long past its deadline");
         assert!(b.is_broken());
+    }
+
+    #[test]
+    fn a_dead_process_owes_the_generation_after_its_last_arrival_only() {
+        let w = word::pack(WATCHED, 4242, 777);
+        let (alive, dead) = (|_| true, |_| false);
+        let g = 10u32;
+        assert_eq!(judge(0, 0, g, dead), Entry::Keep, "a free entry");
+        assert_eq!(judge(w, seen_word(w, g - 1), g, alive), Entry::Keep, "alive: it may still come");
+        assert_eq!(judge(w, seen_word(w, g - 1), g, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, seen_word(w, g), g, dead), Entry::Keep, "arrived here: owes the next one");
+        assert_eq!(judge(w, seen_word(w, g), g + 1, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, seen_word(w, g - 2), g, dead), Entry::Reclaim, "opened once without it");
+        // The generation wraps in 31 bits.
+        assert_eq!(judge(w, seen_word(w, GEN_MASK), 0, dead), Entry::OwesAndDead);
+        // No evidence: a `seen` of another entry, garbage states, no start time.
+        let other = word::pack(WATCHED, 4243, 777);
+        assert_eq!(judge(w, seen_word(other, g - 1), g, dead), Entry::Reclaim);
+        assert_eq!(judge(w, seen_word(other, g - 1), g, alive), Entry::Keep, "being claimed by a live process");
+        let garbage = word::pack(7, 4242, 777);
+        assert_eq!(judge(garbage, seen_word(garbage, g - 1), g, alive), Entry::Reclaim);
+        let no_start = word::pack(WATCHED, 4242, 0);
+        assert_eq!(judge(no_start, seen_word(no_start, g - 1), g, alive), Entry::Reclaim);
+    }
+
+    #[test]
+    fn a_wait_claims_one_entry_per_process_and_the_last_drop_clears_it() {
+        let b = Barrier::anonymous(1).unwrap();
+        // A view of our own: it keeps the mapping after the handles are gone.
+        let shared = b.shared.clone();
+        let s = shared.get();
+        let count = || s.who.iter().filter(|w| w.load(Acquire) != 0).count();
+        assert_eq!(count(), 0, "nothing claimed before the first wait");
+        let c = b.clone();
+        b.wait().unwrap();
+        c.wait().unwrap();
+        assert_eq!(count(), 1);
+        let i = s.who.iter().position(|w| w.load(Acquire) != 0).unwrap();
+        let me = sys::current_process();
+        assert_eq!(s.who[i].load(Acquire), word::pack(WATCHED, me.id, me.start_time));
+        // Two arrivals: generations 0 and 1, so the last one recorded is 1.
+        assert_eq!(s.seen[i].load(Acquire), seen_word(s.who[i].load(Acquire), 1));
+        drop(b);
+        assert_eq!(count(), 1, "a clone still holds it");
+        drop(c);
+        assert_eq!(count(), 0, "the last drop clears the entry");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub(crate) mod semaphore;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
-pub use barrier::{Barrier, BarrierBuilder, BarrierError, BarrierWaitResult};
+pub use barrier::{Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, WATCHED_PROCESSES};
 pub use condition::{Condition, ConditionBuilder};
 pub use event::{Event, EventBuilder};
 pub use lock::{Lock, LockBuilder, LockGuard, RLock, RLockBuilder};

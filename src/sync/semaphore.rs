@@ -115,7 +115,7 @@ const RESERVED: u64 = 1;
 const HELD: u64 = 2;
 
 fn slot_word(state: u64, pid: u32, start: u64) -> u64 {
-    (state << 60) | ((u64::from(pid) & ((1 << 22) - 1)) << 38) | (start & ((1 << 38) - 1))
+    crate::peer::word::pack(state, pid, start)
 }
 
 /// Whether slot word `w` names a process that is proven dead (or is garbage:
@@ -124,7 +124,7 @@ fn slot_word(state: u64, pid: u32, start: u64) -> u64 {
 /// alive while it exists, so a permit is never taken from a live holder.
 #[cfg(not(loom))]
 fn slot_owner_dead(w: u64) -> bool {
-    let (state, pid, start) = (w >> 60, ((w >> 38) & ((1 << 22) - 1)) as u32, w & ((1 << 38) - 1));
+    let (state, pid, start) = crate::peer::word::parts(w);
     if !matches!(state, RESERVED | HELD) {
         return true;
     }

@@ -161,8 +161,11 @@ fn main() {
                 }
             }
         }
-        // barrier-n <barrier> <n> <timeout_ms> [sleep]: pass n generations; exit 20
-        // if the barrier broke, 21 on own timeout. With `sleep`, then sleep (to be killed).
+        // barrier-n <barrier> <n> <timeout_ms> [sleep|panic|exit]: pass n
+        // generations; exit 20 if the barrier broke, 21 on own timeout. Then,
+        // with `sleep`: sleep (to be killed); `panic`: panic (unwinding drops
+        // the handle while panicking); `exit`: exit(0) without dropping it;
+        // none: return, dropping it.
         "barrier-n" => {
             let b: Barrier = open(a(1));
             for _ in 0..num(a(2)) {
@@ -172,8 +175,11 @@ fn main() {
                     Err(_) => exit(21),
                 }
             }
-            if args.get(4).map(String::as_str) == Some("sleep") {
-                std::thread::sleep(Duration::from_secs(60));
+            match args.get(4).map(String::as_str) {
+                Some("sleep") => std::thread::sleep(Duration::from_secs(60)),
+                Some("panic") => panic!("a party panics between two waits"),
+                Some("exit") => exit(0),
+                _ => {}
             }
         }
         other => {
