@@ -53,7 +53,7 @@ enum Command {
 /// `shmproc bench`.
 #[derive(Debug, Default, PartialEq, Eq, Args)]
 struct BenchArgs {
-    /// Less work per case (the whole run takes under 15 s).
+    /// Less work per case: about 20 s in all on two CPUs (a full run: about 150 s).
     #[arg(long)]
     quick: bool,
     /// One JSON object per case on stdout, nothing else.
