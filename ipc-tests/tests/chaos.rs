@@ -325,10 +325,9 @@ fn chaos_barrier() {
         let victim = (rng.next() % 2) as usize;
         let k = kill_after(kids[victim], Duration::from_micros(rng.next() % 3000));
         let mut mine = 0u64;
-        // Pass until the kill stops the barrier: the dead party is noticed
-        // within a slice or two by the dead-party check, or (if it died
-        // before its first wait) by this side's short timeout, which breaks
-        // the barrier for the survivor. (Under load the
+        // Pass until the kill stops the barrier: the survivor's dead-party
+        // check (after a 50 ms slice) or this side's shorter timeout (30 ms;
+        // the only way if the victim died before its first wait) breaks it. (Under load the
         // timeout may also end a round before the kill: the victim then
         // exits by itself, which is fine.)
         while bar.wait_timeout(Duration::from_millis(30)).is_ok() {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use shmproc::process::{JoinError, Process, StartMethod};
-use shmproc::{Array, Connection, Handle, Lock, OpenError, Pipe, Queue, ShmObject, Value};
+use shmproc::{Array, Barrier, BarrierError, Connection, Handle, Lock, OpenError, Pipe, Queue, ShmObject, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -204,6 +204,67 @@ fn a_forkserver_join_ends_when_no_status_record_comes() {
     assert_eq!(r.unwrap(), 5);
 }
 
+/// Passes the barrier three times, then returns (a clean leave).
+fn three_generations(b: Barrier) -> u32 {
+    (0..3).filter(|_| b.wait_timeout(WAIT).is_ok()).count() as u32
+}
+
+/// Passes the barrier once, then panics before its next arrival.
+fn passes_once_then_panics(b: Barrier) -> u32 {
+    b.wait_timeout(WAIT).expect("generation 0");
+    panic!("a party panics between two waits");
+}
+
+/// A shmproc child whose body returns leaves the barriers it waited at, so
+/// that a second batch of parties can replace the first, under every start
+/// method (a forked child `_exit`s and drops none of the copies of the
+/// handle it inherited); one whose body panics between two waits breaks
+/// the next generation for the others.
+fn barrier_parties_started_as_processes(m: StartMethod) {
+    let b = Barrier::anonymous(3).unwrap();
+    let batch = || -> Vec<Process<u32>> {
+        (0..2)
+            .map(|_| match m {
+                // A closure's child waits through a copy of the handle it
+                // inherited, whose other copies it never drops.
+                StartMethod::Fork => {
+                    let b = b.clone();
+                    Process::closure(move || three_generations(b)).start().unwrap()
+                }
+                _ => Process::builder(three_generations, b.clone()).start_method(m).start().unwrap(),
+            })
+            .collect()
+    };
+    let first = batch();
+    for _ in 0..3 {
+        b.wait_timeout(WAIT).unwrap();
+    }
+    for mut p in first {
+        assert_eq!(p.join_timeout(WAIT).unwrap(), 3);
+    }
+    // Several dead-party looks (one per 50 ms slice) pass before the second
+    // batch arrives: the first batch owes nothing.
+    let waiter = b.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(waiter.wait_timeout(WAIT)));
+    std::thread::sleep(Duration::from_millis(300));
+    let second = batch();
+    assert!(rx.recv_timeout(WAIT).expect("the waiter hung").is_ok(), "{m:?}: a clean leave broke the barrier");
+    for _ in 0..2 {
+        b.wait_timeout(WAIT).unwrap();
+    }
+    for mut p in second {
+        assert_eq!(p.join_timeout(WAIT).unwrap(), 3);
+    }
+    assert!(!b.is_broken());
+
+    let b = Barrier::anonymous(2).unwrap();
+    let mut p = Process::builder(passes_once_then_panics, b.clone()).start_method(m).start().unwrap();
+    b.wait_timeout(WAIT).unwrap();
+    assert_eq!(b.wait_timeout(WAIT), Err(BarrierError::Broken), "{m:?}: the panicked party never arrives");
+    assert!(matches!(p.join_timeout(WAIT), Err(JoinError::Panicked { .. })));
+}
+
 fn main() {
     shmproc::init();
     std::thread::spawn(|| {
@@ -215,11 +276,12 @@ fn main() {
         return;
     }
     type Check = fn(StartMethod);
-    let checks: [(&str, Check); 4] = [
+    let checks: [(&str, Check); 5] = [
         ("objects_reach_the_child", objects_reach_the_child),
         ("moved_named_object_stays_until_join", moved_named_object_stays_until_join),
         ("anonymous_handle_in_the_wrong_place", anonymous_handle_in_the_wrong_place),
         ("unresolvable_index_is_a_precise_join_error", unresolvable_index_is_a_precise_join_error),
+        ("barrier_parties_started_as_processes", barrier_parties_started_as_processes),
     ];
     for m in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
         for (name, check) in checks {

@@ -318,7 +318,14 @@ pub(crate) fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
 /// Returns the exit code to use.
 pub(crate) fn run_captured(body: impl FnOnce() -> Result<(), String>) -> i32 {
     let Some(ctx) = ctx() else { return EXIT_REFUSED };
-    let report = match panic::catch_unwind(AssertUnwindSafe(body)) {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(body));
+    if outcome.is_ok() {
+        // The body returned: a clean leave from every barrier it waited at
+        // (this process `_exit`s and drops none of its handles). A panic
+        // leaves them owing, so the barriers break.
+        crate::sync::barrier::leave_all();
+    }
+    let report = match outcome {
         Ok(Ok(())) => return EXIT_OK,
         Ok(Err(reason)) => Report::Serde(reason),
         Err(payload) => Report::Panic { message: payload_text(&*payload), location: None },

@@ -23,24 +23,29 @@
 //! [`WATCHED_PROCESSES`] entries: its identity (pid and start time, one
 //! [`peer::word`](crate::peer::word)) and the generation it last arrived at.
 //! A process that has arrived at generation `g - 1` but not yet at `g`
-//! *owes* `g` an arrival. Waiters look at the table before each sleep slice
-//! (`PEER_SLICE`, 50 ms): if a process that owes the current generation is
-//! dead, nobody can open it, and the waiter breaks the barrier. So a party
-//! killed (or crashed, or exited without dropping its handle) between two
-//! waits breaks the next one within about a slice, with or without a
-//! timeout, instead of leaving the others waiting for ever.
+//! *owes* `g` an arrival. A waiter looks at the table after each sleep slice
+//! (`PEER_SLICE`, 50 ms; one look per slice per process and handle): if a
+//! process that owes the current generation is dead, nobody can open it,
+//! and the waiter breaks the barrier. So a party killed, crashed, or exited
+//! without leaving (below) between two waits breaks the next generation
+//! within about two slices, with or without a timeout, instead of leaving
+//! the others waiting for ever.
 //!
-//! * Registering records "arrived at `g - 1`" before the arrival is counted,
-//!   and the arrival is recorded right after it is counted: a process killed
-//!   in between breaks the generation it had in fact arrived at (a window of
-//!   a few instructions; broken, never hung).
-//! * Dropping the last handle of a process (not while panicking) clears its
-//!   entry: a process that leaves cleanly owes nothing. One that unwinds
-//!   from a panic keeps its entry, and breaks the barrier once it has exited.
-//! * An entry of a dead process that owes nothing (it arrived at the current
-//!   generation, or the barrier has opened a generation without it since)
-//!   is reclaimed when a waiter looks, except for one that arrived at the
-//!   current generation: it owes the next one.
+//! * An arrival is marked *pending* at `g` before it is counted and marked
+//!   done right after. A process that dies in between owes `g` (perhaps it
+//!   was counted, perhaps not: the barrier is broken, never hung) and, if
+//!   `g` opens anyway, `g + 1`.
+//! * A process leaves cleanly (its entry cleared; it owes nothing) when its
+//!   last handle is dropped outside a panic, or when the body of a shmproc
+//!   child ([`Process`](crate::Process), any start method) returns: a forked
+//!   child `_exit`s without dropping the copies it inherited. A party that
+//!   panics keeps its entry and breaks the barrier once it has exited.
+//! * Threads of one process share its entry: the process has arrived at
+//!   `g` once as many of its threads arrived there as at `g - 1` (at its
+//!   first generation, its first arriving thread counts for all).
+//! * A dead process's entry is kept while it owes the current or the next
+//!   generation; any other dead entry is freed when a waiter looks, or when
+//!   a newcomer needs an entry.
 //! * Not seen: a process that dies before its first wait, and processes
 //!   that found the table full of live ones at their first wait (they wait
 //!   unwatched). Use [`Barrier::wait_timeout`] for those.
@@ -48,6 +53,8 @@
 //!   of one barrier opened separately (not clones) holds two entries, and
 //!   if it dies, the one it did not arrive through may break a generation
 //!   it had arrived at (broken, never hung).
+//! * Death is judged from `/proc` (pid and start time), so the parties must
+//!   share a pid namespace, as for every shmproc object that watches peers.
 //!
 //! ## Layout (payload, 1088 bytes, `#[repr(C, align(64))]`)
 //!
@@ -58,14 +65,15 @@
 //! | 8      | 4    | `parties`    | number of participants (set at creation)   |
 //! | 12     | 52   | reserved     | zero                                       |
 //! | 64     | 512  | `who`        | 64 watched processes: `peer::word` with state 1; 0 = free |
-//! | 576    | 512  | `seen`       | per entry: `tag(who) << 32` \| the generation it last arrived at |
+//! | 576    | 512  | `seen`       | per entry: `tag(who) << 32` \| `PENDING` (bit 31) \| the generation of its last arrival (bits 0-30) |
 //!
-//! `tag(w)` is `(w ^ (w >> 32)) as u32`: a `seen` word whose tag does not
-//! match its entry's `who` (an entry being claimed, or garbage) is no
-//! evidence of anything.
+//! `tag(w)` is the high half of `w * 0x9e3779b97f4a7c15` (wrapping): a
+//! `seen` word whose tag does not match its entry's `who` (an entry being
+//! claimed, or garbage) is no evidence of anything.
 
 use std::fmt;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::atomic::{AtomicU32, AtomicU64};
@@ -74,6 +82,7 @@ use crate::error::OpenError;
 use crate::header::ObjectKind;
 use crate::object::{Builder, Object};
 use crate::peer::word;
+use crate::peer::RateLimit;
 use crate::segment::{Handle, Segment};
 use crate::sys::{self, ForkSafeMutex};
 use crate::time::Deadline;
@@ -107,16 +116,24 @@ const _: () = {
     assert!(std::mem::offset_of!(BarrierState, seen) == 576);
 };
 
-/// The tag a `seen` word carries for the `who` word `w`.
+/// `seen` bit: the entry's process is counting its arrival at the
+/// generation the low 31 bits name (set before its `fetch_add`, cleared
+/// after).
+const PENDING: u64 = 1 << 31;
+
+/// The tag a `seen` word carries for the `who` word `w`: the high half of a
+/// multiplicative (Fibonacci) hash, so that the tags of two different words
+/// agree with a chance of about 2^-32.
 #[inline]
 fn tag(w: u64) -> u64 {
-    u64::from((w ^ (w >> 32)) as u32)
+    w.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
 }
 
-/// The `seen` word of entry `w` for an arrival at generation `g`.
+/// The `seen` word of entry `w` for an arrival at generation `g`, still
+/// being counted (`pending`) or counted.
 #[inline]
-fn seen_word(w: u64, g: u32) -> u64 {
-    (tag(w) << 32) | u64::from(g & GEN_MASK)
+fn seen_word(w: u64, g: u32, pending: bool) -> u64 {
+    (tag(w) << 32) | if pending { PENDING } else { 0 } | u64::from(g & GEN_MASK)
 }
 
 /// What a waiter at generation `g` makes of one entry of the table.
@@ -147,12 +164,17 @@ fn judge(w: u64, seen: u64, g: u32, runs: impl FnOnce(u64) -> bool) -> Entry {
         return Entry::Reclaim;
     }
     let last = seen as u32 & GEN_MASK;
-    if last == g.wrapping_sub(1) & GEN_MASK {
+    let here = g & GEN_MASK;
+    if last == g.wrapping_sub(1) & GEN_MASK || (seen & PENDING != 0 && last == here) {
+        // Arrived at `g - 1` (or died counting that arrival, and `g - 1`
+        // opened), or died counting its arrival here: perhaps counted,
+        // perhaps not, so this generation may never open.
         Entry::OwesAndDead
-    } else if last == g & GEN_MASK {
+    } else if last == here {
         // Arrived here, then died: it owes the next generation.
         Entry::Keep
     } else {
+        // The barrier opened a generation without it since.
         Entry::Reclaim
     }
 }
@@ -218,23 +240,56 @@ impl BarrierWaitResult {
 pub struct Barrier {
     shared: Shared<BarrierState>,
     parties: u32,
-    watch: std::sync::Arc<Watch>,
+    watch: Arc<Watch>,
 }
 
 /// This process's entry in the barrier's table of watched processes, shared
 /// by the clones of one handle: claimed on the first wait, cleared when the
-/// last clone is dropped (not while panicking).
+/// last clone is dropped (not while panicking) or when a shmproc child's
+/// body returns ([`leave_all`]: a forked child never drops the copies it
+/// inherited).
 struct Watch {
     shared: Shared<BarrierState>,
-    /// `(process stamp, entry)`: the entry this process claimed (`None`: the
-    /// table was full of live processes, or our start time is unknown, so we
-    /// wait unwatched and do not scan again); a forked child finds its
-    /// parent's stamp there and claims its own.
-    entry: ForkSafeMutex<Option<(u64, Option<Claimed>)>>,
+    /// This process's entry and arrival counts (`None` until its first
+    /// wait; a forked child finds its parent's stamp there and starts anew).
+    local: ForkSafeMutex<Option<Local>>,
+    /// One dead-party look per slice for all the threads of this process
+    /// that wait through this handle.
+    looked: RateLimit,
 }
 
 /// A claimed entry: its index and this process's `who` word.
 type Claimed = (usize, u64);
+
+/// What one process knows of its own entry.
+#[derive(Clone, Copy)]
+struct Local {
+    /// [`sys::process_stamp`] of the process these fields belong to.
+    stamp: u64,
+    /// `None`: the table was full of live processes, or our start time is
+    /// unknown; we wait unwatched and do not scan again.
+    claimed: Option<Claimed>,
+    /// The generation of this process's latest arrivals, how many of its
+    /// threads arrived there, and how many at the generation before: the
+    /// process has arrived at `gen` once `here >= before`.
+    gen: u32,
+    here: u32,
+    before: u32,
+}
+
+impl Watch {
+    /// Clears this process's entry (a clean leave: it owes nothing); a
+    /// later wait claims a new one.
+    fn leave(&self) {
+        let mut l = self.local.lock();
+        if let Some(Local { stamp, claimed: Some((i, w)), .. }) = *l {
+            if stamp == sys::process_stamp() {
+                let _ = self.shared.get().who[i].compare_exchange(w, 0, AcqRel, Relaxed);
+                *l = None;
+            }
+        }
+    }
+}
 
 impl Drop for Watch {
     fn drop(&mut self) {
@@ -243,11 +298,21 @@ impl Drop for Watch {
             // stays, and breaks the barrier once this process has exited.
             return;
         }
-        if let Some((stamp, Some((i, w)))) = *self.entry.lock() {
-            if stamp == sys::process_stamp() {
-                let _ = self.shared.get().who[i].compare_exchange(w, 0, AcqRel, Relaxed);
-            }
-        }
+        self.leave();
+    }
+}
+
+/// The handles of this process (and, after a fork, of its parent) that
+/// hold an entry.
+static HOLDING: ForkSafeMutex<Vec<Weak<Watch>>> = ForkSafeMutex::new(Vec::new(), Vec::new);
+
+/// Leaves every barrier this process waited at (its entries cleared, as if
+/// its handles were dropped): a shmproc child's body returned without
+/// panicking, and the child is about to `_exit`, dropping nothing.
+pub(crate) fn leave_all() {
+    let held: Vec<Weak<Watch>> = HOLDING.lock().clone();
+    for w in held.iter().filter_map(Weak::upgrade) {
+        w.leave();
     }
 }
 
@@ -292,24 +357,71 @@ impl Barrier {
         if parties == 0 {
             return Err(OpenError::corrupt("barrier with 0 parties"));
         }
-        let watch = std::sync::Arc::new(Watch { shared: shared.clone(), entry: ForkSafeMutex::new(None, || None) });
+        let watch = Arc::new(Watch {
+            shared: shared.clone(),
+            local: ForkSafeMutex::new(None, || None),
+            looked: RateLimit::new(),
+        });
         Ok(Barrier { shared, parties, watch })
     }
 
-    /// This process's entry in the table (claiming one on its first wait,
-    /// before arriving at generation `g`) and its `who` word; `None` if
-    /// the table is full of live processes or our start time is unknown.
-    fn my_entry(&self, g: u32) -> Option<Claimed> {
-        let mut e = self.watch.entry.lock();
+    /// Before this thread's arrival at generation `g` is counted: claims
+    /// this process's entry on its first wait, counts the arrival, and if
+    /// it completes the process's arrivals at `g`, marks the entry as
+    /// counting one at `g` (`PENDING`) and returns it for [`Self::arrived`].
+    fn arriving(&self, g: u32) -> Option<Claimed> {
+        let g = g & GEN_MASK;
         let stamp = sys::process_stamp();
-        if let Some((at, mine)) = *e {
-            if at == stamp {
-                return mine;
+        let (mine, new) = {
+            let mut slot = self.watch.local.lock();
+            if !slot.is_some_and(|l| l.stamp == stamp) {
+                // First wait here, or our parent's fields (we are a forked child).
+                *slot = None;
+            }
+            let new = slot.is_none();
+            let prev = g.wrapping_sub(1) & GEN_MASK;
+            let l = slot.get_or_insert_with(|| Local {
+                stamp,
+                claimed: self.claim_entry(g),
+                gen: prev,
+                here: 0,
+                before: 0,
+            });
+            if l.gen == g {
+                l.here = l.here.saturating_add(1);
+            } else {
+                l.before = if l.gen == g.wrapping_sub(1) & GEN_MASK { l.here } else { 0 };
+                l.gen = g;
+                l.here = 1;
+            }
+            let done = l.here >= l.before;
+            (l.claimed.filter(|_| done), new && l.claimed.is_some())
+        };
+        if new {
+            let mut h = HOLDING.lock();
+            h.retain(|w| w.strong_count() > 0);
+            h.push(Arc::downgrade(&self.watch));
+        }
+        let (i, w) = mine?;
+        let s = self.shared.get();
+        if s.who[i].load(Acquire) != w {
+            // Freed under us (a hostile writer, or a /proc that said we were
+            // dead): claim again at the next wait.
+            *self.watch.local.lock() = None;
+            return None;
+        }
+        s.seen[i].store(seen_word(w, g, true), Release);
+        Some((i, w))
+    }
+
+    /// After the arrival [`Self::arriving`] marked was counted.
+    fn arrived(&self, mine: Option<Claimed>, g: u32) {
+        if let Some((i, w)) = mine {
+            let s = self.shared.get();
+            if s.who[i].load(Acquire) == w {
+                s.seen[i].store(seen_word(w, g, false), Release);
             }
         }
-        let mine = self.claim_entry(g);
-        *e = Some((stamp, mine));
-        mine
     }
 
     /// Claims a free entry (or one of a dead process that owes nothing)
@@ -326,7 +438,7 @@ impl Barrier {
             let free = cur == 0 || judge(cur, s.seen[i].load(Acquire), g, word::runs) == Entry::Reclaim;
             if free && s.who[i].compare_exchange(cur, w, AcqRel, Relaxed).is_ok() {
                 // Owes `g` until its arrival is counted and recorded.
-                s.seen[i].store(seen_word(w, g.wrapping_sub(1)), Release);
+                s.seen[i].store(seen_word(w, g.wrapping_sub(1), false), Release);
                 return Some((i, w));
             }
         }
@@ -342,7 +454,8 @@ impl Barrier {
             let w = s.who[i].load(Acquire);
             match judge(w, s.seen[i].load(Acquire), g, word::runs) {
                 Entry::Keep => {}
-                Entry::OwesAndDead => owed = true,
+                // The same entry still (its `seen` was not a newcomer's).
+                Entry::OwesAndDead => owed |= s.who[i].load(Acquire) == w,
                 Entry::Reclaim => {
                     let _ = s.who[i].compare_exchange(w, 0, AcqRel, Relaxed);
                 }
@@ -417,11 +530,9 @@ impl Barrier {
         if g & BROKEN != 0 || lost() {
             return Err(BarrierError::Broken);
         }
-        let mine = self.my_entry(g);
+        let mine = self.arriving(g);
         let n = s.arrived.fetch_add(1, AcqRel).wrapping_add(1);
-        if let Some((i, w)) = mine {
-            s.seen[i].store(seen_word(w, g), Release);
-        }
+        self.arrived(mine, g);
         if n == 0 || n > self.parties {
             // Corrupt count: nobody can trust this barrier any more.
             self.abort();
@@ -461,7 +572,7 @@ impl Barrier {
             let now = sys::monotonic_now();
             if now >= next_look {
                 next_look = now + crate::wait::PEER_SLICE;
-                if self.owed_by_the_dead(g) {
+                if self.watch.looked.due_at(now, crate::wait::PEER_SLICE) && self.owed_by_the_dead(g) {
                     match s.generation.compare_exchange(g, g | BROKEN, Release, Acquire) {
                         Ok(_) => {
                             p.wake(&s.generation, i32::MAX as u32);
@@ -548,21 +659,28 @@ mod tests {
         let (alive, dead) = (|_| true, |_| false);
         let g = 10u32;
         assert_eq!(judge(0, 0, g, dead), Entry::Keep, "a free entry");
-        assert_eq!(judge(w, seen_word(w, g - 1), g, alive), Entry::Keep, "alive: it may still come");
-        assert_eq!(judge(w, seen_word(w, g - 1), g, dead), Entry::OwesAndDead);
-        assert_eq!(judge(w, seen_word(w, g), g, dead), Entry::Keep, "arrived here: owes the next one");
-        assert_eq!(judge(w, seen_word(w, g), g + 1, dead), Entry::OwesAndDead);
-        assert_eq!(judge(w, seen_word(w, g - 2), g, dead), Entry::Reclaim, "opened once without it");
+        assert_eq!(judge(w, seen_word(w, g - 1, false), g, alive), Entry::Keep, "alive: it may still come");
+        assert_eq!(judge(w, seen_word(w, g - 1, false), g, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, seen_word(w, g, false), g, dead), Entry::Keep, "arrived here: owes the next one");
+        assert_eq!(judge(w, seen_word(w, g, false), g + 1, dead), Entry::OwesAndDead);
+        // Killed while its arrival was being counted: perhaps counted, so
+        // this generation may open; perhaps not, so it may not: it owes
+        // this one, and the next one in any case.
+        assert_eq!(judge(w, seen_word(w, g, true), g, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, seen_word(w, g, true), g + 1, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, seen_word(w, g, true), g + 2, dead), Entry::Reclaim);
+        assert_eq!(judge(w, seen_word(w, g, true), g, alive), Entry::Keep);
+        assert_eq!(judge(w, seen_word(w, g - 2, false), g, dead), Entry::Reclaim, "opened once without it");
         // The generation wraps in 31 bits.
-        assert_eq!(judge(w, seen_word(w, GEN_MASK), 0, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, seen_word(w, GEN_MASK, false), 0, dead), Entry::OwesAndDead);
         // No evidence: a `seen` of another entry, garbage states, no start time.
         let other = word::pack(WATCHED, 4243, 777);
-        assert_eq!(judge(w, seen_word(other, g - 1), g, dead), Entry::Reclaim);
-        assert_eq!(judge(w, seen_word(other, g - 1), g, alive), Entry::Keep, "being claimed by a live process");
+        assert_eq!(judge(w, seen_word(other, g - 1, false), g, dead), Entry::Reclaim);
+        assert_eq!(judge(w, seen_word(other, g - 1, false), g, alive), Entry::Keep, "being claimed by a live process");
         let garbage = word::pack(7, 4242, 777);
-        assert_eq!(judge(garbage, seen_word(garbage, g - 1), g, alive), Entry::Reclaim);
+        assert_eq!(judge(garbage, seen_word(garbage, g - 1, false), g, alive), Entry::Reclaim);
         let no_start = word::pack(WATCHED, 4242, 0);
-        assert_eq!(judge(no_start, seen_word(no_start, g - 1), g, alive), Entry::Reclaim);
+        assert_eq!(judge(no_start, seen_word(no_start, g - 1, false), g, alive), Entry::Reclaim);
     }
 
     #[test]
@@ -581,11 +699,45 @@ mod tests {
         let me = sys::current_process();
         assert_eq!(s.who[i].load(Acquire), word::pack(WATCHED, me.id, me.start_time));
         // Two arrivals: generations 0 and 1, so the last one recorded is 1.
-        assert_eq!(s.seen[i].load(Acquire), seen_word(s.who[i].load(Acquire), 1));
+        assert_eq!(s.seen[i].load(Acquire), seen_word(s.who[i].load(Acquire), 1, false));
         drop(b);
         assert_eq!(count(), 1, "a clone still holds it");
         drop(c);
         assert_eq!(count(), 0, "the last drop clears the entry");
+    }
+
+    #[test]
+    fn a_process_owes_a_generation_until_as_many_of_its_threads_arrived_as_before() {
+        let b = Barrier::anonymous(3).unwrap();
+        let shared = b.shared.clone();
+        let s = shared.get();
+        let pass = |k: usize| -> Vec<std::thread::JoinHandle<Result<BarrierWaitResult, BarrierError>>> {
+            (0..k)
+                .map(|_| {
+                    let b = b.clone();
+                    std::thread::spawn(move || b.wait_timeout(Duration::from_secs(10)))
+                })
+                .collect()
+        };
+        // Generation 0: three threads of this process.
+        for h in pass(3) {
+            h.join().unwrap().unwrap();
+        }
+        let i = s.who.iter().position(|w| w.load(Acquire) != 0).unwrap();
+        let w = s.who[i].load(Acquire);
+        assert_eq!(s.seen[i].load(Acquire), seen_word(w, 0, false));
+        // Generation 1: one thread arrives; the process still owes it.
+        let first = pass(1);
+        let t = Instant::now();
+        while b.shared.get().arrived.load(Acquire) < 1 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::yield_now();
+        }
+        assert_eq!(s.seen[i].load(Acquire), seen_word(w, 0, false), "1 of 3 threads arrived at 1");
+        for h in pass(2).into_iter().chain(first) {
+            h.join().unwrap().unwrap();
+        }
+        assert_eq!(s.seen[i].load(Acquire), seen_word(w, 1, false), "3 of 3 arrived at 1");
+        assert_eq!(s.who.iter().filter(|w| w.load(Acquire) != 0).count(), 1, "one entry for the process");
     }
 
     #[test]

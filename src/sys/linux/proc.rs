@@ -251,22 +251,29 @@ pub(crate) fn liveness(who: Identity) -> Liveness {
 
 /// Whether process `pid` runs and `recorded(start)` accepts its start time
 /// (a record packs a truncated start time: the caller compares). A `/proc`
-/// that cannot be read (hidepid, another user's process, no file
+/// that cannot be read or does not show the process (a `hidepid` mount
+/// hides another user's processes as if they did not exist; no file
 /// descriptors left) proves nothing: then the process counts as alive if it
-/// exists (`kill(pid, 0)`). Only a process that is gone,
-/// a zombie, or one whose start time the record rejects is not alive.
+/// exists (`kill(pid, 0)`). Only a process that is gone, a zombie, or one
+/// whose start time the record rejects is not alive.
 pub(crate) fn alive_matching(pid: u32, recorded: impl FnOnce(u64) -> bool) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
     match start_time_of(pid) {
-        Ok(None) | Ok(Some((_, true))) => false,
+        Ok(Some((_, true))) => false,
         Ok(Some((start, false))) => recorded(start),
-        Err(_) => match rustix::process::Pid::from_raw(pid as i32) {
-            // kill(pid, 0): sends nothing, only checks existence.
-            Some(p) => !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)),
-            None => false,
-        },
+        // Not in /proc: gone, unless /proc hides it (checked by the kernel).
+        Ok(None) | Err(_) => exists(pid),
+    }
+}
+
+/// `kill(pid, 0)`: sends nothing, only asks whether the pid is in use
+/// (`EPERM`: it is, by a process we may not signal).
+fn exists(pid: u32) -> bool {
+    match rustix::process::Pid::from_raw(pid as i32) {
+        Some(p) => !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)),
+        None => false,
     }
 }
 
