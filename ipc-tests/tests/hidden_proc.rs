@@ -1,7 +1,8 @@
 //! A peer that `/proc` cannot show (a `hidepid` mount hides another user's
 //! processes; here an empty tmpfs over `/proc` in a private mount namespace)
-//! still counts as alive while its pid exists: its lock is not taken over,
-//! and a barrier it owes an arrival is not broken.
+//! still counts as alive while it runs: its lock is not taken over, and a
+//! barrier it owes an arrival is not broken; once it has exited (even as an
+//! unreaped zombie) it is dead: its lock is taken over.
 
 use std::process::Command;
 use std::time::Duration;

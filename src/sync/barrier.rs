@@ -32,17 +32,25 @@
 //! the others waiting for ever.
 //!
 //! * An arrival is marked *pending* at `g` before it is counted and marked
-//!   done right after. A process that dies in between owes `g` (perhaps it
-//!   was counted, perhaps not: the barrier is broken, never hung) and, if
-//!   `g` opens anyway, `g + 1`.
+//!   done right after. A process that dies while pending at `g` owes `g`
+//!   (perhaps it was counted, perhaps not: the barrier is broken, never
+//!   hung) and, if `g` opens anyway, `g + 1`.
 //! * A process leaves cleanly (its entry cleared; it owes nothing) when its
 //!   last handle is dropped outside a panic, or when the body of a shmproc
 //!   child ([`Process`](crate::Process), any start method) returns: a forked
 //!   child `_exit`s without dropping the copies it inherited. A party that
 //!   panics keeps its entry and breaks the barrier once it has exited.
 //! * Threads of one process share its entry: the process has arrived at
-//!   `g` once as many of its threads arrived there as at `g - 1` (at its
-//!   first generation, its first arriving thread counts for all).
+//!   `g` once as many of its threads arrived there as at `g - 1`; until
+//!   then, and at its first generation (how many threads it has is not
+//!   known yet), its arrival stays pending. So a process that dies after
+//!   arriving at its first generation, before that generation opens,
+//!   breaks it; and one that has more threads waiting at `g` than at
+//!   `g - 1` counts as arrived after as many: if it dies then, the rest
+//!   may go unseen.
+//! * A thread of a shmproc child still arriving after the child's body
+//!   returned claims the entry again, and the child's exit then breaks
+//!   the next generation.
 //! * A dead process's entry is kept while it owes the current or the next
 //!   generation; any other dead entry is freed when a waiter looks, or when
 //!   a newcomer needs an entry.
@@ -256,6 +264,9 @@ struct Watch {
     /// One dead-party look per slice for all the threads of this process
     /// that wait through this handle.
     looked: RateLimit,
+    /// The process stamp of the process whose [`HOLDING`] lists this
+    /// handle (once per process is enough).
+    listed: std::sync::atomic::AtomicU64,
 }
 
 /// A claimed entry: its index and this process's `who` word.
@@ -302,8 +313,9 @@ impl Drop for Watch {
     }
 }
 
-/// The handles of this process (and, after a fork, of its parent) that
-/// hold an entry.
+/// The handles of this process that hold an entry (and, after a fork, its
+/// parent's, unless the fork came while another thread held the list: the
+/// child then starts from an empty one).
 static HOLDING: ForkSafeMutex<Vec<Weak<Watch>>> = ForkSafeMutex::new(Vec::new(), Vec::new);
 
 /// Leaves every barrier this process waited at (its entries cleared, as if
@@ -361,6 +373,7 @@ impl Barrier {
             shared: shared.clone(),
             local: ForkSafeMutex::new(None, || None),
             looked: RateLimit::new(),
+            listed: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Barrier { shared, parties, watch })
     }
@@ -394,33 +407,47 @@ impl Barrier {
                 l.gen = g;
                 l.here = 1;
             }
-            let done = l.here >= l.before;
-            (l.claimed.filter(|_| done), new && l.claimed.is_some())
+            // Done only with a known count: at the process's first
+            // generation here (`before` 0) more of its threads may come.
+            let done = l.before > 0 && l.here >= l.before;
+            (l.claimed.map(|c| (c, done)), new && l.claimed.is_some())
         };
-        if new {
+        if new && self.watch.listed.swap(stamp, Relaxed) != stamp {
             let mut h = HOLDING.lock();
             h.retain(|w| w.strong_count() > 0);
             h.push(Arc::downgrade(&self.watch));
         }
-        let (i, w) = mine?;
+        let ((i, w), done) = mine?;
         let s = self.shared.get();
-        if s.who[i].load(Acquire) != w {
+        // Pending at `g`: only forward from our own mark at `g - 1` or `g`
+        // (a thread of ours that arrived at `g + 1` meanwhile wins), and
+        // only while the entry is ours.
+        let forward = s.seen[i].fetch_update(Release, Acquire, |cur| {
+            let ours = cur >> 32 == tag(w) && s.who[i].load(Acquire) == w;
+            let at = cur as u32 & GEN_MASK;
+            (ours && (at == g || at == g.wrapping_sub(1) & GEN_MASK)).then_some(seen_word(w, g, true))
+        });
+        if forward.is_err() && s.who[i].load(Acquire) != w {
             // Freed under us (a hostile writer, or a /proc that said we were
-            // dead): claim again at the next wait.
-            *self.watch.local.lock() = None;
+            // dead): claim again at the next wait, unless another thread of
+            // ours already did.
+            let mut slot = self.watch.local.lock();
+            if slot.is_some_and(|l| l.stamp == sys::process_stamp() && l.claimed == Some((i, w))) {
+                *slot = None;
+            }
             return None;
         }
-        s.seen[i].store(seen_word(w, g, true), Release);
-        Some((i, w))
+        // Not done: stays pending, so a death before the rest of our
+        // threads arrive owes this generation and the next.
+        done.then_some((i, w))
     }
 
-    /// After the arrival [`Self::arriving`] marked was counted.
+    /// After the arrival [`Self::arriving`] marked was counted: pending
+    /// becomes done, unless the entry moved on meanwhile.
     fn arrived(&self, mine: Option<Claimed>, g: u32) {
         if let Some((i, w)) = mine {
             let s = self.shared.get();
-            if s.who[i].load(Acquire) == w {
-                s.seen[i].store(seen_word(w, g, false), Release);
-            }
+            let _ = s.seen[i].compare_exchange(seen_word(w, g, true), seen_word(w, g, false), Release, Relaxed);
         }
     }
 
@@ -725,14 +752,16 @@ mod tests {
         }
         let i = s.who.iter().position(|w| w.load(Acquire) != 0).unwrap();
         let w = s.who[i].load(Acquire);
-        assert_eq!(s.seen[i].load(Acquire), seen_word(w, 0, false));
+        // Its first generation: how many threads it has is not known yet, so
+        // the arrival stays pending (a death now owes 0 and 1).
+        assert_eq!(s.seen[i].load(Acquire), seen_word(w, 0, true));
         // Generation 1: one thread arrives; the process still owes it.
         let first = pass(1);
         let t = Instant::now();
         while b.shared.get().arrived.load(Acquire) < 1 && t.elapsed() < Duration::from_secs(10) {
             std::thread::yield_now();
         }
-        assert_eq!(s.seen[i].load(Acquire), seen_word(w, 0, false), "1 of 3 threads arrived at 1");
+        assert_eq!(s.seen[i].load(Acquire), seen_word(w, 1, true), "1 of 3 threads arrived at 1");
         for h in pass(2).into_iter().chain(first) {
             h.join().unwrap().unwrap();
         }

@@ -268,12 +268,25 @@ pub(crate) fn alive_matching(pid: u32, recorded: impl FnOnce(u64) -> bool) -> bo
     }
 }
 
-/// `kill(pid, 0)`: sends nothing, only asks whether the pid is in use
-/// (`EPERM`: it is, by a process we may not signal).
+/// Whether `pid` names a process that has not exited, asked of the kernel
+/// where `/proc` does not say: a pidfd polled without waiting (readable
+/// once the process has exited, so a zombie is not alive), or, where there
+/// is no pidfd (a thread id, a kernel before 5.3), `kill(pid, 0)` (sends
+/// nothing; `EPERM`: in use by a process we may not signal). Without
+/// `/proc` there is no start time to compare: a pid reused by a process
+/// hidden from us reads as alive.
 fn exists(pid: u32) -> bool {
-    match rustix::process::Pid::from_raw(pid as i32) {
-        Some(p) => !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)),
-        None => false,
+    match super::process::pidfd_open(pid) {
+        Ok(fd) => {
+            let mut p = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+            let now = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+            !matches!(rustix::event::poll(&mut p, Some(&now)), Ok(n) if n > 0)
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => false,
+        Err(_) => match rustix::process::Pid::from_raw(pid as i32) {
+            Some(p) => !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)),
+            None => false,
+        },
     }
 }
 
