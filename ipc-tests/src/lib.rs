@@ -11,6 +11,37 @@ pub fn unique_name(tag: &str) -> String {
     format!("shmproc-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Moves the calling process into a private mount namespace (everything
+/// below `/` private, so nothing propagates back) and mounts a tmpfs with
+/// `options` (e.g. `c"size=16m"`, or `c""`) over `target`. For the probes
+/// that need a small `/dev/shm` or a `/proc` that shows nothing; call it
+/// while the process is single-threaded, as `unshare(CLONE_NEWNS)` wants.
+/// Err: why the OS refused (the caller skips).
+pub fn private_tmpfs(target: &std::ffi::CStr, options: &std::ffi::CStr) -> Result<(), String> {
+    // SAFETY: plain syscalls with valid NUL-terminated strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(format!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error()));
+        }
+        let root = c"/";
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(format!("make / private: {}", std::io::Error::last_os_error()));
+        }
+        let (src, fs) = (c"tmpfs", c"tmpfs");
+        if libc::mount(src.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, options.as_ptr().cast()) != 0 {
+            return Err(format!("mount a tmpfs on {target:?}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 /// Removes a named segment on drop (for names the test does not own through a handle).
 #[derive(Debug)]
 pub struct UnlinkOnDrop(pub String);

@@ -21,28 +21,8 @@ use shmproc::{Barrier, BarrierError, LockError, Mutex};
 const SKIP: i32 = ipc_tests::PROBE_SKIP;
 
 fn hide_proc() -> Result<(), String> {
-    // SAFETY: plain syscalls with valid NUL-terminated strings; this process is
-    // single-threaded here (nothing spawned yet), as unshare(CLONE_NEWNS) wants.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(format!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error()));
-        }
-        let root = c"/";
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(format!("make / private: {}", std::io::Error::last_os_error()));
-        }
-        let (src, dst, fs) = (c"tmpfs", c"/proc", c"tmpfs");
-        if libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) != 0 {
-            return Err(format!("mount a tmpfs on /proc: {}", std::io::Error::last_os_error()));
-        }
-    }
+    // Single-threaded here: the probe spawns no thread.
+    ipc_tests::private_tmpfs(c"/proc", c"")?;
     if std::path::Path::new("/proc/1/stat").exists() {
         return Err("/proc still shows process 1 after the mount".into());
     }

@@ -12,29 +12,8 @@ use shmproc::{Array, OpenError, Pipe, Queue};
 const SKIP: i32 = ipc_tests::PROBE_SKIP;
 
 fn private_small_shm() -> Result<(), String> {
-    // SAFETY: plain syscalls with valid NUL-terminated strings; this process is
-    // single-threaded here (nothing spawned yet), as unshare(CLONE_NEWNS) wants.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(format!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error()));
-        }
-        let root = c"/";
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(format!("make / private: {}", std::io::Error::last_os_error()));
-        }
-        let (src, dst, fs, opts) = (c"tmpfs", c"/dev/shm", c"tmpfs", c"size=16m");
-        if libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, opts.as_ptr().cast()) != 0 {
-            return Err(format!("mount a 16 MiB tmpfs on /dev/shm: {}", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
+    // Single-threaded here: nothing spawned yet.
+    ipc_tests::private_tmpfs(c"/dev/shm", c"size=16m")
 }
 
 fn expect_no_space<T: std::fmt::Debug>(what: &str, min_requested: u64, r: Result<T, OpenError>) -> Result<(), String> {
