@@ -249,7 +249,7 @@ impl Drop for SetOnDrop {
 /// `SCM_RIGHTS`, Spawn keeps it open across the exec), so the pool has no
 /// name in `/dev/shm` to leave behind.
 pub(crate) fn frame_queue(cfg: &Config, capacity: usize, spsc: bool) -> Result<FrameQueue, crate::OpenError> {
-    let b = || FrameQueue::builder().capacity(capacity).max_frame(cfg.max_frame).spsc(spsc).fenced_publishers();
+    let b = || FrameQueue::builder().capacity(capacity).max_frame(cfg.max_frame).spsc(spsc).fenced(true);
     let spare = b().payload_size().ok().and_then(|size| {
         spare::take(crate::header::ObjectKind::FrameQueue, crate::queue::frame_queue_type_info(), size)
     });

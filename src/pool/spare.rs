@@ -104,7 +104,7 @@ mod tests {
     // Each test uses its own frame size: the spares are the process's, and
     // tests run at once.
     fn builder(max_frame: usize) -> crate::queue::FrameQueueBuilder {
-        FrameQueue::builder().capacity(2).max_frame(max_frame).spsc(true).fenced_publishers()
+        FrameQueue::builder().capacity(2).max_frame(max_frame).spsc(true).fenced(true)
     }
 
     fn spare_for(max_frame: usize) -> Option<Segment> {

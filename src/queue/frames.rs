@@ -73,15 +73,6 @@ impl Builder<FrameQueue> {
         self
     }
 
-    /// `create`: every publisher fences before it looks for sleepers, so a
-    /// receiver going to sleep needs no process-wide barrier (`membarrier`,
-    /// an interrupt of every CPU running a registered process). For queues
-    /// whose receivers sleep often and whose sends are few (the pool's).
-    pub(crate) fn fenced_publishers(mut self) -> Self {
-        self.params.fenced = true;
-        self
-    }
-
     fn wrap(e: Arc<Engine>) -> Result<FrameQueue, OpenError> {
         let max = (e.geo.elem_size as usize)
             .checked_sub(4)

@@ -80,7 +80,9 @@
 //!   then sleep on a shared futex. A sender issues `FUTEX_WAKE` only if a sleeper
 //!   count says someone sleeps, so the fast path makes no system call; the
 //!   sleeper-count handshake uses an asymmetric fence (`membarrier`) so that the
-//!   fast path needs no fence either.
+//!   fast path needs no fence either; a queue whose receivers sleep often
+//!   is better created [`fenced`](QueueBuilder::fenced) (the default for a
+//!   `Blocking` creator), so that sleeping interrupts no other CPU.
 //! * Disconnection: every half registers its process and role in a table in
 //!   the segment; once every sender has gone (dropped, or died: checked with a
 //!   pid-reuse-proof liveness test) and the queue is drained, `recv` returns
@@ -169,8 +171,9 @@ pub struct QueueConfig {
     /// [`FrameQueue`] only: the largest frame for `create`.
     pub(crate) max_frame: usize,
     /// `create`: publishers always fence, sleepers skip `membarrier`
-    /// (`raw::FLAG_FENCED`; the pool's queues).
-    pub(crate) fenced: bool,
+    /// (`raw::FLAG_FENCED`); `None`: fenced when the creating handle waits
+    /// in [`WaitMode::Blocking`].
+    pub(crate) fenced: Option<bool>,
 }
 
 impl Default for QueueConfig {
@@ -183,7 +186,7 @@ impl Default for QueueConfig {
             spin: None,
             max_parts: DEFAULT_MAX_PARTICIPANTS,
             max_frame: frames::DEFAULT_MAX_FRAME,
-            fenced: false,
+            fenced: None,
         }
     }
 }
@@ -197,7 +200,7 @@ impl QueueConfig {
             .ok_or_else(|| OpenError::invalid(format!("capacity {} is out of range", self.capacity)))?;
         Ok(Geometry {
             spsc: self.spsc,
-            fenced: self.fenced,
+            fenced: self.fenced.unwrap_or(self.wait == WaitMode::Blocking),
             elem_size,
             capacity: cap as u64,
             max_parts: self.max_parts,
@@ -252,6 +255,34 @@ impl<O: Object<Params = QueueConfig>> Builder<O> {
     /// The adaptive spin budget before sleeping (default 20 us).
     pub fn spin(mut self, budget: std::time::Duration) -> Self {
         self.params.spin = Some(budget);
+        self
+    }
+    /// For `create`: whether every sender fences before it looks for
+    /// sleeping receivers, so that a receiver going to sleep needs no
+    /// process-wide barrier (default: fenced if this handle waits in
+    /// [`WaitMode::Blocking`], not otherwise). Either way no wake-up is lost;
+    /// what differs is who pays for the store-load ordering:
+    ///
+    /// * not fenced: a send is a few nanoseconds cheaper, and a receiver
+    ///   that goes to sleep issues `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`,
+    ///   an interrupt of every CPU running a process that uses shmproc queues
+    ///   (microseconds of their time). Right for queues whose receivers
+    ///   mostly find messages waiting or spin until they come.
+    /// * fenced: every send runs a full fence, and sleeping costs nothing
+    ///   more than the futex. Right for queues whose receivers sleep often:
+    ///   bursty traffic, blocking waits (the pool's queues are fenced).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shmproc::Queue;
+    /// // Events that come a few per second to a receiver that sleeps between them.
+    /// let q = Queue::<u64>::builder().capacity(64).fenced(true).create()?;
+    /// q.send(1)?;
+    /// assert_eq!(q.recv()?, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn fenced(mut self, fenced: bool) -> Self {
+        self.params.fenced = Some(fenced);
         self
     }
     /// Participant-table size for `create` (default 256 handles open at once).

@@ -2171,19 +2171,23 @@ mod registration_tests {
         q.engine().tx_busy.0.store(0, Ordering::SeqCst);
     }
 
-    /// A fenced queue (the pool's): the flag is in the segment and every
-    /// handle that opens it reads it; a receiver asleep on it is woken by a
-    /// send; unknown flag bits are refused at open.
+    /// A fenced queue (the pool's, and by default one created by a Blocking
+    /// handle): the flag is in the segment and every handle that opens it
+    /// reads it; a receiver asleep on it is woken by a send; unknown flag
+    /// bits are refused at open.
     #[test]
     fn a_fenced_queue_records_its_flag_and_refuses_unknown_ones() {
         use crate::queue::FrameQueue;
         use crate::WaitMode;
         for spsc in [false, true] {
             let b = || FrameQueue::builder().capacity(4).max_frame(16).spsc(spsc).wait_mode(WaitMode::Blocking);
-            let q = b().fenced_publishers().create().unwrap();
+            let q = b().fenced(true).create().unwrap();
             let rx = b().open_handle(&q.handle()).unwrap();
             assert!(rx.engine().geo.fenced, "an opener reads the flag");
-            assert!(!b().create().unwrap().engine().geo.fenced, "off unless asked for");
+            assert!(!b().fenced(false).create().unwrap().engine().geo.fenced, "off when asked");
+            assert!(b().create().unwrap().engine().geo.fenced, "on by default for a Blocking creator");
+            let adaptive = FrameQueue::builder().capacity(4).max_frame(16).spsc(spsc);
+            assert!(!adaptive.create().unwrap().engine().geo.fenced, "off by default otherwise");
             // Blocking: the receiver goes to sleep at once, with no `membarrier`.
             let t = std::thread::spawn(move || rx.recv_timeout(std::time::Duration::from_secs(10)));
             std::thread::sleep(std::time::Duration::from_millis(20));
