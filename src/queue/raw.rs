@@ -62,8 +62,9 @@ pub(crate) const MODE_SPSC: u32 = 2;
 /// `flags` bit 0: every publisher runs a full fence before it reads the
 /// sleeper count (never the fence-free publish), so a sleeper needs no
 /// `membarrier` after it registers. For queues whose consumers sleep often
-/// and whose sends are few and large (the pool's frames): a `membarrier`
-/// per sleep cost more there than a fence per send.
+/// (the pool's; by default those a `Blocking` handle creates; any queue
+/// through `QueueBuilder::fenced`): a `membarrier` per sleep costs more
+/// there than a fence per send.
 pub(crate) const FLAG_FENCED: u32 = 1;
 const CONTROL_SIZE: usize = 512;
 const PART_SIZE: usize = 32;

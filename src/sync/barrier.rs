@@ -31,19 +31,20 @@
 //! within about two slices, with or without a timeout, instead of leaving
 //! the others waiting for ever.
 //!
-//! * An arrival is marked *pending* at `g` before it is counted and marked
-//!   done right after. A process that dies while pending at `g` owes `g`
-//!   (perhaps it was counted, perhaps not: the barrier is broken, never
-//!   hung) and, if `g` opens anyway, `g + 1`.
+//! * An arrival is marked *pending* at `g` before it is counted, and marked
+//!   done once all of the process's threads were counted at `g` (below). A
+//!   process that dies while pending at `g` owes `g` (perhaps it was
+//!   counted, perhaps not: the barrier is broken, never hung) and, if `g`
+//!   opens anyway, `g + 1`.
 //! * A process leaves cleanly (its entry cleared; it owes nothing) when its
 //!   last handle is dropped outside a panic, or when the body of a shmproc
 //!   child ([`Process`](crate::Process), any start method) returns: a forked
 //!   child `_exit`s without dropping the copies it inherited. A party that
 //!   panics keeps its entry and breaks the barrier once it has exited.
 //! * Threads of one process share its entry: the process has arrived at
-//!   `g` once as many of its threads arrived there as at `g - 1`; until
-//!   then, and at its first generation (how many threads it has is not
-//!   known yet), its arrival stays pending. So a process that dies after
+//!   `g` once as many of its threads were counted there as arrived at
+//!   `g - 1`; until then, and at its first generation (how many threads it
+//!   has is not known yet), its arrival stays pending. So a process that dies after
 //!   arriving at its first generation, before that generation opens,
 //!   breaks it; and one that has more threads waiting at `g` than at
 //!   `g - 1` counts as arrived after as many: if it dies then, the rest
@@ -61,6 +62,9 @@
 //!   of one barrier opened separately (not clones) holds two entries, and
 //!   if it dies, the one it did not arrive through may break a generation
 //!   it had arrived at (broken, never hung).
+//! * A watched process is taken to arrive at every generation: one that
+//!   sits a generation out (alive) holds it up as any absent party does;
+//!   its mark catches up at its next arrival.
 //! * Death is judged from `/proc` (pid and start time), so the parties must
 //!   share a pid namespace, as for every shmproc object that watches peers.
 //!
@@ -124,9 +128,10 @@ const _: () = {
     assert!(std::mem::offset_of!(BarrierState, seen) == 576);
 };
 
-/// `seen` bit: the entry's process is counting its arrival at the
-/// generation the low 31 bits name (set before its `fetch_add`, cleared
-/// after).
+/// `seen` bit: the entry's process is arriving at the generation the low
+/// 31 bits name (set before each of its threads' `fetch_add`s; cleared once
+/// all of its threads were counted there, as many as at the generation
+/// before, never at its first).
 const PENDING: u64 = 1 << 31;
 
 /// The tag a `seen` word carries for the `who` word `w`: the high half of a
@@ -281,10 +286,12 @@ struct Local {
     /// unknown; we wait unwatched and do not scan again.
     claimed: Option<Claimed>,
     /// The generation of this process's latest arrivals, how many of its
-    /// threads arrived there, and how many at the generation before: the
-    /// process has arrived at `gen` once `here >= before`.
+    /// threads began arriving there and how many were counted, and how
+    /// many arrived at the generation before: the process has arrived at
+    /// `gen` once `before > 0 && counted >= before`.
     gen: u32,
     here: u32,
+    counted: u32,
     before: u32,
 }
 
@@ -379,9 +386,9 @@ impl Barrier {
     }
 
     /// Before this thread's arrival at generation `g` is counted: claims
-    /// this process's entry on its first wait, counts the arrival, and if
-    /// it completes the process's arrivals at `g`, marks the entry as
-    /// counting one at `g` (`PENDING`) and returns it for [`Self::arrived`].
+    /// this process's entry on its first wait, notes the arrival in the
+    /// process's counts, and marks the entry as arriving at `g`
+    /// (`PENDING`); returns the entry for [`Self::arrived`].
     fn arriving(&self, g: u32) -> Option<Claimed> {
         let g = g & GEN_MASK;
         let stamp = sys::process_stamp();
@@ -398,34 +405,33 @@ impl Barrier {
                 claimed: self.claim_entry(g),
                 gen: prev,
                 here: 0,
+                counted: 0,
                 before: 0,
             });
-            if l.gen == g {
-                l.here = l.here.saturating_add(1);
-            } else {
-                l.before = if l.gen == g.wrapping_sub(1) & GEN_MASK { l.here } else { 0 };
+            if l.gen != g {
+                l.before = if l.gen == prev { l.here } else { 0 };
                 l.gen = g;
-                l.here = 1;
+                l.here = 0;
+                l.counted = 0;
             }
-            // Done only with a known count: at the process's first
-            // generation here (`before` 0) more of its threads may come.
-            let done = l.before > 0 && l.here >= l.before;
-            (l.claimed.map(|c| (c, done)), new && l.claimed.is_some())
+            l.here = l.here.saturating_add(1);
+            (l.claimed, new && l.claimed.is_some())
         };
         if new && self.watch.listed.swap(stamp, Relaxed) != stamp {
             let mut h = HOLDING.lock();
             h.retain(|w| w.strong_count() > 0);
             h.push(Arc::downgrade(&self.watch));
         }
-        let ((i, w), done) = mine?;
+        let (i, w) = mine?;
         let s = self.shared.get();
-        // Pending at `g`: only forward from our own mark at `g - 1` or `g`
-        // (a thread of ours that arrived at `g + 1` meanwhile wins), and
-        // only while the entry is ours.
+        // Pending at `g`: forward from any mark of ours that is not ahead
+        // of `g` (a thread of ours that arrived at `g + 1` meanwhile wins;
+        // a process that sat generations out catches up), and only while
+        // the entry is ours.
         let forward = s.seen[i].fetch_update(Release, Acquire, |cur| {
             let ours = cur >> 32 == tag(w) && s.who[i].load(Acquire) == w;
-            let at = cur as u32 & GEN_MASK;
-            (ours && (at == g || at == g.wrapping_sub(1) & GEN_MASK)).then_some(seen_word(w, g, true))
+            let behind = g.wrapping_sub(cur as u32 & GEN_MASK) & GEN_MASK;
+            (ours && behind < 1 << 30).then_some(seen_word(w, g, true))
         });
         if forward.is_err() && s.who[i].load(Acquire) != w {
             // Freed under us (a hostile writer, or a /proc that said we were
@@ -437,15 +443,29 @@ impl Barrier {
             }
             return None;
         }
-        // Not done: stays pending, so a death before the rest of our
-        // threads arrive owes this generation and the next.
-        done.then_some((i, w))
+        Some((i, w))
     }
 
-    /// After the arrival [`Self::arriving`] marked was counted: pending
-    /// becomes done, unless the entry moved on meanwhile.
+    /// After the arrival [`Self::arriving`] marked was counted: once as many
+    /// of this process's threads have been counted at `g` as arrived at
+    /// `g - 1` (a known count: never at the process's first generation), the
+    /// mark turns from pending to done. Each thread's mark precedes its
+    /// `fetch_add`, which precedes its count here, so the thread that
+    /// completes the count finds every mark of the others already made.
     fn arrived(&self, mine: Option<Claimed>, g: u32) {
-        if let Some((i, w)) = mine {
+        let Some((i, w)) = mine else { return };
+        let g = g & GEN_MASK;
+        let done = {
+            let mut slot = self.watch.local.lock();
+            match slot.as_mut() {
+                Some(l) if l.stamp == sys::process_stamp() && l.gen == g => {
+                    l.counted = l.counted.saturating_add(1);
+                    l.before > 0 && l.counted >= l.before
+                }
+                _ => false,
+            }
+        };
+        if done {
             let s = self.shared.get();
             let _ = s.seen[i].compare_exchange(seen_word(w, g, true), seen_word(w, g, false), Release, Relaxed);
         }
@@ -767,6 +787,32 @@ mod tests {
         }
         assert_eq!(s.seen[i].load(Acquire), seen_word(w, 1, false), "3 of 3 arrived at 1");
         assert_eq!(s.who.iter().filter(|w| w.load(Acquire) != 0).count(), 1, "one entry for the process");
+    }
+
+    #[test]
+    fn the_mark_is_done_only_once_every_thread_was_counted_and_catches_up_after_a_gap() {
+        let b = Barrier::anonymous(5).unwrap();
+        let s = b.shared.get();
+        let seen = |i: usize| s.seen[i].load(Acquire);
+        // Generation 0, two threads: the first generation stays pending.
+        let (m1, m2) = (b.arriving(0), b.arriving(0));
+        let (i, w) = m1.unwrap();
+        b.arrived(m1, 0);
+        b.arrived(m2, 0);
+        assert_eq!(seen(i), seen_word(w, 0, true));
+        // Generation 1: T1 marks and is preempted before its `fetch_add`;
+        // T2 arrives and is counted. T1 is not counted yet: still pending.
+        let m1 = b.arriving(1);
+        let m2 = b.arriving(1);
+        b.arrived(m2, 1);
+        assert_eq!(seen(i), seen_word(w, 1, true), "one of two threads counted");
+        b.arrived(m1, 1);
+        assert_eq!(seen(i), seen_word(w, 1, false), "both counted");
+        // The process sits generation 2 out: at 3 its mark catches up.
+        let m = b.arriving(3);
+        assert_eq!(seen(i), seen_word(w, 3, true));
+        b.arrived(m, 3);
+        assert_eq!(seen(i), seen_word(w, 3, true), "after a gap the count is unknown again");
     }
 
     #[test]

@@ -253,8 +253,8 @@ pub(crate) fn liveness(who: Identity) -> Liveness {
 /// (a record packs a truncated start time: the caller compares). A `/proc`
 /// that cannot be read or does not show the process (a `hidepid` mount
 /// hides another user's processes as if they did not exist; no file
-/// descriptors left) proves nothing: then the process counts as alive if it
-/// exists (`kill(pid, 0)`). Only a process that is gone, a zombie, or one
+/// descriptors left) proves nothing: then the kernel decides ([`exists`]: a
+/// pidfd, or `kill(pid, 0)`). Only a process that is gone, a zombie, or one
 /// whose start time the record rejects is not alive.
 pub(crate) fn alive_matching(pid: u32, recorded: impl FnOnce(u64) -> bool) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
