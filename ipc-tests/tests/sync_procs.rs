@@ -4,11 +4,12 @@
 
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use shmproc::{
-    AcquireError, Barrier, BarrierError, BoundedSemaphore, Condition, Event, LockError, Mutex, RawArray,
-    ReentrantMutex, ReleaseError, Semaphore, SemaphoreBuilder, ShmObject, Value,
+    AcquireError, Barrier, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition, Event, LockError, Mutex,
+    RawArray, ReentrantMutex, ReleaseError, Semaphore, SemaphoreBuilder, ShmObject, Value,
 };
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -317,6 +318,15 @@ fn barrier_three_processes_hundred_generations() {
     assert!(!b.is_broken());
 }
 
+/// Waits at `b` on a thread of its own (`wait()`, or `wait_timeout`): the
+/// test reads the result with a timeout of its own, so it never hangs.
+fn wait_in_thread(b: &Barrier, timeout: Option<Duration>) -> Receiver<Result<BarrierWaitResult, BarrierError>> {
+    let b = b.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(timeout.map_or_else(|| b.wait(), |t| b.wait_timeout(t))));
+    rx
+}
+
 #[test]
 fn barrier_killed_participant_breaks_it_without_a_timeout() {
     let b = Barrier::create(&unique("bar"), 3).unwrap();
@@ -328,10 +338,8 @@ fn barrier_killed_participant_breaks_it_without_a_timeout() {
     // The victim now sleeps; kill it before it arrives again.
     victim.kill9();
     // A wait with no timeout ends: the dead party owed this generation.
-    let waiter = b.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(waiter.wait()));
-    assert_eq!(rx.recv_timeout(LONG).expect("wait() hung on a dead party"), Err(BarrierError::Broken));
+    let waiting = wait_in_thread(&b, None);
+    assert_eq!(waiting.recv_timeout(LONG).expect("wait() hung on a dead party"), Err(BarrierError::Broken));
     assert_eq!(survivor.code(LONG), Some(20), "the survivor must see a broken barrier, not hang");
     assert!(b.is_broken());
     assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken));
@@ -350,22 +358,25 @@ fn barrier_timeout_still_breaks_it_for_all() {
     assert!(b.is_broken());
 }
 
+/// A party of two passes one generation, then ends as `mode` says (see
+/// `barrier-n` in sync_worker) with exit code `code`, before it arrives
+/// again: our next wait ends `Broken`.
+fn party_ends_between_waits(mode: &str, code: i32) {
+    let b = Barrier::create(&unique("bar"), 2).unwrap();
+    let mut party = Worker::spawn(&["barrier-n", &b.handle().to_string(), "1", "60000", mode]);
+    b.wait_timeout(LONG).unwrap();
+    assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken), "{mode}: the party will never arrive");
+    assert_eq!(party.code(LONG), Some(code));
+}
+
 #[test]
 fn barrier_party_that_panics_between_waits_breaks_it() {
-    let b = Barrier::create(&unique("bar"), 2).unwrap();
-    let mut party = Worker::spawn(&["barrier-n", &b.handle().to_string(), "1", "60000", "panic"]);
-    b.wait_timeout(LONG).unwrap();
-    assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken), "the panicked party will never arrive");
-    assert_eq!(party.code(LONG), Some(101));
+    party_ends_between_waits("panic", 101);
 }
 
 #[test]
 fn barrier_party_that_exits_holding_its_handle_breaks_it() {
-    let b = Barrier::create(&unique("bar"), 2).unwrap();
-    let mut party = Worker::spawn(&["barrier-n", &b.handle().to_string(), "1", "60000", "exit"]);
-    b.wait_timeout(LONG).unwrap();
-    assert_eq!(party.code(LONG), Some(0));
-    assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken));
+    party_ends_between_waits("exit", 0);
 }
 
 #[test]
@@ -376,14 +387,12 @@ fn barrier_party_that_leaves_cleanly_can_be_replaced() {
     b.wait_timeout(LONG).unwrap();
     // It dropped its handle and exited: it owes nothing.
     assert_eq!(first.code(LONG), Some(0));
-    let waiter = b.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(waiter.wait_timeout(LONG)));
+    let waiting = wait_in_thread(&b, Some(LONG));
     // Several dead-party looks (one per 50 ms slice) pass before the
     // replacement arrives.
     std::thread::sleep(Duration::from_millis(300));
     let mut second = Worker::spawn(&["barrier-n", &h, "1", "60000"]);
-    assert!(rx.recv_timeout(LONG).expect("the waiter hung").is_ok());
+    assert!(waiting.recv_timeout(LONG).expect("the waiter hung").is_ok());
     assert_eq!(second.code(LONG), Some(0));
     assert!(!b.is_broken());
 }
