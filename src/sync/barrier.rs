@@ -48,13 +48,16 @@
 //!   arriving at its first generation, before that generation opens,
 //!   breaks it; and one that has more threads waiting at `g` than at
 //!   `g - 1` counts as arrived after as many: if it dies then, the rest
-//!   may go unseen.
-//! * A thread of a shmproc child still arriving after the child's body
-//!   returned claims the entry again, and the child's exit then breaks
-//!   the next generation.
+//!   may go unseen. A process whose mark stays pending although all its
+//!   threads arrived (fewer of them than at `g - 1`, or it sat `g - 1`
+//!   out) and that dies before `g` opens breaks `g` too.
+//! * A thread of a shmproc child still arriving when the child's body
+//!   returns keeps the entry (or claims it again), and the child's exit
+//!   then breaks that generation or the next.
 //! * A dead process's entry is kept while it owes the current or the next
-//!   generation; any other dead entry is freed when a waiter looks, or when
-//!   a newcomer needs an entry.
+//!   generation (or its mark is ahead of the looker's: the barrier opened
+//!   meanwhile); any other dead entry is freed when a waiter looks, or
+//!   when a newcomer needs an entry.
 //! * Not seen: a process that dies before its first wait, and processes
 //!   that found the table full of live ones at their first wait (they wait
 //!   unwatched). Use [`Barrier::wait_timeout`] for those.
@@ -176,19 +179,22 @@ fn judge(w: u64, seen: u64, g: u32, runs: impl FnOnce(u64) -> bool) -> Entry {
         // (its `seen` not written yet): no evidence of anything.
         return Entry::Reclaim;
     }
-    let last = seen as u32 & GEN_MASK;
-    let here = g & GEN_MASK;
-    if last == g.wrapping_sub(1) & GEN_MASK || (seen & PENDING != 0 && last == here) {
+    // How many generations its mark is behind `g` (31-bit wrap).
+    let behind = g.wrapping_sub(seen as u32 & GEN_MASK) & GEN_MASK;
+    match behind {
         // Arrived at `g - 1` (or died counting that arrival, and `g - 1`
-        // opened), or died counting its arrival here: perhaps counted,
-        // perhaps not, so this generation may never open.
-        Entry::OwesAndDead
-    } else if last == here {
+        // opened): it owes `g`.
+        1 => Entry::OwesAndDead,
+        // Died counting its arrival here: perhaps counted, perhaps not, so
+        // this generation may never open.
+        0 if seen & PENDING != 0 => Entry::OwesAndDead,
         // Arrived here, then died: it owes the next generation.
-        Entry::Keep
-    } else {
+        0 => Entry::Keep,
+        // Its mark is ahead of `g`: our `g` is out of date (the barrier
+        // opened while we looked); what it owes is for a later look.
+        b if b >= 1 << 30 => Entry::Keep,
         // The barrier opened a generation without it since.
-        Entry::Reclaim
+        _ => Entry::Reclaim,
     }
 }
 
@@ -300,8 +306,11 @@ impl Watch {
     /// later wait claims a new one.
     fn leave(&self) {
         let mut l = self.local.lock();
-        if let Some(Local { stamp, claimed: Some((i, w)), .. }) = *l {
-            if stamp == sys::process_stamp() {
+        if let Some(Local { stamp, claimed: Some((i, w)), here, counted, .. }) = *l {
+            // A thread between its mark and its count (`leave_all` while
+            // another thread of the child arrives): the entry stays, and
+            // the child's exit breaks that generation rather than hang it.
+            if stamp == sys::process_stamp() && here <= counted {
                 let _ = self.shared.get().who[i].compare_exchange(w, 0, AcqRel, Relaxed);
                 *l = None;
             }
@@ -717,6 +726,10 @@ mod tests {
         assert_eq!(judge(w, seen_word(w, g, true), g + 1, dead), Entry::OwesAndDead);
         assert_eq!(judge(w, seen_word(w, g, true), g + 2, dead), Entry::Reclaim);
         assert_eq!(judge(w, seen_word(w, g, true), g, alive), Entry::Keep);
+        // A mark ahead of the waiter's generation (it read `g` before the
+        // barrier opened): not stale, whatever it owes is for a later look.
+        assert_eq!(judge(w, seen_word(w, g + 1, false), g, dead), Entry::Keep);
+        assert_eq!(judge(w, seen_word(w, g + 1, true), g, dead), Entry::Keep);
         assert_eq!(judge(w, seen_word(w, g - 2, false), g, dead), Entry::Reclaim, "opened once without it");
         // The generation wraps in 31 bits.
         assert_eq!(judge(w, seen_word(w, GEN_MASK, false), 0, dead), Entry::OwesAndDead);
@@ -813,6 +826,19 @@ mod tests {
         assert_eq!(seen(i), seen_word(w, 3, true));
         b.arrived(m, 3);
         assert_eq!(seen(i), seen_word(w, 3, true), "after a gap the count is unknown again");
+    }
+
+    #[test]
+    fn leaving_keeps_the_entry_while_a_thread_is_between_its_mark_and_its_count() {
+        let b = Barrier::anonymous(3).unwrap();
+        let s = b.shared.get();
+        let held = || s.who.iter().filter(|w| w.load(Acquire) != 0).count();
+        let m = b.arriving(0);
+        b.watch.leave();
+        assert_eq!(held(), 1, "a thread is arriving: the entry stays");
+        b.arrived(m, 0);
+        b.watch.leave();
+        assert_eq!(held(), 0, "counted: a clean leave");
     }
 
     #[test]
