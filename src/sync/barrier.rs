@@ -51,9 +51,12 @@
 //!   may go unseen. A process whose mark stays pending although all its
 //!   threads arrived (fewer of them than at `g - 1`, or it sat `g - 1`
 //!   out) and that dies before `g` opens breaks `g` too.
-//! * A thread of a shmproc child still arriving when the child's body
-//!   returns keeps the entry (or claims it again), and the child's exit
-//!   then breaks that generation or the next.
+//! * A thread of a shmproc child that has begun its wait (read the
+//!   generation, under the process's lock of the entry) when the child's
+//!   body returns keeps the entry, and the child's exit breaks that
+//!   generation; one that begins later claims an entry again if it gets
+//!   there before the child exits (the exit breaks the next generation),
+//!   and is not seen if it does not.
 //! * A dead process's entry is kept while it owes the current or the next
 //!   generation (or its mark is ahead of the looker's: the barrier opened
 //!   meanwhile); any other dead entry is freed when a waiter looks, or
@@ -163,9 +166,13 @@ enum Entry {
     Reclaim,
 }
 
-/// Judges entry `(w, seen)` for a waiter at generation `g`; `runs` tells
-/// whether the process a word names runs (the real one reads `/proc`).
-fn judge(w: u64, seen: u64, g: u32, runs: impl FnOnce(u64) -> bool) -> Entry {
+/// Judges entry `w` for a waiter at generation `g`; `runs` tells whether
+/// the process a word names runs (the real one reads `/proc`), and `seen`
+/// loads the entry's mark: only once the process is known dead, so that
+/// the mark judged is its last (a dead process writes nothing more, and a
+/// newcomer's writes follow its `who` CAS, which the caller's CAS or
+/// re-read of `who` catches).
+fn judge(w: u64, seen: impl FnOnce() -> u64, g: u32, runs: impl FnOnce(u64) -> bool) -> Entry {
     if w == 0 {
         return Entry::Keep;
     }
@@ -174,6 +181,7 @@ fn judge(w: u64, seen: u64, g: u32, runs: impl FnOnce(u64) -> bool) -> Entry {
     if named && runs(w) {
         return Entry::Keep;
     }
+    let seen = seen();
     if !named || seen >> 32 != tag(w) {
         // Garbage, or the entry of a process that died while claiming it
         // (its `seen` not written yet): no evidence of anything.
@@ -398,11 +406,20 @@ impl Barrier {
     /// this process's entry on its first wait, notes the arrival in the
     /// process's counts, and marks the entry as arriving at `g`
     /// (`PENDING`); returns the entry for [`Self::arrived`].
-    fn arriving(&self, g: u32) -> Option<Claimed> {
-        let g = g & GEN_MASK;
+    ///
+    /// Reads the generation itself, under the process-local lock, and
+    /// returns it (with `BROKEN` if set: then nothing is noted): a thread
+    /// that has read `g` is already counted as arriving when
+    /// [`Watch::leave`] looks.
+    fn arriving(&self) -> (u32, Option<Claimed>) {
         let stamp = sys::process_stamp();
-        let (mine, new) = {
+        let s = self.shared.get();
+        let (g, mine, new) = {
             let mut slot = self.watch.local.lock();
+            let g = s.generation.load(Acquire);
+            if g & BROKEN != 0 {
+                return (g, None);
+            }
             if !slot.is_some_and(|l| l.stamp == stamp) {
                 // First wait here, or our parent's fields (we are a forked child).
                 *slot = None;
@@ -424,15 +441,14 @@ impl Barrier {
                 l.counted = 0;
             }
             l.here = l.here.saturating_add(1);
-            (l.claimed, new && l.claimed.is_some())
+            (g, l.claimed, new && l.claimed.is_some())
         };
         if new && self.watch.listed.swap(stamp, Relaxed) != stamp {
             let mut h = HOLDING.lock();
             h.retain(|w| w.strong_count() > 0);
             h.push(Arc::downgrade(&self.watch));
         }
-        let (i, w) = mine?;
-        let s = self.shared.get();
+        let Some((i, w)) = mine else { return (g, None) };
         // Pending at `g`: forward from any mark of ours that is not ahead
         // of `g` (a thread of ours that arrived at `g + 1` meanwhile wins;
         // a process that sat generations out catches up), and only while
@@ -450,9 +466,9 @@ impl Barrier {
             if slot.is_some_and(|l| l.stamp == sys::process_stamp() && l.claimed == Some((i, w))) {
                 *slot = None;
             }
-            return None;
+            return (g, None);
         }
-        Some((i, w))
+        (g, Some((i, w)))
     }
 
     /// After the arrival [`Self::arriving`] marked was counted: once as many
@@ -491,7 +507,7 @@ impl Barrier {
         let s = self.shared.get();
         for i in 0..WATCHED_PROCESSES {
             let cur = s.who[i].load(Acquire);
-            let free = cur == 0 || judge(cur, s.seen[i].load(Acquire), g, word::runs) == Entry::Reclaim;
+            let free = cur == 0 || judge(cur, || s.seen[i].load(Acquire), g, word::runs) == Entry::Reclaim;
             if free && s.who[i].compare_exchange(cur, w, AcqRel, Relaxed).is_ok() {
                 // Owes `g` until its arrival is counted and recorded.
                 s.seen[i].store(seen_word(w, g.wrapping_sub(1), false), Release);
@@ -508,7 +524,7 @@ impl Barrier {
         let mut owed = false;
         for i in 0..WATCHED_PROCESSES {
             let w = s.who[i].load(Acquire);
-            match judge(w, s.seen[i].load(Acquire), g, word::runs) {
+            match judge(w, || s.seen[i].load(Acquire), g, word::runs) {
                 Entry::Keep => {}
                 // The same entry still (its `seen` was not a newcomer's).
                 Entry::OwesAndDead => owed |= s.who[i].load(Acquire) == w,
@@ -582,11 +598,10 @@ impl Barrier {
     fn wait_until<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<BarrierWaitResult, BarrierError> {
         let s = self.shared.get();
         let lost = || self.shared.segment().lost();
-        let g = s.generation.load(Acquire);
+        let (g, mine) = self.arriving();
         if g & BROKEN != 0 || lost() {
             return Err(BarrierError::Broken);
         }
-        let mine = self.arriving(g);
         let n = s.arrived.fetch_add(1, AcqRel).wrapping_add(1);
         self.arrived(mine, g);
         if n == 0 || n > self.parties {
@@ -714,33 +729,37 @@ mod tests {
         let w = word::pack(WATCHED, 4242, 777);
         let (alive, dead) = (|_| true, |_| false);
         let g = 10u32;
-        assert_eq!(judge(0, 0, g, dead), Entry::Keep, "a free entry");
-        assert_eq!(judge(w, seen_word(w, g - 1, false), g, alive), Entry::Keep, "alive: it may still come");
-        assert_eq!(judge(w, seen_word(w, g - 1, false), g, dead), Entry::OwesAndDead);
-        assert_eq!(judge(w, seen_word(w, g, false), g, dead), Entry::Keep, "arrived here: owes the next one");
-        assert_eq!(judge(w, seen_word(w, g, false), g + 1, dead), Entry::OwesAndDead);
+        assert_eq!(judge(0, || 0, g, dead), Entry::Keep, "a free entry");
+        assert_eq!(judge(w, || seen_word(w, g - 1, false), g, alive), Entry::Keep, "alive: it may still come");
+        assert_eq!(judge(w, || seen_word(w, g - 1, false), g, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, || seen_word(w, g, false), g, dead), Entry::Keep, "arrived here: owes the next one");
+        assert_eq!(judge(w, || seen_word(w, g, false), g + 1, dead), Entry::OwesAndDead);
         // Killed while its arrival was being counted: perhaps counted, so
         // this generation may open; perhaps not, so it may not: it owes
         // this one, and the next one in any case.
-        assert_eq!(judge(w, seen_word(w, g, true), g, dead), Entry::OwesAndDead);
-        assert_eq!(judge(w, seen_word(w, g, true), g + 1, dead), Entry::OwesAndDead);
-        assert_eq!(judge(w, seen_word(w, g, true), g + 2, dead), Entry::Reclaim);
-        assert_eq!(judge(w, seen_word(w, g, true), g, alive), Entry::Keep);
+        assert_eq!(judge(w, || seen_word(w, g, true), g, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, || seen_word(w, g, true), g + 1, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, || seen_word(w, g, true), g + 2, dead), Entry::Reclaim);
+        assert_eq!(judge(w, || seen_word(w, g, true), g, alive), Entry::Keep);
         // A mark ahead of the waiter's generation (it read `g` before the
         // barrier opened): not stale, whatever it owes is for a later look.
-        assert_eq!(judge(w, seen_word(w, g + 1, false), g, dead), Entry::Keep);
-        assert_eq!(judge(w, seen_word(w, g + 1, true), g, dead), Entry::Keep);
-        assert_eq!(judge(w, seen_word(w, g - 2, false), g, dead), Entry::Reclaim, "opened once without it");
+        assert_eq!(judge(w, || seen_word(w, g + 1, false), g, dead), Entry::Keep);
+        assert_eq!(judge(w, || seen_word(w, g + 1, true), g, dead), Entry::Keep);
+        assert_eq!(judge(w, || seen_word(w, g - 2, false), g, dead), Entry::Reclaim, "opened once without it");
         // The generation wraps in 31 bits.
-        assert_eq!(judge(w, seen_word(w, GEN_MASK, false), 0, dead), Entry::OwesAndDead);
+        assert_eq!(judge(w, || seen_word(w, GEN_MASK, false), 0, dead), Entry::OwesAndDead);
         // No evidence: a `seen` of another entry, garbage states, no start time.
         let other = word::pack(WATCHED, 4243, 777);
-        assert_eq!(judge(w, seen_word(other, g - 1, false), g, dead), Entry::Reclaim);
-        assert_eq!(judge(w, seen_word(other, g - 1, false), g, alive), Entry::Keep, "being claimed by a live process");
+        assert_eq!(judge(w, || seen_word(other, g - 1, false), g, dead), Entry::Reclaim);
+        assert_eq!(
+            judge(w, || seen_word(other, g - 1, false), g, alive),
+            Entry::Keep,
+            "being claimed by a live process"
+        );
         let garbage = word::pack(7, 4242, 777);
-        assert_eq!(judge(garbage, seen_word(garbage, g - 1, false), g, alive), Entry::Reclaim);
+        assert_eq!(judge(garbage, || seen_word(garbage, g - 1, false), g, alive), Entry::Reclaim);
         let no_start = word::pack(WATCHED, 4242, 0);
-        assert_eq!(judge(no_start, seen_word(no_start, g - 1, false), g, alive), Entry::Reclaim);
+        assert_eq!(judge(no_start, || seen_word(no_start, g - 1, false), g, alive), Entry::Reclaim);
     }
 
     #[test]
@@ -802,27 +821,36 @@ mod tests {
         assert_eq!(s.who.iter().filter(|w| w.load(Acquire) != 0).count(), 1, "one entry for the process");
     }
 
+    /// `arriving` at generation `g` (set in the shared word first: these
+    /// tests drive the marks by hand, without the arrival counter).
+    fn arriving_at(b: &Barrier, g: u32) -> Option<Claimed> {
+        b.shared.get().generation.store(g, Release);
+        let (at, mine) = b.arriving();
+        assert_eq!(at, g);
+        mine
+    }
+
     #[test]
     fn the_mark_is_done_only_once_every_thread_was_counted_and_catches_up_after_a_gap() {
         let b = Barrier::anonymous(5).unwrap();
         let s = b.shared.get();
         let seen = |i: usize| s.seen[i].load(Acquire);
         // Generation 0, two threads: the first generation stays pending.
-        let (m1, m2) = (b.arriving(0), b.arriving(0));
+        let (m1, m2) = (arriving_at(&b, 0), arriving_at(&b, 0));
         let (i, w) = m1.unwrap();
         b.arrived(m1, 0);
         b.arrived(m2, 0);
         assert_eq!(seen(i), seen_word(w, 0, true));
         // Generation 1: T1 marks and is preempted before its `fetch_add`;
         // T2 arrives and is counted. T1 is not counted yet: still pending.
-        let m1 = b.arriving(1);
-        let m2 = b.arriving(1);
+        let m1 = arriving_at(&b, 1);
+        let m2 = arriving_at(&b, 1);
         b.arrived(m2, 1);
         assert_eq!(seen(i), seen_word(w, 1, true), "one of two threads counted");
         b.arrived(m1, 1);
         assert_eq!(seen(i), seen_word(w, 1, false), "both counted");
         // The process sits generation 2 out: at 3 its mark catches up.
-        let m = b.arriving(3);
+        let m = arriving_at(&b, 3);
         assert_eq!(seen(i), seen_word(w, 3, true));
         b.arrived(m, 3);
         assert_eq!(seen(i), seen_word(w, 3, true), "after a gap the count is unknown again");
@@ -833,12 +861,52 @@ mod tests {
         let b = Barrier::anonymous(3).unwrap();
         let s = b.shared.get();
         let held = || s.who.iter().filter(|w| w.load(Acquire) != 0).count();
-        let m = b.arriving(0);
+        let m = arriving_at(&b, 0);
         b.watch.leave();
         assert_eq!(held(), 1, "a thread is arriving: the entry stays");
         b.arrived(m, 0);
         b.watch.leave();
         assert_eq!(held(), 0, "counted: a clean leave");
+    }
+
+    #[test]
+    fn the_mark_judged_is_read_only_once_the_process_is_known_dead() {
+        let w = word::pack(WATCHED, 4242, 777);
+        let read = std::cell::Cell::new(false);
+        let alive = |_| {
+            assert!(!read.get(), "the mark was read before liveness was known");
+            true
+        };
+        assert_eq!(
+            judge(
+                w,
+                || {
+                    read.set(true);
+                    seen_word(w, 0, false)
+                },
+                1,
+                alive
+            ),
+            Entry::Keep
+        );
+        assert!(!read.get(), "a live process's mark is not read at all");
+        let dead = |_| {
+            assert!(!read.get(), "the mark was read before liveness was known");
+            false
+        };
+        assert_eq!(
+            judge(
+                w,
+                || {
+                    read.set(true);
+                    seen_word(w, 0, false)
+                },
+                1,
+                dead
+            ),
+            Entry::OwesAndDead
+        );
+        assert!(read.get());
     }
 
     #[test]
