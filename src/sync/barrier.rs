@@ -265,8 +265,8 @@ impl BarrierWaitResult {
 /// ```
 #[derive(Clone)]
 pub struct Barrier {
-    shared: Shared<BarrierState>,
     parties: u32,
+    /// The shared state (`watch.shared`) and this process's entry in it.
     watch: Arc<Watch>,
 }
 
@@ -373,7 +373,7 @@ impl Object for Barrier {
     const KIND: ObjectKind = ObjectKind::Barrier;
     type Params = ();
     fn segment(&self) -> &Segment {
-        self.shared.segment()
+        self.shared().segment()
     }
     fn open_from(b: Builder<Self>, handle: Option<&Handle>) -> Result<Self, OpenError> {
         Barrier::from_shared(Shared::open(&b, handle)?)
@@ -394,12 +394,17 @@ impl Barrier {
             return Err(OpenError::corrupt("barrier with 0 parties"));
         }
         let watch = Arc::new(Watch {
-            shared: shared.clone(),
+            shared,
             local: ForkSafeMutex::new(None, || None),
             looked: RateLimit::new(),
             listed: std::sync::atomic::AtomicU64::new(0),
         });
-        Ok(Barrier { shared, parties, watch })
+        Ok(Barrier { parties, watch })
+    }
+
+    /// The shared state.
+    fn shared(&self) -> &Shared<BarrierState> {
+        &self.watch.shared
     }
 
     /// Before this thread's arrival at generation `g` is counted: claims
@@ -413,7 +418,7 @@ impl Barrier {
     /// [`Watch::leave`] looks.
     fn arriving(&self) -> (u32, Option<Claimed>) {
         let stamp = sys::process_stamp();
-        let s = self.shared.get();
+        let s = self.shared().get();
         let (g, mine, new) = {
             let mut slot = self.watch.local.lock();
             let g = s.generation.load(Acquire);
@@ -491,7 +496,7 @@ impl Barrier {
             }
         };
         if done {
-            let s = self.shared.get();
+            let s = self.shared().get();
             let _ = s.seen[i].compare_exchange(seen_word(w, g, true), seen_word(w, g, false), Release, Relaxed);
         }
     }
@@ -504,7 +509,7 @@ impl Barrier {
             return None;
         }
         let w = word::pack(WATCHED, me.id, me.start_time);
-        let s = self.shared.get();
+        let s = self.shared().get();
         for i in 0..WATCHED_PROCESSES {
             let cur = s.who[i].load(Acquire);
             let free = cur == 0 || judge(cur, || s.seen[i].load(Acquire), g, word::runs) == Entry::Reclaim;
@@ -520,7 +525,7 @@ impl Barrier {
     /// Whether a watched process owes generation `g` an arrival and is dead
     /// (frees the entries of dead processes that owe nothing on the way).
     fn owed_by_the_dead(&self, g: u32) -> bool {
-        let s = self.shared.get();
+        let s = self.shared().get();
         let mut owed = false;
         for i in 0..WATCHED_PROCESSES {
             let w = s.who[i].load(Acquire);
@@ -560,7 +565,7 @@ impl Barrier {
 
     /// Whether the barrier is broken.
     pub fn is_broken(&self) -> bool {
-        self.shared.get().generation.load(Acquire) & BROKEN != 0
+        self.shared().get().generation.load(Acquire) & BROKEN != 0
     }
 
     /// Waits until all parties have arrived. A party that has waited here
@@ -590,14 +595,14 @@ impl Barrier {
 
     /// Breaks the barrier: every current and future waiter gets [`BarrierError::Broken`].
     pub fn abort(&self) {
-        let s = self.shared.get();
+        let s = self.shared().get();
         s.generation.fetch_or(BROKEN, AcqRel);
         Os.wake(&s.generation, i32::MAX as u32);
     }
 
     fn wait_until<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<BarrierWaitResult, BarrierError> {
-        let s = self.shared.get();
-        let lost = || self.shared.segment().lost();
+        let s = self.shared().get();
+        let lost = || self.shared().segment().lost();
         let (g, mine) = self.arriving();
         if g & BROKEN != 0 || lost() {
             return Err(BarrierError::Broken);
@@ -670,12 +675,12 @@ impl Barrier {
 
     /// How another process opens this barrier.
     pub fn handle(&self) -> Handle {
-        self.shared.segment().handle()
+        self.shared().segment().handle()
     }
 
     /// The segment holding it.
     pub fn segment(&self) -> &Segment {
-        self.shared.segment()
+        self.shared().segment()
     }
 }
 
@@ -684,7 +689,7 @@ impl fmt::Debug for Barrier {
         f.debug_struct("Barrier")
             .field("parties", &self.parties)
             .field("broken", &self.is_broken())
-            .field("segment", self.shared.segment())
+            .field("segment", self.shared().segment())
             .finish()
     }
 }
@@ -766,7 +771,7 @@ mod tests {
     fn a_wait_claims_one_entry_per_process_and_the_last_drop_clears_it() {
         let b = Barrier::anonymous(1).unwrap();
         // A view of our own: it keeps the mapping after the handles are gone.
-        let shared = b.shared.clone();
+        let shared = b.shared().clone();
         let s = shared.get();
         let count = || s.who.iter().filter(|w| w.load(Acquire) != 0).count();
         assert_eq!(count(), 0, "nothing claimed before the first wait");
@@ -788,7 +793,7 @@ mod tests {
     #[test]
     fn a_process_owes_a_generation_until_as_many_of_its_threads_arrived_as_before() {
         let b = Barrier::anonymous(3).unwrap();
-        let shared = b.shared.clone();
+        let shared = b.shared().clone();
         let s = shared.get();
         let pass = |k: usize| -> Vec<std::thread::JoinHandle<Result<BarrierWaitResult, BarrierError>>> {
             (0..k)
@@ -810,7 +815,7 @@ mod tests {
         // Generation 1: one thread arrives; the process still owes it.
         let first = pass(1);
         let t = Instant::now();
-        while b.shared.get().arrived.load(Acquire) < 1 && t.elapsed() < Duration::from_secs(10) {
+        while b.shared().get().arrived.load(Acquire) < 1 && t.elapsed() < Duration::from_secs(10) {
             std::thread::yield_now();
         }
         assert_eq!(s.seen[i].load(Acquire), seen_word(w, 1, true), "1 of 3 threads arrived at 1");
@@ -824,7 +829,7 @@ mod tests {
     /// `arriving` at generation `g` (set in the shared word first: these
     /// tests drive the marks by hand, without the arrival counter).
     fn arriving_at(b: &Barrier, g: u32) -> Option<Claimed> {
-        b.shared.get().generation.store(g, Release);
+        b.shared().get().generation.store(g, Release);
         let (at, mine) = b.arriving();
         assert_eq!(at, g);
         mine
@@ -833,7 +838,7 @@ mod tests {
     #[test]
     fn the_mark_is_done_only_once_every_thread_was_counted_and_catches_up_after_a_gap() {
         let b = Barrier::anonymous(5).unwrap();
-        let s = b.shared.get();
+        let s = b.shared().get();
         let seen = |i: usize| s.seen[i].load(Acquire);
         // Generation 0, two threads: the first generation stays pending.
         let (m1, m2) = (arriving_at(&b, 0), arriving_at(&b, 0));
@@ -859,7 +864,7 @@ mod tests {
     #[test]
     fn leaving_keeps_the_entry_while_a_thread_is_between_its_mark_and_its_count() {
         let b = Barrier::anonymous(3).unwrap();
-        let s = b.shared.get();
+        let s = b.shared().get();
         let held = || s.who.iter().filter(|w| w.load(Acquire) != 0).count();
         let m = arriving_at(&b, 0);
         b.watch.leave();
@@ -872,41 +877,22 @@ mod tests {
     #[test]
     fn the_mark_judged_is_read_only_once_the_process_is_known_dead() {
         let w = word::pack(WATCHED, 4242, 777);
-        let read = std::cell::Cell::new(false);
-        let alive = |_| {
-            assert!(!read.get(), "the mark was read before liveness was known");
-            true
-        };
-        assert_eq!(
-            judge(
-                w,
-                || {
-                    read.set(true);
-                    seen_word(w, 0, false)
-                },
-                1,
+        // The verdict, and whether the mark was read; `runs` fails the test
+        // if the mark was read before it was asked.
+        let judged = |alive: bool| {
+            let read = std::cell::Cell::new(false);
+            let mark = || {
+                read.set(true);
+                seen_word(w, 0, false)
+            };
+            let runs = |_| {
+                assert!(!read.get(), "the mark was read before liveness was known");
                 alive
-            ),
-            Entry::Keep
-        );
-        assert!(!read.get(), "a live process's mark is not read at all");
-        let dead = |_| {
-            assert!(!read.get(), "the mark was read before liveness was known");
-            false
+            };
+            (judge(w, mark, 1, runs), read.get())
         };
-        assert_eq!(
-            judge(
-                w,
-                || {
-                    read.set(true);
-                    seen_word(w, 0, false)
-                },
-                1,
-                dead
-            ),
-            Entry::OwesAndDead
-        );
-        assert!(read.get());
+        assert_eq!(judged(true), (Entry::Keep, false), "a live process's mark is not read at all");
+        assert_eq!(judged(false), (Entry::OwesAndDead, true));
     }
 
     #[test]
