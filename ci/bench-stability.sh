@@ -14,6 +14,8 @@
 # Each run's JSON lines and the 1-minute load average before and after it are
 # kept in target/bench-stability/ (run-K.jsonl, load.txt). Nothing here
 # gates CI (it takes minutes and wants a quiet machine): run it by hand.
+# SHMPROC_BIN=path/to/shmproc runs that binary instead of building one (for a
+# machine without a toolchain; see ci/many-cores.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}"
@@ -22,11 +24,16 @@ out=target/bench-stability
 mkdir -p "$out"
 rm -f "$out"/run-*.jsonl "$out"/load.txt
 
-cargo build --release -q -p shmproc-cli
+if [ -z "${SHMPROC_BIN:-}" ]; then
+    cargo build --release -q -p shmproc-cli
+    bench=(cargo run --release -q -p shmproc-cli --)
+else
+    bench=("$SHMPROC_BIN")
+fi
 for k in $(seq 1 "$runs"); do
     before=$(cut -d' ' -f1 /proc/loadavg)
     t0=$(date +%s)
-    cargo run --release -q -p shmproc-cli -- bench --json "$@" >"$out/run-$k.jsonl"
+    "${bench[@]}" bench --json "$@" >"$out/run-$k.jsonl"
     after=$(cut -d' ' -f1 /proc/loadavg)
     echo "run $k: load $before before, $after after, $(( $(date +%s) - t0 )) s" | tee -a "$out/load.txt"
 done

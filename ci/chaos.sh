@@ -19,5 +19,6 @@ cargo test -q -p ipc-tests --test queue_ipc chaos_kill_random_participants -- --
     | grep -oE 'chaos[ :].*|test result.*|panicked.*|FAILED.*'
 cargo test -q -p ipc-tests --test chaos -- --nocapture --test-threads=1 2>&1 \
     | grep -oE 'chaos[ :].*|test result.*|panicked.*|FAILED.*'
+# A failed assertion's message is on the line after "panicked at": keep it.
 SHMPROC_POOL_TEST_SCALE=$(( (rounds + 49) / 50 )) cargo test -q -p ipc-tests --test pool -- chaos 2>&1 \
-    | grep -oE 'chaos[ :].*|test .*chaos.*|panicked.*|FAILED.*|pool: .*'
+    | grep -E -A1 'chaos[ :]|test .*chaos|panicked|FAILED|pool: '

@@ -361,6 +361,9 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a dead worker's end may take to be recorded (a fork-server
 /// worker's status comes from the server) before its segments are given up on.
 const DEATH_RECORD: Duration = Duration::from_millis(100);
+/// How long a worker's death waits for the answers still on their way
+/// through the results queue (see `check_workers`).
+const DEATH_DRAIN: Duration = Duration::from_secs(1);
 /// How long a teardown waits for a killed worker to end before it goes on
 /// without reusing the worker's segments (a SIGKILLed process ends in well
 /// under a millisecond unless the kernel holds it, e.g. in a stuck I/O).
@@ -794,18 +797,18 @@ impl Dispatcher {
         if dead.is_empty() {
             return false;
         }
-        // Answers sent before the deaths count: take them first.
+        // Answers sent before the deaths count: take them first, every one.
+        // A live worker's send in progress holds back the frames published
+        // after it (a dead worker's last answers among them): wait for it,
+        // within DEATH_DRAIN (a dead sender's slot is recovered meanwhile).
+        // Past that limit the dead worker's unanswered items count as lost.
         let mut frame = std::mem::take(&mut self.buf);
-        let ended = loop {
-            match self.results.recv_into_vec(&mut frame, Some(Duration::ZERO)) {
-                Ok(()) => {
-                    let _ = self.on_queue_frame(&mut frame);
-                }
-                Err(e) => break e,
-            }
-        };
+        let results = self.results.clone();
+        let drained = results.drain_settled(&mut frame, DEATH_DRAIN, |f| {
+            let _ = self.on_queue_frame(f);
+        });
         self.buf = frame;
-        if matches!(ended, FrameRecvError::Corrupt | FrameRecvError::Oversized { .. }) {
+        if drained.is_err() {
             // A dropped frame may have been a live worker's answer: as in
             // `run`, the pool cannot tell whose, so it stops.
             self.stop_corrupt();

@@ -49,6 +49,13 @@
 //! goes to another worker, without an error). A run taken but not yet
 //! recorded never ran.
 //!
+//! "Arrived" needs care: the results queue is one MPMC ring, and a frame
+//! published behind another worker's send in progress cannot be received
+//! before that send is published (or, its sender dead, recovered). Before it
+//! reads a dead worker's record, the parent receives every frame published
+//! so far, waiting for such sends (`FrameQueue::drain_settled`, at most one
+//! second; past that, the worker's unanswered items count as started).
+//!
 //! Every field is untrusted (a worker may scribble): the parent reads the
 //! record only if `gen` is the slot's current incarnation, accepts `chunk`
 //! only if it names a run it sent to that slot, takes staged items only if

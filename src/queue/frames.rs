@@ -29,6 +29,9 @@ use crate::time::Deadline;
 /// Default maximum frame size.
 pub const DEFAULT_MAX_FRAME: usize = 4096;
 
+/// How long [`FrameQueue::drain_settled`] waits at a time for a send in progress.
+const DRAIN_WAIT: Duration = Duration::from_millis(10);
+
 /// The element type recorded in a frame queue's header.
 pub(crate) fn type_info() -> TypeInfo {
     TypeInfo::from_parts(1, 1, "shmproc::FrameQueue")
@@ -258,6 +261,47 @@ impl FrameQueue {
         }
     }
 
+    /// Receives every frame published before the call, into `each`, and
+    /// returns once none is left and no send is in progress at the head of
+    /// the ring, or once `limit` has passed (`Ok(false)`).
+    ///
+    /// A plain `try_recv` loop stops at a slot whose sender has claimed it
+    /// but not yet published it, and so misses the frames published after
+    /// it. This waits for such a sender (or, once it is dead, recovers its
+    /// slot). The pool uses it before it handles a dead worker: every answer
+    /// the worker sent must be counted first.
+    pub(crate) fn drain_settled(
+        &self,
+        buf: &mut Vec<u8>,
+        limit: Duration,
+        mut each: impl FnMut(&mut Vec<u8>),
+    ) -> Result<bool, FrameRecvError> {
+        let until = Deadline::after(Some(limit));
+        loop {
+            match self.recv_deadline(buf, None) {
+                Ok(()) => {
+                    each(buf);
+                    continue;
+                }
+                Err(e @ (FrameRecvError::Corrupt | FrameRecvError::Oversized { .. })) => return Err(e),
+                Err(_) => {}
+            }
+            if self.e.recv_idle() {
+                return Ok(true);
+            }
+            if until.expired() {
+                return Ok(false);
+            }
+            // A send in progress: wait for it (a dead sender's slot is
+            // recovered after a few stall slices).
+            match self.recv_deadline(buf, Some(until.min_after(DRAIN_WAIT))) {
+                Ok(()) => each(buf),
+                Err(e @ (FrameRecvError::Corrupt | FrameRecvError::Oversized { .. })) => return Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Receives a frame, waiting while the queue is empty.
     pub fn recv(&self) -> Result<Vec<u8>, FrameRecvError> {
         let mut v = Vec::new();
@@ -434,6 +478,76 @@ mod tests {
             let q2 = FrameQueue::open_handle(&q.handle()).unwrap();
             assert_eq!(q2.max_frame(), 16);
         }
+    }
+
+    /// `drain_settled` takes the frames published behind a send in
+    /// progress, which a `try_recv` loop misses: a live sender's (it waits
+    /// for it) and a dead one's (it recovers the slot).
+    #[test]
+    fn drain_settled_waits_for_a_send_in_progress() {
+        use std::sync::mpsc;
+        let q = FrameQueue::builder().capacity(8).max_frame(16).create().unwrap();
+        let (claimed_tx, claimed) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let slow = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                // A send that has claimed slot 0 and is still writing it.
+                let step = q.e.try_push(true, false, |p| {
+                    claimed_tx.send(()).unwrap();
+                    go_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                    // SAFETY: `p` is the payload of the slot this push claimed:
+                    // 4 + 16 bytes.
+                    unsafe {
+                        std::ptr::write_unaligned(p as *mut u32, 5u32.to_le());
+                        std::ptr::copy_nonoverlapping(b"first".as_ptr(), p.add(4), 5);
+                    }
+                });
+                assert_eq!(step, Step::Done);
+            })
+        };
+        claimed.recv_timeout(Duration::from_secs(10)).unwrap();
+        q.send(b"second").unwrap();
+        assert!(matches!(q.try_recv(), Err(FrameRecvError::Empty)), "the claim holds back the frame after it");
+        assert!(!q.e.recv_idle());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            go.send(()).unwrap();
+        });
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        let settled = q.drain_settled(&mut buf, Duration::from_secs(10), |f| got.push(f.clone())).unwrap();
+        assert!(settled);
+        assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
+        assert!(q.e.recv_idle());
+        slow.join().unwrap();
+        release.join().unwrap();
+
+        // A sender that died with its claim: its slot is recovered, the
+        // frame after it taken.
+        use super::super::ring::{self, RingMem};
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        let q = FrameQueue::builder().capacity(8).max_frame(16).create().unwrap();
+        q.e.stamp(0).store(ring::claim_stamp(false, dead, 0), std::sync::atomic::Ordering::SeqCst);
+        q.e.tail().store(1, std::sync::atomic::Ordering::SeqCst);
+        q.send(b"after").unwrap();
+        let mut got = Vec::new();
+        assert!(q.drain_settled(&mut buf, Duration::from_secs(10), |f| got.push(f.clone())).unwrap());
+        assert_eq!(got, vec![b"after".to_vec()]);
+
+        // A live claim that is never published: the limit ends the drain.
+        let q = FrameQueue::builder().capacity(8).max_frame(16).create().unwrap();
+        q.e.stamp(0).store(ring::claim_stamp(false, std::process::id(), 0), std::sync::atomic::Ordering::SeqCst);
+        q.e.tail().store(1, std::sync::atomic::Ordering::SeqCst);
+        q.send(b"stuck").unwrap();
+        let mut n = 0;
+        assert!(!q.drain_settled(&mut buf, Duration::from_millis(50), |_| n += 1).unwrap());
+        assert_eq!(n, 0);
     }
 
     /// Writes `len` over the frame length recorded in `slot`, as a hostile

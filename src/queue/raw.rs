@@ -1207,6 +1207,19 @@ impl Engine {
         Ok(Some(g))
     }
 
+    /// Whether a receive finds nothing now and no send is in progress at
+    /// the head (see [`ring::mpmc_idle`]); an SPSC ring: whether it is empty.
+    pub(crate) fn recv_idle(&self) -> bool {
+        if self.seg.lost() {
+            return true;
+        }
+        if self.geo.spsc {
+            ring::len(self) == 0
+        } else {
+            ring::mpmc_idle(self)
+        }
+    }
+
     /// Messages in the queue now (a snapshot).
     pub(crate) fn len(&self) -> usize {
         ring::len(self) as usize

@@ -388,6 +388,32 @@ pub(crate) fn mpmc_pop<M: RingMem>(m: &M, pid: u32, read: impl FnOnce(&M, u64)) 
     Step::Corrupt
 }
 
+/// Whether an MPMC pop would find nothing, and nothing on its way, at the
+/// ring's head: the slot there is empty for its lap and unclaimed (a peek:
+/// it claims nothing). False while a producer's claim at the head is
+/// unpublished, which holds back every message published after it (the
+/// caller then waits for the claimer, or recovers its slot once it is dead),
+/// and while a message is there to take. True for a stamp no honest ring
+/// holds (the next pop reports it).
+///
+/// Producers claim positions in order (a claim at `p + 1` needs the one at
+/// `p` taken first), so an unclaimed empty slot at the head means nothing
+/// was published at any later position either.
+pub(crate) fn mpmc_idle<M: RingMem>(m: &M) -> bool {
+    let cap = m.capacity();
+    let mut pos = m.head().load(Ordering::Acquire);
+    for _ in 0..MAX_RETRIES {
+        let s = m.stamp(pos & (cap - 1)).load(Ordering::Acquire);
+        match decode(s, pos, cap) {
+            Some((0, State::Empty)) | None => return true,
+            // Taken already (the head hint lags): look at the next position.
+            Some((l, st)) if l > 0 || (l == 0 && matches!(st, State::Reading(_))) => pos = pos.wrapping_add(1),
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Recovers a stalled slot whose claimer the caller has proven dead: the slot
 /// becomes empty for its next lap and the dead claimer's message is dropped.
 /// Returns whether this call did it (false: the slot moved on meanwhile).
@@ -699,6 +725,33 @@ mod tests {
             assert_eq!(pop(&r, 2), Ok(round));
             assert_eq!(push(&r, 1, round + 4), Step::Done);
         }
+    }
+
+    #[test]
+    fn idle_means_nothing_published_or_claimed_at_the_head() {
+        let r = HeapRing::new(4);
+        assert!(mpmc_idle(&r), "empty");
+        assert_eq!(push(&r, 1, 10), Step::Done);
+        assert!(!mpmc_idle(&r), "a message to take");
+        assert_eq!(pop(&r, 2), Ok(10));
+        assert!(mpmc_idle(&r));
+        // A head hint one behind (a consumer died before advancing it).
+        r.head.store(0, Ordering::Relaxed);
+        assert!(mpmc_idle(&r), "a lagging head hint");
+        r.head.store(1, Ordering::Relaxed);
+        // A claim at the head holds back what is published after it.
+        r.stamps[1].store(claim_stamp(false, 4242, 1), Ordering::Relaxed);
+        r.tail.store(2, Ordering::Relaxed);
+        assert_eq!(push(&r, 1, 11), Step::Done);
+        assert!(!mpmc_idle(&r), "a send in progress");
+        r.stamps[1].store(3, Ordering::Relaxed); // published: full for lap 1
+        assert!(!mpmc_idle(&r));
+        assert_eq!(pop(&r, 2), Ok(0));
+        assert_eq!(pop(&r, 2), Ok(11));
+        assert!(mpmc_idle(&r));
+        // Garbage: nothing to wait for (the next pop reports it).
+        r.stamps[3].store(u64::MAX >> 1, Ordering::Relaxed);
+        assert!(mpmc_idle(&r));
     }
 
     #[test]
