@@ -708,6 +708,94 @@ fn a_child_adopts_an_end_after_its_parent_rewound_the_ring_many_times() {
 }
 
 #[test]
+fn a_child_forked_while_a_thread_waits_on_an_end_is_not_wedged() {
+    // A thread of the parent waits in a receive on `b`, holding that side's
+    // process-local lock, when the parent forks; the wait then times out
+    // and the parent leaves `b` to the child. In the child no thread holds
+    // that lock: the child adopts the end and receives from where the
+    // parent left the ring (before, the child's copy of the lock stayed
+    // locked and its first receive hung).
+    let (a, b) = Pipe::new().unwrap();
+    let (go_tx, go_rx) = Pipe::new().unwrap();
+    a.send_bytes(b"before").unwrap();
+    assert_eq!(b.recv_bytes_timeout(T).unwrap(), b"before");
+    let pid = std::thread::scope(|s| {
+        let b = &b;
+        let waiter = s.spawn(move || b.recv_bytes_timeout(Duration::from_millis(300)));
+        // Let the thread get into its wait (if it has not, the lock is free
+        // at the fork and the test checks less, but still passes rightly).
+        std::thread::sleep(Duration::from_millis(50));
+        let pid = fork(|| {
+            if go_rx.recv_bytes_timeout(T).ok().as_deref() != Some(&b"go"[..]) {
+                return 2;
+            }
+            match b.recv_bytes_timeout(T) {
+                Ok(m) if m == b"after" => {}
+                Ok(m) if m == b"before" => return 3,
+                Ok(_) => return 4,
+                Err(_) => return 5,
+            }
+            // And the send side, whose lock no thread held.
+            match b.send_bytes(b"from the child") {
+                Ok(()) => 0,
+                Err(_) => 6,
+            }
+        });
+        assert!(matches!(waiter.join().unwrap(), Err(RecvError::Timeout)));
+        pid
+    });
+    a.send_bytes(b"after").unwrap();
+    go_tx.send_bytes(b"go").unwrap();
+    let code = reap(pid, T);
+    let why = match code {
+        2 => "no go",
+        3 => "it received the message the parent had already received",
+        4 | 5 => "its receive failed",
+        6 => "its send failed",
+        _ => "it died or hung",
+    };
+    assert_eq!(code, 0, "{why}");
+    assert_eq!(a.recv_bytes_timeout(T).unwrap(), b"from the child");
+}
+
+#[test]
+fn a_receive_waiting_when_a_child_adopts_the_end_leaves_the_message_to_it() {
+    // A thread of the parent waits in a receive on `b` when a forked child
+    // adopts its copy of `b`. The message that then arrives is the child's:
+    // the parent's receive ends with `EndInUse` naming the child (before,
+    // both received it).
+    let (a, b) = Pipe::new().unwrap();
+    let (adopted_tx, adopted_rx) = Pipe::new().unwrap();
+    let (waited, pid) = std::thread::scope(|s| {
+        let b = &b;
+        let waiter = s.spawn(move || b.recv_bytes_timeout(T));
+        std::thread::sleep(Duration::from_millis(50));
+        let pid = fork(|| {
+            // Adopts the end (nothing to receive yet).
+            if !matches!(b.recv_bytes_timeout(Duration::from_millis(10)), Err(RecvError::Timeout)) {
+                return 2;
+            }
+            if adopted_tx.send_bytes(b"adopted").is_err() {
+                return 3;
+            }
+            match b.recv_bytes_timeout(T) {
+                Ok(m) if m == b"one" => 0,
+                Ok(_) => 4,
+                Err(_) => 5,
+            }
+        });
+        assert_eq!(adopted_rx.recv_bytes_timeout(T).unwrap(), b"adopted");
+        a.send_bytes(b"one").unwrap();
+        (waiter.join().unwrap(), pid)
+    });
+    assert_eq!(reap(pid, T), 0, "the child did not receive the message");
+    match waited {
+        Err(RecvError::EndInUse { pid: p }) => assert_eq!(p as i32, pid),
+        other => panic!("the parent's waiting receive went on after the child adopted the end: {other:?}"),
+    }
+}
+
+#[test]
 fn two_threads_of_a_child_adopt_its_end_at_once() {
     // A forked child whose first operations on its inherited end come from
     // two threads at the same moment (one sends, one receives): one of them

@@ -4,7 +4,7 @@ use std::cell::UnsafeCell;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -348,6 +348,20 @@ struct RxState {
     /// Set once the peer is gone and everything has been drained.
     eof: bool,
     broken: Option<&'static str>,
+    /// Taken over in a forked child from a thread of the parent that held
+    /// the lock at the fork (see [`RxState::stale`]): the positions are
+    /// unknown until the next operation takes them from the shared indices.
+    stale: bool,
+}
+
+impl RxState {
+    /// What a forked child's receive side starts from when the parent's
+    /// thread held its lock at the fork (`sys::ForkSafeMutex`): nothing
+    /// known; the child adopts the end before any operation, and its
+    /// resync then takes every position from the shared indices.
+    fn stale() -> RxState {
+        RxState { head: 0, published: 0, tail_seen: 0, pending: None, eof: false, broken: None, stale: true }
+    }
 }
 
 struct Pending {
@@ -382,6 +396,27 @@ struct TxState {
     /// The last such look found the ring drained (and rewound): the zeroing
     /// window then stops at `REWIND_AT`.
     rewinding: bool,
+    /// As [`RxState::stale`]: the send side of a forked child, taken over
+    /// from a thread of the parent that held its lock at the fork.
+    stale: bool,
+}
+
+impl TxState {
+    /// See [`RxState::stale`].
+    fn stale() -> TxState {
+        TxState {
+            tail: 0,
+            cached_head: 0,
+            broken: None,
+            scratch: Vec::new(),
+            sends: 0,
+            zeroed: 0,
+            tail_unpublished: false,
+            rewind_check: 0,
+            rewinding: false,
+            stale: true,
+        }
+    }
 }
 
 /// Where `fill` puts the message bytes.
@@ -482,8 +517,11 @@ pub struct Connection {
     /// each after the first finds the claim made. Fork-safe: a grandchild
     /// forked while a thread here adopted does not wait for that thread.
     adopting: sys::ForkSafeMutex<()>,
-    rx_state: Mutex<RxState>,
-    tx_state: Mutex<TxState>,
+    /// The two sides' process-local states, each serialising its side's
+    /// operations in this process. Fork-safe: a child forked while a thread
+    /// here held one (a receive waiting) is not left with it locked.
+    rx_state: sys::ForkSafeMutex<RxState>,
+    tx_state: sys::ForkSafeMutex<TxState>,
 }
 
 // SAFETY: the raw pointers in the ring views point into `seg`'s mapping, which
@@ -496,10 +534,11 @@ unsafe impl Send for Connection {}
 // the process-local lock of the role it plays.
 unsafe impl Sync for Connection {}
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(m: &sys::ForkSafeMutex<T>) -> sys::ForkSafeGuard<'_, T> {
     // A panic while holding the lock leaves process-local positions that still
-    // describe the shared ring (they are only advanced after each copy).
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    // describe the shared ring (they are only advanced after each copy); the
+    // guard unlocks as it unwinds.
+    m.lock()
 }
 
 pub(crate) fn create(opts: &SegmentOptions, b: &PipeConfig, both: bool) -> Result<(Connection, Connection), OpenError> {
@@ -606,7 +645,7 @@ impl Connection {
             End::A => (ring0, ring1),
             End::B => (ring1, ring0),
         };
-        let mut rx_state = RxState { head: 0, published: 0, tail_seen: 0, pending: None, eof: false, broken: None };
+        let mut rx_state = RxState { stale: false, ..RxState::stale() };
         if let Some(r) = &rx {
             let head = r.head().load(Ordering::Acquire);
             let tail = r.tail().load(Ordering::Acquire);
@@ -617,17 +656,7 @@ impl Connection {
             rx_state.published = head;
             rx_state.tail_seen = head;
         }
-        let mut tx_state = TxState {
-            tail: 0,
-            cached_head: 0,
-            broken: None,
-            scratch: Vec::new(),
-            sends: 0,
-            zeroed: 0,
-            tail_unpublished: false,
-            rewind_check: 0,
-            rewinding: false,
-        };
+        let mut tx_state = TxState { stale: false, ..TxState::stale() };
         if let Some(r) = &tx {
             let head = r.head().load(Ordering::Acquire);
             let tail = r.tail().load(Ordering::Acquire);
@@ -679,8 +708,8 @@ impl Connection {
             resync_rx: AtomicBool::new(false),
             resync_tx: AtomicBool::new(false),
             adopting: sys::ForkSafeMutex::new((), || ()),
-            rx_state: Mutex::new(rx_state),
-            tx_state: Mutex::new(tx_state),
+            rx_state: sys::ForkSafeMutex::new(rx_state, RxState::stale),
+            tx_state: sys::ForkSafeMutex::new(tx_state, TxState::stale),
         })
     }
 
@@ -749,6 +778,18 @@ impl Connection {
         self.claimed_here()
             && self.shared().ends[self.end.index()].word.load(Ordering::Acquire)
                 == slot_word(self.claim_pid.load(Ordering::Relaxed), HELD)
+    }
+
+    /// After a wait inside an operation: `Some(pid)` of the process that
+    /// took the end over meanwhile (a forked child adopting its copy while
+    /// a thread here waited), which this operation must then leave alone:
+    /// receiving on would take a frame the new holder takes too, sending on
+    /// would write over its frames. `None`: still ours.
+    fn taken_over(&self) -> Option<u32> {
+        if self.holds_end() {
+            return None;
+        }
+        Some((self.shared().ends[self.end.index()].word.load(Ordering::Acquire) >> 32) as u32)
     }
 
     /// Whether some process holds end `idx` (a live holder entry, or a live
@@ -868,11 +909,18 @@ impl Connection {
     // that side `Corrupt` at once; an aligned one reads body bytes as a
     // header, which almost always fails its tag check (`Corrupt`).
 
+    /// Whether a resync is due on a side (its flag set by an adoption):
+    /// takes the flag.
+    #[inline]
+    fn resync_due(&self, flag: &AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::Relaxed)
+    }
+
     /// The receive side of that resync, under the `rx_state` lock.
     #[cold]
     fn resync_recv(&self, ring: &RingView, rx: &mut RxState) {
         let head = ring.head().load(Ordering::Acquire);
-        if ahead(head, rx.published) {
+        if std::mem::take(&mut rx.stale) || ahead(head, rx.published) {
             rx.head = head;
             rx.published = head;
             rx.tail_seen = head;
@@ -896,14 +944,15 @@ impl Connection {
         // Then past frames published only by their headers, as at attach: a
         // previous holder killed between a frame's header and its `tail`
         // store left one the consumer may have read.
-        let moved = ahead(shared, tx.tail);
+        let stale = std::mem::take(&mut tx.stale);
+        let moved = stale || ahead(shared, tx.tail);
         if moved && shared % FRAME_ALIGN != 0 {
             tx.broken = Some("the end was adopted with inconsistent send indices");
             return;
         }
         let head = ring.head().load(Ordering::Acquire);
         let tail = published_by_header(ring, if moved { shared } else { tx.tail }, head, self.max_message);
-        if tail != tx.tail {
+        if stale || tail != tx.tail {
             tx.tail = tail;
             // Nothing known to be zeroed ahead: `zero_next` starts afresh.
             tx.zeroed = tail;
@@ -1112,10 +1161,13 @@ impl Connection {
             }
         });
         match r {
-            Ok(Ok(h)) => {
-                tx.cached_head = h;
-                Ok(())
-            }
+            Ok(Ok(h)) => match self.taken_over() {
+                Some(pid) => Err(SendError::EndInUse { pid }),
+                None => {
+                    tx.cached_head = h;
+                    Ok(())
+                }
+            },
             Ok(Err(reason)) => {
                 tx.broken = Some(reason);
                 Err(SendError::Corrupt { reason })
@@ -1157,6 +1209,7 @@ impl Connection {
             && total + FRAME_ALIGN <= ring.cap
             && tx.broken.is_none()
             && !tx.tail_unpublished
+            && !tx.stale
             && tx.sends.wrapping_add(1) % 64 != 0
             // The claim first: its acquire load of the slot word sees a
             // resync flag that an adopting thread set before claiming.
@@ -1213,7 +1266,7 @@ impl Connection {
             ClaimError::InUse(pid) => SendError::EndInUse { pid },
             ClaimError::Closed => SendError::Disconnected,
         })?;
-        if self.resync_tx.load(Ordering::Relaxed) && self.resync_tx.swap(false, Ordering::Relaxed) {
+        if self.resync_due(&self.resync_tx) || tx.stale {
             self.resync_send(ring, tx);
             if let Some(reason) = tx.broken {
                 return Err(SendError::Corrupt { reason });
@@ -1415,7 +1468,10 @@ impl Connection {
             }
             None
         }) {
-            Ok(Ok(h)) => Ok(h),
+            Ok(Ok(h)) => match self.taken_over() {
+                Some(pid) => Err(RecvError::EndInUse { pid }),
+                None => Ok(h),
+            },
             Ok(Err(e)) => Err(e),
             Err(Stop::Timeout) => Err(RecvError::Timeout),
             Err(Stop::Lost) => Err(RecvError::Corrupt { reason: LOST }),
@@ -1618,6 +1674,7 @@ impl Connection {
         if rx.pending.is_some()
             || rx.broken.is_some()
             || rx.eof
+            || rx.stale
             || rx.tail_seen != rx.head
             || self.resync_rx.load(Ordering::Relaxed)
             || self.seg.lost()
@@ -1669,7 +1726,7 @@ impl Connection {
             self.take_whole(ring, &mut rx, total)?;
             return Ok(v);
         }
-        if self.resync_rx.load(Ordering::Relaxed) && self.resync_rx.swap(false, Ordering::Relaxed) {
+        if self.resync_due(&self.resync_rx) || rx.stale {
             self.resync_recv(ring, &mut rx);
         }
         self.start_message(ring, &mut rx, &mut due)?;
@@ -1696,7 +1753,7 @@ impl Connection {
             Some((len, _)) => return Err(RecvError::BufferTooSmall { needed: len }),
             None => {}
         }
-        if self.resync_rx.load(Ordering::Relaxed) && self.resync_rx.swap(false, Ordering::Relaxed) {
+        if self.resync_due(&self.resync_rx) || rx.stale {
             self.resync_recv(ring, &mut rx);
         }
         self.start_message(ring, &mut rx, &mut due)?;

@@ -153,8 +153,9 @@ impl ForkSafeOnce {
 /// did not come along: it takes the lock over and starts from `fresh()`,
 /// without reading or dropping the value the holder may have been changing
 /// half-way (that value is leaked, once per such fork). Waiters in the same
-/// process back off: spin, yield, then sleep (50 us per try, 1 ms after the
-/// first thousand tries).
+/// process back off: spin, yield, then sleep on a futex until the holder
+/// unlocks (in slices of [`SLEEP_SLICE`]), so a lock held across a long
+/// wait (a pipe's receive) wakes its next taker at once.
 ///
 /// Never fork (or call anything that forks without an immediate `exec`)
 /// while holding a guard: the forking thread comes along into the child
@@ -163,9 +164,17 @@ impl ForkSafeOnce {
 pub(crate) struct ForkSafeMutex<T> {
     /// 0: free; else the fork generation of the holder's process.
     state: AtomicU64,
+    /// 1 once a waiter is about to sleep: the unlock then clears it and
+    /// wakes every sleeper (a forked child may inherit a 1: one needless
+    /// wake-up, then 0).
+    contended: std::sync::atomic::AtomicU32,
     value: std::cell::UnsafeCell<T>,
     fresh: fn() -> T,
 }
+
+/// The longest a [`ForkSafeMutex`] waiter sleeps before it looks again (a
+/// safety net: the unlock wakes it).
+const SLEEP_SLICE: std::time::Duration = std::time::Duration::from_millis(50);
 
 // SAFETY: the value is only reached through a guard, which one thread at a
 // time holds (the lock word); it moves between threads, so T: Send.
@@ -175,14 +184,30 @@ impl<T> ForkSafeMutex<T> {
     /// A free mutex holding `value`; `fresh` makes the value a forked child
     /// starts from when it takes the lock over from a holder left behind.
     pub(crate) const fn new(value: T, fresh: fn() -> T) -> ForkSafeMutex<T> {
-        ForkSafeMutex { state: AtomicU64::new(0), value: std::cell::UnsafeCell::new(value), fresh }
+        ForkSafeMutex {
+            state: AtomicU64::new(0),
+            contended: std::sync::atomic::AtomicU32::new(0),
+            value: std::cell::UnsafeCell::new(value),
+            fresh,
+        }
     }
 
     /// Locks, waiting while another thread of this process holds it.
+    #[inline]
     pub(crate) fn lock(&self) -> ForkSafeGuard<'_, T> {
         // Registers the fork handlers before the first hold: a fork after
         // this gives the child another generation.
         let me = process_stamp();
+        if self.state.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return ForkSafeGuard { m: self, _not_sync_unless_t_is: std::marker::PhantomData };
+        }
+        self.lock_slow(me)
+    }
+
+    /// Held (by a thread here, or by one left behind by a fork): take it
+    /// over, or wait.
+    #[cold]
+    fn lock_slow(&self, me: u64) -> ForkSafeGuard<'_, T> {
         let mut tries = 0u32;
         loop {
             let cur = self.state.load(Ordering::Relaxed);
@@ -200,14 +225,22 @@ impl<T> ForkSafeMutex<T> {
                 }
                 continue;
             }
-            tries += 1;
+            tries = tries.saturating_add(1);
             if tries < 64 {
                 std::hint::spin_loop();
             } else if tries < 128 {
                 std::thread::yield_now();
             } else {
-                // A fork-server start holds its lock for up to its timeout.
-                std::thread::sleep(std::time::Duration::from_micros(if tries < 1024 { 50 } else { 1000 }));
+                // Held for longer (a fork-server start, up to its timeout; a
+                // pipe receive, for its wait): sleep until the unlock. The
+                // flag's swap and the holder's unlock swap are both SeqCst,
+                // so either our load below sees the lock free or the unlock
+                // sees the flag and wakes us.
+                self.contended.swap(1, Ordering::SeqCst);
+                if self.state.load(Ordering::SeqCst) == me {
+                    let until = super::futex::monotonic_now().saturating_add(SLEEP_SLICE);
+                    super::futex::futex_wait(&self.contended, 1, Some(until));
+                }
             }
         }
     }
@@ -237,7 +270,11 @@ impl<T> std::ops::DerefMut for ForkSafeGuard<'_, T> {
 
 impl<T> Drop for ForkSafeGuard<'_, T> {
     fn drop(&mut self) {
-        self.m.state.store(0, Ordering::Release);
+        // SeqCst swap, then the flag: see the waiter's side in `lock`.
+        self.m.state.swap(0, Ordering::SeqCst);
+        if self.m.contended.load(Ordering::SeqCst) != 0 && self.m.contended.swap(0, Ordering::SeqCst) != 0 {
+            super::futex::futex_wake(&self.m.contended, i32::MAX as u32);
+        }
     }
 }
 
@@ -481,6 +518,32 @@ mod tests {
     }
 
     /// A process forks while another of its threads holds a
+    /// Threads that find the lock held sleep (past the spin and the yields)
+    /// and are woken by the unlock: mutual exclusion holds, and nobody is
+    /// left asleep (a lost wake-up would still end after `SLEEP_SLICE`, so
+    /// this checks the exclusion; the pipe tests check the waits).
+    #[test]
+    fn fork_safe_mutex_excludes_with_sleeping_waiters() {
+        static M: ForkSafeMutex<(u64, bool)> = ForkSafeMutex::new((0, false), || (0, false));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        let mut g = M.lock();
+                        assert!(!g.1, "two holders at once");
+                        g.1 = true;
+                        // Long enough that the others get to sleep.
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                        g.0 += 1;
+                        g.1 = false;
+                    }
+                });
+            }
+        });
+        assert_eq!(M.lock().0, 800);
+        assert_eq!(M.contended.load(Ordering::SeqCst), 0, "the last unlock cleared the flag");
+    }
+
     /// `ForkSafeMutex`: the child takes the lock over and starts from the
     /// fresh value (the holder's half-made changes are not its own), where
     /// a `std::sync::Mutex` would wait for ever. In the parent, the holder's
