@@ -317,8 +317,18 @@ extern "C" fn after_fork_in_child() {
 ///
 /// `pthread_atfork` stays on libc: it is a libc (pthread) facility that
 /// rustix does not wrap.
-#[cold]
+#[inline]
 pub(crate) fn watch_forks() {
+    // One load once done: callers on hot paths (`process_stamp` in every
+    // `ForkSafeMutex::lock`, a pipe's send and receive) pay no call.
+    if !ATFORK.is_done() {
+        register_fork_handlers();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn register_fork_handlers() {
     ATFORK.call_once(|| {
         // The handlers are `extern "C" fn()`s doing atomic adds (and a thread-local
         // update in the parent), then the pipe's hooks: a process-local spin lock
