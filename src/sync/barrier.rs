@@ -32,7 +32,8 @@
 //! the others waiting for ever.
 //!
 //! * An arrival is marked *pending* at `g` before it is counted, and marked
-//!   done once all of the process's threads were counted at `g` (below). A
+//!   done once all of the process's threads were counted at `g` (below; the
+//!   last arrival, which opens `g`, only after it has opened it). A
 //!   process that dies while pending at `g` owes `g` (perhaps it was
 //!   counted, perhaps not: the barrier is broken, never hung) and, if `g`
 //!   opens anyway, `g + 1`.
@@ -110,10 +111,14 @@ const GEN_MASK: u32 = BROKEN - 1;
 
 /// How many processes a barrier watches at once (see the module docs): the
 /// processes that wait at it beyond this many are not watched.
+#[cfg(not(loom))]
 pub const WATCHED_PROCESSES: usize = 64;
+/// The loom model's table is small: every entry is a place to interleave.
+#[cfg(loom)]
+pub const WATCHED_PROCESSES: usize = 2;
 
 /// State of a `who` entry (top 4 bits of the word).
-const WATCHED: u64 = 1;
+pub(super) const WATCHED: u64 = 1;
 
 #[repr(C, align(64))]
 pub(crate) struct BarrierState {
@@ -123,6 +128,21 @@ pub(crate) struct BarrierState {
     _reserved: [AtomicU32; 13],
     who: [AtomicU64; WATCHED_PROCESSES],
     seen: [AtomicU64; WATCHED_PROCESSES],
+}
+
+#[cfg(loom)]
+impl BarrierState {
+    /// A heap twin of the shared state, for the loom model.
+    pub(crate) fn heap(parties: u32) -> BarrierState {
+        BarrierState {
+            generation: AtomicU32::new(0),
+            arrived: AtomicU32::new(0),
+            parties: AtomicU32::new(parties),
+            _reserved: std::array::from_fn(|_| AtomicU32::new(0)),
+            who: std::array::from_fn(|_| AtomicU64::new(0)),
+            seen: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 #[cfg(not(loom))]
@@ -203,6 +223,244 @@ fn judge(w: u64, seen: impl FnOnce() -> u64, g: u32, runs: impl FnOnce(u64) -> b
         b if b >= 1 << 30 => Entry::Keep,
         // The barrier opened a generation without it since.
         _ => Entry::Reclaim,
+    }
+}
+
+/// Before this thread's arrival at generation `g` is counted: claims
+/// this process's entry on its first wait, notes the arrival in the
+/// process's counts, and marks the entry as arriving at `g`
+/// (`PENDING`); returns the entry for [`arrived`], and whether this
+/// call claimed it (the process's first wait here).
+///
+/// Reads the generation itself, under the process-local lock, and
+/// returns it (with `BROKEN` if set: then nothing is noted): a thread
+/// that has read `g` is already counted as arriving when
+/// [`leave`] looks.
+pub(super) fn arriving(s: &BarrierState, h: &impl Host) -> (u32, Option<Claimed>, bool) {
+    let stamp = h.stamp();
+    let (g, mine, new) = {
+        let mut slot = h.local();
+        let g = s.generation.load(Acquire);
+        if g & BROKEN != 0 {
+            return (g, None, false);
+        }
+        if !slot.is_some_and(|l| l.stamp == stamp) {
+            // First wait here, or our parent's fields (we are a forked child).
+            *slot = None;
+        }
+        let new = slot.is_none();
+        let prev = g.wrapping_sub(1) & GEN_MASK;
+        let l = slot.get_or_insert_with(|| Local {
+            stamp,
+            claimed: claim_entry(s, h, g),
+            gen: prev,
+            here: 0,
+            counted: 0,
+            before: 0,
+        });
+        if l.gen != g {
+            l.before = if l.gen == prev { l.here } else { 0 };
+            l.gen = g;
+            l.here = 0;
+            l.counted = 0;
+        }
+        l.here = l.here.saturating_add(1);
+        (g, l.claimed, new && l.claimed.is_some())
+    };
+    let Some((i, w)) = mine else { return (g, None, new) };
+    // Pending at `g`: forward from any mark of ours that is not ahead
+    // of `g` (a thread of ours that arrived at `g + 1` meanwhile wins;
+    // a process that sat generations out catches up), and only while
+    // the entry is ours.
+    let forward = s.seen[i].fetch_update(Release, Acquire, |cur| {
+        let ours = cur >> 32 == tag(w) && s.who[i].load(Acquire) == w;
+        let behind = g.wrapping_sub(cur as u32 & GEN_MASK) & GEN_MASK;
+        (ours && behind < 1 << 30).then_some(seen_word(w, g, true))
+    });
+    if forward.is_err() && s.who[i].load(Acquire) != w {
+        // Freed under us (a hostile writer, or a /proc that said we were
+        // dead): claim again at the next wait, unless another thread of
+        // ours already did.
+        let mut slot = h.local();
+        if slot.is_some_and(|l| l.stamp == h.stamp() && l.claimed == Some((i, w))) {
+            *slot = None;
+        }
+        return (g, None, new);
+    }
+    (g, Some((i, w)), new)
+}
+
+/// After the arrival [`arriving`] marked was counted: once as many
+/// of this process's threads have been counted at `g` as arrived at
+/// `g - 1` (a known count: never at the process's first generation), the
+/// mark turns from pending to done. Each thread's mark precedes its
+/// `fetch_add`, which precedes its count here, so the thread that
+/// completes the count finds every mark of the others already made.
+pub(super) fn arrived(s: &BarrierState, h: &impl Host, mine: Option<Claimed>, g: u32) {
+    let Some((i, w)) = mine else { return };
+    let g = g & GEN_MASK;
+    let done = {
+        let mut slot = h.local();
+        match slot.as_mut() {
+            Some(l) if l.stamp == h.stamp() && l.gen == g => {
+                l.counted = l.counted.saturating_add(1);
+                l.before > 0 && l.counted >= l.before
+            }
+            _ => false,
+        }
+    };
+    if done {
+        let _ = s.seen[i].compare_exchange(seen_word(w, g, true), seen_word(w, g, false), Release, Relaxed);
+    }
+}
+
+/// Claims a free entry (or one of a dead process that owes nothing)
+/// for this process, owing generation `g`.
+fn claim_entry(s: &BarrierState, h: &impl Host, g: u32) -> Option<Claimed> {
+    let w = h.me()?;
+    for i in 0..WATCHED_PROCESSES {
+        let cur = s.who[i].load(Acquire);
+        let free = cur == 0 || judge(cur, || s.seen[i].load(Acquire), g, |w| h.runs(w)) == Entry::Reclaim;
+        if free && s.who[i].compare_exchange(cur, w, AcqRel, Relaxed).is_ok() {
+            // Owes `g` until its arrival is counted and recorded.
+            s.seen[i].store(seen_word(w, g.wrapping_sub(1), false), Release);
+            return Some((i, w));
+        }
+    }
+    None
+}
+
+/// Whether a watched process owes generation `g` an arrival and is dead
+/// (frees the entries of dead processes that owe nothing on the way).
+fn owed_by_the_dead(s: &BarrierState, h: &impl Host, g: u32) -> bool {
+    let mut owed = false;
+    for i in 0..WATCHED_PROCESSES {
+        let w = s.who[i].load(Acquire);
+        match judge(w, || s.seen[i].load(Acquire), g, |w| h.runs(w)) {
+            Entry::Keep => {}
+            // The same entry still (its `seen` was not a newcomer's).
+            Entry::OwesAndDead => owed |= s.who[i].load(Acquire) == w,
+            Entry::Reclaim => {
+                let _ = s.who[i].compare_exchange(w, 0, AcqRel, Relaxed);
+            }
+        }
+    }
+    owed
+}
+
+/// The shared state in words, for the loom model's failure messages.
+#[cfg(loom)]
+pub(super) fn describe(s: &BarrierState) -> String {
+    let entries: Vec<String> = (0..WATCHED_PROCESSES)
+        .map(|i| {
+            let (w, m) = (s.who[i].load(Relaxed), s.seen[i].load(Relaxed));
+            let (_, pid, _) = word::parts(w);
+            format!("[pid {pid} mark {}{}]", m as u32 & GEN_MASK, if m & PENDING != 0 { " pending" } else { "" })
+        })
+        .collect();
+    format!(
+        "generation {:#x}, arrived {}, entries {}",
+        s.generation.load(Relaxed),
+        s.arrived.load(Relaxed),
+        entries.join(" ")
+    )
+}
+
+/// Counts one arrival at the current generation; returns the count.
+#[inline]
+pub(super) fn count_arrival(s: &BarrierState) -> u32 {
+    s.arrived.fetch_add(1, AcqRel).wrapping_add(1)
+}
+
+/// A wait after [`arriving`] returned `(g, mine)`: counts the arrival,
+/// opens the generation as its last arrival, or sleeps until it opens, the
+/// barrier breaks, `deadline` passes (which breaks it), or (when
+/// `look_due` says a look is due, after a sleep slice) a dead process owes
+/// `g`, which breaks it too. `lost`: whether the segment was truncated
+/// under us (then nobody can open it).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wait_arrived<H: Host, P: Platform>(
+    s: &BarrierState,
+    h: &H,
+    p: &P,
+    parties: u32,
+    (g, mine): (u32, Option<Claimed>),
+    deadline: Deadline,
+    lost: impl Fn() -> bool,
+    mut look_due: impl FnMut() -> bool,
+) -> Result<BarrierWaitResult, BarrierError> {
+    let abort = || {
+        s.generation.fetch_or(BROKEN, AcqRel);
+        p.wake(&s.generation, i32::MAX as u32);
+    };
+    if g & BROKEN != 0 || lost() || h.dies_at(Point::Marked) {
+        return Err(BarrierError::Broken);
+    }
+    let n = count_arrival(s);
+    if h.dies_at(Point::Counted) {
+        return Err(BarrierError::Broken);
+    }
+    if n == 0 || n > parties {
+        // Corrupt count: nobody can trust this barrier any more.
+        arrived(s, h, mine, g);
+        abort();
+        return Err(BarrierError::Broken);
+    }
+    if n == parties {
+        s.arrived.store(0, Relaxed);
+        let next = (g + 1) & GEN_MASK;
+        let opened = s.generation.compare_exchange(g, next, AcqRel, Acquire);
+        // The leader's mark turns done only once it has opened the
+        // generation: a leader killed between its count and the opening
+        // leaves a pending mark at `g`, which breaks `g` (a done mark would
+        // say it owes only `g + 1`, and `g` would never open).
+        arrived(s, h, mine, g);
+        return match opened {
+            // Opened in zero pages nobody else sees: the segment was
+            // truncated under us while we arrived.
+            Ok(_) if lost() => Err(BarrierError::Broken),
+            Ok(_) => {
+                p.wake(&s.generation, i32::MAX as u32);
+                Ok(BarrierWaitResult { index: 0 })
+            }
+            Err(_) => Err(BarrierError::Broken),
+        };
+    }
+    arrived(s, h, mine, g);
+    let index = parties - n;
+    loop {
+        // In slices: a barrier whose segment was truncated under us
+        // (private zeros now) is never opened by anyone; it is broken.
+        p.wait(&s.generation, g, deadline.min_after(crate::wait::PEER_SLICE));
+        let cur = s.generation.load(Acquire);
+        if cur & BROKEN != 0 || lost() {
+            return Err(BarrierError::Broken);
+        }
+        if cur != g {
+            return Ok(BarrierWaitResult { index });
+        }
+        // A dead party that owes this generation: nobody can open it.
+        if look_due() && owed_by_the_dead(s, h, g) {
+            match s.generation.compare_exchange(g, g | BROKEN, Release, Acquire) {
+                Ok(_) => {
+                    p.wake(&s.generation, i32::MAX as u32);
+                    return Err(BarrierError::Broken);
+                }
+                Err(_) => continue,
+            }
+        }
+        // Checked whatever the wait reported: spurious wake-ups (signals,
+        // a peer's FUTEX_WAKE) can keep coming past the deadline.
+        if deadline.expired() {
+            match s.generation.compare_exchange(g, g | BROKEN, Release, Acquire) {
+                Ok(_) => {
+                    p.wake(&s.generation, i32::MAX as u32);
+                    return Err(BarrierError::Timeout);
+                }
+                // The barrier opened (or broke) just now: look again.
+                Err(_) => continue,
+            }
+        }
     }
 }
 
@@ -289,11 +547,11 @@ struct Watch {
 }
 
 /// A claimed entry: its index and this process's `who` word.
-type Claimed = (usize, u64);
+pub(crate) type Claimed = (usize, u64);
 
 /// What one process knows of its own entry.
 #[derive(Clone, Copy)]
-struct Local {
+pub(crate) struct Local {
     /// [`sys::process_stamp`] of the process these fields belong to.
     stamp: u64,
     /// `None`: the table was full of live processes, or our start time is
@@ -313,15 +571,75 @@ impl Watch {
     /// Clears this process's entry (a clean leave: it owes nothing); a
     /// later wait claims a new one.
     fn leave(&self) {
-        let mut l = self.local.lock();
-        if let Some(Local { stamp, claimed: Some((i, w)), here, counted, .. }) = *l {
-            // A thread between its mark and its count (`leave_all` while
-            // another thread of the child arrives): the entry stays, and
-            // the child's exit breaks that generation rather than hang it.
-            if stamp == sys::process_stamp() && here <= counted {
-                let _ = self.shared.get().who[i].compare_exchange(w, 0, AcqRel, Relaxed);
-                *l = None;
-            }
+        leave(self.shared.get(), self);
+    }
+}
+
+/// What the barrier's protocol needs from the process it runs in: the
+/// process-local record of its entry, its identity, and whether another
+/// process still runs. [`Watch`] is the real process; the loom model
+/// (`sync/loom_tests.rs`) plays processes with threads, their deaths with
+/// flags.
+pub(crate) trait Host {
+    /// The guard of [`Host::local`].
+    type Local<'a>: std::ops::DerefMut<Target = Option<Local>>
+    where
+        Self: 'a;
+    /// Locks this process's record of its entry and arrival counts
+    /// (`None` until its first wait).
+    fn local(&self) -> Self::Local<'_>;
+    /// This process's stamp ([`sys::process_stamp`]): a record made by
+    /// another process (before a fork) is not ours.
+    fn stamp(&self) -> u64;
+    /// This process's `who` word (`None` when its start time is unknown:
+    /// it then waits unwatched).
+    fn me(&self) -> Option<u64>;
+    /// Whether the process that the `who` word `w` names still runs.
+    fn runs(&self, w: u64) -> bool;
+    /// The loom model's `kill -9` inside a wait: true if this process dies
+    /// at `at` (it then writes nothing more). A real process never says so.
+    #[inline]
+    fn dies_at(&self, _at: Point) -> bool {
+        false
+    }
+}
+
+/// Where in [`wait_arrived`] the loom model may kill a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Point {
+    /// Its arrival marked, not counted.
+    Marked,
+    /// Counted, nothing after (the last arrival: the generation not opened).
+    Counted,
+}
+
+impl Host for Watch {
+    type Local<'a> = sys::ForkSafeGuard<'a, Option<Local>>;
+    fn local(&self) -> Self::Local<'_> {
+        self.local.lock()
+    }
+    fn stamp(&self) -> u64 {
+        sys::process_stamp()
+    }
+    fn me(&self) -> Option<u64> {
+        let me = sys::current_process();
+        (me.start_time != 0).then(|| word::pack(WATCHED, me.id, me.start_time))
+    }
+    fn runs(&self, w: u64) -> bool {
+        word::runs(w)
+    }
+}
+
+/// Clears the entry of `h`'s process, unless a thread of it is between its
+/// mark and its count (`leave_all` while another thread of the child
+/// arrives): the entry then stays, and the child's exit breaks that
+/// generation rather than hang it.
+pub(super) fn leave(s: &BarrierState, h: &impl Host) {
+    let mut l = h.local();
+    if let Some(Local { stamp, claimed: Some((i, w)), here, counted, .. }) = *l {
+        if stamp == h.stamp() && here <= counted {
+            let _ = s.who[i].compare_exchange(w, 0, AcqRel, Relaxed);
+            *l = None;
         }
     }
 }
@@ -407,138 +725,23 @@ impl Barrier {
         &self.watch.shared
     }
 
-    /// Before this thread's arrival at generation `g` is counted: claims
-    /// this process's entry on its first wait, notes the arrival in the
-    /// process's counts, and marks the entry as arriving at `g`
-    /// (`PENDING`); returns the entry for [`Self::arrived`].
-    ///
-    /// Reads the generation itself, under the process-local lock, and
-    /// returns it (with `BROKEN` if set: then nothing is noted): a thread
-    /// that has read `g` is already counted as arriving when
-    /// [`Watch::leave`] looks.
+    /// Before this thread's arrival is counted (see the free [`arriving`]);
+    /// lists this handle for [`leave_all`] on its first claim here.
     fn arriving(&self) -> (u32, Option<Claimed>) {
+        let (g, mine, new) = arriving(self.shared().get(), &*self.watch);
         let stamp = sys::process_stamp();
-        let s = self.shared().get();
-        let (g, mine, new) = {
-            let mut slot = self.watch.local.lock();
-            let g = s.generation.load(Acquire);
-            if g & BROKEN != 0 {
-                return (g, None);
-            }
-            if !slot.is_some_and(|l| l.stamp == stamp) {
-                // First wait here, or our parent's fields (we are a forked child).
-                *slot = None;
-            }
-            let new = slot.is_none();
-            let prev = g.wrapping_sub(1) & GEN_MASK;
-            let l = slot.get_or_insert_with(|| Local {
-                stamp,
-                claimed: self.claim_entry(g),
-                gen: prev,
-                here: 0,
-                counted: 0,
-                before: 0,
-            });
-            if l.gen != g {
-                l.before = if l.gen == prev { l.here } else { 0 };
-                l.gen = g;
-                l.here = 0;
-                l.counted = 0;
-            }
-            l.here = l.here.saturating_add(1);
-            (g, l.claimed, new && l.claimed.is_some())
-        };
         if new && self.watch.listed.swap(stamp, Relaxed) != stamp {
             let mut h = HOLDING.lock();
             h.retain(|w| w.strong_count() > 0);
             h.push(Arc::downgrade(&self.watch));
         }
-        let Some((i, w)) = mine else { return (g, None) };
-        // Pending at `g`: forward from any mark of ours that is not ahead
-        // of `g` (a thread of ours that arrived at `g + 1` meanwhile wins;
-        // a process that sat generations out catches up), and only while
-        // the entry is ours.
-        let forward = s.seen[i].fetch_update(Release, Acquire, |cur| {
-            let ours = cur >> 32 == tag(w) && s.who[i].load(Acquire) == w;
-            let behind = g.wrapping_sub(cur as u32 & GEN_MASK) & GEN_MASK;
-            (ours && behind < 1 << 30).then_some(seen_word(w, g, true))
-        });
-        if forward.is_err() && s.who[i].load(Acquire) != w {
-            // Freed under us (a hostile writer, or a /proc that said we were
-            // dead): claim again at the next wait, unless another thread of
-            // ours already did.
-            let mut slot = self.watch.local.lock();
-            if slot.is_some_and(|l| l.stamp == sys::process_stamp() && l.claimed == Some((i, w))) {
-                *slot = None;
-            }
-            return (g, None);
-        }
-        (g, Some((i, w)))
+        (g, mine)
     }
 
-    /// After the arrival [`Self::arriving`] marked was counted: once as many
-    /// of this process's threads have been counted at `g` as arrived at
-    /// `g - 1` (a known count: never at the process's first generation), the
-    /// mark turns from pending to done. Each thread's mark precedes its
-    /// `fetch_add`, which precedes its count here, so the thread that
-    /// completes the count finds every mark of the others already made.
+    /// After the arrival [`Self::arriving`] marked was counted (see the free [`arrived`]).
+    #[cfg(all(test, not(loom)))]
     fn arrived(&self, mine: Option<Claimed>, g: u32) {
-        let Some((i, w)) = mine else { return };
-        let g = g & GEN_MASK;
-        let done = {
-            let mut slot = self.watch.local.lock();
-            match slot.as_mut() {
-                Some(l) if l.stamp == sys::process_stamp() && l.gen == g => {
-                    l.counted = l.counted.saturating_add(1);
-                    l.before > 0 && l.counted >= l.before
-                }
-                _ => false,
-            }
-        };
-        if done {
-            let s = self.shared().get();
-            let _ = s.seen[i].compare_exchange(seen_word(w, g, true), seen_word(w, g, false), Release, Relaxed);
-        }
-    }
-
-    /// Claims a free entry (or one of a dead process that owes nothing)
-    /// for this process, owing generation `g`.
-    fn claim_entry(&self, g: u32) -> Option<Claimed> {
-        let me = sys::current_process();
-        if me.start_time == 0 {
-            return None;
-        }
-        let w = word::pack(WATCHED, me.id, me.start_time);
-        let s = self.shared().get();
-        for i in 0..WATCHED_PROCESSES {
-            let cur = s.who[i].load(Acquire);
-            let free = cur == 0 || judge(cur, || s.seen[i].load(Acquire), g, word::runs) == Entry::Reclaim;
-            if free && s.who[i].compare_exchange(cur, w, AcqRel, Relaxed).is_ok() {
-                // Owes `g` until its arrival is counted and recorded.
-                s.seen[i].store(seen_word(w, g.wrapping_sub(1), false), Release);
-                return Some((i, w));
-            }
-        }
-        None
-    }
-
-    /// Whether a watched process owes generation `g` an arrival and is dead
-    /// (frees the entries of dead processes that owe nothing on the way).
-    fn owed_by_the_dead(&self, g: u32) -> bool {
-        let s = self.shared().get();
-        let mut owed = false;
-        for i in 0..WATCHED_PROCESSES {
-            let w = s.who[i].load(Acquire);
-            match judge(w, || s.seen[i].load(Acquire), g, word::runs) {
-                Entry::Keep => {}
-                // The same entry still (its `seen` was not a newcomer's).
-                Entry::OwesAndDead => owed |= s.who[i].load(Acquire) == w,
-                Entry::Reclaim => {
-                    let _ = s.who[i].compare_exchange(w, 0, AcqRel, Relaxed);
-                }
-            }
-        }
-        owed
+        arrived(self.shared().get(), &*self.watch, mine, g);
     }
 
     /// A builder with default options (anonymous, mode 0600).
@@ -601,76 +804,22 @@ impl Barrier {
     }
 
     fn wait_until<P: Platform>(&self, p: &P, deadline: Deadline) -> Result<BarrierWaitResult, BarrierError> {
-        let s = self.shared().get();
-        let lost = || self.shared().segment().lost();
         let (g, mine) = self.arriving();
-        if g & BROKEN != 0 || lost() {
-            return Err(BarrierError::Broken);
-        }
-        let n = s.arrived.fetch_add(1, AcqRel).wrapping_add(1);
-        self.arrived(mine, g);
-        if n == 0 || n > self.parties {
-            // Corrupt count: nobody can trust this barrier any more.
-            self.abort();
-            return Err(BarrierError::Broken);
-        }
-        if n == self.parties {
-            s.arrived.store(0, Relaxed);
-            let next = (g + 1) & GEN_MASK;
-            return match s.generation.compare_exchange(g, next, AcqRel, Acquire) {
-                // Opened in zero pages nobody else sees: the segment was
-                // truncated under us while we arrived.
-                Ok(_) if lost() => Err(BarrierError::Broken),
-                Ok(_) => {
-                    p.wake(&s.generation, i32::MAX as u32);
-                    Ok(BarrierWaitResult { index: 0 })
-                }
-                Err(_) => Err(BarrierError::Broken),
-            };
-        }
-        let index = self.parties - n;
         // The first look after one slice: a dead party is noticed within
         // about two, and a barrier that opens at once costs no /proc read.
+        // Then one look per slice for all the threads of this process that
+        // wait through this handle (each look reads /proc for every entry).
         let mut next_look = sys::monotonic_now() + crate::wait::PEER_SLICE;
-        loop {
-            // In slices: a barrier whose segment was truncated under us
-            // (private zeros now) is never opened by anyone; it is broken.
-            p.wait(&s.generation, g, deadline.min_after(crate::wait::PEER_SLICE));
-            let cur = s.generation.load(Acquire);
-            if cur & BROKEN != 0 || lost() {
-                return Err(BarrierError::Broken);
-            }
-            if cur != g {
-                return Ok(BarrierWaitResult { index });
-            }
-            // A dead party that owes this generation: nobody can open it.
-            // Looked for once per slice (it reads /proc for every entry).
+        let look_due = || {
             let now = sys::monotonic_now();
-            if now >= next_look {
-                next_look = now + crate::wait::PEER_SLICE;
-                if self.watch.looked.due_at(now, crate::wait::PEER_SLICE) && self.owed_by_the_dead(g) {
-                    match s.generation.compare_exchange(g, g | BROKEN, Release, Acquire) {
-                        Ok(_) => {
-                            p.wake(&s.generation, i32::MAX as u32);
-                            return Err(BarrierError::Broken);
-                        }
-                        Err(_) => continue,
-                    }
-                }
+            if now < next_look {
+                return false;
             }
-            // Checked whatever the wait reported: spurious wake-ups (signals,
-            // a peer's FUTEX_WAKE) can keep coming past the deadline.
-            if deadline.expired() {
-                match s.generation.compare_exchange(g, g | BROKEN, Release, Acquire) {
-                    Ok(_) => {
-                        p.wake(&s.generation, i32::MAX as u32);
-                        return Err(BarrierError::Timeout);
-                    }
-                    // The barrier opened (or broke) just now: look again.
-                    Err(_) => continue,
-                }
-            }
-        }
+            next_look = now + crate::wait::PEER_SLICE;
+            self.watch.looked.due_at(now, crate::wait::PEER_SLICE)
+        };
+        let lost = || self.shared().segment().lost();
+        wait_arrived(self.shared().get(), &*self.watch, p, self.parties, (g, mine), deadline, lost, look_due)
     }
 
     /// How another process opens this barrier.

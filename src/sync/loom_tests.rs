@@ -425,3 +425,220 @@ fn loom_pipe_close_wakes_the_sleeper() {
         assert!(!rx.join().unwrap());
     });
 }
+
+// ------------------------------------------------------------------ barrier
+//
+// The barrier's table of watched processes (`barrier.rs`: a party that dies
+// between two waits breaks the barrier). Processes are threads here: each
+// `Proc` has its own process-local record (a loom mutex) and pid; threads
+// of one process share a `Proc`. A process dies by raising its flag and
+// returning (it writes nothing more), which `runs` reads. Waits are sliced
+// (`Model::world(true)`), and a waiter looks at the table after every
+// slice: a waiter that never learns of a death loops for ever, which the
+// model reports after 200 looks (with the state of the table), so these
+// also check "never hangs". Sliced waits model deaths with two threads
+// only: with three, loom's search follows a spinning waiter through stale
+// reads of the generation without end (it reported 200 looks for three
+// live processes, which pass with blocking waits). Tests without a death
+// use blocking waits, where a lost wake-up is a loom deadlock.
+
+mod barrier_model {
+    use super::*;
+    use crate::peer::word;
+    use crate::sync::barrier::{
+        arriving, leave, wait_arrived, BarrierError, BarrierState, Host, Local, Point, WATCHED,
+    };
+
+    pub(super) struct Proc {
+        pid: u32,
+        local: Mutex<Option<Local>>,
+        dead: Arc<[AtomicBool; 4]>,
+        /// Where its next wait kills it (`None`: it lives).
+        kill_at: std::sync::Mutex<Option<Point>>,
+    }
+
+    impl Proc {
+        pub(super) fn world() -> Arc<[AtomicBool; 4]> {
+            Arc::new(std::array::from_fn(|_| AtomicBool::new(false)))
+        }
+        pub(super) fn new(pid: u32, dead: &Arc<[AtomicBool; 4]>) -> Arc<Proc> {
+            Arc::new(Proc { pid, local: Mutex::new(None), dead: dead.clone(), kill_at: std::sync::Mutex::new(None) })
+        }
+        pub(super) fn die(&self) {
+            self.dead[self.pid as usize].store(true, SeqCst);
+        }
+    }
+
+    impl Host for Proc {
+        type Local<'a> = loom::sync::MutexGuard<'a, Option<Local>>;
+        fn local(&self) -> Self::Local<'_> {
+            self.local.lock().unwrap()
+        }
+        fn stamp(&self) -> u64 {
+            1
+        }
+        fn me(&self) -> Option<u64> {
+            Some(word::pack(WATCHED, self.pid, 1000 + u64::from(self.pid)))
+        }
+        fn runs(&self, w: u64) -> bool {
+            let (_, pid, _) = word::parts(w);
+            self.dead.get(pid as usize).is_some_and(|d| !d.load(SeqCst))
+        }
+        fn dies_at(&self, at: Point) -> bool {
+            let dies = *self.kill_at.lock().unwrap() == Some(at);
+            if dies {
+                self.die();
+            }
+            dies
+        }
+    }
+
+    /// One whole wait of a thread of `h` at `s`.
+    pub(super) fn wait(s: &BarrierState, h: &Proc, p: &Model, parties: u32) -> Result<u32, BarrierError> {
+        let arrival = {
+            let (g, mine, _) = arriving(s, h);
+            (g, mine)
+        };
+        let mut looks = 0u32;
+        let look = || {
+            looks += 1;
+            assert!(looks < 200, "a waiter of pid {} looked 200 times: {}", h.pid, describe(s));
+            true
+        };
+        wait_arrived(s, h, p, parties, arrival, Deadline::NEVER, || false, look).map(|r| r.index)
+    }
+
+    fn describe(s: &BarrierState) -> String {
+        crate::sync::barrier::describe(s)
+    }
+
+    /// A thread of `h` that is killed in the middle of its wait at a
+    /// barrier of `parties`, at `at` (the real `wait_arrived` up to there).
+    pub(super) fn die_arriving(s: &BarrierState, h: &Proc, p: &Model, parties: u32, at: Point) {
+        *h.kill_at.lock().unwrap() = Some(at);
+        assert!(wait(s, h, p, parties).is_err());
+    }
+
+    pub(super) fn leave_cleanly(s: &BarrierState, h: &Proc) {
+        leave(s, h);
+    }
+}
+
+fn barrier_builder() -> loom::model::Builder {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(2);
+    b.max_branches = 100_000;
+    b
+}
+
+/// Two processes pass generation 0; one dies; the other's wait at
+/// generation 1 ends `Broken` (it never hangs), wherever the death falls.
+#[test]
+fn loom_barrier_a_party_dead_between_waits_breaks_it() {
+    use barrier_model::*;
+    barrier_builder().check(|| {
+        let world = Model::world(true);
+        let dead = Proc::world();
+        let s = Arc::new(super::barrier::BarrierState::heap(2));
+        let (a, b) = (Proc::new(1, &dead), Proc::new(2, &dead));
+        let t = {
+            let (s, b, p) = (s.clone(), b.clone(), world.thread(2));
+            loom::thread::spawn(move || {
+                assert!(wait(&s, &b, &p, 2).is_ok());
+                b.die();
+            })
+        };
+        let p = world.thread(1);
+        assert!(wait(&s, &a, &p, 2).is_ok());
+        assert_eq!(wait(&s, &a, &p, 2), Err(super::barrier::BarrierError::Broken));
+        t.join().unwrap();
+    });
+}
+
+/// A party killed in the middle of its wait at generation 1 (its arrival
+/// marked, or counted too; counted last, it has not opened the
+/// generation) breaks it: the other party never hangs.
+#[test]
+fn loom_barrier_a_party_dead_while_arriving_breaks_it() {
+    use super::barrier::Point;
+    use barrier_model::*;
+    for at in [Point::Marked, Point::Counted] {
+        barrier_builder().check(move || {
+            let world = Model::world(true);
+            let dead = Proc::world();
+            let s = Arc::new(super::barrier::BarrierState::heap(2));
+            let (a, b) = (Proc::new(1, &dead), Proc::new(2, &dead));
+            let t = {
+                let (s, b, p) = (s.clone(), b.clone(), world.thread(2));
+                loom::thread::spawn(move || {
+                    assert!(wait(&s, &b, &p, 2).is_ok());
+                    die_arriving(&s, &b, &p, 2, at);
+                })
+            };
+            let p = world.thread(1);
+            assert!(wait(&s, &a, &p, 2).is_ok());
+            // Counted first, it leaves `a` to open the generation (Ok);
+            // else the generation never opens, and breaks.
+            let r = wait(&s, &a, &p, 2);
+            assert!(r.is_ok() && at == Point::Counted || r == Err(super::barrier::BarrierError::Broken), "{r:?}");
+            t.join().unwrap();
+        });
+    }
+}
+
+/// A party that leaves cleanly and dies is replaced by another process:
+/// nobody is told `Broken`, and every wait ends.
+#[test]
+fn loom_barrier_a_party_that_left_cleanly_can_be_replaced() {
+    use barrier_model::*;
+    barrier_builder().check(|| {
+        let world = Model::world(true);
+        let dead = Proc::world();
+        let s = Arc::new(super::barrier::BarrierState::heap(2));
+        let (a, b, c) = (Proc::new(1, &dead), Proc::new(2, &dead), Proc::new(3, &dead));
+        let t = {
+            let (s, p) = (s.clone(), world.thread(2));
+            loom::thread::spawn(move || {
+                assert!(wait(&s, &b, &p, 2).is_ok());
+                leave_cleanly(&s, &b);
+                b.die();
+                // Its replacement, another process.
+                assert!(wait(&s, &c, &p, 2).is_ok());
+            })
+        };
+        let p = world.thread(1);
+        assert!(wait(&s, &a, &p, 2).is_ok());
+        assert!(wait(&s, &a, &p, 2).is_ok());
+        t.join().unwrap();
+    });
+}
+
+/// Threads of one process share its entry: a process with two threads
+/// passes a generation beside a one-thread process without a false
+/// `Broken` (every process alive, each waiter looking at the table).
+#[test]
+fn loom_barrier_threads_of_one_process_share_its_entry() {
+    use barrier_model::*;
+    barrier_builder().check(|| {
+        // Blocking waits: three threads spinning on sliced waits let loom
+        // explore stale reads without end (see the note above).
+        let world = Model::world(false);
+        let dead = Proc::world();
+        let s = Arc::new(super::barrier::BarrierState::heap(3));
+        let (a, b) = (Proc::new(1, &dead), Proc::new(2, &dead));
+        let hs: Vec<_> = [(a.clone(), 1), (a.clone(), 3)]
+            .into_iter()
+            .map(|(h, id)| {
+                let (s, p) = (s.clone(), world.thread(id));
+                loom::thread::spawn(move || {
+                    assert!(wait(&s, &h, &p, 3).is_ok());
+                })
+            })
+            .collect();
+        let p = world.thread(2);
+        assert!(wait(&s, &b, &p, 3).is_ok());
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+}
