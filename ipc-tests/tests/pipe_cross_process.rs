@@ -766,9 +766,12 @@ fn a_receive_waiting_when_a_child_adopts_the_end_leaves_the_message_to_it() {
     // both received it).
     let (a, b) = Pipe::new().unwrap();
     let (adopted_tx, adopted_rx) = Pipe::new().unwrap();
-    let (waited, pid) = std::thread::scope(|s| {
+    let (waited, queued, pid) = std::thread::scope(|s| {
         let b = &b;
         let waiter = s.spawn(move || b.recv_bytes_timeout(T));
+        std::thread::sleep(Duration::from_millis(50));
+        // A second receive, queued behind the first one's lock.
+        let queued = s.spawn(move || b.recv_bytes_timeout(Duration::from_secs(2)));
         std::thread::sleep(Duration::from_millis(50));
         let pid = fork(|| {
             // Adopts the end (nothing to receive yet).
@@ -786,13 +789,48 @@ fn a_receive_waiting_when_a_child_adopts_the_end_leaves_the_message_to_it() {
         });
         assert_eq!(adopted_rx.recv_bytes_timeout(T).unwrap(), b"adopted");
         a.send_bytes(b"one").unwrap();
-        (waiter.join().unwrap(), pid)
+        (waiter.join().unwrap(), queued.join().unwrap(), pid)
     });
     assert_eq!(reap(pid, T), 0, "the child did not receive the message");
     match waited {
         Err(RecvError::EndInUse { pid: p }) => assert_eq!(p as i32, pid),
         other => panic!("the parent's waiting receive went on after the child adopted the end: {other:?}"),
     }
+    // Refused while the child holds the end; once the child has exited
+    // (it may have by then) the parent takes the end back, and nothing is
+    // left to receive.
+    match queued {
+        Err(RecvError::EndInUse { pid: p }) => assert_eq!(p as i32, pid),
+        Err(RecvError::Timeout) => {}
+        other => panic!("the parent's queued receive took the child's message: {other:?}"),
+    }
+}
+
+#[test]
+fn a_message_half_streamed_when_a_child_adopts_the_end_is_finished() {
+    // A thread of the parent streams a message four times the ring's size
+    // and waits for room half-way when a forked child adopts the sending
+    // end. The frame has started: the parent finishes it (a frame stopped
+    // half-way would leave the receiver waiting for the rest of its body),
+    // and the receiver gets the whole message.
+    let (a, b) = Pipe::builder().ring_size(4096).pair().unwrap();
+    let msg: Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8).collect();
+    let (sent, pid) = std::thread::scope(|s| {
+        let b = &b;
+        let msg = &msg;
+        let sender = s.spawn(move || b.send_bytes_timeout(msg, T));
+        std::thread::sleep(Duration::from_millis(50));
+        let pid = fork(|| {
+            // Adopts the end (its send side's indices are inside the
+            // parent's frame: refused, whatever the reason).
+            let _ = b.send_bytes_timeout(b"x", Duration::from_millis(10));
+            0
+        });
+        assert_eq!(reap(pid, T), 0);
+        assert_eq!(a.recv_bytes_timeout(T).unwrap(), *msg, "the message arrived whole");
+        (sender.join().unwrap(), pid)
+    });
+    assert!(sent.is_ok(), "the parent's half-streamed send stopped ({sent:?}; child {pid})");
 }
 
 #[test]

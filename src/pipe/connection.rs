@@ -792,6 +792,18 @@ impl Connection {
         Some((self.shared().ends[self.end.index()].word.load(Ordering::Acquire) >> 32) as u32)
     }
 
+    /// Before a frame starts (after any wait for room): `EndInUse` if a
+    /// forked child took the end over meanwhile. Once a frame has started
+    /// it is finished whatever happens (a frame stopped half-way would
+    /// leave the receiver waiting for its body, and the next writer's
+    /// frames inside it).
+    fn still_ours_to_send(&self) -> Result<(), SendError> {
+        match self.taken_over() {
+            Some(pid) => Err(SendError::EndInUse { pid }),
+            None => Ok(()),
+        }
+    }
+
     /// Whether some process holds end `idx` (a live holder entry, or a live
     /// claimant in its end slot), not counting our own unused inherited copy.
     /// Also sets `peer_seen` when it finds one.
@@ -1161,13 +1173,10 @@ impl Connection {
             }
         });
         match r {
-            Ok(Ok(h)) => match self.taken_over() {
-                Some(pid) => Err(SendError::EndInUse { pid }),
-                None => {
-                    tx.cached_head = h;
-                    Ok(())
-                }
-            },
+            Ok(Ok(h)) => {
+                tx.cached_head = h;
+                Ok(())
+            }
             Ok(Err(reason)) => {
                 tx.broken = Some(reason);
                 Err(SendError::Corrupt { reason })
@@ -1297,6 +1306,7 @@ impl Connection {
             // Whole (see `put_whole`).
             Self::maybe_rewind(ring, tx, total);
             self.wait_space(ring, tx, total + FRAME_ALIGN, due)?;
+            self.still_ours_to_send()?;
             self.put_whole(ring, tx, data, total);
             return self.sent(tx);
         }
@@ -1307,6 +1317,7 @@ impl Connection {
         // in chunks of at least a quarter ring.
         let first = if total + FRAME_ALIGN <= cap { total } else { (cap / 4).max(FRAME_ALIGN) };
         self.wait_space(ring, tx, first + FRAME_ALIGN, due)?;
+        self.still_ours_to_send()?;
         // Release: a receiver that sees this header (polling the word) then
         // sees the `tail` published before it, not an older one.
         ring.write_header_release(tx.tail, frame_header(len));
@@ -1477,9 +1488,10 @@ impl Connection {
             Err(Stop::Lost) => Err(RecvError::Corrupt { reason: LOST }),
             Err(Stop::PeerGone) => {
                 // What the peer wrote before it closed (or died) is visible now.
-                match ring.read_header_acquire(head) {
-                    0 => Err(RecvError::Disconnected),
-                    h => Ok(h),
+                match (ring.read_header_acquire(head), self.taken_over()) {
+                    (0, _) => Err(RecvError::Disconnected),
+                    (_, Some(pid)) => Err(RecvError::EndInUse { pid }),
+                    (h, None) => Ok(h),
                 }
             }
         }
@@ -1712,8 +1724,11 @@ impl Connection {
     }
 
     fn recv_vec(&self, mut due: Due) -> Result<Vec<u8>, RecvError> {
-        let ring = self.rx_ring()?;
+        // The claim is checked under the side's lock: a thread that waited
+        // for the lock while another's receive found the end taken over
+        // (`EndInUse`) must not go on to take the frame the new holder takes.
         let mut rx = lock(&self.rx_state);
+        let ring = self.rx_ring()?;
         if let Some((len, total)) = self.whole_at_head(ring, &rx, due.may_spin(self.spin)) {
             let mut v = Vec::with_capacity(len);
             // We are the ring's only consumer (claimed end, `rx_state` lock held).
@@ -1739,8 +1754,11 @@ impl Connection {
     }
 
     fn recv_into(&self, buf: &mut [u8], mut due: Due) -> Result<usize, RecvError> {
-        let ring = self.rx_ring()?;
+        // The claim is checked under the side's lock: a thread that waited
+        // for the lock while another's receive found the end taken over
+        // (`EndInUse`) must not go on to take the frame the new holder takes.
         let mut rx = lock(&self.rx_state);
+        let ring = self.rx_ring()?;
         match self.whole_at_head(ring, &rx, due.may_spin(self.spin)) {
             Some((len, total)) if len <= buf.len() => {
                 // We are the ring's only consumer (claimed end, `rx_state` lock held).

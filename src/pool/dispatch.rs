@@ -802,12 +802,15 @@ impl Dispatcher {
         // after it (a dead worker's last answers among them): wait for it,
         // within DEATH_DRAIN (a dead sender's slot is recovered meanwhile).
         // Past that limit the dead worker's unanswered items count as lost.
+        // (Collected, then handled: `on_queue_frame` needs `self`; a death is
+        // rare, so the frames' copies cost nothing that matters.)
         let mut frame = std::mem::take(&mut self.buf);
-        let results = self.results.clone();
-        let drained = results.drain_settled(&mut frame, DEATH_DRAIN, |f| {
-            let _ = self.on_queue_frame(f);
-        });
+        let mut got = Vec::new();
+        let drained = self.results.drain_settled(&mut frame, DEATH_DRAIN, |f| got.push(std::mem::take(f)));
         self.buf = frame;
+        for mut f in got {
+            let _ = self.on_queue_frame(&mut f);
+        }
         if drained.is_err() {
             // A dropped frame may have been a live worker's answer: as in
             // `run`, the pool cannot tell whose, so it stops.

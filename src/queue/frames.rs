@@ -263,7 +263,9 @@ impl FrameQueue {
 
     /// Receives every frame published before the call, into `each`, and
     /// returns once none is left and no send is in progress at the head of
-    /// the ring, or once `limit` has passed (`Ok(false)`).
+    /// the ring, or once it has waited past `limit` for such a send
+    /// (`Ok(false)`). Frames that keep arriving are all taken (the caller
+    /// bounds them: the pool sends no work while it drains).
     ///
     /// A plain `try_recv` loop stops at a slot whose sender has claimed it
     /// but not yet published it, and so misses the frames published after

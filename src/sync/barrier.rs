@@ -43,13 +43,12 @@
 //!   child `_exit`s without dropping the copies it inherited. A party that
 //!   panics keeps its entry and breaks the barrier once it has exited.
 //! * Threads of one process share its entry: the process has arrived at
-//!   `g` once as many of its threads were counted there as arrived at
-//!   `g - 1`; until then, and at its first generation (how many threads it
-//!   has is not known yet), its arrival stays pending. So a process that dies after
-//!   arriving at its first generation, before that generation opens,
-//!   breaks it; and one that has more threads waiting at `g` than at
-//!   `g - 1` counts as arrived after as many: if it dies then, the rest
-//!   may go unseen. A process whose mark stays pending although all its
+//!   `g` once every thread of it that began arriving there was counted,
+//!   and at least as many as arrived at `g - 1`; until then, and at its
+//!   first generation (how many threads it has is not known yet), its
+//!   arrival stays pending, and a thread that begins arriving later marks
+//!   it pending again. So a process that dies after arriving at its first
+//!   generation, before that generation opens, breaks it. A process whose mark stays pending although all its
 //!   threads arrived (fewer of them than at `g - 1`, or it sat `g - 1`
 //!   out) and that dies before `g` opens breaks `g` too.
 //! * A thread of a shmproc child that has begun its wait (read the
@@ -290,27 +289,27 @@ pub(super) fn arriving(s: &BarrierState, h: &impl Host) -> (u32, Option<Claimed>
     (g, Some((i, w)), new)
 }
 
-/// After the arrival [`arriving`] marked was counted: once as many
-/// of this process's threads have been counted at `g` as arrived at
-/// `g - 1` (a known count: never at the process's first generation), the
-/// mark turns from pending to done. Each thread's mark precedes its
-/// `fetch_add`, which precedes its count here, so the thread that
-/// completes the count finds every mark of the others already made.
+/// After the arrival [`arriving`] marked was counted: once every thread
+/// of this process that began arriving at `g` has been counted, and at
+/// least as many as arrived at `g - 1` (a known count: never at the
+/// process's first generation), the mark turns from pending to done. Each
+/// thread's mark precedes its `fetch_add`, which precedes its count here,
+/// so the thread that completes the count finds every mark of the others
+/// already made. The last arrival at `g` calls this only after it opened
+/// `g` (see [`wait_arrived`]).
 pub(super) fn arrived(s: &BarrierState, h: &impl Host, mine: Option<Claimed>, g: u32) {
     let Some((i, w)) = mine else { return };
     let g = g & GEN_MASK;
-    let done = {
-        let mut slot = h.local();
-        match slot.as_mut() {
-            Some(l) if l.stamp == h.stamp() && l.gen == g => {
-                l.counted = l.counted.saturating_add(1);
-                l.before > 0 && l.counted >= l.before
-            }
-            _ => false,
+    let mut slot = h.local();
+    if let Some(l) = slot.as_mut().filter(|l| l.stamp == h.stamp() && l.gen == g) {
+        l.counted = l.counted.saturating_add(1);
+        // Every thread of ours that began arriving at `g` counted, and at
+        // least as many as at `g - 1`. Under the lock: a thread that begins
+        // arriving after this (`here` grows under the same lock) marks the
+        // entry pending again, after this CAS.
+        if l.before > 0 && l.counted >= l.before && l.counted >= l.here {
+            let _ = s.seen[i].compare_exchange(seen_word(w, g, true), seen_word(w, g, false), Release, Relaxed);
         }
-    };
-    if done {
-        let _ = s.seen[i].compare_exchange(seen_word(w, g, true), seen_word(w, g, false), Release, Relaxed);
     }
 }
 
@@ -1003,11 +1002,21 @@ mod tests {
         assert_eq!(seen(i), seen_word(w, 1, true), "one of two threads counted");
         b.arrived(m1, 1);
         assert_eq!(seen(i), seen_word(w, 1, false), "both counted");
-        // The process sits generation 2 out: at 3 its mark catches up.
-        let m = arriving_at(&b, 3);
-        assert_eq!(seen(i), seen_word(w, 3, true));
-        b.arrived(m, 3);
-        assert_eq!(seen(i), seen_word(w, 3, true), "after a gap the count is unknown again");
+        // Generation 2, three threads (one more than at 1): two counted
+        // reach the count of generation 1, but the third began arriving, so
+        // the mark stays pending until it is counted too (it may be the
+        // last arrival, which opens the generation only after its count).
+        let (m1, m2, m3) = (arriving_at(&b, 2), arriving_at(&b, 2), arriving_at(&b, 2));
+        b.arrived(m1, 2);
+        b.arrived(m2, 2);
+        assert_eq!(seen(i), seen_word(w, 2, true), "a third thread is arriving");
+        b.arrived(m3, 2);
+        assert_eq!(seen(i), seen_word(w, 2, false), "all three counted");
+        // The process sits generation 3 out: at 4 its mark catches up.
+        let m = arriving_at(&b, 4);
+        assert_eq!(seen(i), seen_word(w, 4, true));
+        b.arrived(m, 4);
+        assert_eq!(seen(i), seen_word(w, 4, true), "after a gap the count is unknown again");
     }
 
     #[test]
