@@ -419,6 +419,18 @@ impl TxState {
     }
 }
 
+/// Why an end stopped being this process's during an operation
+/// ([`Connection::taken_over`]).
+#[derive(Debug, Clone, Copy)]
+enum Taken {
+    /// Another process claimed it (a forked child adopting its copy).
+    By(u32),
+    /// Closed for every holder.
+    Closed,
+    /// The segment was truncated under us.
+    Lost,
+}
+
 /// Where `fill` puts the message bytes.
 enum Sink<'a> {
     /// Into the pending message's own buffer.
@@ -780,27 +792,46 @@ impl Connection {
                 == slot_word(self.claim_pid.load(Ordering::Relaxed), HELD)
     }
 
-    /// After a wait inside an operation: `Some(pid)` of the process that
-    /// took the end over meanwhile (a forked child adopting its copy while
-    /// a thread here waited), which this operation must then leave alone:
-    /// receiving on would take a frame the new holder takes too, sending on
-    /// would write over its frames. `None`: still ours.
-    fn taken_over(&self) -> Option<u32> {
+    /// After a wait inside an operation: why the end is no longer this
+    /// process's, which the operation must then leave alone (receiving on
+    /// would take a frame the new holder takes too, sending on would write
+    /// over its frames). `None`: still ours.
+    fn taken_over(&self) -> Option<Taken> {
         if self.holds_end() {
             return None;
         }
-        Some((self.shared().ends[self.end.index()].word.load(Ordering::Acquire) >> 32) as u32)
+        if self.seg.lost() {
+            return Some(Taken::Lost);
+        }
+        let w = self.shared().ends[self.end.index()].word.load(Ordering::Acquire);
+        Some(if w & 0xffff_ffff == CLOSED { Taken::Closed } else { Taken::By((w >> 32) as u32) })
     }
 
-    /// Before a frame starts (after any wait for room): `EndInUse` if a
-    /// forked child took the end over meanwhile. Once a frame has started
-    /// it is finished whatever happens (a frame stopped half-way would
-    /// leave the receiver waiting for its body, and the next writer's
-    /// frames inside it).
-    fn still_ours_to_send(&self) -> Result<(), SendError> {
+    /// Before a frame starts (after any wait for room): an error if the end
+    /// stopped being ours meanwhile (a forked child adopted it: `EndInUse`;
+    /// closed: `Disconnected`). Once a frame has started it is finished
+    /// whatever happens (a frame stopped half-way would leave the receiver
+    /// waiting for its body, and the next writer's frames inside it).
+    fn still_ours_to_send(&self, tx: &mut TxState) -> Result<(), SendError> {
         match self.taken_over() {
-            Some(pid) => Err(SendError::EndInUse { pid }),
             None => Ok(()),
+            Some(Taken::By(pid)) => Err(SendError::EndInUse { pid }),
+            Some(Taken::Closed) => Err(SendError::Disconnected),
+            Some(Taken::Lost) => {
+                tx.broken = Some(LOST);
+                Err(SendError::Corrupt { reason: LOST })
+            }
+        }
+    }
+
+    /// [`taken_over`](Self::taken_over)'s answer as a receive error (the
+    /// caller of `wait_header` records `Corrupt` and `Disconnected`).
+    fn taken_error(t: Taken) -> RecvError {
+        match t {
+            // (The holder may have died since: the next call takes the end back.)
+            Taken::By(pid) => RecvError::EndInUse { pid },
+            Taken::Closed => RecvError::Disconnected,
+            Taken::Lost => RecvError::Corrupt { reason: LOST },
         }
     }
 
@@ -1306,7 +1337,7 @@ impl Connection {
             // Whole (see `put_whole`).
             Self::maybe_rewind(ring, tx, total);
             self.wait_space(ring, tx, total + FRAME_ALIGN, due)?;
-            self.still_ours_to_send()?;
+            self.still_ours_to_send(tx)?;
             self.put_whole(ring, tx, data, total);
             return self.sent(tx);
         }
@@ -1317,7 +1348,7 @@ impl Connection {
         // in chunks of at least a quarter ring.
         let first = if total + FRAME_ALIGN <= cap { total } else { (cap / 4).max(FRAME_ALIGN) };
         self.wait_space(ring, tx, first + FRAME_ALIGN, due)?;
-        self.still_ours_to_send()?;
+        self.still_ours_to_send(tx)?;
         // Release: a receiver that sees this header (polling the word) then
         // sees the `tail` published before it, not an older one.
         ring.write_header_release(tx.tail, frame_header(len));
@@ -1480,7 +1511,7 @@ impl Connection {
             None
         }) {
             Ok(Ok(h)) => match self.taken_over() {
-                Some(pid) => Err(RecvError::EndInUse { pid }),
+                Some(t) => Err(Self::taken_error(t)),
                 None => Ok(h),
             },
             Ok(Err(e)) => Err(e),
@@ -1490,7 +1521,7 @@ impl Connection {
                 // What the peer wrote before it closed (or died) is visible now.
                 match (ring.read_header_acquire(head), self.taken_over()) {
                     (0, _) => Err(RecvError::Disconnected),
-                    (_, Some(pid)) => Err(RecvError::EndInUse { pid }),
+                    (_, Some(t)) => Err(Self::taken_error(t)),
                     (h, None) => Ok(h),
                 }
             }

@@ -802,11 +802,11 @@ impl Dispatcher {
         // after it (a dead worker's last answers among them): wait for it,
         // within DEATH_DRAIN (a dead sender's slot is recovered meanwhile).
         // Past that limit the dead worker's unanswered items count as lost.
-        // (Collected, then handled: `on_queue_frame` needs `self`; a death is
-        // rare, so the frames' copies cost nothing that matters.)
+        // (Copied out, then handled: `on_queue_frame` needs `self`; a death
+        // is rare, so the copies cost nothing that matters.)
         let mut frame = std::mem::take(&mut self.buf);
         let mut got = Vec::new();
-        let drained = self.results.drain_settled(&mut frame, DEATH_DRAIN, |f| got.push(std::mem::take(f)));
+        let drained = self.results.drain_settled(&mut frame, DEATH_DRAIN, |f| got.push(f.clone()));
         self.buf = frame;
         for mut f in got {
             let _ = self.on_queue_frame(&mut f);

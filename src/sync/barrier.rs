@@ -48,7 +48,11 @@
 //!   first generation (how many threads it has is not known yet), its
 //!   arrival stays pending, and a thread that begins arriving later marks
 //!   it pending again. So a process that dies after arriving at its first
-//!   generation, before that generation opens, breaks it. A process whose mark stays pending although all its
+//!   generation, before that generation opens, breaks it. Not seen: a
+//!   process with more threads at `g` than at `g - 1` whose last thread
+//!   begins arriving after all the others were counted, and that is
+//!   killed before that thread has marked the entry pending again (a
+//!   process cannot know that one more thread will come). A process whose mark stays pending although all its
 //!   threads arrived (fewer of them than at `g - 1`, or it sat `g - 1`
 //!   out) and that dies before `g` opens breaks `g` too.
 //! * A thread of a shmproc child that has begun its wait (read the
@@ -559,7 +563,7 @@ pub(crate) struct Local {
     /// The generation of this process's latest arrivals, how many of its
     /// threads began arriving there and how many were counted, and how
     /// many arrived at the generation before: the process has arrived at
-    /// `gen` once `before > 0 && counted >= before`.
+    /// `gen` once `before > 0 && counted >= before && counted >= here`.
     gen: u32,
     here: u32,
     counted: u32,
