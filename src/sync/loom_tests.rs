@@ -519,6 +519,12 @@ mod barrier_model {
         assert!(wait(s, h, p, parties).is_err());
     }
 
+    /// A world of processes (`sliced`: waits that end at once, see the
+    /// note above), their death flags, and a barrier of `parties`.
+    pub(super) fn setup(parties: u32, sliced: bool) -> (Model, Arc<[AtomicBool; 4]>, Arc<BarrierState>) {
+        (Model::world(sliced), Proc::world(), Arc::new(BarrierState::heap(parties)))
+    }
+
     pub(super) fn leave_cleanly(s: &BarrierState, h: &Proc) {
         leave(s, h);
     }
@@ -531,59 +537,55 @@ fn barrier_builder() -> loom::model::Builder {
     b
 }
 
-/// Two processes pass generation 0; one dies; the other's wait at
-/// generation 1 ends `Broken` (it never hangs), wherever the death falls.
+/// Two processes pass generation 0; then process 2 dies as `dies` says
+/// (which gets its barrier, itself and its thread). Returns process 1's
+/// second wait, which must end.
+fn barrier_survivor(
+    dies: fn(&super::barrier::BarrierState, &barrier_model::Proc, &Model),
+) -> Result<u32, super::barrier::BarrierError> {
+    use barrier_model::*;
+    let (world, dead, s) = setup(2, true);
+    let (a, b) = (Proc::new(1, &dead), Proc::new(2, &dead));
+    let t = {
+        let (s, b, p) = (s.clone(), b.clone(), world.thread(2));
+        loom::thread::spawn(move || {
+            assert!(wait(&s, &b, &p, 2).is_ok());
+            dies(&s, &b, &p);
+        })
+    };
+    let p = world.thread(1);
+    assert!(wait(&s, &a, &p, 2).is_ok());
+    let r = wait(&s, &a, &p, 2);
+    t.join().unwrap();
+    r
+}
+
+/// A party that dies between two waits breaks the next generation (the
+/// other's wait ends `Broken`, it never hangs), wherever the death falls.
 #[test]
 fn loom_barrier_a_party_dead_between_waits_breaks_it() {
-    use barrier_model::*;
     barrier_builder().check(|| {
-        let world = Model::world(true);
-        let dead = Proc::world();
-        let s = Arc::new(super::barrier::BarrierState::heap(2));
-        let (a, b) = (Proc::new(1, &dead), Proc::new(2, &dead));
-        let t = {
-            let (s, b, p) = (s.clone(), b.clone(), world.thread(2));
-            loom::thread::spawn(move || {
-                assert!(wait(&s, &b, &p, 2).is_ok());
-                b.die();
-            })
-        };
-        let p = world.thread(1);
-        assert!(wait(&s, &a, &p, 2).is_ok());
-        assert_eq!(wait(&s, &a, &p, 2), Err(super::barrier::BarrierError::Broken));
-        t.join().unwrap();
+        let r = barrier_survivor(|_, b, _| b.die());
+        assert_eq!(r, Err(super::barrier::BarrierError::Broken));
     });
 }
 
 /// A party killed in the middle of its wait at generation 1 (its arrival
 /// marked, or counted too; counted last, it has not opened the
-/// generation) breaks it: the other party never hangs.
+/// generation) breaks it, or (counted first) leaves the other to open it:
+/// the other party never hangs.
 #[test]
 fn loom_barrier_a_party_dead_while_arriving_breaks_it() {
-    use super::barrier::Point;
-    use barrier_model::*;
-    for at in [Point::Marked, Point::Counted] {
-        barrier_builder().check(move || {
-            let world = Model::world(true);
-            let dead = Proc::world();
-            let s = Arc::new(super::barrier::BarrierState::heap(2));
-            let (a, b) = (Proc::new(1, &dead), Proc::new(2, &dead));
-            let t = {
-                let (s, b, p) = (s.clone(), b.clone(), world.thread(2));
-                loom::thread::spawn(move || {
-                    assert!(wait(&s, &b, &p, 2).is_ok());
-                    die_arriving(&s, &b, &p, 2, at);
-                })
-            };
-            let p = world.thread(1);
-            assert!(wait(&s, &a, &p, 2).is_ok());
-            // Counted first, it leaves `a` to open the generation (Ok);
-            // else the generation never opens, and breaks.
-            let r = wait(&s, &a, &p, 2);
-            assert!(r.is_ok() && at == Point::Counted || r == Err(super::barrier::BarrierError::Broken), "{r:?}");
-            t.join().unwrap();
-        });
-    }
+    use super::barrier::{BarrierError, Point};
+    use barrier_model::die_arriving;
+    barrier_builder().check(|| {
+        let r = barrier_survivor(|s, b, p| die_arriving(s, b, p, 2, Point::Marked));
+        assert_eq!(r, Err(BarrierError::Broken));
+    });
+    barrier_builder().check(|| {
+        let r = barrier_survivor(|s, b, p| die_arriving(s, b, p, 2, Point::Counted));
+        assert!(r.is_ok() || r == Err(BarrierError::Broken), "{r:?}");
+    });
 }
 
 /// A party that leaves cleanly and dies is replaced by another process:
@@ -592,9 +594,7 @@ fn loom_barrier_a_party_dead_while_arriving_breaks_it() {
 fn loom_barrier_a_party_that_left_cleanly_can_be_replaced() {
     use barrier_model::*;
     barrier_builder().check(|| {
-        let world = Model::world(true);
-        let dead = Proc::world();
-        let s = Arc::new(super::barrier::BarrierState::heap(2));
+        let (world, dead, s) = setup(2, true);
         let (a, b, c) = (Proc::new(1, &dead), Proc::new(2, &dead), Proc::new(3, &dead));
         let t = {
             let (s, p) = (s.clone(), world.thread(2));
@@ -622,9 +622,7 @@ fn loom_barrier_threads_of_one_process_share_its_entry() {
     barrier_builder().check(|| {
         // Blocking waits: three threads spinning on sliced waits let loom
         // explore stale reads without end (see the note above).
-        let world = Model::world(false);
-        let dead = Proc::world();
-        let s = Arc::new(super::barrier::BarrierState::heap(3));
+        let (world, dead, s) = setup(3, false);
         let (a, b) = (Proc::new(1, &dead), Proc::new(2, &dead));
         let hs: Vec<_> = [(a.clone(), 1), (a.clone(), 3)]
             .into_iter()
