@@ -353,7 +353,7 @@ fn owed_by_the_dead(s: &BarrierState, h: &impl Host, g: u32) -> bool {
 
 /// The shared state in words, for the loom model's failure messages.
 #[cfg(loom)]
-pub(super) fn describe(s: &BarrierState) -> String {
+pub(crate) fn describe(s: &BarrierState) -> String {
     let entries: Vec<String> = (0..WATCHED_PROCESSES)
         .map(|i| {
             let (w, m) = (s.who[i].load(Relaxed), s.seen[i].load(Relaxed));
@@ -436,11 +436,17 @@ pub(super) fn wait_arrived<H: Host, P: Platform>(
         // (private zeros now) is never opened by anyone; it is broken.
         p.wait(&s.generation, g, deadline.min_after(crate::wait::PEER_SLICE));
         let cur = s.generation.load(Acquire);
-        if cur & BROKEN != 0 || lost() {
+        if lost() {
             return Err(BarrierError::Broken);
         }
-        if cur != g {
+        // Opened (checked before `BROKEN`: a waiter that wakes late, after
+        // `g` opened and a later generation broke, has passed `g`; its next
+        // wait reports the break).
+        if cur & GEN_MASK != g {
             return Ok(BarrierWaitResult { index });
+        }
+        if cur & BROKEN != 0 {
+            return Err(BarrierError::Broken);
         }
         // A dead party that owes this generation: nobody can open it.
         if look_due() && owed_by_the_dead(s, h, g) {
@@ -870,6 +876,37 @@ mod tests {
             .collect();
         let total: u32 = hs.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(total, 50);
+    }
+
+    /// A futex wait during which the barrier opens (`g -> g + 1`) and the
+    /// next generation breaks, before the waiter looks.
+    struct OpensThenBreaks;
+
+    impl Platform for OpensThenBreaks {
+        fn wait(&self, word: &AtomicU32, expected: u32, _deadline: Deadline) -> crate::wait::Wait {
+            word.store(((expected + 1) & GEN_MASK) | BROKEN, Release);
+            crate::wait::Wait::Woken
+        }
+        fn wake(&self, _word: &AtomicU32, _n: u32) {}
+        fn me(&self) -> crate::sys::Identity {
+            crate::sys::current_thread()
+        }
+        fn alive(&self, _who: crate::sys::Identity) -> bool {
+            true
+        }
+        fn liveness_slice(&self) -> Option<Duration> {
+            None
+        }
+    }
+
+    /// A waiter that wakes late, after its generation opened and the next
+    /// one broke, has passed its generation (`Ok`); its next wait reports
+    /// the break. (Found by the loom model: it returned `Broken`.)
+    #[test]
+    fn a_late_waker_passes_a_generation_that_opened_before_a_break() {
+        let b = Barrier::anonymous(2).unwrap();
+        assert_eq!(b.wait_until(&OpensThenBreaks, Deadline::NEVER), Ok(BarrierWaitResult { index: 1 }));
+        assert_eq!(b.wait(), Err(BarrierError::Broken));
     }
 
     #[test]

@@ -436,11 +436,10 @@ fn loom_pipe_close_wakes_the_sleeper() {
 // (`Model::world(true)`), and a waiter looks at the table after every
 // slice: a waiter that never learns of a death loops for ever, which the
 // model reports after 200 looks (with the state of the table), so these
-// also check "never hangs". Sliced waits model deaths with two threads
-// only: with three, loom's search follows a spinning waiter through stale
-// reads of the generation without end (it reported 200 looks for three
-// live processes, which pass with blocking waits). Tests without a death
-// use blocking waits, where a lost wake-up is a loom deadlock.
+// also check "never hangs". `Model::world(true)`'s sliced waits serve two
+// threads only: with three, loom's search follows a spinning waiter
+// through stale reads of the generation without end. Three threads wait
+// on `Quiet`, whose slice ends only once no other thread can act.
 
 mod barrier_model {
     use super::*;
@@ -448,6 +447,7 @@ mod barrier_model {
     use crate::sync::barrier::{
         arriving, leave, wait_arrived, BarrierError, BarrierState, Host, Local, Point, WATCHED,
     };
+    use crate::sync::Platform;
 
     pub(super) struct Proc {
         pid: u32,
@@ -494,7 +494,7 @@ mod barrier_model {
     }
 
     /// One whole wait of a thread of `h` at `s`.
-    pub(super) fn wait(s: &BarrierState, h: &Proc, p: &Model, parties: u32) -> Result<u32, BarrierError> {
+    pub(super) fn wait<P: Platform>(s: &BarrierState, h: &Proc, p: &P, parties: u32) -> Result<u32, BarrierError> {
         let arrival = {
             let (g, mine, _) = arriving(s, h);
             (g, mine)
@@ -535,6 +535,112 @@ fn barrier_builder() -> loom::model::Builder {
     b.preemption_bound = Some(2);
     b.max_branches = 100_000;
     b
+}
+
+/// A futex whose sliced waits end only when no other thread can act: a
+/// waiter sleeps until woken while another thread is runnable, and its
+/// slice "times out" only once every other thread is asleep or finished.
+/// So a waiter never spins through stale reads while others could move
+/// (what `Model::world(true)` lets loom do with three threads), and a
+/// protocol that needs a timeout to see a death still gets one. Every
+/// thread calls `done` when it finishes (a dying one too). A wake makes
+/// every sleeper runnable at once (counted by the waker), so a thread
+/// woken but not yet running is never mistaken for an idle one.
+#[derive(Clone)]
+struct Quiet(Arc<(Mutex<QuietState>, Condvar)>);
+
+struct QuietState {
+    runnable: usize,
+    sleeping: usize,
+    wakes: u64,
+}
+
+impl Quiet {
+    /// For `threads` threads, all runnable.
+    fn new(threads: usize) -> Quiet {
+        Quiet(Arc::new((Mutex::new(QuietState { runnable: threads, sleeping: 0, wakes: 0 }), Condvar::new())))
+    }
+    fn wake_all(&self, st: &mut QuietState) {
+        st.runnable += std::mem::take(&mut st.sleeping);
+        st.wakes += 1;
+        self.0 .1.notify_all();
+    }
+    fn done(&self) {
+        let mut st = self.0 .0.lock().unwrap();
+        st.runnable -= 1;
+        self.wake_all(&mut st);
+    }
+}
+
+impl Platform for Quiet {
+    fn wait(&self, word: &AtomicU32, expected: u32, _deadline: Deadline) -> Wait {
+        let mut st = self.0 .0.lock().unwrap();
+        if word.load(SeqCst) != expected {
+            return Wait::Woken;
+        }
+        if st.runnable == 1 {
+            return Wait::TimedOut;
+        }
+        st.runnable -= 1;
+        st.sleeping += 1;
+        let seen = st.wakes;
+        while st.wakes == seen {
+            st = self.0 .1.wait(st).unwrap();
+        }
+        Wait::Woken
+    }
+    fn wake(&self, _word: &AtomicU32, _n: u32) {
+        let mut st = self.0 .0.lock().unwrap();
+        self.wake_all(&mut st);
+    }
+    fn me(&self) -> Identity {
+        Identity { id: 1, start_time: 1 }
+    }
+    fn alive(&self, _who: Identity) -> bool {
+        true
+    }
+    fn liveness_slice(&self) -> Option<Duration> {
+        Some(Duration::from_millis(20))
+    }
+}
+
+/// A process with two threads and a one-thread process pass generation 0;
+/// the one-thread process dies; both threads of the other end their wait at
+/// generation 1 `Broken` (they never hang, and neither is told `Broken`
+/// before the death).
+#[test]
+fn loom_barrier_a_death_beside_a_two_thread_process_breaks_it() {
+    use barrier_model::*;
+    barrier_builder().check(|| {
+        let q = Quiet::new(3);
+        let dead = Proc::world();
+        let s = Arc::new(super::barrier::BarrierState::heap(3));
+        let (a, b) = (Proc::new(1, &dead), Proc::new(2, &dead));
+        let victim = {
+            let (s, b, q) = (s.clone(), b.clone(), q.clone());
+            loom::thread::spawn(move || {
+                assert!(wait(&s, &b, &q, 3).is_ok());
+                b.die();
+                q.done();
+            })
+        };
+        let sibling = {
+            let (s, a, q) = (s.clone(), a.clone(), q.clone());
+            loom::thread::spawn(move || {
+                assert!(wait(&s, &a, &q, 3).is_ok());
+                let r = wait(&s, &a, &q, 3);
+                q.done();
+                r
+            })
+        };
+        let r0 = wait(&s, &a, &q, 3);
+        assert!(r0.is_ok(), "{r0:?}: {}", super::barrier::describe(&s));
+        let r = wait(&s, &a, &q, 3);
+        q.done();
+        assert_eq!(r, Err(super::barrier::BarrierError::Broken));
+        assert_eq!(sibling.join().unwrap(), Err(super::barrier::BarrierError::Broken));
+        victim.join().unwrap();
+    });
 }
 
 /// Two processes pass generation 0; then process 2 dies as `dies` says
