@@ -353,7 +353,7 @@ fn owed_by_the_dead(s: &BarrierState, h: &impl Host, g: u32) -> bool {
 
 /// The shared state in words, for the loom model's failure messages.
 #[cfg(loom)]
-pub(crate) fn describe(s: &BarrierState) -> String {
+pub(super) fn describe(s: &BarrierState) -> String {
     let entries: Vec<String> = (0..WATCHED_PROCESSES)
         .map(|i| {
             let (w, m) = (s.who[i].load(Relaxed), s.seen[i].load(Relaxed));
@@ -367,12 +367,6 @@ pub(crate) fn describe(s: &BarrierState) -> String {
         s.arrived.load(Relaxed),
         entries.join(" ")
     )
-}
-
-/// Counts one arrival at the current generation; returns the count.
-#[inline]
-pub(super) fn count_arrival(s: &BarrierState) -> u32 {
-    s.arrived.fetch_add(1, AcqRel).wrapping_add(1)
 }
 
 /// A wait after [`arriving`] returned `(g, mine)`: counts the arrival,
@@ -399,7 +393,7 @@ pub(super) fn wait_arrived<H: Host, P: Platform>(
     if g & BROKEN != 0 || lost() || h.dies_at(Point::Marked) {
         return Err(BarrierError::Broken);
     }
-    let n = count_arrival(s);
+    let n = s.arrived.fetch_add(1, AcqRel).wrapping_add(1);
     if h.dies_at(Point::Counted) {
         return Err(BarrierError::Broken);
     }

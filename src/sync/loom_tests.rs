@@ -445,7 +445,7 @@ mod barrier_model {
     use super::*;
     use crate::peer::word;
     use crate::sync::barrier::{
-        arriving, leave, wait_arrived, BarrierError, BarrierState, Host, Local, Point, WATCHED,
+        arriving, describe, wait_arrived, BarrierError, BarrierState, Host, Local, Point, WATCHED,
     };
     use crate::sync::Platform;
 
@@ -508,10 +508,6 @@ mod barrier_model {
         wait_arrived(s, h, p, parties, arrival, Deadline::NEVER, || false, look).map(|r| r.index)
     }
 
-    fn describe(s: &BarrierState) -> String {
-        crate::sync::barrier::describe(s)
-    }
-
     /// A thread of `h` that is killed in the middle of its wait at a
     /// barrier of `parties`, at `at` (the real `wait_arrived` up to there).
     pub(super) fn die_arriving(s: &BarrierState, h: &Proc, p: &Model, parties: u32, at: Point) {
@@ -523,10 +519,6 @@ mod barrier_model {
     /// note above), their death flags, and a barrier of `parties`.
     pub(super) fn setup(parties: u32, sliced: bool) -> (Model, Arc<[AtomicBool; 4]>, Arc<BarrierState>) {
         (Model::world(sliced), Proc::world(), Arc::new(BarrierState::heap(parties)))
-    }
-
-    pub(super) fn leave_cleanly(s: &BarrierState, h: &Proc) {
-        leave(s, h);
     }
 }
 
@@ -706,7 +698,7 @@ fn loom_barrier_a_party_that_left_cleanly_can_be_replaced() {
             let (s, p) = (s.clone(), world.thread(2));
             loom::thread::spawn(move || {
                 assert!(wait(&s, &b, &p, 2).is_ok());
-                leave_cleanly(&s, &b);
+                super::barrier::leave(&s, &*b);
                 b.die();
                 // Its replacement, another process.
                 assert!(wait(&s, &c, &p, 2).is_ok());
