@@ -514,6 +514,19 @@ fn wait_for_room(
     waited.map_err(|()| EXIT_STALLED)
 }
 
+/// The consumer of an 8-byte ring that looks empty (its cached tail is
+/// `head`): re-reads `tail` until it moves; `None` if nothing moved for `stall`.
+#[inline(never)]
+fn wait_for_tail(stall: Duration, tail: &AtomicU64, head: u64) -> Option<u64> {
+    let mut seen = head;
+    spin_until(stall, || {
+        seen = tail.load(Ordering::Acquire);
+        seen != head
+    })
+    .ok()?;
+    Some(seen)
+}
+
 /// The 8-byte ring's stream; both sides publish their index every
 /// `PUBLISH` messages ([`BATCH`]: `raw-ring`; 1: `raw-ring-permsg`). A
 /// constant, so that the loop tests a mask: with a run-time count, the
@@ -549,28 +562,26 @@ fn ring8_stream<const PUBLISH: u64>(cfg: &Config) -> Result<Session, String> {
     let mut cached_tail = 0u64;
     Ok(Session::new(Work::Stream(Box::new(move || {
         let r = shared.get();
+        // The indices live in locals (registers) for the call: the closure's
+        // own fields would be stored back after every message.
+        let (mut h, mut seen) = (head, cached_tail);
         // Up to 16 Ki messages per call.
         let mut mismatch = 0u64;
         for _ in 0..(1 << 14) / BATCH {
             for _ in 0..BATCH {
-                if head == cached_tail
-                    && spin_until(stall, || {
-                        cached_tail = r.tail.0.load(Ordering::Acquire);
-                        cached_tail != head
-                    })
-                    .is_err()
-                {
-                    return Err("raw-ring: the producer stalled".to_string());
+                if h == seen {
+                    seen = wait_for_tail(stall, &r.tail.0, h).ok_or("raw-ring: the producer stalled")?;
                 }
-                let v = r.slots[(head & mask) as usize].load(Ordering::Relaxed);
-                mismatch |= v ^ head;
-                head += 1;
+                let v = r.slots[(h & mask) as usize].load(Ordering::Relaxed);
+                mismatch |= v ^ h;
+                h += 1;
                 if PUBLISH == 1 {
-                    r.head.0.store(head, Ordering::Release);
+                    r.head.0.store(h, Ordering::Release);
                 }
             }
-            r.head.0.store(head, Ordering::Release);
+            r.head.0.store(h, Ordering::Release);
         }
+        (head, cached_tail) = (h, seen);
         if mismatch != 0 {
             return Err("raw-ring: a message arrived out of order or corrupted".into());
         }
@@ -615,6 +626,13 @@ struct SeqRing {
 
 const _: () = assert!(std::mem::offset_of!(SeqRing, slots) == 256);
 
+/// The consumer of `raw-ring-seq`: waits until `seq` reads `want`; false if
+/// it did not for `stall`.
+#[inline(never)]
+fn wait_for_seq(stall: Duration, seq: &AtomicU64, want: u64) -> bool {
+    spin_until(stall, || seq.load(Ordering::Acquire) == want).is_ok()
+}
+
 /// The stream of `raw-ring-seq`.
 fn seq_ring_stream(cfg: &Config) -> Result<Session, String> {
     let shared = Shared::<SeqRing>::new(0)?;
@@ -645,25 +663,28 @@ fn seq_ring_stream(cfg: &Config) -> Result<Session, String> {
     let mut slip = 0u32;
     Ok(Session::new(Work::Stream(Box::new(move || {
         let r = shared.get();
+        // In a local for the call, as in `ring8_stream`.
+        let mut h = head;
         // Up to 16 Ki messages per call.
         let mut mismatch = 0u64;
         for _ in 0..1u64 << 14 {
-            let slot = &r.slots[(head & mask) as usize];
-            if slot.seq.load(Ordering::Acquire) != head + 1 {
+            let slot = &r.slots[(h & mask) as usize];
+            if slot.seq.load(Ordering::Acquire) != h + 1 {
                 for _ in 0..slip {
                     std::hint::spin_loop();
                 }
-                if spin_until(stall, || slot.seq.load(Ordering::Acquire) == head + 1).is_err() {
+                if !wait_for_seq(stall, &slot.seq, h + 1) {
                     return Err("raw-ring-seq: the producer stalled".to_string());
                 }
                 slip = (slip * 2 + 1).min(64);
             }
             // The line 16 messages on (written by now in a stream).
-            prefetch(&r.slots[((head + 16) & mask) as usize]);
-            mismatch |= slot.val.load(Ordering::Relaxed) ^ head;
-            head += 1;
-            r.head.0.store(head, Ordering::Release);
+            prefetch(&r.slots[((h + 16) & mask) as usize]);
+            mismatch |= slot.val.load(Ordering::Relaxed) ^ h;
+            h += 1;
+            r.head.0.store(h, Ordering::Release);
         }
+        head = h;
         if mismatch != 0 {
             return Err("raw-ring-seq: a message arrived out of order or corrupted".into());
         }

@@ -182,10 +182,14 @@ fn stream_per_message(cfg: &Config) -> Result<Session, String> {
     let mut bad = 0u64;
     let stop_flags = f.clone();
     Ok(Session::new(Work::Stream(Box::new(move || {
+        // Locals for the loop, as the raw rings' consumers do: the closure's
+        // own fields would be stored back after every message.
+        let (mut g, mut b) = (got, bad);
         for _ in 0..1024 {
-            bad |= rx.recv().map_err(err)? ^ got;
-            got += 1;
+            b |= rx.recv().map_err(err)? ^ g;
+            g += 1;
         }
+        (got, bad) = (g, b);
         if bad != 0 {
             return Err("stream: a message arrived out of order".into());
         }
@@ -245,10 +249,13 @@ fn stream_with(cfg: &Config, mode: WaitMode, batch: usize) -> Result<Session, St
     Ok(Session::new(Work::Stream(Box::new(move || {
         let mut rx = rx.borrow_mut();
         if batch == 1 {
+            // Locals for the loop, as in `stream_per_message`.
+            let (mut g, mut b) = (got, bad);
             for _ in 0..1024 {
-                bad |= rx.recv().map_err(err)? ^ got;
-                got += 1;
+                b |= rx.recv().map_err(err)? ^ g;
+                g += 1;
             }
+            (got, bad) = (g, b);
         } else {
             let k = rx.recv_into(&mut buf).map_err(err)?;
             for v in &buf[..k] {
