@@ -3,7 +3,9 @@
 # ratio, the median of each run, their min / max and the spread (max / min).
 # Issue 14's acceptance: every headline spread < 1.5x, or the bench itself
 # flagged the row as drifting (the raw-spin probe moved by more than 20%
-# across the case) in at least one run, or ran it at another placement (its
+# across the case) or as unsteady (its own pairwise ratios more than 4x
+# apart: the transport swung while the floor held) in at least one run, or
+# ran it at another placement (its
 # floor, raw-spin around the case, over 1.5x away from the median floor of
 # the row over the runs) and the runs at the usual placement, more than half
 # of them, agree within 1.5x.
@@ -109,7 +111,7 @@ def spread_of(vals):
     lo, hi = min(vals), max(vals)
     return hi / lo if lo > 0 else float("inf")
 
-def report(name, vals, drift_runs, floors):
+def report(name, vals, drift_runs, floors, unsteady_runs):
     """`vals` and `floors`: lists of (run, value) over the runs that measured the row."""
     global bad
     if not vals:
@@ -124,6 +126,8 @@ def report(name, vals, drift_runs, floors):
         verdict = "ok"
     elif drift_runs:
         verdict = "ok (flagged drifting in run " + ",".join(map(str, drift_runs)) + ")"
+    elif unsteady_runs:
+        verdict = "ok (flagged unsteady in run " + ",".join(map(str, unsteady_runs)) + ")"
     elif moved and len(rest) * 2 > len(vals) and spread_of(rest) < 1.5:
         usual = statistics.median([f for _, f in floors if f])
         at_run = dict(floors)
@@ -136,7 +140,7 @@ def report(name, vals, drift_runs, floors):
     print(f"{name:<44} {per:<40} {fmt(lo):>7} {fmt(hi):>7} {spread:>6.2f}x  {verdict}")
 
 for sc, tr in PAIRED:
-    vals, drift, floors = [], [], []
+    vals, drift, floors, unsteady = [], [], [], []
     base = None
     for k, d in enumerate(rows, 1):
         o = d.get((sc, tr))
@@ -146,10 +150,12 @@ for sc, tr in PAIRED:
             base = o.get("baseline") or base
             if o.get("drifting"):
                 drift.append(k)
-    report(f"{sc} {tr} / {base or 'baseline'}", vals, drift, floors)
+            if o.get("unsteady"):
+                unsteady.append(k)
+    report(f"{sc} {tr} / {base or 'baseline'}", vals, drift, floors, unsteady)
 
 for sc, ours, peer in PEERS:
-    vals, drift, floors = [], [], []
+    vals, drift, floors, unsteady = [], [], [], []
     for k, d in enumerate(rows, 1):
         a, b = d.get((sc, ours)), d.get((sc, peer))
         if a and b and a.get("ratio") and b.get("ratio"):
@@ -158,12 +164,14 @@ for sc, ours, peer in PEERS:
             floors.append((k, [f for f in (a.get("floor_ns"), b.get("floor_ns")) if f]))
             if a.get("drifting") or b.get("drifting"):
                 drift.append(k)
+            if a.get("unsteady") or b.get("unsteady"):
+                unsteady.append(k)
     # The two rows ran apart: per run, keep the floor further from the
     # median of all of them (None if neither row was probed).
     flat = [f for _, fs in floors for f in fs]
     mid = statistics.median(flat) if flat else None
     floors = [(k, max(fs, key=lambda f: max(f / mid, mid / f)) if fs else None) for k, fs in floors]
-    report(f"{sc} {ours} vs {peer} (x better)", vals, drift, floors)
+    report(f"{sc} {ours} vs {peer} (x better)", vals, drift, floors, unsteady)
 
 # Every other paired row, for reference (not part of the verdict).
 print("\nall other paired rows (median of per-run ratios, spread):")

@@ -274,6 +274,17 @@ fn run_bench(
             drifting.join(", ")
         )
     });
+    let unsteady: Vec<String> =
+        rows.iter().filter(|r| r.m.unsteady()).map(|r| format!("{}/{}", r.scenario, r.transport)).collect();
+    let unsteady_note = (!unsteady.is_empty()).then(|| {
+        format!(
+            "UNSTEADY: {} case(s) ({}) had pairwise ratios more than {}x apart: the transport's own blocks swung \
+             during the case; its median is no steady figure, read the range",
+            unsteady.len(),
+            unsteady.join(", "),
+            bench::UNSTEADY_LIMIT
+        )
+    });
     let moved = report::moved_rows(&rows);
     let moved_note = (!moved.is_empty()).then(|| {
         let floors: Vec<Option<f64>> = rows.iter().map(|r| r.m.floor).collect();
@@ -312,12 +323,12 @@ fn run_bench(
             let _ = writeln!(stdout, "{n}");
         }
         let _ = write!(stdout, "{}", report::table(&rows));
-        for note in [&drift_note, &moved_note].into_iter().flatten() {
+        for note in [&drift_note, &unsteady_note, &moved_note].into_iter().flatten() {
             let _ = writeln!(stdout, "{note}");
         }
         let _ = stdout.flush();
     } else {
-        for note in [&drift_note, &moved_note].into_iter().flatten() {
+        for note in [&drift_note, &unsteady_note, &moved_note].into_iter().flatten() {
             eprintln!("shmproc bench: {note}");
         }
     }

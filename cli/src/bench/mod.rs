@@ -176,6 +176,10 @@ pub const DRIFT_LIMIT: f64 = 0.20;
 /// floor ran at another placement (see [`placement_outliers`]).
 pub const PLACEMENT_LIMIT: f64 = 1.5;
 
+/// A paired row whose largest pairwise ratio is more than this factor above
+/// its smallest is unsteady (see [`Measured::unsteady`]).
+pub const UNSTEADY_LIMIT: f64 = 4.0;
+
 /// The cases (indices into `floors`, one per row, None: not probed) that ran
 /// at another placement than most of the run: their floor (the raw-spin
 /// round trip around the case) is more than [`PLACEMENT_LIMIT`] times away
@@ -212,6 +216,19 @@ impl Measured {
     /// Whether the drift probe moved by more than [`DRIFT_LIMIT`].
     pub fn drifted(&self) -> bool {
         self.drift.is_some_and(|d| !(1.0 / (1.0 + DRIFT_LIMIT)..=1.0 + DRIFT_LIMIT).contains(&d))
+    }
+
+    /// Whether the pairwise ratios of a paired row span more than
+    /// [`UNSTEADY_LIMIT`] (largest over smallest): the transport's own blocks
+    /// swung during the case while the floor may have held still (a peer
+    /// that sometimes sleeps through a kernel wake-up and sometimes does
+    /// not), so its median is no steady figure. False for a baseline's own
+    /// row and for unpaired rows.
+    pub fn unsteady(&self) -> bool {
+        match (self.ratio, self.baseline) {
+            (Some(r), Some(_)) => !(r.lo > 0.0 && r.hi / r.lo <= UNSTEADY_LIMIT),
+            _ => false,
+        }
     }
 }
 

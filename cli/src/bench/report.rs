@@ -7,7 +7,8 @@
 //! ratios `transport / baseline`, `null` when unpaired), `baseline` (the
 //! transport it was paired with, or `null`), `drift` (raw-spin after the case
 //! divided by raw-spin before it, or `null`), `drifting` (whether that moved
-//! over 20%), `floor_ns` (the raw-spin round trip around the case, in ns, or
+//! over 20%), `unsteady` (whether the pairwise ratios span more than 4x,
+//! largest over smallest: the row's own blocks swung), `floor_ns` (the raw-spin round trip around the case, in ns, or
 //! `null`: where the host had placed the CPUs; compare ratios between rows or
 //! runs at about the same floor) and `placement`, in that order, and nothing
 //! else on stdout.
@@ -75,6 +76,7 @@ struct JsonRow<'a> {
     baseline: Option<&'a str>,
     drift: Option<f64>,
     drifting: bool,
+    unsteady: bool,
     floor_ns: Option<f64>,
     placement: &'a str,
 }
@@ -96,6 +98,7 @@ pub fn json_line(row: &Row) -> String {
         baseline: m.baseline,
         drift: m.drift,
         drifting: m.drifted(),
+        unsteady: m.unsteady(),
         floor_ns: m.floor,
         placement: &m.placement,
     };
@@ -103,11 +106,18 @@ pub fn json_line(row: &Row) -> String {
     serde_json::to_string(&j).expect("a bench row serialises")
 }
 
-/// "0.512x raw-ring [0.49-0.53]" for a paired row, "(baseline)" for a
-/// baseline's own row, "-" when unpaired.
+/// "0.512x raw-ring [0.49-0.53]" for a paired row (with " UNSTEADY" after
+/// it when [`Measured::unsteady`]), "(baseline)" for a baseline's own row,
+/// "-" when unpaired.
 pub fn ratio_text(m: &Measured) -> String {
     match (m.ratio, m.baseline) {
-        (Some(r), Some(b)) => format!("{}x {b} [{}-{}]", quotient(r.median), quotient(r.lo), quotient(r.hi)),
+        (Some(r), Some(b)) => format!(
+            "{}x {b} [{}-{}]{}",
+            quotient(r.median),
+            quotient(r.lo),
+            quotient(r.hi),
+            if m.unsteady() { " UNSTEADY" } else { "" }
+        ),
         (Some(_), None) => "(baseline)".into(),
         _ => "-".into(),
     }
@@ -276,7 +286,7 @@ mod tests {
         );
         assert_eq!(
             json_line(&r),
-            r#"{"scenario":"pingpong-8B","transport":"os-pipe","metric":"rtt_ns","median":61830.0,"p99":70123.5,"runs":10,"ratio":240.0,"ratio_lo":230.0,"ratio_hi":250.5,"baseline":"raw-spin","drift":1.05,"drifting":false,"floor_ns":75.0,"placement":"parent CPU 0, child CPU 1"}"#
+            r#"{"scenario":"pingpong-8B","transport":"os-pipe","metric":"rtt_ns","median":61830.0,"p99":70123.5,"runs":10,"ratio":240.0,"ratio_lo":230.0,"ratio_hi":250.5,"baseline":"raw-spin","drift":1.05,"drifting":false,"unsteady":false,"floor_ns":75.0,"placement":"parent CPU 0, child CPU 1"}"#
         );
         let mut r = row(
             "stream-8B",
@@ -288,7 +298,7 @@ mod tests {
         r.m.drift = Some(1.5);
         assert_eq!(
             json_line(&r),
-            r#"{"scenario":"stream-8B","transport":"raw-ring","metric":"msgs_per_s","median":750000000.0,"p99":null,"runs":9,"ratio":null,"ratio_lo":null,"ratio_hi":null,"baseline":null,"drift":1.5,"drifting":true,"floor_ns":75.0,"placement":"parent CPU 0, child CPU 1"}"#
+            r#"{"scenario":"stream-8B","transport":"raw-ring","metric":"msgs_per_s","median":750000000.0,"p99":null,"runs":9,"ratio":null,"ratio_lo":null,"ratio_hi":null,"baseline":null,"drift":1.5,"drifting":true,"unsteady":false,"floor_ns":75.0,"placement":"parent CPU 0, child CPU 1"}"#
         );
     }
 
@@ -373,5 +383,35 @@ mod tests {
         assert!(lines[3].contains("371 ns MOVED"), "{t}");
         assert_eq!(t.matches("MOVED").count(), 1, "{t}");
         assert_eq!(moved_rows(&rows), vec![1]);
+        assert!(!t.contains("UNSTEADY"), "{t}");
+    }
+
+    #[test]
+    fn a_row_whose_pairs_swing_over_4x_is_unsteady() {
+        let paired = |lo: f64, hi: f64| {
+            row(
+                "stream-64KiB",
+                "ipc-channel",
+                throughput(Metric::BytesPerS, vec![5e9]),
+                Some((0.45, lo, hi)),
+                Some("raw-ring"),
+            )
+        };
+        // 0.030 to 0.48: 16x apart.
+        let r = paired(0.030, 0.48);
+        assert!(r.m.unsteady() && !r.m.drifted());
+        assert!(ratio_text(&r.m).ends_with("[0.0300-0.480] UNSTEADY"), "{}", ratio_text(&r.m));
+        assert!(json_line(&r).contains(r#""drifting":false,"unsteady":true"#), "{}", json_line(&r));
+        // 4x exactly is still steady; a range that cannot be judged (a zero or
+        // NaN end) is unsteady.
+        assert!(!paired(0.12, 0.48).m.unsteady());
+        assert!(paired(0.0, 0.48).m.unsteady());
+        assert!(paired(f64::NAN, 0.48).m.unsteady());
+        // A baseline's own row and an unpaired row never are.
+        let own =
+            row("stream-64KiB", "raw-ring", throughput(Metric::BytesPerS, vec![1e10]), Some((1.0, 1.0, 1.0)), None);
+        assert!(!own.m.unsteady());
+        let unpaired = row("stream-64KiB", "x", throughput(Metric::BytesPerS, vec![1e10]), None, None);
+        assert!(!unpaired.m.unsteady());
     }
 }
