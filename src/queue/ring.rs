@@ -67,31 +67,25 @@
 //! that it stops taking the producer's lines right after each write; a wait
 //! that needs several looks (ping-pong, an idle producer) ends the slip.
 //!
-//! **Where this design stops.** A per-message `send` stores its index, and a
-//! consumer that catches up reads it: on the AMD guest we measure on, the
-//! endpoints stream at 0.36-0.52x the bare ring that publishes once per 64,
-//! and a bare ring with the same per-message index protocol, slipping and
-//! prefetching reads about the same. The bench's `raw-ring-seq` row (each
-//! slot carries its message's sequence number, which is what the consumer
-//! polls; no per-message index; `head` still published after every message)
-//! reads 0.90-0.99x there, and the same ring storing a tail index after
-//! every message as well falls to 0.21x. Built into this queue (a sequence
-//! word in every SPSC slot, `tail` published once per 64 messages, every
-//! reader following the words past it, the endpoint consumer polling the
-//! next word, with or without slipping in its fast path), it measured worse
-//! on the same host: the per-message rows 0.22-0.32x, and the batched stream
-//! 0.64x instead of 1.27x (16-byte slots for 8-byte messages, one more store
-//! per message). What the bare ring's gain cannot stand is one more store
-//! per message: in a scratch program (two pinned threads, the same rings)
-//! it kept its lead with 1-2 ns of register-only work per message on each
-//! side (0.71-0.82x against 0.49-0.52x for the index ring), but one store
-//! more per message, even to a private line, cut it to 0.33x; it is the
-//! store buffer, waiting on the slot lines, that sets the pace. A queue
-//! operation stores more than the bare ring (the endpoint's own index
-//! lives in memory too), but bringing the producer down to the bare ring's
-//! count (the word and an 8-byte payload in one 16-byte store) did not
-//! help either (0.16-0.31x), so why the protocol does not carry over is
-//! still open.
+//! **Where this design stops.** A per-message `send` publishes its index,
+//! and a consumer that catches up reads it. On the AMD guest we measure on,
+//! against the bench's bare ring that publishes once per 64 messages, the
+//! endpoints stream at 0.19-0.27x (both placements), about what a bare ring
+//! with the same per-message index protocol reads (`raw-ring-permsg`
+//! 0.15-0.22x in the bench, `index` 0.19-0.32x in `examples/store_pace`).
+//! A ring that publishes each message through a sequence word in its slot
+//! instead, which the consumer polls (FastForward), reads 0.47-0.50x in the
+//! bench (`raw-ring-seq`) and 0.50-0.73x between two threads (`store_pace`),
+//! so on this host not even that reaches half the batched ring; one more
+//! store per message to a private line (an endpoint keeping its position
+//! between calls) costs it nothing measurable there. Built into this queue
+//! in an earlier session (a sequence word in every SPSC slot, `tail`
+//! published once per 64 messages, readers following the words past it), it
+//! read 0.22-0.32x against a floor then running at about half its speed,
+//! worse than the index protocol, for reasons not found; it was not kept.
+//! (Stream figures before 2026-11-28 in this project were taken against
+//! that slower floor: its producer divided once per message and its consumer
+//! stored its indices back after every message.)
 
 use std::sync::atomic::Ordering;
 
