@@ -16,9 +16,12 @@
 //! * `seq`: 16-byte slots holding the message and its sequence number,
 //!   which is what the consumer polls (FastForward): the producer stores to
 //!   the slot's line only, and the consumer publishes its index per message;
-//! * `seq+private`: `seq`, plus one store per message by the producer to a
-//!   line only it uses: what an endpoint that keeps its position in memory
-//!   between calls (`SpscLocal`) stores.
+//! * `index+private`, `seq+private`: `index` or `seq`, plus one store per
+//!   message by the producer to a line only it uses: what an endpoint that
+//!   keeps its position in memory between calls (`SpscLocal`) stores;
+//! * `seq+private/4`: that store once per slot line (4 messages), as an
+//!   endpoint could that found its place within the line from the slots'
+//!   sequence words.
 //!
 //! Each variant runs in alternating 60 ms blocks with `batched` (7 pairs)
 //! and prints the median of the pairwise rate ratios with their min-max.
@@ -87,8 +90,10 @@ impl Ring {
 enum Variant {
     Batched,
     Index,
+    IndexPrivate,
     Seq,
     SeqPrivate,
+    SeqPrivateQuarter,
 }
 
 impl Variant {
@@ -96,8 +101,10 @@ impl Variant {
         match v {
             0 => Variant::Batched,
             1 => Variant::Index,
-            2 => Variant::Seq,
-            _ => Variant::SeqPrivate,
+            2 => Variant::IndexPrivate,
+            3 => Variant::Seq,
+            4 => Variant::SeqPrivate,
+            _ => Variant::SeqPrivateQuarter,
         }
     }
 
@@ -105,8 +112,10 @@ impl Variant {
         match self {
             Variant::Batched => "batched",
             Variant::Index => "index",
+            Variant::IndexPrivate => "index+private",
             Variant::Seq => "seq",
             Variant::SeqPrivate => "seq+private",
+            Variant::SeqPrivateQuarter => "seq+private/4",
         }
     }
 }
@@ -130,6 +139,9 @@ fn produce<const V: u8>(r: &Ring) {
     // The endpoint's own position, kept in memory between "calls": a line
     // only this thread touches.
     let private = Box::new(Index::default());
+    // Its address escapes, so the compiler must keep every store to it (an
+    // allocation nobody reads would have them removed, as it was at first).
+    std::hint::black_box(&*private);
     let (mut tail, mut cached_head) = (0u64, 0u64);
     loop {
         if tail - cached_head == SLOTS {
@@ -146,10 +158,13 @@ fn produce<const V: u8>(r: &Ring) {
             }
         }
         match v {
-            Variant::Batched | Variant::Index => {
+            Variant::Batched | Variant::Index | Variant::IndexPrivate => {
                 r.word(tail).store(tail, Ordering::Relaxed);
                 tail += 1;
-                if v == Variant::Index || tail % BATCH == 0 {
+                if v == Variant::IndexPrivate {
+                    private.0.store(tail, Ordering::Relaxed);
+                }
+                if v != Variant::Batched || tail % BATCH == 0 {
                     r.tail.0.store(tail, Ordering::Release);
                 }
             }
@@ -157,7 +172,7 @@ fn produce<const V: u8>(r: &Ring) {
                 let slot = r.pair(tail);
                 slot[1].store(tail, Ordering::Relaxed);
                 tail += 1;
-                if v == Variant::SeqPrivate {
+                if v == Variant::SeqPrivate || (v == Variant::SeqPrivateQuarter && tail % 4 == 0) {
                     private.0.store(tail, Ordering::Relaxed);
                 }
                 slot[0].store(tail, Ordering::Release);
@@ -178,7 +193,7 @@ fn consume<const V: u8>(r: &Ring, dur: Duration) -> f64 {
     let (mut head, mut cached_tail, mut slip, mut bad) = (0u64, 0u64, 0u32, 0u64);
     while start.elapsed() < dur {
         for _ in 0..4096 {
-            if v == Variant::Batched || v == Variant::Index {
+            if matches!(v, Variant::Batched | Variant::Index | Variant::IndexPrivate) {
                 if head == cached_tail {
                     cached_tail = r.tail.0.load(Ordering::Acquire);
                     if cached_tail == head {
@@ -194,7 +209,7 @@ fn consume<const V: u8>(r: &Ring, dur: Duration) -> f64 {
                 }
                 bad |= r.word(head).load(Ordering::Relaxed) ^ head;
                 head += 1;
-                if v == Variant::Index || head % BATCH == 0 {
+                if v != Variant::Batched || head % BATCH == 0 {
                     r.head.0.store(head, Ordering::Release);
                 }
             } else {
@@ -225,8 +240,10 @@ fn block(v: Variant, dur: Duration) -> f64 {
     match v {
         Variant::Batched => block_of::<0>(dur),
         Variant::Index => block_of::<1>(dur),
-        Variant::Seq => block_of::<2>(dur),
-        Variant::SeqPrivate => block_of::<3>(dur),
+        Variant::IndexPrivate => block_of::<2>(dur),
+        Variant::Seq => block_of::<3>(dur),
+        Variant::SeqPrivate => block_of::<4>(dur),
+        Variant::SeqPrivateQuarter => block_of::<5>(dur),
     }
 }
 
@@ -260,7 +277,8 @@ fn main() {
     println!("store_pace on {cpu}: consumer on CPU 0, producer on CPU 1; 7 pairs of 60 ms blocks per row");
     let dur = Duration::from_millis(60);
     let mut floors = Vec::new();
-    let variants = [Variant::Index, Variant::Seq, Variant::SeqPrivate];
+    let variants =
+        [Variant::Index, Variant::IndexPrivate, Variant::Seq, Variant::SeqPrivate, Variant::SeqPrivateQuarter];
     let mut ratios = vec![Vec::new(); variants.len()];
     for _ in 0..7 {
         for (i, &v) in variants.iter().enumerate() {

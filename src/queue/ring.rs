@@ -72,19 +72,22 @@
 //! against the bench's bare ring that publishes once per 64 messages, the
 //! endpoints stream at 0.19-0.27x (both placements), about what a bare ring
 //! with the same per-message index protocol reads (`raw-ring-permsg`
-//! 0.15-0.22x in the bench, `index` 0.19-0.32x in `examples/store_pace`).
+//! 0.15-0.22x in the bench; in `examples/store_pace`, two threads, `index`
+//! 0.27x and 0.25x with the endpoint's own position stored per message).
 //! A ring that publishes each message through a sequence word in its slot
 //! instead, which the consumer polls (FastForward), reads 0.47-0.50x in the
-//! bench (`raw-ring-seq`) and 0.50-0.73x between two threads (`store_pace`),
-//! so on this host not even that reaches half the batched ring; one more
-//! store per message to a private line (an endpoint keeping its position
-//! between calls) costs it nothing measurable there. Built into this queue
-//! in an earlier session (a sequence word in every SPSC slot, `tail`
-//! published once per 64 messages, readers following the words past it), it
-//! read 0.22-0.32x against a floor then running at about half its speed,
-//! worse than the index protocol, for reasons not found; it was not kept.
-//! (Stream figures before 2026-11-28 in this project were taken against
-//! that slower floor: its producer divided once per message and its consumer
+//! bench (`raw-ring-seq`) and 0.57x in `store_pace`: on this host not even
+//! it reaches half the batched ring. And it does not survive an endpoint:
+//! one more store per message to a line only the producer uses (its
+//! position, kept in memory between calls) cuts it to 0.14x, once per slot
+//! line (4 messages) to 0.37-0.40x. That is why, built into this queue in
+//! an earlier session (a sequence word in every SPSC slot, `tail` published
+//! once per 64 messages, readers following the words past it), it read
+//! worse than the index protocol, and was not kept. An endpoint would have
+//! to keep its position out of memory between messages (a register, inside
+//! a loop the library runs) to gain from it. (Stream figures before
+//! 2026-11-28 in this project were taken against a floor running at about
+//! half its speed: its producer divided once per message and its consumer
 //! stored its indices back after every message.)
 
 use std::sync::atomic::Ordering;
