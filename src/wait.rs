@@ -59,8 +59,8 @@
 //! | [`PIPE_SPIN`] | 5 us | pipe (`pipe::DEFAULT_SPIN`) | as first written; below the ~30 us wake cost |
 //! | [`MUTEX_BACKOFF_STEPS`] / [`MUTEX_BACKOFF_MAX_SHIFT`] | 16 / 8 | lock waiters | ~2,300 pauses, ~20 us (a pause measured 8.9 ns), below the ~30 us wake cost; backing off instead of polling moved `lock-incr` from 9-12 M/s to 38-42 M/s |
 //! | [`SEMAPHORE_SPINS`] / [`EVENT_SPINS`] | 64 / 200 | semaphore, event | polls with a pause each, a few us at most; as first written |
-//! | [`QUEUE_POLL_BATCH`] / [`PIPE_POLL_BATCH`] / [`PIPE_WAIT_POLL_BATCH`] | 32 / 64 / 16 | timed spins | polls between two clock reads, so the clock is read rarely; as first written. A [`Waiter`] polls one batch before it first reads the clock |
-//! | [`QUEUE_PRE_POLLS`] / [`PRE_POLL_MIN_TIMEOUT`] | 16 / 50 us | queue receive | polls before the deadline is taken at all, skipped for timeouts under 50 us; with the first batch above, the MPMC ping-pong moved from 2.0x to about 1.6x raw-spin at the close placement (AMD guest) |
+//! | [`QUEUE_POLL_BATCH`] / [`PIPE_POLL_BATCH`] / [`PIPE_WAIT_POLL_BATCH`] | 32 / 64 / 16 | timed spins | polls between two clock reads, so the clock is read rarely; as first written. A [`Waiter`] first reads the clock after its first batch |
+//! | [`QUEUE_PRE_POLLS`] / [`PRE_POLL_MIN_TIMEOUT`] | 16 / 50 us | MPMC queue receive | polls before the deadline is taken at all, skipped for timeouts under 50 us (and for SPSC queues, whose receivers slip first); with the first batch above and a leaner send and receive, the MPMC ping-pong moved from 2.0x to about 1.7x raw-spin at the close placement (AMD guest) |
 //!
 //! ## What still spins on its own
 //!
@@ -429,6 +429,7 @@ pub(crate) enum Tick {
 /// batch) and asks [`Spinner::tick`] whether to go on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spinner {
+    started: Duration,
     end: Option<Duration>,
     deadline: Option<Duration>,
 }
@@ -439,7 +440,7 @@ impl Spinner {
     #[inline]
     pub(crate) fn start(budget: Option<Duration>, deadline: Deadline) -> Spinner {
         let start = crate::sys::monotonic_now();
-        Spinner { end: budget.map(|b| start.saturating_add(b)), deadline: deadline.at() }
+        Spinner { started: start, end: budget.map(|b| start.saturating_add(b)), deadline: deadline.at() }
     }
 
     /// Pauses `batch` times, calling `poll` after each pause; stops early
@@ -459,7 +460,19 @@ impl Spinner {
     /// before the budget.
     #[inline]
     pub(crate) fn tick(&self) -> Tick {
-        let now = crate::sys::monotonic_now();
+        self.judge(crate::sys::monotonic_now())
+    }
+
+    /// [`tick`](Self::tick) at the instant [`start`](Self::start) read, with
+    /// no second clock read: a zero budget is spent, a passed deadline is
+    /// expired.
+    #[inline]
+    pub(crate) fn first_tick(&self) -> Tick {
+        self.judge(self.started)
+    }
+
+    #[inline]
+    fn judge(&self, now: Duration) -> Tick {
         if self.deadline.is_some_and(|d| now >= d) {
             Tick::Expired
         } else if self.end.is_some_and(|e| now >= e) {
@@ -692,15 +705,10 @@ impl<W: SleepWord> Waiter<'_, W> {
     /// [`Next::Done`]. The caller has already made its first attempt.
     pub(crate) fn run<P: Platform<W>, T>(&self, p: &P, mut f: impl FnMut(Phase) -> Next<T>) -> Result<T, Expired> {
         if let Some(plan) = self.spin {
-            // One batch before the clock is read: a hand-over that is about
-            // to land (a ping-pong reply) is seen without the clock's cost.
-            if let Some(t) = Spinner::poll_batch(plan.batch, || match f(Phase::Poll) {
-                Next::Done(t) => Some(t),
-                _ => None,
-            }) {
-                return Ok(t);
-            }
-            let spin = Spinner::start(plan.budget, self.deadline);
+            // The clock is first read after the first batch, not before it:
+            // a hand-over about to land (a ping-pong reply) is seen without
+            // the clock's cost. The spin budget counts from that read.
+            let mut spin: Option<Spinner> = None;
             loop {
                 let hit = Spinner::poll_batch(plan.batch, || match f(Phase::Poll) {
                     Next::Done(t) => Some(t),
@@ -709,7 +717,15 @@ impl<W: SleepWord> Waiter<'_, W> {
                 if let Some(t) = hit {
                     return Ok(t);
                 }
-                match spin.tick() {
+                let tick = match spin {
+                    Some(s) => s.tick(),
+                    None => {
+                        let s = Spinner::start(plan.budget, self.deadline);
+                        spin = Some(s);
+                        s.first_tick()
+                    }
+                };
+                match tick {
                     Tick::Go(now) => {
                         if let Next::Done(t) = f(Phase::Spinning(now)) {
                             return Ok(t);
@@ -770,6 +786,37 @@ mod tests {
         assert_eq!(s.tick(), Tick::Expired);
         let s = Spinner::start(None, Deadline::NEVER);
         assert!(matches!(s.tick(), Tick::Go(_)));
+        // The first tick judges the instant `start` read, with no clock read.
+        assert_eq!(Spinner::start(Some(Duration::ZERO), Deadline::NEVER).first_tick(), Tick::BudgetSpent);
+        assert_eq!(Spinner::start(None, Deadline::after(Some(Duration::ZERO))).first_tick(), Tick::Expired);
+        let s = Spinner::start(Some(Duration::from_secs(60)), Deadline::after(Some(Duration::from_secs(60))));
+        assert_eq!(s.first_tick(), Tick::Go(s.started));
+    }
+
+    #[test]
+    fn a_waiter_polls_one_batch_before_a_zero_budget_or_a_passed_deadline_ends_its_spin() {
+        let word = AtomicU32::new(0);
+        let sleepers = AtomicU32::new(0);
+        for (budget, timeout) in [(Some(Duration::ZERO), Duration::from_millis(1)), (None, Duration::ZERO)] {
+            let w = Waiter {
+                deadline: Deadline::after(Some(timeout)),
+                spin: Some(SpinPlan { budget, batch: 32, expiry_ends_wait: true }),
+                sleeper: Sleeper::Counted(Announce::new(&word, &sleepers)),
+                slice: Duration::from_millis(1),
+            };
+            let mut polls = 0;
+            let _ = w.run(&Kernel, |phase| match phase {
+                Phase::Poll => {
+                    polls += 1;
+                    Next::Wait
+                }
+                // The spin is over: stop before any sleep.
+                Phase::Announced => Next::Done(()),
+                _ => Next::Wait,
+            });
+            // One batch of 32 polls, then the clock's first read ends the spin.
+            assert_eq!(polls, 32, "budget {budget:?}, timeout {timeout:?}");
+        }
     }
 
     fn counted_waiter<'a>(word: &'a AtomicU32, sleepers: &'a AtomicU32, timeout: Duration) -> Waiter<'a, AtomicU32> {

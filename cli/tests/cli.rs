@@ -134,6 +134,7 @@ fn bench_json_prints_one_exact_object_per_case() {
             "baseline",
             "drift",
             "drifting",
+            "unsteady",
             "floor_ns",
             "placement",
         ];
@@ -158,6 +159,10 @@ fn bench_json_prints_one_exact_object_per_case() {
         }
         assert!(obj["drift"].as_f64().is_some_and(|d| d > 0.0), "every case is probed: {line}");
         assert!(obj["drifting"].is_boolean(), "{line}");
+        assert!(obj["unsteady"].is_boolean(), "{line}");
+        if obj["baseline"].is_null() {
+            assert_eq!(obj["unsteady"], false, "a baseline's own row is never unsteady: {line}");
+        }
         assert!(obj["floor_ns"].as_f64().is_some_and(|f| f > 0.0), "every case is probed: {line}");
         assert!(!obj["placement"].as_str().expect("placement").is_empty(), "{line}");
         transports.push(obj["transport"].as_str().unwrap().to_string());

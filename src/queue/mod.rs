@@ -609,13 +609,18 @@ impl<T: Pod> Queue<T> {
     }
 
     /// [`recv_deadline`](Self::recv_deadline) after a first attempt found
-    /// nothing: a short poll before the clock is read (a reply about to land
-    /// is taken without the clock's cost, and without starting the deadline
-    /// for a wait that does not happen), then the queue's full wait.
+    /// nothing: on an MPMC queue a short poll before the clock is read (a
+    /// reply about to land is taken without the clock's cost, and without
+    /// starting the deadline for a wait that does not happen), then the
+    /// queue's full wait.
     #[inline(never)]
     fn recv_wait(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
         let mut out = T::zeroed();
-        let pre = if timeout.map_or(true, |t| t >= crate::wait::PRE_POLL_MIN_TIMEOUT)
+        // Not for SPSC queues: their receive waits slip behind a streaming
+        // producer first (`recv_wait_slipping`), which polls taken at once
+        // would undo.
+        let pre = if !self.e.geo.spsc
+            && timeout.map_or(true, |t| t >= crate::wait::PRE_POLL_MIN_TIMEOUT)
             && self.e.wait_mode() != WaitMode::Blocking
         {
             crate::wait::Spinner::poll_batch(crate::wait::QUEUE_PRE_POLLS, || match self.pop_once(&mut out) {
