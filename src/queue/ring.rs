@@ -272,8 +272,9 @@ pub(crate) enum Step {
 
 /// MPMC push by process `pid`: `write(m, slot)` fills the claimed slot.
 ///
-/// Inlined into its callers (measured: send + receive in one thread 20 ns
-/// as calls, against 9 ns for the same protocol written inline).
+/// Inlined into its callers, as [`mpmc_pop`] is (measured: a queue send and
+/// receive in one thread 20 ns with both as calls, 15.5 ns inlined; the bare
+/// protocol written inline, 9 ns).
 ///
 /// `optimistic`: try the claim with a compare-and-swap against the expected
 /// empty stamp at once, without loading the stamp first. That moves the slot's
@@ -367,6 +368,8 @@ pub(crate) fn mpmc_pop<M: RingMem>(m: &M, pid: u32, read: impl FnOnce(&M, u64)) 
             continue;
         }
         match decode(s, pos, cap) {
+            // Taken by the test above; kept so that the match stays whole
+            // should that shortcut ever go.
             Some((0, State::Full)) => {
                 if take(m, stamp, s, pid, pos, slot, &mut read) {
                     return Step::Done;
