@@ -388,12 +388,15 @@ pub(crate) struct Engine {
     rx_endpoint: AtomicBool,
     /// This process registered for asymmetric barriers: publish without a fence.
     fence_free: AtomicBool,
-    /// Empty/full results of `try_*` calls (throttles liveness checks).
-    polls: AtomicU32,
+    /// Empty/full results of `try_*` calls (throttles liveness checks). On
+    /// a line of its own, as `rx_slip`: a thread polling with `try_recv`
+    /// writes it on every empty result, and would otherwise take the line of
+    /// the fields every other thread's send and receive read.
+    polls: LinePadded<AtomicU32>,
     /// `pause`s a typed receive on an SPSC queue slips before it looks
     /// ([`Engine::recv_wait_slipping`]); shared by the clones of this handle
     /// in this process; a hint, so relaxed.
-    rx_slip: AtomicU32,
+    rx_slip: LinePadded<AtomicU32>,
     /// Fork generation in which this process last dropped its inherited
     /// entries of the other side ([`Engine::shed_inherited`]).
     shed_gen: AtomicU64,
@@ -649,8 +652,8 @@ impl Engine {
             tx_endpoint: AtomicBool::new(false),
             rx_endpoint: AtomicBool::new(false),
             fence_free: AtomicBool::new(false),
-            polls: AtomicU32::new(0),
-            rx_slip: AtomicU32::new(0),
+            polls: LinePadded(AtomicU32::new(0)),
+            rx_slip: LinePadded(AtomicU32::new(0)),
             shed_gen: AtomicU64::new(sys::fork_generation()),
             touched_forks: AtomicU64::new(sys::fork_count()),
             touched_thread: AtomicU64::new(sys::thread_fork_stamp()),
@@ -1241,8 +1244,8 @@ impl Engine {
         }
         // Read the clock only every 256th empty (full) result: polling loops
         // over `try_*` must stay cheap.
-        let n = self.polls.load(Ordering::Relaxed).wrapping_add(1);
-        self.polls.store(n, Ordering::Relaxed);
+        let n = self.polls.0.load(Ordering::Relaxed).wrapping_add(1);
+        self.polls.0.store(n, Ordering::Relaxed);
         if n % 256 == 0 && self.deep_due(sys::monotonic_now()) && self.peers_gone(side, true) {
             return final_attempt(&mut attempt);
         }
@@ -1349,12 +1352,12 @@ impl Engine {
         if !self.geo.spsc {
             return self.wait(Side::Recv, deadline, attempt);
         }
-        let slip = self.rx_slip.load(Ordering::Relaxed);
+        let slip = self.rx_slip.0.load(Ordering::Relaxed);
         slip::before_wait(slip, deadline, self.wait_mode());
         let r = self.wait(Side::Recv, deadline, attempt);
         // Messages there when the wait ended: the one taken and those behind it.
         let backlog = if r.is_ok() { ring::len(self) + 1 } else { 0 };
-        self.rx_slip.store(slip::next(slip, backlog), Ordering::Relaxed);
+        self.rx_slip.0.store(slip::next(slip, backlog), Ordering::Relaxed);
         r
     }
 
