@@ -1062,7 +1062,7 @@ mod tests {
             let tx = q.clone();
             let sender = std::thread::spawn(move || {
                 for i in 0..200u64 {
-                    tx.send(i).unwrap();
+                    tx.send_timeout(i, Duration::from_secs(10)).unwrap();
                     // Some arrive at once, some while the receiver polls or sleeps.
                     if i % 3 == 0 {
                         std::thread::sleep(Duration::from_micros(i % 40));
